@@ -1,0 +1,114 @@
+# varserve — one non-recursive Makefile.
+#   make              build build/varserve (CPU backend; CUDA backend too when nvcc is found)
+#   make test         unit tests, sanitizer unit tests, reference parity, tool tests
+#   make run          install missing packages (as root), build, serve the bundled model
+#   make bench        benchmarks (results go to bench/RESULTS.md by hand, with machine and date)
+#   make deps         install the Debian packages the build needs (apt-get as root)
+#   make SANITIZER=address|undefined|thread   a sanitized build in build/<sanitizer>/
+#   make CUDA=0       force the CPU-only build
+
+CC      ?= cc
+NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+PYTHON  ?= /usr/bin/python3
+PORT    ?= 8080
+MODEL   ?= models/mnist-var.safetensors
+
+ifeq ($(origin CUDA),undefined)
+  CUDA := $(if $(NVCC),1,0)
+endif
+
+SANITIZER ?=
+ifeq ($(SANITIZER),)
+  BUILD := build
+  SANFLAGS :=
+else
+  BUILD := build/$(SANITIZER)
+  SANFLAGS := -fsanitize=$(SANITIZER) -fno-omit-frame-pointer
+  ifeq ($(SANITIZER),address)
+    SANFLAGS += -fsanitize=undefined -fno-sanitize-recover=undefined
+  endif
+  ifeq ($(SANITIZER),undefined)
+    SANFLAGS += -fno-sanitize-recover=undefined
+  endif
+  CUDA := 0
+endif
+
+BLAS_INC := $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthread /usr/include/aarch64-linux-gnu/openblas-pthread /usr/include/openblas))
+WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2
+CFLAGS  ?= -O2 -g
+ALL_CFLAGS := -std=c11 $(CFLAGS) $(WARN) -D_GNU_SOURCE -I. $(if $(BLAS_INC),-I$(BLAS_INC)) -MMD -MP $(SANFLAGS)
+LDLIBS  := -lopenblas -lmicrohttpd -lcjson -lpng -lcurl -lm -lpthread
+CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm)
+
+LIB_SRC := $(wildcard common/*.c runtime/*.c kvcache/*.c config/*.c) $(filter-out server/main.c,$(wildcard server/*.c))
+ifeq ($(CUDA),1)
+  CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
+  CU_SRC  := $(wildcard runtime/*.cu)
+  ALL_CFLAGS += -DVS_HAVE_CUDA=1
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas
+  NVFLAGS := -O2 -g -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror -arch=sm_90 -MMD -MP
+else
+  CU_SRC  :=
+endif
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
+TEST_SRC := $(wildcard tests/check_*.c)
+TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
+# suites that need a GPU run in their own binary (CK_NOFORK) and skip without one
+UNIT_BIN := $(filter-out %_cuda,$(TEST_BIN))
+
+.PHONY: all test unit sanitize run serve bench deps clean model cuda-info
+all: cuda-info $(BUILD)/varserve
+
+cuda-info:
+	@if [ "$(CUDA)" = 1 ]; then echo "varserve: CUDA backend ON (nvcc: $(NVCC))"; \
+	 else echo "varserve: CUDA backend OFF ($(if $(NVCC),CUDA=0 given,no nvcc found)); CPU backend only"; fi
+
+$(BUILD)/libvarserve.a: $(LIB_OBJ)
+	@mkdir -p $(dir $@)
+	ar rcs $@ $^
+
+$(BUILD)/varserve: $(BUILD)/server/main.o $(BUILD)/libvarserve.a
+	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
+
+$(BUILD)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(BUILD)/%.cu.o: %.cu
+	@mkdir -p $(dir $@)
+	$(NVCC) $(NVFLAGS) -c -o $@ $<
+
+$(BUILD)/tests/%: tests/%.c $(BUILD)/libvarserve.a
+	@mkdir -p $(dir $@)
+	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libvarserve.a $(CHECK_LIBS) $(LDLIBS)
+
+# Unit suites, each in its own process; CK_FORK=no keeps sanitizer reports in one process.
+unit: $(UNIT_BIN) $(BUILD)/varserve
+	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; VARSERVE_BIN=$(BUILD)/varserve $$t; done
+
+sanitize:
+	$(MAKE) SANITIZER=address unit
+
+test: deps-check all
+	$(MAKE) unit
+	$(MAKE) sanitize
+	@set -e; for t in tests/test_*.py; do [ -e "$$t" ] || continue; echo "== $$t"; \
+	  VARSERVE_BIN=build/varserve $(PYTHON) $$t; done
+	@echo "make test: all suites passed"
+
+deps-check:
+	@tools/deps.sh --check
+
+deps:
+	@tools/deps.sh
+
+run: deps all
+	./build/varserve serve --model $(MODEL) --port $(PORT)
+
+bench: all
+	./build/varserve bench --model tests/fixtures/tiny/model.safetensors --batch 1,8 --reps 3 --top-k 900 --top-p 0.96 --cfg 1.5
+
+clean:
+	rm -rf build
+
+-include $(shell find build -name '*.d' 2>/dev/null)

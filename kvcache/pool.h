@@ -1,0 +1,88 @@
+/* kvcache/pool.h — the one global KV memory pool: an arena of fixed-size pages.
+ *
+ * Design: a page holds `page_tokens` (16) tokens of K and V for ONE layer:
+ * [2][page_tokens][kv_dim] floats. Pages come from one arena allocated once (host memory, or
+ * device memory through a backend's alloc), handed out from a free list. A job reserves its peak
+ * page count at admission (vs_kv_reserve → OK / LATER / NEVER), so a running job never runs out:
+ * its rows draw pages only from its reservation. Rows keep one page table per layer, and layers
+ * may hold different numbers of tokens (ScaleKV keeps much in drafter layers, little in
+ * refiners). Release returns every page and the unused part of the reservation.
+ *
+ * Threads: the pool is owned by the engine thread; no function here locks. The counters read by
+ * metrics (vs_kv_pool_stats) are plain loads a reader may see slightly stale. */
+#ifndef VS_KV_POOL_H
+#define VS_KV_POOL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "runtime/kv_view.h"
+
+typedef struct vs_kv_pool vs_kv_pool;
+typedef struct vs_kv_resv vs_kv_resv; /* one job's reservation, owning its rows */
+typedef struct vs_kv_row vs_kv_row;   /* one sequence's cache (one CFG row of one image) */
+
+typedef enum {
+    VS_KV_OK = 0, /* reserved */
+    VS_KV_LATER,  /* not now: pages in use by others will come back */
+    VS_KV_NEVER,  /* more pages than the whole pool has */
+} vs_kv_admit;
+
+typedef struct {
+    size_t page_bytes;
+    size_t pages_total;
+    size_t pages_free;     /* on the free list */
+    size_t pages_reserved; /* promised to jobs, not yet drawn */
+    size_t pages_used;     /* held by rows */
+    size_t reservations;   /* live reservations */
+} vs_kv_stats;
+
+/* Allocator for the arena: host malloc when alloc is NULL. `ctx` is passed through (a backend). */
+typedef struct {
+    void *ctx;
+    void *(*alloc)(void *ctx, size_t bytes); /* returns NULL on failure */
+    void (*free)(void *ctx, void *p);
+} vs_kv_allocator;
+
+/* Carves floor(bytes / page_bytes) pages, page_bytes = 2 * page_tokens * kv_dim * sizeof(float).
+ * Errors: VS_ERR_INVALID (a zero or negative size, fewer than one page), VS_ERR_NOMEM. */
+vs_status vs_kv_pool_init(size_t bytes, int page_tokens, int layers, int kv_dim,
+                          const vs_kv_allocator *alloc, vs_kv_pool **out, vs_err *err);
+void vs_kv_pool_free(vs_kv_pool *pool); /* NULL ok; all reservations must be released first */
+
+void vs_kv_pool_stats(const vs_kv_pool *pool, vs_kv_stats *out);
+float *vs_kv_pool_base(const vs_kv_pool *pool);
+int vs_kv_pool_page_tokens(const vs_kv_pool *pool);
+
+/* Pages needed to hold `tokens` tokens in one layer. */
+size_t vs_kv_pages_for_tokens(const vs_kv_pool *pool, size_t tokens);
+
+/* Reserves `pages` for one job. On VS_KV_OK *out is a new reservation (release with
+ * vs_kv_release). LATER: pages_free - pages_reserved < pages now. NEVER: pages > pages_total. */
+vs_kv_admit vs_kv_reserve(vs_kv_pool *pool, size_t pages, vs_kv_resv **out);
+
+/* A new empty row drawing from resv. Rows die with their reservation. VS_ERR_NOMEM only. */
+vs_status vs_kv_row_new(vs_kv_resv *resv, vs_kv_row **out, vs_err *err);
+
+/* Makes room for n_new more tokens in `layer` (grows the page table from the reservation); does
+ * not change the token count. VS_ERR_KV_FULL when the reservation is exhausted: the reservation
+ * was computed too small (a bug in the caller's peak estimate, reported, not aborted). */
+vs_status vs_kv_row_reserve_tokens(vs_kv_row *row, int layer, int n_new, vs_err *err);
+/* After the forward pass wrote n_new tokens to `layer`: the count grows by n_new. */
+void vs_kv_row_commit(vs_kv_row *row, int layer, int n_new);
+
+/* Keeps, for each head h, the tokens keep[h * n + i] (i < n, ascending slot indices of that
+ * head's current tokens) and moves them to slots 0..n-1; the layer then holds n tokens and pages
+ * no longer needed go back to the reservation. head_dim = kv_dim / heads. Host memory only for
+ * now (the CUDA pool compacts with a kernel of the backend). */
+void vs_kv_row_compact(vs_kv_row *row, int layer, int heads, const int32_t *keep, int n);
+
+int vs_kv_row_tokens(const vs_kv_row *row, int layer);
+/* The row's paged view for the forward pass; valid until the next call that changes the row. */
+const vs_rt_kv_layer *vs_kv_row_layers(const vs_kv_row *row);
+
+/* Returns every page of every row of the reservation and its unused pages; frees resv. NULL ok. */
+void vs_kv_release(vs_kv_resv *resv);
+
+#endif
