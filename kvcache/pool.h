@@ -9,7 +9,10 @@
  * refiners). Release returns every page and the unused part of the reservation.
  *
  * Threads: the pool is owned by the engine thread; no function here locks. The counters read by
- * metrics (vs_kv_pool_stats) are plain loads a reader may see slightly stale. */
+ * metrics (vs_kv_pool_stats) are plain loads a reader may see slightly stale.
+ *
+ * Bugs abort: a layer outside 0..layers-1, a commit past the reserved room, keep indices that are
+ * not ascending committed slots, or a page returned twice are logged, then abort(). */
 #ifndef VS_KV_POOL_H
 #define VS_KV_POOL_H
 
@@ -59,7 +62,8 @@ int vs_kv_pool_page_tokens(const vs_kv_pool *pool);
 size_t vs_kv_pages_for_tokens(const vs_kv_pool *pool, size_t tokens);
 
 /* Reserves `pages` for one job. On VS_KV_OK *out is a new reservation (release with
- * vs_kv_release). LATER: pages_free - pages_reserved < pages now. NEVER: pages > pages_total. */
+ * vs_kv_release). LATER: pages_free - pages_reserved < pages now (also, with *out NULL, when the
+ * host can not allocate the small reservation record). NEVER: pages > pages_total. */
 vs_kv_admit vs_kv_reserve(vs_kv_pool *pool, size_t pages, vs_kv_resv **out);
 
 /* A new empty row drawing from resv. Rows die with their reservation. VS_ERR_NOMEM only. */
@@ -72,10 +76,11 @@ vs_status vs_kv_row_reserve_tokens(vs_kv_row *row, int layer, int n_new, vs_err 
 /* After the forward pass wrote n_new tokens to `layer`: the count grows by n_new. */
 void vs_kv_row_commit(vs_kv_row *row, int layer, int n_new);
 
-/* Keeps, for each head h, the tokens keep[h * n + i] (i < n, ascending slot indices of that
- * head's current tokens) and moves them to slots 0..n-1; the layer then holds n tokens and pages
- * no longer needed go back to the reservation. head_dim = kv_dim / heads. Host memory only for
- * now (the CUDA pool compacts with a kernel of the backend). */
+/* Keeps, for each head h, the tokens keep[h * n + i] (i < n, strictly ascending slot indices of
+ * that head's committed tokens, each < vs_kv_row_tokens) and moves them to slots 0..n-1; the
+ * layer then holds n tokens and pages no longer needed go back to the reservation (free again,
+ * still promised to this job). head_dim = kv_dim / heads. Host memory only for now (the CUDA pool
+ * compacts with a kernel of the backend). */
 void vs_kv_row_compact(vs_kv_row *row, int layer, int heads, const int32_t *keep, int n);
 
 int vs_kv_row_tokens(const vs_kv_row *row, int layer);

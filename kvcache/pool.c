@@ -1,0 +1,410 @@
+/* kvcache/pool.c — the KV page pool: one arena, fixed-size pages, a free list, reservations.
+ *
+ * Design: the arena is allocated once at init (host aligned_alloc, or the caller's allocator, e.g.
+ * device memory of a backend) and split into pages of [2][page_tokens][kv_dim] floats; page i
+ * starts at base + i * 2 * page_tokens * kv_dim. Unused page ids sit on a stack (the free list).
+ * Admission is pure accounting: a reservation promises pages (pages_reserved) without taking
+ * them, and rows draw pages off the free list against that promise one at a time. Pages a row
+ * gives back (compaction) return to the free list but stay promised to the same job, so a running
+ * job can never be starved by a newcomer. Each row keeps, per layer, a page table preallocated
+ * for the reservation's worst case (every page of the reservation in one layer), so growing and
+ * compacting a row never calls malloc on the per-step path.
+ *
+ * Threads: engine thread only; nothing here locks. vs_kv_pool_stats is a set of plain loads that
+ * a metrics reader may see slightly stale. */
+#include "kvcache/pool.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/log.h"
+
+/* Cache-line alignment for the host arena; device allocators choose their own. */
+#define VS_KV_ARENA_ALIGN_BYTES 64
+
+/* A broken invariant is a bug in the caller (engine or policy): say what and stop. Always on,
+ * unlike assert(), because a wrong page id silently corrupts another job's image. */
+#define VS_KV_CHECK(cond, ...)                                                                     \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            vs_log_write(VS_LOG_ERROR, "kvcache", __VA_ARGS__);                                    \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+struct vs_kv_pool {
+    float *base;              /* [pages_total][2][page_tokens][kv_dim]; immutable after init */
+    size_t arena_bytes;       /* what was allocated for base */
+    vs_kv_allocator alloc;    /* alloc.alloc == NULL: host aligned_alloc / free */
+    int page_tokens;          /* immutable after init */
+    int layers;               /* immutable after init */
+    int kv_dim;               /* floats per token for K (and again for V); immutable after init */
+    size_t page_floats;       /* 2 * page_tokens * kv_dim; immutable after init */
+    size_t page_bytes;        /* immutable after init */
+    size_t pages_total;       /* immutable after init */
+    int32_t *free_pages;      /* [pages_total] stack of unused page ids; engine only */
+    size_t pages_free;        /* entries on free_pages; engine only */
+    size_t pages_reserved;    /* promised to reservations, not drawn; engine only */
+    size_t reservations;      /* live reservations; engine only */
+};
+
+struct vs_kv_resv {
+    vs_kv_pool *pool;
+    size_t pages_granted;     /* what vs_kv_reserve promised; bounds every row's page tables */
+    size_t pages_left;        /* promised and not drawn (includes pages rows gave back) */
+    vs_kv_row *rows;          /* singly linked through row->next */
+};
+
+struct vs_kv_row {
+    vs_kv_resv *resv;
+    vs_kv_row *next;
+    vs_rt_kv_layer *layers;   /* [layers] the view handed to runtime; pages point into tables */
+    int32_t *tables;          /* [layers][table_cap_pages] page ids, in token order */
+    size_t table_cap_pages;   /* = resv->pages_granted (at least 1) */
+};
+
+static int32_t *row_table(const vs_kv_row *row, int layer)
+{
+    return row->tables + (size_t)layer * row->table_cap_pages;
+}
+
+static float *slot_ptr(const vs_kv_pool *pool, int32_t page, int slot_in_page, int kv)
+{
+    return pool->base + (size_t)page * pool->page_floats +
+           ((size_t)kv * (size_t)pool->page_tokens + (size_t)slot_in_page) * (size_t)pool->kv_dim;
+}
+
+/* Draws one page for `resv` off the free list; the caller checked pages_left. */
+static int32_t draw_page(vs_kv_resv *resv)
+{
+    vs_kv_pool *pool = resv->pool;
+    VS_KV_CHECK(resv->pages_left > 0 && pool->pages_reserved > 0 && pool->pages_free > 0,
+                "kv pool: drawing a page with pages_left=%zu reserved=%zu free=%zu",
+                resv->pages_left, pool->pages_reserved, pool->pages_free);
+    resv->pages_left--;
+    pool->pages_reserved--;
+    return pool->free_pages[--pool->pages_free];
+}
+
+static void push_free(vs_kv_pool *pool, int32_t page)
+{
+    VS_KV_CHECK(page >= 0 && (size_t)page < pool->pages_total &&
+                    pool->pages_free < pool->pages_total,
+                "kv pool: returning page %d with %zu of %zu pages free (double release?)",
+                (int)page, pool->pages_free, pool->pages_total);
+    pool->free_pages[pool->pages_free++] = page;
+}
+
+vs_status vs_kv_pool_init(size_t bytes, int page_tokens, int layers, int kv_dim,
+                          const vs_kv_allocator *alloc, vs_kv_pool **out, vs_err *err)
+{
+    vs_kv_pool *pool = NULL;
+    vs_status st;
+
+    *out = NULL;
+    if (page_tokens <= 0 || layers <= 0 || kv_dim <= 0)
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "kv pool: page_tokens, layers and kv_dim must be positive "
+                          "(got %d, %d, %d)",
+                          page_tokens, layers, kv_dim);
+    if ((size_t)page_tokens > SIZE_MAX / 2 / sizeof(float) / (size_t)kv_dim)
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "kv pool: a page of %d tokens x %d floats x 2 does not fit in size_t",
+                          page_tokens, kv_dim);
+    if (alloc && alloc->alloc && !alloc->free)
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "kv pool: the allocator has alloc but no free callback; give both");
+
+    size_t page_floats = 2 * (size_t)page_tokens * (size_t)kv_dim;
+    size_t page_bytes = page_floats * sizeof(float);
+    size_t pages_total = bytes / page_bytes;
+    if (pages_total == 0)
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "kv pool: %zu bytes hold no page of %zu bytes (%d tokens x %d floats x 2 "
+                          "x 4 bytes); give at least %zu bytes",
+                          bytes, page_bytes, page_tokens, kv_dim, page_bytes);
+    if (pages_total > (size_t)INT32_MAX)
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "kv pool: %zu bytes make %zu pages, more than page ids can name (%d); "
+                          "use larger pages or a smaller pool",
+                          bytes, pages_total, (int)INT32_MAX);
+
+    pool = calloc(1, sizeof *pool);
+    if (!pool) {
+        st = vs_err_set(err, VS_ERR_NOMEM, "kv pool: out of host memory for the pool record");
+        goto fail;
+    }
+    pool->page_tokens = page_tokens;
+    pool->layers = layers;
+    pool->kv_dim = kv_dim;
+    pool->page_floats = page_floats;
+    pool->page_bytes = page_bytes;
+    pool->pages_total = pages_total;
+    if (alloc)
+        pool->alloc = *alloc;
+
+    pool->free_pages = malloc(pages_total * sizeof *pool->free_pages);
+    if (!pool->free_pages) {
+        st = vs_err_set(err, VS_ERR_NOMEM,
+                        "kv pool: out of host memory for a free list of %zu pages", pages_total);
+        goto fail;
+    }
+
+    pool->arena_bytes = pages_total * page_bytes;
+    if (pool->alloc.alloc) {
+        pool->base = pool->alloc.alloc(pool->alloc.ctx, pool->arena_bytes);
+    } else {
+        size_t rounded = (pool->arena_bytes + VS_KV_ARENA_ALIGN_BYTES - 1) &
+                         ~(size_t)(VS_KV_ARENA_ALIGN_BYTES - 1);
+        pool->base = rounded >= pool->arena_bytes ? aligned_alloc(VS_KV_ARENA_ALIGN_BYTES, rounded)
+                                                  : NULL;
+    }
+    if (!pool->base) {
+        st = vs_err_set(err, VS_ERR_NOMEM,
+                        "kv pool: could not allocate the arena of %zu bytes (%zu pages of %zu "
+                        "bytes); lower the pool size",
+                        pool->arena_bytes, pages_total, page_bytes);
+        goto fail;
+    }
+
+    /* Pushed high to low so the first draws are pages 0, 1, 2, ...: low addresses first. */
+    for (size_t i = 0; i < pages_total; i++)
+        pool->free_pages[i] = (int32_t)(pages_total - 1 - i);
+    pool->pages_free = pages_total;
+
+    *out = pool;
+    return VS_OK;
+
+fail:
+    if (pool)
+        free(pool->free_pages);
+    free(pool);
+    return st;
+}
+
+void vs_kv_pool_free(vs_kv_pool *pool)
+{
+    if (!pool)
+        return;
+    VS_KV_CHECK(pool->reservations == 0,
+                "kv pool: freed with %zu live reservations; release them first",
+                pool->reservations);
+    if (pool->alloc.alloc)
+        pool->alloc.free(pool->alloc.ctx, pool->base);
+    else
+        free(pool->base);
+    free(pool->free_pages);
+    free(pool);
+}
+
+void vs_kv_pool_stats(const vs_kv_pool *pool, vs_kv_stats *out)
+{
+    out->page_bytes = pool->page_bytes;
+    out->pages_total = pool->pages_total;
+    out->pages_free = pool->pages_free;
+    out->pages_reserved = pool->pages_reserved;
+    out->pages_used = pool->pages_total - pool->pages_free;
+    out->reservations = pool->reservations;
+}
+
+float *vs_kv_pool_base(const vs_kv_pool *pool) { return pool->base; }
+
+int vs_kv_pool_page_tokens(const vs_kv_pool *pool) { return pool->page_tokens; }
+
+size_t vs_kv_pages_for_tokens(const vs_kv_pool *pool, size_t tokens)
+{
+    size_t pt = (size_t)pool->page_tokens;
+    return tokens / pt + (tokens % pt != 0);
+}
+
+vs_kv_admit vs_kv_reserve(vs_kv_pool *pool, size_t pages, vs_kv_resv **out)
+{
+    *out = NULL;
+    if (pages > pool->pages_total)
+        return VS_KV_NEVER;
+    /* pages_free >= pages_reserved always: promised pages are free pages not yet drawn. */
+    if (pages > pool->pages_free - pool->pages_reserved)
+        return VS_KV_LATER;
+    vs_kv_resv *resv = calloc(1, sizeof *resv);
+    if (!resv)
+        return VS_KV_LATER; /* a few bytes of host memory; retrying later is the only remedy */
+    resv->pool = pool;
+    resv->pages_granted = pages;
+    resv->pages_left = pages;
+    pool->pages_reserved += pages;
+    pool->reservations++;
+    *out = resv;
+    return VS_KV_OK;
+}
+
+vs_status vs_kv_row_new(vs_kv_resv *resv, vs_kv_row **out, vs_err *err)
+{
+    const vs_kv_pool *pool = resv->pool;
+    vs_kv_row *row = NULL;
+    vs_status st;
+
+    *out = NULL;
+    row = calloc(1, sizeof *row);
+    if (!row) {
+        st = vs_err_set(err, VS_ERR_NOMEM, "kv row: out of host memory for the row record");
+        goto fail;
+    }
+    row->resv = resv;
+    row->table_cap_pages = resv->pages_granted ? resv->pages_granted : 1;
+    row->layers = calloc((size_t)pool->layers, sizeof *row->layers);
+    if (!row->layers) {
+        st = vs_err_set(err, VS_ERR_NOMEM, "kv row: out of host memory for %d layer views",
+                        pool->layers);
+        goto fail;
+    }
+    if (row->table_cap_pages > SIZE_MAX / sizeof(int32_t) / (size_t)pool->layers) {
+        st = vs_err_set(err, VS_ERR_NOMEM, "kv row: page tables of %d layers x %zu pages overflow",
+                        pool->layers, row->table_cap_pages);
+        goto fail;
+    }
+    row->tables = malloc((size_t)pool->layers * row->table_cap_pages * sizeof *row->tables);
+    if (!row->tables) {
+        st = vs_err_set(err, VS_ERR_NOMEM,
+                        "kv row: out of host memory for page tables of %d layers x %zu pages",
+                        pool->layers, row->table_cap_pages);
+        goto fail;
+    }
+    for (int l = 0; l < pool->layers; l++)
+        row->layers[l].pages = row_table(row, l);
+
+    row->next = resv->rows;
+    resv->rows = row;
+    *out = row;
+    return VS_OK;
+
+fail:
+    if (row) {
+        free(row->layers);
+        free(row->tables);
+    }
+    free(row);
+    return st;
+}
+
+vs_status vs_kv_row_reserve_tokens(vs_kv_row *row, int layer, int n_new, vs_err *err)
+{
+    vs_kv_resv *resv = row->resv;
+    const vs_kv_pool *pool = resv->pool;
+    VS_KV_CHECK(layer >= 0 && layer < pool->layers, "kv row: layer %d out of 0..%d", layer,
+                pool->layers - 1);
+    vs_rt_kv_layer *l = &row->layers[layer];
+    VS_KV_CHECK(n_new >= 0 && (size_t)n_new <= (size_t)INT32_MAX - (size_t)l->n_tokens,
+                "kv row: layer %d: %d new tokens on top of %d", layer, n_new, l->n_tokens);
+
+    size_t need_pages = vs_kv_pages_for_tokens(pool, (size_t)l->n_tokens + (size_t)n_new);
+    if (need_pages <= (size_t)l->n_pages)
+        return VS_OK;
+    size_t more_pages = need_pages - (size_t)l->n_pages;
+    if (more_pages > resv->pages_left)
+        return vs_err_set(err, VS_ERR_KV_FULL,
+                          "kv row: layer %d needs %zu more pages for %d + %d tokens but its "
+                          "reservation of %zu pages has %zu left: the job's peak page estimate is "
+                          "too small (a bug in the caller)",
+                          layer, more_pages, l->n_tokens, n_new, resv->pages_granted,
+                          resv->pages_left);
+
+    int32_t *table = row_table(row, layer);
+    for (size_t i = 0; i < more_pages; i++)
+        table[l->n_pages++] = draw_page(resv);
+    return VS_OK;
+}
+
+void vs_kv_row_commit(vs_kv_row *row, int layer, int n_new)
+{
+    const vs_kv_pool *pool = row->resv->pool;
+    VS_KV_CHECK(layer >= 0 && layer < pool->layers, "kv row: layer %d out of 0..%d", layer,
+                pool->layers - 1);
+    vs_rt_kv_layer *l = &row->layers[layer];
+    VS_KV_CHECK(n_new >= 0 &&
+                    (size_t)l->n_tokens + (size_t)n_new <=
+                        (size_t)l->n_pages * (size_t)pool->page_tokens,
+                "kv row: layer %d: committing %d tokens on top of %d with room for %d pages; call "
+                "vs_kv_row_reserve_tokens first",
+                layer, n_new, l->n_tokens, l->n_pages);
+    l->n_tokens += n_new;
+}
+
+void vs_kv_row_compact(vs_kv_row *row, int layer, int heads, const int32_t *keep, int n)
+{
+    vs_kv_resv *resv = row->resv;
+    vs_kv_pool *pool = resv->pool;
+    VS_KV_CHECK(layer >= 0 && layer < pool->layers, "kv row: layer %d out of 0..%d", layer,
+                pool->layers - 1);
+    vs_rt_kv_layer *l = &row->layers[layer];
+    VS_KV_CHECK(heads > 0 && pool->kv_dim % heads == 0,
+                "kv compact: %d heads do not divide kv_dim %d", heads, pool->kv_dim);
+    VS_KV_CHECK(n >= 0 && n <= l->n_tokens, "kv compact: layer %d keeps %d of %d tokens", layer, n,
+                l->n_tokens);
+
+    const int32_t *table = row_table(row, layer);
+    size_t head_dim = (size_t)(pool->kv_dim / heads);
+    int pt = pool->page_tokens;
+    for (int h = 0; h < heads && n > 0; h++) { /* n == 0 may come with keep == NULL */
+        const int32_t *hk = keep + (size_t)h * (size_t)n;
+        for (int i = 0; i < n; i++) {
+            int src = hk[i];
+            /* Strictly ascending makes src >= i, so a forward copy never reads a moved slot. */
+            VS_KV_CHECK(src >= 0 && src < l->n_tokens && (i == 0 || src > hk[i - 1]),
+                        "kv compact: layer %d head %d: keep[%d] = %d is not an ascending slot "
+                        "below %d",
+                        layer, h, i, src, l->n_tokens);
+            if (src == i)
+                continue;
+            for (int kv = 0; kv < 2; kv++) {
+                const float *from = slot_ptr(pool, table[src / pt], src % pt, kv) + h * head_dim;
+                float *to = slot_ptr(pool, table[i / pt], i % pt, kv) + h * head_dim;
+                memcpy(to, from, head_dim * sizeof(float));
+            }
+        }
+    }
+
+    /* Pages past the kept tokens go back to the free list, still promised to this job. */
+    int keep_pages = (int)vs_kv_pages_for_tokens(pool, (size_t)n);
+    while (l->n_pages > keep_pages) {
+        push_free(pool, table[--l->n_pages]);
+        pool->pages_reserved++;
+        resv->pages_left++;
+    }
+    l->n_tokens = n;
+}
+
+int vs_kv_row_tokens(const vs_kv_row *row, int layer)
+{
+    VS_KV_CHECK(layer >= 0 && layer < row->resv->pool->layers, "kv row: layer %d out of 0..%d",
+                layer, row->resv->pool->layers - 1);
+    return row->layers[layer].n_tokens;
+}
+
+const vs_rt_kv_layer *vs_kv_row_layers(const vs_kv_row *row) { return row->layers; }
+
+void vs_kv_release(vs_kv_resv *resv)
+{
+    if (!resv)
+        return;
+    vs_kv_pool *pool = resv->pool;
+    vs_kv_row *row = resv->rows;
+    while (row) {
+        vs_kv_row *next = row->next;
+        for (int l = 0; l < pool->layers; l++) {
+            const int32_t *table = row_table(row, l);
+            for (int p = 0; p < row->layers[l].n_pages; p++)
+                push_free(pool, table[p]);
+        }
+        free(row->layers);
+        free(row->tables);
+        free(row);
+        row = next;
+    }
+    VS_KV_CHECK(pool->pages_reserved >= resv->pages_left && pool->reservations > 0,
+                "kv release: pool has %zu pages reserved but the reservation holds %zu",
+                pool->pages_reserved, resv->pages_left);
+    pool->pages_reserved -= resv->pages_left;
+    pool->reservations--;
+    free(resv);
+}
