@@ -27,7 +27,10 @@ vs_status vs_err_wrap(vs_err *err, const char *fmt, ...)
     vsnprintf(prefix, sizeof prefix, fmt, ap);
     va_end(ap);
     memcpy(old, err->msg, sizeof old);
-    snprintf(err->msg, sizeof err->msg, "%s: %s", prefix, old);
+    int room = (int)sizeof err->msg - 1;
+    int n = snprintf(err->msg, sizeof err->msg, "%.*s: ", room, prefix);
+    if (n >= 0 && n < room)
+        snprintf(err->msg + n, sizeof err->msg - (size_t)n, "%.*s", room - n, old);
     return err->code;
 }
 

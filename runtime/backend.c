@@ -1,0 +1,50 @@
+/* runtime/backend.c — backend selection: auto picks CUDA when this build has it and a device
+ * answers, else the CPU backend. */
+#include "runtime/backend.h"
+
+#include <string.h>
+
+#include "common/log.h"
+
+int vs_rt_backend_parse(const char *s, vs_rt_backend_kind *out)
+{
+    if (strcmp(s, "auto") == 0)
+        *out = VS_RT_BACKEND_AUTO;
+    else if (strcmp(s, "cpu") == 0)
+        *out = VS_RT_BACKEND_CPU;
+    else if (strcmp(s, "cuda") == 0)
+        *out = VS_RT_BACKEND_CUDA;
+    else
+        return -1;
+    return 0;
+}
+
+#ifndef VS_HAVE_CUDA
+vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_err *err)
+{
+    (void)fp32;
+    (void)out;
+    return vs_err_set(err, VS_ERR_UNSUPPORTED,
+                      "this build has no CUDA backend (nvcc was not found at build time); use "
+                      "--backend cpu");
+}
+#endif
+
+vs_status vs_rt_backend_new(vs_rt_backend_kind kind, int threads, vs_rt_backend **out, vs_err *err)
+{
+    if (kind == VS_RT_BACKEND_CPU)
+        return vs_rt_backend_cpu_new(threads, out, err);
+    if (kind == VS_RT_BACKEND_CUDA)
+        return vs_rt_backend_cuda_new(0, out, err);
+    vs_err e2 = {0};
+    if (vs_rt_backend_cuda_new(0, out, &e2) == VS_OK)
+        return VS_OK;
+    vs_log(VS_LOG_INFO, "runtime", "backend auto: CPU (%s)", e2.msg);
+    return vs_rt_backend_cpu_new(threads, out, err);
+}
+
+void vs_rt_backend_free(vs_rt_backend *be)
+{
+    if (be)
+        be->ops->destroy(be);
+}

@@ -1,0 +1,132 @@
+/* runtime/backend.h — the backend interface: a table of operations over backend memory.
+ *
+ * var.c and vae.c are written once against this table; backend_cpu.c (OpenBLAS + pthreads, FP32)
+ * and backend_cuda.cu (cuBLAS + own kernels) implement it. Every float* below is backend memory
+ * unless its comment says "host". Operations are queued in order on the backend's one stream and
+ * may run asynchronously; errors surface at sync(). Layouts are row-major; shapes in comments.
+ *
+ * Threads: a backend belongs to the one thread that created it (the engine thread). */
+#ifndef VS_RT_BACKEND_H
+#define VS_RT_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/status.h"
+#include "runtime/kv_view.h"
+
+typedef struct vs_rt_backend vs_rt_backend;
+
+/* One row (one CFG branch of one image) of a ragged step. */
+typedef struct {
+    int tok_start;                  /* first token of this row in the step's [T] arrays */
+    int n_new;                      /* tokens this row computes (its scale's p*p) */
+    const vs_rt_kv_layer *kv;       /* host [depth]: the row's paged cache per layer */
+} vs_rt_row;
+
+typedef struct {
+    int n_rows, n_tok;
+    const vs_rt_row *rows;          /* host [n_rows] */
+    const int32_t *tok_row;         /* host [n_tok]: the row of each token */
+    float *kv_base;                 /* the KV pool arena (backend memory) */
+    int page_tokens, depth;
+    void *dev;                      /* backend's private copy, set by batch_begin */
+} vs_rt_batch;
+
+/* One image's sampling work in a step: guided logits of n tokens starting at token tok. */
+typedef struct {
+    int cond_tok, uncond_tok, n;    /* token offsets of the two rows in the logits */
+    float guidance;                 /* t: logits = (1+t)·cond − t·uncond */
+    int top_k;                      /* 0 = off */
+    float top_p;                    /* 0 = off */
+    uint64_t seed;
+    int scale;                      /* counter for the RNG: (seed) × (scale, token) */
+    int32_t *out;                   /* host [n] sampled token ids */
+} vs_rt_sample_req;
+
+typedef struct {
+    const char *name;
+    void (*destroy)(vs_rt_backend *be);
+    void *(*alloc)(vs_rt_backend *be, size_t bytes);           /* NULL on failure */
+    void (*free)(vs_rt_backend *be, void *p);                 /* NULL ok */
+    void (*upload)(vs_rt_backend *be, void *dst, const void *src_host, size_t bytes);
+    void (*download)(vs_rt_backend *be, void *dst_host, const void *src, size_t bytes);
+    void (*copy)(vs_rt_backend *be, void *dst, const void *src, size_t bytes);
+    void (*zero)(vs_rt_backend *be, void *dst, size_t bytes);
+    vs_status (*sync)(vs_rt_backend *be, vs_err *err);
+    /* prepares the batch's row tables for the ops below (CUDA uploads them once per step) */
+    vs_status (*batch_begin)(vs_rt_backend *be, vs_rt_batch *b, vs_err *err);
+
+    /* y[M][N] = x[M][K] · w[N][K]ᵀ + bias[N] (bias may be NULL) */
+    void (*linear)(vs_rt_backend *be, float *y, const float *x, const float *w, const float *bias,
+                   int M, int N, int K);
+    void (*silu)(vs_rt_backend *be, float *y, const float *x, size_t n);
+    void (*gelu_tanh)(vs_rt_backend *be, float *x, size_t n);           /* in place */
+    void (*add)(vs_rt_backend *be, float *y, const float *x, size_t n); /* y += x */
+    void (*add_bias_rows)(vs_rt_backend *be, float *y, const float *b, int M, int N);
+    /* y[t] = (accumulate ? y[t] : 0) + table[idx[t]]; idx host [T] */
+    void (*gather_rows)(vs_rt_backend *be, float *y, const float *table, const int32_t *idx_host,
+                        int T, int C, int accumulate);
+    /* y[t] = LN(x[t]) * (1 + mod[row][scale_off..]) + mod[row][shift_off..], LN without affine */
+    void (*adaln)(vs_rt_backend *be, float *y, const float *x, const float *mod, int mod_stride,
+                  int scale_off, int shift_off, const vs_rt_batch *b, int C, float eps);
+    /* x[t] += y[t] * mod[row][gamma_off..] */
+    void (*gated_add)(vs_rt_backend *be, float *x, const float *y, const float *mod, int mod_stride,
+                      int gamma_off, const vs_rt_batch *b, int C);
+    /* qkv [T][3C]: q, k L2-normalised per head (eps 1e-12), q *= exp(min(scale_mul[h], ln 100)) */
+    void (*qk_norm)(vs_rt_backend *be, float *qkv, int T, int H, int d, const float *scale_mul);
+    /* Writes each row's new K,V (from qkv) into slots kv[layer].n_tokens.. of its pages, then
+     * out[t] = softmax(q·Kᵀ·scale)·V over the row's n_tokens + n_new tokens, per head. */
+    void (*attention)(vs_rt_backend *be, float *out, const float *qkv, const vs_rt_batch *b,
+                      int layer, int H, int d, float scale);
+    /* CFG mix into the cond rows, then top-k/top-p sampling; reqs host [n]. */
+    void (*cfg_sample)(vs_rt_backend *be, float *logits, int V, const vs_rt_sample_req *reqs, int n);
+
+    /* ---- quantiser ---- */
+    /* h[c][i] = emb[idx[i]][c]; idx host [n] */
+    void (*embed_chw)(vs_rt_backend *be, float *h, const float *emb, const int32_t *idx_host, int n,
+                      int C);
+    /* PyTorch bicubic (align_corners False, A = −0.75, edge clamp), planes of hi×wi → ho×wo */
+    void (*upsample_bicubic)(vs_rt_backend *be, float *dst, const float *src, int planes, int hi,
+                             int wi, int ho, int wo);
+    /* adaptive average pooling, planes of hi×wi → ho×wo */
+    void (*area_downsample)(vs_rt_backend *be, float *dst, const float *src, int planes, int hi,
+                            int wi, int ho, int wo);
+    /* f += (1−r)·h + r·ch */
+    void (*phi_add)(vs_rt_backend *be, float *f, const float *h, const float *ch, float r, size_t n);
+    /* dst[c][r] = src[r][c] for src [rows][cols] */
+    void (*transpose)(vs_rt_backend *be, float *dst, const float *src, int rows, int cols);
+
+    /* ---- decoder ---- */
+    /* y[N][cout][H][W] = conv(x[N][cin][H][W], w[cout][cin][k][k]) + b, stride 1, padding k/2 */
+    void (*conv2d)(vs_rt_backend *be, float *y, const float *x, const float *w, const float *b,
+                   int N, int cin, int H, int W, int cout, int k);
+    /* GroupNorm with affine; then SiLU when silu != 0. x,y [N][C][HW] */
+    void (*group_norm)(vs_rt_backend *be, float *y, const float *x, const float *gamma,
+                       const float *beta, int N, int C, int HW, int groups, float eps, int silu);
+    void (*upsample_nearest2x)(vs_rt_backend *be, float *dst, const float *src, int planes, int h,
+                               int w);
+    /* out[n][C][HW] = v·softmax(qᵀk/√C)ᵀ, single head over positions; qkv [N][3C][HW] */
+    void (*spatial_attention)(vs_rt_backend *be, float *out, const float *qkv, int N, int C, int HW);
+    /* x = (clamp(x, −1, 1) + 1) / 2 */
+    void (*to_unit)(vs_rt_backend *be, float *x, size_t n);
+} vs_rt_backend_ops;
+
+struct vs_rt_backend {
+    const vs_rt_backend_ops *ops;
+    int threads;            /* CPU worker threads (informational for CUDA) */
+    int host_memory;        /* 1 when backend memory is host memory (weights used in place) */
+};
+
+typedef enum { VS_RT_BACKEND_AUTO, VS_RT_BACKEND_CPU, VS_RT_BACKEND_CUDA } vs_rt_backend_kind;
+
+/* CPU backend with `threads` workers (0 = all cores). */
+vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err);
+/* CUDA backend on device 0; VS_ERR_UNSUPPORTED when this build or machine has none. */
+vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_err *err);
+/* auto picks CUDA when a device is present, else CPU. */
+vs_status vs_rt_backend_new(vs_rt_backend_kind kind, int threads, vs_rt_backend **out, vs_err *err);
+int vs_rt_backend_parse(const char *s, vs_rt_backend_kind *out); /* 0 on success */
+void vs_rt_backend_free(vs_rt_backend *be); /* NULL ok */
+
+#endif

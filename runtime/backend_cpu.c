@@ -1,0 +1,788 @@
+/* runtime/backend_cpu.c — the CPU backend: FP32, OpenBLAS for GEMMs, a pthread pool for the rest.
+ *
+ * Design: OpenBLAS runs single-threaded and our pool splits every op (GEMMs by rows or columns,
+ * convolutions by output bands, attention by (row, head, query block)), so one pool owns the cores
+ * and nothing oversubscribes them. Each output element is computed in exactly one place with the
+ * same arithmetic whatever the split, so results do not depend on the thread count. Scratch is
+ * grow-only per worker, so steady-state steps do not allocate. Engine thread only. */
+#include <cblas.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/backend.h"
+#include "runtime/philox.h"
+#include "runtime/sample.h"
+#include "runtime/threads.h"
+
+void openblas_set_num_threads(int num_threads);
+
+typedef struct {
+    float *p;
+    size_t cap; /* floats */
+} scratch;
+
+typedef struct {
+    vs_rt_backend base;
+    vs_rt_tpool *tp;
+    int nw;
+    scratch *ws; /* [nw] per-worker scratch */
+} cpu_backend;
+
+static cpu_backend *cpu(vs_rt_backend *be) { return (cpu_backend *)be; }
+
+/* Grows every worker's scratch to at least n floats. Returns 0 on success. */
+static int ensure_scratch(cpu_backend *c, size_t n)
+{
+    for (int i = 0; i < c->nw; i++) {
+        if (c->ws[i].cap >= n)
+            continue;
+        float *p = realloc(c->ws[i].p, n * sizeof(float));
+        if (!p)
+            return -1;
+        c->ws[i].p = p;
+        c->ws[i].cap = n;
+    }
+    return 0;
+}
+
+/* ---- memory ---------------------------------------------------------------------------------- */
+
+static void cpu_destroy(vs_rt_backend *be)
+{
+    cpu_backend *c = cpu(be);
+    vs_rt_tpool_free(c->tp);
+    for (int i = 0; i < c->nw; i++)
+        free(c->ws[i].p);
+    free(c->ws);
+    free(c);
+}
+
+static void *cpu_alloc(vs_rt_backend *be, size_t bytes)
+{
+    (void)be;
+    size_t n = (bytes + 63) & ~(size_t)63;
+    return aligned_alloc(64, n ? n : 64);
+}
+
+static void cpu_free(vs_rt_backend *be, void *p)
+{
+    (void)be;
+    free(p);
+}
+
+static void cpu_copy(vs_rt_backend *be, void *dst, const void *src, size_t bytes)
+{
+    (void)be;
+    if (bytes)
+        memmove(dst, src, bytes);
+}
+
+static void cpu_zero(vs_rt_backend *be, void *dst, size_t bytes)
+{
+    (void)be;
+    memset(dst, 0, bytes);
+}
+
+static vs_status cpu_sync(vs_rt_backend *be, vs_err *err)
+{
+    (void)be;
+    (void)err;
+    return VS_OK;
+}
+
+static vs_status cpu_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err)
+{
+    (void)be;
+    (void)err;
+    b->dev = NULL;
+    return VS_OK;
+}
+
+/* ---- dense ------------------------------------------------------------------------------------- */
+
+typedef struct {
+    float *y;
+    const float *x, *w, *bias;
+    int M, N, K, by_rows, blk;
+} linear_job;
+
+static void linear_task(void *p, size_t b, size_t e, int worker)
+{
+    (void)worker;
+    linear_job *j = p;
+    if (j->by_rows) {
+        int m0 = (int)b * j->blk, m1 = (int)e * j->blk;
+        if (m1 > j->M)
+            m1 = j->M;
+        float *y = j->y + (size_t)m0 * j->N;
+        if (j->bias)
+            for (int m = m0; m < m1; m++)
+                memcpy(j->y + (size_t)m * j->N, j->bias, (size_t)j->N * sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m1 - m0, j->N, j->K, 1.0f,
+                    j->x + (size_t)m0 * j->K, j->K, j->w, j->K, j->bias ? 1.0f : 0.0f, y, j->N);
+    } else {
+        int n0 = (int)b * j->blk, n1 = (int)e * j->blk;
+        if (n1 > j->N)
+            n1 = j->N;
+        if (j->bias)
+            for (int m = 0; m < j->M; m++)
+                memcpy(j->y + (size_t)m * j->N + n0, j->bias + n0, (size_t)(n1 - n0) * sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->M, n1 - n0, j->K, 1.0f, j->x, j->K,
+                    j->w + (size_t)n0 * j->K, j->K, j->bias ? 1.0f : 0.0f, j->y + n0, j->N);
+    }
+}
+
+static void cpu_linear(vs_rt_backend *be, float *y, const float *x, const float *w,
+                       const float *bias, int M, int N, int K)
+{
+    cpu_backend *c = cpu(be);
+    linear_job j = {y, x, w, bias, M, N, K, M >= 64, 16};
+    size_t units;
+    if (j.by_rows) {
+        units = (size_t)(M + j.blk - 1) / (size_t)j.blk;
+    } else {
+        j.blk = 64;
+        units = (size_t)(N + j.blk - 1) / (size_t)j.blk;
+    }
+    vs_rt_parallel_for(c->tp, units, linear_task, &j);
+}
+
+typedef struct {
+    float *y;
+    const float *x;
+    int op; /* 0 silu, 1 gelu_tanh (in place), 2 add, 3 to_unit */
+} ew_job;
+
+static void ew_task(void *p, size_t b, size_t e, int worker)
+{
+    (void)worker;
+    ew_job *j = p;
+    float *y = j->y;
+    const float *x = j->x;
+    switch (j->op) {
+    case 0:
+        for (size_t i = b; i < e; i++)
+            y[i] = x[i] / (1.0f + expf(-x[i]));
+        break;
+    case 1:
+        for (size_t i = b; i < e; i++) {
+            float v = y[i];
+            y[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+        }
+        break;
+    case 2:
+        for (size_t i = b; i < e; i++)
+            y[i] += x[i];
+        break;
+    default:
+        for (size_t i = b; i < e; i++) {
+            float v = y[i] < -1.0f ? -1.0f : y[i] > 1.0f ? 1.0f : y[i];
+            y[i] = (v + 1.0f) * 0.5f;
+        }
+        break;
+    }
+}
+
+static void run_ew(vs_rt_backend *be, float *y, const float *x, size_t n, int op)
+{
+    ew_job j = {y, x, op};
+    if (n < 65536)
+        ew_task(&j, 0, n, 0);
+    else
+        vs_rt_parallel_for(cpu(be)->tp, n, ew_task, &j);
+}
+
+static void cpu_silu(vs_rt_backend *be, float *y, const float *x, size_t n) { run_ew(be, y, x, n, 0); }
+static void cpu_gelu(vs_rt_backend *be, float *x, size_t n) { run_ew(be, x, NULL, n, 1); }
+static void cpu_add(vs_rt_backend *be, float *y, const float *x, size_t n) { run_ew(be, y, x, n, 2); }
+static void cpu_to_unit(vs_rt_backend *be, float *x, size_t n) { run_ew(be, x, NULL, n, 3); }
+
+static void cpu_add_bias_rows(vs_rt_backend *be, float *y, const float *b, int M, int N)
+{
+    (void)be;
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++)
+            y[(size_t)m * N + n] += b[n];
+}
+
+static void cpu_gather_rows(vs_rt_backend *be, float *y, const float *table, const int32_t *idx,
+                            int T, int C, int accumulate)
+{
+    (void)be;
+    for (int t = 0; t < T; t++) {
+        const float *src = table + (size_t)idx[t] * C;
+        float *dst = y + (size_t)t * C;
+        if (accumulate)
+            for (int i = 0; i < C; i++)
+                dst[i] += src[i];
+        else
+            memcpy(dst, src, (size_t)C * sizeof(float));
+    }
+}
+
+typedef struct {
+    float *y;
+    const float *x, *mod;
+    int mod_stride, off_a, off_b, C;
+    const int32_t *tok_row;
+    float eps;
+} adaln_job;
+
+static void adaln_task(void *p, size_t b, size_t e, int worker)
+{
+    (void)worker;
+    adaln_job *j = p;
+    int C = j->C;
+    for (size_t t = b; t < e; t++) {
+        const float *x = j->x + t * (size_t)C;
+        float *y = j->y + t * (size_t)C;
+        const float *mrow = j->mod + (size_t)j->tok_row[t] * (size_t)j->mod_stride;
+        const float *sc = mrow + j->off_a, *sh = mrow + j->off_b;
+        double mean = 0, var = 0;
+        for (int i = 0; i < C; i++)
+            mean += x[i];
+        mean /= C;
+        for (int i = 0; i < C; i++) {
+            double d = x[i] - mean;
+            var += d * d;
+        }
+        var /= C;
+        float rstd = (float)(1.0 / sqrt(var + j->eps)), fm = (float)mean;
+        for (int i = 0; i < C; i++)
+            y[i] = (x[i] - fm) * rstd * (1.0f + sc[i]) + sh[i];
+    }
+}
+
+static void cpu_adaln(vs_rt_backend *be, float *y, const float *x, const float *mod, int mod_stride,
+                      int scale_off, int shift_off, const vs_rt_batch *b, int C, float eps)
+{
+    adaln_job j = {y, x, mod, mod_stride, scale_off, shift_off, C, b->tok_row, eps};
+    vs_rt_parallel_for(cpu(be)->tp, (size_t)b->n_tok, adaln_task, &j);
+}
+
+static void gated_task(void *p, size_t b, size_t e, int worker)
+{
+    (void)worker;
+    adaln_job *j = p; /* y = x (in/out), x = the branch output, off_a = gamma */
+    int C = j->C;
+    for (size_t t = b; t < e; t++) {
+        float *x = j->y + t * (size_t)C;
+        const float *br = j->x + t * (size_t)C;
+        const float *g = j->mod + (size_t)j->tok_row[t] * (size_t)j->mod_stride + j->off_a;
+        for (int i = 0; i < C; i++)
+            x[i] += br[i] * g[i];
+    }
+}
+
+static void cpu_gated_add(vs_rt_backend *be, float *x, const float *y, const float *mod,
+                          int mod_stride, int gamma_off, const vs_rt_batch *b, int C)
+{
+    adaln_job j = {x, y, mod, mod_stride, gamma_off, 0, C, b->tok_row, 0};
+    vs_rt_parallel_for(cpu(be)->tp, (size_t)b->n_tok, gated_task, &j);
+}
+
+static void cpu_qk_norm(vs_rt_backend *be, float *qkv, int T, int H, int d, const float *scale_mul)
+{
+    (void)be;
+    int C = H * d;
+    const float max_mul = logf(100.0f);
+    for (int t = 0; t < T; t++)
+        for (int part = 0; part < 2; part++)
+            for (int h = 0; h < H; h++) {
+                float *v = qkv + (size_t)t * 3 * C + (size_t)part * C + (size_t)h * d;
+                double ss = 0;
+                for (int i = 0; i < d; i++)
+                    ss += (double)v[i] * v[i];
+                float nrm = (float)sqrt(ss);
+                float inv = 1.0f / (nrm > 1e-12f ? nrm : 1e-12f);
+                if (part == 0) {
+                    float sm = scale_mul[h] < max_mul ? scale_mul[h] : max_mul;
+                    inv *= expf(sm);
+                }
+                for (int i = 0; i < d; i++)
+                    v[i] *= inv;
+            }
+}
+
+/* ---- attention over pages ---------------------------------------------------------------------- */
+
+typedef struct {
+    float *out;
+    const float *qkv;
+    const vs_rt_batch *b;
+    int layer, H, d;
+    float scale;
+    int qblk;
+    /* work units: (row, head, query block) flattened */
+    const int *unit_row_start; /* [n_rows+1] prefix of units per row */
+} attn_job;
+
+static void kv_write_task(void *p, size_t b, size_t e, int worker)
+{
+    (void)worker;
+    attn_job *j = p;
+    const vs_rt_batch *bt = j->b;
+    int C = j->H * j->d;
+    vs_rt_kv_view view = {bt->kv_base, bt->page_tokens, C, NULL};
+    for (size_t r = b; r < e; r++) {
+        const vs_rt_row *row = &bt->rows[r];
+        const vs_rt_kv_layer *l = &row->kv[j->layer];
+        for (int i = 0; i < row->n_new; i++) {
+            const float *src = j->qkv + (size_t)(row->tok_start + i) * 3 * C;
+            int slot = l->n_tokens + i;
+            memcpy(bt->kv_base + vs_rt_kv_offset(&view, l, slot, 0), src + C, (size_t)C * 4);
+            memcpy(bt->kv_base + vs_rt_kv_offset(&view, l, slot, 1), src + 2 * C, (size_t)C * 4);
+        }
+    }
+}
+
+static void attn_task(void *p, size_t ub, size_t ue, int worker)
+{
+    attn_job *j = p;
+    const vs_rt_batch *bt = j->b;
+    int H = j->H, d = j->d, C = H * d, PT = bt->page_tokens;
+    cpu_backend *dummy = NULL;
+    (void)dummy;
+    (void)worker;
+    int r = 0;
+    for (size_t u = ub; u < ue; u++) {
+        while ((size_t)j->unit_row_start[r + 1] <= u)
+            r++;
+        const vs_rt_row *row = &bt->rows[r];
+        const vs_rt_kv_layer *l = &row->kv[j->layer];
+        int nq_blocks = (row->n_new + j->qblk - 1) / j->qblk;
+        int local = (int)(u - (size_t)j->unit_row_start[r]);
+        int h = local / nq_blocks, qb = local % nq_blocks;
+        int q0 = qb * j->qblk, q1 = q0 + j->qblk < row->n_new ? q0 + j->qblk : row->n_new;
+        int nk = l->n_tokens + row->n_new;
+        float scores[nk];
+        for (int qi = q0; qi < q1; qi++) {
+            const float *q = j->qkv + (size_t)(row->tok_start + qi) * 3 * C + (size_t)h * d;
+            float mx = -INFINITY;
+            for (int pg = 0, k = 0; k < nk; pg++) {
+                const float *kp = bt->kv_base + ((size_t)l->pages[pg] * 2 * PT) * C + (size_t)h * d;
+                int n = nk - k < PT ? nk - k : PT;
+                for (int s = 0; s < n; s++, k++) {
+                    const float *kv = kp + (size_t)s * C;
+                    float acc = 0;
+                    for (int i = 0; i < d; i++)
+                        acc += q[i] * kv[i];
+                    acc *= j->scale;
+                    scores[k] = acc;
+                    if (acc > mx)
+                        mx = acc;
+                }
+            }
+            float sum = 0;
+            for (int k = 0; k < nk; k++) {
+                scores[k] = expf(scores[k] - mx);
+                sum += scores[k];
+            }
+            float inv = 1.0f / sum;
+            float *o = j->out + (size_t)(row->tok_start + qi) * C + (size_t)h * d;
+            for (int i = 0; i < d; i++)
+                o[i] = 0;
+            for (int pg = 0, k = 0; k < nk; pg++) {
+                const float *vp = bt->kv_base + ((size_t)l->pages[pg] * 2 + 1) * PT * C + (size_t)h * d;
+                int n = nk - k < PT ? nk - k : PT;
+                for (int s = 0; s < n; s++, k++) {
+                    const float *vv = vp + (size_t)s * C;
+                    float w = scores[k] * inv;
+                    for (int i = 0; i < d; i++)
+                        o[i] += w * vv[i];
+                }
+            }
+        }
+    }
+}
+
+static void cpu_attention(vs_rt_backend *be, float *out, const float *qkv, const vs_rt_batch *b,
+                          int layer, int H, int d, float scale)
+{
+    cpu_backend *c = cpu(be);
+    attn_job j = {out, qkv, b, layer, H, d, scale, 16, NULL};
+    vs_rt_parallel_for(c->tp, (size_t)b->n_rows, kv_write_task, &j);
+    int starts[b->n_rows + 1];
+    starts[0] = 0;
+    for (int r = 0; r < b->n_rows; r++)
+        starts[r + 1] = starts[r] + H * ((b->rows[r].n_new + j.qblk - 1) / j.qblk);
+    j.unit_row_start = starts;
+    vs_rt_parallel_for(c->tp, (size_t)starts[b->n_rows], attn_task, &j);
+}
+
+/* ---- guidance and sampling --------------------------------------------------------------------- */
+
+typedef struct {
+    float *logits;
+    int V;
+    const vs_rt_sample_req *reqs;
+    const int *req_start; /* prefix of tokens per request */
+    int n;
+    cpu_backend *c;
+} sample_job;
+
+static void sample_task(void *p, size_t b, size_t e, int worker)
+{
+    sample_job *j = p;
+    int V = j->V;
+    vs_rt_sample_scratch s = {j->c->ws[worker].p, (int32_t *)(j->c->ws[worker].p + V)};
+    int r = 0;
+    for (size_t u = b; u < e; u++) {
+        while ((size_t)j->req_start[r + 1] <= u)
+            r++;
+        const vs_rt_sample_req *q = &j->reqs[r];
+        int i = (int)(u - (size_t)j->req_start[r]);
+        float *lc = j->logits + (size_t)(q->cond_tok + i) * V;
+        const float *lu = j->logits + (size_t)(q->uncond_tok + i) * V;
+        float t = q->guidance;
+        for (int v = 0; v < V; v++)
+            lc[v] = (1.0f + t) * lc[v] - t * lu[v];
+        float uni = vs_philox_uniform(q->seed, q->scale, i);
+        q->out[i] = vs_rt_sample_token(lc, V, q->top_k, q->top_p, uni, &s);
+    }
+}
+
+static void cpu_cfg_sample(vs_rt_backend *be, float *logits, int V, const vs_rt_sample_req *reqs, int n)
+{
+    cpu_backend *c = cpu(be);
+    if (ensure_scratch(c, (size_t)V * 2) != 0)
+        abort(); /* a few KB per worker; failure here is not recoverable mid-step */
+    int starts[n + 1];
+    starts[0] = 0;
+    for (int r = 0; r < n; r++)
+        starts[r + 1] = starts[r] + reqs[r].n;
+    sample_job j = {logits, V, reqs, starts, n, c};
+    vs_rt_parallel_for(c->tp, (size_t)starts[n], sample_task, &j);
+}
+
+/* ---- quantiser ---------------------------------------------------------------------------------- */
+
+static void cpu_embed_chw(vs_rt_backend *be, float *h, const float *emb, const int32_t *idx, int n, int C)
+{
+    (void)be;
+    for (int i = 0; i < n; i++)
+        for (int c = 0; c < C; c++)
+            h[(size_t)c * n + i] = emb[(size_t)idx[i] * C + c];
+}
+
+static float cubic1(float x, float A) { return ((A + 2) * x - (A + 3)) * x * x + 1; }
+static float cubic2(float x, float A) { return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A; }
+
+static void cubic_coeffs(int out, int in, int o, int *i0, float w[4])
+{
+    const float A = -0.75f;
+    float scale = (float)in / (float)out;
+    float real = scale * ((float)o + 0.5f) - 0.5f;
+    float fl = floorf(real);
+    float t = real - fl;
+    *i0 = (int)fl;
+    w[0] = cubic2(t + 1.0f, A);
+    w[1] = cubic1(t, A);
+    w[2] = cubic1(1.0f - t, A);
+    w[3] = cubic2(2.0f - t, A);
+}
+
+static int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+static void cpu_upsample_bicubic(vs_rt_backend *be, float *dst, const float *src, int planes, int hi,
+                                 int wi, int ho, int wo)
+{
+    (void)be;
+    if (hi == ho && wi == wo) {
+        memcpy(dst, src, (size_t)planes * hi * wi * sizeof(float));
+        return;
+    }
+    for (int p = 0; p < planes; p++) {
+        const float *s = src + (size_t)p * hi * wi;
+        float *d = dst + (size_t)p * ho * wo;
+        for (int y = 0; y < ho; y++) {
+            int y0;
+            float wy[4];
+            cubic_coeffs(ho, hi, y, &y0, wy);
+            for (int x = 0; x < wo; x++) {
+                int x0;
+                float wx[4];
+                cubic_coeffs(wo, wi, x, &x0, wx);
+                float rows[4];
+                for (int k = 0; k < 4; k++) {
+                    const float *sr = s + (size_t)clampi(y0 - 1 + k, 0, hi - 1) * wi;
+                    rows[k] = sr[clampi(x0 - 1, 0, wi - 1)] * wx[0] + sr[clampi(x0, 0, wi - 1)] * wx[1] +
+                              sr[clampi(x0 + 1, 0, wi - 1)] * wx[2] + sr[clampi(x0 + 2, 0, wi - 1)] * wx[3];
+                }
+                d[(size_t)y * wo + x] = rows[0] * wy[0] + rows[1] * wy[1] + rows[2] * wy[2] + rows[3] * wy[3];
+            }
+        }
+    }
+}
+
+static void cpu_area_downsample(vs_rt_backend *be, float *dst, const float *src, int planes, int hi,
+                                int wi, int ho, int wo)
+{
+    (void)be;
+    for (int p = 0; p < planes; p++) {
+        const float *s = src + (size_t)p * hi * wi;
+        float *d = dst + (size_t)p * ho * wo;
+        for (int y = 0; y < ho; y++) {
+            int y0 = (y * hi) / ho, y1 = ((y + 1) * hi + ho - 1) / ho;
+            for (int x = 0; x < wo; x++) {
+                int x0 = (x * wi) / wo, x1 = ((x + 1) * wi + wo - 1) / wo;
+                float acc = 0;
+                for (int yy = y0; yy < y1; yy++)
+                    for (int xx = x0; xx < x1; xx++)
+                        acc += s[(size_t)yy * wi + xx];
+                d[(size_t)y * wo + x] = acc / (float)((y1 - y0) * (x1 - x0));
+            }
+        }
+    }
+}
+
+static void cpu_phi_add(vs_rt_backend *be, float *f, const float *h, const float *ch, float r, size_t n)
+{
+    (void)be;
+    for (size_t i = 0; i < n; i++)
+        f[i] += h[i] * (1.0f - r) + ch[i] * r;
+}
+
+static void cpu_transpose(vs_rt_backend *be, float *dst, const float *src, int rows, int cols)
+{
+    (void)be;
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < cols; c++)
+            dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+}
+
+/* ---- decoder -------------------------------------------------------------------------------------- */
+
+typedef struct {
+    float *y;
+    const float *x, *w, *b;
+    int N, cin, H, W, cout, k, band, nbands;
+    cpu_backend *c;
+} conv_job;
+
+/* one unit = one band of output rows of one image: im2col of the band, then one GEMM */
+static void conv_task(void *p, size_t ub, size_t ue, int worker)
+{
+    conv_job *j = p;
+    int k = j->k, pad = k / 2, H = j->H, W = j->W, KK = j->cin * k * k;
+    float *col = j->c->ws[worker].p;
+    for (size_t u = ub; u < ue; u++) {
+        int n = (int)(u / (size_t)j->nbands), bi = (int)(u % (size_t)j->nbands);
+        int y0 = bi * j->band, y1 = y0 + j->band < H ? y0 + j->band : H, cols = (y1 - y0) * W;
+        const float *x = j->x + (size_t)n * j->cin * H * W;
+        float *y = j->y + (size_t)n * j->cout * H * W;
+        const float *bmat;
+        if (k == 1) {
+            bmat = x + (size_t)y0 * W; /* rows of x are the columns we need, stride H*W */
+        } else {
+            for (int ci = 0; ci < j->cin; ci++)
+                for (int ky = 0; ky < k; ky++)
+                    for (int kx = 0; kx < k; kx++) {
+                        float *dst = col + ((size_t)(ci * k + ky) * k + kx) * cols;
+                        const float *src = x + (size_t)ci * H * W;
+                        for (int yy = y0; yy < y1; yy++) {
+                            int sy = yy + ky - pad;
+                            float *drow = dst + (size_t)(yy - y0) * W;
+                            if (sy < 0 || sy >= H) {
+                                memset(drow, 0, (size_t)W * sizeof(float));
+                                continue;
+                            }
+                            const float *srow = src + (size_t)sy * W;
+                            int dx = kx - pad;
+                            int xs = dx < 0 ? -dx : 0, xe = dx > 0 ? W - dx : W;
+                            for (int xx = 0; xx < xs; xx++)
+                                drow[xx] = 0;
+                            memcpy(drow + xs, srow + xs + dx, (size_t)(xe - xs) * sizeof(float));
+                            for (int xx = xe; xx < W; xx++)
+                                drow[xx] = 0;
+                        }
+                    }
+            bmat = col;
+        }
+        for (int co = 0; co < j->cout; co++) {
+            float *yr = y + (size_t)co * H * W + (size_t)y0 * W;
+            float bv = j->b ? j->b[co] : 0.0f;
+            for (int i = 0; i < cols; i++)
+                yr[i] = bv;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->cout, cols, KK, 1.0f, j->w, KK, bmat,
+                    k == 1 ? H * W : cols, 1.0f, y + (size_t)y0 * W, H * W);
+    }
+}
+
+static void cpu_conv2d(vs_rt_backend *be, float *y, const float *x, const float *w, const float *b,
+                       int N, int cin, int H, int W, int cout, int k)
+{
+    cpu_backend *c = cpu(be);
+    size_t per_row = (size_t)cin * k * k * W;
+    int band = (int)((1u << 18) / (per_row ? per_row : 1));
+    if (band < 1)
+        band = 1;
+    if (band > H)
+        band = H;
+    /* enough units for every worker */
+    while (band > 1 && (size_t)N * (size_t)((H + band - 1) / band) < (size_t)c->nw * 2)
+        band = (band + 1) / 2;
+    if (k > 1 && ensure_scratch(c, per_row * (size_t)band) != 0)
+        abort(); /* scratch is bounded (about 1 MB per worker) */
+    conv_job j = {y, x, w, b, N, cin, H, W, cout, k, band, (H + band - 1) / band, c};
+    vs_rt_parallel_for(c->tp, (size_t)N * j.nbands, conv_task, &j);
+}
+
+typedef struct {
+    float *y;
+    const float *x, *gamma, *beta;
+    int C, HW, groups, silu;
+    float eps;
+} gn_job;
+
+static void gn_task(void *p, size_t b, size_t e, int worker)
+{
+    (void)worker;
+    gn_job *j = p;
+    int cpg = j->C / j->groups;
+    size_t gsize = (size_t)cpg * j->HW;
+    for (size_t u = b; u < e; u++) {
+        int g = (int)(u % (size_t)j->groups);
+        const float *x = j->x + u * gsize;
+        float *y = j->y + u * gsize;
+        double mean = 0, var = 0;
+        for (size_t i = 0; i < gsize; i++)
+            mean += x[i];
+        mean /= (double)gsize;
+        for (size_t i = 0; i < gsize; i++) {
+            double d = x[i] - mean;
+            var += d * d;
+        }
+        var /= (double)gsize;
+        float rstd = (float)(1.0 / sqrt(var + j->eps)), fm = (float)mean;
+        for (int c = 0; c < cpg; c++) {
+            int ch = g * cpg + c;
+            float a = rstd * j->gamma[ch], bb = j->beta[ch] - fm * rstd * j->gamma[ch];
+            const float *xc = x + (size_t)c * j->HW;
+            float *yc = y + (size_t)c * j->HW;
+            if (j->silu)
+                for (int i = 0; i < j->HW; i++) {
+                    float v = xc[i] * a + bb;
+                    yc[i] = v / (1.0f + expf(-v));
+                }
+            else
+                for (int i = 0; i < j->HW; i++)
+                    yc[i] = xc[i] * a + bb;
+        }
+    }
+}
+
+static void cpu_group_norm(vs_rt_backend *be, float *y, const float *x, const float *gamma,
+                           const float *beta, int N, int C, int HW, int groups, float eps, int silu)
+{
+    gn_job j = {y, x, gamma, beta, C, HW, groups, silu, eps};
+    vs_rt_parallel_for(cpu(be)->tp, (size_t)N * groups, gn_task, &j);
+}
+
+static void cpu_upsample_nearest2x(vs_rt_backend *be, float *dst, const float *src, int planes, int h, int w)
+{
+    (void)be;
+    for (int p = 0; p < planes; p++) {
+        const float *s = src + (size_t)p * h * w;
+        float *d = dst + (size_t)p * 4 * h * w;
+        for (int y = 0; y < 2 * h; y++) {
+            const float *sr = s + (size_t)(y / 2) * w;
+            float *dr = d + (size_t)y * 2 * w;
+            for (int x = 0; x < 2 * w; x++)
+                dr[x] = sr[x / 2];
+        }
+    }
+}
+
+static void cpu_spatial_attention(vs_rt_backend *be, float *out, const float *qkv, int N, int C, int HW)
+{
+    cpu_backend *c = cpu(be);
+    if (ensure_scratch(c, (size_t)HW * HW) != 0)
+        abort();
+    float *w = c->ws[0].p; /* [HW q][HW k] */
+    float sc = 1.0f / sqrtf((float)C);
+    for (int n = 0; n < N; n++) {
+        const float *q = qkv + (size_t)n * 3 * C * HW, *k = q + (size_t)C * HW, *v = k + (size_t)C * HW;
+        /* w[i][j] = Σ_c q[c][i] k[c][j] */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, HW, HW, C, sc, q, HW, k, HW, 0.0f, w, HW);
+        for (int i = 0; i < HW; i++) {
+            float *r = w + (size_t)i * HW, mx = -INFINITY, sum = 0;
+            for (int jx = 0; jx < HW; jx++)
+                mx = r[jx] > mx ? r[jx] : mx;
+            for (int jx = 0; jx < HW; jx++) {
+                r[jx] = expf(r[jx] - mx);
+                sum += r[jx];
+            }
+            for (int jx = 0; jx < HW; jx++)
+                r[jx] /= sum;
+        }
+        /* out[c][i] = Σ_j v[c][j] w[i][j] */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, C, HW, HW, 1.0f, v, HW, w, HW, 0.0f,
+                    out + (size_t)n * C * HW, HW);
+    }
+}
+
+static const vs_rt_backend_ops cpu_ops = {
+    .name = "cpu",
+    .destroy = cpu_destroy,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_copy,
+    .download = cpu_copy,
+    .copy = cpu_copy,
+    .zero = cpu_zero,
+    .sync = cpu_sync,
+    .batch_begin = cpu_batch_begin,
+    .linear = cpu_linear,
+    .silu = cpu_silu,
+    .gelu_tanh = cpu_gelu,
+    .add = cpu_add,
+    .add_bias_rows = cpu_add_bias_rows,
+    .gather_rows = cpu_gather_rows,
+    .adaln = cpu_adaln,
+    .gated_add = cpu_gated_add,
+    .qk_norm = cpu_qk_norm,
+    .attention = cpu_attention,
+    .cfg_sample = cpu_cfg_sample,
+    .embed_chw = cpu_embed_chw,
+    .upsample_bicubic = cpu_upsample_bicubic,
+    .area_downsample = cpu_area_downsample,
+    .phi_add = cpu_phi_add,
+    .transpose = cpu_transpose,
+    .conv2d = cpu_conv2d,
+    .group_norm = cpu_group_norm,
+    .upsample_nearest2x = cpu_upsample_nearest2x,
+    .spatial_attention = cpu_spatial_attention,
+    .to_unit = cpu_to_unit,
+};
+
+vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err)
+{
+    if (threads <= 0) {
+        long n = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = n > 0 ? (int)n : 1;
+    }
+    if (threads > 256)
+        return vs_err_set(err, VS_ERR_INVALID, "threads must be 1..256 (got %d)", threads);
+    cpu_backend *c = calloc(1, sizeof *c);
+    if (!c)
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+    c->tp = vs_rt_tpool_new(threads);
+    c->nw = c->tp ? vs_rt_tpool_size(c->tp) : 0;
+    c->ws = calloc((size_t)(c->nw ? c->nw : 1), sizeof *c->ws);
+    if (!c->tp || !c->ws) {
+        vs_rt_tpool_free(c->tp);
+        free(c->ws);
+        free(c);
+        return vs_err_set(err, VS_ERR_NOMEM, "cannot start %d CPU worker threads", threads);
+    }
+    openblas_set_num_threads(1);
+    c->base.ops = &cpu_ops;
+    c->base.threads = c->nw;
+    c->base.host_memory = 1;
+    *out = &c->base;
+    return VS_OK;
+}

@@ -1,0 +1,944 @@
+/* runtime/model.c — loading and validating a varserve model file (shared/MODEL_FORMAT.md).
+ *
+ * Order of checks: file → header length (≤ 100 MB, inside the file) → JSON → metadata (format,
+ * version, config) → config fields and their ranges → the tensor table: every expected tensor is
+ * derived from the config, then each stored tensor is matched by name (unknown → rejected), dtype
+ * (F32/F16/BF16), shape, byte size and offsets (inside the data, no overlap); missing tensors are
+ * named. Only then is anything converted. Runs on the loading thread only. */
+#include "runtime/model.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdarg.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#define HEADER_MAX_BYTES (100u * 1024u * 1024u)
+
+typedef enum { DT_F32, DT_F16, DT_BF16 } dtype;
+
+typedef struct {
+    char name[128];
+    int ndim;
+    long shape[4];
+    float **dst;      /* where the converted pointer goes */
+    /* filled while matching the file */
+    int found;
+    dtype dt;
+    uint64_t begin, end; /* byte offsets in the data region */
+} expect;
+
+typedef struct {
+    expect *v;
+    int n, cap;
+} expect_list;
+
+static int add_expect(expect_list *l, float **dst, int ndim, const long *shape, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+
+static int add_expect(expect_list *l, float **dst, int ndim, const long *shape, const char *fmt, ...)
+{
+    if (l->n == l->cap) {
+        int cap = l->cap ? l->cap * 2 : 256;
+        expect *nv = realloc(l->v, (size_t)cap * sizeof *nv);
+        if (!nv)
+            return -1;
+        l->v = nv;
+        l->cap = cap;
+    }
+    expect *e = &l->v[l->n++];
+    memset(e, 0, sizeof *e);
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->name, sizeof e->name, fmt, ap);
+    va_end(ap);
+    e->ndim = ndim;
+    for (int i = 0; i < ndim; i++)
+        e->shape[i] = shape[i];
+    e->dst = dst;
+    return 0;
+}
+
+#define EXP(dst, ...)                                                                              \
+    do {                                                                                           \
+        long shp_[] = {__VA_ARGS__};                                                               \
+        if (add_expect(l, (dst), (int)(sizeof shp_ / sizeof shp_[0]), shp_, "%s", nm) != 0)        \
+            return -1;                                                                             \
+    } while (0)
+
+static int exp_conv(expect_list *l, vs_rt_conv_w *c, int cout, int cin, int k, const char *prefix)
+{
+    char nm[128];
+    c->cout = cout;
+    c->cin = cin;
+    c->k = k;
+    snprintf(nm, sizeof nm, "%s.weight", prefix);
+    EXP(&c->w, cout, cin, k, k);
+    snprintf(nm, sizeof nm, "%s.bias", prefix);
+    EXP(&c->b, cout);
+    return 0;
+}
+
+static int exp_norm(expect_list *l, vs_rt_norm_w *n, int c, const char *prefix)
+{
+    char nm[128];
+    n->c = c;
+    snprintf(nm, sizeof nm, "%s.weight", prefix);
+    EXP(&n->w, c);
+    snprintf(nm, sizeof nm, "%s.bias", prefix);
+    EXP(&n->b, c);
+    return 0;
+}
+
+static int exp_resblock(expect_list *l, vs_rt_resblock_w *r, int cin, int cout, const char *prefix)
+{
+    char p[128];
+    snprintf(p, sizeof p, "%s.norm1", prefix);
+    if (exp_norm(l, &r->norm1, cin, p))
+        return -1;
+    snprintf(p, sizeof p, "%s.conv1", prefix);
+    if (exp_conv(l, &r->conv1, cout, cin, 3, p))
+        return -1;
+    snprintf(p, sizeof p, "%s.norm2", prefix);
+    if (exp_norm(l, &r->norm2, cout, p))
+        return -1;
+    snprintf(p, sizeof p, "%s.conv2", prefix);
+    if (exp_conv(l, &r->conv2, cout, cout, 3, p))
+        return -1;
+    if (cin != cout) {
+        snprintf(p, sizeof p, "%s.nin_shortcut", prefix);
+        if (exp_conv(l, &r->nin, cout, cin, 1, p))
+            return -1;
+    }
+    return 0;
+}
+
+static int exp_attnblock(expect_list *l, vs_rt_attnblock_w *a, int c, const char *prefix)
+{
+    char p[128];
+    snprintf(p, sizeof p, "%s.norm", prefix);
+    if (exp_norm(l, &a->norm, c, p))
+        return -1;
+    snprintf(p, sizeof p, "%s.qkv", prefix);
+    if (exp_conv(l, &a->qkv, 3 * c, c, 1, p))
+        return -1;
+    snprintf(p, sizeof p, "%s.proj_out", prefix);
+    if (exp_conv(l, &a->proj, c, c, 1, p))
+        return -1;
+    return 0;
+}
+
+/* Every tensor the config implies, with its shape and where its pointer goes. */
+static int build_expectations(vs_rt_model *m, expect_list *l)
+{
+    const vs_rt_config *c = &m->cfg;
+    vs_rt_weights *w = &m->w;
+    long C = c->embed_dim, V = c->vocab_size, Cv = c->z_channels, F = c->ffn_dim;
+    long L = c->scale_offset[c->n_scales];
+    long first_l = (long)c->patch_nums[0] * c->patch_nums[0];
+    char nm[128];
+
+    snprintf(nm, sizeof nm, "var.class_emb.weight");
+    EXP(&w->class_emb, c->num_classes + 1, C);
+    snprintf(nm, sizeof nm, "var.pos_start");
+    EXP(&w->pos_start, 1, first_l, C);
+    snprintf(nm, sizeof nm, "var.pos_1LC");
+    EXP(&w->pos_1LC, 1, L, C);
+    snprintf(nm, sizeof nm, "var.lvl_embed.weight");
+    EXP(&w->lvl_embed, c->n_scales, C);
+    snprintf(nm, sizeof nm, "var.word_embed.weight");
+    EXP(&w->word_w, C, Cv);
+    snprintf(nm, sizeof nm, "var.word_embed.bias");
+    EXP(&w->word_b, C);
+    if (c->shared_aln) {
+        snprintf(nm, sizeof nm, "var.shared_ada_lin.1.weight");
+        EXP(&w->shared_ada_w, 6 * C, C);
+        snprintf(nm, sizeof nm, "var.shared_ada_lin.1.bias");
+        EXP(&w->shared_ada_b, 6 * C);
+    }
+    for (int i = 0; i < c->depth; i++) {
+        vs_rt_block_w *b = &w->blocks[i];
+        if (c->shared_aln) {
+            snprintf(nm, sizeof nm, "var.blocks.%d.ada_gss", i);
+            EXP(&b->ada_gss, 1, 1, 6, C);
+        } else {
+            snprintf(nm, sizeof nm, "var.blocks.%d.ada_lin.1.weight", i);
+            EXP(&b->ada_w, 6 * C, C);
+            snprintf(nm, sizeof nm, "var.blocks.%d.ada_lin.1.bias", i);
+            EXP(&b->ada_b, 6 * C);
+        }
+        snprintf(nm, sizeof nm, "var.blocks.%d.attn.mat_qkv.weight", i);
+        EXP(&b->qkv_w, 3 * C, C);
+        snprintf(nm, sizeof nm, "var.blocks.%d.attn.q_bias", i);
+        EXP(&b->q_bias, C);
+        snprintf(nm, sizeof nm, "var.blocks.%d.attn.v_bias", i);
+        EXP(&b->v_bias, C);
+        snprintf(nm, sizeof nm, "var.blocks.%d.attn.scale_mul_1H11", i);
+        EXP(&b->scale_mul, 1, c->num_heads, 1, 1);
+        snprintf(nm, sizeof nm, "var.blocks.%d.attn.proj.weight", i);
+        EXP(&b->proj_w, C, C);
+        snprintf(nm, sizeof nm, "var.blocks.%d.attn.proj.bias", i);
+        EXP(&b->proj_b, C);
+        snprintf(nm, sizeof nm, "var.blocks.%d.ffn.fc1.weight", i);
+        EXP(&b->fc1_w, F, C);
+        snprintf(nm, sizeof nm, "var.blocks.%d.ffn.fc1.bias", i);
+        EXP(&b->fc1_b, F);
+        snprintf(nm, sizeof nm, "var.blocks.%d.ffn.fc2.weight", i);
+        EXP(&b->fc2_w, C, F);
+        snprintf(nm, sizeof nm, "var.blocks.%d.ffn.fc2.bias", i);
+        EXP(&b->fc2_b, C);
+    }
+    snprintf(nm, sizeof nm, "var.head_nm.ada_lin.1.weight");
+    EXP(&w->head_nm_w, 2 * C, C);
+    snprintf(nm, sizeof nm, "var.head_nm.ada_lin.1.bias");
+    EXP(&w->head_nm_b, 2 * C);
+    snprintf(nm, sizeof nm, "var.head.weight");
+    EXP(&w->head_w, V, C);
+    snprintf(nm, sizeof nm, "var.head.bias");
+    EXP(&w->head_b, V);
+
+    /* quantiser */
+    snprintf(nm, sizeof nm, "vae.quantize.embedding.weight");
+    EXP(&w->embedding, V, Cv);
+    if (fabs(c->quant_resi) > 1e-6) {
+        int K = c->share_quant_resi;
+        char p[128];
+        if (K == 1) {
+            if (exp_conv(l, &w->phi[0], (int)Cv, (int)Cv, 3, "vae.quantize.quant_resi.qresi"))
+                return -1;
+        } else {
+            int n = K == 0 ? c->n_scales : K;
+            for (int k = 0; k < n; k++) {
+                if (K == 0)
+                    snprintf(p, sizeof p, "vae.quantize.quant_resi.%d", k);
+                else
+                    snprintf(p, sizeof p, "vae.quantize.quant_resi.qresi_ls.%d", k);
+                if (exp_conv(l, &w->phi[k], (int)Cv, (int)Cv, 3, p))
+                    return -1;
+            }
+        }
+    }
+
+    /* decoder */
+    if (exp_conv(l, &w->post_quant_conv, (int)Cv, (int)Cv, 3, "vae.post_quant_conv"))
+        return -1;
+    int nl = c->n_levels, ch = c->vae_ch;
+    int block_in = ch * c->vae_ch_mult[nl - 1];
+    if (exp_conv(l, &w->conv_in, block_in, (int)Cv, 3, "vae.decoder.conv_in") ||
+        exp_resblock(l, &w->mid_block1, block_in, block_in, "vae.decoder.mid.block_1") ||
+        exp_attnblock(l, &w->mid_attn, block_in, "vae.decoder.mid.attn_1") ||
+        exp_resblock(l, &w->mid_block2, block_in, block_in, "vae.decoder.mid.block_2"))
+        return -1;
+    for (int lv = nl - 1; lv >= 0; lv--) {
+        vs_rt_level_w *u = &w->up[lv];
+        int block_out = ch * c->vae_ch_mult[lv];
+        char p[128];
+        u->n_blocks = c->vae_num_res_blocks + 1;
+        u->n_attn = lv == nl - 1 ? u->n_blocks : 0;
+        for (int j = 0; j < u->n_blocks; j++) {
+            snprintf(p, sizeof p, "vae.decoder.up.%d.block.%d", lv, j);
+            if (exp_resblock(l, &u->block[j], block_in, block_out, p))
+                return -1;
+            block_in = block_out;
+            if (u->n_attn) {
+                snprintf(p, sizeof p, "vae.decoder.up.%d.attn.%d", lv, j);
+                if (exp_attnblock(l, &u->attn[j], block_in, p))
+                    return -1;
+            }
+        }
+        if (lv != 0) {
+            snprintf(p, sizeof p, "vae.decoder.up.%d.upsample.conv", lv);
+            if (exp_conv(l, &u->upsample, block_in, block_in, 3, p))
+                return -1;
+        }
+    }
+    if (exp_norm(l, &w->norm_out, block_in, "vae.decoder.norm_out") ||
+        exp_conv(l, &w->conv_out, 3, block_in, 3, "vae.decoder.conv_out"))
+        return -1;
+    return 0;
+}
+
+/* ---- config ---------------------------------------------------------------------------------- */
+
+static vs_status cfg_int(const cJSON *o, const char *key, int lo, int hi, int *out, vs_err *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v)
+        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' is missing", key);
+    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
+        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' must be an integer", key);
+    if (v->valuedouble < lo || v->valuedouble > hi)
+        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' must be %d..%d (got %.0f)", key,
+                          lo, hi, v->valuedouble);
+    *out = (int)v->valuedouble;
+    return VS_OK;
+}
+
+static vs_status cfg_num(const cJSON *o, const char *key, double lo, double hi, double *out,
+                         vs_err *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v)
+        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' is missing", key);
+    if (!cJSON_IsNumber(v))
+        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' must be a number", key);
+    if (!(v->valuedouble >= lo && v->valuedouble <= hi))
+        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' must be %g..%g (got %g)", key, lo,
+                          hi, v->valuedouble);
+    *out = v->valuedouble;
+    return VS_OK;
+}
+
+static vs_status cfg_bool(const cJSON *o, const char *key, int *out, vs_err *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v)
+        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' is missing", key);
+    if (!cJSON_IsBool(v))
+        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' must be true or false", key);
+    *out = cJSON_IsTrue(v);
+    return VS_OK;
+}
+
+static vs_status cfg_int_list(const cJSON *o, const char *key, int maxn, int lo, int hi, int *out,
+                              int *n, vs_err *err)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!v)
+        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' is missing", key);
+    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) < 1 || cJSON_GetArraySize(v) > maxn)
+        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' must be a list of 1..%d integers",
+                          key, maxn);
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, v)
+    {
+        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) || e->valuedouble < lo ||
+            e->valuedouble > hi)
+            return vs_err_set(err, VS_ERR_INVALID,
+                              "config field '%s' item %d must be an integer %d..%d", key, i, lo, hi);
+        out[i++] = (int)e->valuedouble;
+    }
+    *n = i;
+    return VS_OK;
+}
+
+static vs_status parse_config(const char *json, vs_rt_config *c, vs_err *err)
+{
+    vs_status st = VS_OK;
+    cJSON *o = cJSON_ParseWithLengthOpts(json, strlen(json), NULL, 0);
+    if (!o || !cJSON_IsObject(o)) {
+        st = vs_err_set(err, VS_ERR_INVALID, "metadata 'config' is not a JSON object");
+        goto fail;
+    }
+    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(o, "arch");
+    if (!arch) {
+        st = vs_err_set(err, VS_ERR_INVALID, "config field 'arch' is missing");
+        goto fail;
+    }
+    if (!cJSON_IsString(arch) || strcmp(arch->valuestring, "var") != 0) {
+        st = vs_err_set(err, VS_ERR_INVALID, "config field 'arch' must be \"var\"");
+        goto fail;
+    }
+    int nmult = 0;
+    if ((st = cfg_int(o, "depth", 1, 1024, &c->depth, err)) ||
+        (st = cfg_int(o, "embed_dim", 1, 1 << 16, &c->embed_dim, err)) ||
+        (st = cfg_int(o, "num_heads", 1, 1024, &c->num_heads, err)) ||
+        (st = cfg_num(o, "mlp_ratio", 1e-3, 64, &c->mlp_ratio, err)) ||
+        (st = cfg_num(o, "norm_eps", 0, 1, &c->norm_eps, err)) ||
+        (st = cfg_bool(o, "shared_aln", &c->shared_aln, err)) ||
+        (st = cfg_bool(o, "attn_l2_norm", &c->attn_l2_norm, err)) ||
+        (st = cfg_int(o, "num_classes", 1, VS_RT_MAX_CLASSES, &c->num_classes, err)) ||
+        (st = cfg_int_list(o, "patch_nums", VS_RT_MAX_SCALES, 1, 256, c->patch_nums, &c->n_scales,
+                           err)) ||
+        (st = cfg_int(o, "vocab_size", 2, 1 << 24, &c->vocab_size, err)) ||
+        (st = cfg_int(o, "z_channels", 1, 4096, &c->z_channels, err)) ||
+        (st = cfg_int(o, "vae_ch", 1, 4096, &c->vae_ch, err)) ||
+        (st = cfg_int_list(o, "vae_ch_mult", VS_RT_MAX_LEVELS, 1, 64, c->vae_ch_mult, &nmult, err)) ||
+        (st = cfg_int(o, "vae_num_res_blocks", 0, VS_RT_MAX_LEVELS - 1, &c->vae_num_res_blocks, err)) ||
+        (st = cfg_num(o, "quant_resi", -1, 1, &c->quant_resi, err)) ||
+        (st = cfg_int(o, "share_quant_resi", 0, VS_RT_MAX_SCALES, &c->share_quant_resi, err)))
+        goto fail;
+    c->n_levels = nmult;
+    if (c->embed_dim % c->num_heads != 0) {
+        st = vs_err_set(err, VS_ERR_INVALID,
+                        "config field 'num_heads' (%d) must divide 'embed_dim' (%d)", c->num_heads,
+                        c->embed_dim);
+        goto fail;
+    }
+    c->head_dim = c->embed_dim / c->num_heads;
+    c->ffn_dim = (int)lround(c->embed_dim * c->mlp_ratio);
+    if (c->n_scales < 2) {
+        st = vs_err_set(err, VS_ERR_INVALID, "config field 'patch_nums' needs at least 2 scales");
+        goto fail;
+    }
+    c->scale_offset[0] = 0;
+    for (int s = 0; s < c->n_scales; s++) {
+        if (s > 0 && c->patch_nums[s] <= c->patch_nums[s - 1]) {
+            st = vs_err_set(err, VS_ERR_INVALID,
+                            "config field 'patch_nums' must increase (item %d is %d after %d)", s,
+                            c->patch_nums[s], c->patch_nums[s - 1]);
+            goto fail;
+        }
+        c->scale_offset[s + 1] = c->scale_offset[s] + c->patch_nums[s] * c->patch_nums[s];
+    }
+    for (int i = 0; i < nmult; i++)
+        if ((c->vae_ch * c->vae_ch_mult[i]) % 32 != 0) {
+            st = vs_err_set(err, VS_ERR_INVALID,
+                            "config fields 'vae_ch' x 'vae_ch_mult'[%d] = %d channels must be a "
+                            "multiple of 32 (GroupNorm uses 32 groups)",
+                            i, c->vae_ch * c->vae_ch_mult[i]);
+            goto fail;
+        }
+    c->image_size = c->patch_nums[c->n_scales - 1] << (nmult - 1);
+    c->image_channels = 3;
+    if (cJSON_GetObjectItemCaseSensitive(o, "image_channels")) {
+        int ic = 0;
+        if ((st = cfg_int(o, "image_channels", 1, 3, &ic, err)))
+            goto fail;
+        if (ic == 2) {
+            st = vs_err_set(err, VS_ERR_INVALID, "config field 'image_channels' must be 1 or 3 (got 2)");
+            goto fail;
+        }
+        c->image_channels = ic;
+    }
+    c->default_cfg = c->default_top_p = -1;
+    c->default_top_k = -1;
+    if (cJSON_GetObjectItemCaseSensitive(o, "default_cfg") &&
+        (st = cfg_num(o, "default_cfg", 0, 100, &c->default_cfg, err)))
+        goto fail;
+    if (cJSON_GetObjectItemCaseSensitive(o, "default_top_p") &&
+        (st = cfg_num(o, "default_top_p", 0, 1, &c->default_top_p, err)))
+        goto fail;
+    if (cJSON_GetObjectItemCaseSensitive(o, "default_top_k") &&
+        (st = cfg_int(o, "default_top_k", 0, c->vocab_size, &c->default_top_k, err)))
+        goto fail;
+    const cJSON *names = cJSON_GetObjectItemCaseSensitive(o, "class_names");
+    if (names) {
+        if (!cJSON_IsArray(names) || cJSON_GetArraySize(names) != c->num_classes) {
+            st = vs_err_set(err, VS_ERR_INVALID,
+                            "config field 'class_names' must be a list of num_classes (%d) strings",
+                            c->num_classes);
+            goto fail;
+        }
+        c->class_names = calloc((size_t)c->num_classes, sizeof *c->class_names);
+        if (!c->class_names) {
+            st = vs_err_set(err, VS_ERR_NOMEM, "out of memory for class names");
+            goto fail;
+        }
+        int i = 0;
+        const cJSON *e;
+        cJSON_ArrayForEach(e, names)
+        {
+            if (!cJSON_IsString(e) || !(c->class_names[i] = strdup(e->valuestring))) {
+                st = vs_err_set(err, VS_ERR_INVALID, "config field 'class_names' item %d must be a string", i);
+                goto fail;
+            }
+            i++;
+        }
+    }
+fail:
+    cJSON_Delete(o);
+    return st;
+}
+
+/* ---- conversion -------------------------------------------------------------------------------- */
+
+static float half_to_float(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
+    if (exp == 0) {
+        if (man == 0) {
+            bits = sign;
+        } else { /* subnormal */
+            exp = 127 - 15 + 1;
+            while (!(man & 0x400)) {
+                man <<= 1;
+                exp--;
+            }
+            man &= 0x3ff;
+            bits = sign | (exp << 23) | (man << 13);
+        }
+    } else if (exp == 31) {
+        bits = sign | 0x7f800000u | (man << 13);
+    } else {
+        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static void convert(float *dst, const unsigned char *src, size_t n, dtype dt)
+{
+    if (dt == DT_F32) {
+        memcpy(dst, src, n * 4);
+    } else if (dt == DT_BF16) {
+        for (size_t i = 0; i < n; i++) {
+            uint32_t bits = (uint32_t)(src[2 * i] | (src[2 * i + 1] << 8)) << 16;
+            memcpy(&dst[i], &bits, 4);
+        }
+    } else {
+        for (size_t i = 0; i < n; i++)
+            dst[i] = half_to_float((uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)));
+    }
+}
+
+static int cmp_begin(const void *a, const void *b)
+{
+    const expect *x = *(const expect *const *)a, *y = *(const expect *const *)b;
+    return x->begin < y->begin ? -1 : x->begin > y->begin;
+}
+
+static void fmt_shape(char *buf, size_t cap, int ndim, const long *shape)
+{
+    size_t n = (size_t)snprintf(buf, cap, "(");
+    for (int i = 0; i < ndim && n < cap; i++)
+        n += (size_t)snprintf(buf + n, cap - n, i ? ", %ld" : "%ld", shape[i]);
+    if (n < cap)
+        snprintf(buf + n, cap - n, ")");
+}
+
+static void fmt_mb(char *buf, size_t cap, uint64_t bytes)
+{
+    snprintf(buf, cap, "%.1f MB", (double)bytes / 1e6);
+}
+
+/* Matches the header's tensors against the expectations. */
+static vs_status match_tensors(const cJSON *hdr, expect_list *l, uint64_t data_len,
+                               uint64_t file_len, uint64_t data_start, vs_err *err)
+{
+    const cJSON *t;
+    cJSON_ArrayForEach(t, hdr)
+    {
+        if (strcmp(t->string, "__metadata__") == 0)
+            continue;
+        expect *e = NULL;
+        for (int i = 0; i < l->n; i++)
+            if (strcmp(l->v[i].name, t->string) == 0) {
+                e = &l->v[i];
+                break;
+            }
+        if (!e)
+            return vs_err_set(err, VS_ERR_INVALID,
+                              "unknown tensor '%s': not part of a model with this config (remove "
+                              "it, or fix the config)",
+                              t->string);
+        if (e->found)
+            return vs_err_set(err, VS_ERR_INVALID, "tensor '%s' appears twice", t->string);
+        e->found = 1;
+        const cJSON *jd = cJSON_GetObjectItemCaseSensitive(t, "dtype");
+        const cJSON *js = cJSON_GetObjectItemCaseSensitive(t, "shape");
+        const cJSON *jo = cJSON_GetObjectItemCaseSensitive(t, "data_offsets");
+        if (!cJSON_IsString(jd) || !cJSON_IsArray(js) || !cJSON_IsArray(jo) ||
+            cJSON_GetArraySize(jo) != 2)
+            return vs_err_set(err, VS_ERR_INVALID,
+                              "tensor '%s' needs 'dtype', 'shape' and two 'data_offsets'", t->string);
+        if (strcmp(jd->valuestring, "F32") == 0)
+            e->dt = DT_F32;
+        else if (strcmp(jd->valuestring, "F16") == 0)
+            e->dt = DT_F16;
+        else if (strcmp(jd->valuestring, "BF16") == 0)
+            e->dt = DT_BF16;
+        else
+            return vs_err_set(err, VS_ERR_INVALID,
+                              "tensor '%s' has dtype %s; only F32, F16 and BF16 are supported "
+                              "(convert it with tools/convert_var.py --dtype f32|bf16)",
+                              t->string, jd->valuestring);
+        long shape[8];
+        int nd = cJSON_GetArraySize(js);
+        int ok = nd == e->ndim;
+        const cJSON *d;
+        int i = 0;
+        cJSON_ArrayForEach(d, js)
+        {
+            if (!cJSON_IsNumber(d) || d->valuedouble < 0 || i >= 8)
+                return vs_err_set(err, VS_ERR_INVALID, "tensor '%s' has a malformed shape", t->string);
+            shape[i] = (long)d->valuedouble;
+            if (i < e->ndim && shape[i] != e->shape[i])
+                ok = 0;
+            i++;
+        }
+        if (!ok) {
+            char got[96], want[96];
+            fmt_shape(got, sizeof got, nd, shape);
+            fmt_shape(want, sizeof want, e->ndim, e->shape);
+            return vs_err_set(err, VS_ERR_INVALID,
+                              "tensor '%s' has shape %s but the config implies %s", t->string, got,
+                              want);
+        }
+        const cJSON *b0 = cJSON_GetArrayItem(jo, 0), *b1 = cJSON_GetArrayItem(jo, 1);
+        if (!cJSON_IsNumber(b0) || !cJSON_IsNumber(b1) || b0->valuedouble < 0 ||
+            b1->valuedouble < b0->valuedouble)
+            return vs_err_set(err, VS_ERR_INVALID, "tensor '%s' has malformed data_offsets",
+                              t->string);
+        e->begin = (uint64_t)b0->valuedouble;
+        e->end = (uint64_t)b1->valuedouble;
+        uint64_t numel = 1;
+        for (int k = 0; k < e->ndim; k++)
+            numel *= (uint64_t)e->shape[k];
+        uint64_t need = numel * (e->dt == DT_F32 ? 4 : 2);
+        if (e->end - e->begin != need)
+            return vs_err_set(err, VS_ERR_INVALID,
+                              "tensor '%s' spans %llu bytes but its shape and dtype need %llu",
+                              t->string, (unsigned long long)(e->end - e->begin),
+                              (unsigned long long)need);
+        if (e->end > data_len) {
+            char a[32], b[32];
+            fmt_mb(a, sizeof a, file_len);
+            fmt_mb(b, sizeof b, data_start + e->end);
+            return vs_err_set(err, VS_ERR_INVALID,
+                              "model file ends at %s but tensor %s needs bytes up to %s: the file "
+                              "is truncated",
+                              a, t->string, b);
+        }
+    }
+    for (int i = 0; i < l->n; i++)
+        if (!l->v[i].found)
+            return vs_err_set(err, VS_ERR_INVALID,
+                              "tensor '%s' is missing (the config implies it)", l->v[i].name);
+    /* overlap: sort by begin, neighbours must not intersect */
+    expect **by = malloc((size_t)l->n * sizeof *by);
+    if (!by)
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+    for (int i = 0; i < l->n; i++)
+        by[i] = &l->v[i];
+    qsort(by, (size_t)l->n, sizeof *by, cmp_begin);
+    vs_status st = VS_OK;
+    for (int i = 1; i < l->n; i++)
+        if (by[i]->begin < by[i - 1]->end && by[i]->end > by[i]->begin) {
+            st = vs_err_set(err, VS_ERR_INVALID,
+                            "tensors '%s' and '%s' overlap in the file (bytes %llu..%llu and "
+                            "%llu..%llu)",
+                            by[i - 1]->name, by[i]->name, (unsigned long long)by[i - 1]->begin,
+                            (unsigned long long)by[i - 1]->end, (unsigned long long)by[i]->begin,
+                            (unsigned long long)by[i]->end);
+            break;
+        }
+    free(by);
+    return st;
+}
+
+static vs_status derive(vs_rt_model *m, float *derived)
+{
+    const vs_rt_config *c = &m->cfg;
+    vs_rt_weights *w = &m->w;
+    long C = c->embed_dim, L = c->scale_offset[c->n_scales];
+    w->lvl_pos = derived;
+    for (int s = 0; s < c->n_scales; s++)
+        for (int t = c->scale_offset[s]; t < c->scale_offset[s + 1]; t++)
+            for (long i = 0; i < C; i++)
+                w->lvl_pos[t * C + i] = w->lvl_embed[s * C + i] + w->pos_1LC[t * C + i];
+    derived += L * C;
+    for (int i = 0; i < c->depth; i++) {
+        vs_rt_block_w *b = &w->blocks[i];
+        b->qkv_bias = derived;
+        memcpy(derived, b->q_bias, (size_t)C * 4);
+        memset(derived + C, 0, (size_t)C * 4);
+        memcpy(derived + 2 * C, b->v_bias, (size_t)C * 4);
+        derived += 3 * C;
+    }
+    return VS_OK;
+}
+
+vs_status vs_rt_model_load(const char *path, vs_rt_model **out, vs_err *err)
+{
+    vs_status st = VS_OK;
+    int fd = -1;
+    unsigned char *map = MAP_FAILED;
+    size_t map_len = 0;
+    char *hjson = NULL;
+    cJSON *hdr = NULL;
+    expect_list l = {0};
+    vs_rt_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+    snprintf(m->path, sizeof m->path, "%s", path);
+
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        st = vs_err_set(err, VS_ERR_IO, "cannot open model file '%s': %s", path, strerror(errno));
+        goto fail;
+    }
+    struct stat sb;
+    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
+        st = vs_err_set(err, VS_ERR_IO, "model file '%s' is not a regular file", path);
+        goto fail;
+    }
+    map_len = (size_t)sb.st_size;
+    m->file_bytes = map_len;
+    if (map_len < 8) {
+        st = vs_err_set(err, VS_ERR_INVALID,
+                        "model file '%s' is %zu bytes: too short for a safetensors header", path,
+                        map_len);
+        goto fail;
+    }
+    map = mmap(NULL, map_len, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (map == MAP_FAILED) {
+        st = vs_err_set(err, VS_ERR_IO, "cannot mmap model file '%s': %s", path, strerror(errno));
+        goto fail;
+    }
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--)
+        hlen = (hlen << 8) | map[i];
+    if (hlen > HEADER_MAX_BYTES) {
+        st = vs_err_set(err, VS_ERR_INVALID,
+                        "model header is %llu bytes, over the 100 MB limit: not a model file, or "
+                        "a corrupt one",
+                        (unsigned long long)hlen);
+        goto fail;
+    }
+    if (hlen > map_len - 8) {
+        st = vs_err_set(err, VS_ERR_INVALID,
+                        "model header claims %llu bytes but the file has only %zu after the "
+                        "length: the file is truncated",
+                        (unsigned long long)hlen, map_len - 8);
+        goto fail;
+    }
+    hjson = malloc(hlen + 1);
+    if (!hjson) {
+        st = vs_err_set(err, VS_ERR_NOMEM, "out of memory for the model header");
+        goto fail;
+    }
+    memcpy(hjson, map + 8, hlen);
+    hjson[hlen] = 0;
+    hdr = cJSON_ParseWithLengthOpts(hjson, hlen, NULL, 0);
+    if (!hdr || !cJSON_IsObject(hdr)) {
+        st = vs_err_set(err, VS_ERR_INVALID, "model header is not a JSON object");
+        goto fail;
+    }
+    const cJSON *md = cJSON_GetObjectItemCaseSensitive(hdr, "__metadata__");
+    if (!md || !cJSON_IsObject(md)) {
+        st = vs_err_set(err, VS_ERR_INVALID,
+                        "model header has no __metadata__: not a varserve model (convert it with "
+                        "tools/convert_var.py)");
+        goto fail;
+    }
+    const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(md, "format");
+    const cJSON *ver = cJSON_GetObjectItemCaseSensitive(md, "version");
+    const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(md, "config");
+    if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "varserve-model") != 0) {
+        st = vs_err_set(err, VS_ERR_INVALID,
+                        "metadata 'format' must be \"varserve-model\" (got %s)",
+                        cJSON_IsString(fmt) ? fmt->valuestring : "nothing");
+        goto fail;
+    }
+    if (!cJSON_IsString(ver) || strcmp(ver->valuestring, "1") != 0) {
+        st = vs_err_set(err, VS_ERR_INVALID, "metadata 'version' must be \"1\" (got %s)",
+                        cJSON_IsString(ver) ? ver->valuestring : "nothing");
+        goto fail;
+    }
+    if (!cJSON_IsString(cfg)) {
+        st = vs_err_set(err, VS_ERR_INVALID, "metadata 'config' is missing (a JSON string)");
+        goto fail;
+    }
+    if ((st = parse_config(cfg->valuestring, &m->cfg, err)) != VS_OK)
+        goto fail;
+
+    m->w.blocks = calloc((size_t)m->cfg.depth, sizeof *m->w.blocks);
+    if (!m->w.blocks || build_expectations(m, &l) != 0) {
+        st = vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    uint64_t data_start = 8 + hlen, data_len = map_len - data_start;
+    if ((st = match_tensors(hdr, &l, data_len, map_len, data_start, err)) != VS_OK)
+        goto fail;
+
+    /* one allocation: every tensor as F32, then the derived tensors */
+    size_t total = 0, nparams = 0;
+    int n_f32 = 0, n_bf16 = 0, n_f16 = 0;
+    for (int i = 0; i < l.n; i++) {
+        size_t numel = 1;
+        for (int k = 0; k < l.v[i].ndim; k++)
+            numel *= (size_t)l.v[i].shape[k];
+        nparams += numel;
+        total += (numel + 15) & ~(size_t)15; /* 64-byte aligned tensors */
+        n_f32 += l.v[i].dt == DT_F32;
+        n_bf16 += l.v[i].dt == DT_BF16;
+        n_f16 += l.v[i].dt == DT_F16;
+    }
+    size_t C = (size_t)m->cfg.embed_dim;
+    size_t derived = (size_t)m->cfg.scale_offset[m->cfg.n_scales] * C + (size_t)m->cfg.depth * 3 * C;
+    total += derived;
+    m->data_bytes = total * 4;
+    m->data = aligned_alloc(64, m->data_bytes);
+    if (!m->data) {
+        st = vs_err_set(err, VS_ERR_NOMEM, "out of memory: the model needs %.1f MB as F32",
+                        (double)m->data_bytes / 1e6);
+        goto fail;
+    }
+    size_t off = 0;
+    for (int i = 0; i < l.n; i++) {
+        size_t numel = 1;
+        for (int k = 0; k < l.v[i].ndim; k++)
+            numel *= (size_t)l.v[i].shape[k];
+        *l.v[i].dst = m->data + off;
+        convert(m->data + off, map + data_start + l.v[i].begin, numel, l.v[i].dt);
+        off += (numel + 15) & ~(size_t)15;
+    }
+    derive(m, m->data + off);
+    m->n_params = nparams;
+    snprintf(m->dtype, sizeof m->dtype, "%s",
+             n_bf16 >= n_f32 && n_bf16 >= n_f16 ? "BF16" : n_f16 > n_f32 ? "F16" : "F32");
+    *out = m;
+    m = NULL;
+fail:
+    free(l.v);
+    cJSON_Delete(hdr);
+    free(hjson);
+    if (map != MAP_FAILED)
+        munmap(map, map_len);
+    if (fd >= 0)
+        close(fd);
+    vs_rt_model_free(m);
+    return st;
+}
+
+void vs_rt_model_free(vs_rt_model *m)
+{
+    if (!m)
+        return;
+    if (m->cfg.class_names) {
+        for (int i = 0; i < m->cfg.num_classes; i++)
+            free(m->cfg.class_names[i]);
+        free(m->cfg.class_names);
+    }
+    free(m->w.blocks);
+    free(m->data);
+    free(m);
+}
+
+#define REBASE(p) ((p) ? new_base + ((p) - m->data) : NULL)
+
+static void rebase_conv(const vs_rt_model *m, float *new_base, vs_rt_conv_w *c)
+{
+    c->w = REBASE(c->w);
+    c->b = REBASE(c->b);
+}
+
+static void rebase_norm(const vs_rt_model *m, float *new_base, vs_rt_norm_w *n)
+{
+    n->w = REBASE(n->w);
+    n->b = REBASE(n->b);
+}
+
+static void rebase_res(const vs_rt_model *m, float *new_base, vs_rt_resblock_w *r)
+{
+    rebase_norm(m, new_base, &r->norm1);
+    rebase_norm(m, new_base, &r->norm2);
+    rebase_conv(m, new_base, &r->conv1);
+    rebase_conv(m, new_base, &r->conv2);
+    rebase_conv(m, new_base, &r->nin);
+}
+
+static void rebase_attn(const vs_rt_model *m, float *new_base, vs_rt_attnblock_w *a)
+{
+    rebase_norm(m, new_base, &a->norm);
+    rebase_conv(m, new_base, &a->qkv);
+    rebase_conv(m, new_base, &a->proj);
+}
+
+void vs_rt_model_rebase(const vs_rt_model *m, float *new_base, vs_rt_weights *o,
+                        vs_rt_block_w *blocks_out)
+{
+    *o = m->w;
+    o->class_emb = REBASE(o->class_emb);
+    o->pos_start = REBASE(o->pos_start);
+    o->pos_1LC = REBASE(o->pos_1LC);
+    o->lvl_embed = REBASE(o->lvl_embed);
+    o->lvl_pos = REBASE(o->lvl_pos);
+    o->word_w = REBASE(o->word_w);
+    o->word_b = REBASE(o->word_b);
+    o->shared_ada_w = REBASE(o->shared_ada_w);
+    o->shared_ada_b = REBASE(o->shared_ada_b);
+    o->head_nm_w = REBASE(o->head_nm_w);
+    o->head_nm_b = REBASE(o->head_nm_b);
+    o->head_w = REBASE(o->head_w);
+    o->head_b = REBASE(o->head_b);
+    o->embedding = REBASE(o->embedding);
+    for (int i = 0; i < m->cfg.depth; i++) {
+        vs_rt_block_w b = m->w.blocks[i];
+        b.ada_w = REBASE(b.ada_w);
+        b.ada_b = REBASE(b.ada_b);
+        b.ada_gss = REBASE(b.ada_gss);
+        b.qkv_w = REBASE(b.qkv_w);
+        b.q_bias = REBASE(b.q_bias);
+        b.v_bias = REBASE(b.v_bias);
+        b.scale_mul = REBASE(b.scale_mul);
+        b.proj_w = REBASE(b.proj_w);
+        b.proj_b = REBASE(b.proj_b);
+        b.fc1_w = REBASE(b.fc1_w);
+        b.fc1_b = REBASE(b.fc1_b);
+        b.fc2_w = REBASE(b.fc2_w);
+        b.fc2_b = REBASE(b.fc2_b);
+        b.qkv_bias = REBASE(b.qkv_bias);
+        blocks_out[i] = b;
+    }
+    o->blocks = blocks_out;
+    for (int k = 0; k < VS_RT_MAX_SCALES; k++)
+        rebase_conv(m, new_base, &o->phi[k]);
+    rebase_conv(m, new_base, &o->post_quant_conv);
+    rebase_conv(m, new_base, &o->conv_in);
+    rebase_conv(m, new_base, &o->conv_out);
+    rebase_res(m, new_base, &o->mid_block1);
+    rebase_res(m, new_base, &o->mid_block2);
+    rebase_attn(m, new_base, &o->mid_attn);
+    rebase_norm(m, new_base, &o->norm_out);
+    for (int lv = 0; lv < m->cfg.n_levels; lv++) {
+        vs_rt_level_w *u = &o->up[lv];
+        for (int j = 0; j < u->n_blocks; j++)
+            rebase_res(m, new_base, &u->block[j]);
+        for (int j = 0; j < u->n_attn; j++)
+            rebase_attn(m, new_base, &u->attn[j]);
+        rebase_conv(m, new_base, &u->upsample);
+    }
+}
+
+int vs_rt_phi_index(const vs_rt_config *c, int s)
+{
+    int K = c->share_quant_resi == 0 ? c->n_scales : c->share_quant_resi;
+    if (K <= 1)
+        return 0;
+    /* exactly numpy's linspace(lo, hi, K): k·step + lo, the last one = hi; the reference uses
+     * margins of 1/(3K) for K = 4 and 1/(2K) otherwise */
+    double margin = K == 4 ? 1.0 / 3 / K : 1.0 / 2 / K;
+    double lo = margin, hi = 1 - margin, step = (hi - lo) / (K - 1);
+    double at = (double)s / (c->n_scales - 1), best = INFINITY;
+    int arg = 0;
+    for (int k = 0; k < K; k++) {
+        double tick = k == K - 1 ? hi : (double)k * step + lo;
+        double d = fabs(tick - at);
+        if (d < best) {
+            best = d;
+            arg = k;
+        }
+    }
+    return arg;
+}
+
+size_t vs_rt_full_kv_bytes(const vs_rt_config *c)
+{
+    return (size_t)2 * 2 * (size_t)c->depth * (size_t)c->scale_offset[c->n_scales] *
+           (size_t)c->embed_dim * sizeof(float);
+}
+
+int vs_rt_class_lookup(const vs_rt_config *c, const char *s)
+{
+    if (c->class_names)
+        for (int i = 0; i < c->num_classes; i++)
+            if (strcmp(c->class_names[i], s) == 0)
+                return i;
+    char *end;
+    errno = 0;
+    long v = strtol(s, &end, 10);
+    if (*s && !*end && errno == 0 && v >= 0 && v < c->num_classes)
+        return (int)v;
+    return -1;
+}

@@ -1,0 +1,157 @@
+/* runtime/vae.c — the decoder of ALGORITHMS.md §1 over backend ops.
+ *
+ * Four activation buffers (x, a, b, s) of the largest C·H·W, plus qkv for the attention blocks.
+ * ResBlock: a = GN+SiLU(x); b = conv1(a); a = GN+SiLU(b); b = conv2(a); b += nin(x) or x; swap. */
+#include "runtime/vae.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct vs_rt_vae {
+    const vs_rt_model *m;
+    vs_rt_backend *be;
+    vs_rt_weights w;
+    float *x, *a, *b, *s, *qkv; /* backend */
+    float *host;                /* [3][H][W] */
+};
+
+#define VBE (v->be->ops)
+
+vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_weights *w, int batch,
+                        vs_rt_vae **out, vs_err *err)
+{
+    const vs_rt_config *c = &m->cfg;
+    (void)batch;
+    vs_rt_vae *v = calloc(1, sizeof *v);
+    if (!v)
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+    v->m = m;
+    v->be = be;
+    v->w = *w;
+    int nl = c->n_levels, P = c->patch_nums[c->n_scales - 1];
+    size_t mx = (size_t)c->z_channels * P * P;
+    for (int lv = nl - 1; lv >= 0; lv--) {
+        size_t res = (size_t)P << (nl - 1 - lv);
+        int in_ch = c->vae_ch * (lv == nl - 1 ? c->vae_ch_mult[nl - 1] : c->vae_ch_mult[lv + 1]);
+        int out_ch = c->vae_ch * c->vae_ch_mult[lv];
+        size_t need = (size_t)(in_ch > out_ch ? in_ch : out_ch) * res * res;
+        if (need > mx)
+            mx = need;
+        if (lv > 0) { /* upsampled map before the next level's first conv */
+            size_t up = (size_t)out_ch * 4 * res * res;
+            if (up > mx)
+                mx = up;
+        }
+    }
+    size_t top = (size_t)c->vae_ch * c->vae_ch_mult[nl - 1] * P * P;
+    size_t img = (size_t)3 * c->image_size * c->image_size;
+    if (img > mx)
+        mx = img;
+    v->x = VBE->alloc(be, mx * 4);
+    v->a = VBE->alloc(be, mx * 4);
+    v->b = VBE->alloc(be, mx * 4);
+    v->s = VBE->alloc(be, mx * 4);
+    v->qkv = VBE->alloc(be, 3 * top * 4);
+    v->host = malloc(img * 4);
+    if (!v->x || !v->a || !v->b || !v->s || !v->qkv || !v->host) {
+        vs_rt_vae_free(v);
+        return vs_err_set(err, VS_ERR_NOMEM, "cannot allocate decoder buffers (%.1f MB)",
+                          (double)mx * 16 / 1e6);
+    }
+    *out = v;
+    return VS_OK;
+}
+
+void vs_rt_vae_free(vs_rt_vae *v)
+{
+    if (!v)
+        return;
+    float *bufs[] = {v->x, v->a, v->b, v->s, v->qkv};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i])
+            VBE->free(v->be, bufs[i]);
+    free(v->host);
+    free(v);
+}
+
+static void swap(float **p, float **q)
+{
+    float *t = *p;
+    *p = *q;
+    *q = t;
+}
+
+static void conv(vs_rt_vae *v, float *y, const float *x, const vs_rt_conv_w *c, int H, int W)
+{
+    VBE->conv2d(v->be, y, x, c->w, c->b, 1, c->cin, H, W, c->cout, c->k);
+}
+
+static void resblock(vs_rt_vae *v, const vs_rt_resblock_w *r, int H, int W)
+{
+    int HW = H * W;
+    VBE->group_norm(v->be, v->a, v->x, r->norm1.w, r->norm1.b, 1, r->norm1.c, HW, 32, 1e-6f, 1);
+    conv(v, v->b, v->a, &r->conv1, H, W);
+    VBE->group_norm(v->be, v->a, v->b, r->norm2.w, r->norm2.b, 1, r->norm2.c, HW, 32, 1e-6f, 1);
+    conv(v, v->b, v->a, &r->conv2, H, W);
+    if (r->nin.w) {
+        conv(v, v->s, v->x, &r->nin, H, W);
+        VBE->add(v->be, v->b, v->s, (size_t)r->conv2.cout * HW);
+    } else {
+        VBE->add(v->be, v->b, v->x, (size_t)r->conv2.cout * HW);
+    }
+    swap(&v->x, &v->b);
+}
+
+static void attnblock(vs_rt_vae *v, const vs_rt_attnblock_w *a, int H, int W)
+{
+    int HW = H * W, C = a->norm.c;
+    VBE->group_norm(v->be, v->a, v->x, a->norm.w, a->norm.b, 1, C, HW, 32, 1e-6f, 0);
+    conv(v, v->qkv, v->a, &a->qkv, H, W);
+    VBE->spatial_attention(v->be, v->a, v->qkv, 1, C, HW);
+    conv(v, v->b, v->a, &a->proj, H, W);
+    VBE->add(v->be, v->b, v->x, (size_t)C * HW);
+    swap(&v->x, &v->b);
+}
+
+vs_status vs_rt_vae_decode(vs_rt_vae *v, const float *f_hat, uint8_t *rgb, float *unit, vs_err *err)
+{
+    const vs_rt_config *c = &v->m->cfg;
+    const vs_rt_weights *w = &v->w;
+    int P = c->patch_nums[c->n_scales - 1], nl = c->n_levels;
+    conv(v, v->a, f_hat, &w->post_quant_conv, P, P);
+    conv(v, v->x, v->a, &w->conv_in, P, P);
+    resblock(v, &w->mid_block1, P, P);
+    attnblock(v, &w->mid_attn, P, P);
+    resblock(v, &w->mid_block2, P, P);
+    int res = P;
+    for (int lv = nl - 1; lv >= 0; lv--) {
+        const vs_rt_level_w *u = &w->up[lv];
+        for (int j = 0; j < u->n_blocks; j++) {
+            resblock(v, &u->block[j], res, res);
+            if (u->n_attn)
+                attnblock(v, &u->attn[j], res, res);
+        }
+        if (lv != 0) {
+            VBE->upsample_nearest2x(v->be, v->a, v->x, u->upsample.cin, res, res);
+            res *= 2;
+            conv(v, v->x, v->a, &u->upsample, res, res);
+        }
+    }
+    int HW = res * res;
+    VBE->group_norm(v->be, v->a, v->x, w->norm_out.w, w->norm_out.b, 1, w->norm_out.c, HW, 32,
+                    1e-6f, 1);
+    conv(v, v->b, v->a, &w->conv_out, res, res);
+    VBE->to_unit(v->be, v->b, (size_t)3 * HW);
+    VBE->download(v->be, v->host, v->b, (size_t)3 * HW * sizeof(float));
+    vs_status st = VBE->sync(v->be, err);
+    if (st != VS_OK)
+        return st;
+    if (unit)
+        memcpy(unit, v->host, (size_t)3 * HW * sizeof(float));
+    if (rgb)
+        for (int i = 0; i < HW; i++)
+            for (int ch = 0; ch < 3; ch++)
+                rgb[(size_t)i * 3 + ch] = (uint8_t)nearbyintf(255.0f * v->host[(size_t)ch * HW + i]);
+    return VS_OK;
+}

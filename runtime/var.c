@@ -1,0 +1,376 @@
+/* runtime/var.c — the VAR transformer step over a ragged batch, guidance, sampling, quantiser.
+ *
+ * Scratch is sized once for max_images images all at the largest scale, so a step never
+ * allocates. Token layout of a step: rows in order (image 0 cond, image 0 uncond, image 1 cond,
+ * …), each row's p_s² tokens contiguous. Engine thread only. */
+#include "runtime/var.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/vae.h"
+
+struct vs_rt_engine {
+    const vs_rt_model *m;
+    vs_rt_backend *be;
+    vs_rt_weights w;         /* pointers valid on the backend */
+    vs_rt_block_w *blocks;   /* [depth] when rebased (device copy), else NULL */
+    float *wdata;            /* device copy of the weights, or NULL when used in place */
+    int max_images, max_rows, max_tok;
+    float *kv_base;
+    int page_tokens;
+    vs_rt_after_attn_fn hook;
+    void *hook_ctx;
+    /* backend scratch */
+    float *x, *xn, *tmp, *qkv, *attn, *ffn, *logits, *gin; /* [T][...] */
+    float *cond, *csilu, *mod, *smod, *hmod;              /* [R][...] */
+    float *q_h, *q_up, *q_conv, *q_down;                  /* quantiser, one image */
+    /* host scratch */
+    int32_t *tok_row, *idx; /* [max_tok] */
+    vs_rt_row *rows;        /* [max_rows] */
+    vs_rt_sample_req *reqs; /* [max_images] */
+    vs_rt_vae *vae;
+};
+
+#define BE (e->be->ops)
+
+float vs_rt_guidance(const vs_rt_config *c, float cfg, int s)
+{
+    return cfg * (float)s / (float)(c->n_scales - 1);
+}
+
+static void *balloc(vs_rt_engine *e, size_t floats, int *fail)
+{
+    void *p = BE->alloc(e->be, floats * sizeof(float));
+    if (!p)
+        *fail = 1;
+    return p;
+}
+
+vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_images,
+                           vs_rt_engine **out, vs_err *err)
+{
+    const vs_rt_config *c = &m->cfg;
+    if (max_images < 1 || max_images > 4096)
+        return vs_err_set(err, VS_ERR_INVALID, "max images per step must be 1..4096 (got %d)",
+                          max_images);
+    vs_rt_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+    e->m = m;
+    e->be = be;
+    e->max_images = max_images;
+    e->max_rows = 2 * max_images;
+    int pmax = c->patch_nums[c->n_scales - 1], P2 = pmax * pmax;
+    e->max_tok = e->max_rows * P2;
+    if (be->host_memory) {
+        e->w = m->w;
+    } else {
+        e->wdata = BE->alloc(be, m->data_bytes);
+        e->blocks = calloc((size_t)c->depth, sizeof *e->blocks);
+        if (!e->wdata || !e->blocks) {
+            vs_rt_engine_free(e);
+            return vs_err_set(err, VS_ERR_NOMEM,
+                              "cannot place the model's %.1f MB of weights on the %s backend",
+                              (double)m->data_bytes / 1e6, BE->name);
+        }
+        BE->upload(be, e->wdata, m->data, m->data_bytes);
+        vs_rt_model_rebase(m, e->wdata, &e->w, e->blocks);
+    }
+    size_t T = (size_t)e->max_tok, R = (size_t)e->max_rows, C = (size_t)c->embed_dim;
+    size_t Cv = (size_t)c->z_channels;
+    int fail = 0;
+    e->x = balloc(e, T * C, &fail);
+    e->xn = balloc(e, T * C, &fail);
+    e->tmp = balloc(e, T * C, &fail);
+    e->attn = balloc(e, T * C, &fail);
+    e->qkv = balloc(e, T * 3 * C, &fail);
+    e->ffn = balloc(e, T * (size_t)c->ffn_dim, &fail);
+    e->logits = balloc(e, T * (size_t)c->vocab_size, &fail);
+    e->gin = balloc(e, T * Cv, &fail);
+    e->cond = balloc(e, R * C, &fail);
+    e->csilu = balloc(e, R * C, &fail);
+    e->mod = balloc(e, R * 6 * C, &fail);
+    e->smod = balloc(e, R * 6 * C, &fail);
+    e->hmod = balloc(e, R * 2 * C, &fail);
+    e->q_h = balloc(e, Cv * P2, &fail);
+    e->q_up = balloc(e, Cv * P2, &fail);
+    e->q_conv = balloc(e, Cv * P2, &fail);
+    e->q_down = balloc(e, Cv * P2, &fail);
+    e->tok_row = malloc(T * sizeof *e->tok_row);
+    e->idx = malloc(T * sizeof *e->idx);
+    e->rows = malloc(R * sizeof *e->rows);
+    e->reqs = malloc((size_t)max_images * sizeof *e->reqs);
+    if (fail || !e->tok_row || !e->idx || !e->rows || !e->reqs) {
+        double mb = (double)T * (C * 5 + 3 * C + (size_t)c->ffn_dim + (size_t)c->vocab_size) * 4 / 1e6;
+        vs_rt_engine_free(e);
+        return vs_err_set(err, VS_ERR_NOMEM,
+                          "cannot allocate step scratch for %d images (about %.0f MB): lower the "
+                          "batch size",
+                          max_images, mb);
+    }
+    vs_status st = vs_rt_vae_new(m, be, &e->w, 1, &e->vae, err);
+    if (st != VS_OK) {
+        vs_rt_engine_free(e);
+        return st;
+    }
+    *out = e;
+    return VS_OK;
+}
+
+void vs_rt_engine_free(vs_rt_engine *e)
+{
+    if (!e)
+        return;
+    float *bufs[] = {e->x, e->xn, e->tmp, e->attn, e->qkv, e->ffn, e->logits, e->gin, e->cond,
+                     e->csilu, e->mod, e->smod, e->hmod, e->q_h, e->q_up, e->q_conv, e->q_down,
+                     e->wdata};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        if (bufs[i])
+            BE->free(e->be, bufs[i]);
+    vs_rt_vae_free(e->vae);
+    free(e->blocks);
+    free(e->tok_row);
+    free(e->idx);
+    free(e->rows);
+    free(e->reqs);
+    free(e);
+}
+
+const vs_rt_model *vs_rt_engine_model(const vs_rt_engine *e) { return e->m; }
+vs_rt_backend *vs_rt_engine_backend(const vs_rt_engine *e) { return e->be; }
+int vs_rt_engine_max_images(const vs_rt_engine *e) { return e->max_images; }
+
+void vs_rt_engine_set_kv(vs_rt_engine *e, float *kv_base, int page_tokens)
+{
+    e->kv_base = kv_base;
+    e->page_tokens = page_tokens;
+}
+
+void vs_rt_engine_set_hook(vs_rt_engine *e, vs_rt_after_attn_fn fn, void *ctx)
+{
+    e->hook = fn;
+    e->hook_ctx = ctx;
+}
+
+vs_status vs_rt_image_init(vs_rt_engine *e, vs_rt_image *img, vs_err *err)
+{
+    const vs_rt_config *c = &e->m->cfg;
+    int P = c->patch_nums[c->n_scales - 1];
+    img->scale = 0;
+    img->tokens = calloc((size_t)c->scale_offset[c->n_scales], sizeof *img->tokens);
+    img->f_hat = BE->alloc(e->be, (size_t)c->z_channels * P * P * sizeof(float));
+    img->next_in = BE->alloc(e->be, (size_t)c->z_channels * P * P * sizeof(float));
+    if (!img->tokens || !img->f_hat || !img->next_in) {
+        vs_rt_image_free(e, img);
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory for an image's state");
+    }
+    BE->zero(e->be, img->f_hat, (size_t)c->z_channels * P * P * sizeof(float));
+    return VS_OK;
+}
+
+void vs_rt_image_free(vs_rt_engine *e, vs_rt_image *img)
+{
+    free(img->tokens);
+    if (img->f_hat)
+        BE->free(e->be, img->f_hat);
+    if (img->next_in)
+        BE->free(e->be, img->next_in);
+    img->tokens = NULL;
+    img->f_hat = img->next_in = NULL;
+}
+
+/* The quantiser for scale s of one image whose tokens of scale s are in img->tokens. */
+static void quantise(vs_rt_engine *e, vs_rt_image *img, int s)
+{
+    const vs_rt_config *c = &e->m->cfg;
+    int S = c->n_scales, P = c->patch_nums[S - 1], p = c->patch_nums[s], Cv = c->z_channels;
+    BE->embed_chw(e->be, e->q_h, e->w.embedding, img->tokens + c->scale_offset[s], p * p, Cv);
+    const float *h = e->q_h;
+    if (s < S - 1) {
+        BE->upsample_bicubic(e->be, e->q_up, e->q_h, Cv, p, p, P, P);
+        h = e->q_up;
+    }
+    const vs_rt_conv_w *phi = &e->w.phi[vs_rt_phi_index(c, s)];
+    size_t n = (size_t)Cv * P * P;
+    if (phi->w) {
+        BE->conv2d(e->be, e->q_conv, h, phi->w, phi->b, 1, Cv, P, P, Cv, 3);
+        BE->phi_add(e->be, img->f_hat, h, e->q_conv, (float)fabs(c->quant_resi), n);
+    } else {
+        BE->add(e->be, img->f_hat, h, n);
+    }
+    if (s < S - 1) {
+        int q = c->patch_nums[s + 1];
+        BE->area_downsample(e->be, e->q_down, img->f_hat, Cv, P, P, q, q);
+        BE->transpose(e->be, img->next_in, e->q_down, Cv, q * q);
+    }
+}
+
+vs_status vs_rt_image_set_tokens(vs_rt_engine *e, vs_rt_image *img, const int32_t *tokens, vs_err *err)
+{
+    const vs_rt_config *c = &e->m->cfg;
+    int L = c->scale_offset[c->n_scales];
+    for (int i = 0; i < L; i++)
+        if (tokens[i] < 0 || tokens[i] >= c->vocab_size)
+            return vs_err_set(err, VS_ERR_INVALID, "token %d is %d, outside the vocabulary 0..%d", i,
+                              tokens[i], c->vocab_size - 1);
+    memcpy(img->tokens, tokens, (size_t)L * sizeof *tokens);
+    int P = c->patch_nums[c->n_scales - 1];
+    BE->zero(e->be, img->f_hat, (size_t)c->z_channels * P * P * sizeof(float));
+    for (int s = 0; s < c->n_scales; s++)
+        quantise(e, img, s);
+    img->scale = c->n_scales;
+    return BE->sync(e->be, err);
+}
+
+void vs_rt_image_fhat(vs_rt_engine *e, const vs_rt_image *img, float *host)
+{
+    const vs_rt_config *c = &e->m->cfg;
+    int P = c->patch_nums[c->n_scales - 1];
+    BE->download(e->be, host, img->f_hat, (size_t)c->z_channels * P * P * sizeof(float));
+}
+
+vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, vs_err *err)
+{
+    const vs_rt_config *c = &e->m->cfg;
+    const vs_rt_weights *w = &e->w;
+    int C = c->embed_dim, Cv = c->z_channels, V = c->vocab_size, H = c->num_heads, d = c->head_dim;
+    int S = c->n_scales, first_l = c->patch_nums[0] * c->patch_nums[0];
+    if (n < 1 || n > e->max_images)
+        return vs_err_set(err, VS_ERR_INVALID, "a step takes 1..%d images (got %d)", e->max_images, n);
+    if (!e->kv_base)
+        return vs_err_set(err, VS_ERR_INTERNAL, "the engine has no KV pool (vs_rt_engine_set_kv)");
+
+    /* layout: rows, tokens, per-token row, per-row class */
+    int T = 0, R = 2 * n;
+    for (int i = 0; i < n; i++) {
+        vs_rt_image *img = imgs[i];
+        if (img->scale < 0 || img->scale >= S)
+            return vs_err_set(err, VS_ERR_INVALID, "image %d is already complete", i);
+        int p = c->patch_nums[img->scale];
+        for (int r = 0; r < 2; r++) {
+            vs_rt_row *row = &e->rows[2 * i + r];
+            row->tok_start = T;
+            row->n_new = p * p;
+            row->kv = img->kv[r];
+            for (int t = 0; t < p * p; t++)
+                e->tok_row[T + t] = 2 * i + r;
+            T += p * p;
+        }
+    }
+    vs_rt_batch b = {R, T, e->rows, e->tok_row, e->kv_base, e->page_tokens, c->depth, NULL};
+    vs_status st = BE->batch_begin(e->be, &b, err);
+    if (st != VS_OK)
+        return st;
+
+    /* inputs: word_embed(next_in) for scales > 0, the class token for scale 0; + lvl_pos */
+    for (int i = 0; i < n; i++) {
+        vs_rt_image *img = imgs[i];
+        if (img->scale == 0)
+            continue;
+        int nt = e->rows[2 * i].n_new;
+        for (int r = 0; r < 2; r++)
+            BE->copy(e->be, e->gin + (size_t)e->rows[2 * i + r].tok_start * Cv, img->next_in,
+                     (size_t)nt * Cv * sizeof(float));
+    }
+    BE->linear(e->be, e->x, e->gin, w->word_w, w->word_b, T, C, Cv);
+    for (int i = 0; i < n; i++) {
+        vs_rt_image *img = imgs[i];
+        int s = img->scale;
+        for (int r = 0; r < 2; r++) {
+            const vs_rt_row *row = &e->rows[2 * i + r];
+            float *xr = e->x + (size_t)row->tok_start * C;
+            if (s == 0) {
+                int cls = r == 0 ? img->label : c->num_classes;
+                for (int t = 0; t < first_l; t++)
+                    e->idx[t] = cls;
+                BE->gather_rows(e->be, xr, w->class_emb, e->idx, first_l, C, 0);
+                for (int t = 0; t < first_l; t++)
+                    e->idx[t] = t;
+                BE->gather_rows(e->be, xr, w->pos_start, e->idx, first_l, C, 1);
+            }
+            for (int t = 0; t < row->n_new; t++)
+                e->idx[t] = c->scale_offset[s] + t;
+            BE->gather_rows(e->be, xr, w->lvl_pos, e->idx, row->n_new, C, 1);
+        }
+    }
+    /* conditions: class embedding per row */
+    for (int i = 0; i < n; i++) {
+        e->idx[2 * i] = imgs[i]->label;
+        e->idx[2 * i + 1] = c->num_classes;
+    }
+    BE->gather_rows(e->be, e->cond, w->class_emb, e->idx, R, C, 0);
+    BE->silu(e->be, e->csilu, e->cond, (size_t)R * C);
+    if (c->shared_aln)
+        BE->linear(e->be, e->smod, e->csilu, w->shared_ada_w, w->shared_ada_b, R, 6 * C, C);
+
+    float attn_scale = c->attn_l2_norm ? 1.0f : 0.25f / sqrtf((float)d);
+    for (int l = 0; l < c->depth; l++) {
+        const vs_rt_block_w *bw = &w->blocks[l];
+        if (c->shared_aln) {
+            BE->copy(e->be, e->mod, e->smod, (size_t)R * 6 * C * sizeof(float));
+            BE->add_bias_rows(e->be, e->mod, bw->ada_gss, R, 6 * C);
+        } else {
+            BE->linear(e->be, e->mod, e->csilu, bw->ada_w, bw->ada_b, R, 6 * C, C);
+        }
+        /* chunks: gamma1 0, gamma2 1, scale1 2, scale2 3, shift1 4, shift2 5 */
+        BE->adaln(e->be, e->xn, e->x, e->mod, 6 * C, 2 * C, 4 * C, &b, C, (float)c->norm_eps);
+        BE->linear(e->be, e->qkv, e->xn, bw->qkv_w, bw->qkv_bias, T, 3 * C, C);
+        if (c->attn_l2_norm)
+            BE->qk_norm(e->be, e->qkv, T, H, d, bw->scale_mul);
+        BE->attention(e->be, e->attn, e->qkv, &b, l, H, d, attn_scale);
+        if (e->hook)
+            e->hook(e->hook_ctx, l, &b, e->qkv);
+        BE->linear(e->be, e->tmp, e->attn, bw->proj_w, bw->proj_b, T, C, C);
+        BE->gated_add(e->be, e->x, e->tmp, e->mod, 6 * C, 0, &b, C);
+        BE->adaln(e->be, e->xn, e->x, e->mod, 6 * C, 3 * C, 5 * C, &b, C, (float)c->norm_eps);
+        BE->linear(e->be, e->ffn, e->xn, bw->fc1_w, bw->fc1_b, T, c->ffn_dim, C);
+        BE->gelu_tanh(e->be, e->ffn, (size_t)T * c->ffn_dim);
+        BE->linear(e->be, e->tmp, e->ffn, bw->fc2_w, bw->fc2_b, T, C, c->ffn_dim);
+        BE->gated_add(e->be, e->x, e->tmp, e->mod, 6 * C, C, &b, C);
+    }
+    BE->linear(e->be, e->hmod, e->csilu, w->head_nm_w, w->head_nm_b, R, 2 * C, C);
+    BE->adaln(e->be, e->xn, e->x, e->hmod, 2 * C, 0, C, &b, C, (float)c->norm_eps);
+    BE->linear(e->be, e->logits, e->xn, w->head_w, w->head_b, T, V, C);
+
+    for (int i = 0; i < n; i++) {
+        vs_rt_image *img = imgs[i];
+        vs_rt_sample_req *q = &e->reqs[i];
+        q->cond_tok = e->rows[2 * i].tok_start;
+        q->uncond_tok = e->rows[2 * i + 1].tok_start;
+        q->n = e->rows[2 * i].n_new;
+        q->guidance = vs_rt_guidance(c, img->cfg, img->scale);
+        q->top_k = img->top_k;
+        q->top_p = img->top_p;
+        q->seed = img->seed;
+        q->scale = img->scale;
+        q->out = img->tokens + c->scale_offset[img->scale];
+    }
+    BE->cfg_sample(e->be, e->logits, V, e->reqs, n);
+    for (int i = 0; i < n; i++)
+        if (imgs[i]->guided_logits)
+            BE->download(e->be, imgs[i]->guided_logits, e->logits + (size_t)e->reqs[i].cond_tok * V,
+                         (size_t)e->reqs[i].n * V * sizeof(float));
+    for (int i = 0; i < n; i++) {
+        quantise(e, imgs[i], imgs[i]->scale);
+        imgs[i]->scale++;
+    }
+    return BE->sync(e->be, err);
+}
+
+vs_status vs_rt_decode(vs_rt_engine *e, vs_rt_image *const *imgs, int n, uint8_t *const *rgb,
+                       float *const *unit, vs_err *err)
+{
+    const vs_rt_config *c = &e->m->cfg;
+    for (int i = 0; i < n; i++) {
+        if (imgs[i]->scale != c->n_scales)
+            return vs_err_set(err, VS_ERR_INVALID, "image %d is not finished (at scale %d of %d)", i,
+                              imgs[i]->scale, c->n_scales);
+        vs_status st = vs_rt_vae_decode(e->vae, imgs[i]->f_hat, rgb ? rgb[i] : NULL,
+                                        unit ? unit[i] : NULL, err);
+        if (st != VS_OK)
+            return st;
+    }
+    return VS_OK;
+}

@@ -1,0 +1,38 @@
+/* server/gen.h — run a set of images to completion: KV reservation, steps, decode.
+ *
+ * The synchronous driver behind `varserve generate` and `varserve bench`: every image advances one
+ * scale per step in one batch, with its two rows' caches in the global pool (full cache). The
+ * HTTP engine loop schedules the same runtime steps continuously instead. Engine thread only. */
+#ifndef VS_SRV_GEN_H
+#define VS_SRV_GEN_H
+
+#include <stdint.h>
+
+#include "common/status.h"
+#include "kvcache/pool.h"
+#include "runtime/var.h"
+
+typedef struct {
+    int label;
+    uint64_t seed;
+    float cfg;
+    int top_k;
+    float top_p;
+} vs_srv_gen_req;
+
+typedef struct {
+    double transformer_s; /* steps: transformer, sampling, quantiser */
+    double decode_s;      /* VQ-VAE decoder */
+} vs_srv_gen_times;
+
+/* Pages one image needs at its peak with the full cache (2 rows × depth layers × L tokens). */
+size_t vs_srv_full_cache_pages(const vs_rt_config *c, const vs_kv_pool *pool);
+
+/* Generates n images (n ≤ the engine's max images). rgb[i] host H*W*3 (may be NULL); tokens[i]
+ * host [L] (may be NULL). Errors: VS_ERR_KV_FULL when the pool cannot hold the batch, else
+ * what the runtime reports. */
+vs_status vs_srv_gen_run(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_gen_req *reqs, int n,
+                         uint8_t *const *rgb, int32_t *const *tokens, vs_srv_gen_times *times,
+                         vs_err *err);
+
+#endif
