@@ -108,29 +108,30 @@ typedef struct {
     int M, N, K, by_rows, blk;
 } linear_job;
 
+/* One unit = one sgemm call over a fixed block of rows (or columns). The blocks depend only on
+ * the shape, never on the thread count, so every element is computed by the same call shape. */
 static void linear_task(void *p, size_t b, size_t e, int worker)
 {
     (void)worker;
     linear_job *j = p;
-    if (j->by_rows) {
-        int m0 = (int)b * j->blk, m1 = (int)e * j->blk;
-        if (m1 > j->M)
-            m1 = j->M;
-        float *y = j->y + (size_t)m0 * j->N;
-        if (j->bias)
-            for (int m = m0; m < m1; m++)
-                memcpy(j->y + (size_t)m * j->N, j->bias, (size_t)j->N * sizeof(float));
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m1 - m0, j->N, j->K, 1.0f,
-                    j->x + (size_t)m0 * j->K, j->K, j->w, j->K, j->bias ? 1.0f : 0.0f, y, j->N);
-    } else {
-        int n0 = (int)b * j->blk, n1 = (int)e * j->blk;
-        if (n1 > j->N)
-            n1 = j->N;
-        if (j->bias)
-            for (int m = 0; m < j->M; m++)
-                memcpy(j->y + (size_t)m * j->N + n0, j->bias + n0, (size_t)(n1 - n0) * sizeof(float));
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->M, n1 - n0, j->K, 1.0f, j->x, j->K,
-                    j->w + (size_t)n0 * j->K, j->K, j->bias ? 1.0f : 0.0f, j->y + n0, j->N);
+    for (size_t u = b; u < e; u++) {
+        if (j->by_rows) {
+            int m0 = (int)u * j->blk, m1 = m0 + j->blk < j->M ? m0 + j->blk : j->M;
+            float *y = j->y + (size_t)m0 * j->N;
+            if (j->bias)
+                for (int m = m0; m < m1; m++)
+                    memcpy(j->y + (size_t)m * j->N, j->bias, (size_t)j->N * sizeof(float));
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m1 - m0, j->N, j->K, 1.0f,
+                        j->x + (size_t)m0 * j->K, j->K, j->w, j->K, j->bias ? 1.0f : 0.0f, y, j->N);
+        } else {
+            int n0 = (int)u * j->blk, n1 = n0 + j->blk < j->N ? n0 + j->blk : j->N;
+            if (j->bias)
+                for (int m = 0; m < j->M; m++)
+                    memcpy(j->y + (size_t)m * j->N + n0, j->bias + n0,
+                           (size_t)(n1 - n0) * sizeof(float));
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->M, n1 - n0, j->K, 1.0f, j->x,
+                        j->K, j->w + (size_t)n0 * j->K, j->K, j->bias ? 1.0f : 0.0f, j->y + n0, j->N);
+        }
     }
 }
 
@@ -138,14 +139,9 @@ static void cpu_linear(vs_rt_backend *be, float *y, const float *x, const float 
                        const float *bias, int M, int N, int K)
 {
     cpu_backend *c = cpu(be);
-    linear_job j = {y, x, w, bias, M, N, K, M >= 64, 16};
-    size_t units;
-    if (j.by_rows) {
-        units = (size_t)(M + j.blk - 1) / (size_t)j.blk;
-    } else {
-        j.blk = 64;
-        units = (size_t)(N + j.blk - 1) / (size_t)j.blk;
-    }
+    linear_job j = {y, x, w, bias, M, N, K, M >= 64, 64};
+    size_t units = j.by_rows ? (size_t)(M + j.blk - 1) / (size_t)j.blk
+                             : (size_t)(N + j.blk - 1) / (size_t)j.blk;
     vs_rt_parallel_for(c->tp, units, linear_task, &j);
 }
 
@@ -622,8 +618,9 @@ static void cpu_conv2d(vs_rt_backend *be, float *y, const float *x, const float 
         band = 1;
     if (band > H)
         band = H;
-    /* enough units for every worker */
-    while (band > 1 && (size_t)N * (size_t)((H + band - 1) / band) < (size_t)c->nw * 2)
+    /* the band depends only on the shape (never on the thread count): same GEMM calls, same
+     * results; at least 4 bands when the map allows, so workers share small maps too */
+    while (band > 1 && (H + band - 1) / band < 4)
         band = (band + 1) / 2;
     if (k > 1 && ensure_scratch(c, per_row * (size_t)band) != 0)
         abort(); /* scratch is bounded (about 1 MB per worker) */

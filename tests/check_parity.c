@@ -1,0 +1,458 @@
+/* tests/check_parity.c — the engine against the public VAR reference (tests/fixtures/tiny) and the
+ * properties serving relies on: batching and thread count never change an image.
+ *
+ * The golden file was computed by FoundationVision/VAR (see tests/fixtures/tiny/README.md):
+ * greedy tokens of labels 3 and 7 at cfg 1.5, guided logits of the first six scales, the final
+ * f_hat and image, and a decoder-only case. */
+#include <check.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvcache/pool.h"
+#include "runtime/philox.h"
+#include "runtime/sample.h"
+#include "runtime/var.h"
+#include "server/gen.h"
+#include "server/png.h"
+#include "tests/st_read.h"
+
+#define MODEL "tests/fixtures/tiny/model.safetensors"
+#define GOLDEN "tests/fixtures/tiny/golden.safetensors"
+
+static vs_rt_model *g_model;
+static st_file g_gold;
+
+static void setup(void)
+{
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_model_load(MODEL, &g_model, &err) == VS_OK, "%s", err.msg);
+    ck_assert_int_eq(st_open(&g_gold, GOLDEN), 0);
+}
+
+static void teardown(void)
+{
+    vs_rt_model_free(g_model);
+    g_model = NULL;
+    st_close(&g_gold);
+}
+
+typedef struct {
+    vs_rt_backend *be;
+    vs_rt_engine *e;
+    vs_kv_pool *pool;
+} rig;
+
+static rig rig_new(int threads, int max_images)
+{
+    rig r = {0};
+    vs_err err = {0};
+    const vs_rt_config *c = &g_model->cfg;
+    ck_assert_msg(vs_rt_backend_cpu_new(threads, &r.be, &err) == VS_OK, "%s", err.msg);
+    ck_assert_msg(vs_rt_engine_new(g_model, r.be, max_images, &r.e, &err) == VS_OK, "%s", err.msg);
+    size_t page_bytes = (size_t)2 * 16 * c->embed_dim * 4;
+    ck_assert(vs_kv_pool_init(page_bytes * 400 * (size_t)max_images, 16, c->depth, c->embed_dim, NULL,
+                              &r.pool, &err) == VS_OK);
+    vs_rt_engine_set_kv(r.e, vs_kv_pool_base(r.pool), 16);
+    return r;
+}
+
+static void rig_free(rig *r)
+{
+    vs_kv_pool_free(r->pool);
+    vs_rt_engine_free(r->e);
+    vs_rt_backend_free(r->be);
+}
+
+/* ---- reference parity -------------------------------------------------------------------------- */
+
+START_TEST(greedy_tokens_logits_fhat_and_image_match_the_reference)
+{
+    const vs_rt_config *c = &g_model->cfg;
+    rig r = rig_new(2, 2);
+    vs_err err = {0};
+    vs_kv_resv *resv = NULL;
+    ck_assert_int_eq(vs_kv_reserve(r.pool, 2 * vs_srv_full_cache_pages(c, r.pool), &resv), VS_KV_OK);
+    const int32_t *labels = st_get(&g_gold, "labels", NULL);
+    vs_rt_image img[2] = {{0}};
+    vs_rt_image *ptrs[2] = {&img[0], &img[1]};
+    vs_kv_row *rows[4];
+    int V = c->vocab_size;
+    float *glog[2];
+    for (int i = 0; i < 2; i++) {
+        ck_assert(vs_rt_image_init(r.e, &img[i], &err) == VS_OK);
+        img[i].label = labels[i];
+        img[i].cfg = 1.5f;
+        img[i].top_k = 1;
+        img[i].top_p = 0;
+        img[i].seed = (uint64_t)i;
+        glog[i] = malloc((size_t)256 * V * sizeof(float));
+        for (int k = 0; k < 2; k++)
+            ck_assert(vs_kv_row_new(resv, &rows[2 * i + k], &err) == VS_OK);
+    }
+    for (int s = 0; s < c->n_scales; s++) {
+        int nt = c->patch_nums[s] * c->patch_nums[s];
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < c->depth; l++)
+                ck_assert(vs_kv_row_reserve_tokens(rows[k], l, nt, &err) == VS_OK);
+        for (int i = 0; i < 2; i++) {
+            img[i].kv[0] = vs_kv_row_layers(rows[2 * i]);
+            img[i].kv[1] = vs_kv_row_layers(rows[2 * i + 1]);
+            img[i].guided_logits = glog[i];
+        }
+        ck_assert_msg(vs_rt_step(r.e, ptrs, 2, &err) == VS_OK, "%s", err.msg);
+        for (int k = 0; k < 4; k++)
+            for (int l = 0; l < c->depth; l++)
+                vs_kv_row_commit(rows[k], l, nt);
+        char name[32];
+        snprintf(name, sizeof name, "tokens.%d", s);
+        const int32_t *gt = st_get(&g_gold, name, NULL);
+        for (int i = 0; i < 2; i++)
+            for (int t = 0; t < nt; t++)
+                ck_assert_msg(img[i].tokens[c->scale_offset[s] + t] == gt[i * nt + t],
+                              "image %d scale %d token %d: %d, reference %d", i, s, t,
+                              img[i].tokens[c->scale_offset[s] + t], gt[i * nt + t]);
+        snprintf(name, sizeof name, "logits.%d", s);
+        const float *gl = st_get(&g_gold, name, NULL);
+        if (gl) {
+            double worst = 0;
+            for (int i = 0; i < 2; i++)
+                for (size_t k = 0; k < (size_t)nt * V; k++) {
+                    double dd = fabs(glog[i][k] - gl[(size_t)i * nt * V + k]);
+                    worst = dd > worst ? dd : worst;
+                }
+            ck_assert_msg(worst <= 1e-3, "scale %d guided logits differ by %g (limit 1e-3)", s, worst);
+        }
+    }
+    const float *gf = st_get(&g_gold, "f_hat", NULL);
+    const float *gi = st_get(&g_gold, "image", NULL);
+    int P = c->patch_nums[c->n_scales - 1], HW = c->image_size * c->image_size;
+    float *fh = malloc((size_t)c->z_channels * P * P * sizeof(float));
+    float *unit[2] = {malloc((size_t)3 * HW * sizeof(float)), malloc((size_t)3 * HW * sizeof(float))};
+    ck_assert(vs_rt_decode(r.e, ptrs, 2, NULL, unit, &err) == VS_OK);
+    for (int i = 0; i < 2; i++) {
+        vs_rt_image_fhat(r.e, &img[i], fh);
+        double wf = 0, wi = 0;
+        for (int k = 0; k < c->z_channels * P * P; k++)
+            wf = fmax(wf, fabs(fh[k] - gf[(size_t)i * c->z_channels * P * P + k]));
+        for (int k = 0; k < 3 * HW; k++)
+            wi = fmax(wi, fabs(unit[i][k] - gi[(size_t)i * 3 * HW + k]));
+        ck_assert_msg(wf <= 1e-4, "image %d f_hat differs by %g (limit 1e-4)", i, wf);
+        ck_assert_msg(wi <= 1.0 / 255, "image %d pixels differ by %g (limit 1/255)", i, wi);
+        vs_rt_image_free(r.e, &img[i]);
+        free(glog[i]);
+        free(unit[i]);
+    }
+    free(fh);
+    vs_kv_release(resv);
+    rig_free(&r);
+}
+END_TEST
+
+START_TEST(decoder_alone_matches_the_reference_image)
+{
+    const vs_rt_config *c = &g_model->cfg;
+    rig r = rig_new(2, 1);
+    vs_err err = {0};
+    int L = c->scale_offset[c->n_scales], HW = c->image_size * c->image_size;
+    int32_t *tok = malloc((size_t)L * sizeof *tok);
+    for (int s = 0; s < c->n_scales; s++) {
+        char name[32];
+        snprintf(name, sizeof name, "vae_tokens.%d", s);
+        const int32_t *t = st_get(&g_gold, name, NULL);
+        memcpy(tok + c->scale_offset[s], t, (size_t)c->patch_nums[s] * c->patch_nums[s] * 4);
+    }
+    vs_rt_image img = {0};
+    vs_rt_image *ptr = &img;
+    ck_assert(vs_rt_image_init(r.e, &img, &err) == VS_OK);
+    ck_assert_msg(vs_rt_image_set_tokens(r.e, &img, tok, &err) == VS_OK, "%s", err.msg);
+    float *unit = malloc((size_t)3 * HW * sizeof(float));
+    ck_assert(vs_rt_decode(r.e, &ptr, 1, NULL, &unit, &err) == VS_OK);
+    const float *gi = st_get(&g_gold, "vae_image", NULL);
+    double wi = 0;
+    for (int k = 0; k < 3 * HW; k++)
+        wi = fmax(wi, fabs(unit[k] - gi[k]));
+    ck_assert_msg(wi <= 1.0 / 255, "decoded pixels differ by %g (limit 1/255)", wi);
+    /* a token outside the vocabulary is refused, not read out of bounds */
+    tok[5] = c->vocab_size;
+    ck_assert_int_eq(vs_rt_image_set_tokens(r.e, &img, tok, &err), VS_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "vocabulary"));
+    vs_rt_image_free(r.e, &img);
+    free(unit);
+    free(tok);
+    rig_free(&r);
+}
+END_TEST
+
+/* ---- batching and threads never change an image -------------------------------------------------- */
+
+static void gen(rig *r, const vs_srv_gen_req *reqs, int n, uint8_t **rgb, int32_t **tok)
+{
+    vs_err err = {0};
+    ck_assert_msg(vs_srv_gen_run(r->e, r->pool, reqs, n, rgb, tok, NULL, &err) == VS_OK, "%s", err.msg);
+}
+
+static vs_srv_gen_req sampled(int label, uint64_t seed)
+{
+    return (vs_srv_gen_req){label, seed, 1.5f, 900, 0.96f};
+}
+
+START_TEST(each_image_of_a_batch_equals_the_image_generated_alone)
+{
+    const vs_rt_config *c = &g_model->cfg;
+    rig r = rig_new(2, 4);
+    int n = 4, L = c->scale_offset[c->n_scales], B = c->image_size * c->image_size * 3;
+    vs_srv_gen_req reqs[4] = {sampled(3, 11), sampled(7, 12), sampled(3, 13), sampled(0, 14)};
+    uint8_t *rgb[4], *one_rgb = malloc((size_t)B);
+    int32_t *tok[4], *one_tok = malloc((size_t)L * 4);
+    for (int i = 0; i < n; i++) {
+        rgb[i] = malloc((size_t)B);
+        tok[i] = malloc((size_t)L * 4);
+    }
+    gen(&r, reqs, n, rgb, tok);
+    /* images 0 and 2 share a label but not a seed: they must differ */
+    ck_assert(memcmp(tok[0], tok[2], (size_t)L * 4) != 0);
+    for (int i = 0; i < n; i++) {
+        gen(&r, &reqs[i], 1, &one_rgb, &one_tok);
+        ck_assert_msg(memcmp(tok[i], one_tok, (size_t)L * 4) == 0, "image %d tokens differ alone", i);
+        ck_assert_msg(memcmp(rgb[i], one_rgb, (size_t)B) == 0, "image %d pixels differ alone", i);
+        free(rgb[i]);
+        free(tok[i]);
+    }
+    free(one_rgb);
+    free(one_tok);
+    rig_free(&r);
+}
+END_TEST
+
+/* Continuous batching: an image that joins while another is at a later scale. */
+START_TEST(an_image_joining_a_running_batch_at_another_scale_is_unchanged)
+{
+    const vs_rt_config *c = &g_model->cfg;
+    rig r = rig_new(1, 2);
+    vs_err err = {0};
+    int L = c->scale_offset[c->n_scales];
+    vs_srv_gen_req reqs[2] = {sampled(5, 101), sampled(2, 202)};
+    int32_t *alone[2] = {malloc((size_t)L * 4), malloc((size_t)L * 4)};
+    for (int i = 0; i < 2; i++)
+        gen(&r, &reqs[i], 1, NULL, &alone[i]);
+
+    vs_kv_resv *resv = NULL;
+    ck_assert_int_eq(vs_kv_reserve(r.pool, 2 * vs_srv_full_cache_pages(c, r.pool), &resv), VS_KV_OK);
+    vs_rt_image img[2] = {{0}};
+    vs_kv_row *rows[4];
+    for (int i = 0; i < 2; i++) {
+        ck_assert(vs_rt_image_init(r.e, &img[i], &err) == VS_OK);
+        img[i].label = reqs[i].label;
+        img[i].seed = reqs[i].seed;
+        img[i].cfg = reqs[i].cfg;
+        img[i].top_k = reqs[i].top_k;
+        img[i].top_p = reqs[i].top_p;
+        ck_assert(vs_kv_row_new(resv, &rows[2 * i], &err) == VS_OK);
+        ck_assert(vs_kv_row_new(resv, &rows[2 * i + 1], &err) == VS_OK);
+    }
+    /* image 0 starts alone; image 1 joins after 3 steps; then both run until each finishes */
+    for (int step = 0; img[0].scale < c->n_scales || img[1].scale < c->n_scales; step++) {
+        vs_rt_image *run[2];
+        int n = 0;
+        for (int i = 0; i < 2; i++)
+            if ((i == 0 || step >= 3) && img[i].scale < c->n_scales)
+                run[n++] = &img[i];
+        for (int k = 0; k < n; k++) {
+            int i = (int)(run[k] - img), nt = c->patch_nums[img[i].scale] * c->patch_nums[img[i].scale];
+            for (int rr = 0; rr < 2; rr++) {
+                for (int l = 0; l < c->depth; l++)
+                    ck_assert(vs_kv_row_reserve_tokens(rows[2 * i + rr], l, nt, &err) == VS_OK);
+                img[i].kv[rr] = vs_kv_row_layers(rows[2 * i + rr]);
+            }
+        }
+        int before[2] = {img[0].scale, img[1].scale};
+        ck_assert_msg(vs_rt_step(r.e, run, n, &err) == VS_OK, "%s", err.msg);
+        for (int k = 0; k < n; k++) {
+            int i = (int)(run[k] - img), s = before[i], nt = c->patch_nums[s] * c->patch_nums[s];
+            for (int rr = 0; rr < 2; rr++)
+                for (int l = 0; l < c->depth; l++)
+                    vs_kv_row_commit(rows[2 * i + rr], l, nt);
+        }
+    }
+    for (int i = 0; i < 2; i++) {
+        ck_assert_msg(memcmp(img[i].tokens, alone[i], (size_t)L * 4) == 0,
+                      "image %d changed when batched at a different scale", i);
+        vs_rt_image_free(r.e, &img[i]);
+        free(alone[i]);
+    }
+    vs_kv_release(resv);
+    rig_free(&r);
+}
+END_TEST
+
+START_TEST(the_same_seed_gives_the_same_png_bytes_on_one_and_two_threads)
+{
+    const vs_rt_config *c = &g_model->cfg;
+    int B = c->image_size * c->image_size * 3;
+    vs_srv_gen_req reqs[2] = {sampled(1, 77), sampled(8, 78)};
+    unsigned char *png[2][2];
+    size_t len[2][2];
+    for (int t = 0; t < 2; t++) {
+        rig r = rig_new(t + 1, 2);
+        uint8_t *rgb[2] = {malloc((size_t)B), malloc((size_t)B)};
+        gen(&r, reqs, 2, rgb, NULL);
+        vs_err err = {0};
+        for (int i = 0; i < 2; i++) {
+            ck_assert(vs_srv_png_encode(rgb[i], c->image_size, c->image_size, &png[t][i], &len[t][i],
+                                        &err) == VS_OK);
+            free(rgb[i]);
+        }
+        rig_free(&r);
+    }
+    for (int i = 0; i < 2; i++) {
+        ck_assert_uint_eq(len[0][i], len[1][i]);
+        ck_assert(memcmp(png[0][i], png[1][i], len[0][i]) == 0);
+        free(png[0][i]);
+        free(png[1][i]);
+    }
+}
+END_TEST
+
+START_TEST(a_batch_the_pool_cannot_hold_is_refused_with_kv_full)
+{
+    const vs_rt_config *c = &g_model->cfg;
+    vs_err err = {0};
+    vs_rt_backend *be = NULL;
+    vs_rt_engine *e = NULL;
+    vs_kv_pool *pool = NULL;
+    ck_assert(vs_rt_backend_cpu_new(1, &be, &err) == VS_OK);
+    ck_assert(vs_rt_engine_new(g_model, be, 2, &e, &err) == VS_OK);
+    size_t page_bytes = (size_t)2 * 16 * c->embed_dim * 4;
+    ck_assert(vs_kv_pool_init(page_bytes * 200, 16, c->depth, c->embed_dim, NULL, &pool, &err) == VS_OK);
+    vs_srv_gen_req reqs[2] = {sampled(1, 1), sampled(2, 2)};
+    ck_assert_int_eq(vs_srv_gen_run(e, pool, reqs, 2, NULL, NULL, NULL, &err), VS_ERR_KV_FULL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "pages"));
+    /* one image (172 pages) fits, and the pool is whole again afterwards */
+    ck_assert_int_eq(vs_srv_gen_run(e, pool, reqs, 1, NULL, NULL, NULL, &err), VS_OK);
+    vs_kv_stats ks;
+    vs_kv_pool_stats(pool, &ks);
+    ck_assert_uint_eq(ks.pages_free, ks.pages_total);
+    ck_assert_uint_eq(ks.pages_reserved, 0);
+    vs_kv_pool_free(pool);
+    vs_rt_engine_free(e);
+    vs_rt_backend_free(be);
+}
+END_TEST
+
+/* ---- sampling rule and generator ------------------------------------------------------------------- */
+
+START_TEST(top_k_and_top_p_keep_exactly_what_the_reference_rule_keeps)
+{
+    /* logits 0..9 = 0,1,...,9 (distinct). softmax ascending cumsums are known in closed form. */
+    enum { V = 10 };
+    float lg[V];
+    float vals[V];
+    int32_t idx[V];
+    uint8_t keep[V];
+    vs_rt_sample_scratch s = {vals, idx};
+    for (int i = 0; i < V; i++)
+        lg[i] = (float)i;
+    /* top-k 3 keeps 7, 8, 9 */
+    ck_assert_int_eq(vs_rt_sample_filter(lg, V, 3, 0, keep, &s), 3);
+    for (int i = 0; i < V; i++)
+        ck_assert_int_eq(keep[i], i >= 7);
+    /* top-p 0.5 over all: p(9) = 0.632 > 0.5 alone; cumsum of the rest = 0.368 <= 0.5 → only 9 */
+    ck_assert_int_eq(vs_rt_sample_filter(lg, V, 0, 0.5f, keep, &s), 1);
+    ck_assert_int_eq(keep[9], 1);
+    /* top-p 0.8: drop while cumsum <= 0.2; cumsum through 7 is 0.1353 (kept out), through 8 is
+     * 0.3679 > 0.2 → keep 8 and 9 */
+    ck_assert_int_eq(vs_rt_sample_filter(lg, V, 0, 0.8f, keep, &s), 2);
+    ck_assert(keep[8] && keep[9] && !keep[7]);
+    /* top-p 0.9: drop while cumsum <= 0.1: through 6 is 0.0498, through 7 is 0.1353 → keep 7.. */
+    ck_assert_int_eq(vs_rt_sample_filter(lg, V, 0, 0.9f, keep, &s), 3);
+    ck_assert(keep[7] && !keep[6]);
+    /* top-k 2 then top-p 0.9 renormalised over {8, 9}: p(8) = 0.269 > 0.1 → both kept */
+    ck_assert_int_eq(vs_rt_sample_filter(lg, V, 2, 0.9f, keep, &s), 2);
+    /* ties at the k-th value are kept, as the reference's "< k-th largest" mask does */
+    float tie[V] = {5, 5, 5, 1, 0, 0, 0, 0, 0, 0};
+    ck_assert_int_eq(vs_rt_sample_filter(tie, V, 2, 0, keep, &s), 3);
+    ck_assert(keep[0] && keep[1] && keep[2] && !keep[3]);
+    /* sampling only ever returns kept tokens; greedy is the argmax */
+    for (int k = 0; k < 200; k++) {
+        float u = vs_philox_uniform(9, 1, k);
+        int32_t t = vs_rt_sample_token(lg, V, 3, 0.9f, u, &s);
+        ck_assert(t >= 7 && t <= 9);
+    }
+    ck_assert_int_eq(vs_rt_sample_token(lg, V, 1, 0, 0.99f, &s), 9);
+}
+END_TEST
+
+START_TEST(sampling_frequencies_follow_the_kept_softmax)
+{
+    enum { V = 4 };
+    float lg[V] = {0, 1, 2, (float)log(3.0) + 2}; /* kept with top-k 2: 2 and 3, p = 1/4, 3/4 */
+    float vals[V];
+    int32_t idx[V];
+    vs_rt_sample_scratch s = {vals, idx};
+    int count[V] = {0};
+    for (int k = 0; k < 20000; k++)
+        count[vs_rt_sample_token(lg, V, 2, 0, vs_philox_uniform(1234, 3, k), &s)]++;
+    ck_assert_int_eq(count[0] + count[1], 0);
+    ck_assert_msg(abs(count[3] - 15000) < 400, "token 3 drawn %d of 20000 times (expect ~15000)", count[3]);
+}
+END_TEST
+
+START_TEST(philox_matches_the_published_known_answers)
+{
+    uint32_t out[4];
+    const uint32_t z[4] = {0, 0, 0, 0}, zk[2] = {0, 0};
+    vs_philox4x32_10(z, zk, out);
+    ck_assert_uint_eq(out[0], 0x6627e8d5u);
+    ck_assert_uint_eq(out[1], 0xe169c58du);
+    ck_assert_uint_eq(out[2], 0xbc57ac4cu);
+    ck_assert_uint_eq(out[3], 0x9b00dbd8u);
+    const uint32_t f[4] = {~0u, ~0u, ~0u, ~0u}, fk[2] = {~0u, ~0u};
+    vs_philox4x32_10(f, fk, out);
+    ck_assert_uint_eq(out[0], 0x408f276du);
+    ck_assert_uint_eq(out[1], 0x41c83b0eu);
+    ck_assert_uint_eq(out[2], 0xa20bc7c6u);
+    ck_assert_uint_eq(out[3], 0x6d5451fdu);
+    const uint32_t p[4] = {0x243f6a88u, 0x85a308d3u, 0x13198a2eu, 0x03707344u};
+    const uint32_t pk[2] = {0xa4093822u, 0x299f31d0u};
+    vs_philox4x32_10(p, pk, out);
+    ck_assert_uint_eq(out[0], 0xd16cfe09u);
+    ck_assert_uint_eq(out[1], 0x94fdccebu);
+    ck_assert_uint_eq(out[2], 0x5001e420u);
+    ck_assert_uint_eq(out[3], 0x24126ea1u);
+}
+END_TEST
+
+static Suite *parity_suite(void)
+{
+    Suite *s = suite_create("parity");
+    TCase *ref = tcase_create("reference");
+    tcase_add_checked_fixture(ref, setup, teardown);
+    tcase_set_timeout(ref, 600);
+    tcase_add_test(ref, greedy_tokens_logits_fhat_and_image_match_the_reference);
+    tcase_add_test(ref, decoder_alone_matches_the_reference_image);
+    suite_add_tcase(s, ref);
+    TCase *bat = tcase_create("batching");
+    tcase_add_checked_fixture(bat, setup, teardown);
+    tcase_set_timeout(bat, 600);
+    tcase_add_test(bat, each_image_of_a_batch_equals_the_image_generated_alone);
+    tcase_add_test(bat, an_image_joining_a_running_batch_at_another_scale_is_unchanged);
+    tcase_add_test(bat, the_same_seed_gives_the_same_png_bytes_on_one_and_two_threads);
+    tcase_add_test(bat, a_batch_the_pool_cannot_hold_is_refused_with_kv_full);
+    suite_add_tcase(s, bat);
+    TCase *smp = tcase_create("sampling");
+    tcase_add_test(smp, top_k_and_top_p_keep_exactly_what_the_reference_rule_keeps);
+    tcase_add_test(smp, sampling_frequencies_follow_the_kept_softmax);
+    tcase_add_test(smp, philox_matches_the_published_known_answers);
+    suite_add_tcase(s, smp);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(parity_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
