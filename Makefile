@@ -112,3 +112,6 @@ clean:
 	rm -rf build
 
 -include $(shell find build -name '*.d' 2>/dev/null)
+
+# hot CPU loops: vectorise harder (no fast-math: results stay exact and thread-count independent)
+$(BUILD)/runtime/backend_cpu.o $(BUILD)/runtime/sample.o: ALL_CFLAGS += -O3

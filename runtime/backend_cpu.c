@@ -310,9 +310,9 @@ typedef struct {
     const vs_rt_batch *b;
     int layer, H, d;
     float scale;
-    int qblk;
     /* work units: (row, head, query block) flattened */
     const int *unit_row_start; /* [n_rows+1] prefix of units per row */
+    cpu_backend *c;
 } attn_job;
 
 static void kv_write_task(void *p, size_t b, size_t e, int worker)
@@ -334,63 +334,55 @@ static void kv_write_task(void *p, size_t b, size_t e, int worker)
     }
 }
 
+/* One unit = (row, head, block of up to 64 queries): gather the row's keys and values of this head
+ * from its pages into contiguous scratch, then scores = Q·Kᵀ (one GEMM), row softmax, out = P·V
+ * (one GEMM). Block shapes depend only on the row, never on the thread count. */
+#define ATTN_QBLK 64
+
 static void attn_task(void *p, size_t ub, size_t ue, int worker)
 {
     attn_job *j = p;
     const vs_rt_batch *bt = j->b;
     int H = j->H, d = j->d, C = H * d, PT = bt->page_tokens;
-    cpu_backend *dummy = NULL;
-    (void)dummy;
-    (void)worker;
+    cpu_backend *c = j->c;
     int r = 0;
     for (size_t u = ub; u < ue; u++) {
         while ((size_t)j->unit_row_start[r + 1] <= u)
             r++;
         const vs_rt_row *row = &bt->rows[r];
         const vs_rt_kv_layer *l = &row->kv[j->layer];
-        int nq_blocks = (row->n_new + j->qblk - 1) / j->qblk;
+        int nq_blocks = (row->n_new + ATTN_QBLK - 1) / ATTN_QBLK;
         int local = (int)(u - (size_t)j->unit_row_start[r]);
         int h = local / nq_blocks, qb = local % nq_blocks;
-        int q0 = qb * j->qblk, q1 = q0 + j->qblk < row->n_new ? q0 + j->qblk : row->n_new;
+        int q0 = qb * ATTN_QBLK, nq = row->n_new - q0 < ATTN_QBLK ? row->n_new - q0 : ATTN_QBLK;
         int nk = l->n_tokens + row->n_new;
-        float scores[nk];
-        for (int qi = q0; qi < q1; qi++) {
-            const float *q = j->qkv + (size_t)(row->tok_start + qi) * 3 * C + (size_t)h * d;
-            float mx = -INFINITY;
-            for (int pg = 0, k = 0; k < nk; pg++) {
-                const float *kp = bt->kv_base + ((size_t)l->pages[pg] * 2 * PT) * C + (size_t)h * d;
-                int n = nk - k < PT ? nk - k : PT;
-                for (int s = 0; s < n; s++, k++) {
-                    const float *kv = kp + (size_t)s * C;
-                    float acc = 0;
-                    for (int i = 0; i < d; i++)
-                        acc += q[i] * kv[i];
-                    acc *= j->scale;
-                    scores[k] = acc;
-                    if (acc > mx)
-                        mx = acc;
-                }
-            }
-            float sum = 0;
-            for (int k = 0; k < nk; k++) {
-                scores[k] = expf(scores[k] - mx);
-                sum += scores[k];
-            }
-            float inv = 1.0f / sum;
-            float *o = j->out + (size_t)(row->tok_start + qi) * C + (size_t)h * d;
-            for (int i = 0; i < d; i++)
-                o[i] = 0;
-            for (int pg = 0, k = 0; k < nk; pg++) {
-                const float *vp = bt->kv_base + ((size_t)l->pages[pg] * 2 + 1) * PT * C + (size_t)h * d;
-                int n = nk - k < PT ? nk - k : PT;
-                for (int s = 0; s < n; s++, k++) {
-                    const float *vv = vp + (size_t)s * C;
-                    float w = scores[k] * inv;
-                    for (int i = 0; i < d; i++)
-                        o[i] += w * vv[i];
-                }
+        float *kg = c->ws[worker].p, *vg = kg + (size_t)nk * d, *sc = vg + (size_t)nk * d;
+        for (int pg = 0, k = 0; k < nk; pg++) {
+            const float *kp = bt->kv_base + (size_t)l->pages[pg] * 2 * PT * C + (size_t)h * d;
+            const float *vp = kp + (size_t)PT * C;
+            int n = nk - k < PT ? nk - k : PT;
+            for (int s = 0; s < n; s++, k++) {
+                memcpy(kg + (size_t)k * d, kp + (size_t)s * C, (size_t)d * sizeof(float));
+                memcpy(vg + (size_t)k * d, vp + (size_t)s * C, (size_t)d * sizeof(float));
             }
         }
+        const float *q = j->qkv + (size_t)(row->tok_start + q0) * 3 * C + (size_t)h * d;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, d, j->scale, q, 3 * C, kg, d,
+                    0.0f, sc, nk);
+        for (int i = 0; i < nq; i++) {
+            float *sr = sc + (size_t)i * nk, mx = -INFINITY, sum = 0;
+            for (int k = 0; k < nk; k++)
+                mx = sr[k] > mx ? sr[k] : mx;
+            for (int k = 0; k < nk; k++) {
+                sr[k] = expf(sr[k] - mx);
+                sum += sr[k];
+            }
+            float inv = 1.0f / sum;
+            for (int k = 0; k < nk; k++)
+                sr[k] *= inv;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, d, nk, 1.0f, sc, nk, vg, d, 0.0f,
+                    j->out + (size_t)(row->tok_start + q0) * C + (size_t)h * d, C);
     }
 }
 
@@ -398,12 +390,17 @@ static void cpu_attention(vs_rt_backend *be, float *out, const float *qkv, const
                           int layer, int H, int d, float scale)
 {
     cpu_backend *c = cpu(be);
-    attn_job j = {out, qkv, b, layer, H, d, scale, 16, NULL};
+    attn_job j = {out, qkv, b, layer, H, d, scale, NULL, c};
     vs_rt_parallel_for(c->tp, (size_t)b->n_rows, kv_write_task, &j);
-    int starts[b->n_rows + 1];
+    int starts[b->n_rows + 1], max_nk = 0;
     starts[0] = 0;
-    for (int r = 0; r < b->n_rows; r++)
-        starts[r + 1] = starts[r] + H * ((b->rows[r].n_new + j.qblk - 1) / j.qblk);
+    for (int r = 0; r < b->n_rows; r++) {
+        starts[r + 1] = starts[r] + H * ((b->rows[r].n_new + ATTN_QBLK - 1) / ATTN_QBLK);
+        int nk = b->rows[r].kv[layer].n_tokens + b->rows[r].n_new;
+        max_nk = nk > max_nk ? nk : max_nk;
+    }
+    if (ensure_scratch(c, (size_t)max_nk * (2 * (size_t)d + ATTN_QBLK)) != 0)
+        abort(); /* bounded by the longest row: a few MB */
     j.unit_row_start = starts;
     vs_rt_parallel_for(c->tp, (size_t)starts[b->n_rows], attn_task, &j);
 }
@@ -423,7 +420,7 @@ static void sample_task(void *p, size_t b, size_t e, int worker)
 {
     sample_job *j = p;
     int V = j->V;
-    vs_rt_sample_scratch s = {j->c->ws[worker].p, (int32_t *)(j->c->ws[worker].p + V)};
+    vs_rt_sample_scratch s = {j->c->ws[worker].p};
     int r = 0;
     for (size_t u = b; u < e; u++) {
         while ((size_t)j->req_start[r + 1] <= u)
@@ -443,7 +440,7 @@ static void sample_task(void *p, size_t b, size_t e, int worker)
 static void cpu_cfg_sample(vs_rt_backend *be, float *logits, int V, const vs_rt_sample_req *reqs, int n)
 {
     cpu_backend *c = cpu(be);
-    if (ensure_scratch(c, (size_t)V * 2) != 0)
+    if (ensure_scratch(c, VS_RT_SAMPLE_SCRATCH_WORDS(V)) != 0)
         abort(); /* a few KB per worker; failure here is not recoverable mid-step */
     int starts[n + 1];
     starts[0] = 0;

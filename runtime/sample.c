@@ -4,6 +4,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 /* k-th largest (k from 1) of v[0..n) by quickselect; reorders v. */
 static float kth_largest(float *v, int n, int k)
@@ -35,51 +36,72 @@ static float kth_largest(float *v, int n, int k)
     return v[want];
 }
 
-static _Thread_local const float *sort_logits;
-
-/* ascending by logit, ties by index so the order is total */
-static int cmp_asc(const void *a, const void *b)
+/* Order-preserving map of a float to an unsigned key (ascending floats → ascending keys). */
+static uint32_t float_key(float f)
 {
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    float lx = sort_logits[x], ly = sort_logits[y];
-    if (lx < ly)
-        return -1;
-    if (lx > ly)
-        return 1;
-    return (x > y) - (x < y);
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
-/* Candidates after top-k and top-p, in s->idx[0..n) (ascending by logit when top_p > 0). */
-static int candidates(const float *logits, int V, int top_k, float top_p, vs_rt_sample_scratch *s)
+/* Stable LSD radix sort of idx[0..n) by logit, 8 bits a pass; ties keep ascending index order. */
+static void sort_by_logit(const float *logits, int32_t *idx, int n, uint32_t *k1, uint32_t *k2,
+                          int32_t *i2)
 {
+    for (int i = 0; i < n; i++)
+        k1[i] = float_key(logits[idx[i]]);
+    for (int shift = 0; shift < 32; shift += 8) {
+        int count[257] = {0};
+        for (int i = 0; i < n; i++)
+            count[((k1[i] >> shift) & 255) + 1]++;
+        for (int b = 0; b < 256; b++)
+            count[b + 1] += count[b];
+        for (int i = 0; i < n; i++) {
+            int pos = count[(k1[i] >> shift) & 255]++;
+            k2[pos] = k1[i];
+            i2[pos] = idx[i];
+        }
+        memcpy(k1, k2, (size_t)n * sizeof *k1);
+        memcpy(idx, i2, (size_t)n * sizeof *idx);
+    }
+}
+
+/* Candidates after top-k and top-p, in idx[0..n) (ascending by logit when top_p > 0). */
+static int candidates(const float *logits, int V, int top_k, float top_p, void *buf)
+{
+    float *vals = buf;
+    int32_t *idx = (int32_t *)buf + V;
     float thr = -INFINITY;
     if (top_k > 0 && top_k < V) {
-        for (int i = 0; i < V; i++)
-            s->vals[i] = logits[i];
-        thr = kth_largest(s->vals, V, top_k);
+        memcpy(vals, logits, (size_t)V * sizeof *vals);
+        thr = kth_largest(vals, V, top_k);
     }
     int n = 0;
     for (int i = 0; i < V; i++)
         if (logits[i] >= thr)
-            s->idx[n++] = i;
+            idx[n++] = i;
     if (top_p > 0 && n > 1) {
-        sort_logits = logits;
-        qsort(s->idx, (size_t)n, sizeof *s->idx, cmp_asc);
-        double mx = logits[s->idx[n - 1]], total = 0;
-        for (int i = 0; i < n; i++)
-            total += exp((double)logits[s->idx[i]] - mx);
-        double cum = 0, limit = 1.0 - (double)top_p;
+        uint32_t *k1 = (uint32_t *)buf + 2 * (size_t)V, *k2 = k1 + V;
+        sort_by_logit(logits, idx, n, k1, k2, (int32_t *)(k2 + V));
+        float mx = logits[idx[n - 1]];
+        double total = 0;
+        for (int i = 0; i < n; i++) {
+            vals[i] = expf(logits[idx[i]] - mx);
+            total += vals[i];
+        }
+        double cum = 0, limit = (1.0 - (double)top_p) * total;
         int drop = 0;
         for (int i = 0; i < n - 1; i++) {
-            cum += exp((double)logits[s->idx[i]] - mx) / total;
+            cum += vals[i];
             if (cum <= limit)
                 drop = i + 1;
             else
                 break;
         }
-        for (int i = drop; i < n; i++)
-            s->idx[i - drop] = s->idx[i];
-        n -= drop;
+        if (drop) {
+            memmove(idx, idx + drop, (size_t)(n - drop) * sizeof *idx);
+            n -= drop;
+        }
     }
     return n;
 }
@@ -87,11 +109,12 @@ static int candidates(const float *logits, int V, int top_k, float top_p, vs_rt_
 int vs_rt_sample_filter(const float *logits, int V, int top_k, float top_p, uint8_t *keep,
                         vs_rt_sample_scratch *s)
 {
-    int n = candidates(logits, V, top_k, top_p, s);
+    int n = candidates(logits, V, top_k, top_p, s->buf);
+    const int32_t *idx = (const int32_t *)s->buf + V;
     for (int i = 0; i < V; i++)
         keep[i] = 0;
     for (int i = 0; i < n; i++)
-        keep[s->idx[i]] = 1;
+        keep[idx[i]] = 1;
     return n;
 }
 
@@ -105,20 +128,23 @@ int32_t vs_rt_sample_token(const float *logits, int V, int top_k, float top_p, f
                 best = i;
         return best;
     }
-    int n = candidates(logits, V, top_k, top_p, s);
-    double mx = -INFINITY;
+    int n = candidates(logits, V, top_k, top_p, s->buf);
+    const int32_t *idx = (const int32_t *)s->buf + V;
+    float *w = s->buf; /* the candidates' weights, in idx order */
+    float mx = -INFINITY;
     for (int i = 0; i < n; i++)
-        if (logits[s->idx[i]] > mx)
-            mx = logits[s->idx[i]];
+        mx = logits[idx[i]] > mx ? logits[idx[i]] : mx;
     double total = 0;
-    for (int i = 0; i < n; i++)
-        total += exp((double)logits[s->idx[i]] - mx);
+    for (int i = 0; i < n; i++) {
+        w[i] = expf(logits[idx[i]] - mx);
+        total += w[i];
+    }
     double target = (double)u * total, acc = 0;
     /* walk from the last candidate (the largest when sorted) so the common case stops early */
     for (int i = n - 1; i >= 0; i--) {
-        acc += exp((double)logits[s->idx[i]] - mx);
+        acc += w[i];
         if (acc > target)
-            return s->idx[i];
+            return idx[i];
     }
-    return s->idx[n - 1];
+    return idx[n - 1];
 }

@@ -8,10 +8,10 @@
 
 #include <stdint.h>
 
-/* Scratch for one call: V floats and V ints, caller-owned. */
+/* Scratch for one call: VS_RT_SAMPLE_SCRATCH_WORDS(V) 4-byte words, caller-owned, 4-aligned. */
+#define VS_RT_SAMPLE_SCRATCH_WORDS(V) ((size_t)(V) * 5)
 typedef struct {
-    float *vals;   /* [V] */
-    int32_t *idx;  /* [V] */
+    void *buf;
 } vs_rt_sample_scratch;
 
 /* Marks keep[i] = 1 for the tokens the rule keeps; returns how many. */

@@ -347,10 +347,9 @@ START_TEST(top_k_and_top_p_keep_exactly_what_the_reference_rule_keeps)
     /* logits 0..9 = 0,1,...,9 (distinct). softmax ascending cumsums are known in closed form. */
     enum { V = 10 };
     float lg[V];
-    float vals[V];
-    int32_t idx[V];
+    uint32_t buf[VS_RT_SAMPLE_SCRATCH_WORDS(V)];
     uint8_t keep[V];
-    vs_rt_sample_scratch s = {vals, idx};
+    vs_rt_sample_scratch s = {buf};
     for (int i = 0; i < V; i++)
         lg[i] = (float)i;
     /* top-k 3 keeps 7, 8, 9 */
@@ -387,9 +386,8 @@ START_TEST(sampling_frequencies_follow_the_kept_softmax)
 {
     enum { V = 4 };
     float lg[V] = {0, 1, 2, (float)log(3.0) + 2}; /* kept with top-k 2: 2 and 3, p = 1/4, 3/4 */
-    float vals[V];
-    int32_t idx[V];
-    vs_rt_sample_scratch s = {vals, idx};
+    uint32_t buf[VS_RT_SAMPLE_SCRATCH_WORDS(V)];
+    vs_rt_sample_scratch s = {buf};
     int count[V] = {0};
     for (int k = 0; k < 20000; k++)
         count[vs_rt_sample_token(lg, V, 2, 0, vs_philox_uniform(1234, 3, k), &s)]++;
