@@ -1,0 +1,1585 @@
+/* runtime/backend_cuda.cu — the CUDA backend: cuBLAS for GEMMs, own kernels for the rest, FP32.
+ *
+ * Design: every op is queued on ONE stream and returns at once; errors are recorded into a sticky
+ * error (the first failing statement, its file:line and CUDA's message) that sync() returns.
+ * Semantics follow backend_cpu.c op by op (same formulas, same reduction precision: LayerNorm and
+ * GroupNorm statistics in double, attention softmax in float), so the two agree to rounding.
+ * Small host inputs (index lists, the batch's row tables, sampling requests) are copied into a
+ * pinned staging ring and uploaded asynchronously; the ring is reused only after the stream has
+ * drained, so callers may overwrite their host arrays as soon as an op returns. Device scratch
+ * (im2col columns, attention scores, sampling buffers) is grow-only: after the first steps, a
+ * step allocates nothing. Weights and buffers live in device memory (host_memory = 0), so var.c
+ * uploads the weights once and rebases its pointers.
+ *
+ * Modes: fp32 = 1 is strict FP32 (cuBLAS default math, no TF32) for parity with the CPU backend
+ * and the reference fixtures. A BF16 mode is not implemented yet: fp32 = 0 also runs FP32.
+ *
+ * Threads: a backend belongs to the thread that created it (the engine thread). */
+extern "C" {
+#include "common/log.h"
+#include "runtime/backend.h"
+}
+#include "runtime/philox.h"
+
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- backend state and error recording ------------------------------------------------------- */
+
+enum { S_IDX, S_BATCH, S_COL, S_SCORES, S_SREQ, S_SORT, S_COUNT }; /* device scratch slots */
+
+/* Device copy of a batch's tables (b->dev points here); views into one int32 buffer. */
+typedef struct {
+    const int32_t *tok_row; /* [n_tok] */
+    const int32_t *rows;    /* [n_rows][2]: tok_start, n_new */
+    const int32_t *kv;      /* [depth][n_rows][2]: n_tokens before the step, offset into pages */
+    const int32_t *pages;   /* page ids of every (layer, row), concatenated */
+    int n_rows, n_tok, depth, max_new;
+    int *max_keys;          /* host [depth]: the most keys a row attends to in each layer */
+    size_t max_keys_cap;
+} cuda_batch;
+
+/* One image's sampling work, as the kernel sees it. */
+typedef struct {
+    int cond_tok, uncond_tok, n, first; /* first: its first slot in the step's token list */
+    float guidance, top_p;
+    int top_k, scale;
+    unsigned long long seed;
+} cuda_sreq;
+
+typedef struct {
+    vs_rt_backend base;
+    int fp32;
+    cudaStream_t st;
+    cublasHandle_t blas;
+    int n_sm, smem_optin; /* multiprocessors; shared memory per block with opt-in (bytes) */
+    vs_status sticky;     /* first error, VS_OK while none */
+    char sticky_msg[512];
+    void *scr[S_COUNT];   /* grow-only device scratch */
+    size_t scr_cap[S_COUNT];
+    unsigned char *ring;  /* pinned staging for host → device copies */
+    size_t ring_cap, ring_off;
+    int32_t *host_i32;    /* host staging: batch tables, sampled tokens */
+    size_t host_i32_cap;
+    cuda_sreq *host_sreq;
+    size_t host_sreq_cap;
+    cuda_batch batch;
+} cuda_backend;
+
+static cuda_backend *cu(vs_rt_backend *be) { return (cuda_backend *)be; }
+
+static void record(cuda_backend *c, vs_status code, const char *what, const char *file, int line,
+                   const char *why)
+{
+    if (c->sticky != VS_OK)
+        return;
+    c->sticky = code;
+    snprintf(c->sticky_msg, sizeof c->sticky_msg, "%s failed at %s:%d: %s", what, file, line, why);
+    vs_log(VS_LOG_ERROR, "cuda", "%s", c->sticky_msg);
+}
+
+/* Every CUDA runtime and cuBLAS call goes through these; a failure becomes the sticky error. */
+#define VS_CUDA(c, call)                                                                           \
+    do {                                                                                           \
+        cudaError_t e_ = (call);                                                                   \
+        if (e_ != cudaSuccess)                                                                     \
+            record((c), VS_ERR_CUDA, #call, __FILE__, __LINE__, cudaGetErrorString(e_));           \
+    } while (0)
+
+#define VS_CUBLAS(c, call)                                                                         \
+    do {                                                                                           \
+        cublasStatus_t s_ = (call);                                                                \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                           \
+            record((c), VS_ERR_CUDA, #call, __FILE__, __LINE__, cublasGetStatusString(s_));        \
+    } while (0)
+
+/* After every kernel launch: a bad configuration shows here, a fault at the next sync. */
+#define VS_LAUNCHED(c, kernel)                                                                     \
+    do {                                                                                           \
+        cudaError_t e_ = cudaGetLastError();                                                       \
+        if (e_ != cudaSuccess)                                                                     \
+            record((c), VS_ERR_CUDA, "launch of " #kernel, __FILE__, __LINE__,                     \
+                   cudaGetErrorString(e_));                                                        \
+    } while (0)
+
+#define VS_FAIL(c, code, ...)                                                                      \
+    do {                                                                                           \
+        char m_[384];                                                                              \
+        snprintf(m_, sizeof m_, __VA_ARGS__);                                                      \
+        record((c), (code), "backend op", __FILE__, __LINE__, m_);                                 \
+    } while (0)
+
+/* Waits for the stream; the staging ring is free afterwards. */
+static void drain(cuda_backend *c)
+{
+    VS_CUDA(c, cudaStreamSynchronize(c->st));
+    c->ring_off = 0;
+}
+
+/* Grows scratch slot `which` to at least `bytes`; NULL (and a sticky error) when the device is
+ * out of memory. Growth waits for queued work, which may still read the old buffer. */
+static void *scratch(cuda_backend *c, int which, size_t bytes)
+{
+    if (c->scr_cap[which] >= bytes && c->scr[which])
+        return c->scr[which];
+    size_t want = bytes + bytes / 4 + 256;
+    drain(c);
+    if (c->scr[which])
+        VS_CUDA(c, cudaFree(c->scr[which]));
+    c->scr[which] = NULL;
+    c->scr_cap[which] = 0;
+    void *p = NULL;
+    cudaError_t e = cudaMalloc(&p, want);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        VS_FAIL(c, VS_ERR_NOMEM, "cannot grow CUDA scratch to %.1f MB (%s): lower the batch size",
+                (double)want / 1e6, cudaGetErrorString(e));
+        return NULL;
+    }
+    c->scr[which] = p;
+    c->scr_cap[which] = want;
+    return p;
+}
+
+/* Host → device copy that lets the caller reuse src at once: staged in the pinned ring when it
+ * fits (the ring is recycled only after the stream drains), else copied and waited for. */
+static void h2d(cuda_backend *c, void *dst, const void *src, size_t bytes)
+{
+    if (!bytes)
+        return;
+    size_t need = (bytes + 255) & ~(size_t)255;
+    if (need <= c->ring_cap) {
+        if (c->ring_off + need > c->ring_cap)
+            drain(c);
+        unsigned char *p = c->ring + c->ring_off;
+        memcpy(p, src, bytes);
+        c->ring_off += need;
+        VS_CUDA(c, cudaMemcpyAsync(dst, p, bytes, cudaMemcpyHostToDevice, c->st));
+    } else {
+        VS_CUDA(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->st));
+        drain(c);
+    }
+}
+
+static int grow_host(void **p, size_t *cap, size_t n, size_t elem)
+{
+    if (*cap >= n && *p)
+        return 0;
+    void *q = realloc(*p, (n ? n : 1) * elem);
+    if (!q)
+        return -1;
+    *p = q;
+    *cap = n;
+    return 0;
+}
+
+/* Blocks for a grid-stride loop over n elements. */
+static unsigned grid_for(size_t n, unsigned threads)
+{
+    size_t b = (n + threads - 1) / threads;
+    return (unsigned)(b > (1u << 20) ? (1u << 20) : b);
+}
+
+#define GRID_STRIDE(i, n)                                                                          \
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                        \
+         i += (size_t)gridDim.x * blockDim.x)
+
+/* ---- reductions (blockDim a multiple of 32, at most 1024) ------------------------------------- */
+
+template <typename T> __device__ T warp_sum(T v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+__device__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* Sum over the block, returned to every thread. */
+template <typename T> __device__ T block_sum(T v)
+{
+    __shared__ T sh[32];
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_sum(v);
+    __syncthreads(); /* sh may still be read by a previous call */
+    if (lane == 0)
+        sh[wid] = v;
+    __syncthreads();
+    T r = 0;
+    for (int i = 0; i < nw; i++)
+        r += sh[i];
+    return r;
+}
+
+__device__ float block_max(float v)
+{
+    __shared__ float sh[32];
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    v = warp_max(v);
+    __syncthreads();
+    if (lane == 0)
+        sh[wid] = v;
+    __syncthreads();
+    float r = -INFINITY;
+    for (int i = 0; i < nw; i++)
+        r = fmaxf(r, sh[i]);
+    return r;
+}
+
+__device__ int block_max_int(int v)
+{
+    __shared__ int sh[32];
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    for (int o = 16; o > 0; o >>= 1)
+        v = max(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if (lane == 0)
+        sh[wid] = v;
+    __syncthreads();
+    int r = INT_MIN;
+    for (int i = 0; i < nw; i++)
+        r = max(r, sh[i]);
+    return r;
+}
+
+/* ---- memory ------------------------------------------------------------------------------------ */
+
+static void cuda_destroy(vs_rt_backend *be)
+{
+    cuda_backend *c = cu(be);
+    if (c->st)
+        VS_CUDA(c, cudaStreamSynchronize(c->st));
+    for (int i = 0; i < S_COUNT; i++)
+        if (c->scr[i])
+            VS_CUDA(c, cudaFree(c->scr[i]));
+    if (c->ring)
+        VS_CUDA(c, cudaFreeHost(c->ring));
+    if (c->blas)
+        VS_CUBLAS(c, cublasDestroy(c->blas));
+    if (c->st)
+        VS_CUDA(c, cudaStreamDestroy(c->st));
+    free(c->host_i32);
+    free(c->host_sreq);
+    free(c->batch.max_keys);
+    free(c);
+}
+
+static void *cuda_alloc(vs_rt_backend *be, size_t bytes)
+{
+    (void)be;
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes ? bytes : 256) != cudaSuccess) {
+        (void)cudaGetLastError(); /* out of memory is the caller's to handle, not sticky */
+        return NULL;
+    }
+    return p;
+}
+
+static void cuda_free(vs_rt_backend *be, void *p)
+{
+    if (p)
+        VS_CUDA(cu(be), cudaFree(p));
+}
+
+static void cuda_upload(vs_rt_backend *be, void *dst, const void *src_host, size_t bytes)
+{
+    h2d(cu(be), dst, src_host, bytes);
+}
+
+/* Synchronous, like the CPU backend's: dst_host is filled when this returns. */
+static void cuda_download(vs_rt_backend *be, void *dst_host, const void *src, size_t bytes)
+{
+    cuda_backend *c = cu(be);
+    if (!bytes)
+        return;
+    VS_CUDA(c, cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, c->st));
+    drain(c);
+}
+
+static void cuda_copy(vs_rt_backend *be, void *dst, const void *src, size_t bytes)
+{
+    cuda_backend *c = cu(be);
+    if (bytes && dst != src)
+        VS_CUDA(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->st));
+}
+
+static void cuda_zero(vs_rt_backend *be, void *dst, size_t bytes)
+{
+    cuda_backend *c = cu(be);
+    if (bytes)
+        VS_CUDA(c, cudaMemsetAsync(dst, 0, bytes, c->st));
+}
+
+static vs_status cuda_sync(vs_rt_backend *be, vs_err *err)
+{
+    cuda_backend *c = cu(be);
+    drain(c);
+    VS_CUDA(c, cudaGetLastError());
+    if (c->sticky != VS_OK)
+        return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
+    return VS_OK;
+}
+
+/* Packs tok_row, the rows and every (layer, row) page table into one int32 upload. */
+static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err)
+{
+    cuda_backend *c = cu(be);
+    cuda_batch *cb = &c->batch;
+    b->dev = NULL;
+    if (c->sticky != VS_OK)
+        return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
+    if (b->n_rows < 0 || b->n_tok < 0 || b->depth < 1 || b->page_tokens < 1)
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "batch: n_rows %d, n_tok %d, depth %d, page_tokens %d (need n_rows, n_tok "
+                          ">= 0, depth and page_tokens >= 1)",
+                          b->n_rows, b->n_tok, b->depth, b->page_tokens);
+    size_t n_pages = 0;
+    int max_new = 0;
+    for (int r = 0; r < b->n_rows; r++) {
+        const vs_rt_row *row = &b->rows[r];
+        if (row->n_new > max_new)
+            max_new = row->n_new;
+        if (row->tok_start < 0 || row->n_new < 0 || row->tok_start + row->n_new > b->n_tok)
+            return vs_err_set(err, VS_ERR_INVALID,
+                              "batch row %d covers tokens %d..%d but the step has %d tokens", r,
+                              row->tok_start, row->tok_start + row->n_new, b->n_tok);
+        if (!row->kv)
+            return vs_err_set(err, VS_ERR_INVALID, "batch row %d has no KV view", r);
+        for (int l = 0; l < b->depth; l++) {
+            const vs_rt_kv_layer *kl = &row->kv[l];
+            long need = ((long)kl->n_tokens + row->n_new + b->page_tokens - 1) / b->page_tokens;
+            if (kl->n_tokens < 0 || need > kl->n_pages)
+                return vs_err_set(err, VS_ERR_INVALID,
+                                  "batch row %d layer %d holds %d tokens and adds %d, which needs %ld "
+                                  "pages of %d tokens, but its table lists %d: reserve the tokens "
+                                  "before the step",
+                                  r, l, kl->n_tokens, row->n_new, need, b->page_tokens, kl->n_pages);
+            n_pages += (size_t)need;
+        }
+    }
+    size_t n_rk = (size_t)b->depth * b->n_rows;
+    size_t total = (size_t)b->n_tok + 2 * (size_t)b->n_rows + 2 * n_rk + n_pages;
+    if (total > (size_t)INT_MAX)
+        return vs_err_set(err, VS_ERR_INVALID, "batch tables of %zu entries are over 2^31", total);
+    if (grow_host((void **)&c->host_i32, &c->host_i32_cap, total, sizeof(int32_t)) != 0 ||
+        grow_host((void **)&cb->max_keys, &cb->max_keys_cap, (size_t)b->depth,
+                  sizeof(int)) != 0)
+        return vs_err_set(err, VS_ERR_NOMEM, "out of host memory for the batch tables");
+    int32_t *h = c->host_i32;
+    int32_t *h_rows = h + b->n_tok, *h_kv = h_rows + 2 * b->n_rows, *h_pages = h_kv + 2 * n_rk;
+    for (int t = 0; t < b->n_tok; t++) {
+        int r = b->tok_row[t];
+        if (r < 0 || r >= b->n_rows)
+            return vs_err_set(err, VS_ERR_INVALID, "token %d belongs to row %d of %d", t, r,
+                              b->n_rows);
+        h[t] = r;
+    }
+    for (int r = 0; r < b->n_rows; r++) {
+        h_rows[2 * r] = b->rows[r].tok_start;
+        h_rows[2 * r + 1] = b->rows[r].n_new;
+    }
+    int32_t off = 0;
+    for (int l = 0; l < b->depth; l++) {
+        cb->max_keys[l] = 0;
+        for (int r = 0; r < b->n_rows; r++) {
+            const vs_rt_kv_layer *kl = &b->rows[r].kv[l];
+            int nk = kl->n_tokens + b->rows[r].n_new;
+            int need = (nk + b->page_tokens - 1) / b->page_tokens;
+            if (nk > cb->max_keys[l])
+                cb->max_keys[l] = nk;
+            h_kv[2 * ((size_t)l * b->n_rows + r)] = kl->n_tokens;
+            h_kv[2 * ((size_t)l * b->n_rows + r) + 1] = off;
+            memcpy(h_pages + off, kl->pages, (size_t)need * sizeof(int32_t));
+            off += need;
+        }
+    }
+    int32_t *d = (int32_t *)scratch(c, S_BATCH, total * sizeof(int32_t));
+    if (!d)
+        return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
+    h2d(c, d, h, total * sizeof(int32_t));
+    cb->tok_row = d;
+    cb->rows = d + b->n_tok;
+    cb->kv = cb->rows + 2 * b->n_rows;
+    cb->pages = cb->kv + 2 * n_rk;
+    cb->n_rows = b->n_rows;
+    cb->n_tok = b->n_tok;
+    cb->depth = b->depth;
+    cb->max_new = max_new;
+    b->dev = cb;
+    if (c->sticky != VS_OK)
+        return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
+    return VS_OK;
+}
+
+static const cuda_batch *batch_of(cuda_backend *c, const vs_rt_batch *b)
+{
+    if (!b->dev)
+        VS_FAIL(c, VS_ERR_INTERNAL, "an op got a batch that batch_begin did not prepare");
+    return (const cuda_batch *)b->dev;
+}
+
+/* ---- dense ------------------------------------------------------------------------------------- */
+
+__global__ void k_fill_rows(float *y, const float *bias, size_t M, int N)
+{
+    GRID_STRIDE(i, M * (size_t)N)
+    y[i] = bias[i % (size_t)N];
+}
+
+/* y = x·wᵀ (+ bias): in cuBLAS's column-major terms yᵀ[N][M] = (w as K×N)ᵀ · (x as K×M). The bias
+ * is written first and accumulated with beta = 1, like the CPU backend. */
+static void cuda_linear(vs_rt_backend *be, float *y, const float *x, const float *w,
+                        const float *bias, int M, int N, int K)
+{
+    cuda_backend *c = cu(be);
+    if (M <= 0 || N <= 0)
+        return;
+    float one = 1.0f, beta = 0.0f;
+    if (bias) {
+        size_t n = (size_t)M * N;
+        k_fill_rows<<<grid_for(n, 256), 256, 0, c->st>>>(y, bias, (size_t)M, N);
+        VS_LAUNCHED(c, k_fill_rows);
+        beta = 1.0f;
+    }
+    if (K <= 0) {
+        if (!bias)
+            VS_CUDA(c, cudaMemsetAsync(y, 0, (size_t)M * N * sizeof(float), c->st));
+        return;
+    }
+    VS_CUBLAS(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, K, x, K, &beta,
+                             y, N));
+}
+
+__global__ void k_silu(float *y, const float *x, size_t n)
+{
+    GRID_STRIDE(i, n)
+    y[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
+__global__ void k_gelu(float *y, size_t n)
+{
+    GRID_STRIDE(i, n)
+    {
+        float v = y[i];
+        y[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+    }
+}
+
+__global__ void k_add(float *y, const float *x, size_t n)
+{
+    GRID_STRIDE(i, n)
+    y[i] += x[i];
+}
+
+__global__ void k_to_unit(float *y, size_t n)
+{
+    GRID_STRIDE(i, n)
+    {
+        float v = y[i] < -1.0f ? -1.0f : y[i] > 1.0f ? 1.0f : y[i];
+        y[i] = (v + 1.0f) * 0.5f;
+    }
+}
+
+__global__ void k_add_bias_rows(float *y, const float *b, size_t M, int N)
+{
+    GRID_STRIDE(i, M * (size_t)N)
+    y[i] += b[i % (size_t)N];
+}
+
+static void cuda_silu(vs_rt_backend *be, float *y, const float *x, size_t n)
+{
+    cuda_backend *c = cu(be);
+    if (!n)
+        return;
+    k_silu<<<grid_for(n, 256), 256, 0, c->st>>>(y, x, n);
+    VS_LAUNCHED(c, k_silu);
+}
+
+static void cuda_gelu(vs_rt_backend *be, float *x, size_t n)
+{
+    cuda_backend *c = cu(be);
+    if (!n)
+        return;
+    k_gelu<<<grid_for(n, 256), 256, 0, c->st>>>(x, n);
+    VS_LAUNCHED(c, k_gelu);
+}
+
+static void cuda_add(vs_rt_backend *be, float *y, const float *x, size_t n)
+{
+    cuda_backend *c = cu(be);
+    if (!n)
+        return;
+    k_add<<<grid_for(n, 256), 256, 0, c->st>>>(y, x, n);
+    VS_LAUNCHED(c, k_add);
+}
+
+static void cuda_to_unit(vs_rt_backend *be, float *x, size_t n)
+{
+    cuda_backend *c = cu(be);
+    if (!n)
+        return;
+    k_to_unit<<<grid_for(n, 256), 256, 0, c->st>>>(x, n);
+    VS_LAUNCHED(c, k_to_unit);
+}
+
+static void cuda_add_bias_rows(vs_rt_backend *be, float *y, const float *b, int M, int N)
+{
+    cuda_backend *c = cu(be);
+    if (M <= 0 || N <= 0)
+        return;
+    size_t n = (size_t)M * N;
+    k_add_bias_rows<<<grid_for(n, 256), 256, 0, c->st>>>(y, b, (size_t)M, N);
+    VS_LAUNCHED(c, k_add_bias_rows);
+}
+
+__global__ void k_gather_rows(float *y, const float *table, const int32_t *idx, int T, int C,
+                              int accumulate)
+{
+    GRID_STRIDE(i, (size_t)T * C)
+    {
+        size_t t = i / (size_t)C, k = i % (size_t)C;
+        float v = table[(size_t)idx[t] * C + k];
+        y[i] = accumulate ? y[i] + v : v;
+    }
+}
+
+/* Uploads a host index list into the index scratch; NULL on failure (recorded). */
+static const int32_t *upload_idx(cuda_backend *c, const int32_t *idx_host, int n)
+{
+    int32_t *d = (int32_t *)scratch(c, S_IDX, (size_t)n * sizeof(int32_t));
+    if (d)
+        h2d(c, d, idx_host, (size_t)n * sizeof(int32_t));
+    return d;
+}
+
+static void cuda_gather_rows(vs_rt_backend *be, float *y, const float *table,
+                             const int32_t *idx_host, int T, int C, int accumulate)
+{
+    cuda_backend *c = cu(be);
+    if (T <= 0 || C <= 0)
+        return;
+    const int32_t *idx = upload_idx(c, idx_host, T);
+    if (!idx)
+        return;
+    size_t n = (size_t)T * C;
+    k_gather_rows<<<grid_for(n, 256), 256, 0, c->st>>>(y, table, idx, T, C, accumulate);
+    VS_LAUNCHED(c, k_gather_rows);
+}
+
+/* One block per token: LayerNorm statistics in double (two passes), like the CPU backend. */
+__global__ void __launch_bounds__(256) k_adaln(float *y, const float *x, const float *mod, int mod_stride, int off_a,
+                        int off_b, const int32_t *tok_row, int C, float eps)
+{
+    size_t t = blockIdx.x;
+    const float *xr = x + t * C;
+    float *yr = y + t * C;
+    const float *mrow = mod + (size_t)tok_row[t] * mod_stride;
+    const float *sc = mrow + off_a, *sh = mrow + off_b;
+    double s = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        s += xr[i];
+    double mean = block_sum(s) / C;
+    double v = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        double d = xr[i] - mean;
+        v += d * d;
+    }
+    double var = block_sum(v) / C;
+    float rstd = (float)(1.0 / sqrt(var + eps)), fm = (float)mean;
+    for (int i = threadIdx.x; i < C; i += blockDim.x)
+        yr[i] = (xr[i] - fm) * rstd * (1.0f + sc[i]) + sh[i];
+}
+
+static void cuda_adaln(vs_rt_backend *be, float *y, const float *x, const float *mod,
+                       int mod_stride, int scale_off, int shift_off, const vs_rt_batch *b, int C,
+                       float eps)
+{
+    cuda_backend *c = cu(be);
+    const cuda_batch *cb = batch_of(c, b);
+    if (!cb || b->n_tok <= 0)
+        return;
+    k_adaln<<<(unsigned)b->n_tok, 256, 0, c->st>>>(y, x, mod, mod_stride, scale_off, shift_off,
+                                                   cb->tok_row, C, eps);
+    VS_LAUNCHED(c, k_adaln);
+}
+
+__global__ void k_gated_add(float *x, const float *br, const float *mod, int mod_stride, int goff,
+                            const int32_t *tok_row, int T, int C)
+{
+    GRID_STRIDE(i, (size_t)T * C)
+    {
+        size_t t = i / (size_t)C, k = i % (size_t)C;
+        x[i] += br[i] * mod[(size_t)tok_row[t] * mod_stride + goff + k];
+    }
+}
+
+static void cuda_gated_add(vs_rt_backend *be, float *x, const float *y, const float *mod,
+                           int mod_stride, int gamma_off, const vs_rt_batch *b, int C)
+{
+    cuda_backend *c = cu(be);
+    const cuda_batch *cb = batch_of(c, b);
+    if (!cb || b->n_tok <= 0 || C <= 0)
+        return;
+    size_t n = (size_t)b->n_tok * C;
+    k_gated_add<<<grid_for(n, 256), 256, 0, c->st>>>(x, y, mod, mod_stride, gamma_off, cb->tok_row,
+                                                      b->n_tok, C);
+    VS_LAUNCHED(c, k_gated_add);
+}
+
+/* One warp per (token, q or k, head): L2 norm in double, as the CPU backend. */
+__global__ void k_qk_norm(float *qkv, int T, int H, int d, const float *scale_mul)
+{
+    size_t wg = ((size_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    int lane = threadIdx.x & 31;
+    if (wg >= (size_t)T * 2 * H)
+        return; /* whole warps leave together */
+    int h = (int)(wg % (size_t)H), part = (int)((wg / (size_t)H) % 2);
+    size_t t = wg / ((size_t)2 * H);
+    int C = H * d;
+    float *v = qkv + t * 3 * C + (size_t)part * C + (size_t)h * d;
+    double ss = 0;
+    for (int i = lane; i < d; i += 32)
+        ss += (double)v[i] * v[i];
+    ss = warp_sum(ss);
+    float nrm = (float)sqrt(ss);
+    float inv = 1.0f / (nrm > 1e-12f ? nrm : 1e-12f);
+    if (part == 0) {
+        const float max_mul = logf(100.0f);
+        float sm = scale_mul[h] < max_mul ? scale_mul[h] : max_mul;
+        inv *= expf(sm);
+    }
+    for (int i = lane; i < d; i += 32)
+        v[i] *= inv;
+}
+
+static void cuda_qk_norm(vs_rt_backend *be, float *qkv, int T, int H, int d, const float *scale_mul)
+{
+    cuda_backend *c = cu(be);
+    if (T <= 0 || H <= 0 || d <= 0)
+        return;
+    size_t threads = (size_t)T * 2 * H * 32;
+    k_qk_norm<<<(unsigned)((threads + 127) / 128), 128, 0, c->st>>>(qkv, T, H, d, scale_mul);
+    VS_LAUNCHED(c, k_qk_norm);
+}
+
+/* ---- attention over pages ---------------------------------------------------------------------- */
+
+/* Float offset of slot `slot` of K (kv 0) or V (kv 1) in the arena; pg = the row's page table. */
+__device__ __forceinline__ size_t kv_off(const int32_t *pg, int slot, int kv, int PT, int C)
+{
+    return (((size_t)pg[slot / PT] * 2 + kv) * PT + slot % PT) * (size_t)C;
+}
+
+/* The new tokens' K and V (from qkv) into slots n_tokens.. of each row's pages. */
+__global__ void k_kv_write(float *kv_base, const float *qkv, const int32_t *tok_row,
+                           const int32_t *rows, const int32_t *kvm, const int32_t *pages,
+                           int n_rows, int layer, int T, int C, int PT)
+{
+    GRID_STRIDE(i, (size_t)T * C)
+    {
+        int t = (int)(i / (size_t)C), k = (int)(i % (size_t)C);
+        int r = tok_row[t];
+        const int32_t *m = kvm + 2 * ((size_t)layer * n_rows + r);
+        int slot = m[0] + (t - rows[2 * r]);
+        const int32_t *pg = pages + m[1];
+        const float *src = qkv + (size_t)t * 3 * C;
+        kv_base[kv_off(pg, slot, 0, PT, C) + k] = src[C + k];
+        kv_base[kv_off(pg, slot, 1, PT, C) + k] = src[2 * C + k];
+    }
+}
+
+#define ATT_QT 16       /* queries per block, at most */
+#define ATT_THREADS 256
+
+/* Block = (row, tile of up to qt queries, head). Shared memory: q [qt][d], scores [qt][nk].
+ * Scores are computed like the CPU backend (dot in key order over d, then × scale), softmax in
+ * float with the row max subtracted, then out = Σ_k (e_k · (1/sum)) · v_k. */
+__global__ void __launch_bounds__(ATT_THREADS) k_attention(float *out, const float *qkv, const float *kv_base,
+                            const int32_t *rows, const int32_t *kvm, const int32_t *pages,
+                            int n_rows, int layer, int H, int d, int PT, float scale, int qt,
+                            int tiles_per_row)
+{
+    extern __shared__ float att_sm[];
+    __shared__ float s_inv[ATT_QT];
+    int r = blockIdx.x / tiles_per_row, tile = blockIdx.x % tiles_per_row, h = blockIdx.y;
+    int tok_start = rows[2 * r], n_new = rows[2 * r + 1];
+    int q0 = tile * qt;
+    if (q0 >= n_new)
+        return; /* the whole block: this row has fewer tiles */
+    int nq = min(qt, n_new - q0);
+    const int32_t *m = kvm + 2 * ((size_t)layer * n_rows + r);
+    const int32_t *pg = pages + m[1];
+    int nk = m[0] + n_new, C = H * d;
+    float *qs = att_sm, *sc = att_sm + (size_t)qt * d;
+
+    for (int i = threadIdx.x; i < nq * d; i += blockDim.x) {
+        int qi = i / d, j = i % d;
+        qs[i] = qkv[(size_t)(tok_start + q0 + qi) * 3 * C + (size_t)h * d + j];
+    }
+    __syncthreads();
+    for (int k = threadIdx.x; k < nk; k += blockDim.x) {
+        const float *kp = kv_base + kv_off(pg, k, 0, PT, C) + (size_t)h * d;
+        float acc[ATT_QT];
+#pragma unroll
+        for (int qi = 0; qi < ATT_QT; qi++)
+            acc[qi] = 0.0f;
+        for (int j = 0; j < d; j++) {
+            float kj = kp[j];
+#pragma unroll
+            for (int qi = 0; qi < ATT_QT; qi++)
+                if (qi < nq)
+                    acc[qi] += qs[qi * d + j] * kj;
+        }
+#pragma unroll
+        for (int qi = 0; qi < ATT_QT; qi++)
+            if (qi < nq)
+                sc[(size_t)qi * nk + k] = acc[qi] * scale;
+    }
+    __syncthreads();
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    for (int qi = wid; qi < nq; qi += nw) {
+        float *s = sc + (size_t)qi * nk;
+        float mx = -INFINITY;
+        for (int k = lane; k < nk; k += 32)
+            mx = fmaxf(mx, s[k]);
+        mx = warp_max(mx);
+        float sum = 0.0f;
+        for (int k = lane; k < nk; k += 32) {
+            float e = expf(s[k] - mx);
+            s[k] = e;
+            sum += e;
+        }
+        sum = warp_sum(sum);
+        if (lane == 0)
+            s_inv[qi] = 1.0f / sum;
+    }
+    __syncthreads();
+    for (int p = threadIdx.x; p < nq * d; p += blockDim.x) {
+        int qi = p / d, j = p % d;
+        const float *s = sc + (size_t)qi * nk;
+        float inv = s_inv[qi], acc = 0.0f;
+        for (int k = 0; k < nk; k++)
+            acc += (s[k] * inv) * kv_base[kv_off(pg, k, 1, PT, C) + (size_t)h * d + j];
+        out[(size_t)(tok_start + q0 + qi) * C + (size_t)h * d + j] = acc;
+    }
+}
+
+static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, const vs_rt_batch *b,
+                           int layer, int H, int d, float scale)
+{
+    cuda_backend *c = cu(be);
+    const cuda_batch *cb = batch_of(c, b);
+    if (!cb || b->n_tok <= 0 || b->n_rows <= 0)
+        return;
+    if (layer < 0 || layer >= cb->depth) {
+        VS_FAIL(c, VS_ERR_INTERNAL, "attention at layer %d of a batch of depth %d", layer,
+                cb->depth);
+        return;
+    }
+    int C = H * d, PT = b->page_tokens;
+    size_t n = (size_t)b->n_tok * C;
+    k_kv_write<<<grid_for(n, 256), 256, 0, c->st>>>(b->kv_base, qkv, cb->tok_row, cb->rows, cb->kv,
+                                                     cb->pages, cb->n_rows, layer, b->n_tok, C, PT);
+    VS_LAUNCHED(c, k_kv_write);
+    if (cb->max_new <= 0)
+        return;
+    int nk = cb->max_keys[layer], qt = ATT_QT;
+    size_t smem = 0;
+    for (; qt >= 1; qt /= 2) {
+        smem = ((size_t)qt * d + (size_t)qt * nk) * sizeof(float);
+        if (smem + 1024 <= (size_t)c->smem_optin)
+            break;
+    }
+    if (qt < 1) {
+        VS_FAIL(c, VS_ERR_UNSUPPORTED,
+                "attention over %d keys of head_dim %d needs %zu bytes of shared memory per block "
+                "but the device allows %d",
+                nk, d, ((size_t)d + nk) * sizeof(float), c->smem_optin);
+        return;
+    }
+    if (smem > 16 * 1024)
+        VS_CUDA(c, cudaFuncSetAttribute(k_attention, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem));
+    int tiles = (cb->max_new + qt - 1) / qt;
+    dim3 grid((unsigned)(cb->n_rows * tiles), (unsigned)H);
+    k_attention<<<grid, ATT_THREADS, smem, c->st>>>(out, qkv, b->kv_base, cb->rows, cb->kv,
+                                                     cb->pages, cb->n_rows, layer, H, d, PT, scale,
+                                                     qt, tiles);
+    VS_LAUNCHED(c, k_attention);
+}
+
+/* ---- guidance and sampling --------------------------------------------------------------------- */
+
+#define SAMPLE_THREADS 512
+
+/* Sort key: ascending key order = ascending (logit, index), the CPU's total order. */
+__device__ __forceinline__ unsigned long long sort_key(float v, int i)
+{
+    if (v == 0.0f)
+        v = 0.0f; /* −0 and +0 compare equal on the CPU: one bit pattern here */
+    unsigned u = __float_as_uint(v);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((unsigned long long)u << 32) | (unsigned)i;
+}
+
+__device__ __forceinline__ int key_index(unsigned long long k) { return (int)(unsigned)(k & 0xffffffffu); }
+
+/* Bitonic sort of a[0..P), P a power of two, ascending; the whole block takes part. */
+__device__ void bitonic_sort(unsigned long long *a, int P)
+{
+    for (int k = 2; k <= P; k <<= 1)
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int i = threadIdx.x; i < P; i += blockDim.x) {
+                int ixj = i ^ j;
+                if (ixj > i) {
+                    unsigned long long x = a[i], y = a[ixj];
+                    bool up = (i & k) == 0;
+                    if ((x > y) == up) {
+                        a[i] = y;
+                        a[ixj] = x;
+                    }
+                }
+            }
+            __syncthreads();
+        }
+}
+
+/* In-place inclusive scan of a[0..n) in double: prefix sums, or suffix sums when reverse (then
+ * a[i] = Σ_{j ≥ i}). Each thread scans one contiguous chunk. */
+__device__ void block_scan(double *a, int n, bool reverse)
+{
+    __shared__ double part[SAMPLE_THREADS];
+    int bd = blockDim.x, tid = threadIdx.x;
+    int chunk = (n + bd - 1) / bd;
+    int b = tid * chunk, e = min(b + chunk, n);
+    double s = 0;
+    for (int i = b; i < e; i++)
+        s += a[reverse ? n - 1 - i : i];
+    part[tid] = s;
+    __syncthreads();
+    if (tid == 0) {
+        double run = 0;
+        for (int k = 0; k < bd; k++) {
+            double t = part[k];
+            part[k] = run;
+            run += t;
+        }
+    }
+    __syncthreads();
+    double run = part[tid];
+    for (int i = b; i < e; i++) {
+        int p = reverse ? n - 1 - i : i;
+        run += a[p];
+        a[p] = run;
+    }
+    __syncthreads();
+}
+
+/* First index of the largest logit (the CPU's greedy rule). */
+__device__ int block_argmax(const float *l, int V)
+{
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    float bv = -INFINITY;
+    int bi = V; /* none yet */
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        float x = l[v];
+        if (x > bv || (x == bv && v < bi)) {
+            bv = x;
+            bi = v;
+        }
+    }
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (ov > bv || (ov == bv && oi < bi)) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) {
+        sv[wid] = bv;
+        si[wid] = bi;
+    }
+    __syncthreads();
+    float rv = -INFINITY;
+    int ri = V;
+    for (int w = 0; w < nw; w++)
+        if (sv[w] > rv || (sv[w] == rv && si[w] < ri)) {
+            rv = sv[w];
+            ri = si[w];
+        }
+    return ri < V ? ri : 0;
+}
+
+/* The rule of runtime/sample.c for one token's guided logits l[0..V), with the whole block.
+ * keys: P = next power of two ≥ V entries; w: V doubles. Returns the token to every thread.
+ *  - top_k: the k-th largest value from a full sort; candidates are the logits ≥ it (ties kept).
+ *  - top_p (and more than one candidate): candidates in ascending (logit, index) order; the
+ *    leading ones whose cumulative weight is ≤ (1 − top_p) · total are dropped (never the last).
+ *  - the draw walks the candidates from the last one backwards (index order without top_p,
+ *    sorted order with it), summing the weights until the sum exceeds u · total.
+ * Weights are expf(l − max) in float, sums in double, as on the CPU; the sums here are scans in
+ * another order, so a draw can differ only when u · total lies within rounding of a boundary. */
+__device__ int sample_row(const float *l, int V, int top_k, float top_p, float u,
+                          unsigned long long *keys, double *w, int P)
+{
+    __shared__ int s_pos;
+    int tid = threadIdx.x, bd = blockDim.x;
+    if (top_k == 1)
+        return block_argmax(l, V);
+    bool has_k = top_k > 0 && top_k < V;
+    bool need_sort = has_k || top_p > 0.0f;
+    float thr = -INFINITY;
+    int p0 = 0; /* sorted position of the first candidate */
+    if (need_sort) {
+        for (int i = tid; i < P; i += bd)
+            keys[i] = i < V ? sort_key(l[i], i) : ~0ull;
+        __syncthreads();
+        bitonic_sort(keys, P);
+        if (has_k) {
+            thr = l[key_index(keys[V - top_k])];
+            if (tid == 0)
+                s_pos = V - top_k;
+            __syncthreads();
+            for (int i = tid; i < V; i += bd) {
+                if (l[key_index(keys[i])] >= thr && (i == 0 || !(l[key_index(keys[i - 1])] >= thr)))
+                    s_pos = i;
+            }
+            __syncthreads();
+            p0 = s_pos;
+            __syncthreads();
+        }
+    }
+    int n = V - p0;
+    if (top_p > 0.0f && n > 1) {
+        float mx = l[key_index(keys[V - 1])];
+        for (int i = p0 + tid; i < V; i += bd)
+            w[i] = (double)expf(l[key_index(keys[i])] - mx);
+        __syncthreads();
+        block_scan(w + p0, n, false);
+        double limit = (1.0 - (double)top_p) * w[V - 1];
+        int cnt = 0;
+        for (int i = p0 + tid; i < V - 1; i += bd)
+            cnt += w[i] <= limit;
+        int drop = block_sum(cnt);
+        int p1 = p0 + drop;
+        for (int i = p1 + tid; i < V; i += bd)
+            w[i] = (double)expf(l[key_index(keys[i])] - mx);
+        __syncthreads();
+        block_scan(w + p1, V - p1, true);
+        double target = (double)u * w[p1];
+        if (tid == 0)
+            s_pos = -1;
+        __syncthreads();
+        for (int i = p1 + tid; i < V; i += bd)
+            if (w[i] > target && (i == V - 1 || w[i + 1] <= target))
+                s_pos = i;
+        __syncthreads();
+        int pos = s_pos;
+        __syncthreads();
+        return key_index(keys[pos >= 0 ? pos : V - 1]);
+    }
+    /* candidates l[v] ≥ thr in index order */
+    float m = -INFINITY;
+    for (int v = tid; v < V; v += bd)
+        if (l[v] >= thr)
+            m = fmaxf(m, l[v]);
+    float mx = block_max(m);
+    for (int v = tid; v < V; v += bd)
+        w[v] = l[v] >= thr ? (double)expf(l[v] - mx) : 0.0;
+    __syncthreads();
+    block_scan(w, V, true);
+    double target = (double)u * w[0];
+    if (tid == 0)
+        s_pos = -1;
+    __syncthreads();
+    for (int v = tid; v < V; v += bd)
+        if (w[v] > target && (v == V - 1 || w[v + 1] <= target))
+            s_pos = v;
+    __syncthreads();
+    int pos = s_pos;
+    __syncthreads();
+    if (pos >= 0)
+        return pos;
+    int last = -1; /* the CPU's fallback: the first candidate of its walk */
+    for (int v = tid; v < V; v += bd)
+        if (l[v] >= thr)
+            last = v;
+    last = block_max_int(last);
+    return last >= 0 ? last : 0;
+}
+
+/* Blocks stride over the step's sampled tokens. Guidance is mixed in place with the CPU's exact
+ * rounding (no fused multiply-add), so both backends sample from bit-identical logits. */
+__global__ void __launch_bounds__(SAMPLE_THREADS) k_cfg_sample(float *logits, int V, const cuda_sreq *reqs, int n_req, int total,
+                             int32_t *out, unsigned char *gbuf, size_t per_block, int P,
+                             int use_shared)
+{
+    extern __shared__ unsigned long long smp_sm[];
+    unsigned char *buf = use_shared ? (unsigned char *)smp_sm : gbuf + per_block * blockIdx.x;
+    unsigned long long *keys = (unsigned long long *)buf;
+    double *w = (double *)(buf + (size_t)P * sizeof(unsigned long long));
+    for (int u = blockIdx.x; u < total; u += gridDim.x) {
+        int lo = 0, hi = n_req - 1; /* the request holding slot u: last with first <= u */
+        while (lo < hi) {
+            int mid = (lo + hi + 1) / 2;
+            if (reqs[mid].first <= u)
+                lo = mid;
+            else
+                hi = mid - 1;
+        }
+        const cuda_sreq q = reqs[lo];
+        int i = u - q.first;
+        float *lc = logits + (size_t)(q.cond_tok + i) * V;
+        const float *lu = logits + (size_t)(q.uncond_tok + i) * V;
+        float t = q.guidance;
+        for (int v = threadIdx.x; v < V; v += blockDim.x)
+            lc[v] = __fsub_rn(__fmul_rn(1.0f + t, lc[v]), __fmul_rn(t, lu[v]));
+        __syncthreads();
+        float uni = vs_philox_uniform(q.seed, q.scale, i);
+        int tok = sample_row(lc, V, q.top_k, q.top_p, uni, keys, w, P);
+        if (threadIdx.x == 0)
+            out[u] = tok;
+        __syncthreads();
+    }
+}
+
+static void cuda_cfg_sample(vs_rt_backend *be, float *logits, int V, const vs_rt_sample_req *reqs,
+                            int n)
+{
+    cuda_backend *c = cu(be);
+    if (n <= 0 || V <= 0)
+        return;
+    size_t total = 0;
+    int need_buf = 0;
+    if (grow_host((void **)&c->host_sreq, &c->host_sreq_cap, (size_t)n, sizeof(cuda_sreq)) != 0) {
+        VS_FAIL(c, VS_ERR_NOMEM, "out of host memory for %d sampling requests", n);
+        return;
+    }
+    for (int r = 0; r < n; r++) {
+        const vs_rt_sample_req *q = &reqs[r];
+        cuda_sreq *s = &c->host_sreq[r];
+        s->cond_tok = q->cond_tok;
+        s->uncond_tok = q->uncond_tok;
+        s->n = q->n;
+        s->first = (int)total;
+        s->guidance = q->guidance;
+        s->top_p = q->top_p;
+        s->top_k = q->top_k;
+        s->scale = q->scale;
+        s->seed = (unsigned long long)q->seed;
+        total += (size_t)(q->n > 0 ? q->n : 0);
+        if (q->top_k != 1 && q->n > 0)
+            need_buf = 1;
+    }
+    if (total == 0)
+        return;
+    if (total > (size_t)INT_MAX) {
+        VS_FAIL(c, VS_ERR_INVALID, "%zu tokens to sample in one step", total);
+        return;
+    }
+    if (grow_host((void **)&c->host_i32, &c->host_i32_cap, total, sizeof(int32_t)) != 0) {
+        VS_FAIL(c, VS_ERR_NOMEM, "out of host memory for %zu sampled tokens", total);
+        return;
+    }
+    size_t req_bytes = ((size_t)n * sizeof(cuda_sreq) + 255) & ~(size_t)255;
+    unsigned char *d = (unsigned char *)scratch(c, S_SREQ, req_bytes + total * sizeof(int32_t));
+    if (!d)
+        return;
+    cuda_sreq *d_req = (cuda_sreq *)d;
+    int32_t *d_out = (int32_t *)(d + req_bytes);
+    h2d(c, d_req, c->host_sreq, (size_t)n * sizeof(cuda_sreq));
+
+    int P = 1;
+    while (P < V)
+        P <<= 1;
+    size_t per_block = need_buf ? (size_t)P * sizeof(unsigned long long) + (size_t)V * sizeof(double)
+                                : 0;
+    cudaFuncAttributes fa;
+    memset(&fa, 0, sizeof fa);
+    VS_CUDA(c, cudaFuncGetAttributes(&fa, k_cfg_sample));
+    int use_shared = per_block + fa.sharedSizeBytes + 1024 <= (size_t)c->smem_optin;
+    unsigned grid;
+    unsigned char *gbuf = NULL;
+    size_t smem = 0;
+    if (use_shared) {
+        smem = per_block;
+        grid = (unsigned)(total < (1u << 20) ? total : (1u << 20));
+        if (smem > 16 * 1024)
+            VS_CUDA(c, cudaFuncSetAttribute(k_cfg_sample,
+                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    } else {
+        size_t g = (size_t)c->n_sm * 2;
+        grid = (unsigned)(total < g ? total : g);
+        gbuf = (unsigned char *)scratch(c, S_SORT, per_block * grid);
+        if (!gbuf)
+            return;
+    }
+    k_cfg_sample<<<grid, SAMPLE_THREADS, smem, c->st>>>(logits, V, d_req, n, (int)total, d_out, gbuf,
+                                                        per_block, P, use_shared);
+    VS_LAUNCHED(c, k_cfg_sample);
+    /* the tokens go to host memory now: the quantiser's index lists are built from them */
+    VS_CUDA(c, cudaMemcpyAsync(c->host_i32, d_out, total * sizeof(int32_t), cudaMemcpyDeviceToHost,
+                               c->st));
+    drain(c);
+    for (int r = 0; r < n; r++) {
+        const vs_rt_sample_req *q = &reqs[r];
+        for (int i = 0; i < q->n; i++)
+            q->out[i] = c->sticky == VS_OK ? c->host_i32[c->host_sreq[r].first + i] : 0;
+    }
+}
+
+/* ---- quantiser ---------------------------------------------------------------------------------- */
+
+__global__ void k_embed_chw(float *h, const float *emb, const int32_t *idx, int n, int C)
+{
+    GRID_STRIDE(o, (size_t)n * C)
+    {
+        size_t ch = o / (size_t)n, i = o % (size_t)n;
+        h[o] = emb[(size_t)idx[i] * C + ch];
+    }
+}
+
+static void cuda_embed_chw(vs_rt_backend *be, float *h, const float *emb, const int32_t *idx_host,
+                           int n, int C)
+{
+    cuda_backend *c = cu(be);
+    if (n <= 0 || C <= 0)
+        return;
+    const int32_t *idx = upload_idx(c, idx_host, n);
+    if (!idx)
+        return;
+    size_t total = (size_t)n * C;
+    k_embed_chw<<<grid_for(total, 256), 256, 0, c->st>>>(h, emb, idx, n, C);
+    VS_LAUNCHED(c, k_embed_chw);
+}
+
+__device__ __forceinline__ float cubic1(float x, float A) { return ((A + 2) * x - (A + 3)) * x * x + 1; }
+__device__ __forceinline__ float cubic2(float x, float A)
+{
+    return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A;
+}
+
+__device__ void cubic_coeffs(int out, int in, int o, int *i0, float w[4])
+{
+    const float A = -0.75f;
+    float scale = (float)in / (float)out;
+    float real = scale * ((float)o + 0.5f) - 0.5f;
+    float fl = floorf(real);
+    float t = real - fl;
+    *i0 = (int)fl;
+    w[0] = cubic2(t + 1.0f, A);
+    w[1] = cubic1(t, A);
+    w[2] = cubic1(1.0f - t, A);
+    w[3] = cubic2(2.0f - t, A);
+}
+
+__device__ __forceinline__ int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+
+__global__ void k_bicubic(float *dst, const float *src, int planes, int hi, int wi, int ho, int wo)
+{
+    GRID_STRIDE(o, (size_t)planes * ho * wo)
+    {
+        int x = (int)(o % (size_t)wo), y = (int)((o / (size_t)wo) % (size_t)ho);
+        size_t p = o / ((size_t)wo * ho);
+        const float *s = src + p * hi * wi;
+        int y0, x0;
+        float wy[4], wx[4];
+        cubic_coeffs(ho, hi, y, &y0, wy);
+        cubic_coeffs(wo, wi, x, &x0, wx);
+        float rows[4];
+        for (int k = 0; k < 4; k++) {
+            const float *sr = s + (size_t)clampi(y0 - 1 + k, 0, hi - 1) * wi;
+            rows[k] = sr[clampi(x0 - 1, 0, wi - 1)] * wx[0] + sr[clampi(x0, 0, wi - 1)] * wx[1] +
+                      sr[clampi(x0 + 1, 0, wi - 1)] * wx[2] + sr[clampi(x0 + 2, 0, wi - 1)] * wx[3];
+        }
+        dst[o] = rows[0] * wy[0] + rows[1] * wy[1] + rows[2] * wy[2] + rows[3] * wy[3];
+    }
+}
+
+static void cuda_upsample_bicubic(vs_rt_backend *be, float *dst, const float *src, int planes,
+                                  int hi, int wi, int ho, int wo)
+{
+    cuda_backend *c = cu(be);
+    if (planes <= 0 || ho <= 0 || wo <= 0)
+        return;
+    if (hi == ho && wi == wo) {
+        cuda_copy(be, dst, src, (size_t)planes * hi * wi * sizeof(float));
+        return;
+    }
+    size_t n = (size_t)planes * ho * wo;
+    k_bicubic<<<grid_for(n, 256), 256, 0, c->st>>>(dst, src, planes, hi, wi, ho, wo);
+    VS_LAUNCHED(c, k_bicubic);
+}
+
+__global__ void k_area(float *dst, const float *src, int planes, int hi, int wi, int ho, int wo)
+{
+    GRID_STRIDE(o, (size_t)planes * ho * wo)
+    {
+        int x = (int)(o % (size_t)wo), y = (int)((o / (size_t)wo) % (size_t)ho);
+        size_t p = o / ((size_t)wo * ho);
+        const float *s = src + p * hi * wi;
+        int y0 = (y * hi) / ho, y1 = ((y + 1) * hi + ho - 1) / ho;
+        int x0 = (x * wi) / wo, x1 = ((x + 1) * wi + wo - 1) / wo;
+        float acc = 0;
+        for (int yy = y0; yy < y1; yy++)
+            for (int xx = x0; xx < x1; xx++)
+                acc += s[(size_t)yy * wi + xx];
+        dst[o] = acc / (float)((y1 - y0) * (x1 - x0));
+    }
+}
+
+static void cuda_area_downsample(vs_rt_backend *be, float *dst, const float *src, int planes,
+                                 int hi, int wi, int ho, int wo)
+{
+    cuda_backend *c = cu(be);
+    if (planes <= 0 || ho <= 0 || wo <= 0)
+        return;
+    size_t n = (size_t)planes * ho * wo;
+    k_area<<<grid_for(n, 256), 256, 0, c->st>>>(dst, src, planes, hi, wi, ho, wo);
+    VS_LAUNCHED(c, k_area);
+}
+
+__global__ void k_phi_add(float *f, const float *h, const float *ch, float r, size_t n)
+{
+    GRID_STRIDE(i, n)
+    f[i] += h[i] * (1.0f - r) + ch[i] * r;
+}
+
+static void cuda_phi_add(vs_rt_backend *be, float *f, const float *h, const float *ch, float r,
+                         size_t n)
+{
+    cuda_backend *c = cu(be);
+    if (!n)
+        return;
+    k_phi_add<<<grid_for(n, 256), 256, 0, c->st>>>(f, h, ch, r, n);
+    VS_LAUNCHED(c, k_phi_add);
+}
+
+__global__ void k_transpose(float *dst, const float *src, int rows, int cols)
+{
+    GRID_STRIDE(o, (size_t)rows * cols)
+    {
+        size_t col = o / (size_t)rows, row = o % (size_t)rows;
+        dst[o] = src[row * cols + col];
+    }
+}
+
+static void cuda_transpose(vs_rt_backend *be, float *dst, const float *src, int rows, int cols)
+{
+    cuda_backend *c = cu(be);
+    if (rows <= 0 || cols <= 0)
+        return;
+    size_t n = (size_t)rows * cols;
+    k_transpose<<<grid_for(n, 256), 256, 0, c->st>>>(dst, src, rows, cols);
+    VS_LAUNCHED(c, k_transpose);
+}
+
+/* ---- decoder -------------------------------------------------------------------------------------- */
+
+/* col[(ci·k + ky)·k + kx][(yy − y0)·W + xx] = x[ci][yy + ky − pad][xx + kx − pad] (0 outside) */
+__global__ void k_im2col(float *col, const float *x, int cin, int H, int W, int k, int y0, int y1)
+{
+    size_t cols = (size_t)(y1 - y0) * W;
+    int pad = k / 2;
+    GRID_STRIDE(i, (size_t)cin * k * k * cols)
+    {
+        size_t row = i / cols, cc = i % cols;
+        int kx = (int)(row % k), ky = (int)((row / k) % k), ci = (int)(row / ((size_t)k * k));
+        int yy = y0 + (int)(cc / W), xx = (int)(cc % W);
+        int sy = yy + ky - pad, sx = xx + kx - pad;
+        col[i] = (sy < 0 || sy >= H || sx < 0 || sx >= W) ? 0.0f
+                                                           : x[((size_t)ci * H + sy) * W + sx];
+    }
+}
+
+/* y[p][i] = b[p % cout] for planes p of HW */
+__global__ void k_fill_planes(float *y, const float *b, size_t planes, int cout, size_t HW)
+{
+    GRID_STRIDE(i, planes * HW)
+    y[i] = b[(i / HW) % (size_t)cout];
+}
+
+#define CONV_COL_FLOATS ((size_t)16 << 20) /* im2col band: 64 MB at most */
+
+/* im2col over bands of output rows + one GEMM per band: y_band[cout][cols] (row stride HW) =
+ * w[cout][cin·k·k] · col[cin·k·k][cols]; in cuBLAS's column-major terms yᵀ = colᵀ · wᵀ. */
+static void cuda_conv2d(vs_rt_backend *be, float *y, const float *x, const float *w, const float *b,
+                        int N, int cin, int H, int W, int cout, int k)
+{
+    cuda_backend *c = cu(be);
+    if (N <= 0 || cout <= 0 || H <= 0 || W <= 0)
+        return;
+    size_t HW = (size_t)H * W, KK = (size_t)cin * k * k;
+    float one = 1.0f, beta = 0.0f;
+    if (b) {
+        size_t n = (size_t)N * cout * HW;
+        k_fill_planes<<<grid_for(n, 256), 256, 0, c->st>>>(y, b, (size_t)N * cout, cout, HW);
+        VS_LAUNCHED(c, k_fill_planes);
+        beta = 1.0f;
+    }
+    if (KK == 0) {
+        if (!b)
+            VS_CUDA(c, cudaMemsetAsync(y, 0, (size_t)N * cout * HW * sizeof(float), c->st));
+        return;
+    }
+    if (k == 1) {
+        for (int n = 0; n < N; n++)
+            VS_CUBLAS(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)HW, cout, cin, &one,
+                                     x + (size_t)n * cin * HW, (int)HW, w, cin, &beta,
+                                     y + (size_t)n * cout * HW, (int)HW));
+        return;
+    }
+    size_t per_row = KK * W;
+    int band = (int)(CONV_COL_FLOATS / per_row);
+    if (band < 1)
+        band = 1;
+    if (band > H)
+        band = H;
+    float *col = (float *)scratch(c, S_COL, per_row * band * sizeof(float));
+    if (!col)
+        return;
+    for (int n = 0; n < N; n++) {
+        const float *xn = x + (size_t)n * cin * HW;
+        float *yn = y + (size_t)n * cout * HW;
+        for (int y0 = 0; y0 < H; y0 += band) {
+            int y1 = y0 + band < H ? y0 + band : H;
+            size_t cols = (size_t)(y1 - y0) * W;
+            k_im2col<<<grid_for(KK * cols, 256), 256, 0, c->st>>>(col, xn, cin, H, W, k, y0, y1);
+            VS_LAUNCHED(c, k_im2col);
+            VS_CUBLAS(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)cols, cout, (int)KK,
+                                     &one, col, (int)cols, w, (int)KK, &beta, yn + (size_t)y0 * W,
+                                     (int)HW));
+        }
+    }
+}
+
+/* One block per (image, group): statistics in double over cpg·HW values, as the CPU backend. */
+__global__ void __launch_bounds__(1024) k_group_norm(float *y, const float *x, const float *gamma, const float *beta, int C,
+                             int HW, int groups, float eps, int silu)
+{
+    size_t u = blockIdx.x;
+    int g = (int)(u % (size_t)groups), cpg = C / groups;
+    size_t gsize = (size_t)cpg * HW;
+    const float *xg = x + u * gsize;
+    float *yg = y + u * gsize;
+    double s = 0;
+    for (size_t i = threadIdx.x; i < gsize; i += blockDim.x)
+        s += xg[i];
+    double mean = block_sum(s) / (double)gsize;
+    double v = 0;
+    for (size_t i = threadIdx.x; i < gsize; i += blockDim.x) {
+        double d = xg[i] - mean;
+        v += d * d;
+    }
+    double var = block_sum(v) / (double)gsize;
+    float rstd = (float)(1.0 / sqrt(var + eps)), fm = (float)mean;
+    for (size_t i = threadIdx.x; i < gsize; i += blockDim.x) {
+        int ch = g * cpg + (int)(i / (size_t)HW);
+        float a = rstd * gamma[ch], bb = beta[ch] - fm * rstd * gamma[ch];
+        float val = xg[i] * a + bb;
+        yg[i] = silu ? val / (1.0f + expf(-val)) : val;
+    }
+}
+
+static void cuda_group_norm(vs_rt_backend *be, float *y, const float *x, const float *gamma,
+                            const float *beta, int N, int C, int HW, int groups, float eps, int silu)
+{
+    cuda_backend *c = cu(be);
+    if (N <= 0 || groups <= 0 || C <= 0 || HW <= 0)
+        return;
+    k_group_norm<<<(unsigned)((size_t)N * groups), 1024, 0, c->st>>>(y, x, gamma, beta, C, HW,
+                                                                     groups, eps, silu);
+    VS_LAUNCHED(c, k_group_norm);
+}
+
+__global__ void k_up2x(float *dst, const float *src, int planes, int h, int w)
+{
+    size_t W2 = (size_t)2 * w, HW4 = (size_t)4 * h * w;
+    GRID_STRIDE(o, (size_t)planes * HW4)
+    {
+        size_t p = o / HW4, r = o % HW4;
+        size_t yy = r / W2, xx = r % W2;
+        dst[o] = src[p * h * w + (yy / 2) * w + xx / 2];
+    }
+}
+
+static void cuda_upsample_nearest2x(vs_rt_backend *be, float *dst, const float *src, int planes,
+                                    int h, int w)
+{
+    cuda_backend *c = cu(be);
+    if (planes <= 0 || h <= 0 || w <= 0)
+        return;
+    size_t n = (size_t)planes * 4 * h * w;
+    k_up2x<<<grid_for(n, 256), 256, 0, c->st>>>(dst, src, planes, h, w);
+    VS_LAUNCHED(c, k_up2x);
+}
+
+/* Row-wise softmax as the CPU backend: max, exp and a float sum, then divide. */
+__global__ void __launch_bounds__(256) k_softmax_rows(float *w, int cols)
+{
+    float *r = w + (size_t)blockIdx.x * cols;
+    float mx = -INFINITY;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x)
+        mx = fmaxf(mx, r[j]);
+    mx = block_max(mx);
+    float sum = 0.0f;
+    for (int j = threadIdx.x; j < cols; j += blockDim.x) {
+        float e = expf(r[j] - mx);
+        r[j] = e;
+        sum += e;
+    }
+    sum = block_sum(sum);
+    for (int j = threadIdx.x; j < cols; j += blockDim.x)
+        r[j] /= sum;
+}
+
+/* Per image: s[i][j] = Σ_c q[c][i] k[c][j] / √C, softmax over j, out[c][i] = Σ_j v[c][j] s[i][j].
+ * Column-major views (ld HW): Q, K, V are HW×C and s is S(j, i), so S = K·Qᵀ and out = Sᵀ·V. */
+static void cuda_spatial_attention(vs_rt_backend *be, float *out, const float *qkv, int N, int C,
+                                   int HW)
+{
+    cuda_backend *c = cu(be);
+    if (N <= 0 || C <= 0 || HW <= 0)
+        return;
+    float *s = (float *)scratch(c, S_SCORES, (size_t)HW * HW * sizeof(float));
+    if (!s)
+        return;
+    float sc = 1.0f / sqrtf((float)C), one = 1.0f, zero = 0.0f;
+    for (int n = 0; n < N; n++) {
+        const float *q = qkv + (size_t)n * 3 * C * HW, *k = q + (size_t)C * HW,
+                    *v = k + (size_t)C * HW;
+        VS_CUBLAS(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, HW, HW, C, &sc, k, HW, q, HW,
+                                 &zero, s, HW));
+        k_softmax_rows<<<(unsigned)HW, 256, 0, c->st>>>(s, HW);
+        VS_LAUNCHED(c, k_softmax_rows);
+        VS_CUBLAS(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, HW, C, HW, &one, s, HW, v, HW,
+                                 &zero, out + (size_t)n * C * HW, HW));
+    }
+}
+
+/* ---- construction ----------------------------------------------------------------------------- */
+
+static vs_rt_backend_ops make_ops(void)
+{
+    vs_rt_backend_ops o;
+    memset(&o, 0, sizeof o);
+    o.name = "cuda";
+    o.destroy = cuda_destroy;
+    o.alloc = cuda_alloc;
+    o.free = cuda_free;
+    o.upload = cuda_upload;
+    o.download = cuda_download;
+    o.copy = cuda_copy;
+    o.zero = cuda_zero;
+    o.sync = cuda_sync;
+    o.batch_begin = cuda_batch_begin;
+    o.linear = cuda_linear;
+    o.silu = cuda_silu;
+    o.gelu_tanh = cuda_gelu;
+    o.add = cuda_add;
+    o.add_bias_rows = cuda_add_bias_rows;
+    o.gather_rows = cuda_gather_rows;
+    o.adaln = cuda_adaln;
+    o.gated_add = cuda_gated_add;
+    o.qk_norm = cuda_qk_norm;
+    o.attention = cuda_attention;
+    o.cfg_sample = cuda_cfg_sample;
+    o.embed_chw = cuda_embed_chw;
+    o.upsample_bicubic = cuda_upsample_bicubic;
+    o.area_downsample = cuda_area_downsample;
+    o.phi_add = cuda_phi_add;
+    o.transpose = cuda_transpose;
+    o.conv2d = cuda_conv2d;
+    o.group_norm = cuda_group_norm;
+    o.upsample_nearest2x = cuda_upsample_nearest2x;
+    o.spatial_attention = cuda_spatial_attention;
+    o.to_unit = cuda_to_unit;
+    return o;
+}
+
+#define RING_BYTES ((size_t)16 << 20)
+
+extern "C" vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_err *err)
+{
+    static const vs_rt_backend_ops ops = make_ops();
+    int n_dev = 0;
+    cudaError_t e = cudaGetDeviceCount(&n_dev);
+    if (e != cudaSuccess || n_dev == 0) {
+        (void)cudaGetLastError();
+        return vs_err_set(err, VS_ERR_UNSUPPORTED, "no CUDA device (%s); use --backend cpu",
+                          e != cudaSuccess ? cudaGetErrorString(e) : "the driver reports 0 devices");
+    }
+    cudaDeviceProp prop;
+    if ((e = cudaSetDevice(0)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return vs_err_set(err, VS_ERR_CUDA, "CUDA device 0 does not answer: %s",
+                          cudaGetErrorString(e));
+    }
+    if (prop.major < 8)
+        return vs_err_set(err, VS_ERR_UNSUPPORTED,
+                          "CUDA device 0 (%s) has compute capability %d.%d; this build needs 8.0 or "
+                          "newer: use --backend cpu",
+                          prop.name, prop.major, prop.minor);
+    cuda_backend *c = (cuda_backend *)calloc(1, sizeof *c);
+    if (!c)
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+    c->fp32 = fp32;
+    c->n_sm = prop.multiProcessorCount > 0 ? prop.multiProcessorCount : 1;
+    c->smem_optin = (int)(prop.sharedMemPerBlockOptin ? prop.sharedMemPerBlockOptin
+                                                      : prop.sharedMemPerBlock);
+    c->sticky = VS_OK;
+    vs_status st = VS_OK;
+    void *ring = NULL;
+    if (cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking) != cudaSuccess) {
+        c->st = NULL;
+        st = vs_err_set(err, VS_ERR_CUDA, "cudaStreamCreate: %s", cudaGetErrorString(cudaGetLastError()));
+        goto fail;
+    }
+    {
+        cublasStatus_t bs = cublasCreate(&c->blas);
+        if (bs != CUBLAS_STATUS_SUCCESS) {
+            c->blas = NULL;
+            st = vs_err_set(err, bs == CUBLAS_STATUS_ALLOC_FAILED ? VS_ERR_NOMEM : VS_ERR_CUDA,
+                            "cublasCreate: %s", cublasGetStatusString(bs));
+            goto fail;
+        }
+    }
+    if (cublasSetStream(c->blas, c->st) != CUBLAS_STATUS_SUCCESS ||
+        cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
+        st = vs_err_set(err, VS_ERR_CUDA, "cuBLAS setup (stream, FP32 math mode) failed");
+        goto fail;
+    }
+    if (cudaHostAlloc(&ring, RING_BYTES, cudaHostAllocDefault) != cudaSuccess) {
+        (void)cudaGetLastError();
+        st = vs_err_set(err, VS_ERR_NOMEM, "cannot pin %zu MB of host memory for CUDA staging",
+                        RING_BYTES >> 20);
+        goto fail;
+    }
+    c->ring = (unsigned char *)ring;
+    c->ring_cap = RING_BYTES;
+    c->base.ops = &ops;
+    c->base.threads = 1;
+    c->base.host_memory = 0;
+    vs_log(VS_LOG_INFO, "runtime", "backend cuda: %s (sm_%d%d, %d SMs, %.1f GB), FP32%s", prop.name,
+           prop.major, prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / 1e9,
+           fp32 ? "" : " (BF16 is not implemented yet)");
+    *out = &c->base;
+    return VS_OK;
+fail:
+    cuda_destroy(&c->base);
+    return st;
+}
