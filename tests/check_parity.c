@@ -225,6 +225,29 @@ START_TEST(each_image_of_a_batch_equals_the_image_generated_alone)
 }
 END_TEST
 
+/* Advances img[first..last] by one scale in one step, with the KV bookkeeping around it. */
+static void step_images(rig *r, vs_rt_image *img, vs_kv_row **rows, int first, int last)
+{
+    const vs_rt_config *c = &g_model->cfg;
+    vs_err err = {0};
+    vs_rt_image *run[2];
+    int nt[2] = {0, 0};
+    for (int i = first; i <= last; i++) {
+        nt[i] = c->patch_nums[img[i].scale] * c->patch_nums[img[i].scale];
+        for (int rr = 0; rr < 2; rr++) {
+            for (int l = 0; l < c->depth; l++)
+                ck_assert(vs_kv_row_reserve_tokens(rows[2 * i + rr], l, nt[i], &err) == VS_OK);
+            img[i].kv[rr] = vs_kv_row_layers(rows[2 * i + rr]);
+        }
+        run[i - first] = &img[i];
+    }
+    ck_assert_msg(vs_rt_step(r->e, run, last - first + 1, &err) == VS_OK, "%s", err.msg);
+    for (int i = first; i <= last; i++)
+        for (int rr = 0; rr < 2; rr++)
+            for (int l = 0; l < c->depth; l++)
+                vs_kv_row_commit(rows[2 * i + rr], l, nt[i]);
+}
+
 /* Continuous batching: an image that joins while another is at a later scale. */
 START_TEST(an_image_joining_a_running_batch_at_another_scale_is_unchanged)
 {
@@ -253,27 +276,9 @@ START_TEST(an_image_joining_a_running_batch_at_another_scale_is_unchanged)
     }
     /* image 0 starts alone; image 1 joins after 3 steps; then both run until each finishes */
     for (int step = 0; img[0].scale < c->n_scales || img[1].scale < c->n_scales; step++) {
-        vs_rt_image *run[2];
-        int n = 0;
-        for (int i = 0; i < 2; i++)
-            if ((i == 0 || step >= 3) && img[i].scale < c->n_scales)
-                run[n++] = &img[i];
-        for (int k = 0; k < n; k++) {
-            int i = (int)(run[k] - img), nt = c->patch_nums[img[i].scale] * c->patch_nums[img[i].scale];
-            for (int rr = 0; rr < 2; rr++) {
-                for (int l = 0; l < c->depth; l++)
-                    ck_assert(vs_kv_row_reserve_tokens(rows[2 * i + rr], l, nt, &err) == VS_OK);
-                img[i].kv[rr] = vs_kv_row_layers(rows[2 * i + rr]);
-            }
-        }
-        int before[2] = {img[0].scale, img[1].scale};
-        ck_assert_msg(vs_rt_step(r.e, run, n, &err) == VS_OK, "%s", err.msg);
-        for (int k = 0; k < n; k++) {
-            int i = (int)(run[k] - img), s = before[i], nt = c->patch_nums[s] * c->patch_nums[s];
-            for (int rr = 0; rr < 2; rr++)
-                for (int l = 0; l < c->depth; l++)
-                    vs_kv_row_commit(rows[2 * i + rr], l, nt);
-        }
+        int first = img[0].scale < c->n_scales ? 0 : 1;
+        int last = step >= 3 && img[1].scale < c->n_scales ? 1 : 0;
+        step_images(&r, img, rows, first, last);
     }
     for (int i = 0; i < 2; i++) {
         ck_assert_msg(memcmp(img[i].tokens, alone[i], (size_t)L * 4) == 0,
