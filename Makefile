@@ -45,8 +45,10 @@ ifeq ($(CUDA),1)
   CUDA_HOME := $(patsubst %/bin/nvcc,%,$(NVCC))
   CU_SRC  := $(wildcard runtime/*.cu)
   ALL_CFLAGS += -DVS_HAVE_CUDA=1
-  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas
-  NVFLAGS := -O2 -g -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror -arch=sm_90 -MMD -MP
+  LDLIBS  += -L$(CUDA_HOME)/lib64 -Wl,-rpath,$(CUDA_HOME)/lib64 -lcudart -lcublas -lstdc++
+  # Ampere and Hopper machine code, plus Hopper PTX that newer GPUs compile at load time
+  NVARCH  ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
+  NVFLAGS := -O2 -g -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror $(NVARCH) -MMD -MP
 else
   CU_SRC  :=
 endif
@@ -55,6 +57,8 @@ TEST_SRC := $(wildcard tests/check_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # suites that need a GPU run in their own binary (CK_NOFORK) and skip without one
 UNIT_BIN := $(filter-out %_cuda,$(TEST_BIN))
+# the CUDA-vs-CPU suite: every backend op and the tiny fixture; prints a skip line without a GPU
+CUDA_CHECK := $(BUILD)/tests/check_cuda
 
 .PHONY: all test unit sanitize run serve bench deps clean model cuda-info
 all: cuda-info $(BUILD)/varserve
@@ -65,16 +69,25 @@ cuda-info:
 
 $(BUILD)/libvarserve.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)
+	@rm -f $@ # rebuilt whole: no stale member (backend_cuda.cu.o after CUDA=0) survives
 	ar rcs $@ $^
 
 $(BUILD)/varserve: $(BUILD)/server/main.o $(BUILD)/libvarserve.a
 	$(CC) $(ALL_CFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/%.o: %.c
+# objects remember whether they were built with CUDA: switching CUDA=0/1 rebuilds them all
+# (backend.c's stub for vs_rt_backend_cuda_new must not mix with backend_cuda.cu)
+CUDA_STAMP := $(BUILD)/.built-with-cuda-$(CUDA)
+$(CUDA_STAMP):
+	@mkdir -p $(dir $@)
+	@rm -f $(BUILD)/.built-with-cuda-*
+	@touch $@
+
+$(BUILD)/%.o: %.c $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
-$(BUILD)/%.cu.o: %.cu
+$(BUILD)/%.cu.o: %.cu $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c -o $@ $<
 
@@ -83,8 +96,9 @@ $(BUILD)/tests/%: tests/%.c $(BUILD)/libvarserve.a
 	$(CC) $(ALL_CFLAGS) -o $@ $< $(BUILD)/libvarserve.a $(CHECK_LIBS) $(LDLIBS)
 
 # Unit suites, each in its own process; CK_FORK=no keeps sanitizer reports in one process.
-unit: $(UNIT_BIN) $(BUILD)/varserve
+unit: $(UNIT_BIN) $(CUDA_CHECK) $(BUILD)/varserve
 	@set -e; for t in $(UNIT_BIN); do echo "== $$t"; VARSERVE_BIN=$(BUILD)/varserve $$t; done
+	@echo "== $(CUDA_CHECK)"; CK_FORK=no $(CUDA_CHECK)
 
 sanitize:
 	$(MAKE) SANITIZER=address unit

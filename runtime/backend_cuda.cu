@@ -40,7 +40,7 @@ typedef struct {
     const int32_t *kv;      /* [depth][n_rows][2]: n_tokens before the step, offset into pages */
     const int32_t *pages;   /* page ids of every (layer, row), concatenated */
     int n_rows, n_tok, depth, max_new;
-    int *max_keys;          /* host [depth]: the most keys a row attends to in each layer */
+    int *max_keys; /* host [depth]: the most keys a row attends to in each layer */
     size_t max_keys_cap;
 } cuda_batch;
 
@@ -60,11 +60,11 @@ typedef struct {
     int n_sm, smem_optin; /* multiprocessors; shared memory per block with opt-in (bytes) */
     vs_status sticky;     /* first error, VS_OK while none */
     char sticky_msg[512];
-    void *scr[S_COUNT];   /* grow-only device scratch */
+    void *scr[S_COUNT]; /* grow-only device scratch */
     size_t scr_cap[S_COUNT];
-    unsigned char *ring;  /* pinned staging for host → device copies */
+    unsigned char *ring; /* pinned staging for host → device copies */
     size_t ring_cap, ring_off;
-    int32_t *host_i32;    /* host staging: batch tables, sampled tokens */
+    int32_t *host_i32; /* host staging: batch tables, sampled tokens */
     size_t host_i32_cap;
     cuda_sreq *host_sreq;
     size_t host_sreq_cap;
@@ -339,10 +339,11 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
     if (c->sticky != VS_OK)
         return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
     if (b->n_rows < 0 || b->n_tok < 0 || b->depth < 1 || b->page_tokens < 1)
-        return vs_err_set(err, VS_ERR_INVALID,
-                          "batch: n_rows %d, n_tok %d, depth %d, page_tokens %d (need n_rows, n_tok "
-                          ">= 0, depth and page_tokens >= 1)",
-                          b->n_rows, b->n_tok, b->depth, b->page_tokens);
+        return vs_err_set(
+            err, VS_ERR_INVALID,
+            "batch: n_rows %d, n_tok %d, depth %d, page_tokens %d (need n_rows, n_tok "
+            ">= 0, depth and page_tokens >= 1)",
+            b->n_rows, b->n_tok, b->depth, b->page_tokens);
     size_t n_pages = 0;
     int max_new = 0;
     for (int r = 0; r < b->n_rows; r++) {
@@ -359,11 +360,12 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
             const vs_rt_kv_layer *kl = &row->kv[l];
             long need = ((long)kl->n_tokens + row->n_new + b->page_tokens - 1) / b->page_tokens;
             if (kl->n_tokens < 0 || need > kl->n_pages)
-                return vs_err_set(err, VS_ERR_INVALID,
-                                  "batch row %d layer %d holds %d tokens and adds %d, which needs %ld "
-                                  "pages of %d tokens, but its table lists %d: reserve the tokens "
-                                  "before the step",
-                                  r, l, kl->n_tokens, row->n_new, need, b->page_tokens, kl->n_pages);
+                return vs_err_set(
+                    err, VS_ERR_INVALID,
+                    "batch row %d layer %d holds %d tokens and adds %d, which needs %ld "
+                    "pages of %d tokens, but its table lists %d: reserve the tokens "
+                    "before the step",
+                    r, l, kl->n_tokens, row->n_new, need, b->page_tokens, kl->n_pages);
             n_pages += (size_t)need;
         }
     }
@@ -372,8 +374,7 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
     if (total > (size_t)INT_MAX)
         return vs_err_set(err, VS_ERR_INVALID, "batch tables of %zu entries are over 2^31", total);
     if (grow_host((void **)&c->host_i32, &c->host_i32_cap, total, sizeof(int32_t)) != 0 ||
-        grow_host((void **)&cb->max_keys, &cb->max_keys_cap, (size_t)b->depth,
-                  sizeof(int)) != 0)
+        grow_host((void **)&cb->max_keys, &cb->max_keys_cap, (size_t)b->depth, sizeof(int)) != 0)
         return vs_err_set(err, VS_ERR_NOMEM, "out of host memory for the batch tables");
     int32_t *h = c->host_i32;
     int32_t *h_rows = h + b->n_tok, *h_kv = h_rows + 2 * b->n_rows, *h_pages = h_kv + 2 * n_rk;
@@ -456,8 +457,8 @@ static void cuda_linear(vs_rt_backend *be, float *y, const float *x, const float
             VS_CUDA(c, cudaMemsetAsync(y, 0, (size_t)M * N * sizeof(float), c->st));
         return;
     }
-    VS_CUBLAS(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, K, x, K, &beta,
-                             y, N));
+    VS_CUBLAS(
+        c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, K, x, K, &beta, y, N));
 }
 
 __global__ void k_silu(float *y, const float *x, size_t n)
@@ -577,8 +578,9 @@ static void cuda_gather_rows(vs_rt_backend *be, float *y, const float *table,
 }
 
 /* One block per token: LayerNorm statistics in double (two passes), like the CPU backend. */
-__global__ void __launch_bounds__(256) k_adaln(float *y, const float *x, const float *mod, int mod_stride, int off_a,
-                        int off_b, const int32_t *tok_row, int C, float eps)
+__global__ void __launch_bounds__(256)
+    k_adaln(float *y, const float *x, const float *mod, int mod_stride, int off_a, int off_b,
+            const int32_t *tok_row, int C, float eps)
 {
     size_t t = blockIdx.x;
     const float *xr = x + t * C;
@@ -632,7 +634,7 @@ static void cuda_gated_add(vs_rt_backend *be, float *x, const float *y, const fl
         return;
     size_t n = (size_t)b->n_tok * C;
     k_gated_add<<<grid_for(n, 256), 256, 0, c->st>>>(x, y, mod, mod_stride, gamma_off, cb->tok_row,
-                                                      b->n_tok, C);
+                                                     b->n_tok, C);
     VS_LAUNCHED(c, k_gated_add);
 }
 
@@ -698,16 +700,16 @@ __global__ void k_kv_write(float *kv_base, const float *qkv, const int32_t *tok_
     }
 }
 
-#define ATT_QT 16       /* queries per block, at most */
+#define ATT_QT 16 /* queries per block, at most */
 #define ATT_THREADS 256
 
 /* Block = (row, tile of up to qt queries, head). Shared memory: q [qt][d], scores [qt][nk].
  * Scores are computed like the CPU backend (dot in key order over d, then × scale), softmax in
  * float with the row max subtracted, then out = Σ_k (e_k · (1/sum)) · v_k. */
-__global__ void __launch_bounds__(ATT_THREADS) k_attention(float *out, const float *qkv, const float *kv_base,
-                            const int32_t *rows, const int32_t *kvm, const int32_t *pages,
-                            int n_rows, int layer, int H, int d, int PT, float scale, int qt,
-                            int tiles_per_row)
+__global__ void __launch_bounds__(ATT_THREADS)
+    k_attention(float *out, const float *qkv, const float *kv_base, const int32_t *rows,
+                const int32_t *kvm, const int32_t *pages, int n_rows, int layer, int H, int d,
+                int PT, float scale, int qt, int tiles_per_row)
 {
     extern __shared__ float att_sm[];
     __shared__ float s_inv[ATT_QT];
@@ -789,7 +791,7 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
     int C = H * d, PT = b->page_tokens;
     size_t n = (size_t)b->n_tok * C;
     k_kv_write<<<grid_for(n, 256), 256, 0, c->st>>>(b->kv_base, qkv, cb->tok_row, cb->rows, cb->kv,
-                                                     cb->pages, cb->n_rows, layer, b->n_tok, C, PT);
+                                                    cb->pages, cb->n_rows, layer, b->n_tok, C, PT);
     VS_LAUNCHED(c, k_kv_write);
     if (cb->max_new <= 0)
         return;
@@ -813,8 +815,8 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
     int tiles = (cb->max_new + qt - 1) / qt;
     dim3 grid((unsigned)(cb->n_rows * tiles), (unsigned)H);
     k_attention<<<grid, ATT_THREADS, smem, c->st>>>(out, qkv, b->kv_base, cb->rows, cb->kv,
-                                                     cb->pages, cb->n_rows, layer, H, d, PT, scale,
-                                                     qt, tiles);
+                                                    cb->pages, cb->n_rows, layer, H, d, PT, scale,
+                                                    qt, tiles);
     VS_LAUNCHED(c, k_attention);
 }
 
@@ -822,17 +824,19 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
 
 #define SAMPLE_THREADS 512
 
-/* Sort key: ascending key order = ascending (logit, index), the CPU's total order. */
+/* Sort key: ascending key order = ascending (float key of the logit, index), the order of the CPU's
+ * stable radix sort (which also puts −0 before +0). */
 __device__ __forceinline__ unsigned long long sort_key(float v, int i)
 {
-    if (v == 0.0f)
-        v = 0.0f; /* −0 and +0 compare equal on the CPU: one bit pattern here */
     unsigned u = __float_as_uint(v);
     u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
     return ((unsigned long long)u << 32) | (unsigned)i;
 }
 
-__device__ __forceinline__ int key_index(unsigned long long k) { return (int)(unsigned)(k & 0xffffffffu); }
+__device__ __forceinline__ int key_index(unsigned long long k)
+{
+    return (int)(unsigned)(k & 0xffffffffu);
+}
 
 /* Bitonic sort of a[0..P), P a power of two, ascending; the whole block takes part. */
 __device__ void bitonic_sort(unsigned long long *a, int P)
@@ -1024,9 +1028,9 @@ __device__ int sample_row(const float *l, int V, int top_k, float top_p, float u
 
 /* Blocks stride over the step's sampled tokens. Guidance is mixed in place with the CPU's exact
  * rounding (no fused multiply-add), so both backends sample from bit-identical logits. */
-__global__ void __launch_bounds__(SAMPLE_THREADS) k_cfg_sample(float *logits, int V, const cuda_sreq *reqs, int n_req, int total,
-                             int32_t *out, unsigned char *gbuf, size_t per_block, int P,
-                             int use_shared)
+__global__ void __launch_bounds__(SAMPLE_THREADS)
+    k_cfg_sample(float *logits, int V, const cuda_sreq *reqs, int n_req, int total, int32_t *out,
+                 unsigned char *gbuf, size_t per_block, int P, int use_shared)
 {
     extern __shared__ unsigned long long smp_sm[];
     unsigned char *buf = use_shared ? (unsigned char *)smp_sm : gbuf + per_block * blockIdx.x;
@@ -1106,8 +1110,8 @@ static void cuda_cfg_sample(vs_rt_backend *be, float *logits, int V, const vs_rt
     int P = 1;
     while (P < V)
         P <<= 1;
-    size_t per_block = need_buf ? (size_t)P * sizeof(unsigned long long) + (size_t)V * sizeof(double)
-                                : 0;
+    size_t per_block =
+        need_buf ? (size_t)P * sizeof(unsigned long long) + (size_t)V * sizeof(double) : 0;
     cudaFuncAttributes fa;
     memset(&fa, 0, sizeof fa);
     VS_CUDA(c, cudaFuncGetAttributes(&fa, k_cfg_sample));
@@ -1119,8 +1123,8 @@ static void cuda_cfg_sample(vs_rt_backend *be, float *logits, int V, const vs_rt
         smem = per_block;
         grid = (unsigned)(total < (1u << 20) ? total : (1u << 20));
         if (smem > 16 * 1024)
-            VS_CUDA(c, cudaFuncSetAttribute(k_cfg_sample,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+            VS_CUDA(c, cudaFuncSetAttribute(
+                           k_cfg_sample, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     } else {
         size_t g = (size_t)c->n_sm * 2;
         grid = (unsigned)(total < g ? total : g);
@@ -1128,8 +1132,8 @@ static void cuda_cfg_sample(vs_rt_backend *be, float *logits, int V, const vs_rt
         if (!gbuf)
             return;
     }
-    k_cfg_sample<<<grid, SAMPLE_THREADS, smem, c->st>>>(logits, V, d_req, n, (int)total, d_out, gbuf,
-                                                        per_block, P, use_shared);
+    k_cfg_sample<<<grid, SAMPLE_THREADS, smem, c->st>>>(logits, V, d_req, n, (int)total, d_out,
+                                                        gbuf, per_block, P, use_shared);
     VS_LAUNCHED(c, k_cfg_sample);
     /* the tokens go to host memory now: the quantiser's index lists are built from them */
     VS_CUDA(c, cudaMemcpyAsync(c->host_i32, d_out, total * sizeof(int32_t), cudaMemcpyDeviceToHost,
@@ -1167,7 +1171,10 @@ static void cuda_embed_chw(vs_rt_backend *be, float *h, const float *emb, const 
     VS_LAUNCHED(c, k_embed_chw);
 }
 
-__device__ __forceinline__ float cubic1(float x, float A) { return ((A + 2) * x - (A + 3)) * x * x + 1; }
+__device__ __forceinline__ float cubic1(float x, float A)
+{
+    return ((A + 2) * x - (A + 3)) * x * x + 1;
+}
 __device__ __forceinline__ float cubic2(float x, float A)
 {
     return ((A * x - 5 * A) * x + 8 * A) * x - 4 * A;
@@ -1187,7 +1194,10 @@ __device__ void cubic_coeffs(int out, int in, int o, int *i0, float w[4])
     w[3] = cubic2(2.0f - t, A);
 }
 
-__device__ __forceinline__ int clampi(int v, int lo, int hi) { return v < lo ? lo : v > hi ? hi : v; }
+__device__ __forceinline__ int clampi(int v, int lo, int hi)
+{
+    return v < lo ? lo : v > hi ? hi : v;
+}
 
 __global__ void k_bicubic(float *dst, const float *src, int planes, int hi, int wi, int ho, int wo)
 {
@@ -1301,8 +1311,8 @@ __global__ void k_im2col(float *col, const float *x, int cin, int H, int W, int 
         int kx = (int)(row % k), ky = (int)((row / k) % k), ci = (int)(row / ((size_t)k * k));
         int yy = y0 + (int)(cc / W), xx = (int)(cc % W);
         int sy = yy + ky - pad, sx = xx + kx - pad;
-        col[i] = (sy < 0 || sy >= H || sx < 0 || sx >= W) ? 0.0f
-                                                           : x[((size_t)ci * H + sy) * W + sx];
+        col[i] =
+            (sy < 0 || sy >= H || sx < 0 || sx >= W) ? 0.0f : x[((size_t)ci * H + sy) * W + sx];
     }
 }
 
@@ -1360,16 +1370,17 @@ static void cuda_conv2d(vs_rt_backend *be, float *y, const float *x, const float
             size_t cols = (size_t)(y1 - y0) * W;
             k_im2col<<<grid_for(KK * cols, 256), 256, 0, c->st>>>(col, xn, cin, H, W, k, y0, y1);
             VS_LAUNCHED(c, k_im2col);
-            VS_CUBLAS(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)cols, cout, (int)KK,
-                                     &one, col, (int)cols, w, (int)KK, &beta, yn + (size_t)y0 * W,
-                                     (int)HW));
+            VS_CUBLAS(c,
+                      cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)cols, cout, (int)KK, &one,
+                                  col, (int)cols, w, (int)KK, &beta, yn + (size_t)y0 * W, (int)HW));
         }
     }
 }
 
 /* One block per (image, group): statistics in double over cpg·HW values, as the CPU backend. */
-__global__ void __launch_bounds__(1024) k_group_norm(float *y, const float *x, const float *gamma, const float *beta, int C,
-                             int HW, int groups, float eps, int silu)
+__global__ void __launch_bounds__(1024)
+    k_group_norm(float *y, const float *x, const float *gamma, const float *beta, int C, int HW,
+                 int groups, float eps, int silu)
 {
     size_t u = blockIdx.x;
     int g = (int)(u % (size_t)groups), cpg = C / groups;
@@ -1396,7 +1407,8 @@ __global__ void __launch_bounds__(1024) k_group_norm(float *y, const float *x, c
 }
 
 static void cuda_group_norm(vs_rt_backend *be, float *y, const float *x, const float *gamma,
-                            const float *beta, int N, int C, int HW, int groups, float eps, int silu)
+                            const float *beta, int N, int C, int HW, int groups, float eps,
+                            int silu)
 {
     cuda_backend *c = cu(be);
     if (N <= 0 || groups <= 0 || C <= 0 || HW <= 0)
@@ -1521,32 +1533,36 @@ extern "C" vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_er
     if (e != cudaSuccess || n_dev == 0) {
         (void)cudaGetLastError();
         return vs_err_set(err, VS_ERR_UNSUPPORTED, "no CUDA device (%s); use --backend cpu",
-                          e != cudaSuccess ? cudaGetErrorString(e) : "the driver reports 0 devices");
+                          e != cudaSuccess ? cudaGetErrorString(e)
+                                           : "the driver reports 0 devices");
     }
     cudaDeviceProp prop;
-    if ((e = cudaSetDevice(0)) != cudaSuccess || (e = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess) {
+    if ((e = cudaSetDevice(0)) != cudaSuccess ||
+        (e = cudaGetDeviceProperties(&prop, 0)) != cudaSuccess) {
         (void)cudaGetLastError();
         return vs_err_set(err, VS_ERR_CUDA, "CUDA device 0 does not answer: %s",
                           cudaGetErrorString(e));
     }
     if (prop.major < 8)
-        return vs_err_set(err, VS_ERR_UNSUPPORTED,
-                          "CUDA device 0 (%s) has compute capability %d.%d; this build needs 8.0 or "
-                          "newer: use --backend cpu",
-                          prop.name, prop.major, prop.minor);
+        return vs_err_set(
+            err, VS_ERR_UNSUPPORTED,
+            "CUDA device 0 (%s) has compute capability %d.%d; this build needs 8.0 or "
+            "newer: use --backend cpu",
+            prop.name, prop.major, prop.minor);
     cuda_backend *c = (cuda_backend *)calloc(1, sizeof *c);
     if (!c)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
     c->fp32 = fp32;
     c->n_sm = prop.multiProcessorCount > 0 ? prop.multiProcessorCount : 1;
-    c->smem_optin = (int)(prop.sharedMemPerBlockOptin ? prop.sharedMemPerBlockOptin
-                                                      : prop.sharedMemPerBlock);
+    c->smem_optin =
+        (int)(prop.sharedMemPerBlockOptin ? prop.sharedMemPerBlockOptin : prop.sharedMemPerBlock);
     c->sticky = VS_OK;
     vs_status st = VS_OK;
     void *ring = NULL;
     if (cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking) != cudaSuccess) {
         c->st = NULL;
-        st = vs_err_set(err, VS_ERR_CUDA, "cudaStreamCreate: %s", cudaGetErrorString(cudaGetLastError()));
+        st = vs_err_set(err, VS_ERR_CUDA, "cudaStreamCreate: %s",
+                        cudaGetErrorString(cudaGetLastError()));
         goto fail;
     }
     {

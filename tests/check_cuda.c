@@ -1,0 +1,735 @@
+/* tests/check_cuda.c — the CUDA backend against the CPU backend, op by op, and the tiny reference
+ * fixture token for token through the driver the CLI uses.
+ *
+ * Tolerances (elementwise, gpu against cpu):
+ *   FP32 arithmetic ops   |gpu − cpu| ≤ 1e-4 · max(|cpu|, rms(cpu))  (relative; the array's RMS
+ *                         is the floor, so values near zero are judged at the array's scale)
+ *   copies, gathers, KV page writes, guided logits (mixed with the CPU's rounding)   exact
+ *   sampled tokens        exact: greedy (top_k 1) and top-k/top-p draws on identical logits
+ *   tiny fixture          tokens exact; RGB within 1 of round(255 · reference image)
+ *
+ * CUDA does not survive fork: the suite runs with CK_NOFORK (and `make test` sets CK_FORK=no).
+ * Without a device, or in a build without CUDA, it prints "check_cuda: no CUDA device, skipped"
+ * and exits 0. CHECK_CUDA_SELFTEST=1 puts a second CPU backend in the GPU's place, which checks the
+ * suite itself on a machine without a GPU. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kvcache/pool.h"
+#include "runtime/backend.h"
+#include "runtime/model.h"
+#include "runtime/var.h"
+#include "server/gen.h"
+#include "tests/st_read.h"
+
+#define MODEL "tests/fixtures/tiny/model.safetensors"
+#define GOLDEN "tests/fixtures/tiny/golden.safetensors"
+#define TOL 1e-4
+
+static vs_rt_backend *g_ref; /* CPU backend: the reference */
+static vs_rt_backend *g_dut; /* the CUDA backend (a CPU backend with CHECK_CUDA_SELFTEST=1) */
+static int g_self;
+
+/* ---- helpers ---------------------------------------------------------------------------------- */
+
+static uint64_t g_rng = 0x9E3779B97F4A7C15ull;
+
+/* uniform in [-1, 1) */
+static float frand(void)
+{
+    g_rng ^= g_rng >> 12;
+    g_rng ^= g_rng << 25;
+    g_rng ^= g_rng >> 27;
+    uint64_t r = g_rng * 0x2545F4914F6CDD1Dull;
+    return (float)((double)(r >> 40) / (double)(1ull << 24) * 2.0 - 1.0);
+}
+
+static int irand(int n) { return (int)((frand() + 1.0f) * 0.5f * (float)n) % n; }
+
+/* The same buffer on both backends. */
+typedef struct {
+    float *ref, *dut;
+    size_t n; /* floats */
+} buf2;
+
+#define P(b) (side_ ? (b).dut : (b).ref)
+/* Runs backend op OP on both backends; P(buf) names the buffer of the running side. */
+#define BOTH(OP, ...)                                                                              \
+    do {                                                                                           \
+        for (int side_ = 0; side_ < 2; side_++) {                                                  \
+            vs_rt_backend *be_ = side_ ? g_dut : g_ref;                                            \
+            be_->ops->OP(be_, __VA_ARGS__);                                                        \
+        }                                                                                          \
+    } while (0)
+
+static buf2 b2_new(size_t n)
+{
+    buf2 b = {g_ref->ops->alloc(g_ref, n * sizeof(float)),
+              g_dut->ops->alloc(g_dut, n * sizeof(float)), n};
+    ck_assert_ptr_nonnull(b.ref);
+    ck_assert_ptr_nonnull(b.dut);
+    return b;
+}
+
+static buf2 b2_from(const float *host, size_t n)
+{
+    buf2 b = b2_new(n);
+    g_ref->ops->upload(g_ref, b.ref, host, n * sizeof(float));
+    g_dut->ops->upload(g_dut, b.dut, host, n * sizeof(float));
+    return b;
+}
+
+/* Uniform in [offset − scale, offset + scale). */
+static buf2 b2_rand(size_t n, float scale, float offset)
+{
+    float *h = malloc(n * sizeof(float));
+    ck_assert_ptr_nonnull(h);
+    for (size_t i = 0; i < n; i++)
+        h[i] = offset + scale * frand();
+    buf2 b = b2_from(h, n);
+    free(h);
+    return b;
+}
+
+static void b2_free(buf2 *b)
+{
+    g_ref->ops->free(g_ref, b->ref);
+    g_dut->ops->free(g_dut, b->dut);
+    b->ref = b->dut = NULL;
+}
+
+static void sync_ok(void)
+{
+    vs_err err = {0};
+    ck_assert_msg(g_ref->ops->sync(g_ref, &err) == VS_OK, "cpu: %s", err.msg);
+    ck_assert_msg(g_dut->ops->sync(g_dut, &err) == VS_OK, "dut: %s", err.msg);
+}
+
+/* Downloads both copies of the first n floats of b and checks them (tol 0: bit-exact). */
+static void expect_n(const buf2 *b, size_t n, double tol, const char *what)
+{
+    sync_ok();
+    float *r = malloc(n * sizeof(float)), *d = malloc(n * sizeof(float));
+    ck_assert(r && d);
+    g_ref->ops->download(g_ref, r, b->ref, n * sizeof(float));
+    g_dut->ops->download(g_dut, d, b->dut, n * sizeof(float));
+    sync_ok();
+    double ss = 0;
+    for (size_t i = 0; i < n; i++)
+        ss += (double)r[i] * r[i];
+    double rms = n ? sqrt(ss / (double)n) : 0;
+    for (size_t i = 0; i < n; i++) {
+        double bound = tol * fmax(fabs(r[i]), rms);
+        int ok = tol == 0 ? memcmp(&r[i], &d[i], sizeof(float)) == 0 || r[i] == d[i]
+                          : fabs((double)d[i] - r[i]) <= bound;
+        if (!ok) {
+            double rr = r[i], dd = d[i];
+            free(r);
+            free(d);
+            ck_abort_msg("%s: element %zu of %zu is %.9g on the device, %.9g on the CPU (|diff| "
+                         "%.3g, limit %.3g)",
+                         what, i, n, dd, rr, fabs(dd - rr), bound);
+        }
+    }
+    free(r);
+    free(d);
+}
+
+static void expect(const buf2 *b, double tol, const char *what) { expect_n(b, b->n, tol, what); }
+
+/* ---- memory ------------------------------------------------------------------------------------ */
+
+START_TEST(upload_copy_zero_and_download_are_exact)
+{
+    enum { N = 1000 };
+    float h[N], back[N];
+    for (int i = 0; i < N; i++)
+        h[i] = frand();
+    float *a = g_dut->ops->alloc(g_dut, N * sizeof(float)),
+          *b = g_dut->ops->alloc(g_dut, N * sizeof(float));
+    ck_assert(a && b);
+    g_dut->ops->upload(g_dut, a, h, sizeof h);
+    g_dut->ops->zero(g_dut, b, sizeof h);
+    g_dut->ops->copy(g_dut, b + 100, a + 200, 500 * sizeof(float));
+    g_dut->ops->zero(g_dut, b + 150, 50 * sizeof(float));
+    g_dut->ops->download(g_dut, back, b, sizeof back);
+    sync_ok();
+    for (int i = 0; i < N; i++) {
+        float want = i >= 100 && i < 600 && !(i >= 150 && i < 200) ? h[i + 100] : 0.0f;
+        ck_assert_msg(back[i] == want, "float %d is %g, want %g", i, back[i], want);
+    }
+    g_dut->ops->free(g_dut, a);
+    g_dut->ops->free(g_dut, b);
+    g_dut->ops->free(g_dut, NULL);
+}
+END_TEST
+
+START_TEST(an_allocation_too_big_for_the_device_returns_null_and_the_backend_goes_on)
+{
+    if (g_self)
+        return; /* the CPU backend's allocator is not under test (and ASan aborts on 1 PB) */
+    void *p = g_dut->ops->alloc(g_dut, (size_t)1 << 50); /* 1 PB */
+    ck_assert_ptr_null(p);
+    sync_ok();
+    buf2 x = b2_rand(64, 1, 0), y = b2_new(64);
+    BOTH(silu, P(y), P(x), 64);
+    expect(&y, TOL, "silu after a failed allocation");
+    b2_free(&x);
+    b2_free(&y);
+}
+END_TEST
+
+/* ---- dense ops ---------------------------------------------------------------------------------- */
+
+START_TEST(linear_matches_cpu)
+{
+    static const int shapes[][3] = {{1, 70, 129}, {37, 70, 129}, {130, 300, 64}, {5, 4096, 128}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        buf2 x = b2_rand((size_t)M * K, 1, 0), w = b2_rand((size_t)N * K, 0.2f, 0),
+             bias = b2_rand((size_t)N, 1, 0), y = b2_new((size_t)M * N);
+        BOTH(linear, P(y), P(x), P(w), P(bias), M, N, K);
+        expect(&y, TOL, "linear with bias");
+        BOTH(linear, P(y), P(x), P(w), NULL, M, N, K);
+        expect(&y, TOL, "linear without bias");
+        b2_free(&x);
+        b2_free(&w);
+        b2_free(&bias);
+        b2_free(&y);
+    }
+}
+END_TEST
+
+START_TEST(elementwise_ops_match_cpu)
+{
+    size_t n = 10007;
+    buf2 x = b2_rand(n, 6, 0), y = b2_new(n), z = b2_rand(n, 2, 0);
+    BOTH(silu, P(y), P(x), n);
+    expect(&y, TOL, "silu");
+    BOTH(gelu_tanh, P(x), n);
+    expect(&x, TOL, "gelu_tanh");
+    BOTH(add, P(x), P(z), n);
+    expect(&x, TOL, "add");
+    BOTH(to_unit, P(z), n);
+    expect(&z, TOL, "to_unit");
+    buf2 m = b2_rand(33 * 77, 1, 0), b = b2_rand(77, 1, 0);
+    BOTH(add_bias_rows, P(m), P(b), 33, 77);
+    expect(&m, TOL, "add_bias_rows");
+    BOTH(phi_add, P(x), P(y), P(z), 0.5f, n);
+    expect(&x, TOL, "phi_add");
+    b2_free(&x);
+    b2_free(&y);
+    b2_free(&z);
+    b2_free(&m);
+    b2_free(&b);
+}
+END_TEST
+
+START_TEST(gather_rows_and_embed_chw_are_exact)
+{
+    enum { ROWS = 50, C = 48, T = 33 };
+    int32_t idx[T];
+    for (int t = 0; t < T; t++)
+        idx[t] = irand(ROWS);
+    buf2 table = b2_rand((size_t)ROWS * C, 1, 0), y = b2_rand((size_t)T * C, 1, 0);
+    BOTH(gather_rows, P(y), P(table), idx, T, C, 1);
+    for (int t = 0; t < T; t++)
+        idx[t] = 0; /* the op must have taken its own copy of idx */
+    expect(&y, 0, "gather_rows accumulate");
+    for (int t = 0; t < T; t++)
+        idx[t] = irand(ROWS);
+    BOTH(gather_rows, P(y), P(table), idx, T, C, 0);
+    expect(&y, 0, "gather_rows");
+    buf2 h = b2_new((size_t)T * C);
+    BOTH(embed_chw, P(h), P(table), idx, T, C);
+    expect(&h, 0, "embed_chw");
+    b2_free(&table);
+    b2_free(&y);
+    b2_free(&h);
+}
+END_TEST
+
+/* ---- a ragged batch with paged KV -------------------------------------------------------------- */
+
+#define TB_ROWS 6
+#define TB_DEPTH 2
+#define TB_PT 4 /* small pages: every row crosses page boundaries */
+
+static const int tb_new[TB_ROWS] = {1, 4, 9, 17, 33, 100};
+static const int tb_old[TB_DEPTH][TB_ROWS] = {{0, 3, 8, 16, 40, 7}, {0, 5, 16, 31, 64, 1400}};
+
+typedef struct {
+    int H, d, C, n_tok, n_pages;
+    vs_rt_row rows[TB_ROWS];
+    vs_rt_kv_layer kv[TB_ROWS][TB_DEPTH];
+    int32_t *pages; /* all tables, one allocation */
+    int32_t *tok_row;
+    buf2 arena; /* [page][2][TB_PT][C], random, the same on both sides */
+    vs_rt_batch b[2];
+} tbatch;
+
+static void tb_init(tbatch *t, int H, int d)
+{
+    memset(t, 0, sizeof *t);
+    t->H = H;
+    t->d = d;
+    t->C = H * d;
+    int need[TB_ROWS][TB_DEPTH];
+    for (int r = 0; r < TB_ROWS; r++) {
+        t->rows[r].tok_start = t->n_tok;
+        t->rows[r].n_new = tb_new[r];
+        t->rows[r].kv = t->kv[r];
+        t->n_tok += tb_new[r];
+        for (int l = 0; l < TB_DEPTH; l++) {
+            need[r][l] = (tb_old[l][r] + tb_new[r] + TB_PT - 1) / TB_PT + 1; /* one spare page */
+            t->n_pages += need[r][l];
+        }
+    }
+    t->pages = malloc((size_t)t->n_pages * sizeof(int32_t));
+    t->tok_row = malloc((size_t)t->n_tok * sizeof(int32_t));
+    ck_assert(t->pages && t->tok_row);
+    for (int i = 0; i < t->n_pages; i++)
+        t->pages[i] = i;
+    for (int i = t->n_pages - 1; i > 0; i--) { /* pages scattered over the arena */
+        int j = irand(i + 1);
+        int32_t tmp = t->pages[i];
+        t->pages[i] = t->pages[j];
+        t->pages[j] = tmp;
+    }
+    int off = 0;
+    for (int r = 0; r < TB_ROWS; r++) {
+        for (int i = 0; i < tb_new[r]; i++)
+            t->tok_row[t->rows[r].tok_start + i] = r;
+        for (int l = 0; l < TB_DEPTH; l++) {
+            t->kv[r][l].n_tokens = tb_old[l][r];
+            t->kv[r][l].n_pages = need[r][l];
+            t->kv[r][l].pages = t->pages + off;
+            off += need[r][l];
+        }
+    }
+    t->arena = b2_rand((size_t)t->n_pages * 2 * TB_PT * t->C, 1, 0);
+    for (int s = 0; s < 2; s++) {
+        vs_rt_batch b = {TB_ROWS, t->n_tok, t->rows, t->tok_row, s ? t->arena.dut : t->arena.ref,
+                         TB_PT,   TB_DEPTH, NULL};
+        t->b[s] = b;
+        vs_rt_backend *be = s ? g_dut : g_ref;
+        vs_err err = {0};
+        ck_assert_msg(be->ops->batch_begin(be, &t->b[s], &err) == VS_OK, "batch_begin: %s",
+                      err.msg);
+    }
+}
+
+static void tb_free(tbatch *t)
+{
+    b2_free(&t->arena);
+    free(t->pages);
+    free(t->tok_row);
+}
+
+#define PB(t) (&(t).b[side_])
+
+START_TEST(adaln_and_gated_add_match_cpu)
+{
+    tbatch t;
+    tb_init(&t, 4, 32);
+    int C = t.C, T = t.n_tok;
+    buf2 x = b2_rand((size_t)T * C, 1, 3), y = b2_new((size_t)T * C),
+         mod = b2_rand((size_t)TB_ROWS * 6 * C, 0.5f, 0);
+    BOTH(adaln, P(y), P(x), P(mod), 6 * C, 2 * C, 4 * C, PB(t), C, 1e-6f);
+    expect(&y, TOL, "adaln");
+    BOTH(gated_add, P(x), P(y), P(mod), 6 * C, C, PB(t), C);
+    expect(&x, TOL, "gated_add");
+    b2_free(&x);
+    b2_free(&y);
+    b2_free(&mod);
+    tb_free(&t);
+}
+END_TEST
+
+START_TEST(qk_norm_matches_cpu)
+{
+    static const int hd[][2] = {{3, 16}, {4, 64}, {2, 40}};
+    for (size_t s = 0; s < sizeof hd / sizeof hd[0]; s++) {
+        int H = hd[s][0], d = hd[s][1], T = 21;
+        float sm_host[4] = {0.5f, 6.0f /* over ln 100: clamped */, -1.0f, 2.0f};
+        buf2 qkv = b2_rand((size_t)T * 3 * H * d, 2, 0.1f), sm = b2_from(sm_host, (size_t)H);
+        BOTH(qk_norm, P(qkv), T, H, d, P(sm));
+        expect(&qkv, TOL, "qk_norm");
+        b2_free(&qkv);
+        b2_free(&sm);
+    }
+}
+END_TEST
+
+START_TEST(attention_writes_the_new_kv_into_pages_and_matches_cpu)
+{
+    static const int hd[][2] = {{4, 32}, {2, 64}};
+    for (size_t s = 0; s < sizeof hd / sizeof hd[0]; s++) {
+        tbatch t;
+        tb_init(&t, hd[s][0], hd[s][1]);
+        int C = t.C, T = t.n_tok;
+        buf2 qkv = b2_rand((size_t)T * 3 * C, 1, 0), out = b2_new((size_t)T * C);
+        for (int l = 0; l < TB_DEPTH; l++) {
+            float scale = l == 0 ? 0.25f / sqrtf((float)t.d) : 1.0f;
+            BOTH(attention, P(out), P(qkv), PB(t), l, t.H, t.d, scale);
+            expect(&out, TOL, "attention output");
+            expect(&t.arena, 0, "KV pages after attention");
+        }
+        b2_free(&qkv);
+        b2_free(&out);
+        tb_free(&t);
+    }
+}
+END_TEST
+
+START_TEST(a_batch_without_room_for_the_new_tokens_is_refused)
+{
+    if (g_self)
+        return; /* the CPU backend trusts its caller */
+    tbatch t;
+    tb_init(&t, 2, 16);
+    t.kv[3][1].n_pages = 1;
+    vs_err err = {0};
+    vs_rt_batch b = t.b[1];
+    ck_assert_int_eq(g_dut->ops->batch_begin(g_dut, &b, &err), VS_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "row 3 layer 1"));
+    sync_ok();
+    tb_free(&t);
+}
+END_TEST
+
+START_TEST(a_failed_op_makes_sync_return_the_error_and_where_it_happened)
+{
+    if (g_self)
+        return;
+    vs_rt_backend *be = NULL;
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_backend_cuda_new(1, &be, &err) == VS_OK, "%s", err.msg);
+    tbatch t;
+    tb_init(&t, 2, 16); /* prepared on g_dut; this backend sees an unprepared batch */
+    float *buf = be->ops->alloc(be, (size_t)t.n_tok * 3 * t.C * sizeof(float));
+    ck_assert_ptr_nonnull(buf);
+    vs_rt_batch b = t.b[1];
+    b.dev = NULL;
+    be->ops->attention(be, buf, buf, &b, 0, t.H, t.d, 1.0f);
+    ck_assert_int_ne(be->ops->sync(be, &err), VS_OK);
+    ck_assert_ptr_nonnull(strstr(err.msg, "batch_begin"));
+    ck_assert_ptr_nonnull(strstr(err.msg, "backend_cuda.cu:"));
+    ck_assert_int_ne(be->ops->sync(be, &err), VS_OK); /* sticky */
+    be->ops->free(be, buf);
+    vs_rt_backend_free(be);
+    tb_free(&t);
+}
+END_TEST
+
+/* ---- guidance and sampling ---------------------------------------------------------------------- */
+
+typedef struct {
+    int top_k;
+    float top_p;
+} rule;
+
+/* Logits of n_req images × per tokens (cond rows then uncond rows per image), the requests, and a
+ * comparison of the guided logits (bit-exact) and the sampled tokens (exact). */
+static void sample_case(int V, const rule *rules, int n_req, int per, float guidance, int ties,
+                        const char *what)
+{
+    int T = 2 * n_req * per;
+    float *h = malloc((size_t)T * V * sizeof(float));
+    ck_assert_ptr_nonnull(h);
+    for (size_t i = 0; i < (size_t)T * V; i++) {
+        float v = 4.0f * frand();
+        h[i] = ties ? roundf(v * 2.0f) / 2.0f : v;
+    }
+    buf2 lg = b2_from(h, (size_t)T * V);
+    vs_rt_sample_req *rq[2];
+    int32_t *tok[2];
+    for (int s = 0; s < 2; s++) {
+        rq[s] = calloc((size_t)n_req, sizeof *rq[s]);
+        tok[s] = calloc((size_t)n_req * per, sizeof *tok[s]);
+        ck_assert(rq[s] && tok[s]);
+        for (int r = 0; r < n_req; r++) {
+            vs_rt_sample_req *q = &rq[s][r];
+            q->cond_tok = 2 * r * per;
+            q->uncond_tok = 2 * r * per + per;
+            q->n = per;
+            q->guidance = guidance * (float)r / (float)(n_req > 1 ? n_req - 1 : 1);
+            q->top_k = rules[r].top_k;
+            q->top_p = rules[r].top_p;
+            q->seed = 1000003ull * (uint64_t)(r + 1) + ((uint64_t)r << 40);
+            q->scale = r % 10;
+            q->out = tok[s] + (size_t)r * per;
+        }
+    }
+    g_ref->ops->cfg_sample(g_ref, lg.ref, V, rq[0], n_req);
+    g_dut->ops->cfg_sample(g_dut, lg.dut, V, rq[1], n_req);
+    expect(&lg, 0, what);
+    for (int r = 0; r < n_req; r++)
+        for (int i = 0; i < per; i++)
+            ck_assert_msg(tok[0][r * per + i] == tok[1][r * per + i],
+                          "%s: V %d, top_k %d, top_p %g, token %d: device drew %d, CPU %d", what, V,
+                          rules[r].top_k, (double)rules[r].top_p, i, tok[1][r * per + i],
+                          tok[0][r * per + i]);
+    for (int s = 0; s < 2; s++) {
+        free(rq[s]);
+        free(tok[s]);
+    }
+    b2_free(&lg);
+    free(h);
+}
+
+START_TEST(greedy_tokens_and_guided_logits_equal_cpu)
+{
+    rule g[3] = {{1, 0}, {1, 0}, {1, 0.9f}};
+    sample_case(4096, g, 3, 20, 1.5f, 0, "greedy V 4096");
+    sample_case(1000, g, 3, 5, 3.0f, 1, "greedy with tied logits");
+}
+END_TEST
+
+START_TEST(top_k_and_top_p_draws_equal_cpu)
+{
+    static const int Vs[] = {4096, 1000, 40000 /* over shared memory: the global-memory path */};
+    for (size_t i = 0; i < sizeof Vs / sizeof Vs[0]; i++) {
+        int V = Vs[i];
+        rule r[8] = {{50, 0},   {0, 0.9f},  {100, 0.8f}, {0, 0},
+                     {V, 0.5f}, {V - 1, 0}, {2, 0.99f},  {900, 0.96f}};
+        char what[64];
+        snprintf(what, sizeof what, "sampling V %d", V);
+        sample_case(V, r, 8, 16, 1.0f, 0, what);
+        snprintf(what, sizeof what, "sampling V %d, tied logits", V);
+        sample_case(V, r, 8, 4, 1.0f, 1, what);
+    }
+}
+END_TEST
+
+/* ---- quantiser and decoder ops ------------------------------------------------------------------- */
+
+START_TEST(upsample_downsample_and_transpose_match_cpu)
+{
+    static const int sz[][4] = {
+        {4, 4, 16, 16}, {1, 1, 16, 16}, {13, 13, 16, 16}, {16, 16, 16, 16}, {5, 7, 12, 9}};
+    for (size_t s = 0; s < sizeof sz / sizeof sz[0]; s++) {
+        int hi = sz[s][0], wi = sz[s][1], ho = sz[s][2], wo = sz[s][3], planes = 5;
+        buf2 src = b2_rand((size_t)planes * hi * wi, 1, 0), dst = b2_new((size_t)planes * ho * wo);
+        BOTH(upsample_bicubic, P(dst), P(src), planes, hi, wi, ho, wo);
+        expect(&dst, TOL, "upsample_bicubic");
+        buf2 down = b2_new((size_t)planes * hi * wi);
+        BOTH(area_downsample, P(down), P(dst), planes, ho, wo, hi, wi);
+        expect(&down, TOL, "area_downsample");
+        buf2 tr = b2_new((size_t)planes * ho * wo);
+        BOTH(transpose, P(tr), P(dst), planes, ho * wo);
+        expect(&tr, 0, "transpose");
+        BOTH(upsample_nearest2x, P(dst), P(src), 1, hi, wi);
+        expect_n(&dst, (size_t)4 * hi * wi, 0, "upsample_nearest2x");
+        b2_free(&src);
+        b2_free(&dst);
+        b2_free(&down);
+        b2_free(&tr);
+    }
+    buf2 src = b2_rand(3 * 16 * 16, 1, 0), d1 = b2_new(3 * 7 * 3);
+    BOTH(area_downsample, P(d1), P(src), 3, 16, 16, 7, 3);
+    expect(&d1, TOL, "area_downsample 16x16 to 7x3");
+    b2_free(&src);
+    b2_free(&d1);
+}
+END_TEST
+
+START_TEST(conv2d_matches_cpu)
+{
+    static const int cs[][6] = {/* N, cin, H, W, cout, k */
+                                {2, 5, 9, 11, 7, 3},
+                                {2, 5, 9, 11, 7, 1},
+                                {1, 64, 32, 32, 32, 3},
+                                {1, 32, 64, 48, 3, 3},
+                                {1, 3, 1, 1, 4, 3}};
+    for (size_t s = 0; s < sizeof cs / sizeof cs[0]; s++) {
+        int N = cs[s][0], cin = cs[s][1], H = cs[s][2], W = cs[s][3], cout = cs[s][4], k = cs[s][5];
+        buf2 x = b2_rand((size_t)N * cin * H * W, 1, 0),
+             w = b2_rand((size_t)cout * cin * k * k, 0.3f, 0), b = b2_rand((size_t)cout, 1, 0),
+             y = b2_new((size_t)N * cout * H * W);
+        BOTH(conv2d, P(y), P(x), P(w), P(b), N, cin, H, W, cout, k);
+        expect(&y, TOL, "conv2d with bias");
+        BOTH(conv2d, P(y), P(x), P(w), NULL, N, cin, H, W, cout, k);
+        expect(&y, TOL, "conv2d without bias");
+        b2_free(&x);
+        b2_free(&w);
+        b2_free(&b);
+        b2_free(&y);
+    }
+}
+END_TEST
+
+START_TEST(group_norm_matches_cpu)
+{
+    static const int gs[][3] = {{2, 64, 50}, {1, 32, 4096}, {1, 96, 256}};
+    for (size_t s = 0; s < sizeof gs / sizeof gs[0]; s++) {
+        int N = gs[s][0], C = gs[s][1], HW = gs[s][2];
+        buf2 x = b2_rand((size_t)N * C * HW, 2, 1.5f), y = b2_new((size_t)N * C * HW),
+             g = b2_rand((size_t)C, 1, 1), b = b2_rand((size_t)C, 1, 0);
+        for (int silu = 0; silu < 2; silu++) {
+            BOTH(group_norm, P(y), P(x), P(g), P(b), N, C, HW, 32, 1e-6f, silu);
+            expect(&y, TOL, silu ? "group_norm + silu" : "group_norm");
+        }
+        b2_free(&x);
+        b2_free(&y);
+        b2_free(&g);
+        b2_free(&b);
+    }
+}
+END_TEST
+
+START_TEST(spatial_attention_matches_cpu)
+{
+    static const int as[][3] = {{2, 32, 64}, {1, 64, 256}, {1, 8, 3}};
+    for (size_t s = 0; s < sizeof as / sizeof as[0]; s++) {
+        int N = as[s][0], C = as[s][1], HW = as[s][2];
+        buf2 qkv = b2_rand((size_t)N * 3 * C * HW, 1, 0), out = b2_new((size_t)N * C * HW);
+        BOTH(spatial_attention, P(out), P(qkv), N, C, HW);
+        expect(&out, TOL, "spatial_attention");
+        b2_free(&qkv);
+        b2_free(&out);
+    }
+}
+END_TEST
+
+/* ---- the tiny reference fixture through the CLI's driver -------------------------------------- */
+
+static void *be_alloc(void *ctx, size_t bytes)
+{
+    vs_rt_backend *be = ctx;
+    return be->ops->alloc(be, bytes);
+}
+
+static void be_free(void *ctx, void *p)
+{
+    vs_rt_backend *be = ctx;
+    be->ops->free(be, p);
+}
+
+START_TEST(tiny_fixture_greedy_tokens_and_image_match_the_reference_in_fp32)
+{
+    vs_err err = {0};
+    vs_rt_model *m = NULL;
+    st_file gold;
+    ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
+    ck_assert_int_eq(st_open(&gold, GOLDEN), 0);
+    const vs_rt_config *c = &m->cfg;
+    vs_rt_engine *e = NULL;
+    ck_assert_msg(vs_rt_engine_new(m, g_dut, 2, &e, &err) == VS_OK, "%s", err.msg);
+    /* the KV arena is device memory, allocated through the backend */
+    vs_kv_allocator al = {g_dut, be_alloc, be_free};
+    size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
+    size_t pages = 2 * (size_t)c->depth * (((size_t)c->scale_offset[c->n_scales] + 15) / 16);
+    vs_kv_pool *pool = NULL;
+    ck_assert_msg(vs_kv_pool_init(pages * 2 * page_bytes, 16, c->depth, c->embed_dim, &al, &pool,
+                                  &err) == VS_OK,
+                  "%s", err.msg);
+    const int32_t *labels = st_get(&gold, "labels", NULL);
+    ck_assert_ptr_nonnull(labels);
+    vs_srv_gen_req reqs[2];
+    int L = c->scale_offset[c->n_scales], HW = c->image_size * c->image_size;
+    uint8_t *rgb[2];
+    int32_t *tok[2];
+    for (int i = 0; i < 2; i++) {
+        reqs[i] = (vs_srv_gen_req){labels[i], (uint64_t)i, 1.5f, 1, 0.0f};
+        rgb[i] = malloc((size_t)3 * HW);
+        tok[i] = malloc((size_t)L * sizeof(int32_t));
+        ck_assert(rgb[i] && tok[i]);
+    }
+    ck_assert_msg(vs_srv_gen_run(e, pool, reqs, 2, rgb, tok, NULL, &err) == VS_OK, "%s", err.msg);
+    for (int s = 0; s < c->n_scales; s++) {
+        char name[32];
+        snprintf(name, sizeof name, "tokens.%d", s);
+        const int32_t *gt = st_get(&gold, name, NULL);
+        ck_assert_ptr_nonnull(gt);
+        int nt = c->patch_nums[s] * c->patch_nums[s];
+        for (int i = 0; i < 2; i++)
+            for (int t = 0; t < nt; t++)
+                ck_assert_msg(tok[i][c->scale_offset[s] + t] == gt[i * nt + t],
+                              "image %d scale %d token %d: %d, reference %d", i, s, t,
+                              tok[i][c->scale_offset[s] + t], gt[i * nt + t]);
+    }
+    const float *gi = st_get(&gold, "image", NULL);
+    ck_assert_ptr_nonnull(gi);
+    for (int i = 0; i < 2; i++) {
+        int worst = 0;
+        for (int p = 0; p < HW; p++)
+            for (int ch = 0; ch < 3; ch++) {
+                int want = (int)lrintf(255.0f * gi[((size_t)i * 3 + ch) * HW + p]);
+                int d = abs((int)rgb[i][(size_t)p * 3 + ch] - want);
+                worst = d > worst ? d : worst;
+            }
+        ck_assert_msg(worst <= 1,
+                      "image %d: a pixel differs by %d/255 from the reference (limit 1)", i, worst);
+        free(rgb[i]);
+        free(tok[i]);
+    }
+    vs_kv_pool_free(pool);
+    vs_rt_engine_free(e);
+    st_close(&gold);
+    vs_rt_model_free(m);
+}
+END_TEST
+
+static Suite *cuda_suite(void)
+{
+    Suite *s = suite_create("cuda");
+    TCase *tc = tcase_create("backend_ops");
+    tcase_set_timeout(tc, 600);
+    tcase_add_test(tc, upload_copy_zero_and_download_are_exact);
+    tcase_add_test(tc, an_allocation_too_big_for_the_device_returns_null_and_the_backend_goes_on);
+    tcase_add_test(tc, linear_matches_cpu);
+    tcase_add_test(tc, elementwise_ops_match_cpu);
+    tcase_add_test(tc, gather_rows_and_embed_chw_are_exact);
+    tcase_add_test(tc, adaln_and_gated_add_match_cpu);
+    tcase_add_test(tc, qk_norm_matches_cpu);
+    tcase_add_test(tc, attention_writes_the_new_kv_into_pages_and_matches_cpu);
+    tcase_add_test(tc, a_batch_without_room_for_the_new_tokens_is_refused);
+    tcase_add_test(tc, a_failed_op_makes_sync_return_the_error_and_where_it_happened);
+    tcase_add_test(tc, greedy_tokens_and_guided_logits_equal_cpu);
+    tcase_add_test(tc, top_k_and_top_p_draws_equal_cpu);
+    tcase_add_test(tc, upsample_downsample_and_transpose_match_cpu);
+    tcase_add_test(tc, conv2d_matches_cpu);
+    tcase_add_test(tc, group_norm_matches_cpu);
+    tcase_add_test(tc, spatial_attention_matches_cpu);
+    suite_add_tcase(s, tc);
+    TCase *tf = tcase_create("tiny_fixture");
+    tcase_set_timeout(tf, 600);
+    tcase_add_test(tf, tiny_fixture_greedy_tokens_and_image_match_the_reference_in_fp32);
+    suite_add_tcase(s, tf);
+    return s;
+}
+
+int main(void)
+{
+    vs_err err = {0};
+    const char *self = getenv("CHECK_CUDA_SELFTEST");
+    g_self = self && *self && strcmp(self, "0") != 0;
+    vs_status st =
+        g_self ? vs_rt_backend_cpu_new(2, &g_dut, &err) : vs_rt_backend_cuda_new(1, &g_dut, &err);
+    if (st == VS_ERR_UNSUPPORTED) {
+        printf("check_cuda: no CUDA device, skipped\n");
+        fprintf(stderr, "check_cuda: %s\n", err.msg);
+        return 0;
+    }
+    if (st != VS_OK) {
+        fprintf(stderr, "check_cuda: the CUDA backend did not start: %s\n", err.msg);
+        return 1;
+    }
+    if (vs_rt_backend_cpu_new(3, &g_ref, &err) != VS_OK) {
+        fprintf(stderr, "check_cuda: the CPU backend did not start: %s\n", err.msg);
+        vs_rt_backend_free(g_dut);
+        return 1;
+    }
+    SRunner *sr = srunner_create(cuda_suite());
+    srunner_set_fork_status(sr, CK_NOFORK); /* CUDA does not survive fork */
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    vs_rt_backend_free(g_ref);
+    vs_rt_backend_free(g_dut);
+    return failed ? 1 : 0;
+}
