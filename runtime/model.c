@@ -766,7 +766,9 @@ vs_status vs_rt_model_load(const char *path, vs_rt_model **out, vs_err *err)
     }
     size_t C = (size_t)m->cfg.embed_dim;
     size_t derived = (size_t)m->cfg.scale_offset[m->cfg.n_scales] * C + (size_t)m->cfg.depth * 3 * C;
-    total += derived;
+    /* aligned_alloc needs a size that is a multiple of the alignment (C11 7.22.3.1): L·C +
+     * depth·3C floats is not one when C is not a multiple of 16 */
+    total += (derived + 15) & ~(size_t)15;
     m->data_bytes = total * 4;
     m->data = aligned_alloc(64, m->data_bytes);
     if (!m->data) {
