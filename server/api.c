@@ -1,0 +1,417 @@
+/* server/api.c — see api.h. */
+#include "server/api.h"
+
+#include <cjson/cJSON.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define PRIORITY_MAX 10
+
+void vs_srv_api_error_set(vs_srv_api_error *e, int http, const char *type, const char *code,
+                          const char *param, const char *fmt, ...)
+{
+    e->http = http;
+    e->type = type;
+    e->code = code;
+    snprintf(e->param, sizeof e->param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+    va_end(ap);
+}
+
+int vs_srv_http_code(vs_status s)
+{
+    switch (s) {
+    case VS_OK: return 200;
+    case VS_ERR_INVALID: return 400;
+    case VS_ERR_UNSUPPORTED: return 400;
+    case VS_ERR_BUSY: return 429;
+    case VS_ERR_KV_FULL: return 503;
+    case VS_ERR_TIMEOUT: return 504;
+    case VS_ERR_NOMEM:
+    case VS_ERR_IO:
+    case VS_ERR_CUDA:
+    case VS_ERR_INTERNAL: return 500;
+    }
+    return 500;
+}
+
+/* ---- validation ---------------------------------------------------------------------------------- */
+
+static const char *const known_fields[] = {"class_label", "n", "seed", "cfg_scale", "top_k", "top_p",
+                                           "response_format", "timeout_ms", "priority", "kv_policy",
+                                           "kv_budget"};
+#define N_FIELDS (sizeof known_fields / sizeof known_fields[0])
+
+/* What the client sent, for messages: 35, "jpeg", a string, an array. */
+static void describe(const cJSON *it, char *out, size_t cap)
+{
+    if (cJSON_IsNumber(it))
+        snprintf(out, cap, "%.17g", it->valuedouble);
+    else if (cJSON_IsString(it))
+        snprintf(out, cap, "\"%.40s%s\"", it->valuestring, strlen(it->valuestring) > 40 ? "..." : "");
+    else if (cJSON_IsBool(it))
+        snprintf(out, cap, "%s", cJSON_IsTrue(it) ? "true" : "false");
+    else if (cJSON_IsNull(it))
+        snprintf(out, cap, "null");
+    else if (cJSON_IsArray(it))
+        snprintf(out, cap, "an array");
+    else
+        snprintf(out, cap, "an object");
+}
+
+static int bad_field(vs_srv_api_error *e, const cJSON *it, const char *name, const char *want)
+{
+    char got[96];
+    describe(it, got, sizeof got);
+    vs_srv_api_error_set(e, 400, "invalid_request_error", cJSON_IsNumber(it) ? "out_of_range" : "invalid_type",
+                         name, "%s must be %s (got %s)", name, want, got);
+    return -1;
+}
+
+/* An integral JSON number within [lo, hi]. */
+static int get_int(const cJSON *it, double lo, double hi, double *out)
+{
+    if (!cJSON_IsNumber(it))
+        return -1;
+    double d = it->valuedouble;
+    if (!isfinite(d) || d != floor(d) || d < lo || d > hi)
+        return -1;
+    *out = d;
+    return 0;
+}
+
+static int get_num(const cJSON *it, double lo, double hi, double *out)
+{
+    if (!cJSON_IsNumber(it))
+        return -1;
+    double d = it->valuedouble;
+    if (!isfinite(d) || d < lo || d > hi)
+        return -1;
+    *out = d;
+    return 0;
+}
+
+int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_limits *lim,
+                              uint64_t random_seed, vs_srv_gen_params *out, vs_srv_api_error *e)
+{
+    const vs_rt_config *mc = lim->mc;
+    int rc = -1;
+    const char *end = NULL;
+    cJSON *root = cJSON_ParseWithLengthOpts(body, len, &end, 0);
+    if (!root) {
+        long at = end ? (long)(end - body) : 0;
+        vs_srv_api_error_set(e, 400, "invalid_request_error", "invalid_json", NULL,
+                             "the body is not valid JSON (error near byte %ld)", at);
+        return -1;
+    }
+    for (const char *p = end; p && p < body + len; p++)
+        if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n' && *p != 0) {
+            vs_srv_api_error_set(e, 400, "invalid_request_error", "invalid_json", NULL,
+                                 "the body has content after its JSON value (byte %ld)", (long)(p - body));
+            goto done;
+        }
+    if (!cJSON_IsObject(root)) {
+        vs_srv_api_error_set(e, 400, "invalid_request_error", "invalid_json", NULL,
+                             "the body must be a JSON object, e.g. {\"class_label\": 3}");
+        goto done;
+    }
+    const cJSON *field[N_FIELDS] = {0};
+    for (const cJSON *it = root->child; it; it = it->next) {
+        size_t k = 0;
+        while (k < N_FIELDS && strcmp(known_fields[k], it->string) != 0)
+            k++;
+        if (k == N_FIELDS) {
+            char name[48];
+            snprintf(name, sizeof name, "%.40s", it->string);
+            vs_srv_api_error_set(e, 400, "invalid_request_error", "unknown_field", name,
+                                 "unknown field '%s' (fields: class_label, n, seed, cfg_scale, top_k, "
+                                 "top_p, response_format, timeout_ms, priority, kv_policy, kv_budget)",
+                                 name);
+            goto done;
+        }
+        if (field[k]) {
+            vs_srv_api_error_set(e, 400, "invalid_request_error", "duplicate_field", known_fields[k],
+                                 "field '%s' appears more than once", known_fields[k]);
+            goto done;
+        }
+        field[k] = it;
+    }
+    const cJSON *f_label = field[0], *f_n = field[1], *f_seed = field[2], *f_cfg = field[3],
+                *f_topk = field[4], *f_topp = field[5], *f_fmt = field[6], *f_timeout = field[7],
+                *f_prio = field[8], *f_policy = field[9], *f_budget = field[10];
+    char want[128];
+    double d;
+
+    memset(out, 0, sizeof *out);
+    snprintf(want, sizeof want, "a class index 0..%d or a class name", mc->num_classes - 1);
+    if (!f_label) {
+        vs_srv_api_error_set(e, 400, "invalid_request_error", "missing_field", "class_label",
+                             "class_label is required (%s)", want);
+        goto done;
+    }
+    if (cJSON_IsString(f_label)) {
+        int cls = vs_rt_class_lookup(mc, f_label->valuestring);
+        if (cls < 0) {
+            bad_field(e, f_label, "class_label", want);
+            e->code = "unknown_class";
+            goto done;
+        }
+        out->label = cls;
+    } else if (get_int(f_label, 0, mc->num_classes - 1, &d) == 0) {
+        out->label = (int)d;
+    } else {
+        bad_field(e, f_label, "class_label", want);
+        goto done;
+    }
+
+    out->n = 1;
+    if (f_n) {
+        if (get_int(f_n, 1, VS_SRV_MAX_N, &d) != 0) {
+            snprintf(want, sizeof want, "an integer 1..%d", VS_SRV_MAX_N);
+            bad_field(e, f_n, "n", want);
+            goto done;
+        }
+        out->n = (int)d;
+    }
+    if (f_seed) {
+        if (get_int(f_seed, 0, (double)VS_SRV_SEED_MAX, &d) != 0) {
+            bad_field(e, f_seed, "seed", "an integer 0..9007199254740991");
+            goto done;
+        }
+        out->seed = (uint64_t)d;
+        out->seed_given = 1;
+    } else {
+        out->seed = (random_seed >> 11) % (VS_SRV_SEED_MAX - 15);
+    }
+    out->cfg = lim->cfg;
+    if (f_cfg) {
+        if (get_num(f_cfg, 0, 20, &d) != 0) {
+            bad_field(e, f_cfg, "cfg_scale", "a number 0..20");
+            goto done;
+        }
+        out->cfg = (float)d;
+    }
+    out->top_k = lim->top_k;
+    if (f_topk) {
+        if (get_int(f_topk, 0, mc->vocab_size, &d) != 0) {
+            snprintf(want, sizeof want, "an integer 0..%d, 0 = off", mc->vocab_size);
+            bad_field(e, f_topk, "top_k", want);
+            goto done;
+        }
+        out->top_k = (int)d;
+    }
+    out->top_p = lim->top_p;
+    if (f_topp) {
+        if (get_num(f_topp, 0, 1, &d) != 0) {
+            bad_field(e, f_topp, "top_p", "a number 0..1, 0 = off");
+            goto done;
+        }
+        out->top_p = (float)d;
+    }
+    out->format = VS_SRV_FMT_B64_JSON;
+    if (f_fmt) {
+        if (!cJSON_IsString(f_fmt) ||
+            (strcmp(f_fmt->valuestring, "b64_json") != 0 && strcmp(f_fmt->valuestring, "png") != 0)) {
+            bad_field(e, f_fmt, "response_format", "\"b64_json\" or \"png\"");
+            e->code = "invalid_value";
+            goto done;
+        }
+        out->format = strcmp(f_fmt->valuestring, "png") == 0 ? VS_SRV_FMT_PNG : VS_SRV_FMT_B64_JSON;
+        if (out->format == VS_SRV_FMT_PNG && out->n != 1) {
+            vs_srv_api_error_set(e, 400, "invalid_request_error", "invalid_value", "response_format",
+                                 "response_format \"png\" returns one image: use n = 1, or b64_json for "
+                                 "n = %d",
+                                 out->n);
+            goto done;
+        }
+    }
+    out->timeout_ms = lim->default_timeout_ms;
+    if (f_timeout) {
+        if (get_int(f_timeout, 1, (double)lim->max_timeout_ms, &d) != 0) {
+            snprintf(want, sizeof want, "an integer 1..%ld (milliseconds)", lim->max_timeout_ms);
+            bad_field(e, f_timeout, "timeout_ms", want);
+            goto done;
+        }
+        out->timeout_ms = (long)d;
+    }
+    if (f_prio) {
+        if (get_int(f_prio, -PRIORITY_MAX, PRIORITY_MAX, &d) != 0) {
+            snprintf(want, sizeof want, "an integer %d..%d (higher runs first)", -PRIORITY_MAX, PRIORITY_MAX);
+            bad_field(e, f_prio, "priority", want);
+            goto done;
+        }
+        out->priority = (int)d;
+    }
+    if (f_policy) {
+        if (!cJSON_IsString(f_policy) || strcmp(f_policy->valuestring, lim->policy) != 0) {
+            snprintf(want, sizeof want, "\"%s\", the policy this server runs", lim->policy);
+            bad_field(e, f_policy, "kv_policy", want);
+            e->code = "unsupported_value";
+            goto done;
+        }
+    }
+    if (f_budget) {
+        /* a compression budget; the full cache keeps everything, so it is checked and ignored */
+        if (get_num(f_budget, 0, 1, &d) != 0 || d <= 0) {
+            bad_field(e, f_budget, "kv_budget", "a number in (0, 1]");
+            goto done;
+        }
+    }
+    rc = 0;
+done:
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* ---- writing bodies ------------------------------------------------------------------------------ */
+
+typedef struct {
+    char *p;
+    size_t len, cap;
+    int oom;
+} sbuf;
+
+static void grow(sbuf *b, size_t extra)
+{
+    if (b->oom || b->len + extra + 1 <= b->cap)
+        return;
+    size_t cap = b->cap ? b->cap : 1024;
+    while (cap < b->len + extra + 1)
+        cap *= 2;
+    char *np = realloc(b->p, cap);
+    if (!np) {
+        b->oom = 1;
+        return;
+    }
+    b->p = np;
+    b->cap = cap;
+}
+
+static void put(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+static void put(sbuf *b, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(NULL, 0, fmt, ap);
+    va_end(ap);
+    if (n < 0) {
+        b->oom = 1;
+        return;
+    }
+    grow(b, (size_t)n);
+    if (b->oom)
+        return;
+    va_start(ap, fmt);
+    vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    b->len += (size_t)n;
+}
+
+static void put_b64(sbuf *b, const unsigned char *s, size_t n)
+{
+    static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    grow(b, (n + 2) / 3 * 4);
+    if (b->oom)
+        return;
+    char *o = b->p + b->len;
+    size_t i = 0;
+    for (; i + 3 <= n; i += 3) {
+        unsigned v = (unsigned)s[i] << 16 | (unsigned)s[i + 1] << 8 | s[i + 2];
+        *o++ = tab[v >> 18];
+        *o++ = tab[(v >> 12) & 63];
+        *o++ = tab[(v >> 6) & 63];
+        *o++ = tab[v & 63];
+    }
+    if (i < n) {
+        unsigned v = (unsigned)s[i] << 16 | (i + 1 < n ? (unsigned)s[i + 1] << 8 : 0);
+        *o++ = tab[v >> 18];
+        *o++ = tab[(v >> 12) & 63];
+        *o++ = i + 1 < n ? tab[(v >> 6) & 63] : '=';
+        *o++ = '=';
+    }
+    b->len = (size_t)(o - b->p);
+    b->p[b->len] = 0;
+}
+
+char *vs_srv_json_escape(char *dst, size_t cap, const char *s)
+{
+    size_t j = 0;
+    for (; *s && j + 7 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') {
+            dst[j++] = '\\';
+            dst[j++] = (char)c;
+        } else if (c < 0x20) {
+            j += (size_t)snprintf(dst + j, cap - j, "\\u%04x", c);
+        } else {
+            dst[j++] = (char)c;
+        }
+    }
+    if (cap)
+        dst[j < cap ? j : cap - 1] = 0;
+    return dst;
+}
+
+static char *finish(sbuf *b, size_t *len)
+{
+    if (b->oom) {
+        free(b->p);
+        return NULL;
+    }
+    *len = b->len;
+    return b->p;
+}
+
+char *vs_srv_api_error_json(const vs_srv_api_error *e, size_t *len)
+{
+    sbuf b = {0};
+    char msg[900], param[100];
+    vs_srv_json_escape(msg, sizeof msg, e->msg);
+    vs_srv_json_escape(param, sizeof param, e->param);
+    put(&b, "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":", msg, e->type);
+    if (e->param[0])
+        put(&b, "\"%s\"", param);
+    else
+        put(&b, "null");
+    put(&b, ",\"code\":\"%s\"}}\n", e->code);
+    return finish(&b, len);
+}
+
+char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name, const char *policy,
+                               size_t kv_bytes_per_image, unsigned char *const *png,
+                               const size_t *png_len, const vs_srv_timings *t, size_t *len)
+{
+    sbuf b = {0};
+    size_t total = 0;
+    for (int i = 0; i < j->p.n; i++)
+        total += (png_len[i] + 2) / 3 * 4 + 64;
+    grow(&b, total + 1024);
+    char name[300];
+    vs_srv_json_escape(name, sizeof name, model_name);
+    put(&b, "{\"id\":\"%s\",\"object\":\"image.generation\",\"created\":%lld,\"model\":\"%s\",", j->id,
+        (long long)time(NULL), name);
+    put(&b, "\"class_label\":%d,\"n\":%d,\"seeds\":[", j->p.label, j->p.n);
+    for (int i = 0; i < j->p.n; i++)
+        put(&b, "%s%" PRIu64, i ? "," : "", j->p.seed + (uint64_t)i);
+    put(&b, "],\"data\":[");
+    for (int i = 0; i < j->p.n; i++) {
+        put(&b, "%s{\"index\":%d,\"seed\":%" PRIu64 ",\"b64_json\":\"", i ? "," : "", i, j->p.seed + (uint64_t)i);
+        put_b64(&b, png[i], png_len[i]);
+        put(&b, "\"}");
+    }
+    put(&b, "],\"params\":{\"cfg_scale\":%.9g,\"top_k\":%d,\"top_p\":%.9g,\"priority\":%d,\"timeout_ms\":%ld},",
+        (double)j->p.cfg, j->p.top_k, (double)j->p.top_p, j->p.priority, j->p.timeout_ms);
+    put(&b, "\"timings\":{\"queue_ms\":%.3f,\"inference_ms\":%.3f,\"decode_ms\":%.3f,\"encode_ms\":%.3f,"
+            "\"total_ms\":%.3f},",
+        t->queue_ms, t->inference_ms, t->decode_ms, t->encode_ms, t->total_ms);
+    put(&b, "\"kv\":{\"policy\":\"%s\",\"bytes_per_image\":%zu}}\n", policy, kv_bytes_per_image);
+    return finish(&b, len);
+}

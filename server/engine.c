@@ -1,0 +1,643 @@
+/* server/engine.c — see engine.h.
+ *
+ * The loop, once the model is loaded:
+ *   sweep     answer queued and running jobs that are past their deadline or whose client left
+ *   admit     pop jobs in priority order; reserve KV pages image by image (OK: the image joins
+ *             the batch; LATER: wait for pages to come back; NEVER: 503 naming the fix)
+ *   step      every running image advances one scale (rows reserve their new tokens first and
+ *             commit them after, as in gen.c)
+ *   finish    decode finished images, release their pages; a job whose images are all done is
+ *             answered
+ * When nothing runs it sleeps on the queue (woken by a push), waking every 50 ms to sweep.
+ * Slots hold the running images; max_batch_images of them, allocated once at load.
+ *
+ * Testing only: VARSERVE_FAILPOINT=label:N makes every step that holds an image of class N fail
+ * as a backend error would, so the 500 path can be tested against a real server. */
+#include "server/engine.h"
+
+#include <inttypes.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/log.h"
+#include "kvcache/pool.h"
+#include "runtime/backend.h"
+#include "runtime/var.h"
+#include "server/gen.h"
+#include "server/version.h"
+
+#define PAGE_TOKENS 16 /* one attention tile */
+
+typedef struct {
+    vs_srv_job *job;
+    int index;          /* image index within its job */
+    vs_rt_image img;
+    vs_kv_resv *resv;   /* this image's pages (both rows) */
+    vs_kv_row *rows[2]; /* cond, uncond */
+} slot;
+
+struct vs_srv_engine {
+    /* immutable after start */
+    const vs_cfg *cfg;
+    vs_srv_queue *q;
+    vs_srv_metrics *met;
+    pthread_t thread;
+
+    /* guarded by mu */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int load_state; /* 0 loading, 1 loaded, -1 failed */
+    vs_err load_err;
+
+    _Atomic(const vs_srv_engine_info *) info_pub; /* set once, release */
+    atomic_int stop, abort_all, n_jobs;
+
+    /* engine only */
+    vs_srv_engine_info info;
+    vs_rt_model *model;
+    vs_rt_backend *be;
+    vs_rt_engine *rt;
+    vs_kv_pool *pool;
+    int max_images;
+    slot *slots;           /* [max_images] */
+    int n_slots;
+    vs_rt_image **ptrs;    /* [max_images] */
+    vs_srv_job **active;   /* [max_images + 1]: popped, not answered */
+    int n_active;
+    vs_srv_job *admitting; /* popped, images left to admit */
+    int blocked;           /* admitting is waiting for pages (counted once as refused) */
+    int fail_label;        /* VARSERVE_FAILPOINT label:N, else -1 */
+    vs_srv_job **snap;     /* [queue capacity] */
+    struct pollfd *pfd;    /* [queue capacity + max_images + 1] */
+};
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* ---- pool memory on the backend ----------------------------------------------------------------- */
+
+static void *pool_alloc(void *ctx, size_t bytes)
+{
+    vs_rt_backend *be = ctx;
+    return be->ops->alloc(be, bytes);
+}
+
+static void pool_free(void *ctx, void *p)
+{
+    vs_rt_backend *be = ctx;
+    be->ops->free(be, p);
+}
+
+/* ---- answering jobs ------------------------------------------------------------------------------ */
+
+static void publish_gauges(vs_srv_engine *e)
+{
+    int running = 0, waiting = 0;
+    for (int i = 0; i < e->n_active; i++)
+        if (e->active[i]->admitted > 0)
+            running++;
+        else
+            waiting++;
+    vs_srv_metrics_engine_jobs(e->met, running, waiting);
+    if (e->pool) {
+        vs_kv_stats ks;
+        vs_kv_pool_stats(e->pool, &ks);
+        vs_srv_metrics_kv(e->met, &ks);
+    }
+}
+
+static void slot_release(vs_srv_engine *e, slot *s)
+{
+    vs_kv_release(s->resv);
+    vs_rt_image_free(e->rt, &s->img);
+    memset(s, 0, sizeof *s);
+}
+
+/* Removes the job's running images and returns their pages. */
+static void drop_slots(vs_srv_engine *e, vs_srv_job *j)
+{
+    int k = 0;
+    for (int i = 0; i < e->n_slots; i++) {
+        if (e->slots[i].job == j) {
+            slot_release(e, &e->slots[i]);
+        } else {
+            if (k != i)
+                e->slots[k] = e->slots[i];
+            k++;
+        }
+    }
+    for (int i = k; i < e->n_slots; i++)
+        memset(&e->slots[i], 0, sizeof e->slots[i]);
+    e->n_slots = k;
+}
+
+static void remove_active(vs_srv_engine *e, vs_srv_job *j)
+{
+    for (int i = 0; i < e->n_active; i++)
+        if (e->active[i] == j) {
+            memmove(e->active + i, e->active + i + 1, (size_t)(e->n_active - i - 1) * sizeof *e->active);
+            e->n_active--;
+            break;
+        }
+    if (e->admitting == j) {
+        e->admitting = NULL;
+        e->blocked = 0;
+    }
+}
+
+/* Answers a job (http 200 or an error) and hands it back to its connection. The job must no
+ * longer be in the queue. After notify the job belongs to the HTTP side: not touched again. */
+static void answer(vs_srv_engine *e, vs_srv_job *j, int http, vs_status st, const char *type,
+                   const char *code, const char *fmt, ...) __attribute__((format(printf, 7, 8)));
+
+static void answer(vs_srv_engine *e, vs_srv_job *j, int http, vs_status st, const char *type,
+                   const char *code, const char *fmt, ...)
+{
+    drop_slots(e, j);
+    remove_active(e, j);
+    j->t_done = now_s();
+    j->http = http;
+    j->status = st;
+    j->err_type = type;
+    j->err_code = code;
+    if (fmt) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(j->msg, sizeof j->msg, fmt, ap);
+        va_end(ap);
+    }
+    if (http == 200) {
+        vs_srv_metrics_observe(e->met, VS_SRV_H_INFER, j->t_done - j->t_admit);
+    } else if (vs_log_min_level <= VS_LOG_INFO) {
+        vs_log_set_request_id(j->id);
+        vs_log(VS_LOG_INFO, "engine", "request answered %d: %s", http, j->msg);
+        vs_log_set_request_id(NULL);
+    }
+    atomic_fetch_sub(&e->n_jobs, 1);
+    atomic_store_explicit(&j->state, VS_SRV_JOB_DONE, memory_order_release);
+    j->notify(j->notify_ctx);
+    publish_gauges(e);
+}
+
+static void answer_gone(vs_srv_engine *e, vs_srv_job *j)
+{
+    answer(e, j, 499, VS_ERR_IO, "client_closed", "client_closed",
+           "the client closed the connection; the request was dropped");
+}
+
+static void answer_deadline(vs_srv_engine *e, vs_srv_job *j, const char *where)
+{
+    answer(e, j, 504, VS_ERR_TIMEOUT, "timeout_error", "deadline_exceeded",
+           "the request's deadline of %ld ms passed %s; raise timeout_ms (up to %ld) or retry when "
+           "the server is less busy",
+           j->p.timeout_ms, where, e->cfg->max_timeout_ms);
+}
+
+static void answer_shutdown(vs_srv_engine *e, vs_srv_job *j)
+{
+    answer(e, j, 503, VS_ERR_BUSY, "unavailable_error", "shutting_down",
+           "the server is shutting down and could not finish this request; retry on another instance");
+}
+
+/* Jobs the engine holds count in n_jobs from the moment they leave the queue. */
+static vs_srv_job *pop_job(vs_srv_engine *e)
+{
+    vs_srv_job *j = vs_srv_queue_pop(e->q);
+    if (j)
+        atomic_fetch_add(&e->n_jobs, 1);
+    return j;
+}
+
+static int take_from_queue(vs_srv_engine *e, vs_srv_job *j)
+{
+    if (!vs_srv_queue_remove(e->q, j))
+        return 0;
+    atomic_fetch_add(&e->n_jobs, 1);
+    return 1;
+}
+
+/* ---- sweeping: deadlines and hang-ups ------------------------------------------------------------ */
+
+static int client_gone(short revents) { return (revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0; }
+
+static void sweep(vs_srv_engine *e)
+{
+    double now = now_s();
+    size_t nq = vs_srv_queue_snapshot(e->q, e->snap, vs_srv_queue_capacity(e->q));
+    int na = e->n_active;
+    size_t np = 0;
+    for (size_t i = 0; i < nq; i++)
+        e->pfd[np++] = (struct pollfd){e->snap[i]->fd, POLLRDHUP, 0};
+    for (int i = 0; i < na; i++)
+        e->pfd[np++] = (struct pollfd){e->active[i]->fd, POLLRDHUP, 0};
+    if (np && poll(e->pfd, (nfds_t)np, 0) < 0)
+        for (size_t i = 0; i < np; i++)
+            e->pfd[i].revents = 0;
+    for (size_t i = 0; i < nq; i++) {
+        vs_srv_job *j = e->snap[i];
+        int gone = j->fd >= 0 && client_gone(e->pfd[i].revents);
+        if ((gone || now > j->deadline) && take_from_queue(e, j)) {
+            if (gone)
+                answer_gone(e, j);
+            else
+                answer_deadline(e, j, "while it waited in the queue");
+        }
+    }
+    /* answer() reorders active[]; work on a copy of the pointers polled */
+    vs_srv_job *held[e->max_images + 1];
+    memcpy(held, e->active, (size_t)na * sizeof *held);
+    for (int i = 0; i < na; i++) {
+        vs_srv_job *j = held[i];
+        int gone = j->fd >= 0 && client_gone(e->pfd[nq + (size_t)i].revents);
+        if (gone)
+            answer_gone(e, j);
+        else if (now > j->deadline)
+            answer_deadline(e, j, j->admitted ? "while it was generating" : "while it waited for KV pages");
+    }
+}
+
+static void abort_everything(vs_srv_engine *e)
+{
+    vs_srv_queue_close(e->q);
+    vs_srv_job *j;
+    while ((j = pop_job(e)))
+        answer_shutdown(e, j);
+    while (e->n_active)
+        answer_shutdown(e, e->active[0]);
+}
+
+/* ---- admission ------------------------------------------------------------------------------------ */
+
+static void admit(vs_srv_engine *e)
+{
+    const vs_rt_config *c = &e->model->cfg;
+    while (e->n_slots < e->max_images) {
+        if (!e->admitting) {
+            vs_srv_job *j = pop_job(e);
+            if (!j)
+                return;
+            e->active[e->n_active++] = j;
+            e->admitting = j;
+            e->blocked = 0;
+        }
+        vs_srv_job *j = e->admitting;
+        vs_kv_resv *resv = NULL;
+        vs_kv_admit a = vs_kv_reserve(e->pool, e->info.pages_per_image, &resv);
+        if (a == VS_KV_LATER) {
+            if (!e->blocked) {
+                e->blocked = 1;
+                vs_srv_metrics_kv_refused(e->met);
+            }
+            return;
+        }
+        if (a == VS_KV_NEVER) {
+            vs_srv_metrics_kv_refused(e->met);
+            answer(e, j, 503, VS_ERR_KV_FULL, "unavailable_error", "kv_never",
+                   "one image needs %zu KV pages (%.1f MB) but the pool has %zu in all: raise "
+                   "kv_pool_mb",
+                   e->info.pages_per_image, (double)e->info.pages_per_image * (double)e->info.page_bytes / 1e6,
+                   e->info.pages_total);
+            continue;
+        }
+        e->blocked = 0;
+        slot *s = &e->slots[e->n_slots];
+        memset(s, 0, sizeof *s);
+        s->job = j;
+        s->index = j->admitted;
+        s->resv = resv;
+        vs_err err = {0};
+        size_t img_bytes = (size_t)c->image_size * (size_t)c->image_size * 3;
+        if (!j->rgb[s->index] && !(j->rgb[s->index] = malloc(img_bytes))) {
+            slot_release(e, s);
+            answer(e, j, 500, VS_ERR_NOMEM, "internal_error", "out_of_memory",
+                   "out of memory for the image buffers");
+            continue;
+        }
+        vs_status st = vs_rt_image_init(e->rt, &s->img, &err);
+        for (int r = 0; st == VS_OK && r < 2; r++)
+            if ((st = vs_kv_row_new(resv, &s->rows[r], &err)) == VS_OK)
+                s->img.kv[r] = vs_kv_row_layers(s->rows[r]);
+        if (st != VS_OK) {
+            slot_release(e, s);
+            answer(e, j, 500, st, "internal_error", "engine_error", "could not start an image: %s", err.msg);
+            continue;
+        }
+        s->img.label = j->p.label;
+        s->img.seed = j->p.seed + (uint64_t)s->index;
+        s->img.cfg = j->p.cfg;
+        s->img.top_k = j->p.top_k;
+        s->img.top_p = j->p.top_p;
+        e->n_slots++;
+        if (j->admitted++ == 0) {
+            j->t_admit = now_s();
+            vs_srv_metrics_observe(e->met, VS_SRV_H_QUEUE, j->t_admit - j->t_arrival);
+        }
+        if (j->admitted == j->p.n) {
+            e->admitting = NULL;
+            e->blocked = 0;
+        }
+        publish_gauges(e);
+    }
+}
+
+/* ---- one step ------------------------------------------------------------------------------------- */
+
+static void fail_running(vs_srv_engine *e, const vs_err *err)
+{
+    vs_log(VS_LOG_ERROR, "engine", "step failed, answering %d running requests with 500: %s", e->n_active,
+           err->msg);
+    while (e->n_slots)
+        answer(e, e->slots[0].job, 500, err->code, "internal_error", "engine_error", "generation failed: %s",
+               err->msg);
+}
+
+static void step(vs_srv_engine *e)
+{
+    const vs_rt_config *c = &e->model->cfg;
+    vs_err err = {0};
+    int max_scale = 0, min_scale = c->n_scales, fail = 0;
+    for (int i = 0; i < e->n_slots; i++) {
+        slot *s = &e->slots[i];
+        int nt = c->patch_nums[s->img.scale] * c->patch_nums[s->img.scale];
+        for (int r = 0; r < 2; r++) {
+            for (int l = 0; l < c->depth; l++)
+                if (vs_kv_row_reserve_tokens(s->rows[r], l, nt, &err) != VS_OK) {
+                    fail_running(e, &err);
+                    return;
+                }
+            s->img.kv[r] = vs_kv_row_layers(s->rows[r]);
+        }
+        e->ptrs[i] = &s->img;
+        if (s->img.scale > max_scale)
+            max_scale = s->img.scale;
+        if (s->img.scale < min_scale)
+            min_scale = s->img.scale;
+        fail |= s->img.label == e->fail_label;
+    }
+    int n = e->n_slots;
+    double t0 = now_s();
+    if (fail)
+        vs_err_set(&err, VS_ERR_INTERNAL, "failpoint: a step holding class %d fails (VARSERVE_FAILPOINT)",
+                   e->fail_label);
+    if (fail || vs_rt_step(e->rt, e->ptrs, n, &err) != VS_OK) {
+        fail_running(e, &err);
+        return;
+    }
+    double t1 = now_s();
+    for (int i = 0; i < n; i++) {
+        slot *s = &e->slots[i];
+        int sc = s->img.scale - 1; /* the scale just computed */
+        int nt = c->patch_nums[sc] * c->patch_nums[sc];
+        for (int r = 0; r < 2; r++)
+            for (int l = 0; l < c->depth; l++)
+                vs_kv_row_commit(s->rows[r], l, nt);
+    }
+    vs_srv_metrics_step(e->met, max_scale, t1 - t0, 2 * n);
+    vs_log(VS_LOG_DEBUG, "engine", "step: %d images at scales %d..%d, %.1f ms", n, min_scale, max_scale,
+           (t1 - t0) * 1e3);
+
+    /* decode finished images; answer jobs whose images are all done */
+    for (int i = 0; i < e->n_slots;) {
+        slot *s = &e->slots[i];
+        if (s->img.scale < c->n_scales) {
+            i++;
+            continue;
+        }
+        vs_srv_job *j = s->job;
+        vs_rt_image *ip = &s->img;
+        uint8_t *rgb = j->rgb[s->index];
+        double d0 = now_s();
+        vs_status st = vs_rt_decode(e->rt, &ip, 1, &rgb, NULL, &err);
+        j->decode_s += now_s() - d0;
+        if (st != VS_OK) {
+            answer(e, j, 500, st, "internal_error", "engine_error", "decoding failed: %s", err.msg);
+            i = 0; /* slots were compacted */
+            continue;
+        }
+        slot_release(e, s);
+        memmove(e->slots + i, e->slots + i + 1, (size_t)(e->n_slots - i - 1) * sizeof *e->slots);
+        e->n_slots--;
+        memset(&e->slots[e->n_slots], 0, sizeof e->slots[e->n_slots]);
+        vs_srv_metrics_images(e->met, 1);
+        if (++j->finished == j->p.n)
+            answer(e, j, 200, VS_OK, NULL, NULL, NULL);
+        else
+            publish_gauges(e);
+    }
+}
+
+/* ---- loading and the thread ----------------------------------------------------------------------- */
+
+static vs_status load(vs_srv_engine *e, vs_err *err)
+{
+    const vs_cfg *cfg = e->cfg;
+    double t0 = now_s();
+    vs_rt_backend_kind kind;
+    if (vs_rt_backend_parse(cfg->backend, &kind) != 0)
+        return vs_err_set(err, VS_ERR_INVALID, "config key 'backend' must be auto, cpu or cuda (got '%s')",
+                          cfg->backend);
+    vs_status st = vs_rt_model_load(cfg->model, &e->model, err);
+    if (st != VS_OK)
+        return vs_err_wrap(err, "config key 'model' ('%s')", cfg->model);
+    const vs_rt_config *c = &e->model->cfg;
+    if ((st = vs_rt_backend_new(kind, (int)cfg->threads, &e->be, err)) != VS_OK)
+        return vs_err_wrap(err, "config key 'backend' ('%s')", cfg->backend);
+    e->max_images = (int)cfg->max_batch_images;
+    if ((st = vs_rt_engine_new(e->model, e->be, e->max_images, &e->rt, err)) != VS_OK)
+        return vs_err_wrap(err, "config key 'max_batch_images' (%d)", e->max_images);
+
+    size_t page_bytes = (size_t)2 * PAGE_TOKENS * (size_t)c->embed_dim * sizeof(float);
+    size_t L = (size_t)c->scale_offset[c->n_scales];
+    size_t per_image = 2 * (size_t)c->depth * ((L + PAGE_TOKENS - 1) / PAGE_TOKENS);
+    size_t bytes = cfg->kv_pool_mb ? (size_t)cfg->kv_pool_mb << 20 : per_image * page_bytes * (size_t)e->max_images;
+    if (bytes / page_bytes < per_image)
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "config key 'kv_pool_mb' (%ld) holds %zu KV pages but one image of this model "
+                          "needs %zu (%.1f MiB): raise kv_pool_mb to at least %zu, or 0 for automatic",
+                          cfg->kv_pool_mb, bytes / page_bytes, per_image,
+                          (double)(per_image * page_bytes) / 1048576.0,
+                          (per_image * page_bytes + 1048575) >> 20);
+    vs_kv_allocator alloc = {e->be, pool_alloc, pool_free};
+    if ((st = vs_kv_pool_init(bytes, PAGE_TOKENS, c->depth, c->embed_dim, &alloc, &e->pool, err)) != VS_OK)
+        return vs_err_wrap(err, "config key 'kv_pool_mb' (%ld)", cfg->kv_pool_mb);
+    vs_rt_engine_set_kv(e->rt, vs_kv_pool_base(e->pool), vs_kv_pool_page_tokens(e->pool));
+
+    const char *fp = getenv("VARSERVE_FAILPOINT");
+    e->fail_label = fp && strncmp(fp, "label:", 6) == 0 ? atoi(fp + 6) : -1;
+    size_t qcap = vs_srv_queue_capacity(e->q);
+    e->slots = calloc((size_t)e->max_images, sizeof *e->slots);
+    e->ptrs = calloc((size_t)e->max_images, sizeof *e->ptrs);
+    e->active = calloc((size_t)e->max_images + 1, sizeof *e->active);
+    e->snap = calloc(qcap, sizeof *e->snap);
+    e->pfd = calloc(qcap + (size_t)e->max_images + 1, sizeof *e->pfd);
+    if (!e->slots || !e->ptrs || !e->active || !e->snap || !e->pfd)
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory for the engine's tables");
+
+    vs_kv_stats ks;
+    vs_kv_pool_stats(e->pool, &ks);
+    vs_srv_engine_info *in = &e->info;
+    in->mc = c;
+    snprintf(in->model_path, sizeof in->model_path, "%s", cfg->model);
+    const char *base = strrchr(cfg->model, '/');
+    snprintf(in->model_name, sizeof in->model_name, "%.127s", base ? base + 1 : cfg->model);
+    char *dot = strrchr(in->model_name, '.');
+    if (dot && dot != in->model_name)
+        *dot = 0;
+    in->n_params = e->model->n_params;
+    snprintf(in->backend, sizeof in->backend, "%s", e->be->ops->name);
+    in->threads = e->be->threads;
+    in->cfg = c->default_cfg >= 0 ? c->default_cfg : cfg->default_cfg;
+    in->top_k = c->default_top_k >= 0 ? c->default_top_k : (int)cfg->default_top_k;
+    if (in->top_k > c->vocab_size)
+        in->top_k = c->vocab_size;
+    in->top_p = c->default_top_p >= 0 ? c->default_top_p : cfg->default_top_p;
+    in->policy = cfg->kv_policy;
+    in->page_bytes = ks.page_bytes;
+    in->pages_total = ks.pages_total;
+    in->pages_per_image = vs_srv_full_cache_pages(c, e->pool);
+    in->images_fit = ks.pages_total / in->pages_per_image;
+    in->max_batch_images = e->max_images;
+    in->load_s = now_s() - t0;
+    vs_srv_metrics_set_model(e->met, VS_VERSION, in->backend, in->model_name, in->load_s, c->n_scales);
+    vs_srv_metrics_kv(e->met, &ks);
+    vs_log(VS_LOG_INFO, "engine",
+           "loaded %s (%zu params) in %.2f s on %s (%d threads); KV pool %.1f MiB = %zu pages, %zu per "
+           "image, %zu images fit; up to %d images per step",
+           in->model_path, in->n_params, in->load_s, in->backend, in->threads,
+           (double)(ks.pages_total * ks.page_bytes) / 1048576.0, ks.pages_total, in->pages_per_image,
+           in->images_fit, e->max_images);
+    return VS_OK;
+}
+
+static void teardown(vs_srv_engine *e)
+{
+    for (int i = 0; i < e->n_slots; i++)
+        slot_release(e, &e->slots[i]);
+    e->n_slots = 0;
+    vs_kv_pool_free(e->pool);
+    vs_rt_engine_free(e->rt);
+    vs_rt_backend_free(e->be);
+    vs_rt_model_free(e->model);
+    e->pool = NULL;
+    e->rt = NULL;
+    e->be = NULL;
+    e->model = NULL;
+    free(e->slots);
+    free(e->ptrs);
+    free(e->active);
+    free(e->snap);
+    free(e->pfd);
+}
+
+static void *engine_main(void *arg)
+{
+    vs_srv_engine *e = arg;
+    vs_err err = {0};
+    vs_status st = load(e, &err);
+    pthread_mutex_lock(&e->mu);
+    e->load_state = st == VS_OK ? 1 : -1;
+    e->load_err = err;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+    if (st != VS_OK) {
+        teardown(e);
+        return NULL;
+    }
+    atomic_store_explicit(&e->info_pub, &e->info, memory_order_release);
+
+    while (!atomic_load(&e->stop)) {
+        if (atomic_load(&e->abort_all)) {
+            abort_everything(e);
+            vs_srv_queue_wait(e->q, 0.05);
+            continue;
+        }
+        sweep(e);
+        admit(e);
+        if (e->n_slots == 0) {
+            vs_srv_queue_wait(e->q, 0.05);
+            continue;
+        }
+        step(e);
+    }
+    abort_everything(e);
+    teardown(e);
+    return NULL;
+}
+
+vs_status vs_srv_engine_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *m,
+                              vs_srv_engine **out, vs_err *err)
+{
+    vs_srv_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+    e->cfg = cfg;
+    e->q = q;
+    e->met = m;
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    atomic_init(&e->info_pub, NULL);
+    atomic_init(&e->stop, 0);
+    atomic_init(&e->abort_all, 0);
+    atomic_init(&e->n_jobs, 0);
+    if (pthread_create(&e->thread, NULL, engine_main, e) != 0) {
+        pthread_mutex_destroy(&e->mu);
+        pthread_cond_destroy(&e->cv);
+        free(e);
+        return vs_err_set(err, VS_ERR_INTERNAL, "cannot start the engine thread");
+    }
+    *out = e;
+    return VS_OK;
+}
+
+int vs_srv_engine_wait_loaded(vs_srv_engine *e, double timeout_s, vs_err *err)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    long long ns = (long long)ts.tv_nsec + (long long)(timeout_s * 1e9);
+    ts.tv_sec += (time_t)(ns / 1000000000LL);
+    ts.tv_nsec = (long)(ns % 1000000000LL);
+    pthread_mutex_lock(&e->mu);
+    while (e->load_state == 0)
+        if (pthread_cond_timedwait(&e->cv, &e->mu, &ts) != 0)
+            break;
+    int s = e->load_state;
+    if (s < 0 && err)
+        *err = e->load_err;
+    pthread_mutex_unlock(&e->mu);
+    return s;
+}
+
+const vs_srv_engine_info *vs_srv_engine_info_get(vs_srv_engine *e)
+{
+    return atomic_load_explicit(&e->info_pub, memory_order_acquire);
+}
+
+int vs_srv_engine_jobs(vs_srv_engine *e) { return atomic_load(&e->n_jobs); }
+
+void vs_srv_engine_abort(vs_srv_engine *e)
+{
+    vs_srv_queue_close(e->q);
+    atomic_store(&e->abort_all, 1);
+    vs_srv_queue_wake(e->q);
+}
+
+void vs_srv_engine_stop(vs_srv_engine *e)
+{
+    if (!e)
+        return;
+    atomic_store(&e->stop, 1);
+    vs_srv_queue_wake(e->q);
+    pthread_join(e->thread, NULL);
+    pthread_mutex_destroy(&e->mu);
+    pthread_cond_destroy(&e->cv);
+    free(e);
+}

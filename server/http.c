@@ -1,0 +1,669 @@
+/* server/http.c — see http.h.
+ *
+ * A request's life in the access handler (libmicrohttpd calls it several times per request):
+ *   first call      route (404/405), then for POST /generate: ready and not draining (503),
+ *                   API key (401), content type (415), Content-Length (413) — all before any
+ *                   body byte is read
+ *   body calls      append to a buffer capped at max_body_bytes (chunked bodies that pass it are
+ *                   answered 413 once they end)
+ *   last call       validate (400), build the job, reserve a queue slot (429 / 503), suspend,
+ *                   push, return
+ *   resumed call    the engine answered: encode PNGs, reply (or close, if the client left)
+ * The completion callback writes the access-log line, counts requests_total{code} and frees
+ * the request (and its job). */
+#include "server/http.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <inttypes.h>
+#include <math.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cjson/cJSON.h>
+
+#include "common/log.h"
+#include "server/api.h"
+#include "server/job.h"
+#include "server/png.h"
+#include "server/version.h"
+
+struct vs_srv_http {
+    /* immutable after start */
+    const vs_cfg *cfg;
+    vs_srv_queue *q;
+    vs_srv_metrics *met;
+    vs_srv_engine *eng;
+    struct MHD_Daemon *d;
+    int port;
+    uint64_t id_key, seed_key; /* random at start: request ids and chosen seeds */
+    /* any thread */
+    atomic_int draining;
+    atomic_long live_jobs;
+    atomic_ullong counter;
+};
+
+typedef enum { R_NONE = 0, R_GENERATE, R_HEALTH, R_READY, R_INFO, R_METRICS } route;
+typedef enum { S_NEW = 0, S_BODY, S_WAIT, S_DONE } req_state;
+
+/* One request; owned by the HTTP thread handling its connection (libmicrohttpd runs one
+ * connection on one thread at a time). */
+typedef struct {
+    vs_srv_http *h;
+    double t0;
+    route rt;
+    req_state st;
+    char method[12];
+    char path[96];
+    char id[72];
+    char peer[64];
+    char *body;
+    size_t len, cap, discarded;
+    int too_big, want_png;
+    int code;     /* status queued, 0 while none */
+    size_t bytes; /* response body bytes */
+    vs_srv_job *job;
+} req;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static uint64_t mix64(uint64_t x)
+{
+    x += 0x9e3779b97f4a7c15ULL;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+    return x ^ (x >> 31);
+}
+
+/* ---- responses -------------------------------------------------------------------------------------- */
+
+typedef struct {
+    const char *name, *value;
+} header;
+
+/* Queues a response owning `body` (malloc'd or NULL). */
+static enum MHD_Result respond(req *r, struct MHD_Connection *c, int code, const char *ctype, char *body,
+                               size_t len, const header *extra, int n_extra)
+{
+    struct MHD_Response *resp = MHD_create_response_from_buffer(len, body, MHD_RESPMEM_MUST_FREE);
+    if (!resp) {
+        free(body);
+        return MHD_NO;
+    }
+    if (ctype)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, ctype);
+    MHD_add_response_header(resp, "X-Request-Id", r->id);
+    for (int i = 0; i < n_extra; i++)
+        MHD_add_response_header(resp, extra[i].name, extra[i].value);
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)code, resp);
+    MHD_destroy_response(resp);
+    r->code = code;
+    r->bytes = len;
+    r->st = S_DONE;
+    if (r->rt == R_GENERATE)
+        vs_srv_metrics_observe(r->h->met, VS_SRV_H_REQUEST, now_s() - r->t0);
+    return ret;
+}
+
+static enum MHD_Result respond_error(req *r, struct MHD_Connection *c, const vs_srv_api_error *e,
+                                     const header *extra, int n_extra)
+{
+    size_t len = 0;
+    char *body = vs_srv_api_error_json(e, &len);
+    if (!body)
+        return MHD_NO;
+    return respond(r, c, e->http, "application/json", body, len, extra, n_extra);
+}
+
+static enum MHD_Result fail(req *r, struct MHD_Connection *c, int http, const char *type, const char *code,
+                            const char *param, const char *retry_after, const char *fmt, ...)
+    __attribute__((format(printf, 8, 9)));
+
+static enum MHD_Result fail(req *r, struct MHD_Connection *c, int http, const char *type, const char *code,
+                            const char *param, const char *retry_after, const char *fmt, ...)
+{
+    vs_srv_api_error e = {http, type, code, "", ""};
+    snprintf(e.param, sizeof e.param, "%s", param ? param : "");
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(e.msg, sizeof e.msg, fmt, ap);
+    va_end(ap);
+    header h[2];
+    int n = 0;
+    if (retry_after)
+        h[n++] = (header){MHD_HTTP_HEADER_RETRY_AFTER, retry_after};
+    if (http == 405)
+        h[n++] = (header){MHD_HTTP_HEADER_ALLOW, r->rt == R_GENERATE ? "POST" : "GET, HEAD"};
+    if (http == 401)
+        h[n++] = (header){MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer"};
+    return respond_error(r, c, &e, h, n);
+}
+
+static enum MHD_Result respond_json(req *r, struct MHD_Connection *c, int code, cJSON *root)
+{
+    char *s = root ? cJSON_PrintUnformatted(root) : NULL;
+    cJSON_Delete(root);
+    if (!s)
+        return fail(r, c, 500, "internal_error", "out_of_memory", NULL, NULL, "out of memory");
+    size_t len = strlen(s);
+    char *body = realloc(s, len + 2);
+    if (!body) {
+        free(s);
+        return MHD_NO;
+    }
+    body[len++] = '\n';
+    body[len] = 0;
+    return respond(r, c, code, "application/json", body, len, NULL, 0);
+}
+
+/* ---- simple endpoints --------------------------------------------------------------------------- */
+
+static enum MHD_Result do_health(req *r, struct MHD_Connection *c)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", "ok");
+    return respond_json(r, c, 200, o);
+}
+
+static enum MHD_Result do_ready(req *r, struct MHD_Connection *c)
+{
+    const char *state = atomic_load(&r->h->draining) ? "draining"
+                        : vs_srv_engine_info_get(r->h->eng) ? "ready"
+                                                            : "loading";
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", state);
+    return respond_json(r, c, strcmp(state, "ready") == 0 ? 200 : 503, o);
+}
+
+static enum MHD_Result do_info(req *r, struct MHD_Connection *c)
+{
+    const vs_srv_engine_info *in = vs_srv_engine_info_get(r->h->eng);
+    if (!in)
+        return fail(r, c, 503, "unavailable_error", "loading", NULL, "1", "the model is still loading");
+    const vs_rt_config *mc = in->mc;
+    const vs_cfg *cfg = r->h->cfg;
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "version", VS_VERSION);
+    cJSON *m = cJSON_AddObjectToObject(o, "model");
+    cJSON_AddStringToObject(m, "name", in->model_name);
+    cJSON_AddStringToObject(m, "path", in->model_path);
+    cJSON_AddNumberToObject(m, "parameters", (double)in->n_params);
+    cJSON_AddNumberToObject(m, "depth", mc->depth);
+    cJSON_AddNumberToObject(m, "embed_dim", mc->embed_dim);
+    cJSON_AddNumberToObject(m, "image_size", mc->image_size);
+    cJSON_AddNumberToObject(m, "num_classes", mc->num_classes);
+    if (mc->class_names) {
+        cJSON *names = cJSON_AddArrayToObject(m, "class_names");
+        for (int i = 0; i < mc->num_classes; i++)
+            cJSON_AddItemToArray(names, cJSON_CreateString(mc->class_names[i]));
+    }
+    cJSON_AddItemToObject(m, "patch_nums", cJSON_CreateIntArray(mc->patch_nums, mc->n_scales));
+    cJSON_AddNumberToObject(m, "vocab_size", mc->vocab_size);
+    cJSON *def = cJSON_AddObjectToObject(o, "defaults");
+    cJSON_AddNumberToObject(def, "cfg_scale", in->cfg);
+    cJSON_AddNumberToObject(def, "top_k", in->top_k);
+    cJSON_AddNumberToObject(def, "top_p", in->top_p);
+    cJSON_AddNumberToObject(def, "timeout_ms", (double)cfg->default_timeout_ms);
+    cJSON_AddNumberToObject(def, "max_timeout_ms", (double)cfg->max_timeout_ms);
+    cJSON_AddNumberToObject(def, "max_n", VS_SRV_MAX_N);
+    cJSON *be = cJSON_AddObjectToObject(o, "backend");
+    cJSON_AddStringToObject(be, "name", in->backend);
+    cJSON_AddNumberToObject(be, "threads", in->threads);
+    cJSON_AddStringToObject(o, "policy", in->policy);
+    cJSON *kv = cJSON_AddObjectToObject(o, "kv_pool");
+    cJSON_AddNumberToObject(kv, "bytes", (double)(in->pages_total * in->page_bytes));
+    cJSON_AddNumberToObject(kv, "pages", (double)in->pages_total);
+    cJSON_AddNumberToObject(kv, "page_bytes", (double)in->page_bytes);
+    cJSON_AddNumberToObject(kv, "pages_per_image", (double)in->pages_per_image);
+    cJSON_AddNumberToObject(kv, "images_fit", (double)in->images_fit);
+    cJSON *sch = cJSON_AddObjectToObject(o, "scheduler");
+    cJSON_AddNumberToObject(sch, "max_batch_images", in->max_batch_images);
+    cJSON_AddNumberToObject(sch, "queue_size", (double)vs_srv_queue_capacity(r->h->q));
+    return respond_json(r, c, 200, o);
+}
+
+static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c)
+{
+    size_t len = 0;
+    char *text = vs_srv_metrics_render(r->h->met, vs_srv_queue_length(r->h->q), &len);
+    if (!text)
+        return fail(r, c, 500, "internal_error", "out_of_memory", NULL, NULL, "out of memory");
+    return respond(r, c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL, 0);
+}
+
+/* ---- POST /generate ---------------------------------------------------------------------------- */
+
+/* Equal in time that depends only on the expected key's length. */
+static int ct_equal(const char *got, size_t got_len, const char *want)
+{
+    size_t n = strlen(want);
+    volatile unsigned char diff = (unsigned char)(got_len != n);
+    for (size_t i = 0; i < n; i++)
+        diff |= (unsigned char)(want[i] ^ (got_len ? got[i % got_len] : 0));
+    return diff == 0;
+}
+
+static int authorized(vs_srv_http *h, struct MHD_Connection *c)
+{
+    if (!h->cfg->api_key[0])
+        return 1;
+    const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (!a || strncasecmp(a, "Bearer ", 7) != 0)
+        return 0;
+    a += 7;
+    while (*a == ' ')
+        a++;
+    size_t n = strlen(a);
+    while (n && a[n - 1] == ' ')
+        n--;
+    return ct_equal(a, n, h->cfg->api_key);
+}
+
+static int is_json(const char *ct)
+{
+    if (!ct)
+        return 0;
+    while (*ct == ' ')
+        ct++;
+    if (strncasecmp(ct, "application/json", 16) != 0)
+        return 0;
+    char after = ct[16];
+    return after == 0 || after == ';' || after == ' ';
+}
+
+static void retry_after_429(vs_srv_http *h, char *out, size_t cap)
+{
+    const vs_srv_engine_info *in = vs_srv_engine_info_get(h->eng);
+    double per = vs_srv_metrics_mean_inference(h->met);
+    double waves = (double)vs_srv_queue_length(h->q) / (in ? in->max_batch_images : 1) + 1;
+    double s = ceil(per * waves);
+    snprintf(out, cap, "%.0f", s < 1 ? 1 : s > 600 ? 600 : s);
+}
+
+static void job_notify(void *ctx) { MHD_resume_connection((struct MHD_Connection *)ctx); }
+
+/* First call: everything decidable from the headers. MHD_YES with st = S_BODY to read on. */
+static enum MHD_Result generate_begin(req *r, struct MHD_Connection *c)
+{
+    vs_srv_http *h = r->h;
+    if (atomic_load(&h->draining))
+        return fail(r, c, 503, "unavailable_error", "draining", NULL, "10",
+                    "the server is shutting down and takes no new requests; retry on another instance");
+    if (!vs_srv_engine_info_get(h->eng))
+        return fail(r, c, 503, "unavailable_error", "loading", NULL, "1",
+                    "the model is still loading; retry in a moment (GET /ready says when)");
+    if (!authorized(h, c))
+        return fail(r, c, 401, "authentication_error", "invalid_api_key", NULL, NULL,
+                    "missing or wrong API key: send 'Authorization: Bearer <key>'");
+    const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    if (!is_json(ct))
+        return fail(r, c, 415, "invalid_request_error", "unsupported_media_type", NULL, NULL,
+                    "the body must be JSON with 'Content-Type: application/json' (got '%.60s')",
+                    ct ? ct : "none");
+    const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl) {
+        char *end;
+        unsigned long long n = strtoull(cl, &end, 10);
+        if (*end == 0 && n > (unsigned long long)h->cfg->max_body_bytes)
+            return fail(r, c, 413, "invalid_request_error", "body_too_large", NULL, NULL,
+                        "the body is %llu bytes; the limit is %ld (max_body_bytes)", n, h->cfg->max_body_bytes);
+    }
+    const char *acc = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
+    r->want_png = acc && strstr(acc, "image/png") != NULL;
+    r->st = S_BODY;
+    return MHD_YES;
+}
+
+static enum MHD_Result generate_body(req *r, const char *data, size_t n)
+{
+    size_t limit = (size_t)r->h->cfg->max_body_bytes;
+    if (r->too_big || r->len + n > limit) {
+        r->too_big = 1;
+        r->discarded += n;
+        /* a chunked body far past the limit is not worth reading to the end */
+        return r->discarded > limit * 16 + (1 << 20) ? MHD_NO : MHD_YES;
+    }
+    if (r->len + n + 1 > r->cap) {
+        size_t cap = r->cap ? r->cap : 1024;
+        while (cap < r->len + n + 1)
+            cap *= 2;
+        char *nb = realloc(r->body, cap);
+        if (!nb)
+            return MHD_NO;
+        r->body = nb;
+        r->cap = cap;
+    }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+    r->body[r->len] = 0;
+    return MHD_YES;
+}
+
+/* The whole body is in: validate, queue, suspend. */
+static enum MHD_Result generate_submit(req *r, struct MHD_Connection *c)
+{
+    vs_srv_http *h = r->h;
+    if (r->too_big)
+        return fail(r, c, 413, "invalid_request_error", "body_too_large", NULL, NULL,
+                    "the body is over %ld bytes (max_body_bytes)", h->cfg->max_body_bytes);
+    const vs_srv_engine_info *in = vs_srv_engine_info_get(h->eng);
+    vs_srv_api_limits lim = {in->mc, (float)in->cfg, in->top_k, (float)in->top_p, h->cfg->default_timeout_ms,
+                             h->cfg->max_timeout_ms, in->policy};
+    vs_srv_api_error e;
+    vs_srv_gen_params p;
+    uint64_t rnd = mix64(h->seed_key + atomic_fetch_add(&h->counter, 1));
+    if (vs_srv_api_parse_generate(r->body ? r->body : "", r->len, &lim, rnd, &p, &e) != 0)
+        return respond_error(r, c, &e, NULL, 0);
+    free(r->body);
+    r->body = NULL;
+
+    vs_srv_job *j = vs_srv_job_new();
+    if (!j)
+        return fail(r, c, 500, "internal_error", "out_of_memory", NULL, NULL, "out of memory");
+    j->p = p;
+    snprintf(j->id, sizeof j->id, "%s", r->id);
+    j->t_arrival = r->t0;
+    j->deadline = r->t0 + (double)p.timeout_ms / 1000.0;
+    j->image_size = in->mc->image_size;
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    j->fd = ci ? ci->connect_fd : -1;
+    j->notify = job_notify;
+    j->notify_ctx = c;
+
+    vs_srv_q_result qr = vs_srv_queue_reserve(h->q);
+    if (qr != VS_SRV_Q_OK) {
+        vs_srv_job_free(j);
+        if (qr == VS_SRV_Q_CLOSED)
+            return fail(r, c, 503, "unavailable_error", "draining", NULL, "10",
+                        "the server is shutting down and takes no new requests; retry on another instance");
+        char ra[24];
+        retry_after_429(h, ra, sizeof ra);
+        return fail(r, c, 429, "rate_limit_error", "queue_full", NULL, ra,
+                    "the queue is full (%zu requests waiting, queue_size); retry after %s s",
+                    vs_srv_queue_capacity(h->q), ra);
+    }
+    r->job = j;
+    r->st = S_WAIT;
+    atomic_fetch_add(&h->live_jobs, 1);
+    /* suspend before the engine can see the job, so it can only ever resume a suspended one */
+    MHD_suspend_connection(c);
+    vs_srv_queue_push(h->q, j);
+    return MHD_YES;
+}
+
+/* Resumed: the engine has answered the job. */
+static enum MHD_Result generate_reply(req *r, struct MHD_Connection *c)
+{
+    vs_srv_job *j = r->job;
+    if (atomic_load_explicit(&j->state, memory_order_acquire) != VS_SRV_JOB_DONE)
+        return MHD_YES; /* not ours to answer yet */
+    if (j->http == 499)
+        return MHD_NO; /* the client is gone: close */
+    if (j->http != 200) {
+        vs_srv_api_error e = {j->http, j->err_type ? j->err_type : "internal_error",
+                              j->err_code ? j->err_code : "internal", "", ""};
+        snprintf(e.msg, sizeof e.msg, "%s", j->msg);
+        header ra = {MHD_HTTP_HEADER_RETRY_AFTER, "5"};
+        return respond_error(r, c, &e, &ra, j->http == 503 ? 1 : 0);
+    }
+    const vs_srv_engine_info *in = vs_srv_engine_info_get(r->h->eng);
+    unsigned char *png[VS_SRV_MAX_N] = {0};
+    size_t png_len[VS_SRV_MAX_N] = {0};
+    enum MHD_Result ret;
+    double e0 = now_s();
+    for (int i = 0; i < j->p.n; i++) {
+        vs_err err = {0};
+        double t = now_s();
+        if (vs_srv_png_encode(j->rgb[i], j->image_size, j->image_size, &png[i], &png_len[i], &err) != VS_OK) {
+            ret = fail(r, c, 500, "internal_error", "png_error", NULL, NULL, "%s", err.msg);
+            goto done;
+        }
+        vs_srv_metrics_observe(r->h->met, VS_SRV_H_PNG, now_s() - t);
+    }
+    double e1 = now_s();
+    vs_srv_timings t = {
+        .queue_ms = (j->t_admit - j->t_arrival) * 1e3,
+        .inference_ms = (j->t_done - j->t_admit - j->decode_s) * 1e3,
+        .decode_ms = j->decode_s * 1e3,
+        .encode_ms = (e1 - e0) * 1e3,
+        .total_ms = (e1 - r->t0) * 1e3,
+    };
+    if (j->p.format == VS_SRV_FMT_PNG || (r->want_png && j->p.n == 1)) {
+        char seed[32], timing[256];
+        snprintf(seed, sizeof seed, "%" PRIu64, j->p.seed);
+        snprintf(timing, sizeof timing, "queue;dur=%.3f, inference;dur=%.3f, decode;dur=%.3f, encode;dur=%.3f, total;dur=%.3f",
+                 t.queue_ms, t.inference_ms, t.decode_ms, t.encode_ms, t.total_ms);
+        header hs[2] = {{"X-Seed", seed}, {"Server-Timing", timing}};
+        ret = respond(r, c, 200, "image/png", (char *)png[0], png_len[0], hs, 2);
+        png[0] = NULL;
+        goto done;
+    }
+    size_t len = 0;
+    char *body = vs_srv_api_generate_json(j, in->model_name, in->policy, in->pages_per_image * in->page_bytes,
+                                          png, png_len, &t, &len);
+    if (!body) {
+        ret = fail(r, c, 500, "internal_error", "out_of_memory", NULL, NULL, "out of memory");
+        goto done;
+    }
+    ret = respond(r, c, 200, "application/json", body, len, NULL, 0);
+done:
+    for (int i = 0; i < VS_SRV_MAX_N; i++)
+        free(png[i]);
+    return ret;
+}
+
+/* ---- the access handler --------------------------------------------------------------------------- */
+
+static void request_id(vs_srv_http *h, struct MHD_Connection *c, char *out, size_t cap)
+{
+    const char *given = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "X-Request-Id");
+    if (given) {
+        size_t n = strlen(given);
+        int ok = n > 0 && n < cap && n <= 64;
+        for (size_t i = 0; ok && i < n; i++)
+            ok = isalnum((unsigned char)given[i]) || strchr("-_.:", given[i]);
+        if (ok) {
+            memcpy(out, given, n + 1);
+            return;
+        }
+    }
+    snprintf(out, cap, "%016" PRIx64, mix64(h->id_key ^ atomic_fetch_add(&h->counter, 1)));
+}
+
+static void peer_address(struct MHD_Connection *c, char *out, size_t cap)
+{
+    snprintf(out, cap, "-");
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (!ci || !ci->client_addr)
+        return;
+    const struct sockaddr *sa = ci->client_addr;
+    if (sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, out, (socklen_t)cap);
+    else if (sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out, (socklen_t)cap);
+}
+
+static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                  const char *version, const char *upload_data, size_t *upload_data_size,
+                                  void **con_cls)
+{
+    (void)version;
+    vs_srv_http *h = cls;
+    req *r = *con_cls;
+    if (!r) {
+        if (!(r = calloc(1, sizeof *r)))
+            return MHD_NO;
+        *con_cls = r;
+        r->h = h;
+        r->t0 = now_s();
+        snprintf(r->method, sizeof r->method, "%s", method);
+        snprintf(r->path, sizeof r->path, "%s", url);
+        request_id(h, c, r->id, sizeof r->id);
+        peer_address(c, r->peer, sizeof r->peer);
+        r->rt = strcmp(url, "/generate") == 0 ? R_GENERATE
+                : strcmp(url, "/health") == 0 ? R_HEALTH
+                : strcmp(url, "/ready") == 0  ? R_READY
+                : strcmp(url, "/info") == 0   ? R_INFO
+                : strcmp(url, "/metrics") == 0 ? R_METRICS
+                                               : R_NONE;
+        int get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+        if (r->rt == R_NONE)
+            return fail(r, c, 404, "not_found_error", "not_found", NULL, NULL,
+                        "no such endpoint '%.60s' (endpoints: POST /generate, GET /health, /ready, /info, /metrics)",
+                        url);
+        if (r->rt == R_GENERATE ? strcmp(method, "POST") != 0 : !get)
+            return fail(r, c, 405, "invalid_request_error", "method_not_allowed", NULL, NULL,
+                        "%s is not allowed on %s (use %s)", method, url, r->rt == R_GENERATE ? "POST" : "GET");
+        switch (r->rt) {
+        case R_HEALTH: return do_health(r, c);
+        case R_READY: return do_ready(r, c);
+        case R_INFO: return do_info(r, c);
+        case R_METRICS: return do_metrics(r, c);
+        default: return generate_begin(r, c);
+        }
+    }
+    switch (r->st) {
+    case S_BODY:
+        if (*upload_data_size) {
+            enum MHD_Result ok = generate_body(r, upload_data, *upload_data_size);
+            *upload_data_size = 0;
+            return ok;
+        }
+        return generate_submit(r, c);
+    case S_WAIT:
+        return generate_reply(r, c);
+    default:
+        /* a response is queued; swallow any body left */
+        *upload_data_size = 0;
+        return MHD_YES;
+    }
+}
+
+static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    (void)c;
+    vs_srv_http *h = cls;
+    req *r = *con_cls;
+    if (!r)
+        return;
+    *con_cls = NULL;
+    int code = r->code ? r->code : 499;
+    vs_srv_metrics_request(h->met, code);
+    if (h->cfg->access_log && vs_log_min_level <= VS_LOG_INFO) {
+        static const char *why[] = {"", " (error)", " (timeout)", " (shutdown)", " (read error)", " (client abort)"};
+        vs_log_set_request_id(r->id);
+        vs_log(VS_LOG_INFO, "access", "%s \"%s %s\" %d %zu %.1fms%s", r->peer, r->method, r->path, code, r->bytes,
+               (now_s() - r->t0) * 1e3, (unsigned)toe < 6 ? why[toe] : " (?)");
+        vs_log_set_request_id(NULL);
+    }
+    if (r->job) {
+        if (atomic_load_explicit(&r->job->state, memory_order_acquire) == VS_SRV_JOB_DONE)
+            vs_srv_job_free(r->job);
+        else /* the engine still holds it: leaking beats a use after free */
+            vs_log(VS_LOG_ERROR, "http", "connection completed while its job was still running");
+        atomic_fetch_sub(&h->live_jobs, 1);
+    }
+    free(r->body);
+    free(r);
+}
+
+static void mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    (void)cls;
+    char msg[512];
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    size_t n = strlen(msg);
+    while (n && (msg[n - 1] == '\n' || msg[n - 1] == '\r'))
+        msg[--n] = 0;
+    vs_log(VS_LOG_WARN, "http", "libmicrohttpd: %s", msg);
+}
+
+/* ---- lifecycle ------------------------------------------------------------------------------------ */
+
+vs_status vs_srv_http_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *m, vs_srv_engine *e,
+                            vs_srv_http **out, vs_err *err)
+{
+    struct addrinfo hints = {0}, *ai = NULL;
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    char port[16];
+    snprintf(port, sizeof port, "%ld", cfg->port);
+    int gai = getaddrinfo(cfg->host, port, &hints, &ai);
+    if (gai != 0 || !ai)
+        return vs_err_set(err, VS_ERR_INVALID, "config key 'host' ('%s') does not resolve: %s", cfg->host,
+                          gai_strerror(gai));
+    vs_srv_http *h = calloc(1, sizeof *h);
+    if (!h) {
+        freeaddrinfo(ai);
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+    }
+    h->cfg = cfg;
+    h->q = q;
+    h->met = m;
+    h->eng = e;
+    atomic_init(&h->draining, 0);
+    atomic_init(&h->live_jobs, 0);
+    atomic_init(&h->counter, 0);
+    uint64_t keys[2];
+    if (getrandom(keys, sizeof keys, 0) != (ssize_t)sizeof keys) {
+        keys[0] = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
+        keys[1] = mix64(keys[0]);
+    }
+    h->id_key = keys[0];
+    h->seed_key = keys[1];
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (ai->ai_family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    h->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, h,
+                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
+                            MHD_OPTION_SOCK_ADDR, ai->ai_addr,
+                            MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
+                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
+                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->http_timeout_s,
+                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+                            MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
+                            MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
+                            MHD_OPTION_END);
+    freeaddrinfo(ai);
+    if (!h->d) {
+        free(h);
+        return vs_err_set(err, VS_ERR_IO,
+                          "cannot listen on %s:%ld (in use, not an address of this machine, or a privileged "
+                          "port): change config key 'port' or 'host'",
+                          cfg->host, cfg->port);
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = di ? di->port : (int)cfg->port;
+    *out = h;
+    return VS_OK;
+}
+
+int vs_srv_http_port(const vs_srv_http *h) { return h->port; }
+
+void vs_srv_http_drain(vs_srv_http *h) { atomic_store(&h->draining, 1); }
+
+long vs_srv_http_live_jobs(vs_srv_http *h) { return atomic_load(&h->live_jobs); }
+
+void vs_srv_http_stop(vs_srv_http *h)
+{
+    if (!h)
+        return;
+    MHD_stop_daemon(h->d);
+    free(h);
+}
