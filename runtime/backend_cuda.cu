@@ -928,6 +928,11 @@ __device__ int block_argmax(const float *l, int V)
     return ri < V ? ri : 0;
 }
 
+/* expf rounded correctly (through double), as glibc's expf is to within 0.502 ulp: the CPU and
+ * the device then weigh candidates with the same floats, where CUDA's expf (2 ulp) would move
+ * the cumulative sums, and so a draw, a little. */
+__device__ __forceinline__ float expf_cr(float x) { return (float)exp((double)x); }
+
 /* The rule of runtime/sample.c for one token's guided logits l[0..V), with the whole block.
  * keys: P = next power of two ≥ V entries; w: V doubles. Returns the token to every thread.
  *  - top_k: the k-th largest value from a full sort; candidates are the logits ≥ it (ties kept).
@@ -936,7 +941,8 @@ __device__ int block_argmax(const float *l, int V)
  *  - the draw walks the candidates from the last one backwards (index order without top_p,
  *    sorted order with it), summing the weights until the sum exceeds u · total.
  * Weights are expf(l − max) in float, sums in double, as on the CPU; the sums here are scans in
- * another order, so a draw can differ only when u · total lies within rounding of a boundary. */
+ * another order, so a draw can differ only when u · total lies within double rounding (~1e-16
+ * relative) of a boundary. */
 __device__ int sample_row(const float *l, int V, int top_k, float top_p, float u,
                           unsigned long long *keys, double *w, int P)
 {
@@ -971,7 +977,7 @@ __device__ int sample_row(const float *l, int V, int top_k, float top_p, float u
     if (top_p > 0.0f && n > 1) {
         float mx = l[key_index(keys[V - 1])];
         for (int i = p0 + tid; i < V; i += bd)
-            w[i] = (double)expf(l[key_index(keys[i])] - mx);
+            w[i] = (double)expf_cr(l[key_index(keys[i])] - mx);
         __syncthreads();
         block_scan(w + p0, n, false);
         double limit = (1.0 - (double)top_p) * w[V - 1];
@@ -981,7 +987,7 @@ __device__ int sample_row(const float *l, int V, int top_k, float top_p, float u
         int drop = block_sum(cnt);
         int p1 = p0 + drop;
         for (int i = p1 + tid; i < V; i += bd)
-            w[i] = (double)expf(l[key_index(keys[i])] - mx);
+            w[i] = (double)expf_cr(l[key_index(keys[i])] - mx);
         __syncthreads();
         block_scan(w + p1, V - p1, true);
         double target = (double)u * w[p1];
@@ -1003,7 +1009,7 @@ __device__ int sample_row(const float *l, int V, int top_k, float top_p, float u
             m = fmaxf(m, l[v]);
     float mx = block_max(m);
     for (int v = tid; v < V; v += bd)
-        w[v] = l[v] >= thr ? (double)expf(l[v] - mx) : 0.0;
+        w[v] = l[v] >= thr ? (double)expf_cr(l[v] - mx) : 0.0;
     __syncthreads();
     block_scan(w, V, true);
     double target = (double)u * w[0];
