@@ -20,8 +20,8 @@ struct vs_rt_engine {
     int max_images, max_rows, max_tok;
     float *kv_base;
     int page_tokens;
-    vs_rt_after_attn_fn hook;
-    void *hook_ctx;
+    vs_rt_hooks hooks;
+    int have_hooks;
     /* backend scratch */
     float *x, *xn, *tmp, *qkv, *attn, *ffn, *logits, *gin; /* [T][...] */
     float *cond, *csilu, *mod, *smod, *hmod;              /* [R][...] */
@@ -148,10 +148,11 @@ void vs_rt_engine_set_kv(vs_rt_engine *e, float *kv_base, int page_tokens)
     e->page_tokens = page_tokens;
 }
 
-void vs_rt_engine_set_hook(vs_rt_engine *e, vs_rt_after_attn_fn fn, void *ctx)
+void vs_rt_engine_set_hooks(vs_rt_engine *e, const vs_rt_hooks *hooks)
 {
-    e->hook = fn;
-    e->hook_ctx = ctx;
+    e->have_hooks = hooks != NULL;
+    if (hooks)
+        e->hooks = *hooks;
 }
 
 vs_status vs_rt_image_init(vs_rt_engine *e, vs_rt_image *img, vs_err *err)
@@ -319,9 +320,13 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, vs_err *e
         BE->linear(e->be, e->qkv, e->xn, bw->qkv_w, bw->qkv_bias, T, 3 * C, C);
         if (c->attn_l2_norm)
             BE->qk_norm(e->be, e->qkv, T, H, d, bw->scale_mul);
+        if (e->have_hooks && e->hooks.before_attn &&
+            (st = e->hooks.before_attn(e->hooks.ctx, l, &b, err)) != VS_OK)
+            return st;
         BE->attention(e->be, e->attn, e->qkv, &b, l, H, d, attn_scale);
-        if (e->hook)
-            e->hook(e->hook_ctx, l, &b, e->qkv);
+        if (e->have_hooks && e->hooks.after_attn &&
+            (st = e->hooks.after_attn(e->hooks.ctx, l, &b, e->qkv, err)) != VS_OK)
+            return st;
         BE->linear(e->be, e->tmp, e->attn, bw->proj_w, bw->proj_b, T, C, C);
         BE->gated_add(e->be, e->x, e->tmp, e->mod, 6 * C, 0, &b, C);
         BE->adaln(e->be, e->xn, e->x, e->mod, 6 * C, 3 * C, 5 * C, &b, C, (float)c->norm_eps);

@@ -19,9 +19,18 @@
 
 typedef struct vs_rt_engine vs_rt_engine;
 
-/* Called after each layer's attention, with the batch and the normalised qkv [T][3C]
- * (backend memory) — where KV policies compress rows. NULL: full cache. */
-typedef void (*vs_rt_after_attn_fn)(void *ctx, int layer, const vs_rt_batch *b, const float *qkv);
+/* Per-layer hooks around attention, installed by whoever owns the KV pages (kvcache/):
+ * before_attn makes room for each row's new tokens in `layer` (the views in the batch must then
+ * cover them); after_attn sees the normalised qkv [T][3C] (backend memory) once the new K,V are in
+ * the pages: it commits them and may compress or release the layer. A failing hook aborts the
+ * step (the images in it are then unusable). Without hooks the caller reserves every layer before
+ * the step and commits after it. */
+typedef struct {
+    void *ctx;
+    vs_status (*before_attn)(void *ctx, int layer, const vs_rt_batch *b, vs_err *err);
+    vs_status (*after_attn)(void *ctx, int layer, const vs_rt_batch *b, const float *qkv,
+                            vs_err *err);
+} vs_rt_hooks;
 
 typedef struct {
     /* request (set by the caller before the first step) */
@@ -50,7 +59,8 @@ int vs_rt_engine_max_images(const vs_rt_engine *e);
 
 /* Where the KV pages live: the pool arena (backend memory) and tokens per page. */
 void vs_rt_engine_set_kv(vs_rt_engine *e, float *kv_base, int page_tokens);
-void vs_rt_engine_set_hook(vs_rt_engine *e, vs_rt_after_attn_fn fn, void *ctx);
+/* Installs hooks for the following steps (copied); NULL removes them. */
+void vs_rt_engine_set_hooks(vs_rt_engine *e, const vs_rt_hooks *hooks);
 
 /* Allocates the image's state; request fields are left to the caller. */
 vs_status vs_rt_image_init(vs_rt_engine *e, vs_rt_image *img, vs_err *err);

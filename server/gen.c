@@ -1,6 +1,7 @@
 /* server/gen.c — see gen.h. */
 #include "server/gen.h"
 
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -100,5 +101,113 @@ fail:
     free(imgs);
     free(ptrs);
     free(rows);
+    return st;
+}
+
+vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_gen_req *reqs, int n,
+                              uint8_t *const *rgb, int32_t *const *tokens, vs_srv_gen_times *times,
+                              vs_srv_gen_opts *opts, vs_err *err)
+{
+    const vs_rt_model *m = vs_rt_engine_model(e);
+    const vs_rt_config *c = &m->cfg;
+    vs_status st = VS_OK;
+    vs_kv_resv *resv = NULL;
+    vs_kv_policy *full = NULL;
+    const vs_kv_policy *pol = opts->policy;
+    if (!pol) {
+        if ((st = vs_kv_policy_new(VS_KV_POLICY_FULL, 1, c, NULL, &full, err)) != VS_OK)
+            return st;
+        pol = full;
+    }
+    vs_rt_image *imgs = calloc((size_t)n, sizeof *imgs);
+    vs_rt_image **ptrs = calloc((size_t)n, sizeof *ptrs);
+    vs_kv_row **rows = calloc((size_t)n * 2, sizeof *rows);
+    int *scale = calloc((size_t)n * 2, sizeof *scale);
+    const vs_kv_policy **pols = calloc((size_t)n * 2, sizeof *pols);
+    float *scratch = malloc(vs_kv_step_scratch_floats(c) * sizeof(float));
+    if (!imgs || !ptrs || !rows || !scale || !pols || !scratch) {
+        st = vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+        goto fail;
+    }
+    if (n > vs_rt_engine_max_images(e)) {
+        st = vs_err_set(err, VS_ERR_INVALID, "batch of %d images is over the engine's limit of %d",
+                        n, vs_rt_engine_max_images(e));
+        goto fail;
+    }
+    if (vs_kv_policy_kind_of(pol) != VS_KV_POLICY_FULL && !vs_rt_engine_backend(e)->host_memory) {
+        st = vs_err_set(err, VS_ERR_UNSUPPORTED,
+                        "KV compression (%s) runs on host-memory backends only for now; use "
+                        "--backend cpu or kv_policy full",
+                        vs_kv_policy_name(vs_kv_policy_kind_of(pol)));
+        goto fail;
+    }
+    size_t per_image = 2 * vs_kv_policy_peak_pages_per_row(pol, vs_kv_pool_page_tokens(pool));
+    opts->peak_pages_per_image = per_image;
+    if (vs_kv_reserve(pool, per_image * (size_t)n, &resv) != VS_KV_OK) {
+        vs_kv_stats ks;
+        vs_kv_pool_stats(pool, &ks);
+        st = vs_err_set(err, VS_ERR_KV_FULL,
+                        "the KV pool has %zu pages of %.1f KB but %d images need %zu: raise the "
+                        "pool size or lower the batch",
+                        ks.pages_total, (double)ks.page_bytes / 1e3, n, per_image * (size_t)n);
+        goto fail;
+    }
+    vs_rt_engine_set_kv(e, vs_kv_pool_base(pool), vs_kv_pool_page_tokens(pool));
+    for (int i = 0; i < n; i++) {
+        if ((st = vs_rt_image_init(e, &imgs[i], err)) != VS_OK)
+            goto fail;
+        imgs[i].label = reqs[i].label;
+        imgs[i].seed = reqs[i].seed;
+        imgs[i].cfg = reqs[i].cfg;
+        imgs[i].top_k = reqs[i].top_k;
+        imgs[i].top_p = reqs[i].top_p;
+        for (int r = 0; r < 2; r++) {
+            if ((st = vs_kv_row_new(resv, &rows[2 * i + r], err)) != VS_OK)
+                goto fail;
+            imgs[i].kv[r] = vs_kv_row_layers(rows[2 * i + r]);
+            pols[2 * i + r] = pol;
+        }
+        ptrs[i] = &imgs[i];
+    }
+    const vs_rt_backend *be = vs_rt_engine_backend(e);
+    (void)be;
+    vs_kv_step ks = {rows, scale, pols, 2 * n, c,
+                     c->attn_l2_norm ? 1.0f : 0.25f / sqrtf((float)c->head_dim), opts->stats, scratch};
+    vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
+    double t0 = now_s();
+    for (int s = 0; s < c->n_scales; s++) {
+        for (int r = 0; r < 2 * n; r++)
+            scale[r] = s;
+        vs_rt_engine_set_hooks(e, &hooks);
+        st = vs_rt_step(e, ptrs, n, err);
+        vs_rt_engine_set_hooks(e, NULL);
+        if (st != VS_OK)
+            goto fail;
+    }
+    double t1 = now_s();
+    if ((rgb || opts->unit) && (st = vs_rt_decode(e, ptrs, n, rgb, opts->unit, err)) != VS_OK)
+        goto fail;
+    double t2 = now_s();
+    if (times) {
+        times->transformer_s = t1 - t0;
+        times->decode_s = t2 - t1;
+    }
+    if (tokens)
+        for (int i = 0; i < n; i++)
+            if (tokens[i])
+                memcpy(tokens[i], imgs[i].tokens,
+                       (size_t)c->scale_offset[c->n_scales] * sizeof(int32_t));
+fail:
+    vs_kv_release(resv);
+    if (imgs)
+        for (int i = 0; i < n; i++)
+            vs_rt_image_free(e, &imgs[i]);
+    free(imgs);
+    free(ptrs);
+    free(rows);
+    free(scale);
+    free(pols);
+    free(scratch);
+    vs_kv_policy_free(full);
     return st;
 }

@@ -9,7 +9,9 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "kvcache/policy.h"
 #include "kvcache/pool.h"
+#include "kvcache/step.h"
 #include "runtime/var.h"
 
 typedef struct {
@@ -28,11 +30,24 @@ typedef struct {
 /* Pages one image needs at its peak with the full cache (2 rows × depth layers × L tokens). */
 size_t vs_srv_full_cache_pages(const vs_rt_config *c, const vs_kv_pool *pool);
 
-/* Generates n images (n ≤ the engine's max images). rgb[i] host H*W*3 (may be NULL); tokens[i]
- * host [L] (may be NULL). Errors: VS_ERR_KV_FULL when the pool cannot hold the batch, else
- * what the runtime reports. */
+/* Generates n images (n ≤ the engine's max images) with the full cache. rgb[i] host H*W*3 (may be
+ * NULL); tokens[i] host [L] (may be NULL). Errors: VS_ERR_KV_FULL when the pool cannot hold the
+ * batch, else what the runtime reports. */
 vs_status vs_srv_gen_run(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_gen_req *reqs, int n,
                          uint8_t *const *rgb, int32_t *const *tokens, vs_srv_gen_times *times,
                          vs_err *err);
+
+typedef struct {
+    const vs_kv_policy *policy; /* NULL: full cache */
+    vs_kv_attn_stats *stats;    /* NULL: none (calibration collects attention statistics) */
+    float *const *unit;         /* NULL, or host [n] pointers to 3*H*W floats in [0,1] */
+    size_t peak_pages_per_image; /* out: pages reserved per image */
+} vs_srv_gen_opts;
+
+/* The same with KV pages managed per layer by kvcache/step (policy compression, per-layer growth,
+ * release after the last scale), so each image reserves only the policy's true peak. */
+vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_gen_req *reqs, int n,
+                              uint8_t *const *rgb, int32_t *const *tokens, vs_srv_gen_times *times,
+                              vs_srv_gen_opts *opts, vs_err *err);
 
 #endif

@@ -345,6 +345,72 @@ START_TEST(a_batch_the_pool_cannot_hold_is_refused_with_kv_full)
 }
 END_TEST
 
+
+/* ---- KV policies through the per-layer hooks ------------------------------------------------------ */
+
+START_TEST(the_per_layer_full_cache_gives_the_same_images_with_fewer_pages)
+{
+    const vs_rt_config *c = &g_model->cfg;
+    rig r = rig_new(2, 2);
+    vs_err err = {0};
+    int L = c->scale_offset[c->n_scales];
+    vs_srv_gen_req reqs[2] = {sampled(4, 5), sampled(9, 6)};
+    int32_t *a[2] = {malloc((size_t)L * 4), malloc((size_t)L * 4)};
+    int32_t *b[2] = {malloc((size_t)L * 4), malloc((size_t)L * 4)};
+    gen(&r, reqs, 2, NULL, a);
+    vs_srv_gen_opts o = {0};
+    ck_assert_msg(vs_srv_gen_run_opts(r.e, r.pool, reqs, 2, NULL, b, NULL, &o, &err) == VS_OK, "%s",
+                  err.msg);
+    for (int i = 0; i < 2; i++) {
+        ck_assert(memcmp(a[i], b[i], (size_t)L * 4) == 0);
+        free(a[i]);
+        free(b[i]);
+    }
+    /* growing each layer just before its attention and releasing it after the last scale needs
+     * less than every layer holding all 680 tokens */
+    ck_assert_uint_lt(o.peak_pages_per_image, vs_srv_full_cache_pages(c, r.pool));
+    vs_kv_stats ks;
+    vs_kv_pool_stats(r.pool, &ks);
+    ck_assert_uint_eq(ks.pages_free, ks.pages_total);
+    rig_free(&r);
+}
+END_TEST
+
+START_TEST(compressing_policies_reserve_less_and_return_every_page)
+{
+    const vs_rt_config *c = &g_model->cfg;
+    rig r = rig_new(2, 1);
+    vs_err err = {0};
+    int L = c->scale_offset[c->n_scales];
+    vs_srv_gen_req req = sampled(2, 42);
+    int32_t *full_tok = malloc((size_t)L * 4), *tok = malloc((size_t)L * 4);
+    vs_srv_gen_opts o = {0};
+    ck_assert(vs_srv_gen_run_opts(r.e, r.pool, &req, 1, NULL, &full_tok, NULL, &o, &err) == VS_OK);
+    size_t full_pages = o.peak_pages_per_image;
+    for (int k = VS_KV_POLICY_SCALEKV; k < VS_KV_POLICY_COUNT; k++) {
+        vs_kv_policy *p = NULL;
+        ck_assert(vs_kv_policy_new((vs_kv_policy_kind)k, 0.1, c, NULL, &p, &err) == VS_OK);
+        vs_srv_gen_opts po = {p, NULL, NULL, 0};
+        ck_assert_msg(vs_srv_gen_run_opts(r.e, r.pool, &req, 1, NULL, &tok, NULL, &po, &err) == VS_OK,
+                      "%s: %s", vs_kv_policy_name((vs_kv_policy_kind)k), err.msg);
+        ck_assert_msg(po.peak_pages_per_image < full_pages, "%s reserves %zu pages, full %zu",
+                      vs_kv_policy_name((vs_kv_policy_kind)k), po.peak_pages_per_image, full_pages);
+        /* the first scales fit the budget untouched: their tokens cannot change */
+        ck_assert(memcmp(tok, full_tok, (size_t)c->scale_offset[5] * 4) == 0);
+        for (int t = 0; t < L; t++)
+            ck_assert(tok[t] >= 0 && tok[t] < c->vocab_size);
+        vs_kv_stats ks;
+        vs_kv_pool_stats(r.pool, &ks);
+        ck_assert_uint_eq(ks.pages_free, ks.pages_total);
+        ck_assert_uint_eq(ks.pages_reserved, 0);
+        vs_kv_policy_free(p);
+    }
+    free(full_tok);
+    free(tok);
+    rig_free(&r);
+}
+END_TEST
+
 /* ---- sampling rule and generator ------------------------------------------------------------------- */
 
 START_TEST(top_k_and_top_p_keep_exactly_what_the_reference_rule_keeps)
@@ -442,6 +508,8 @@ static Suite *parity_suite(void)
     tcase_add_test(bat, an_image_joining_a_running_batch_at_another_scale_is_unchanged);
     tcase_add_test(bat, the_same_seed_gives_the_same_png_bytes_on_one_and_two_threads);
     tcase_add_test(bat, a_batch_the_pool_cannot_hold_is_refused_with_kv_full);
+    tcase_add_test(bat, the_per_layer_full_cache_gives_the_same_images_with_fewer_pages);
+    tcase_add_test(bat, compressing_policies_reserve_less_and_return_every_page);
     suite_add_tcase(s, bat);
     TCase *smp = tcase_create("sampling");
     tcase_add_test(smp, top_k_and_top_p_keep_exactly_what_the_reference_rule_keeps);

@@ -1,0 +1,153 @@
+/* kvcache/step.c — see step.h. */
+#include "kvcache/step.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+size_t vs_kv_step_scratch_floats(const vs_rt_config *c)
+{
+    size_t L = (size_t)c->scale_offset[c->n_scales];
+    /* scores [H][L] + select tmp 4L + keep [H][L] (int32) + query sum [d] + probs [L] */
+    return (size_t)c->num_heads * L * 2 + 4 * L + (size_t)c->head_dim + L;
+}
+
+static vs_status before_attn(void *ctx, int layer, const vs_rt_batch *b, vs_err *err)
+{
+    vs_kv_step *s = ctx;
+    for (int r = 0; r < s->n_rows; r++) {
+        vs_status st = vs_kv_row_reserve_tokens(s->rows[r], layer, b->rows[r].n_new, err);
+        if (st != VS_OK)
+            return st;
+    }
+    return VS_OK;
+}
+
+static int cmp_desc(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+/* Attention statistics of one row and layer (the softmax the backend just computed, recomputed
+ * here on the host for every query of the row). */
+static void accumulate_stats(vs_kv_step *s, int r, int layer, const vs_rt_batch *b, const float *qkv)
+{
+    const vs_rt_config *c = s->cfg;
+    const vs_rt_row *row = &b->rows[r];
+    const vs_rt_kv_layer *l = &row->kv[layer];
+    int H = c->num_heads, d = c->head_dim, C = H * d, n = l->n_tokens, hist = n - row->n_new;
+    vs_rt_kv_view view = {b->kv_base, b->page_tokens, C, NULL};
+    float *p = s->scratch;
+    float *tmp = p + n;
+    int K = s->stats->top_history < hist ? s->stats->top_history : hist;
+    double cur = 0, top = 0;
+    for (int q = 0; q < row->n_new; q++)
+        for (int h = 0; h < H; h++) {
+            const float *qv = qkv + (size_t)(row->tok_start + q) * 3 * C + (size_t)h * d;
+            float mx = -INFINITY, sum = 0;
+            for (int j = 0; j < n; j++) {
+                const float *kv = b->kv_base + vs_rt_kv_offset(&view, l, j, 0) + (size_t)h * d;
+                float acc = 0;
+                for (int i = 0; i < d; i++)
+                    acc += qv[i] * kv[i];
+                p[j] = acc * s->attn_scale;
+                mx = p[j] > mx ? p[j] : mx;
+            }
+            for (int j = 0; j < n; j++) {
+                p[j] = expf(p[j] - mx);
+                sum += p[j];
+            }
+            double cm = 0;
+            for (int j = hist; j < n; j++)
+                cm += p[j] / sum;
+            cur += cm;
+            if (K > 0) {
+                memcpy(tmp, p, (size_t)hist * sizeof *tmp);
+                qsort(tmp, (size_t)hist, sizeof *tmp, cmp_desc);
+                double tm = 0;
+                for (int j = 0; j < K; j++)
+                    tm += tmp[j] / sum;
+                top += tm;
+            }
+        }
+    size_t at = (size_t)s->scale[r] * c->depth + layer;
+    s->stats->cur_mass[at] += cur;
+    s->stats->hist_mass[at] += top;
+    s->stats->count[at] += (double)row->n_new * H;
+}
+
+/* Compacts one row's layer to `cap` tokens per head. */
+static void compress(vs_kv_step *s, int r, int layer, const vs_rt_batch *b, const float *qkv, int cap)
+{
+    const vs_rt_config *c = s->cfg;
+    const vs_kv_policy *pol = s->policy[r];
+    const vs_rt_row *row = &b->rows[r];
+    const vs_rt_kv_layer *l = &row->kv[layer];
+    int H = c->num_heads, d = c->head_dim, C = H * d, n = l->n_tokens;
+    int side = c->patch_nums[s->scale[r]];
+    size_t L = (size_t)c->scale_offset[c->n_scales];
+    float *scores = s->scratch, *tmp = scores + (size_t)H * L;
+    int32_t *keep = (int32_t *)(tmp + 4 * L);
+    float *qsum = (float *)(keep + (size_t)H * L);
+    vs_kv_policy_kind kind = vs_kv_policy_kind_of(pol);
+    int need_scores = kind != VS_KV_POLICY_SLIDING && kind != VS_KV_POLICY_STREAMINGLLM;
+    int32_t win[VS_KV_WINDOW];
+    int nw = vs_kv_window(side, n, row->n_new, win);
+    vs_rt_kv_view view = {b->kv_base, b->page_tokens, C, NULL};
+    int kept = 0;
+    for (int h = 0; h < H; h++) {
+        float *sc = scores + (size_t)h * n;
+        if (need_scores) {
+            /* Σ_w q_w·k_j = (Σ_w q_w)·k_j; a window slot before this scale uses its first query */
+            memset(qsum, 0, (size_t)d * sizeof *qsum);
+            for (int w = 0; w < nw; w++) {
+                int qi = win[w] - (n - row->n_new);
+                qi = qi < 0 ? 0 : qi;
+                const float *qv = qkv + (size_t)(row->tok_start + qi) * 3 * C + (size_t)h * d;
+                for (int i = 0; i < d; i++)
+                    qsum[i] += qv[i];
+            }
+            for (int j = 0; j < n; j++) {
+                const float *kv = b->kv_base + vs_rt_kv_offset(&view, l, j, 0) + (size_t)h * d;
+                float acc = 0;
+                for (int i = 0; i < d; i++)
+                    acc += qsum[i] * kv[i];
+                sc[j] = acc;
+            }
+        }
+        kept = vs_kv_policy_select_head(pol, side, n, row->n_new, need_scores ? sc : NULL, cap,
+                                        keep + (size_t)h * cap, tmp);
+    }
+    vs_kv_row_compact(s->rows[r], layer, H, keep, kept);
+}
+
+static vs_status after_attn(void *ctx, int layer, const vs_rt_batch *b, const float *qkv, vs_err *err)
+{
+    vs_kv_step *s = ctx;
+    const vs_rt_config *c = s->cfg;
+    (void)err;
+    for (int r = 0; r < s->n_rows; r++) {
+        vs_kv_row_commit(s->rows[r], layer, b->rows[r].n_new);
+        if (s->stats)
+            accumulate_stats(s, r, layer, b, qkv);
+        int n = vs_kv_row_tokens(s->rows[r], layer);
+        if (s->scale[r] == c->n_scales - 1) {
+            vs_kv_row_compact(s->rows[r], layer, c->num_heads, NULL, 0); /* never read again */
+            continue;
+        }
+        const vs_kv_policy *pol = s->policy ? s->policy[r] : NULL;
+        if (!pol)
+            continue;
+        int cap = vs_kv_policy_capacity(pol, layer, s->scale[r], n);
+        if (cap < n)
+            compress(s, r, layer, b, qkv, cap);
+    }
+    return VS_OK;
+}
+
+vs_rt_hooks vs_kv_step_hooks(vs_kv_step *s)
+{
+    vs_rt_hooks h = {s, before_attn, after_attn};
+    return h;
+}
