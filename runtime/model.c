@@ -180,8 +180,10 @@ static int build_expectations(vs_rt_model *m, expect_list *l)
         EXP(&b->q_bias, C);
         snprintf(nm, sizeof nm, "var.blocks.%d.attn.v_bias", i);
         EXP(&b->v_bias, C);
-        snprintf(nm, sizeof nm, "var.blocks.%d.attn.scale_mul_1H11", i);
-        EXP(&b->scale_mul, 1, c->num_heads, 1, 1);
+        if (c->attn_l2_norm) { /* the reference only has this parameter with attn_l2_norm */
+            snprintf(nm, sizeof nm, "var.blocks.%d.attn.scale_mul_1H11", i);
+            EXP(&b->scale_mul, 1, c->num_heads, 1, 1);
+        }
         snprintf(nm, sizeof nm, "var.blocks.%d.attn.proj.weight", i);
         EXP(&b->proj_w, C, C);
         snprintf(nm, sizeof nm, "var.blocks.%d.attn.proj.bias", i);
@@ -374,7 +376,9 @@ static vs_status parse_config(const char *json, vs_rt_config *c, vs_err *err)
         goto fail;
     }
     c->head_dim = c->embed_dim / c->num_heads;
-    c->ffn_dim = (int)lround(c->embed_dim * c->mlp_ratio);
+    /* the reference's round(): halves to even (nearbyint in the default rounding mode), not away
+     * from zero like lround: 36 x 2.625 = 94.5 gives 94 */
+    c->ffn_dim = (int)nearbyint(c->embed_dim * c->mlp_ratio);
     if (c->n_scales < 2) {
         st = vs_err_set(err, VS_ERR_INVALID, "config field 'patch_nums' needs at least 2 scales");
         goto fail;
