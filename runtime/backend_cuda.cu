@@ -31,17 +31,15 @@ extern "C" {
 
 /* ---- backend state and error recording ------------------------------------------------------- */
 
-enum { S_IDX, S_BATCH, S_COL, S_SCORES, S_SREQ, S_SORT, S_COUNT }; /* device scratch slots */
+enum { S_IDX, S_BATCH, S_LAYER, S_COL, S_SCORES, S_SREQ, S_SORT, S_COUNT }; /* device scratch slots */
 
 /* Device copy of a batch's tables (b->dev points here); views into one int32 buffer. */
 typedef struct {
     const int32_t *tok_row; /* [n_tok] */
     const int32_t *rows;    /* [n_rows][2]: tok_start, n_new */
-    const int32_t *kv;      /* [depth][n_rows][2]: n_tokens before the step, offset into pages */
-    const int32_t *pages;   /* page ids of every (layer, row), concatenated */
+    const int32_t *kv;      /* unused: page tables travel per layer (upload_layer) */
+    const int32_t *pages;   /* unused: see kv */
     int n_rows, n_tok, depth, max_new;
-    int *max_keys; /* host [depth]: the most keys a row attends to in each layer */
-    size_t max_keys_cap;
 } cuda_batch;
 
 /* One image's sampling work, as the kernel sees it. */
@@ -270,7 +268,6 @@ static void cuda_destroy(vs_rt_backend *be)
         VS_CUDA(c, cudaStreamDestroy(c->st));
     free(c->host_i32);
     free(c->host_sreq);
-    free(c->batch.max_keys);
     free(c);
 }
 
@@ -330,7 +327,9 @@ static vs_status cuda_sync(vs_rt_backend *be, vs_err *err)
     return VS_OK;
 }
 
-/* Packs tok_row, the rows and every (layer, row) page table into one int32 upload. */
+/* Packs tok_row and the rows into one int32 upload. Page tables are uploaded per layer by the
+ * attention op: kvcache/ grows a layer's pages just before its attention (and compacts them right
+ * after), so they are only final at that moment. */
 static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err)
 {
     cuda_backend *c = cu(be);
@@ -344,7 +343,6 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
             "batch: n_rows %d, n_tok %d, depth %d, page_tokens %d (need n_rows, n_tok "
             ">= 0, depth and page_tokens >= 1)",
             b->n_rows, b->n_tok, b->depth, b->page_tokens);
-    size_t n_pages = 0;
     int max_new = 0;
     for (int r = 0; r < b->n_rows; r++) {
         const vs_rt_row *row = &b->rows[r];
@@ -356,28 +354,14 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
                               row->tok_start, row->tok_start + row->n_new, b->n_tok);
         if (!row->kv)
             return vs_err_set(err, VS_ERR_INVALID, "batch row %d has no KV view", r);
-        for (int l = 0; l < b->depth; l++) {
-            const vs_rt_kv_layer *kl = &row->kv[l];
-            long need = ((long)kl->n_tokens + row->n_new + b->page_tokens - 1) / b->page_tokens;
-            if (kl->n_tokens < 0 || need > kl->n_pages)
-                return vs_err_set(
-                    err, VS_ERR_INVALID,
-                    "batch row %d layer %d holds %d tokens and adds %d, which needs %ld "
-                    "pages of %d tokens, but its table lists %d: reserve the tokens "
-                    "before the step",
-                    r, l, kl->n_tokens, row->n_new, need, b->page_tokens, kl->n_pages);
-            n_pages += (size_t)need;
-        }
     }
-    size_t n_rk = (size_t)b->depth * b->n_rows;
-    size_t total = (size_t)b->n_tok + 2 * (size_t)b->n_rows + 2 * n_rk + n_pages;
+    size_t total = (size_t)b->n_tok + 2 * (size_t)b->n_rows;
     if (total > (size_t)INT_MAX)
         return vs_err_set(err, VS_ERR_INVALID, "batch tables of %zu entries are over 2^31", total);
-    if (grow_host((void **)&c->host_i32, &c->host_i32_cap, total, sizeof(int32_t)) != 0 ||
-        grow_host((void **)&cb->max_keys, &cb->max_keys_cap, (size_t)b->depth, sizeof(int)) != 0)
+    if (grow_host((void **)&c->host_i32, &c->host_i32_cap, total, sizeof(int32_t)) != 0)
         return vs_err_set(err, VS_ERR_NOMEM, "out of host memory for the batch tables");
     int32_t *h = c->host_i32;
-    int32_t *h_rows = h + b->n_tok, *h_kv = h_rows + 2 * b->n_rows, *h_pages = h_kv + 2 * n_rk;
+    int32_t *h_rows = h + b->n_tok;
     for (int t = 0; t < b->n_tok; t++) {
         int r = b->tok_row[t];
         if (r < 0 || r >= b->n_rows)
@@ -389,29 +373,14 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
         h_rows[2 * r] = b->rows[r].tok_start;
         h_rows[2 * r + 1] = b->rows[r].n_new;
     }
-    int32_t off = 0;
-    for (int l = 0; l < b->depth; l++) {
-        cb->max_keys[l] = 0;
-        for (int r = 0; r < b->n_rows; r++) {
-            const vs_rt_kv_layer *kl = &b->rows[r].kv[l];
-            int nk = kl->n_tokens + b->rows[r].n_new;
-            int need = (nk + b->page_tokens - 1) / b->page_tokens;
-            if (nk > cb->max_keys[l])
-                cb->max_keys[l] = nk;
-            h_kv[2 * ((size_t)l * b->n_rows + r)] = kl->n_tokens;
-            h_kv[2 * ((size_t)l * b->n_rows + r) + 1] = off;
-            memcpy(h_pages + off, kl->pages, (size_t)need * sizeof(int32_t));
-            off += need;
-        }
-    }
     int32_t *d = (int32_t *)scratch(c, S_BATCH, total * sizeof(int32_t));
     if (!d)
         return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
     h2d(c, d, h, total * sizeof(int32_t));
     cb->tok_row = d;
     cb->rows = d + b->n_tok;
-    cb->kv = cb->rows + 2 * b->n_rows;
-    cb->pages = cb->kv + 2 * n_rk;
+    cb->kv = NULL;
+    cb->pages = NULL;
     cb->n_rows = b->n_rows;
     cb->n_tok = b->n_tok;
     cb->depth = b->depth;
@@ -420,6 +389,51 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
     if (c->sticky != VS_OK)
         return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
     return VS_OK;
+}
+
+/* Uploads one layer's [n_rows][2] (n_tokens, page offset) and its page ids; returns the most keys
+ * a row attends to, or -1 after recording an error. */
+static int upload_layer(cuda_backend *c, const vs_rt_batch *b, int layer, const int32_t **kvm,
+                        const int32_t **pages)
+{
+    size_t n_pages = 0;
+    int max_keys = 0;
+    for (int r = 0; r < b->n_rows; r++) {
+        const vs_rt_kv_layer *kl = &b->rows[r].kv[layer];
+        int nk = kl->n_tokens + b->rows[r].n_new;
+        long need = ((long)nk + b->page_tokens - 1) / b->page_tokens;
+        if (kl->n_tokens < 0 || need > kl->n_pages) {
+            VS_FAIL(c, VS_ERR_INVALID,
+                    "batch row %d layer %d holds %d tokens and adds %d, which needs %ld pages of "
+                    "%d tokens, but its table lists %d: reserve the tokens before the attention",
+                    r, layer, kl->n_tokens, b->rows[r].n_new, need, b->page_tokens, kl->n_pages);
+            return -1;
+        }
+        n_pages += (size_t)need;
+        max_keys = nk > max_keys ? nk : max_keys;
+    }
+    size_t total = 2 * (size_t)b->n_rows + n_pages;
+    if (grow_host((void **)&c->host_i32, &c->host_i32_cap, total, sizeof(int32_t)) != 0) {
+        VS_FAIL(c, VS_ERR_NOMEM, "out of host memory for the page tables");
+        return -1;
+    }
+    int32_t *h = c->host_i32, *h_pages = h + 2 * b->n_rows;
+    int32_t off = 0;
+    for (int r = 0; r < b->n_rows; r++) {
+        const vs_rt_kv_layer *kl = &b->rows[r].kv[layer];
+        int need = (kl->n_tokens + b->rows[r].n_new + b->page_tokens - 1) / b->page_tokens;
+        h[2 * r] = kl->n_tokens;
+        h[2 * r + 1] = off;
+        memcpy(h_pages + off, kl->pages, (size_t)need * sizeof(int32_t));
+        off += need;
+    }
+    int32_t *d = (int32_t *)scratch(c, S_LAYER, total * sizeof(int32_t));
+    if (!d)
+        return -1;
+    h2d(c, d, h, total * sizeof(int32_t));
+    *kvm = d;
+    *pages = d + 2 * b->n_rows;
+    return max_keys;
 }
 
 static const cuda_batch *batch_of(cuda_backend *c, const vs_rt_batch *b)
@@ -789,13 +803,18 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
         return;
     }
     int C = H * d, PT = b->page_tokens;
+    const int32_t *kvm = NULL, *pages = NULL;
+    int nk = upload_layer(c, b, layer, &kvm, &pages);
+    if (nk < 0)
+        return;
+    /* the uploaded tables hold this layer only: the kernels index them as layer 0 */
     size_t n = (size_t)b->n_tok * C;
-    k_kv_write<<<grid_for(n, 256), 256, 0, c->st>>>(b->kv_base, qkv, cb->tok_row, cb->rows, cb->kv,
-                                                    cb->pages, cb->n_rows, layer, b->n_tok, C, PT);
+    k_kv_write<<<grid_for(n, 256), 256, 0, c->st>>>(b->kv_base, qkv, cb->tok_row, cb->rows, kvm,
+                                                    pages, cb->n_rows, 0, b->n_tok, C, PT);
     VS_LAUNCHED(c, k_kv_write);
     if (cb->max_new <= 0)
         return;
-    int nk = cb->max_keys[layer], qt = ATT_QT;
+    int qt = ATT_QT;
     size_t smem = 0;
     for (; qt >= 1; qt /= 2) {
         smem = ((size_t)qt * d + (size_t)qt * nk) * sizeof(float);
@@ -814,9 +833,8 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
                                         (int)smem));
     int tiles = (cb->max_new + qt - 1) / qt;
     dim3 grid((unsigned)(cb->n_rows * tiles), (unsigned)H);
-    k_attention<<<grid, ATT_THREADS, smem, c->st>>>(out, qkv, b->kv_base, cb->rows, cb->kv,
-                                                    cb->pages, cb->n_rows, layer, H, d, PT, scale,
-                                                    qt, tiles);
+    k_attention<<<grid, ATT_THREADS, smem, c->st>>>(out, qkv, b->kv_base, cb->rows, kvm, pages,
+                                                    cb->n_rows, 0, H, d, PT, scale, qt, tiles);
     VS_LAUNCHED(c, k_attention);
 }
 

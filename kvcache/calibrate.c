@@ -1,0 +1,113 @@
+/* kvcache/calibrate.c — see calibrate.h. */
+#include "kvcache/calibrate.h"
+
+#include <cjson/cJSON.h>
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+vs_status vs_kv_stats_init(vs_kv_attn_stats *st, const vs_rt_config *c, int top_history, vs_err *err)
+{
+    size_t n = (size_t)c->n_scales * c->depth;
+    memset(st, 0, sizeof *st);
+    st->depth = c->depth;
+    st->n_scales = c->n_scales;
+    st->top_history = top_history;
+    st->cur_mass = calloc(n, sizeof(double));
+    st->hist_mass = calloc(n, sizeof(double));
+    st->count = calloc(n, sizeof(double));
+    if (!st->cur_mass || !st->hist_mass || !st->count) {
+        vs_kv_stats_free(st);
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+    }
+    return VS_OK;
+}
+
+void vs_kv_stats_free(vs_kv_attn_stats *st)
+{
+    free(st->cur_mass);
+    free(st->hist_mass);
+    free(st->count);
+    st->cur_mass = st->hist_mass = st->count = NULL;
+}
+
+static int cmp_by_asi(const void *a, const void *b, void *ctx)
+{
+    const double *asi = ctx;
+    int x = *(const int *)a, y = *(const int *)b;
+    if (asi[x] < asi[y])
+        return -1;
+    if (asi[x] > asi[y])
+        return 1;
+    return (x > y) - (x < y);
+}
+
+vs_status vs_kv_calibrate_write(const vs_kv_attn_stats *st, const vs_rt_config *c,
+                                const char *model_name, int images, const char *path, vs_err *err)
+{
+    int depth = c->depth, nd = (int)lround(depth / 16.0);
+    nd = nd < 1 ? 1 : nd;
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "format", "varserve-scalekv-budget");
+    cJSON_AddNumberToObject(root, "version", 1);
+    cJSON_AddStringToObject(root, "model", model_name);
+    cJSON_AddNumberToObject(root, "depth", depth);
+    cJSON_AddNumberToObject(root, "images", images);
+    cJSON_AddNumberToObject(root, "top_history", st->top_history);
+    cJSON_AddStringToObject(root, "rule",
+                            "per scale: ASI = mean mass on the current scale x mean mass of the "
+                            "top-K' history tokens; drafters = the N_d layers of lowest z-scored ASI");
+    cJSON *scales = cJSON_AddArrayToObject(root, "scales");
+    double *asi = malloc((size_t)depth * sizeof *asi);
+    int *order = malloc((size_t)depth * sizeof *order);
+    if (!asi || !order) {
+        free(asi);
+        free(order);
+        cJSON_Delete(root);
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+    }
+    for (int s = 1; s < c->n_scales; s++) {
+        double mean = 0, var = 0;
+        for (int l = 0; l < depth; l++) {
+            size_t at = (size_t)s * depth + l;
+            double n = st->count[at] > 0 ? st->count[at] : 1;
+            asi[l] = (st->cur_mass[at] / n) * (st->hist_mass[at] / n);
+            mean += asi[l];
+        }
+        mean /= depth;
+        for (int l = 0; l < depth; l++)
+            var += (asi[l] - mean) * (asi[l] - mean);
+        double sd = sqrt(var / depth);
+        for (int l = 0; l < depth; l++)
+            order[l] = l;
+        qsort_r(order, (size_t)depth, sizeof *order, cmp_by_asi, asi);
+        cJSON *item = cJSON_CreateObject();
+        cJSON_AddNumberToObject(item, "scale", s);
+        cJSON_AddNumberToObject(item, "side", c->patch_nums[s]);
+        cJSON_AddNumberToObject(item, "tokens", c->scale_offset[s + 1]);
+        cJSON *dr = cJSON_AddArrayToObject(item, "drafters");
+        for (int k = 0; k < nd && k < depth; k++)
+            cJSON_AddItemToArray(dr, cJSON_CreateNumber(order[k]));
+        cJSON *ja = cJSON_AddArrayToObject(item, "asi");
+        cJSON *jz = cJSON_AddArrayToObject(item, "z");
+        for (int l = 0; l < depth; l++) {
+            cJSON_AddItemToArray(ja, cJSON_CreateNumber(round(asi[l] * 1e6) / 1e6));
+            cJSON_AddItemToArray(jz, cJSON_CreateNumber(sd > 0 ? round((asi[l] - mean) / sd * 1e3) / 1e3 : 0));
+        }
+        cJSON_AddItemToArray(scales, item);
+    }
+    free(asi);
+    free(order);
+    char *txt = cJSON_Print(root);
+    cJSON_Delete(root);
+    FILE *f = txt ? fopen(path, "w") : NULL;
+    int ok = f && fputs(txt, f) >= 0 && fputc('\n', f) != EOF;
+    if (f && fclose(f) != 0)
+        ok = 0;
+    free(txt);
+    if (!ok)
+        return vs_err_set(err, VS_ERR_IO, "cannot write budget file '%s': %s", path, strerror(errno));
+    return VS_OK;
+}

@@ -1,0 +1,22 @@
+/* kvcache/calibrate.h — ScaleKV calibration: attention statistics → drafter/refiner budget file.
+ *
+ * ASI(l, s) = (mean attention mass a query of scale s puts on its own scale) × (mean mass of its
+ * top-K′ history tokens), from full-cache generations (vs_kv_attn_stats). Per scale, ASI is
+ * z-scored across layers and the N_d lowest are drafters (they look widely); N_d =
+ * max(1, round(depth / 16)) — 2 of 32 layers as in the released Infinity-2B budgets. Scales with
+ * no history (the first) keep the default drafter, layer 0. Any thread; no shared state. */
+#ifndef VS_KV_CALIBRATE_H
+#define VS_KV_CALIBRATE_H
+
+#include "common/status.h"
+#include "kvcache/step.h"
+#include "runtime/model.h"
+
+vs_status vs_kv_stats_init(vs_kv_attn_stats *st, const vs_rt_config *c, int top_history, vs_err *err);
+void vs_kv_stats_free(vs_kv_attn_stats *st);
+
+/* Writes the budget file (JSON) for the statistics. model_name is recorded for people. */
+vs_status vs_kv_calibrate_write(const vs_kv_attn_stats *st, const vs_rt_config *c,
+                                const char *model_name, int images, const char *path, vs_err *err);
+
+#endif
