@@ -111,3 +111,18 @@ vs_status vs_kv_calibrate_write(const vs_kv_attn_stats *st, const vs_rt_config *
         return vs_err_set(err, VS_ERR_IO, "cannot write budget file '%s': %s", path, strerror(errno));
     return VS_OK;
 }
+
+int vs_kv_budget_path_for(const char *model_path, char *out, size_t cap)
+{
+    size_t n = strlen(model_path);
+    const char *ext = ".safetensors";
+    size_t el = strlen(ext);
+    if (n >= el && strcmp(model_path + n - el, ext) == 0)
+        n -= el;
+    snprintf(out, cap, "%.*s.budgets.json", (int)n, model_path);
+    FILE *f = fopen(out, "r");
+    if (!f)
+        return 0;
+    fclose(f);
+    return 1;
+}

@@ -48,3 +48,15 @@ void vs_rt_backend_free(vs_rt_backend *be)
     if (be)
         be->ops->destroy(be);
 }
+
+void *vs_rt_backend_alloc_raw(void *be, size_t bytes)
+{
+    vs_rt_backend *b = be;
+    return b->ops->alloc(b, bytes);
+}
+
+void vs_rt_backend_free_raw(void *be, void *p)
+{
+    vs_rt_backend *b = be;
+    b->ops->free(b, p);
+}

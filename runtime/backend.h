@@ -129,4 +129,8 @@ vs_status vs_rt_backend_new(vs_rt_backend_kind kind, int threads, vs_rt_backend 
 int vs_rt_backend_parse(const char *s, vs_rt_backend_kind *out); /* 0 on success */
 void vs_rt_backend_free(vs_rt_backend *be); /* NULL ok */
 
+/* Backend memory through a plain (void *ctx) signature, for allocators such as the KV pool's. */
+void *vs_rt_backend_alloc_raw(void *be, size_t bytes);
+void vs_rt_backend_free_raw(void *be, void *p);
+
 #endif

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include "common/log.h"
+#include "kvcache/calibrate.h"
+#include "kvcache/policy.h"
 #include "kvcache/pool.h"
 #include "runtime/backend.h"
 #include "runtime/model.h"
@@ -20,6 +22,7 @@
 #include "server/cli.h"
 #include "server/gen.h"
 #include "server/png.h"
+#include "server/quality.h"
 
 #define DEFAULT_MODEL "models/mnist-var.safetensors"
 
@@ -29,8 +32,12 @@ static int usage(FILE *f)
             "usage: varserve <command> [options]\n"
             "commands:\n"
             "  generate  --model M --labels 3,7 [--seed S] [--cfg X] [--top-k K] [--top-p P]\n"
-            "            [--threads N] [--backend auto|cpu|cuda] --out PREFIX [--tokens-out FILE.json]\n"
-            "  bench     --model M [--batch 1,8] [--reps 3] [--cfg X] [--top-k K] [--top-p P] [--threads N]\n"
+            "            [--threads N] [--backend auto|cpu|cuda] [--kv-policy P] [--kv-budget B]\n"
+            "            --out PREFIX [--tokens-out FILE.json]\n"
+            "  bench     --model M [--batch 1,8] [--reps 3] [--kv-policy P] [--kv-budget B]\n"
+            "            [--pool-mb MB] [sampling and backend options as for generate]\n"
+            "  calibrate --model M [--images 16] [--top-history 32] [--out M.budgets.json]\n"
+            "  fidelity  --model M --kv-policy P --kv-budget B [--images 16] [--seed S] [--json]\n"
             "  inspect   MODEL\n"
             "  serve     [--config FILE] [--model M] [--host H] [--port P]\n");
     return 2;
@@ -52,19 +59,22 @@ static int bad(const char *fmt, ...)
 /* ---- shared sampling options -------------------------------------------------------------------- */
 
 typedef struct {
-    const char *model, *backend;
-    double cfg, top_p;
+    const char *model, *backend, *kv_policy;
+    double cfg, top_p, kv_budget;
     long top_k, threads;
     int have_cfg, have_top_k, have_top_p;
 } common_opts;
+
+#define COMMON_DEFAULTS {DEFAULT_MODEL, "auto", "full", 0, 0, 0.1, 0, 0, 0, 0, 0}
 
 /* Consumes one of the common options at argv[*i]; 1 consumed, 0 not ours, -1 error (printed). */
 static int common_opt(common_opts *o, int argc, char **argv, int *i)
 {
     const char *k = argv[*i];
-    const char *names[] = {"--model", "--cfg", "--top-k", "--top-p", "--threads", "--backend"};
+    const char *names[] = {"--model", "--cfg", "--top-k", "--top-p", "--threads", "--backend",
+                           "--kv-policy", "--kv-budget"};
     int which = -1;
-    for (int j = 0; j < 6; j++)
+    for (int j = 0; j < 8; j++)
         if (strcmp(k, names[j]) == 0)
             which = j;
     if (which < 0)
@@ -97,10 +107,40 @@ static int common_opt(common_opts *o, int argc, char **argv, int *i)
         if (vs_cli_long(v, 0, 256, &o->threads) != 0)
             return bad("--threads must be 0..256, 0 = all cores (got '%s')%s", v, ""), -1;
         return 1;
-    default:
+    case 5:
         o->backend = v;
         return 1;
+    case 6: {
+        vs_kv_policy_kind kind;
+        if (vs_kv_policy_parse(v, &kind) != 0)
+            return bad("--kv-policy must be full, scalekv, snapkv, pyramidkv, sliding or "
+                       "streamingllm (got '%s')",
+                       v),
+                   -1;
+        o->kv_policy = v;
+        return 1;
     }
+    default:
+        if (vs_cli_double(v, 1e-6, 1, &o->kv_budget) != 0)
+            return bad("--kv-budget must be a fraction of the full cache in (0, 1] (got '%s')", v), -1;
+        return 1;
+    }
+}
+
+/* The policy the options name; scalekv reads MODEL.budgets.json when it exists. */
+static int make_policy(const common_opts *o, const vs_rt_model *m, const char *kind_name,
+                       vs_kv_policy **out)
+{
+    vs_kv_policy_kind kind;
+    vs_kv_policy_parse(kind_name, &kind);
+    char path[4096];
+    int have = kind == VS_KV_POLICY_SCALEKV && vs_kv_budget_path_for(m->path, path, sizeof path);
+    vs_err err = {0};
+    if (vs_kv_policy_new(kind, o->kv_budget, &m->cfg, have ? path : NULL, out, &err) != VS_OK) {
+        fprintf(stderr, "varserve: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
 }
 
 /* Loads the model and starts a backend and an engine. Prints the error; returns 1 on failure. */
@@ -132,16 +172,28 @@ static int open_engine(common_opts *o, int max_images, vs_rt_model **m, vs_rt_ba
     return 0;
 }
 
-static vs_kv_pool *pool_for(const vs_rt_model *m, int images, vs_err *err)
+static void *be_alloc(void *ctx, size_t bytes) { return vs_rt_backend_alloc_raw(ctx, bytes); }
+static void be_free(void *ctx, void *p) { vs_rt_backend_free_raw(ctx, p); }
+
+/* A pool of `pages` pages of 16 tokens, in the backend's memory. */
+static vs_kv_pool *pool_pages(const vs_rt_model *m, vs_rt_backend *be, size_t pages, vs_err *err)
 {
     const vs_rt_config *c = &m->cfg;
     size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
-    size_t pages = 2 * (size_t)c->depth * (((size_t)c->scale_offset[c->n_scales] + 15) / 16);
+    vs_kv_allocator a = {be, be_alloc, be_free};
     vs_kv_pool *pool = NULL;
-    if (vs_kv_pool_init(pages * (size_t)images * page_bytes, 16, c->depth, c->embed_dim, NULL, &pool,
-                        err) != VS_OK)
+    if (vs_kv_pool_init(pages * page_bytes, 16, c->depth, c->embed_dim, be->host_memory ? NULL : &a,
+                        &pool, err) != VS_OK)
         return NULL;
     return pool;
+}
+
+/* A pool that holds `images` images under `pol`. */
+static vs_kv_pool *pool_for(const vs_rt_model *m, vs_rt_backend *be, const vs_kv_policy *pol,
+                            int images, vs_err *err)
+{
+    size_t per_image = 2 * vs_kv_policy_peak_pages_per_row(pol, 16);
+    return pool_pages(m, be, per_image * (size_t)images, err);
 }
 
 /* ---- generate ------------------------------------------------------------------------------------- */
@@ -176,7 +228,7 @@ static int write_tokens_json(const char *path, const vs_rt_config *c, const vs_s
 
 static int cmd_generate(int argc, char **argv)
 {
-    common_opts o = {DEFAULT_MODEL, "auto", 0, 0, 0, 0, 0, 0, 0};
+    common_opts o = COMMON_DEFAULTS;
     const char *labels = NULL, *out = NULL, *tokens_out = NULL;
     unsigned long long seed = 0;
     for (int i = 2; i < argc; i++) {
@@ -217,6 +269,7 @@ static int cmd_generate(int argc, char **argv)
     vs_rt_backend *be = NULL;
     vs_rt_engine *e = NULL;
     vs_kv_pool *pool = NULL;
+    vs_kv_policy *pol = NULL;
     vs_srv_gen_req *reqs = calloc((size_t)n, sizeof *reqs);
     uint8_t **rgb = calloc((size_t)n, sizeof *rgb);
     int32_t **toks = calloc((size_t)n, sizeof *toks);
@@ -247,7 +300,9 @@ static int cmd_generate(int argc, char **argv)
         goto done;
     }
     rc = 1;
-    if (!(pool = pool_for(m, n, &err))) {
+    if (make_policy(&o, m, o.kv_policy, &pol) != 0)
+        goto done;
+    if (!(pool = pool_for(m, be, pol, n, &err))) {
         fprintf(stderr, "varserve: %s\n", err.msg);
         goto done;
     }
@@ -260,7 +315,8 @@ static int cmd_generate(int argc, char **argv)
             goto done;
         }
     }
-    if (vs_srv_gen_run(e, pool, reqs, n, rgb, toks, NULL, &err) != VS_OK) {
+    vs_srv_gen_opts go = {pol, NULL, NULL, 0};
+    if (vs_srv_gen_run_opts(e, pool, reqs, n, rgb, toks, NULL, &go, &err) != VS_OK) {
         fprintf(stderr, "varserve: %s\n", err.msg);
         goto done;
     }
@@ -287,6 +343,7 @@ done:
     free(reqs);
     free(lab);
     vs_kv_pool_free(pool);
+    vs_kv_policy_free(pol);
     vs_rt_engine_free(e);
     vs_rt_backend_free(be);
     vs_rt_model_free(m);
@@ -335,11 +392,27 @@ static int cmd_inspect(int argc, char **argv)
 
 /* ---- bench ------------------------------------------------------------------------------------------ */
 
+static int parse_list(const char *s, long *out, int max, long lo, long hi)
+{
+    int n = 0;
+    char *copy = strdup(s);
+    for (char *save = NULL, *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        if (n == max || vs_cli_long(t, lo, hi, &out[n]) != 0) {
+            free(copy);
+            return -1;
+        }
+        n++;
+    }
+    free(copy);
+    return n;
+}
+
 static int cmd_bench(int argc, char **argv)
 {
-    common_opts o = {DEFAULT_MODEL, "auto", 0, 0, 0, 0, 0, 0, 0};
+    common_opts o = COMMON_DEFAULTS;
     const char *batches = "1,8";
     long reps = 3;
+    double pool_mb = 256;
     for (int i = 2; i < argc; i++) {
         int r = common_opt(&o, argc, argv, &i);
         if (r < 0)
@@ -347,47 +420,68 @@ static int cmd_bench(int argc, char **argv)
         if (r > 0)
             continue;
         const char *k = argv[i];
-        if (strcmp(k, "--batch") != 0 && strcmp(k, "--reps") != 0)
-            return bad("unknown option '%s' for bench (see varserve --help)%s", k, "");
+        if (strcmp(k, "--batch") != 0 && strcmp(k, "--reps") != 0 && strcmp(k, "--pool-mb") != 0)
+            return bad("unknown option '%s' for bench (see varserve --help)", k);
         if (i + 1 >= argc)
-            return bad("option %s needs a value%s", k, "");
+            return bad("option %s needs a value", k);
         const char *v = argv[++i];
         if (strcmp(k, "--batch") == 0)
             batches = v;
-        else if (vs_cli_long(v, 1, 1000, &reps) != 0)
-            return bad("--reps must be 1..1000 (got '%s')%s", v, "");
+        else if (strcmp(k, "--pool-mb") == 0) {
+            if (vs_cli_double(v, 0.001, 1e7, &pool_mb) != 0)
+                return bad("--pool-mb must be a size in MB > 0 (got '%s')", v);
+        } else if (vs_cli_long(v, 1, 1000, &reps) != 0)
+            return bad("--reps must be 1..1000 (got '%s')", v);
     }
     long bs[32];
-    int nb = 0, maxb = 0;
-    char *copy = strdup(batches);
-    for (char *save = NULL, *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
-        if (nb == 32 || vs_cli_long(t, 1, 1024, &bs[nb]) != 0) {
-            free(copy);
-            return bad("--batch must be a list of batch sizes 1..1024, e.g. 1,8 (got '%s')%s", batches, "");
-        }
-        if (bs[nb] > maxb)
-            maxb = (int)bs[nb];
-        nb++;
-    }
-    free(copy);
+    int nb = parse_list(batches, bs, 32, 1, 1024), maxb = 0;
+    if (nb <= 0)
+        return bad("--batch must be a list of batch sizes 1..1024, e.g. 1,8 (got '%s')", batches);
+    for (int i = 0; i < nb; i++)
+        maxb = bs[i] > maxb ? (int)bs[i] : maxb;
     vs_rt_model *m = NULL;
     vs_rt_backend *be = NULL;
     vs_rt_engine *e = NULL;
     vs_kv_pool *pool = NULL;
+    vs_kv_policy *pol = NULL;
     vs_err err = {0};
     int rc = 1;
     if ((rc = open_engine(&o, maxb, &m, &be, &e)) != 0)
         goto done;
     rc = 1;
-    if (!(pool = pool_for(m, maxb, &err))) {
+    if (make_policy(&o, m, o.kv_policy, &pol) != 0)
+        goto done;
+    if (!(pool = pool_for(m, be, pol, maxb, &err))) {
         fprintf(stderr, "varserve: %s\n", err.msg);
         goto done;
     }
     const vs_rt_config *c = &m->cfg;
+    size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
     printf("model %s: %d layers, width %d, %dx%d, %zu params; backend %s, %d threads\n", m->path,
            c->depth, c->embed_dim, c->image_size, c->image_size, m->n_params, be->ops->name, be->threads);
-    printf("sampling: cfg %g, top_k %ld, top_p %g; kv per image %.2f MB (full cache)\n", o.cfg,
-           o.top_k, o.top_p, (double)vs_rt_full_kv_bytes(c) / 1e6);
+    printf("sampling: cfg %g, top_k %ld, top_p %g; kv policy %s", o.cfg, o.top_k, o.top_p,
+           vs_kv_policy_name(vs_kv_policy_kind_of(pol)));
+    if (vs_kv_policy_kind_of(pol) != VS_KV_POLICY_FULL)
+        printf(" at budget %g (%s)", o.kv_budget, vs_kv_policy_source(pol));
+    printf("\n");
+    /* capacity: KV bytes each image reserves and how many fit in a pool of pool_mb, per policy */
+    size_t pool_pages = (size_t)(pool_mb * 1e6 / (double)page_bytes);
+    printf("kv per image (peak reserved, 16-token pages of %.1f KB) and images in a %.0f MB pool:\n",
+           (double)page_bytes / 1e3, pool_mb);
+    for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
+        vs_kv_policy *p = NULL;
+        char path[4096];
+        int have = k == VS_KV_POLICY_SCALEKV && vs_kv_budget_path_for(m->path, path, sizeof path);
+        if (vs_kv_policy_new((vs_kv_policy_kind)k, o.kv_budget, c, have ? path : NULL, &p, &err) != VS_OK)
+            continue;
+        size_t pages = 2 * vs_kv_policy_peak_pages_per_row(p, 16);
+        printf("  %-13s %9.3f MB  %6zu images%s\n", vs_kv_policy_name((vs_kv_policy_kind)k),
+               (double)(pages * page_bytes) / 1e6, pool_pages / pages,
+               k == VS_KV_POLICY_FULL ? "" : "");
+        vs_kv_policy_free(p);
+    }
+    printf("  (the classic full cache, every layer holding all %d tokens: %.3f MB)\n",
+           c->scale_offset[c->n_scales], (double)vs_rt_full_kv_bytes(c) / 1e6);
     printf("%6s %10s %14s %14s %14s\n", "batch", "images/s", "transformer_s", "decoder_s", "total_s");
     for (int bi = 0; bi < nb; bi++) {
         int n = (int)bs[bi];
@@ -396,13 +490,14 @@ static int cmd_bench(int argc, char **argv)
         int okb = reqs && rgb;
         for (int k = 0; okb && k < n; k++)
             okb = (rgb[k] = malloc((size_t)c->image_size * c->image_size * 3)) != NULL;
-        double best_t = 0, sum_tr = 0, sum_dec = 0;
+        double sum_tr = 0, sum_dec = 0;
         for (int rep = 0; okb && rep <= reps; rep++) { /* rep 0 warms up */
             for (int k = 0; k < n; k++)
                 reqs[k] = (vs_srv_gen_req){k % c->num_classes, (uint64_t)(1000 * rep + k), (float)o.cfg,
                                            (int)o.top_k, (float)o.top_p};
             vs_srv_gen_times t;
-            if (vs_srv_gen_run(e, pool, reqs, n, rgb, NULL, &t, &err) != VS_OK) {
+            vs_srv_gen_opts go = {pol, NULL, NULL, 0};
+            if (vs_srv_gen_run_opts(e, pool, reqs, n, rgb, NULL, &t, &go, &err) != VS_OK) {
                 fprintf(stderr, "varserve: %s\n", err.msg);
                 okb = 0;
                 break;
@@ -410,7 +505,6 @@ static int cmd_bench(int argc, char **argv)
             if (rep > 0) {
                 sum_tr += t.transformer_s;
                 sum_dec += t.decode_s;
-                (void)best_t;
             }
         }
         for (int k = 0; rgb && k < n; k++)
@@ -428,6 +522,221 @@ static int cmd_bench(int argc, char **argv)
     rc = 0;
 done:
     vs_kv_pool_free(pool);
+    vs_kv_policy_free(pol);
+    vs_rt_engine_free(e);
+    vs_rt_backend_free(be);
+    vs_rt_model_free(m);
+    return rc;
+}
+
+/* ---- calibrate --------------------------------------------------------------------------------------- */
+
+static int cmd_calibrate(int argc, char **argv)
+{
+    common_opts o = COMMON_DEFAULTS;
+    const char *out = NULL;
+    long images = 16, top_hist = 32;
+    for (int i = 2; i < argc; i++) {
+        int r = common_opt(&o, argc, argv, &i);
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
+        const char *k = argv[i];
+        if (strcmp(k, "--out") != 0 && strcmp(k, "--images") != 0 && strcmp(k, "--top-history") != 0)
+            return bad("unknown option '%s' for calibrate (see varserve --help)", k);
+        if (i + 1 >= argc)
+            return bad("option %s needs a value", k);
+        const char *v = argv[++i];
+        if (strcmp(k, "--out") == 0)
+            out = v;
+        else if (strcmp(k, "--images") == 0) {
+            if (vs_cli_long(v, 1, 100000, &images) != 0)
+                return bad("--images must be 1..100000 (got '%s')", v);
+        } else if (vs_cli_long(v, 1, 1 << 20, &top_hist) != 0)
+            return bad("--top-history must be 1..1048576 tokens (got '%s')", v);
+    }
+    o.backend = "cpu"; /* the statistics read the cache on the host */
+    int batch = images < 8 ? (int)images : 8;
+    vs_rt_model *m = NULL;
+    vs_rt_backend *be = NULL;
+    vs_rt_engine *e = NULL;
+    vs_kv_pool *pool = NULL;
+    vs_kv_policy *full = NULL;
+    vs_kv_attn_stats stats = {0};
+    vs_err err = {0};
+    char path[4096];
+    int rc = open_engine(&o, batch, &m, &be, &e);
+    if (rc != 0)
+        goto done;
+    rc = 1;
+    if (!out) {
+        vs_kv_budget_path_for(m->path, path, sizeof path);
+        out = path;
+    }
+    const vs_rt_config *c = &m->cfg;
+    if (make_policy(&o, m, "full", &full) != 0 || !(pool = pool_for(m, be, full, batch, &err)) ||
+        vs_kv_stats_init(&stats, c, (int)top_hist, &err) != VS_OK) {
+        fprintf(stderr, "varserve: %s\n", err.msg[0] ? err.msg : "cannot start calibration");
+        goto done;
+    }
+    vs_srv_gen_req reqs[8];
+    for (long done_n = 0; done_n < images; done_n += batch) {
+        int n = images - done_n < batch ? (int)(images - done_n) : batch;
+        for (int k = 0; k < n; k++)
+            reqs[k] = (vs_srv_gen_req){(int)((done_n + k) % c->num_classes), (uint64_t)(done_n + k),
+                                       (float)o.cfg, (int)o.top_k, (float)o.top_p};
+        vs_srv_gen_opts go = {full, &stats, NULL, 0};
+        if (vs_srv_gen_run_opts(e, pool, reqs, n, NULL, NULL, NULL, &go, &err) != VS_OK) {
+            fprintf(stderr, "varserve: %s\n", err.msg);
+            goto done;
+        }
+    }
+    if (vs_kv_calibrate_write(&stats, c, m->path, (int)images, out, &err) != VS_OK) {
+        fprintf(stderr, "varserve: %s\n", err.msg);
+        goto done;
+    }
+    printf("wrote %s: ScaleKV drafter/refiner marks for %d scales x %d layers from %ld images\n", out,
+           c->n_scales - 1, c->depth, images);
+    rc = 0;
+done:
+    vs_kv_stats_free(&stats);
+    vs_kv_pool_free(pool);
+    vs_kv_policy_free(full);
+    vs_rt_engine_free(e);
+    vs_rt_backend_free(be);
+    vs_rt_model_free(m);
+    return rc;
+}
+
+/* ---- fidelity ---------------------------------------------------------------------------------------- */
+
+static int cmd_fidelity(int argc, char **argv)
+{
+    common_opts o = COMMON_DEFAULTS;
+    o.kv_policy = "scalekv";
+    long images = 16;
+    unsigned long long seed = 0;
+    int json = 0;
+    const char *dump = NULL;
+    for (int i = 2; i < argc; i++) {
+        int r = common_opt(&o, argc, argv, &i);
+        if (r < 0)
+            return 2;
+        if (r > 0)
+            continue;
+        const char *k = argv[i];
+        if (strcmp(k, "--json") == 0) {
+            json = 1;
+            continue;
+        }
+        if (strcmp(k, "--images") != 0 && strcmp(k, "--seed") != 0 && strcmp(k, "--out") != 0 &&
+            strcmp(k, "--policy") != 0 && strcmp(k, "--budget") != 0)
+            return bad("unknown option '%s' for fidelity (see varserve --help)", k);
+        if (i + 1 >= argc)
+            return bad("option %s needs a value", k);
+        const char *v = argv[++i];
+        if (strcmp(k, "--policy") == 0 || strcmp(k, "--budget") == 0) {
+            /* --policy / --budget are the spelling of --kv-policy / --kv-budget */
+            char name[16];
+            snprintf(name, sizeof name, "%s", strcmp(k, "--policy") == 0 ? "--kv-policy" : "--kv-budget");
+            char *fake[2] = {name, (char *)v};
+            int j = 0;
+            if (common_opt(&o, 2, fake, &j) < 0)
+                return 2;
+        } else if (strcmp(k, "--images") == 0) {
+            if (vs_cli_long(v, 1, 100000, &images) != 0)
+                return bad("--images must be 1..100000 (got '%s')", v);
+        } else if (strcmp(k, "--out") == 0) {
+            dump = v;
+        } else if (vs_cli_u64(v, &seed) != 0) {
+            return bad("--seed must be an integer 0..2^64-1 (got '%s')", v);
+        }
+    }
+    o.backend = "cpu";
+    int batch = images < 8 ? (int)images : 8;
+    vs_rt_model *m = NULL;
+    vs_rt_backend *be = NULL;
+    vs_rt_engine *e = NULL;
+    vs_kv_pool *pool = NULL;
+    vs_kv_policy *full = NULL, *pol = NULL;
+    vs_err err = {0};
+    uint8_t *rgb[2][8] = {{0}};
+    int32_t *tok[2][8] = {{0}};
+    int rc = open_engine(&o, batch, &m, &be, &e);
+    if (rc != 0)
+        goto done;
+    rc = 1;
+    const vs_rt_config *c = &m->cfg;
+    int S = c->image_size, L = c->scale_offset[c->n_scales];
+    if (make_policy(&o, m, "full", &full) != 0 || make_policy(&o, m, o.kv_policy, &pol) != 0 ||
+        !(pool = pool_for(m, be, full, batch, &err))) {
+        fprintf(stderr, "varserve: %s\n", err.msg[0] ? err.msg : "cannot start");
+        goto done;
+    }
+    for (int v = 0; v < 2; v++)
+        for (int k = 0; k < batch; k++)
+            if (!(rgb[v][k] = malloc((size_t)S * S * 3)) || !(tok[v][k] = malloc((size_t)L * 4))) {
+                fprintf(stderr, "varserve: out of memory\n");
+                goto done;
+            }
+    double psnr_sum = 0, ssim_sum = 0, same = 0, identical = 0;
+    size_t pages[2] = {0, 0};
+    vs_srv_gen_req reqs[8];
+    for (long done_n = 0; done_n < images; done_n += batch) {
+        int n = images - done_n < batch ? (int)(images - done_n) : batch;
+        for (int k = 0; k < n; k++)
+            reqs[k] = (vs_srv_gen_req){(int)((done_n + k) % c->num_classes), seed + (uint64_t)(done_n + k),
+                                       (float)o.cfg, (int)o.top_k, (float)o.top_p};
+        for (int v = 0; v < 2; v++) {
+            vs_srv_gen_opts go = {v == 0 ? full : pol, NULL, NULL, 0};
+            if (vs_srv_gen_run_opts(e, pool, reqs, n, rgb[v], tok[v], NULL, &go, &err) != VS_OK) {
+                fprintf(stderr, "varserve: %s\n", err.msg);
+                goto done;
+            }
+            pages[v] = go.peak_pages_per_image;
+        }
+        for (int k = 0; k < n; k++) {
+            double p = vs_srv_psnr(rgb[0][k], rgb[1][k], S * S * 3);
+            identical += isinf(p);
+            psnr_sum += isinf(p) ? 100.0 : p; /* identical images count as 100 dB */
+            ssim_sum += vs_srv_ssim(rgb[0][k], rgb[1][k], S, S);
+            int eq = 0;
+            for (int t = 0; t < L; t++)
+                eq += tok[0][k][t] == tok[1][k][t];
+            same += (double)eq / L;
+            if (dump) {
+                char fn[4096];
+                snprintf(fn, sizeof fn, "%s-%ld-full.png", dump, done_n + k);
+                vs_srv_png_write(fn, rgb[0][k], S, S, &err);
+                snprintf(fn, sizeof fn, "%s-%ld-%s.png", dump, done_n + k, o.kv_policy);
+                vs_srv_png_write(fn, rgb[1][k], S, S, &err);
+            }
+        }
+    }
+    size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
+    double kv_full = (double)(pages[0] * page_bytes), kv_pol = (double)(pages[1] * page_bytes);
+    if (json)
+        printf("{\"model\":\"%s\",\"policy\":\"%s\",\"budget\":%g,\"images\":%ld,\"psnr_db\":%.3f,"
+               "\"ssim\":%.4f,\"tokens_unchanged\":%.4f,\"identical_images\":%.0f,"
+               "\"kv_bytes_per_image\":%.0f,\"kv_bytes_per_image_full\":%.0f,\"budget_source\":\"%s\"}\n",
+               m->path, o.kv_policy, o.kv_budget, images, psnr_sum / images, ssim_sum / images,
+               same / images, identical, kv_pol, kv_full, vs_kv_policy_source(pol));
+    else
+        printf("%s at budget %g over %ld images: PSNR %.2f dB, SSIM %.4f, tokens unchanged %.1f%%, "
+               "KV per image %.3f MB (full %.3f MB, %.1fx less)\n",
+               o.kv_policy, o.kv_budget, images, psnr_sum / images, ssim_sum / images,
+               100 * same / images, kv_pol / 1e6, kv_full / 1e6, kv_full / kv_pol);
+    rc = 0;
+done:
+    for (int v = 0; v < 2; v++)
+        for (int k = 0; k < 8; k++) {
+            free(rgb[v][k]);
+            free(tok[v][k]);
+        }
+    vs_kv_pool_free(pool);
+    vs_kv_policy_free(full);
+    vs_kv_policy_free(pol);
     vs_rt_engine_free(e);
     vs_rt_backend_free(be);
     vs_rt_model_free(m);
@@ -451,8 +760,12 @@ int main(int argc, char **argv)
         return cmd_inspect(argc, argv);
     if (strcmp(cmd, "bench") == 0)
         return cmd_bench(argc, argv);
+    if (strcmp(cmd, "calibrate") == 0)
+        return cmd_calibrate(argc, argv);
+    if (strcmp(cmd, "fidelity") == 0)
+        return cmd_fidelity(argc, argv);
     if (strcmp(cmd, "serve") == 0)
         return vs_srv_serve_main(argc, argv);
-    fprintf(stderr, "varserve: unknown command '%s' (commands: serve, generate, bench, inspect)\n", cmd);
+    fprintf(stderr, "varserve: unknown command '%s' (commands: serve, generate, bench, calibrate, fidelity, inspect)\n", cmd);
     return 2;
 }
