@@ -222,7 +222,7 @@ int vs_srv_serve_main(int argc, char **argv)
         /* answer what is left with 503 and give the replies a moment to go out */
         vs_srv_engine_abort(eng);
         double t1 = now_s();
-        while (vs_srv_http_live_jobs(http) > 0 && now_s() - t1 < 5)
+        while (vs_srv_http_live_jobs(http) > 0 && now_s() - t1 < 10)
             wait_signal(&set, 0.02);
     }
     vs_log(VS_LOG_INFO, "serve", "drained in %.2f s; stopping", now_s() - t0);

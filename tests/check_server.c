@@ -732,7 +732,9 @@ static void *client_main(void *arg)
     client *c = arg;
     sleep_s(c->delay_s);
     char body[160];
-    snprintf(body, sizeof body, "{\"class_label\":%d,\"n\":%d,\"seed\":%u,\"top_k\":50}", c->label, c->n, c->seed);
+    /* a long deadline: sanitizer builds are many times slower */
+    snprintf(body, sizeof body, "{\"class_label\":%d,\"n\":%d,\"seed\":%u,\"top_k\":50,\"timeout_ms\":600000}",
+             c->label, c->n, c->seed);
     post(c->port, body, &c->r);
     return NULL;
 }
@@ -965,7 +967,7 @@ END_TEST
 START_TEST(sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0)
 {
     server s;
-    const char *extra[] = {"--max-batch-images", "8", NULL};
+    const char *extra[] = {"--max-batch-images", "8", "--drain-timeout-s", "600", NULL};
     ck_assert_int_eq(server_start(&s, extra, NULL), 0);
     enum { NC = 4 };
     client cs[NC];
