@@ -16,8 +16,8 @@
 # models/mnist-var.safetensors from /opt/varserve, and are configured by VARSERVE_<KEY>
 # environment variables (`varserve serve --help` lists every key) or a config file named by
 # VARSERVE_CONFIG. varserve is PID 1 (exec-form ENTRYPOINT, no shell): on SIGTERM it turns /ready
-# to 503, finishes accepted requests within drain_timeout_s (default 30 s) and exits 0, so give
-# `docker stop` more than that: `docker stop -t 40`.
+# to 503, finishes accepted requests within drain_timeout_s (default 30 s), answers what is left
+# with 503 within 10 s more, and exits 0; give `docker stop` that long: `docker stop -t 45`.
 
 ARG CUDA_VERSION=12.6.3
 ARG UBUNTU_VERSION=22.04
