@@ -31,7 +31,9 @@ typedef struct {
     /* scheduling */
     long max_batch_images;      /* images per engine step (2 rows each); sizes the engine once */
     long kv_pool_mb;            /* KV pool size in MiB; 0 = room for max_batch_images at full cache */
-    char kv_policy[16];         /* KV cache policy; only "full" exists so far */
+    char kv_policy[16];         /* default KV policy: full | scalekv | snapkv | pyramidkv | sliding | streamingllm */
+    double kv_budget;           /* default budget of compressing policies, a fraction of the full cache */
+    char kv_budget_file[512];   /* ScaleKV budget file; "" = MODEL.budgets.json when it exists */
     long queue_size;            /* requests waiting for admission before 429 */
     long default_timeout_ms;    /* deadline of a request that gives no timeout_ms */
     long max_timeout_ms;        /* the largest timeout_ms a request may ask for */

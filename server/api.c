@@ -1,6 +1,8 @@
 /* server/api.c — see api.h. */
 #include "server/api.h"
 
+#include "kvcache/policy.h"
+
 #include <cjson/cJSON.h>
 #include <inttypes.h>
 #include <math.h>
@@ -249,21 +251,33 @@ int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_lim
         }
         out->priority = (int)d;
     }
+    out->kv_policy = lim->kv_policy;
     if (f_policy) {
-        if (!cJSON_IsString(f_policy) || strcmp(f_policy->valuestring, lim->policy) != 0) {
-            snprintf(want, sizeof want, "\"%s\", the policy this server runs", lim->policy);
-            bad_field(e, f_policy, "kv_policy", want);
-            e->code = "unsupported_value";
+        vs_kv_policy_kind kind;
+        if (!cJSON_IsString(f_policy) || vs_kv_policy_parse(f_policy->valuestring, &kind) != 0) {
+            bad_field(e, f_policy, "kv_policy", "one of full, scalekv, snapkv, pyramidkv, sliding, streamingllm");
+            e->code = "invalid_value";
             goto done;
         }
+        if (kind != VS_KV_POLICY_FULL && !lim->host_memory) {
+            vs_srv_api_error_set(e, 400, "invalid_request_error", "unsupported_value", "kv_policy",
+                                 "kv_policy \"%s\" compresses the cache on the host, which the %s backend "
+                                 "of this server does not allow yet; use \"full\"",
+                                 f_policy->valuestring, lim->backend);
+            goto done;
+        }
+        out->kv_policy = (int)kind;
     }
+    out->kv_budget = lim->kv_budget;
     if (f_budget) {
-        /* a compression budget; the full cache keeps everything, so it is checked and ignored */
         if (get_num(f_budget, 0, 1, &d) != 0 || d <= 0) {
-            bad_field(e, f_budget, "kv_budget", "a number in (0, 1]");
+            bad_field(e, f_budget, "kv_budget", "a number in (0, 1]: a fraction of the full cache");
             goto done;
         }
+        out->kv_budget = d;
     }
+    if (out->kv_policy == VS_KV_POLICY_FULL)
+        out->kv_budget = 1;
     rc = 0;
 done:
     cJSON_Delete(root);
@@ -385,7 +399,7 @@ char *vs_srv_api_error_json(const vs_srv_api_error *e, size_t *len)
     return finish(&b, len);
 }
 
-char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name, const char *policy,
+char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name,
                                size_t kv_bytes_per_image, unsigned char *const *png,
                                const size_t *png_len, const vs_srv_timings *t, size_t *len)
 {
@@ -412,6 +426,7 @@ char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name, cons
     put(&b, "\"timings\":{\"queue_ms\":%.3f,\"inference_ms\":%.3f,\"decode_ms\":%.3f,\"encode_ms\":%.3f,"
             "\"total_ms\":%.3f},",
         t->queue_ms, t->inference_ms, t->decode_ms, t->encode_ms, t->total_ms);
-    put(&b, "\"kv\":{\"policy\":\"%s\",\"bytes_per_image\":%zu}}\n", policy, kv_bytes_per_image);
+    put(&b, "\"kv\":{\"policy\":\"%s\",\"budget\":%.9g,\"bytes_per_image\":%zu}}\n",
+        vs_kv_policy_name((vs_kv_policy_kind)j->p.kv_policy), j->p.kv_budget, kv_bytes_per_image);
     return finish(&b, len);
 }

@@ -34,7 +34,10 @@ typedef struct {
     int top_k;
     float top_p;
     long default_timeout_ms, max_timeout_ms;
-    const char *policy; /* the KV policy this server runs */
+    int kv_policy;      /* default vs_kv_policy_kind */
+    double kv_budget;   /* default budget */
+    int host_memory;    /* the backend keeps memory on the host: compression is possible */
+    const char *backend;
 } vs_srv_api_limits;
 
 typedef struct {
@@ -57,7 +60,7 @@ char *vs_srv_api_error_json(const vs_srv_api_error *e, size_t *len);
 
 /* The success body for a finished job: one base64 PNG per image, seeds, timings, KV use.
  * png[i], png_len[i] for i < j->p.n. Caller frees; NULL when out of memory. */
-char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name, const char *policy,
+char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name,
                                size_t kv_bytes_per_image, unsigned char *const *png,
                                const size_t *png_len, const vs_srv_timings *t, size_t *len);
 

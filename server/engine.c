@@ -4,8 +4,9 @@
  *   sweep     answer queued and running jobs that are past their deadline or whose client left
  *   admit     pop jobs in priority order; reserve KV pages image by image (OK: the image joins
  *             the batch; LATER: wait for pages to come back; NEVER: 503 naming the fix)
- *   step      every running image advances one scale (rows reserve their new tokens first and
- *             commit them after, as in gen.c)
+ *   step      every running image advances one scale; kvcache/step's hooks give each row's layer
+ *             room for its new tokens before attention, commit them after, and compress the
+ *             layer to the row's policy
  *   finish    decode finished images, release their pages; a job whose images are all done is
  *             answered
  * When nothing runs it sleeps on the queue (woken by a push), waking every 50 ms to sweep.
@@ -16,6 +17,7 @@
 #include "server/engine.h"
 
 #include <inttypes.h>
+#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -25,13 +27,17 @@
 #include <time.h>
 
 #include "common/log.h"
+#include "kvcache/calibrate.h"
+#include "kvcache/policy.h"
 #include "kvcache/pool.h"
+#include "kvcache/step.h"
 #include "runtime/backend.h"
 #include "runtime/var.h"
-#include "server/gen.h"
+#include "server/api.h"
 #include "server/version.h"
 
 #define PAGE_TOKENS 16 /* one attention tile */
+#define POLICY_CACHE 16 /* distinct (policy, budget) pairs kept; others live with their job */
 
 typedef struct {
     vs_srv_job *job;
@@ -72,6 +78,18 @@ struct vs_srv_engine {
     vs_srv_job *admitting; /* popped, images left to admit */
     int blocked;           /* admitting is waiting for pages (counted once as refused) */
     int fail_label;        /* VARSERVE_FAILPOINT label:N, else -1 */
+    char budget_file[4096]; /* ScaleKV budgets, "" = the default drafter choice */
+    struct {
+        int kind;
+        double budget;
+        vs_kv_policy *p;
+    } policies[POLICY_CACHE];
+    int n_policies;
+    /* one step's KV tables, in the runtime's row order (image i: rows 2i, 2i+1) */
+    vs_kv_row **row_tab;   /* [2 max_images] */
+    int *scale_tab;        /* [2 max_images] */
+    const vs_kv_policy **pol_tab; /* [2 max_images] */
+    float *kv_scratch;     /* vs_kv_step_scratch_floats */
     vs_srv_job **snap;     /* [queue capacity] */
     struct pollfd *pfd;    /* [queue capacity + max_images + 1] */
 };
@@ -164,6 +182,9 @@ static void answer(vs_srv_engine *e, vs_srv_job *j, int http, vs_status st, cons
 {
     drop_slots(e, j);
     remove_active(e, j);
+    vs_kv_policy_free(j->own_policy);
+    j->own_policy = NULL;
+    j->policy = NULL;
     j->t_done = now_s();
     j->http = http;
     j->status = st;
@@ -277,6 +298,28 @@ static void abort_everything(vs_srv_engine *e)
 
 /* ---- admission ------------------------------------------------------------------------------------ */
 
+/* The policy of a job, from the cache or new; NULL with err set when the policy rejects it. */
+static const vs_kv_policy *policy_for(vs_srv_engine *e, vs_srv_job *j, vs_err *err)
+{
+    int kind = j->p.kv_policy;
+    double budget = kind == VS_KV_POLICY_FULL ? 1 : j->p.kv_budget;
+    for (int i = 0; i < e->n_policies; i++)
+        if (e->policies[i].kind == kind && e->policies[i].budget == budget)
+            return e->policies[i].p;
+    vs_kv_policy *p = NULL;
+    const char *file = kind == VS_KV_POLICY_SCALEKV && e->budget_file[0] ? e->budget_file : NULL;
+    if (vs_kv_policy_new((vs_kv_policy_kind)kind, budget, &e->model->cfg, file, &p, err) != VS_OK)
+        return NULL;
+    if (e->n_policies < POLICY_CACHE) {
+        e->policies[e->n_policies].kind = kind;
+        e->policies[e->n_policies].budget = budget;
+        e->policies[e->n_policies++].p = p;
+    } else {
+        j->own_policy = p;
+    }
+    return p;
+}
+
 static void admit(vs_srv_engine *e)
 {
     const vs_rt_config *c = &e->model->cfg;
@@ -290,8 +333,18 @@ static void admit(vs_srv_engine *e)
             e->blocked = 0;
         }
         vs_srv_job *j = e->admitting;
+        if (!j->policy) {
+            vs_err perr = {0};
+            if (!(j->policy = policy_for(e, j, &perr))) {
+                answer(e, j, vs_srv_http_code(perr.code), perr.code, "invalid_request_error", "invalid_value",
+                       "kv_policy %s at kv_budget %g: %s", vs_kv_policy_name((vs_kv_policy_kind)j->p.kv_policy),
+                       j->p.kv_budget, perr.msg);
+                continue;
+            }
+            j->pages_per_image = 2 * vs_kv_policy_peak_pages_per_row(j->policy, PAGE_TOKENS);
+        }
         vs_kv_resv *resv = NULL;
-        vs_kv_admit a = vs_kv_reserve(e->pool, e->info.pages_per_image, &resv);
+        vs_kv_admit a = vs_kv_reserve(e->pool, j->pages_per_image, &resv);
         if (a == VS_KV_LATER) {
             if (!e->blocked) {
                 e->blocked = 1;
@@ -302,10 +355,10 @@ static void admit(vs_srv_engine *e)
         if (a == VS_KV_NEVER) {
             vs_srv_metrics_kv_refused(e->met);
             answer(e, j, 503, VS_ERR_KV_FULL, "unavailable_error", "kv_never",
-                   "one image needs %zu KV pages (%.1f MB) but the pool has %zu in all: raise "
-                   "kv_pool_mb",
-                   e->info.pages_per_image, (double)e->info.pages_per_image * (double)e->info.page_bytes / 1e6,
-                   e->info.pages_total);
+                   "one image with kv_policy %s needs %zu KV pages (%.1f MB) but the pool has %zu in all: "
+                   "lower kv_budget, use a compressing kv_policy, or raise the server's kv_pool_mb",
+                   vs_kv_policy_name((vs_kv_policy_kind)j->p.kv_policy), j->pages_per_image,
+                   (double)j->pages_per_image * (double)e->info.page_bytes / 1e6, e->info.pages_total);
             continue;
         }
         e->blocked = 0;
@@ -367,14 +420,10 @@ static void step(vs_srv_engine *e)
     int max_scale = 0, min_scale = c->n_scales, fail = 0;
     for (int i = 0; i < e->n_slots; i++) {
         slot *s = &e->slots[i];
-        int nt = c->patch_nums[s->img.scale] * c->patch_nums[s->img.scale];
         for (int r = 0; r < 2; r++) {
-            for (int l = 0; l < c->depth; l++)
-                if (vs_kv_row_reserve_tokens(s->rows[r], l, nt, &err) != VS_OK) {
-                    fail_running(e, &err);
-                    return;
-                }
-            s->img.kv[r] = vs_kv_row_layers(s->rows[r]);
+            e->row_tab[2 * i + r] = s->rows[r];
+            e->scale_tab[2 * i + r] = s->img.scale;
+            e->pol_tab[2 * i + r] = s->job->policy;
         }
         e->ptrs[i] = &s->img;
         if (s->img.scale > max_scale)
@@ -388,19 +437,20 @@ static void step(vs_srv_engine *e)
     if (fail)
         vs_err_set(&err, VS_ERR_INTERNAL, "failpoint: a step holding class %d fails (VARSERVE_FAILPOINT)",
                    e->fail_label);
-    if (fail || vs_rt_step(e->rt, e->ptrs, n, &err) != VS_OK) {
+    vs_kv_step ks = {e->row_tab, e->scale_tab, e->pol_tab, 2 * n, c,
+                     c->attn_l2_norm ? 1.0f : 0.25f / sqrtf((float)c->head_dim), NULL, e->kv_scratch};
+    vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
+    vs_status st = VS_OK;
+    if (!fail) {
+        vs_rt_engine_set_hooks(e->rt, &hooks);
+        st = vs_rt_step(e->rt, e->ptrs, n, &err);
+        vs_rt_engine_set_hooks(e->rt, NULL);
+    }
+    if (fail || st != VS_OK) {
         fail_running(e, &err);
         return;
     }
     double t1 = now_s();
-    for (int i = 0; i < n; i++) {
-        slot *s = &e->slots[i];
-        int sc = s->img.scale - 1; /* the scale just computed */
-        int nt = c->patch_nums[sc] * c->patch_nums[sc];
-        for (int r = 0; r < 2; r++)
-            for (int l = 0; l < c->depth; l++)
-                vs_kv_row_commit(s->rows[r], l, nt);
-    }
     vs_srv_metrics_step(e->met, max_scale, t1 - t0, 2 * n);
     vs_log(VS_LOG_DEBUG, "engine", "step: %d images at scales %d..%d, %.1f ms", n, min_scale, max_scale,
            (t1 - t0) * 1e3);
@@ -416,10 +466,10 @@ static void step(vs_srv_engine *e)
         vs_rt_image *ip = &s->img;
         uint8_t *rgb = j->rgb[s->index];
         double d0 = now_s();
-        vs_status st = vs_rt_decode(e->rt, &ip, 1, &rgb, NULL, &err);
+        vs_status dst = vs_rt_decode(e->rt, &ip, 1, &rgb, NULL, &err);
         j->decode_s += now_s() - d0;
-        if (st != VS_OK) {
-            answer(e, j, 500, st, "internal_error", "engine_error", "decoding failed: %s", err.msg);
+        if (dst != VS_OK) {
+            answer(e, j, 500, dst, "internal_error", "engine_error", "decoding failed: %s", err.msg);
             i = 0; /* slots were compacted */
             continue;
         }
@@ -455,16 +505,49 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     if ((st = vs_rt_engine_new(e->model, e->be, e->max_images, &e->rt, err)) != VS_OK)
         return vs_err_wrap(err, "config key 'max_batch_images' (%d)", e->max_images);
 
+    /* the default policy: requests that name none use it; the pool must hold one image under it */
+    vs_kv_policy_kind kv_kind;
+    if (vs_kv_policy_parse(cfg->kv_policy, &kv_kind) != 0)
+        return vs_err_set(err, VS_ERR_INVALID, "config key 'kv_policy' ('%s') names no policy", cfg->kv_policy);
+    if (kv_kind != VS_KV_POLICY_FULL && !e->be->host_memory)
+        return vs_err_set(err, VS_ERR_UNSUPPORTED,
+                          "config key 'kv_policy' (%s) compresses the cache on the host, which the %s backend "
+                          "does not allow yet: use kv_policy full, or backend cpu",
+                          cfg->kv_policy, e->be->ops->name);
+    if (cfg->kv_budget_file[0]) {
+        snprintf(e->budget_file, sizeof e->budget_file, "%s", cfg->kv_budget_file);
+    } else if (!vs_kv_budget_path_for(cfg->model, e->budget_file, sizeof e->budget_file)) {
+        e->budget_file[0] = 0;
+    }
+    vs_kv_policy *full = NULL, *def = NULL;
+    if ((st = vs_kv_policy_new(VS_KV_POLICY_FULL, 1, c, NULL, &full, err)) != VS_OK)
+        return st;
+    e->policies[e->n_policies].kind = VS_KV_POLICY_FULL;
+    e->policies[e->n_policies].budget = 1;
+    e->policies[e->n_policies++].p = full;
+    if (kv_kind == VS_KV_POLICY_FULL) {
+        def = full;
+    } else {
+        const char *file = kv_kind == VS_KV_POLICY_SCALEKV && e->budget_file[0] ? e->budget_file : NULL;
+        if ((st = vs_kv_policy_new(kv_kind, cfg->kv_budget, c, file, &def, err)) != VS_OK)
+            return vs_err_wrap(err, "config keys 'kv_policy' (%s), 'kv_budget' (%g)", cfg->kv_policy, cfg->kv_budget);
+        e->policies[e->n_policies].kind = (int)kv_kind;
+        e->policies[e->n_policies].budget = cfg->kv_budget;
+        e->policies[e->n_policies++].p = def;
+    }
     size_t page_bytes = (size_t)2 * PAGE_TOKENS * (size_t)c->embed_dim * sizeof(float);
-    size_t L = (size_t)c->scale_offset[c->n_scales];
-    size_t per_image = 2 * (size_t)c->depth * ((L + PAGE_TOKENS - 1) / PAGE_TOKENS);
-    size_t bytes = cfg->kv_pool_mb ? (size_t)cfg->kv_pool_mb << 20 : per_image * page_bytes * (size_t)e->max_images;
+    size_t full_per_image = 2 * vs_kv_policy_peak_pages_per_row(full, PAGE_TOKENS);
+    size_t per_image = 2 * vs_kv_policy_peak_pages_per_row(def, PAGE_TOKENS);
+    /* automatic: room for a full batch even of full-cache requests */
+    size_t bytes = cfg->kv_pool_mb ? (size_t)cfg->kv_pool_mb << 20
+                                   : full_per_image * page_bytes * (size_t)e->max_images;
     if (bytes / page_bytes < per_image)
         return vs_err_set(err, VS_ERR_INVALID,
                           "config key 'kv_pool_mb' (%ld) holds %zu KV pages but one image of this model "
-                          "needs %zu (%.1f MiB): raise kv_pool_mb to at least %zu, or 0 for automatic",
+                          "needs %zu (%.1f MiB) with kv_policy %s: raise kv_pool_mb to at least %zu, or 0 "
+                          "for automatic",
                           cfg->kv_pool_mb, bytes / page_bytes, per_image,
-                          (double)(per_image * page_bytes) / 1048576.0,
+                          (double)(per_image * page_bytes) / 1048576.0, cfg->kv_policy,
                           (per_image * page_bytes + 1048575) >> 20);
     vs_kv_allocator alloc = {e->be, pool_alloc, pool_free};
     if ((st = vs_kv_pool_init(bytes, PAGE_TOKENS, c->depth, c->embed_dim, &alloc, &e->pool, err)) != VS_OK)
@@ -479,7 +562,12 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     e->active = calloc((size_t)e->max_images + 1, sizeof *e->active);
     e->snap = calloc(qcap, sizeof *e->snap);
     e->pfd = calloc(qcap + (size_t)e->max_images + 1, sizeof *e->pfd);
-    if (!e->slots || !e->ptrs || !e->active || !e->snap || !e->pfd)
+    e->row_tab = calloc(2 * (size_t)e->max_images, sizeof *e->row_tab);
+    e->scale_tab = calloc(2 * (size_t)e->max_images, sizeof *e->scale_tab);
+    e->pol_tab = calloc(2 * (size_t)e->max_images, sizeof *e->pol_tab);
+    e->kv_scratch = malloc(vs_kv_step_scratch_floats(c) * sizeof(float));
+    if (!e->slots || !e->ptrs || !e->active || !e->snap || !e->pfd || !e->row_tab || !e->scale_tab ||
+        !e->pol_tab || !e->kv_scratch)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory for the engine's tables");
 
     vs_kv_stats ks;
@@ -500,20 +588,26 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     if (in->top_k > c->vocab_size)
         in->top_k = c->vocab_size;
     in->top_p = c->default_top_p >= 0 ? c->default_top_p : cfg->default_top_p;
-    in->policy = cfg->kv_policy;
+    in->policy = vs_kv_policy_name(kv_kind);
+    in->kv_policy = (int)kv_kind;
+    in->kv_budget = cfg->kv_budget;
+    snprintf(in->policy_source, sizeof in->policy_source, "%s", vs_kv_policy_source(def));
+    in->host_memory = e->be->host_memory;
     in->page_bytes = ks.page_bytes;
     in->pages_total = ks.pages_total;
-    in->pages_per_image = vs_srv_full_cache_pages(c, e->pool);
-    in->images_fit = ks.pages_total / in->pages_per_image;
+    in->pages_per_image = per_image;
+    in->full_pages_per_image = full_per_image;
+    in->images_fit = ks.pages_total / per_image;
     in->max_batch_images = e->max_images;
     in->load_s = now_s() - t0;
     vs_srv_metrics_set_model(e->met, VS_VERSION, in->backend, in->model_name, in->load_s, c->n_scales);
     vs_srv_metrics_kv(e->met, &ks);
     vs_log(VS_LOG_INFO, "engine",
-           "loaded %s (%zu params) in %.2f s on %s (%d threads); KV pool %.1f MiB = %zu pages, %zu per "
-           "image, %zu images fit; up to %d images per step",
+           "loaded %s (%zu params) in %.2f s on %s (%d threads); KV pool %.1f MiB = %zu pages; policy %s "
+           "(%s): %zu pages per image, %zu images fit; up to %d images per step",
            in->model_path, in->n_params, in->load_s, in->backend, in->threads,
-           (double)(ks.pages_total * ks.page_bytes) / 1048576.0, ks.pages_total, in->pages_per_image,
+           (double)(ks.pages_total * ks.page_bytes) / 1048576.0, ks.pages_total, in->policy,
+           kv_kind == VS_KV_POLICY_FULL ? "every token" : in->policy_source, in->pages_per_image,
            in->images_fit, e->max_images);
     return VS_OK;
 }
@@ -536,6 +630,13 @@ static void teardown(vs_srv_engine *e)
     free(e->active);
     free(e->snap);
     free(e->pfd);
+    free(e->row_tab);
+    free(e->scale_tab);
+    free(e->pol_tab);
+    free(e->kv_scratch);
+    for (int i = 0; i < e->n_policies; i++)
+        vs_kv_policy_free(e->policies[i].p);
+    e->n_policies = 0;
 }
 
 static void *engine_main(void *arg)

@@ -3,9 +3,10 @@
  *
  * Design: continuous batching at scale granularity. Each image of a request is admitted on its
  * own, when the batch has room (max_batch_images) and the KV pool can reserve its peak pages
- * (full cache: vs_srv_full_cache_pages); one vs_rt_step then advances every running image by one
- * scale in one ragged batch, so a new request joins at the next step while others are at later
- * scales. Finished images are decoded on this thread; PNG encoding happens on the HTTP side.
+ * under the request's KV policy (vs_kv_policy_peak_pages_per_row; full cache: every token); one
+ * vs_rt_step then advances every running image by one scale in one ragged batch, so a new request
+ * joins at the next step while others are at later scales. kvcache/step's hooks grow each row's
+ * layer just before its attention and compress it just after, row by row with its own policy. Finished images are decoded on this thread; PNG encoding happens on the HTTP side.
  * Between steps the engine drops jobs whose deadline passed (504) or whose client hung up, and
  * returns their pages. Results go back through the job (job.h) and its notify callback.
  *
@@ -37,9 +38,16 @@ typedef struct {
     double cfg;
     int top_k;
     double top_p;
-    /* KV pool */
-    const char *policy;
-    size_t page_bytes, pages_total, pages_per_image, images_fit;
+    /* KV: the default policy of requests, and the pool */
+    const char *policy;          /* its name */
+    int kv_policy;               /* its vs_kv_policy_kind */
+    double kv_budget;            /* default budget of compressing policies */
+    char policy_source[512];     /* scalekv: "default" or the budget file */
+    int host_memory;             /* compression is possible (host-memory backend) */
+    size_t page_bytes, pages_total;
+    size_t pages_per_image;      /* peak of one image under the default policy */
+    size_t full_pages_per_image; /* peak of one image with the full cache */
+    size_t images_fit;           /* images the pool holds at once under the default policy */
     int max_batch_images;
 } vs_srv_engine_info;
 

@@ -225,11 +225,19 @@ static enum MHD_Result do_info(req *r, struct MHD_Connection *c)
     cJSON_AddStringToObject(be, "name", in->backend);
     cJSON_AddNumberToObject(be, "threads", in->threads);
     cJSON_AddStringToObject(o, "policy", in->policy);
+    cJSON *pol = cJSON_AddObjectToObject(o, "kv_policy");
+    cJSON_AddStringToObject(pol, "name", in->policy);
+    if (in->kv_policy != 0) { /* compressing policies */
+        cJSON_AddNumberToObject(pol, "budget", in->kv_budget);
+        cJSON_AddStringToObject(pol, "source", in->policy_source);
+    }
+    cJSON_AddBoolToObject(pol, "compression_available", in->host_memory);
     cJSON *kv = cJSON_AddObjectToObject(o, "kv_pool");
     cJSON_AddNumberToObject(kv, "bytes", (double)(in->pages_total * in->page_bytes));
     cJSON_AddNumberToObject(kv, "pages", (double)in->pages_total);
     cJSON_AddNumberToObject(kv, "page_bytes", (double)in->page_bytes);
     cJSON_AddNumberToObject(kv, "pages_per_image", (double)in->pages_per_image);
+    cJSON_AddNumberToObject(kv, "full_cache_pages_per_image", (double)in->full_pages_per_image);
     cJSON_AddNumberToObject(kv, "images_fit", (double)in->images_fit);
     cJSON *sch = cJSON_AddObjectToObject(o, "scheduler");
     cJSON_AddNumberToObject(sch, "max_batch_images", in->max_batch_images);
@@ -362,8 +370,10 @@ static enum MHD_Result generate_submit(req *r, struct MHD_Connection *c)
         return fail(r, c, 413, "invalid_request_error", "body_too_large", NULL, NULL,
                     "the body is over %ld bytes (max_body_bytes)", h->cfg->max_body_bytes);
     const vs_srv_engine_info *in = vs_srv_engine_info_get(h->eng);
-    vs_srv_api_limits lim = {in->mc, (float)in->cfg, in->top_k, (float)in->top_p, h->cfg->default_timeout_ms,
-                             h->cfg->max_timeout_ms, in->policy};
+    vs_srv_api_limits lim = {in->mc,           (float)in->cfg,          in->top_k,
+                             (float)in->top_p, h->cfg->default_timeout_ms, h->cfg->max_timeout_ms,
+                             in->kv_policy,    in->kv_budget,           in->host_memory,
+                             in->backend};
     vs_srv_api_error e;
     vs_srv_gen_params p;
     uint64_t rnd = mix64(h->seed_key + atomic_fetch_add(&h->counter, 1));
@@ -454,8 +464,8 @@ static enum MHD_Result generate_reply(req *r, struct MHD_Connection *c)
         goto done;
     }
     size_t len = 0;
-    char *body = vs_srv_api_generate_json(j, in->model_name, in->policy, in->pages_per_image * in->page_bytes,
-                                          png, png_len, &t, &len);
+    char *body = vs_srv_api_generate_json(j, in->model_name, j->pages_per_image * in->page_bytes, png, png_len,
+                                          &t, &len);
     if (!body) {
         ret = fail(r, c, 500, "internal_error", "out_of_memory", NULL, NULL, "out of memory");
         goto done;

@@ -31,6 +31,8 @@ typedef struct {
     vs_srv_format format;
     long timeout_ms;
     int priority;          /* higher is admitted first; ties in arrival order */
+    int kv_policy;         /* a vs_kv_policy_kind */
+    double kv_budget;      /* fraction of the full cache (compressing policies) */
 } vs_srv_gen_params;
 
 enum { VS_SRV_JOB_PENDING = 0, VS_SRV_JOB_DONE = 1 };
@@ -48,6 +50,9 @@ typedef struct vs_srv_job {
     int image_size;            /* rgb buffers are image_size² × 3 */
 
     /* engine only until DONE; HTTP only after */
+    const struct vs_kv_policy *policy; /* resolved at the first admission (engine-owned) */
+    struct vs_kv_policy *own_policy;   /* when the engine's policy cache was full; freed by it */
+    size_t pages_per_image;            /* the policy's peak KV pages for one image */
     int admitted, finished;
     uint8_t *rgb[VS_SRV_MAX_N]; /* [image_size][image_size][3] each, engine-allocated */
     double t_admit, t_done;    /* monotonic seconds; t_admit 0 until the first image runs */

@@ -280,7 +280,7 @@ static void post(int port, const char *body, resp *r)
 /* Asserts an error response: the code, the JSON error shape and, when given, the param. */
 static void check_error(const resp *r, long code, const char *param)
 {
-    ck_assert_msg(r->code == code, "expected HTTP %ld, got %ld: %s", code, r->code, r->body ? r->body : "");
+    ck_assert_msg(r->code == code, "expected HTTP %ld, got %ld: %.300s", code, r->code, r->body ? r->body : "");
     ck_assert_ptr_nonnull(r->body);
     ck_assert_msg(strstr(r->body, "\"error\":{\"message\":\"") != NULL, "no error JSON: %s", r->body);
     ck_assert_msg(strstr(r->body, "\"type\":\"") && strstr(r->body, "\"code\":\""), "error JSON: %s", r->body);
@@ -428,7 +428,7 @@ START_TEST(info_reports_model_backend_policy_and_pool)
     ck_assert_int_eq(r.code, 200);
     ck_assert_ptr_nonnull(strstr(r.content_type, "application/json"));
     const char *want[] = {"\"image_size\":256", "\"num_classes\":10", "\"backend\":{\"name\":\"cpu\"",
-                          "\"policy\":\"full\"", "\"images_fit\":8", "\"pages_per_image\":172",
+                          "\"policy\":\"full\"", "\"images_fit\":8", "\"pages_per_image\":140",
                           "\"max_batch_images\":8"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         ck_assert_msg(strstr(r.body, want[i]) != NULL, "no %s in %s", want[i], r.body);
@@ -523,7 +523,8 @@ START_TEST(bad_fields_are_400_naming_the_field)
         {"{\"class_label\":1,\"timeout_ms\":0}", "timeout_ms"},
         {"{\"class_label\":1,\"timeout_ms\":999999999}", "timeout_ms"},
         {"{\"class_label\":1,\"priority\":11}", "priority"},
-        {"{\"class_label\":1,\"kv_policy\":\"scalekv\"}", "kv_policy"},
+        {"{\"class_label\":1,\"kv_policy\":\"lru\"}", "kv_policy"},
+        {"{\"class_label\":1,\"kv_policy\":3}", "kv_policy"},
         {"{\"class_label\":1,\"kv_budget\":0}", "kv_budget"},
         {"{\"class_label\":1,\"colour\":\"red\"}", "colour"},
         {"{\"class_label\":1,\"n\":1,\"n\":2}", "n"},
@@ -593,7 +594,7 @@ START_TEST(generate_returns_pngs_seeds_timings_and_the_request_id)
              "{\"class_label\":\"3\",\"n\":2,\"seed\":7,\"cfg_scale\":1.5,\"top_k\":900,\"top_p\":0.96,"
              "\"response_format\":\"b64_json\",\"timeout_ms\":60000,\"priority\":1,\"kv_policy\":\"full\"}",
              hdrs, &r);
-    ck_assert_msg(r.code == 200, "HTTP %ld: %s", r.code, r.body);
+    ck_assert_msg(r.code == 200, "HTTP %ld: %.300s", r.code, r.body);
     ck_assert_str_eq(r.request_id, "my-req.42");
     ck_assert_ptr_nonnull(strstr(r.body, "\"id\":\"my-req.42\""));
     ck_assert_ptr_nonnull(strstr(r.body, "\"seeds\":[7,8]"));
@@ -670,6 +671,32 @@ START_TEST(a_request_without_seed_gets_one_chosen_and_returned)
 }
 END_TEST
 
+START_TEST(compressing_policies_serve_with_fewer_kv_pages)
+{
+    static const char *policies[] = {"scalekv", "snapkv", "pyramidkv", "sliding", "streamingllm"};
+    for (int i = 0; i < 5; i++) {
+        char body[160], want[96];
+        snprintf(body, sizeof body, "{\"class_label\":6,\"seed\":2,\"kv_policy\":\"%s\",\"kv_budget\":0.25}",
+                 policies[i]);
+        resp r;
+        post(S.port, body, &r);
+        ck_assert_msg(r.code == 200, "%s: HTTP %ld %.300s", policies[i], r.code, r.body);
+        snprintf(want, sizeof want, "\"kv\":{\"policy\":\"%s\",\"budget\":0.25,\"bytes_per_image\":", policies[i]);
+        const char *p = strstr(r.body, want);
+        ck_assert_msg(p != NULL, "no %s in the response", want);
+        long bytes = atol(p + strlen(want));
+        ck_assert_msg(bytes > 0 && bytes < 140L * 16384, "%s reserves %ld bytes per image", policies[i], bytes);
+        resp_free(&r);
+    }
+    resp r;
+    post(S.port, "{\"class_label\":6,\"seed\":2}", &r);
+    ck_assert_int_eq(r.code, 200);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"kv\":{\"policy\":\"full\",\"budget\":1,\"bytes_per_image\":2293760}"));
+    resp_free(&r);
+    ck_assert(wait_metric(S.port, "varserve_kv_pool_used_bytes", 0, 5));
+}
+END_TEST
+
 START_TEST(an_engine_failure_is_500_and_the_server_goes_on)
 {
     resp r;
@@ -714,7 +741,7 @@ START_TEST(a_client_that_hangs_up_mid_generation_frees_its_pages)
     ck_assert_msg(wait_metric(S.port, "varserve_kv_pool_used_bytes", 0, 10), "pages not returned");
     ck_assert(wait_metric(S.port, "varserve_requests_running", 0, 5));
     ck_assert(wait_metric(S.port, "varserve_requests_total{code=\"499\"}", before + 1, 5));
-    ck_assert_double_eq(metric(S.port, "varserve_kv_pool_pages_free"), 1376);
+    ck_assert_double_eq(metric(S.port, "varserve_kv_pool_pages_free"), 1120);
 }
 END_TEST
 
@@ -725,16 +752,17 @@ typedef struct {
     unsigned seed;
     double delay_s;
     resp r;
+    const char *kv; /* extra JSON fields, e.g. "\"kv_policy\":\"snapkv\"" (NULL: none) */
 } client;
 
 static void *client_main(void *arg)
 {
     client *c = arg;
     sleep_s(c->delay_s);
-    char body[160];
+    char body[256];
     /* a long deadline: sanitizer builds are many times slower */
-    snprintf(body, sizeof body, "{\"class_label\":%d,\"n\":%d,\"seed\":%u,\"top_k\":50,\"timeout_ms\":600000}",
-             c->label, c->n, c->seed);
+    snprintf(body, sizeof body, "{\"class_label\":%d,\"n\":%d,\"seed\":%u,\"top_k\":50,\"timeout_ms\":600000%s%s}",
+             c->label, c->n, c->seed, c->kv ? "," : "", c->kv ? c->kv : "");
     post(c->port, body, &c->r);
     return NULL;
 }
@@ -752,13 +780,16 @@ START_TEST(concurrent_clients_all_get_the_images_they_would_get_alone)
     client *cs = calloc((size_t)nc, sizeof *cs);
     pthread_t *th = calloc((size_t)nc, sizeof *th);
     for (int i = 0; i < nc; i++) {
-        cs[i] = (client){S.port, i % 9, 1 + (i % 5 == 0), 1000u + 17u * (unsigned)i, 0.03 * i, {0}};
+        /* some compress their cache: a row's policy must not leak into its batch-mates */
+        static const char *kv[4] = {NULL, "\"kv_policy\":\"scalekv\",\"kv_budget\":0.2",
+                                    "\"kv_policy\":\"sliding\",\"kv_budget\":0.3", NULL};
+        cs[i] = (client){S.port, i % 9, 1 + (i % 5 == 0), 1000u + 17u * (unsigned)i, 0.03 * i, {0}, kv[i % 4]};
         pthread_create(&th[i], NULL, client_main, &cs[i]);
     }
     for (int i = 0; i < nc; i++)
         pthread_join(th[i], NULL);
     for (int i = 0; i < nc; i++)
-        ck_assert_msg(cs[i].r.code == 200, "client %d: HTTP %ld %s", i, cs[i].r.code, cs[i].r.body ? cs[i].r.body : "");
+        ck_assert_msg(cs[i].r.code == 200, "client %d: HTTP %ld %.300s", i, cs[i].r.code, cs[i].r.body ? cs[i].r.body : "");
 
     /* steps held several images, at different scales at once */
     double one = metric(S.port, "varserve_batch_rows_bucket{le=\"2\"}");
@@ -816,7 +847,7 @@ START_TEST(metrics_have_the_architecture_names_and_pass_promtool)
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         ck_assert_msg(strstr(r.body, names[i]) != NULL, "no '%s' in /metrics", names[i]);
     ck_assert_ptr_nonnull(strstr(r.body, "backend=\"cpu\",model=\"model\"} 1"));
-    ck_assert_double_eq(metric(S.port, "varserve_kv_pool_bytes"), 1376.0 * 16384);
+    ck_assert_double_eq(metric(S.port, "varserve_kv_pool_bytes"), 1120.0 * 16384);
 
     char path[] = "/tmp/varserve-metrics-XXXXXX";
     int fd = mkstemp(path);
@@ -894,7 +925,7 @@ START_TEST(a_full_queue_answers_429_with_retry_after_and_serves_the_rest)
     pthread_t th[NC];
     /* one running (n = 4 keeps it busy), two queued, the rest refused */
     for (int i = 0; i < NC; i++) {
-        cs[i] = (client){s.port, i, i == 0 ? 4 : 1, (unsigned)i, i == 0 ? 0 : 0.3 + 0.05 * i, {0}};
+        cs[i] = (client){s.port, i, i == 0 ? 4 : 1, (unsigned)i, i == 0 ? 0 : 0.3 + 0.05 * i, {0}, NULL};
         pthread_create(&th[i], NULL, client_main, &cs[i]);
     }
     for (int i = 0; i < NC; i++)
@@ -925,7 +956,7 @@ START_TEST(a_request_waiting_for_kv_pages_runs_when_they_come_back)
     /* a pool for one image: the second request waits (LATER), then runs */
     const char *extra[] = {"--kv-pool-mb", "3", "--max-batch-images", "4", NULL};
     ck_assert_int_eq(server_start(&s, extra, NULL), 0);
-    client cs[2] = {{s.port, 1, 2, 5, 0, {0}}, {s.port, 2, 1, 6, 0.2, {0}}};
+    client cs[2] = {{s.port, 1, 2, 5, 0, {0}, NULL}, {s.port, 2, 1, 6, 0.2, {0}, NULL}};
     pthread_t th[2];
     for (int i = 0; i < 2; i++)
         pthread_create(&th[i], NULL, client_main, &cs[i]);
@@ -947,7 +978,7 @@ START_TEST(a_queued_request_past_its_deadline_is_504)
     server s;
     const char *extra[] = {"--max-batch-images", "1", NULL};
     ck_assert_int_eq(server_start(&s, extra, NULL), 0);
-    client big = {s.port, 1, 3, 1, 0, {0}};
+    client big = {s.port, 1, 3, 1, 0, {0}, NULL};
     pthread_t th;
     pthread_create(&th, NULL, client_main, &big);
     ck_assert(wait_metric(s.port, "varserve_requests_running", 1, 30));
@@ -973,7 +1004,7 @@ START_TEST(sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0)
     client cs[NC];
     pthread_t th[NC];
     for (int i = 0; i < NC; i++) {
-        cs[i] = (client){s.port, i, 2, 40u + (unsigned)i, 0, {0}};
+        cs[i] = (client){s.port, i, 2, 40u + (unsigned)i, 0, {0}, NULL};
         pthread_create(&th[i], NULL, client_main, &cs[i]);
     }
     ck_assert(wait_metric(s.port, "varserve_requests_running", NC, 30));
@@ -1007,7 +1038,7 @@ START_TEST(a_drain_past_its_timeout_answers_503_and_exits_0)
     server s;
     const char *extra[] = {"--drain-timeout-s", "0.3", "--max-batch-images", "2", NULL};
     ck_assert_int_eq(server_start(&s, extra, NULL), 0);
-    client big = {s.port, 1, 16, 1, 0, {0}};
+    client big = {s.port, 1, 16, 1, 0, {0}, NULL};
     pthread_t th;
     pthread_create(&th, NULL, client_main, &big);
     ck_assert(wait_metric(s.port, "varserve_requests_running", 1, 30));
@@ -1167,6 +1198,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, generate_returns_pngs_seeds_timings_and_the_request_id);
     tcase_add_test(tc, accept_image_png_returns_the_png_itself);
     tcase_add_test(tc, a_request_without_seed_gets_one_chosen_and_returned);
+    tcase_add_test(tc, compressing_policies_serve_with_fewer_kv_pages);
     tcase_add_test(tc, an_engine_failure_is_500_and_the_server_goes_on);
     tcase_add_test(tc, a_deadline_that_passes_is_504_and_frees_the_pages);
     tcase_add_test(tc, a_client_that_hangs_up_mid_generation_frees_its_pages);
