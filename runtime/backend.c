@@ -32,12 +32,18 @@ vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_err *err)
 
 vs_status vs_rt_backend_new(vs_rt_backend_kind kind, int threads, vs_rt_backend **out, vs_err *err)
 {
+    return vs_rt_backend_new_precision(kind, threads, 0, out, err);
+}
+
+vs_status vs_rt_backend_new_precision(vs_rt_backend_kind kind, int threads, int fp32,
+                                      vs_rt_backend **out, vs_err *err)
+{
     if (kind == VS_RT_BACKEND_CPU)
         return vs_rt_backend_cpu_new(threads, out, err);
     if (kind == VS_RT_BACKEND_CUDA)
-        return vs_rt_backend_cuda_new(0, out, err);
+        return vs_rt_backend_cuda_new(fp32, out, err);
     vs_err e2 = {0};
-    if (vs_rt_backend_cuda_new(0, out, &e2) == VS_OK)
+    if (vs_rt_backend_cuda_new(fp32, out, &e2) == VS_OK)
         return VS_OK;
     vs_log(VS_LOG_INFO, "runtime", "backend auto: CPU (%s)", e2.msg);
     return vs_rt_backend_cpu_new(threads, out, err);

@@ -57,6 +57,14 @@ typedef struct {
     /* prepares the batch's row tables for the ops below (CUDA uploads them once per step) */
     vs_status (*batch_begin)(vs_rt_backend *be, vs_rt_batch *b, vs_err *err);
 
+    /* Optional, NULL when the backend has no use for it. Declares that the count matrices w[i]
+     * (n[i] floats each, backend memory inside the allocation `arena`) are GEMM weights that
+     * linear() will receive unchanged as its w until `arena` is freed. The CUDA backend in BF16
+     * mode (fp32 = 0) converts each once here and multiplies with the BF16 copy in linear(); the
+     * copies go when free(arena) is called or another call names the same arena. When the
+     * copies do not fit in device memory it logs a warning and linear() stays in FP32. */
+    void (*gemm_weights)(vs_rt_backend *be, const void *arena, const float *const *w,
+                         const size_t *n, int count);
     /* y[M][N] = x[M][K] · w[N][K]ᵀ + bias[N] (bias may be NULL) */
     void (*linear)(vs_rt_backend *be, float *y, const float *x, const float *w, const float *bias,
                    int M, int N, int K);
@@ -122,10 +130,17 @@ typedef enum { VS_RT_BACKEND_AUTO, VS_RT_BACKEND_CPU, VS_RT_BACKEND_CUDA } vs_rt
 
 /* CPU backend with `threads` workers (0 = all cores). */
 vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err);
-/* CUDA backend on device 0; VS_ERR_UNSUPPORTED when this build or machine has none. */
+/* CUDA backend on device 0; VS_ERR_UNSUPPORTED when this build or machine has none.
+ * fp32 = 1: strict FP32 (no TF32), for parity with the CPU backend. fp32 = 0: the GEMM weights
+ * declared through gemm_weights() multiply in BF16 (FP32 accumulation and output), the remaining
+ * FP32 GEMMs (decoder convolutions, spatial attention) may use TF32. */
 vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_err *err);
-/* auto picks CUDA when a device is present, else CPU. */
+/* auto picks CUDA when a device is present, else CPU. CUDA starts in BF16 mode (fp32 = 0). */
 vs_status vs_rt_backend_new(vs_rt_backend_kind kind, int threads, vs_rt_backend **out, vs_err *err);
+/* The same with the CUDA precision chosen (fp32 as for vs_rt_backend_cuda_new); the CPU backend
+ * is FP32 whatever fp32 says. */
+vs_status vs_rt_backend_new_precision(vs_rt_backend_kind kind, int threads, int fp32,
+                                      vs_rt_backend **out, vs_err *err);
 int vs_rt_backend_parse(const char *s, vs_rt_backend_kind *out); /* 0 on success */
 void vs_rt_backend_free(vs_rt_backend *be); /* NULL ok */
 

@@ -12,7 +12,15 @@
  * uploads the weights once and rebases its pointers.
  *
  * Modes: fp32 = 1 is strict FP32 (cuBLAS default math, no TF32) for parity with the CPU backend
- * and the reference fixtures. A BF16 mode is not implemented yet: fp32 = 0 also runs FP32.
+ * and the reference fixtures. fp32 = 0 is BF16 mode: the engine declares its GEMM weights once,
+ * right after uploading the weight arena (the gemm_weights op); each is converted on the device to
+ * a BF16 copy, kept in a table sorted by the FP32 pointer. linear() looks its w up there (a binary
+ * search over at most 5·depth + 3 entries) and, when found, converts x to BF16 in a scratch buffer
+ * and calls cublasGemmEx (BF16 inputs, FP32 accumulation and output, the bias added in FP32).
+ * Everything else stays FP32 (norms, attention, sampling, the quantiser); the remaining FP32
+ * GEMMs (decoder convolutions, spatial attention, undeclared weights) may use TF32. The FP32
+ * arena is kept (the decoder and the biases live in it), so BF16 mode holds the GEMM weights
+ * 1.5 times; the copies are freed with the arena.
  *
  * Threads: a backend belongs to the thread that created it (the engine thread). */
 extern "C" {
@@ -22,6 +30,7 @@ extern "C" {
 #include "runtime/philox.h"
 
 #include <cublas_v2.h>
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <limits.h>
 #include <math.h>
@@ -31,7 +40,8 @@ extern "C" {
 
 /* ---- backend state and error recording ------------------------------------------------------- */
 
-enum { S_IDX, S_BATCH, S_LAYER, S_COL, S_SCORES, S_SREQ, S_SORT, S_COUNT }; /* device scratch slots */
+/* device scratch slots; S_XBF: BF16 copy of a linear's input in BF16 mode */
+enum { S_IDX, S_BATCH, S_LAYER, S_COL, S_SCORES, S_SREQ, S_SORT, S_XBF, S_COUNT };
 
 /* Device copy of a batch's tables (b->dev points here); views into one int32 buffer. */
 typedef struct {
@@ -50,9 +60,26 @@ typedef struct {
     unsigned long long seed;
 } cuda_sreq;
 
+/* BF16 copy of one declared GEMM weight. */
+typedef struct {
+    const float *w;          /* the FP32 weight (device), the lookup key */
+    size_t n;                /* floats */
+    const __nv_bfloat16 *bf; /* its copy [n], inside the set's mem */
+} bf16_copy;
+
+/* The copies made by one gemm_weights call; free(arena) drops them. */
+typedef struct {
+    const void *arena; /* the allocation the FP32 weights live in */
+    void *mem;         /* one device allocation for all the copies */
+    bf16_copy *v;      /* host [n], sorted by w */
+    int n;
+} bf16_set;
+
 typedef struct {
     vs_rt_backend base;
     int fp32;
+    bf16_set *sets; /* host [n_sets]: BF16 mode only */
+    int n_sets;
     cudaStream_t st;
     cublasHandle_t blas;
     int n_sm, smem_optin; /* multiprocessors; shared memory per block with opt-in (bytes) */
@@ -252,11 +279,16 @@ __device__ int block_max_int(int v)
 
 /* ---- memory ------------------------------------------------------------------------------------ */
 
+static void drop_bf16_set(cuda_backend *c, int i);
+
 static void cuda_destroy(vs_rt_backend *be)
 {
     cuda_backend *c = cu(be);
     if (c->st)
         VS_CUDA(c, cudaStreamSynchronize(c->st));
+    while (c->n_sets > 0)
+        drop_bf16_set(c, c->n_sets - 1);
+    free(c->sets);
     for (int i = 0; i < S_COUNT; i++)
         if (c->scr[i])
             VS_CUDA(c, cudaFree(c->scr[i]));
@@ -284,8 +316,13 @@ static void *cuda_alloc(vs_rt_backend *be, size_t bytes)
 
 static void cuda_free(vs_rt_backend *be, void *p)
 {
-    if (p)
-        VS_CUDA(cu(be), cudaFree(p));
+    cuda_backend *c = cu(be);
+    if (!p)
+        return;
+    for (int i = c->n_sets - 1; i >= 0; i--)
+        if (c->sets[i].arena == p)
+            drop_bf16_set(c, i);
+    VS_CUDA(c, cudaFree(p));
 }
 
 static void cuda_upload(vs_rt_backend *be, void *dst, const void *src_host, size_t bytes)
@@ -451,8 +488,99 @@ __global__ void k_fill_rows(float *y, const float *bias, size_t M, int N)
     y[i] = bias[i % (size_t)N];
 }
 
+/* ---- BF16 copies of the GEMM weights ------------------------------------------------------------ */
+
+__global__ void k_to_bf16(__nv_bfloat16 *dst, const float *src, size_t n)
+{
+    GRID_STRIDE(i, n)
+    dst[i] = __float2bfloat16_rn(src[i]);
+}
+
+static void drop_bf16_set(cuda_backend *c, int i)
+{
+    bf16_set *s = &c->sets[i];
+    drain(c); /* queued GEMMs may still read the copies */
+    VS_CUDA(c, cudaFree(s->mem));
+    free(s->v);
+    c->sets[i] = c->sets[--c->n_sets];
+}
+
+static int cmp_copy(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t)((const bf16_copy *)a)->w, y = (uintptr_t)((const bf16_copy *)b)->w;
+    return x < y ? -1 : x > y;
+}
+
+#define BF16_ALIGN 256 /* bytes: each copy starts aligned for the tensor-core GEMM kernels */
+
+/* BF16 mode: one device allocation holds a BF16 copy of every declared weight. Running out of
+ * memory is not an error: the weights then stay FP32 (with a warning). */
+static void cuda_gemm_weights(vs_rt_backend *be, const void *arena, const float *const *w,
+                              const size_t *n, int count)
+{
+    cuda_backend *c = cu(be);
+    if (c->fp32 || count <= 0)
+        return;
+    for (int i = c->n_sets - 1; i >= 0; i--)
+        if (c->sets[i].arena == arena)
+            drop_bf16_set(c, i);
+    size_t bytes = 0;
+    for (int i = 0; i < count; i++)
+        bytes += (n[i] * sizeof(__nv_bfloat16) + BF16_ALIGN - 1) & ~(size_t)(BF16_ALIGN - 1);
+    bf16_copy *v = (bf16_copy *)calloc((size_t)count, sizeof *v);
+    bf16_set *sets = (bf16_set *)realloc(c->sets, (size_t)(c->n_sets + 1) * sizeof *sets);
+    if (sets)
+        c->sets = sets;
+    void *mem = NULL;
+    cudaError_t e = cudaSuccess;
+    if (!v || !sets || (e = cudaMalloc(&mem, bytes ? bytes : BF16_ALIGN)) != cudaSuccess) {
+        (void)cudaGetLastError();
+        vs_log(VS_LOG_WARN, "cuda",
+               "no room for BF16 copies of %d GEMM weights (%.1f MB: %s); they stay FP32", count,
+               (double)bytes / 1e6, e != cudaSuccess ? cudaGetErrorString(e) : "out of host memory");
+        free(v);
+        return;
+    }
+    size_t off = 0;
+    for (int i = 0; i < count; i++) {
+        __nv_bfloat16 *dst = (__nv_bfloat16 *)((unsigned char *)mem + off);
+        v[i].w = w[i];
+        v[i].n = n[i];
+        v[i].bf = dst;
+        if (n[i]) {
+            k_to_bf16<<<grid_for(n[i], 256), 256, 0, c->st>>>(dst, w[i], n[i]);
+            VS_LAUNCHED(c, k_to_bf16);
+        }
+        off += (n[i] * sizeof(__nv_bfloat16) + BF16_ALIGN - 1) & ~(size_t)(BF16_ALIGN - 1);
+    }
+    qsort(v, (size_t)count, sizeof *v, cmp_copy);
+    c->sets[c->n_sets++] = bf16_set{arena, mem, v, count};
+    vs_log(VS_LOG_INFO, "cuda", "BF16 copies of %d GEMM weights: %.1f MB", count,
+           (double)bytes / 1e6);
+}
+
+/* The BF16 copy of w when it was declared with at least `floats` elements, else NULL. */
+static const __nv_bfloat16 *bf16_of(const cuda_backend *c, const float *w, size_t floats)
+{
+    for (int s = 0; s < c->n_sets; s++) {
+        const bf16_copy *v = c->sets[s].v;
+        int lo = 0, hi = c->sets[s].n - 1;
+        while (lo <= hi) {
+            int mid = (lo + hi) / 2;
+            if (v[mid].w == w)
+                return v[mid].n >= floats ? v[mid].bf : NULL;
+            if ((uintptr_t)v[mid].w < (uintptr_t)w)
+                lo = mid + 1;
+            else
+                hi = mid - 1;
+        }
+    }
+    return NULL;
+}
+
 /* y = x·wᵀ (+ bias): in cuBLAS's column-major terms yᵀ[N][M] = (w as K×N)ᵀ · (x as K×M). The bias
- * is written first and accumulated with beta = 1, like the CPU backend. */
+ * is written first and accumulated with beta = 1, like the CPU backend. In BF16 mode a declared w
+ * multiplies through its BF16 copy, with x rounded to BF16 first (FP32 accumulation and output). */
 static void cuda_linear(vs_rt_backend *be, float *y, const float *x, const float *w,
                         const float *bias, int M, int N, int K)
 {
@@ -469,6 +597,19 @@ static void cuda_linear(vs_rt_backend *be, float *y, const float *x, const float
     if (K <= 0) {
         if (!bias)
             VS_CUDA(c, cudaMemsetAsync(y, 0, (size_t)M * N * sizeof(float), c->st));
+        return;
+    }
+    const __nv_bfloat16 *wb = c->n_sets ? bf16_of(c, w, (size_t)N * K) : NULL;
+    if (wb) {
+        size_t nx = (size_t)M * K;
+        __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch(c, S_XBF, nx * sizeof(__nv_bfloat16));
+        if (!xb)
+            return;
+        k_to_bf16<<<grid_for(nx, 256), 256, 0, c->st>>>(xb, x, nx);
+        VS_LAUNCHED(c, k_to_bf16);
+        VS_CUBLAS(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, wb, CUDA_R_16BF,
+                                  K, xb, CUDA_R_16BF, K, &beta, y, CUDA_R_32F, N,
+                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         return;
     }
     VS_CUBLAS(
@@ -1523,6 +1664,7 @@ static vs_rt_backend_ops make_ops(void)
     o.zero = cuda_zero;
     o.sync = cuda_sync;
     o.batch_begin = cuda_batch_begin;
+    o.gemm_weights = cuda_gemm_weights;
     o.linear = cuda_linear;
     o.silu = cuda_silu;
     o.gelu_tanh = cuda_gelu;
@@ -1598,9 +1740,11 @@ extern "C" vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_er
             goto fail;
         }
     }
+    /* FP32 mode: no TF32 anywhere. BF16 mode: the FP32 GEMMs left (decoder) may use TF32. */
     if (cublasSetStream(c->blas, c->st) != CUBLAS_STATUS_SUCCESS ||
-        cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
-        st = vs_err_set(err, VS_ERR_CUDA, "cuBLAS setup (stream, FP32 math mode) failed");
+        cublasSetMathMode(c->blas, fp32 ? CUBLAS_DEFAULT_MATH : CUBLAS_TF32_TENSOR_OP_MATH) !=
+            CUBLAS_STATUS_SUCCESS) {
+        st = vs_err_set(err, VS_ERR_CUDA, "cuBLAS setup (stream, math mode) failed");
         goto fail;
     }
     if (cudaHostAlloc(&ring, RING_BYTES, cudaHostAllocDefault) != cudaSuccess) {
@@ -1614,9 +1758,9 @@ extern "C" vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_er
     c->base.ops = &ops;
     c->base.threads = 1;
     c->base.host_memory = 0;
-    vs_log(VS_LOG_INFO, "runtime", "backend cuda: %s (sm_%d%d, %d SMs, %.1f GB), FP32%s", prop.name,
+    vs_log(VS_LOG_INFO, "runtime", "backend cuda: %s (sm_%d%d, %d SMs, %.1f GB), %s", prop.name,
            prop.major, prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / 1e9,
-           fp32 ? "" : " (BF16 is not implemented yet)");
+           fp32 ? "FP32 (no TF32)" : "BF16 GEMM weights, FP32 accumulation");
     *out = &c->base;
     return VS_OK;
 fail:

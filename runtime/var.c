@@ -40,6 +40,40 @@ float vs_rt_guidance(const vs_rt_config *c, float cfg, int s)
     return cfg * (float)s / (float)(c->n_scales - 1);
 }
 
+/* Tells the backend which weights are GEMM matrices (a BF16 backend keeps a copy of each):
+ * AdaLN projections, qkv, proj, fc1, fc2, the head's AdaLN and the head. 0, or -1 when out of
+ * host memory. */
+static int declare_gemm_weights(vs_rt_engine *e)
+{
+    const vs_rt_config *c = &e->m->cfg;
+    size_t C = (size_t)c->embed_dim, F = (size_t)c->ffn_dim, V = (size_t)c->vocab_size;
+    int cap = 5 * c->depth + 3, k = 0;
+    const float **w = malloc((size_t)cap * sizeof *w);
+    size_t *n = malloc((size_t)cap * sizeof *n);
+    if (!w || !n) {
+        free(w);
+        free(n);
+        return -1;
+    }
+#define DECLARE(ptr, floats) (w[k] = (ptr), n[k] = (floats), k += (ptr) != NULL)
+    DECLARE(e->w.shared_ada_w, 6 * C * C);
+    for (int l = 0; l < c->depth; l++) {
+        const vs_rt_block_w *bw = &e->w.blocks[l];
+        DECLARE(bw->ada_w, 6 * C * C);
+        DECLARE(bw->qkv_w, 3 * C * C);
+        DECLARE(bw->proj_w, C * C);
+        DECLARE(bw->fc1_w, F * C);
+        DECLARE(bw->fc2_w, C * F);
+    }
+    DECLARE(e->w.head_nm_w, 2 * C * C);
+    DECLARE(e->w.head_w, V * C);
+#undef DECLARE
+    BE->gemm_weights(e->be, e->wdata, w, n, k);
+    free(w);
+    free(n);
+    return 0;
+}
+
 static void *balloc(vs_rt_engine *e, size_t floats, int *fail)
 {
     void *p = BE->alloc(e->be, floats * sizeof(float));
@@ -77,6 +111,10 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
         }
         BE->upload(be, e->wdata, m->data, m->data_bytes);
         vs_rt_model_rebase(m, e->wdata, &e->w, e->blocks);
+        if (BE->gemm_weights && declare_gemm_weights(e) != 0) {
+            vs_rt_engine_free(e);
+            return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+        }
     }
     size_t T = (size_t)e->max_tok, R = (size_t)e->max_rows, C = (size_t)c->embed_dim;
     size_t Cv = (size_t)c->z_channels;

@@ -32,7 +32,8 @@ static int usage(FILE *f)
             "usage: varserve <command> [options]\n"
             "commands:\n"
             "  generate  --model M --labels 3,7 [--seed S] [--cfg X] [--top-k K] [--top-p P]\n"
-            "            [--threads N] [--backend auto|cpu|cuda] [--kv-policy P] [--kv-budget B]\n"
+            "            [--threads N] [--backend auto|cpu|cuda] [--precision bf16|fp32]\n"
+            "            [--kv-policy P] [--kv-budget B]\n"
             "            --out PREFIX [--tokens-out FILE.json]\n"
             "  bench     --model M [--batch 1,8] [--reps 3] [--kv-policy P] [--kv-budget B]\n"
             "            [--pool-mb MB] [sampling and backend options as for generate]\n"
@@ -63,18 +64,19 @@ typedef struct {
     double cfg, top_p, kv_budget;
     long top_k, threads;
     int have_cfg, have_top_k, have_top_p;
+    int fp32; /* --precision fp32: the CUDA backend in strict FP32 (the CPU is always FP32) */
 } common_opts;
 
-#define COMMON_DEFAULTS {DEFAULT_MODEL, "auto", "full", 0, 0, 0.1, 0, 0, 0, 0, 0}
+#define COMMON_DEFAULTS {DEFAULT_MODEL, "auto", "full", 0, 0, 0.1, 0, 0, 0, 0, 0, 0}
 
 /* Consumes one of the common options at argv[*i]; 1 consumed, 0 not ours, -1 error (printed). */
 static int common_opt(common_opts *o, int argc, char **argv, int *i)
 {
     const char *k = argv[*i];
     const char *names[] = {"--model", "--cfg", "--top-k", "--top-p", "--threads", "--backend",
-                           "--kv-policy", "--kv-budget"};
+                           "--kv-policy", "--kv-budget", "--precision"};
     int which = -1;
-    for (int j = 0; j < 8; j++)
+    for (int j = 0; j < 9; j++)
         if (strcmp(k, names[j]) == 0)
             which = j;
     if (which < 0)
@@ -120,6 +122,11 @@ static int common_opt(common_opts *o, int argc, char **argv, int *i)
         o->kv_policy = v;
         return 1;
     }
+    case 8:
+        if (strcmp(v, "fp32") != 0 && strcmp(v, "bf16") != 0)
+            return bad("--precision must be bf16 or fp32 (got '%s')%s", v, ""), -1;
+        o->fp32 = strcmp(v, "fp32") == 0;
+        return 1;
     default:
         if (vs_cli_double(v, 1e-6, 1, &o->kv_budget) != 0)
             return bad("--kv-budget must be a fraction of the full cache in (0, 1] (got '%s')", v), -1;
@@ -164,7 +171,7 @@ static int open_engine(common_opts *o, int max_images, vs_rt_model **m, vs_rt_ba
         o->top_p = c->default_top_p >= 0 ? c->default_top_p : 0.96;
     if (o->top_k > c->vocab_size)
         o->top_k = c->vocab_size;
-    if (vs_rt_backend_new(kind, (int)o->threads, be, &err) != VS_OK ||
+    if (vs_rt_backend_new_precision(kind, (int)o->threads, o->fp32, be, &err) != VS_OK ||
         vs_rt_engine_new(*m, *be, max_images, e, &err) != VS_OK) {
         fprintf(stderr, "varserve: %s\n", err.msg);
         return 1;

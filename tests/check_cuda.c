@@ -1,5 +1,5 @@
 /* tests/check_cuda.c — the CUDA backend against the CPU backend, op by op, and the tiny reference
- * fixture token for token through the driver the CLI uses.
+ * fixture token for token through the driver the CLI uses; then BF16 mode against FP32.
  *
  * Tolerances (elementwise, gpu against cpu):
  *   FP32 arithmetic ops   |gpu − cpu| ≤ 1e-4 · max(|cpu|, rms(cpu))  (relative; the array's RMS
@@ -7,6 +7,16 @@
  *   copies, gathers, KV page writes, guided logits (mixed with the CPU's rounding)   exact
  *   sampled tokens        exact: greedy (top_k 1) and top-k/top-p draws on identical logits
  *   tiny fixture          tokens exact; RGB within 1 of round(255 · reference image)
+ * BF16 mode (vs_rt_backend_cuda_new(0), weights declared through gemm_weights):
+ *   linear vs the CPU on the same inputs rounded to BF16   1e-4 as above (only the inputs round)
+ *   linear vs the CPU in FP32   RMS error ≤ 1e-2 · RMS(cpu), elementwise ≤ 3e-2 · max(|cpu|, rms)
+ *                         (two BF16 roundings give about 2.3e-3 RMS; the elementwise bound is
+ *                         ~13 standard deviations, so 10^5 outputs never trip it by chance)
+ *   tiny fixture          runs end to end, every pixel finite and in [0, 1]; PSNR against FP32
+ *                         and the tokens kept are printed, not judged (random weights have
+ *                         near-tied logits, see tests/fixtures/tiny/README.md)
+ *   models/mnist-var.safetensors (the trained bundled model; skipped when absent)
+ *                         PSNR ≥ 40 dB against FP32 for every image, with the model's sampling
  *
  * CUDA does not survive fork: the suite runs with CK_NOFORK (and `make test` sets CK_FORK=no).
  * Without a device, or in a build without CUDA, it prints "check_cuda: no CUDA device, skipped"
@@ -23,11 +33,16 @@
 #include "runtime/model.h"
 #include "runtime/var.h"
 #include "server/gen.h"
+#include "server/quality.h"
 #include "tests/st_read.h"
 
 #define MODEL "tests/fixtures/tiny/model.safetensors"
 #define GOLDEN "tests/fixtures/tiny/golden.safetensors"
+#define BUNDLED "models/mnist-var.safetensors"
 #define TOL 1e-4
+#define BF16_RMS_TOL 1e-2
+#define BF16_ELEM_TOL 3e-2
+#define BF16_MIN_PSNR_DB 40.0
 
 static vs_rt_backend *g_ref; /* CPU backend: the reference */
 static vs_rt_backend *g_dut; /* the CUDA backend (a CPU backend with CHECK_CUDA_SELFTEST=1) */
@@ -595,7 +610,7 @@ START_TEST(spatial_attention_matches_cpu)
 }
 END_TEST
 
-/* ---- the tiny reference fixture through the CLI's driver -------------------------------------- */
+/* ---- whole models through the CLI's driver -------------------------------------------------- */
 
 static void *be_alloc(void *ctx, size_t bytes)
 {
@@ -609,6 +624,58 @@ static void be_free(void *ctx, void *p)
     be->ops->free(be, p);
 }
 
+/* What one run of n images produced: 8-bit RGB [H·W·3], tokens [L], unit floats [3·H·W]. */
+typedef struct {
+    int n, side, L;
+    uint8_t *rgb[16];
+    int32_t *tok[16];
+    float *unit[16];
+} gen_out;
+
+static void gen_out_free(gen_out *o)
+{
+    for (int i = 0; i < o->n; i++) {
+        free(o->rgb[i]);
+        free(o->tok[i]);
+        free(o->unit[i]);
+    }
+    memset(o, 0, sizeof *o);
+}
+
+/* Runs reqs[0..n) on `be` with the full cache in a KV pool in the backend's memory. */
+static void gen_on(vs_rt_backend *be, const vs_rt_model *m, const vs_srv_gen_req *reqs, int n,
+                   gen_out *o)
+{
+    const vs_rt_config *c = &m->cfg;
+    vs_err err = {0};
+    ck_assert_int_le(n, 16);
+    memset(o, 0, sizeof *o);
+    o->n = n;
+    o->side = c->image_size;
+    o->L = c->scale_offset[c->n_scales];
+    size_t HW = (size_t)o->side * o->side;
+    for (int i = 0; i < n; i++) {
+        o->rgb[i] = malloc(3 * HW);
+        o->tok[i] = malloc((size_t)o->L * sizeof(int32_t));
+        o->unit[i] = malloc(3 * HW * sizeof(float));
+        ck_assert(o->rgb[i] && o->tok[i] && o->unit[i]);
+    }
+    vs_rt_engine *e = NULL;
+    ck_assert_msg(vs_rt_engine_new(m, be, n, &e, &err) == VS_OK, "%s", err.msg);
+    vs_kv_allocator al = {be, be_alloc, be_free};
+    size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
+    size_t pages = 2 * (size_t)c->depth * (((size_t)o->L + 15) / 16); /* one image, full cache */
+    vs_kv_pool *pool = NULL;
+    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, 16, c->depth, c->embed_dim,
+                                  be->host_memory ? NULL : &al, &pool, &err) == VS_OK,
+                  "%s", err.msg);
+    vs_srv_gen_opts go = {NULL, NULL, o->unit, 0};
+    ck_assert_msg(vs_srv_gen_run_opts(e, pool, reqs, n, o->rgb, o->tok, NULL, &go, &err) == VS_OK,
+                  "%s", err.msg);
+    vs_kv_pool_free(pool);
+    vs_rt_engine_free(e);
+}
+
 START_TEST(tiny_fixture_greedy_tokens_and_image_match_the_reference_in_fp32)
 {
     vs_err err = {0};
@@ -617,29 +684,14 @@ START_TEST(tiny_fixture_greedy_tokens_and_image_match_the_reference_in_fp32)
     ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
     ck_assert_int_eq(st_open(&gold, GOLDEN), 0);
     const vs_rt_config *c = &m->cfg;
-    vs_rt_engine *e = NULL;
-    ck_assert_msg(vs_rt_engine_new(m, g_dut, 2, &e, &err) == VS_OK, "%s", err.msg);
-    /* the KV arena is device memory, allocated through the backend */
-    vs_kv_allocator al = {g_dut, be_alloc, be_free};
-    size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
-    size_t pages = 2 * (size_t)c->depth * (((size_t)c->scale_offset[c->n_scales] + 15) / 16);
-    vs_kv_pool *pool = NULL;
-    ck_assert_msg(vs_kv_pool_init(pages * 2 * page_bytes, 16, c->depth, c->embed_dim, &al, &pool,
-                                  &err) == VS_OK,
-                  "%s", err.msg);
     const int32_t *labels = st_get(&gold, "labels", NULL);
     ck_assert_ptr_nonnull(labels);
     vs_srv_gen_req reqs[2];
-    int L = c->scale_offset[c->n_scales], HW = c->image_size * c->image_size;
-    uint8_t *rgb[2];
-    int32_t *tok[2];
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 2; i++)
         reqs[i] = (vs_srv_gen_req){labels[i], (uint64_t)i, 1.5f, 1, 0.0f};
-        rgb[i] = malloc((size_t)3 * HW);
-        tok[i] = malloc((size_t)L * sizeof(int32_t));
-        ck_assert(rgb[i] && tok[i]);
-    }
-    ck_assert_msg(vs_srv_gen_run(e, pool, reqs, 2, rgb, tok, NULL, &err) == VS_OK, "%s", err.msg);
+    gen_out o;
+    gen_on(g_dut, m, reqs, 2, &o);
+    int HW = o.side * o.side;
     for (int s = 0; s < c->n_scales; s++) {
         char name[32];
         snprintf(name, sizeof name, "tokens.%d", s);
@@ -648,9 +700,9 @@ START_TEST(tiny_fixture_greedy_tokens_and_image_match_the_reference_in_fp32)
         int nt = c->patch_nums[s] * c->patch_nums[s];
         for (int i = 0; i < 2; i++)
             for (int t = 0; t < nt; t++)
-                ck_assert_msg(tok[i][c->scale_offset[s] + t] == gt[i * nt + t],
+                ck_assert_msg(o.tok[i][c->scale_offset[s] + t] == gt[i * nt + t],
                               "image %d scale %d token %d: %d, reference %d", i, s, t,
-                              tok[i][c->scale_offset[s] + t], gt[i * nt + t]);
+                              o.tok[i][c->scale_offset[s] + t], gt[i * nt + t]);
     }
     const float *gi = st_get(&gold, "image", NULL);
     ck_assert_ptr_nonnull(gi);
@@ -659,18 +711,247 @@ START_TEST(tiny_fixture_greedy_tokens_and_image_match_the_reference_in_fp32)
         for (int p = 0; p < HW; p++)
             for (int ch = 0; ch < 3; ch++) {
                 int want = (int)lrintf(255.0f * gi[((size_t)i * 3 + ch) * HW + p]);
-                int d = abs((int)rgb[i][(size_t)p * 3 + ch] - want);
+                int d = abs((int)o.rgb[i][(size_t)p * 3 + ch] - want);
                 worst = d > worst ? d : worst;
             }
         ck_assert_msg(worst <= 1,
                       "image %d: a pixel differs by %d/255 from the reference (limit 1)", i, worst);
-        free(rgb[i]);
-        free(tok[i]);
     }
-    vs_kv_pool_free(pool);
-    vs_rt_engine_free(e);
+    gen_out_free(&o);
     st_close(&gold);
     vs_rt_model_free(m);
+}
+END_TEST
+
+/* ---- BF16 mode ------------------------------------------------------------------------------------ */
+
+/* The backend in BF16 mode: CUDA with fp32 = 0 (with CHECK_CUDA_SELFTEST, a CPU backend, which
+ * has no gemm_weights and stays FP32: the checks then test themselves). */
+static vs_rt_backend *bf16_backend(void)
+{
+    vs_rt_backend *be = NULL;
+    vs_err err = {0};
+    vs_status st =
+        g_self ? vs_rt_backend_cpu_new(2, &be, &err) : vs_rt_backend_cuda_new(0, &be, &err);
+    ck_assert_msg(st == VS_OK, "the BF16-mode backend did not start: %s", err.msg);
+    return be;
+}
+
+/* v rounded to the nearest BF16, ties to even (finite v) */
+static float bf16_round(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    u &= 0xFFFF0000u;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+/* y = x·wᵀ + bias on the CPU backend from host arrays, into host y. */
+static void cpu_linear_host(float *y, const float *x, const float *w, const float *bias, int M,
+                            int N, int K)
+{
+    buf2 bx = b2_from(x, (size_t)M * K), bw = b2_from(w, (size_t)N * K),
+         bb = b2_from(bias, (size_t)N), by = b2_new((size_t)M * N);
+    g_ref->ops->linear(g_ref, by.ref, bx.ref, bw.ref, bb.ref, M, N, K);
+    sync_ok();
+    g_ref->ops->download(g_ref, y, by.ref, (size_t)M * N * sizeof(float));
+    b2_free(&bx);
+    b2_free(&bw);
+    b2_free(&bb);
+    b2_free(&by);
+}
+
+/* y = x·wᵀ + bias on `be` with w placed at a 256-byte offset inside its own allocation (the
+ * engine's weights sit inside one arena); declared to gemm_weights when `declare`. The arena is
+ * freed before returning, which must drop the BF16 copy. */
+static void be_linear_host(vs_rt_backend *be, float *y, const float *x, const float *w,
+                           const float *bias, int M, int N, int K, int declare)
+{
+    size_t nw = (size_t)N * K;
+    float *arena = be->ops->alloc(be, (nw + 64) * sizeof(float));
+    float *dx = be->ops->alloc(be, (size_t)M * K * sizeof(float));
+    float *db = be->ops->alloc(be, (size_t)N * sizeof(float));
+    float *dy = be->ops->alloc(be, (size_t)M * N * sizeof(float));
+    ck_assert(arena && dx && db && dy);
+    const float *dw = arena + 64;
+    be->ops->upload(be, arena + 64, w, nw * sizeof(float));
+    be->ops->upload(be, dx, x, (size_t)M * K * sizeof(float));
+    be->ops->upload(be, db, bias, (size_t)N * sizeof(float));
+    if (declare && be->ops->gemm_weights)
+        be->ops->gemm_weights(be, arena, &dw, &nw, 1);
+    be->ops->linear(be, dy, dx, dw, db, M, N, K);
+    vs_err err = {0};
+    ck_assert_msg(be->ops->sync(be, &err) == VS_OK, "%s", err.msg);
+    be->ops->download(be, y, dy, (size_t)M * N * sizeof(float));
+    be->ops->free(be, arena);
+    be->ops->free(be, dx);
+    be->ops->free(be, db);
+    be->ops->free(be, dy);
+    ck_assert_msg(be->ops->sync(be, &err) == VS_OK, "%s", err.msg);
+}
+
+typedef struct {
+    double rms_err, rms_ref, worst; /* worst: max |d − r| / max(|r|, rms_ref) */
+} diff_stats;
+
+static diff_stats compare(const float *d, const float *r, size_t n)
+{
+    double se = 0, sr = 0;
+    for (size_t i = 0; i < n; i++) {
+        se += ((double)d[i] - r[i]) * ((double)d[i] - r[i]);
+        sr += (double)r[i] * r[i];
+    }
+    diff_stats st = {sqrt(se / (double)n), sqrt(sr / (double)n), 0};
+    for (size_t i = 0; i < n; i++) {
+        double q = fabs((double)d[i] - r[i]) / fmax(fabs(r[i]), st.rms_ref);
+        st.worst = q > st.worst ? q : st.worst;
+    }
+    return st;
+}
+
+START_TEST(bf16_linear_of_declared_weights_is_within_1e_2_of_fp32)
+{
+    static const int shapes[][3] = {
+        {1, 70, 129}, {37, 300, 64}, {130, 1024, 256}, {64, 4096, 128}, {200, 512, 2048}};
+    vs_rt_backend *bf = bf16_backend();
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int M = shapes[s][0], N = shapes[s][1], K = shapes[s][2];
+        size_t nx = (size_t)M * K, nw = (size_t)N * K, ny = (size_t)M * N;
+        float *x = malloc(nx * sizeof(float)), *w = malloc(nw * sizeof(float)),
+              *b = malloc((size_t)N * sizeof(float)), *xr = malloc(nx * sizeof(float)),
+              *wr = malloc(nw * sizeof(float)), *y32 = malloc(ny * sizeof(float)),
+              *yr = malloc(ny * sizeof(float)), *ybf = malloc(ny * sizeof(float));
+        ck_assert(x && w && b && xr && wr && y32 && yr && ybf);
+        for (size_t i = 0; i < nx; i++)
+            xr[i] = bf16_round(x[i] = frand());
+        for (size_t i = 0; i < nw; i++)
+            wr[i] = bf16_round(w[i] = 0.2f * frand());
+        for (int i = 0; i < N; i++)
+            b[i] = frand();
+        cpu_linear_host(y32, x, w, b, M, N, K);
+        cpu_linear_host(yr, xr, wr, b, M, N, K);
+        be_linear_host(bf, ybf, x, w, b, M, N, K, 1);
+
+        diff_stats to32 = compare(ybf, y32, ny);
+        printf("check_cuda: BF16 linear %dx%dx%d: RMS error %.2e of RMS %.3g (limit %.0e), worst "
+               "element %.2e (limit %.0e)\n",
+               M, N, K, to32.rms_err / to32.rms_ref, to32.rms_ref, BF16_RMS_TOL, to32.worst,
+               BF16_ELEM_TOL);
+        ck_assert_msg(to32.rms_err <= BF16_RMS_TOL * to32.rms_ref,
+                      "BF16 linear %dx%dx%d: RMS error %.3g of RMS %.3g (limit %.0e)", M, N, K,
+                      to32.rms_err, to32.rms_ref, BF16_RMS_TOL);
+        ck_assert_msg(to32.worst <= BF16_ELEM_TOL,
+                      "BF16 linear %dx%dx%d: an element is off by %.3g of max(|cpu|, rms) "
+                      "(limit %.0e)",
+                      M, N, K, to32.worst, BF16_ELEM_TOL);
+        if (!g_self) {
+            /* only the inputs round: against the CPU on BF16-rounded inputs it is FP32-exact */
+            diff_stats tor = compare(ybf, yr, ny);
+            ck_assert_msg(tor.worst <= TOL,
+                          "BF16 linear %dx%dx%d is not the FP32 product of the BF16-rounded "
+                          "inputs: worst element off by %.3g (limit %.0e); was the BF16 copy "
+                          "used?",
+                          M, N, K, tor.worst, TOL);
+        }
+
+        /* a new allocation (likely at the same address) with other weights, not declared: the
+         * copy went with the freed arena, so linear uses these FP32 weights (TF32 allowed) */
+        for (size_t i = 0; i < nw; i++)
+            w[i] = -w[i] + 0.05f * frand();
+        cpu_linear_host(y32, x, w, b, M, N, K);
+        be_linear_host(bf, ybf, x, w, b, M, N, K, 0);
+        diff_stats und = compare(ybf, y32, ny);
+        ck_assert_msg(und.rms_err <= BF16_RMS_TOL * und.rms_ref && und.worst <= BF16_ELEM_TOL,
+                      "undeclared weights after a freed arena %dx%dx%d: RMS error %.3g of %.3g, "
+                      "worst %.3g: a stale BF16 copy was used?",
+                      M, N, K, und.rms_err, und.rms_ref, und.worst);
+        free(x);
+        free(w);
+        free(b);
+        free(xr);
+        free(wr);
+        free(y32);
+        free(yr);
+        free(ybf);
+    }
+    vs_rt_backend_free(bf);
+}
+END_TEST
+
+/* The same requests in FP32 (g_dut) and BF16 mode; prints per-image PSNR and the share of tokens
+ * kept; checks every BF16 pixel is finite and in [0, 1]; returns the lowest PSNR. */
+static double fp32_vs_bf16(const char *path, const vs_srv_gen_req *reqs, int n)
+{
+    vs_err err = {0};
+    vs_rt_model *m = NULL;
+    ck_assert_msg(vs_rt_model_load(path, &m, &err) == VS_OK, "%s", err.msg);
+    vs_rt_backend *bf = bf16_backend();
+    gen_out a, b;
+    gen_on(g_dut, m, reqs, n, &a);
+    gen_on(bf, m, reqs, n, &b);
+    double lowest = INFINITY;
+    size_t npix = (size_t)3 * b.side * b.side;
+    for (int i = 0; i < n; i++) {
+        for (size_t p = 0; p < npix; p++)
+            ck_assert_msg(isfinite(b.unit[i][p]) && b.unit[i][p] >= 0.0f && b.unit[i][p] <= 1.0f,
+                          "%s, BF16 image %d: value %zu is %g (want finite, in [0, 1])", path, i,
+                          p, (double)b.unit[i][p]);
+        double psnr = vs_srv_psnr(a.rgb[i], b.rgb[i], (int)npix);
+        int same = 0;
+        for (int t = 0; t < a.L; t++)
+            same += a.tok[i][t] == b.tok[i][t];
+        printf("check_cuda: %s image %d (label %d, seed %llu): BF16 vs FP32 PSNR %.2f dB, tokens "
+               "kept %.1f%%\n",
+               path, i, reqs[i].label, (unsigned long long)reqs[i].seed, psnr,
+               100.0 * same / a.L);
+        lowest = psnr < lowest ? psnr : lowest;
+    }
+    gen_out_free(&a);
+    gen_out_free(&b);
+    vs_rt_backend_free(bf);
+    vs_rt_model_free(m);
+    return lowest;
+}
+
+START_TEST(bf16_mode_runs_the_tiny_fixture_to_valid_images)
+{
+    vs_srv_gen_req reqs[4];
+    for (int i = 0; i < 4; i++)
+        reqs[i] = (vs_srv_gen_req){(3 + 4 * i) % 10, (uint64_t)i, 1.5f, i < 2 ? 1 : 900,
+                                   i < 2 ? 0.0f : 0.96f};
+    double lowest = fp32_vs_bf16(MODEL, reqs, 4);
+    printf("check_cuda: tiny fixture, BF16 vs FP32: lowest PSNR %.2f dB (reported, not judged)\n",
+           lowest);
+}
+END_TEST
+
+START_TEST(bf16_mode_on_the_bundled_model_is_within_40_db_of_fp32)
+{
+    FILE *f = fopen(BUNDLED, "rb");
+    if (!f) {
+        printf("check_cuda: %s not found; BF16 PSNR check on the trained model skipped\n", BUNDLED);
+        return;
+    }
+    fclose(f);
+    vs_err err = {0};
+    vs_rt_model *m = NULL;
+    ck_assert_msg(vs_rt_model_load(BUNDLED, &m, &err) == VS_OK, "%s", err.msg);
+    const vs_rt_config *c = &m->cfg;
+    float cfg = c->default_cfg >= 0 ? (float)c->default_cfg : 1.5f;
+    int top_k = c->default_top_k >= 0 ? c->default_top_k : 900;
+    float top_p = c->default_top_p >= 0 ? (float)c->default_top_p : 0.96f;
+    if (top_k > c->vocab_size)
+        top_k = c->vocab_size;
+    vs_srv_gen_req reqs[8];
+    for (int i = 0; i < 8; i++)
+        reqs[i] = (vs_srv_gen_req){i % c->num_classes, (uint64_t)(100 + i), cfg, top_k, top_p};
+    vs_rt_model_free(m);
+    double lowest = fp32_vs_bf16(BUNDLED, reqs, 8);
+    ck_assert_msg(lowest >= BF16_MIN_PSNR_DB,
+                  "%s: an image in BF16 mode is %.2f dB from FP32 (limit %.0f dB)", BUNDLED,
+                  lowest, BF16_MIN_PSNR_DB);
 }
 END_TEST
 
@@ -700,6 +981,12 @@ static Suite *cuda_suite(void)
     tcase_set_timeout(tf, 600);
     tcase_add_test(tf, tiny_fixture_greedy_tokens_and_image_match_the_reference_in_fp32);
     suite_add_tcase(s, tf);
+    TCase *tb = tcase_create("bf16");
+    tcase_set_timeout(tb, 600);
+    tcase_add_test(tb, bf16_linear_of_declared_weights_is_within_1e_2_of_fp32);
+    tcase_add_test(tb, bf16_mode_runs_the_tiny_fixture_to_valid_images);
+    tcase_add_test(tb, bf16_mode_on_the_bundled_model_is_within_40_db_of_fp32);
+    suite_add_tcase(s, tb);
     return s;
 }
 
