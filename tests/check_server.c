@@ -723,6 +723,31 @@ START_TEST(a_deadline_that_passes_is_504_and_frees_the_pages)
 }
 END_TEST
 
+static void *instant_deadline(void *arg)
+{
+    resp *r = arg;
+    post(S.port, "{\"class_label\":1,\"timeout_ms\":1}", r);
+    return NULL;
+}
+
+START_TEST(requests_that_expire_at_once_are_all_504)
+{
+    /* the engine may answer before the handler that queued the job has returned */
+    enum { N = 24 };
+    pthread_t th[N];
+    resp r[N];
+    for (int i = 0; i < N; i++)
+        pthread_create(&th[i], NULL, instant_deadline, &r[i]);
+    for (int i = 0; i < N; i++) {
+        pthread_join(th[i], NULL);
+        check_error(&r[i], 504, NULL);
+        resp_free(&r[i]);
+    }
+    ck_assert(wait_metric(S.port, "varserve_kv_pool_used_bytes", 0, 5));
+    ck_assert_int_eq(http_get_code(S.port, "/ready"), 200);
+}
+END_TEST
+
 START_TEST(a_client_that_hangs_up_mid_generation_frees_its_pages)
 {
     double before = metric(S.port, "varserve_requests_total{code=\"499\"}");
@@ -973,6 +998,28 @@ START_TEST(a_request_waiting_for_kv_pages_runs_when_they_come_back)
 }
 END_TEST
 
+START_TEST(an_image_larger_than_the_whole_pool_is_503_naming_the_fix)
+{
+    server s;
+    /* 128 pages: a sliding-window image fits, a full-cache one (140 pages) never can */
+    const char *extra[] = {"--kv-pool-mb", "2", "--kv-policy", "sliding", "--kv-budget", "0.2", NULL};
+    ck_assert_int_eq(server_start(&s, extra, NULL), 0);
+    resp r;
+    post(s.port, "{\"class_label\":1,\"kv_policy\":\"full\"}", &r);
+    check_error(&r, 503, NULL);
+    ck_assert_ptr_nonnull(strstr(r.body, "kv_never"));
+    ck_assert_ptr_nonnull(strstr(r.body, "kv_pool_mb"));
+    resp_free(&r);
+    post(s.port, "{\"class_label\":1}", &r);
+    ck_assert_int_eq(r.code, 200);
+    ck_assert_ptr_nonnull(strstr(r.body, "\"policy\":\"sliding\",\"budget\":0.2"));
+    resp_free(&r);
+    ck_assert(metric(s.port, "varserve_kv_reservations_refused_total") >= 1);
+    ck_assert_int_eq(server_stop(&s, SIGTERM, 30), 0);
+    unlink(s.log);
+}
+END_TEST
+
 START_TEST(a_queued_request_past_its_deadline_is_504)
 {
     server s;
@@ -1201,6 +1248,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, compressing_policies_serve_with_fewer_kv_pages);
     tcase_add_test(tc, an_engine_failure_is_500_and_the_server_goes_on);
     tcase_add_test(tc, a_deadline_that_passes_is_504_and_frees_the_pages);
+    tcase_add_test(tc, requests_that_expire_at_once_are_all_504);
     tcase_add_test(tc, a_client_that_hangs_up_mid_generation_frees_its_pages);
     tcase_add_test(tc, concurrent_clients_all_get_the_images_they_would_get_alone);
     tcase_add_test(tc, metrics_have_the_architecture_names_and_pass_promtool);
@@ -1212,6 +1260,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, api_key_is_required_when_configured);
     tcase_add_test(tc, a_full_queue_answers_429_with_retry_after_and_serves_the_rest);
     tcase_add_test(tc, a_request_waiting_for_kv_pages_runs_when_they_come_back);
+    tcase_add_test(tc, an_image_larger_than_the_whole_pool_is_503_naming_the_fix);
     tcase_add_test(tc, a_queued_request_past_its_deadline_is_504);
     tcase_add_test(tc, sigterm_finishes_requests_in_flight_refuses_new_ones_and_exits_0);
     tcase_add_test(tc, a_drain_past_its_timeout_answers_503_and_exits_0);
