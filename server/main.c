@@ -236,6 +236,7 @@ static int write_tokens_json(const char *path, const vs_rt_config *c, const vs_s
 static int cmd_generate(int argc, char **argv)
 {
     common_opts o = COMMON_DEFAULTS;
+    o.fp32 = 1; /* generate reproduces the reference exactly unless --precision bf16 is asked */
     const char *labels = NULL, *out = NULL, *tokens_out = NULL;
     unsigned long long seed = 0;
     for (int i = 2; i < argc; i++) {
