@@ -247,7 +247,6 @@ try:
     if not check("varserve /ready answers 200", ready and srv.p.poll() is None, srv.text()):
         raise Abort
 
-    prom_port = free_port()
     cfg = os.path.join(tmp, "prometheus.yml")
     with open(cfg, "w") as f:
         f.write(f"""global:
@@ -262,10 +261,15 @@ scrape_configs:
     static_configs:
       - targets: ["127.0.0.1:{port}"]
 """)
-    prom = Proc([PROMETHEUS, f"--config.file={cfg}", f"--storage.tsdb.path={os.path.join(tmp, 'data')}",
-                 f"--web.listen-address=127.0.0.1:{prom_port}"])
-    pbase = f"http://127.0.0.1:{prom_port}"
-    up = wait_for(lambda: http("GET", pbase + "/-/ready", timeout=5)[0] == 200 or prom.p.poll() is not None, 60)
+    # a free port can be taken between the probe and Prometheus's bind: then try another
+    for attempt in range(3):
+        prom_port = free_port()
+        prom = Proc([PROMETHEUS, f"--config.file={cfg}", f"--storage.tsdb.path={os.path.join(tmp, 'data')}",
+                     f"--web.listen-address=127.0.0.1:{prom_port}"])
+        pbase = f"http://127.0.0.1:{prom_port}"
+        up = wait_for(lambda: http("GET", pbase + "/-/ready", timeout=5)[0] == 200 or prom.p.poll() is not None, 60)
+        if prom.p.poll() is None or "address already in use" not in prom.text():
+            break
     if not check("prometheus starts and is ready", up and prom.p.poll() is None, prom.text()):
         raise Abort
 
