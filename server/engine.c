@@ -74,6 +74,7 @@ struct vs_srv_engine {
     int n_slots;
     vs_rt_image **ptrs;    /* [max_images] */
     vs_srv_job **active;   /* [max_images + 1]: popped, not answered */
+    vs_srv_job **held;     /* [max_images + 1]: sweep's copy of active */
     int n_active;
     vs_srv_job *admitting; /* popped, images left to admit */
     int blocked;           /* admitting is waiting for pages (counted once as refused) */
@@ -274,10 +275,9 @@ static void sweep(vs_srv_engine *e)
         }
     }
     /* answer() reorders active[]; work on a copy of the pointers polled */
-    vs_srv_job *held[e->max_images + 1];
-    memcpy(held, e->active, (size_t)na * sizeof *held);
+    memcpy(e->held, e->active, (size_t)na * sizeof *e->held);
     for (int i = 0; i < na; i++) {
-        vs_srv_job *j = held[i];
+        vs_srv_job *j = e->held[i];
         int gone = j->fd >= 0 && client_gone(e->pfd[nq + (size_t)i].revents);
         if (gone)
             answer_gone(e, j);
@@ -560,13 +560,14 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     e->slots = calloc((size_t)e->max_images, sizeof *e->slots);
     e->ptrs = calloc((size_t)e->max_images, sizeof *e->ptrs);
     e->active = calloc((size_t)e->max_images + 1, sizeof *e->active);
+    e->held = calloc((size_t)e->max_images + 1, sizeof *e->held);
     e->snap = calloc(qcap, sizeof *e->snap);
     e->pfd = calloc(qcap + (size_t)e->max_images + 1, sizeof *e->pfd);
     e->row_tab = calloc(2 * (size_t)e->max_images, sizeof *e->row_tab);
     e->scale_tab = calloc(2 * (size_t)e->max_images, sizeof *e->scale_tab);
     e->pol_tab = calloc(2 * (size_t)e->max_images, sizeof *e->pol_tab);
     e->kv_scratch = malloc(vs_kv_step_scratch_floats(c) * sizeof(float));
-    if (!e->slots || !e->ptrs || !e->active || !e->snap || !e->pfd || !e->row_tab || !e->scale_tab ||
+    if (!e->slots || !e->ptrs || !e->active || !e->held || !e->snap || !e->pfd || !e->row_tab || !e->scale_tab ||
         !e->pol_tab || !e->kv_scratch)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory for the engine's tables");
 
@@ -628,6 +629,7 @@ static void teardown(vs_srv_engine *e)
     free(e->slots);
     free(e->ptrs);
     free(e->active);
+    free(e->held);
     free(e->snap);
     free(e->pfd);
     free(e->row_tab);

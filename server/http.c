@@ -523,6 +523,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         r->t0 = now_s();
         snprintf(r->method, sizeof r->method, "%s", method);
         snprintf(r->path, sizeof r->path, "%s", url);
+        /* the path is logged: no control characters (an unescaped %0a would forge a line) */
+        for (char *p = r->path; *p; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == '"')
+                *p = '?';
+        for (char *p = r->method; *p; p++)
+            if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == '"')
+                *p = '?';
         request_id(h, c, r->id, sizeof r->id);
         peer_address(c, r->peer, sizeof r->peer);
         r->rt = strcmp(url, "/generate") == 0 ? R_GENERATE
