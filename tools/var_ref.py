@@ -246,9 +246,10 @@ class Quantizer(nn.Module):
         return torch.cat(outs, dim=1)
 
     # -- training: encoder features -> multi-scale residual quantisation
-    def quantize(self, f, beta=0.25):
+    def quantize(self, f, beta=0.25, rests=None):
         """f: (B, Cvae, P, P) encoder output. Returns (f_hat straight-through, vq_loss, idx list,
-        per-scale code usage counts). Follows VAR's VectorQuantizer2 (no z-norm)."""
+        f_hat). Follows VAR's VectorQuantizer2 (no z-norm). If `rests` is a list, the residual
+        vectors each scale quantised are appended to it (for dead-code restarts)."""
         pn = self.patch_nums
         S = len(pn)
         B, C, H, W = f.shape
@@ -264,6 +265,8 @@ class Quantizer(nn.Module):
             else:
                 rest = f_rest
             rest_NC = rest.permute(0, 2, 3, 1).reshape(-1, C)
+            if rests is not None:
+                rests.append(rest_NC.detach())
             with torch.no_grad():
                 d = (rest_NC.square().sum(1, keepdim=True) + E.detach().square().sum(1)
                      - 2.0 * rest_NC @ E.detach().t())
@@ -416,7 +419,7 @@ class VAR(nn.Module):
         cond = self.class_emb(label_B)
         sos = cond.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1)
         x = torch.cat((sos, self.word_embed(x_BLCv)), dim=1)
-        x = x + self.lvl_embed(self.lvl_1L.expand(B, -1)) + self.pos_1LC
+        x = x + (self.lvl_embed(self.lvl_1L) + self.pos_1LC)
         for b in self.blocks:
             x = b(x, cond, self.attn_bias_for_masking)
         return self.logits(x, cond)
