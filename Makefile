@@ -127,5 +127,6 @@ clean:
 
 -include $(shell find build -name '*.d' 2>/dev/null)
 
-# hot CPU loops: vectorise harder (no fast-math: results stay exact and thread-count independent)
-$(BUILD)/runtime/backend_cpu.o $(BUILD)/runtime/sample.o: ALL_CFLAGS += -O3
+# hot CPU loops: vectorise harder; -fno-trapping-math lets float selects (clamps) be if-converted.
+# No fast-math: results stay exact and thread-count independent.
+$(BUILD)/runtime/backend_cpu.o $(BUILD)/runtime/sample.o: ALL_CFLAGS += -O3 -fno-trapping-math
