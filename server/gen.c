@@ -22,86 +22,8 @@ vs_status vs_srv_gen_run(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_gen_req
                          uint8_t *const *rgb, int32_t *const *tokens, vs_srv_gen_times *times,
                          vs_err *err)
 {
-    const vs_rt_config *c = &vs_rt_engine_model(e)->cfg;
-    vs_status st = VS_OK;
-    vs_kv_resv *resv = NULL;
-    vs_rt_image *imgs = calloc((size_t)n, sizeof *imgs);
-    vs_rt_image **ptrs = calloc((size_t)n, sizeof *ptrs);
-    vs_kv_row **rows = calloc((size_t)n * 2, sizeof *rows);
-    if (!imgs || !ptrs || !rows) {
-        st = vs_err_set(err, VS_ERR_NOMEM, "out of memory");
-        goto fail;
-    }
-    if (n > vs_rt_engine_max_images(e)) {
-        st = vs_err_set(err, VS_ERR_INVALID, "batch of %d images is over the engine's limit of %d",
-                        n, vs_rt_engine_max_images(e));
-        goto fail;
-    }
-    size_t pages = vs_srv_full_cache_pages(c, pool) * (size_t)n;
-    vs_kv_admit adm = vs_kv_reserve(pool, pages, &resv);
-    if (adm != VS_KV_OK) {
-        vs_kv_stats ks;
-        vs_kv_pool_stats(pool, &ks);
-        st = vs_err_set(err, VS_ERR_KV_FULL,
-                        "the KV pool has %zu pages of %.1f KB but %d images need %zu: raise the "
-                        "pool size or lower the batch",
-                        ks.pages_total, (double)ks.page_bytes / 1e3, n, pages);
-        goto fail;
-    }
-    vs_rt_engine_set_kv(e, vs_kv_pool_base(pool), vs_kv_pool_page_tokens(pool));
-    for (int i = 0; i < n; i++) {
-        if ((st = vs_rt_image_init(e, &imgs[i], err)) != VS_OK)
-            goto fail;
-        imgs[i].label = reqs[i].label;
-        imgs[i].seed = reqs[i].seed;
-        imgs[i].cfg = reqs[i].cfg;
-        imgs[i].top_k = reqs[i].top_k;
-        imgs[i].top_p = reqs[i].top_p;
-        for (int r = 0; r < 2; r++) {
-            if ((st = vs_kv_row_new(resv, &rows[2 * i + r], err)) != VS_OK)
-                goto fail;
-            imgs[i].kv[r] = vs_kv_row_layers(rows[2 * i + r]);
-        }
-        ptrs[i] = &imgs[i];
-    }
-    double t0 = now_s();
-    for (int s = 0; s < c->n_scales; s++) {
-        int nt = c->patch_nums[s] * c->patch_nums[s];
-        for (int r = 0; r < 2 * n; r++)
-            for (int l = 0; l < c->depth; l++)
-                if ((st = vs_kv_row_reserve_tokens(rows[r], l, nt, err)) != VS_OK)
-                    goto fail;
-        for (int i = 0; i < n; i++)
-            for (int r = 0; r < 2; r++)
-                imgs[i].kv[r] = vs_kv_row_layers(rows[2 * i + r]);
-        if ((st = vs_rt_step(e, ptrs, n, err)) != VS_OK)
-            goto fail;
-        for (int r = 0; r < 2 * n; r++)
-            for (int l = 0; l < c->depth; l++)
-                vs_kv_row_commit(rows[r], l, nt);
-    }
-    double t1 = now_s();
-    if (rgb && (st = vs_rt_decode(e, ptrs, n, rgb, NULL, err)) != VS_OK)
-        goto fail;
-    double t2 = now_s();
-    if (times) {
-        times->transformer_s = t1 - t0;
-        times->decode_s = t2 - t1;
-    }
-    if (tokens)
-        for (int i = 0; i < n; i++)
-            if (tokens[i])
-                memcpy(tokens[i], imgs[i].tokens,
-                       (size_t)c->scale_offset[c->n_scales] * sizeof(int32_t));
-fail:
-    vs_kv_release(resv);
-    if (imgs)
-        for (int i = 0; i < n; i++)
-            vs_rt_image_free(e, &imgs[i]);
-    free(imgs);
-    free(ptrs);
-    free(rows);
-    return st;
+    vs_srv_gen_opts o = {0};
+    return vs_srv_gen_run_opts(e, pool, reqs, n, rgb, tokens, times, &o, err);
 }
 
 vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_gen_req *reqs, int n,

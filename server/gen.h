@@ -30,9 +30,9 @@ typedef struct {
 /* Pages one image needs at its peak with the full cache (2 rows × depth layers × L tokens). */
 size_t vs_srv_full_cache_pages(const vs_rt_config *c, const vs_kv_pool *pool);
 
-/* Generates n images (n ≤ the engine's max images) with the full cache. rgb[i] host H*W*3 (may be
- * NULL); tokens[i] host [L] (may be NULL). Errors: VS_ERR_KV_FULL when the pool cannot hold the
- * batch, else what the runtime reports. */
+/* Generates n images (n ≤ the engine's max images) with the full cache (vs_srv_gen_run_opts with
+ * no options). rgb[i] host H*W*3 (may be NULL); tokens[i] host [L] (may be NULL). Errors:
+ * VS_ERR_KV_FULL when the pool cannot hold the batch, else what the runtime reports. */
 vs_status vs_srv_gen_run(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_gen_req *reqs, int n,
                          uint8_t *const *rgb, int32_t *const *tokens, vs_srv_gen_times *times,
                          vs_err *err);
