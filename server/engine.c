@@ -477,7 +477,7 @@ static void step(vs_srv_engine *e)
         memmove(e->slots + i, e->slots + i + 1, (size_t)(e->n_slots - i - 1) * sizeof *e->slots);
         e->n_slots--;
         memset(&e->slots[e->n_slots], 0, sizeof e->slots[e->n_slots]);
-        vs_srv_metrics_images(e->met, 1);
+        vs_srv_metrics_images_policy(e->met, j->p.kv_policy, 1);
         if (++j->finished == j->p.n)
             answer(e, j, 200, VS_OK, NULL, NULL, NULL);
         else

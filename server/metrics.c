@@ -1,6 +1,8 @@
 /* server/metrics.c — see metrics.h. Rendering reads process_* numbers from /proc (Linux). */
 #include "server/metrics.h"
 
+#include "kvcache/policy.h"
+
 #include <dirent.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -11,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kvcache/policy.h"
 #include "runtime/model.h"
 
 #define MAX_BUCKETS 16
@@ -40,6 +43,7 @@ struct vs_srv_metrics {
     unsigned long long code_count[MAX_CODES];
     int n_codes;
     unsigned long long images, kv_refused;
+    unsigned long long policy_images[VS_KV_POLICY_COUNT]; /* images generated, by KV policy */
     hist h[VS_SRV_H_COUNT];
     hist batch_rows;
     hist step[VS_RT_MAX_SCALES];
@@ -130,6 +134,15 @@ void vs_srv_metrics_images(vs_srv_metrics *m, int n)
 {
     pthread_mutex_lock(&m->mu);
     m->images += (unsigned long long)n;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void vs_srv_metrics_images_policy(vs_srv_metrics *m, int policy, int n)
+{
+    pthread_mutex_lock(&m->mu);
+    m->images += (unsigned long long)n;
+    if (policy >= 0 && policy < VS_KV_POLICY_COUNT)
+        m->policy_images[policy] += (unsigned long long)n;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -319,6 +332,10 @@ char *vs_srv_metrics_render(vs_srv_metrics *m, size_t queued, size_t *len)
         put(&b, "varserve_requests_total{code=\"%d\"} %llu\n", m->codes[i], m->code_count[i]);
     head(&b, "images_generated_total", "counter", "Images generated and decoded.");
     put(&b, "varserve_images_generated_total %llu\n", m->images);
+    head(&b, "kv_policy_images_total", "counter", "Images generated, by the KV cache policy they ran under.");
+    for (int k = 0; k < VS_KV_POLICY_COUNT; k++)
+        put(&b, "varserve_kv_policy_images_total{policy=\"%s\"} %llu\n",
+            vs_kv_policy_name((vs_kv_policy_kind)k), m->policy_images[k]);
     head(&b, "requests_waiting", "gauge", "Requests accepted and not yet running (queued or waiting for KV pages).");
     put(&b, "varserve_requests_waiting %zu\n", queued + (size_t)m->engine_waiting);
     head(&b, "requests_running", "gauge", "Requests with at least one image in the running batch.");

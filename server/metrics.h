@@ -34,6 +34,8 @@ void vs_srv_metrics_set_model(vs_srv_metrics *m, const char *version, const char
 
 void vs_srv_metrics_request(vs_srv_metrics *m, int http_code); /* requests_total{code} */
 void vs_srv_metrics_images(vs_srv_metrics *m, int n);           /* images_generated_total */
+/* images_generated_total and kv_policy_images_total{policy} (policy: a vs_kv_policy_kind) */
+void vs_srv_metrics_images_policy(vs_srv_metrics *m, int policy, int n);
 void vs_srv_metrics_observe(vs_srv_metrics *m, vs_srv_hist h, double value);
 /* One engine step: the largest scale index in it, its wall time and its rows. */
 void vs_srv_metrics_step(vs_srv_metrics *m, int scale, double seconds, int rows);

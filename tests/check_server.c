@@ -674,6 +674,13 @@ END_TEST
 START_TEST(compressing_policies_serve_with_fewer_kv_pages)
 {
     static const char *policies[] = {"scalekv", "snapkv", "pyramidkv", "sliding", "streamingllm"};
+    double before[5];
+    for (int i = 0; i < 5; i++) {
+        char name[96];
+        snprintf(name, sizeof name, "varserve_kv_policy_images_total{policy=\"%s\"}", policies[i]);
+        before[i] = metric(S.port, name);
+        ck_assert_msg(before[i] >= 0, "no %s in /metrics", name);
+    }
     for (int i = 0; i < 5; i++) {
         char body[160], want[96];
         snprintf(body, sizeof body, "{\"class_label\":6,\"seed\":2,\"kv_policy\":\"%s\",\"kv_budget\":0.25}",
@@ -687,6 +694,9 @@ START_TEST(compressing_policies_serve_with_fewer_kv_pages)
         long bytes = atol(p + strlen(want));
         ck_assert_msg(bytes > 0 && bytes < 140L * 16384, "%s reserves %ld bytes per image", policies[i], bytes);
         resp_free(&r);
+        char name[96];
+        snprintf(name, sizeof name, "varserve_kv_policy_images_total{policy=\"%s\"}", policies[i]);
+        ck_assert_msg(metric(S.port, name) == before[i] + 1, "%s not counted once", name);
     }
     resp r;
     post(S.port, "{\"class_label\":6,\"seed\":2}", &r);
