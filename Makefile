@@ -119,8 +119,13 @@ deps:
 run: deps all
 	./build/varserve serve --model $(MODEL) --port $(PORT)
 
+# the engine on the tiny reference-shaped model (the issue's settings), then the bundled model
+# under the full cache and ScaleKV; record results in bench/RESULTS.md with machine and date
 bench: all
 	./build/varserve bench --model tests/fixtures/tiny/model.safetensors --batch 1,8 --reps 3 --top-k 900 --top-p 0.96 --cfg 1.5
+	@if [ -f $(MODEL) ]; then \
+	  ./build/varserve bench --model $(MODEL) --batch 1,8,32 --reps 3 && \
+	  ./build/varserve bench --model $(MODEL) --batch 1,8,32 --reps 3 --kv-policy scalekv --kv-budget 0.1; fi
 
 clean:
 	rm -rf build
