@@ -135,3 +135,10 @@ clean:
 # hot CPU loops: vectorise harder; -fno-trapping-math lets float selects (clamps) be if-converted.
 # No fast-math: results stay exact and thread-count independent.
 $(BUILD)/runtime/backend_cpu.o $(BUILD)/runtime/sample.o: ALL_CFLAGS += -O3 -fno-trapping-math
+
+# retrain the bundled model (not part of make test): Debian's python3-torch on CPU, ~75 min on 2 cores
+model:
+	@dpkg-query -W -f='$${Status}' python3-torch 2>/dev/null | grep -q "install ok installed" || \
+	  { [ "$$(id -u)" = 0 ] && apt-get install -y -q python3-torch python3-numpy; } || \
+	  { echo "make model needs python3-torch: sudo apt-get install -y python3-torch"; exit 1; }
+	$(PYTHON) tools/train_mnist.py --out $(MODEL)
