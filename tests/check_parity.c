@@ -230,7 +230,7 @@ static void step_images(rig *r, vs_rt_image *img, vs_kv_row **rows, int first, i
 {
     const vs_rt_config *c = &g_model->cfg;
     vs_err err = {0};
-    vs_rt_image *run[2];
+    vs_rt_image *run[2] = {NULL, NULL};
     int nt[2] = {0, 0};
     for (int i = first; i <= last; i++) {
         nt[i] = c->patch_nums[img[i].scale] * c->patch_nums[img[i].scale];
