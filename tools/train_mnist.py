@@ -504,7 +504,7 @@ def get_classifier(a):
     torch.manual_seed(a.seed + 4)
     opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(a.seed + 5)
-    for ep in range(4):
+    for ep in range(10):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x) - 63, 64):
             ids = perm[i:i + 64]
