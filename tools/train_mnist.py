@@ -66,7 +66,7 @@ CONFIG = {
 }
 # Sampling defaults recorded in the exported config (optional fields; chosen from the sample
 # grids, see tools/README_mnist.md).
-DEFAULTS = {"default_cfg": 3.0, "default_top_k": 0, "default_top_p": 0.0}
+DEFAULTS = {"default_cfg": 1.5, "default_top_k": 50, "default_top_p": 0.0}
 FIXTURE_CFGS = [3.0, 2.5, 3.5, 2.0, 4.0, 1.5, 5.0]
 
 
