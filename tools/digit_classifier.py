@@ -5,8 +5,10 @@ training digits only, checked on the 2,000 held out). Debian's python3-torch.
     /usr/bin/python3 tools/digit_classifier.py                 # train (cached) and report held-out accuracy
     /usr/bin/python3 tools/digit_classifier.py a.png b.png ... # print the predicted digit of each PNG
 
-The architecture and training (4 epochs of Adam, random ±2 px shifts) live in tools/train_mnist.py
-(Classifier, get_classifier); the weights are cached in build/mnist/classifier.pt."""
+The architecture (5 conv+BatchNorm layers, dropout) and training (24 epochs of AdamW with a
+one-cycle schedule, per-digit random rotation/scale/shift, label smoothing 0.05) live in
+tools/train_mnist.py (Classifier, get_classifier); the weights are cached in
+build/mnist/classifier-v2.pt. Held-out accuracy: 99.40% (262 s on the 2-core dev machine)."""
 import argparse
 import os
 import sys

@@ -478,22 +478,46 @@ def stage_samples(a):
 
 
 class Classifier(nn.Module):
-    """Small CNN used only to score samples (stage eval); trained on the training split."""
+    """Small CNN used only to score samples (tools/digit_classifier.py, tools/eval_mnist.py, stage
+    eval); trained on the training split only."""
 
     def __init__(self):
         super().__init__()
+
+        def block(cin, cout):
+            return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU()]
         self.net = nn.Sequential(
-            nn.Conv2d(1, 32, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Flatten(), nn.Linear(64 * 16, 128), nn.ReLU(), nn.Linear(128, 10))
+            *block(1, 32), *block(32, 32), nn.MaxPool2d(2),       # 16x16
+            *block(32, 64), *block(64, 64), nn.MaxPool2d(2),      # 8x8
+            *block(64, 128), nn.MaxPool2d(2),                     # 4x4
+            nn.Flatten(), nn.Dropout(0.3), nn.Linear(128 * 16, 128), nn.ReLU(),
+            nn.Dropout(0.3), nn.Linear(128, 10))
 
     def forward(self, x01):          # (N, 1 or 3, 32, 32) in [0, 1]
         return self.net(x01[:, :1] * 2 - 1)
 
 
+CLASSIFIER_EPOCHS = 24
+
+
+def augment(xb, g):
+    """Per-digit random affine: rotation up to 12 degrees, scale 0.9..1.1, shift up to 2.5 px."""
+    n = len(xb)
+    r = (torch.rand(n, generator=g) * 2 - 1) * math.radians(12)
+    s = 0.9 + torch.rand(n, generator=g) * 0.2
+    t = (torch.rand(n, 2, generator=g) * 2 - 1) * (2.5 / 16)
+    th = torch.zeros(n, 2, 3)
+    th[:, 0, 0] = torch.cos(r) / s
+    th[:, 0, 1] = -torch.sin(r) / s
+    th[:, 1, 0] = torch.sin(r) / s
+    th[:, 1, 1] = torch.cos(r) / s
+    th[:, :, 2] = t
+    grid = F.affine_grid(th, list(xb.shape), align_corners=False)
+    return F.grid_sample(xb, grid, align_corners=False, padding_mode="zeros")
+
+
 def get_classifier(a):
-    path = os.path.join(a.work, "classifier.pt")
+    path = os.path.join(a.work, "classifier-v2.pt")
     clf = Classifier()
     if os.path.exists(path):
         clf.load_state_dict(torch.load(path))
@@ -502,20 +526,20 @@ def get_classifier(a):
     x = (to_model_space(images[tr])[:, :1] + 1) / 2
     y = torch.from_numpy(labels[tr])
     torch.manual_seed(a.seed + 4)
-    opt = torch.optim.Adam(clf.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(a.seed + 5)
-    for ep in range(10):
+    steps = CLASSIFIER_EPOCHS * (len(x) // 64)
+    opt = torch.optim.AdamW(clf.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps)
+    clf.train()
+    for ep in range(CLASSIFIER_EPOCHS):
         perm = torch.randperm(len(x), generator=g)
         for i in range(0, len(x) - 63, 64):
             ids = perm[i:i + 64]
-            xb = x[ids]
-            # small random shifts so the classifier does not depend on exact centring
-            dx, dy = torch.randint(-2, 3, (2,), generator=g).tolist()
-            xb = torch.roll(xb, (dy, dx), (2, 3))
-            loss = F.cross_entropy(clf(xb), y[ids])
+            loss = F.cross_entropy(clf(augment(x[ids], g)), y[ids], label_smoothing=0.05)
             opt.zero_grad()
             loss.backward()
             opt.step()
+            sched.step()
     clf.eval()
     with torch.no_grad():
         xh = (to_model_space(images[ho])[:, :1] + 1) / 2
