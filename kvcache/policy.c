@@ -179,10 +179,17 @@ vs_status vs_kv_policy_new(vs_kv_policy_kind kind, double budget, const vs_rt_co
                 for (int k = 0; k < p->depth; k++)
                     nd += row[k];
                 int nr = p->depth - nd;
-                if (!row[l] && nr > 0) {
-                    /* refiners share what the drafters (whole cache) leave of depth·B */
-                    double mn = (B * p->depth - (double)nd * p->cum[s]) / nr;
-                    cap = at_least_window(mn);
+                /* drafters keep the whole cache when the budget affords it (as in the paper's
+                 * budget files), else what is left once every refiner has its window */
+                double mx = p->cum[s];
+                if (nd > 0 && nr > 0 && B * p->depth - (double)nr * VS_KV_WINDOW < (double)nd * mx)
+                    mx = (B * p->depth - (double)nr * VS_KV_WINDOW) / nd;
+                if (row[l]) {
+                    if (mx < p->cum[s])
+                        cap = at_least_window(mx);
+                } else if (nr > 0) {
+                    /* refiners share what the drafters leave of depth·B */
+                    cap = at_least_window((B * p->depth - (double)nd * mx) / nr);
                 }
                 break;
             }
@@ -338,20 +345,26 @@ size_t vs_kv_policy_peak_pages_per_row(const vs_kv_policy *p, int page_tokens)
     int tok[1024];
     int depth = p->depth < 1024 ? p->depth : 1024;
     memset(tok, 0, sizeof tok);
-    size_t peak = 0;
+    size_t peak = 0, held = 0; /* held = Σ pages of every layer's cached tokens */
     for (int s = 0; s < p->n_scales; s++) {
         int n = p->patch_nums[s] * p->patch_nums[s];
         for (int l = 0; l < depth; l++) {
-            tok[l] += n;
-            size_t now = 0;
-            for (int k = 0; k < depth; k++)
-                now += pages_for(tok[k], page_tokens);
-            peak = now > peak ? now : peak;
-            int cap = vs_kv_policy_capacity(p, l, s, tok[l]);
-            if (s == p->n_scales - 1)
-                tok[l] = 0;
-            else if (cap < tok[l])
+            size_t before = pages_for(tok[l], page_tokens), during = before;
+            int cap = vs_kv_policy_capacity(p, l, s, tok[l] + n);
+            if (s == p->n_scales - 1) {
+                tok[l] = 0; /* attends from qkv, then the layer is released */
+            } else if (cap >= tok[l] + n) {
+                tok[l] += n; /* the attention stores the new tokens */
+                during = pages_for(tok[l], page_tokens);
+            } else {
+                /* selection: pages grow to the capacity (if the cache was shorter), then shrink */
+                size_t c = pages_for(cap, page_tokens);
+                during = c > before ? c : before;
                 tok[l] = cap;
+            }
+            size_t now = held - before + during;
+            peak = now > peak ? now : peak;
+            held = held - before + pages_for(tok[l], page_tokens);
         }
     }
     return peak;

@@ -4,7 +4,9 @@
  * Design (shared/ALGORITHMS.md §3–4): after layer l finished its attention at scale s, a row whose
  * layer holds more than capacity(l, s) tokens is compacted, per head, to exactly that many.
  * `full` never compresses. `scalekv` gives drafter layers (from a calibrated budget file) the
- * whole cache and refiners what is left so the mean over layers equals the budget; `snapkv` uses
+ * whole cache and refiners what is left so the mean over layers equals the budget; when the budget
+ * can not afford whole-cache drafters (few layers, small budgets), drafters get what is left once
+ * every refiner holds its window, so a scalekv image never costs more than the budget says; `snapkv` uses
  * the same selection with one capacity for all layers; `pyramidkv` shrinks capacity linearly with
  * depth (1.5·B at the first layer to 0.5·B at the last); `sliding` keeps the most recent tokens;
  * `streamingllm` keeps the first two scales as sinks plus the most recent tokens. The budget B is
@@ -71,8 +73,9 @@ int vs_kv_window(int side, int n_tokens, int n_new, int32_t *slots);
 int vs_kv_policy_select_head(const vs_kv_policy *p, int scale_side, int n_tokens, int n_new,
                              const float *scores, int cap, int32_t *keep, float *tmp);
 
-/* Pages one row needs at its peak under this policy when each layer's new tokens are added just
- * before its attention, compacted just after it, and released after the last scale's attention. */
+/* Pages one row needs at its peak under this policy, in the flow of kvcache/step.h: a layer that
+ * keeps every token gets pages for the new ones; a compressed layer holds only its capacity (the
+ * new tokens are selected from qkv); after the last scale's attention the layer is released. */
 size_t vs_kv_policy_peak_pages_per_row(const vs_kv_policy *p, int page_tokens);
 /* Average tokens per layer kept after the last compressing scale (what "budget" means). */
 double vs_kv_policy_mean_tokens(const vs_kv_policy *p);

@@ -330,7 +330,8 @@ void vs_kv_row_commit(vs_kv_row *row, int layer, int n_new)
     l->n_tokens += n_new;
 }
 
-void vs_kv_row_compact(vs_kv_row *row, int layer, int heads, const int32_t *keep, int n)
+void vs_kv_row_select(vs_kv_row *row, int layer, int heads, const int32_t *keep, int n,
+                      const float *new_k, const float *new_v, size_t new_stride, int n_new)
 {
     vs_kv_resv *resv = row->resv;
     vs_kv_pool *pool = resv->pool;
@@ -338,26 +339,35 @@ void vs_kv_row_compact(vs_kv_row *row, int layer, int heads, const int32_t *keep
                 pool->layers - 1);
     vs_rt_kv_layer *l = &row->layers[layer];
     VS_KV_CHECK(heads > 0 && pool->kv_dim % heads == 0,
-                "kv compact: %d heads do not divide kv_dim %d", heads, pool->kv_dim);
-    VS_KV_CHECK(n >= 0 && n <= l->n_tokens, "kv compact: layer %d keeps %d of %d tokens", layer, n,
-                l->n_tokens);
+                "kv select: %d heads do not divide kv_dim %d", heads, pool->kv_dim);
+    VS_KV_CHECK(n_new >= 0 && (n_new == 0 || (new_k && new_v)),
+                "kv select: %d new tokens without their K and V", n_new);
+    int cand = l->n_tokens + n_new;
+    int pt = pool->page_tokens;
+    VS_KV_CHECK(n >= 0 && n <= cand && (long)n <= (long)l->n_pages * pt,
+                "kv select: layer %d keeps %d of %d tokens in %d pages (reserve them first)", layer,
+                n, cand, l->n_pages);
 
     const int32_t *table = row_table(row, layer);
     size_t head_dim = (size_t)(pool->kv_dim / heads);
-    int pt = pool->page_tokens;
     for (int h = 0; h < heads && n > 0; h++) { /* n == 0 may come with keep == NULL */
         const int32_t *hk = keep + (size_t)h * (size_t)n;
         for (int i = 0; i < n; i++) {
             int src = hk[i];
             /* Strictly ascending makes src >= i, so a forward copy never reads a moved slot. */
-            VS_KV_CHECK(src >= 0 && src < l->n_tokens && (i == 0 || src > hk[i - 1]),
-                        "kv compact: layer %d head %d: keep[%d] = %d is not an ascending slot "
+            VS_KV_CHECK(src >= 0 && src < cand && (i == 0 || src > hk[i - 1]),
+                        "kv select: layer %d head %d: keep[%d] = %d is not an ascending slot "
                         "below %d",
-                        layer, h, i, src, l->n_tokens);
+                        layer, h, i, src, cand);
             if (src == i)
                 continue;
             for (int kv = 0; kv < 2; kv++) {
-                const float *from = slot_ptr(pool, table[src / pt], src % pt, kv) + h * head_dim;
+                const float *from;
+                if (src < l->n_tokens)
+                    from = slot_ptr(pool, table[src / pt], src % pt, kv) + h * head_dim;
+                else
+                    from = (kv ? new_v : new_k) + (size_t)(src - l->n_tokens) * new_stride +
+                           h * head_dim;
                 float *to = slot_ptr(pool, table[i / pt], i % pt, kv) + h * head_dim;
                 memcpy(to, from, head_dim * sizeof(float));
             }
@@ -372,6 +382,11 @@ void vs_kv_row_compact(vs_kv_row *row, int layer, int heads, const int32_t *keep
         resv->pages_left++;
     }
     l->n_tokens = n;
+}
+
+void vs_kv_row_compact(vs_kv_row *row, int layer, int heads, const int32_t *keep, int n)
+{
+    vs_kv_row_select(row, layer, heads, keep, n, NULL, NULL, 0, 0);
 }
 
 int vs_kv_row_tokens(const vs_kv_row *row, int layer)

@@ -83,6 +83,14 @@ void vs_kv_row_commit(vs_kv_row *row, int layer, int n_new);
  * compacts with a kernel of the backend). */
 void vs_kv_row_compact(vs_kv_row *row, int layer, int heads, const int32_t *keep, int n);
 
+/* vs_kv_row_compact over the layer's committed tokens followed by n_new tokens that are not in
+ * the pages (the step's new K and V, still in the forward pass's qkv): keep slots >= the layer's
+ * token count name new token (slot - count), whose head h lies at
+ * new_k/new_v + (slot - count) * new_stride + h * head_dim (host memory). The layer must already
+ * have pages for n tokens (vs_kv_row_reserve_tokens); pages past n go back to the reservation. */
+void vs_kv_row_select(vs_kv_row *row, int layer, int heads, const int32_t *keep, int n,
+                      const float *new_k, const float *new_v, size_t new_stride, int n_new);
+
 int vs_kv_row_tokens(const vs_kv_row *row, int layer);
 /* The row's paged view for the forward pass; valid until the next call that changes the row. */
 const vs_rt_kv_layer *vs_kv_row_layers(const vs_kv_row *row);

@@ -1,11 +1,13 @@
 /* kvcache/step.h — the KV side of one engine step: the runtime's per-layer hooks, implemented
  * over the pool and the policies.
  *
- * Before a layer's attention, each row gets pages for its new tokens in that layer; after it, the
- * tokens are committed and the policy compacts the layer to its capacity (per head, from scores of
- * the observation window), or, after the last scale, releases the layer entirely: nothing reads it
- * again. Pages freed go back to the job's reservation, so a job's peak is one layer's new tokens
- * above the compressed cache (vs_kv_policy_peak_pages_per_row).
+ * A layer's new K,V are written into pages only when the layer keeps every token this scale:
+ * before the layer's attention such rows get pages for them and the attention op stores them;
+ * after it they are committed. A row the policy compresses at this scale reads its new K,V from
+ * the step's qkv during the attention (no pages for them), then keeps its capacity per head (from
+ * scores of the observation window) out of the cached plus new tokens; after the last scale the
+ * layer is released entirely: nothing reads it again. So a job's peak is its compressed cache,
+ * never the cache plus a scale's new tokens (vs_kv_policy_peak_pages_per_row).
  *
  * Compression reads K and queries on the host: host-memory backends only for now. Engine thread. */
 #ifndef VS_KV_STEP_H

@@ -30,6 +30,10 @@ typedef struct {
     const int32_t *tok_row;         /* host [n_tok]: the row of each token */
     float *kv_base;                 /* the KV pool arena (backend memory) */
     int page_tokens, depth;
+    /* host [n_rows], reset to 1 before each layer: 1 = the attention op also writes the row's new
+     * K,V into slots n_tokens.. of its pages (the view covers them); 0 = they stay in qkv only
+     * (kvcache/ compresses or drops them after the attention, so they never need pages) */
+    uint8_t *kv_store;
     void *dev;                      /* backend's private copy, set by batch_begin */
 } vs_rt_batch;
 
@@ -83,8 +87,9 @@ typedef struct {
                       int gamma_off, const vs_rt_batch *b, int C);
     /* qkv [T][3C]: q, k L2-normalised per head (eps 1e-12), q *= exp(min(scale_mul[h], ln 100)) */
     void (*qk_norm)(vs_rt_backend *be, float *qkv, int T, int H, int d, const float *scale_mul);
-    /* Writes each row's new K,V (from qkv) into slots kv[layer].n_tokens.. of its pages, then
-     * out[t] = softmax(q·Kᵀ·scale)·V over the row's n_tokens + n_new tokens, per head. */
+    /* out[t] = softmax(q·Kᵀ·scale)·V, per head, over the row's n_tokens cached tokens (pages)
+     * followed by its n_new new tokens (K,V read from qkv); rows with kv_store[r] also get their
+     * new K,V written into slots kv[layer].n_tokens.. of their pages. */
     void (*attention)(vs_rt_backend *be, float *out, const float *qkv, const vs_rt_batch *b,
                       int layer, int H, int d, float scale);
     /* CFG mix into the cond rows, then top-k/top-p sampling; reqs host [n]. */

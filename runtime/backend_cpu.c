@@ -350,6 +350,8 @@ static void kv_write_task(void *p, size_t b, size_t e, int worker)
     for (size_t r = b; r < e; r++) {
         const vs_rt_row *row = &bt->rows[r];
         const vs_rt_kv_layer *l = &row->kv[j->layer];
+        if (bt->kv_store && !bt->kv_store[r])
+            continue; /* kvcache/ takes this row's new tokens from qkv after the attention */
         for (int i = 0; i < row->n_new; i++) {
             const float *src = j->qkv + (size_t)(row->tok_start + i) * 3 * C;
             int slot = l->n_tokens + i;
@@ -360,7 +362,7 @@ static void kv_write_task(void *p, size_t b, size_t e, int worker)
 }
 
 /* One unit = (row, head, block of up to 64 queries): gather the row's keys and values of this head
- * from its pages into contiguous scratch, then scores = Q·Kᵀ (one GEMM), row softmax, out = P·V
+ * (cached ones from its pages, new ones from qkv) into contiguous scratch, then scores = Q·Kᵀ (one GEMM), row softmax, out = P·V
  * (one GEMM). Block shapes depend only on the row, never on the thread count. */
 #define ATTN_QBLK 64
 
@@ -380,16 +382,21 @@ static void attn_task(void *p, size_t ub, size_t ue, int worker)
         int local = (int)(u - (size_t)j->unit_row_start[r]);
         int h = local / nq_blocks, qb = local % nq_blocks;
         int q0 = qb * ATTN_QBLK, nq = row->n_new - q0 < ATTN_QBLK ? row->n_new - q0 : ATTN_QBLK;
-        int nk = l->n_tokens + row->n_new;
+        int nc = l->n_tokens, nk = nc + row->n_new;
         float *kg = c->ws[worker].p, *vg = kg + (size_t)nk * d, *sc = vg + (size_t)nk * d;
-        for (int pg = 0, k = 0; k < nk; pg++) {
+        for (int pg = 0, k = 0; k < nc; pg++) {
             const float *kp = bt->kv_base + (size_t)l->pages[pg] * 2 * PT * C + (size_t)h * d;
             const float *vp = kp + (size_t)PT * C;
-            int n = nk - k < PT ? nk - k : PT;
+            int n = nc - k < PT ? nc - k : PT;
             for (int s = 0; s < n; s++, k++) {
                 memcpy(kg + (size_t)k * d, kp + (size_t)s * C, (size_t)d * sizeof(float));
                 memcpy(vg + (size_t)k * d, vp + (size_t)s * C, (size_t)d * sizeof(float));
             }
+        }
+        for (int k = nc; k < nk; k++) {
+            const float *src = j->qkv + (size_t)(row->tok_start + k - nc) * 3 * C + (size_t)h * d;
+            memcpy(kg + (size_t)k * d, src + C, (size_t)d * sizeof(float));
+            memcpy(vg + (size_t)k * d, src + 2 * C, (size_t)d * sizeof(float));
         }
         const float *q = j->qkv + (size_t)(row->tok_start + q0) * 3 * C + (size_t)h * d;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, d, j->scale, q, 3 * C, kg, d,

@@ -428,8 +428,9 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
     return VS_OK;
 }
 
-/* Uploads one layer's [n_rows][2] (n_tokens, page offset) and its page ids; returns the most keys
- * a row attends to, or -1 after recording an error. */
+/* Uploads one layer's [n_rows][3] (n_tokens, page offset, store) and its page ids; returns the most
+ * keys a row attends to, or -1 after recording an error. Rows that store their new tokens
+ * (b->kv_store) list pages for them too. */
 static int upload_layer(cuda_backend *c, const vs_rt_batch *b, int layer, const int32_t **kvm,
                         const int32_t **pages)
 {
@@ -438,7 +439,8 @@ static int upload_layer(cuda_backend *c, const vs_rt_batch *b, int layer, const 
     for (int r = 0; r < b->n_rows; r++) {
         const vs_rt_kv_layer *kl = &b->rows[r].kv[layer];
         int nk = kl->n_tokens + b->rows[r].n_new;
-        long need = ((long)nk + b->page_tokens - 1) / b->page_tokens;
+        int held = (b->kv_store && !b->kv_store[r]) ? kl->n_tokens : nk;
+        long need = ((long)held + b->page_tokens - 1) / b->page_tokens;
         if (kl->n_tokens < 0 || need > kl->n_pages) {
             VS_FAIL(c, VS_ERR_INVALID,
                     "batch row %d layer %d holds %d tokens and adds %d, which needs %ld pages of "
@@ -449,18 +451,21 @@ static int upload_layer(cuda_backend *c, const vs_rt_batch *b, int layer, const 
         n_pages += (size_t)need;
         max_keys = nk > max_keys ? nk : max_keys;
     }
-    size_t total = 2 * (size_t)b->n_rows + n_pages;
+    size_t total = 3 * (size_t)b->n_rows + n_pages;
     if (grow_host((void **)&c->host_i32, &c->host_i32_cap, total, sizeof(int32_t)) != 0) {
         VS_FAIL(c, VS_ERR_NOMEM, "out of host memory for the page tables");
         return -1;
     }
-    int32_t *h = c->host_i32, *h_pages = h + 2 * b->n_rows;
+    int32_t *h = c->host_i32, *h_pages = h + 3 * b->n_rows;
     int32_t off = 0;
     for (int r = 0; r < b->n_rows; r++) {
         const vs_rt_kv_layer *kl = &b->rows[r].kv[layer];
-        int need = (kl->n_tokens + b->rows[r].n_new + b->page_tokens - 1) / b->page_tokens;
-        h[2 * r] = kl->n_tokens;
-        h[2 * r + 1] = off;
+        int store = !b->kv_store || b->kv_store[r];
+        int held = kl->n_tokens + (store ? b->rows[r].n_new : 0);
+        int need = (held + b->page_tokens - 1) / b->page_tokens;
+        h[3 * r] = kl->n_tokens;
+        h[3 * r + 1] = off;
+        h[3 * r + 2] = store;
         memcpy(h_pages + off, kl->pages, (size_t)need * sizeof(int32_t));
         off += need;
     }
@@ -469,7 +474,7 @@ static int upload_layer(cuda_backend *c, const vs_rt_batch *b, int layer, const 
         return -1;
     h2d(c, d, h, total * sizeof(int32_t));
     *kvm = d;
-    *pages = d + 2 * b->n_rows;
+    *pages = d + 3 * b->n_rows;
     return max_keys;
 }
 
@@ -837,7 +842,7 @@ __device__ __forceinline__ size_t kv_off(const int32_t *pg, int slot, int kv, in
     return (((size_t)pg[slot / PT] * 2 + kv) * PT + slot % PT) * (size_t)C;
 }
 
-/* The new tokens' K and V (from qkv) into slots n_tokens.. of each row's pages. */
+/* The new tokens' K and V (from qkv) into slots n_tokens.. of the pages of each row that stores. */
 __global__ void k_kv_write(float *kv_base, const float *qkv, const int32_t *tok_row,
                            const int32_t *rows, const int32_t *kvm, const int32_t *pages,
                            int n_rows, int layer, int T, int C, int PT)
@@ -846,7 +851,9 @@ __global__ void k_kv_write(float *kv_base, const float *qkv, const int32_t *tok_
     {
         int t = (int)(i / (size_t)C), k = (int)(i % (size_t)C);
         int r = tok_row[t];
-        const int32_t *m = kvm + 2 * ((size_t)layer * n_rows + r);
+        const int32_t *m = kvm + 3 * ((size_t)layer * n_rows + r);
+        if (!m[2])
+            continue;
         int slot = m[0] + (t - rows[2 * r]);
         const int32_t *pg = pages + m[1];
         const float *src = qkv + (size_t)t * 3 * C;
@@ -874,9 +881,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
     if (q0 >= n_new)
         return; /* the whole block: this row has fewer tiles */
     int nq = min(qt, n_new - q0);
-    const int32_t *m = kvm + 2 * ((size_t)layer * n_rows + r);
+    const int32_t *m = kvm + 3 * ((size_t)layer * n_rows + r);
     const int32_t *pg = pages + m[1];
-    int nk = m[0] + n_new, C = H * d;
+    int nc = m[0], nk = nc + n_new, C = H * d;
     float *qs = att_sm, *sc = att_sm + (size_t)qt * d;
 
     for (int i = threadIdx.x; i < nq * d; i += blockDim.x) {
@@ -885,7 +892,9 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
     __syncthreads();
     for (int k = threadIdx.x; k < nk; k += blockDim.x) {
-        const float *kp = kv_base + kv_off(pg, k, 0, PT, C) + (size_t)h * d;
+        /* cached keys from the pages, the new ones from qkv */
+        const float *kp = k < nc ? kv_base + kv_off(pg, k, 0, PT, C) + (size_t)h * d
+                                 : qkv + (size_t)(tok_start + k - nc) * 3 * C + C + (size_t)h * d;
         float acc[ATT_QT];
 #pragma unroll
         for (int qi = 0; qi < ATT_QT; qi++)
@@ -925,8 +934,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
         int qi = p / d, j = p % d;
         const float *s = sc + (size_t)qi * nk;
         float inv = s_inv[qi], acc = 0.0f;
-        for (int k = 0; k < nk; k++)
+        for (int k = 0; k < nc; k++)
             acc += (s[k] * inv) * kv_base[kv_off(pg, k, 1, PT, C) + (size_t)h * d + j];
+        for (int k = nc; k < nk; k++)
+            acc += (s[k] * inv) * qkv[(size_t)(tok_start + k - nc) * 3 * C + 2 * C + (size_t)h * d + j];
         out[(size_t)(tok_start + q0 + qi) * C + (size_t)h * d + j] = acc;
     }
 }

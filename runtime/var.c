@@ -28,6 +28,7 @@ struct vs_rt_engine {
     float *q_h, *q_up, *q_conv, *q_down;                  /* quantiser, one image */
     /* host scratch */
     int32_t *tok_row, *idx; /* [max_tok] */
+    uint8_t *kv_store;      /* [max_rows] see vs_rt_batch */
     vs_rt_row *rows;        /* [max_rows] */
     vs_rt_sample_req *reqs; /* [max_images] */
     vs_rt_vae *vae;
@@ -139,8 +140,9 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
     e->tok_row = malloc(T * sizeof *e->tok_row);
     e->idx = malloc(T * sizeof *e->idx);
     e->rows = malloc(R * sizeof *e->rows);
+    e->kv_store = malloc(R);
     e->reqs = malloc((size_t)max_images * sizeof *e->reqs);
-    if (fail || !e->tok_row || !e->idx || !e->rows || !e->reqs) {
+    if (fail || !e->tok_row || !e->idx || !e->rows || !e->kv_store || !e->reqs) {
         double mb = (double)T * (C * 5 + 3 * C + (size_t)c->ffn_dim + (size_t)c->vocab_size) * 4 / 1e6;
         vs_rt_engine_free(e);
         return vs_err_set(err, VS_ERR_NOMEM,
@@ -172,6 +174,7 @@ void vs_rt_engine_free(vs_rt_engine *e)
     free(e->tok_row);
     free(e->idx);
     free(e->rows);
+    free(e->kv_store);
     free(e->reqs);
     free(e);
 }
@@ -298,7 +301,8 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, vs_err *e
             T += p * p;
         }
     }
-    vs_rt_batch b = {R, T, e->rows, e->tok_row, e->kv_base, e->page_tokens, c->depth, NULL};
+    vs_rt_batch b = {R,    T, e->rows, e->tok_row, e->kv_base, e->page_tokens, c->depth,
+                     e->kv_store, NULL};
     vs_status st = BE->batch_begin(e->be, &b, err);
     if (st != VS_OK)
         return st;
@@ -358,6 +362,7 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, vs_err *e
         BE->linear(e->be, e->qkv, e->xn, bw->qkv_w, bw->qkv_bias, T, 3 * C, C);
         if (c->attn_l2_norm)
             BE->qk_norm(e->be, e->qkv, T, H, d, bw->scale_mul);
+        memset(e->kv_store, 1, (size_t)R);
         if (e->have_hooks && e->hooks.before_attn &&
             (st = e->hooks.before_attn(e->hooks.ctx, l, &b, err)) != VS_OK)
             return st;

@@ -20,11 +20,13 @@
 typedef struct vs_rt_engine vs_rt_engine;
 
 /* Per-layer hooks around attention, installed by whoever owns the KV pages (kvcache/):
- * before_attn makes room for each row's new tokens in `layer` (the views in the batch must then
- * cover them); after_attn sees the normalised qkv [T][3C] (backend memory) once the new K,V are in
- * the pages: it commits them and may compress or release the layer. A failing hook aborts the
- * step (the images in it are then unusable). Without hooks the caller reserves every layer before
- * the step and commits after it. */
+ * before_attn decides, per row, whether the attention op stores the new tokens in the pages
+ * (b->kv_store[r] stays 1: the hook must make room for them in `layer`) or leaves them in qkv only
+ * (the hook clears kv_store[r]: the row will be compressed or dropped). after_attn sees the
+ * normalised qkv [T][3C] (backend memory): it commits the stored tokens, or selects what the layer
+ * keeps from its cached tokens plus the new ones, or releases the layer. A failing hook aborts the
+ * step (the images in it are then unusable). Without hooks every row stores: the caller reserves
+ * every layer before the step and commits after it. */
 typedef struct {
     void *ctx;
     vs_status (*before_attn)(void *ctx, int layer, const vs_rt_batch *b, vs_err *err);

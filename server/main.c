@@ -476,6 +476,7 @@ static int cmd_bench(int argc, char **argv)
     size_t pool_pages = (size_t)(pool_mb * 1e6 / (double)page_bytes);
     printf("kv per image (peak reserved, 16-token pages of %.1f KB) and images in a %.0f MB pool:\n",
            (double)page_bytes / 1e3, pool_mb);
+    size_t full_pages = 0;
     for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
         vs_kv_policy *p = NULL;
         char path[4096];
@@ -483,9 +484,11 @@ static int cmd_bench(int argc, char **argv)
         if (vs_kv_policy_new((vs_kv_policy_kind)k, o.kv_budget, c, have ? path : NULL, &p, &err) != VS_OK)
             continue;
         size_t pages = 2 * vs_kv_policy_peak_pages_per_row(p, 16);
-        printf("  %-13s %9.3f MB  %6zu images%s\n", vs_kv_policy_name((vs_kv_policy_kind)k),
+        if (k == VS_KV_POLICY_FULL)
+            full_pages = pages;
+        printf("  %-13s %9.3f MB  %6zu images  %5.2fx full\n", vs_kv_policy_name((vs_kv_policy_kind)k),
                (double)(pages * page_bytes) / 1e6, pool_pages / pages,
-               k == VS_KV_POLICY_FULL ? "" : "");
+               full_pages ? (double)full_pages / (double)pages : 0.0);
         vs_kv_policy_free(p);
     }
     printf("  (the classic full cache, every layer holding all %d tokens: %.3f MB)\n",

@@ -282,6 +282,7 @@ typedef struct {
     vs_rt_kv_layer kv[TB_ROWS][TB_DEPTH];
     int32_t *pages; /* all tables, one allocation */
     int32_t *tok_row;
+    uint8_t store[TB_ROWS]; /* rows whose new K,V the attention writes to pages: a mix */
     buf2 arena; /* [page][2][TB_PT][C], random, the same on both sides */
     vs_rt_batch b[2];
 } tbatch;
@@ -297,6 +298,7 @@ static void tb_init(tbatch *t, int H, int d)
         t->rows[r].tok_start = t->n_tok;
         t->rows[r].n_new = tb_new[r];
         t->rows[r].kv = t->kv[r];
+        t->store[r] = r % 3 != 1;
         t->n_tok += tb_new[r];
         for (int l = 0; l < TB_DEPTH; l++) {
             need[r][l] = (tb_old[l][r] + tb_new[r] + TB_PT - 1) / TB_PT + 1; /* one spare page */
@@ -328,7 +330,7 @@ static void tb_init(tbatch *t, int H, int d)
     t->arena = b2_rand((size_t)t->n_pages * 2 * TB_PT * t->C, 1, 0);
     for (int s = 0; s < 2; s++) {
         vs_rt_batch b = {TB_ROWS, t->n_tok, t->rows, t->tok_row, s ? t->arena.dut : t->arena.ref,
-                         TB_PT,   TB_DEPTH, NULL};
+                         TB_PT,   TB_DEPTH, t->store, NULL};
         t->b[s] = b;
         vs_rt_backend *be = s ? g_dut : g_ref;
         vs_err err = {0};

@@ -530,6 +530,55 @@ START_TEST(compact_keeps_each_heads_chosen_tokens_and_returns_pages)
 }
 END_TEST
 
+/* Selection over cached tokens plus new ones that never had pages (the step's qkv): a head may
+ * keep any mix; the layer then holds exactly the kept tokens and its pages fit them. */
+START_TEST(select_mixes_cached_and_new_tokens_per_head)
+{
+    vs_kv_resv *a = reserve_ok(g_pool, 4);
+    vs_kv_row *r = row_ok(a);
+    grow(r, 1, 5); /* 2 pages */
+    for (int t = 0; t < 5; t++)
+        write_slot(g_pool, &vs_kv_row_layers(r)[1], t, 1);
+    enum { NEW = 6, STRIDE = 3 * KV_DIM };
+    float qkv[NEW * STRIDE]; /* [token][q | k | v] like the forward pass's qkv */
+    for (int i = 0; i < NEW; i++)
+        for (int d = 0; d < KV_DIM; d++) {
+            qkv[i * STRIDE + d] = -1.0f; /* queries: never copied */
+            qkv[i * STRIDE + KV_DIM + d] = token_value(9, i, 0, d);
+            qkv[i * STRIDE + 2 * KV_DIM + d] = token_value(9, i, 1, d);
+        }
+    /* candidates 0..4 cached, 5..10 new; head 0 keeps 2 cached + 4 new, head 1 1 cached + 5 new */
+    static const int32_t keep[HEADS * 6] = {1, 4, 5, 8, 9, 10, 0, 5, 6, 7, 8, 9};
+    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 1, 1, &(vs_err){0}), VS_OK); /* room for 6 */
+    vs_kv_row_select(r, 1, HEADS, keep, 6, qkv + KV_DIM, qkv + 2 * KV_DIM, STRIDE, NEW);
+    const vs_rt_kv_layer *l = &vs_kv_row_layers(r)[1];
+    ck_assert_int_eq(l->n_tokens, 6);
+    ck_assert_int_eq(l->n_pages, 2);
+    for (int h = 0; h < HEADS; h++)
+        for (int i = 0; i < 6; i++)
+            for (int kv = 0; kv < 2; kv++)
+                for (int d = h * HEAD_DIM; d < (h + 1) * HEAD_DIM; d++) {
+                    int src = keep[h * 6 + i];
+                    float want = src < 5 ? token_value(1, src, kv, d) : token_value(9, src - 5, kv, d);
+                    ck_assert_msg(read_float(g_pool, l, i, kv, d) == want,
+                                  "head %d slot %d kv %d float %d: %g, want %g", h, i, kv, d,
+                                  (double)read_float(g_pool, l, i, kv, d), (double)want);
+                }
+    /* keeping 2 of them returns a page to the job's reservation */
+    static const int32_t keep2[HEADS * 2] = {0, 5, 4, 5};
+    vs_kv_row_select(r, 1, HEADS, keep2, 2, NULL, NULL, 0, 0);
+    ck_assert_int_eq(l->n_pages, 1);
+    ck_assert_uint_eq(stats_of(g_pool).pages_used, 1);
+    ck_assert_uint_eq(stats_of(g_pool).pages_reserved, 3);
+    ck_assert_float_eq(read_float(g_pool, l, 0, 0, 0), token_value(1, 1, 0, 0));
+    ck_assert_float_eq(read_float(g_pool, l, 1, 0, 0), token_value(9, 5, 0, 0));
+    ck_assert_float_eq(read_float(g_pool, l, 0, 1, HEAD_DIM), token_value(9, 3, 1, HEAD_DIM));
+    ck_assert_float_eq(read_float(g_pool, l, 1, 1, HEAD_DIM), token_value(9, 4, 1, HEAD_DIM));
+    vs_kv_release(a);
+    assert_all_pages_drawable_once(g_pool, POOL_PAGES);
+}
+END_TEST
+
 START_TEST(compact_keeping_everything_moves_nothing)
 {
     vs_kv_resv *a = reserve_ok(g_pool, 2);
@@ -616,6 +665,7 @@ static Suite *kvpool_suite(int forking)
     tcase_add_checked_fixture(cmp, setup, teardown);
     tcase_add_test(cmp, compact_keeps_each_heads_chosen_tokens_and_returns_pages);
     tcase_add_test(cmp, compact_keeping_everything_moves_nothing);
+    tcase_add_test(cmp, select_mixes_cached_and_new_tokens_per_head);
     tcase_add_test(cmp, compact_to_zero_tokens_returns_every_page_of_the_layer);
     if (forking)
         tcase_add_test_raise_signal(cmp, compact_with_keep_not_ascending_aborts, SIGABRT);

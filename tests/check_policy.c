@@ -86,6 +86,13 @@ START_TEST(scalekv_refiners_share_what_the_drafter_leaves_of_the_budget)
     /* a layer already under its capacity is left alone */
     ck_assert_int_eq(vs_kv_policy_capacity(p, 1, 6, 120), VS_KV_KEEP_ALL);
     vs_kv_policy_free(p);
+    /* at 0.1 (68 tokens per layer) a whole-cache drafter (424) would eat the budget of 4 layers:
+     * the refiners keep the window and the drafter 4 x 68 - 3 x 16 = 224, so the mean is 68 */
+    p = make(VS_KV_POLICY_SCALEKV, 0.1, 4, NULL);
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 0, s, 424), 224);
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 1, s, 424), VS_KV_WINDOW);
+    ck_assert(vs_kv_policy_mean_tokens(p) <= 0.1 * 680 + 0.5);
+    vs_kv_policy_free(p);
 }
 END_TEST
 
@@ -183,8 +190,9 @@ START_TEST(peak_pages_follow_the_budget_and_full_holds_everything_before_the_las
     vs_kv_policy *skv = make(VS_KV_POLICY_SCALEKV, 0.1, 4, NULL);
     size_t pf = vs_kv_policy_peak_pages_per_row(full, 16);
     size_t ps = vs_kv_policy_peak_pages_per_row(skv, 16);
-    /* full: at the last scale's first layer, 4 layers x 424 tokens + 256 new on one layer */
-    ck_assert_uint_eq(pf, 3 * 27 + 43); /* pages(424) = 27, pages(680) = 43 */
+    /* full: after the second-to-last scale every layer holds 424 tokens; the last scale's 256
+     * new tokens are attended from qkv and never stored */
+    ck_assert_uint_eq(pf, 4 * 27); /* pages(424) = 27 */
     ck_assert_uint_lt(ps, pf);
     ck_assert_uint_gt(ps, 0);
     vs_kv_policy_free(full);
@@ -206,8 +214,11 @@ START_TEST(a_budget_file_sets_the_drafters_and_a_wrong_one_is_named)
     ck_assert(!vs_kv_policy_is_drafter(p, 0, 8));
     ck_assert(vs_kv_policy_is_drafter(p, 0, 7)); /* scales the file omits keep the default */
     ck_assert_str_eq(vs_kv_policy_source(p), path);
-    /* two drafters take 2 x 424 of the 4 x 136 budget: the refiners get the window only */
+    /* two whole-cache drafters (2 x 424) would exceed the 4 x 136 budget: the refiners get the
+     * window and the drafters what is left, (544 - 2 x 16) / 2 = 256 */
     ck_assert_int_eq(vs_kv_policy_capacity(p, 0, 8, 424), VS_KV_WINDOW);
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 2, 8, 424), 256);
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 3, 8, 424), 256);
     vs_kv_policy_free(p);
     f = fopen(path, "w");
     fputs("{\"format\":\"varserve-scalekv-budget\",\"depth\":7,\"scales\":[]}", f);

@@ -428,7 +428,7 @@ START_TEST(info_reports_model_backend_policy_and_pool)
     ck_assert_int_eq(r.code, 200);
     ck_assert_ptr_nonnull(strstr(r.content_type, "application/json"));
     const char *want[] = {"\"image_size\":256", "\"num_classes\":10", "\"backend\":{\"name\":\"cpu\"",
-                          "\"policy\":\"full\"", "\"images_fit\":8", "\"pages_per_image\":140",
+                          "\"policy\":\"full\"", "\"images_fit\":8", "\"pages_per_image\":108",
                           "\"max_batch_images\":8"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         ck_assert_msg(strstr(r.body, want[i]) != NULL, "no %s in %s", want[i], r.body);
@@ -692,7 +692,7 @@ START_TEST(compressing_policies_serve_with_fewer_kv_pages)
         const char *p = strstr(r.body, want);
         ck_assert_msg(p != NULL, "no %s in the response", want);
         long bytes = atol(p + strlen(want));
-        ck_assert_msg(bytes > 0 && bytes < 140L * 16384, "%s reserves %ld bytes per image", policies[i], bytes);
+        ck_assert_msg(bytes > 0 && bytes < 108L * 16384, "%s reserves %ld bytes per image", policies[i], bytes);
         resp_free(&r);
         char name[96];
         snprintf(name, sizeof name, "varserve_kv_policy_images_total{policy=\"%s\"}", policies[i]);
@@ -701,7 +701,7 @@ START_TEST(compressing_policies_serve_with_fewer_kv_pages)
     resp r;
     post(S.port, "{\"class_label\":6,\"seed\":2}", &r);
     ck_assert_int_eq(r.code, 200);
-    ck_assert_ptr_nonnull(strstr(r.body, "\"kv\":{\"policy\":\"full\",\"budget\":1,\"bytes_per_image\":2293760}"));
+    ck_assert_ptr_nonnull(strstr(r.body, "\"kv\":{\"policy\":\"full\",\"budget\":1,\"bytes_per_image\":1769472}"));
     resp_free(&r);
     ck_assert(wait_metric(S.port, "varserve_kv_pool_used_bytes", 0, 5));
 }
@@ -776,7 +776,7 @@ START_TEST(a_client_that_hangs_up_mid_generation_frees_its_pages)
     ck_assert_msg(wait_metric(S.port, "varserve_kv_pool_used_bytes", 0, 10), "pages not returned");
     ck_assert(wait_metric(S.port, "varserve_requests_running", 0, 5));
     ck_assert(wait_metric(S.port, "varserve_requests_total{code=\"499\"}", before + 1, 5));
-    ck_assert_double_eq(metric(S.port, "varserve_kv_pool_pages_free"), 1120);
+    ck_assert_double_eq(metric(S.port, "varserve_kv_pool_pages_free"), 864);
 }
 END_TEST
 
@@ -882,7 +882,7 @@ START_TEST(metrics_have_the_architecture_names_and_pass_promtool)
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         ck_assert_msg(strstr(r.body, names[i]) != NULL, "no '%s' in /metrics", names[i]);
     ck_assert_ptr_nonnull(strstr(r.body, "backend=\"cpu\",model=\"model\"} 1"));
-    ck_assert_double_eq(metric(S.port, "varserve_kv_pool_bytes"), 1120.0 * 16384);
+    ck_assert_double_eq(metric(S.port, "varserve_kv_pool_bytes"), 864.0 * 16384);
 
     char path[] = "/tmp/varserve-metrics-XXXXXX";
     int fd = mkstemp(path);
@@ -1011,8 +1011,8 @@ END_TEST
 START_TEST(an_image_larger_than_the_whole_pool_is_503_naming_the_fix)
 {
     server s;
-    /* 128 pages: a sliding-window image fits, a full-cache one (140 pages) never can */
-    const char *extra[] = {"--kv-pool-mb", "2", "--kv-policy", "sliding", "--kv-budget", "0.2", NULL};
+    /* 64 pages: a sliding-window image fits, a full-cache one (108 pages) never can */
+    const char *extra[] = {"--kv-pool-mb", "1", "--kv-policy", "sliding", "--kv-budget", "0.2", NULL};
     ck_assert_int_eq(server_start(&s, extra, NULL), 0);
     resp r;
     post(s.port, "{\"class_label\":1,\"kv_policy\":\"full\"}", &r);
