@@ -4,6 +4,14 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 size_t vs_kv_step_scratch_floats(const vs_rt_config *c)
 {
@@ -27,17 +35,17 @@ static int row_capacity(const vs_kv_step *s, int r, int layer, int tokens)
 static vs_status before_attn(void *ctx, int layer, const vs_rt_batch *b, vs_err *err)
 {
     vs_kv_step *s = ctx;
-    for (int r = 0; r < s->n_rows; r++) {
+    double t0 = now_s();
+    vs_status st = VS_OK;
+    for (int r = 0; r < s->n_rows && st == VS_OK; r++) {
         int n = vs_kv_row_tokens(s->rows[r], layer) + b->rows[r].n_new;
-        if (row_capacity(s, r, layer, n) < n) {
+        if (row_capacity(s, r, layer, n) < n)
             b->kv_store[r] = 0;
-            continue;
-        }
-        vs_status st = vs_kv_row_reserve_tokens(s->rows[r], layer, b->rows[r].n_new, err);
-        if (st != VS_OK)
-            return st;
+        else
+            st = vs_kv_row_reserve_tokens(s->rows[r], layer, b->rows[r].n_new, err);
     }
-    return VS_OK;
+    s->seconds += now_s() - t0;
+    return st;
 }
 
 /* Key (kv 0) or value (kv 1) of candidate j of a row's layer: cached slots from the pages, then the
@@ -161,7 +169,9 @@ static vs_status after_attn(void *ctx, int layer, const vs_rt_batch *b, const fl
 {
     vs_kv_step *s = ctx;
     const vs_rt_config *c = s->cfg;
-    for (int r = 0; r < s->n_rows; r++) {
+    double t0 = now_s();
+    vs_status st = VS_OK;
+    for (int r = 0; r < s->n_rows && st == VS_OK; r++) {
         int n_new = b->rows[r].n_new;
         if (s->stats)
             accumulate_stats(s, r, layer, b, qkv);
@@ -171,15 +181,13 @@ static vs_status after_attn(void *ctx, int layer, const vs_rt_batch *b, const fl
         }
         int n = vs_kv_row_tokens(s->rows[r], layer) + n_new;
         int cap = row_capacity(s, r, layer, n);
-        if (cap == 0) {
+        if (cap == 0)
             vs_kv_row_compact(s->rows[r], layer, c->num_heads, NULL, 0); /* never read again */
-            continue;
-        }
-        vs_status st = compress(s, r, layer, b, qkv, cap, err);
-        if (st != VS_OK)
-            return st;
+        else
+            st = compress(s, r, layer, b, qkv, cap, err);
     }
-    return VS_OK;
+    s->seconds += now_s() - t0;
+    return st;
 }
 
 vs_rt_hooks vs_kv_step_hooks(vs_kv_step *s)

@@ -34,6 +34,8 @@ typedef struct {
     float attn_scale;                   /* softmax scale of the model (for stats) */
     vs_kv_attn_stats *stats;            /* NULL: no statistics */
     float *scratch;                     /* host, vs_kv_step_scratch_floats(cfg) */
+    double seconds;                     /* out: wall time spent in the hooks (KV bookkeeping,
+                                         * selection, compaction), added to by every call */
 } vs_kv_step;
 
 size_t vs_kv_step_scratch_floats(const vs_rt_config *c);

@@ -438,7 +438,7 @@ static void step(vs_srv_engine *e)
         vs_err_set(&err, VS_ERR_INTERNAL, "failpoint: a step holding class %d fails (VARSERVE_FAILPOINT)",
                    e->fail_label);
     vs_kv_step ks = {e->row_tab, e->scale_tab, e->pol_tab, 2 * n, c,
-                     c->attn_l2_norm ? 1.0f : 0.25f / sqrtf((float)c->head_dim), NULL, e->kv_scratch};
+                     c->attn_l2_norm ? 1.0f : 0.25f / sqrtf((float)c->head_dim), NULL, e->kv_scratch, 0};
     vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
     vs_status st = VS_OK;
     if (!fail) {
@@ -451,7 +451,7 @@ static void step(vs_srv_engine *e)
         return;
     }
     double t1 = now_s();
-    vs_srv_metrics_step(e->met, max_scale, t1 - t0, 2 * n);
+    vs_srv_metrics_step(e->met, max_scale, t1 - t0, ks.seconds, 2 * n);
     vs_log(VS_LOG_DEBUG, "engine", "step: %d images at scales %d..%d, %.1f ms", n, min_scale, max_scale,
            (t1 - t0) * 1e3);
 

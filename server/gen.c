@@ -91,10 +91,8 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
         }
         ptrs[i] = &imgs[i];
     }
-    const vs_rt_backend *be = vs_rt_engine_backend(e);
-    (void)be;
     vs_kv_step ks = {rows, scale, pols, 2 * n, c,
-                     c->attn_l2_norm ? 1.0f : 0.25f / sqrtf((float)c->head_dim), opts->stats, scratch};
+                     c->attn_l2_norm ? 1.0f : 0.25f / sqrtf((float)c->head_dim), opts->stats, scratch, 0};
     vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
     double t0 = now_s();
     for (int s = 0; s < c->n_scales; s++) {
@@ -112,6 +110,7 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
     double t2 = now_s();
     if (times) {
         times->transformer_s = t1 - t0;
+        times->kv_s = ks.seconds;
         times->decode_s = t2 - t1;
     }
     if (tokens)

@@ -23,7 +23,8 @@ typedef struct {
 } vs_srv_gen_req;
 
 typedef struct {
-    double transformer_s; /* steps: transformer, sampling, quantiser */
+    double transformer_s; /* steps: transformer, sampling, quantiser (kv_s included) */
+    double kv_s;          /* of which KV bookkeeping and compression (kvcache/step hooks) */
     double decode_s;      /* VQ-VAE decoder */
 } vs_srv_gen_times;
 

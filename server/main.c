@@ -493,7 +493,8 @@ static int cmd_bench(int argc, char **argv)
     }
     printf("  (the classic full cache, every layer holding all %d tokens: %.3f MB)\n",
            c->scale_offset[c->n_scales], (double)vs_rt_full_kv_bytes(c) / 1e6);
-    printf("%6s %10s %14s %14s %14s\n", "batch", "images/s", "transformer_s", "decoder_s", "total_s");
+    printf("%6s %10s %14s %14s %14s %14s\n", "batch", "images/s", "transformer_s", "of_which_kv_s",
+           "decoder_s", "total_s");
     for (int bi = 0; bi < nb; bi++) {
         int n = (int)bs[bi];
         vs_srv_gen_req *reqs = calloc((size_t)n, sizeof *reqs);
@@ -501,7 +502,7 @@ static int cmd_bench(int argc, char **argv)
         int okb = reqs && rgb;
         for (int k = 0; okb && k < n; k++)
             okb = (rgb[k] = malloc((size_t)c->image_size * c->image_size * 3)) != NULL;
-        double sum_tr = 0, sum_dec = 0;
+        double sum_tr = 0, sum_dec = 0, sum_kv = 0;
         for (int rep = 0; okb && rep <= reps; rep++) { /* rep 0 warms up */
             for (int k = 0; k < n; k++)
                 reqs[k] = (vs_srv_gen_req){k % c->num_classes, (uint64_t)(1000 * rep + k), (float)o.cfg,
@@ -516,6 +517,7 @@ static int cmd_bench(int argc, char **argv)
             if (rep > 0) {
                 sum_tr += t.transformer_s;
                 sum_dec += t.decode_s;
+                sum_kv += t.kv_s;
             }
         }
         for (int k = 0; rgb && k < n; k++)
@@ -524,8 +526,8 @@ static int cmd_bench(int argc, char **argv)
         free(reqs);
         if (!okb)
             goto done;
-        double tr = sum_tr / reps, dec = sum_dec / reps;
-        printf("%6d %10.3f %14.4f %14.4f %14.4f\n", n, n / (tr + dec), tr, dec, tr + dec);
+        double tr = sum_tr / reps, dec = sum_dec / reps, kv = sum_kv / reps;
+        printf("%6d %10.3f %14.4f %14.4f %14.4f %14.4f\n", n, n / (tr + dec), tr, kv, dec, tr + dec);
     }
     struct rusage ru;
     getrusage(RUSAGE_SELF, &ru);

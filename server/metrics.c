@@ -43,6 +43,7 @@ struct vs_srv_metrics {
     unsigned long long code_count[MAX_CODES];
     int n_codes;
     unsigned long long images, kv_refused;
+    double kv_seconds; /* inside steps: KV bookkeeping, selection and compaction */
     unsigned long long policy_images[VS_KV_POLICY_COUNT]; /* images generated, by KV policy */
     hist h[VS_SRV_H_COUNT];
     hist batch_rows;
@@ -153,9 +154,10 @@ void vs_srv_metrics_observe(vs_srv_metrics *m, vs_srv_hist h, double v)
     pthread_mutex_unlock(&m->mu);
 }
 
-void vs_srv_metrics_step(vs_srv_metrics *m, int scale, double seconds, int rows)
+void vs_srv_metrics_step(vs_srv_metrics *m, int scale, double seconds, double kv_seconds, int rows)
 {
     pthread_mutex_lock(&m->mu);
+    m->kv_seconds += kv_seconds;
     if (scale >= 0 && scale < VS_RT_MAX_SCALES)
         hist_add(&m->step[scale], seconds);
     hist_add(&m->batch_rows, rows);
@@ -350,6 +352,10 @@ char *vs_srv_metrics_render(vs_srv_metrics *m, size_t queued, size_t *len)
     head(&b, "kv_reservations_refused_total", "counter",
          "Admissions the KV pool refused (an image kept waiting for pages, or one that can never fit).");
     put(&b, "varserve_kv_reservations_refused_total %llu\n", m->kv_refused);
+    head(&b, "kv_seconds_total", "counter",
+         "Seconds of engine steps spent on KV bookkeeping and compression (selection, compaction); "
+         "compare with the sum of varserve_step_seconds.");
+    put(&b, "varserve_kv_seconds_total %.6f\n", m->kv_seconds);
     head(&b, "batch_rows", "histogram", "Rows (two per image) in each engine step.");
     put_hist(&b, "batch_rows", "", &m->batch_rows);
     head(&b, "step_seconds", "histogram", "Wall time of one engine step, by the largest scale index in it.");

@@ -38,7 +38,7 @@ void vs_srv_metrics_images(vs_srv_metrics *m, int n);           /* images_genera
 void vs_srv_metrics_images_policy(vs_srv_metrics *m, int policy, int n);
 void vs_srv_metrics_observe(vs_srv_metrics *m, vs_srv_hist h, double value);
 /* One engine step: the largest scale index in it, its wall time and its rows. */
-void vs_srv_metrics_step(vs_srv_metrics *m, int scale, double seconds, int rows);
+void vs_srv_metrics_step(vs_srv_metrics *m, int scale, double seconds, double kv_seconds, int rows);
 void vs_srv_metrics_kv(vs_srv_metrics *m, const vs_kv_stats *s);
 void vs_srv_metrics_kv_refused(vs_srv_metrics *m);
 /* Jobs the engine holds: running (an image admitted) and waiting for pages (none admitted). */
