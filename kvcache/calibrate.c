@@ -44,21 +44,62 @@ static int cmp_by_asi(const void *a, const void *b, void *ctx)
     return (x > y) - (x < y);
 }
 
-vs_status vs_kv_calibrate_write(const vs_kv_attn_stats *st, const vs_rt_config *c,
-                                const char *model_name, int images, const char *path, vs_err *err)
+static int drafters_per_scale(int depth)
 {
-    int depth = c->depth, nd = (int)lround(depth / 16.0);
-    nd = nd < 1 ? 1 : nd;
+    int nd = (int)lround(depth / 16.0);
+    return nd < 1 ? 1 : nd;
+}
+
+static cJSON *budget_root(const vs_rt_config *c, const char *model_name, int images, const char *method,
+                          const char *rule)
+{
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "format", "varserve-scalekv-budget");
     cJSON_AddNumberToObject(root, "version", 1);
     cJSON_AddStringToObject(root, "model", model_name);
-    cJSON_AddNumberToObject(root, "depth", depth);
+    cJSON_AddNumberToObject(root, "depth", c->depth);
     cJSON_AddNumberToObject(root, "images", images);
+    cJSON_AddStringToObject(root, "method", method);
+    cJSON_AddStringToObject(root, "rule", rule);
+    return root;
+}
+
+static cJSON *scale_item(const vs_rt_config *c, int s, const int *drafters, int nd)
+{
+    cJSON *item = cJSON_CreateObject();
+    cJSON_AddNumberToObject(item, "scale", s);
+    cJSON_AddNumberToObject(item, "side", c->patch_nums[s]);
+    cJSON_AddNumberToObject(item, "tokens", c->scale_offset[s + 1]);
+    cJSON *dr = cJSON_AddArrayToObject(item, "drafters");
+    for (int k = 0; k < nd; k++)
+        cJSON_AddItemToArray(dr, cJSON_CreateNumber(drafters[k]));
+    return item;
+}
+
+/* Prints and writes root (then frees it). */
+static vs_status write_budget(cJSON *root, const char *path, vs_err *err)
+{
+    char *txt = cJSON_Print(root);
+    cJSON_Delete(root);
+    FILE *f = txt ? fopen(path, "w") : NULL;
+    int ok = f && fputs(txt, f) >= 0 && fputc('\n', f) != EOF;
+    if (f && fclose(f) != 0)
+        ok = 0;
+    free(txt);
+    if (!ok)
+        return vs_err_set(err, VS_ERR_IO, "cannot write budget file '%s': %s", path, strerror(errno));
+    return VS_OK;
+}
+
+vs_status vs_kv_calibrate_write(const vs_kv_attn_stats *st, const vs_rt_config *c,
+                                const char *model_name, int images, const char *path, vs_err *err)
+{
+    int depth = c->depth, nd = drafters_per_scale(depth);
+    nd = nd < depth ? nd : depth;
+    cJSON *root = budget_root(c, model_name, images, "asi",
+                              "per scale: ASI = mean mass on the current scale x mean mass of the "
+                              "top-K' history tokens; drafters = the N_d layers of lowest z-scored ASI");
     cJSON_AddNumberToObject(root, "top_history", st->top_history);
-    cJSON_AddStringToObject(root, "rule",
-                            "per scale: ASI = mean mass on the current scale x mean mass of the "
-                            "top-K' history tokens; drafters = the N_d layers of lowest z-scored ASI");
     cJSON *scales = cJSON_AddArrayToObject(root, "scales");
     double *asi = malloc((size_t)depth * sizeof *asi);
     int *order = malloc((size_t)depth * sizeof *order);
@@ -83,13 +124,7 @@ vs_status vs_kv_calibrate_write(const vs_kv_attn_stats *st, const vs_rt_config *
         for (int l = 0; l < depth; l++)
             order[l] = l;
         qsort_r(order, (size_t)depth, sizeof *order, cmp_by_asi, asi);
-        cJSON *item = cJSON_CreateObject();
-        cJSON_AddNumberToObject(item, "scale", s);
-        cJSON_AddNumberToObject(item, "side", c->patch_nums[s]);
-        cJSON_AddNumberToObject(item, "tokens", c->scale_offset[s + 1]);
-        cJSON *dr = cJSON_AddArrayToObject(item, "drafters");
-        for (int k = 0; k < nd && k < depth; k++)
-            cJSON_AddItemToArray(dr, cJSON_CreateNumber(order[k]));
+        cJSON *item = scale_item(c, s, order, nd);
         cJSON *ja = cJSON_AddArrayToObject(item, "asi");
         cJSON *jz = cJSON_AddArrayToObject(item, "z");
         for (int l = 0; l < depth; l++) {
@@ -100,16 +135,38 @@ vs_status vs_kv_calibrate_write(const vs_kv_attn_stats *st, const vs_rt_config *
     }
     free(asi);
     free(order);
-    char *txt = cJSON_Print(root);
-    cJSON_Delete(root);
-    FILE *f = txt ? fopen(path, "w") : NULL;
-    int ok = f && fputs(txt, f) >= 0 && fputc('\n', f) != EOF;
-    if (f && fclose(f) != 0)
-        ok = 0;
-    free(txt);
-    if (!ok)
-        return vs_err_set(err, VS_ERR_IO, "cannot write budget file '%s': %s", path, strerror(errno));
-    return VS_OK;
+    return write_budget(root, path, err);
+}
+
+static int cmp_by_damage_desc(const void *a, const void *b, void *ctx)
+{
+    return -cmp_by_asi(a, b, ctx);
+}
+
+vs_status vs_kv_calibrate_write_sensitivity(const double *damage, const vs_rt_config *c,
+                                            const char *model_name, int images, const char *path,
+                                            vs_err *err)
+{
+    int depth = c->depth, nd = drafters_per_scale(depth);
+    nd = nd < depth ? nd : depth;
+    int *order = malloc((size_t)depth * sizeof *order);
+    if (!order)
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+    for (int l = 0; l < depth; l++)
+        order[l] = l;
+    qsort_r(order, (size_t)depth, sizeof *order, cmp_by_damage_desc, (void *)damage);
+    cJSON *root = budget_root(c, model_name, images, "sensitivity",
+                              "damage(l) = share of tokens that change when only layer l keeps just "
+                              "the observation window (full cache elsewhere); drafters = the N_d "
+                              "layers of highest damage, the same at every scale");
+    cJSON *jd = cJSON_AddArrayToObject(root, "damage");
+    for (int l = 0; l < depth; l++)
+        cJSON_AddItemToArray(jd, cJSON_CreateNumber(round(damage[l] * 1e4) / 1e4));
+    cJSON *scales = cJSON_AddArrayToObject(root, "scales");
+    for (int s = 1; s < c->n_scales; s++)
+        cJSON_AddItemToArray(scales, scale_item(c, s, order, nd));
+    free(order);
+    return write_budget(root, path, err);
 }
 
 int vs_kv_budget_path_for(const char *model_path, char *out, size_t cap)

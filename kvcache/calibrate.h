@@ -19,6 +19,13 @@ void vs_kv_stats_free(vs_kv_attn_stats *st);
 vs_status vs_kv_calibrate_write(const vs_kv_attn_stats *st, const vs_rt_config *c,
                                 const char *model_name, int images, const char *path, vs_err *err);
 
+/* The same file from layer sensitivities (`varserve calibrate --method sensitivity`): damage[l]
+ * is the share of tokens that change when only layer l is compressed to the observation window
+ * (vs_kv_policy_new_probe); the N_d most damaged layers draft at every scale. */
+vs_status vs_kv_calibrate_write_sensitivity(const double *damage, const vs_rt_config *c,
+                                            const char *model_name, int images, const char *path,
+                                            vs_err *err);
+
 /* The budget file that goes with a model: MODEL minus ".safetensors", plus ".budgets.json".
  * Returns 1 when that file exists, else 0 (out is filled either way). */
 int vs_kv_budget_path_for(const char *model_path, char *out, size_t cap);

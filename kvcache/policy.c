@@ -212,6 +212,23 @@ vs_status vs_kv_policy_new(vs_kv_policy_kind kind, double budget, const vs_rt_co
     return VS_OK;
 }
 
+vs_status vs_kv_policy_new_probe(const vs_rt_config *c, int layer, vs_kv_policy **out, vs_err *err)
+{
+    if (layer < 0 || layer >= c->depth)
+        return vs_err_set(err, VS_ERR_INVALID, "probe layer %d is outside 0..%d", layer, c->depth - 1);
+    double budget = (double)VS_KV_WINDOW / c->scale_offset[c->n_scales];
+    vs_status st = vs_kv_policy_new(VS_KV_POLICY_SNAPKV, budget > 1 ? 1 : budget, c, NULL, out, err);
+    if (st != VS_OK)
+        return st;
+    vs_kv_policy *p = *out;
+    for (int s = 0; s < p->n_scales; s++)
+        for (int l = 0; l < p->depth; l++)
+            if (l != layer)
+                p->cap[(size_t)s * p->depth + l] = VS_KV_KEEP_ALL;
+    snprintf(p->source, sizeof p->source, "probe of layer %d", layer);
+    return VS_OK;
+}
+
 void vs_kv_policy_free(vs_kv_policy *p)
 {
     if (!p)

@@ -49,6 +49,10 @@ vs_status vs_kv_policy_new(vs_kv_policy_kind kind, double budget, const vs_rt_co
                            const char *budget_file, vs_kv_policy **out, vs_err *err);
 void vs_kv_policy_free(vs_kv_policy *p); /* NULL ok */
 
+/* Calibration probe: the snapkv selection compressing only `layer`, to the observation window, at
+ * every scale; every other layer keeps its whole cache. VS_ERR_INVALID for a layer out of range. */
+vs_status vs_kv_policy_new_probe(const vs_rt_config *c, int layer, vs_kv_policy **out, vs_err *err);
+
 vs_kv_policy_kind vs_kv_policy_kind_of(const vs_kv_policy *p);
 double vs_kv_policy_budget(const vs_kv_policy *p);
 /* "default" or the budget file's path */

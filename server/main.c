@@ -37,7 +37,7 @@ static int usage(FILE *f)
             "            --out PREFIX [--tokens-out FILE.json]\n"
             "  bench     --model M [--batch 1,8] [--reps 3] [--kv-policy P] [--kv-budget B]\n"
             "            [--pool-mb MB] [sampling and backend options as for generate]\n"
-            "  calibrate --model M [--images 16] [--top-history 32] [--out M.budgets.json]\n"
+            "  calibrate --model M [--images 16] [--method asi|sensitivity] [--top-history 32] [--out M.budgets.json]\n"
             "  fidelity  --model M --kv-policy P --kv-budget B [--images 16] [--seed S] [--json]\n"
             "  inspect   MODEL\n"
             "  serve     [--config FILE] [--model M] [--host H] [--port P]\n");
@@ -547,7 +547,7 @@ done:
 static int cmd_calibrate(int argc, char **argv)
 {
     common_opts o = COMMON_DEFAULTS;
-    const char *out = NULL;
+    const char *out = NULL, *method = "asi";
     long images = 16, top_hist = 32;
     for (int i = 2; i < argc; i++) {
         int r = common_opt(&o, argc, argv, &i);
@@ -556,14 +556,19 @@ static int cmd_calibrate(int argc, char **argv)
         if (r > 0)
             continue;
         const char *k = argv[i];
-        if (strcmp(k, "--out") != 0 && strcmp(k, "--images") != 0 && strcmp(k, "--top-history") != 0)
+        if (strcmp(k, "--out") != 0 && strcmp(k, "--images") != 0 && strcmp(k, "--top-history") != 0 &&
+            strcmp(k, "--method") != 0)
             return bad("unknown option '%s' for calibrate (see varserve --help)", k);
         if (i + 1 >= argc)
             return bad("option %s needs a value", k);
         const char *v = argv[++i];
         if (strcmp(k, "--out") == 0)
             out = v;
-        else if (strcmp(k, "--images") == 0) {
+        else if (strcmp(k, "--method") == 0) {
+            if (strcmp(v, "asi") != 0 && strcmp(v, "sensitivity") != 0)
+                return bad("--method must be asi or sensitivity (got '%s')", v);
+            method = v;
+        } else if (strcmp(k, "--images") == 0) {
             if (vs_cli_long(v, 1, 100000, &images) != 0)
                 return bad("--images must be 1..100000 (got '%s')", v);
         } else if (vs_cli_long(v, 1, 1 << 20, &top_hist) != 0)
@@ -593,25 +598,57 @@ static int cmd_calibrate(int argc, char **argv)
         fprintf(stderr, "varserve: %s\n", err.msg[0] ? err.msg : "cannot start calibration");
         goto done;
     }
+    int sens = strcmp(method, "sensitivity") == 0, L = c->scale_offset[c->n_scales];
     vs_srv_gen_req reqs[8];
+    int32_t *tok = sens ? malloc((size_t)16 * L * sizeof *tok) : NULL; /* [ref 8][probe 8] */
+    double *damage = sens ? calloc((size_t)c->depth, sizeof *damage) : NULL;
+    if (sens && (!tok || !damage)) {
+        fprintf(stderr, "varserve: out of memory\n");
+        goto calib_done;
+    }
     for (long done_n = 0; done_n < images; done_n += batch) {
         int n = images - done_n < batch ? (int)(images - done_n) : batch;
-        for (int k = 0; k < n; k++)
+        int32_t *ref[8], *probe[8];
+        for (int k = 0; k < n; k++) {
             reqs[k] = (vs_srv_gen_req){(int)((done_n + k) % c->num_classes), (uint64_t)(done_n + k),
                                        (float)o.cfg, (int)o.top_k, (float)o.top_p};
-        vs_srv_gen_opts go = {full, &stats, NULL, 0};
-        if (vs_srv_gen_run_opts(e, pool, reqs, n, NULL, NULL, NULL, &go, &err) != VS_OK) {
+            ref[k] = sens ? tok + (size_t)k * L : NULL;
+            probe[k] = sens ? tok + (size_t)(8 + k) * L : NULL;
+        }
+        vs_srv_gen_opts go = {full, sens ? NULL : &stats, NULL, 0};
+        if (vs_srv_gen_run_opts(e, pool, reqs, n, NULL, sens ? ref : NULL, NULL, &go, &err) != VS_OK) {
             fprintf(stderr, "varserve: %s\n", err.msg);
-            goto done;
+            goto calib_done;
+        }
+        /* sensitivity: the same images with one layer at a time cut to the observation window */
+        for (int l = 0; sens && l < c->depth; l++) {
+            vs_kv_policy *probe_pol = NULL;
+            vs_srv_gen_opts po = {NULL, NULL, NULL, 0};
+            vs_status pst = vs_kv_policy_new_probe(c, l, &probe_pol, &err);
+            po.policy = probe_pol;
+            if (pst == VS_OK)
+                pst = vs_srv_gen_run_opts(e, pool, reqs, n, NULL, probe, NULL, &po, &err);
+            vs_kv_policy_free(probe_pol);
+            if (pst != VS_OK) {
+                fprintf(stderr, "varserve: %s\n", err.msg);
+                goto calib_done;
+            }
+            for (int k = 0; k < n; k++)
+                for (int t = 0; t < L; t++)
+                    damage[l] += (ref[k][t] != probe[k][t]) / ((double)L * (double)images);
         }
     }
-    if (vs_kv_calibrate_write(&stats, c, m->path, (int)images, out, &err) != VS_OK) {
+    if ((sens ? vs_kv_calibrate_write_sensitivity(damage, c, m->path, (int)images, out, &err)
+              : vs_kv_calibrate_write(&stats, c, m->path, (int)images, out, &err)) != VS_OK) {
         fprintf(stderr, "varserve: %s\n", err.msg);
-        goto done;
+        goto calib_done;
     }
-    printf("wrote %s: ScaleKV drafter/refiner marks for %d scales x %d layers from %ld images\n", out,
-           c->n_scales - 1, c->depth, images);
+    printf("wrote %s: ScaleKV drafter/refiner marks (%s) for %d scales x %d layers from %ld images\n",
+           out, method, c->n_scales - 1, c->depth, images);
     rc = 0;
+calib_done:
+    free(tok);
+    free(damage);
 done:
     vs_kv_stats_free(&stats);
     vs_kv_pool_free(pool);

@@ -96,6 +96,23 @@ START_TEST(scalekv_refiners_share_what_the_drafter_leaves_of_the_budget)
 }
 END_TEST
 
+START_TEST(a_probe_compresses_one_layer_to_the_window)
+{
+    vs_rt_config c = tiny_cfg(4);
+    vs_kv_policy *p = NULL;
+    vs_err err = {0};
+    ck_assert_int_eq(vs_kv_policy_new_probe(&c, 2, &p, &err), VS_OK);
+    for (int l = 0; l < 4; l++)
+        ck_assert_int_eq(vs_kv_policy_capacity(p, l, 8, 424), l == 2 ? VS_KV_WINDOW : VS_KV_KEEP_ALL);
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 0, 9, 680), 0); /* the last scale still releases */
+    vs_kv_policy_free(p);
+    p = NULL;
+    ck_assert_int_eq(vs_kv_policy_new_probe(&c, 4, &p, &err), VS_ERR_INVALID);
+    ck_assert_ptr_null(p);
+    ck_assert_ptr_nonnull(strstr(err.msg, "probe layer 4"));
+}
+END_TEST
+
 START_TEST(capacities_never_fall_below_the_observation_window)
 {
     vs_kv_policy *p = make(VS_KV_POLICY_SNAPKV, 0.01, 2, NULL); /* 6.8 tokens asked */
@@ -239,6 +256,7 @@ static Suite *policy_suite(void)
     tcase_add_test(tc, policy_names_round_trip_and_unknown_names_are_refused);
     tcase_add_test(tc, a_budget_outside_zero_to_one_is_refused_with_the_value);
     tcase_add_test(tc, full_never_compresses_and_releases_after_the_last_scale);
+    tcase_add_test(tc, a_probe_compresses_one_layer_to_the_window);
     tcase_add_test(tc, scalekv_refiners_share_what_the_drafter_leaves_of_the_budget);
     tcase_add_test(tc, capacities_never_fall_below_the_observation_window);
     tcase_add_test(tc, the_window_is_the_centres_of_a_four_by_four_grid);

@@ -97,6 +97,18 @@ with tempfile.TemporaryDirectory() as d:
     check("budget file: format, depth, one entry per scale after the first",
           b["format"] == "varserve-scalekv-budget" and b["depth"] == 2 and len(b["scales"]) == 9, b)
     check("budget file: one drafter per scale", all(len(s["drafters"]) == 1 for s in b["scales"]))
+    check("budget file: the ASI method", b["method"] == "asi", b)
+    rc, out, err = run("calibrate", "--model", model, "--images", "1", "--method", "sensitivity",
+                       "--out", f"{d}/sens.json")
+    check("calibrate --method sensitivity exits 0", rc == 0, err)
+    sb = json.load(open(f"{d}/sens.json"))
+    dmg = sb["damage"]
+    check("sensitivity: a damage per layer, some tokens change when a layer keeps only the window",
+          sb["method"] == "sensitivity" and len(dmg) == 2 and all(0 <= x <= 1 for x in dmg) and max(dmg) > 0, sb)
+    check("sensitivity: the most damaged layer drafts at every scale",
+          all(s["drafters"] == [dmg.index(max(dmg))] for s in sb["scales"]), sb)
+    rc, _, err = run("calibrate", "--model", model, "--method", "magic")
+    check("calibrate --method magic: exit 2 naming the choices", rc == 2 and "asi or sensitivity" in err, err)
     rc, out, err = run("fidelity", "--model", model, "--kv-policy", "scalekv", "--kv-budget", "0.2",
                        "--images", "1", "--json")
     check("fidelity exits 0", rc == 0, err)
