@@ -1,6 +1,8 @@
 /* kvcache/calibrate.c — see calibrate.h. */
 #include "kvcache/calibrate.h"
 
+#include "common/json_file.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -76,17 +78,10 @@ static cJSON *scale_item(const vs_rt_config *c, int s, const int *drafters, int 
     return item;
 }
 
-/* Prints and writes root (then frees it). */
+/* Writes root (then frees it). */
 static vs_status write_budget(cJSON *root, const char *path, vs_err *err)
 {
-    char *txt = cJSON_Print(root);
-    cJSON_Delete(root);
-    FILE *f = txt ? fopen(path, "w") : NULL;
-    int ok = f && fputs(txt, f) >= 0 && fputc('\n', f) != EOF;
-    if (f && fclose(f) != 0)
-        ok = 0;
-    free(txt);
-    if (!ok)
+    if (vs_json_write_file(root, path, 1) != 0)
         return vs_err_set(err, VS_ERR_IO, "cannot write budget file '%s': %s", path, strerror(errno));
     return VS_OK;
 }

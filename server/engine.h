@@ -5,8 +5,10 @@
  * own, when the batch has room (max_batch_images) and the KV pool can reserve its peak pages
  * under the request's KV policy (vs_kv_policy_peak_pages_per_row; full cache: every token); one
  * vs_rt_step then advances every running image by one scale in one ragged batch, so a new request
- * joins at the next step while others are at later scales. kvcache/step's hooks grow each row's
- * layer just before its attention and compress it just after, row by row with its own policy. Finished images are decoded on this thread; PNG encoding happens on the HTTP side.
+ * joins at the next step while others are at later scales. kvcache/step's hooks give each row's
+ * layer pages for its new tokens before the attention when it keeps them all, or select what it
+ * keeps from its cached plus new tokens after it, row by row with its own policy (kvcache/step.h).
+ * Finished images are decoded on this thread; PNG encoding happens on the HTTP side.
  * Between steps the engine drops jobs whose deadline passed (504) or whose client hung up, and
  * returns their pages. Results go back through the job (job.h) and its notify callback.
  *

@@ -12,6 +12,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
+#include "common/json_file.h"
 #include "common/log.h"
 #include "kvcache/calibrate.h"
 #include "kvcache/policy.h"
@@ -219,14 +220,7 @@ static int write_tokens_json(const char *path, const vs_rt_config *c, const vs_s
                                                               c->patch_nums[s] * c->patch_nums[s]));
         cJSON_AddItemToArray(arr, img);
     }
-    char *txt = cJSON_PrintUnformatted(root);
-    cJSON_Delete(root);
-    FILE *f = txt ? fopen(path, "w") : NULL;
-    int ok = f && fputs(txt, f) >= 0 && fputc('\n', f) != EOF;
-    if (f && fclose(f) != 0)
-        ok = 0;
-    free(txt);
-    if (!ok) {
+    if (vs_json_write_file(root, path, 0) != 0) {
         fprintf(stderr, "varserve: cannot write '%s': %s\n", path, strerror(errno));
         return 1;
     }

@@ -383,9 +383,10 @@ START_TEST(the_per_layer_full_cache_gives_the_same_images_with_fewer_pages)
         vs_rt_image_free(r.e, &img[i]);
         free(b[i]);
     }
-    /* growing each layer just before its attention and releasing it after the last scale needs
-     * less than every layer holding all 680 tokens */
+    /* storing a scale's tokens only where they are kept (never the last scale's) needs exactly
+     * every layer holding the 424 tokens before the last scale: 2 rows x 2 layers x 27 pages */
     ck_assert_uint_lt(o.peak_pages_per_image, vs_srv_full_cache_pages(c, r.pool));
+    ck_assert_uint_eq(o.peak_pages_per_image, 2 * 2 * 27);
     vs_kv_stats ks;
     vs_kv_pool_stats(r.pool, &ks);
     ck_assert_uint_eq(ks.pages_free, ks.pages_total);
