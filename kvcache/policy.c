@@ -208,6 +208,20 @@ vs_status vs_kv_policy_new(vs_kv_policy_kind kind, double budget, const vs_rt_co
             }
             p->cap[(size_t)s * p->depth + l] = cap;
         }
+    /* scalekv: a refiner never keeps more than it will at a later scale. Otherwise refiners still
+     * hold an earlier scale's larger share while the drafters already grow for the next one, and
+     * an image would peak above its budget (VAR-d16 at 0.1: 87 pages a row instead of 72). */
+    for (int l = 0; kind == VS_KV_POLICY_SCALEKV && l < p->depth; l++) {
+        int32_t later = VS_KV_KEEP_ALL;
+        for (int s = p->n_scales - 2; s >= 0; s--) {
+            int32_t *cap = &p->cap[(size_t)s * p->depth + l];
+            if (p->drafter[(size_t)s * p->depth + l] || *cap == VS_KV_KEEP_ALL)
+                continue;
+            if (*cap > later)
+                *cap = later;
+            later = *cap;
+        }
+    }
     *out = p;
     return VS_OK;
 }

@@ -81,10 +81,12 @@ START_TEST(scalekv_refiners_share_what_the_drafter_leaves_of_the_budget)
     ck_assert(vs_kv_policy_is_drafter(p, 0, s) && !vs_kv_policy_is_drafter(p, 1, s));
     /* below the base capacity (the budget, 136 tokens) nothing is compressed */
     ck_assert_int_eq(vs_kv_policy_capacity(p, 1, 5, 91), VS_KV_KEEP_ALL); /* 91 <= 136 */
-    /* 8x8: 155 > 136, so compression starts: (136·4 − 155) / 3 = 129.7 */
-    ck_assert_int_eq(vs_kv_policy_capacity(p, 1, 6, 155), 130);
+    /* 8x8: 155 > 136, so compression starts; its share (136·4 − 155) / 3 = 130 is cut to the 40
+     * a refiner keeps after scale 8, so refiners never shrink while the drafter grows */
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 1, 6, 155), 40);
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 0, 6, 155), VS_KV_KEEP_ALL); /* the drafter keeps all */
     /* a layer already under its capacity is left alone */
-    ck_assert_int_eq(vs_kv_policy_capacity(p, 1, 6, 120), VS_KV_KEEP_ALL);
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 1, 6, 40), VS_KV_KEEP_ALL);
     vs_kv_policy_free(p);
     /* at 0.1 (68 tokens per layer) a whole-cache drafter (424) would eat the budget of 4 layers:
      * the refiners keep the window and the drafter 4 x 68 - 3 x 16 = 224, so the mean is 68 */
