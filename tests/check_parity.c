@@ -249,23 +249,17 @@ static void step_images(rig *r, vs_rt_image *img, vs_kv_row **rows, int first, i
 }
 
 /* Continuous batching: an image that joins while another is at a later scale. */
-START_TEST(an_image_joining_a_running_batch_at_another_scale_is_unchanged)
+/* Reserves the full cache for two images in one reservation and sets them up from reqs, with
+ * their cond/uncond rows in rows[2i], rows[2i+1]; the caller releases the reservation. */
+static vs_kv_resv *start_two_images(rig *r, const vs_srv_gen_req *reqs, vs_rt_image *img,
+                                    vs_kv_row **rows)
 {
     const vs_rt_config *c = &g_model->cfg;
-    rig r = rig_new(1, 2);
     vs_err err = {0};
-    int L = c->scale_offset[c->n_scales];
-    vs_srv_gen_req reqs[2] = {sampled(5, 101), sampled(2, 202)};
-    int32_t *alone[2] = {malloc((size_t)L * 4), malloc((size_t)L * 4)};
-    for (int i = 0; i < 2; i++)
-        gen(&r, &reqs[i], 1, NULL, &alone[i]);
-
     vs_kv_resv *resv = NULL;
-    ck_assert_int_eq(vs_kv_reserve(r.pool, 2 * vs_srv_full_cache_pages(c, r.pool), &resv), VS_KV_OK);
-    vs_rt_image img[2] = {{0}};
-    vs_kv_row *rows[4];
+    ck_assert_int_eq(vs_kv_reserve(r->pool, 2 * vs_srv_full_cache_pages(c, r->pool), &resv), VS_KV_OK);
     for (int i = 0; i < 2; i++) {
-        ck_assert(vs_rt_image_init(r.e, &img[i], &err) == VS_OK);
+        ck_assert(vs_rt_image_init(r->e, &img[i], &err) == VS_OK);
         img[i].label = reqs[i].label;
         img[i].seed = reqs[i].seed;
         img[i].cfg = reqs[i].cfg;
@@ -274,6 +268,22 @@ START_TEST(an_image_joining_a_running_batch_at_another_scale_is_unchanged)
         ck_assert(vs_kv_row_new(resv, &rows[2 * i], &err) == VS_OK);
         ck_assert(vs_kv_row_new(resv, &rows[2 * i + 1], &err) == VS_OK);
     }
+    return resv;
+}
+
+START_TEST(an_image_joining_a_running_batch_at_another_scale_is_unchanged)
+{
+    const vs_rt_config *c = &g_model->cfg;
+    rig r = rig_new(1, 2);
+    int L = c->scale_offset[c->n_scales];
+    vs_srv_gen_req reqs[2] = {sampled(5, 101), sampled(2, 202)};
+    int32_t *alone[2] = {malloc((size_t)L * 4), malloc((size_t)L * 4)};
+    for (int i = 0; i < 2; i++)
+        gen(&r, &reqs[i], 1, NULL, &alone[i]);
+
+    vs_rt_image img[2] = {{0}};
+    vs_kv_row *rows[4];
+    vs_kv_resv *resv = start_two_images(&r, reqs, img, rows);
     /* image 0 starts alone; image 1 joins after 3 steps; then both run until each finishes */
     for (int step = 0; img[0].scale < c->n_scales || img[1].scale < c->n_scales; step++) {
         int first = img[0].scale < c->n_scales ? 0 : 1;
@@ -357,20 +367,9 @@ START_TEST(the_per_layer_full_cache_gives_the_same_images_with_fewer_pages)
     vs_err err = {0};
     int L = c->scale_offset[c->n_scales];
     vs_srv_gen_req reqs[2] = {sampled(4, 5), sampled(9, 6)};
-    vs_kv_resv *resv = NULL;
-    ck_assert_int_eq(vs_kv_reserve(r.pool, 2 * vs_srv_full_cache_pages(c, r.pool), &resv), VS_KV_OK);
     vs_rt_image img[2] = {{0}};
     vs_kv_row *rows[4];
-    for (int i = 0; i < 2; i++) {
-        ck_assert(vs_rt_image_init(r.e, &img[i], &err) == VS_OK);
-        img[i].label = reqs[i].label;
-        img[i].seed = reqs[i].seed;
-        img[i].cfg = reqs[i].cfg;
-        img[i].top_k = reqs[i].top_k;
-        img[i].top_p = reqs[i].top_p;
-        ck_assert(vs_kv_row_new(resv, &rows[2 * i], &err) == VS_OK);
-        ck_assert(vs_kv_row_new(resv, &rows[2 * i + 1], &err) == VS_OK);
-    }
+    vs_kv_resv *resv = start_two_images(&r, reqs, img, rows);
     while (img[0].scale < c->n_scales)
         step_images(&r, img, rows, 0, 1);
     vs_kv_release(resv);
