@@ -12,21 +12,12 @@ import zlib
 
 BIN = os.environ.get("VARSERVE_BIN", "build/varserve")
 TINY = "tests/fixtures/tiny/model.safetensors"
-passed = failed = 0
+from tally import check, finish  # noqa: E402 (tests/ is on sys.path: run as a script)
 
 
 def run(*args):
     p = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=600)
     return p.returncode, p.stdout, p.stderr
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL {name}: {detail}")
 
 
 def png_size(path):
@@ -120,5 +111,4 @@ with tempfile.TemporaryDirectory() as d:
     f = json.loads(out)
     check("full against full is identical", f["identical_images"] == 1 and f["tokens_unchanged"] == 1, f)
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish()

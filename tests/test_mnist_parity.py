@@ -11,16 +11,7 @@ import tempfile
 
 BIN = os.environ.get("VARSERVE_BIN", "build/varserve")
 g = json.load(open("tests/fixtures/mnist/greedy.json"))
-passed = failed = 0
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print(f"FAIL {name}: {detail}")
+from tally import check, finish  # noqa: E402 (tests/ is on sys.path: run as a script)
 
 
 model = g["model"]
@@ -42,5 +33,4 @@ with tempfile.TemporaryDirectory() as d:
                     where = f"scale {s} first differs at token {next(k for k in range(len(a)) if a[k] != b[k])}"
                     break
         check(f"label {g['labels'][i]}: greedy tokens equal the training code's", ok, where)
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish()

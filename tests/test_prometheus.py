@@ -34,18 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.abspath(os.environ.get("VARSERVE_BIN", os.path.join(ROOT, "build/varserve")))
 TINY = os.path.join(ROOT, "tests/fixtures/tiny/model.safetensors")
 DEPLOY = os.path.join(ROOT, "deploy")
-passed = failed = 0
-
-
-def check(name, cond, detail=""):
-    global passed, failed
-    if cond:
-        passed += 1
-        print(f"ok   {name}")
-    else:
-        failed += 1
-        print(f"FAIL {name}: {str(detail)[:3000]}")
-    return cond
+from tally import check, finish  # noqa: E402 (tests/ is on sys.path: run as a script)
 
 
 PROMETHEUS = shutil.which("prometheus")
@@ -369,5 +358,4 @@ finally:
             p.stop(30)
     shutil.rmtree(tmp, ignore_errors=True)
 
-print(f"{passed} passed, {failed} failed")
-sys.exit(1 if failed else 0)
+finish()
