@@ -929,6 +929,11 @@ int vs_rt_phi_index(const vs_rt_config *c, int s)
     return arg;
 }
 
+float vs_rt_attn_scale(const vs_rt_config *c)
+{
+    return c->attn_l2_norm ? 1.0f : 0.25f / sqrtf((float)c->head_dim);
+}
+
 size_t vs_rt_full_kv_bytes(const vs_rt_config *c)
 {
     return (size_t)2 * 2 * (size_t)c->depth * (size_t)c->scale_offset[c->n_scales] *

@@ -124,6 +124,10 @@ void vs_rt_model_rebase(const vs_rt_model *m, float *new_base, vs_rt_weights *ou
 /* Phi conv index used at scale s (the tick rule of ALGORITHMS.md). */
 int vs_rt_phi_index(const vs_rt_config *c, int s);
 
+/* Softmax scale of the transformer's attention: 1 with attn_l2_norm (q carries scale_mul), else
+ * the reference's 0.25 / sqrt(head_dim). */
+float vs_rt_attn_scale(const vs_rt_config *c);
+
 /* KV bytes one image needs at full cache (2 rows, all layers, all tokens, F32). */
 size_t vs_rt_full_kv_bytes(const vs_rt_config *c);
 

@@ -348,7 +348,7 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, vs_err *e
     if (c->shared_aln)
         BE->linear(e->be, e->smod, e->csilu, w->shared_ada_w, w->shared_ada_b, R, 6 * C, C);
 
-    float attn_scale = c->attn_l2_norm ? 1.0f : 0.25f / sqrtf((float)d);
+    float attn_scale = vs_rt_attn_scale(c);
     for (int l = 0; l < c->depth; l++) {
         const vs_rt_block_w *bw = &w->blocks[l];
         if (c->shared_aln) {

@@ -17,7 +17,6 @@
 #include "server/engine.h"
 
 #include <inttypes.h>
-#include <math.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -438,7 +437,7 @@ static void step(vs_srv_engine *e)
         vs_err_set(&err, VS_ERR_INTERNAL, "failpoint: a step holding class %d fails (VARSERVE_FAILPOINT)",
                    e->fail_label);
     vs_kv_step ks = {e->row_tab, e->scale_tab, e->pol_tab, 2 * n, c,
-                     c->attn_l2_norm ? 1.0f : 0.25f / sqrtf((float)c->head_dim), NULL, e->kv_scratch, 0};
+                     vs_rt_attn_scale(c), NULL, e->kv_scratch, 0};
     vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
     vs_status st = VS_OK;
     if (!fail) {

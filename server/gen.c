@@ -1,7 +1,6 @@
 /* server/gen.c — see gen.h. */
 #include "server/gen.h"
 
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -92,7 +91,7 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
         ptrs[i] = &imgs[i];
     }
     vs_kv_step ks = {rows, scale, pols, 2 * n, c,
-                     c->attn_l2_norm ? 1.0f : 0.25f / sqrtf((float)c->head_dim), opts->stats, scratch, 0};
+                     vs_rt_attn_scale(c), opts->stats, scratch, 0};
     vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
     double t0 = now_s();
     for (int s = 0; s < c->n_scales; s++) {
