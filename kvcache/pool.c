@@ -6,7 +6,8 @@
  * Admission is pure accounting: a reservation promises pages (pages_reserved) without taking
  * them, and rows draw pages off the free list against that promise one at a time. Pages a row
  * gives back (compaction) return to the free list but stay promised to the same job, so a running
- * job can never be starved by a newcomer. Each row keeps, per layer, a page table preallocated
+ * job can never be starved by a newcomer. The pool never reads or writes page memory (it may be a
+ * device's): the forward pass and the KV step do, through the backend. Each row keeps, per layer, a page table preallocated
  * for the reservation's worst case (every page of the reservation in one layer), so growing and
  * compacting a row never calls malloc on the per-step path.
  *
@@ -40,7 +41,6 @@ struct vs_kv_pool {
     int page_tokens;          /* immutable after init */
     int layers;               /* immutable after init */
     int kv_dim;               /* floats per token for K (and again for V); immutable after init */
-    size_t page_floats;       /* 2 * page_tokens * kv_dim; immutable after init */
     size_t page_bytes;        /* immutable after init */
     size_t pages_total;       /* immutable after init */
     int32_t *free_pages;      /* [pages_total] stack of unused page ids; engine only */
@@ -67,12 +67,6 @@ struct vs_kv_row {
 static int32_t *row_table(const vs_kv_row *row, int layer)
 {
     return row->tables + (size_t)layer * row->table_cap_pages;
-}
-
-static float *slot_ptr(const vs_kv_pool *pool, int32_t page, int slot_in_page, int kv)
-{
-    return pool->base + (size_t)page * pool->page_floats +
-           ((size_t)kv * (size_t)pool->page_tokens + (size_t)slot_in_page) * (size_t)pool->kv_dim;
 }
 
 /* Draws one page for `resv` off the free list; the caller checked pages_left. */
@@ -138,7 +132,6 @@ vs_status vs_kv_pool_init(size_t bytes, int page_tokens, int layers, int kv_dim,
     pool->page_tokens = page_tokens;
     pool->layers = layers;
     pool->kv_dim = kv_dim;
-    pool->page_floats = page_floats;
     pool->page_bytes = page_bytes;
     pool->pages_total = pages_total;
     if (alloc)
@@ -330,51 +323,18 @@ void vs_kv_row_commit(vs_kv_row *row, int layer, int n_new)
     l->n_tokens += n_new;
 }
 
-void vs_kv_row_select(vs_kv_row *row, int layer, int heads, const int32_t *keep, int n,
-                      const float *new_k, const float *new_v, size_t new_stride, int n_new)
+void vs_kv_row_resize(vs_kv_row *row, int layer, int n)
 {
     vs_kv_resv *resv = row->resv;
     vs_kv_pool *pool = resv->pool;
     VS_KV_CHECK(layer >= 0 && layer < pool->layers, "kv row: layer %d out of 0..%d", layer,
                 pool->layers - 1);
     vs_rt_kv_layer *l = &row->layers[layer];
-    VS_KV_CHECK(heads > 0 && pool->kv_dim % heads == 0,
-                "kv select: %d heads do not divide kv_dim %d", heads, pool->kv_dim);
-    VS_KV_CHECK(n_new >= 0 && (n_new == 0 || (new_k && new_v)),
-                "kv select: %d new tokens without their K and V", n_new);
-    int cand = l->n_tokens + n_new;
-    int pt = pool->page_tokens;
-    VS_KV_CHECK(n >= 0 && n <= cand && (long)n <= (long)l->n_pages * pt,
-                "kv select: layer %d keeps %d of %d tokens in %d pages (reserve them first)", layer,
-                n, cand, l->n_pages);
-
-    const int32_t *table = row_table(row, layer);
-    size_t head_dim = (size_t)(pool->kv_dim / heads);
-    for (int h = 0; h < heads && n > 0; h++) { /* n == 0 may come with keep == NULL */
-        const int32_t *hk = keep + (size_t)h * (size_t)n;
-        for (int i = 0; i < n; i++) {
-            int src = hk[i];
-            /* Strictly ascending makes src >= i, so a forward copy never reads a moved slot. */
-            VS_KV_CHECK(src >= 0 && src < cand && (i == 0 || src > hk[i - 1]),
-                        "kv select: layer %d head %d: keep[%d] = %d is not an ascending slot "
-                        "below %d",
-                        layer, h, i, src, cand);
-            if (src == i)
-                continue;
-            for (int kv = 0; kv < 2; kv++) {
-                const float *from;
-                if (src < l->n_tokens)
-                    from = slot_ptr(pool, table[src / pt], src % pt, kv) + h * head_dim;
-                else
-                    from = (kv ? new_v : new_k) + (size_t)(src - l->n_tokens) * new_stride +
-                           h * head_dim;
-                float *to = slot_ptr(pool, table[i / pt], i % pt, kv) + h * head_dim;
-                memcpy(to, from, head_dim * sizeof(float));
-            }
-        }
-    }
-
+    VS_KV_CHECK(n >= 0 && (long)n <= (long)l->n_pages * pool->page_tokens,
+                "kv resize: layer %d to %d tokens with room for %d pages (reserve them first)",
+                layer, n, l->n_pages);
     /* Pages past the kept tokens go back to the free list, still promised to this job. */
+    int32_t *table = row_table(row, layer);
     int keep_pages = (int)vs_kv_pages_for_tokens(pool, (size_t)n);
     while (l->n_pages > keep_pages) {
         push_free(pool, table[--l->n_pages]);
@@ -382,11 +342,6 @@ void vs_kv_row_select(vs_kv_row *row, int layer, int heads, const int32_t *keep,
         resv->pages_left++;
     }
     l->n_tokens = n;
-}
-
-void vs_kv_row_compact(vs_kv_row *row, int layer, int heads, const int32_t *keep, int n)
-{
-    vs_kv_row_select(row, layer, heads, keep, n, NULL, NULL, 0, 0);
 }
 
 int vs_kv_row_tokens(const vs_kv_row *row, int layer)

@@ -76,20 +76,12 @@ vs_status vs_kv_row_reserve_tokens(vs_kv_row *row, int layer, int n_new, vs_err 
 /* After the forward pass wrote n_new tokens to `layer`: the count grows by n_new. */
 void vs_kv_row_commit(vs_kv_row *row, int layer, int n_new);
 
-/* Keeps, for each head h, the tokens keep[h * n + i] (i < n, strictly ascending slot indices of
- * that head's committed tokens, each < vs_kv_row_tokens) and moves them to slots 0..n-1; the
- * layer then holds n tokens and pages no longer needed go back to the reservation (free again,
- * still promised to this job). head_dim = kv_dim / heads. Host memory only for now (the CUDA pool
- * compacts with a kernel of the backend). */
-void vs_kv_row_compact(vs_kv_row *row, int layer, int heads, const int32_t *keep, int n);
-
-/* vs_kv_row_compact over the layer's committed tokens followed by n_new tokens that are not in
- * the pages (the step's new K and V, still in the forward pass's qkv): keep slots >= the layer's
- * token count name new token (slot - count), whose head h lies at
- * new_k/new_v + (slot - count) * new_stride + h * head_dim (host memory). The layer must already
- * have pages for n tokens (vs_kv_row_reserve_tokens); pages past n go back to the reservation. */
-void vs_kv_row_select(vs_kv_row *row, int layer, int heads, const int32_t *keep, int n,
-                      const float *new_k, const float *new_v, size_t new_stride, int n_new);
+/* `layer` now holds n tokens in slots 0..n-1, which the caller wrote (or will write) into its
+ * pages; n may be below or above the count (compaction, or tokens selected from outside the
+ * pages) but at most the layer's room (vs_kv_row_reserve_tokens first). Pages past n go back to
+ * the free list, still promised to this job. n = 0 gives back every page of the layer. The pool
+ * never touches page memory. */
+void vs_kv_row_resize(vs_kv_row *row, int layer, int n);
 
 int vs_kv_row_tokens(const vs_kv_row *row, int layer);
 /* The row's paged view for the forward pass; valid until the next call that changes the row. */

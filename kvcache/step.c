@@ -13,11 +13,78 @@ static double now_s(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-size_t vs_kv_step_scratch_floats(const vs_rt_config *c)
+/* Host scratch, in this order: scores [H][L]; select tmp [4L]; keep [H][L] (int32); query sum
+ * [d]; probs [L]; staged pages in [pages(L)][2][pt][C]; staged pages out, the same; the row's qkv
+ * [P²][3C]. pages(L) counts one page more than L needs (a page may be partly filled). */
+static size_t page_floats(const vs_rt_config *c, int page_tokens)
 {
-    size_t L = (size_t)c->scale_offset[c->n_scales];
-    /* scores [H][L] + select tmp 4L + keep [H][L] (int32) + query sum [d] + probs [L] */
-    return (size_t)c->num_heads * L * 2 + 4 * L + (size_t)c->head_dim + L;
+    return 2 * (size_t)page_tokens * (size_t)c->embed_dim;
+}
+
+static size_t staged_pages(const vs_rt_config *c, int page_tokens)
+{
+    return (size_t)c->scale_offset[c->n_scales] / (size_t)page_tokens + 2;
+}
+
+size_t vs_kv_step_scratch_floats(const vs_rt_config *c, int page_tokens)
+{
+    size_t L = (size_t)c->scale_offset[c->n_scales], P = (size_t)c->patch_nums[c->n_scales - 1];
+    size_t fixed = (size_t)c->num_heads * L * 2 + 4 * L + (size_t)c->head_dim + L;
+    return fixed + 2 * staged_pages(c, page_tokens) * page_floats(c, page_tokens) +
+           P * P * 3 * (size_t)c->embed_dim;
+}
+
+/* Where the scratch parts of one call sit. */
+typedef struct {
+    float *scores, *tmp, *qsum, *probs, *in, *out, *qkv;
+    int32_t *keep;
+} parts;
+
+static parts parts_of(const vs_kv_step *s)
+{
+    const vs_rt_config *c = s->cfg;
+    size_t L = (size_t)c->scale_offset[c->n_scales], pf = page_floats(c, s->page_tokens);
+    parts p;
+    p.scores = s->scratch;
+    p.tmp = p.scores + (size_t)c->num_heads * L;
+    p.keep = (int32_t *)(p.tmp + 4 * L);
+    p.qsum = (float *)(p.keep + (size_t)c->num_heads * L);
+    p.probs = p.qsum + c->head_dim;
+    p.in = p.probs + L;
+    p.out = p.in + staged_pages(c, s->page_tokens) * pf;
+    p.qkv = p.out + staged_pages(c, s->page_tokens) * pf;
+    return p;
+}
+
+/* Float offset of page `i` of a layer in the arena. */
+static size_t page_at(const vs_kv_step *s, const vs_rt_kv_layer *l, int i)
+{
+    return (size_t)l->pages[i] * page_floats(s->cfg, s->page_tokens);
+}
+
+/* Copies a row's cached pages of `layer` and its new tokens' qkv to the host scratch (a memcpy on
+ * host-memory backends, a device download otherwise): compression reads only the copies. */
+static void stage_in(const vs_kv_step *s, const parts *p, const vs_rt_batch *b, const vs_rt_row *row,
+                     const vs_rt_kv_layer *l, const float *qkv)
+{
+    const vs_rt_config *c = s->cfg;
+    size_t pf = page_floats(c, s->page_tokens), C = (size_t)c->embed_dim;
+    int pages = (l->n_tokens + s->page_tokens - 1) / s->page_tokens;
+    for (int i = 0; i < pages; i++)
+        s->be->ops->download(s->be, p->in + (size_t)i * pf, b->kv_base + page_at(s, l, i),
+                             pf * sizeof(float));
+    s->be->ops->download(s->be, p->qkv, qkv + (size_t)row->tok_start * 3 * C,
+                         (size_t)row->n_new * 3 * C * sizeof(float));
+}
+
+/* Key (kv 0) or value (kv 1) of candidate j of a staged row: cached slots from the staged pages,
+ * then the step's new tokens from the staged qkv. */
+static const float *cand_ptr(const vs_kv_step *s, const parts *p, int hist, int j, int kv)
+{
+    size_t C = (size_t)s->cfg->embed_dim, pt = (size_t)s->page_tokens;
+    if (j < hist)
+        return p->in + (((size_t)j / pt * 2 + (size_t)kv) * pt + (size_t)j % pt) * C;
+    return p->qkv + (size_t)(j - hist) * 3 * C + (size_t)(1 + kv) * C;
 }
 
 /* The capacity `layer` of row r keeps after this step when it then holds `tokens`: VS_KV_KEEP_ALL
@@ -48,18 +115,6 @@ static vs_status before_attn(void *ctx, int layer, const vs_rt_batch *b, vs_err 
     return st;
 }
 
-/* Key (kv 0) or value (kv 1) of candidate j of a row's layer: cached slots from the pages, then the
- * step's new tokens from qkv. */
-static const float *cand_ptr(const vs_rt_batch *b, const vs_rt_row *row, const vs_rt_kv_layer *l,
-                             const float *qkv, int C, int j, int kv)
-{
-    if (j < l->n_tokens) {
-        vs_rt_kv_view view = {b->kv_base, b->page_tokens, C, NULL};
-        return b->kv_base + vs_rt_kv_offset(&view, l, j, kv);
-    }
-    return qkv + (size_t)(row->tok_start + j - l->n_tokens) * 3 * C + (size_t)(1 + kv) * C;
-}
-
 static int cmp_desc(const void *a, const void *b)
 {
     float x = *(const float *)a, y = *(const float *)b;
@@ -67,39 +122,38 @@ static int cmp_desc(const void *a, const void *b)
 }
 
 /* Attention statistics of one row and layer (the softmax the backend just computed, recomputed
- * here on the host for every query of the row), before the layer's tokens change. */
-static void accumulate_stats(vs_kv_step *s, int r, int layer, const vs_rt_batch *b, const float *qkv)
+ * here on the host for every query of the row), from the staged copies, before the layer's
+ * tokens change. */
+static void accumulate_stats(vs_kv_step *s, const parts *p, int r, int layer, const vs_rt_row *row,
+                             int hist)
 {
     const vs_rt_config *c = s->cfg;
-    const vs_rt_row *row = &b->rows[r];
-    const vs_rt_kv_layer *l = &row->kv[layer];
-    int H = c->num_heads, d = c->head_dim, C = H * d, hist = l->n_tokens, n = hist + row->n_new;
-    float *p = s->scratch;
-    float *tmp = p + n;
+    int H = c->num_heads, d = c->head_dim, C = H * d, n = hist + row->n_new;
+    float *pr = p->probs, *tmp = p->tmp;
     int K = s->stats->top_history < hist ? s->stats->top_history : hist;
     double cur = 0, top = 0;
     for (int q = 0; q < row->n_new; q++)
         for (int h = 0; h < H; h++) {
-            const float *qv = qkv + (size_t)(row->tok_start + q) * 3 * C + (size_t)h * d;
+            const float *qv = p->qkv + (size_t)q * 3 * C + (size_t)h * d;
             float mx = -INFINITY, sum = 0;
             for (int j = 0; j < n; j++) {
-                const float *kv = cand_ptr(b, row, l, qkv, C, j, 0) + (size_t)h * d;
+                const float *kv = cand_ptr(s, p, hist, j, 0) + (size_t)h * d;
                 float acc = 0;
                 for (int i = 0; i < d; i++)
                     acc += qv[i] * kv[i];
-                p[j] = acc * s->attn_scale;
-                mx = p[j] > mx ? p[j] : mx;
+                pr[j] = acc * s->attn_scale;
+                mx = pr[j] > mx ? pr[j] : mx;
             }
             for (int j = 0; j < n; j++) {
-                p[j] = expf(p[j] - mx);
-                sum += p[j];
+                pr[j] = expf(pr[j] - mx);
+                sum += pr[j];
             }
             double cm = 0;
             for (int j = hist; j < n; j++)
-                cm += p[j] / sum;
+                cm += pr[j] / sum;
             cur += cm;
             if (K > 0) {
-                memcpy(tmp, p, (size_t)hist * sizeof *tmp);
+                memcpy(tmp, pr, (size_t)hist * sizeof *tmp);
                 qsort(tmp, (size_t)hist, sizeof *tmp, cmp_desc);
                 double tm = 0;
                 for (int j = 0; j < K; j++)
@@ -113,78 +167,90 @@ static void accumulate_stats(vs_kv_step *s, int r, int layer, const vs_rt_batch 
     s->stats->count[at] += (double)row->n_new * H;
 }
 
-/* Keeps `cap` of the layer's cached tokens plus the step's new ones (still in qkv), per head. */
-static vs_status compress(vs_kv_step *s, int r, int layer, const vs_rt_batch *b, const float *qkv,
+/* Keeps `cap` of the layer's cached tokens plus the step's new ones, per head, from the staged
+ * copies: the kept K and V are composed page by page on the host and written back over the
+ * layer's pages (a memcpy, or an upload on a device backend). */
+static vs_status compress(vs_kv_step *s, const parts *p, int r, int layer, const vs_rt_batch *b,
                           int cap, vs_err *err)
 {
     const vs_rt_config *c = s->cfg;
     const vs_kv_policy *pol = s->policy[r];
     const vs_rt_row *row = &b->rows[r];
-    const vs_rt_kv_layer *l = &row->kv[layer];
-    int H = c->num_heads, d = c->head_dim, C = H * d, hist = l->n_tokens, n = hist + row->n_new;
+    int H = c->num_heads, d = c->head_dim, C = H * d, pt = s->page_tokens;
+    int hist = vs_kv_row_tokens(s->rows[r], layer), n = hist + row->n_new;
     int side = c->patch_nums[s->scale[r]];
-    size_t L = (size_t)c->scale_offset[c->n_scales];
-    float *scores = s->scratch, *tmp = scores + (size_t)H * L;
-    int32_t *keep = (int32_t *)(tmp + 4 * L);
-    float *qsum = (float *)(keep + (size_t)H * L);
     vs_kv_policy_kind kind = vs_kv_policy_kind_of(pol);
     int need_scores = kind != VS_KV_POLICY_SLIDING && kind != VS_KV_POLICY_STREAMINGLLM;
     int32_t win[VS_KV_WINDOW];
     int nw = vs_kv_window(side, n, row->n_new, win);
     int kept = 0;
     for (int h = 0; h < H; h++) {
-        float *sc = scores + (size_t)h * n;
+        float *sc = p->scores + (size_t)h * n;
         if (need_scores) {
             /* Σ_w q_w·k_j = (Σ_w q_w)·k_j; a window slot before this scale uses its first query */
-            memset(qsum, 0, (size_t)d * sizeof *qsum);
+            memset(p->qsum, 0, (size_t)d * sizeof *p->qsum);
             for (int w = 0; w < nw; w++) {
                 int qi = win[w] - hist;
                 qi = qi < 0 ? 0 : qi;
-                const float *qv = qkv + (size_t)(row->tok_start + qi) * 3 * C + (size_t)h * d;
+                const float *qv = p->qkv + (size_t)qi * 3 * C + (size_t)h * d;
                 for (int i = 0; i < d; i++)
-                    qsum[i] += qv[i];
+                    p->qsum[i] += qv[i];
             }
             for (int j = 0; j < n; j++) {
-                const float *kv = cand_ptr(b, row, l, qkv, C, j, 0) + (size_t)h * d;
+                const float *kv = cand_ptr(s, p, hist, j, 0) + (size_t)h * d;
                 float acc = 0;
                 for (int i = 0; i < d; i++)
-                    acc += qsum[i] * kv[i];
+                    acc += p->qsum[i] * kv[i];
                 sc[j] = acc;
             }
         }
         kept = vs_kv_policy_select_head(pol, side, n, row->n_new, need_scores ? sc : NULL, cap,
-                                        keep + (size_t)h * cap, tmp);
+                                        p->keep + (size_t)h * cap, p->tmp);
     }
+    /* compose the kept tokens into whole pages: slot i of head h = candidate keep[h][i] */
+    for (int h = 0; h < H; h++)
+        for (int i = 0; i < kept; i++) {
+            int src = p->keep[(size_t)h * cap + i];
+            for (int kv = 0; kv < 2; kv++) {
+                float *to = p->out + (((size_t)(i / pt) * 2 + (size_t)kv) * (size_t)pt + (size_t)(i % pt)) * C;
+                memcpy(to + (size_t)h * d, cand_ptr(s, p, hist, src, kv) + (size_t)h * d,
+                       (size_t)d * sizeof(float));
+            }
+        }
     if (kept > hist) {
         vs_status st = vs_kv_row_reserve_tokens(s->rows[r], layer, kept - hist, err);
         if (st != VS_OK)
             return st;
     }
-    const float *new_k = qkv + (size_t)row->tok_start * 3 * C + C;
-    vs_kv_row_select(s->rows[r], layer, H, keep, kept, new_k, new_k + C, 3 * (size_t)C, row->n_new);
+    vs_kv_row_resize(s->rows[r], layer, kept);
+    const vs_rt_kv_layer *l = &vs_kv_row_layers(s->rows[r])[layer];
+    size_t pf = page_floats(c, pt);
+    for (int i = 0; i < l->n_pages; i++)
+        s->be->ops->upload(s->be, b->kv_base + page_at(s, l, i), p->out + (size_t)i * pf,
+                           pf * sizeof(float));
     return VS_OK;
 }
 
 static vs_status after_attn(void *ctx, int layer, const vs_rt_batch *b, const float *qkv, vs_err *err)
 {
     vs_kv_step *s = ctx;
-    const vs_rt_config *c = s->cfg;
     double t0 = now_s();
     vs_status st = VS_OK;
+    parts p = parts_of(s);
     for (int r = 0; r < s->n_rows && st == VS_OK; r++) {
-        int n_new = b->rows[r].n_new;
+        const vs_rt_row *row = &b->rows[r];
+        int hist = vs_kv_row_tokens(s->rows[r], layer), n = hist + row->n_new;
+        int cap = b->kv_store[r] ? VS_KV_KEEP_ALL : row_capacity(s, r, layer, n);
+        if ((s->stats || (cap != 0 && cap < n)))
+            stage_in(s, &p, b, row, &vs_kv_row_layers(s->rows[r])[layer], qkv);
         if (s->stats)
-            accumulate_stats(s, r, layer, b, qkv);
-        if (b->kv_store[r]) {
-            vs_kv_row_commit(s->rows[r], layer, n_new);
-            continue;
-        }
-        int n = vs_kv_row_tokens(s->rows[r], layer) + n_new;
-        int cap = row_capacity(s, r, layer, n);
-        if (cap == 0)
-            vs_kv_row_compact(s->rows[r], layer, c->num_heads, NULL, 0); /* never read again */
+            accumulate_stats(s, &p, r, layer, row, hist);
+        if (b->kv_store[r])
+            vs_kv_row_commit(s->rows[r], layer, row->n_new);
+        else if (cap == 0)
+            vs_kv_row_resize(s->rows[r], layer, 0); /* the last scale: never read again */
         else
-            st = compress(s, r, layer, b, qkv, cap, err);
+            st = compress(s, &p, r, layer, b, cap, err);
     }
     s->seconds += now_s() - t0;
     return st;

@@ -9,7 +9,10 @@
  * layer is released entirely: nothing reads it again. So a job's peak is its compressed cache,
  * never the cache plus a scale's new tokens (vs_kv_policy_peak_pages_per_row).
  *
- * Compression reads K and queries on the host: host-memory backends only for now. Engine thread. */
+ * Compression runs on the host over copies: a compressed row's cached pages of the layer and its
+ * new tokens' qkv are copied out through the backend (a memcpy on the CPU, a download from a GPU),
+ * scored and selected, composed into whole pages, and copied back over the layer's pages. So every
+ * backend compresses with the same code, and the pool never touches page memory. Engine thread. */
 #ifndef VS_KV_STEP_H
 #define VS_KV_STEP_H
 
@@ -33,12 +36,14 @@ typedef struct {
     const vs_rt_config *cfg;
     float attn_scale;                   /* softmax scale of the model (for stats) */
     vs_kv_attn_stats *stats;            /* NULL: no statistics */
-    float *scratch;                     /* host, vs_kv_step_scratch_floats(cfg) */
+    vs_rt_backend *be;                  /* the backend whose memory holds the pages and qkv */
+    int page_tokens;                    /* the pool's */
+    float *scratch;                     /* host, vs_kv_step_scratch_floats(cfg, page_tokens) */
     double seconds;                     /* out: wall time spent in the hooks (KV bookkeeping,
                                          * selection, compaction), added to by every call */
 } vs_kv_step;
 
-size_t vs_kv_step_scratch_floats(const vs_rt_config *c);
+size_t vs_kv_step_scratch_floats(const vs_rt_config *c, int page_tokens);
 
 /* Hooks for vs_rt_engine_set_hooks with ctx = a vs_kv_step that lives through the step. */
 vs_rt_hooks vs_kv_step_hooks(vs_kv_step *s);

@@ -259,13 +259,6 @@ int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_lim
             e->code = "invalid_value";
             goto done;
         }
-        if (kind != VS_KV_POLICY_FULL && !lim->host_memory) {
-            vs_srv_api_error_set(e, 400, "invalid_request_error", "unsupported_value", "kv_policy",
-                                 "kv_policy \"%s\" compresses the cache on the host, which the %s backend "
-                                 "of this server does not allow yet; use \"full\"",
-                                 f_policy->valuestring, lim->backend);
-            goto done;
-        }
         out->kv_policy = (int)kind;
     }
     out->kv_budget = lim->kv_budget;

@@ -36,7 +36,6 @@ typedef struct {
     long default_timeout_ms, max_timeout_ms;
     int kv_policy;      /* default vs_kv_policy_kind */
     double kv_budget;   /* default budget */
-    int host_memory;    /* the backend keeps memory on the host: compression is possible */
     const char *backend;
 } vs_srv_api_limits;
 

@@ -436,8 +436,15 @@ static void step(vs_srv_engine *e)
     if (fail)
         vs_err_set(&err, VS_ERR_INTERNAL, "failpoint: a step holding class %d fails (VARSERVE_FAILPOINT)",
                    e->fail_label);
-    vs_kv_step ks = {e->row_tab, e->scale_tab, e->pol_tab, 2 * n, c,
-                     vs_rt_attn_scale(c), NULL, e->kv_scratch, 0};
+    vs_kv_step ks = {.rows = e->row_tab,
+                     .scale = e->scale_tab,
+                     .policy = e->pol_tab,
+                     .n_rows = 2 * n,
+                     .cfg = c,
+                     .attn_scale = vs_rt_attn_scale(c),
+                     .be = e->be,
+                     .page_tokens = PAGE_TOKENS,
+                     .scratch = e->kv_scratch};
     vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
     vs_status st = VS_OK;
     if (!fail) {
@@ -508,11 +515,6 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     vs_kv_policy_kind kv_kind;
     if (vs_kv_policy_parse(cfg->kv_policy, &kv_kind) != 0)
         return vs_err_set(err, VS_ERR_INVALID, "config key 'kv_policy' ('%s') names no policy", cfg->kv_policy);
-    if (kv_kind != VS_KV_POLICY_FULL && !e->be->host_memory)
-        return vs_err_set(err, VS_ERR_UNSUPPORTED,
-                          "config key 'kv_policy' (%s) compresses the cache on the host, which the %s backend "
-                          "does not allow yet: use kv_policy full, or backend cpu",
-                          cfg->kv_policy, e->be->ops->name);
     if (cfg->kv_budget_file[0]) {
         snprintf(e->budget_file, sizeof e->budget_file, "%s", cfg->kv_budget_file);
     } else if (!vs_kv_budget_path_for(cfg->model, e->budget_file, sizeof e->budget_file)) {
@@ -565,7 +567,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     e->row_tab = calloc(2 * (size_t)e->max_images, sizeof *e->row_tab);
     e->scale_tab = calloc(2 * (size_t)e->max_images, sizeof *e->scale_tab);
     e->pol_tab = calloc(2 * (size_t)e->max_images, sizeof *e->pol_tab);
-    e->kv_scratch = malloc(vs_kv_step_scratch_floats(c) * sizeof(float));
+    e->kv_scratch = malloc(vs_kv_step_scratch_floats(c, PAGE_TOKENS) * sizeof(float));
     if (!e->slots || !e->ptrs || !e->active || !e->held || !e->snap || !e->pfd || !e->row_tab || !e->scale_tab ||
         !e->pol_tab || !e->kv_scratch)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory for the engine's tables");
@@ -592,7 +594,6 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     in->kv_policy = (int)kv_kind;
     in->kv_budget = cfg->kv_budget;
     snprintf(in->policy_source, sizeof in->policy_source, "%s", vs_kv_policy_source(def));
-    in->host_memory = e->be->host_memory;
     in->page_bytes = ks.page_bytes;
     in->pages_total = ks.pages_total;
     in->pages_per_image = per_image;

@@ -45,7 +45,6 @@ typedef struct {
     int kv_policy;               /* its vs_kv_policy_kind */
     double kv_budget;            /* default budget of compressing policies */
     char policy_source[512];     /* scalekv: "default" or the budget file */
-    int host_memory;             /* compression is possible (host-memory backend) */
     size_t page_bytes, pages_total;
     size_t pages_per_image;      /* peak of one image under the default policy */
     size_t full_pages_per_image; /* peak of one image with the full cache */

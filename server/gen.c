@@ -45,7 +45,7 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
     vs_kv_row **rows = calloc((size_t)n * 2, sizeof *rows);
     int *scale = calloc((size_t)n * 2, sizeof *scale);
     const vs_kv_policy **pols = calloc((size_t)n * 2, sizeof *pols);
-    float *scratch = malloc(vs_kv_step_scratch_floats(c) * sizeof(float));
+    float *scratch = malloc(vs_kv_step_scratch_floats(c, vs_kv_pool_page_tokens(pool)) * sizeof(float));
     if (!imgs || !ptrs || !rows || !scale || !pols || !scratch) {
         st = vs_err_set(err, VS_ERR_NOMEM, "out of memory");
         goto fail;
@@ -53,13 +53,6 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
     if (n > vs_rt_engine_max_images(e)) {
         st = vs_err_set(err, VS_ERR_INVALID, "batch of %d images is over the engine's limit of %d",
                         n, vs_rt_engine_max_images(e));
-        goto fail;
-    }
-    if (vs_kv_policy_kind_of(pol) != VS_KV_POLICY_FULL && !vs_rt_engine_backend(e)->host_memory) {
-        st = vs_err_set(err, VS_ERR_UNSUPPORTED,
-                        "KV compression (%s) runs on host-memory backends only for now; use "
-                        "--backend cpu or kv_policy full",
-                        vs_kv_policy_name(vs_kv_policy_kind_of(pol)));
         goto fail;
     }
     size_t per_image = 2 * vs_kv_policy_peak_pages_per_row(pol, vs_kv_pool_page_tokens(pool));
@@ -90,8 +83,16 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
         }
         ptrs[i] = &imgs[i];
     }
-    vs_kv_step ks = {rows, scale, pols, 2 * n, c,
-                     vs_rt_attn_scale(c), opts->stats, scratch, 0};
+    vs_kv_step ks = {.rows = rows,
+                     .scale = scale,
+                     .policy = pols,
+                     .n_rows = 2 * n,
+                     .cfg = c,
+                     .attn_scale = vs_rt_attn_scale(c),
+                     .stats = opts->stats,
+                     .be = vs_rt_engine_backend(e),
+                     .page_tokens = vs_kv_pool_page_tokens(pool),
+                     .scratch = scratch};
     vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
     double t0 = now_s();
     for (int s = 0; s < c->n_scales; s++) {

@@ -231,7 +231,6 @@ static enum MHD_Result do_info(req *r, struct MHD_Connection *c)
         cJSON_AddNumberToObject(pol, "budget", in->kv_budget);
         cJSON_AddStringToObject(pol, "source", in->policy_source);
     }
-    cJSON_AddBoolToObject(pol, "compression_available", in->host_memory);
     cJSON *kv = cJSON_AddObjectToObject(o, "kv_pool");
     cJSON_AddNumberToObject(kv, "bytes", (double)(in->pages_total * in->page_bytes));
     cJSON_AddNumberToObject(kv, "pages", (double)in->pages_total);
@@ -372,8 +371,7 @@ static enum MHD_Result generate_submit(req *r, struct MHD_Connection *c)
     const vs_srv_engine_info *in = vs_srv_engine_info_get(h->eng);
     vs_srv_api_limits lim = {in->mc,           (float)in->cfg,          in->top_k,
                              (float)in->top_p, h->cfg->default_timeout_ms, h->cfg->max_timeout_ms,
-                             in->kv_policy,    in->kv_budget,           in->host_memory,
-                             in->backend};
+                             in->kv_policy,    in->kv_budget,           in->backend};
     vs_srv_api_error e;
     vs_srv_gen_params p;
     uint64_t rnd = mix64(h->seed_key + atomic_fetch_add(&h->counter, 1));

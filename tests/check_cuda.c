@@ -34,6 +34,7 @@
 #include "runtime/var.h"
 #include "server/gen.h"
 #include "server/quality.h"
+#include "tests/kvstep_case.h"
 #include "tests/st_read.h"
 
 #define MODEL "tests/fixtures/tiny/model.safetensors"
@@ -644,9 +645,10 @@ static void gen_out_free(gen_out *o)
     memset(o, 0, sizeof *o);
 }
 
-/* Runs reqs[0..n) on `be` with the full cache in a KV pool in the backend's memory. */
-static void gen_on(vs_rt_backend *be, const vs_rt_model *m, const vs_srv_gen_req *reqs, int n,
-                   gen_out *o)
+/* Runs reqs[0..n) on `be` under `pol` (NULL: the full cache) in a KV pool in the backend's memory
+ * that holds the full cache. */
+static void gen_on_policy(vs_rt_backend *be, const vs_rt_model *m, const vs_srv_gen_req *reqs, int n,
+                          const vs_kv_policy *pol, gen_out *o)
 {
     const vs_rt_config *c = &m->cfg;
     vs_err err = {0};
@@ -671,12 +673,56 @@ static void gen_on(vs_rt_backend *be, const vs_rt_model *m, const vs_srv_gen_req
     ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, 16, c->depth, c->embed_dim,
                                   be->host_memory ? NULL : &al, &pool, &err) == VS_OK,
                   "%s", err.msg);
-    vs_srv_gen_opts go = {NULL, NULL, o->unit, 0};
+    vs_srv_gen_opts go = {pol, NULL, o->unit, 0};
     ck_assert_msg(vs_srv_gen_run_opts(e, pool, reqs, n, o->rgb, o->tok, NULL, &go, &err) == VS_OK,
                   "%s", err.msg);
     vs_kv_pool_free(pool);
     vs_rt_engine_free(e);
 }
+
+static void gen_on(vs_rt_backend *be, const vs_rt_model *m, const vs_srv_gen_req *reqs, int n,
+                   gen_out *o)
+{
+    gen_on_policy(be, m, reqs, n, NULL, o);
+}
+
+/* The KV step's compression with the pages and qkv in device memory (tests/kvstep_case.h). */
+START_TEST(kv_compression_leaves_each_heads_selected_tokens_in_device_pages)
+{
+    kvstep_run(g_dut);
+}
+END_TEST
+
+/* ScaleKV end to end on the tiny fixture: the GPU (FP32) and the CPU compress the same way. The
+ * selection ranks scores the two compute with different rounding, so a near tie may keep another
+ * token; at least 90% of the tokens must agree (a broken compaction keeps garbage K/V and agrees on
+ * about 1/vocab of them). */
+START_TEST(tiny_fixture_under_scalekv_gives_the_cpus_tokens)
+{
+    vs_err err = {0};
+    vs_rt_model *m = NULL;
+    ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
+    const vs_rt_config *c = &m->cfg;
+    vs_kv_policy *pol = NULL;
+    ck_assert_msg(vs_kv_policy_new(VS_KV_POLICY_SCALEKV, 0.2, c, NULL, &pol, &err) == VS_OK, "%s",
+                  err.msg);
+    vs_srv_gen_req reqs[2] = {{1, 7, 1.5f, 1, 0.0f}, {4, 8, 1.5f, 1, 0.0f}};
+    gen_out gpu, cpu;
+    gen_on_policy(g_dut, m, reqs, 2, pol, &gpu);
+    gen_on_policy(g_ref, m, reqs, 2, pol, &cpu);
+    int same = 0, L = c->scale_offset[c->n_scales];
+    for (int i = 0; i < 2; i++)
+        for (int t = 0; t < L; t++)
+            same += gpu.tok[i][t] == cpu.tok[i][t];
+    printf("check_cuda: scalekv 0.2 on the tiny fixture: %d of %d tokens as on the CPU\n", same, 2 * L);
+    ck_assert_msg(same >= 0.9 * 2 * L, "only %d of %d tokens equal the CPU's under scalekv", same,
+                  2 * L);
+    gen_out_free(&gpu);
+    gen_out_free(&cpu);
+    vs_kv_policy_free(pol);
+    vs_rt_model_free(m);
+}
+END_TEST
 
 START_TEST(tiny_fixture_greedy_tokens_and_image_match_the_reference_in_fp32)
 {
@@ -982,6 +1028,8 @@ static Suite *cuda_suite(void)
     TCase *tf = tcase_create("tiny_fixture");
     tcase_set_timeout(tf, 600);
     tcase_add_test(tf, tiny_fixture_greedy_tokens_and_image_match_the_reference_in_fp32);
+    tcase_add_test(tf, kv_compression_leaves_each_heads_selected_tokens_in_device_pages);
+    tcase_add_test(tf, tiny_fixture_under_scalekv_gives_the_cpus_tokens);
     suite_add_tcase(s, tf);
     TCase *tb = tcase_create("bf16");
     tcase_set_timeout(tb, 600);

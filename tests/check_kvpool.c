@@ -474,15 +474,13 @@ START_TEST(interleaved_rows_keep_their_data_and_share_no_page)
 }
 END_TEST
 
-/* ---- compaction ---------------------------------------------------------------------------- */
+/* ---- resize (the bookkeeping of compaction; the KV step moves the data, check_kvstep) ------ */
 
-enum { HEADS = 2, HEAD_DIM = KV_DIM / HEADS };
-
-START_TEST(compact_keeps_each_heads_chosen_tokens_and_returns_pages)
+START_TEST(resize_down_returns_pages_to_the_job_and_touches_no_memory)
 {
     vs_kv_resv *a = reserve_ok(g_pool, 4);
     vs_kv_row *r = row_ok(a);
-    grow(r, 0, 2); /* layer 0 must not be touched by compacting layer 1 */
+    grow(r, 0, 2); /* layer 0 must not be touched by resizing layer 1 */
     write_slot(g_pool, &vs_kv_row_layers(r)[0], 0, 7);
     write_slot(g_pool, &vs_kv_row_layers(r)[0], 1, 7);
     grow(r, 1, 10); /* 3 pages */
@@ -492,22 +490,16 @@ START_TEST(compact_keeps_each_heads_chosen_tokens_and_returns_pages)
     ck_assert_uint_eq(s0.pages_used, 4);
     ck_assert_uint_eq(s0.pages_reserved, 0);
 
-    /* head 0 keeps 1, 4, 9; head 1 keeps 0, 2, 3 */
-    static const int32_t keep[HEADS * 3] = {1, 4, 9, 0, 2, 3};
-    vs_kv_row_compact(r, 1, HEADS, keep, 3);
+    vs_kv_row_resize(r, 1, 3);
 
     const vs_rt_kv_layer *l = &vs_kv_row_layers(r)[1];
     ck_assert_int_eq(vs_kv_row_tokens(r, 1), 3);
     ck_assert_int_eq(l->n_tokens, 3);
     ck_assert_int_eq(l->n_pages, 1);
-    for (int h = 0; h < HEADS; h++)
-        for (int i = 0; i < 3; i++)
-            for (int kv = 0; kv < 2; kv++)
-                for (int d = h * HEAD_DIM; d < (h + 1) * HEAD_DIM; d++)
-                    ck_assert_msg(read_float(g_pool, l, i, kv, d) ==
-                                      token_value(1, keep[h * 3 + i], kv, d),
-                                  "head %d slot %d kv %d float %d: %g", h, i, kv, d,
-                                  (double)read_float(g_pool, l, i, kv, d));
+    for (int t = 0; t < 3; t++) /* what the caller wrote stays as it was */
+        for (int kv = 0; kv < 2; kv++)
+            for (int d = 0; d < KV_DIM; d++)
+                ck_assert_float_eq(read_float(g_pool, l, t, kv, d), token_value(1, t, kv, d));
     for (int t = 0; t < 2; t++)
         for (int d = 0; d < KV_DIM; d++)
             ck_assert_float_eq(read_float(g_pool, &vs_kv_row_layers(r)[0], t, 1, d),
@@ -521,7 +513,7 @@ START_TEST(compact_keeps_each_heads_chosen_tokens_and_returns_pages)
     vs_kv_resv *other = NULL;
     ck_assert_int_eq(vs_kv_reserve(g_pool, POOL_PAGES - 3, &other), VS_KV_LATER);
     other = reserve_ok(g_pool, POOL_PAGES - 4);
-    /* The job can draw them again: its reservation of 4 was exhausted before compaction. */
+    /* The job can draw them again: its reservation of 4 was exhausted before the resize. */
     grow(r, 2, 2 * PT);
     ck_assert_uint_eq(stats_of(g_pool).pages_reserved, POOL_PAGES - 4);
     vs_kv_release(other);
@@ -530,85 +522,35 @@ START_TEST(compact_keeps_each_heads_chosen_tokens_and_returns_pages)
 }
 END_TEST
 
-/* Selection over cached tokens plus new ones that never had pages (the step's qkv): a head may
- * keep any mix; the layer then holds exactly the kept tokens and its pages fit them. */
-START_TEST(select_mixes_cached_and_new_tokens_per_head)
+/* Selection may keep tokens that never had pages (the step's qkv): the layer grows past its count
+ * within the room reserved for it, and keeps the pages that hold the new count. */
+START_TEST(resize_up_within_the_reserved_room_keeps_its_pages)
 {
     vs_kv_resv *a = reserve_ok(g_pool, 4);
     vs_kv_row *r = row_ok(a);
     grow(r, 1, 5); /* 2 pages */
-    for (int t = 0; t < 5; t++)
-        write_slot(g_pool, &vs_kv_row_layers(r)[1], t, 1);
-    enum { NEW = 6, STRIDE = 3 * KV_DIM };
-    float qkv[NEW * STRIDE]; /* [token][q | k | v] like the forward pass's qkv */
-    for (int i = 0; i < NEW; i++)
-        for (int d = 0; d < KV_DIM; d++) {
-            qkv[i * STRIDE + d] = -1.0f; /* queries: never copied */
-            qkv[i * STRIDE + KV_DIM + d] = token_value(9, i, 0, d);
-            qkv[i * STRIDE + 2 * KV_DIM + d] = token_value(9, i, 1, d);
-        }
-    /* candidates 0..4 cached, 5..10 new; head 0 keeps 2 cached + 4 new, head 1 1 cached + 5 new */
-    static const int32_t keep[HEADS * 6] = {1, 4, 5, 8, 9, 10, 0, 5, 6, 7, 8, 9};
-    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 1, 1, &(vs_err){0}), VS_OK); /* room for 6 */
-    vs_kv_row_select(r, 1, HEADS, keep, 6, qkv + KV_DIM, qkv + 2 * KV_DIM, STRIDE, NEW);
+    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 1, 4, &(vs_err){0}), VS_OK); /* room for 9: 3 */
     const vs_rt_kv_layer *l = &vs_kv_row_layers(r)[1];
+    ck_assert_int_eq(l->n_pages, 3);
+    vs_kv_row_resize(r, 1, 6);
     ck_assert_int_eq(l->n_tokens, 6);
     ck_assert_int_eq(l->n_pages, 2);
-    for (int h = 0; h < HEADS; h++)
-        for (int i = 0; i < 6; i++)
-            for (int kv = 0; kv < 2; kv++)
-                for (int d = h * HEAD_DIM; d < (h + 1) * HEAD_DIM; d++) {
-                    int src = keep[h * 6 + i];
-                    float want = src < 5 ? token_value(1, src, kv, d) : token_value(9, src - 5, kv, d);
-                    ck_assert_msg(read_float(g_pool, l, i, kv, d) == want,
-                                  "head %d slot %d kv %d float %d: %g, want %g", h, i, kv, d,
-                                  (double)read_float(g_pool, l, i, kv, d), (double)want);
-                }
-    /* keeping 2 of them returns a page to the job's reservation */
-    static const int32_t keep2[HEADS * 2] = {0, 5, 4, 5};
-    vs_kv_row_select(r, 1, HEADS, keep2, 2, NULL, NULL, 0, 0);
-    ck_assert_int_eq(l->n_pages, 1);
-    ck_assert_uint_eq(stats_of(g_pool).pages_used, 1);
-    ck_assert_uint_eq(stats_of(g_pool).pages_reserved, 3);
-    ck_assert_float_eq(read_float(g_pool, l, 0, 0, 0), token_value(1, 1, 0, 0));
-    ck_assert_float_eq(read_float(g_pool, l, 1, 0, 0), token_value(9, 5, 0, 0));
-    ck_assert_float_eq(read_float(g_pool, l, 0, 1, HEAD_DIM), token_value(9, 3, 1, HEAD_DIM));
-    ck_assert_float_eq(read_float(g_pool, l, 1, 1, HEAD_DIM), token_value(9, 4, 1, HEAD_DIM));
+    ck_assert_uint_eq(stats_of(g_pool).pages_used, 2);
+    ck_assert_uint_eq(stats_of(g_pool).pages_reserved, 2);
+    vs_kv_row_resize(r, 1, 8); /* a full second page: no page is drawn or given back */
+    ck_assert_int_eq(l->n_pages, 2);
+    ck_assert_uint_eq(stats_of(g_pool).pages_used, 2);
     vs_kv_release(a);
     assert_all_pages_drawable_once(g_pool, POOL_PAGES);
 }
 END_TEST
 
-START_TEST(compact_keeping_everything_moves_nothing)
-{
-    vs_kv_resv *a = reserve_ok(g_pool, 2);
-    vs_kv_row *r = row_ok(a);
-    grow(r, 2, 6);
-    for (int t = 0; t < 6; t++)
-        write_slot(g_pool, &vs_kv_row_layers(r)[2], t, 3);
-    int32_t keep[HEADS * 6];
-    for (int h = 0; h < HEADS; h++)
-        for (int i = 0; i < 6; i++)
-            keep[h * 6 + i] = i;
-    vs_kv_row_compact(r, 2, HEADS, keep, 6);
-    const vs_rt_kv_layer *l = &vs_kv_row_layers(r)[2];
-    ck_assert_int_eq(l->n_tokens, 6);
-    ck_assert_int_eq(l->n_pages, 2);
-    for (int t = 0; t < 6; t++)
-        for (int kv = 0; kv < 2; kv++)
-            for (int d = 0; d < KV_DIM; d++)
-                ck_assert_float_eq(read_float(g_pool, l, t, kv, d), token_value(3, t, kv, d));
-    ck_assert_uint_eq(stats_of(g_pool).pages_used, 2);
-    vs_kv_release(a);
-}
-END_TEST
-
-START_TEST(compact_to_zero_tokens_returns_every_page_of_the_layer)
+START_TEST(resize_to_zero_tokens_returns_every_page_of_the_layer)
 {
     vs_kv_resv *a = reserve_ok(g_pool, 3);
     vs_kv_row *r = row_ok(a);
     grow(r, 0, 3 * PT);
-    vs_kv_row_compact(r, 0, 1, NULL, 0);
+    vs_kv_row_resize(r, 0, 0);
     ck_assert_int_eq(vs_kv_row_tokens(r, 0), 0);
     ck_assert_int_eq(vs_kv_row_layers(r)[0].n_pages, 0);
     vs_kv_stats s = stats_of(g_pool);
@@ -620,14 +562,13 @@ START_TEST(compact_to_zero_tokens_returns_every_page_of_the_layer)
 END_TEST
 
 /* Run only when tests fork: abort() ends the test's process. */
-START_TEST(compact_with_keep_not_ascending_aborts)
+START_TEST(resize_past_the_layers_room_aborts)
 {
     vs_kv_resv *a = reserve_ok(g_pool, 2);
     vs_kv_row *r = row_ok(a);
-    grow(r, 0, 5);
-    static const int32_t keep[2] = {3, 1};
-    vs_kv_row_compact(r, 0, 1, keep, 2);
-    vs_kv_release(a); /* reached only if compact accepted the bad keep list: no signal, a fail */
+    grow(r, 0, 5); /* 2 pages: room for 2 * PT */
+    vs_kv_row_resize(r, 0, 2 * PT + 1);
+    vs_kv_release(a); /* reached only if resize accepted it: no signal, a fail */
 }
 END_TEST
 
@@ -661,14 +602,13 @@ static Suite *kvpool_suite(int forking)
     tcase_add_test(rel, interleaved_rows_keep_their_data_and_share_no_page);
     suite_add_tcase(s, rel);
 
-    TCase *cmp = tcase_create("compact");
+    TCase *cmp = tcase_create("resize");
     tcase_add_checked_fixture(cmp, setup, teardown);
-    tcase_add_test(cmp, compact_keeps_each_heads_chosen_tokens_and_returns_pages);
-    tcase_add_test(cmp, compact_keeping_everything_moves_nothing);
-    tcase_add_test(cmp, select_mixes_cached_and_new_tokens_per_head);
-    tcase_add_test(cmp, compact_to_zero_tokens_returns_every_page_of_the_layer);
+    tcase_add_test(cmp, resize_down_returns_pages_to_the_job_and_touches_no_memory);
+    tcase_add_test(cmp, resize_up_within_the_reserved_room_keeps_its_pages);
+    tcase_add_test(cmp, resize_to_zero_tokens_returns_every_page_of_the_layer);
     if (forking)
-        tcase_add_test_raise_signal(cmp, compact_with_keep_not_ascending_aborts, SIGABRT);
+        tcase_add_test_raise_signal(cmp, resize_past_the_layers_room_aborts, SIGABRT);
     suite_add_tcase(s, cmp);
     return s;
 }
