@@ -142,7 +142,7 @@ clean:
 # No fast-math: results stay exact and thread-count independent.
 $(BUILD)/runtime/backend_cpu.o $(BUILD)/runtime/sample.o: ALL_CFLAGS += -O3 -fno-trapping-math
 
-# retrain the bundled model (not part of make test): Debian's python3-torch on CPU, ~75 min on 2 cores
+# retrain the bundled model (not part of make test): Debian's python3-torch on CPU, about 50 min on 2 cores (measured 50.4 min, see tools/README_mnist.md)
 model:
 	@dpkg-query -W -f='$${Status}' python3-torch 2>/dev/null | grep -q "install ok installed" || \
 	  { [ "$$(id -u)" = 0 ] && apt-get install -y -q python3-torch python3-numpy; } || \

@@ -39,7 +39,9 @@ static int usage(FILE *f)
             "  bench     --model M [--batch 1,8] [--reps 3] [--kv-policy P] [--kv-budget B]\n"
             "            [--pool-mb MB] [sampling and backend options as for generate]\n"
             "  calibrate --model M [--images 16] [--method asi|sensitivity] [--top-history 32] [--out M.budgets.json]\n"
+            "            [--backend auto|cpu|cuda]\n"
             "  fidelity  --model M --kv-policy P --kv-budget B [--images 16] [--seed S] [--json]\n"
+            "            [--backend auto|cpu|cuda] [--precision bf16|fp32]\n"
             "  inspect   MODEL\n"
             "  serve     [--config FILE] [--model M] [--host H] [--port P]\n");
     return 2;
@@ -568,7 +570,6 @@ static int cmd_calibrate(int argc, char **argv)
         } else if (vs_cli_long(v, 1, 1 << 20, &top_hist) != 0)
             return bad("--top-history must be 1..1048576 tokens (got '%s')", v);
     }
-    o.backend = "cpu"; /* the statistics read the cache on the host */
     int batch = images < 8 ? (int)images : 8;
     vs_rt_model *m = NULL;
     vs_rt_backend *be = NULL;
@@ -697,7 +698,6 @@ static int cmd_fidelity(int argc, char **argv)
             return bad("--seed must be an integer 0..2^64-1 (got '%s')", v);
         }
     }
-    o.backend = "cpu";
     int batch = images < 8 ? (int)images : 8;
     vs_rt_model *m = NULL;
     vs_rt_backend *be = NULL;
