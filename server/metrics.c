@@ -50,6 +50,8 @@ struct vs_srv_metrics {
     hist step[VS_RT_MAX_SCALES];
     int n_scales;
     vs_kv_stats kv;
+    int policy_running[VS_KV_POLICY_COUNT];   /* images in the batch, by policy */
+    size_t policy_pages[VS_KV_POLICY_COUNT];  /* pages they reserved, by policy */
     int running, engine_waiting;
     char version[32], backend[32], model[128];
     double load_seconds;
@@ -164,10 +166,15 @@ void vs_srv_metrics_step(vs_srv_metrics *m, int scale, double seconds, double kv
     pthread_mutex_unlock(&m->mu);
 }
 
-void vs_srv_metrics_kv(vs_srv_metrics *m, const vs_kv_stats *s)
+void vs_srv_metrics_kv(vs_srv_metrics *m, const vs_kv_stats *s, const int *images_by_policy,
+                       const size_t *pages_by_policy)
 {
     pthread_mutex_lock(&m->mu);
     m->kv = *s;
+    for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
+        m->policy_running[k] = images_by_policy[k];
+        m->policy_pages[k] = pages_by_policy[k];
+    }
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -349,6 +356,16 @@ char *vs_srv_metrics_render(vs_srv_metrics *m, size_t queued, size_t *len)
     head(&b, "kv_pool_pages_free", "gauge", "KV pool pages neither held nor promised.");
     put(&b, "varserve_kv_pool_pages_free %zu\n",
         m->kv.pages_free > m->kv.pages_reserved ? m->kv.pages_free - m->kv.pages_reserved : 0);
+    head(&b, "kv_images_running", "gauge", "Images in the running batch, by the KV cache policy they run under.");
+    for (int k = 0; k < VS_KV_POLICY_COUNT; k++)
+        put(&b, "varserve_kv_images_running{policy=\"%s\"} %d\n", vs_kv_policy_name((vs_kv_policy_kind)k),
+            m->policy_running[k]);
+    head(&b, "kv_pool_reserved_bytes", "gauge",
+         "KV pool bytes reserved by running images (held or promised), by policy; they sum to "
+         "varserve_kv_pool_used_bytes.");
+    for (int k = 0; k < VS_KV_POLICY_COUNT; k++)
+        put(&b, "varserve_kv_pool_reserved_bytes{policy=\"%s\"} %zu\n",
+            vs_kv_policy_name((vs_kv_policy_kind)k), m->policy_pages[k] * m->kv.page_bytes);
     head(&b, "kv_reservations_refused_total", "counter",
          "Admissions the KV pool refused (an image kept waiting for pages, or one that can never fit).");
     put(&b, "varserve_kv_reservations_refused_total %llu\n", m->kv_refused);

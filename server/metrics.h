@@ -39,7 +39,11 @@ void vs_srv_metrics_images_policy(vs_srv_metrics *m, int policy, int n);
 void vs_srv_metrics_observe(vs_srv_metrics *m, vs_srv_hist h, double value);
 /* One engine step: the largest scale index in it, its wall time and its rows. */
 void vs_srv_metrics_step(vs_srv_metrics *m, int scale, double seconds, double kv_seconds, int rows);
-void vs_srv_metrics_kv(vs_srv_metrics *m, const vs_kv_stats *s);
+/* The pool's counters, and per KV policy the images running and the pages they reserved (held or
+ * promised); published together, so one scrape sees them consistent: the reserved pages of all
+ * policies sum to the pool's used + reserved pages. */
+void vs_srv_metrics_kv(vs_srv_metrics *m, const vs_kv_stats *s, const int *images_by_policy,
+                       const size_t *pages_by_policy);
 void vs_srv_metrics_kv_refused(vs_srv_metrics *m);
 /* Jobs the engine holds: running (an image admitted) and waiting for pages (none admitted). */
 void vs_srv_metrics_engine_jobs(vs_srv_metrics *m, int running, int waiting);

@@ -293,20 +293,24 @@ static void check_error(const resp *r, long code, const char *param)
 }
 
 /* The value of a metric line "name value" (exact name with labels), or -1. */
+/* The value of `name` (a whole metric name with its labels) in a /metrics body, or -1. */
+static double metric_in(const char *body, const char *name)
+{
+    size_t n = strlen(name);
+    for (const char *p = body; p && *p;) {
+        if (strncmp(p, name, n) == 0 && p[n] == ' ')
+            return atof(p + n + 1);
+        p = strchr(p, '\n');
+        p = p ? p + 1 : NULL;
+    }
+    return -1;
+}
+
 static double metric(int port, const char *name)
 {
     resp r;
     http_req(port, "GET", "/metrics", NULL, NULL, NULL, &r);
-    double v = -1;
-    size_t n = strlen(name);
-    for (const char *p = r.body; p && *p;) {
-        if (strncmp(p, name, n) == 0 && p[n] == ' ') {
-            v = atof(p + n + 1);
-            break;
-        }
-        p = strchr(p, '\n');
-        p = p ? p + 1 : NULL;
-    }
+    double v = metric_in(r.body, name);
     resp_free(&r);
     return v;
 }
@@ -703,6 +707,115 @@ START_TEST(compressing_policies_serve_with_fewer_kv_pages)
     ck_assert_int_eq(r.code, 200);
     ck_assert_ptr_nonnull(strstr(r.body, "\"kv\":{\"policy\":\"full\",\"budget\":1,\"bytes_per_image\":1769472}"));
     resp_free(&r);
+    ck_assert(wait_metric(S.port, "varserve_kv_pool_used_bytes", 0, 5));
+}
+END_TEST
+
+enum { MIX_POLICIES = 6, MIX_CLIENTS = 12, MIX_REQUESTS = 2 };
+static const char *mix_policy[MIX_POLICIES] = {"full", "scalekv", "snapkv", "pyramidkv", "sliding", "streamingllm"};
+
+typedef struct {
+    int port, policy;
+    long codes[MIX_REQUESTS];
+} mix_client;
+
+static void *mix_run(void *arg)
+{
+    mix_client *m = arg;
+    for (int k = 0; k < MIX_REQUESTS; k++) {
+        char body[160];
+        snprintf(body, sizeof body, "{\"class_label\":%d,\"n\":%d,\"kv_policy\":\"%s\",\"kv_budget\":0.25}",
+                 (m->policy + k) % 10, 1 + k % 2, mix_policy[m->policy]);
+        resp r;
+        post(m->port, body, &r);
+        m->codes[k] = r.code;
+        resp_free(&r);
+    }
+    return NULL;
+}
+
+/* Many clients under mixed policies: every scrape accounts for every page of the pool. The pages
+ * reserved under each policy are its running images times that policy's pages per image, they sum
+ * to the used bytes, and used plus free is the whole pool. */
+START_TEST(kv_pages_are_accounted_exactly_while_clients_run_mixed_policies)
+{
+    double per_image[MIX_POLICIES];
+    for (int i = 0; i < MIX_POLICIES; i++) { /* each policy's bytes per image, from its response */
+        char body[160], want[96];
+        snprintf(body, sizeof body, "{\"class_label\":1,\"kv_policy\":\"%s\",\"kv_budget\":0.25}", mix_policy[i]);
+        resp r;
+        post(S.port, body, &r);
+        ck_assert_msg(r.code == 200, "%s: HTTP %ld", mix_policy[i], r.code);
+        snprintf(want, sizeof want, "\"policy\":\"%s\",\"budget\":", mix_policy[i]);
+        const char *p = strstr(r.body, want);
+        ck_assert_ptr_nonnull(p);
+        p = strstr(p, "\"bytes_per_image\":");
+        ck_assert_ptr_nonnull(p);
+        per_image[i] = atof(p + strlen("\"bytes_per_image\":"));
+        resp_free(&r);
+    }
+    resp info;
+    http_req(S.port, "GET", "/info", NULL, NULL, NULL, &info);
+    const char *pb = strstr(info.body, "\"page_bytes\":");
+    ck_assert_ptr_nonnull(pb);
+    double page_bytes = atof(pb + strlen("\"page_bytes\":"));
+    resp_free(&info);
+
+    pthread_t th[MIX_CLIENTS];
+    mix_client cl[MIX_CLIENTS];
+    for (int i = 0; i < MIX_CLIENTS; i++) {
+        cl[i] = (mix_client){S.port, i % MIX_POLICIES, {0}};
+        pthread_create(&th[i], NULL, mix_run, &cl[i]);
+    }
+    int scrapes = 0, mixed = 0, busy = 0, joined[MIX_CLIENTS] = {0};
+    double t0 = now_s();
+    while (now_s() - t0 < 120) {
+        resp r;
+        http_req(S.port, "GET", "/metrics", NULL, NULL, NULL, &r);
+        ck_assert_int_eq(r.code, 200);
+        double pool = metric_in(r.body, "varserve_kv_pool_bytes");
+        double used = metric_in(r.body, "varserve_kv_pool_used_bytes");
+        double free_pages = metric_in(r.body, "varserve_kv_pool_pages_free");
+        double sum = 0;
+        int policies_running = 0, images = 0;
+        for (int i = 0; i < MIX_POLICIES; i++) {
+            char name[96];
+            snprintf(name, sizeof name, "varserve_kv_pool_reserved_bytes{policy=\"%s\"}", mix_policy[i]);
+            double resv = metric_in(r.body, name);
+            snprintf(name, sizeof name, "varserve_kv_images_running{policy=\"%s\"}", mix_policy[i]);
+            double run = metric_in(r.body, name);
+            ck_assert_msg(resv >= 0 && run >= 0, "no per-policy KV gauges for %s", mix_policy[i]);
+            ck_assert_msg(resv == run * per_image[i],
+                          "%s: %.0f images running reserve %.0f bytes, not %.0f each", mix_policy[i],
+                          run, resv, per_image[i]);
+            sum += resv;
+            policies_running += run > 0;
+            images += (int)run;
+        }
+        ck_assert_msg(sum == used, "per-policy reserved bytes sum to %.0f, used bytes are %.0f", sum, used);
+        ck_assert_msg(used + free_pages * page_bytes == pool, "used %.0f + free %.0f pages of %.0f != pool %.0f",
+                      used, free_pages, page_bytes, pool);
+        resp_free(&r);
+        scrapes++;
+        mixed += policies_running >= 2;
+        busy += images > 0;
+        int alive = 0;
+        for (int i = 0; i < MIX_CLIENTS; i++)
+            if (!joined[i] && !(joined[i] = pthread_tryjoin_np(th[i], NULL) == 0))
+                alive++;
+        if (!alive)
+            break;
+        sleep_s(0.005);
+    }
+    printf("kv accounting: %d scrapes, %d with images running, %d with two or more policies\n", scrapes, busy,
+           mixed);
+    for (int i = 0; i < MIX_CLIENTS; i++) {
+        if (!joined[i])
+            pthread_join(th[i], NULL);
+        for (int k = 0; k < MIX_REQUESTS; k++)
+            ck_assert_msg(cl[i].codes[k] == 200, "client %d request %d: HTTP %ld", i, k, cl[i].codes[k]);
+    }
+    ck_assert_msg(mixed > 0, "no scrape saw two policies running at once (%d scrapes)", scrapes);
     ck_assert(wait_metric(S.port, "varserve_kv_pool_used_bytes", 0, 5));
 }
 END_TEST
@@ -1256,6 +1369,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, accept_image_png_returns_the_png_itself);
     tcase_add_test(tc, a_request_without_seed_gets_one_chosen_and_returned);
     tcase_add_test(tc, compressing_policies_serve_with_fewer_kv_pages);
+    tcase_add_test(tc, kv_pages_are_accounted_exactly_while_clients_run_mixed_policies);
     tcase_add_test(tc, an_engine_failure_is_500_and_the_server_goes_on);
     tcase_add_test(tc, a_deadline_that_passes_is_504_and_frees_the_pages);
     tcase_add_test(tc, requests_that_expire_at_once_are_all_504);
