@@ -212,7 +212,8 @@ static vs_status compress(vs_kv_step *s, const parts *p, int r, int layer, const
         for (int i = 0; i < kept; i++) {
             int src = p->keep[(size_t)h * cap + i];
             for (int kv = 0; kv < 2; kv++) {
-                float *to = p->out + (((size_t)(i / pt) * 2 + (size_t)kv) * (size_t)pt + (size_t)(i % pt)) * C;
+                size_t slot = ((size_t)(i / pt) * 2 + (size_t)kv) * (size_t)pt + (size_t)(i % pt);
+                float *to = p->out + slot * C;
                 memcpy(to + (size_t)h * d, cand_ptr(s, p, hist, src, kv) + (size_t)h * d,
                        (size_t)d * sizeof(float));
             }

@@ -153,10 +153,29 @@ static int make_policy(const common_opts *o, const vs_rt_model *m, const char *k
     return 0;
 }
 
-/* Loads the model and starts a backend and an engine. Prints the error; returns 1 on failure. */
-static int open_engine(common_opts *o, int max_images, vs_rt_model **m, vs_rt_backend **be,
-                       vs_rt_engine **e)
+/* What a command runs on: the model, a backend, an engine and, once made, a KV pool. */
+typedef struct {
+    vs_rt_model *m;
+    vs_rt_backend *be;
+    vs_rt_engine *e;
+    vs_kv_pool *pool;
+} cli_engine;
+
+static void close_engine(cli_engine *ce)
 {
+    vs_kv_pool_free(ce->pool);
+    vs_rt_engine_free(ce->e);
+    vs_rt_backend_free(ce->be);
+    vs_rt_model_free(ce->m);
+}
+
+/* Loads the model and starts a backend and an engine into ce (close_engine frees what was made,
+ * also after a failure). Prints the error; returns 1 on failure. */
+static int open_engine(common_opts *o, int max_images, cli_engine *ce)
+{
+    vs_rt_model **m = &ce->m;
+    vs_rt_backend **be = &ce->be;
+    vs_rt_engine **e = &ce->e;
     vs_err err = {0};
     vs_rt_backend_kind kind;
     if (vs_rt_backend_parse(o->backend, &kind) != 0)
@@ -269,20 +288,17 @@ static int cmd_generate(int argc, char **argv)
         free(lab);
         return bad("--labels takes at most 256 labels (got %s)%s", "more", "");
     }
-    vs_rt_model *m = NULL;
-    vs_rt_backend *be = NULL;
-    vs_rt_engine *e = NULL;
-    vs_kv_pool *pool = NULL;
+    cli_engine ce = {0};
     vs_kv_policy *pol = NULL;
     vs_srv_gen_req *reqs = calloc((size_t)n, sizeof *reqs);
     uint8_t **rgb = calloc((size_t)n, sizeof *rgb);
     int32_t **toks = calloc((size_t)n, sizeof *toks);
     int rc = 1;
     vs_err err = {0};
-    if ((rc = open_engine(&o, n, &m, &be, &e)) != 0)
+    if ((rc = open_engine(&o, n, &ce)) != 0)
         goto done;
     rc = 2;
-    const vs_rt_config *c = &m->cfg;
+    const vs_rt_config *c = &ce.m->cfg;
     int i = 0;
     for (char *save = NULL, *tok = strtok_r(lab, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
         int cls = vs_rt_class_lookup(c, tok);
@@ -304,9 +320,9 @@ static int cmd_generate(int argc, char **argv)
         goto done;
     }
     rc = 1;
-    if (make_policy(&o, m, o.kv_policy, &pol) != 0)
+    if (make_policy(&o, ce.m, o.kv_policy, &pol) != 0)
         goto done;
-    if (!(pool = pool_for(m, be, pol, n, &err))) {
+    if (!(ce.pool = pool_for(ce.m, ce.be, pol, n, &err))) {
         fprintf(stderr, "varserve: %s\n", err.msg);
         goto done;
     }
@@ -320,7 +336,7 @@ static int cmd_generate(int argc, char **argv)
         }
     }
     vs_srv_gen_opts go = {pol, NULL, NULL, 0};
-    if (vs_srv_gen_run_opts(e, pool, reqs, n, rgb, toks, NULL, &go, &err) != VS_OK) {
+    if (vs_srv_gen_run_opts(ce.e, ce.pool, reqs, n, rgb, toks, NULL, &go, &err) != VS_OK) {
         fprintf(stderr, "varserve: %s\n", err.msg);
         goto done;
     }
@@ -346,11 +362,8 @@ done:
     free(toks);
     free(reqs);
     free(lab);
-    vs_kv_pool_free(pool);
     vs_kv_policy_free(pol);
-    vs_rt_engine_free(e);
-    vs_rt_backend_free(be);
-    vs_rt_model_free(m);
+    close_engine(&ce);
     return rc;
 }
 
@@ -443,26 +456,24 @@ static int cmd_bench(int argc, char **argv)
         return bad("--batch must be a list of batch sizes 1..1024, e.g. 1,8 (got '%s')", batches);
     for (int i = 0; i < nb; i++)
         maxb = bs[i] > maxb ? (int)bs[i] : maxb;
-    vs_rt_model *m = NULL;
-    vs_rt_backend *be = NULL;
-    vs_rt_engine *e = NULL;
-    vs_kv_pool *pool = NULL;
+    cli_engine ce = {0};
     vs_kv_policy *pol = NULL;
     vs_err err = {0};
     int rc = 1;
-    if ((rc = open_engine(&o, maxb, &m, &be, &e)) != 0)
+    if ((rc = open_engine(&o, maxb, &ce)) != 0)
         goto done;
     rc = 1;
-    if (make_policy(&o, m, o.kv_policy, &pol) != 0)
+    if (make_policy(&o, ce.m, o.kv_policy, &pol) != 0)
         goto done;
-    if (!(pool = pool_for(m, be, pol, maxb, &err))) {
+    if (!(ce.pool = pool_for(ce.m, ce.be, pol, maxb, &err))) {
         fprintf(stderr, "varserve: %s\n", err.msg);
         goto done;
     }
-    const vs_rt_config *c = &m->cfg;
+    const vs_rt_config *c = &ce.m->cfg;
     size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
-    printf("model %s: %d layers, width %d, %dx%d, %zu params; backend %s, %d threads\n", m->path,
-           c->depth, c->embed_dim, c->image_size, c->image_size, m->n_params, be->ops->name, be->threads);
+    printf("model %s: %d layers, width %d, %dx%d, %zu params; backend %s, %d threads\n", ce.m->path,
+           c->depth, c->embed_dim, c->image_size, c->image_size, ce.m->n_params, ce.be->ops->name,
+           ce.be->threads);
     printf("sampling: cfg %g, top_k %ld, top_p %g; kv policy %s", o.cfg, o.top_k, o.top_p,
            vs_kv_policy_name(vs_kv_policy_kind_of(pol)));
     if (vs_kv_policy_kind_of(pol) != VS_KV_POLICY_FULL)
@@ -476,7 +487,7 @@ static int cmd_bench(int argc, char **argv)
     for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
         vs_kv_policy *p = NULL;
         char path[4096];
-        int have = k == VS_KV_POLICY_SCALEKV && vs_kv_budget_path_for(m->path, path, sizeof path);
+        int have = k == VS_KV_POLICY_SCALEKV && vs_kv_budget_path_for(ce.m->path, path, sizeof path);
         if (vs_kv_policy_new((vs_kv_policy_kind)k, o.kv_budget, c, have ? path : NULL, &p, &err) != VS_OK)
             continue;
         size_t pages = 2 * vs_kv_policy_peak_pages_per_row(p, 16);
@@ -505,7 +516,7 @@ static int cmd_bench(int argc, char **argv)
                                            (int)o.top_k, (float)o.top_p};
             vs_srv_gen_times t;
             vs_srv_gen_opts go = {pol, NULL, NULL, 0};
-            if (vs_srv_gen_run_opts(e, pool, reqs, n, rgb, NULL, &t, &go, &err) != VS_OK) {
+            if (vs_srv_gen_run_opts(ce.e, ce.pool, reqs, n, rgb, NULL, &t, &go, &err) != VS_OK) {
                 fprintf(stderr, "varserve: %s\n", err.msg);
                 okb = 0;
                 break;
@@ -530,11 +541,8 @@ static int cmd_bench(int argc, char **argv)
     printf("peak RSS: %.1f MB\n", (double)ru.ru_maxrss / 1024.0);
     rc = 0;
 done:
-    vs_kv_pool_free(pool);
     vs_kv_policy_free(pol);
-    vs_rt_engine_free(e);
-    vs_rt_backend_free(be);
-    vs_rt_model_free(m);
+    close_engine(&ce);
     return rc;
 }
 
@@ -571,24 +579,21 @@ static int cmd_calibrate(int argc, char **argv)
             return bad("--top-history must be 1..1048576 tokens (got '%s')", v);
     }
     int batch = images < 8 ? (int)images : 8;
-    vs_rt_model *m = NULL;
-    vs_rt_backend *be = NULL;
-    vs_rt_engine *e = NULL;
-    vs_kv_pool *pool = NULL;
+    cli_engine ce = {0};
     vs_kv_policy *full = NULL;
     vs_kv_attn_stats stats = {0};
     vs_err err = {0};
     char path[4096];
-    int rc = open_engine(&o, batch, &m, &be, &e);
+    int rc = open_engine(&o, batch, &ce);
     if (rc != 0)
         goto done;
     rc = 1;
     if (!out) {
-        vs_kv_budget_path_for(m->path, path, sizeof path);
+        vs_kv_budget_path_for(ce.m->path, path, sizeof path);
         out = path;
     }
-    const vs_rt_config *c = &m->cfg;
-    if (make_policy(&o, m, "full", &full) != 0 || !(pool = pool_for(m, be, full, batch, &err)) ||
+    const vs_rt_config *c = &ce.m->cfg;
+    if (make_policy(&o, ce.m, "full", &full) != 0 || !(ce.pool = pool_for(ce.m, ce.be, full, batch, &err)) ||
         vs_kv_stats_init(&stats, c, (int)top_hist, &err) != VS_OK) {
         fprintf(stderr, "varserve: %s\n", err.msg[0] ? err.msg : "cannot start calibration");
         goto done;
@@ -611,7 +616,7 @@ static int cmd_calibrate(int argc, char **argv)
             probe[k] = sens ? tok + (size_t)(8 + k) * L : NULL;
         }
         vs_srv_gen_opts go = {full, sens ? NULL : &stats, NULL, 0};
-        if (vs_srv_gen_run_opts(e, pool, reqs, n, NULL, sens ? ref : NULL, NULL, &go, &err) != VS_OK) {
+        if (vs_srv_gen_run_opts(ce.e, ce.pool, reqs, n, NULL, sens ? ref : NULL, NULL, &go, &err) != VS_OK) {
             fprintf(stderr, "varserve: %s\n", err.msg);
             goto calib_done;
         }
@@ -622,7 +627,7 @@ static int cmd_calibrate(int argc, char **argv)
             vs_status pst = vs_kv_policy_new_probe(c, l, &probe_pol, &err);
             po.policy = probe_pol;
             if (pst == VS_OK)
-                pst = vs_srv_gen_run_opts(e, pool, reqs, n, NULL, probe, NULL, &po, &err);
+                pst = vs_srv_gen_run_opts(ce.e, ce.pool, reqs, n, NULL, probe, NULL, &po, &err);
             vs_kv_policy_free(probe_pol);
             if (pst != VS_OK) {
                 fprintf(stderr, "varserve: %s\n", err.msg);
@@ -633,8 +638,8 @@ static int cmd_calibrate(int argc, char **argv)
                     damage[l] += (ref[k][t] != probe[k][t]) / ((double)L * (double)images);
         }
     }
-    if ((sens ? vs_kv_calibrate_write_sensitivity(damage, c, m->path, (int)images, out, &err)
-              : vs_kv_calibrate_write(&stats, c, m->path, (int)images, out, &err)) != VS_OK) {
+    if ((sens ? vs_kv_calibrate_write_sensitivity(damage, c, ce.m->path, (int)images, out, &err)
+              : vs_kv_calibrate_write(&stats, c, ce.m->path, (int)images, out, &err)) != VS_OK) {
         fprintf(stderr, "varserve: %s\n", err.msg);
         goto calib_done;
     }
@@ -646,11 +651,8 @@ calib_done:
     free(damage);
 done:
     vs_kv_stats_free(&stats);
-    vs_kv_pool_free(pool);
     vs_kv_policy_free(full);
-    vs_rt_engine_free(e);
-    vs_rt_backend_free(be);
-    vs_rt_model_free(m);
+    close_engine(&ce);
     return rc;
 }
 
@@ -699,22 +701,19 @@ static int cmd_fidelity(int argc, char **argv)
         }
     }
     int batch = images < 8 ? (int)images : 8;
-    vs_rt_model *m = NULL;
-    vs_rt_backend *be = NULL;
-    vs_rt_engine *e = NULL;
-    vs_kv_pool *pool = NULL;
+    cli_engine ce = {0};
     vs_kv_policy *full = NULL, *pol = NULL;
     vs_err err = {0};
     uint8_t *rgb[2][8] = {{0}};
     int32_t *tok[2][8] = {{0}};
-    int rc = open_engine(&o, batch, &m, &be, &e);
+    int rc = open_engine(&o, batch, &ce);
     if (rc != 0)
         goto done;
     rc = 1;
-    const vs_rt_config *c = &m->cfg;
+    const vs_rt_config *c = &ce.m->cfg;
     int S = c->image_size, L = c->scale_offset[c->n_scales];
-    if (make_policy(&o, m, "full", &full) != 0 || make_policy(&o, m, o.kv_policy, &pol) != 0 ||
-        !(pool = pool_for(m, be, full, batch, &err))) {
+    if (make_policy(&o, ce.m, "full", &full) != 0 || make_policy(&o, ce.m, o.kv_policy, &pol) != 0 ||
+        !(ce.pool = pool_for(ce.m, ce.be, full, batch, &err))) {
         fprintf(stderr, "varserve: %s\n", err.msg[0] ? err.msg : "cannot start");
         goto done;
     }
@@ -734,7 +733,7 @@ static int cmd_fidelity(int argc, char **argv)
                                        (float)o.cfg, (int)o.top_k, (float)o.top_p};
         for (int v = 0; v < 2; v++) {
             vs_srv_gen_opts go = {v == 0 ? full : pol, NULL, NULL, 0};
-            if (vs_srv_gen_run_opts(e, pool, reqs, n, rgb[v], tok[v], NULL, &go, &err) != VS_OK) {
+            if (vs_srv_gen_run_opts(ce.e, ce.pool, reqs, n, rgb[v], tok[v], NULL, &go, &err) != VS_OK) {
                 fprintf(stderr, "varserve: %s\n", err.msg);
                 goto done;
             }
@@ -764,7 +763,7 @@ static int cmd_fidelity(int argc, char **argv)
         printf("{\"model\":\"%s\",\"policy\":\"%s\",\"budget\":%g,\"images\":%ld,\"psnr_db\":%.3f,"
                "\"ssim\":%.4f,\"tokens_unchanged\":%.4f,\"identical_images\":%.0f,"
                "\"kv_bytes_per_image\":%.0f,\"kv_bytes_per_image_full\":%.0f,\"budget_source\":\"%s\"}\n",
-               m->path, o.kv_policy, o.kv_budget, images, psnr_sum / images, ssim_sum / images,
+               ce.m->path, o.kv_policy, o.kv_budget, images, psnr_sum / images, ssim_sum / images,
                same / images, identical, kv_pol, kv_full, vs_kv_policy_source(pol));
     else
         printf("%s at budget %g over %ld images: PSNR %.2f dB, SSIM %.4f, tokens unchanged %.1f%%, "
@@ -778,12 +777,9 @@ done:
             free(rgb[v][k]);
             free(tok[v][k]);
         }
-    vs_kv_pool_free(pool);
     vs_kv_policy_free(full);
     vs_kv_policy_free(pol);
-    vs_rt_engine_free(e);
-    vs_rt_backend_free(be);
-    vs_rt_model_free(m);
+    close_engine(&ce);
     return rc;
 }
 
