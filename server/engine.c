@@ -101,20 +101,6 @@ static double now_s(void)
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* ---- pool memory on the backend ----------------------------------------------------------------- */
-
-static void *pool_alloc(void *ctx, size_t bytes)
-{
-    vs_rt_backend *be = ctx;
-    return be->ops->alloc(be, bytes);
-}
-
-static void pool_free(void *ctx, void *p)
-{
-    vs_rt_backend *be = ctx;
-    be->ops->free(be, p);
-}
-
 /* ---- answering jobs ------------------------------------------------------------------------------ */
 
 static void publish_gauges(vs_srv_engine *e)
@@ -557,7 +543,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
                           cfg->kv_pool_mb, bytes / page_bytes, per_image,
                           (double)(per_image * page_bytes) / 1048576.0, cfg->kv_policy,
                           (per_image * page_bytes + 1048575) >> 20);
-    vs_kv_allocator alloc = {e->be, pool_alloc, pool_free};
+    vs_kv_allocator alloc = {e->be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
     if ((st = vs_kv_pool_init(bytes, PAGE_TOKENS, c->depth, c->embed_dim, &alloc, &e->pool, err)) != VS_OK)
         return vs_err_wrap(err, "config key 'kv_pool_mb' (%ld)", cfg->kv_pool_mb);
     vs_rt_engine_set_kv(e->rt, vs_kv_pool_base(e->pool), vs_kv_pool_page_tokens(e->pool));

@@ -201,15 +201,12 @@ static int open_engine(common_opts *o, int max_images, cli_engine *ce)
     return 0;
 }
 
-static void *be_alloc(void *ctx, size_t bytes) { return vs_rt_backend_alloc_raw(ctx, bytes); }
-static void be_free(void *ctx, void *p) { vs_rt_backend_free_raw(ctx, p); }
-
 /* A pool of `pages` pages of 16 tokens, in the backend's memory. */
 static vs_kv_pool *pool_pages(const vs_rt_model *m, vs_rt_backend *be, size_t pages, vs_err *err)
 {
     const vs_rt_config *c = &m->cfg;
     size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
-    vs_kv_allocator a = {be, be_alloc, be_free};
+    vs_kv_allocator a = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
     vs_kv_pool *pool = NULL;
     if (vs_kv_pool_init(pages * page_bytes, 16, c->depth, c->embed_dim, be->host_memory ? NULL : &a,
                         &pool, err) != VS_OK)

@@ -615,18 +615,6 @@ END_TEST
 
 /* ---- whole models through the CLI's driver -------------------------------------------------- */
 
-static void *be_alloc(void *ctx, size_t bytes)
-{
-    vs_rt_backend *be = ctx;
-    return be->ops->alloc(be, bytes);
-}
-
-static void be_free(void *ctx, void *p)
-{
-    vs_rt_backend *be = ctx;
-    be->ops->free(be, p);
-}
-
 /* What one run of n images produced: 8-bit RGB [H·W·3], tokens [L], unit floats [3·H·W]. */
 typedef struct {
     int n, side, L;
@@ -666,7 +654,7 @@ static void gen_on_policy(vs_rt_backend *be, const vs_rt_model *m, const vs_srv_
     }
     vs_rt_engine *e = NULL;
     ck_assert_msg(vs_rt_engine_new(m, be, n, &e, &err) == VS_OK, "%s", err.msg);
-    vs_kv_allocator al = {be, be_alloc, be_free};
+    vs_kv_allocator al = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
     size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
     size_t pages = 2 * (size_t)c->depth * (((size_t)o->L + 15) / 16); /* one image, full cache */
     vs_kv_pool *pool = NULL;

@@ -52,9 +52,6 @@ static vs_rt_config ks_cfg(void)
     return c;
 }
 
-static void *ks_alloc(void *ctx, size_t bytes) { return vs_rt_backend_alloc_raw(ctx, bytes); }
-static void ks_free(void *ctx, void *p) { vs_rt_backend_free_raw(ctx, p); }
-
 static void kvstep_run(vs_rt_backend *be)
 {
     const vs_rt_config c = ks_cfg();
@@ -67,7 +64,7 @@ static void kvstep_run(vs_rt_backend *be)
                   err.msg);
     ck_assert_msg(vs_kv_policy_new(VS_KV_POLICY_PYRAMIDKV, 0.3, &c, NULL, &pol[2], &err) == VS_OK,
                   "%s", err.msg);
-    vs_kv_allocator al = {be, ks_alloc, ks_free};
+    vs_kv_allocator al = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
     vs_kv_pool *pool = NULL;
     size_t page_bytes = 2 * (size_t)KS_PT * KS_C * sizeof(float);
     ck_assert_msg(vs_kv_pool_init(64 * page_bytes, KS_PT, KS_DEPTH, KS_C, be->host_memory ? NULL : &al,
