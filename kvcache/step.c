@@ -59,7 +59,14 @@ static parts parts_of(const vs_kv_step *s)
 /* Float offset of page `i` of a layer in the arena. */
 static size_t page_at(const vs_kv_step *s, const vs_rt_kv_layer *l, int i)
 {
-    return (size_t)l->pages[i] * page_floats(s->cfg, s->page_tokens);
+    return (size_t)vs_rt_kv_page_offset(s->page_tokens, s->cfg->embed_dim, l->pages[i], 0, 0);
+}
+
+/* Float offset of token slot j (K: kv 0, V: kv 1) in staged pages, which sit in token order. */
+static size_t staged_at(const vs_kv_step *s, int j, int kv)
+{
+    int pt = s->page_tokens;
+    return (size_t)vs_rt_kv_page_offset(pt, s->cfg->embed_dim, j / pt, j % pt, kv);
 }
 
 /* Copies a row's cached pages of `layer` and its new tokens' qkv to the host scratch (a memcpy on
@@ -81,9 +88,9 @@ static void stage_in(const vs_kv_step *s, const parts *p, const vs_rt_batch *b, 
  * then the step's new tokens from the staged qkv. */
 static const float *cand_ptr(const vs_kv_step *s, const parts *p, int hist, int j, int kv)
 {
-    size_t C = (size_t)s->cfg->embed_dim, pt = (size_t)s->page_tokens;
+    size_t C = (size_t)s->cfg->embed_dim;
     if (j < hist)
-        return p->in + (((size_t)j / pt * 2 + (size_t)kv) * pt + (size_t)j % pt) * C;
+        return p->in + staged_at(s, j, kv);
     return p->qkv + (size_t)(j - hist) * 3 * C + (size_t)(1 + kv) * C;
 }
 
@@ -211,12 +218,9 @@ static vs_status compress(vs_kv_step *s, const parts *p, int r, int layer, const
     for (int h = 0; h < H; h++)
         for (int i = 0; i < kept; i++) {
             int src = p->keep[(size_t)h * cap + i];
-            for (int kv = 0; kv < 2; kv++) {
-                size_t slot = ((size_t)(i / pt) * 2 + (size_t)kv) * (size_t)pt + (size_t)(i % pt);
-                float *to = p->out + slot * C;
-                memcpy(to + (size_t)h * d, cand_ptr(s, p, hist, src, kv) + (size_t)h * d,
-                       (size_t)d * sizeof(float));
-            }
+            for (int kv = 0; kv < 2; kv++)
+                memcpy(p->out + staged_at(s, i, kv) + (size_t)h * d,
+                       cand_ptr(s, p, hist, src, kv) + (size_t)h * d, (size_t)d * sizeof(float));
         }
     if (kept > hist) {
         vs_status st = vs_kv_row_reserve_tokens(s->rows[r], layer, kept - hist, err);

@@ -23,11 +23,18 @@ typedef struct {
     vs_rt_kv_layer *layers; /* [depth]; owned by kvcache/ */
 } vs_rt_kv_view;
 
+/* Float offset of slot `slot_in_page` of K (kv = 0) or V (kv = 1) of page `page`, in any array of
+ * whole pages laid out as above (the arena, or a copy of some pages). */
+static inline long vs_rt_kv_page_offset(int page_tokens, int kv_dim, long page, int slot_in_page, int kv)
+{
+    return ((page * 2 + kv) * page_tokens + slot_in_page) * (long)kv_dim;
+}
+
 /* Float offset of token slot `slot` of K (kv = 0) or V (kv = 1) in the arena. */
 static inline long vs_rt_kv_offset(const vs_rt_kv_view *v, const vs_rt_kv_layer *l, int slot, int kv)
 {
-    long page = l->pages[slot / v->page_tokens];
-    return ((page * 2 + kv) * v->page_tokens + slot % v->page_tokens) * (long)v->kv_dim;
+    return vs_rt_kv_page_offset(v->page_tokens, v->kv_dim, l->pages[slot / v->page_tokens],
+                                slot % v->page_tokens, kv);
 }
 
 #endif

@@ -192,13 +192,14 @@ static void kvstep_run(vs_rt_backend *be)
                 ck_assert_int_eq(kl->n_pages, (count[r][l] + KS_PT - 1) / KS_PT);
                 for (int pg = 0; pg < kl->n_pages; pg++) {
                     be->ops->download(be, page_host,
-                                      vs_kv_pool_base(pool) + (size_t)kl->pages[pg] * 2 * KS_PT * KS_C,
+                                      vs_kv_pool_base(pool) +
+                                          vs_rt_kv_page_offset(KS_PT, KS_C, kl->pages[pg], 0, 0),
                                       page_bytes);
                     for (int i = pg * KS_PT; i < count[r][l] && i < (pg + 1) * KS_PT; i++)
                         for (int kv = 0; kv < 2; kv++)
                             for (int d = 0; d < KS_C; d++) {
                                 int id = IDS(r, l, d / KS_HD)[i];
-                                float got = page_host[((size_t)kv * KS_PT + (size_t)(i % KS_PT)) * KS_C + d];
+                                float got = page_host[vs_rt_kv_page_offset(KS_PT, KS_C, 0, i % KS_PT, kv) + d];
                                 ck_assert_msg(got == ks_value(r, l, id, kv, d),
                                               "scale %d row %d layer %d slot %d kv %d float %d: "
                                               "%g, want token %d's %g",
