@@ -173,18 +173,15 @@ static void close_engine(cli_engine *ce)
  * also after a failure). Prints the error; returns 1 on failure. */
 static int open_engine(common_opts *o, int max_images, cli_engine *ce)
 {
-    vs_rt_model **m = &ce->m;
-    vs_rt_backend **be = &ce->be;
-    vs_rt_engine **e = &ce->e;
     vs_err err = {0};
     vs_rt_backend_kind kind;
     if (vs_rt_backend_parse(o->backend, &kind) != 0)
         return bad("--backend must be auto, cpu or cuda (got '%s')%s", o->backend, "");
-    if (vs_rt_model_load(o->model, m, &err) != VS_OK) {
+    if (vs_rt_model_load(o->model, &ce->m, &err) != VS_OK) {
         fprintf(stderr, "varserve: %s\n", err.msg);
         return 1;
     }
-    const vs_rt_config *c = &(*m)->cfg;
+    const vs_rt_config *c = &ce->m->cfg;
     if (!o->have_cfg)
         o->cfg = c->default_cfg >= 0 ? c->default_cfg : 1.5;
     if (!o->have_top_k)
@@ -193,8 +190,8 @@ static int open_engine(common_opts *o, int max_images, cli_engine *ce)
         o->top_p = c->default_top_p >= 0 ? c->default_top_p : 0.96;
     if (o->top_k > c->vocab_size)
         o->top_k = c->vocab_size;
-    if (vs_rt_backend_new_precision(kind, (int)o->threads, o->fp32, be, &err) != VS_OK ||
-        vs_rt_engine_new(*m, *be, max_images, e, &err) != VS_OK) {
+    if (vs_rt_backend_new_precision(kind, (int)o->threads, o->fp32, &ce->be, &err) != VS_OK ||
+        vs_rt_engine_new(ce->m, ce->be, max_images, &ce->e, &err) != VS_OK) {
         fprintf(stderr, "varserve: %s\n", err.msg);
         return 1;
     }
