@@ -595,9 +595,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     in->max_batch_images = e->max_images;
     in->load_s = now_s() - t0;
     vs_srv_metrics_set_model(e->met, VS_VERSION, in->backend, in->model_name, in->load_s, c->n_scales);
-    int no_images[VS_KV_POLICY_COUNT] = {0};
-    size_t no_pages[VS_KV_POLICY_COUNT] = {0};
-    vs_srv_metrics_kv(e->met, &ks, no_images, no_pages);
+    publish_gauges(e);
     vs_log(VS_LOG_INFO, "engine",
            "loaded %s (%zu params) in %.2f s on %s (%d threads); KV pool %.1f MiB = %zu pages; policy %s "
            "(%s): %zu pages per image, %zu images fit; up to %d images per step",
