@@ -292,8 +292,7 @@ static void check_error(const resp *r, long code, const char *param)
     ck_assert_msg(r->request_id[0] != 0, "no X-Request-Id");
 }
 
-/* The value of a metric line "name value" (exact name with labels), or -1. */
-/* The value of `name` (a whole metric name with its labels) in a /metrics body, or -1. */
+/* The value of a metric line "name value" (exact name with labels) in a /metrics body, or -1. */
 static double metric_in(const char *body, const char *name)
 {
     size_t n = strlen(name);
@@ -306,6 +305,7 @@ static double metric_in(const char *body, const char *name)
     return -1;
 }
 
+/* The same, from a fresh scrape. */
 static double metric(int port, const char *name)
 {
     resp r;
