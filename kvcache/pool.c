@@ -110,8 +110,7 @@ vs_status vs_kv_pool_init(size_t bytes, int page_tokens, int layers, int kv_dim,
         return vs_err_set(err, VS_ERR_INVALID,
                           "kv pool: the allocator has alloc but no free callback; give both");
 
-    size_t page_floats = 2 * (size_t)page_tokens * (size_t)kv_dim;
-    size_t page_bytes = page_floats * sizeof(float);
+    size_t page_bytes = vs_kv_page_bytes(page_tokens, kv_dim);
     size_t pages_total = bytes / page_bytes;
     if (pages_total == 0)
         return vs_err_set(err, VS_ERR_INVALID,
@@ -199,6 +198,11 @@ void vs_kv_pool_stats(const vs_kv_pool *pool, vs_kv_stats *out)
     out->pages_reserved = pool->pages_reserved;
     out->pages_used = pool->pages_total - pool->pages_free;
     out->reservations = pool->reservations;
+}
+
+size_t vs_kv_page_bytes(int page_tokens, int kv_dim)
+{
+    return 2 * (size_t)page_tokens * (size_t)kv_dim * sizeof(float);
 }
 
 float *vs_kv_pool_base(const vs_kv_pool *pool) { return pool->base; }

@@ -48,6 +48,12 @@ typedef struct {
     void (*free)(void *ctx, void *p);
 } vs_kv_allocator;
 
+/* The page size the server and the CLI use: one attention tile. */
+#define VS_KV_PAGE_TOKENS 16
+
+/* Bytes of one page: K and V of page_tokens tokens of kv_dim floats. */
+size_t vs_kv_page_bytes(int page_tokens, int kv_dim);
+
 /* Carves floor(bytes / page_bytes) pages, page_bytes = 2 * page_tokens * kv_dim * sizeof(float).
  * Errors: VS_ERR_INVALID (a zero or negative size, fewer than one page), VS_ERR_NOMEM. */
 vs_status vs_kv_pool_init(size_t bytes, int page_tokens, int layers, int kv_dim,

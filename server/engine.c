@@ -35,7 +35,6 @@
 #include "server/api.h"
 #include "server/version.h"
 
-#define PAGE_TOKENS 16 /* one attention tile */
 #define POLICY_CACHE 16 /* distinct (policy, budget) pairs kept; others live with their job */
 
 typedef struct {
@@ -333,7 +332,7 @@ static void admit(vs_srv_engine *e)
                        j->p.kv_budget, perr.msg);
                 continue;
             }
-            j->pages_per_image = 2 * vs_kv_policy_peak_pages_per_row(j->policy, PAGE_TOKENS);
+            j->pages_per_image = 2 * vs_kv_policy_peak_pages_per_row(j->policy, VS_KV_PAGE_TOKENS);
         }
         vs_kv_resv *resv = NULL;
         vs_kv_admit a = vs_kv_reserve(e->pool, j->pages_per_image, &resv);
@@ -436,7 +435,7 @@ static void step(vs_srv_engine *e)
                      .cfg = c,
                      .attn_scale = vs_rt_attn_scale(c),
                      .be = e->be,
-                     .page_tokens = PAGE_TOKENS,
+                     .page_tokens = VS_KV_PAGE_TOKENS,
                      .scratch = e->kv_scratch};
     vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
     vs_status st = VS_OK;
@@ -529,9 +528,9 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
         e->policies[e->n_policies].budget = cfg->kv_budget;
         e->policies[e->n_policies++].p = def;
     }
-    size_t page_bytes = (size_t)2 * PAGE_TOKENS * (size_t)c->embed_dim * sizeof(float);
-    size_t full_per_image = 2 * vs_kv_policy_peak_pages_per_row(full, PAGE_TOKENS);
-    size_t per_image = 2 * vs_kv_policy_peak_pages_per_row(def, PAGE_TOKENS);
+    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->embed_dim);
+    size_t full_per_image = 2 * vs_kv_policy_peak_pages_per_row(full, VS_KV_PAGE_TOKENS);
+    size_t per_image = 2 * vs_kv_policy_peak_pages_per_row(def, VS_KV_PAGE_TOKENS);
     /* automatic: room for a full batch even of full-cache requests */
     size_t bytes = cfg->kv_pool_mb ? (size_t)cfg->kv_pool_mb << 20
                                    : full_per_image * page_bytes * (size_t)e->max_images;
@@ -544,7 +543,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
                           (double)(per_image * page_bytes) / 1048576.0, cfg->kv_policy,
                           (per_image * page_bytes + 1048575) >> 20);
     vs_kv_allocator alloc = {e->be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
-    if ((st = vs_kv_pool_init(bytes, PAGE_TOKENS, c->depth, c->embed_dim, &alloc, &e->pool, err)) != VS_OK)
+    if ((st = vs_kv_pool_init(bytes, VS_KV_PAGE_TOKENS, c->depth, c->embed_dim, &alloc, &e->pool, err)) != VS_OK)
         return vs_err_wrap(err, "config key 'kv_pool_mb' (%ld)", cfg->kv_pool_mb);
     vs_rt_engine_set_kv(e->rt, vs_kv_pool_base(e->pool), vs_kv_pool_page_tokens(e->pool));
 
@@ -560,7 +559,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     e->row_tab = calloc(2 * (size_t)e->max_images, sizeof *e->row_tab);
     e->scale_tab = calloc(2 * (size_t)e->max_images, sizeof *e->scale_tab);
     e->pol_tab = calloc(2 * (size_t)e->max_images, sizeof *e->pol_tab);
-    e->kv_scratch = malloc(vs_kv_step_scratch_floats(c, PAGE_TOKENS) * sizeof(float));
+    e->kv_scratch = malloc(vs_kv_step_scratch_floats(c, VS_KV_PAGE_TOKENS) * sizeof(float));
     if (!e->slots || !e->ptrs || !e->active || !e->held || !e->snap || !e->pfd || !e->row_tab || !e->scale_tab ||
         !e->pol_tab || !e->kv_scratch)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory for the engine's tables");

@@ -198,15 +198,15 @@ static int open_engine(common_opts *o, int max_images, cli_engine *ce)
     return 0;
 }
 
-/* A pool of `pages` pages of 16 tokens, in the backend's memory. */
+/* A pool of `pages` pages of VS_KV_PAGE_TOKENS tokens, in the backend's memory. */
 static vs_kv_pool *pool_pages(const vs_rt_model *m, vs_rt_backend *be, size_t pages, vs_err *err)
 {
     const vs_rt_config *c = &m->cfg;
-    size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
+    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->embed_dim);
     vs_kv_allocator a = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
     vs_kv_pool *pool = NULL;
-    if (vs_kv_pool_init(pages * page_bytes, 16, c->depth, c->embed_dim, be->host_memory ? NULL : &a,
-                        &pool, err) != VS_OK)
+    if (vs_kv_pool_init(pages * page_bytes, VS_KV_PAGE_TOKENS, c->depth, c->embed_dim,
+                        be->host_memory ? NULL : &a, &pool, err) != VS_OK)
         return NULL;
     return pool;
 }
@@ -215,7 +215,7 @@ static vs_kv_pool *pool_pages(const vs_rt_model *m, vs_rt_backend *be, size_t pa
 static vs_kv_pool *pool_for(const vs_rt_model *m, vs_rt_backend *be, const vs_kv_policy *pol,
                             int images, vs_err *err)
 {
-    size_t per_image = 2 * vs_kv_policy_peak_pages_per_row(pol, 16);
+    size_t per_image = 2 * vs_kv_policy_peak_pages_per_row(pol, VS_KV_PAGE_TOKENS);
     return pool_pages(m, be, per_image * (size_t)images, err);
 }
 
@@ -464,7 +464,7 @@ static int cmd_bench(int argc, char **argv)
         goto done;
     }
     const vs_rt_config *c = &ce.m->cfg;
-    size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
+    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->embed_dim);
     printf("model %s: %d layers, width %d, %dx%d, %zu params; backend %s, %d threads\n", ce.m->path,
            c->depth, c->embed_dim, c->image_size, c->image_size, ce.m->n_params, ce.be->ops->name,
            ce.be->threads);
@@ -475,8 +475,8 @@ static int cmd_bench(int argc, char **argv)
     printf("\n");
     /* capacity: KV bytes each image reserves and how many fit in a pool of pool_mb, per policy */
     size_t pool_pages = (size_t)(pool_mb * 1e6 / (double)page_bytes);
-    printf("kv per image (peak reserved, 16-token pages of %.1f KB) and images in a %.0f MB pool:\n",
-           (double)page_bytes / 1e3, pool_mb);
+    printf("kv per image (peak reserved, %d-token pages of %.1f KB) and images in a %.0f MB pool:\n",
+           VS_KV_PAGE_TOKENS, (double)page_bytes / 1e3, pool_mb);
     size_t full_pages = 0;
     for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
         vs_kv_policy *p = NULL;
@@ -484,7 +484,7 @@ static int cmd_bench(int argc, char **argv)
         int have = k == VS_KV_POLICY_SCALEKV && vs_kv_budget_path_for(ce.m->path, path, sizeof path);
         if (vs_kv_policy_new((vs_kv_policy_kind)k, o.kv_budget, c, have ? path : NULL, &p, &err) != VS_OK)
             continue;
-        size_t pages = 2 * vs_kv_policy_peak_pages_per_row(p, 16);
+        size_t pages = 2 * vs_kv_policy_peak_pages_per_row(p, VS_KV_PAGE_TOKENS);
         if (k == VS_KV_POLICY_FULL)
             full_pages = pages;
         printf("  %-13s %9.3f MB  %6zu images  %5.2fx full\n", vs_kv_policy_name((vs_kv_policy_kind)k),
@@ -751,7 +751,7 @@ static int cmd_fidelity(int argc, char **argv)
             }
         }
     }
-    size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
+    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->embed_dim);
     double kv_full = (double)(pages[0] * page_bytes), kv_pol = (double)(pages[1] * page_bytes);
     if (json)
         printf("{\"model\":\"%s\",\"policy\":\"%s\",\"budget\":%g,\"images\":%ld,\"psnr_db\":%.3f,"
