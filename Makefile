@@ -6,8 +6,10 @@
 #   make deps         install the Debian packages the build needs (apt-get as root)
 #   make SANITIZER=address|undefined|thread   a sanitized build in build/<sanitizer>/
 #   make CUDA=0       force the CPU-only build
+#   make CUDA=emu     the CUDA backend on the emulated device (runtime/cuda_emu/), in build/cuda-emu/
 
 CC      ?= cc
+CXX     ?= c++
 NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
 PYTHON  ?= /usr/bin/python3
 PORT    ?= 8080
@@ -25,7 +27,13 @@ ifeq ($(origin CUDA),undefined)
 endif
 
 SANITIZER ?=
-ifeq ($(SANITIZER),)
+ifeq ($(CUDA),emu)
+  ifneq ($(SANITIZER),)
+    $(error CUDA=emu runs kernels on fibers the sanitizers do not know; build it without SANITIZER)
+  endif
+  BUILD := build/cuda-emu
+  SANFLAGS :=
+else ifeq ($(SANITIZER),)
   BUILD := build
   SANFLAGS :=
 else
@@ -48,7 +56,15 @@ LDLIBS  := -lopenblas -lmicrohttpd -lcjson -lpng -lcurl -lm -lpthread
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm)
 
 LIB_SRC := $(wildcard common/*.c runtime/*.c kvcache/*.c config/*.c) $(filter-out server/main.c,$(wildcard server/*.c))
-ifeq ($(CUDA),1)
+ifeq ($(CUDA),emu)
+  # the same kernel source, compiled as C++ against the emulation layer
+  CU_SRC  := $(wildcard runtime/*.cu)
+  EMU_SRC := $(wildcard runtime/cuda_emu/*.cc)
+  ALL_CFLAGS += -DVS_HAVE_CUDA=1
+  LDLIBS  += -lstdc++
+  EMU_CXXFLAGS := -std=c++17 $(CFLAGS) -Wall -Wextra -Werror -Wno-unknown-pragmas -D_GNU_SOURCE \
+    -DVS_CUDA_EMU=1 -I. $(if $(BLAS_INC),-I$(BLAS_INC)) -MMD -MP
+else ifeq ($(CUDA),1)
   CU_SRC  := $(wildcard runtime/*.cu)
   ALL_CFLAGS += -DVS_HAVE_CUDA=1
   LDLIBS  += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lcublas -lstdc++
@@ -58,7 +74,7 @@ ifeq ($(CUDA),1)
 else
   CU_SRC  :=
 endif
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o) $(EMU_SRC:%.cc=$(BUILD)/%.o)
 TEST_SRC := $(wildcard tests/check_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # suites that need a GPU run in their own binary (CK_NOFORK) and skip without one
@@ -70,7 +86,8 @@ CUDA_CHECK := $(BUILD)/tests/check_cuda
 all: cuda-info $(BUILD)/varserve
 
 cuda-info:
-	@if [ "$(CUDA)" = 1 ]; then echo "varserve: CUDA backend ON (nvcc: $(NVCC))"; \
+	@if [ "$(CUDA)" = emu ]; then echo "varserve: CUDA backend ON, on the emulated device (runtime/cuda_emu/), in $(BUILD)/"; \
+	 elif [ "$(CUDA)" = 1 ]; then echo "varserve: CUDA backend ON (nvcc: $(NVCC))"; \
 	 else echo "varserve: CUDA backend OFF ($(if $(NVCC),$(if $(CUDA_LIBDIR),CUDA=0 given,nvcc found but no libcudart/libcublas under $(or $(CUDA_HOME),its toolkit)),no nvcc found)); CPU backend only"; fi
 
 $(BUILD)/libvarserve.a: $(LIB_OBJ)
@@ -93,9 +110,19 @@ $(BUILD)/%.o: %.c $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
+ifeq ($(CUDA),emu)
+$(BUILD)/%.cu.o: %.cu $(CUDA_STAMP)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -x c++ -c -o $@ $<
+
+$(BUILD)/%.o: %.cc $(CUDA_STAMP)
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c -o $@ $<
+else
 $(BUILD)/%.cu.o: %.cu $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c -o $@ $<
+endif
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libvarserve.a
 	@mkdir -p $(dir $@)

@@ -29,9 +29,7 @@ extern "C" {
 }
 #include "runtime/philox.h"
 
-#include <cublas_v2.h>
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
+#include "runtime/cuda_device.h"
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
@@ -553,7 +551,7 @@ static void cuda_gemm_weights(vs_rt_backend *be, const void *arena, const float 
         v[i].n = n[i];
         v[i].bf = dst;
         if (n[i]) {
-            k_to_bf16<<<grid_for(n[i], 256), 256, 0, c->st>>>(dst, w[i], n[i]);
+            VS_LAUNCH(k_to_bf16, grid_for(n[i], 256), 256, 0, c->st, dst, w[i], n[i]);
             VS_LAUNCHED(c, k_to_bf16);
         }
         off += (n[i] * sizeof(__nv_bfloat16) + BF16_ALIGN - 1) & ~(size_t)(BF16_ALIGN - 1);
@@ -595,7 +593,7 @@ static void cuda_linear(vs_rt_backend *be, float *y, const float *x, const float
     float one = 1.0f, beta = 0.0f;
     if (bias) {
         size_t n = (size_t)M * N;
-        k_fill_rows<<<grid_for(n, 256), 256, 0, c->st>>>(y, bias, (size_t)M, N);
+        VS_LAUNCH(k_fill_rows, grid_for(n, 256), 256, 0, c->st, y, bias, (size_t)M, N);
         VS_LAUNCHED(c, k_fill_rows);
         beta = 1.0f;
     }
@@ -610,7 +608,7 @@ static void cuda_linear(vs_rt_backend *be, float *y, const float *x, const float
         __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch(c, S_XBF, nx * sizeof(__nv_bfloat16));
         if (!xb)
             return;
-        k_to_bf16<<<grid_for(nx, 256), 256, 0, c->st>>>(xb, x, nx);
+        VS_LAUNCH(k_to_bf16, grid_for(nx, 256), 256, 0, c->st, xb, x, nx);
         VS_LAUNCHED(c, k_to_bf16);
         VS_CUBLAS(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, wb, CUDA_R_16BF,
                                   K, xb, CUDA_R_16BF, K, &beta, y, CUDA_R_32F, N,
@@ -662,7 +660,7 @@ static void cuda_silu(vs_rt_backend *be, float *y, const float *x, size_t n)
     cuda_backend *c = cu(be);
     if (!n)
         return;
-    k_silu<<<grid_for(n, 256), 256, 0, c->st>>>(y, x, n);
+    VS_LAUNCH(k_silu, grid_for(n, 256), 256, 0, c->st, y, x, n);
     VS_LAUNCHED(c, k_silu);
 }
 
@@ -671,7 +669,7 @@ static void cuda_gelu(vs_rt_backend *be, float *x, size_t n)
     cuda_backend *c = cu(be);
     if (!n)
         return;
-    k_gelu<<<grid_for(n, 256), 256, 0, c->st>>>(x, n);
+    VS_LAUNCH(k_gelu, grid_for(n, 256), 256, 0, c->st, x, n);
     VS_LAUNCHED(c, k_gelu);
 }
 
@@ -680,7 +678,7 @@ static void cuda_add(vs_rt_backend *be, float *y, const float *x, size_t n)
     cuda_backend *c = cu(be);
     if (!n)
         return;
-    k_add<<<grid_for(n, 256), 256, 0, c->st>>>(y, x, n);
+    VS_LAUNCH(k_add, grid_for(n, 256), 256, 0, c->st, y, x, n);
     VS_LAUNCHED(c, k_add);
 }
 
@@ -689,7 +687,7 @@ static void cuda_to_unit(vs_rt_backend *be, float *x, size_t n)
     cuda_backend *c = cu(be);
     if (!n)
         return;
-    k_to_unit<<<grid_for(n, 256), 256, 0, c->st>>>(x, n);
+    VS_LAUNCH(k_to_unit, grid_for(n, 256), 256, 0, c->st, x, n);
     VS_LAUNCHED(c, k_to_unit);
 }
 
@@ -699,7 +697,7 @@ static void cuda_add_bias_rows(vs_rt_backend *be, float *y, const float *b, int 
     if (M <= 0 || N <= 0)
         return;
     size_t n = (size_t)M * N;
-    k_add_bias_rows<<<grid_for(n, 256), 256, 0, c->st>>>(y, b, (size_t)M, N);
+    VS_LAUNCH(k_add_bias_rows, grid_for(n, 256), 256, 0, c->st, y, b, (size_t)M, N);
     VS_LAUNCHED(c, k_add_bias_rows);
 }
 
@@ -733,7 +731,7 @@ static void cuda_gather_rows(vs_rt_backend *be, float *y, const float *table,
     if (!idx)
         return;
     size_t n = (size_t)T * C;
-    k_gather_rows<<<grid_for(n, 256), 256, 0, c->st>>>(y, table, idx, T, C, accumulate);
+    VS_LAUNCH(k_gather_rows, grid_for(n, 256), 256, 0, c->st, y, table, idx, T, C, accumulate);
     VS_LAUNCHED(c, k_gather_rows);
 }
 
@@ -770,7 +768,7 @@ static void cuda_adaln(vs_rt_backend *be, float *y, const float *x, const float 
     const cuda_batch *cb = batch_of(c, b);
     if (!cb || b->n_tok <= 0)
         return;
-    k_adaln<<<(unsigned)b->n_tok, 256, 0, c->st>>>(y, x, mod, mod_stride, scale_off, shift_off,
+    VS_LAUNCH(k_adaln, (unsigned)b->n_tok, 256, 0, c->st, y, x, mod, mod_stride, scale_off, shift_off,
                                                    cb->tok_row, C, eps);
     VS_LAUNCHED(c, k_adaln);
 }
@@ -793,7 +791,7 @@ static void cuda_gated_add(vs_rt_backend *be, float *x, const float *y, const fl
     if (!cb || b->n_tok <= 0 || C <= 0)
         return;
     size_t n = (size_t)b->n_tok * C;
-    k_gated_add<<<grid_for(n, 256), 256, 0, c->st>>>(x, y, mod, mod_stride, gamma_off, cb->tok_row,
+    VS_LAUNCH(k_gated_add, grid_for(n, 256), 256, 0, c->st, x, y, mod, mod_stride, gamma_off, cb->tok_row,
                                                      b->n_tok, C);
     VS_LAUNCHED(c, k_gated_add);
 }
@@ -830,7 +828,7 @@ static void cuda_qk_norm(vs_rt_backend *be, float *qkv, int T, int H, int d, con
     if (T <= 0 || H <= 0 || d <= 0)
         return;
     size_t threads = (size_t)T * 2 * H * 32;
-    k_qk_norm<<<(unsigned)((threads + 127) / 128), 128, 0, c->st>>>(qkv, T, H, d, scale_mul);
+    VS_LAUNCH(k_qk_norm, (unsigned)((threads + 127) / 128), 128, 0, c->st, qkv, T, H, d, scale_mul);
     VS_LAUNCHED(c, k_qk_norm);
 }
 
@@ -873,7 +871,7 @@ __global__ void __launch_bounds__(ATT_THREADS)
                 const int32_t *kvm, const int32_t *pages, int n_rows, int layer, int H, int d,
                 int PT, float scale, int qt, int tiles_per_row)
 {
-    extern __shared__ float att_sm[];
+    VS_DYNAMIC_SHARED(float, att_sm);
     __shared__ float s_inv[ATT_QT];
     int r = blockIdx.x / tiles_per_row, tile = blockIdx.x % tiles_per_row, h = blockIdx.y;
     int tok_start = rows[2 * r], n_new = rows[2 * r + 1];
@@ -961,7 +959,7 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
         return;
     /* the uploaded tables hold this layer only: the kernels index them as layer 0 */
     size_t n = (size_t)b->n_tok * C;
-    k_kv_write<<<grid_for(n, 256), 256, 0, c->st>>>(b->kv_base, qkv, cb->tok_row, cb->rows, kvm,
+    VS_LAUNCH(k_kv_write, grid_for(n, 256), 256, 0, c->st, b->kv_base, qkv, cb->tok_row, cb->rows, kvm,
                                                     pages, cb->n_rows, 0, b->n_tok, C, PT);
     VS_LAUNCHED(c, k_kv_write);
     if (cb->max_new <= 0)
@@ -985,7 +983,7 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
                                         (int)smem));
     int tiles = (cb->max_new + qt - 1) / qt;
     dim3 grid((unsigned)(cb->n_rows * tiles), (unsigned)H);
-    k_attention<<<grid, ATT_THREADS, smem, c->st>>>(out, qkv, b->kv_base, cb->rows, kvm, pages,
+    VS_LAUNCH(k_attention, grid, ATT_THREADS, smem, c->st, out, qkv, b->kv_base, cb->rows, kvm, pages,
                                                     cb->n_rows, 0, H, d, PT, scale, qt, tiles);
     VS_LAUNCHED(c, k_attention);
 }
@@ -1208,7 +1206,7 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     k_cfg_sample(float *logits, int V, const cuda_sreq *reqs, int n_req, int total, int32_t *out,
                  unsigned char *gbuf, size_t per_block, int P, int use_shared)
 {
-    extern __shared__ unsigned long long smp_sm[];
+    VS_DYNAMIC_SHARED(unsigned long long, smp_sm);
     unsigned char *buf = use_shared ? (unsigned char *)smp_sm : gbuf + per_block * blockIdx.x;
     unsigned long long *keys = (unsigned long long *)buf;
     double *w = (double *)(buf + (size_t)P * sizeof(unsigned long long));
@@ -1308,7 +1306,7 @@ static void cuda_cfg_sample(vs_rt_backend *be, float *logits, int V, const vs_rt
         if (!gbuf)
             return;
     }
-    k_cfg_sample<<<grid, SAMPLE_THREADS, smem, c->st>>>(logits, V, d_req, n, (int)total, d_out,
+    VS_LAUNCH(k_cfg_sample, grid, SAMPLE_THREADS, smem, c->st, logits, V, d_req, n, (int)total, d_out,
                                                         gbuf, per_block, P, use_shared);
     VS_LAUNCHED(c, k_cfg_sample);
     /* the tokens go to host memory now: the quantiser's index lists are built from them */
@@ -1343,7 +1341,7 @@ static void cuda_embed_chw(vs_rt_backend *be, float *h, const float *emb, const 
     if (!idx)
         return;
     size_t total = (size_t)n * C;
-    k_embed_chw<<<grid_for(total, 256), 256, 0, c->st>>>(h, emb, idx, n, C);
+    VS_LAUNCH(k_embed_chw, grid_for(total, 256), 256, 0, c->st, h, emb, idx, n, C);
     VS_LAUNCHED(c, k_embed_chw);
 }
 
@@ -1407,7 +1405,7 @@ static void cuda_upsample_bicubic(vs_rt_backend *be, float *dst, const float *sr
         return;
     }
     size_t n = (size_t)planes * ho * wo;
-    k_bicubic<<<grid_for(n, 256), 256, 0, c->st>>>(dst, src, planes, hi, wi, ho, wo);
+    VS_LAUNCH(k_bicubic, grid_for(n, 256), 256, 0, c->st, dst, src, planes, hi, wi, ho, wo);
     VS_LAUNCHED(c, k_bicubic);
 }
 
@@ -1435,7 +1433,7 @@ static void cuda_area_downsample(vs_rt_backend *be, float *dst, const float *src
     if (planes <= 0 || ho <= 0 || wo <= 0)
         return;
     size_t n = (size_t)planes * ho * wo;
-    k_area<<<grid_for(n, 256), 256, 0, c->st>>>(dst, src, planes, hi, wi, ho, wo);
+    VS_LAUNCH(k_area, grid_for(n, 256), 256, 0, c->st, dst, src, planes, hi, wi, ho, wo);
     VS_LAUNCHED(c, k_area);
 }
 
@@ -1451,7 +1449,7 @@ static void cuda_phi_add(vs_rt_backend *be, float *f, const float *h, const floa
     cuda_backend *c = cu(be);
     if (!n)
         return;
-    k_phi_add<<<grid_for(n, 256), 256, 0, c->st>>>(f, h, ch, r, n);
+    VS_LAUNCH(k_phi_add, grid_for(n, 256), 256, 0, c->st, f, h, ch, r, n);
     VS_LAUNCHED(c, k_phi_add);
 }
 
@@ -1470,7 +1468,7 @@ static void cuda_transpose(vs_rt_backend *be, float *dst, const float *src, int 
     if (rows <= 0 || cols <= 0)
         return;
     size_t n = (size_t)rows * cols;
-    k_transpose<<<grid_for(n, 256), 256, 0, c->st>>>(dst, src, rows, cols);
+    VS_LAUNCH(k_transpose, grid_for(n, 256), 256, 0, c->st, dst, src, rows, cols);
     VS_LAUNCHED(c, k_transpose);
 }
 
@@ -1513,7 +1511,7 @@ static void cuda_conv2d(vs_rt_backend *be, float *y, const float *x, const float
     float one = 1.0f, beta = 0.0f;
     if (b) {
         size_t n = (size_t)N * cout * HW;
-        k_fill_planes<<<grid_for(n, 256), 256, 0, c->st>>>(y, b, (size_t)N * cout, cout, HW);
+        VS_LAUNCH(k_fill_planes, grid_for(n, 256), 256, 0, c->st, y, b, (size_t)N * cout, cout, HW);
         VS_LAUNCHED(c, k_fill_planes);
         beta = 1.0f;
     }
@@ -1544,7 +1542,7 @@ static void cuda_conv2d(vs_rt_backend *be, float *y, const float *x, const float
         for (int y0 = 0; y0 < H; y0 += band) {
             int y1 = y0 + band < H ? y0 + band : H;
             size_t cols = (size_t)(y1 - y0) * W;
-            k_im2col<<<grid_for(KK * cols, 256), 256, 0, c->st>>>(col, xn, cin, H, W, k, y0, y1);
+            VS_LAUNCH(k_im2col, grid_for(KK * cols, 256), 256, 0, c->st, col, xn, cin, H, W, k, y0, y1);
             VS_LAUNCHED(c, k_im2col);
             VS_CUBLAS(c,
                       cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)cols, cout, (int)KK, &one,
@@ -1589,7 +1587,7 @@ static void cuda_group_norm(vs_rt_backend *be, float *y, const float *x, const f
     cuda_backend *c = cu(be);
     if (N <= 0 || groups <= 0 || C <= 0 || HW <= 0)
         return;
-    k_group_norm<<<(unsigned)((size_t)N * groups), 1024, 0, c->st>>>(y, x, gamma, beta, C, HW,
+    VS_LAUNCH(k_group_norm, (unsigned)((size_t)N * groups), 1024, 0, c->st, y, x, gamma, beta, C, HW,
                                                                      groups, eps, silu);
     VS_LAUNCHED(c, k_group_norm);
 }
@@ -1612,7 +1610,7 @@ static void cuda_upsample_nearest2x(vs_rt_backend *be, float *dst, const float *
     if (planes <= 0 || h <= 0 || w <= 0)
         return;
     size_t n = (size_t)planes * 4 * h * w;
-    k_up2x<<<grid_for(n, 256), 256, 0, c->st>>>(dst, src, planes, h, w);
+    VS_LAUNCH(k_up2x, grid_for(n, 256), 256, 0, c->st, dst, src, planes, h, w);
     VS_LAUNCHED(c, k_up2x);
 }
 
@@ -1652,7 +1650,7 @@ static void cuda_spatial_attention(vs_rt_backend *be, float *out, const float *q
                     *v = k + (size_t)C * HW;
         VS_CUBLAS(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, HW, HW, C, &sc, k, HW, q, HW,
                                  &zero, s, HW));
-        k_softmax_rows<<<(unsigned)HW, 256, 0, c->st>>>(s, HW);
+        VS_LAUNCH(k_softmax_rows, (unsigned)HW, 256, 0, c->st, s, HW);
         VS_LAUNCHED(c, k_softmax_rows);
         VS_CUBLAS(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, HW, C, HW, &one, s, HW, v, HW,
                                  &zero, out + (size_t)n * C * HW, HW));

@@ -1,0 +1,1105 @@
+/* runtime/cuda_emu/cuda_emu.cc — the emulated CUDA device's runtime: launches as blocks of fibers,
+ * barriers and warp exchanges, guarded device memory, streams and events, cuBLAS on OpenBLAS.
+ * What is and is not modelled is listed in cuda_emu.h.
+ *
+ * Fibers: a block's threads are cooperative fibers on the launching thread. The scheduler resumes
+ * every runnable thread in a fixed order (ascending, or descending with
+ * VARSERVE_CUDA_EMU_ORDER=reverse); a thread runs until it reaches a barrier or returns. A barrier
+ * releases its waiters when every live thread of its group (the block, or the warp's lanes in the
+ * mask) has arrived; a thread that returns leaves every group, as on Volta and later GPUs. A pass
+ * in which no thread can run while some are live is a deadlock (threads waiting at different
+ * barriers) and fails the launch. On x86-64 a fiber switch is a few register moves (below); other
+ * architectures use ucontext, which is slower (a signal-mask system call per switch).
+ *
+ * Errors follow CUDA's two kinds: a launch or argument error is returned (and remembered for
+ * cudaGetLastError, which clears it); a fault (damaged guard bytes, an operand outside device
+ * memory, an injected fault, a deadlock) is sticky: every later call returns it, for the life of
+ * the process, as a GPU context is lost. */
+#include "runtime/cuda_emu/cuda_emu.h"
+
+#include <cblas.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <map>
+#include <mutex>
+#include <vector>
+
+#if !defined(__x86_64__)
+#include <ucontext.h>
+#endif
+
+namespace cuda_emu {
+__thread uint3 t_thread_idx, t_block_idx;
+__thread uint3 t_block_dim, t_grid_dim;
+__thread unsigned char *t_dynamic_smem;
+} // namespace cuda_emu
+
+using namespace cuda_emu;
+
+/* ---- the device --------------------------------------------------------------------------------- */
+
+#define GUARD 256           /* bytes watched on each side of an allocation */
+#define GUARD_BYTE 0xA5
+#define SMEM_DEFAULT (48 * 1024)
+#define SMEM_OPTIN 232448   /* an H100's opt-in shared memory per block */
+#define SMEM_POISON 0xFF    /* fresh shared memory reads as NaN / −1 */
+#define STACK_BYTES (64 * 1024)
+
+namespace {
+
+struct allocation {
+    size_t bytes;
+    unsigned char *base; /* bytes + 2·GUARD from here */
+};
+
+struct device {
+    std::mutex mu;
+    std::map<uintptr_t, allocation> mem; /* by user address */
+    std::map<uintptr_t, size_t> pinned;  /* host allocations from cudaHostAlloc */
+    std::map<const void *, int> max_dyn_smem;
+    size_t total = 0, used = 0;
+    std::atomic<int> sticky{cudaSuccess};
+    std::atomic<long> launches{0};
+    long fault_at = 0; /* VARSERVE_CUDA_EMU_FAULT_AT */
+    int reverse = 0;   /* VARSERVE_CUDA_EMU_ORDER=reverse */
+    int n_devices = 1; /* VARSERVE_CUDA_EMU_DEVICES */
+    device()
+    {
+        const char *m = getenv("VARSERVE_CUDA_EMU_MEMORY_MB");
+        long mb = m && *m ? atol(m) : 16384;
+        total = (size_t)(mb > 0 ? mb : 16384) << 20;
+        const char *f = getenv("VARSERVE_CUDA_EMU_FAULT_AT");
+        fault_at = f && *f ? atol(f) : 0;
+        const char *o = getenv("VARSERVE_CUDA_EMU_ORDER");
+        reverse = o && strcmp(o, "reverse") == 0;
+        const char *d = getenv("VARSERVE_CUDA_EMU_DEVICES");
+        n_devices = d && *d ? atoi(d) : 1;
+    }
+};
+
+device &dev()
+{
+    static device d;
+    return d;
+}
+
+__thread cudaError_t t_last = cudaSuccess;
+
+} // namespace
+
+struct cuda_emu_stream {
+    unsigned magic;
+};
+struct cuda_emu_event {
+    unsigned magic;
+    double t_ms;
+    int recorded;
+};
+struct cuda_emu_blas {
+    unsigned magic;
+    cudaStream_t st;
+    cublasMath_t math;
+};
+#define STREAM_MAGIC 0x5354524du
+#define EVENT_MAGIC 0x45564e54u
+#define BLAS_MAGIC 0x424c4153u
+
+static cudaError_t fail(cudaError_t e)
+{
+    t_last = e;
+    return e;
+}
+
+/* A fault: sticky from now on. */
+static cudaError_t fault(cudaError_t e, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static cudaError_t fault(cudaError_t e, const char *fmt, ...)
+{
+    int expect = cudaSuccess;
+    if (dev().sticky.compare_exchange_strong(expect, (int)e)) {
+        va_list ap;
+        va_start(ap, fmt);
+        fprintf(stderr, "cuda-emu: device fault (%s): ", cudaGetErrorString(e));
+        vfprintf(stderr, fmt, ap);
+        fputc('\n', stderr);
+        va_end(ap);
+    }
+    return fail((cudaError_t)dev().sticky.load());
+}
+
+/* the sticky error, or success */
+static cudaError_t sticky() { return (cudaError_t)dev().sticky.load(); }
+
+/* Does [p, p + bytes) lie inside one device allocation? Caller holds mu. */
+static bool in_device_locked(const void *p, size_t bytes)
+{
+    device &d = dev();
+    uintptr_t a = (uintptr_t)p;
+    auto it = d.mem.upper_bound(a);
+    if (it == d.mem.begin())
+        return false;
+    --it;
+    return a >= it->first && a - it->first <= it->second.bytes && bytes <= it->second.bytes - (a - it->first);
+}
+
+static bool in_device(const void *p, size_t bytes)
+{
+    std::lock_guard<std::mutex> g(dev().mu);
+    return in_device_locked(p, bytes);
+}
+
+static bool guards_intact(const allocation &al)
+{
+    static const std::vector<unsigned char> want(GUARD, GUARD_BYTE);
+    return memcmp(al.base, want.data(), GUARD) == 0 &&
+           memcmp(al.base + GUARD + al.bytes, want.data(), GUARD) == 0;
+}
+
+/* After each kernel or cuBLAS call: a damaged guard is a fault naming what ran. */
+static void check_guards(const char *what)
+{
+    device &d = dev();
+    std::lock_guard<std::mutex> g(d.mu);
+    for (auto &kv : d.mem)
+        if (!guards_intact(kv.second)) {
+            int before = memcmp(kv.second.base, std::vector<unsigned char>(GUARD, GUARD_BYTE).data(), GUARD) != 0;
+            fault(cudaErrorIllegalAddress,
+                  "%s wrote %s the %zu-byte device allocation at %p (guard bytes changed)", what,
+                  before ? "before the start of" : "past the end of", kv.second.bytes,
+                  (void *)kv.first);
+            memset(kv.second.base, GUARD_BYTE, GUARD); /* report each damage once */
+            memset(kv.second.base + GUARD + kv.second.bytes, GUARD_BYTE, GUARD);
+        }
+}
+
+/* ---- fibers ------------------------------------------------------------------------------------- */
+
+namespace {
+enum { F_RUN, F_WAIT_BLOCK, F_WAIT_WARP, F_DONE };
+
+struct fiber {
+    void *sp; /* saved stack pointer while switched out (x86-64) */
+#if !defined(__x86_64__)
+    ucontext_t uc;
+#endif
+    int state;
+    unsigned lin; /* linear thread index in the block */
+    uint3 tid;
+};
+
+struct block_run {
+    std::vector<fiber> f;
+    int n = 0, live = 0, n_wait_block = 0, cur = 0;
+    int count_acc = 0, count_result = 0;
+    unsigned warp_live[32], warp_arrived[32];
+    uint64_t slots[32][32];
+    void (*body)(void *) = nullptr;
+    void *ctx = nullptr;
+    void *sched_sp = nullptr;
+#if !defined(__x86_64__)
+    ucontext_t sched_uc;
+#endif
+    unsigned char *stacks = nullptr; /* n_stacks × (guard page + STACK_BYTES) */
+    int n_stacks = 0;
+    size_t page = 4096;
+    std::vector<unsigned char> smem;
+    ~block_run()
+    {
+        if (stacks)
+            munmap(stacks, (size_t)n_stacks * (page + STACK_BYTES));
+    }
+};
+
+thread_local block_run t_run;
+} // namespace
+
+#if defined(__x86_64__)
+/* vs_emu_switch(save, load): saves the callee-saved registers, MXCSR and the x87 control word on
+ * the current stack, stores its pointer in *save, and resumes the stack `load`. A new fiber's
+ * stack is made to look as if it had called vs_emu_switch from vs_emu_trampoline, which calls
+ * r12(rbx). */
+extern "C" void vs_emu_switch(void **save, void *load);
+extern "C" void vs_emu_trampoline(void);
+asm(".text\n"
+    ".globl vs_emu_switch\n"
+    ".type vs_emu_switch,@function\n"
+    "vs_emu_switch:\n"
+    "  pushq %rbp\n"
+    "  pushq %rbx\n"
+    "  pushq %r12\n"
+    "  pushq %r13\n"
+    "  pushq %r14\n"
+    "  pushq %r15\n"
+    "  subq $8, %rsp\n"
+    "  stmxcsr (%rsp)\n"
+    "  fnstcw 4(%rsp)\n"
+    "  movq %rsp, (%rdi)\n"
+    "  movq %rsi, %rsp\n"
+    "  ldmxcsr (%rsp)\n"
+    "  fldcw 4(%rsp)\n"
+    "  addq $8, %rsp\n"
+    "  popq %r15\n"
+    "  popq %r14\n"
+    "  popq %r13\n"
+    "  popq %r12\n"
+    "  popq %rbx\n"
+    "  popq %rbp\n"
+    "  ret\n"
+    ".size vs_emu_switch, .-vs_emu_switch\n"
+    ".globl vs_emu_trampoline\n"
+    ".type vs_emu_trampoline,@function\n"
+    "vs_emu_trampoline:\n"
+    "  movq %rbx, %rdi\n"
+    "  callq *%r12\n"
+    "  ud2\n"
+    ".size vs_emu_trampoline, .-vs_emu_trampoline\n"
+    ".section .note.GNU-stack,\"\",@progbits\n"
+    ".text\n");
+#endif
+
+static void fiber_exit(block_run *b);
+
+static void fiber_main(void *arg)
+{
+    block_run *b = (block_run *)arg;
+    b->body(b->ctx);
+    fiber_exit(b); /* never returns */
+}
+
+#if !defined(__x86_64__)
+static void fiber_main_uc(unsigned hi, unsigned lo)
+{
+    fiber_main((void *)(((uintptr_t)hi << 32) | lo));
+}
+#endif
+
+/* from the current fiber back to the scheduler */
+static void yield(block_run *b)
+{
+    fiber *f = &b->f[(size_t)b->cur];
+#if defined(__x86_64__)
+    vs_emu_switch(&f->sp, b->sched_sp);
+#else
+    swapcontext(&f->uc, &b->sched_uc);
+#endif
+}
+
+static void resume(block_run *b, int i)
+{
+    b->cur = i;
+    fiber *f = &b->f[(size_t)i];
+    t_thread_idx = f->tid;
+#if defined(__x86_64__)
+    vs_emu_switch(&b->sched_sp, f->sp);
+#else
+    swapcontext(&b->sched_uc, &f->uc);
+#endif
+}
+
+static unsigned char *stack_of(block_run *b, int i)
+{
+    return b->stacks + (size_t)i * (b->page + STACK_BYTES) + b->page;
+}
+
+/* makes fiber i ready to start the block's body */
+static void fiber_init(block_run *b, int i)
+{
+    fiber *f = &b->f[(size_t)i];
+    unsigned char *lo = stack_of(b, i);
+#if defined(__x86_64__)
+    uintptr_t top = ((uintptr_t)(lo + STACK_BYTES)) & ~(uintptr_t)15;
+    uint64_t *sp = (uint64_t *)(top - 64);
+    uint32_t mx;
+    uint16_t cw;
+    asm volatile("stmxcsr %0" : "=m"(mx));
+    asm volatile("fnstcw %0" : "=m"(cw));
+    sp[0] = (uint64_t)mx | ((uint64_t)cw << 32);
+    sp[1] = 0;                             /* r15 */
+    sp[2] = 0;                             /* r14 */
+    sp[3] = 0;                             /* r13 */
+    sp[4] = (uint64_t)(uintptr_t)&fiber_main; /* r12: the entry */
+    sp[5] = (uint64_t)(uintptr_t)b;        /* rbx: its argument */
+    sp[6] = 0;                             /* rbp */
+    sp[7] = (uint64_t)(uintptr_t)&vs_emu_trampoline;
+    f->sp = sp;
+#else
+    getcontext(&f->uc);
+    f->uc.uc_stack.ss_sp = lo;
+    f->uc.uc_stack.ss_size = STACK_BYTES;
+    f->uc.uc_link = NULL;
+    uintptr_t a = (uintptr_t)b;
+    makecontext(&f->uc, (void (*)())fiber_main_uc, 2, (unsigned)(a >> 32), (unsigned)a);
+#endif
+    f->state = F_RUN;
+}
+
+static bool ensure_stacks(block_run *b, int n)
+{
+    if (b->n_stacks >= n)
+        return true;
+    if (b->stacks)
+        munmap(b->stacks, (size_t)b->n_stacks * (b->page + STACK_BYTES));
+    b->stacks = NULL;
+    b->n_stacks = 0;
+    b->page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t one = b->page + STACK_BYTES;
+    void *m = mmap(NULL, one * (size_t)n, PROT_READ | PROT_WRITE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED)
+        return false;
+    b->stacks = (unsigned char *)m;
+    b->n_stacks = n;
+    for (int i = 0; i < n; i++) /* a stack overflow hits a guard page, not a neighbour */
+        mprotect(b->stacks + (size_t)i * one, b->page, PROT_NONE);
+    return true;
+}
+
+static void release_block(block_run *b)
+{
+    for (int i = 0; i < b->n; i++)
+        if (b->f[(size_t)i].state == F_WAIT_BLOCK)
+            b->f[(size_t)i].state = F_RUN;
+    b->n_wait_block = 0;
+    b->count_result = b->count_acc;
+    b->count_acc = 0;
+}
+
+static void release_warp(block_run *b, unsigned w)
+{
+    unsigned m = b->warp_arrived[w];
+    for (unsigned l = 0; l < 32; l++)
+        if (m & (1u << l))
+            b->f[(size_t)(w * 32 + l)].state = F_RUN;
+    b->warp_arrived[w] = 0;
+}
+
+static void fiber_exit(block_run *b)
+{
+    fiber *f = &b->f[(size_t)b->cur];
+    f->state = F_DONE;
+    b->live--;
+    unsigned w = f->lin / 32;
+    b->warp_live[w] &= ~(1u << (f->lin % 32));
+    if (b->n_wait_block > 0 && b->n_wait_block == b->live)
+        release_block(b);
+    if (b->warp_arrived[w] && (b->warp_arrived[w] & b->warp_live[w]) == b->warp_live[w])
+        release_warp(b, w);
+    yield(b);
+    abort(); /* a finished fiber is never resumed */
+}
+
+namespace cuda_emu {
+
+void block_barrier() { (void)block_count(0); }
+
+int block_count(int pred)
+{
+    block_run *b = &t_run;
+    fiber *f = &b->f[(size_t)b->cur];
+    f->state = F_WAIT_BLOCK;
+    b->count_acc += pred != 0;
+    if (++b->n_wait_block == b->live)
+        release_block(b);
+    yield(b);
+    return b->count_result;
+}
+
+/* the warp's lanes in mask that are live arrive; released when all have */
+static void warp_wait(block_run *b, unsigned mask)
+{
+    fiber *f = &b->f[(size_t)b->cur];
+    unsigned w = f->lin / 32;
+    f->state = F_WAIT_WARP;
+    b->warp_arrived[w] |= 1u << (f->lin % 32);
+    unsigned expect = mask & b->warp_live[w];
+    if ((b->warp_arrived[w] & expect) == expect)
+        release_warp(b, w);
+    yield(b);
+}
+
+uint64_t warp_exchange(unsigned mask, uint64_t v, int src)
+{
+    block_run *b = &t_run;
+    fiber *f = &b->f[(size_t)b->cur];
+    unsigned w = f->lin / 32;
+    b->slots[w][f->lin % 32] = v;
+    warp_wait(b, mask);
+    uint64_t r = src < 0 ? v : b->slots[w][src & 31];
+    warp_wait(b, mask); /* nobody writes its slot again before every lane has read */
+    return r;
+}
+
+unsigned warp_ballot(unsigned mask, int pred)
+{
+    block_run *b = &t_run;
+    fiber *f = &b->f[(size_t)b->cur];
+    unsigned w = f->lin / 32;
+    b->slots[w][f->lin % 32] = pred != 0;
+    warp_wait(b, mask);
+    unsigned r = 0, live = mask & b->warp_live[w];
+    for (unsigned l = 0; l < 32; l++)
+        if ((live & (1u << l)) && b->slots[w][l])
+            r |= 1u << l;
+    warp_wait(b, mask);
+    return r;
+}
+
+cudaError_t func_set_max_dynamic_smem(const void *fn, int bytes)
+{
+    if (sticky())
+        return fail(sticky());
+    if (bytes < 0 || bytes > SMEM_OPTIN)
+        return fail(cudaErrorInvalidValue);
+    std::lock_guard<std::mutex> g(dev().mu);
+    dev().max_dyn_smem[fn] = bytes;
+    return cudaSuccess;
+}
+
+void func_get_attributes(cudaFuncAttributes *a, const void *fn)
+{
+    memset(a, 0, sizeof *a);
+    a->maxThreadsPerBlock = 1024;
+    std::lock_guard<std::mutex> g(dev().mu);
+    auto it = dev().max_dyn_smem.find(fn);
+    a->maxDynamicSharedSizeBytes = it == dev().max_dyn_smem.end() ? SMEM_DEFAULT : it->second;
+}
+
+void run(const char *name, const void *fn, dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+         void (*body)(void *), void *ctx)
+{
+    device &d = dev();
+    if (sticky()) {
+        fail(sticky());
+        return;
+    }
+    size_t nthreads = (size_t)block.x * block.y * block.z;
+    if (nthreads == 0 || nthreads > 1024 || block.x > 1024 || block.y > 1024 || block.z > 64 ||
+        grid.x == 0 || grid.y == 0 || grid.z == 0 || grid.x > 0x7fffffffu || grid.y > 65535 ||
+        grid.z > 65535) {
+        fprintf(stderr, "cuda-emu: launch of %s with grid (%u,%u,%u) block (%u,%u,%u): invalid configuration\n",
+                name, grid.x, grid.y, grid.z, block.x, block.y, block.z);
+        fail(cudaErrorInvalidConfiguration);
+        return;
+    }
+    if (st && st->magic != STREAM_MAGIC) {
+        fail(cudaErrorInvalidResourceHandle);
+        return;
+    }
+    int limit = SMEM_DEFAULT;
+    {
+        std::lock_guard<std::mutex> g(d.mu);
+        auto it = d.max_dyn_smem.find(fn);
+        if (it != d.max_dyn_smem.end())
+            limit = it->second;
+    }
+    if (smem > (size_t)limit) {
+        fprintf(stderr, "cuda-emu: launch of %s with %zu bytes of dynamic shared memory over the "
+                        "kernel's limit of %d (cudaFuncSetAttribute raises it)\n", name, smem, limit);
+        fail(cudaErrorInvalidValue);
+        return;
+    }
+    long nth = ++d.launches;
+    if (d.fault_at > 0 && nth == d.fault_at) {
+        fault(cudaErrorIllegalAddress, "injected at launch %ld (%s) by VARSERVE_CUDA_EMU_FAULT_AT",
+              nth, name);
+        return;
+    }
+    block_run *b = &t_run;
+    if (!ensure_stacks(b, (int)nthreads)) {
+        fail(cudaErrorLaunchOutOfResources);
+        return;
+    }
+    b->f.resize(nthreads);
+    b->n = (int)nthreads;
+    b->body = body;
+    b->ctx = ctx;
+    if (b->smem.size() < smem + 16)
+        b->smem.resize(smem + 16);
+    t_dynamic_smem = (unsigned char *)(((uintptr_t)b->smem.data() + 15) & ~(uintptr_t)15);
+    t_block_dim = uint3{block.x, block.y, block.z};
+    t_grid_dim = uint3{grid.x, grid.y, grid.z};
+    unsigned nw = (unsigned)((nthreads + 31) / 32);
+    for (unsigned bz = 0; bz < grid.z; bz++)
+        for (unsigned by = 0; by < grid.y; by++)
+            for (unsigned bx = 0; bx < grid.x; bx++) {
+                t_block_idx = uint3{bx, by, bz};
+                if (smem)
+                    memset(t_dynamic_smem, SMEM_POISON, smem);
+                for (int i = 0; i < b->n; i++) {
+                    fiber *f = &b->f[(size_t)i];
+                    f->lin = (unsigned)i;
+                    f->tid = uint3{(unsigned)i % block.x, ((unsigned)i / block.x) % block.y,
+                                   (unsigned)i / (block.x * block.y)};
+                    fiber_init(b, i);
+                }
+                for (unsigned w = 0; w < nw; w++) {
+                    unsigned lanes = (unsigned)(nthreads - (size_t)w * 32);
+                    b->warp_live[w] = lanes >= 32 ? 0xffffffffu : (1u << lanes) - 1;
+                    b->warp_arrived[w] = 0;
+                }
+                b->live = b->n;
+                b->n_wait_block = 0;
+                b->count_acc = 0;
+                while (b->live > 0) {
+                    int ran = 0;
+                    for (int k = 0; k < b->n; k++) {
+                        int i = d.reverse ? b->n - 1 - k : k;
+                        if (b->f[(size_t)i].state != F_RUN)
+                            continue;
+                        ran = 1;
+                        resume(b, i);
+                    }
+                    if (!ran && b->live > 0) {
+                        fault(cudaErrorLaunchFailure,
+                              "%s, block (%u,%u,%u): %d threads wait at barriers that can never "
+                              "complete (a __syncthreads or warp operation not reached by every "
+                              "thread)",
+                              name, bx, by, bz, b->live);
+                        return;
+                    }
+                }
+            }
+    check_guards(name);
+}
+
+} // namespace cuda_emu
+
+/* ---- runtime API -------------------------------------------------------------------------------- */
+
+const char *cudaGetErrorName(cudaError_t e)
+{
+    switch (e) {
+    case cudaSuccess: return "cudaSuccess";
+    case cudaErrorInvalidValue: return "cudaErrorInvalidValue";
+    case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
+    case cudaErrorInitializationError: return "cudaErrorInitializationError";
+    case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorNoDevice: return "cudaErrorNoDevice";
+    case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
+    case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";
+    case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
+    case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
+    case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    }
+    return "cudaErrorUnknown";
+}
+
+const char *cudaGetErrorString(cudaError_t e)
+{
+    switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInitializationError: return "initialization error";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
+    case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    }
+    return "unknown error";
+}
+
+cudaError_t cudaGetLastError(void)
+{
+    cudaError_t e = sticky() ? sticky() : t_last;
+    t_last = cudaSuccess;
+    return e;
+}
+
+cudaError_t cudaPeekAtLastError(void) { return sticky() ? sticky() : t_last; }
+
+cudaError_t cudaGetDeviceCount(int *n)
+{
+    *n = dev().n_devices > 0 ? 1 : 0;
+    return *n ? cudaSuccess : fail(cudaErrorNoDevice);
+}
+
+cudaError_t cudaSetDevice(int d)
+{
+    if (d != 0 || dev().n_devices <= 0)
+        return fail(cudaErrorInvalidDevice);
+    return sticky() ? fail(sticky()) : cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int *d)
+{
+    *d = 0;
+    return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int d)
+{
+    if (d != 0 || dev().n_devices <= 0)
+        return fail(cudaErrorInvalidDevice);
+    memset(p, 0, sizeof *p);
+    snprintf(p->name, sizeof p->name, "varserve emulated CUDA device (CPU)");
+    p->major = 9;
+    p->minor = 0;
+    p->multiProcessorCount = 8;
+    p->maxThreadsPerBlock = 1024;
+    p->warpSize = 32;
+    p->totalGlobalMem = dev().total;
+    p->sharedMemPerBlock = SMEM_DEFAULT;
+    p->sharedMemPerBlockOptin = SMEM_OPTIN;
+    p->sharedMemPerMultiprocessor = SMEM_OPTIN + 1024;
+    p->maxGridSize[0] = 0x7fffffff;
+    p->maxGridSize[1] = p->maxGridSize[2] = 65535;
+    p->maxThreadsDim[0] = p->maxThreadsDim[1] = 1024;
+    p->maxThreadsDim[2] = 64;
+    return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize(void) { return sticky() ? fail(sticky()) : cudaSuccess; }
+
+cudaError_t cudaMalloc(void **p, size_t bytes)
+{
+    *p = NULL;
+    device &d = dev();
+    if (sticky())
+        return fail(sticky());
+    if (bytes == 0)
+        return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> g(d.mu);
+        if (bytes > d.total - d.used)
+            return fail(cudaErrorMemoryAllocation);
+    }
+    unsigned char *base = NULL;
+    if (posix_memalign((void **)&base, GUARD, bytes + 2 * (size_t)GUARD) != 0 || !base)
+        return fail(cudaErrorMemoryAllocation);
+    memset(base, GUARD_BYTE, GUARD);
+    memset(base + GUARD + bytes, GUARD_BYTE, GUARD);
+    /* fresh device memory is not zero on a GPU either: NaN-ish bytes expose reads before writes */
+    memset(base + GUARD, SMEM_POISON, bytes);
+    std::lock_guard<std::mutex> g(d.mu);
+    if (bytes > d.total - d.used) {
+        free(base);
+        return fail(cudaErrorMemoryAllocation);
+    }
+    d.used += bytes;
+    d.mem[(uintptr_t)(base + GUARD)] = allocation{bytes, base};
+    *p = base + GUARD;
+    return cudaSuccess;
+}
+
+cudaError_t cudaFree(void *p)
+{
+    if (!p)
+        return sticky() ? fail(sticky()) : cudaSuccess;
+    device &d = dev();
+    allocation al;
+    {
+        std::lock_guard<std::mutex> g(d.mu);
+        auto it = d.mem.find((uintptr_t)p);
+        if (it == d.mem.end())
+            return fail(cudaErrorInvalidValue);
+        al = it->second;
+        d.used -= al.bytes;
+        d.mem.erase(it);
+    }
+    if (!guards_intact(al))
+        fault(cudaErrorIllegalAddress,
+              "the guard bytes of the %zu-byte device allocation at %p were overwritten (found "
+              "when it was freed)",
+              al.bytes, p);
+    free(al.base);
+    return sticky() ? fail(sticky()) : cudaSuccess;
+}
+
+cudaError_t cudaMemGetInfo(size_t *free_bytes, size_t *total_bytes)
+{
+    device &d = dev();
+    if (sticky())
+        return fail(sticky());
+    std::lock_guard<std::mutex> g(d.mu);
+    *free_bytes = d.total - d.used;
+    *total_bytes = d.total;
+    return cudaSuccess;
+}
+
+cudaError_t cudaHostAlloc(void **p, size_t bytes, unsigned flags)
+{
+    (void)flags;
+    *p = NULL;
+    if (sticky())
+        return fail(sticky());
+    void *m = NULL;
+    if (posix_memalign(&m, 4096, bytes ? bytes : 1) != 0)
+        return fail(cudaErrorMemoryAllocation);
+    std::lock_guard<std::mutex> g(dev().mu);
+    dev().pinned[(uintptr_t)m] = bytes;
+    *p = m;
+    return cudaSuccess;
+}
+
+cudaError_t cudaMallocHost(void **p, size_t bytes) { return cudaHostAlloc(p, bytes, 0); }
+
+cudaError_t cudaFreeHost(void *p)
+{
+    if (!p)
+        return cudaSuccess;
+    {
+        std::lock_guard<std::mutex> g(dev().mu);
+        if (!dev().pinned.erase((uintptr_t)p))
+            return fail(cudaErrorInvalidValue);
+    }
+    free(p);
+    return sticky() ? fail(sticky()) : cudaSuccess;
+}
+
+static bool valid_stream(cudaStream_t st) { return !st || st->magic == STREAM_MAGIC; }
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t st)
+{
+    if (sticky())
+        return fail(sticky());
+    if (!valid_stream(st))
+        return fail(cudaErrorInvalidResourceHandle);
+    if (!bytes)
+        return cudaSuccess;
+    if (kind == cudaMemcpyDefault)
+        kind = (cudaMemcpyKind)((in_device(src, 1) ? 2 : 0) | (in_device(dst, 1) ? 1 : 0)) ;
+    /* kind: bit 0 = dst on the device, bit 1 = src on the device (HostToDevice 1, DeviceToHost 2,
+     * DeviceToDevice 3) */
+    bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
+    bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
+    if ((dst_dev && !in_device(dst, bytes)) || (src_dev && !in_device(src, bytes)) ||
+        (!dst_dev && in_device(dst, 1)) || (!src_dev && in_device(src, 1))) {
+        fprintf(stderr, "cuda-emu: cudaMemcpy of %zu bytes from %p to %p (kind %d): a device side "
+                        "is not inside one allocation, or a host side is device memory\n",
+                bytes, src, dst, (int)kind);
+        return fail(cudaErrorInvalidValue);
+    }
+    memmove(dst, src, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind)
+{
+    return cudaMemcpyAsync(dst, src, bytes, kind, 0);
+}
+
+cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t st)
+{
+    if (sticky())
+        return fail(sticky());
+    if (!valid_stream(st))
+        return fail(cudaErrorInvalidResourceHandle);
+    if (!bytes)
+        return cudaSuccess;
+    if (!in_device(dst, bytes)) {
+        fprintf(stderr, "cuda-emu: cudaMemset of %zu bytes at %p: not inside one device allocation\n",
+                bytes, dst);
+        return fail(cudaErrorInvalidValue);
+    }
+    memset(dst, value, bytes);
+    return cudaSuccess;
+}
+
+cudaError_t cudaMemset(void *dst, int value, size_t bytes)
+{
+    return cudaMemsetAsync(dst, value, bytes, 0);
+}
+
+cudaError_t cudaStreamCreateWithFlags(cudaStream_t *st, unsigned flags)
+{
+    (void)flags;
+    *st = NULL;
+    if (sticky())
+        return fail(sticky());
+    cudaStream_t s = (cudaStream_t)calloc(1, sizeof *s);
+    if (!s)
+        return fail(cudaErrorMemoryAllocation);
+    s->magic = STREAM_MAGIC;
+    *st = s;
+    return cudaSuccess;
+}
+
+cudaError_t cudaStreamCreate(cudaStream_t *st) { return cudaStreamCreateWithFlags(st, 0); }
+
+cudaError_t cudaStreamDestroy(cudaStream_t st)
+{
+    if (!st || st->magic != STREAM_MAGIC)
+        return fail(cudaErrorInvalidResourceHandle);
+    st->magic = 0;
+    free(st);
+    return sticky() ? fail(sticky()) : cudaSuccess;
+}
+
+cudaError_t cudaStreamSynchronize(cudaStream_t st)
+{
+    if (!valid_stream(st))
+        return fail(cudaErrorInvalidResourceHandle);
+    return sticky() ? fail(sticky()) : cudaSuccess;
+}
+
+static double now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
+}
+
+cudaError_t cudaEventCreate(cudaEvent_t *ev)
+{
+    *ev = NULL;
+    cudaEvent_t e = (cudaEvent_t)calloc(1, sizeof *e);
+    if (!e)
+        return fail(cudaErrorMemoryAllocation);
+    e->magic = EVENT_MAGIC;
+    *ev = e;
+    return sticky() ? fail(sticky()) : cudaSuccess;
+}
+
+cudaError_t cudaEventDestroy(cudaEvent_t ev)
+{
+    if (!ev || ev->magic != EVENT_MAGIC)
+        return fail(cudaErrorInvalidResourceHandle);
+    ev->magic = 0;
+    free(ev);
+    return cudaSuccess;
+}
+
+cudaError_t cudaEventRecord(cudaEvent_t ev, cudaStream_t st)
+{
+    if (!ev || ev->magic != EVENT_MAGIC || !valid_stream(st))
+        return fail(cudaErrorInvalidResourceHandle);
+    ev->t_ms = now_ms();
+    ev->recorded = 1;
+    return sticky() ? fail(sticky()) : cudaSuccess;
+}
+
+cudaError_t cudaEventSynchronize(cudaEvent_t ev)
+{
+    if (!ev || ev->magic != EVENT_MAGIC)
+        return fail(cudaErrorInvalidResourceHandle);
+    return sticky() ? fail(sticky()) : cudaSuccess;
+}
+
+cudaError_t cudaEventElapsedTime(float *ms, cudaEvent_t a, cudaEvent_t b)
+{
+    if (!a || !b || a->magic != EVENT_MAGIC || b->magic != EVENT_MAGIC)
+        return fail(cudaErrorInvalidResourceHandle);
+    if (!a->recorded || !b->recorded)
+        return fail(cudaErrorInvalidResourceHandle);
+    *ms = (float)(b->t_ms - a->t_ms);
+    return cudaSuccess;
+}
+
+/* ---- cuBLAS on OpenBLAS ------------------------------------------------------------------------- */
+
+const char *cublasGetStatusString(cublasStatus_t s)
+{
+    switch (s) {
+    case CUBLAS_STATUS_SUCCESS: return "the operation completed successfully";
+    case CUBLAS_STATUS_NOT_INITIALIZED: return "the library was not initialized";
+    case CUBLAS_STATUS_ALLOC_FAILED: return "the resource allocation failed";
+    case CUBLAS_STATUS_INVALID_VALUE: return "an invalid numeric value was used as an argument";
+    case CUBLAS_STATUS_ARCH_MISMATCH: return "an absent device architectural feature is required";
+    case CUBLAS_STATUS_MAPPING_ERROR: return "an access to GPU memory space failed";
+    case CUBLAS_STATUS_EXECUTION_FAILED: return "the GPU program failed to execute";
+    case CUBLAS_STATUS_INTERNAL_ERROR: return "an internal operation failed";
+    case CUBLAS_STATUS_NOT_SUPPORTED: return "the functionality requested is not supported";
+    }
+    return "unknown error";
+}
+
+cublasStatus_t cublasCreate(cublasHandle_t *h)
+{
+    *h = NULL;
+    if (sticky())
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    cublasHandle_t b = (cublasHandle_t)calloc(1, sizeof *b);
+    if (!b)
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    b->magic = BLAS_MAGIC;
+    b->math = CUBLAS_DEFAULT_MATH;
+    *h = b;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasDestroy(cublasHandle_t h)
+{
+    if (!h || h->magic != BLAS_MAGIC)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    h->magic = 0;
+    free(h);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetStream(cublasHandle_t h, cudaStream_t st)
+{
+    if (!h || h->magic != BLAS_MAGIC)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (!valid_stream(st))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    h->st = st;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSetMathMode(cublasHandle_t h, cublasMath_t mode)
+{
+    if (!h || h->magic != BLAS_MAGIC)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (mode != CUBLAS_DEFAULT_MATH && mode != CUBLAS_TENSOR_OP_MATH &&
+        mode != CUBLAS_PEDANTIC_MATH && mode != CUBLAS_TF32_TENSOR_OP_MATH)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    h->math = mode;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasGetMathMode(cublasHandle_t h, cublasMath_t *mode)
+{
+    if (!h || h->magic != BLAS_MAGIC)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    *mode = h->math;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* TF32: FP32 with a 10-bit mantissa, rounded to nearest (ties away), as cvt.rna.tf32.f32 */
+static float to_tf32(float v)
+{
+    unsigned u = __float_as_uint(v);
+    if ((u & 0x7f800000u) == 0x7f800000u)
+        return v;
+    u = (u + 0x1000u) & 0xffffe000u;
+    return __uint_as_float(u);
+}
+
+/* elements an operand of `rows` × `cols` (column-major, leading dimension ld) spans */
+static size_t span(int rows, int cols, int ld)
+{
+    return rows <= 0 || cols <= 0 ? 0 : (size_t)(cols - 1) * (size_t)ld + (size_t)rows;
+}
+
+enum in_kind { IN_F32, IN_BF16 };
+enum rounding { R_NONE, R_TF32, R_BF16 };
+
+/* A copy of an operand as FP32 (converted from BF16, rounded to TF32 or BF16 as asked), or the
+ * operand itself when nothing changes. */
+static const float *as_f32(const void *p, in_kind kind, size_t n, rounding r, std::vector<float> &tmp)
+{
+    if (kind == IN_F32 && r == R_NONE)
+        return (const float *)p;
+    tmp.resize(n);
+    for (size_t i = 0; i < n; i++) {
+        float v = kind == IN_BF16 ? (float)((const __nv_bfloat16 *)p)[i] : ((const float *)p)[i];
+        tmp[i] = r == R_TF32 ? to_tf32(v) : r == R_BF16 ? (float)__nv_bfloat16(v) : v;
+    }
+    return tmp.data();
+}
+
+/* C = α·op(A)·op(B) + β·C, column-major, with cuBLAS's checks and the given input rounding. */
+static cublasStatus_t gemm(const char *what, cublasHandle_t h, cublasOperation_t ta,
+                           cublasOperation_t tb, int m, int n, int k, float alpha, const void *A,
+                           in_kind ak, int lda, const void *B, in_kind bk, int ldb, float beta,
+                           float *C, int ldc, rounding r)
+{
+    if (!h || h->magic != BLAS_MAGIC)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (sticky())
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    int ar = ta == CUBLAS_OP_N ? m : k, ac = ta == CUBLAS_OP_N ? k : m;
+    int br = tb == CUBLAS_OP_N ? k : n, bc = tb == CUBLAS_OP_N ? n : k;
+    if (m < 0 || n < 0 || k < 0 || lda < (ar > 1 ? ar : 1) || ldb < (br > 1 ? br : 1) ||
+        ldc < (m > 1 ? m : 1) || (ta != CUBLAS_OP_N && ta != CUBLAS_OP_T) ||
+        (tb != CUBLAS_OP_N && tb != CUBLAS_OP_T)) {
+        fprintf(stderr, "cuda-emu: %s: invalid m %d n %d k %d lda %d ldb %d ldc %d\n", what, m, n,
+                k, lda, ldb, ldc);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    if (m == 0 || n == 0)
+        return CUBLAS_STATUS_SUCCESS;
+    size_t es_a = ak == IN_BF16 ? 2 : 4, es_b = bk == IN_BF16 ? 2 : 4;
+    size_t na = k ? span(ar, ac, lda) : 0, nb = k ? span(br, bc, ldb) : 0, nc = span(m, n, ldc);
+    if ((na && !in_device(A, na * es_a)) || (nb && !in_device(B, nb * es_b)) ||
+        !in_device(C, nc * sizeof(float))) {
+        fault(cudaErrorIllegalAddress,
+              "%s (m %d n %d k %d, lda %d ldb %d ldc %d): an operand reaches outside its device "
+              "allocation",
+              what, m, n, k, lda, ldb, ldc);
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
+    if (k == 0) { /* C = β·C */
+        for (int j = 0; j < n; j++)
+            for (int i = 0; i < m; i++) {
+                float *c = &C[(size_t)j * ldc + i];
+                *c = beta == 0.0f ? 0.0f : beta * *c;
+            }
+        return CUBLAS_STATUS_SUCCESS;
+    }
+    std::vector<float> ta_buf, tb_buf;
+    const float *a = as_f32(A, ak, na, r, ta_buf), *b = as_f32(B, bk, nb, r, tb_buf);
+    if (beta == 0.0f) /* cuBLAS does not read C when β = 0 (it may hold NaN) */
+        for (int j = 0; j < n; j++)
+            memset(&C[(size_t)j * ldc], 0, (size_t)m * sizeof(float));
+    cblas_sgemm(CblasColMajor, ta == CUBLAS_OP_N ? CblasNoTrans : CblasTrans,
+                tb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans, m, n, k, alpha, a, lda, b, ldb,
+                beta, C, ldc);
+    check_guards(what);
+    return sticky() ? CUBLAS_STATUS_EXECUTION_FAILED : CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasSgemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                           int n, int k, const float *alpha, const float *A, int lda,
+                           const float *B, int ldb, const float *beta, float *C, int ldc)
+{
+    if (!alpha || !beta)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    rounding r = h && h->magic == BLAS_MAGIC && h->math == CUBLAS_TF32_TENSOR_OP_MATH ? R_TF32 : R_NONE;
+    return gemm("cublasSgemm", h, ta, tb, m, n, k, *alpha, A, IN_F32, lda, B, IN_F32, ldb, *beta,
+                C, ldc, r);
+}
+
+cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t h, cublasOperation_t ta,
+                                         cublasOperation_t tb, int m, int n, int k,
+                                         const float *alpha, const float *A, int lda, long long sa,
+                                         const float *B, int ldb, long long sb, const float *beta,
+                                         float *C, int ldc, long long sc, int batch)
+{
+    if (batch < 0)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    for (int i = 0; i < batch; i++) {
+        cublasStatus_t s = cublasSgemm(h, ta, tb, m, n, k, alpha, A + (size_t)i * sa, lda,
+                                       B + (size_t)i * sb, ldb, beta, C + (size_t)i * sc, ldc);
+        if (s != CUBLAS_STATUS_SUCCESS)
+            return s;
+    }
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m,
+                            int n, int k, const void *alpha, const void *A, cudaDataType at,
+                            int lda, const void *B, cudaDataType bt, int ldb, const void *beta,
+                            void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
+                            cublasGemmAlgo_t algo)
+{
+    (void)algo;
+    if (!alpha || !beta)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if ((at != CUDA_R_32F && at != CUDA_R_16BF) || at != bt || ct != CUDA_R_32F)
+        return CUBLAS_STATUS_NOT_SUPPORTED; /* the combinations varserve uses */
+    rounding r = R_NONE;
+    bool tf32_mode = h && h->magic == BLAS_MAGIC && h->math == CUBLAS_TF32_TENSOR_OP_MATH;
+    switch (compute) {
+    case CUBLAS_COMPUTE_32F: r = at == CUDA_R_32F && tf32_mode ? R_TF32 : R_NONE; break;
+    case CUBLAS_COMPUTE_32F_PEDANTIC: r = R_NONE; break;
+    case CUBLAS_COMPUTE_32F_FAST_TF32: r = at == CUDA_R_32F ? R_TF32 : R_NONE; break;
+    case CUBLAS_COMPUTE_32F_FAST_16BF: r = at == CUDA_R_32F ? R_BF16 : R_NONE; break;
+    default: return CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    in_kind k_in = at == CUDA_R_16BF ? IN_BF16 : IN_F32;
+    return gemm("cublasGemmEx", h, ta, tb, m, n, k, *(const float *)alpha, A, k_in, lda, B, k_in,
+                ldb, *(const float *)beta, (float *)C, ldc, r);
+}
