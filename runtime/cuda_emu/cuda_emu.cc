@@ -182,24 +182,32 @@ static void check_guards(const char *what)
 /* ---- fibers ------------------------------------------------------------------------------------- */
 
 namespace {
-enum { F_RUN, F_WAIT_BLOCK, F_WAIT_WARP, F_DONE };
+enum { T_NEW, T_RUN, T_WAIT_BLOCK, T_WAIT_WARP, T_DONE };
 
+/* A stack a thread runs on. A thread that returns without having waited hands its fiber to the
+ * next thread of the pass when that one has not started yet, so a kernel without barriers runs a
+ * whole block on one fiber with no switch at all. */
 struct fiber {
     void *sp; /* saved stack pointer while switched out (x86-64) */
 #if !defined(__x86_64__)
     ucontext_t uc;
 #endif
-    int state;
-    unsigned lin; /* linear thread index in the block */
+};
+
+struct thread {
+    int state, fib;
+    unsigned lin, parity; /* linear index in the block; warp exchanges done, mod 2 */
     uint3 tid;
 };
 
 struct block_run {
+    std::vector<thread> t;
     std::vector<fiber> f;
-    int n = 0, live = 0, n_wait_block = 0, cur = 0;
+    std::vector<int> free_fib;
+    int n = 0, live = 0, n_wait_block = 0, cur = 0, reverse = 0;
     int count_acc = 0, count_result = 0;
     unsigned warp_live[32], warp_arrived[32];
-    uint64_t slots[32][32];
+    uint64_t slots[2][32][32]; /* [parity][warp][lane]: an exchange and the next never share */
     void (*body)(void *) = nullptr;
     void *ctx = nullptr;
     void *sched_sp = nullptr;
@@ -221,10 +229,10 @@ thread_local block_run t_run;
 } // namespace
 
 #if defined(__x86_64__)
-/* vs_emu_switch(save, load): saves the callee-saved registers, MXCSR and the x87 control word on
- * the current stack, stores its pointer in *save, and resumes the stack `load`. A new fiber's
- * stack is made to look as if it had called vs_emu_switch from vs_emu_trampoline, which calls
- * r12(rbx). */
+/* vs_emu_switch(save, load): pushes the callee-saved registers, stores the stack pointer in
+ * *save and resumes the stack `load`. A new fiber's stack is made to look as if it had called
+ * vs_emu_switch from vs_emu_trampoline, which calls r12(rbx). MXCSR and the x87 control word are
+ * not switched: kernels and the scheduler share one floating-point environment. */
 extern "C" void vs_emu_switch(void **save, void *load);
 extern "C" void vs_emu_trampoline(void);
 asm(".text\n"
@@ -237,14 +245,8 @@ asm(".text\n"
     "  pushq %r13\n"
     "  pushq %r14\n"
     "  pushq %r15\n"
-    "  subq $8, %rsp\n"
-    "  stmxcsr (%rsp)\n"
-    "  fnstcw 4(%rsp)\n"
     "  movq %rsp, (%rdi)\n"
     "  movq %rsi, %rsp\n"
-    "  ldmxcsr (%rsp)\n"
-    "  fldcw 4(%rsp)\n"
-    "  addq $8, %rsp\n"
     "  popq %r15\n"
     "  popq %r14\n"
     "  popq %r13\n"
@@ -264,14 +266,7 @@ asm(".text\n"
     ".text\n");
 #endif
 
-static void fiber_exit(block_run *b);
-
-static void fiber_main(void *arg)
-{
-    block_run *b = (block_run *)arg;
-    b->body(b->ctx);
-    fiber_exit(b); /* never returns */
-}
+static void fiber_main(void *arg);
 
 #if !defined(__x86_64__)
 static void fiber_main_uc(unsigned hi, unsigned lo)
@@ -280,10 +275,8 @@ static void fiber_main_uc(unsigned hi, unsigned lo)
 }
 #endif
 
-/* from the current fiber back to the scheduler */
-static void yield(block_run *b)
+static void to_scheduler(block_run *b, fiber *f)
 {
-    fiber *f = &b->f[(size_t)b->cur];
 #if defined(__x86_64__)
     vs_emu_switch(&f->sp, b->sched_sp);
 #else
@@ -291,11 +284,8 @@ static void yield(block_run *b)
 #endif
 }
 
-static void resume(block_run *b, int i)
+static void to_fiber(block_run *b, fiber *f)
 {
-    b->cur = i;
-    fiber *f = &b->f[(size_t)i];
-    t_thread_idx = f->tid;
 #if defined(__x86_64__)
     vs_emu_switch(&b->sched_sp, f->sp);
 #else
@@ -303,31 +293,29 @@ static void resume(block_run *b, int i)
 #endif
 }
 
+/* the thread that runs now waits (its state set); back when it is resumed */
+static void yield(block_run *b) { to_scheduler(b, &b->f[(size_t)b->t[(size_t)b->cur].fib]); }
+
 static unsigned char *stack_of(block_run *b, int i)
 {
     return b->stacks + (size_t)i * (b->page + STACK_BYTES) + b->page;
 }
 
-/* makes fiber i ready to start the block's body */
+/* makes fiber i start fiber_main on a fresh stack */
 static void fiber_init(block_run *b, int i)
 {
     fiber *f = &b->f[(size_t)i];
     unsigned char *lo = stack_of(b, i);
 #if defined(__x86_64__)
     uintptr_t top = ((uintptr_t)(lo + STACK_BYTES)) & ~(uintptr_t)15;
-    uint64_t *sp = (uint64_t *)(top - 64);
-    uint32_t mx;
-    uint16_t cw;
-    asm volatile("stmxcsr %0" : "=m"(mx));
-    asm volatile("fnstcw %0" : "=m"(cw));
-    sp[0] = (uint64_t)mx | ((uint64_t)cw << 32);
-    sp[1] = 0;                             /* r15 */
-    sp[2] = 0;                             /* r14 */
-    sp[3] = 0;                             /* r13 */
-    sp[4] = (uint64_t)(uintptr_t)&fiber_main; /* r12: the entry */
-    sp[5] = (uint64_t)(uintptr_t)b;        /* rbx: its argument */
-    sp[6] = 0;                             /* rbp */
-    sp[7] = (uint64_t)(uintptr_t)&vs_emu_trampoline;
+    uint64_t *sp = (uint64_t *)(top - 72); /* after the ret below, rsp = top − 16: aligned */
+    sp[0] = 0;                                 /* r15 */
+    sp[1] = 0;                                 /* r14 */
+    sp[2] = 0;                                 /* r13 */
+    sp[3] = (uint64_t)(uintptr_t)&fiber_main;  /* r12: the entry */
+    sp[4] = (uint64_t)(uintptr_t)b;            /* rbx: its argument */
+    sp[5] = 0;                                 /* rbp */
+    sp[6] = (uint64_t)(uintptr_t)&vs_emu_trampoline;
     f->sp = sp;
 #else
     getcontext(&f->uc);
@@ -337,7 +325,6 @@ static void fiber_init(block_run *b, int i)
     uintptr_t a = (uintptr_t)b;
     makecontext(&f->uc, (void (*)())fiber_main_uc, 2, (unsigned)(a >> 32), (unsigned)a);
 #endif
-    f->state = F_RUN;
 }
 
 static bool ensure_stacks(block_run *b, int n)
@@ -358,14 +345,15 @@ static bool ensure_stacks(block_run *b, int n)
     b->n_stacks = n;
     for (int i = 0; i < n; i++) /* a stack overflow hits a guard page, not a neighbour */
         mprotect(b->stacks + (size_t)i * one, b->page, PROT_NONE);
+    b->f.resize((size_t)n);
     return true;
 }
 
 static void release_block(block_run *b)
 {
     for (int i = 0; i < b->n; i++)
-        if (b->f[(size_t)i].state == F_WAIT_BLOCK)
-            b->f[(size_t)i].state = F_RUN;
+        if (b->t[(size_t)i].state == T_WAIT_BLOCK)
+            b->t[(size_t)i].state = T_RUN;
     b->n_wait_block = 0;
     b->count_result = b->count_acc;
     b->count_acc = 0;
@@ -376,23 +364,60 @@ static void release_warp(block_run *b, unsigned w)
     unsigned m = b->warp_arrived[w];
     for (unsigned l = 0; l < 32; l++)
         if (m & (1u << l))
-            b->f[(size_t)(w * 32 + l)].state = F_RUN;
+            b->t[(size_t)(w * 32 + l)].state = T_RUN;
     b->warp_arrived[w] = 0;
 }
 
-static void fiber_exit(block_run *b)
+/* thread cur returned: it leaves the block's and its warp's barriers */
+static void thread_done(block_run *b)
 {
-    fiber *f = &b->f[(size_t)b->cur];
-    f->state = F_DONE;
+    thread *t = &b->t[(size_t)b->cur];
+    t->state = T_DONE;
     b->live--;
-    unsigned w = f->lin / 32;
-    b->warp_live[w] &= ~(1u << (f->lin % 32));
+    unsigned w = t->lin / 32;
+    b->warp_live[w] &= ~(1u << (t->lin % 32));
     if (b->n_wait_block > 0 && b->n_wait_block == b->live)
         release_block(b);
     if (b->warp_arrived[w] && (b->warp_arrived[w] & b->warp_live[w]) == b->warp_live[w])
         release_warp(b, w);
-    yield(b);
-    abort(); /* a finished fiber is never resumed */
+}
+
+static void fiber_main(void *arg)
+{
+    block_run *b = (block_run *)arg;
+    for (;;) {
+        b->body(b->ctx);
+        thread_done(b);
+        int fib = b->t[(size_t)b->cur].fib;
+        int next = b->reverse ? b->cur - 1 : b->cur + 1; /* the scheduler's next in its pass */
+        if (next >= 0 && next < b->n && b->t[(size_t)next].state == T_NEW) {
+            thread *t = &b->t[(size_t)next];
+            t->state = T_RUN;
+            t->fib = fib;
+            b->cur = next;
+            t_thread_idx = t->tid;
+            continue;
+        }
+        b->free_fib.push_back(fib); /* its stack starts afresh when next taken */
+        fiber dead;
+        to_scheduler(b, &dead);
+        abort(); /* never resumed */
+    }
+}
+
+/* runs thread i (starting it on a free fiber when new) until it waits or its fiber returns */
+static void run_thread(block_run *b, int i)
+{
+    thread *t = &b->t[(size_t)i];
+    if (t->state == T_NEW) {
+        t->fib = b->free_fib.back();
+        b->free_fib.pop_back();
+        fiber_init(b, t->fib);
+        t->state = T_RUN;
+    }
+    b->cur = i;
+    t_thread_idx = t->tid;
+    to_fiber(b, &b->f[(size_t)t->fib]);
 }
 
 namespace cuda_emu {
@@ -402,8 +427,7 @@ void block_barrier() { (void)block_count(0); }
 int block_count(int pred)
 {
     block_run *b = &t_run;
-    fiber *f = &b->f[(size_t)b->cur];
-    f->state = F_WAIT_BLOCK;
+    b->t[(size_t)b->cur].state = T_WAIT_BLOCK;
     b->count_acc += pred != 0;
     if (++b->n_wait_block == b->live)
         release_block(b);
@@ -411,43 +435,47 @@ int block_count(int pred)
     return b->count_result;
 }
 
-/* the warp's lanes in mask that are live arrive; released when all have */
+/* the warp's live lanes in mask arrive; all go on when all have */
 static void warp_wait(block_run *b, unsigned mask)
 {
-    fiber *f = &b->f[(size_t)b->cur];
-    unsigned w = f->lin / 32;
-    f->state = F_WAIT_WARP;
-    b->warp_arrived[w] |= 1u << (f->lin % 32);
+    thread *t = &b->t[(size_t)b->cur];
+    unsigned w = t->lin / 32;
+    t->state = T_WAIT_WARP;
+    b->warp_arrived[w] |= 1u << (t->lin % 32);
     unsigned expect = mask & b->warp_live[w];
     if ((b->warp_arrived[w] & expect) == expect)
         release_warp(b, w);
     yield(b);
 }
 
+/* Writes v, waits for the warp, reads. Consecutive exchanges use the two slot sets in turn: a
+ * lane can only write the set of exchange k + 2 after every lane has arrived at exchange k + 1,
+ * that is after every lane has read exchange k, so one barrier an exchange suffices. */
+static uint64_t *exchange(block_run *b, unsigned mask, uint64_t v)
+{
+    thread *t = &b->t[(size_t)b->cur];
+    uint64_t *s = b->slots[t->parity][t->lin / 32];
+    t->parity ^= 1u;
+    s[t->lin % 32] = v;
+    warp_wait(b, mask);
+    return s;
+}
+
 uint64_t warp_exchange(unsigned mask, uint64_t v, int src)
 {
-    block_run *b = &t_run;
-    fiber *f = &b->f[(size_t)b->cur];
-    unsigned w = f->lin / 32;
-    b->slots[w][f->lin % 32] = v;
-    warp_wait(b, mask);
-    uint64_t r = src < 0 ? v : b->slots[w][src & 31];
-    warp_wait(b, mask); /* nobody writes its slot again before every lane has read */
-    return r;
+    uint64_t *s = exchange(&t_run, mask, v);
+    return src < 0 ? v : s[src & 31];
 }
 
 unsigned warp_ballot(unsigned mask, int pred)
 {
     block_run *b = &t_run;
-    fiber *f = &b->f[(size_t)b->cur];
-    unsigned w = f->lin / 32;
-    b->slots[w][f->lin % 32] = pred != 0;
-    warp_wait(b, mask);
-    unsigned r = 0, live = mask & b->warp_live[w];
+    unsigned w = b->t[(size_t)b->cur].lin / 32;
+    uint64_t *s = exchange(b, mask, pred != 0);
+    unsigned r = 0, live = mask & (b->warp_live[w] | (1u << (b->t[(size_t)b->cur].lin % 32)));
     for (unsigned l = 0; l < 32; l++)
-        if ((live & (1u << l)) && b->slots[w][l])
+        if ((live & (1u << l)) && s[l])
             r |= 1u << l;
-    warp_wait(b, mask);
     return r;
 }
 
@@ -516,15 +544,25 @@ void run(const char *name, const void *fn, dim3 grid, dim3 block, size_t smem, c
         fail(cudaErrorLaunchOutOfResources);
         return;
     }
-    b->f.resize(nthreads);
+    b->t.resize(nthreads);
     b->n = (int)nthreads;
     b->body = body;
     b->ctx = ctx;
+    b->reverse = d.reverse;
     if (b->smem.size() < smem + 16)
         b->smem.resize(smem + 16);
     t_dynamic_smem = (unsigned char *)(((uintptr_t)b->smem.data() + 15) & ~(uintptr_t)15);
     t_block_dim = uint3{block.x, block.y, block.z};
     t_grid_dim = uint3{grid.x, grid.y, grid.z};
+    for (int i = 0; i < b->n; i++) {
+        thread *t = &b->t[(size_t)i];
+        t->lin = (unsigned)i;
+        t->tid = uint3{(unsigned)i % block.x, ((unsigned)i / block.x) % block.y,
+                       (unsigned)i / (block.x * block.y)};
+    }
+    b->free_fib.clear();
+    for (int i = b->n - 1; i >= 0; i--)
+        b->free_fib.push_back(i);
     unsigned nw = (unsigned)((nthreads + 31) / 32);
     for (unsigned bz = 0; bz < grid.z; bz++)
         for (unsigned by = 0; by < grid.y; by++)
@@ -533,11 +571,8 @@ void run(const char *name, const void *fn, dim3 grid, dim3 block, size_t smem, c
                 if (smem)
                     memset(t_dynamic_smem, SMEM_POISON, smem);
                 for (int i = 0; i < b->n; i++) {
-                    fiber *f = &b->f[(size_t)i];
-                    f->lin = (unsigned)i;
-                    f->tid = uint3{(unsigned)i % block.x, ((unsigned)i / block.x) % block.y,
-                                   (unsigned)i / (block.x * block.y)};
-                    fiber_init(b, i);
+                    b->t[(size_t)i].state = T_NEW;
+                    b->t[(size_t)i].parity = 0;
                 }
                 for (unsigned w = 0; w < nw; w++) {
                     unsigned lanes = (unsigned)(nthreads - (size_t)w * 32);
@@ -550,11 +585,12 @@ void run(const char *name, const void *fn, dim3 grid, dim3 block, size_t smem, c
                 while (b->live > 0) {
                     int ran = 0;
                     for (int k = 0; k < b->n; k++) {
-                        int i = d.reverse ? b->n - 1 - k : k;
-                        if (b->f[(size_t)i].state != F_RUN)
+                        int i = b->reverse ? b->n - 1 - k : k;
+                        int s = b->t[(size_t)i].state;
+                        if (s != T_NEW && s != T_RUN)
                             continue;
                         ran = 1;
-                        resume(b, i);
+                        run_thread(b, i);
                     }
                     if (!ran && b->live > 0) {
                         fault(cudaErrorLaunchFailure,
