@@ -82,7 +82,7 @@ UNIT_BIN := $(filter-out %_cuda,$(TEST_BIN))
 # the CUDA-vs-CPU suite: every backend op and the tiny fixture; prints a skip line without a GPU
 CUDA_CHECK := $(BUILD)/tests/check_cuda
 
-.PHONY: all test unit sanitize run serve bench deps clean model cuda-info
+.PHONY: all test unit sanitize emu run serve bench deps clean model cuda-info
 all: cuda-info $(BUILD)/varserve
 
 cuda-info:
@@ -136,9 +136,15 @@ unit: $(UNIT_BIN) $(CUDA_CHECK) $(BUILD)/varserve
 sanitize:
 	$(MAKE) SANITIZER=address unit
 
+# The CUDA backend on the emulated device, on every machine: every kernel runs (make CUDA=emu emu)
+emu: $(CUDA_CHECK) $(BUILD)/varserve
+	@if [ "$(CUDA)" != emu ]; then echo "make emu: run it as make CUDA=emu emu"; exit 2; fi
+	@echo "== $(CUDA_CHECK) (emulated device)"; CK_FORK=no $(CUDA_CHECK)
+
 test: deps-check all
 	$(MAKE) unit
 	$(MAKE) sanitize
+	$(MAKE) CUDA=emu emu
 	@set -e; for t in tests/test_*.py; do [ -e "$$t" ] || continue; echo "== $$t"; \
 	  VARSERVE_BIN=build/varserve $(PYTHON) $$t; done
 	@echo "make test: all suites passed"

@@ -401,6 +401,11 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, vs_err *e
             BE->download(e->be, imgs[i]->guided_logits, e->logits + (size_t)e->reqs[i].cond_tok * V,
                          (size_t)e->reqs[i].n * V * sizeof(float));
     for (int i = 0; i < n; i++) {
+        if (imgs[i]->forced_tokens) {
+            size_t off = (size_t)c->scale_offset[imgs[i]->scale];
+            memcpy(imgs[i]->tokens + off, imgs[i]->forced_tokens + off,
+                   (size_t)e->reqs[i].n * sizeof(int32_t));
+        }
         quantise(e, imgs[i], imgs[i]->scale);
         imgs[i]->scale++;
     }

@@ -43,6 +43,10 @@ typedef struct {
     float top_p;           /* 0 = off */
     const vs_rt_kv_layer *kv[2]; /* cond, uncond rows: [depth] views from kvcache/, kept current */
     float *guided_logits;  /* optional host [p_s²][V]: receives the guided logits of each step */
+    /* optional host [L]: teacher forcing. Each step still computes (and samples from) the logits,
+     * then takes these tokens for its scale instead of the drawn ones, so two runs (two backends,
+     * two precisions) can be compared scale by scale on identical inputs. */
+    const int32_t *forced_tokens;
     /* state (engine-owned) */
     int scale;             /* next scale to compute; n_scales when the tokens are complete */
     int32_t *tokens;       /* host [L]: the tokens of every scale done, in scale order */

@@ -98,6 +98,12 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
     for (int s = 0; s < c->n_scales; s++) {
         for (int r = 0; r < 2 * n; r++)
             scale[r] = s;
+        for (int i = 0; i < n; i++) {
+            if (opts->logits)
+                imgs[i].guided_logits = opts->logits[i] + (size_t)c->scale_offset[s] * c->vocab_size;
+            if (opts->forced_tokens)
+                imgs[i].forced_tokens = opts->forced_tokens[i];
+        }
         vs_rt_engine_set_hooks(e, &hooks);
         st = vs_rt_step(e, ptrs, n, err);
         vs_rt_engine_set_hooks(e, NULL);

@@ -43,6 +43,9 @@ typedef struct {
     vs_kv_attn_stats *stats;    /* NULL: none (calibration collects attention statistics) */
     float *const *unit;         /* NULL, or host [n] pointers to 3*H*W floats in [0,1] */
     size_t peak_pages_per_image; /* out: pages reserved per image */
+    float *const *logits;        /* NULL, or host [n] pointers to [L][V]: every scale's guided logits */
+    const int32_t *const *forced_tokens; /* NULL, or host [n] pointers to [L]: teacher forcing
+                                          * (vs_rt_image.forced_tokens) */
 } vs_srv_gen_opts;
 
 /* The same with KV pages managed per layer by kvcache/step (policy compression, per-layer growth,

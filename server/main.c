@@ -329,7 +329,7 @@ static int cmd_generate(int argc, char **argv)
             goto done;
         }
     }
-    vs_srv_gen_opts go = {pol, NULL, NULL, 0};
+    vs_srv_gen_opts go = {.policy = pol};
     if (vs_srv_gen_run_opts(ce.e, ce.pool, reqs, n, rgb, toks, NULL, &go, &err) != VS_OK) {
         fprintf(stderr, "varserve: %s\n", err.msg);
         goto done;
@@ -509,7 +509,7 @@ static int cmd_bench(int argc, char **argv)
                 reqs[k] = (vs_srv_gen_req){k % c->num_classes, (uint64_t)(1000 * rep + k), (float)o.cfg,
                                            (int)o.top_k, (float)o.top_p};
             vs_srv_gen_times t;
-            vs_srv_gen_opts go = {pol, NULL, NULL, 0};
+            vs_srv_gen_opts go = {.policy = pol};
             if (vs_srv_gen_run_opts(ce.e, ce.pool, reqs, n, rgb, NULL, &t, &go, &err) != VS_OK) {
                 fprintf(stderr, "varserve: %s\n", err.msg);
                 okb = 0;
@@ -609,7 +609,7 @@ static int cmd_calibrate(int argc, char **argv)
             ref[k] = sens ? tok + (size_t)k * L : NULL;
             probe[k] = sens ? tok + (size_t)(8 + k) * L : NULL;
         }
-        vs_srv_gen_opts go = {full, sens ? NULL : &stats, NULL, 0};
+        vs_srv_gen_opts go = {.policy = full, .stats = sens ? NULL : &stats};
         if (vs_srv_gen_run_opts(ce.e, ce.pool, reqs, n, NULL, sens ? ref : NULL, NULL, &go, &err) != VS_OK) {
             fprintf(stderr, "varserve: %s\n", err.msg);
             goto calib_done;
@@ -617,7 +617,7 @@ static int cmd_calibrate(int argc, char **argv)
         /* sensitivity: the same images with one layer at a time cut to the observation window */
         for (int l = 0; sens && l < c->depth; l++) {
             vs_kv_policy *probe_pol = NULL;
-            vs_srv_gen_opts po = {NULL, NULL, NULL, 0};
+            vs_srv_gen_opts po = {0};
             vs_status pst = vs_kv_policy_new_probe(c, l, &probe_pol, &err);
             po.policy = probe_pol;
             if (pst == VS_OK)
@@ -726,7 +726,7 @@ static int cmd_fidelity(int argc, char **argv)
             reqs[k] = (vs_srv_gen_req){(int)((done_n + k) % c->num_classes), seed + (uint64_t)(done_n + k),
                                        (float)o.cfg, (int)o.top_k, (float)o.top_p};
         for (int v = 0; v < 2; v++) {
-            vs_srv_gen_opts go = {v == 0 ? full : pol, NULL, NULL, 0};
+            vs_srv_gen_opts go = {.policy = v == 0 ? full : pol};
             if (vs_srv_gen_run_opts(ce.e, ce.pool, reqs, n, rgb[v], tok[v], NULL, &go, &err) != VS_OK) {
                 fprintf(stderr, "varserve: %s\n", err.msg);
                 goto done;

@@ -407,7 +407,7 @@ START_TEST(compressing_policies_reserve_less_and_return_every_page)
     for (int k = VS_KV_POLICY_SCALEKV; k < VS_KV_POLICY_COUNT; k++) {
         vs_kv_policy *p = NULL;
         ck_assert(vs_kv_policy_new((vs_kv_policy_kind)k, 0.1, c, NULL, &p, &err) == VS_OK);
-        vs_srv_gen_opts po = {p, NULL, NULL, 0};
+        vs_srv_gen_opts po = {.policy = p};
         ck_assert_msg(vs_srv_gen_run_opts(r.e, r.pool, &req, 1, NULL, &tok, NULL, &po, &err) == VS_OK,
                       "%s: %s", vs_kv_policy_name((vs_kv_policy_kind)k), err.msg);
         ck_assert_msg(po.peak_pages_per_image < full_pages, "%s reserves %zu pages, full %zu",
