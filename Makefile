@@ -136,10 +136,18 @@ unit: $(UNIT_BIN) $(CUDA_CHECK) $(BUILD)/varserve
 sanitize:
 	$(MAKE) SANITIZER=address unit
 
-# The CUDA backend on the emulated device, on every machine: every kernel runs (make CUDA=emu emu)
-emu: $(CUDA_CHECK) $(BUILD)/varserve
+# The CUDA backend on the emulated device, on every machine: every kernel runs (make CUDA=emu emu).
+# check_emu first: the emulator's own semantics (barriers, warps, faults, cuBLAS), then check_cuda.
+emu: $(BUILD)/tests/check_emu $(CUDA_CHECK) $(BUILD)/varserve
 	@if [ "$(CUDA)" != emu ]; then echo "make emu: run it as make CUDA=emu emu"; exit 2; fi
+	@echo "== $(BUILD)/tests/check_emu"; $(BUILD)/tests/check_emu
 	@echo "== $(CUDA_CHECK) (emulated device)"; CK_FORK=no $(CUDA_CHECK)
+
+ifeq ($(CUDA),emu)
+$(BUILD)/tests/check_emu: tests/check_emu.cu $(BUILD)/libvarserve.a
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -o $@ -x c++ $< -x none $(BUILD)/libvarserve.a $(CHECK_LIBS) $(LDLIBS)
+endif
 
 test: deps-check all
 	$(MAKE) unit

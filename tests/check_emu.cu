@@ -1,0 +1,472 @@
+/* tests/check_emu.cu — the emulated CUDA device (runtime/cuda_emu/) against CUDA's semantics.
+ *
+ * check_cuda passing under emulation only means something if the emulator runs kernels as a GPU
+ * would: barriers that really wait, warp exchanges that read the right lane, shared memory per
+ * block, launch checks, faults that stick, cuBLAS with cuBLAS's layouts and TF32 rounding, BF16
+ * conversions to nearest even. Each test here would fail against a naive emulator (threads run
+ * to completion one after another, or a GEMM with a transposed layout).
+ *
+ * The kernel tests are plain CUDA: bench/gpu-check.sh also builds this file with nvcc and runs it
+ * on a real GPU, which checks the emulator's semantics against the hardware; the tests of what
+ * only the emulator has (guard bytes, fault injection, thread order, its memory size) are compiled
+ * only with VS_CUDA_EMU. Each test runs in its own process (libcheck's fork mode): a fault is
+ * sticky for the life of a process, on a GPU as here. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/cuda_device.h"
+
+#define CK(call) ck_assert_int_eq((int)(call), (int)cudaSuccess)
+
+template <typename T> static T *dev_alloc(size_t n)
+{
+    void *p = NULL;
+    CK(cudaMalloc(&p, n * sizeof(T)));
+    return (T *)p;
+}
+
+template <typename T> static void to_host(T *h, const T *d, size_t n)
+{
+    CK(cudaMemcpy(h, d, n * sizeof(T), cudaMemcpyDeviceToHost));
+}
+
+/* ---- barriers and shared memory ------------------------------------------------------------- */
+
+/* each thread reads what its neighbour wrote before the barrier */
+__global__ void k_neighbour(int *out)
+{
+    __shared__ int sh[256];
+    int t = threadIdx.x;
+    sh[t] = t * 7 + (int)blockIdx.x;
+    __syncthreads();
+    out[blockIdx.x * blockDim.x + t] = sh[(t + 1) % blockDim.x];
+}
+
+START_TEST(syncthreads_waits_for_every_thread_of_the_block)
+{
+    int *d = dev_alloc<int>(3 * 256), h[3 * 256];
+    VS_LAUNCH(k_neighbour, 3, 256, 0, 0, d);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    to_host(h, d, 3 * 256);
+    for (int b = 0; b < 3; b++)
+        for (int t = 0; t < 256; t++)
+            ck_assert_int_eq(h[b * 256 + t], ((t + 1) % 256) * 7 + b);
+    CK(cudaFree(d));
+}
+END_TEST
+
+/* half the threads return first; the barrier counts only the threads still running */
+__global__ void k_early_exit(int *out)
+{
+    __shared__ int sh[128];
+    int t = threadIdx.x;
+    if (t >= 64)
+        return;
+    sh[t] = t;
+    __syncthreads();
+    out[t] = sh[63 - t] + __syncthreads_count(t % 3 == 0);
+}
+
+START_TEST(threads_that_returned_do_not_hold_a_barrier)
+{
+    int *d = dev_alloc<int>(64), h[64];
+    VS_LAUNCH(k_early_exit, 1, 128, 0, 0, d);
+    CK(cudaDeviceSynchronize());
+    to_host(h, d, 64);
+    for (int t = 0; t < 64; t++)
+        ck_assert_int_eq(h[t], 63 - t + 22); /* 22 of 0..63 are multiples of 3 */
+    CK(cudaFree(d));
+}
+END_TEST
+
+/* dynamic shared memory: per block, the launch's size; 2-D blocks index threads x-fastest */
+__global__ void k_dyn(float *out, int n)
+{
+    VS_DYNAMIC_SHARED(float, buf);
+    int t = threadIdx.x + blockDim.x * threadIdx.y;
+    int nt = blockDim.x * blockDim.y;
+    for (int i = t; i < n; i += nt)
+        buf[i] = (float)(i + 1000 * blockIdx.y);
+    __syncthreads();
+    float s = 0;
+    for (int i = 0; i < n; i++)
+        s += buf[(i + t) % n];
+    out[(blockIdx.y * gridDim.x + blockIdx.x) * nt + t] = s;
+}
+
+START_TEST(dynamic_shared_memory_is_per_block_and_limited_like_a_gpu)
+{
+    int n = 4000;
+    float *d = dev_alloc<float>(2 * 3 * 64), h[2 * 3 * 64];
+    VS_LAUNCH(k_dyn, dim3(2, 3), dim3(16, 4), (size_t)n * sizeof(float), 0, d, n);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    to_host(h, d, 2 * 3 * 64);
+    for (int b = 0; b < 6; b++) {
+        double want = (double)n * (n - 1) / 2 + 1000.0 * n * (b / 2);
+        for (int t = 0; t < 64; t++)
+            ck_assert_msg(fabs(h[b * 64 + t] - want) <= 1e-6 * want, "block %d thread %d: %g, want %g",
+                          b, t, (double)h[b * 64 + t], want);
+    }
+    /* over 48 KiB needs the kernel's attribute raised first, as on a GPU */
+    int big = 60 * 1024;
+    VS_LAUNCH(k_dyn, 1, 64, (size_t)big, 0, d, 16);
+    ck_assert_int_ne((int)cudaGetLastError(), (int)cudaSuccess);
+    CK(cudaGetLastError()); /* a launch error is not sticky */
+    CK(cudaFuncSetAttribute(k_dyn, cudaFuncAttributeMaxDynamicSharedMemorySize, big));
+    VS_LAUNCH(k_dyn, 1, 64, (size_t)big, 0, d, big / 4);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    CK(cudaFree(d));
+}
+END_TEST
+
+START_TEST(a_bad_launch_configuration_is_a_launch_error_that_clears)
+{
+    int *d = dev_alloc<int>(2048);
+    VS_LAUNCH(k_neighbour, 1, 1025, 0, 0, d);
+    ck_assert_int_eq((int)cudaGetLastError(), (int)cudaErrorInvalidConfiguration);
+    CK(cudaGetLastError());
+    VS_LAUNCH(k_neighbour, 0, 32, 0, 0, d);
+    ck_assert_int_eq((int)cudaGetLastError(), (int)cudaErrorInvalidConfiguration);
+    VS_LAUNCH(k_neighbour, 1, 256, 0, 0, d); /* the device goes on */
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    CK(cudaFree(d));
+}
+END_TEST
+
+/* ---- warps --------------------------------------------------------------------------------------- */
+
+__global__ void k_warp(int *out)
+{
+    int t = threadIdx.x, l = t & 31;
+    int *o = out + t * 8;
+    o[0] = __shfl_xor_sync(0xffffffffu, t * 10, 5);
+    o[1] = __shfl_down_sync(0xffffffffu, t * 10, 3);
+    o[2] = __shfl_up_sync(0xffffffffu, t * 10, 2);
+    o[3] = __shfl_sync(0xffffffffu, t * 10, (l * 3) % 32);
+    o[4] = (int)__ballot_sync(0xffffffffu, l % 4 == 1);
+    o[5] = __any_sync(0xffffffffu, t == 40);
+    o[6] = __all_sync(0xffffffffu, l < 31);
+    o[7] = __shfl_xor_sync(0xffffffffu, t, 1, 8); /* width 8 */
+}
+
+START_TEST(warp_shuffles_and_votes_read_the_right_lanes)
+{
+    int n = 64, *d = dev_alloc<int>((size_t)n * 8), h[64 * 8];
+    VS_LAUNCH(k_warp, 1, n, 0, 0, d);
+    CK(cudaDeviceSynchronize());
+    to_host(h, d, (size_t)n * 8);
+    for (int t = 0; t < n; t++) {
+        int l = t & 31, w = t - l, *o = h + t * 8;
+        ck_assert_int_eq(o[0], (w + (l ^ 5)) * 10);
+        ck_assert_int_eq(o[1], (l + 3 < 32 ? t + 3 : t) * 10);
+        ck_assert_int_eq(o[2], (l >= 2 ? t - 2 : t) * 10);
+        ck_assert_int_eq(o[3], (w + (l * 3) % 32) * 10);
+        ck_assert_int_eq((unsigned)o[4], 0x22222222u);
+        ck_assert_int_eq(o[5], w == 32); /* thread 40 is in the second warp */
+        ck_assert_int_eq(o[6], 0);
+        ck_assert_int_eq(o[7], t ^ 1);
+    }
+    CK(cudaFree(d));
+}
+END_TEST
+
+/* a block reduction through shuffles and shared memory, as backend_cuda.cu's block_sum */
+__global__ void k_reduce(const float *x, double *out, int n)
+{
+    __shared__ double sh[32];
+    double s = 0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        s += x[i];
+    for (int o = 16; o > 0; o >>= 1)
+        s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0)
+        sh[threadIdx.x >> 5] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double r = 0;
+        for (unsigned i = 0; i < blockDim.x / 32; i++)
+            r += sh[i];
+        *out = r;
+    }
+}
+
+START_TEST(a_block_reduction_of_1024_threads_sums_every_element)
+{
+    int n = 100000;
+    float *h = (float *)malloc(n * sizeof(float));
+    double want = 0, got = 0;
+    for (int i = 0; i < n; i++)
+        want += (h[i] = (float)((i * 37) % 101) - 50.0f);
+    float *d = dev_alloc<float>(n);
+    double *r = dev_alloc<double>(1);
+    CK(cudaMemcpy(d, h, n * sizeof(float), cudaMemcpyHostToDevice));
+    VS_LAUNCH(k_reduce, 1, 1024, 0, 0, d, r, n);
+    CK(cudaDeviceSynchronize());
+    to_host(&got, r, 1);
+    ck_assert_msg(got == want, "sum %g, want %g", got, want);
+    CK(cudaFree(d));
+    CK(cudaFree(r));
+    free(h);
+}
+END_TEST
+
+/* ---- memory -------------------------------------------------------------------------------------- */
+
+START_TEST(copies_outside_an_allocation_fail_and_the_device_goes_on)
+{
+    float *d = dev_alloc<float>(100), h[200];
+    memset(h, 0, sizeof h);
+    ck_assert_int_eq((int)cudaMemcpy(d, h, 101 * sizeof(float), cudaMemcpyHostToDevice),
+                     (int)cudaErrorInvalidValue);
+    ck_assert_int_eq((int)cudaMemcpy(h, d + 50, 51 * sizeof(float), cudaMemcpyDeviceToHost),
+                     (int)cudaErrorInvalidValue);
+    ck_assert_int_eq((int)cudaMemset(d + 1, 0, 100 * sizeof(float)), (int)cudaErrorInvalidValue);
+    ck_assert_int_eq((int)cudaGetLastError(), (int)cudaErrorInvalidValue); /* the last error, */
+    CK(cudaGetLastError());                                                 /* cleared: not sticky */
+    CK(cudaMemcpy(d, h, 100 * sizeof(float), cudaMemcpyHostToDevice));
+    CK(cudaFree(d));
+}
+END_TEST
+
+/* ---- cuBLAS --------------------------------------------------------------------------------------- */
+
+/* C = op(A)·op(B), column-major, the reference */
+static void naive(int ta, int tb, int m, int n, int k, const float *A, int lda, const float *B,
+                  int ldb, float *C, int ldc, float (*r)(float))
+{
+    for (int j = 0; j < n; j++)
+        for (int i = 0; i < m; i++) {
+            double s = 0;
+            for (int p = 0; p < k; p++) {
+                float a = ta ? A[i * lda + p] : A[p * lda + i];
+                float b = tb ? B[p * ldb + j] : B[j * ldb + p];
+                s += (double)r(a) * r(b);
+            }
+            C[j * ldc + i] = (float)s;
+        }
+}
+
+static float same(float v) { return v; }
+static float tf32(float v)
+{
+    unsigned u;
+    memcpy(&u, &v, 4);
+    u = (u + 0x1000u) & 0xffffe000u;
+    memcpy(&v, &u, 4);
+    return v;
+}
+
+START_TEST(sgemm_follows_cublas_layouts_and_tf32_mode_rounds_the_inputs)
+{
+    int m = 7, n = 5, k = 300, lda = 310, ldb = 320, ldc = 9;
+    float *A = (float *)malloc(310 * 310 * 4), *B = (float *)malloc(320 * 320 * 4);
+    float C[9 * 5], R[9 * 5], R32[9 * 5];
+    for (int i = 0; i < 310 * 310; i++)
+        A[i] = sinf((float)i * 0.37f);
+    for (int i = 0; i < 320 * 320; i++)
+        B[i] = cosf((float)i * 0.11f);
+    float *dA = dev_alloc<float>(310 * 310), *dB = dev_alloc<float>(320 * 320), *dC = dev_alloc<float>(9 * 5);
+    CK(cudaMemcpy(dA, A, 310 * 310 * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dB, B, 320 * 320 * 4, cudaMemcpyHostToDevice));
+    cublasHandle_t h;
+    ck_assert_int_eq(cublasCreate(&h), CUBLAS_STATUS_SUCCESS);
+    float one = 1, zero = 0;
+    for (int ta = 0; ta < 2; ta++)
+        for (int tb = 0; tb < 2; tb++) {
+            for (int mode = 0; mode < 2; mode++) {
+                ck_assert_int_eq(cublasSetMathMode(h, mode ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH),
+                                 CUBLAS_STATUS_SUCCESS);
+                ck_assert_int_eq(cublasSgemm(h, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                             m, n, k, &one, dA, lda, dB, ldb, &zero, dC, ldc),
+                                 CUBLAS_STATUS_SUCCESS);
+                CK(cudaDeviceSynchronize());
+                to_host(C, dC, 9 * 5);
+                naive(ta, tb, m, n, k, A, lda, B, ldb, R32, ldc, same);
+                naive(ta, tb, m, n, k, A, lda, B, ldb, R, ldc, mode ? tf32 : same);
+                double e = 0, e32 = 0;
+                for (int j = 0; j < n; j++)
+                    for (int i = 0; i < m; i++) {
+                        e = fmax(e, fabs(C[j * ldc + i] - R[j * ldc + i]));
+                        e32 = fmax(e32, fabs(C[j * ldc + i] - R32[j * ldc + i]));
+                    }
+                ck_assert_msg(e < 1e-4, "ta %d tb %d mode %d: off by %g", ta, tb, mode, e);
+#ifdef VS_CUDA_EMU
+                /* the emulator rounds exactly as described; a GPU's TF32 may differ in detail */
+                if (mode)
+                    ck_assert_msg(e32 > 10 * e, "TF32 mode did not round (off FP32 by %g)", e32);
+#endif
+            }
+        }
+    cublasDestroy(h);
+    CK(cudaFree(dA));
+    CK(cudaFree(dB));
+    CK(cudaFree(dC));
+    free(A);
+    free(B);
+}
+END_TEST
+
+__global__ void k_bf16(const float *x, float *y, int n)
+{
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        y[i] = __bfloat162float(__float2bfloat16_rn(x[i]));
+}
+
+START_TEST(bf16_conversion_rounds_to_nearest_even)
+{
+    const float x[] = {1.0f,         1.0f + 1.0f / 256, 1.0f + 3.0f / 256, 1.0f + 1.5f / 256,
+                       -1.0f - 1.0f / 256, 3.0e38f,     1e-40f,            INFINITY};
+    const float want[] = {1.0f,  1.0f,   1.0f + 4.0f / 256, 1.0f + 2.0f / 256,
+                          -1.0f, 3.00405527e38f /* nearest bf16 */, 0, INFINITY};
+    int n = 8;
+    float *dx = dev_alloc<float>(n), *dy = dev_alloc<float>(n), y[8];
+    CK(cudaMemcpy(dx, x, sizeof x, cudaMemcpyHostToDevice));
+    VS_LAUNCH(k_bf16, 1, 32, 0, 0, dx, dy, n);
+    CK(cudaDeviceSynchronize());
+    to_host(y, dy, n);
+    for (int i = 0; i < 6; i++)
+        ck_assert_msg(y[i] == want[i], "bf16(%.9g) = %.9g, want %.9g", (double)x[i], (double)y[i],
+                      (double)want[i]);
+    ck_assert(fabsf(y[6]) < 1.1e-40f && isinf(y[7]));
+    float nan = NAN;
+    CK(cudaMemcpy(dx, &nan, 4, cudaMemcpyHostToDevice));
+    VS_LAUNCH(k_bf16, 1, 32, 0, 0, dx, dy, 1);
+    to_host(y, dy, 1);
+    ck_assert(isnan(y[0]));
+    CK(cudaFree(dx));
+    CK(cudaFree(dy));
+}
+END_TEST
+
+#ifdef VS_CUDA_EMU
+/* ---- what only the emulator has -------------------------------------------------------------- */
+
+__global__ void k_write(float *p, int n)
+{
+    for (int i = threadIdx.x; i < n; i += blockDim.x)
+        p[i] = 1.0f;
+}
+
+START_TEST(a_write_past_an_allocation_is_a_sticky_fault_naming_the_kernel)
+{
+    float *d = dev_alloc<float>(100);
+    VS_LAUNCH(k_write, 1, 32, 0, 0, d, 101);
+    ck_assert_int_eq((int)cudaGetLastError(), (int)cudaErrorIllegalAddress);
+    ck_assert_int_eq((int)cudaGetLastError(), (int)cudaErrorIllegalAddress); /* sticky */
+    void *p = NULL;
+    ck_assert_int_eq((int)cudaMalloc(&p, 16), (int)cudaErrorIllegalAddress);
+}
+END_TEST
+
+__global__ void k_deadlock(int *out)
+{
+    if (threadIdx.x == 0)
+        out[0] = __shfl_xor_sync(0xffffffffu, 1, 1); /* lanes 1..31 never come */
+    else
+        __syncthreads();
+}
+
+START_TEST(threads_waiting_at_different_barriers_are_a_launch_failure)
+{
+    int *d = dev_alloc<int>(1);
+    VS_LAUNCH(k_deadlock, 1, 64, 0, 0, d);
+    ck_assert_int_eq((int)cudaGetLastError(), (int)cudaErrorLaunchFailure);
+}
+END_TEST
+
+START_TEST(memory_beyond_the_emulated_device_is_refused_and_reported)
+{
+    size_t fr0, total, fr1;
+    CK(cudaMemGetInfo(&fr0, &total));
+    ck_assert_uint_eq(total, (size_t)64 << 20); /* VARSERVE_CUDA_EMU_MEMORY_MB=64, set in main */
+    void *a = NULL, *b = NULL;
+    CK(cudaMalloc(&a, (size_t)40 << 20));
+    CK(cudaMemGetInfo(&fr1, &total));
+    ck_assert_uint_eq(fr0 - fr1, (size_t)40 << 20);
+    ck_assert_int_eq((int)cudaMalloc(&b, (size_t)40 << 20), (int)cudaErrorMemoryAllocation);
+    ck_assert_ptr_null(b);
+    ck_assert_int_eq((int)cudaGetLastError(), (int)cudaErrorMemoryAllocation);
+    CK(cudaGetLastError()); /* out of memory is not sticky */
+    CK(cudaFree(a));
+    CK(cudaMalloc(&b, (size_t)40 << 20));
+    CK(cudaFree(b));
+}
+END_TEST
+
+__global__ void k_last_writer(int *out) { *out = (int)threadIdx.x; }
+
+START_TEST(the_thread_order_can_be_reversed_to_expose_order_dependence)
+{
+    int *d = dev_alloc<int>(1), h = -1;
+    VS_LAUNCH(k_last_writer, 1, 128, 0, 0, d);
+    CK(cudaDeviceSynchronize());
+    to_host(&h, d, 1);
+    const char *o = getenv("VARSERVE_CUDA_EMU_ORDER");
+    ck_assert_int_eq(h, o && strcmp(o, "reverse") == 0 ? 0 : 127);
+}
+END_TEST
+
+START_TEST(an_injected_fault_stops_the_device_at_that_launch)
+{
+    /* VARSERVE_CUDA_EMU_FAULT_AT is read when the device is first used: this test sets it in its
+     * own process (fork mode) before any CUDA call */
+    setenv("VARSERVE_CUDA_EMU_FAULT_AT", "3", 1);
+    int *d = dev_alloc<int>(256);
+    for (int i = 1; i <= 2; i++) {
+        VS_LAUNCH(k_neighbour, 1, 256, 0, 0, d);
+        CK(cudaGetLastError());
+    }
+    VS_LAUNCH(k_neighbour, 1, 256, 0, 0, d);
+    ck_assert_int_eq((int)cudaGetLastError(), (int)cudaErrorIllegalAddress);
+    ck_assert_int_eq((int)cudaDeviceSynchronize(), (int)cudaErrorIllegalAddress);
+}
+END_TEST
+#endif
+
+int main(void)
+{
+#ifdef VS_CUDA_EMU
+    setenv("VARSERVE_CUDA_EMU_MEMORY_MB", "64", 1);
+#else
+    int n_dev = 0;
+    if (cudaGetDeviceCount(&n_dev) != cudaSuccess || n_dev == 0) {
+        printf("check_emu: no CUDA device, skipped\n");
+        return 0;
+    }
+#endif
+    Suite *s = suite_create("cuda_emu");
+    TCase *tc = tcase_create("device");
+    tcase_set_timeout(tc, 120);
+    tcase_add_test(tc, syncthreads_waits_for_every_thread_of_the_block);
+    tcase_add_test(tc, threads_that_returned_do_not_hold_a_barrier);
+    tcase_add_test(tc, dynamic_shared_memory_is_per_block_and_limited_like_a_gpu);
+    tcase_add_test(tc, a_bad_launch_configuration_is_a_launch_error_that_clears);
+    tcase_add_test(tc, warp_shuffles_and_votes_read_the_right_lanes);
+    tcase_add_test(tc, a_block_reduction_of_1024_threads_sums_every_element);
+    tcase_add_test(tc, copies_outside_an_allocation_fail_and_the_device_goes_on);
+    tcase_add_test(tc, sgemm_follows_cublas_layouts_and_tf32_mode_rounds_the_inputs);
+    tcase_add_test(tc, bf16_conversion_rounds_to_nearest_even);
+#ifdef VS_CUDA_EMU
+    tcase_add_test(tc, a_write_past_an_allocation_is_a_sticky_fault_naming_the_kernel);
+    tcase_add_test(tc, threads_waiting_at_different_barriers_are_a_launch_failure);
+    tcase_add_test(tc, memory_beyond_the_emulated_device_is_refused_and_reported);
+    tcase_add_test(tc, the_thread_order_can_be_reversed_to_expose_order_dependence);
+    tcase_add_test(tc, an_injected_fault_stops_the_device_at_that_launch);
+#endif
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+#ifndef VS_CUDA_EMU
+    srunner_set_fork_status(sr, CK_NOFORK); /* a real GPU context does not survive fork */
+#endif
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? 1 : 0;
+}
