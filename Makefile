@@ -1,6 +1,6 @@
 # varserve — one non-recursive Makefile.
 #   make              build build/varserve (CPU backend; CUDA backend too when nvcc is found)
-#   make test         unit tests, sanitizer unit tests, reference parity, tool tests
+#   make test         unit tests, sanitizer unit tests, the CUDA suite on the emulated device, tool tests
 #   make run          install missing packages (as root), build, serve the bundled model
 #   make bench        benchmarks (results go to bench/RESULTS.md by hand, with machine and date)
 #   make deps         install the Debian packages the build needs (apt-get as root)
