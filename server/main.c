@@ -27,24 +27,50 @@
 
 #define DEFAULT_MODEL "models/mnist-var.safetensors"
 
+/* Each command's usage, written once: `varserve --help` prints them all, `varserve CMD --help` its
+ * own (serve's --help, in serve.c, adds its configuration keys). */
+static const struct {
+    const char *name, *args;
+} commands[] = {
+    {"generate", "--model M --labels 3,7 [--seed S] [--cfg X] [--top-k K] [--top-p P]\n"
+                 "            [--threads N] [--backend auto|cpu|cuda] [--precision bf16|fp32]\n"
+                 "            [--kv-policy P] [--kv-budget B]\n"
+                 "            --out PREFIX [--tokens-out FILE.json]\n"},
+    {"bench", "--model M [--batch 1,8] [--reps 3] [--kv-policy P] [--kv-budget B]\n"
+              "            [--pool-mb MB] [--json] [sampling and backend options as for generate]\n"
+              "            --json: one JSON object per batch size (images/s, phase times, device\n"
+              "            counters per engine step) instead of the table\n"},
+    {"calibrate", "--model M [--images 16] [--method asi|sensitivity] [--top-history 32] [--out M.budgets.json]\n"
+                  "            [--backend auto|cpu|cuda]\n"},
+    {"fidelity", "--model M --kv-policy P --kv-budget B [--images 16] [--seed S] [--json]\n"
+                 "            [--backend auto|cpu|cuda] [--precision bf16|fp32]\n"},
+    {"inspect", "MODEL\n"},
+    {"serve", "[--config FILE] [--print-config] [--KEY VALUE ...], e.g. --model M --port P\n"
+              "            (varserve serve --help lists the keys)\n"},
+};
+#define N_COMMANDS ((int)(sizeof commands / sizeof commands[0]))
+
+static void usage_of(FILE *f, int i) { fprintf(f, "  %-9s %s", commands[i].name, commands[i].args); }
+
 static int usage(FILE *f)
 {
-    fprintf(f,
-            "usage: varserve <command> [options]\n"
-            "commands:\n"
-            "  generate  --model M --labels 3,7 [--seed S] [--cfg X] [--top-k K] [--top-p P]\n"
-            "            [--threads N] [--backend auto|cpu|cuda] [--precision bf16|fp32]\n"
-            "            [--kv-policy P] [--kv-budget B]\n"
-            "            --out PREFIX [--tokens-out FILE.json]\n"
-            "  bench     --model M [--batch 1,8] [--reps 3] [--kv-policy P] [--kv-budget B]\n"
-            "            [--pool-mb MB] [sampling and backend options as for generate]\n"
-            "  calibrate --model M [--images 16] [--method asi|sensitivity] [--top-history 32] [--out M.budgets.json]\n"
-            "            [--backend auto|cpu|cuda]\n"
-            "  fidelity  --model M --kv-policy P --kv-budget B [--images 16] [--seed S] [--json]\n"
-            "            [--backend auto|cpu|cuda] [--precision bf16|fp32]\n"
-            "  inspect   MODEL\n"
-            "  serve     [--config FILE] [--model M] [--host H] [--port P]\n");
+    fprintf(f, "usage: varserve <command> [options]\ncommands:\n");
+    for (int i = 0; i < N_COMMANDS; i++)
+        usage_of(f, i);
     return 2;
+}
+
+/* `varserve CMD ... --help` (or -h): CMD's usage on stdout. */
+static int command_help(int argc, char **argv)
+{
+    for (int i = 2; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            for (int c = 0; c < N_COMMANDS; c++)
+                if (strcmp(argv[1], commands[c].name) == 0) {
+                    printf("usage: varserve %s %s", commands[c].name, commands[c].args);
+                    return 1;
+                }
+    return 0;
 }
 
 static int bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -257,7 +283,7 @@ static int cmd_generate(int argc, char **argv)
         const char *k = argv[i];
         if (strcmp(k, "--labels") != 0 && strcmp(k, "--seed") != 0 && strcmp(k, "--out") != 0 &&
             strcmp(k, "--tokens-out") != 0)
-            return bad("unknown option '%s' for generate (see varserve --help)%s", k, "");
+            return bad("unknown option '%s' for generate (see varserve generate --help)%s", k, "");
         if (i + 1 >= argc)
             return bad("option %s needs a value%s", k, "");
         const char *v = argv[++i];
@@ -366,7 +392,7 @@ done:
 static int cmd_inspect(int argc, char **argv)
 {
     if (argc != 3 || argv[2][0] == '-')
-        return bad("usage: varserve inspect MODEL%s%s", "", "");
+        return bad("inspect takes one argument, the model file (see varserve inspect --help)%s%s", "", "");
     vs_err err = {0};
     vs_rt_model *m = NULL;
     if (vs_rt_model_load(argv[2], &m, &err) != VS_OK) {
@@ -643,7 +669,7 @@ static int cmd_calibrate(int argc, char **argv)
         const char *k = argv[i];
         if (strcmp(k, "--out") != 0 && strcmp(k, "--images") != 0 && strcmp(k, "--top-history") != 0 &&
             strcmp(k, "--method") != 0)
-            return bad("unknown option '%s' for calibrate (see varserve --help)", k);
+            return bad("unknown option '%s' for calibrate (see varserve calibrate --help)", k);
         if (i + 1 >= argc)
             return bad("option %s needs a value", k);
         const char *v = argv[++i];
@@ -760,7 +786,7 @@ static int cmd_fidelity(int argc, char **argv)
         }
         if (strcmp(k, "--images") != 0 && strcmp(k, "--seed") != 0 && strcmp(k, "--out") != 0 &&
             strcmp(k, "--policy") != 0 && strcmp(k, "--budget") != 0)
-            return bad("unknown option '%s' for fidelity (see varserve --help)", k);
+            return bad("unknown option '%s' for fidelity (see varserve fidelity --help)", k);
         if (i + 1 >= argc)
             return bad("option %s needs a value", k);
         const char *v = argv[++i];
@@ -875,6 +901,10 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
+    if (strcmp(cmd, "serve") == 0)
+        return vs_srv_serve_main(argc, argv); /* its --help adds the configuration keys */
+    if (command_help(argc, argv))
+        return 0;
     if (strcmp(cmd, "generate") == 0)
         return cmd_generate(argc, argv);
     if (strcmp(cmd, "inspect") == 0)
@@ -885,8 +915,9 @@ int main(int argc, char **argv)
         return cmd_calibrate(argc, argv);
     if (strcmp(cmd, "fidelity") == 0)
         return cmd_fidelity(argc, argv);
-    if (strcmp(cmd, "serve") == 0)
-        return vs_srv_serve_main(argc, argv);
-    fprintf(stderr, "varserve: unknown command '%s' (commands: serve, generate, bench, calibrate, fidelity, inspect)\n", cmd);
+    fprintf(stderr, "varserve: unknown command '%s' (commands:", cmd);
+    for (int i = 0; i < N_COMMANDS; i++)
+        fprintf(stderr, "%s %s", i ? "," : "", commands[i].name);
+    fprintf(stderr, ")\n");
     return 2;
 }
