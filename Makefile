@@ -1,6 +1,7 @@
 # varserve — one non-recursive Makefile.
 #   make              build build/varserve (CPU backend; CUDA backend too when nvcc is found)
-#   make test         unit tests, sanitizer unit tests, reference parity, tool tests
+#   make test         unit tests, sanitizer unit tests, reference parity, tool tests (these also
+#                     on the emulated CUDA device: build/cuda-emu/varserve is built for them)
 #   make run          install missing packages (as root), build, serve the bundled model
 #   make bench        benchmarks (results go to bench/RESULTS.md by hand, with machine and date)
 #   make deps         install the Debian packages the build needs (apt-get as root)
@@ -136,9 +137,11 @@ unit: $(UNIT_BIN) $(CUDA_CHECK) $(BUILD)/varserve
 sanitize:
 	$(MAKE) SANITIZER=address unit
 
+# the Python tests also check the CUDA backend's device counters on the emulated device
 test: deps-check all
 	$(MAKE) unit
 	$(MAKE) sanitize
+	$(MAKE) CUDA=emu build/cuda-emu/varserve
 	@set -e; for t in tests/test_*.py; do [ -e "$$t" ] || continue; echo "== $$t"; \
 	  VARSERVE_BIN=build/varserve $(PYTHON) $$t; done
 	@echo "make test: all suites passed"
