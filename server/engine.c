@@ -490,7 +490,7 @@ static void step(vs_srv_engine *e)
         else
             publish_gauges(e);
     }
-    publish_device(e); /* the step's and the decoders' device work */
+    publish_device(e); /* the step's and the decoder's device work */
 }
 
 /* ---- loading and the thread ----------------------------------------------------------------------- */
