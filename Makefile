@@ -152,7 +152,7 @@ endif
 test: deps-check all
 	$(MAKE) unit
 	$(MAKE) sanitize
-	$(MAKE) CUDA=emu emu
+	$(MAKE) CUDA=emu emu  # also builds build/cuda-emu/varserve, which tests/test_cli.py uses
 	@set -e; for t in tests/test_*.py; do [ -e "$$t" ] || continue; echo "== $$t"; \
 	  VARSERVE_BIN=build/varserve $(PYTHON) $$t; done
 	@echo "make test: all suites passed"

@@ -55,6 +55,15 @@ void vs_rt_backend_free(vs_rt_backend *be)
         be->ops->destroy(be);
 }
 
+int vs_rt_backend_counters(vs_rt_backend *be, vs_rt_counters *out)
+{
+    memset(out, 0, sizeof *out);
+    if (!be || !be->ops->counters)
+        return 0;
+    be->ops->counters(be, out);
+    return 1;
+}
+
 void *vs_rt_backend_alloc_raw(void *be, size_t bytes)
 {
     vs_rt_backend *b = be;

@@ -48,6 +48,33 @@ typedef struct {
     int32_t *out;                   /* host [n] sampled token ids */
 } vs_rt_sample_req;
 
+/* Device work a backend has issued since it was made, counted where the backend issues it (so a
+ * real and an emulated device count the same). A GPU's cost model that needs no GPU to measure:
+ * how often the host starts device work and waits for it, and what crosses the bus. */
+typedef struct {
+    /* kernel launches plus cuBLAS calls, one each (a cuBLAS GEMM call counts as one launch
+     * whatever kernels cuBLAS runs inside it); memsets and device-to-device copies are not
+     * counted */
+    uint64_t launches;
+    /* host waits for the device: every stream synchronisation (sync(), each synchronous
+     * download, the sampled tokens' download, and the waits the backend makes on its own when its
+     * staging ring is full, when a large upload is copied or when scratch grows) */
+    uint64_t syncs;
+    uint64_t h2d_bytes;    /* bytes copied host → device: upload() and the backend's own staging
+                            * of index lists, row and page tables and sampling requests */
+    uint64_t d2h_bytes;    /* bytes copied device → host: download() and the sampled tokens */
+    /* the part of h2d_bytes / d2h_bytes that upload() / download() moved into / out of the KV
+     * pool arena: the backend allocation holding the kv_base of the last batch_begin (kvcache/
+     * stages pages through upload and download when it compresses a layer) */
+    uint64_t kv_h2d_bytes;
+    uint64_t kv_d2h_bytes;
+    /* device memory this backend holds now: alloc() blocks, its grow-only scratch and the BF16
+     * weight copies, in the bytes asked of the device allocator (the pinned host staging ring and
+     * cuBLAS's own workspace are not included) */
+    uint64_t allocated_bytes;
+    uint64_t allocated_peak_bytes; /* the most allocated_bytes has been */
+} vs_rt_counters;
+
 typedef struct {
     const char *name;
     void (*destroy)(vs_rt_backend *be);
@@ -123,6 +150,10 @@ typedef struct {
     void (*spatial_attention)(vs_rt_backend *be, float *out, const float *qkv, int N, int C, int HW);
     /* x = (clamp(x, −1, 1) + 1) / 2 */
     void (*to_unit)(vs_rt_backend *be, float *x, size_t n);
+
+    /* Optional, NULL when the backend has no device (the CPU backend): fills *out with the
+     * counters so far. Cheap (a copy); the engine thread reads it after steps. */
+    void (*counters)(vs_rt_backend *be, vs_rt_counters *out);
 } vs_rt_backend_ops;
 
 struct vs_rt_backend {
@@ -148,6 +179,9 @@ vs_status vs_rt_backend_new_precision(vs_rt_backend_kind kind, int threads, int 
                                       vs_rt_backend **out, vs_err *err);
 int vs_rt_backend_parse(const char *s, vs_rt_backend_kind *out); /* 0 on success */
 void vs_rt_backend_free(vs_rt_backend *be); /* NULL ok */
+
+/* The backend's device counters into *out: 1, or 0 (and *out zeroed) when it has none. */
+int vs_rt_backend_counters(vs_rt_backend *be, vs_rt_counters *out);
 
 /* Backend memory through a plain (void *ctx) signature, for allocators such as the KV pool's. */
 void *vs_rt_backend_alloc_raw(void *be, size_t bytes);

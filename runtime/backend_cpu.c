@@ -804,6 +804,7 @@ static const vs_rt_backend_ops cpu_ops = {
     .upsample_nearest2x = cpu_upsample_nearest2x,
     .spatial_attention = cpu_spatial_attention,
     .to_unit = cpu_to_unit,
+    .counters = NULL, /* no device: nothing to count (bench --json prints "device": null) */
 };
 
 vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err)

@@ -11,6 +11,15 @@
  * step allocates nothing. Weights and buffers live in device memory (host_memory = 0), so var.c
  * uploads the weights once and rebases its pointers.
  *
+ * Counters (the counters op, vs_rt_counters in backend.h): counted where the work is issued, with
+ * no extra device calls, so the emulated device counts what a GPU would be asked to do. Launches in
+ * VS_LAUNCHED (every kernel launch is followed by it) and VS_GEMM (every cuBLAS GEMM call goes
+ * through it: one launch each); syncs in drain() (every host wait); host → device bytes in h2d()
+ * (every such copy goes through it), device → host bytes in cuda_download() and cuda_cfg_sample();
+ * allocated bytes where cudaMalloc/cudaFree are called (alloc() blocks are kept in a table with
+ * their sizes). KV bytes: batch_begin names the KV pool arena (b->kv_base); the alloc() block
+ * holding it is the arena, and upload()/download() count the part of a copy that falls inside it.
+ *
  * Modes: fp32 = 1 is strict FP32 (cuBLAS default math, no TF32) for parity with the CPU backend
  * and the reference fixtures. fp32 = 0 is BF16 mode: the engine declares its GEMM weights once,
  * right after uploading the weight arena (the gemm_weights op); each is converted on the device to
@@ -71,7 +80,14 @@ typedef struct {
     void *mem;         /* one device allocation for all the copies */
     bf16_copy *v;      /* host [n], sorted by w */
     int n;
+    size_t bytes;      /* of mem (counters) */
 } bf16_set;
+
+/* One alloc() block, for the counters: cuda_free learns its size here. */
+typedef struct {
+    void *p;
+    size_t bytes;
+} dev_block;
 
 typedef struct {
     vs_rt_backend base;
@@ -92,6 +108,11 @@ typedef struct {
     cuda_sreq *host_sreq;
     size_t host_sreq_cap;
     cuda_batch batch;
+    vs_rt_counters ctr;   /* the counters op; see the design comment */
+    dev_block *blocks;    /* host [n_blocks]: live alloc() blocks */
+    size_t n_blocks, blocks_cap;
+    const void *kv_base;  /* the last batch's kv_base, and the alloc() block holding it */
+    uintptr_t kv_lo, kv_hi;
 } cuda_backend;
 
 static cuda_backend *cu(vs_rt_backend *be) { return (cuda_backend *)be; }
@@ -124,10 +145,18 @@ static void record(cuda_backend *c, vs_status code, const char *what, const char
 /* After every kernel launch: a bad configuration shows here, a fault at the next sync. */
 #define VS_LAUNCHED(c, kernel)                                                                     \
     do {                                                                                           \
+        (c)->ctr.launches++;                                                                       \
         cudaError_t e_ = cudaGetLastError();                                                       \
         if (e_ != cudaSuccess)                                                                     \
             record((c), VS_ERR_CUDA, "launch of " #kernel, __FILE__, __LINE__,                     \
                    cudaGetErrorString(e_));                                                        \
+    } while (0)
+
+/* Every cuBLAS GEMM call: counted as one launch. */
+#define VS_GEMM(c, call)                                                                           \
+    do {                                                                                           \
+        (c)->ctr.launches++;                                                                       \
+        VS_CUBLAS(c, call);                                                                        \
     } while (0)
 
 #define VS_FAIL(c, code, ...)                                                                      \
@@ -140,8 +169,28 @@ static void record(cuda_backend *c, vs_status code, const char *what, const char
 /* Waits for the stream; the staging ring is free afterwards. */
 static void drain(cuda_backend *c)
 {
+    c->ctr.syncs++;
     VS_CUDA(c, cudaStreamSynchronize(c->st));
     c->ring_off = 0;
+}
+
+/* Device memory accounting (counters). */
+static void dev_allocated(cuda_backend *c, size_t bytes)
+{
+    c->ctr.allocated_bytes += bytes;
+    if (c->ctr.allocated_bytes > c->ctr.allocated_peak_bytes)
+        c->ctr.allocated_peak_bytes = c->ctr.allocated_bytes;
+}
+
+static void dev_freed(cuda_backend *c, size_t bytes) { c->ctr.allocated_bytes -= bytes; }
+
+/* Bytes of [p, p + bytes) inside the KV pool arena (counters). */
+static size_t kv_part(const cuda_backend *c, const void *p, size_t bytes)
+{
+    uintptr_t lo = (uintptr_t)p, hi = lo + bytes;
+    lo = lo > c->kv_lo ? lo : c->kv_lo;
+    hi = hi < c->kv_hi ? hi : c->kv_hi;
+    return hi > lo ? (size_t)(hi - lo) : 0;
 }
 
 /* Grows scratch slot `which` to at least `bytes`; NULL (and a sticky error) when the device is
@@ -152,6 +201,7 @@ static void *scratch(cuda_backend *c, int which, size_t bytes)
         return c->scr[which];
     size_t want = bytes + bytes / 4 + 256;
     drain(c);
+    dev_freed(c, c->scr_cap[which]); /* 0 while the slot is empty */
     if (c->scr[which])
         VS_CUDA(c, cudaFree(c->scr[which]));
     c->scr[which] = NULL;
@@ -166,6 +216,7 @@ static void *scratch(cuda_backend *c, int which, size_t bytes)
     }
     c->scr[which] = p;
     c->scr_cap[which] = want;
+    dev_allocated(c, want);
     return p;
 }
 
@@ -175,6 +226,7 @@ static void h2d(cuda_backend *c, void *dst, const void *src, size_t bytes)
 {
     if (!bytes)
         return;
+    c->ctr.h2d_bytes += bytes;
     size_t need = (bytes + 255) & ~(size_t)255;
     if (need <= c->ring_cap) {
         if (c->ring_off + need > c->ring_cap)
@@ -298,17 +350,26 @@ static void cuda_destroy(vs_rt_backend *be)
         VS_CUDA(c, cudaStreamDestroy(c->st));
     free(c->host_i32);
     free(c->host_sreq);
+    free(c->blocks);
     free(c);
 }
 
 static void *cuda_alloc(vs_rt_backend *be, size_t bytes)
 {
-    (void)be;
+    cuda_backend *c = cu(be);
     void *p = NULL;
     if (cudaMalloc(&p, bytes ? bytes : 256) != cudaSuccess) {
         (void)cudaGetLastError(); /* out of memory is the caller's to handle, not sticky */
         return NULL;
     }
+    /* counters: cuda_free learns the block's size here (no host memory for that: no block) */
+    if (c->n_blocks == c->blocks_cap &&
+        grow_host((void **)&c->blocks, &c->blocks_cap, 2 * c->blocks_cap + 16, sizeof(dev_block)) != 0) {
+        VS_CUDA(c, cudaFree(p));
+        return NULL;
+    }
+    c->blocks[c->n_blocks++] = dev_block{p, bytes ? bytes : 256};
+    dev_allocated(c, bytes ? bytes : 256);
     return p;
 }
 
@@ -320,11 +381,22 @@ static void cuda_free(vs_rt_backend *be, void *p)
     for (int i = c->n_sets - 1; i >= 0; i--)
         if (c->sets[i].arena == p)
             drop_bf16_set(c, i);
+    for (size_t i = c->n_blocks; i-- > 0;) /* counters */
+        if (c->blocks[i].p == p) {
+            dev_freed(c, c->blocks[i].bytes);
+            if ((uintptr_t)p == c->kv_lo) { /* the arena goes */
+                c->kv_base = NULL;
+                c->kv_lo = c->kv_hi = 0;
+            }
+            c->blocks[i] = c->blocks[--c->n_blocks];
+            break;
+        }
     VS_CUDA(c, cudaFree(p));
 }
 
 static void cuda_upload(vs_rt_backend *be, void *dst, const void *src_host, size_t bytes)
 {
+    cu(be)->ctr.kv_h2d_bytes += kv_part(cu(be), dst, bytes);
     h2d(cu(be), dst, src_host, bytes);
 }
 
@@ -334,6 +406,8 @@ static void cuda_download(vs_rt_backend *be, void *dst_host, const void *src, si
     cuda_backend *c = cu(be);
     if (!bytes)
         return;
+    c->ctr.d2h_bytes += bytes;
+    c->ctr.kv_d2h_bytes += kv_part(c, src, bytes);
     VS_CUDA(c, cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, c->st));
     drain(c);
 }
@@ -370,6 +444,18 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
     cuda_backend *c = cu(be);
     cuda_batch *cb = &c->batch;
     b->dev = NULL;
+    if (b->kv_base != c->kv_base) { /* counters: the KV pool arena is the block holding kv_base */
+        c->kv_base = b->kv_base;
+        c->kv_lo = c->kv_hi = 0;
+        for (size_t i = 0; i < c->n_blocks; i++) {
+            uintptr_t lo = (uintptr_t)c->blocks[i].p, hi = lo + c->blocks[i].bytes;
+            if ((uintptr_t)b->kv_base >= lo && (uintptr_t)b->kv_base < hi) {
+                c->kv_lo = lo;
+                c->kv_hi = hi;
+                break;
+            }
+        }
+    }
     if (c->sticky != VS_OK)
         return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
     if (b->n_rows < 0 || b->n_tok < 0 || b->depth < 1 || b->page_tokens < 1)
@@ -503,6 +589,7 @@ static void drop_bf16_set(cuda_backend *c, int i)
 {
     bf16_set *s = &c->sets[i];
     drain(c); /* queued GEMMs may still read the copies */
+    dev_freed(c, s->bytes);
     VS_CUDA(c, cudaFree(s->mem));
     free(s->v);
     c->sets[i] = c->sets[--c->n_sets];
@@ -557,7 +644,8 @@ static void cuda_gemm_weights(vs_rt_backend *be, const void *arena, const float 
         off += (n[i] * sizeof(__nv_bfloat16) + BF16_ALIGN - 1) & ~(size_t)(BF16_ALIGN - 1);
     }
     qsort(v, (size_t)count, sizeof *v, cmp_copy);
-    c->sets[c->n_sets++] = bf16_set{arena, mem, v, count};
+    dev_allocated(c, bytes ? bytes : BF16_ALIGN);
+    c->sets[c->n_sets++] = bf16_set{arena, mem, v, count, bytes ? bytes : BF16_ALIGN};
     vs_log(VS_LOG_INFO, "cuda", "BF16 copies of %d GEMM weights: %.1f MB", count,
            (double)bytes / 1e6);
 }
@@ -610,12 +698,12 @@ static void cuda_linear(vs_rt_backend *be, float *y, const float *x, const float
             return;
         VS_LAUNCH(k_to_bf16, grid_for(nx, 256), 256, 0, c->st, xb, x, nx);
         VS_LAUNCHED(c, k_to_bf16);
-        VS_CUBLAS(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, wb, CUDA_R_16BF,
-                                  K, xb, CUDA_R_16BF, K, &beta, y, CUDA_R_32F, N,
-                                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        VS_GEMM(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, wb, CUDA_R_16BF,
+                                K, xb, CUDA_R_16BF, K, &beta, y, CUDA_R_32F, N,
+                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         return;
     }
-    VS_CUBLAS(
+    VS_GEMM(
         c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, K, x, K, &beta, y, N));
 }
 
@@ -1310,6 +1398,7 @@ static void cuda_cfg_sample(vs_rt_backend *be, float *logits, int V, const vs_rt
                                                         gbuf, per_block, P, use_shared);
     VS_LAUNCHED(c, k_cfg_sample);
     /* the tokens go to host memory now: the quantiser's index lists are built from them */
+    c->ctr.d2h_bytes += total * sizeof(int32_t);
     VS_CUDA(c, cudaMemcpyAsync(c->host_i32, d_out, total * sizeof(int32_t), cudaMemcpyDeviceToHost,
                                c->st));
     drain(c);
@@ -1522,9 +1611,9 @@ static void cuda_conv2d(vs_rt_backend *be, float *y, const float *x, const float
     }
     if (k == 1) {
         for (int n = 0; n < N; n++)
-            VS_CUBLAS(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)HW, cout, cin, &one,
-                                     x + (size_t)n * cin * HW, (int)HW, w, cin, &beta,
-                                     y + (size_t)n * cout * HW, (int)HW));
+            VS_GEMM(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)HW, cout, cin, &one,
+                                   x + (size_t)n * cin * HW, (int)HW, w, cin, &beta,
+                                   y + (size_t)n * cout * HW, (int)HW));
         return;
     }
     size_t per_row = KK * W;
@@ -1544,9 +1633,9 @@ static void cuda_conv2d(vs_rt_backend *be, float *y, const float *x, const float
             size_t cols = (size_t)(y1 - y0) * W;
             VS_LAUNCH(k_im2col, grid_for(KK * cols, 256), 256, 0, c->st, col, xn, cin, H, W, k, y0, y1);
             VS_LAUNCHED(c, k_im2col);
-            VS_CUBLAS(c,
-                      cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)cols, cout, (int)KK, &one,
-                                  col, (int)cols, w, (int)KK, &beta, yn + (size_t)y0 * W, (int)HW));
+            VS_GEMM(c,
+                    cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)cols, cout, (int)KK, &one,
+                                col, (int)cols, w, (int)KK, &beta, yn + (size_t)y0 * W, (int)HW));
         }
     }
 }
@@ -1648,14 +1737,18 @@ static void cuda_spatial_attention(vs_rt_backend *be, float *out, const float *q
     for (int n = 0; n < N; n++) {
         const float *q = qkv + (size_t)n * 3 * C * HW, *k = q + (size_t)C * HW,
                     *v = k + (size_t)C * HW;
-        VS_CUBLAS(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, HW, HW, C, &sc, k, HW, q, HW,
-                                 &zero, s, HW));
+        VS_GEMM(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, HW, HW, C, &sc, k, HW, q, HW,
+                               &zero, s, HW));
         VS_LAUNCH(k_softmax_rows, (unsigned)HW, 256, 0, c->st, s, HW);
         VS_LAUNCHED(c, k_softmax_rows);
-        VS_CUBLAS(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, HW, C, HW, &one, s, HW, v, HW,
-                                 &zero, out + (size_t)n * C * HW, HW));
+        VS_GEMM(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, HW, C, HW, &one, s, HW, v, HW,
+                               &zero, out + (size_t)n * C * HW, HW));
     }
 }
+
+/* ---- counters ---------------------------------------------------------------------------------- */
+
+static void cuda_counters(vs_rt_backend *be, vs_rt_counters *out) { *out = cu(be)->ctr; }
 
 /* ---- construction ----------------------------------------------------------------------------- */
 
@@ -1695,6 +1788,7 @@ static vs_rt_backend_ops make_ops(void)
     o.upsample_nearest2x = cuda_upsample_nearest2x;
     o.spatial_attention = cuda_spatial_attention;
     o.to_unit = cuda_to_unit;
+    o.counters = cuda_counters;
     return o;
 }
 

@@ -102,6 +102,14 @@ static double now_s(void)
 
 /* ---- answering jobs ------------------------------------------------------------------------------ */
 
+/* The backend's device counters (engine thread: it owns the backend). */
+static void publish_device(vs_srv_engine *e)
+{
+    vs_rt_counters dc;
+    vs_rt_backend_counters(e->be, &dc);
+    vs_srv_metrics_device(e->met, &dc);
+}
+
 static void publish_gauges(vs_srv_engine *e)
 {
     int running = 0, waiting = 0;
@@ -123,6 +131,7 @@ static void publish_gauges(vs_srv_engine *e)
         }
         vs_srv_metrics_kv(e->met, &ks, images, pages);
     }
+    publish_device(e);
 }
 
 static void slot_release(vs_srv_engine *e, slot *s)
@@ -481,6 +490,7 @@ static void step(vs_srv_engine *e)
         else
             publish_gauges(e);
     }
+    publish_device(e); /* the step's and the decoder's device work */
 }
 
 /* ---- loading and the thread ----------------------------------------------------------------------- */

@@ -94,6 +94,8 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
                      .page_tokens = vs_kv_pool_page_tokens(pool),
                      .scratch = scratch};
     vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
+    vs_rt_counters d0, d1;
+    int have_device = vs_rt_backend_counters(vs_rt_engine_backend(e), &d0);
     double t0 = now_s();
     for (int s = 0; s < c->n_scales; s++) {
         for (int r = 0; r < 2 * n; r++)
@@ -111,6 +113,7 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
             goto fail;
     }
     double t1 = now_s();
+    vs_rt_backend_counters(vs_rt_engine_backend(e), &d1);
     if ((rgb || opts->unit) && (st = vs_rt_decode(e, ptrs, n, rgb, opts->unit, err)) != VS_OK)
         goto fail;
     double t2 = now_s();
@@ -118,6 +121,18 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
         times->transformer_s = t1 - t0;
         times->kv_s = ks.seconds;
         times->decode_s = t2 - t1;
+        times->steps = c->n_scales;
+        times->have_device = have_device;
+        times->device = (vs_rt_counters){
+            .launches = d1.launches - d0.launches,
+            .syncs = d1.syncs - d0.syncs,
+            .h2d_bytes = d1.h2d_bytes - d0.h2d_bytes,
+            .d2h_bytes = d1.d2h_bytes - d0.d2h_bytes,
+            .kv_h2d_bytes = d1.kv_h2d_bytes - d0.kv_h2d_bytes,
+            .kv_d2h_bytes = d1.kv_d2h_bytes - d0.kv_d2h_bytes,
+            .allocated_bytes = d1.allocated_bytes,
+            .allocated_peak_bytes = d1.allocated_peak_bytes,
+        };
     }
     if (tokens)
         for (int i = 0; i < n; i++)

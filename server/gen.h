@@ -12,6 +12,7 @@
 #include "kvcache/policy.h"
 #include "kvcache/pool.h"
 #include "kvcache/step.h"
+#include "runtime/backend.h"
 #include "runtime/var.h"
 
 typedef struct {
@@ -26,6 +27,11 @@ typedef struct {
     double transformer_s; /* steps: transformer, sampling, quantiser (kv_s included) */
     double kv_s;          /* of which KV bookkeeping and compression (kvcache/step hooks) */
     double decode_s;      /* VQ-VAE decoder */
+    int steps;            /* engine steps run (one per scale) */
+    int have_device;      /* 1 when the backend counts device work (ops->counters) */
+    /* the device work of the steps (not the decoder): each counter's increase over them;
+     * allocated_bytes and allocated_peak_bytes as they stand after them. Zero without a device. */
+    vs_rt_counters device;
 } vs_srv_gen_times;
 
 /* Pages one image needs at its peak with the full cache (2 rows × depth layers × L tokens). */

@@ -27,24 +27,50 @@
 
 #define DEFAULT_MODEL "models/mnist-var.safetensors"
 
+/* Each command's usage, written once: `varserve --help` prints them all, `varserve CMD --help` its
+ * own (serve's --help, in serve.c, adds its configuration keys). */
+static const struct {
+    const char *name, *args;
+} commands[] = {
+    {"generate", "--model M --labels 3,7 [--seed S] [--cfg X] [--top-k K] [--top-p P]\n"
+                 "            [--threads N] [--backend auto|cpu|cuda] [--precision bf16|fp32]\n"
+                 "            [--kv-policy P] [--kv-budget B]\n"
+                 "            --out PREFIX [--tokens-out FILE.json]\n"},
+    {"bench", "--model M [--batch 1,8] [--reps 3] [--kv-policy P] [--kv-budget B]\n"
+              "            [--pool-mb MB] [--json] [sampling and backend options as for generate]\n"
+              "            --json: one JSON object per batch size (images/s, phase times, device\n"
+              "            counters per engine step) instead of the table\n"},
+    {"calibrate", "--model M [--images 16] [--method asi|sensitivity] [--top-history 32] [--out M.budgets.json]\n"
+                  "            [--backend auto|cpu|cuda]\n"},
+    {"fidelity", "--model M --kv-policy P --kv-budget B [--images 16] [--seed S] [--json]\n"
+                 "            [--backend auto|cpu|cuda] [--precision bf16|fp32]\n"},
+    {"inspect", "MODEL\n"},
+    {"serve", "[--config FILE] [--print-config] [--KEY VALUE ...], e.g. --model M --port P\n"
+              "            (varserve serve --help lists the keys)\n"},
+};
+#define N_COMMANDS ((int)(sizeof commands / sizeof commands[0]))
+
+static void usage_of(FILE *f, int i) { fprintf(f, "  %-9s %s", commands[i].name, commands[i].args); }
+
 static int usage(FILE *f)
 {
-    fprintf(f,
-            "usage: varserve <command> [options]\n"
-            "commands:\n"
-            "  generate  --model M --labels 3,7 [--seed S] [--cfg X] [--top-k K] [--top-p P]\n"
-            "            [--threads N] [--backend auto|cpu|cuda] [--precision bf16|fp32]\n"
-            "            [--kv-policy P] [--kv-budget B]\n"
-            "            --out PREFIX [--tokens-out FILE.json]\n"
-            "  bench     --model M [--batch 1,8] [--reps 3] [--kv-policy P] [--kv-budget B]\n"
-            "            [--pool-mb MB] [sampling and backend options as for generate]\n"
-            "  calibrate --model M [--images 16] [--method asi|sensitivity] [--top-history 32] [--out M.budgets.json]\n"
-            "            [--backend auto|cpu|cuda]\n"
-            "  fidelity  --model M --kv-policy P --kv-budget B [--images 16] [--seed S] [--json]\n"
-            "            [--backend auto|cpu|cuda] [--precision bf16|fp32]\n"
-            "  inspect   MODEL\n"
-            "  serve     [--config FILE] [--model M] [--host H] [--port P]\n");
+    fprintf(f, "usage: varserve <command> [options]\ncommands:\n");
+    for (int i = 0; i < N_COMMANDS; i++)
+        usage_of(f, i);
     return 2;
+}
+
+/* `varserve CMD ... --help` (or -h): CMD's usage on stdout. */
+static int command_help(int argc, char **argv)
+{
+    for (int i = 2; i < argc; i++)
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0)
+            for (int c = 0; c < N_COMMANDS; c++)
+                if (strcmp(argv[1], commands[c].name) == 0) {
+                    printf("usage: varserve %s %s", commands[c].name, commands[c].args);
+                    return 1;
+                }
+    return 0;
 }
 
 static int bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -257,7 +283,7 @@ static int cmd_generate(int argc, char **argv)
         const char *k = argv[i];
         if (strcmp(k, "--labels") != 0 && strcmp(k, "--seed") != 0 && strcmp(k, "--out") != 0 &&
             strcmp(k, "--tokens-out") != 0)
-            return bad("unknown option '%s' for generate (see varserve --help)%s", k, "");
+            return bad("unknown option '%s' for generate (see varserve generate --help)%s", k, "");
         if (i + 1 >= argc)
             return bad("option %s needs a value%s", k, "");
         const char *v = argv[++i];
@@ -366,7 +392,7 @@ done:
 static int cmd_inspect(int argc, char **argv)
 {
     if (argc != 3 || argv[2][0] == '-')
-        return bad("usage: varserve inspect MODEL%s%s", "", "");
+        return bad("inspect takes one argument, the model file (see varserve inspect --help)%s%s", "", "");
     vs_err err = {0};
     vs_rt_model *m = NULL;
     if (vs_rt_model_load(argv[2], &m, &err) != VS_OK) {
@@ -418,12 +444,110 @@ static int parse_list(const char *s, long *out, int max, long lo, long hi)
     return n;
 }
 
+static double peak_rss_mb(void)
+{
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (double)ru.ru_maxrss / 1024.0;
+}
+
+/* bench --json: one line for batch size n. tr, kv, dec: mean seconds per run; dev: the device
+ * counters summed over the `steps` steps of each of the `reps` timed runs (NULL: no device). */
+static int bench_json_line(const cli_engine *ce, const common_opts *o, const vs_kv_policy *pol,
+                           int n, long reps, double tr, double kv, double dec, int steps,
+                           const vs_rt_counters *dev)
+{
+    vs_kv_policy_kind kind = vs_kv_policy_kind_of(pol);
+    cJSON *j = cJSON_CreateObject();
+    cJSON_AddStringToObject(j, "model", ce->m->path);
+    cJSON_AddStringToObject(j, "backend", ce->be->ops->name);
+    cJSON_AddNumberToObject(j, "threads", ce->be->threads);
+    cJSON_AddStringToObject(j, "kv_policy", vs_kv_policy_name(kind));
+    if (kind == VS_KV_POLICY_FULL)
+        cJSON_AddNullToObject(j, "kv_budget");
+    else
+        cJSON_AddNumberToObject(j, "kv_budget", o->kv_budget);
+    cJSON_AddNumberToObject(j, "batch", n);
+    cJSON_AddNumberToObject(j, "reps", (double)reps);
+    cJSON_AddNumberToObject(j, "steps", steps);
+    cJSON_AddNumberToObject(j, "images_per_s", n / (tr + dec));
+    cJSON_AddNumberToObject(j, "transformer_s", tr);
+    cJSON_AddNumberToObject(j, "of_which_kv_s", kv);
+    cJSON_AddNumberToObject(j, "decoder_s", dec);
+    cJSON_AddNumberToObject(j, "total_s", tr + dec);
+    cJSON_AddNumberToObject(j, "peak_rss_mb", peak_rss_mb());
+    if (dev) {
+        double per = (double)reps * steps;
+        cJSON *d = cJSON_AddObjectToObject(j, "device");
+        cJSON_AddNumberToObject(d, "launches", (double)dev->launches / per);
+        cJSON_AddNumberToObject(d, "syncs", (double)dev->syncs / per);
+        cJSON_AddNumberToObject(d, "h2d_bytes", (double)dev->h2d_bytes / per);
+        cJSON_AddNumberToObject(d, "d2h_bytes", (double)dev->d2h_bytes / per);
+        cJSON_AddNumberToObject(d, "kv_h2d_bytes", (double)dev->kv_h2d_bytes / per);
+        cJSON_AddNumberToObject(d, "kv_d2h_bytes", (double)dev->kv_d2h_bytes / per);
+        cJSON_AddNumberToObject(d, "allocated_bytes", (double)dev->allocated_peak_bytes);
+    } else {
+        cJSON_AddNullToObject(j, "device");
+    }
+    char *txt = cJSON_PrintUnformatted(j);
+    cJSON_Delete(j);
+    if (!txt) {
+        fprintf(stderr, "varserve: out of memory\n");
+        return 1;
+    }
+    printf("%s\n", txt);
+    fflush(stdout);
+    free(txt);
+    return 0;
+}
+
+/* bench's text header: the model and settings, and each policy's KV capacity in a pool_mb pool. */
+static void bench_header(const cli_engine *ce, const common_opts *o, const vs_kv_policy *pol,
+                         double pool_mb)
+{
+    const vs_rt_config *c = &ce->m->cfg;
+    vs_err err = {0};
+    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->embed_dim);
+    printf("model %s: %d layers, width %d, %dx%d, %zu params; backend %s, %d threads\n", ce->m->path,
+           c->depth, c->embed_dim, c->image_size, c->image_size, ce->m->n_params, ce->be->ops->name,
+           ce->be->threads);
+    printf("sampling: cfg %g, top_k %ld, top_p %g; kv policy %s", o->cfg, o->top_k, o->top_p,
+           vs_kv_policy_name(vs_kv_policy_kind_of(pol)));
+    if (vs_kv_policy_kind_of(pol) != VS_KV_POLICY_FULL)
+        printf(" at budget %g (%s)", o->kv_budget, vs_kv_policy_source(pol));
+    printf("\n");
+    /* capacity: KV bytes each image reserves and how many fit in a pool of pool_mb, per policy */
+    size_t pool_pages = (size_t)(pool_mb * 1e6 / (double)page_bytes);
+    printf("kv per image (peak reserved, %d-token pages of %.1f KB) and images in a %.0f MB pool:\n",
+           VS_KV_PAGE_TOKENS, (double)page_bytes / 1e3, pool_mb);
+    size_t full_pages = 0;
+    for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
+        vs_kv_policy *p = NULL;
+        char path[4096];
+        int have = k == VS_KV_POLICY_SCALEKV && vs_kv_budget_path_for(ce->m->path, path, sizeof path);
+        if (vs_kv_policy_new((vs_kv_policy_kind)k, o->kv_budget, c, have ? path : NULL, &p, &err) != VS_OK)
+            continue;
+        size_t pages = 2 * vs_kv_policy_peak_pages_per_row(p, VS_KV_PAGE_TOKENS);
+        if (k == VS_KV_POLICY_FULL)
+            full_pages = pages;
+        printf("  %-13s %9.3f MB  %6zu images  %5.2fx full\n", vs_kv_policy_name((vs_kv_policy_kind)k),
+               (double)(pages * page_bytes) / 1e6, pool_pages / pages,
+               full_pages ? (double)full_pages / (double)pages : 0.0);
+        vs_kv_policy_free(p);
+    }
+    printf("  (the classic full cache, every layer holding all %d tokens: %.3f MB)\n",
+           c->scale_offset[c->n_scales], (double)vs_rt_full_kv_bytes(c) / 1e6);
+    printf("%6s %10s %14s %14s %14s %14s\n", "batch", "images/s", "transformer_s", "of_which_kv_s",
+           "decoder_s", "total_s");
+}
+
 static int cmd_bench(int argc, char **argv)
 {
     common_opts o = COMMON_DEFAULTS;
     const char *batches = "1,8";
     long reps = 3;
     double pool_mb = 256;
+    int json = 0;
     for (int i = 2; i < argc; i++) {
         int r = common_opt(&o, argc, argv, &i);
         if (r < 0)
@@ -431,8 +555,12 @@ static int cmd_bench(int argc, char **argv)
         if (r > 0)
             continue;
         const char *k = argv[i];
+        if (strcmp(k, "--json") == 0) {
+            json = 1;
+            continue;
+        }
         if (strcmp(k, "--batch") != 0 && strcmp(k, "--reps") != 0 && strcmp(k, "--pool-mb") != 0)
-            return bad("unknown option '%s' for bench (see varserve --help)", k);
+            return bad("unknown option '%s' for bench (see varserve bench --help)", k);
         if (i + 1 >= argc)
             return bad("option %s needs a value", k);
         const char *v = argv[++i];
@@ -464,38 +592,8 @@ static int cmd_bench(int argc, char **argv)
         goto done;
     }
     const vs_rt_config *c = &ce.m->cfg;
-    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->embed_dim);
-    printf("model %s: %d layers, width %d, %dx%d, %zu params; backend %s, %d threads\n", ce.m->path,
-           c->depth, c->embed_dim, c->image_size, c->image_size, ce.m->n_params, ce.be->ops->name,
-           ce.be->threads);
-    printf("sampling: cfg %g, top_k %ld, top_p %g; kv policy %s", o.cfg, o.top_k, o.top_p,
-           vs_kv_policy_name(vs_kv_policy_kind_of(pol)));
-    if (vs_kv_policy_kind_of(pol) != VS_KV_POLICY_FULL)
-        printf(" at budget %g (%s)", o.kv_budget, vs_kv_policy_source(pol));
-    printf("\n");
-    /* capacity: KV bytes each image reserves and how many fit in a pool of pool_mb, per policy */
-    size_t pool_pages = (size_t)(pool_mb * 1e6 / (double)page_bytes);
-    printf("kv per image (peak reserved, %d-token pages of %.1f KB) and images in a %.0f MB pool:\n",
-           VS_KV_PAGE_TOKENS, (double)page_bytes / 1e3, pool_mb);
-    size_t full_pages = 0;
-    for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
-        vs_kv_policy *p = NULL;
-        char path[4096];
-        int have = k == VS_KV_POLICY_SCALEKV && vs_kv_budget_path_for(ce.m->path, path, sizeof path);
-        if (vs_kv_policy_new((vs_kv_policy_kind)k, o.kv_budget, c, have ? path : NULL, &p, &err) != VS_OK)
-            continue;
-        size_t pages = 2 * vs_kv_policy_peak_pages_per_row(p, VS_KV_PAGE_TOKENS);
-        if (k == VS_KV_POLICY_FULL)
-            full_pages = pages;
-        printf("  %-13s %9.3f MB  %6zu images  %5.2fx full\n", vs_kv_policy_name((vs_kv_policy_kind)k),
-               (double)(pages * page_bytes) / 1e6, pool_pages / pages,
-               full_pages ? (double)full_pages / (double)pages : 0.0);
-        vs_kv_policy_free(p);
-    }
-    printf("  (the classic full cache, every layer holding all %d tokens: %.3f MB)\n",
-           c->scale_offset[c->n_scales], (double)vs_rt_full_kv_bytes(c) / 1e6);
-    printf("%6s %10s %14s %14s %14s %14s\n", "batch", "images/s", "transformer_s", "of_which_kv_s",
-           "decoder_s", "total_s");
+    if (!json) /* --json: JSON Lines, one object per batch size and nothing else on stdout */
+        bench_header(&ce, &o, pol, pool_mb);
     for (int bi = 0; bi < nb; bi++) {
         int n = (int)bs[bi];
         vs_srv_gen_req *reqs = calloc((size_t)n, sizeof *reqs);
@@ -504,6 +602,8 @@ static int cmd_bench(int argc, char **argv)
         for (int k = 0; okb && k < n; k++)
             okb = (rgb[k] = malloc((size_t)c->image_size * c->image_size * 3)) != NULL;
         double sum_tr = 0, sum_dec = 0, sum_kv = 0;
+        vs_rt_counters dev = {0}; /* the timed runs' steps: sums, allocated as after the last */
+        int have_dev = 0, steps = 0;
         for (int rep = 0; okb && rep <= reps; rep++) { /* rep 0 warms up */
             for (int k = 0; k < n; k++)
                 reqs[k] = (vs_srv_gen_req){k % c->num_classes, (uint64_t)(1000 * rep + k), (float)o.cfg,
@@ -519,6 +619,15 @@ static int cmd_bench(int argc, char **argv)
                 sum_tr += t.transformer_s;
                 sum_dec += t.decode_s;
                 sum_kv += t.kv_s;
+                have_dev = t.have_device;
+                steps = t.steps;
+                dev.launches += t.device.launches;
+                dev.syncs += t.device.syncs;
+                dev.h2d_bytes += t.device.h2d_bytes;
+                dev.d2h_bytes += t.device.d2h_bytes;
+                dev.kv_h2d_bytes += t.device.kv_h2d_bytes;
+                dev.kv_d2h_bytes += t.device.kv_d2h_bytes;
+                dev.allocated_peak_bytes = t.device.allocated_peak_bytes;
             }
         }
         for (int k = 0; rgb && k < n; k++)
@@ -528,11 +637,15 @@ static int cmd_bench(int argc, char **argv)
         if (!okb)
             goto done;
         double tr = sum_tr / reps, dec = sum_dec / reps, kv = sum_kv / reps;
-        printf("%6d %10.3f %14.4f %14.4f %14.4f %14.4f\n", n, n / (tr + dec), tr, kv, dec, tr + dec);
+        if (json) {
+            if (bench_json_line(&ce, &o, pol, n, reps, tr, kv, dec, steps, have_dev ? &dev : NULL) != 0)
+                goto done;
+        } else {
+            printf("%6d %10.3f %14.4f %14.4f %14.4f %14.4f\n", n, n / (tr + dec), tr, kv, dec, tr + dec);
+        }
     }
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
-    printf("peak RSS: %.1f MB\n", (double)ru.ru_maxrss / 1024.0);
+    if (!json)
+        printf("peak RSS: %.1f MB\n", peak_rss_mb());
     rc = 0;
 done:
     vs_kv_policy_free(pol);
@@ -556,7 +669,7 @@ static int cmd_calibrate(int argc, char **argv)
         const char *k = argv[i];
         if (strcmp(k, "--out") != 0 && strcmp(k, "--images") != 0 && strcmp(k, "--top-history") != 0 &&
             strcmp(k, "--method") != 0)
-            return bad("unknown option '%s' for calibrate (see varserve --help)", k);
+            return bad("unknown option '%s' for calibrate (see varserve calibrate --help)", k);
         if (i + 1 >= argc)
             return bad("option %s needs a value", k);
         const char *v = argv[++i];
@@ -673,7 +786,7 @@ static int cmd_fidelity(int argc, char **argv)
         }
         if (strcmp(k, "--images") != 0 && strcmp(k, "--seed") != 0 && strcmp(k, "--out") != 0 &&
             strcmp(k, "--policy") != 0 && strcmp(k, "--budget") != 0)
-            return bad("unknown option '%s' for fidelity (see varserve --help)", k);
+            return bad("unknown option '%s' for fidelity (see varserve fidelity --help)", k);
         if (i + 1 >= argc)
             return bad("option %s needs a value", k);
         const char *v = argv[++i];
@@ -788,6 +901,10 @@ int main(int argc, char **argv)
         usage(stdout);
         return 0;
     }
+    if (strcmp(cmd, "serve") == 0)
+        return vs_srv_serve_main(argc, argv); /* its --help adds the configuration keys */
+    if (command_help(argc, argv))
+        return 0;
     if (strcmp(cmd, "generate") == 0)
         return cmd_generate(argc, argv);
     if (strcmp(cmd, "inspect") == 0)
@@ -798,8 +915,9 @@ int main(int argc, char **argv)
         return cmd_calibrate(argc, argv);
     if (strcmp(cmd, "fidelity") == 0)
         return cmd_fidelity(argc, argv);
-    if (strcmp(cmd, "serve") == 0)
-        return vs_srv_serve_main(argc, argv);
-    fprintf(stderr, "varserve: unknown command '%s' (commands: serve, generate, bench, calibrate, fidelity, inspect)\n", cmd);
+    fprintf(stderr, "varserve: unknown command '%s' (commands:", cmd);
+    for (int i = 0; i < N_COMMANDS; i++)
+        fprintf(stderr, "%s %s", i ? "," : "", commands[i].name);
+    fprintf(stderr, ")\n");
     return 2;
 }

@@ -53,6 +53,7 @@ struct vs_srv_metrics {
     int policy_running[VS_KV_POLICY_COUNT];   /* images in the batch, by policy */
     size_t policy_pages[VS_KV_POLICY_COUNT];  /* pages they reserved, by policy */
     int running, engine_waiting;
+    vs_rt_counters dev; /* the backend's device counters, as last published */
     char version[32], backend[32], model[128];
     double load_seconds;
     int have_model;
@@ -182,6 +183,13 @@ void vs_srv_metrics_kv_refused(vs_srv_metrics *m)
 {
     pthread_mutex_lock(&m->mu);
     m->kv_refused++;
+    pthread_mutex_unlock(&m->mu);
+}
+
+void vs_srv_metrics_device(vs_srv_metrics *m, const vs_rt_counters *c)
+{
+    pthread_mutex_lock(&m->mu);
+    m->dev = *c;
     pthread_mutex_unlock(&m->mu);
 }
 
@@ -373,6 +381,26 @@ char *vs_srv_metrics_render(vs_srv_metrics *m, size_t queued, size_t *len)
          "Seconds of engine steps spent on KV bookkeeping and compression (selection, compaction); "
          "compare with the sum of varserve_step_seconds.");
     put(&b, "varserve_kv_seconds_total %.6f\n", m->kv_seconds);
+    head(&b, "device_kernel_launches_total", "counter",
+         "Kernel launches and cuBLAS calls the backend issued to its device (0 without one).");
+    put(&b, "varserve_device_kernel_launches_total %llu\n", (unsigned long long)m->dev.launches);
+    head(&b, "device_syncs_total", "counter", "Times the host waited for the device.");
+    put(&b, "varserve_device_syncs_total %llu\n", (unsigned long long)m->dev.syncs);
+    head(&b, "device_h2d_bytes_total", "counter", "Bytes copied host to device.");
+    put(&b, "varserve_device_h2d_bytes_total %llu\n", (unsigned long long)m->dev.h2d_bytes);
+    head(&b, "device_d2h_bytes_total", "counter", "Bytes copied device to host.");
+    put(&b, "varserve_device_d2h_bytes_total %llu\n", (unsigned long long)m->dev.d2h_bytes);
+    head(&b, "device_kv_h2d_bytes_total", "counter",
+         "Of the host to device bytes, those written into KV pool pages (compressed layers).");
+    put(&b, "varserve_device_kv_h2d_bytes_total %llu\n", (unsigned long long)m->dev.kv_h2d_bytes);
+    head(&b, "device_kv_d2h_bytes_total", "counter",
+         "Of the device to host bytes, those read out of KV pool pages (layers being compressed).");
+    put(&b, "varserve_device_kv_d2h_bytes_total %llu\n", (unsigned long long)m->dev.kv_d2h_bytes);
+    head(&b, "device_allocated_bytes", "gauge",
+         "Device memory the backend holds: weights, buffers, KV pool, scratch (0 without a device).");
+    put(&b, "varserve_device_allocated_bytes %llu\n", (unsigned long long)m->dev.allocated_bytes);
+    head(&b, "device_allocated_peak_bytes", "gauge", "The most device memory the backend has held.");
+    put(&b, "varserve_device_allocated_peak_bytes %llu\n", (unsigned long long)m->dev.allocated_peak_bytes);
     head(&b, "batch_rows", "histogram", "Rows (two per image) in each engine step.");
     put_hist(&b, "batch_rows", "", &m->batch_rows);
     head(&b, "step_seconds", "histogram", "Wall time of one engine step, by the largest scale index in it.");

@@ -14,6 +14,7 @@
 
 #include "common/status.h"
 #include "kvcache/pool.h"
+#include "runtime/backend.h"
 
 typedef struct vs_srv_metrics vs_srv_metrics;
 
@@ -45,6 +46,9 @@ void vs_srv_metrics_step(vs_srv_metrics *m, int scale, double seconds, double kv
 void vs_srv_metrics_kv(vs_srv_metrics *m, const vs_kv_stats *s, const int *images_by_policy,
                        const size_t *pages_by_policy);
 void vs_srv_metrics_kv_refused(vs_srv_metrics *m);
+/* The backend's device counters as they stand (vs_rt_backend_counters: all zero on a backend
+ * without a device, so the series exist on every build). Engine thread, after steps. */
+void vs_srv_metrics_device(vs_srv_metrics *m, const vs_rt_counters *c);
 /* Jobs the engine holds: running (an image admitted) and waiting for pages (none admitted). */
 void vs_srv_metrics_engine_jobs(vs_srv_metrics *m, int running, int waiting);
 

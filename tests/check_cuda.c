@@ -181,6 +181,64 @@ START_TEST(upload_copy_zero_and_download_are_exact)
 }
 END_TEST
 
+/* The counters op counts what each op issues: bytes across the bus (and the part inside the KV
+ * arena named by batch_begin), launches (a kernel, a cuBLAS GEMM), host waits, device memory. */
+START_TEST(counters_count_copies_launches_syncs_and_memory)
+{
+    if (g_self) {
+        ck_assert_ptr_null(g_dut->ops->counters); /* the CPU backend has no device */
+        return;
+    }
+    ck_assert_ptr_nonnull(g_dut->ops->counters);
+    enum { N = 1000 };
+    float h[N];
+    for (int i = 0; i < N; i++)
+        h[i] = frand();
+    vs_rt_counters a, b;
+    g_dut->ops->counters(g_dut, &a);
+    float *x = g_dut->ops->alloc(g_dut, N * sizeof(float)), *arena = g_dut->ops->alloc(g_dut, 4096);
+    ck_assert(x && arena);
+    g_dut->ops->counters(g_dut, &b);
+    ck_assert_uint_eq(b.allocated_bytes - a.allocated_bytes, N * sizeof(float) + 4096);
+    ck_assert_uint_ge(b.allocated_peak_bytes, b.allocated_bytes);
+
+    /* an empty batch names the KV arena (its scratch may grow: memory is not judged here) */
+    vs_rt_kv_layer kl = {0};
+    vs_rt_row row = {0, 0, &kl};
+    vs_rt_batch bt = {0, 0, &row, NULL, arena + 16, 16, 1, NULL, NULL};
+    vs_err err = {0};
+    ck_assert_msg(g_dut->ops->batch_begin(g_dut, &bt, &err) == VS_OK, "%s", err.msg);
+    sync_ok(); /* the staging ring starts empty: the uploads below wait for nothing */
+    g_dut->ops->counters(g_dut, &a);
+    g_dut->ops->upload(g_dut, x, h, sizeof h);
+    g_dut->ops->upload(g_dut, arena + 100, h, 400);
+    g_dut->ops->download(g_dut, h, arena, 1024);
+    g_dut->ops->download(g_dut, h, x, 40);
+    g_dut->ops->counters(g_dut, &b);
+    ck_assert_uint_eq(b.h2d_bytes - a.h2d_bytes, sizeof h + 400);
+    ck_assert_uint_eq(b.kv_h2d_bytes - a.kv_h2d_bytes, 400);
+    ck_assert_uint_eq(b.d2h_bytes - a.d2h_bytes, 1024 + 40);
+    ck_assert_uint_eq(b.kv_d2h_bytes - a.kv_d2h_bytes, 1024);
+    ck_assert_uint_eq(b.syncs - a.syncs, 2); /* each download waits */
+    ck_assert_uint_eq(b.launches, a.launches);
+
+    g_dut->ops->silu(g_dut, x, x, N);                                 /* one kernel */
+    g_dut->ops->linear(g_dut, x + 500, x, x + 100, NULL, 10, 10, 10); /* one GEMM, no bias */
+    sync_ok();
+    g_dut->ops->counters(g_dut, &a);
+    ck_assert_uint_eq(a.launches - b.launches, 2);
+    ck_assert_uint_eq(a.syncs - b.syncs, 1);
+
+    g_dut->ops->free(g_dut, arena); /* the arena goes: nothing is KV any more */
+    g_dut->ops->upload(g_dut, x, h, 400);
+    g_dut->ops->free(g_dut, x);
+    sync_ok();
+    g_dut->ops->counters(g_dut, &b);
+    ck_assert_uint_eq(b.kv_h2d_bytes, a.kv_h2d_bytes);
+    ck_assert_uint_eq(a.allocated_bytes - b.allocated_bytes, N * sizeof(float) + 4096);
+}
+END_TEST
+
 START_TEST(an_allocation_too_big_for_the_device_returns_null_and_the_backend_goes_on)
 {
     if (g_self)
@@ -1077,6 +1135,7 @@ static Suite *cuda_suite(void)
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, upload_copy_zero_and_download_are_exact);
     tcase_add_test(tc, an_allocation_too_big_for_the_device_returns_null_and_the_backend_goes_on);
+    tcase_add_test(tc, counters_count_copies_launches_syncs_and_memory);
     tcase_add_test(tc, linear_matches_cpu);
     tcase_add_test(tc, elementwise_ops_match_cpu);
     tcase_add_test(tc, gather_rows_and_embed_chw_are_exact);

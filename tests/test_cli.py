@@ -1,23 +1,137 @@
 #!/usr/bin/env python3
 """tests/test_cli.py — the varserve command line as a user meets it: generate, inspect, bench,
-calibrate, fidelity; bad arguments get one line and exit code 2. Needs only python3 (+ json).
+calibrate, fidelity; bad arguments get one line and exit code 2; every command answers --help.
+bench --json and the device counters in /metrics: on this build (the CPU backend: no device), and
+when build/cuda-emu/varserve exists (make CUDA=emu; VARSERVE_EMU_BIN overrides) on the CUDA
+backend over the emulated device, checked from outside with the bundled model (the tiny fixture
+takes a minute per image there, the bundled one 3 s). Needs only python3.
 Run by `make test` with VARSERVE_BIN=build/varserve."""
 import json
 import os
+import re
+import signal
 import struct
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.error
+import urllib.request
 import zlib
 
 BIN = os.environ.get("VARSERVE_BIN", "build/varserve")
+EMU = os.environ.get("VARSERVE_EMU_BIN", "build/cuda-emu/varserve")
 TINY = "tests/fixtures/tiny/model.safetensors"
+MNIST = "models/mnist-var.safetensors"
+DEVICE_FIELDS = ["launches", "syncs", "h2d_bytes", "d2h_bytes", "kv_h2d_bytes", "kv_d2h_bytes",
+                 "allocated_bytes"]
+DEVICE_METRICS = {"varserve_device_kernel_launches_total": "counter",
+                  "varserve_device_syncs_total": "counter",
+                  "varserve_device_h2d_bytes_total": "counter",
+                  "varserve_device_d2h_bytes_total": "counter",
+                  "varserve_device_kv_h2d_bytes_total": "counter",
+                  "varserve_device_kv_d2h_bytes_total": "counter",
+                  "varserve_device_allocated_bytes": "gauge",
+                  "varserve_device_allocated_peak_bytes": "gauge"}
 from tally import check, finish  # noqa: E402 (tests/ is on sys.path: run as a script)
 
 
-def run(*args):
-    p = subprocess.run([BIN, *args], capture_output=True, text=True, timeout=600)
+def run_bin(binary, *args):
+    p = subprocess.run([binary, *args], capture_output=True, text=True, timeout=600)
     return p.returncode, p.stdout, p.stderr
+
+
+def run(*args):
+    return run_bin(BIN, *args)
+
+
+def bench_json(binary, *args):
+    """varserve bench --json: (rc, [one dict per stdout line], stderr); every line must be JSON."""
+    rc, out, err = run_bin(binary, "bench", "--json", *args)
+    try:
+        return rc, [json.loads(l) for l in out.splitlines()], err
+    except ValueError as e:
+        return rc, [], f"{e}: {out}"
+
+
+def model_facts(binary, model):
+    """(tokens per image, engine steps, the lower bound of 'weights in memory' in bytes)."""
+    _, out, _ = run_bin(binary, "inspect", model)
+    tokens = int(re.search(r"\((\d+) tokens\)", out).group(1))
+    steps = len(re.search(r"scales:\s+([\d,]+)", out).group(1).split(","))
+    weights = (float(re.search(r"weights in memory: ([\d.]+) MB", out).group(1)) - 0.005) * 1e6
+    return tokens, steps, weights
+
+
+def http(method, url, body=None, timeout=60):
+    """(status, body text); 0 when nothing answered."""
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+class Server:
+    """varserve serve on a free loopback port, built-in defaults only; output to a file."""
+
+    def __init__(self, binary, d, name, *args):
+        cfg = os.path.join(d, f"{name}.json")
+        with open(cfg, "w") as f:
+            f.write("{}")
+        self.log = os.path.join(d, f"{name}.log")
+        self.out = open(self.log, "w")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VARSERVE_")}
+        self.p = subprocess.Popen([binary, "serve", "--config", cfg, "--host", "127.0.0.1", "--port",
+                                   "0", *args], stdout=self.out, stderr=subprocess.STDOUT, env=env)
+        self.base = None
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 60 and self.p.poll() is None:
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", open(self.log).read())
+            if m and not self.base:
+                self.base = f"http://127.0.0.1:{m.group(1)}"
+            if self.base and http("GET", self.base + "/ready", timeout=5)[0] == 200:
+                return
+            time.sleep(0.1)
+        self.base = None
+
+    def metrics(self):
+        """{name with labels: value} of a fresh scrape, and the text."""
+        st, body = http("GET", self.base + "/metrics")
+        vals = {}
+        for line in body.splitlines():
+            if line and not line.startswith("#"):
+                name, _, v = line.rpartition(" ")
+                vals[name] = float(v)
+        return vals, body
+
+    def stop(self):
+        """SIGTERM; the exit status (None when it had to be killed)."""
+        if self.p.poll() is None:
+            self.p.send_signal(signal.SIGTERM)
+            try:
+                self.p.wait(60)
+            except subprocess.TimeoutExpired:
+                self.p.kill()
+                self.p.wait()
+                return None
+        self.out.close()
+        return self.p.returncode
+
+    def text(self):
+        return open(self.log).read()[-3000:]
+
+
+def check_device_metric_lines(label, body):
+    for name, kind in DEVICE_METRICS.items():
+        check(f"{label}: {name} has HELP and TYPE {kind}",
+              f"# HELP {name} " in body and f"# TYPE {name} {kind}\n" in body, body[-2000:])
 
 
 def png_size(path):
@@ -110,5 +224,104 @@ with tempfile.TemporaryDirectory() as d:
     rc, out, err = run("fidelity", "--model", TINY, "--kv-policy", "full", "--images", "1", "--json")
     f = json.loads(out)
     check("full against full is identical", f["identical_images"] == 1 and f["tokens_unchanged"] == 1, f)
+
+    # every command answers --help: usage on stdout, exit 0; varserve --help lists them all
+    rc, top, err = run("--help")
+    for cmd in ["generate", "bench", "calibrate", "fidelity", "inspect", "serve"]:
+        rc, out, err = run(cmd, "--help")
+        check(f"{cmd} --help: exit 0, its usage on stdout",
+              rc == 0 and out.startswith(f"usage: varserve {cmd} "), f"rc {rc} {out[:300]} {err[:300]}")
+        check(f"varserve --help lists {cmd}", f"\n  {cmd} " in top, top)
+    rc, out, err = run("bench", "--model", TINY, "-h")
+    check("bench -h after other options is help too", rc == 0 and out.startswith("usage: varserve bench"), err)
+
+    # bench --json on the CPU backend: one object per batch size, the table's numbers, no device
+    tokens, steps, weights = model_facts(BIN, TINY)
+    rc, lines, err = bench_json(BIN, "--model", TINY, "--batch", "1,2", "--reps", "1", "--backend", "cpu")
+    check("bench --json (cpu): exit 0, one JSON line per batch size",
+          rc == 0 and [l.get("batch") for l in lines] == [1, 2], f"rc {rc} {lines} {err}")
+    for l in lines:
+        b = l["batch"]
+        keys = ["model", "backend", "kv_policy", "reps", "steps", "images_per_s", "transformer_s",
+                "of_which_kv_s", "decoder_s", "total_s", "peak_rss_mb", "device"]
+        check(f"bench --json (cpu) batch {b}: every field", all(k in l for k in keys), l)
+        check(f"bench --json (cpu) batch {b}: device null on a backend without counters",
+              l.get("device", 0) is None and l.get("backend") == "cpu", l)
+        check(f"bench --json (cpu) batch {b}: sane numbers",
+              l["steps"] == steps and l["reps"] == 1 and l["kv_policy"] == "full" and
+              l["transformer_s"] > 0 and l["decoder_s"] > 0 and 0 <= l["of_which_kv_s"] <= l["transformer_s"] and
+              abs(l["total_s"] - l["transformer_s"] - l["decoder_s"]) <= 1e-9 * l["total_s"] and
+              abs(l["images_per_s"] * l["total_s"] - b) <= 1e-9 * b, l)
+
+    # /metrics on the CPU backend: the device series exist and are 0 (it launches nothing)
+    srv = Server(BIN, d, "cpu", "--model", TINY, "--backend", "cpu")
+    if check("cpu server answers /ready", srv.base is not None, srv.text()):
+        vals, body = srv.metrics()
+        check_device_metric_lines("cpu /metrics", body)
+        check("cpu /metrics: every device counter is 0",
+              all(vals.get(n) == 0 for n in DEVICE_METRICS), {n: vals.get(n) for n in DEVICE_METRICS})
+    check("cpu server exits 0 on SIGTERM", srv.stop() == 0, srv.text())
+
+    # The CUDA backend on the emulated device: the counters from outside (bundled model; FP32 so
+    # that the device memory holds the weights once)
+    if not os.path.exists(EMU):
+        print(f"skip the emulated-device checks: no {EMU} (make CUDA=emu)")
+    else:
+        tokens, steps, weights = model_facts(EMU, MNIST)
+        emu = ["--model", MNIST, "--backend", "cuda", "--precision", "fp32", "--reps", "1"]
+        t0 = time.monotonic()
+        runs = [bench_json(EMU, *emu, "--batch", "1") for _ in range(2)]
+        rc, lines, err = runs[0]
+        ok = check("emu bench --json: exit 0, one line", rc == 0 and len(lines) == 1, f"rc {rc} {err[-2000:]}")
+        dv = lines[0].get("device") if ok else None
+        if check("emu bench --json: device counters", isinstance(dv, dict) and
+                 all(isinstance(dv.get(k), (int, float)) and dv[k] >= 0 for k in DEVICE_FIELDS), lines):
+            per_step = tokens / steps  # tokens sampled per step, batch 1
+            check("emu full: d2h per step >= 4 bytes per sampled token", dv["d2h_bytes"] >= 4 * per_step, dv)
+            check("emu full: the sampled tokens are all a step downloads",
+                  abs(dv["d2h_bytes"] - 4 * per_step) < 1e-6, dv)
+            check("emu full: no KV bytes cross the bus", dv["kv_h2d_bytes"] == 0 and dv["kv_d2h_bytes"] == 0, dv)
+            check("emu: at least one host wait and launches every step", dv["syncs"] >= 1 and dv["launches"] >= 1, dv)
+            check("emu: each step uploads its tables", dv["h2d_bytes"] > 0, dv)
+            check("emu: device memory holds at least the weights", dv["allocated_bytes"] >= weights,
+                  f"{dv} weights {weights}")
+            rc2, lines2, err2 = runs[1]
+            dv2 = lines2[0].get("device") if rc2 == 0 and len(lines2) == 1 else None
+            check("emu: two runs of the same settings count the same per step",
+                  dv2 is not None and all(dv2[k] == dv[k] for k in DEVICE_FIELDS), f"{dv} {dv2} {err2[-500:]}")
+        rc, lines, err = bench_json(EMU, *emu, "--batch", "2", "--kv-policy", "scalekv", "--kv-budget", "0.1")
+        dv = lines[0].get("device") if rc == 0 and len(lines) == 1 else None
+        if check("emu scalekv bench --json: device counters", isinstance(dv, dict), f"rc {rc} {lines} {err[-2000:]}"):
+            check("emu scalekv: compressed layers move KV pages both ways",
+                  dv["kv_h2d_bytes"] > 0 and dv["kv_d2h_bytes"] > 0, dv)
+            check("emu scalekv: the KV bytes are part of the copies",
+                  dv["kv_h2d_bytes"] <= dv["h2d_bytes"] and dv["kv_d2h_bytes"] <= dv["d2h_bytes"], dv)
+            check("emu scalekv batch 2: d2h per step >= 4 bytes per sampled token",
+                  dv["d2h_bytes"] >= 4 * 2 * tokens / steps, dv)
+        print(f"(emulated bench runs: {time.monotonic() - t0:.1f} s)")
+
+        # /metrics of an emulated server: totals that grow with a request (BF16 mode, the default)
+        t0 = time.monotonic()
+        srv = Server(EMU, d, "emu", "--model", MNIST, "--backend", "cuda")
+        if check("emu server answers /ready", srv.base is not None, srv.text()):
+            m0, body = srv.metrics()
+            check_device_metric_lines("emu /metrics", body)
+            check("emu /metrics after load: the weights were uploaded and are held",
+                  m0["varserve_device_h2d_bytes_total"] >= weights and
+                  m0["varserve_device_allocated_bytes"] >= weights and
+                  m0["varserve_device_allocated_peak_bytes"] >= m0["varserve_device_allocated_bytes"], m0)
+            st, resp = http("POST", srv.base + "/generate",
+                            {"class_label": 3, "seed": 1, "kv_policy": "scalekv", "kv_budget": 0.1})
+            check("emu server generates", st == 200, resp[:500])
+            m1, _ = srv.metrics()
+            dm = {n: m1[n] - m0[n] for n in DEVICE_METRICS}
+            check("emu /metrics: a request adds launches, waits and its sampled tokens' bytes",
+                  dm["varserve_device_kernel_launches_total"] >= steps and
+                  dm["varserve_device_syncs_total"] >= steps and
+                  dm["varserve_device_d2h_bytes_total"] >= 4 * tokens, dm)
+            check("emu /metrics: a scalekv request moves KV pages",
+                  dm["varserve_device_kv_h2d_bytes_total"] > 0 and dm["varserve_device_kv_d2h_bytes_total"] > 0, dm)
+        check("emu server exits 0 on SIGTERM", srv.stop() == 0, srv.text())
+        print(f"(emulated server: {time.monotonic() - t0:.1f} s)")
 
 finish()
