@@ -1,7 +1,7 @@
 /* kvcache/policy.h — KV compression policies: how many tokens each layer keeps after each scale,
  * which ones, and the peak pages a job must reserve for that.
  *
- * Design (shared/ALGORITHMS.md §3–4): after layer l finished its attention at scale s, a row whose
+ * Design (docs/ALGORITHMS.md §3–4): after layer l finished its attention at scale s, a row whose
  * layer holds more than capacity(l, s) tokens is compacted, per head, to exactly that many.
  * `full` never compresses. `scalekv` gives drafter layers (from a calibrated budget file) the
  * whole cache and refiners what is left so the mean over layers equals the budget; when the budget

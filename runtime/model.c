@@ -1,4 +1,4 @@
-/* runtime/model.c — loading and validating a varserve model file (shared/MODEL_FORMAT.md).
+/* runtime/model.c — loading and validating a varserve model file (docs/MODEL_FORMAT.md).
  *
  * Order of checks: file → header length (≤ 100 MB, inside the file) → JSON → metadata (format,
  * version, config) → config fields and their ranges → the tensor table: every expected tensor is

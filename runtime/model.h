@@ -1,4 +1,4 @@
-/* runtime/model.h — a VAR model file (shared/MODEL_FORMAT.md) loaded and validated.
+/* runtime/model.h — a VAR model file (docs/MODEL_FORMAT.md) loaded and validated.
  *
  * Design: the file is mmap'd, its JSON header and config are checked against the format's rules
  * (every rejection names the field or tensor), then every tensor is converted once to F32 into ONE
@@ -121,7 +121,7 @@ void vs_rt_model_free(vs_rt_model *m);
 void vs_rt_model_rebase(const vs_rt_model *m, float *new_base, vs_rt_weights *out,
                         vs_rt_block_w *blocks_out /* [depth] */);
 
-/* Phi conv index used at scale s (the tick rule of ALGORITHMS.md). */
+/* Phi conv index used at scale s (the tick rule of docs/ALGORITHMS.md §1.6). */
 int vs_rt_phi_index(const vs_rt_config *c, int s);
 
 /* Softmax scale of the transformer's attention: 1 with attn_l2_norm (q carries scale_mul), else

@@ -1,8 +1,9 @@
 /* runtime/sample.h — the reference's top-k / top-p rule and sampling for one token, on the host.
  *
- * The rule (ALGORITHMS.md): keep the logits ≥ the k-th largest (ties kept); then sort ascending,
- * drop those whose softmax cumulative sum is ≤ 1 − top_p, always keep the largest; sample from the
- * softmax of what is left with one uniform u in [0, 1). Pure functions; any thread. */
+ * The rule (docs/ALGORITHMS.md §1.5): keep the logits ≥ the k-th largest (ties kept); then sort
+ * ascending, drop those whose softmax cumulative sum is ≤ 1 − top_p, always keep the largest;
+ * sample from the softmax of what is left with one uniform u in [0, 1). Pure functions; any
+ * thread. */
 #ifndef VS_RT_SAMPLE_H
 #define VS_RT_SAMPLE_H
 

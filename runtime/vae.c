@@ -1,4 +1,4 @@
-/* runtime/vae.c — the decoder of ALGORITHMS.md §1 over backend ops.
+/* runtime/vae.c — the decoder of docs/ALGORITHMS.md §1.7 over backend ops.
  *
  * Four activation buffers (x, a, b, s) of the largest C·H·W, plus qkv for the attention blocks.
  * ResBlock: a = GN+SiLU(x); b = conv1(a); a = GN+SiLU(b); b = conv2(a); b += nin(x) or x; swap. */

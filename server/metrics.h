@@ -1,5 +1,6 @@
-/* server/metrics.h — the daemon's Prometheus metrics (text format 0.0.4), names fixed by
- * ARCHITECTURE.md, all prefixed varserve_.
+/* server/metrics.h — the daemon's Prometheus metrics (text format 0.0.4), all prefixed varserve_.
+ * The names are defined once, in vs_srv_metrics_render (metrics.c); README.md, deploy/ and
+ * tests/test_prometheus.py depend on them (docs/ARCHITECTURE.md, "Where each fact lives").
  *
  * Design: one mutex guards every counter, gauge and histogram. Updates are rare (per request, per
  * step), never on a per-token path, so a lock is simpler than atomics and gives a scrape a

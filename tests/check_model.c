@@ -1,6 +1,6 @@
 /* tests/check_model.c — libcheck suite for runtime/model: the loader accepts the tiny fixture
  * (and its BF16/F16 re-encodings) with the right config and weights, and refuses every file
- * shared/MODEL_FORMAT.md says it must refuse, naming the offending field or tensor.
+ * docs/MODEL_FORMAT.md says it must refuse, naming the offending field or tensor.
  *
  * Design: nothing bad is checked in. Each test crafts its file at run time from
  * tests/fixtures/tiny/model.safetensors (paths are relative to the repo root, where tests run):
@@ -974,7 +974,7 @@ START_TEST(load_rejects_a_missing_config)
 }
 END_TEST
 
-/* Every field MODEL_FORMAT.md marks required. */
+/* Every field docs/MODEL_FORMAT.md marks required. */
 static const char *const required_fields[] = {
     "arch",        "depth",      "embed_dim",   "num_heads",          "mlp_ratio",
     "norm_eps",    "shared_aln", "attn_l2_norm", "num_classes",       "patch_nums",

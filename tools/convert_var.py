@@ -5,7 +5,7 @@
                          [--depth 16] [--patch-nums 1,2,3,4,5,6,8,10,13,16] [--dtype f32|bf16]
                          [--num-classes N] [--class-names FILE]
 
-The output layout is shared/MODEL_FORMAT.md: a safetensors file whose __metadata__ holds
+The output layout is docs/MODEL_FORMAT.md: a safetensors file whose __metadata__ holds
 format=varserve-model, version=1 and the model config as a JSON string; transformer tensors carry
 the prefix `var.`, VQ-VAE decoder tensors `vae.`.
 

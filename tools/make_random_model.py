@@ -4,7 +4,7 @@
     tools/make_random_model.py --depth 16 --out var-d16-random.safetensors [--dtype f32|bf16]
                                [--seed S] [shape overrides, e.g. for a small test model]
 
-The layout is shared/MODEL_FORMAT.md, the tensor names and shapes exactly those
+The layout is docs/MODEL_FORMAT.md, the tensor names and shapes exactly those
 tools/convert_var.py writes for a released checkpoint (its expected_shapes() is reused), so the
 engine sees the same model as a converted var_d<N>.pth + vae_ch160v4096z32.pth, only with
 random weights. Defaults are the reference config for depth d: embed_dim 64·d, d heads,

@@ -10,7 +10,7 @@ cache exists unless --force names it):
   vae       multi-scale residual VQ-VAE (VAR's quantiser and decoder) -> vae.pt
   tokens    encode the training split into per-scale token maps -> tokens.pt
   var       class-conditional VAR transformer with teacher forcing -> var.pt
-  export    -> --out (varserve format, shared/MODEL_FORMAT.md)
+  export    -> --out (varserve format, docs/MODEL_FORMAT.md)
   fixtures  greedy fixtures of the exported file -> tests/fixtures/mnist/
   samples   PNG grids at several cfg/top_k/top_p -> build/mnist/samples/ (not part of `all`)
   eval      classifier accuracy and diversity of samples per setting -> build/mnist/eval.json

@@ -1,8 +1,8 @@
 #!/usr/bin/python3
-"""PyTorch reference of what varserve computes (shared/ALGORITHMS.md section 1).
+"""PyTorch reference of what varserve computes (docs/ALGORITHMS.md section 1).
 
 The modules below carry the state-dict names of the varserve model format
-(shared/MODEL_FORMAT.md), prefixes `var.` and `vae.` stripped, so the same
+(docs/MODEL_FORMAT.md), prefixes `var.` and `vae.` stripped, so the same
 code serves three purposes:
   * the numerics oracle the C engine's parity tests are checked against
     (`--check-tiny` proves it against tests/fixtures/tiny/golden.safetensors);
@@ -10,7 +10,7 @@ code serves three purposes:
   * a sampler: `--model M --labels 0,1,2 --cfg 3 --top-k 0 --png out.png`.
 
 Files are read and written with numpy only (no `safetensors` package needed).
-Written from ALGORITHMS.md; everything is float32 on CPU.
+docs/ALGORITHMS.md §1 describes the same computation; everything is float32 on CPU.
 """
 import argparse
 import json
