@@ -1,4 +1,5 @@
-/* runtime/backend_cuda.cu — the CUDA backend: cuBLAS for GEMMs, own kernels for the rest, FP32.
+/* runtime/backend_cuda.cu — the CUDA backend: cuBLAS for GEMMs, own kernels for the rest; FP32 or
+ * BF16 GEMMs (modes below). Runs on a GPU (nvcc) or on the emulated device (runtime/cuda_emu/).
  *
  * Design: every op is queued on ONE stream and returns at once; errors are recorded into a sticky
  * error (the first failing statement, its file:line and CUDA's message) that sync() returns.

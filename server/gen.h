@@ -1,7 +1,7 @@
 /* server/gen.h — run a set of images to completion: KV reservation, steps, decode.
  *
  * The synchronous driver behind `varserve generate` and `varserve bench`: every image advances one
- * scale per step in one batch, with its two rows' caches in the global pool (full cache). The
+ * scale per step in one batch, with its two rows' caches in the global pool (under any KV policy). The
  * HTTP engine loop schedules the same runtime steps continuously instead. Engine thread only. */
 #ifndef VS_SRV_GEN_H
 #define VS_SRV_GEN_H
