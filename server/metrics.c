@@ -381,26 +381,33 @@ char *vs_srv_metrics_render(vs_srv_metrics *m, size_t queued, size_t *len)
          "Seconds of engine steps spent on KV bookkeeping and compression (selection, compaction); "
          "compare with the sum of varserve_step_seconds.");
     put(&b, "varserve_kv_seconds_total %.6f\n", m->kv_seconds);
-    head(&b, "device_kernel_launches_total", "counter",
-         "Kernel launches and cuBLAS calls the backend issued to its device (0 without one).");
-    put(&b, "varserve_device_kernel_launches_total %llu\n", (unsigned long long)m->dev.launches);
-    head(&b, "device_syncs_total", "counter", "Times the host waited for the device.");
-    put(&b, "varserve_device_syncs_total %llu\n", (unsigned long long)m->dev.syncs);
-    head(&b, "device_h2d_bytes_total", "counter", "Bytes copied host to device.");
-    put(&b, "varserve_device_h2d_bytes_total %llu\n", (unsigned long long)m->dev.h2d_bytes);
-    head(&b, "device_d2h_bytes_total", "counter", "Bytes copied device to host.");
-    put(&b, "varserve_device_d2h_bytes_total %llu\n", (unsigned long long)m->dev.d2h_bytes);
-    head(&b, "device_kv_h2d_bytes_total", "counter",
-         "Of the host to device bytes, those written into KV pool pages (compressed layers).");
-    put(&b, "varserve_device_kv_h2d_bytes_total %llu\n", (unsigned long long)m->dev.kv_h2d_bytes);
-    head(&b, "device_kv_d2h_bytes_total", "counter",
-         "Of the device to host bytes, those read out of KV pool pages (layers being compressed).");
-    put(&b, "varserve_device_kv_d2h_bytes_total %llu\n", (unsigned long long)m->dev.kv_d2h_bytes);
-    head(&b, "device_allocated_bytes", "gauge",
-         "Device memory the backend holds: weights, buffers, KV pool, scratch (0 without a device).");
-    put(&b, "varserve_device_allocated_bytes %llu\n", (unsigned long long)m->dev.allocated_bytes);
-    head(&b, "device_allocated_peak_bytes", "gauge", "The most device memory the backend has held.");
-    put(&b, "varserve_device_allocated_peak_bytes %llu\n", (unsigned long long)m->dev.allocated_peak_bytes);
+    /* the backend's device counters (vs_rt_counters), 0 without a device */
+    const struct {
+        const char *name, *type, *help;
+        uint64_t v;
+    } dev[] = {
+        {"device_kernel_launches_total", "counter",
+         "Kernel launches and cuBLAS calls the backend issued to its device (0 without one).",
+         m->dev.launches},
+        {"device_syncs_total", "counter", "Times the host waited for the device.", m->dev.syncs},
+        {"device_h2d_bytes_total", "counter", "Bytes copied host to device.", m->dev.h2d_bytes},
+        {"device_d2h_bytes_total", "counter", "Bytes copied device to host.", m->dev.d2h_bytes},
+        {"device_kv_h2d_bytes_total", "counter",
+         "Of the host to device bytes, those written into KV pool pages (compressed layers).",
+         m->dev.kv_h2d_bytes},
+        {"device_kv_d2h_bytes_total", "counter",
+         "Of the device to host bytes, those read out of KV pool pages (layers being compressed).",
+         m->dev.kv_d2h_bytes},
+        {"device_allocated_bytes", "gauge",
+         "Device memory the backend holds: weights, buffers, KV pool, scratch (0 without a device).",
+         m->dev.allocated_bytes},
+        {"device_allocated_peak_bytes", "gauge", "The most device memory the backend has held.",
+         m->dev.allocated_peak_bytes},
+    };
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) {
+        head(&b, dev[i].name, dev[i].type, dev[i].help);
+        put(&b, "varserve_%s %llu\n", dev[i].name, (unsigned long long)dev[i].v);
+    }
     head(&b, "batch_rows", "histogram", "Rows (two per image) in each engine step.");
     put_hist(&b, "batch_rows", "", &m->batch_rows);
     head(&b, "step_seconds", "histogram", "Wall time of one engine step, by the largest scale index in it.");

@@ -15,8 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 import zlib
 
 BIN = os.environ.get("VARSERVE_BIN", "build/varserve")
@@ -33,7 +31,7 @@ DEVICE_METRICS = {"varserve_device_kernel_launches_total": "counter",
                   "varserve_device_kv_d2h_bytes_total": "counter",
                   "varserve_device_allocated_bytes": "gauge",
                   "varserve_device_allocated_peak_bytes": "gauge"}
-from tally import check, finish  # noqa: E402 (tests/ is on sys.path: run as a script)
+from tally import check, finish, http  # noqa: E402 (tests/ is on sys.path: run as a script)
 
 
 def run_bin(binary, *args):
@@ -63,21 +61,6 @@ def model_facts(binary, model):
     return tokens, steps, weights
 
 
-def http(method, url, body=None, timeout=60):
-    """(status, body text); 0 when nothing answered."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except (urllib.error.URLError, OSError):
-        return 0, ""
-
-
 class Server:
     """varserve serve on a free loopback port, built-in defaults only; output to a file."""
 
@@ -103,7 +86,8 @@ class Server:
 
     def metrics(self):
         """{name with labels: value} of a fresh scrape, and the text."""
-        st, body = http("GET", self.base + "/metrics")
+        st, raw = http("GET", self.base + "/metrics")
+        body = raw.decode()
         vals = {}
         for line in body.splitlines():
             if line and not line.startswith("#"):
@@ -310,7 +294,7 @@ with tempfile.TemporaryDirectory() as d:
                   m0["varserve_device_h2d_bytes_total"] >= weights and
                   m0["varserve_device_allocated_bytes"] >= weights and
                   m0["varserve_device_allocated_peak_bytes"] >= m0["varserve_device_allocated_bytes"], m0)
-            st, resp = http("POST", srv.base + "/generate",
+            st, resp = http("POST", srv.base + "/generate", timeout=120, body=
                             {"class_label": 3, "seed": 1, "kv_policy": "scalekv", "kv_budget": 0.1})
             check("emu server generates", st == 200, resp[:500])
             m1, _ = srv.metrics()

@@ -26,15 +26,13 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.abspath(os.environ.get("VARSERVE_BIN", os.path.join(ROOT, "build/varserve")))
 TINY = os.path.join(ROOT, "tests/fixtures/tiny/model.safetensors")
 DEPLOY = os.path.join(ROOT, "deploy")
-from tally import check, finish  # noqa: E402 (tests/ is on sys.path: run as a script)
+from tally import check, finish, http  # noqa: E402 (tests/ is on sys.path: run as a script)
 
 
 PROMETHEUS = shutil.which("prometheus")
@@ -57,21 +55,6 @@ def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def http(method, url, body=None, timeout=30):
-    """(status, body bytes); status 0 when nothing answered."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-    except (urllib.error.URLError, OSError):
-        return 0, b""
 
 
 class Proc:

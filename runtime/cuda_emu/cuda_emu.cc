@@ -210,10 +210,7 @@ struct block_run {
     uint64_t slots[2][32][32]; /* [parity][warp][lane]: an exchange and the next never share */
     void (*body)(void *) = nullptr;
     void *ctx = nullptr;
-    void *sched_sp = nullptr;
-#if !defined(__x86_64__)
-    ucontext_t sched_uc;
-#endif
+    fiber sched; /* the launching thread's own context while a fiber runs */
     unsigned char *stacks = nullptr; /* n_stacks × (guard page + STACK_BYTES) */
     int n_stacks = 0;
     size_t page = 4096;
@@ -275,23 +272,18 @@ static void fiber_main_uc(unsigned hi, unsigned lo)
 }
 #endif
 
-static void to_scheduler(block_run *b, fiber *f)
+/* saves the running context into *from and resumes *to */
+static void swap(fiber *from, fiber *to)
 {
 #if defined(__x86_64__)
-    vs_emu_switch(&f->sp, b->sched_sp);
+    vs_emu_switch(&from->sp, to->sp);
 #else
-    swapcontext(&f->uc, &b->sched_uc);
+    swapcontext(&from->uc, &to->uc);
 #endif
 }
 
-static void to_fiber(block_run *b, fiber *f)
-{
-#if defined(__x86_64__)
-    vs_emu_switch(&b->sched_sp, f->sp);
-#else
-    swapcontext(&b->sched_uc, &f->uc);
-#endif
-}
+static void to_scheduler(block_run *b, fiber *f) { swap(f, &b->sched); }
+static void to_fiber(block_run *b, fiber *f) { swap(&b->sched, f); }
 
 /* the thread that runs now waits (its state set); back when it is resumed */
 static void yield(block_run *b) { to_scheduler(b, &b->f[(size_t)b->t[(size_t)b->cur].fib]); }

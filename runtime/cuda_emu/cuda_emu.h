@@ -214,48 +214,22 @@ template <typename T> T __ldg(const T *p) { return *p; }
 
 /* Atomics: blocks run one at a time and a thread is never preempted inside one, so these are
  * plain read-modify-writes returning the old value. */
-template <typename T> T atomicAdd(T *p, T v)
-{
-    T o = *p;
-    *p = o + v;
-    return o;
-}
-template <typename T> T atomicSub(T *p, T v)
-{
-    T o = *p;
-    *p = o - v;
-    return o;
-}
-template <typename T> T atomicExch(T *p, T v)
-{
-    T o = *p;
-    *p = v;
-    return o;
-}
-template <typename T> T atomicMin(T *p, T v)
-{
-    T o = *p;
-    *p = v < o ? v : o;
-    return o;
-}
-template <typename T> T atomicMax(T *p, T v)
-{
-    T o = *p;
-    *p = v > o ? v : o;
-    return o;
-}
-template <typename T> T atomicAnd(T *p, T v)
-{
-    T o = *p;
-    *p = o & v;
-    return o;
-}
-template <typename T> T atomicOr(T *p, T v)
-{
-    T o = *p;
-    *p = o | v;
-    return o;
-}
+#define VS_EMU_ATOMIC(name, update)                                                                \
+    template <typename T> T name(T *p, T v)                                                        \
+    {                                                                                              \
+        T o = *p;                                                                                  \
+        *p = (update);                                                                             \
+        return o;                                                                                  \
+    }
+VS_EMU_ATOMIC(atomicAdd, o + v)
+VS_EMU_ATOMIC(atomicSub, o - v)
+VS_EMU_ATOMIC(atomicExch, v)
+VS_EMU_ATOMIC(atomicMin, v < o ? v : o)
+VS_EMU_ATOMIC(atomicMax, v > o ? v : o)
+VS_EMU_ATOMIC(atomicAnd, o & v)
+VS_EMU_ATOMIC(atomicOr, o | v)
+VS_EMU_ATOMIC(atomicXor, o ^ v)
+#undef VS_EMU_ATOMIC
 template <typename T> T atomicCAS(T *p, T cmp, T v)
 {
     T o = *p;
