@@ -108,7 +108,7 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
             vs_rt_engine_free(e);
             return vs_err_set(err, VS_ERR_NOMEM,
                               "cannot place the model's %.1f MB of weights on the %s backend",
-                              (double)m->data_bytes / 1e6, BE->name);
+                              (double)m->data_bytes / 1e6, be->ops->name);
         }
         BE->upload(be, e->wdata, m->data, m->data_bytes);
         vs_rt_model_rebase(m, e->wdata, &e->w, e->blocks);
