@@ -5,6 +5,19 @@
  * unless its comment says "host". Operations are queued in order on the backend's one stream and
  * may run asynchronously; errors surface at sync(). Layouts are row-major; shapes in comments.
  *
+ * Errors: an op that fails records its error (the first one wins) and the ops after it run on
+ * (their outputs are then garbage). sync(), and batch_begin() when an error is pending, return
+ * the recorded error once, and what that return code says is how a caller learns what is left:
+ *   VS_ERR_DEVICE_LOST  the device itself is unusable (CUDA: an error that stays sticky in the
+ *                       context, e.g. cudaErrorIllegalAddress or cudaErrorLaunchFailure, found by
+ *                       a synchronize that still fails after cudaGetLastError). It is never
+ *                       cleared: every later sync() and batch_begin() return it again, and only
+ *                       a new process can use the device. The CPU backend never returns it.
+ *   any other code      recoverable (out of memory for scratch, a page table the attention
+ *                       refuses, a cuBLAS argument error, ...): the work queued since the last
+ *                       sync is void, nothing else is damaged, and the error is cleared, so the
+ *                       next sync() returns VS_OK unless new work fails.
+ *
  * Threads: a backend belongs to the one thread that created it (the engine thread). */
 #ifndef VS_RT_BACKEND_H
 #define VS_RT_BACKEND_H
@@ -84,8 +97,10 @@ typedef struct {
     void (*download)(vs_rt_backend *be, void *dst_host, const void *src, size_t bytes);
     void (*copy)(vs_rt_backend *be, void *dst, const void *src, size_t bytes);
     void (*zero)(vs_rt_backend *be, void *dst, size_t bytes);
+    /* waits for the queued work; returns the recorded error, if any (see "Errors" above) */
     vs_status (*sync)(vs_rt_backend *be, vs_err *err);
-    /* prepares the batch's row tables for the ops below (CUDA uploads them once per step) */
+    /* prepares the batch's row tables for the ops below (CUDA uploads them once per step); an
+     * error still pending from earlier work is returned (and cleared) as sync() would */
     vs_status (*batch_begin)(vs_rt_backend *be, vs_rt_batch *b, vs_err *err);
 
     /* Optional, NULL when the backend has no use for it. Declares that the count matrices w[i]

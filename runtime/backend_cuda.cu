@@ -1,8 +1,12 @@
 /* runtime/backend_cuda.cu — the CUDA backend: cuBLAS for GEMMs, own kernels for the rest; FP32 or
  * BF16 GEMMs (modes below). Runs on a GPU (nvcc) or on the emulated device (runtime/cuda_emu/).
  *
- * Design: every op is queued on ONE stream and returns at once; errors are recorded into a sticky
- * error (the first failing statement, its file:line and CUDA's message) that sync() returns.
+ * Design: every op is queued on ONE stream and returns at once; errors are recorded into a pending
+ * error (the first failing statement, its file:line and CUDA's message) that sync() returns once.
+ * A CUDA error is classified when it is recorded: if a device synchronize still fails after
+ * cudaGetLastError (the error is sticky in the context: illegal address, launch failure, ...),
+ * the device is lost, the code becomes VS_ERR_DEVICE_LOST and stays; any other error is cleared
+ * when sync() has returned it (backend.h, "Errors").
  * Semantics follow backend_cpu.c op by op (same formulas, same reduction precision: LayerNorm and
  * GroupNorm statistics in double, attention softmax in float), so the two agree to rounding.
  * Small host inputs (index lists, the batch's row tables, sampling requests) are copied into a
@@ -98,7 +102,7 @@ typedef struct {
     cudaStream_t st;
     cublasHandle_t blas;
     int n_sm, smem_optin; /* multiprocessors; shared memory per block with opt-in (bytes) */
-    vs_status sticky;     /* first error, VS_OK while none */
+    vs_status sticky;     /* first error, VS_OK while none; VS_ERR_DEVICE_LOST stays for good */
     char sticky_msg[512];
     void *scr[S_COUNT]; /* grow-only device scratch */
     size_t scr_cap[S_COUNT];
@@ -118,14 +122,49 @@ typedef struct {
 
 static cuda_backend *cu(vs_rt_backend *be) { return (cuda_backend *)be; }
 
+/* After a CUDA error: does the device still work? A non-sticky error (a bad argument, out of
+ * memory, a bad launch configuration) is returned once and cleared by cudaGetLastError; a sticky
+ * one (illegal address, launch failure, ...: the context is lost) is returned by every later
+ * call, so the synchronize after clearing fails too. */
+static int device_answers(void)
+{
+    (void)cudaGetLastError();
+    cudaError_t e = cudaDeviceSynchronize();
+    if (e == cudaSuccess)
+        e = cudaGetLastError();
+    return e == cudaSuccess;
+}
+
+/* Records an error. The first one wins, except that a lost device replaces a recoverable error
+ * (the caller must learn that the device is gone); a lost device is never replaced. */
 static void record(cuda_backend *c, vs_status code, const char *what, const char *file, int line,
                    const char *why)
 {
-    if (c->sticky != VS_OK)
+    if (c->sticky == VS_ERR_DEVICE_LOST)
+        return;
+    if (code == VS_ERR_CUDA && !device_answers())
+        code = VS_ERR_DEVICE_LOST;
+    if (c->sticky != VS_OK && code != VS_ERR_DEVICE_LOST)
         return;
     c->sticky = code;
-    snprintf(c->sticky_msg, sizeof c->sticky_msg, "%s failed at %s:%d: %s", what, file, line, why);
+    snprintf(c->sticky_msg, sizeof c->sticky_msg, "%s failed at %s:%d: %s%s", what, file, line, why,
+             code == VS_ERR_DEVICE_LOST
+                 ? " (a sticky CUDA error: the device is lost until the process restarts)"
+                 : "");
     vs_log(VS_LOG_ERROR, "cuda", "%s", c->sticky_msg);
+}
+
+/* Returns the pending error once: recoverable ones are cleared, a lost device stays. */
+static vs_status take_error(cuda_backend *c, vs_err *err)
+{
+    if (c->sticky == VS_OK)
+        return VS_OK;
+    vs_status st = vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
+    if (c->sticky != VS_ERR_DEVICE_LOST) {
+        c->sticky = VS_OK;
+        c->sticky_msg[0] = 0;
+    }
+    return st;
 }
 
 /* Every CUDA runtime and cuBLAS call goes through these; a failure becomes the sticky error. */
@@ -427,14 +466,13 @@ static void cuda_zero(vs_rt_backend *be, void *dst, size_t bytes)
         VS_CUDA(c, cudaMemsetAsync(dst, 0, bytes, c->st));
 }
 
+/* The pending error is returned once (take_error): recoverable ones are cleared. */
 static vs_status cuda_sync(vs_rt_backend *be, vs_err *err)
 {
     cuda_backend *c = cu(be);
     drain(c);
     VS_CUDA(c, cudaGetLastError());
-    if (c->sticky != VS_OK)
-        return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
-    return VS_OK;
+    return take_error(c, err);
 }
 
 /* Packs tok_row and the rows into one int32 upload. Page tables are uploaded per layer by the
@@ -457,8 +495,8 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
             }
         }
     }
-    if (c->sticky != VS_OK)
-        return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
+    if (c->sticky != VS_OK) /* from work before this step, never synced: reported once, here */
+        return cuda_sync(be, err);
     if (b->n_rows < 0 || b->n_tok < 0 || b->depth < 1 || b->page_tokens < 1)
         return vs_err_set(
             err, VS_ERR_INVALID,
@@ -497,7 +535,7 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
     }
     int32_t *d = (int32_t *)scratch(c, S_BATCH, total * sizeof(int32_t));
     if (!d)
-        return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
+        return cuda_sync(be, err);
     h2d(c, d, h, total * sizeof(int32_t));
     cb->tok_row = d;
     cb->rows = d + b->n_tok;
@@ -508,8 +546,10 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
     cb->depth = b->depth;
     cb->max_new = max_new;
     b->dev = cb;
-    if (c->sticky != VS_OK)
-        return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
+    if (c->sticky != VS_OK) {
+        b->dev = NULL;
+        return cuda_sync(be, err);
+    }
     return VS_OK;
 }
 

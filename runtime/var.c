@@ -273,6 +273,19 @@ void vs_rt_image_fhat(vs_rt_engine *e, const vs_rt_image *img, float *host)
     BE->download(e->be, host, img->f_hat, (size_t)c->z_channels * P * P * sizeof(float));
 }
 
+/* A step that stops half way (a hook failed): the work queued is void. sync() collects (and so
+ * clears) any error the backend recorded meanwhile; a lost device outranks the hook's reason. */
+static vs_status abandon_step(vs_rt_engine *e, vs_status st, vs_err *err)
+{
+    vs_err be_err = {0};
+    if (BE->sync(e->be, &be_err) == VS_ERR_DEVICE_LOST) {
+        if (err)
+            *err = be_err;
+        return VS_ERR_DEVICE_LOST;
+    }
+    return st;
+}
+
 vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, vs_err *err)
 {
     const vs_rt_config *c = &e->m->cfg;
@@ -365,11 +378,11 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, vs_err *e
         memset(e->kv_store, 1, (size_t)R);
         if (e->have_hooks && e->hooks.before_attn &&
             (st = e->hooks.before_attn(e->hooks.ctx, l, &b, err)) != VS_OK)
-            return st;
+            return abandon_step(e, st, err);
         BE->attention(e->be, e->attn, e->qkv, &b, l, H, d, attn_scale);
         if (e->have_hooks && e->hooks.after_attn &&
             (st = e->hooks.after_attn(e->hooks.ctx, l, &b, e->qkv, err)) != VS_OK)
-            return st;
+            return abandon_step(e, st, err);
         BE->linear(e->be, e->tmp, e->attn, bw->proj_w, bw->proj_b, T, C, C);
         BE->gated_add(e->be, e->x, e->tmp, e->mod, 6 * C, 0, &b, C);
         BE->adaln(e->be, e->xn, e->x, e->mod, 6 * C, 3 * C, 5 * C, &b, C, (float)c->norm_eps);

@@ -504,7 +504,7 @@ START_TEST(a_failed_op_makes_sync_return_the_error_and_where_it_happened)
     ck_assert_int_ne(be->ops->sync(be, &err), VS_OK);
     ck_assert_ptr_nonnull(strstr(err.msg, "batch_begin"));
     ck_assert_ptr_nonnull(strstr(err.msg, "backend_cuda.cu:"));
-    ck_assert_int_ne(be->ops->sync(be, &err), VS_OK); /* sticky */
+    ck_assert_int_eq(be->ops->sync(be, &err), VS_OK); /* reported once: the device is fine */
     be->ops->free(be, buf);
     vs_rt_backend_free(be);
     tb_free(&t);
@@ -1128,6 +1128,60 @@ START_TEST(bf16_logits_on_the_bundled_model_are_within_bf16_precision_of_fp32)
 }
 END_TEST
 
+/* ---- recovery: what a failed op leaves behind ------------------------------------------------------ */
+
+/* The attention refuses a row whose page table is short of its new tokens (upload_layer's check):
+ * that work fails, sync() says why once, and the same backend then runs the same attention as the
+ * CPU does. A lost device is tested against a server (tests/test_cuda_emu_server.py): the
+ * emulator's fault injection lasts for the life of the process. */
+START_TEST(a_refused_page_table_fails_that_work_once_and_the_backend_goes_on)
+{
+    if (g_self)
+        return; /* the CPU backend trusts its caller */
+    tbatch t;
+    tb_init(&t, 2, 16);
+    int C = t.C, T = t.n_tok;
+    buf2 qkv = b2_rand((size_t)T * 3 * C, 1, 0), out = b2_new((size_t)T * C);
+    int keep = t.kv[3][1].n_pages;
+    t.kv[3][1].n_pages = 1;
+    vs_err err = {0};
+    g_dut->ops->attention(g_dut, out.dut, qkv.dut, &t.b[1], 1, t.H, t.d, 1.0f);
+    ck_assert_int_eq(g_dut->ops->sync(g_dut, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "row 3 layer 1") != NULL, "%s", err.msg);
+    ck_assert_msg(g_dut->ops->sync(g_dut, &err) == VS_OK, "the error stayed: %s", err.msg);
+    t.kv[3][1].n_pages = keep;
+    BOTH(attention, P(out), P(qkv), PB(t), 1, t.H, t.d, 1.0f);
+    expect(&out, TOL, "attention after a refused page table");
+    expect(&t.arena, 0, "KV pages after a refused page table");
+    b2_free(&qkv);
+    b2_free(&out);
+    tb_free(&t);
+}
+END_TEST
+
+/* Scratch larger than any device (spatial attention's HW² scores) is out of memory for that op
+ * only: sync() returns VS_ERR_NOMEM naming the fix once, then the backend works. */
+START_TEST(scratch_that_does_not_fit_fails_that_op_once_and_the_backend_goes_on)
+{
+    if (g_self)
+        return;
+    vs_err err = {0};
+    int HW = 1 << 20; /* 4 TiB of scores */
+    buf2 qkv = b2_rand((size_t)3 * HW, 1, 0), out = b2_new((size_t)HW);
+    g_dut->ops->spatial_attention(g_dut, out.dut, qkv.dut, 1, 1, HW);
+    ck_assert_int_eq(g_dut->ops->sync(g_dut, &err), VS_ERR_NOMEM);
+    ck_assert_msg(strstr(err.msg, "lower the batch size") != NULL, "%s", err.msg);
+    ck_assert_msg(g_dut->ops->sync(g_dut, &err) == VS_OK, "the error stayed: %s", err.msg);
+    b2_free(&qkv);
+    b2_free(&out);
+    buf2 x = b2_rand(4096, 2, 0), y = b2_new(4096);
+    BOTH(silu, P(y), P(x), 4096);
+    expect(&y, TOL, "silu after scratch ran out");
+    b2_free(&x);
+    b2_free(&y);
+}
+END_TEST
+
 static Suite *cuda_suite(void)
 {
     Suite *s = suite_create("cuda");
@@ -1163,6 +1217,11 @@ static Suite *cuda_suite(void)
     tcase_add_test(tb, bf16_logits_on_the_tiny_fixture_are_within_bf16_precision_of_fp32);
     tcase_add_test(tb, bf16_logits_on_the_bundled_model_are_within_bf16_precision_of_fp32);
     suite_add_tcase(s, tb);
+    TCase *tr = tcase_create("recovery");
+    tcase_set_timeout(tr, 600);
+    tcase_add_test(tr, a_refused_page_table_fails_that_work_once_and_the_backend_goes_on);
+    tcase_add_test(tr, scratch_that_does_not_fit_fails_that_op_once_and_the_backend_goes_on);
+    suite_add_tcase(s, tr);
     return s;
 }
 
