@@ -12,6 +12,11 @@
  * When nothing runs it sleeps on the queue (woken by a push), waking every 50 ms to sweep.
  * Slots hold the running images; max_batch_images of them, allocated once at load.
  *
+ * A failed step answers its requests 500 and the engine goes on: the backend clears recoverable
+ * errors (runtime/backend.h). When the backend says VS_ERR_DEVICE_LOST instead, the engine
+ * stops generating for good: it publishes the reason (vs_srv_engine_lost, which turns /health and
+ * /ready to 503), answers every request it holds or receives later 503, and waits to be stopped.
+ *
  * Testing only: VARSERVE_FAILPOINT=label:N makes every step that holds an image of class N fail
  * as a backend error would, so the 500 path can be tested against a real server. */
 #include "server/engine.h"
@@ -60,6 +65,8 @@ struct vs_srv_engine {
 
     _Atomic(const vs_srv_engine_info *) info_pub; /* set once, release */
     atomic_int stop, abort_all, n_jobs;
+    _Atomic(const char *) lost_pub; /* set once, release: lost_msg, when the device is lost */
+    char lost_msg[600];
 
     /* engine only */
     vs_srv_engine_info info;
@@ -286,6 +293,38 @@ static void sweep(vs_srv_engine *e)
     }
 }
 
+/* ---- a lost device ------------------------------------------------------------------------------ */
+
+static void device_lost(vs_srv_engine *e, const vs_err *err)
+{
+    if (atomic_load(&e->lost_pub))
+        return;
+    snprintf(e->lost_msg, sizeof e->lost_msg, "%s", err->msg);
+    atomic_store_explicit(&e->lost_pub, e->lost_msg, memory_order_release);
+    vs_log(VS_LOG_ERROR, "engine",
+           "the device is lost; /health and /ready answer 503 and every request is refused until "
+           "the process is restarted: %s",
+           err->msg);
+}
+
+static void answer_lost(vs_srv_engine *e, vs_srv_job *j)
+{
+    answer(e, j, 503, VS_ERR_DEVICE_LOST, "unavailable_error", "device_lost",
+           "the device failed and this server cannot generate until it is restarted; retry on "
+           "another instance (%s)",
+           e->lost_msg);
+}
+
+/* Answers everything queued or admitted (nothing runs once the device is lost). */
+static void refuse_everything(vs_srv_engine *e)
+{
+    vs_srv_job *j;
+    while ((j = pop_job(e)))
+        answer_lost(e, j);
+    while (e->n_active)
+        answer_lost(e, e->active[0]);
+}
+
 static void abort_everything(vs_srv_engine *e)
 {
     vs_srv_queue_close(e->q);
@@ -454,6 +493,8 @@ static void step(vs_srv_engine *e)
         vs_rt_engine_set_hooks(e->rt, NULL);
     }
     if (fail || st != VS_OK) {
+        if (st == VS_ERR_DEVICE_LOST)
+            device_lost(e, &err);
         fail_running(e, &err);
         return;
     }
@@ -476,6 +517,8 @@ static void step(vs_srv_engine *e)
         vs_status dst = vs_rt_decode(e->rt, &ip, 1, &rgb, NULL, &err);
         j->decode_s += now_s() - d0;
         if (dst != VS_OK) {
+            if (dst == VS_ERR_DEVICE_LOST)
+                device_lost(e, &err);
             answer(e, j, 500, dst, "internal_error", "engine_error", "decoding failed: %s", err.msg);
             i = 0; /* slots were compacted */
             continue;
@@ -665,6 +708,11 @@ static void *engine_main(void *arg)
             vs_srv_queue_wait(e->q, 0.05);
             continue;
         }
+        if (atomic_load(&e->lost_pub)) {
+            refuse_everything(e);
+            vs_srv_queue_wait(e->q, 0.05);
+            continue;
+        }
         sweep(e);
         admit(e);
         if (e->n_slots == 0) {
@@ -690,6 +738,7 @@ vs_status vs_srv_engine_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     atomic_init(&e->info_pub, NULL);
+    atomic_init(&e->lost_pub, NULL);
     atomic_init(&e->stop, 0);
     atomic_init(&e->abort_all, 0);
     atomic_init(&e->n_jobs, 0);
@@ -727,6 +776,11 @@ const vs_srv_engine_info *vs_srv_engine_info_get(vs_srv_engine *e)
 }
 
 int vs_srv_engine_jobs(vs_srv_engine *e) { return atomic_load(&e->n_jobs); }
+
+const char *vs_srv_engine_lost(vs_srv_engine *e)
+{
+    return atomic_load_explicit(&e->lost_pub, memory_order_acquire);
+}
 
 void vs_srv_engine_abort(vs_srv_engine *e)
 {
