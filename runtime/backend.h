@@ -81,12 +81,32 @@ typedef struct {
      * stages pages through upload and download when it compresses a layer) */
     uint64_t kv_h2d_bytes;
     uint64_t kv_d2h_bytes;
-    /* device memory this backend holds now: alloc() blocks, its grow-only scratch and the BF16
+    /* device memory this backend holds now: alloc() blocks, its scratch (reserve()) and the BF16
      * weight copies, in the bytes asked of the device allocator (the pinned host staging ring and
      * cuBLAS's own workspace are not included) */
     uint64_t allocated_bytes;
     uint64_t allocated_peak_bytes; /* the most allocated_bytes has been */
 } vs_rt_counters;
+
+/* The largest work the ops will be given, for reserve(): every field is a maximum over all the
+ * calls that follow (0 = that op is not used). var.c fills it for one step of max_images images
+ * (and the quantiser), vae.c adds the decoder's convolutions and attention. */
+typedef struct {
+    int rows, tokens;      /* one batch: rows and tokens (batch_begin, attention) */
+    int kv_tokens;         /* tokens one row holds in one layer, cached + new (attention) */
+    int index;             /* entries of one host index list (gather_rows, embed_chw) */
+    size_t linear_in;      /* floats of one linear's input x, M·K */
+    int sample_reqs, sample_tokens, vocab; /* one cfg_sample: n, Σ reqs[i].n, V */
+    int conv_cin_kk, conv_h, conv_w;       /* conv2d with k > 1: the largest cin·k·k, H and W */
+    int attn_hw;           /* spatial_attention: the largest HW */
+} vs_rt_workload;
+
+/* Device memory, from mem_info(). */
+typedef struct {
+    size_t free, total;    /* bytes the device has free now, and in all */
+    size_t allocs;         /* device allocations this backend has made so far (tests check that a
+                            * step makes none) */
+} vs_rt_mem_info;
 
 typedef struct {
     const char *name;
@@ -102,6 +122,14 @@ typedef struct {
     /* prepares the batch's row tables for the ops below (CUDA uploads them once per step); an
      * error still pending from earlier work is returned (and cleared) as sync() would */
     vs_status (*batch_begin)(vs_rt_backend *be, vs_rt_batch *b, vs_err *err);
+
+    /* Optional, NULL when the backend keeps no scratch of its own (CPU). Allocates, at start-up,
+     * the backend's own scratch (CUDA: BF16 activations, im2col columns, sort buffers, attention
+     * scores, row and page tables) for the largest work *w describes, so that ops within it never
+     * allocate device memory. VS_ERR_NOMEM names the bytes; nothing stays recorded. */
+    vs_status (*reserve)(vs_rt_backend *be, const vs_rt_workload *w, vs_err *err);
+    /* Optional, NULL when backend memory is host memory (CPU). */
+    vs_status (*mem_info)(vs_rt_backend *be, vs_rt_mem_info *out, vs_err *err);
 
     /* Optional, NULL when the backend has no use for it. Declares that the count matrices w[i]
      * (n[i] floats each, backend memory inside the allocation `arena`) are GEMM weights that

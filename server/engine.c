@@ -42,6 +42,19 @@
 
 #define POLICY_CACHE 16 /* distinct (policy, budget) pairs kept; others live with their job */
 
+/* Device memory the KV pool leaves free (cuBLAS's workspace, kernels the CUDA runtime loads on
+ * first use, fragmentation): the larger of these. README.md, kv_pool_mb, says the same. */
+#define DEVICE_MARGIN_MIB 256
+#define DEVICE_MARGIN_PERCENT 2
+
+static size_t device_margin(size_t total)
+{
+    size_t pct = total / 100 * DEVICE_MARGIN_PERCENT, floor_b = (size_t)DEVICE_MARGIN_MIB << 20;
+    return pct > floor_b ? pct : floor_b;
+}
+
+static double mib(size_t bytes) { return (double)bytes / 1048576.0; }
+
 typedef struct {
     vs_srv_job *job;
     int index;          /* image index within its job */
@@ -552,6 +565,10 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     const vs_rt_config *c = &e->model->cfg;
     if ((st = vs_rt_backend_new(kind, (int)cfg->threads, &e->be, err)) != VS_OK)
         return vs_err_wrap(err, "config key 'backend' ('%s')", cfg->backend);
+    /* device memory before the model: what the weights and scratch take is the difference */
+    vs_rt_mem_info dev0 = {0};
+    if (e->be->ops->mem_info && (st = e->be->ops->mem_info(e->be, &dev0, err)) != VS_OK)
+        return vs_err_wrap(err, "device memory");
     e->max_images = (int)cfg->max_batch_images;
     if ((st = vs_rt_engine_new(e->model, e->be, e->max_images, &e->rt, err)) != VS_OK)
         return vs_err_wrap(err, "config key 'max_batch_images' (%d)", e->max_images);
@@ -584,9 +601,43 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->embed_dim);
     size_t full_per_image = 2 * vs_kv_policy_peak_pages_per_row(full, VS_KV_PAGE_TOKENS);
     size_t per_image = 2 * vs_kv_policy_peak_pages_per_row(def, VS_KV_PAGE_TOKENS);
-    /* automatic: room for a full batch even of full-cache requests */
+    /* automatic: room for a full batch even of full-cache requests (the batch never holds more),
+     * on a device at most what is free after the weights and every scratch, less the margin */
     size_t bytes = cfg->kv_pool_mb ? (size_t)cfg->kv_pool_mb << 20
                                    : full_per_image * page_bytes * (size_t)e->max_images;
+    if (e->be->ops->mem_info) {
+        vs_rt_mem_info dev;
+        if ((st = e->be->ops->mem_info(e->be, &dev, err)) != VS_OK)
+            return vs_err_wrap(err, "device memory");
+        size_t margin = device_margin(dev.total);
+        size_t fits = dev.free > margin ? (dev.free - margin) / page_bytes * page_bytes : 0;
+        size_t engine_bytes = dev0.free > dev.free ? dev0.free - dev.free : 0;
+        if (cfg->kv_pool_mb && bytes > fits)
+            return vs_err_set(err, VS_ERR_NOMEM,
+                              "config key 'kv_pool_mb' (%ld) does not fit on the device: after the "
+                              "weights and scratch for max_batch_images %d (%.0f MiB), %.0f MiB of "
+                              "%.0f are free and %.0f stay free as a margin, so at most %zu MiB "
+                              "fit: lower kv_pool_mb (or max_batch_images), or 0 for automatic",
+                              cfg->kv_pool_mb, e->max_images, mib(engine_bytes), mib(dev.free),
+                              mib(dev.total), mib(margin), fits >> 20);
+        if (!cfg->kv_pool_mb && bytes > fits) {
+            if (fits / page_bytes < per_image)
+                return vs_err_set(
+                    err, VS_ERR_NOMEM,
+                    "config key 'kv_pool_mb' (0, automatic): after the weights and scratch for "
+                    "max_batch_images %d (%.0f MiB), %.0f MiB of %.0f are free and %.0f stay free "
+                    "as a margin, which leaves %.1f MiB for the KV pool, but one image needs %.1f "
+                    "MiB with kv_policy %s: lower max_batch_images or use a compressing kv_policy",
+                    e->max_images, mib(engine_bytes), mib(dev.free), mib(dev.total), mib(margin),
+                    mib(fits), mib(per_image * page_bytes), cfg->kv_policy);
+            vs_log(VS_LOG_WARN, "engine",
+                   "kv_pool_mb 0: a full batch of %d images at full cache needs %.1f MiB but the "
+                   "device has %.1f MiB left for the pool (after %.0f MiB of weights and scratch "
+                   "and a margin of %.0f MiB); the pool gets that",
+                   e->max_images, mib(bytes), mib(fits), mib(engine_bytes), mib(margin));
+            bytes = fits;
+        }
+    }
     if (bytes / page_bytes < per_image)
         return vs_err_set(err, VS_ERR_INVALID,
                           "config key 'kv_pool_mb' (%ld) holds %zu KV pages but one image of this model "

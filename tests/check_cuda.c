@@ -1128,7 +1128,7 @@ START_TEST(bf16_logits_on_the_bundled_model_are_within_bf16_precision_of_fp32)
 }
 END_TEST
 
-/* ---- recovery: what a failed op leaves behind ------------------------------------------------------ */
+/* ---- recovery and memory: what a failed op leaves, what a step allocates ------------------------ */
 
 /* The attention refuses a row whose page table is short of its new tokens (upload_layer's check):
  * that work fails, sync() says why once, and the same backend then runs the same attention as the
@@ -1182,6 +1182,69 @@ START_TEST(scratch_that_does_not_fit_fails_that_op_once_and_the_backend_goes_on)
 }
 END_TEST
 
+/* Runs n images of the tiny fixture on `be` (an engine for n images, the full cache), without
+ * decoding, then one more with its decode; checks the backend made no device allocation and
+ * that its free memory did not move from before the first image started to after the last. */
+static void max_batch_allocates_nothing(vs_rt_backend *be, int n, int decode, const char *what)
+{
+    vs_err err = {0};
+    vs_rt_model *m = NULL;
+    ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
+    const vs_rt_config *c = &m->cfg;
+    vs_rt_engine *e = NULL;
+    ck_assert_msg(vs_rt_engine_new(m, be, n, &e, &err) == VS_OK, "%s", err.msg);
+    vs_kv_allocator al = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
+    size_t page_bytes = vs_kv_page_bytes(16, c->embed_dim);
+    size_t pages = 2 * (size_t)c->depth * (((size_t)c->scale_offset[c->n_scales] + 15) / 16);
+    vs_kv_pool *pool = NULL;
+    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, 16, c->depth, c->embed_dim, &al,
+                                  &pool, &err) == VS_OK,
+                  "%s", err.msg);
+    vs_srv_gen_req reqs[16];
+    ck_assert_int_le(n, 16);
+    for (int i = 0; i < n; i++) /* greedy and top-k/top-p: both sampling paths */
+        reqs[i] = (vs_srv_gen_req){i % 10, (uint64_t)(7 + i), 1.5f, i % 2 ? 1 : 900,
+                                   i % 2 ? 0.0f : 0.96f};
+    vs_rt_mem_info before, after;
+    ck_assert_msg(be->ops->mem_info(be, &before, &err) == VS_OK, "%s", err.msg);
+    vs_srv_gen_opts go;
+    memset(&go, 0, sizeof go); /* full cache, no outputs but the tokens */
+    ck_assert_msg(vs_srv_gen_run_opts(e, pool, reqs, n, NULL, NULL, NULL, &go, &err) == VS_OK,
+                  "%s: %s", what, err.msg);
+    if (decode) {
+        size_t HW = (size_t)c->image_size * c->image_size;
+        uint8_t *rgb = malloc(3 * HW);
+        ck_assert_ptr_nonnull(rgb);
+        ck_assert_msg(vs_srv_gen_run_opts(e, pool, reqs, 1, &rgb, NULL, NULL, &go, &err) == VS_OK,
+                      "%s: %s", what, err.msg);
+        free(rgb);
+    }
+    ck_assert_msg(be->ops->mem_info(be, &after, &err) == VS_OK, "%s", err.msg);
+    printf("check_cuda: %s: %d images at once%s: %zu device allocations, free memory %+.0f bytes\n",
+           what, n, decode ? " and a decode" : "", after.allocs - before.allocs,
+           (double)after.free - (double)before.free);
+    ck_assert_msg(after.free == before.free,
+                  "%s: free device memory went from %zu to %zu bytes while %d images ran at once",
+                  what, before.free, after.free, n);
+    ck_assert_msg(after.allocs == before.allocs,
+                  "%s: %zu device allocations while %d images ran at once (want none after start-up)",
+                  what, after.allocs - before.allocs, n);
+    vs_kv_pool_free(pool);
+    vs_rt_engine_free(e);
+    vs_rt_model_free(m);
+}
+
+START_TEST(steps_and_decode_at_the_max_batch_allocate_no_device_memory)
+{
+    if (!g_dut->ops->mem_info)
+        return; /* CHECK_CUDA_SELFTEST: host memory */
+    max_batch_allocates_nothing(g_dut, 4, 1, "FP32");
+    vs_rt_backend *bf = bf16_backend();
+    max_batch_allocates_nothing(bf, 4, 0, "BF16 mode");
+    vs_rt_backend_free(bf);
+}
+END_TEST
+
 static Suite *cuda_suite(void)
 {
     Suite *s = suite_create("cuda");
@@ -1221,6 +1284,7 @@ static Suite *cuda_suite(void)
     tcase_set_timeout(tr, 600);
     tcase_add_test(tr, a_refused_page_table_fails_that_work_once_and_the_backend_goes_on);
     tcase_add_test(tr, scratch_that_does_not_fit_fails_that_op_once_and_the_backend_goes_on);
+    tcase_add_test(tr, steps_and_decode_at_the_max_batch_allocate_no_device_memory);
     suite_add_tcase(s, tr);
     return s;
 }
