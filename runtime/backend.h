@@ -139,6 +139,12 @@ typedef struct {
      * copies do not fit in device memory it logs a warning and linear() stays in FP32. */
     void (*gemm_weights)(vs_rt_backend *be, const void *arena, const float *const *w,
                          const size_t *n, int count);
+    /* Optional. Declares the count conv2d weights w[i] (inside the allocation `arena`) of the
+     * VQ-VAE decoder, whose output ends as 8-bit pixels: conv2d with one of them as its w may run
+     * at reduced precision (CUDA in BF16 mode: TF32). Every other conv2d and linear stays FP32.
+     * The declaration goes when free(arena) is called or another call names the same arena. */
+    void (*decoder_weights)(vs_rt_backend *be, const void *arena, const float *const *w,
+                            int count);
     /* y[M][N] = x[M][K] · w[N][K]ᵀ + bias[N] (bias may be NULL) */
     void (*linear)(vs_rt_backend *be, float *y, const float *x, const float *w, const float *bias,
                    int M, int N, int K);
@@ -210,9 +216,11 @@ typedef enum { VS_RT_BACKEND_AUTO, VS_RT_BACKEND_CPU, VS_RT_BACKEND_CUDA } vs_rt
 /* CPU backend with `threads` workers (0 = all cores). */
 vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err);
 /* CUDA backend on device 0; VS_ERR_UNSUPPORTED when this build or machine has none.
- * fp32 = 1: strict FP32 (no TF32), for parity with the CPU backend. fp32 = 0: the GEMM weights
- * declared through gemm_weights() multiply in BF16 (FP32 accumulation and output), the remaining
- * FP32 GEMMs (decoder convolutions, spatial attention) may use TF32. */
+ * fp32 = 1: strict FP32 (no TF32), for parity with the CPU backend. fp32 = 0 (BF16 mode): the
+ * GEMM weights declared through gemm_weights() multiply in BF16 (FP32 accumulation and output);
+ * the decoder's convolutions declared through decoder_weights() and spatial_attention (a decoder
+ * op) use TF32; everything else (the quantiser, the word embedding and any other undeclared
+ * linear, norms, attention, sampling) stays strict FP32. */
 vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_err *err);
 /* auto picks CUDA when a device is present, else CPU. CUDA starts in BF16 mode (fp32 = 0). */
 vs_status vs_rt_backend_new(vs_rt_backend_kind kind, int threads, vs_rt_backend **out, vs_err *err);

@@ -34,10 +34,12 @@
  * a BF16 copy, kept in a table sorted by the FP32 pointer. linear() looks its w up there (a binary
  * search over at most 5·depth + 3 entries) and, when found, converts x to BF16 in a scratch buffer
  * and calls cublasGemmEx (BF16 inputs, FP32 accumulation and output, the bias added in FP32).
- * Everything else stays FP32 (norms, attention, sampling, the quantiser); the remaining FP32
- * GEMMs (decoder convolutions, spatial attention, undeclared weights) may use TF32. The FP32
- * arena is kept (the decoder and the biases live in it), so BF16 mode holds the GEMM weights
- * 1.5 times; the copies are freed with the arena.
+ * The decoder's convolutions (their weights declared through decoder_weights, kept in a sorted
+ * table like the copies) and spatial attention run in TF32. Everything else stays strict FP32:
+ * norms, attention, sampling, the quantiser (its embedding lookup and φ convolutions: conv2d with
+ * an undeclared w) and the undeclared linears (the word embedding). The cuBLAS math mode is set
+ * per GEMM for that (gemm_math). The FP32 arena is kept (the decoder and the biases live in it),
+ * so BF16 mode holds the GEMM weights 1.5 times; the copies are freed with the arena.
  *
  * Threads: a backend belongs to the thread that created it (the engine thread). */
 extern "C" {
@@ -97,13 +99,23 @@ typedef struct {
     size_t bytes;
 } dev_block;
 
+/* The weights of one decoder_weights call (TF32 in BF16 mode); free(arena) drops them. */
+typedef struct {
+    const void *arena;
+    const float **w; /* host [n], sorted */
+    int n;
+} tf32_set;
+
 typedef struct {
     vs_rt_backend base;
     int fp32;
     bf16_set *sets; /* host [n_sets]: BF16 mode only */
     int n_sets;
+    tf32_set *tsets; /* host [n_tsets]: BF16 mode only */
+    int n_tsets;
     cudaStream_t st;
     cublasHandle_t blas;
+    cublasMath_t math;    /* the handle's math mode now (gemm_math) */
     int n_sm, smem_optin; /* multiprocessors; shared memory per block with opt-in (bytes) */
     vs_status sticky;     /* first error, VS_OK while none; VS_ERR_DEVICE_LOST stays for good */
     char sticky_msg[512];
@@ -322,6 +334,20 @@ static int grow_host(void **p, size_t *cap, size_t n, size_t elem)
     return 0;
 }
 
+/* The math mode of the next GEMM: TF32 only when asked (the decoder's) and in BF16 mode. */
+static void gemm_math(cuda_backend *c, int tf32)
+{
+    cublasMath_t m = tf32 && !c->fp32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
+    if (m == c->math)
+        return;
+    cublasStatus_t s = cublasSetMathMode(c->blas, m);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        record(c, VS_ERR_CUDA, "cublasSetMathMode", __FILE__, __LINE__, cublasGetStatusString(s));
+        return;
+    }
+    c->math = m;
+}
+
 /* Blocks for a grid-stride loop over n elements. */
 static unsigned grid_for(size_t n, unsigned threads)
 {
@@ -399,6 +425,7 @@ __device__ int block_max_int(int v)
 /* ---- memory ------------------------------------------------------------------------------------ */
 
 static void drop_bf16_set(cuda_backend *c, int i);
+static void drop_tf32_set(cuda_backend *c, int i);
 
 static void cuda_destroy(vs_rt_backend *be)
 {
@@ -408,6 +435,9 @@ static void cuda_destroy(vs_rt_backend *be)
     while (c->n_sets > 0)
         drop_bf16_set(c, c->n_sets - 1);
     free(c->sets);
+    while (c->n_tsets > 0)
+        drop_tf32_set(c, c->n_tsets - 1);
+    free(c->tsets);
     for (int i = 0; i < S_COUNT; i++)
         if (c->scr[i])
             VS_CUDA(c, cudaFree(c->scr[i]));
@@ -450,6 +480,9 @@ static void cuda_free(vs_rt_backend *be, void *p)
     for (int i = c->n_sets - 1; i >= 0; i--)
         if (c->sets[i].arena == p)
             drop_bf16_set(c, i);
+    for (int i = c->n_tsets - 1; i >= 0; i--)
+        if (c->tsets[i].arena == p)
+            drop_tf32_set(c, i);
     for (size_t i = c->n_blocks; i-- > 0;) /* counters */
         if (c->blocks[i].p == p) {
             dev_freed(c, c->blocks[i].bytes);
@@ -738,6 +771,63 @@ static void cuda_gemm_weights(vs_rt_backend *be, const void *arena, const float 
            (double)bytes / 1e6);
 }
 
+static void drop_tf32_set(cuda_backend *c, int i)
+{
+    free(c->tsets[i].w);
+    c->tsets[i] = c->tsets[--c->n_tsets];
+}
+
+static int cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t) * (const float *const *)a, y = (uintptr_t) * (const float *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* BF16 mode: remembers the decoder's conv weights, whose GEMMs may run in TF32. Without host
+ * memory for the table they stay FP32 (with a warning). */
+static void cuda_decoder_weights(vs_rt_backend *be, const void *arena, const float *const *w,
+                                 int count)
+{
+    cuda_backend *c = cu(be);
+    if (c->fp32 || count <= 0)
+        return;
+    for (int i = c->n_tsets - 1; i >= 0; i--)
+        if (c->tsets[i].arena == arena)
+            drop_tf32_set(c, i);
+    const float **v = (const float **)malloc((size_t)count * sizeof *v);
+    tf32_set *sets = (tf32_set *)realloc(c->tsets, (size_t)(c->n_tsets + 1) * sizeof *sets);
+    if (sets)
+        c->tsets = sets;
+    if (!v || !sets) {
+        vs_log(VS_LOG_WARN, "cuda", "out of host memory for the table of %d decoder weights; the "
+                                    "decoder stays FP32", count);
+        free(v);
+        return;
+    }
+    memcpy(v, w, (size_t)count * sizeof *v);
+    qsort(v, (size_t)count, sizeof *v, cmp_ptr);
+    c->tsets[c->n_tsets++] = tf32_set{arena, v, count};
+}
+
+/* Was w declared through decoder_weights? */
+static int is_decoder_weight(const cuda_backend *c, const float *w)
+{
+    for (int s = 0; s < c->n_tsets; s++) {
+        const float *const *v = c->tsets[s].w;
+        int lo = 0, hi = c->tsets[s].n - 1;
+        while (lo <= hi) {
+            int mid = (lo + hi) / 2;
+            if (v[mid] == w)
+                return 1;
+            if ((uintptr_t)v[mid] < (uintptr_t)w)
+                lo = mid + 1;
+            else
+                hi = mid - 1;
+        }
+    }
+    return 0;
+}
+
 /* The BF16 copy of w when it was declared with at least `floats` elements, else NULL. */
 static const __nv_bfloat16 *bf16_of(const cuda_backend *c, const float *w, size_t floats)
 {
@@ -779,6 +869,7 @@ static void cuda_linear(vs_rt_backend *be, float *y, const float *x, const float
         return;
     }
     const __nv_bfloat16 *wb = c->n_sets ? bf16_of(c, w, (size_t)N * K) : NULL;
+    gemm_math(c, 0); /* undeclared weights (the word embedding) stay FP32 */
     if (wb) {
         size_t nx = (size_t)M * K;
         __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch(c, S_XBF, nx * sizeof(__nv_bfloat16));
@@ -1738,6 +1829,7 @@ static void cuda_conv2d(vs_rt_backend *be, float *y, const float *x, const float
         return;
     size_t HW = (size_t)H * W, KK = (size_t)cin * k * k;
     float one = 1.0f, beta = 0.0f;
+    gemm_math(c, is_decoder_weight(c, w)); /* the quantiser's φ (undeclared) stays FP32 */
     if (b) {
         size_t n = (size_t)N * cout * HW;
         VS_LAUNCH(k_fill_planes, grid_for(n, 256), 256, 0, c->st, y, b, (size_t)N * cout, cout, HW);
@@ -1868,6 +1960,7 @@ static void cuda_spatial_attention(vs_rt_backend *be, float *out, const float *q
     float *s = (float *)scratch(c, S_SCORES, (size_t)HW * HW * sizeof(float));
     if (!s)
         return;
+    gemm_math(c, 1); /* a decoder op: TF32 in BF16 mode */
     float sc = 1.0f / sqrtf((float)C), one = 1.0f, zero = 0.0f;
     for (int n = 0; n < N; n++) {
         const float *q = qkv + (size_t)n * 3 * C * HW, *k = q + (size_t)C * HW,
@@ -1965,6 +2058,7 @@ static vs_rt_backend_ops make_ops(void)
     o.reserve = cuda_reserve;
     o.mem_info = cuda_mem_info;
     o.gemm_weights = cuda_gemm_weights;
+    o.decoder_weights = cuda_decoder_weights;
     o.linear = cuda_linear;
     o.silu = cuda_silu;
     o.gelu_tanh = cuda_gelu;
@@ -2041,10 +2135,10 @@ extern "C" vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_er
             goto fail;
         }
     }
-    /* FP32 mode: no TF32 anywhere. BF16 mode: the FP32 GEMMs left (decoder) may use TF32. */
+    /* strict FP32 by default; in BF16 mode gemm_math switches to TF32 for the decoder's GEMMs */
+    c->math = CUBLAS_DEFAULT_MATH;
     if (cublasSetStream(c->blas, c->st) != CUBLAS_STATUS_SUCCESS ||
-        cublasSetMathMode(c->blas, fp32 ? CUBLAS_DEFAULT_MATH : CUBLAS_TF32_TENSOR_OP_MATH) !=
-            CUBLAS_STATUS_SUCCESS) {
+        cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
         st = vs_err_set(err, VS_ERR_CUDA, "cuBLAS setup (stream, math mode) failed");
         goto fail;
     }
@@ -2061,7 +2155,8 @@ extern "C" vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_er
     c->base.host_memory = 0;
     vs_log(VS_LOG_INFO, "runtime", "backend cuda: %s (sm_%d%d, %d SMs, %.1f GB), %s", prop.name,
            prop.major, prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / 1e9,
-           fp32 ? "FP32 (no TF32)" : "BF16 GEMM weights, FP32 accumulation");
+           fp32 ? "FP32 (no TF32)"
+                : "BF16 GEMM weights (FP32 accumulation), TF32 decoder, FP32 elsewhere");
     *out = &c->base;
     return VS_OK;
 fail:

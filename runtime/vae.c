@@ -1,8 +1,8 @@
 /* runtime/vae.c — the decoder of docs/ALGORITHMS.md §1.7 over backend ops.
  *
  * Four activation buffers (x, a, b, s) of the largest C·H·W, plus qkv for the attention blocks.
- * visit_decoder lists the decode's convolutions and attentions (for the backend's reserve); it
- * mirrors vs_rt_vae_decode. ResBlock: a = GN+SiLU(x); b = conv1(a); a = GN+SiLU(b); b = conv2(a); b += nin(x) or x; swap. */
+ * visit_decoder lists the decode's convolutions and attentions (for the backend's reserve and its
+ * decoder_weights precision); it mirrors vs_rt_vae_decode. ResBlock: a = GN+SiLU(x); b = conv1(a); a = GN+SiLU(b); b = conv2(a); b += nin(x) or x; swap. */
 #include "runtime/vae.h"
 
 #include <math.h>
@@ -115,7 +115,7 @@ static void attnblock(vs_rt_vae *v, const vs_rt_attnblock_w *a, int H, int W)
     swap(&v->x, &v->b);
 }
 
-/* ---- what the decoder asks of the backend (for reserve) ------------------------------------------ */
+/* ---- what the decoder asks of the backend (for reserve and decoder_weights) ---------------------- */
 
 typedef struct {
     void (*conv)(void *ctx, const vs_rt_conv_w *cw, int H, int W);
@@ -185,6 +185,38 @@ void vs_rt_vae_workload(const vs_rt_config *c, const vs_rt_weights *w, vs_rt_wor
 {
     visitor vi = {conv_extent, attn_extent, wl};
     visit_decoder(c, w, &vi);
+}
+
+typedef struct {
+    const float **out;
+    int cap, n;
+} weight_list;
+
+static void conv_weight(void *ctx, const vs_rt_conv_w *cw, int H, int W)
+{
+    weight_list *l = ctx;
+    (void)H;
+    (void)W;
+    if (!cw->w)
+        return;
+    if (l->n < l->cap)
+        l->out[l->n] = cw->w;
+    l->n++;
+}
+
+static void no_attn(void *ctx, int C, int HW)
+{
+    (void)ctx;
+    (void)C;
+    (void)HW;
+}
+
+int vs_rt_vae_conv_weights(const vs_rt_config *c, const vs_rt_weights *w, const float **out, int cap)
+{
+    weight_list l = {out, cap, 0};
+    visitor vi = {conv_weight, no_attn, &l};
+    visit_decoder(c, w, &vi);
+    return l.n;
 }
 
 vs_status vs_rt_vae_decode(vs_rt_vae *v, const float *f_hat, uint8_t *rgb, float *unit, vs_err *err)

@@ -79,6 +79,21 @@ static int declare_gemm_weights(vs_rt_engine *e)
     return 0;
 }
 
+/* Tells the backend which conv2d weights are the decoder's (it may multiply them at reduced
+ * precision); the quantiser's φ convolutions are not among them. 0, or -1 when out of memory. */
+static int declare_decoder_weights(vs_rt_engine *e)
+{
+    const vs_rt_config *c = &e->m->cfg;
+    int n = vs_rt_vae_conv_weights(c, &e->w, NULL, 0);
+    const float **w = malloc((size_t)(n > 0 ? n : 1) * sizeof *w);
+    if (!w)
+        return -1;
+    vs_rt_vae_conv_weights(c, &e->w, w, n);
+    BE->decoder_weights(e->be, e->wdata, w, n);
+    free(w);
+    return 0;
+}
+
 /* The largest work of a step of max_images images (every row at the last scale, holding every
  * token), of the quantiser and of the decoder: what the backend reserves its scratch for. */
 static void engine_workload(const vs_rt_engine *e, vs_rt_workload *wl)
@@ -151,7 +166,8 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
         }
         BE->upload(be, e->wdata, m->data, m->data_bytes);
         vs_rt_model_rebase(m, e->wdata, &e->w, e->blocks);
-        if (BE->gemm_weights && declare_gemm_weights(e) != 0) {
+        if ((BE->gemm_weights && declare_gemm_weights(e) != 0) ||
+            (BE->decoder_weights && declare_decoder_weights(e) != 0)) {
             vs_rt_engine_free(e);
             return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
         }

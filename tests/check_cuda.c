@@ -1245,6 +1245,79 @@ START_TEST(steps_and_decode_at_the_max_batch_allocate_no_device_memory)
 }
 END_TEST
 
+/* In BF16 mode only the declared GEMM weights are BF16 and only the decoder TF32: the quantiser
+ * (f_hat over every scale: embedding lookup, bicubic, φ convolutions) and an undeclared linear
+ * (the word embedding's kind) equal strict FP32 (the emulated device rounds TF32 inputs, which
+ * is ~1e-3 off). */
+#define FP32_SAME 1e-5
+
+START_TEST(bf16_mode_runs_the_quantiser_and_undeclared_linears_in_fp32)
+{
+    vs_err err = {0};
+    vs_rt_model *m = NULL;
+    ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
+    const vs_rt_config *c = &m->cfg;
+    ck_assert_msg(m->w.phi[0].w && m->w.phi[0].k == 3, "the fixture has no 3x3 phi convolution");
+    vs_rt_backend *bf = bf16_backend();
+    int L = c->scale_offset[c->n_scales], P = c->patch_nums[c->n_scales - 1];
+    size_t nf = (size_t)c->z_channels * P * P;
+    int32_t *tok = malloc((size_t)L * sizeof *tok);
+    float *f32 = malloc(nf * sizeof(float)), *fbf = malloc(nf * sizeof(float));
+    ck_assert(tok && f32 && fbf);
+    for (int i = 0; i < L; i++)
+        tok[i] = irand(c->vocab_size);
+    vs_rt_backend *side[2] = {g_dut, bf};
+    float *fh[2] = {f32, fbf};
+    for (int k = 0; k < 2; k++) {
+        vs_rt_engine *e = NULL;
+        vs_rt_image img;
+        memset(&img, 0, sizeof img);
+        ck_assert_msg(vs_rt_engine_new(m, side[k], 1, &e, &err) == VS_OK, "%s", err.msg);
+        ck_assert_msg(vs_rt_image_init(e, &img, &err) == VS_OK, "%s", err.msg);
+        ck_assert_msg(vs_rt_image_set_tokens(e, &img, tok, &err) == VS_OK, "%s", err.msg);
+        vs_rt_image_fhat(e, &img, fh[k]);
+        vs_rt_image_free(e, &img);
+        vs_rt_engine_free(e);
+    }
+    diff_stats q = compare(fbf, f32, nf);
+    printf("check_cuda: BF16 mode quantiser: f_hat worst element %.2e of max(|fp32|, rms) "
+           "(limit %.0e)\n", q.worst, FP32_SAME);
+    ck_assert_msg(q.worst <= FP32_SAME,
+                  "BF16 mode: f_hat is off the FP32 backend's by %.3g of max(|fp32|, rms) (limit "
+                  "%.0e): the quantiser did not run in FP32 (TF32 phi convolutions?)",
+                  q.worst, FP32_SAME);
+
+    int M = 200, N = c->embed_dim, K = c->z_channels; /* the word embedding's shape */
+    float *x = malloc((size_t)M * K * sizeof(float)), *w = malloc((size_t)N * K * sizeof(float)),
+          *b = malloc((size_t)N * sizeof(float)), *y32 = malloc((size_t)M * N * sizeof(float)),
+          *ybf = malloc((size_t)M * N * sizeof(float));
+    ck_assert(x && w && b && y32 && ybf);
+    for (int i = 0; i < M * K; i++)
+        x[i] = frand();
+    for (int i = 0; i < N * K; i++)
+        w[i] = 0.3f * frand();
+    for (int i = 0; i < N; i++)
+        b[i] = frand();
+    be_linear_host(g_dut, y32, x, w, b, M, N, K, 0);
+    be_linear_host(bf, ybf, x, w, b, M, N, K, 0);
+    diff_stats l = compare(ybf, y32, (size_t)M * N);
+    ck_assert_msg(l.worst <= FP32_SAME,
+                  "BF16 mode: an undeclared linear is off FP32 by %.3g of max(|fp32|, rms) (limit "
+                  "%.0e): TF32?",
+                  l.worst, FP32_SAME);
+    free(x);
+    free(w);
+    free(b);
+    free(y32);
+    free(ybf);
+    free(tok);
+    free(f32);
+    free(fbf);
+    vs_rt_backend_free(bf);
+    vs_rt_model_free(m);
+}
+END_TEST
+
 static Suite *cuda_suite(void)
 {
     Suite *s = suite_create("cuda");
@@ -1285,6 +1358,7 @@ static Suite *cuda_suite(void)
     tcase_add_test(tr, a_refused_page_table_fails_that_work_once_and_the_backend_goes_on);
     tcase_add_test(tr, scratch_that_does_not_fit_fails_that_op_once_and_the_backend_goes_on);
     tcase_add_test(tr, steps_and_decode_at_the_max_batch_allocate_no_device_memory);
+    tcase_add_test(tr, bf16_mode_runs_the_quantiser_and_undeclared_linears_in_fp32);
     suite_add_tcase(s, tr);
     return s;
 }
