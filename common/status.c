@@ -47,6 +47,7 @@ const char *vs_status_name(vs_status s)
     case VS_ERR_CUDA: return "cuda";
     case VS_ERR_UNSUPPORTED: return "unsupported";
     case VS_ERR_INTERNAL: return "internal";
+    case VS_ERR_DEVICE_LOST: return "device_lost";
     }
     return "unknown";
 }

@@ -16,9 +16,11 @@ typedef enum {
     VS_ERR_BUSY,      /* try again later (queue full, pool busy) */
     VS_ERR_TIMEOUT,   /* a deadline passed */
     VS_ERR_IO,        /* file or socket I/O */
-    VS_ERR_CUDA,      /* a CUDA or cuBLAS call failed */
+    VS_ERR_CUDA,      /* a CUDA or cuBLAS call failed; the device still works */
     VS_ERR_UNSUPPORTED, /* a feature this build or device lacks */
     VS_ERR_INTERNAL,  /* should not happen; reported instead of aborting when a request caused it */
+    VS_ERR_DEVICE_LOST, /* the accelerator is unusable until the process restarts (a sticky CUDA
+                         * error: illegal address, launch failure, ...); see runtime/backend.h */
 } vs_status;
 
 typedef struct {

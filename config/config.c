@@ -42,7 +42,9 @@ static const key_def keys[] = {
     STR(api_key, NULL, "", "bearer token POST /generate requires, empty = none"),
     BOOL(access_log, "true", "one log line per request"),
     INT(max_batch_images, 1, 4096, "8", "images advanced per engine step (2 rows each)"),
-    INT(kv_pool_mb, 0, 1048576, "0", "KV pool MiB, 0 = room for max_batch_images at full cache"),
+    INT(kv_pool_mb, 0, 1048576, "0",
+        "KV pool MiB, 0 = room for max_batch_images at full cache (on CUDA at most what the device "
+        "has left after weights and scratch, less max(256 MiB, 2%))"),
     STR(kv_policy, "full|scalekv|snapkv|pyramidkv|sliding|streamingllm", "full",
         "KV cache policy of requests that name none (full keeps every token)"),
     NUM(kv_budget, 0.000001, 1, "0.1", "budget of compressing policies: a fraction of the full cache"),

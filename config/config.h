@@ -30,7 +30,8 @@ typedef struct {
     int access_log;             /* one log line per request */
     /* scheduling */
     long max_batch_images;      /* images per engine step (2 rows each); sizes the engine once */
-    long kv_pool_mb;            /* KV pool size in MiB; 0 = room for max_batch_images at full cache */
+    long kv_pool_mb;            /* KV pool size in MiB; 0 = room for max_batch_images at full cache,
+                                 * on a device at most what it has left (README.md, kv_pool_mb) */
     char kv_policy[16];         /* default KV policy: full | scalekv | snapkv | pyramidkv | sliding | streamingllm */
     double kv_budget;           /* default budget of compressing policies, a fraction of the full cache */
     char kv_budget_file[512];   /* ScaleKV budget file; "" = MODEL.budgets.json when it exists */

@@ -5,6 +5,19 @@
  * unless its comment says "host". Operations are queued in order on the backend's one stream and
  * may run asynchronously; errors surface at sync(). Layouts are row-major; shapes in comments.
  *
+ * Errors: an op that fails records its error (the first one wins) and the ops after it run on
+ * (their outputs are then garbage). sync(), and batch_begin() when an error is pending, return
+ * the recorded error once, and what that return code says is how a caller learns what is left:
+ *   VS_ERR_DEVICE_LOST  the device itself is unusable (CUDA: an error that stays sticky in the
+ *                       context, e.g. cudaErrorIllegalAddress or cudaErrorLaunchFailure, found by
+ *                       a synchronize that still fails after cudaGetLastError). It is never
+ *                       cleared: every later sync() and batch_begin() return it again, and only
+ *                       a new process can use the device. The CPU backend never returns it.
+ *   any other code      recoverable (out of memory for scratch, a page table the attention
+ *                       refuses, a cuBLAS argument error, ...): the work queued since the last
+ *                       sync is void, nothing else is damaged, and the error is cleared, so the
+ *                       next sync() returns VS_OK unless new work fails.
+ *
  * Threads: a backend belongs to the one thread that created it (the engine thread). */
 #ifndef VS_RT_BACKEND_H
 #define VS_RT_BACKEND_H
@@ -68,12 +81,32 @@ typedef struct {
      * stages pages through upload and download when it compresses a layer) */
     uint64_t kv_h2d_bytes;
     uint64_t kv_d2h_bytes;
-    /* device memory this backend holds now: alloc() blocks, its grow-only scratch and the BF16
+    /* device memory this backend holds now: alloc() blocks, its scratch (reserve()) and the BF16
      * weight copies, in the bytes asked of the device allocator (the pinned host staging ring and
      * cuBLAS's own workspace are not included) */
     uint64_t allocated_bytes;
     uint64_t allocated_peak_bytes; /* the most allocated_bytes has been */
 } vs_rt_counters;
+
+/* The largest work the ops will be given, for reserve(): every field is a maximum over all the
+ * calls that follow (0 = that op is not used). var.c fills it for one step of max_images images
+ * (and the quantiser), vae.c adds the decoder's convolutions and attention. */
+typedef struct {
+    int rows, tokens;      /* one batch: rows and tokens (batch_begin, attention) */
+    int kv_tokens;         /* tokens one row holds in one layer, cached + new (attention) */
+    int index;             /* entries of one host index list (gather_rows, embed_chw) */
+    size_t linear_in;      /* floats of one linear's input x, M·K */
+    int sample_reqs, sample_tokens, vocab; /* one cfg_sample: n, Σ reqs[i].n, V */
+    int conv_cin_kk, conv_h, conv_w;       /* conv2d with k > 1: the largest cin·k·k, H and W */
+    int attn_hw;           /* spatial_attention: the largest HW */
+} vs_rt_workload;
+
+/* Device memory, from mem_info(). */
+typedef struct {
+    size_t free, total;    /* bytes the device has free now, and in all */
+    size_t allocs;         /* device allocations this backend has made so far (tests check that a
+                            * step makes none) */
+} vs_rt_mem_info;
 
 typedef struct {
     const char *name;
@@ -84,9 +117,19 @@ typedef struct {
     void (*download)(vs_rt_backend *be, void *dst_host, const void *src, size_t bytes);
     void (*copy)(vs_rt_backend *be, void *dst, const void *src, size_t bytes);
     void (*zero)(vs_rt_backend *be, void *dst, size_t bytes);
+    /* waits for the queued work; returns the recorded error, if any (see "Errors" above) */
     vs_status (*sync)(vs_rt_backend *be, vs_err *err);
-    /* prepares the batch's row tables for the ops below (CUDA uploads them once per step) */
+    /* prepares the batch's row tables for the ops below (CUDA uploads them once per step); an
+     * error still pending from earlier work is returned (and cleared) as sync() would */
     vs_status (*batch_begin)(vs_rt_backend *be, vs_rt_batch *b, vs_err *err);
+
+    /* Optional, NULL when the backend keeps no scratch of its own (CPU). Allocates, at start-up,
+     * the backend's own scratch (CUDA: BF16 activations, im2col columns, sort buffers, attention
+     * scores, row and page tables) for the largest work *w describes, so that ops within it never
+     * allocate device memory. VS_ERR_NOMEM names the bytes; nothing stays recorded. */
+    vs_status (*reserve)(vs_rt_backend *be, const vs_rt_workload *w, vs_err *err);
+    /* Optional, NULL when backend memory is host memory (CPU). */
+    vs_status (*mem_info)(vs_rt_backend *be, vs_rt_mem_info *out, vs_err *err);
 
     /* Optional, NULL when the backend has no use for it. Declares that the count matrices w[i]
      * (n[i] floats each, backend memory inside the allocation `arena`) are GEMM weights that
@@ -96,6 +139,12 @@ typedef struct {
      * copies do not fit in device memory it logs a warning and linear() stays in FP32. */
     void (*gemm_weights)(vs_rt_backend *be, const void *arena, const float *const *w,
                          const size_t *n, int count);
+    /* Optional. Declares the count conv2d weights w[i] (inside the allocation `arena`) of the
+     * VQ-VAE decoder, whose output ends as 8-bit pixels: conv2d with one of them as its w may run
+     * at reduced precision (CUDA in BF16 mode: TF32). Every other conv2d and linear stays FP32.
+     * The declaration goes when free(arena) is called or another call names the same arena. */
+    void (*decoder_weights)(vs_rt_backend *be, const void *arena, const float *const *w,
+                            int count);
     /* y[M][N] = x[M][K] · w[N][K]ᵀ + bias[N] (bias may be NULL) */
     void (*linear)(vs_rt_backend *be, float *y, const float *x, const float *w, const float *bias,
                    int M, int N, int K);
@@ -167,9 +216,11 @@ typedef enum { VS_RT_BACKEND_AUTO, VS_RT_BACKEND_CPU, VS_RT_BACKEND_CUDA } vs_rt
 /* CPU backend with `threads` workers (0 = all cores). */
 vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err);
 /* CUDA backend on device 0; VS_ERR_UNSUPPORTED when this build or machine has none.
- * fp32 = 1: strict FP32 (no TF32), for parity with the CPU backend. fp32 = 0: the GEMM weights
- * declared through gemm_weights() multiply in BF16 (FP32 accumulation and output), the remaining
- * FP32 GEMMs (decoder convolutions, spatial attention) may use TF32. */
+ * fp32 = 1: strict FP32 (no TF32), for parity with the CPU backend. fp32 = 0 (BF16 mode): the
+ * GEMM weights declared through gemm_weights() multiply in BF16 (FP32 accumulation and output);
+ * the decoder's convolutions declared through decoder_weights() and spatial_attention (a decoder
+ * op) use TF32; everything else (the quantiser, the word embedding and any other undeclared
+ * linear, norms, attention, sampling) stays strict FP32. */
 vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_err *err);
 /* auto picks CUDA when a device is present, else CPU. CUDA starts in BF16 mode (fp32 = 0). */
 vs_status vs_rt_backend_new(vs_rt_backend_kind kind, int threads, vs_rt_backend **out, vs_err *err);

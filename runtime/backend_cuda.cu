@@ -1,15 +1,22 @@
 /* runtime/backend_cuda.cu — the CUDA backend: cuBLAS for GEMMs, own kernels for the rest; FP32 or
  * BF16 GEMMs (modes below). Runs on a GPU (nvcc) or on the emulated device (runtime/cuda_emu/).
  *
- * Design: every op is queued on ONE stream and returns at once; errors are recorded into a sticky
- * error (the first failing statement, its file:line and CUDA's message) that sync() returns.
+ * Design: every op is queued on ONE stream and returns at once; errors are recorded into a pending
+ * error (the first failing statement, its file:line and CUDA's message) that sync() returns once.
+ * A CUDA error is classified when it is recorded: if a device synchronize still fails after
+ * cudaGetLastError (the error is sticky in the context: illegal address, launch failure, ...),
+ * the device is lost, the code becomes VS_ERR_DEVICE_LOST and stays; any other error is cleared
+ * when sync() has returned it (backend.h, "Errors").
  * Semantics follow backend_cpu.c op by op (same formulas, same reduction precision: LayerNorm and
  * GroupNorm statistics in double, attention softmax in float), so the two agree to rounding.
  * Small host inputs (index lists, the batch's row tables, sampling requests) are copied into a
  * pinned staging ring and uploaded asynchronously; the ring is reused only after the stream has
  * drained, so callers may overwrite their host arrays as soon as an op returns. Device scratch
- * (im2col columns, attention scores, sampling buffers) is grow-only: after the first steps, a
- * step allocates nothing. Weights and buffers live in device memory (host_memory = 0), so var.c
+ * (BF16 activations, im2col columns, attention scores, sampling buffers, row and page tables) is
+ * allocated by reserve() at start-up for the largest step and decode (var.c and vae.c describe
+ * them), so a step allocates nothing; the *_bytes helpers below are the one place each slot's
+ * size is computed, for the ops and for reserve(). Without reserve() (tests of single ops) the
+ * slots grow on demand. Weights and buffers live in device memory (host_memory = 0), so var.c
  * uploads the weights once and rebases its pointers.
  *
  * Counters (the counters op, vs_rt_counters in backend.h): counted where the work is issued, with
@@ -27,10 +34,12 @@
  * a BF16 copy, kept in a table sorted by the FP32 pointer. linear() looks its w up there (a binary
  * search over at most 5·depth + 3 entries) and, when found, converts x to BF16 in a scratch buffer
  * and calls cublasGemmEx (BF16 inputs, FP32 accumulation and output, the bias added in FP32).
- * Everything else stays FP32 (norms, attention, sampling, the quantiser); the remaining FP32
- * GEMMs (decoder convolutions, spatial attention, undeclared weights) may use TF32. The FP32
- * arena is kept (the decoder and the biases live in it), so BF16 mode holds the GEMM weights
- * 1.5 times; the copies are freed with the arena.
+ * The decoder's convolutions (their weights declared through decoder_weights, kept in a sorted
+ * table like the copies) and spatial attention run in TF32. Everything else stays strict FP32:
+ * norms, attention, sampling, the quantiser (its embedding lookup and φ convolutions: conv2d with
+ * an undeclared w) and the undeclared linears (the word embedding). The cuBLAS math mode is set
+ * per GEMM for that (gemm_math). The FP32 arena is kept (the decoder and the biases live in it),
+ * so BF16 mode holds the GEMM weights 1.5 times; the copies are freed with the arena.
  *
  * Threads: a backend belongs to the thread that created it (the engine thread). */
 extern "C" {
@@ -90,18 +99,30 @@ typedef struct {
     size_t bytes;
 } dev_block;
 
+/* The weights of one decoder_weights call (TF32 in BF16 mode); free(arena) drops them. */
+typedef struct {
+    const void *arena;
+    const float **w; /* host [n], sorted */
+    int n;
+} tf32_set;
+
 typedef struct {
     vs_rt_backend base;
     int fp32;
     bf16_set *sets; /* host [n_sets]: BF16 mode only */
     int n_sets;
+    tf32_set *tsets; /* host [n_tsets]: BF16 mode only */
+    int n_tsets;
     cudaStream_t st;
     cublasHandle_t blas;
+    cublasMath_t math;    /* the handle's math mode now (gemm_math) */
     int n_sm, smem_optin; /* multiprocessors; shared memory per block with opt-in (bytes) */
-    vs_status sticky;     /* first error, VS_OK while none */
+    vs_status sticky;     /* first error, VS_OK while none; VS_ERR_DEVICE_LOST stays for good */
     char sticky_msg[512];
-    void *scr[S_COUNT]; /* grow-only device scratch */
+    void *scr[S_COUNT]; /* device scratch: reserve() sizes it, ops grow it only beyond that */
     size_t scr_cap[S_COUNT];
+    int reserved;       /* reserve() has run: a slot that still grows is worth a warning */
+    size_t n_allocs;    /* cudaMalloc calls that succeeded (mem_info) */
     unsigned char *ring; /* pinned staging for host → device copies */
     size_t ring_cap, ring_off;
     int32_t *host_i32; /* host staging: batch tables, sampled tokens */
@@ -118,14 +139,49 @@ typedef struct {
 
 static cuda_backend *cu(vs_rt_backend *be) { return (cuda_backend *)be; }
 
+/* After a CUDA error: does the device still work? A non-sticky error (a bad argument, out of
+ * memory, a bad launch configuration) is returned once and cleared by cudaGetLastError; a sticky
+ * one (illegal address, launch failure, ...: the context is lost) is returned by every later
+ * call, so the synchronize after clearing fails too. */
+static int device_answers(void)
+{
+    (void)cudaGetLastError();
+    cudaError_t e = cudaDeviceSynchronize();
+    if (e == cudaSuccess)
+        e = cudaGetLastError();
+    return e == cudaSuccess;
+}
+
+/* Records an error. The first one wins, except that a lost device replaces a recoverable error
+ * (the caller must learn that the device is gone); a lost device is never replaced. */
 static void record(cuda_backend *c, vs_status code, const char *what, const char *file, int line,
                    const char *why)
 {
-    if (c->sticky != VS_OK)
+    if (c->sticky == VS_ERR_DEVICE_LOST)
+        return;
+    if (code == VS_ERR_CUDA && !device_answers())
+        code = VS_ERR_DEVICE_LOST;
+    if (c->sticky != VS_OK && code != VS_ERR_DEVICE_LOST)
         return;
     c->sticky = code;
-    snprintf(c->sticky_msg, sizeof c->sticky_msg, "%s failed at %s:%d: %s", what, file, line, why);
+    snprintf(c->sticky_msg, sizeof c->sticky_msg, "%s failed at %s:%d: %s%s", what, file, line, why,
+             code == VS_ERR_DEVICE_LOST
+                 ? " (a sticky CUDA error: the device is lost until the process restarts)"
+                 : "");
     vs_log(VS_LOG_ERROR, "cuda", "%s", c->sticky_msg);
+}
+
+/* Returns the pending error once: recoverable ones are cleared, a lost device stays. */
+static vs_status take_error(cuda_backend *c, vs_err *err)
+{
+    if (c->sticky == VS_OK)
+        return VS_OK;
+    vs_status st = vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
+    if (c->sticky != VS_ERR_DEVICE_LOST) {
+        c->sticky = VS_OK;
+        c->sticky_msg[0] = 0;
+    }
+    return st;
 }
 
 /* Every CUDA runtime and cuBLAS call goes through these; a failure becomes the sticky error. */
@@ -194,13 +250,23 @@ static size_t kv_part(const cuda_backend *c, const void *p, size_t bytes)
     return hi > lo ? (size_t)(hi - lo) : 0;
 }
 
-/* Grows scratch slot `which` to at least `bytes`; NULL (and a sticky error) when the device is
- * out of memory. Growth waits for queued work, which may still read the old buffer. */
-static void *scratch(cuda_backend *c, int which, size_t bytes)
+static const char *const scr_name[S_COUNT] = {
+    "index lists", "batch tables",  "page tables", "im2col columns",
+    "attention scores", "sampling requests", "sort buffers", "BF16 activations"};
+
+/* Every device allocation of the backend; counted for mem_info. */
+static cudaError_t dev_malloc(cuda_backend *c, void **p, size_t bytes)
 {
-    if (c->scr_cap[which] >= bytes && c->scr[which])
-        return c->scr[which];
-    size_t want = bytes + bytes / 4 + 256;
+    cudaError_t e = cudaMalloc(p, bytes);
+    if (e == cudaSuccess)
+        c->n_allocs++;
+    return e;
+}
+
+/* Replaces scratch slot `which` by a buffer of `want` bytes; 0, or -1 with a recorded NOMEM.
+ * Waits for queued work first, which may still read the old buffer. */
+static int scratch_alloc(cuda_backend *c, int which, size_t want)
+{
     drain(c);
     dev_freed(c, c->scr_cap[which]); /* 0 while the slot is empty */
     if (c->scr[which])
@@ -208,17 +274,31 @@ static void *scratch(cuda_backend *c, int which, size_t bytes)
     c->scr[which] = NULL;
     c->scr_cap[which] = 0;
     void *p = NULL;
-    cudaError_t e = cudaMalloc(&p, want);
+    cudaError_t e = dev_malloc(c, &p, want ? want : 256);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
-        VS_FAIL(c, VS_ERR_NOMEM, "cannot grow CUDA scratch to %.1f MB (%s): lower the batch size",
-                (double)want / 1e6, cudaGetErrorString(e));
-        return NULL;
+        VS_FAIL(c, VS_ERR_NOMEM, "cannot grow CUDA scratch (%s) to %.1f MB (%s): lower the batch size",
+                scr_name[which], (double)want / 1e6, cudaGetErrorString(e));
+        return -1;
     }
     c->scr[which] = p;
     c->scr_cap[which] = want;
     dev_allocated(c, want);
-    return p;
+    return 0;
+}
+
+/* Scratch slot `which` of at least `bytes`, grown (by a quarter more) when short; NULL (and a
+ * recorded NOMEM) when the device is out of memory. After reserve() a slot never has to grow. */
+static void *scratch(cuda_backend *c, int which, size_t bytes)
+{
+    if (c->scr_cap[which] >= bytes && c->scr[which])
+        return c->scr[which];
+    if (c->reserved)
+        vs_log(VS_LOG_WARN, "cuda",
+               "scratch for %s grows from %zu to %zu bytes after reserve(): the workload it was "
+               "given is short of this op (a bug), so this step allocates device memory",
+               scr_name[which], c->scr_cap[which], bytes);
+    return scratch_alloc(c, which, bytes + bytes / 4 + 256) == 0 ? c->scr[which] : NULL;
 }
 
 /* Host → device copy that lets the caller reuse src at once: staged in the pinned ring when it
@@ -252,6 +332,20 @@ static int grow_host(void **p, size_t *cap, size_t n, size_t elem)
     *p = q;
     *cap = n;
     return 0;
+}
+
+/* The math mode of the next GEMM: TF32 only when asked (the decoder's) and in BF16 mode. */
+static void gemm_math(cuda_backend *c, int tf32)
+{
+    cublasMath_t m = tf32 && !c->fp32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH;
+    if (m == c->math)
+        return;
+    cublasStatus_t s = cublasSetMathMode(c->blas, m);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        record(c, VS_ERR_CUDA, "cublasSetMathMode", __FILE__, __LINE__, cublasGetStatusString(s));
+        return;
+    }
+    c->math = m;
 }
 
 /* Blocks for a grid-stride loop over n elements. */
@@ -331,6 +425,7 @@ __device__ int block_max_int(int v)
 /* ---- memory ------------------------------------------------------------------------------------ */
 
 static void drop_bf16_set(cuda_backend *c, int i);
+static void drop_tf32_set(cuda_backend *c, int i);
 
 static void cuda_destroy(vs_rt_backend *be)
 {
@@ -340,6 +435,9 @@ static void cuda_destroy(vs_rt_backend *be)
     while (c->n_sets > 0)
         drop_bf16_set(c, c->n_sets - 1);
     free(c->sets);
+    while (c->n_tsets > 0)
+        drop_tf32_set(c, c->n_tsets - 1);
+    free(c->tsets);
     for (int i = 0; i < S_COUNT; i++)
         if (c->scr[i])
             VS_CUDA(c, cudaFree(c->scr[i]));
@@ -359,7 +457,7 @@ static void *cuda_alloc(vs_rt_backend *be, size_t bytes)
 {
     cuda_backend *c = cu(be);
     void *p = NULL;
-    if (cudaMalloc(&p, bytes ? bytes : 256) != cudaSuccess) {
+    if (dev_malloc(c, &p, bytes ? bytes : 256) != cudaSuccess) {
         (void)cudaGetLastError(); /* out of memory is the caller's to handle, not sticky */
         return NULL;
     }
@@ -382,6 +480,9 @@ static void cuda_free(vs_rt_backend *be, void *p)
     for (int i = c->n_sets - 1; i >= 0; i--)
         if (c->sets[i].arena == p)
             drop_bf16_set(c, i);
+    for (int i = c->n_tsets - 1; i >= 0; i--)
+        if (c->tsets[i].arena == p)
+            drop_tf32_set(c, i);
     for (size_t i = c->n_blocks; i-- > 0;) /* counters */
         if (c->blocks[i].p == p) {
             dev_freed(c, c->blocks[i].bytes);
@@ -427,15 +528,32 @@ static void cuda_zero(vs_rt_backend *be, void *dst, size_t bytes)
         VS_CUDA(c, cudaMemsetAsync(dst, 0, bytes, c->st));
 }
 
+/* The pending error is returned once (take_error): recoverable ones are cleared. */
 static vs_status cuda_sync(vs_rt_backend *be, vs_err *err)
 {
     cuda_backend *c = cu(be);
     drain(c);
     VS_CUDA(c, cudaGetLastError());
-    if (c->sticky != VS_OK)
-        return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
+    return take_error(c, err);
+}
+
+static vs_status cuda_mem_info(vs_rt_backend *be, vs_rt_mem_info *out, vs_err *err)
+{
+    cuda_backend *c = cu(be);
+    memset(out, 0, sizeof *out);
+    out->allocs = c->n_allocs;
+    cudaError_t e = cudaMemGetInfo(&out->free, &out->total);
+    if (e != cudaSuccess) {
+        record(c, VS_ERR_CUDA, "cudaMemGetInfo", __FILE__, __LINE__, cudaGetErrorString(e));
+        return take_error(c, err);
+    }
     return VS_OK;
 }
+
+/* Entries of a step's batch tables (tok_row, then [n_rows][2]) and of one layer's tables
+ * ([n_rows][3], then the page ids); int32 each. */
+static size_t batch_entries(size_t n_tok, size_t n_rows) { return n_tok + 2 * n_rows; }
+static size_t layer_entries(size_t n_rows, size_t n_pages) { return 3 * n_rows + n_pages; }
 
 /* Packs tok_row and the rows into one int32 upload. Page tables are uploaded per layer by the
  * attention op: kvcache/ grows a layer's pages just before its attention (and compacts them right
@@ -457,8 +575,8 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
             }
         }
     }
-    if (c->sticky != VS_OK)
-        return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
+    if (c->sticky != VS_OK) /* from work before this step, never synced: reported once, here */
+        return cuda_sync(be, err);
     if (b->n_rows < 0 || b->n_tok < 0 || b->depth < 1 || b->page_tokens < 1)
         return vs_err_set(
             err, VS_ERR_INVALID,
@@ -477,7 +595,7 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
         if (!row->kv)
             return vs_err_set(err, VS_ERR_INVALID, "batch row %d has no KV view", r);
     }
-    size_t total = (size_t)b->n_tok + 2 * (size_t)b->n_rows;
+    size_t total = batch_entries((size_t)b->n_tok, (size_t)b->n_rows);
     if (total > (size_t)INT_MAX)
         return vs_err_set(err, VS_ERR_INVALID, "batch tables of %zu entries are over 2^31", total);
     if (grow_host((void **)&c->host_i32, &c->host_i32_cap, total, sizeof(int32_t)) != 0)
@@ -497,7 +615,7 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
     }
     int32_t *d = (int32_t *)scratch(c, S_BATCH, total * sizeof(int32_t));
     if (!d)
-        return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
+        return cuda_sync(be, err);
     h2d(c, d, h, total * sizeof(int32_t));
     cb->tok_row = d;
     cb->rows = d + b->n_tok;
@@ -508,8 +626,10 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
     cb->depth = b->depth;
     cb->max_new = max_new;
     b->dev = cb;
-    if (c->sticky != VS_OK)
-        return vs_err_set(err, c->sticky, "cuda backend: %s", c->sticky_msg);
+    if (c->sticky != VS_OK) {
+        b->dev = NULL;
+        return cuda_sync(be, err);
+    }
     return VS_OK;
 }
 
@@ -536,7 +656,7 @@ static int upload_layer(cuda_backend *c, const vs_rt_batch *b, int layer, const 
         n_pages += (size_t)need;
         max_keys = nk > max_keys ? nk : max_keys;
     }
-    size_t total = 3 * (size_t)b->n_rows + n_pages;
+    size_t total = layer_entries((size_t)b->n_rows, n_pages);
     if (grow_host((void **)&c->host_i32, &c->host_i32_cap, total, sizeof(int32_t)) != 0) {
         VS_FAIL(c, VS_ERR_NOMEM, "out of host memory for the page tables");
         return -1;
@@ -624,7 +744,7 @@ static void cuda_gemm_weights(vs_rt_backend *be, const void *arena, const float 
         c->sets = sets;
     void *mem = NULL;
     cudaError_t e = cudaSuccess;
-    if (!v || !sets || (e = cudaMalloc(&mem, bytes ? bytes : BF16_ALIGN)) != cudaSuccess) {
+    if (!v || !sets || (e = dev_malloc(c, &mem, bytes ? bytes : BF16_ALIGN)) != cudaSuccess) {
         (void)cudaGetLastError();
         vs_log(VS_LOG_WARN, "cuda",
                "no room for BF16 copies of %d GEMM weights (%.1f MB: %s); they stay FP32", count,
@@ -649,6 +769,63 @@ static void cuda_gemm_weights(vs_rt_backend *be, const void *arena, const float 
     c->sets[c->n_sets++] = bf16_set{arena, mem, v, count, bytes ? bytes : BF16_ALIGN};
     vs_log(VS_LOG_INFO, "cuda", "BF16 copies of %d GEMM weights: %.1f MB", count,
            (double)bytes / 1e6);
+}
+
+static void drop_tf32_set(cuda_backend *c, int i)
+{
+    free(c->tsets[i].w);
+    c->tsets[i] = c->tsets[--c->n_tsets];
+}
+
+static int cmp_ptr(const void *a, const void *b)
+{
+    uintptr_t x = (uintptr_t) * (const float *const *)a, y = (uintptr_t) * (const float *const *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* BF16 mode: remembers the decoder's conv weights, whose GEMMs may run in TF32. Without host
+ * memory for the table they stay FP32 (with a warning). */
+static void cuda_decoder_weights(vs_rt_backend *be, const void *arena, const float *const *w,
+                                 int count)
+{
+    cuda_backend *c = cu(be);
+    if (c->fp32 || count <= 0)
+        return;
+    for (int i = c->n_tsets - 1; i >= 0; i--)
+        if (c->tsets[i].arena == arena)
+            drop_tf32_set(c, i);
+    const float **v = (const float **)malloc((size_t)count * sizeof *v);
+    tf32_set *sets = (tf32_set *)realloc(c->tsets, (size_t)(c->n_tsets + 1) * sizeof *sets);
+    if (sets)
+        c->tsets = sets;
+    if (!v || !sets) {
+        vs_log(VS_LOG_WARN, "cuda", "out of host memory for the table of %d decoder weights; the "
+                                    "decoder stays FP32", count);
+        free(v);
+        return;
+    }
+    memcpy(v, w, (size_t)count * sizeof *v);
+    qsort(v, (size_t)count, sizeof *v, cmp_ptr);
+    c->tsets[c->n_tsets++] = tf32_set{arena, v, count};
+}
+
+/* Was w declared through decoder_weights? */
+static int is_decoder_weight(const cuda_backend *c, const float *w)
+{
+    for (int s = 0; s < c->n_tsets; s++) {
+        const float *const *v = c->tsets[s].w;
+        int lo = 0, hi = c->tsets[s].n - 1;
+        while (lo <= hi) {
+            int mid = (lo + hi) / 2;
+            if (v[mid] == w)
+                return 1;
+            if ((uintptr_t)v[mid] < (uintptr_t)w)
+                lo = mid + 1;
+            else
+                hi = mid - 1;
+        }
+    }
+    return 0;
 }
 
 /* The BF16 copy of w when it was declared with at least `floats` elements, else NULL. */
@@ -692,6 +869,7 @@ static void cuda_linear(vs_rt_backend *be, float *y, const float *x, const float
         return;
     }
     const __nv_bfloat16 *wb = c->n_sets ? bf16_of(c, w, (size_t)N * K) : NULL;
+    gemm_math(c, 0); /* undeclared weights (the word embedding) stay FP32 */
     if (wb) {
         size_t nx = (size_t)M * K;
         __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch(c, S_XBF, nx * sizeof(__nv_bfloat16));
@@ -1324,6 +1502,41 @@ __global__ void __launch_bounds__(SAMPLE_THREADS)
     }
 }
 
+/* How one cfg_sample call runs: rows padded to P (a power of two ≥ V) for the sort; each block's
+ * sort keys and weights (per_block bytes; 0 when every request is greedy) in shared memory when
+ * they fit, else in the S_SORT scratch, one slice per block of the grid. */
+typedef struct {
+    int P, use_shared;
+    size_t per_block;
+    unsigned grid;
+} sample_plan;
+
+static sample_plan plan_sample(cuda_backend *c, int V, size_t total, int need_buf)
+{
+    sample_plan p;
+    p.P = 1;
+    while (p.P < V)
+        p.P <<= 1;
+    p.per_block =
+        need_buf ? (size_t)p.P * sizeof(unsigned long long) + (size_t)V * sizeof(double) : 0;
+    cudaFuncAttributes fa;
+    memset(&fa, 0, sizeof fa);
+    VS_CUDA(c, cudaFuncGetAttributes(&fa, k_cfg_sample));
+    p.use_shared = p.per_block + fa.sharedSizeBytes + 1024 <= (size_t)c->smem_optin;
+    size_t g = p.use_shared ? (size_t)1 << 20 : (size_t)c->n_sm * 2;
+    p.grid = (unsigned)(total < g ? total : g);
+    return p;
+}
+
+static size_t sort_bytes(const sample_plan *p) { return p->use_shared ? 0 : p->per_block * p->grid; }
+
+/* S_SREQ: the requests (256-byte aligned), then the sampled tokens */
+static size_t sreq_req_bytes(size_t n) { return (n * sizeof(cuda_sreq) + 255) & ~(size_t)255; }
+static size_t sreq_bytes(size_t n, size_t total)
+{
+    return sreq_req_bytes(n) + total * sizeof(int32_t);
+}
+
 static void cuda_cfg_sample(vs_rt_backend *be, float *logits, int V, const vs_rt_sample_req *reqs,
                             int n)
 {
@@ -1362,36 +1575,27 @@ static void cuda_cfg_sample(vs_rt_backend *be, float *logits, int V, const vs_rt
         VS_FAIL(c, VS_ERR_NOMEM, "out of host memory for %zu sampled tokens", total);
         return;
     }
-    size_t req_bytes = ((size_t)n * sizeof(cuda_sreq) + 255) & ~(size_t)255;
-    unsigned char *d = (unsigned char *)scratch(c, S_SREQ, req_bytes + total * sizeof(int32_t));
+    size_t req_bytes = sreq_req_bytes((size_t)n);
+    unsigned char *d = (unsigned char *)scratch(c, S_SREQ, sreq_bytes((size_t)n, total));
     if (!d)
         return;
     cuda_sreq *d_req = (cuda_sreq *)d;
     int32_t *d_out = (int32_t *)(d + req_bytes);
     h2d(c, d_req, c->host_sreq, (size_t)n * sizeof(cuda_sreq));
 
-    int P = 1;
-    while (P < V)
-        P <<= 1;
-    size_t per_block =
-        need_buf ? (size_t)P * sizeof(unsigned long long) + (size_t)V * sizeof(double) : 0;
-    cudaFuncAttributes fa;
-    memset(&fa, 0, sizeof fa);
-    VS_CUDA(c, cudaFuncGetAttributes(&fa, k_cfg_sample));
-    int use_shared = per_block + fa.sharedSizeBytes + 1024 <= (size_t)c->smem_optin;
-    unsigned grid;
+    sample_plan sp = plan_sample(c, V, total, need_buf);
+    int P = sp.P, use_shared = sp.use_shared;
+    size_t per_block = sp.per_block;
+    unsigned grid = sp.grid;
     unsigned char *gbuf = NULL;
     size_t smem = 0;
     if (use_shared) {
         smem = per_block;
-        grid = (unsigned)(total < (1u << 20) ? total : (1u << 20));
         if (smem > 16 * 1024)
             VS_CUDA(c, cudaFuncSetAttribute(
                            k_cfg_sample, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     } else {
-        size_t g = (size_t)c->n_sm * 2;
-        grid = (unsigned)(total < g ? total : g);
-        gbuf = (unsigned char *)scratch(c, S_SORT, per_block * grid);
+        gbuf = (unsigned char *)scratch(c, S_SORT, sort_bytes(&sp));
         if (!gbuf)
             return;
     }
@@ -1589,6 +1793,32 @@ __global__ void k_fill_planes(float *y, const float *b, size_t planes, int cout,
 
 #define CONV_COL_FLOATS ((size_t)16 << 20) /* im2col band: 64 MB at most */
 
+/* Output rows per im2col band of a conv with KK = cin·k·k over H×W. */
+static int conv_band(size_t KK, int H, int W)
+{
+    size_t per_row = KK * (size_t)W;
+    size_t band = per_row ? CONV_COL_FLOATS / per_row : (size_t)H;
+    if (band < 1)
+        band = 1;
+    return band > (size_t)H ? H : (int)band;
+}
+
+/* S_COL of one conv */
+static size_t conv_col_bytes(size_t KK, int H, int W)
+{
+    return KK * (size_t)W * (size_t)conv_band(KK, H, W) * sizeof(float);
+}
+
+/* S_COL enough for every conv with cin·k·k ≤ KK, H' ≤ H, W' ≤ W: a band holds all its rows, at
+ * most KK·W·H floats, or else at most CONV_COL_FLOATS (or one row, when a row is more). Not
+ * conv_col_bytes(KK, H, W) itself: a smaller row can fill the band limit better. */
+static size_t conv_col_bound_bytes(size_t KK, int H, int W)
+{
+    size_t row = KK * (size_t)W, all = row * (size_t)H;
+    size_t band = row > CONV_COL_FLOATS ? row : CONV_COL_FLOATS;
+    return (all < band ? all : band) * sizeof(float);
+}
+
 /* im2col over bands of output rows + one GEMM per band: y_band[cout][cols] (row stride HW) =
  * w[cout][cin·k·k] · col[cin·k·k][cols]; in cuBLAS's column-major terms yᵀ = colᵀ · wᵀ. */
 static void cuda_conv2d(vs_rt_backend *be, float *y, const float *x, const float *w, const float *b,
@@ -1599,6 +1829,7 @@ static void cuda_conv2d(vs_rt_backend *be, float *y, const float *x, const float
         return;
     size_t HW = (size_t)H * W, KK = (size_t)cin * k * k;
     float one = 1.0f, beta = 0.0f;
+    gemm_math(c, is_decoder_weight(c, w)); /* the quantiser's φ (undeclared) stays FP32 */
     if (b) {
         size_t n = (size_t)N * cout * HW;
         VS_LAUNCH(k_fill_planes, grid_for(n, 256), 256, 0, c->st, y, b, (size_t)N * cout, cout, HW);
@@ -1617,13 +1848,8 @@ static void cuda_conv2d(vs_rt_backend *be, float *y, const float *x, const float
                                    y + (size_t)n * cout * HW, (int)HW));
         return;
     }
-    size_t per_row = KK * W;
-    int band = (int)(CONV_COL_FLOATS / per_row);
-    if (band < 1)
-        band = 1;
-    if (band > H)
-        band = H;
-    float *col = (float *)scratch(c, S_COL, per_row * band * sizeof(float));
+    int band = conv_band(KK, H, W);
+    float *col = (float *)scratch(c, S_COL, conv_col_bytes(KK, H, W));
     if (!col)
         return;
     for (int n = 0; n < N; n++) {
@@ -1734,6 +1960,7 @@ static void cuda_spatial_attention(vs_rt_backend *be, float *out, const float *q
     float *s = (float *)scratch(c, S_SCORES, (size_t)HW * HW * sizeof(float));
     if (!s)
         return;
+    gemm_math(c, 1); /* a decoder op: TF32 in BF16 mode */
     float sc = 1.0f / sqrtf((float)C), one = 1.0f, zero = 0.0f;
     for (int n = 0; n < N; n++) {
         const float *q = qkv + (size_t)n * 3 * C * HW, *k = q + (size_t)C * HW,
@@ -1751,6 +1978,67 @@ static void cuda_spatial_attention(vs_rt_backend *be, float *out, const float *q
 
 static void cuda_counters(vs_rt_backend *be, vs_rt_counters *out) { *out = cu(be)->ctr; }
 
+/* ---- reserving scratch ------------------------------------------------------------------------ */
+
+/* Allocates every scratch slot (and the host staging) for the largest work in *w, exactly, so
+ * that the ops within it never allocate; slots already larger stay. */
+static vs_status cuda_reserve(vs_rt_backend *be, const vs_rt_workload *w, vs_err *err)
+{
+    cuda_backend *c = cu(be);
+    if (c->sticky != VS_OK)
+        return cuda_sync(be, err);
+    size_t rows = w->rows > 0 ? (size_t)w->rows : 0, tok = w->tokens > 0 ? (size_t)w->tokens : 0;
+    size_t kv = w->kv_tokens > 0 ? (size_t)w->kv_tokens : 0;
+    size_t stok = w->sample_tokens > 0 ? (size_t)w->sample_tokens : 0;
+    size_t sreq = w->sample_reqs > 0 ? (size_t)w->sample_reqs : 0;
+    size_t need[S_COUNT] = {0};
+    need[S_IDX] = (w->index > 0 ? (size_t)w->index : 0) * sizeof(int32_t);
+    need[S_BATCH] = rows ? batch_entries(tok, rows) * sizeof(int32_t) : 0;
+    /* a row's pages in one layer: at most one per token (pages of ≥ 1 token) */
+    need[S_LAYER] = rows ? layer_entries(rows, rows * kv) * sizeof(int32_t) : 0;
+    if (w->conv_cin_kk > 0 && w->conv_h > 0 && w->conv_w > 0)
+        need[S_COL] = conv_col_bound_bytes((size_t)w->conv_cin_kk, w->conv_h, w->conv_w);
+    need[S_SCORES] = w->attn_hw > 0 ? (size_t)w->attn_hw * (size_t)w->attn_hw * sizeof(float) : 0;
+    if (sreq && stok && w->vocab > 0) {
+        need[S_SREQ] = sreq_bytes(sreq, stok);
+        sample_plan sp = plan_sample(c, w->vocab, stok, 1); /* top-k/top-p: the larger plan */
+        need[S_SORT] = sort_bytes(&sp);
+    }
+    /* linear() converts x to BF16 only for weights with a BF16 copy */
+    need[S_XBF] = c->n_sets ? w->linear_in * sizeof(__nv_bfloat16) : 0;
+    size_t total = 0;
+    for (int i = 0; i < S_COUNT; i++) {
+        total += need[i];
+        if (need[i] > c->scr_cap[i] && scratch_alloc(c, i, need[i]) != 0) {
+            vs_err e2;
+            memset(&e2, 0, sizeof e2);
+            (void)take_error(c, &e2);
+            return vs_err_set(err, VS_ERR_NOMEM,
+                              "cannot reserve %.1f MB of CUDA scratch for the largest step and "
+                              "decode (%s: %.1f MB): %s",
+                              (double)total / 1e6, scr_name[i], (double)need[i] / 1e6, e2.msg);
+        }
+    }
+    size_t host = batch_entries(tok, rows);
+    if (layer_entries(rows, rows * kv) > host)
+        host = layer_entries(rows, rows * kv);
+    if (stok > host)
+        host = stok;
+    if (grow_host((void **)&c->host_i32, &c->host_i32_cap, host, sizeof(int32_t)) != 0 ||
+        grow_host((void **)&c->host_sreq, &c->host_sreq_cap, sreq, sizeof(cuda_sreq)) != 0)
+        return vs_err_set(err, VS_ERR_NOMEM, "out of host memory for the CUDA staging tables");
+    c->reserved = 1;
+    if (c->sticky != VS_OK)
+        return cuda_sync(be, err);
+    vs_log(VS_LOG_INFO, "cuda",
+           "scratch reserved: %.1f MB (BF16 activations %.1f, im2col %.1f, attention scores %.1f, "
+           "sort %.1f, tables %.1f)",
+           (double)total / 1e6, (double)need[S_XBF] / 1e6, (double)need[S_COL] / 1e6,
+           (double)need[S_SCORES] / 1e6, (double)need[S_SORT] / 1e6,
+           (double)(need[S_IDX] + need[S_BATCH] + need[S_LAYER] + need[S_SREQ]) / 1e6);
+    return VS_OK;
+}
+
 /* ---- construction ----------------------------------------------------------------------------- */
 
 static vs_rt_backend_ops make_ops(void)
@@ -1767,7 +2055,10 @@ static vs_rt_backend_ops make_ops(void)
     o.zero = cuda_zero;
     o.sync = cuda_sync;
     o.batch_begin = cuda_batch_begin;
+    o.reserve = cuda_reserve;
+    o.mem_info = cuda_mem_info;
     o.gemm_weights = cuda_gemm_weights;
+    o.decoder_weights = cuda_decoder_weights;
     o.linear = cuda_linear;
     o.silu = cuda_silu;
     o.gelu_tanh = cuda_gelu;
@@ -1844,10 +2135,10 @@ extern "C" vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_er
             goto fail;
         }
     }
-    /* FP32 mode: no TF32 anywhere. BF16 mode: the FP32 GEMMs left (decoder) may use TF32. */
+    /* strict FP32 by default; in BF16 mode gemm_math switches to TF32 for the decoder's GEMMs */
+    c->math = CUBLAS_DEFAULT_MATH;
     if (cublasSetStream(c->blas, c->st) != CUBLAS_STATUS_SUCCESS ||
-        cublasSetMathMode(c->blas, fp32 ? CUBLAS_DEFAULT_MATH : CUBLAS_TF32_TENSOR_OP_MATH) !=
-            CUBLAS_STATUS_SUCCESS) {
+        cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
         st = vs_err_set(err, VS_ERR_CUDA, "cuBLAS setup (stream, math mode) failed");
         goto fail;
     }
@@ -1864,7 +2155,8 @@ extern "C" vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_er
     c->base.host_memory = 0;
     vs_log(VS_LOG_INFO, "runtime", "backend cuda: %s (sm_%d%d, %d SMs, %.1f GB), %s", prop.name,
            prop.major, prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / 1e9,
-           fp32 ? "FP32 (no TF32)" : "BF16 GEMM weights, FP32 accumulation");
+           fp32 ? "FP32 (no TF32)"
+                : "BF16 GEMM weights (FP32 accumulation), TF32 decoder, FP32 elsewhere");
     *out = &c->base;
     return VS_OK;
 fail:

@@ -1,7 +1,8 @@
 /* runtime/vae.c — the decoder of docs/ALGORITHMS.md §1.7 over backend ops.
  *
  * Four activation buffers (x, a, b, s) of the largest C·H·W, plus qkv for the attention blocks.
- * ResBlock: a = GN+SiLU(x); b = conv1(a); a = GN+SiLU(b); b = conv2(a); b += nin(x) or x; swap. */
+ * visit_decoder lists the decode's convolutions and attentions (for the backend's reserve and its
+ * decoder_weights precision); it mirrors vs_rt_vae_decode. ResBlock: a = GN+SiLU(x); b = conv1(a); a = GN+SiLU(b); b = conv2(a); b += nin(x) or x; swap. */
 #include "runtime/vae.h"
 
 #include <math.h>
@@ -112,6 +113,110 @@ static void attnblock(vs_rt_vae *v, const vs_rt_attnblock_w *a, int H, int W)
     conv(v, v->b, v->a, &a->proj, H, W);
     VBE->add(v->be, v->b, v->x, (size_t)C * HW);
     swap(&v->x, &v->b);
+}
+
+/* ---- what the decoder asks of the backend (for reserve and decoder_weights) ---------------------- */
+
+typedef struct {
+    void (*conv)(void *ctx, const vs_rt_conv_w *cw, int H, int W);
+    void (*attn)(void *ctx, int C, int HW);
+    void *ctx;
+} visitor;
+
+static void visit_resblock(const visitor *vi, const vs_rt_resblock_w *r, int H, int W)
+{
+    vi->conv(vi->ctx, &r->conv1, H, W);
+    vi->conv(vi->ctx, &r->conv2, H, W);
+    if (r->nin.w)
+        vi->conv(vi->ctx, &r->nin, H, W);
+}
+
+static void visit_attnblock(const visitor *vi, const vs_rt_attnblock_w *a, int H, int W)
+{
+    vi->conv(vi->ctx, &a->qkv, H, W);
+    vi->attn(vi->ctx, a->norm.c, H * W);
+    vi->conv(vi->ctx, &a->proj, H, W);
+}
+
+/* Every conv2d and spatial_attention of vs_rt_vae_decode, at its resolution: keep the two alike. */
+static void visit_decoder(const vs_rt_config *c, const vs_rt_weights *w, const visitor *vi)
+{
+    int P = c->patch_nums[c->n_scales - 1], nl = c->n_levels;
+    vi->conv(vi->ctx, &w->post_quant_conv, P, P);
+    vi->conv(vi->ctx, &w->conv_in, P, P);
+    visit_resblock(vi, &w->mid_block1, P, P);
+    visit_attnblock(vi, &w->mid_attn, P, P);
+    visit_resblock(vi, &w->mid_block2, P, P);
+    int res = P;
+    for (int lv = nl - 1; lv >= 0; lv--) {
+        const vs_rt_level_w *u = &w->up[lv];
+        for (int j = 0; j < u->n_blocks; j++) {
+            visit_resblock(vi, &u->block[j], res, res);
+            if (u->n_attn)
+                visit_attnblock(vi, &u->attn[j], res, res);
+        }
+        if (lv != 0) {
+            res *= 2;
+            vi->conv(vi->ctx, &u->upsample, res, res);
+        }
+    }
+    vi->conv(vi->ctx, &w->conv_out, res, res);
+}
+
+static void conv_extent(void *ctx, const vs_rt_conv_w *cw, int H, int W)
+{
+    vs_rt_workload *wl = ctx;
+    if (!cw->w || cw->k <= 1)
+        return; /* 1×1 convolutions multiply in place: no im2col */
+    int kk = cw->cin * cw->k * cw->k;
+    wl->conv_cin_kk = kk > wl->conv_cin_kk ? kk : wl->conv_cin_kk;
+    wl->conv_h = H > wl->conv_h ? H : wl->conv_h;
+    wl->conv_w = W > wl->conv_w ? W : wl->conv_w;
+}
+
+static void attn_extent(void *ctx, int C, int HW)
+{
+    vs_rt_workload *wl = ctx;
+    (void)C;
+    wl->attn_hw = HW > wl->attn_hw ? HW : wl->attn_hw;
+}
+
+void vs_rt_vae_workload(const vs_rt_config *c, const vs_rt_weights *w, vs_rt_workload *wl)
+{
+    visitor vi = {conv_extent, attn_extent, wl};
+    visit_decoder(c, w, &vi);
+}
+
+typedef struct {
+    const float **out;
+    int cap, n;
+} weight_list;
+
+static void conv_weight(void *ctx, const vs_rt_conv_w *cw, int H, int W)
+{
+    weight_list *l = ctx;
+    (void)H;
+    (void)W;
+    if (!cw->w)
+        return;
+    if (l->n < l->cap)
+        l->out[l->n] = cw->w;
+    l->n++;
+}
+
+static void no_attn(void *ctx, int C, int HW)
+{
+    (void)ctx;
+    (void)C;
+    (void)HW;
+}
+
+int vs_rt_vae_conv_weights(const vs_rt_config *c, const vs_rt_weights *w, const float **out, int cap)
+{
+    weight_list l = {out, cap, 0};
+    visitor vi = {conv_weight, no_attn, &l};
+    visit_decoder(c, w, &vi);
+    return l.n;
 }
 
 vs_status vs_rt_vae_decode(vs_rt_vae *v, const float *f_hat, uint8_t *rgb, float *unit, vs_err *err)

@@ -18,6 +18,13 @@ vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_wei
                         vs_rt_vae **out, vs_err *err);
 void vs_rt_vae_free(vs_rt_vae *v); /* NULL ok */
 
+/* Raises the fields of *wl that one decode needs (conv2d with k > 1, spatial_attention) to it. */
+void vs_rt_vae_workload(const vs_rt_config *c, const vs_rt_weights *w, vs_rt_workload *wl);
+
+/* The weights of the decoder's convolutions into out[0..cap); returns how many there are (which
+ * may be more than cap: call with cap 0 to count). */
+int vs_rt_vae_conv_weights(const vs_rt_config *c, const vs_rt_weights *w, const float **out, int cap);
+
 /* f_hat backend [Cvae][P][P] → rgb host [H][W][3] bytes round(255·x) and/or unit host [3][H][W]. */
 vs_status vs_rt_vae_decode(vs_rt_vae *v, const float *f_hat, uint8_t *rgb, float *unit, vs_err *err);
 

@@ -1,8 +1,10 @@
 /* runtime/var.c — the VAR transformer step over a ragged batch, guidance, sampling, quantiser.
  *
- * Scratch is sized once for max_images images all at the largest scale, so a step never
- * allocates. Token layout of a step: rows in order (image 0 cond, image 0 uncond, image 1 cond,
- * …), each row's p_s² tokens contiguous. Engine thread only. */
+ * Scratch is sized once for max_images images all at the largest scale, and so is the backend's
+ * own scratch (reserve(), from engine_workload and the decoder's vs_rt_vae_workload), and the
+ * state (f_hat, next input) of max_images images: neither a step, nor a decode, nor starting an
+ * image within that many allocates backend memory. Token layout of a step: rows in order (image 0
+ * cond, image 0 uncond, image 1 cond, …), each row's p_s² tokens contiguous. Engine thread only. */
 #include "runtime/var.h"
 
 #include <math.h>
@@ -26,6 +28,8 @@ struct vs_rt_engine {
     float *x, *xn, *tmp, *qkv, *attn, *ffn, *logits, *gin; /* [T][...] */
     float *cond, *csilu, *mod, *smod, *hmod;              /* [R][...] */
     float *q_h, *q_up, *q_conv, *q_down;                  /* quantiser, one image */
+    float *img_mem;         /* the state of max_images images: [max_images][2][Cvae·P²] */
+    int *img_free, n_img_free; /* its free slots */
     /* host scratch */
     int32_t *tok_row, *idx; /* [max_tok] */
     uint8_t *kv_store;      /* [max_rows] see vs_rt_batch */
@@ -75,6 +79,56 @@ static int declare_gemm_weights(vs_rt_engine *e)
     return 0;
 }
 
+/* Tells the backend which conv2d weights are the decoder's (it may multiply them at reduced
+ * precision); the quantiser's φ convolutions are not among them. 0, or -1 when out of memory. */
+static int declare_decoder_weights(vs_rt_engine *e)
+{
+    const vs_rt_config *c = &e->m->cfg;
+    int n = vs_rt_vae_conv_weights(c, &e->w, NULL, 0);
+    const float **w = malloc((size_t)(n > 0 ? n : 1) * sizeof *w);
+    if (!w)
+        return -1;
+    vs_rt_vae_conv_weights(c, &e->w, w, n);
+    BE->decoder_weights(e->be, e->wdata, w, n);
+    free(w);
+    return 0;
+}
+
+/* The largest work of a step of max_images images (every row at the last scale, holding every
+ * token), of the quantiser and of the decoder: what the backend reserves its scratch for. */
+static void engine_workload(const vs_rt_engine *e, vs_rt_workload *wl)
+{
+    const vs_rt_config *c = &e->m->cfg;
+    int S = c->n_scales, P = c->patch_nums[S - 1], P2 = P * P;
+    int first_l = c->patch_nums[0] * c->patch_nums[0];
+    memset(wl, 0, sizeof *wl);
+    wl->rows = e->max_rows;
+    wl->tokens = e->max_tok;
+    wl->kv_tokens = c->scale_offset[S];
+    /* index lists: a row's tokens (lvl_pos, class and pos_start), a scale's codes, a class per row */
+    wl->index = P2 > e->max_rows ? P2 : e->max_rows;
+    wl->index = first_l > wl->index ? first_l : wl->index;
+    size_t T = (size_t)e->max_tok, K = (size_t)c->embed_dim;
+    if ((size_t)c->ffn_dim > K)
+        K = (size_t)c->ffn_dim; /* fc2 */
+    if ((size_t)c->z_channels > K)
+        K = (size_t)c->z_channels; /* the word embedding */
+    wl->linear_in = T * K;
+    wl->sample_reqs = e->max_images;
+    wl->sample_tokens = e->max_images * P2;
+    wl->vocab = c->vocab_size;
+    for (int s = 0; s < S; s++) { /* the quantiser's φ, at P×P */
+        const vs_rt_conv_w *phi = &e->w.phi[vs_rt_phi_index(c, s)];
+        if (phi->w && phi->k > 1) {
+            int kk = phi->cin * phi->k * phi->k;
+            wl->conv_cin_kk = kk > wl->conv_cin_kk ? kk : wl->conv_cin_kk;
+            wl->conv_h = P > wl->conv_h ? P : wl->conv_h;
+            wl->conv_w = P > wl->conv_w ? P : wl->conv_w;
+        }
+    }
+    vs_rt_vae_workload(c, &e->w, wl);
+}
+
 static void *balloc(vs_rt_engine *e, size_t floats, int *fail)
 {
     void *p = BE->alloc(e->be, floats * sizeof(float));
@@ -108,11 +162,12 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
             vs_rt_engine_free(e);
             return vs_err_set(err, VS_ERR_NOMEM,
                               "cannot place the model's %.1f MB of weights on the %s backend",
-                              (double)m->data_bytes / 1e6, BE->name);
+                              (double)m->data_bytes / 1e6, be->ops->name);
         }
         BE->upload(be, e->wdata, m->data, m->data_bytes);
         vs_rt_model_rebase(m, e->wdata, &e->w, e->blocks);
-        if (BE->gemm_weights && declare_gemm_weights(e) != 0) {
+        if ((BE->gemm_weights && declare_gemm_weights(e) != 0) ||
+            (BE->decoder_weights && declare_decoder_weights(e) != 0)) {
             vs_rt_engine_free(e);
             return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
         }
@@ -137,12 +192,17 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
     e->q_up = balloc(e, Cv * P2, &fail);
     e->q_conv = balloc(e, Cv * P2, &fail);
     e->q_down = balloc(e, Cv * P2, &fail);
+    e->img_mem = balloc(e, (size_t)max_images * 2 * Cv * P2, &fail);
+    e->img_free = malloc((size_t)max_images * sizeof *e->img_free);
+    if (e->img_free)
+        for (int i = max_images - 1; i >= 0; i--)
+            e->img_free[e->n_img_free++] = i;
     e->tok_row = malloc(T * sizeof *e->tok_row);
     e->idx = malloc(T * sizeof *e->idx);
     e->rows = malloc(R * sizeof *e->rows);
     e->kv_store = malloc(R);
     e->reqs = malloc((size_t)max_images * sizeof *e->reqs);
-    if (fail || !e->tok_row || !e->idx || !e->rows || !e->kv_store || !e->reqs) {
+    if (fail || !e->img_free || !e->tok_row || !e->idx || !e->rows || !e->kv_store || !e->reqs) {
         double mb = (double)T * (C * 5 + 3 * C + (size_t)c->ffn_dim + (size_t)c->vocab_size) * 4 / 1e6;
         vs_rt_engine_free(e);
         return vs_err_set(err, VS_ERR_NOMEM,
@@ -155,6 +215,18 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
         vs_rt_engine_free(e);
         return st;
     }
+    if (BE->reserve) {
+        vs_rt_workload wl;
+        engine_workload(e, &wl);
+        if ((st = BE->reserve(be, &wl, err)) != VS_OK) {
+            vs_rt_engine_free(e);
+            return vs_err_wrap(err, "backend scratch for steps of %d images", max_images);
+        }
+    }
+    if ((st = be->ops->sync(be, err)) != VS_OK) {
+        vs_rt_engine_free(e);
+        return vs_err_wrap(err, "placing the model on the %s backend", be->ops->name);
+    }
     *out = e;
     return VS_OK;
 }
@@ -165,12 +237,13 @@ void vs_rt_engine_free(vs_rt_engine *e)
         return;
     float *bufs[] = {e->x, e->xn, e->tmp, e->attn, e->qkv, e->ffn, e->logits, e->gin, e->cond,
                      e->csilu, e->mod, e->smod, e->hmod, e->q_h, e->q_up, e->q_conv, e->q_down,
-                     e->wdata};
+                     e->img_mem, e->wdata};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i])
             BE->free(e->be, bufs[i]);
     vs_rt_vae_free(e->vae);
     free(e->blocks);
+    free(e->img_free);
     free(e->tok_row);
     free(e->idx);
     free(e->rows);
@@ -196,29 +269,58 @@ void vs_rt_engine_set_hooks(vs_rt_engine *e, const vs_rt_hooks *hooks)
         e->hooks = *hooks;
 }
 
-vs_status vs_rt_image_init(vs_rt_engine *e, vs_rt_image *img, vs_err *err)
+/* floats of one image's f_hat (and of its next_in) */
+static size_t state_floats(const vs_rt_engine *e)
 {
     const vs_rt_config *c = &e->m->cfg;
     int P = c->patch_nums[c->n_scales - 1];
+    return (size_t)c->z_channels * P * P;
+}
+
+/* The slot of img_mem that f_hat lies in, or -1 (its own allocation). */
+static int state_slot(const vs_rt_engine *e, const float *f_hat)
+{
+    uintptr_t p = (uintptr_t)f_hat, base = (uintptr_t)e->img_mem;
+    size_t slot_bytes = 2 * state_floats(e) * sizeof(float);
+    if (!e->img_mem || p < base || p >= base + (size_t)e->max_images * slot_bytes)
+        return -1;
+    return (int)((p - base) / slot_bytes);
+}
+
+vs_status vs_rt_image_init(vs_rt_engine *e, vs_rt_image *img, vs_err *err)
+{
+    const vs_rt_config *c = &e->m->cfg;
+    size_t nf = state_floats(e);
     img->scale = 0;
     img->tokens = calloc((size_t)c->scale_offset[c->n_scales], sizeof *img->tokens);
-    img->f_hat = BE->alloc(e->be, (size_t)c->z_channels * P * P * sizeof(float));
-    img->next_in = BE->alloc(e->be, (size_t)c->z_channels * P * P * sizeof(float));
+    if (e->n_img_free > 0) {
+        int slot = e->img_free[--e->n_img_free];
+        img->f_hat = e->img_mem + (size_t)slot * 2 * nf;
+        img->next_in = img->f_hat + nf;
+    } else { /* more images than max_images at once */
+        img->f_hat = BE->alloc(e->be, nf * sizeof(float));
+        img->next_in = BE->alloc(e->be, nf * sizeof(float));
+    }
     if (!img->tokens || !img->f_hat || !img->next_in) {
         vs_rt_image_free(e, img);
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory for an image's state");
     }
-    BE->zero(e->be, img->f_hat, (size_t)c->z_channels * P * P * sizeof(float));
+    BE->zero(e->be, img->f_hat, nf * sizeof(float));
     return VS_OK;
 }
 
 void vs_rt_image_free(vs_rt_engine *e, vs_rt_image *img)
 {
     free(img->tokens);
-    if (img->f_hat)
-        BE->free(e->be, img->f_hat);
-    if (img->next_in)
-        BE->free(e->be, img->next_in);
+    int slot = img->f_hat ? state_slot(e, img->f_hat) : -1;
+    if (slot >= 0) {
+        e->img_free[e->n_img_free++] = slot;
+    } else {
+        if (img->f_hat)
+            BE->free(e->be, img->f_hat);
+        if (img->next_in)
+            BE->free(e->be, img->next_in);
+    }
     img->tokens = NULL;
     img->f_hat = img->next_in = NULL;
 }
@@ -271,6 +373,19 @@ void vs_rt_image_fhat(vs_rt_engine *e, const vs_rt_image *img, float *host)
     const vs_rt_config *c = &e->m->cfg;
     int P = c->patch_nums[c->n_scales - 1];
     BE->download(e->be, host, img->f_hat, (size_t)c->z_channels * P * P * sizeof(float));
+}
+
+/* A step that stops half way (a hook failed): the work queued is void. sync() collects (and so
+ * clears) any error the backend recorded meanwhile; a lost device outranks the hook's reason. */
+static vs_status abandon_step(vs_rt_engine *e, vs_status st, vs_err *err)
+{
+    vs_err be_err = {0};
+    if (BE->sync(e->be, &be_err) == VS_ERR_DEVICE_LOST) {
+        if (err)
+            *err = be_err;
+        return VS_ERR_DEVICE_LOST;
+    }
+    return st;
 }
 
 vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, vs_err *err)
@@ -365,11 +480,11 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, vs_err *e
         memset(e->kv_store, 1, (size_t)R);
         if (e->have_hooks && e->hooks.before_attn &&
             (st = e->hooks.before_attn(e->hooks.ctx, l, &b, err)) != VS_OK)
-            return st;
+            return abandon_step(e, st, err);
         BE->attention(e->be, e->attn, e->qkv, &b, l, H, d, attn_scale);
         if (e->have_hooks && e->hooks.after_attn &&
             (st = e->hooks.after_attn(e->hooks.ctx, l, &b, e->qkv, err)) != VS_OK)
-            return st;
+            return abandon_step(e, st, err);
         BE->linear(e->be, e->tmp, e->attn, bw->proj_w, bw->proj_b, T, C, C);
         BE->gated_add(e->be, e->x, e->tmp, e->mod, 6 * C, 0, &b, C);
         BE->adaln(e->be, e->xn, e->x, e->mod, 6 * C, 3 * C, 5 * C, &b, C, (float)c->norm_eps);

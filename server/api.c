@@ -34,7 +34,8 @@ int vs_srv_http_code(vs_status s)
     case VS_ERR_INVALID: return 400;
     case VS_ERR_UNSUPPORTED: return 400;
     case VS_ERR_BUSY: return 429;
-    case VS_ERR_KV_FULL: return 503;
+    case VS_ERR_KV_FULL:
+    case VS_ERR_DEVICE_LOST: return 503;
     case VS_ERR_TIMEOUT: return 504;
     case VS_ERR_NOMEM:
     case VS_ERR_IO:

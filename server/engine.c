@@ -12,6 +12,11 @@
  * When nothing runs it sleeps on the queue (woken by a push), waking every 50 ms to sweep.
  * Slots hold the running images; max_batch_images of them, allocated once at load.
  *
+ * A failed step answers its requests 500 and the engine goes on: the backend clears recoverable
+ * errors (runtime/backend.h). When the backend says VS_ERR_DEVICE_LOST instead, the engine
+ * stops generating for good: it publishes the reason (vs_srv_engine_lost, which turns /health and
+ * /ready to 503), answers every request it holds or receives later 503, and waits to be stopped.
+ *
  * Testing only: VARSERVE_FAILPOINT=label:N makes every step that holds an image of class N fail
  * as a backend error would, so the 500 path can be tested against a real server. */
 #include "server/engine.h"
@@ -37,6 +42,19 @@
 
 #define POLICY_CACHE 16 /* distinct (policy, budget) pairs kept; others live with their job */
 
+/* Device memory the KV pool leaves free (cuBLAS's workspace, kernels the CUDA runtime loads on
+ * first use, fragmentation): the larger of these. README.md, kv_pool_mb, says the same. */
+#define DEVICE_MARGIN_MIB 256
+#define DEVICE_MARGIN_PERCENT 2
+
+static size_t device_margin(size_t total)
+{
+    size_t pct = total / 100 * DEVICE_MARGIN_PERCENT, floor_b = (size_t)DEVICE_MARGIN_MIB << 20;
+    return pct > floor_b ? pct : floor_b;
+}
+
+static double mib(size_t bytes) { return (double)bytes / 1048576.0; }
+
 typedef struct {
     vs_srv_job *job;
     int index;          /* image index within its job */
@@ -60,6 +78,8 @@ struct vs_srv_engine {
 
     _Atomic(const vs_srv_engine_info *) info_pub; /* set once, release */
     atomic_int stop, abort_all, n_jobs;
+    _Atomic(const char *) lost_pub; /* set once, release: lost_msg, when the device is lost */
+    char lost_msg[600];
 
     /* engine only */
     vs_srv_engine_info info;
@@ -286,6 +306,38 @@ static void sweep(vs_srv_engine *e)
     }
 }
 
+/* ---- a lost device ------------------------------------------------------------------------------ */
+
+static void device_lost(vs_srv_engine *e, const vs_err *err)
+{
+    if (atomic_load(&e->lost_pub))
+        return;
+    snprintf(e->lost_msg, sizeof e->lost_msg, "%s", err->msg);
+    atomic_store_explicit(&e->lost_pub, e->lost_msg, memory_order_release);
+    vs_log(VS_LOG_ERROR, "engine",
+           "the device is lost; /health and /ready answer 503 and every request is refused until "
+           "the process is restarted: %s",
+           err->msg);
+}
+
+static void answer_lost(vs_srv_engine *e, vs_srv_job *j)
+{
+    answer(e, j, 503, VS_ERR_DEVICE_LOST, "unavailable_error", "device_lost",
+           "the device failed and this server cannot generate until it is restarted; retry on "
+           "another instance (%s)",
+           e->lost_msg);
+}
+
+/* Answers everything queued or admitted (nothing runs once the device is lost). */
+static void refuse_everything(vs_srv_engine *e)
+{
+    vs_srv_job *j;
+    while ((j = pop_job(e)))
+        answer_lost(e, j);
+    while (e->n_active)
+        answer_lost(e, e->active[0]);
+}
+
 static void abort_everything(vs_srv_engine *e)
 {
     vs_srv_queue_close(e->q);
@@ -454,6 +506,8 @@ static void step(vs_srv_engine *e)
         vs_rt_engine_set_hooks(e->rt, NULL);
     }
     if (fail || st != VS_OK) {
+        if (st == VS_ERR_DEVICE_LOST)
+            device_lost(e, &err);
         fail_running(e, &err);
         return;
     }
@@ -476,6 +530,8 @@ static void step(vs_srv_engine *e)
         vs_status dst = vs_rt_decode(e->rt, &ip, 1, &rgb, NULL, &err);
         j->decode_s += now_s() - d0;
         if (dst != VS_OK) {
+            if (dst == VS_ERR_DEVICE_LOST)
+                device_lost(e, &err);
             answer(e, j, 500, dst, "internal_error", "engine_error", "decoding failed: %s", err.msg);
             i = 0; /* slots were compacted */
             continue;
@@ -509,6 +565,10 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     const vs_rt_config *c = &e->model->cfg;
     if ((st = vs_rt_backend_new(kind, (int)cfg->threads, &e->be, err)) != VS_OK)
         return vs_err_wrap(err, "config key 'backend' ('%s')", cfg->backend);
+    /* device memory before the model: what the weights and scratch take is the difference */
+    vs_rt_mem_info dev0 = {0};
+    if (e->be->ops->mem_info && (st = e->be->ops->mem_info(e->be, &dev0, err)) != VS_OK)
+        return vs_err_wrap(err, "device memory");
     e->max_images = (int)cfg->max_batch_images;
     if ((st = vs_rt_engine_new(e->model, e->be, e->max_images, &e->rt, err)) != VS_OK)
         return vs_err_wrap(err, "config key 'max_batch_images' (%d)", e->max_images);
@@ -541,9 +601,43 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->embed_dim);
     size_t full_per_image = 2 * vs_kv_policy_peak_pages_per_row(full, VS_KV_PAGE_TOKENS);
     size_t per_image = 2 * vs_kv_policy_peak_pages_per_row(def, VS_KV_PAGE_TOKENS);
-    /* automatic: room for a full batch even of full-cache requests */
+    /* automatic: room for a full batch even of full-cache requests (the batch never holds more),
+     * on a device at most what is free after the weights and every scratch, less the margin */
     size_t bytes = cfg->kv_pool_mb ? (size_t)cfg->kv_pool_mb << 20
                                    : full_per_image * page_bytes * (size_t)e->max_images;
+    if (e->be->ops->mem_info) {
+        vs_rt_mem_info dev;
+        if ((st = e->be->ops->mem_info(e->be, &dev, err)) != VS_OK)
+            return vs_err_wrap(err, "device memory");
+        size_t margin = device_margin(dev.total);
+        size_t fits = dev.free > margin ? (dev.free - margin) / page_bytes * page_bytes : 0;
+        size_t engine_bytes = dev0.free > dev.free ? dev0.free - dev.free : 0;
+        if (cfg->kv_pool_mb && bytes > fits)
+            return vs_err_set(err, VS_ERR_NOMEM,
+                              "config key 'kv_pool_mb' (%ld) does not fit on the device: after the "
+                              "weights and scratch for max_batch_images %d (%.0f MiB), %.0f MiB of "
+                              "%.0f are free and %.0f stay free as a margin, so at most %zu MiB "
+                              "fit: lower kv_pool_mb (or max_batch_images), or 0 for automatic",
+                              cfg->kv_pool_mb, e->max_images, mib(engine_bytes), mib(dev.free),
+                              mib(dev.total), mib(margin), fits >> 20);
+        if (!cfg->kv_pool_mb && bytes > fits) {
+            if (fits / page_bytes < per_image)
+                return vs_err_set(
+                    err, VS_ERR_NOMEM,
+                    "config key 'kv_pool_mb' (0, automatic): after the weights and scratch for "
+                    "max_batch_images %d (%.0f MiB), %.0f MiB of %.0f are free and %.0f stay free "
+                    "as a margin, which leaves %.1f MiB for the KV pool, but one image needs %.1f "
+                    "MiB with kv_policy %s: lower max_batch_images or use a compressing kv_policy",
+                    e->max_images, mib(engine_bytes), mib(dev.free), mib(dev.total), mib(margin),
+                    mib(fits), mib(per_image * page_bytes), cfg->kv_policy);
+            vs_log(VS_LOG_WARN, "engine",
+                   "kv_pool_mb 0: a full batch of %d images at full cache needs %.1f MiB but the "
+                   "device has %.1f MiB left for the pool (after %.0f MiB of weights and scratch "
+                   "and a margin of %.0f MiB); the pool gets that",
+                   e->max_images, mib(bytes), mib(fits), mib(engine_bytes), mib(margin));
+            bytes = fits;
+        }
+    }
     if (bytes / page_bytes < per_image)
         return vs_err_set(err, VS_ERR_INVALID,
                           "config key 'kv_pool_mb' (%ld) holds %zu KV pages but one image of this model "
@@ -665,6 +759,11 @@ static void *engine_main(void *arg)
             vs_srv_queue_wait(e->q, 0.05);
             continue;
         }
+        if (atomic_load(&e->lost_pub)) {
+            refuse_everything(e);
+            vs_srv_queue_wait(e->q, 0.05);
+            continue;
+        }
         sweep(e);
         admit(e);
         if (e->n_slots == 0) {
@@ -690,6 +789,7 @@ vs_status vs_srv_engine_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     atomic_init(&e->info_pub, NULL);
+    atomic_init(&e->lost_pub, NULL);
     atomic_init(&e->stop, 0);
     atomic_init(&e->abort_all, 0);
     atomic_init(&e->n_jobs, 0);
@@ -727,6 +827,11 @@ const vs_srv_engine_info *vs_srv_engine_info_get(vs_srv_engine *e)
 }
 
 int vs_srv_engine_jobs(vs_srv_engine *e) { return atomic_load(&e->n_jobs); }
+
+const char *vs_srv_engine_lost(vs_srv_engine *e)
+{
+    return atomic_load_explicit(&e->lost_pub, memory_order_acquire);
+}
 
 void vs_srv_engine_abort(vs_srv_engine *e)
 {

@@ -66,6 +66,11 @@ const vs_srv_engine_info *vs_srv_engine_info_get(vs_srv_engine *e);
 /* Jobs the engine holds (admitted or waiting for pages), not yet answered. */
 int vs_srv_engine_jobs(vs_srv_engine *e);
 
+/* NULL while the device works; once the backend has reported VS_ERR_DEVICE_LOST, why (the
+ * backend's message; immutable from then on). The engine then answers every job 503 and never
+ * generates again: only a restart helps. Any thread. */
+const char *vs_srv_engine_lost(vs_srv_engine *e);
+
 /* From now on every queued and running job, and every job pushed later, is answered 503
  * (shutting down). Closes the queue. */
 void vs_srv_engine_abort(vs_srv_engine *e);

@@ -173,8 +173,20 @@ static enum MHD_Result respond_json(req *r, struct MHD_Connection *c, int code, 
 
 /* ---- simple endpoints --------------------------------------------------------------------------- */
 
+/* 503 {"status": "device_lost", "reason": …} once the device is lost, for /health and /ready. */
+static enum MHD_Result respond_lost(req *r, struct MHD_Connection *c, const char *why)
+{
+    cJSON *o = cJSON_CreateObject();
+    cJSON_AddStringToObject(o, "status", "device_lost");
+    cJSON_AddStringToObject(o, "reason", why);
+    return respond_json(r, c, 503, o);
+}
+
 static enum MHD_Result do_health(req *r, struct MHD_Connection *c)
 {
+    const char *lost = vs_srv_engine_lost(r->h->eng);
+    if (lost)
+        return respond_lost(r, c, lost);
     cJSON *o = cJSON_CreateObject();
     cJSON_AddStringToObject(o, "status", "ok");
     return respond_json(r, c, 200, o);
@@ -182,6 +194,9 @@ static enum MHD_Result do_health(req *r, struct MHD_Connection *c)
 
 static enum MHD_Result do_ready(req *r, struct MHD_Connection *c)
 {
+    const char *lost = vs_srv_engine_lost(r->h->eng);
+    if (lost)
+        return respond_lost(r, c, lost);
     const char *state = atomic_load(&r->h->draining) ? "draining"
                         : vs_srv_engine_info_get(r->h->eng) ? "ready"
                                                             : "loading";
@@ -314,6 +329,12 @@ static enum MHD_Result generate_begin(req *r, struct MHD_Connection *c)
     if (!vs_srv_engine_info_get(h->eng))
         return fail(r, c, 503, "unavailable_error", "loading", NULL, "1",
                     "the model is still loading; retry in a moment (GET /ready says when)");
+    const char *lost = vs_srv_engine_lost(h->eng);
+    if (lost)
+        return fail(r, c, 503, "unavailable_error", "device_lost", NULL, NULL,
+                    "the device failed and this server cannot generate until it is restarted; "
+                    "retry on another instance (%s)",
+                    lost);
     if (!authorized(h, c))
         return fail(r, c, 401, "authentication_error", "invalid_api_key", NULL, NULL,
                     "missing or wrong API key: send 'Authorization: Bearer <key>'");
@@ -427,7 +448,8 @@ static enum MHD_Result generate_reply(req *r, struct MHD_Connection *c)
                               j->err_code ? j->err_code : "internal", "", ""};
         snprintf(e.msg, sizeof e.msg, "%s", j->msg);
         header ra = {MHD_HTTP_HEADER_RETRY_AFTER, "5"};
-        return respond_error(r, c, &e, &ra, j->http == 503 ? 1 : 0);
+        int retry = j->http == 503 && j->status != VS_ERR_DEVICE_LOST; /* not here, ever */
+        return respond_error(r, c, &e, &ra, retry);
     }
     const vs_srv_engine_info *in = vs_srv_engine_info_get(r->h->eng);
     unsigned char *png[VS_SRV_MAX_N] = {0};

@@ -504,7 +504,7 @@ START_TEST(a_failed_op_makes_sync_return_the_error_and_where_it_happened)
     ck_assert_int_ne(be->ops->sync(be, &err), VS_OK);
     ck_assert_ptr_nonnull(strstr(err.msg, "batch_begin"));
     ck_assert_ptr_nonnull(strstr(err.msg, "backend_cuda.cu:"));
-    ck_assert_int_ne(be->ops->sync(be, &err), VS_OK); /* sticky */
+    ck_assert_int_eq(be->ops->sync(be, &err), VS_OK); /* reported once: the device is fine */
     be->ops->free(be, buf);
     vs_rt_backend_free(be);
     tb_free(&t);
@@ -1128,6 +1128,196 @@ START_TEST(bf16_logits_on_the_bundled_model_are_within_bf16_precision_of_fp32)
 }
 END_TEST
 
+/* ---- recovery and memory: what a failed op leaves, what a step allocates ------------------------ */
+
+/* The attention refuses a row whose page table is short of its new tokens (upload_layer's check):
+ * that work fails, sync() says why once, and the same backend then runs the same attention as the
+ * CPU does. A lost device is tested against a server (tests/test_cuda_emu_server.py): the
+ * emulator's fault injection lasts for the life of the process. */
+START_TEST(a_refused_page_table_fails_that_work_once_and_the_backend_goes_on)
+{
+    if (g_self)
+        return; /* the CPU backend trusts its caller */
+    tbatch t;
+    tb_init(&t, 2, 16);
+    int C = t.C, T = t.n_tok;
+    buf2 qkv = b2_rand((size_t)T * 3 * C, 1, 0), out = b2_new((size_t)T * C);
+    int keep = t.kv[3][1].n_pages;
+    t.kv[3][1].n_pages = 1;
+    vs_err err = {0};
+    g_dut->ops->attention(g_dut, out.dut, qkv.dut, &t.b[1], 1, t.H, t.d, 1.0f);
+    ck_assert_int_eq(g_dut->ops->sync(g_dut, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "row 3 layer 1") != NULL, "%s", err.msg);
+    ck_assert_msg(g_dut->ops->sync(g_dut, &err) == VS_OK, "the error stayed: %s", err.msg);
+    t.kv[3][1].n_pages = keep;
+    BOTH(attention, P(out), P(qkv), PB(t), 1, t.H, t.d, 1.0f);
+    expect(&out, TOL, "attention after a refused page table");
+    expect(&t.arena, 0, "KV pages after a refused page table");
+    b2_free(&qkv);
+    b2_free(&out);
+    tb_free(&t);
+}
+END_TEST
+
+/* Scratch larger than any device (spatial attention's HW² scores) is out of memory for that op
+ * only: sync() returns VS_ERR_NOMEM naming the fix once, then the backend works. */
+START_TEST(scratch_that_does_not_fit_fails_that_op_once_and_the_backend_goes_on)
+{
+    if (g_self)
+        return;
+    vs_err err = {0};
+    int HW = 1 << 20; /* 4 TiB of scores */
+    buf2 qkv = b2_rand((size_t)3 * HW, 1, 0), out = b2_new((size_t)HW);
+    g_dut->ops->spatial_attention(g_dut, out.dut, qkv.dut, 1, 1, HW);
+    ck_assert_int_eq(g_dut->ops->sync(g_dut, &err), VS_ERR_NOMEM);
+    ck_assert_msg(strstr(err.msg, "lower the batch size") != NULL, "%s", err.msg);
+    ck_assert_msg(g_dut->ops->sync(g_dut, &err) == VS_OK, "the error stayed: %s", err.msg);
+    b2_free(&qkv);
+    b2_free(&out);
+    buf2 x = b2_rand(4096, 2, 0), y = b2_new(4096);
+    BOTH(silu, P(y), P(x), 4096);
+    expect(&y, TOL, "silu after scratch ran out");
+    b2_free(&x);
+    b2_free(&y);
+}
+END_TEST
+
+/* Runs n images of the tiny fixture on `be` (an engine for n images, the full cache), without
+ * decoding, then one more with its decode; checks the backend made no device allocation and
+ * that its free memory did not move from before the first image started to after the last. */
+static void max_batch_allocates_nothing(vs_rt_backend *be, int n, int decode, const char *what)
+{
+    vs_err err = {0};
+    vs_rt_model *m = NULL;
+    ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
+    const vs_rt_config *c = &m->cfg;
+    vs_rt_engine *e = NULL;
+    ck_assert_msg(vs_rt_engine_new(m, be, n, &e, &err) == VS_OK, "%s", err.msg);
+    vs_kv_allocator al = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
+    size_t page_bytes = vs_kv_page_bytes(16, c->embed_dim);
+    size_t pages = 2 * (size_t)c->depth * (((size_t)c->scale_offset[c->n_scales] + 15) / 16);
+    vs_kv_pool *pool = NULL;
+    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, 16, c->depth, c->embed_dim, &al,
+                                  &pool, &err) == VS_OK,
+                  "%s", err.msg);
+    vs_srv_gen_req reqs[16];
+    ck_assert_int_le(n, 16);
+    for (int i = 0; i < n; i++) /* greedy and top-k/top-p: both sampling paths */
+        reqs[i] = (vs_srv_gen_req){i % 10, (uint64_t)(7 + i), 1.5f, i % 2 ? 1 : 900,
+                                   i % 2 ? 0.0f : 0.96f};
+    vs_rt_mem_info before, after;
+    ck_assert_msg(be->ops->mem_info(be, &before, &err) == VS_OK, "%s", err.msg);
+    vs_srv_gen_opts go;
+    memset(&go, 0, sizeof go); /* full cache, no outputs but the tokens */
+    ck_assert_msg(vs_srv_gen_run_opts(e, pool, reqs, n, NULL, NULL, NULL, &go, &err) == VS_OK,
+                  "%s: %s", what, err.msg);
+    if (decode) {
+        size_t HW = (size_t)c->image_size * c->image_size;
+        uint8_t *rgb = malloc(3 * HW);
+        ck_assert_ptr_nonnull(rgb);
+        ck_assert_msg(vs_srv_gen_run_opts(e, pool, reqs, 1, &rgb, NULL, NULL, &go, &err) == VS_OK,
+                      "%s: %s", what, err.msg);
+        free(rgb);
+    }
+    ck_assert_msg(be->ops->mem_info(be, &after, &err) == VS_OK, "%s", err.msg);
+    printf("check_cuda: %s: %d images at once%s: %zu device allocations, free memory %+.0f bytes\n",
+           what, n, decode ? " and a decode" : "", after.allocs - before.allocs,
+           (double)after.free - (double)before.free);
+    ck_assert_msg(after.free == before.free,
+                  "%s: free device memory went from %zu to %zu bytes while %d images ran at once",
+                  what, before.free, after.free, n);
+    ck_assert_msg(after.allocs == before.allocs,
+                  "%s: %zu device allocations while %d images ran at once (want none after start-up)",
+                  what, after.allocs - before.allocs, n);
+    vs_kv_pool_free(pool);
+    vs_rt_engine_free(e);
+    vs_rt_model_free(m);
+}
+
+START_TEST(steps_and_decode_at_the_max_batch_allocate_no_device_memory)
+{
+    if (!g_dut->ops->mem_info)
+        return; /* CHECK_CUDA_SELFTEST: host memory */
+    max_batch_allocates_nothing(g_dut, 4, 1, "FP32");
+    vs_rt_backend *bf = bf16_backend();
+    max_batch_allocates_nothing(bf, 4, 0, "BF16 mode");
+    vs_rt_backend_free(bf);
+}
+END_TEST
+
+/* In BF16 mode only the declared GEMM weights are BF16 and only the decoder TF32: the quantiser
+ * (f_hat over every scale: embedding lookup, bicubic, φ convolutions) and an undeclared linear
+ * (the word embedding's kind) equal strict FP32 (the emulated device rounds TF32 inputs, which
+ * is ~1e-3 off). */
+#define FP32_SAME 1e-5
+
+START_TEST(bf16_mode_runs_the_quantiser_and_undeclared_linears_in_fp32)
+{
+    vs_err err = {0};
+    vs_rt_model *m = NULL;
+    ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
+    const vs_rt_config *c = &m->cfg;
+    ck_assert_msg(m->w.phi[0].w && m->w.phi[0].k == 3, "the fixture has no 3x3 phi convolution");
+    vs_rt_backend *bf = bf16_backend();
+    int L = c->scale_offset[c->n_scales], P = c->patch_nums[c->n_scales - 1];
+    size_t nf = (size_t)c->z_channels * P * P;
+    int32_t *tok = malloc((size_t)L * sizeof *tok);
+    float *f32 = malloc(nf * sizeof(float)), *fbf = malloc(nf * sizeof(float));
+    ck_assert(tok && f32 && fbf);
+    for (int i = 0; i < L; i++)
+        tok[i] = irand(c->vocab_size);
+    vs_rt_backend *side[2] = {g_dut, bf};
+    float *fh[2] = {f32, fbf};
+    for (int k = 0; k < 2; k++) {
+        vs_rt_engine *e = NULL;
+        vs_rt_image img;
+        memset(&img, 0, sizeof img);
+        ck_assert_msg(vs_rt_engine_new(m, side[k], 1, &e, &err) == VS_OK, "%s", err.msg);
+        ck_assert_msg(vs_rt_image_init(e, &img, &err) == VS_OK, "%s", err.msg);
+        ck_assert_msg(vs_rt_image_set_tokens(e, &img, tok, &err) == VS_OK, "%s", err.msg);
+        vs_rt_image_fhat(e, &img, fh[k]);
+        vs_rt_image_free(e, &img);
+        vs_rt_engine_free(e);
+    }
+    diff_stats q = compare(fbf, f32, nf);
+    printf("check_cuda: BF16 mode quantiser: f_hat worst element %.2e of max(|fp32|, rms) "
+           "(limit %.0e)\n", q.worst, FP32_SAME);
+    ck_assert_msg(q.worst <= FP32_SAME,
+                  "BF16 mode: f_hat is off the FP32 backend's by %.3g of max(|fp32|, rms) (limit "
+                  "%.0e): the quantiser did not run in FP32 (TF32 phi convolutions?)",
+                  q.worst, FP32_SAME);
+
+    int M = 200, N = c->embed_dim, K = c->z_channels; /* the word embedding's shape */
+    float *x = malloc((size_t)M * K * sizeof(float)), *w = malloc((size_t)N * K * sizeof(float)),
+          *b = malloc((size_t)N * sizeof(float)), *y32 = malloc((size_t)M * N * sizeof(float)),
+          *ybf = malloc((size_t)M * N * sizeof(float));
+    ck_assert(x && w && b && y32 && ybf);
+    for (int i = 0; i < M * K; i++)
+        x[i] = frand();
+    for (int i = 0; i < N * K; i++)
+        w[i] = 0.3f * frand();
+    for (int i = 0; i < N; i++)
+        b[i] = frand();
+    be_linear_host(g_dut, y32, x, w, b, M, N, K, 0);
+    be_linear_host(bf, ybf, x, w, b, M, N, K, 0);
+    diff_stats l = compare(ybf, y32, (size_t)M * N);
+    ck_assert_msg(l.worst <= FP32_SAME,
+                  "BF16 mode: an undeclared linear is off FP32 by %.3g of max(|fp32|, rms) (limit "
+                  "%.0e): TF32?",
+                  l.worst, FP32_SAME);
+    free(x);
+    free(w);
+    free(b);
+    free(y32);
+    free(ybf);
+    free(tok);
+    free(f32);
+    free(fbf);
+    vs_rt_backend_free(bf);
+    vs_rt_model_free(m);
+}
+END_TEST
+
 static Suite *cuda_suite(void)
 {
     Suite *s = suite_create("cuda");
@@ -1163,6 +1353,13 @@ static Suite *cuda_suite(void)
     tcase_add_test(tb, bf16_logits_on_the_tiny_fixture_are_within_bf16_precision_of_fp32);
     tcase_add_test(tb, bf16_logits_on_the_bundled_model_are_within_bf16_precision_of_fp32);
     suite_add_tcase(s, tb);
+    TCase *tr = tcase_create("recovery");
+    tcase_set_timeout(tr, 600);
+    tcase_add_test(tr, a_refused_page_table_fails_that_work_once_and_the_backend_goes_on);
+    tcase_add_test(tr, scratch_that_does_not_fit_fails_that_op_once_and_the_backend_goes_on);
+    tcase_add_test(tr, steps_and_decode_at_the_max_batch_allocate_no_device_memory);
+    tcase_add_test(tr, bf16_mode_runs_the_quantiser_and_undeclared_linears_in_fp32);
+    suite_add_tcase(s, tr);
     return s;
 }
 
