@@ -86,6 +86,7 @@ typedef struct {
      * cuBLAS's own workspace are not included) */
     uint64_t allocated_bytes;
     uint64_t allocated_peak_bytes; /* the most allocated_bytes has been */
+    uint64_t allocations;  /* device allocations made so far (after start-up a step makes none) */
 } vs_rt_counters;
 
 /* The largest work the ops will be given, for reserve(): every field is a maximum over all the
@@ -104,8 +105,6 @@ typedef struct {
 /* Device memory, from mem_info(). */
 typedef struct {
     size_t free, total;    /* bytes the device has free now, and in all */
-    size_t allocs;         /* device allocations this backend has made so far (tests check that a
-                            * step makes none) */
 } vs_rt_mem_info;
 
 typedef struct {

@@ -122,7 +122,6 @@ typedef struct {
     void *scr[S_COUNT]; /* device scratch: reserve() sizes it, ops grow it only beyond that */
     size_t scr_cap[S_COUNT];
     int reserved;       /* reserve() has run: a slot that still grows is worth a warning */
-    size_t n_allocs;    /* cudaMalloc calls that succeeded (mem_info) */
     unsigned char *ring; /* pinned staging for host → device copies */
     size_t ring_cap, ring_off;
     int32_t *host_i32; /* host staging: batch tables, sampled tokens */
@@ -254,12 +253,12 @@ static const char *const scr_name[S_COUNT] = {
     "index lists", "batch tables",  "page tables", "im2col columns",
     "attention scores", "sampling requests", "sort buffers", "BF16 activations"};
 
-/* Every device allocation of the backend; counted for mem_info. */
+/* Every device allocation of the backend; counted (vs_rt_counters.allocations). */
 static cudaError_t dev_malloc(cuda_backend *c, void **p, size_t bytes)
 {
     cudaError_t e = cudaMalloc(p, bytes);
     if (e == cudaSuccess)
-        c->n_allocs++;
+        c->ctr.allocations++;
     return e;
 }
 
@@ -541,7 +540,6 @@ static vs_status cuda_mem_info(vs_rt_backend *be, vs_rt_mem_info *out, vs_err *e
 {
     cuda_backend *c = cu(be);
     memset(out, 0, sizeof *out);
-    out->allocs = c->n_allocs;
     cudaError_t e = cudaMemGetInfo(&out->free, &out->total);
     if (e != cudaSuccess) {
         record(c, VS_ERR_CUDA, "cudaMemGetInfo", __FILE__, __LINE__, cudaGetErrorString(e));
