@@ -19,10 +19,8 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
-from tally import check, finish  # noqa: E402 (tests/ is on sys.path: run as a script)
+from tally import check, finish, http  # noqa: E402 (tests/ is on sys.path: run as a script)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.environ.get("VARSERVE_EMU_BIN", os.path.join(ROOT, "build/cuda-emu/varserve"))
@@ -35,19 +33,9 @@ if not os.path.exists(BIN):
     sys.exit(0)
 
 
-def http(method, url, body=None, timeout=60):
+def http_json(method, url, body=None, timeout=60):
     """(status, parsed JSON or None)."""
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method)
-    if data is not None:
-        req.add_header("Content-Type", "application/json")
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            status, raw = r.status, r.read()
-    except urllib.error.HTTPError as e:
-        status, raw = e.code, e.read()
-    except (urllib.error.URLError, OSError):
-        return 0, None
+    status, raw = http(method, url, body, timeout)
     try:
         return status, json.loads(raw)
     except ValueError:
@@ -87,7 +75,7 @@ class Server:
                     m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", line)
                     if m:
                         self.port = int(m.group(1))
-            if self.port is not None and http("GET", self.url("/ready"), timeout=5)[0] == 200:
+            if self.port is not None and http_json("GET", self.url("/ready"), timeout=5)[0] == 200:
                 return True
             if self.p.poll() is not None:
                 return False
@@ -113,35 +101,29 @@ class Server:
 
 s = Server(["--max-batch-images", "2"], {"VARSERVE_CUDA_EMU_FAULT_AT": "200"})
 if check("fault-injected server starts and is ready", s.wait_ready(), s.text()):
-    st, info = http("GET", s.url("/info"))
+    st, info = http_json("GET", s.url("/info"))
     kv = (info or {}).get("kv_pool", {})
     check("kv_pool_mb 0 on a roomy device: room for max_batch_images at full cache",
           kv.get("bytes") == 2 * kv.get("full_cache_pages_per_image", -1) * kv.get("page_bytes", -1),
           info)
-    st, body = http("GET", s.url("/health"))
+    st, body = http_json("GET", s.url("/health"))
     check("/health is 200 before the fault", st == 200 and body == {"status": "ok"}, body)
-    st, body = http("POST", s.url("/generate"), {"class_label": 3, "seed": 1})
+    st, body = http_json("POST", s.url("/generate"), {"class_label": 3, "seed": 1})
     msg = ((body or {}).get("error") or {}).get("message", "")
     check("the request whose step faults gets 500", st == 500 and "illegal memory access" in msg,
           (st, body))
     for path in ("/health", "/ready"):
-        st, body = http("GET", s.url(path))
+        st, body = http_json("GET", s.url(path))
         check(f"{path} is 503 device_lost with the reason",
               st == 503 and (body or {}).get("status") == "device_lost" and
               "illegal memory access" in (body or {}).get("reason", ""), (st, body))
-    st, body = http("POST", s.url("/generate"), {"class_label": 4, "seed": 2})
+    st, body = http_json("POST", s.url("/generate"), {"class_label": 4, "seed": 2})
     err = (body or {}).get("error") or {}
     check("a new request is 503 device_lost naming the restart",
           st == 503 and err.get("code") == "device_lost" and "restarted" in err.get("message", ""),
           (st, body))
-    check("the process keeps answering: /info 200", http("GET", s.url("/info"))[0] == 200)
-    req = urllib.request.Request(s.url("/metrics"))
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            metrics_ok = r.status == 200
-    except (urllib.error.URLError, OSError):
-        metrics_ok = False
-    check("the process keeps answering: /metrics 200", metrics_ok)
+    check("the process keeps answering: /info 200", http_json("GET", s.url("/info"))[0] == 200)
+    check("the process keeps answering: /metrics 200", http("GET", s.url("/metrics"))[0] == 200)
     check("the log says the device is lost",
           any("the device is lost" in line for line in s.lines), s.text())
 rc = s.stop()
@@ -163,14 +145,14 @@ check("... what fits leaves the margin", 0 < fits <= SMALL - MARGIN_MIB, out)
 
 s = Server(["--max-batch-images", "64", "--kv-pool-mb", "0"], env)
 if check("kv_pool_mb 0 on the small device starts", s.wait_ready(), s.text()):
-    st, info = http("GET", s.url("/info"))
+    st, info = http_json("GET", s.url("/info"))
     kv = (info or {}).get("kv_pool", {})
     full_batch = 64 * kv.get("full_cache_pages_per_image", 0) * kv.get("page_bytes", 0)
     check("kv_pool_mb 0: the pool is what fits (less than a full batch, one image or more)",
           kv.get("pages_per_image", 1 << 60) * kv.get("page_bytes", 0) <= kv.get("bytes", 0)
           < full_batch and kv.get("bytes", 0) < (fits + 1) << 20 and
           kv.get("bytes", 0) + (MARGIN_MIB << 20) < SMALL << 20, info)
-    st, body = http("POST", s.url("/generate"), {"class_label": 7, "seed": 3}, timeout=120)
+    st, body = http_json("POST", s.url("/generate"), {"class_label": 7, "seed": 3}, timeout=120)
     check("... and it serves", st == 200 and len((body or {}).get("data", [])) == 1, (st, body))
 rc = s.stop()
 check("the small-device server exits 0 on SIGTERM", rc == 0, (rc, s.text()))
