@@ -1,5 +1,7 @@
 /* kvcache/policy.h — KV compression policies: how many tokens each layer keeps after each scale,
- * which ones, and the peak pages a job must reserve for that.
+ * which ones, and the peak pages a job must reserve for that. Each policy is one vs_kv_policy_def
+ * in the registry of policy.c, its code in its own file (policy_full.c, policy_scalekv.c,
+ * policy_window.c); the list of policies exists nowhere else.
  *
  * Design (docs/ALGORITHMS.md §3–4): after layer l finished its attention at scale s, a row whose
  * layer holds more than capacity(l, s) tokens is compacted, per head, to exactly that many.

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "config/config.h"
 #include "kvcache/policy.h"
@@ -181,6 +182,108 @@ START_TEST(metrics_label_every_registered_policy)
 }
 END_TEST
 
+/* A config shaped like the tiny fixture: 10 scales up to 16x16 (L = 680), 4 layers, 4 heads. */
+static vs_rt_config tiny_cfg(void)
+{
+    vs_rt_config c;
+    memset(&c, 0, sizeof c);
+    int pn[] = {1, 2, 3, 4, 5, 6, 8, 10, 13, 16};
+    c.depth = 4;
+    c.num_heads = 4;
+    c.n_scales = 10;
+    for (int s = 0; s < 10; s++) {
+        c.patch_nums[s] = pn[s];
+        c.scale_offset[s + 1] = c.scale_offset[s] + pn[s] * pn[s];
+    }
+    return c;
+}
+
+/* vs_kv_policy_flow, the one description of the per-layer flow: store while the capacity allows,
+ * compress to it otherwise, release at the last scale; the peak pages follow it. */
+START_TEST(the_flow_stores_compresses_and_releases_as_the_capacity_says)
+{
+    vs_rt_config c = tiny_cfg();
+    double budgets[] = {0.05, 0.1, 0.4, 1.0};
+    for (int k = 0; k < VS_KV_POLICY_COUNT; k++)
+        for (int b = 0; b < 4; b++) {
+            vs_kv_policy *p = NULL;
+            vs_err err = {0};
+            ck_assert_msg(vs_kv_policy_new((vs_kv_policy_kind)k, budgets[b], &c, NULL, &p, &err) == VS_OK, "%s",
+                          err.msg);
+            size_t peak = 0, held = 0;
+            int tok[4] = {0};
+            for (int s = 0; s < c.n_scales; s++)
+                for (int l = 0; l < c.depth; l++) {
+                    int n = c.patch_nums[s] * c.patch_nums[s];
+                    vs_kv_flow f = vs_kv_policy_flow(p, c.n_scales, l, s, tok[l], n);
+                    int cap = vs_kv_policy_capacity(p, l, s, tok[l] + n);
+                    if (s == c.n_scales - 1) {
+                        ck_assert_int_eq(f.op, VS_KV_FLOW_RELEASE);
+                        ck_assert_int_eq(f.after, 0);
+                    } else if (cap >= tok[l] + n) {
+                        ck_assert_int_eq(f.op, VS_KV_FLOW_STORE);
+                        ck_assert_int_eq(f.after, tok[l] + n);
+                        ck_assert_int_eq(f.peak, tok[l] + n);
+                    } else {
+                        ck_assert_int_eq(f.op, VS_KV_FLOW_COMPRESS);
+                        ck_assert_int_eq(f.cap, cap);
+                        ck_assert_int_eq(f.after, cap);
+                        ck_assert_int_eq(f.peak, cap > tok[l] ? cap : tok[l]);
+                    }
+                    if (!vs_kv_policy_def_of((vs_kv_policy_kind)k)->compresses)
+                        ck_assert_int_ne(f.op, VS_KV_FLOW_COMPRESS);
+                    size_t before = (size_t)(tok[l] + 15) / 16, during = (size_t)(f.peak + 15) / 16;
+                    peak = held - before + during > peak ? held - before + during : peak;
+                    tok[l] = f.after;
+                    held = held - before + (size_t)(tok[l] + 15) / 16;
+                }
+            ck_assert_uint_eq(vs_kv_policy_peak_pages_per_row(p, 16), peak);
+            ck_assert_uint_eq(vs_kv_policy_peak_pages_per_image(p, 16), VS_KV_ROWS_PER_IMAGE * peak);
+            vs_kv_policy_free(p);
+        }
+    /* no policy (the step's NULL entries) is full */
+    vs_kv_flow f = vs_kv_policy_flow(NULL, c.n_scales, 0, 3, 30, 16);
+    ck_assert_int_eq(f.op, VS_KV_FLOW_STORE);
+    ck_assert_int_eq(f.after, 46);
+}
+END_TEST
+
+/* The one budget-file lookup: the configured file, else MODEL.budgets.json when it exists, and
+ * only for policies that read one. */
+START_TEST(the_budget_file_lookup_is_per_policy_kind)
+{
+    char dir[] = "/tmp/check_registry_XXXXXX";
+    ck_assert_ptr_nonnull(mkdtemp(dir));
+    char model[256], budgets[256], buf[512];
+    snprintf(model, sizeof model, "%s/m.safetensors", dir);
+    snprintf(budgets, sizeof budgets, "%s/m.budgets.json", dir);
+    for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
+        const vs_kv_policy_def *d = vs_kv_policy_def_of((vs_kv_policy_kind)k);
+        const char *got = vs_kv_policy_budget_file(d->kind, model, NULL, buf, sizeof buf);
+        ck_assert_ptr_null(got); /* no file next to the model yet */
+        got = vs_kv_policy_budget_file(d->kind, model, "/etc/other.json", buf, sizeof buf);
+        if (d->budget_file == VS_KV_BUDGET_FILE_NONE)
+            ck_assert_ptr_null(got);
+        else
+            ck_assert_str_eq(got, "/etc/other.json");
+    }
+    FILE *f = fopen(budgets, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs("{}", f);
+    fclose(f);
+    for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
+        const vs_kv_policy_def *d = vs_kv_policy_def_of((vs_kv_policy_kind)k);
+        const char *got = vs_kv_policy_budget_file(d->kind, model, "", buf, sizeof buf);
+        if (d->budget_file == VS_KV_BUDGET_FILE_NONE)
+            ck_assert_ptr_null(got);
+        else
+            ck_assert_str_eq(got, budgets);
+    }
+    unlink(budgets);
+    rmdir(dir);
+}
+END_TEST
+
 static Suite *suite(void)
 {
     Suite *s = suite_create("registry");
@@ -191,6 +294,8 @@ static Suite *suite(void)
     tcase_add_test(tc, requests_accept_every_registered_name_and_list_them_for_others);
     tcase_add_test(tc, the_cli_accepts_every_registered_name_and_lists_them_for_others);
     tcase_add_test(tc, metrics_label_every_registered_policy);
+    tcase_add_test(tc, the_budget_file_lookup_is_per_policy_kind);
+    tcase_add_test(tc, the_flow_stores_compresses_and_releases_as_the_capacity_says);
     suite_add_tcase(s, tc);
     return s;
 }
