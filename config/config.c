@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kvcache/policy.h"
+
 typedef enum { K_STR, K_INT, K_NUM, K_BOOL } key_type;
 
 typedef struct {
@@ -20,14 +22,16 @@ typedef struct {
     size_t off, cap;     /* offset in vs_cfg; capacity for strings */
     double lo, hi;       /* range for numbers */
     const char *choices; /* "a|b|c" for enumerated strings, else NULL */
+    const char *(*choices_of)(void); /* the same, built at run time (from a registry), else NULL */
     const char *def;     /* default, as text */
     const char *doc;
 } key_def;
 
-#define STR(k, ch, d, doc) {#k, K_STR, offsetof(vs_cfg, k), sizeof(((vs_cfg *)0)->k), 0, 0, ch, d, doc}
-#define INT(k, lo, hi, d, doc) {#k, K_INT, offsetof(vs_cfg, k), 0, lo, hi, NULL, d, doc}
-#define NUM(k, lo, hi, d, doc) {#k, K_NUM, offsetof(vs_cfg, k), 0, lo, hi, NULL, d, doc}
-#define BOOL(k, d, doc) {#k, K_BOOL, offsetof(vs_cfg, k), 0, 0, 1, NULL, d, doc}
+#define STR(k, ch, d, doc) {#k, K_STR, offsetof(vs_cfg, k), sizeof(((vs_cfg *)0)->k), 0, 0, ch, NULL, d, doc}
+#define STRF(k, fn, d, doc) {#k, K_STR, offsetof(vs_cfg, k), sizeof(((vs_cfg *)0)->k), 0, 0, NULL, fn, d, doc}
+#define INT(k, lo, hi, d, doc) {#k, K_INT, offsetof(vs_cfg, k), 0, lo, hi, NULL, NULL, d, doc}
+#define NUM(k, lo, hi, d, doc) {#k, K_NUM, offsetof(vs_cfg, k), 0, lo, hi, NULL, NULL, d, doc}
+#define BOOL(k, d, doc) {#k, K_BOOL, offsetof(vs_cfg, k), 0, 0, 1, NULL, NULL, d, doc}
 
 static const key_def keys[] = {
     STR(model, NULL, "models/mnist-var.safetensors", "model file (varserve format)"),
@@ -45,7 +49,7 @@ static const key_def keys[] = {
     INT(kv_pool_mb, 0, 1048576, "0",
         "KV pool MiB, 0 = room for max_batch_images at full cache (on CUDA at most what the device "
         "has left after weights and scratch, less max(256 MiB, 2%))"),
-    STR(kv_policy, "full|scalekv|snapkv|pyramidkv|sliding|streamingllm", "full",
+    STRF(kv_policy, vs_kv_policy_choices, "full", /* the names: kvcache/policy.c's registry */
         "KV cache policy of requests that name none (full keeps every token)"),
     NUM(kv_budget, 0.000001, 1, "0.1", "budget of compressing policies: a fraction of the full cache"),
     STR(kv_budget_file, NULL, "", "ScaleKV budget file, empty = MODEL.budgets.json when present"),
@@ -82,6 +86,8 @@ static int in_choices(const char *choices, const char *v)
     return 0;
 }
 
+static const char *choices_of(const key_def *k) { return k->choices_of ? k->choices_of() : k->choices; }
+
 static void range_text(const key_def *k, char *out, size_t cap)
 {
     switch (k->type) {
@@ -95,8 +101,8 @@ static void range_text(const key_def *k, char *out, size_t cap)
         snprintf(out, cap, "true or false");
         break;
     default:
-        if (k->choices)
-            snprintf(out, cap, "one of %s", k->choices);
+        if (choices_of(k))
+            snprintf(out, cap, "one of %s", choices_of(k));
         else
             snprintf(out, cap, "a string of at most %zu bytes", k->cap - 1);
         break;
@@ -119,7 +125,7 @@ static vs_status set_text(vs_cfg *c, const key_def *k, const char *v, const char
     switch (k->type) {
     case K_STR: {
         size_t n = strlen(v);
-        if (n >= k->cap || (k->choices && !in_choices(k->choices, v)))
+        if (n >= k->cap || (choices_of(k) && !in_choices(choices_of(k), v)))
             return bad_value(k, v, source, err);
         memcpy(field, v, n + 1);
         return VS_OK;

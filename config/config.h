@@ -32,7 +32,7 @@ typedef struct {
     long max_batch_images;      /* images per engine step (2 rows each); sizes the engine once */
     long kv_pool_mb;            /* KV pool size in MiB; 0 = room for max_batch_images at full cache,
                                  * on a device at most what it has left (README.md, kv_pool_mb) */
-    char kv_policy[16];         /* default KV policy: full | scalekv | snapkv | pyramidkv | sliding | streamingllm */
+    char kv_policy[16];         /* default KV policy: a name in kvcache/policy.c's registry */
     double kv_budget;           /* default budget of compressing policies, a fraction of the full cache */
     char kv_budget_file[512];   /* ScaleKV budget file; "" = MODEL.budgets.json when it exists */
     long queue_size;            /* requests waiting for admission before 429 */

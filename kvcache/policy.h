@@ -1,5 +1,7 @@
 /* kvcache/policy.h — KV compression policies: how many tokens each layer keeps after each scale,
- * which ones, and the peak pages a job must reserve for that.
+ * which ones, and the peak pages a job must reserve for that. Each policy is one vs_kv_policy_def
+ * in the registry of policy.c, its code in its own file (policy_full.c, policy_scalekv.c,
+ * policy_window.c); the list of policies exists nowhere else.
  *
  * Design (docs/ALGORITHMS.md §3–4): after layer l finished its attention at scale s, a row whose
  * layer holds more than capacity(l, s) tokens is compacted, per head, to exactly that many.
@@ -38,8 +40,56 @@ typedef enum {
 
 typedef struct vs_kv_policy vs_kv_policy;
 
+/* Rows one image runs as: the conditional and the unconditional (classifier-free guidance) row.
+ * Every per-image count of rows, pages or tables is this times the per-row one. */
+#define VS_KV_ROWS_PER_IMAGE 2
+
+/* Which budget file a policy reads (vs_kv_policy_budget_file). */
+typedef enum {
+    VS_KV_BUDGET_FILE_NONE = 0, /* none */
+    VS_KV_BUDGET_FILE_SCALEKV,  /* drafter/refiner marks from `varserve calibrate` */
+} vs_kv_budget_file_kind;
+
+/* One KV policy, all of it: the registry (vs_kv_policy_defs) holds one of these per policy, and
+ * everything else (config, API and CLI validation, --help, /info, metrics labels, the peak pages)
+ * is derived from it. Adding a policy: a file kvcache/policy_NAME.c defining its def, one
+ * vs_kv_policy_kind and one registry line in policy.c, and its tests (docs/ARCHITECTURE.md). */
+typedef struct vs_kv_policy_def {
+    vs_kv_policy_kind kind;
+    const char *name;
+    const char *doc;                   /* one line, for --help and the docs */
+    int compresses;                    /* 0: keeps every token and ignores the budget (full) */
+    int needs_scores;                  /* its selection reads the observation window's scores */
+    vs_kv_budget_file_kind budget_file;
+    /* Optional, at creation after the common fields: reads the budget file (NULL: the default). */
+    vs_status (*prepare)(vs_kv_policy *p, const char *budget_file, vs_err *err);
+    /* Tokens head `head` of `layer` keeps after `scale` once the cache is longer than that
+     * (VS_KV_KEEP_ALL: no compression); tabulated at creation for scales 0..n_scales-2. Every head
+     * of a layer keeps the same count today (vs_kv_policy_new refuses a policy whose heads differ). */
+    int32_t (*cap)(const vs_kv_policy *p, int layer, int head, int scale);
+    /* The selection rule: see vs_kv_policy_select_head (called only when cap < n_tokens). */
+    int (*select)(const vs_kv_policy *p, int scale_side, int n_tokens, int n_new, const float *scores,
+                  int cap, int32_t *keep, float *tmp);
+} vs_kv_policy_def;
+
+/* The registry, indexed by kind: n (if not NULL) = VS_KV_POLICY_COUNT. */
+const vs_kv_policy_def *const *vs_kv_policy_defs(int *n);
+const vs_kv_policy_def *vs_kv_policy_def_of(vs_kv_policy_kind k); /* NULL when out of range */
+const vs_kv_policy_def *vs_kv_policy_lookup(const char *name);    /* NULL when no policy has it */
+
 const char *vs_kv_policy_name(vs_kv_policy_kind k);
 int vs_kv_policy_parse(const char *s, vs_kv_policy_kind *out); /* 0 on success */
+/* The registry's names in order, joined by sep, the last two by last_sep ("a, b or c"); returns
+ * the length it needed (as snprintf). */
+int vs_kv_policy_names(char *out, size_t cap, const char *sep, const char *last_sep);
+/* "full|scalekv|..." (the config key's choices), built once; any thread. */
+const char *vs_kv_policy_choices(void);
+
+/* The budget file a policy of kind k reads for the model at model_path: `configured` when not
+ * empty, else MODEL.budgets.json when it exists (vs_kv_budget_path_for); NULL when the policy reads
+ * none or there is none (the policy then uses its documented default). buf holds the path. */
+const char *vs_kv_policy_budget_file(vs_kv_policy_kind k, const char *model_path, const char *configured,
+                                     char *buf, size_t cap);
 
 /* budget: fraction of the full cache, 0 < budget ≤ 1 (ignored by full). budget_file: a ScaleKV
  * budget file from `varserve calibrate` (scalekv only; NULL = the documented default: the first
@@ -77,10 +127,31 @@ int vs_kv_window(int side, int n_tokens, int n_new, int32_t *slots);
 int vs_kv_policy_select_head(const vs_kv_policy *p, int scale_side, int n_tokens, int n_new,
                              const float *scores, int cap, int32_t *keep, float *tmp);
 
+/* The flow of one row's layer at one scale (kvcache/step.h), the one description both the step's
+ * hooks and the peak-pages simulation follow. */
+typedef enum {
+    VS_KV_FLOW_STORE = 0, /* keeps every token: pages for the new ones, the attention stores them */
+    VS_KV_FLOW_COMPRESS,  /* new tokens stay in qkv; after the attention the layer keeps `cap` */
+    VS_KV_FLOW_RELEASE,   /* the last scale: attends from qkv, then the layer is released */
+} vs_kv_flow_op;
+
+typedef struct {
+    vs_kv_flow_op op;
+    int cap;  /* tokens kept after the scale: VS_KV_KEEP_ALL (store), the capacity, or 0 (release) */
+    int peak; /* tokens the layer holds pages for at most during the scale */
+    int after; /* tokens it holds after the scale */
+} vs_kv_flow;
+
+/* The flow of `layer` at `scale` holding `held` tokens before it and computing n_new. p NULL means
+ * full; n_scales is the model's. */
+vs_kv_flow vs_kv_policy_flow(const vs_kv_policy *p, int n_scales, int layer, int scale, int held, int n_new);
+
 /* Pages one row needs at its peak under this policy, in the flow of kvcache/step.h: a layer that
  * keeps every token gets pages for the new ones; a compressed layer holds only its capacity (the
  * new tokens are selected from qkv); after the last scale's attention the layer is released. */
 size_t vs_kv_policy_peak_pages_per_row(const vs_kv_policy *p, int page_tokens);
+/* The same for one image: VS_KV_ROWS_PER_IMAGE rows (what a job reserves per image). */
+size_t vs_kv_policy_peak_pages_per_image(const vs_kv_policy *p, int page_tokens);
 /* Average tokens per layer kept after the last compressing scale (what "budget" means). */
 double vs_kv_policy_mean_tokens(const vs_kv_policy *p);
 

@@ -94,14 +94,12 @@ static const float *cand_ptr(const vs_kv_step *s, const parts *p, int hist, int 
     return p->qkv + (size_t)(j - hist) * 3 * C + (size_t)(1 + kv) * C;
 }
 
-/* The capacity `layer` of row r keeps after this step when it then holds `tokens`: VS_KV_KEEP_ALL
- * (store everything), a smaller count (compress), or 0 at the last scale (drop the layer). */
-static int row_capacity(const vs_kv_step *s, int r, int layer, int tokens)
+/* The flow of `layer` of row r this step when it holds `held` tokens (vs_kv_policy_flow: the
+ * description the peak-pages simulation follows too). */
+static vs_kv_flow row_flow(const vs_kv_step *s, int r, int layer, int held, int n_new)
 {
-    if (s->scale[r] == s->cfg->n_scales - 1)
-        return 0;
     const vs_kv_policy *pol = s->policy ? s->policy[r] : NULL;
-    return pol ? vs_kv_policy_capacity(pol, layer, s->scale[r], tokens) : VS_KV_KEEP_ALL;
+    return vs_kv_policy_flow(pol, s->cfg->n_scales, layer, s->scale[r], held, n_new);
 }
 
 /* Rows that keep every token get pages for the new ones, which the attention writes; rows that
@@ -112,8 +110,7 @@ static vs_status before_attn(void *ctx, int layer, const vs_rt_batch *b, vs_err 
     double t0 = now_s();
     vs_status st = VS_OK;
     for (int r = 0; r < s->n_rows && st == VS_OK; r++) {
-        int n = vs_kv_row_tokens(s->rows[r], layer) + b->rows[r].n_new;
-        if (row_capacity(s, r, layer, n) < n)
+        if (row_flow(s, r, layer, vs_kv_row_tokens(s->rows[r], layer), b->rows[r].n_new).op != VS_KV_FLOW_STORE)
             b->kv_store[r] = 0;
         else
             st = vs_kv_row_reserve_tokens(s->rows[r], layer, b->rows[r].n_new, err);
@@ -186,8 +183,7 @@ static vs_status compress(vs_kv_step *s, const parts *p, int r, int layer, const
     int H = c->num_heads, d = c->head_dim, C = H * d, pt = s->page_tokens;
     int hist = vs_kv_row_tokens(s->rows[r], layer), n = hist + row->n_new;
     int side = c->patch_nums[s->scale[r]];
-    vs_kv_policy_kind kind = vs_kv_policy_kind_of(pol);
-    int need_scores = kind != VS_KV_POLICY_SLIDING && kind != VS_KV_POLICY_STREAMINGLLM;
+    int need_scores = vs_kv_policy_def_of(vs_kv_policy_kind_of(pol))->needs_scores;
     int32_t win[VS_KV_WINDOW];
     int nw = vs_kv_window(side, n, row->n_new, win);
     int kept = 0;
@@ -244,18 +240,20 @@ static vs_status after_attn(void *ctx, int layer, const vs_rt_batch *b, const fl
     parts p = parts_of(s);
     for (int r = 0; r < s->n_rows && st == VS_OK; r++) {
         const vs_rt_row *row = &b->rows[r];
-        int hist = vs_kv_row_tokens(s->rows[r], layer), n = hist + row->n_new;
-        int cap = b->kv_store[r] ? VS_KV_KEEP_ALL : row_capacity(s, r, layer, n);
-        if ((s->stats || (cap != 0 && cap < n)))
+        int hist = vs_kv_row_tokens(s->rows[r], layer);
+        vs_kv_flow f = row_flow(s, r, layer, hist, row->n_new);
+        if (b->kv_store[r])
+            f.op = VS_KV_FLOW_STORE; /* before_attn gave it pages for the new tokens */
+        if (s->stats || f.op == VS_KV_FLOW_COMPRESS)
             stage_in(s, &p, b, row, &vs_kv_row_layers(s->rows[r])[layer], qkv);
         if (s->stats)
             accumulate_stats(s, &p, r, layer, row, hist);
-        if (b->kv_store[r])
+        if (f.op == VS_KV_FLOW_STORE)
             vs_kv_row_commit(s->rows[r], layer, row->n_new);
-        else if (cap == 0)
+        else if (f.op == VS_KV_FLOW_RELEASE)
             vs_kv_row_resize(s->rows[r], layer, 0); /* the last scale: never read again */
         else
-            st = compress(s, &p, r, layer, b, cap, err);
+            st = compress(s, &p, r, layer, b, f.cap, err);
     }
     s->seconds += now_s() - t0;
     return st;

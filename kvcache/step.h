@@ -7,7 +7,8 @@
  * the step's qkv during the attention (no pages for them), then keeps its capacity per head (from
  * scores of the observation window) out of the cached plus new tokens; after the last scale the
  * layer is released entirely: nothing reads it again. So a job's peak is its compressed cache,
- * never the cache plus a scale's new tokens (vs_kv_policy_peak_pages_per_row).
+ * never the cache plus a scale's new tokens (vs_kv_policy_peak_pages_per_row). The per-layer
+ * decision (store, compress, release) is vs_kv_policy_flow, which that simulation follows too.
  *
  * Compression runs on the host over copies: a compressed row's cached pages of the layer and its
  * new tokens' qkv are copied out through the backend (a memcpy on the CPU, a download from a GPU),

@@ -256,7 +256,10 @@ int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_lim
     if (f_policy) {
         vs_kv_policy_kind kind;
         if (!cJSON_IsString(f_policy) || vs_kv_policy_parse(f_policy->valuestring, &kind) != 0) {
-            bad_field(e, f_policy, "kv_policy", "one of full, scalekv, snapkv, pyramidkv, sliding, streamingllm");
+            char one_of[256] = "one of ";
+            size_t at = strlen(one_of);
+            vs_kv_policy_names(one_of + at, sizeof one_of - at, ", ", ", ");
+            bad_field(e, f_policy, "kv_policy", one_of);
             e->code = "invalid_value";
             goto done;
         }
@@ -270,7 +273,7 @@ int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_lim
         }
         out->kv_budget = d;
     }
-    if (out->kv_policy == VS_KV_POLICY_FULL)
+    if (!vs_kv_policy_def_of((vs_kv_policy_kind)out->kv_policy)->compresses)
         out->kv_budget = 1;
     rc = 0;
 done:

@@ -60,7 +60,7 @@ typedef struct {
     int index;          /* image index within its job */
     vs_rt_image img;
     vs_kv_resv *resv;   /* this image's pages (both rows) */
-    vs_kv_row *rows[2]; /* cond, uncond */
+    vs_kv_row *rows[VS_KV_ROWS_PER_IMAGE]; /* cond, uncond */
 } slot;
 
 struct vs_srv_engine {
@@ -107,7 +107,7 @@ struct vs_srv_engine {
     /* one step's KV tables, in the runtime's row order (image i: rows 2i, 2i+1) */
     vs_kv_row **row_tab;   /* [2 max_images] */
     int *scale_tab;        /* [2 max_images] */
-    const vs_kv_policy **pol_tab; /* [2 max_images] */
+    const vs_kv_policy **pol_tab; /* [VS_KV_ROWS_PER_IMAGE max_images] */
     float *kv_scratch;     /* vs_kv_step_scratch_floats */
     vs_srv_job **snap;     /* [queue capacity] */
     struct pollfd *pfd;    /* [queue capacity + max_images + 1] */
@@ -350,16 +350,23 @@ static void abort_everything(vs_srv_engine *e)
 
 /* ---- admission ------------------------------------------------------------------------------------ */
 
+/* The budget file a policy of kind `kind` reads: the server's (found once at start), or NULL. */
+static const char *budget_file_of(const vs_srv_engine *e, int kind)
+{
+    const vs_kv_policy_def *d = vs_kv_policy_def_of((vs_kv_policy_kind)kind);
+    return d && d->budget_file != VS_KV_BUDGET_FILE_NONE && e->budget_file[0] ? e->budget_file : NULL;
+}
+
 /* The policy of a job, from the cache or new; NULL with err set when the policy rejects it. */
 static const vs_kv_policy *policy_for(vs_srv_engine *e, vs_srv_job *j, vs_err *err)
 {
     int kind = j->p.kv_policy;
-    double budget = kind == VS_KV_POLICY_FULL ? 1 : j->p.kv_budget;
+    double budget = vs_kv_policy_def_of((vs_kv_policy_kind)kind)->compresses ? j->p.kv_budget : 1;
     for (int i = 0; i < e->n_policies; i++)
         if (e->policies[i].kind == kind && e->policies[i].budget == budget)
             return e->policies[i].p;
     vs_kv_policy *p = NULL;
-    const char *file = kind == VS_KV_POLICY_SCALEKV && e->budget_file[0] ? e->budget_file : NULL;
+    const char *file = budget_file_of(e, kind);
     if (vs_kv_policy_new((vs_kv_policy_kind)kind, budget, &e->model->cfg, file, &p, err) != VS_OK)
         return NULL;
     if (e->n_policies < POLICY_CACHE) {
@@ -393,7 +400,7 @@ static void admit(vs_srv_engine *e)
                        j->p.kv_budget, perr.msg);
                 continue;
             }
-            j->pages_per_image = 2 * vs_kv_policy_peak_pages_per_row(j->policy, VS_KV_PAGE_TOKENS);
+            j->pages_per_image = vs_kv_policy_peak_pages_per_image(j->policy, VS_KV_PAGE_TOKENS);
         }
         vs_kv_resv *resv = NULL;
         vs_kv_admit a = vs_kv_reserve(e->pool, j->pages_per_image, &resv);
@@ -428,7 +435,7 @@ static void admit(vs_srv_engine *e)
             continue;
         }
         vs_status st = vs_rt_image_init(e->rt, &s->img, &err);
-        for (int r = 0; st == VS_OK && r < 2; r++)
+        for (int r = 0; st == VS_OK && r < VS_KV_ROWS_PER_IMAGE; r++)
             if ((st = vs_kv_row_new(resv, &s->rows[r], &err)) == VS_OK)
                 s->img.kv[r] = vs_kv_row_layers(s->rows[r]);
         if (st != VS_OK) {
@@ -472,10 +479,10 @@ static void step(vs_srv_engine *e)
     int max_scale = 0, min_scale = c->n_scales, fail = 0;
     for (int i = 0; i < e->n_slots; i++) {
         slot *s = &e->slots[i];
-        for (int r = 0; r < 2; r++) {
-            e->row_tab[2 * i + r] = s->rows[r];
-            e->scale_tab[2 * i + r] = s->img.scale;
-            e->pol_tab[2 * i + r] = s->job->policy;
+        for (int r = 0; r < VS_KV_ROWS_PER_IMAGE; r++) {
+            e->row_tab[VS_KV_ROWS_PER_IMAGE * i + r] = s->rows[r];
+            e->scale_tab[VS_KV_ROWS_PER_IMAGE * i + r] = s->img.scale;
+            e->pol_tab[VS_KV_ROWS_PER_IMAGE * i + r] = s->job->policy;
         }
         e->ptrs[i] = &s->img;
         if (s->img.scale > max_scale)
@@ -492,7 +499,7 @@ static void step(vs_srv_engine *e)
     vs_kv_step ks = {.rows = e->row_tab,
                      .scale = e->scale_tab,
                      .policy = e->pol_tab,
-                     .n_rows = 2 * n,
+                     .n_rows = VS_KV_ROWS_PER_IMAGE * n,
                      .cfg = c,
                      .attn_scale = vs_rt_attn_scale(c),
                      .be = e->be,
@@ -512,7 +519,7 @@ static void step(vs_srv_engine *e)
         return;
     }
     double t1 = now_s();
-    vs_srv_metrics_step(e->met, max_scale, t1 - t0, ks.seconds, 2 * n);
+    vs_srv_metrics_step(e->met, max_scale, t1 - t0, ks.seconds, VS_KV_ROWS_PER_IMAGE * n);
     vs_log(VS_LOG_DEBUG, "engine", "step: %d images at scales %d..%d, %.1f ms", n, min_scale, max_scale,
            (t1 - t0) * 1e3);
 
@@ -577,11 +584,9 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     vs_kv_policy_kind kv_kind;
     if (vs_kv_policy_parse(cfg->kv_policy, &kv_kind) != 0)
         return vs_err_set(err, VS_ERR_INVALID, "config key 'kv_policy' ('%s') names no policy", cfg->kv_policy);
-    if (cfg->kv_budget_file[0]) {
-        snprintf(e->budget_file, sizeof e->budget_file, "%s", cfg->kv_budget_file);
-    } else if (!vs_kv_budget_path_for(cfg->model, e->budget_file, sizeof e->budget_file)) {
+    if (!vs_kv_policy_budget_file(VS_KV_POLICY_SCALEKV, cfg->model, cfg->kv_budget_file, e->budget_file,
+                                  sizeof e->budget_file))
         e->budget_file[0] = 0;
-    }
     vs_kv_policy *full = NULL, *def = NULL;
     if ((st = vs_kv_policy_new(VS_KV_POLICY_FULL, 1, c, NULL, &full, err)) != VS_OK)
         return st;
@@ -591,7 +596,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     if (kv_kind == VS_KV_POLICY_FULL) {
         def = full;
     } else {
-        const char *file = kv_kind == VS_KV_POLICY_SCALEKV && e->budget_file[0] ? e->budget_file : NULL;
+        const char *file = budget_file_of(e, kv_kind);
         if ((st = vs_kv_policy_new(kv_kind, cfg->kv_budget, c, file, &def, err)) != VS_OK)
             return vs_err_wrap(err, "config keys 'kv_policy' (%s), 'kv_budget' (%g)", cfg->kv_policy, cfg->kv_budget);
         e->policies[e->n_policies].kind = (int)kv_kind;
@@ -599,8 +604,8 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
         e->policies[e->n_policies++].p = def;
     }
     size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->embed_dim);
-    size_t full_per_image = 2 * vs_kv_policy_peak_pages_per_row(full, VS_KV_PAGE_TOKENS);
-    size_t per_image = 2 * vs_kv_policy_peak_pages_per_row(def, VS_KV_PAGE_TOKENS);
+    size_t full_per_image = vs_kv_policy_peak_pages_per_image(full, VS_KV_PAGE_TOKENS);
+    size_t per_image = vs_kv_policy_peak_pages_per_image(def, VS_KV_PAGE_TOKENS);
     /* automatic: room for a full batch even of full-cache requests (the batch never holds more),
      * on a device at most what is free after the weights and every scratch, less the margin */
     size_t bytes = cfg->kv_pool_mb ? (size_t)cfg->kv_pool_mb << 20
@@ -660,9 +665,9 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     e->held = calloc((size_t)e->max_images + 1, sizeof *e->held);
     e->snap = calloc(qcap, sizeof *e->snap);
     e->pfd = calloc(qcap + (size_t)e->max_images + 1, sizeof *e->pfd);
-    e->row_tab = calloc(2 * (size_t)e->max_images, sizeof *e->row_tab);
-    e->scale_tab = calloc(2 * (size_t)e->max_images, sizeof *e->scale_tab);
-    e->pol_tab = calloc(2 * (size_t)e->max_images, sizeof *e->pol_tab);
+    e->row_tab = calloc(VS_KV_ROWS_PER_IMAGE * (size_t)e->max_images, sizeof *e->row_tab);
+    e->scale_tab = calloc(VS_KV_ROWS_PER_IMAGE * (size_t)e->max_images, sizeof *e->scale_tab);
+    e->pol_tab = calloc(VS_KV_ROWS_PER_IMAGE * (size_t)e->max_images, sizeof *e->pol_tab);
     e->kv_scratch = malloc(vs_kv_step_scratch_floats(c, VS_KV_PAGE_TOKENS) * sizeof(float));
     if (!e->slots || !e->ptrs || !e->active || !e->held || !e->snap || !e->pfd || !e->row_tab || !e->scale_tab ||
         !e->pol_tab || !e->kv_scratch)

@@ -14,7 +14,7 @@ static double now_s(void)
 
 size_t vs_srv_full_cache_pages(const vs_rt_config *c, const vs_kv_pool *pool)
 {
-    return 2 * (size_t)c->depth * vs_kv_pages_for_tokens(pool, (size_t)c->scale_offset[c->n_scales]);
+    return VS_KV_ROWS_PER_IMAGE * (size_t)c->depth * vs_kv_pages_for_tokens(pool, (size_t)c->scale_offset[c->n_scales]);
 }
 
 vs_status vs_srv_gen_run(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_gen_req *reqs, int n,
@@ -42,9 +42,9 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
     }
     vs_rt_image *imgs = calloc((size_t)n, sizeof *imgs);
     vs_rt_image **ptrs = calloc((size_t)n, sizeof *ptrs);
-    vs_kv_row **rows = calloc((size_t)n * 2, sizeof *rows);
-    int *scale = calloc((size_t)n * 2, sizeof *scale);
-    const vs_kv_policy **pols = calloc((size_t)n * 2, sizeof *pols);
+    vs_kv_row **rows = calloc((size_t)n * VS_KV_ROWS_PER_IMAGE, sizeof *rows);
+    int *scale = calloc((size_t)n * VS_KV_ROWS_PER_IMAGE, sizeof *scale);
+    const vs_kv_policy **pols = calloc((size_t)n * VS_KV_ROWS_PER_IMAGE, sizeof *pols);
     float *scratch = malloc(vs_kv_step_scratch_floats(c, vs_kv_pool_page_tokens(pool)) * sizeof(float));
     if (!imgs || !ptrs || !rows || !scale || !pols || !scratch) {
         st = vs_err_set(err, VS_ERR_NOMEM, "out of memory");
@@ -55,7 +55,7 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
                         n, vs_rt_engine_max_images(e));
         goto fail;
     }
-    size_t per_image = 2 * vs_kv_policy_peak_pages_per_row(pol, vs_kv_pool_page_tokens(pool));
+    size_t per_image = vs_kv_policy_peak_pages_per_image(pol, vs_kv_pool_page_tokens(pool));
     opts->peak_pages_per_image = per_image;
     if (vs_kv_reserve(pool, per_image * (size_t)n, &resv) != VS_KV_OK) {
         vs_kv_stats ks;
@@ -75,18 +75,18 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
         imgs[i].cfg = reqs[i].cfg;
         imgs[i].top_k = reqs[i].top_k;
         imgs[i].top_p = reqs[i].top_p;
-        for (int r = 0; r < 2; r++) {
-            if ((st = vs_kv_row_new(resv, &rows[2 * i + r], err)) != VS_OK)
+        for (int r = 0; r < VS_KV_ROWS_PER_IMAGE; r++) {
+            if ((st = vs_kv_row_new(resv, &rows[VS_KV_ROWS_PER_IMAGE * i + r], err)) != VS_OK)
                 goto fail;
-            imgs[i].kv[r] = vs_kv_row_layers(rows[2 * i + r]);
-            pols[2 * i + r] = pol;
+            imgs[i].kv[r] = vs_kv_row_layers(rows[VS_KV_ROWS_PER_IMAGE * i + r]);
+            pols[VS_KV_ROWS_PER_IMAGE * i + r] = pol;
         }
         ptrs[i] = &imgs[i];
     }
     vs_kv_step ks = {.rows = rows,
                      .scale = scale,
                      .policy = pols,
-                     .n_rows = 2 * n,
+                     .n_rows = VS_KV_ROWS_PER_IMAGE * n,
                      .cfg = c,
                      .attn_scale = vs_rt_attn_scale(c),
                      .stats = opts->stats,
@@ -98,7 +98,7 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
     int have_device = vs_rt_backend_counters(vs_rt_engine_backend(e), &d0);
     double t0 = now_s();
     for (int s = 0; s < c->n_scales; s++) {
-        for (int r = 0; r < 2 * n; r++)
+        for (int r = 0; r < VS_KV_ROWS_PER_IMAGE * n; r++)
             scale[r] = s;
         for (int i = 0; i < n; i++) {
             if (opts->logits)

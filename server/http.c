@@ -33,6 +33,7 @@
 #include <cjson/cJSON.h>
 
 #include "common/log.h"
+#include "kvcache/policy.h"
 #include "server/api.h"
 #include "server/job.h"
 #include "server/png.h"
@@ -242,7 +243,12 @@ static enum MHD_Result do_info(req *r, struct MHD_Connection *c)
     cJSON_AddStringToObject(o, "policy", in->policy);
     cJSON *pol = cJSON_AddObjectToObject(o, "kv_policy");
     cJSON_AddStringToObject(pol, "name", in->policy);
-    if (in->kv_policy != 0) { /* compressing policies */
+    cJSON *avail = cJSON_AddArrayToObject(pol, "available"); /* the registry's names */
+    int n_defs;
+    const vs_kv_policy_def *const *defs = vs_kv_policy_defs(&n_defs);
+    for (int i = 0; i < n_defs; i++)
+        cJSON_AddItemToArray(avail, cJSON_CreateString(defs[i]->name));
+    if (vs_kv_policy_def_of((vs_kv_policy_kind)in->kv_policy)->compresses) {
         cJSON_AddNumberToObject(pol, "budget", in->kv_budget);
         cJSON_AddStringToObject(pol, "source", in->policy_source);
     }

@@ -52,11 +52,22 @@ static const struct {
 
 static void usage_of(FILE *f, int i) { fprintf(f, "  %-9s %s", commands[i].name, commands[i].args); }
 
+/* The KV policies P may name, from the registry (kvcache/policy.h). */
+static void policies_help(FILE *f)
+{
+    int n;
+    const vs_kv_policy_def *const *defs = vs_kv_policy_defs(&n);
+    fprintf(f, "KV policies (--kv-policy P, config key kv_policy, request field kv_policy):\n");
+    for (int i = 0; i < n; i++)
+        fprintf(f, "  %-13s %s\n", defs[i]->name, defs[i]->doc);
+}
+
 static int usage(FILE *f)
 {
     fprintf(f, "usage: varserve <command> [options]\ncommands:\n");
     for (int i = 0; i < N_COMMANDS; i++)
         usage_of(f, i);
+    policies_help(f);
     return 2;
 }
 
@@ -68,6 +79,8 @@ static int command_help(int argc, char **argv)
             for (int c = 0; c < N_COMMANDS; c++)
                 if (strcmp(argv[1], commands[c].name) == 0) {
                     printf("usage: varserve %s %s", commands[c].name, commands[c].args);
+                    if (strstr(commands[c].args, "--kv-policy"))
+                        policies_help(stdout);
                     return 1;
                 }
     return 0;
@@ -143,11 +156,11 @@ static int common_opt(common_opts *o, int argc, char **argv, int *i)
         return 1;
     case 6: {
         vs_kv_policy_kind kind;
-        if (vs_kv_policy_parse(v, &kind) != 0)
-            return bad("--kv-policy must be full, scalekv, snapkv, pyramidkv, sliding or "
-                       "streamingllm (got '%s')",
-                       v),
-                   -1;
+        if (vs_kv_policy_parse(v, &kind) != 0) {
+            char list[256];
+            vs_kv_policy_names(list, sizeof list, ", ", " or ");
+            return bad("--kv-policy must be %s (got '%s')", list, v), -1;
+        }
         o->kv_policy = v;
         return 1;
     }
@@ -170,9 +183,9 @@ static int make_policy(const common_opts *o, const vs_rt_model *m, const char *k
     vs_kv_policy_kind kind;
     vs_kv_policy_parse(kind_name, &kind);
     char path[4096];
-    int have = kind == VS_KV_POLICY_SCALEKV && vs_kv_budget_path_for(m->path, path, sizeof path);
+    const char *file = vs_kv_policy_budget_file(kind, m->path, NULL, path, sizeof path);
     vs_err err = {0};
-    if (vs_kv_policy_new(kind, o->kv_budget, &m->cfg, have ? path : NULL, out, &err) != VS_OK) {
+    if (vs_kv_policy_new(kind, o->kv_budget, &m->cfg, file, out, &err) != VS_OK) {
         fprintf(stderr, "varserve: %s\n", err.msg);
         return 1;
     }
@@ -241,7 +254,7 @@ static vs_kv_pool *pool_pages(const vs_rt_model *m, vs_rt_backend *be, size_t pa
 static vs_kv_pool *pool_for(const vs_rt_model *m, vs_rt_backend *be, const vs_kv_policy *pol,
                             int images, vs_err *err)
 {
-    size_t per_image = 2 * vs_kv_policy_peak_pages_per_row(pol, VS_KV_PAGE_TOKENS);
+    size_t per_image = vs_kv_policy_peak_pages_per_image(pol, VS_KV_PAGE_TOKENS);
     return pool_pages(m, be, per_image * (size_t)images, err);
 }
 
@@ -463,7 +476,7 @@ static int bench_json_line(const cli_engine *ce, const common_opts *o, const vs_
     cJSON_AddStringToObject(j, "backend", ce->be->ops->name);
     cJSON_AddNumberToObject(j, "threads", ce->be->threads);
     cJSON_AddStringToObject(j, "kv_policy", vs_kv_policy_name(kind));
-    if (kind == VS_KV_POLICY_FULL)
+    if (!vs_kv_policy_def_of(kind)->compresses)
         cJSON_AddNullToObject(j, "kv_budget");
     else
         cJSON_AddNumberToObject(j, "kv_budget", o->kv_budget);
@@ -513,7 +526,7 @@ static void bench_header(const cli_engine *ce, const common_opts *o, const vs_kv
            ce->be->threads);
     printf("sampling: cfg %g, top_k %ld, top_p %g; kv policy %s", o->cfg, o->top_k, o->top_p,
            vs_kv_policy_name(vs_kv_policy_kind_of(pol)));
-    if (vs_kv_policy_kind_of(pol) != VS_KV_POLICY_FULL)
+    if (vs_kv_policy_def_of(vs_kv_policy_kind_of(pol))->compresses)
         printf(" at budget %g (%s)", o->kv_budget, vs_kv_policy_source(pol));
     printf("\n");
     /* capacity: KV bytes each image reserves and how many fit in a pool of pool_mb, per policy */
@@ -524,10 +537,10 @@ static void bench_header(const cli_engine *ce, const common_opts *o, const vs_kv
     for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
         vs_kv_policy *p = NULL;
         char path[4096];
-        int have = k == VS_KV_POLICY_SCALEKV && vs_kv_budget_path_for(ce->m->path, path, sizeof path);
-        if (vs_kv_policy_new((vs_kv_policy_kind)k, o->kv_budget, c, have ? path : NULL, &p, &err) != VS_OK)
+        const char *file = vs_kv_policy_budget_file((vs_kv_policy_kind)k, ce->m->path, NULL, path, sizeof path);
+        if (vs_kv_policy_new((vs_kv_policy_kind)k, o->kv_budget, c, file, &p, &err) != VS_OK)
             continue;
-        size_t pages = 2 * vs_kv_policy_peak_pages_per_row(p, VS_KV_PAGE_TOKENS);
+        size_t pages = vs_kv_policy_peak_pages_per_image(p, VS_KV_PAGE_TOKENS);
         if (k == VS_KV_POLICY_FULL)
             full_pages = pages;
         printf("  %-13s %9.3f MB  %6zu images  %5.2fx full\n", vs_kv_policy_name((vs_kv_policy_kind)k),

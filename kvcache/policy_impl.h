@@ -1,0 +1,39 @@
+/* kvcache/policy_impl.h — what the policy files (kvcache/policy*.c) share: the policy object and
+ * the common helpers. Not for use outside kvcache/policy*.c. */
+#ifndef VS_KV_POLICY_IMPL_H
+#define VS_KV_POLICY_IMPL_H
+
+#include "kvcache/policy.h"
+
+struct vs_kv_policy {
+    const vs_kv_policy_def *def;
+    vs_kv_policy_kind kind;
+    double budget;
+    int depth, n_scales, num_heads;
+    int patch_nums[VS_RT_MAX_SCALES];
+    int cum[VS_RT_MAX_SCALES];   /* tokens after each scale (full cache) */
+    int total;                   /* L */
+    double B;                    /* budget · L: the mean tokens per layer the budget allows */
+    int base;                    /* no compression while the cache is at most this long */
+    int sinks;                   /* streamingllm: tokens of the first two scales */
+    int32_t *cap;                /* [n_scales][depth] tokens kept after the scale */
+    uint8_t *drafter;            /* [n_scales][depth] (scalekv; zero for every other policy) */
+    char source[512];
+};
+
+/* round(v), at least the observation window */
+int vs_kv_at_least_window(double v);
+
+/* The window-score selection (snapkv's rule, shared by scalekv, snapkv and pyramidkv). */
+int vs_kv_select_scored(const vs_kv_policy *p, int scale_side, int n_tokens, int n_new,
+                        const float *scores, int cap, int32_t *keep, float *tmp);
+
+/* The definitions, one per policy file. */
+extern const vs_kv_policy_def vs_kv_policy_full_def;    /* policy_full.c */
+extern const vs_kv_policy_def vs_kv_policy_scalekv_def; /* policy_scalekv.c */
+extern const vs_kv_policy_def vs_kv_policy_snapkv_def;  /* policy_window.c, and the three below */
+extern const vs_kv_policy_def vs_kv_policy_pyramidkv_def;
+extern const vs_kv_policy_def vs_kv_policy_sliding_def;
+extern const vs_kv_policy_def vs_kv_policy_streamingllm_def;
+
+#endif
