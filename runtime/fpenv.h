@@ -11,12 +11,14 @@
  * every pooled op and the ops that are not pooled), and each pool worker sets it when it starts
  * (runtime/threads.c). OpenBLAS runs single-threaded, on those same threads.
  *
- * Why it is safe (the parity fixtures stay exact, see bench/RESULTS.md "Denormals"): the
- * subnormals the engine made were discarded values — the vectorised SiLU of GroupNorm computes
- * its v < −88 branch, v / (1 + e^88), for every lane and selects it only where v < −88, where it is
- * normal; for |v| < 1.9 that unused quotient is subnormal. Elsewhere a flushed value is below
- * 1.2e-38 beside terms of order 1 (a softmax weight next to the maximum's 1), below every
- * tolerance and every rounding step it enters. */
+ * Why results do not change (tokens and images are byte-identical with and without it on the
+ * tiny and bundled fixtures, bench/RESULTS.md "Denormals"): the subnormals the engine made were
+ * discarded values. GroupNorm's SiLU, vectorised, computes its v < −88 branch, v / (1 + e^88),
+ * in every lane and keeps it only where v < −88, where it is normal; for |v| < 1.9 the unused
+ * quotient is subnormal. No GroupNorm input or output is subnormal. Elsewhere a flushed value is
+ * below 1.2e-38 next to terms of order 1 (a sampling weight next to the maximum's 1, a rare
+ * sgemm product): it could change a result only where a double sum lands within ~1e-35 of a
+ * top-p cut or of the draw's target. */
 #ifndef VS_RT_FPENV_H
 #define VS_RT_FPENV_H
 
