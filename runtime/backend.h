@@ -212,7 +212,8 @@ struct vs_rt_backend {
 
 typedef enum { VS_RT_BACKEND_AUTO, VS_RT_BACKEND_CPU, VS_RT_BACKEND_CUDA } vs_rt_backend_kind;
 
-/* CPU backend with `threads` workers (0 = all cores). */
+/* CPU backend with `threads` workers (0 = all cores). Sets the calling thread, which must be the
+ * one that runs the backend's ops, to flush subnormals to zero (runtime/fpenv.h); it stays so. */
 vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err);
 /* CUDA backend on device 0; VS_ERR_UNSUPPORTED when this build or machine has none.
  * fp32 = 1: strict FP32 (no TF32), for parity with the CPU backend. fp32 = 0 (BF16 mode): the

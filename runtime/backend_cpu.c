@@ -4,7 +4,12 @@
  * convolutions by output bands, attention by (row, head, query block)), so one pool owns the cores
  * and nothing oversubscribes them. Each output element is computed in exactly one place with the
  * same arithmetic whatever the split, so results do not depend on the thread count. Scratch is
- * grow-only per worker, so steady-state steps do not allocate. Engine thread only. */
+ * grow-only per worker, so steady-state steps do not allocate. Engine thread only.
+ *
+ * Subnormals are flushed to zero (FTZ/DAZ) on every thread that runs this backend's arithmetic:
+ * vs_rt_backend_cpu_new sets it on the creating thread, the pool's workers on themselves
+ * (runtime/fpenv.h: why, and why results do not change). On Intel cores the SiLU after GroupNorm
+ * spent most of its time in subnormal assists before (bench/RESULTS.md "Denormals"). */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -12,6 +17,7 @@
 #include <unistd.h>
 
 #include "runtime/backend.h"
+#include "runtime/fpenv.h"
 #include "runtime/philox.h"
 #include "runtime/sample.h"
 #include "runtime/threads.h"
@@ -815,6 +821,7 @@ vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err)
     }
     if (threads > 256)
         return vs_err_set(err, VS_ERR_INVALID, "threads must be 1..256 (got %d)", threads);
+    vs_rt_fp_env_init(); /* the creating thread runs the ops (and chunk 0 of each): no subnormals */
     cpu_backend *c = calloc(1, sizeof *c);
     if (!c)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");

@@ -1,9 +1,12 @@
 /* runtime/threads.c — see threads.h. Workers sleep on a condition variable between jobs; a job is
- * published with a generation counter and joined when every worker has reported done. */
+ * published with a generation counter and joined when every worker has reported done. Each worker
+ * flushes subnormals to zero before its first job (runtime/fpenv.h says why). */
 #include "runtime/threads.h"
 
 #include <pthread.h>
 #include <stdlib.h>
+
+#include "runtime/fpenv.h"
 
 struct vs_rt_tpool {
     int n;                  /* workers including the caller */
@@ -36,6 +39,7 @@ static void *worker(void *p)
     vs_rt_tpool *tp = wa->tp;
     int id = wa->id;
     free(wa);
+    vs_rt_fp_env_init(); /* this thread's own MXCSR/FPCR: set here, not inherited by chance */
     unsigned long seen = 0;
     for (;;) {
         pthread_mutex_lock(&tp->mu);

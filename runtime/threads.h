@@ -2,7 +2,9 @@
  *
  * parallel_for splits [0, n) into one contiguous chunk per worker; the caller runs chunk 0. The
  * split depends only on n and the worker count, and every op computes each output element in one
- * place, so results do not depend on the number of threads. One caller at a time (the engine). */
+ * place, so results do not depend on the number of threads. One caller at a time (the engine).
+ * Workers run with subnormals flushed to zero (vs_rt_fp_env_init, runtime/fpenv.h); the caller,
+ * which runs chunk 0, sets its own mode (vs_rt_backend_cpu_new does). */
 #ifndef VS_RT_THREADS_H
 #define VS_RT_THREADS_H
 

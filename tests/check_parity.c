@@ -3,15 +3,20 @@
  *
  * The golden file was computed by FoundationVision/VAR (see tests/fixtures/tiny/README.md):
  * greedy tokens of labels 3 and 7 at cfg 1.5, guided logits of the first six scales, the final
- * f_hat and image, and a decoder-only case. */
+ * f_hat and image, and a decoder-only case. Also: the CPU backend's threads flush subnormals
+ * (runtime/fpenv.h), which is what keeps Intel cores out of denormal assists. */
 #include <check.h>
+#include <float.h>
+#include <stdio.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "kvcache/pool.h"
+#include "runtime/fpenv.h"
 #include "runtime/philox.h"
 #include "runtime/sample.h"
+#include "runtime/threads.h"
 #include "runtime/var.h"
 #include "server/gen.h"
 #include "server/png.h"
@@ -509,6 +514,102 @@ START_TEST(philox_matches_the_published_known_answers)
 }
 END_TEST
 
+/* ---- floating-point mode of the backend's threads ------------------------------------------------ */
+
+static uint32_t bits_of(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+}
+
+static float float_of(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* 1 (after a printed reason) where this architecture keeps IEEE gradual underflow */
+static int fp_env_unsupported(void)
+{
+    if (vs_rt_fp_env_flushing() >= 0)
+        return 0;
+    printf("skipped: no flush-to-zero mode on this architecture (runtime/fpenv.c is a no-op)\n");
+    return 1;
+}
+
+START_TEST(creating_a_cpu_backend_makes_it_and_every_worker_flush_subnormals)
+{
+    if (fp_env_unsupported())
+        return;
+    vs_rt_fp_env_reset(); /* as a fresh thread starts: IEEE gradual underflow */
+    ck_assert_int_eq(vs_rt_fp_env_flushing(), 0);
+    vs_rt_backend *be = NULL;
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_backend_cpu_new(3, &be, &err) == VS_OK, "%s", err.msg);
+    ck_assert_int_eq(vs_rt_fp_env_flushing(), 1);
+    /* y += x split across the 3 workers (65536 floats each): an even element's exact sum
+     * 1.5e-38 − 1.4e-38 is subnormal, FTZ makes it +0; an odd element adds a subnormal (2^-140)
+     * to FLT_MIN, and DAZ reads it as 0, leaving FLT_MIN. Compared as bits: this thread reads
+     * subnormals as 0 too. */
+    size_t n = 3 * 65536;
+    float *y = be->ops->alloc(be, n * sizeof *y), *x = be->ops->alloc(be, n * sizeof *x);
+    for (size_t i = 0; i < n; i++) {
+        y[i] = i % 2 ? float_of(0x200u) : 1.5e-38f;
+        x[i] = i % 2 ? FLT_MIN : -1.4e-38f;
+    }
+    be->ops->add(be, y, x, n);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(bits_of(y[i]) == (i % 2 ? bits_of(FLT_MIN) : 0u),
+                      "element %zu (worker %zu's chunk): bits %#x, %s", i, i / 65536,
+                      (unsigned)bits_of(y[i]),
+                      i % 2 ? "a subnormal input was not read as 0 (DAZ)"
+                            : "a subnormal result was not flushed (FTZ)");
+    be->ops->free(be, y);
+    be->ops->free(be, x);
+    vs_rt_backend_free(be);
+}
+END_TEST
+
+typedef struct {
+    int flushing[8];
+    uint32_t product[8];
+} fp_probe;
+
+static void probe_task(void *ctx, size_t b, size_t e, int worker)
+{
+    fp_probe *p = ctx;
+    (void)b;
+    (void)e;
+    volatile float tiny = 1e-20f;
+    p->flushing[worker] = vs_rt_fp_env_flushing();
+    p->product[worker] = bits_of(tiny * tiny); /* 1e-40: subnormal, or +0 when flushed */
+}
+
+START_TEST(pool_workers_flush_subnormals_whatever_the_creating_thread_does)
+{
+    if (fp_env_unsupported())
+        return;
+    vs_rt_fp_env_reset(); /* the workers must not depend on inheriting the creator's mode */
+    vs_rt_tpool *tp = vs_rt_tpool_new(4);
+    ck_assert_ptr_nonnull(tp);
+    ck_assert_int_eq(vs_rt_tpool_size(tp), 4);
+    fp_probe p;
+    memset(&p, 0xff, sizeof p);
+    vs_rt_parallel_for(tp, 4, probe_task, &p);
+    for (int w = 1; w < 4; w++) {
+        ck_assert_msg(p.flushing[w] == 1, "worker %d: MXCSR/FPCR flush bits not set (%d)", w,
+                      p.flushing[w]);
+        ck_assert_msg(p.product[w] == 0u, "worker %d: 1e-20² gave bits %#x, not +0", w,
+                      (unsigned)p.product[w]);
+    }
+    /* the pool leaves its caller's mode alone: vs_rt_backend_cpu_new sets that one */
+    ck_assert_int_eq(p.flushing[0], 0);
+    vs_rt_tpool_free(tp);
+}
+END_TEST
+
 static Suite *parity_suite(void)
 {
     Suite *s = suite_create("parity");
@@ -533,6 +634,10 @@ static Suite *parity_suite(void)
     tcase_add_test(smp, sampling_frequencies_follow_the_kept_softmax);
     tcase_add_test(smp, philox_matches_the_published_known_answers);
     suite_add_tcase(s, smp);
+    TCase *fp = tcase_create("fp_env");
+    tcase_add_test(fp, creating_a_cpu_backend_makes_it_and_every_worker_flush_subnormals);
+    tcase_add_test(fp, pool_workers_flush_subnormals_whatever_the_creating_thread_does);
+    suite_add_tcase(s, fp);
     return s;
 }
 
