@@ -500,11 +500,8 @@ static void step(vs_srv_engine *e)
                      .scratch = e->kv_scratch};
     vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
     vs_status st = VS_OK;
-    if (!fail) {
-        vs_rt_engine_set_hooks(e->rt, &hooks);
-        st = vs_rt_step(e->rt, e->ptrs, n, &err);
-        vs_rt_engine_set_hooks(e->rt, NULL);
-    }
+    if (!fail)
+        st = vs_rt_step(e->rt, e->ptrs, n, &hooks, &err);
     if (fail || st != VS_OK) {
         if (st == VS_ERR_DEVICE_LOST)
             device_lost(e, &err);

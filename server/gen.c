@@ -106,9 +106,7 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
             if (opts->forced_tokens)
                 imgs[i].forced_tokens = opts->forced_tokens[i];
         }
-        vs_rt_engine_set_hooks(e, &hooks);
-        st = vs_rt_step(e, ptrs, n, err);
-        vs_rt_engine_set_hooks(e, NULL);
+        st = vs_rt_step(e, ptrs, n, &hooks, err);
         if (st != VS_OK)
             goto fail;
     }
