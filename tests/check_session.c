@@ -125,6 +125,7 @@ START_TEST(reservations_answer_later_and_never_and_leave_nothing_behind)
     ck_assert_ptr_null(a.resv);
     vs_kv_image_end(s, &a); /* holds nothing: a no-op */
     assert_pool_whole(small);
+    vs_kv_session_free(s);
     ck_assert(vs_kv_session_new(g_e, one, 1, &t, &err) == VS_OK);
     ck_assert_int_eq(vs_kv_image_reserve(t, &a, full), VS_KV_OK);
     ck_assert_int_eq(vs_kv_image_reserve(t, &b, full), VS_KV_LATER);
@@ -134,6 +135,7 @@ START_TEST(reservations_answer_later_and_never_and_leave_nothing_behind)
     vs_kv_image_end(t, &b);
     assert_pool_whole(one);
     ck_assert_int_eq(vs_kv_session_new(g_e, one, 0, &s, &err), VS_ERR_INVALID);
+    ck_assert_ptr_null(s);
     vs_kv_session_free(t);
     vs_kv_pool_free(small);
     vs_kv_pool_free(one);
