@@ -46,7 +46,8 @@ typedef struct {
 
 size_t vs_kv_step_scratch_floats(const vs_rt_config *c, int page_tokens);
 
-/* Hooks for vs_rt_engine_set_hooks with ctx = a vs_kv_step that lives through the step. */
+/* Hooks for vs_rt_step with ctx = s, which must live through the step (kvcache/session builds
+ * both for a set of images). */
 vs_rt_hooks vs_kv_step_hooks(vs_kv_step *s);
 
 #endif

@@ -22,8 +22,6 @@ struct vs_rt_engine {
     int max_images, max_rows, max_tok;
     float *kv_base;
     int page_tokens;
-    vs_rt_hooks hooks;
-    int have_hooks;
     /* backend scratch */
     float *x, *xn, *tmp, *qkv, *attn, *ffn, *logits, *gin; /* [T][...] */
     float *cond, *csilu, *mod, *smod, *hmod;              /* [R][...] */
@@ -262,13 +260,6 @@ void vs_rt_engine_set_kv(vs_rt_engine *e, float *kv_base, int page_tokens)
     e->page_tokens = page_tokens;
 }
 
-void vs_rt_engine_set_hooks(vs_rt_engine *e, const vs_rt_hooks *hooks)
-{
-    e->have_hooks = hooks != NULL;
-    if (hooks)
-        e->hooks = *hooks;
-}
-
 /* floats of one image's f_hat (and of its next_in) */
 static size_t state_floats(const vs_rt_engine *e)
 {
@@ -388,7 +379,8 @@ static vs_status abandon_step(vs_rt_engine *e, vs_status st, vs_err *err)
     return st;
 }
 
-vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, vs_err *err)
+vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, const vs_rt_hooks *hooks,
+                     vs_err *err)
 {
     const vs_rt_config *c = &e->m->cfg;
     const vs_rt_weights *w = &e->w;
@@ -478,12 +470,10 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, vs_err *e
         if (c->attn_l2_norm)
             BE->qk_norm(e->be, e->qkv, T, H, d, bw->scale_mul);
         memset(e->kv_store, 1, (size_t)R);
-        if (e->have_hooks && e->hooks.before_attn &&
-            (st = e->hooks.before_attn(e->hooks.ctx, l, &b, err)) != VS_OK)
+        if (hooks && hooks->before_attn && (st = hooks->before_attn(hooks->ctx, l, &b, err)) != VS_OK)
             return abandon_step(e, st, err);
         BE->attention(e->be, e->attn, e->qkv, &b, l, H, d, attn_scale);
-        if (e->have_hooks && e->hooks.after_attn &&
-            (st = e->hooks.after_attn(e->hooks.ctx, l, &b, e->qkv, err)) != VS_OK)
+        if (hooks && hooks->after_attn && (st = hooks->after_attn(hooks->ctx, l, &b, e->qkv, err)) != VS_OK)
             return abandon_step(e, st, err);
         BE->linear(e->be, e->tmp, e->attn, bw->proj_w, bw->proj_b, T, C, C);
         BE->gated_add(e->be, e->x, e->tmp, e->mod, 6 * C, 0, &b, C);

@@ -19,7 +19,7 @@
 
 typedef struct vs_rt_engine vs_rt_engine;
 
-/* Per-layer hooks around attention, installed by whoever owns the KV pages (kvcache/):
+/* Per-layer hooks around attention, passed to vs_rt_step by whoever owns the KV pages (kvcache/):
  * before_attn decides, per row, whether the attention op stores the new tokens in the pages
  * (b->kv_store[r] stays 1: the hook must make room for them in `layer`) or leaves them in qkv only
  * (the hook clears kv_store[r]: the row will be compressed or dropped). after_attn sees the
@@ -65,16 +65,16 @@ int vs_rt_engine_max_images(const vs_rt_engine *e);
 
 /* Where the KV pages live: the pool arena (backend memory) and tokens per page. */
 void vs_rt_engine_set_kv(vs_rt_engine *e, float *kv_base, int page_tokens);
-/* Installs hooks for the following steps (copied); NULL removes them. */
-void vs_rt_engine_set_hooks(vs_rt_engine *e, const vs_rt_hooks *hooks);
 
 /* Allocates the image's state; request fields are left to the caller. */
 vs_status vs_rt_image_init(vs_rt_engine *e, vs_rt_image *img, vs_err *err);
 void vs_rt_image_free(vs_rt_engine *e, vs_rt_image *img); /* zeroed or freed ok */
 
-/* Advances each image by one scale (images must not be finished). The caller has made room for
- * p_s² new tokens in every layer of both rows and commits them afterwards. */
-vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, vs_err *err);
+/* Advances each image by one scale (images must not be finished). hooks: the KV side of this
+ * step (read during the call only), or NULL: then the caller has made room for p_s² new tokens in
+ * every layer of both rows and commits them afterwards. */
+vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, const vs_rt_hooks *hooks,
+                     vs_err *err);
 
 /* Runs the quantiser alone over given tokens (all scales): the decoder-only path. */
 vs_status vs_rt_image_set_tokens(vs_rt_engine *e, vs_rt_image *img, const int32_t *tokens, vs_err *err);

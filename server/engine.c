@@ -4,13 +4,14 @@
  *   sweep     answer queued and running jobs that are past their deadline or whose client left
  *   admit     pop jobs in priority order; reserve KV pages image by image (OK: the image joins
  *             the batch; LATER: wait for pages to come back; NEVER: 503 naming the fix)
- *   step      every running image advances one scale; kvcache/step's hooks give each row's layer
- *             room for its new tokens before attention, commit them after, and compress the
- *             layer to the row's policy
+ *   step      every running image advances one scale (kvcache/session: its step builds
+ *             kvcache/step's hooks, which give each row's layer room for its new tokens before
+ *             attention, commit them after, and compress the layer to the row's policy)
  *   finish    decode finished images, release their pages; a job whose images are all done is
  *             answered
  * When nothing runs it sleeps on the queue (woken by a push), waking every 50 ms to sweep.
- * Slots hold the running images; max_batch_images of them, allocated once at load.
+ * Slots hold the running images (a kvcache/session image each: reservation, rows, state);
+ * max_batch_images of them, allocated once at load.
  *
  * A failed step answers its requests 500 and the engine goes on: the backend clears recoverable
  * errors (runtime/backend.h). When the backend says VS_ERR_DEVICE_LOST instead, the engine
@@ -34,7 +35,7 @@
 #include "kvcache/calibrate.h"
 #include "kvcache/policy.h"
 #include "kvcache/pool.h"
-#include "kvcache/step.h"
+#include "kvcache/session.h"
 #include "runtime/backend.h"
 #include "runtime/var.h"
 #include "server/api.h"
@@ -58,9 +59,7 @@ static double mib(size_t bytes) { return (double)bytes / 1048576.0; }
 typedef struct {
     vs_srv_job *job;
     int index;          /* image index within its job */
-    vs_rt_image img;
-    vs_kv_resv *resv;   /* this image's pages (both rows) */
-    vs_kv_row *rows[VS_KV_ROWS_PER_IMAGE]; /* cond, uncond */
+    vs_kv_image im;     /* its pages, rows and state */
 } slot;
 
 struct vs_srv_engine {
@@ -87,10 +86,11 @@ struct vs_srv_engine {
     vs_rt_backend *be;
     vs_rt_engine *rt;
     vs_kv_pool *pool;
+    vs_kv_session *ses;    /* the images' KV side, over pool */
     int max_images;
     slot *slots;           /* [max_images] */
     int n_slots;
-    vs_rt_image **ptrs;    /* [max_images] */
+    vs_kv_image **ptrs;    /* [max_images] */
     vs_srv_job **active;   /* [max_images + 1]: popped, not answered */
     vs_srv_job **held;     /* [max_images + 1]: sweep's copy of active */
     int n_active;
@@ -104,11 +104,6 @@ struct vs_srv_engine {
         vs_kv_policy *p;
     } policies[POLICY_CACHE];
     int n_policies;
-    /* one step's KV tables, in the runtime's row order (image i: rows 2i, 2i+1) */
-    vs_kv_row **row_tab;   /* [2 max_images] */
-    int *scale_tab;        /* [2 max_images] */
-    const vs_kv_policy **pol_tab; /* [VS_KV_ROWS_PER_IMAGE max_images] */
-    float *kv_scratch;     /* vs_kv_step_scratch_floats */
     vs_srv_job **snap;     /* [queue capacity] */
     struct pollfd *pfd;    /* [queue capacity + max_images + 1] */
 };
@@ -156,8 +151,7 @@ static void publish_gauges(vs_srv_engine *e)
 
 static void slot_release(vs_srv_engine *e, slot *s)
 {
-    vs_kv_release(s->resv);
-    vs_rt_image_free(e->rt, &s->img);
+    vs_kv_image_end(e->ses, &s->im);
     memset(s, 0, sizeof *s);
 }
 
@@ -402,8 +396,9 @@ static void admit(vs_srv_engine *e)
             }
             j->pages_per_image = vs_kv_policy_peak_pages_per_image(j->policy, VS_KV_PAGE_TOKENS);
         }
-        vs_kv_resv *resv = NULL;
-        vs_kv_admit a = vs_kv_reserve(e->pool, j->pages_per_image, &resv);
+        slot *s = &e->slots[e->n_slots];
+        memset(s, 0, sizeof *s);
+        vs_kv_admit a = vs_kv_image_reserve(e->ses, &s->im, j->policy);
         if (a == VS_KV_LATER) {
             if (!e->blocked) {
                 e->blocked = 1;
@@ -421,11 +416,8 @@ static void admit(vs_srv_engine *e)
             continue;
         }
         e->blocked = 0;
-        slot *s = &e->slots[e->n_slots];
-        memset(s, 0, sizeof *s);
         s->job = j;
         s->index = j->admitted;
-        s->resv = resv;
         vs_err err = {0};
         size_t img_bytes = (size_t)c->image_size * (size_t)c->image_size * 3;
         if (!j->rgb[s->index] && !(j->rgb[s->index] = malloc(img_bytes))) {
@@ -434,20 +426,13 @@ static void admit(vs_srv_engine *e)
                    "out of memory for the image buffers");
             continue;
         }
-        vs_status st = vs_rt_image_init(e->rt, &s->img, &err);
-        for (int r = 0; st == VS_OK && r < VS_KV_ROWS_PER_IMAGE; r++)
-            if ((st = vs_kv_row_new(resv, &s->rows[r], &err)) == VS_OK)
-                s->img.kv[r] = vs_kv_row_layers(s->rows[r]);
+        vs_kv_image_req req = {j->p.label, j->p.seed + (uint64_t)s->index, j->p.cfg, j->p.top_k, j->p.top_p};
+        vs_status st = vs_kv_image_start(e->ses, &s->im, &req, &err);
         if (st != VS_OK) {
             slot_release(e, s);
             answer(e, j, 500, st, "internal_error", "engine_error", "could not start an image: %s", err.msg);
             continue;
         }
-        s->img.label = j->p.label;
-        s->img.seed = j->p.seed + (uint64_t)s->index;
-        s->img.cfg = j->p.cfg;
-        s->img.top_k = j->p.top_k;
-        s->img.top_p = j->p.top_p;
         e->n_slots++;
         if (j->admitted++ == 0) {
             j->t_admit = now_s();
@@ -479,39 +464,22 @@ static void step(vs_srv_engine *e)
     int max_scale = 0, min_scale = c->n_scales, fail = 0;
     for (int i = 0; i < e->n_slots; i++) {
         slot *s = &e->slots[i];
-        for (int r = 0; r < VS_KV_ROWS_PER_IMAGE; r++) {
-            e->row_tab[VS_KV_ROWS_PER_IMAGE * i + r] = s->rows[r];
-            e->scale_tab[VS_KV_ROWS_PER_IMAGE * i + r] = s->img.scale;
-            e->pol_tab[VS_KV_ROWS_PER_IMAGE * i + r] = s->job->policy;
-        }
-        e->ptrs[i] = &s->img;
-        if (s->img.scale > max_scale)
-            max_scale = s->img.scale;
-        if (s->img.scale < min_scale)
-            min_scale = s->img.scale;
-        fail |= s->img.label == e->fail_label;
+        e->ptrs[i] = &s->im;
+        if (s->im.img.scale > max_scale)
+            max_scale = s->im.img.scale;
+        if (s->im.img.scale < min_scale)
+            min_scale = s->im.img.scale;
+        fail |= s->im.img.label == e->fail_label;
     }
     int n = e->n_slots;
     double t0 = now_s();
     if (fail)
         vs_err_set(&err, VS_ERR_INTERNAL, "failpoint: a step holding class %d fails (VARSERVE_FAILPOINT)",
                    e->fail_label);
-    vs_kv_step ks = {.rows = e->row_tab,
-                     .scale = e->scale_tab,
-                     .policy = e->pol_tab,
-                     .n_rows = VS_KV_ROWS_PER_IMAGE * n,
-                     .cfg = c,
-                     .attn_scale = vs_rt_attn_scale(c),
-                     .be = e->be,
-                     .page_tokens = VS_KV_PAGE_TOKENS,
-                     .scratch = e->kv_scratch};
-    vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
+    double kv_s = 0;
     vs_status st = VS_OK;
-    if (!fail) {
-        vs_rt_engine_set_hooks(e->rt, &hooks);
-        st = vs_rt_step(e->rt, e->ptrs, n, &err);
-        vs_rt_engine_set_hooks(e->rt, NULL);
-    }
+    if (!fail)
+        st = vs_kv_session_step(e->ses, e->ptrs, n, NULL, &kv_s, &err);
     if (fail || st != VS_OK) {
         if (st == VS_ERR_DEVICE_LOST)
             device_lost(e, &err);
@@ -519,22 +487,22 @@ static void step(vs_srv_engine *e)
         return;
     }
     double t1 = now_s();
-    vs_srv_metrics_step(e->met, max_scale, t1 - t0, ks.seconds, VS_KV_ROWS_PER_IMAGE * n);
+    vs_srv_metrics_step(e->met, max_scale, t1 - t0, kv_s, VS_KV_ROWS_PER_IMAGE * n);
     vs_log(VS_LOG_DEBUG, "engine", "step: %d images at scales %d..%d, %.1f ms", n, min_scale, max_scale,
            (t1 - t0) * 1e3);
 
     /* decode finished images; answer jobs whose images are all done */
     for (int i = 0; i < e->n_slots;) {
         slot *s = &e->slots[i];
-        if (s->img.scale < c->n_scales) {
+        if (s->im.img.scale < c->n_scales) {
             i++;
             continue;
         }
         vs_srv_job *j = s->job;
-        vs_rt_image *ip = &s->img;
+        vs_kv_image *ip = &s->im;
         uint8_t *rgb = j->rgb[s->index];
         double d0 = now_s();
-        vs_status dst = vs_rt_decode(e->rt, &ip, 1, &rgb, NULL, &err);
+        vs_status dst = vs_kv_session_decode(e->ses, &ip, 1, &rgb, NULL, &err);
         j->decode_s += now_s() - d0;
         if (dst != VS_OK) {
             if (dst == VS_ERR_DEVICE_LOST)
@@ -654,7 +622,8 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     vs_kv_allocator alloc = {e->be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
     if ((st = vs_kv_pool_init(bytes, VS_KV_PAGE_TOKENS, c->depth, c->embed_dim, &alloc, &e->pool, err)) != VS_OK)
         return vs_err_wrap(err, "config key 'kv_pool_mb' (%ld)", cfg->kv_pool_mb);
-    vs_rt_engine_set_kv(e->rt, vs_kv_pool_base(e->pool), vs_kv_pool_page_tokens(e->pool));
+    if ((st = vs_kv_session_new(e->rt, e->pool, e->max_images, &e->ses, err)) != VS_OK)
+        return st;
 
     const char *fp = getenv("VARSERVE_FAILPOINT");
     e->fail_label = fp && strncmp(fp, "label:", 6) == 0 ? atoi(fp + 6) : -1;
@@ -665,12 +634,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     e->held = calloc((size_t)e->max_images + 1, sizeof *e->held);
     e->snap = calloc(qcap, sizeof *e->snap);
     e->pfd = calloc(qcap + (size_t)e->max_images + 1, sizeof *e->pfd);
-    e->row_tab = calloc(VS_KV_ROWS_PER_IMAGE * (size_t)e->max_images, sizeof *e->row_tab);
-    e->scale_tab = calloc(VS_KV_ROWS_PER_IMAGE * (size_t)e->max_images, sizeof *e->scale_tab);
-    e->pol_tab = calloc(VS_KV_ROWS_PER_IMAGE * (size_t)e->max_images, sizeof *e->pol_tab);
-    e->kv_scratch = malloc(vs_kv_step_scratch_floats(c, VS_KV_PAGE_TOKENS) * sizeof(float));
-    if (!e->slots || !e->ptrs || !e->active || !e->held || !e->snap || !e->pfd || !e->row_tab || !e->scale_tab ||
-        !e->pol_tab || !e->kv_scratch)
+    if (!e->slots || !e->ptrs || !e->active || !e->held || !e->snap || !e->pfd)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory for the engine's tables");
 
     vs_kv_stats ks;
@@ -719,6 +683,8 @@ static void teardown(vs_srv_engine *e)
     for (int i = 0; i < e->n_slots; i++)
         slot_release(e, &e->slots[i]);
     e->n_slots = 0;
+    vs_kv_session_free(e->ses);
+    e->ses = NULL;
     vs_kv_pool_free(e->pool);
     vs_rt_engine_free(e->rt);
     vs_rt_backend_free(e->be);
@@ -733,10 +699,6 @@ static void teardown(vs_srv_engine *e)
     free(e->held);
     free(e->snap);
     free(e->pfd);
-    free(e->row_tab);
-    free(e->scale_tab);
-    free(e->pol_tab);
-    free(e->kv_scratch);
     for (int i = 0; i < e->n_policies; i++)
         vs_kv_policy_free(e->policies[i].p);
     e->n_policies = 0;

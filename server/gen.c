@@ -14,7 +14,8 @@ static double now_s(void)
 
 size_t vs_srv_full_cache_pages(const vs_rt_config *c, const vs_kv_pool *pool)
 {
-    return VS_KV_ROWS_PER_IMAGE * (size_t)c->depth * vs_kv_pages_for_tokens(pool, (size_t)c->scale_offset[c->n_scales]);
+    return VS_KV_ROWS_PER_IMAGE * (size_t)c->depth *
+           vs_kv_pages_for_tokens(pool, (size_t)c->scale_offset[c->n_scales]);
 }
 
 vs_status vs_srv_gen_run(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_gen_req *reqs, int n,
@@ -32,21 +33,17 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
     const vs_rt_model *m = vs_rt_engine_model(e);
     const vs_rt_config *c = &m->cfg;
     vs_status st = VS_OK;
-    vs_kv_resv *resv = NULL;
     vs_kv_policy *full = NULL;
+    vs_kv_session *ses = NULL;
     const vs_kv_policy *pol = opts->policy;
     if (!pol) {
         if ((st = vs_kv_policy_new(VS_KV_POLICY_FULL, 1, c, NULL, &full, err)) != VS_OK)
             return st;
         pol = full;
     }
-    vs_rt_image *imgs = calloc((size_t)n, sizeof *imgs);
-    vs_rt_image **ptrs = calloc((size_t)n, sizeof *ptrs);
-    vs_kv_row **rows = calloc((size_t)n * VS_KV_ROWS_PER_IMAGE, sizeof *rows);
-    int *scale = calloc((size_t)n * VS_KV_ROWS_PER_IMAGE, sizeof *scale);
-    const vs_kv_policy **pols = calloc((size_t)n * VS_KV_ROWS_PER_IMAGE, sizeof *pols);
-    float *scratch = malloc(vs_kv_step_scratch_floats(c, vs_kv_pool_page_tokens(pool)) * sizeof(float));
-    if (!imgs || !ptrs || !rows || !scale || !pols || !scratch) {
+    vs_kv_image *ims = calloc((size_t)n, sizeof *ims);
+    vs_kv_image **ptrs = calloc((size_t)n, sizeof *ptrs);
+    if (!ims || !ptrs) {
         st = vs_err_set(err, VS_ERR_NOMEM, "out of memory");
         goto fail;
     }
@@ -55,71 +52,51 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
                         n, vs_rt_engine_max_images(e));
         goto fail;
     }
+    if ((st = vs_kv_session_new(e, pool, n, &ses, err)) != VS_OK)
+        goto fail;
     size_t per_image = vs_kv_policy_peak_pages_per_image(pol, vs_kv_pool_page_tokens(pool));
     opts->peak_pages_per_image = per_image;
-    if (vs_kv_reserve(pool, per_image * (size_t)n, &resv) != VS_KV_OK) {
-        vs_kv_stats ks;
-        vs_kv_pool_stats(pool, &ks);
-        st = vs_err_set(err, VS_ERR_KV_FULL,
-                        "the KV pool has %zu pages of %.1f KB but %d images need %zu: raise the "
-                        "pool size or lower the batch",
-                        ks.pages_total, (double)ks.page_bytes / 1e3, n, per_image * (size_t)n);
-        goto fail;
-    }
-    vs_rt_engine_set_kv(e, vs_kv_pool_base(pool), vs_kv_pool_page_tokens(pool));
     for (int i = 0; i < n; i++) {
-        if ((st = vs_rt_image_init(e, &imgs[i], err)) != VS_OK)
+        ptrs[i] = &ims[i];
+        if (vs_kv_image_reserve(ses, &ims[i], pol) != VS_KV_OK) {
+            vs_kv_stats ks;
+            vs_kv_pool_stats(pool, &ks);
+            st = vs_err_set(err, VS_ERR_KV_FULL,
+                            "the KV pool has %zu pages of %.1f KB but %d images need %zu: raise the "
+                            "pool size or lower the batch",
+                            ks.pages_total, (double)ks.page_bytes / 1e3, n, per_image * (size_t)n);
             goto fail;
-        imgs[i].label = reqs[i].label;
-        imgs[i].seed = reqs[i].seed;
-        imgs[i].cfg = reqs[i].cfg;
-        imgs[i].top_k = reqs[i].top_k;
-        imgs[i].top_p = reqs[i].top_p;
-        for (int r = 0; r < VS_KV_ROWS_PER_IMAGE; r++) {
-            if ((st = vs_kv_row_new(resv, &rows[VS_KV_ROWS_PER_IMAGE * i + r], err)) != VS_OK)
-                goto fail;
-            imgs[i].kv[r] = vs_kv_row_layers(rows[VS_KV_ROWS_PER_IMAGE * i + r]);
-            pols[VS_KV_ROWS_PER_IMAGE * i + r] = pol;
         }
-        ptrs[i] = &imgs[i];
     }
-    vs_kv_step ks = {.rows = rows,
-                     .scale = scale,
-                     .policy = pols,
-                     .n_rows = VS_KV_ROWS_PER_IMAGE * n,
-                     .cfg = c,
-                     .attn_scale = vs_rt_attn_scale(c),
-                     .stats = opts->stats,
-                     .be = vs_rt_engine_backend(e),
-                     .page_tokens = vs_kv_pool_page_tokens(pool),
-                     .scratch = scratch};
-    vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
+    for (int i = 0; i < n; i++)
+        if ((st = vs_kv_image_start(ses, &ims[i], &reqs[i], err)) != VS_OK)
+            goto fail;
+    double kv_s = 0;
     vs_rt_counters d0, d1;
     int have_device = vs_rt_backend_counters(vs_rt_engine_backend(e), &d0);
     double t0 = now_s();
     for (int s = 0; s < c->n_scales; s++) {
-        for (int r = 0; r < VS_KV_ROWS_PER_IMAGE * n; r++)
-            scale[r] = s;
         for (int i = 0; i < n; i++) {
             if (opts->logits)
-                imgs[i].guided_logits = opts->logits[i] + (size_t)c->scale_offset[s] * c->vocab_size;
+                ims[i].img.guided_logits =
+                    opts->logits[i] + (size_t)c->scale_offset[s] * c->vocab_size;
             if (opts->forced_tokens)
-                imgs[i].forced_tokens = opts->forced_tokens[i];
+                ims[i].img.forced_tokens = opts->forced_tokens[i];
         }
-        vs_rt_engine_set_hooks(e, &hooks);
-        st = vs_rt_step(e, ptrs, n, err);
-        vs_rt_engine_set_hooks(e, NULL);
+        double step_kv_s = 0;
+        st = vs_kv_session_step(ses, ptrs, n, opts->stats, &step_kv_s, err);
+        kv_s += step_kv_s;
         if (st != VS_OK)
             goto fail;
     }
     double t1 = now_s();
     vs_rt_backend_counters(vs_rt_engine_backend(e), &d1);
-    if ((rgb || opts->unit) && (st = vs_rt_decode(e, ptrs, n, rgb, opts->unit, err)) != VS_OK)
+    if ((rgb || opts->unit) && (st = vs_kv_session_decode(ses, ptrs, n, rgb, opts->unit, err)) != VS_OK)
         goto fail;
     double t2 = now_s();
     if (times) {
         times->transformer_s = t1 - t0;
-        times->kv_s = ks.seconds;
+        times->kv_s = kv_s;
         times->decode_s = t2 - t1;
         times->steps = c->n_scales;
         times->have_device = have_device;
@@ -137,19 +114,15 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
     if (tokens)
         for (int i = 0; i < n; i++)
             if (tokens[i])
-                memcpy(tokens[i], imgs[i].tokens,
+                memcpy(tokens[i], ims[i].img.tokens,
                        (size_t)c->scale_offset[c->n_scales] * sizeof(int32_t));
 fail:
-    vs_kv_release(resv);
-    if (imgs)
+    if (ims && ses)
         for (int i = 0; i < n; i++)
-            vs_rt_image_free(e, &imgs[i]);
-    free(imgs);
+            vs_kv_image_end(ses, &ims[i]);
+    vs_kv_session_free(ses);
+    free(ims);
     free(ptrs);
-    free(rows);
-    free(scale);
-    free(pols);
-    free(scratch);
     vs_kv_policy_free(full);
     return st;
 }

@@ -11,17 +11,12 @@
 #include "common/status.h"
 #include "kvcache/policy.h"
 #include "kvcache/pool.h"
+#include "kvcache/session.h"
 #include "kvcache/step.h"
 #include "runtime/backend.h"
 #include "runtime/var.h"
 
-typedef struct {
-    int label;
-    uint64_t seed;
-    float cfg;
-    int top_k;
-    float top_p;
-} vs_srv_gen_req;
+typedef vs_kv_image_req vs_srv_gen_req; /* label, seed, cfg, top_k, top_p */
 
 typedef struct {
     double transformer_s; /* steps: transformer, sampling, quantiser (kv_s included) */
@@ -34,7 +29,8 @@ typedef struct {
     vs_rt_counters device;
 } vs_srv_gen_times;
 
-/* Pages one image needs at its peak with the full cache (2 rows × depth layers × L tokens). */
+/* Pages one image needs at its peak with every layer holding every token (VS_KV_ROWS_PER_IMAGE
+ * rows × depth layers × L tokens): the no-hooks bound, above the full policy's peak. */
 size_t vs_srv_full_cache_pages(const vs_rt_config *c, const vs_kv_pool *pool);
 
 /* Generates n images (n ≤ the engine's max images) with the full cache (vs_srv_gen_run_opts with
@@ -55,7 +51,8 @@ typedef struct {
 } vs_srv_gen_opts;
 
 /* The same with KV pages managed per layer by kvcache/step (policy compression, per-layer growth,
- * release after the last scale), so each image reserves only the policy's true peak. */
+ * release after the last scale), so each image reserves only the policy's true peak. The images
+ * run through kvcache/session, as the engine loop's do. */
 vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_gen_req *reqs, int n,
                               uint8_t *const *rgb, int32_t *const *tokens, vs_srv_gen_times *times,
                               vs_srv_gen_opts *opts, vs_err *err);

@@ -105,7 +105,7 @@ START_TEST(greedy_tokens_logits_fhat_and_image_match_the_reference)
             img[i].kv[1] = vs_kv_row_layers(rows[2 * i + 1]);
             img[i].guided_logits = glog[i];
         }
-        ck_assert_msg(vs_rt_step(r.e, ptrs, 2, &err) == VS_OK, "%s", err.msg);
+        ck_assert_msg(vs_rt_step(r.e, ptrs, 2, NULL, &err) == VS_OK, "%s", err.msg);
         for (int k = 0; k < 4; k++)
             for (int l = 0; l < c->depth; l++)
                 vs_kv_row_commit(rows[k], l, nt);
@@ -246,7 +246,7 @@ static void step_images(rig *r, vs_rt_image *img, vs_kv_row **rows, int first, i
         }
         run[i - first] = &img[i];
     }
-    ck_assert_msg(vs_rt_step(r->e, run, last - first + 1, &err) == VS_OK, "%s", err.msg);
+    ck_assert_msg(vs_rt_step(r->e, run, last - first + 1, NULL, &err) == VS_OK, "%s", err.msg);
     for (int i = first; i <= last; i++)
         for (int rr = 0; rr < 2; rr++)
             for (int l = 0; l < c->depth; l++)
