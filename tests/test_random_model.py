@@ -145,6 +145,18 @@ with tempfile.TemporaryDirectory() as d:
         check(blob[0] == blob[1], 'the same seed writes the same bytes')
         check(blob[0] != blob[2], 'another seed writes other weights')
 
+    # 4b. both Phi layouts the tool writes load: shared (K 1: PhiShared's single `qresi`) and
+    # partially shared (K 2: `qresi_ls.<k>`)
+    for K in (1, 2):
+        path = os.path.join(d, 'phi%d.st' % K)
+        rc, so, se = tool(*SMALL, '--share-quant-resi', str(K), '--out', path)
+        names = [k for k in header(path)[0] if 'quant_resi' in k] if rc == 0 else []
+        want = 'qresi.' if K == 1 else 'qresi_ls.'
+        check(rc == 0 and names and all(want in k for k in names),
+              'share_quant_resi %d: the Phi tensors are named %s…' % (K, want), (rc, se, names))
+        rc, io, ie = run([BIN, 'inspect', path])
+        check(rc == 0, 'share_quant_resi %d: varserve inspect loads it' % K, ie)
+
     # 5. bad shapes and missing --out: exit 2 with a message naming the problem
     for args, word in ((['--depth', '2', '--embed-dim', '100', '--heads', '3'], 'num_heads'),
                        (['--depth', '2', '--embed-dim', '64', '--heads', '2', '--vae-ch', '40'], '32'),

@@ -418,9 +418,13 @@ def expected_shapes(cfg):
 
     a = 'vae.'
     e[a + 'quantize.embedding.weight'] = (V, Cvae)
-    for k in range(cfg['share_quant_resi']):
-        e[a + 'quantize.quant_resi.qresi_ls.%d.weight' % k] = (Cvae, Cvae, 3, 3)
-        e[a + 'quantize.quant_resi.qresi_ls.%d.bias' % k] = (Cvae,)
+    # PhiShared (K = 1) names its one convolution qresi, PhiPartiallyShared (K > 1) qresi_ls.<k>,
+    # as the reference's modules do and runtime/model.c expects
+    phis = ['qresi'] if cfg['share_quant_resi'] == 1 else \
+        ['qresi_ls.%d' % k for k in range(cfg['share_quant_resi'])]
+    for ph in phis:
+        e[a + 'quantize.quant_resi.%s.weight' % ph] = (Cvae, Cvae, 3, 3)
+        e[a + 'quantize.quant_resi.%s.bias' % ph] = (Cvae,)
     e[a + 'post_quant_conv.weight'] = (Cvae, Cvae, 3, 3)
     e[a + 'post_quant_conv.bias'] = (Cvae,)
 
@@ -476,11 +480,7 @@ def collect_tensors(var_sd, vae_sd):
     for k, t in vae_sd.items():
         if DROP_VAE.match(k):
             continue
-        if k.startswith('quantize.quant_resi.qresi.'):  # PhiShared -> the one-entry shared list
-            k2 = 'quantize.quant_resi.qresi_ls.0.' + k[len('quantize.quant_resi.qresi.'):]
-        else:
-            k2 = k
-        kept['vae.' + k2] = (1, k, t)
+        kept['vae.' + k] = (1, k, t)
     return kept
 
 
