@@ -230,16 +230,6 @@ static void drain(cuda_backend *c)
     c->ring_off = 0;
 }
 
-/* Device memory accounting (counters). */
-static void dev_allocated(cuda_backend *c, size_t bytes)
-{
-    c->ctr.allocated_bytes += bytes;
-    if (c->ctr.allocated_bytes > c->ctr.allocated_peak_bytes)
-        c->ctr.allocated_peak_bytes = c->ctr.allocated_bytes;
-}
-
-static void dev_freed(cuda_backend *c, size_t bytes) { c->ctr.allocated_bytes -= bytes; }
-
 /* Bytes of [p, p + bytes) inside the KV pool arena (counters). */
 static size_t kv_part(const cuda_backend *c, const void *p, size_t bytes)
 {
@@ -253,13 +243,27 @@ static const char *const scr_name[S_COUNT] = {
     "index lists", "batch tables",  "page tables", "im2col columns",
     "attention scores", "sampling requests", "sort buffers", "BF16 activations"};
 
-/* Every device allocation of the backend; counted (vs_rt_counters.allocations). */
+/* Every device allocation and free of the backend goes through these two, which keep the
+ * counters' allocations, allocated_bytes and allocated_peak_bytes. */
 static cudaError_t dev_malloc(cuda_backend *c, void **p, size_t bytes)
 {
     cudaError_t e = cudaMalloc(p, bytes);
-    if (e == cudaSuccess)
+    if (e == cudaSuccess) {
         c->ctr.allocations++;
+        c->ctr.allocated_bytes += bytes;
+        if (c->ctr.allocated_bytes > c->ctr.allocated_peak_bytes)
+            c->ctr.allocated_peak_bytes = c->ctr.allocated_bytes;
+    }
     return e;
+}
+
+/* p (NULL ok) was allocated by dev_malloc with `bytes` (0 when not known: not counted) */
+static void dev_free(cuda_backend *c, void *p, size_t bytes)
+{
+    if (!p)
+        return;
+    c->ctr.allocated_bytes -= bytes;
+    VS_CUDA(c, cudaFree(p));
 }
 
 /* Replaces scratch slot `which` by a buffer of `want` bytes; 0, or -1 with a recorded NOMEM.
@@ -267,13 +271,12 @@ static cudaError_t dev_malloc(cuda_backend *c, void **p, size_t bytes)
 static int scratch_alloc(cuda_backend *c, int which, size_t want)
 {
     drain(c);
-    dev_freed(c, c->scr_cap[which]); /* 0 while the slot is empty */
-    if (c->scr[which])
-        VS_CUDA(c, cudaFree(c->scr[which]));
+    dev_free(c, c->scr[which], c->scr_cap[which]);
     c->scr[which] = NULL;
     c->scr_cap[which] = 0;
     void *p = NULL;
-    cudaError_t e = dev_malloc(c, &p, want ? want : 256);
+    want = want ? want : 256;
+    cudaError_t e = dev_malloc(c, &p, want);
     if (e != cudaSuccess) {
         (void)cudaGetLastError();
         VS_FAIL(c, VS_ERR_NOMEM, "cannot grow CUDA scratch (%s) to %.1f MB (%s): lower the batch size",
@@ -282,7 +285,6 @@ static int scratch_alloc(cuda_backend *c, int which, size_t want)
     }
     c->scr[which] = p;
     c->scr_cap[which] = want;
-    dev_allocated(c, want);
     return 0;
 }
 
@@ -438,8 +440,7 @@ static void cuda_destroy(vs_rt_backend *be)
         drop_tf32_set(c, c->n_tsets - 1);
     free(c->tsets);
     for (int i = 0; i < S_COUNT; i++)
-        if (c->scr[i])
-            VS_CUDA(c, cudaFree(c->scr[i]));
+        dev_free(c, c->scr[i], c->scr_cap[i]);
     if (c->ring)
         VS_CUDA(c, cudaFreeHost(c->ring));
     if (c->blas)
@@ -456,18 +457,18 @@ static void *cuda_alloc(vs_rt_backend *be, size_t bytes)
 {
     cuda_backend *c = cu(be);
     void *p = NULL;
-    if (dev_malloc(c, &p, bytes ? bytes : 256) != cudaSuccess) {
+    bytes = bytes ? bytes : 256;
+    if (dev_malloc(c, &p, bytes) != cudaSuccess) {
         (void)cudaGetLastError(); /* out of memory is the caller's to handle, not sticky */
         return NULL;
     }
     /* counters: cuda_free learns the block's size here (no host memory for that: no block) */
     if (c->n_blocks == c->blocks_cap &&
         grow_host((void **)&c->blocks, &c->blocks_cap, 2 * c->blocks_cap + 16, sizeof(dev_block)) != 0) {
-        VS_CUDA(c, cudaFree(p));
+        dev_free(c, p, bytes);
         return NULL;
     }
-    c->blocks[c->n_blocks++] = dev_block{p, bytes ? bytes : 256};
-    dev_allocated(c, bytes ? bytes : 256);
+    c->blocks[c->n_blocks++] = dev_block{p, bytes};
     return p;
 }
 
@@ -482,9 +483,10 @@ static void cuda_free(vs_rt_backend *be, void *p)
     for (int i = c->n_tsets - 1; i >= 0; i--)
         if (c->tsets[i].arena == p)
             drop_tf32_set(c, i);
+    size_t bytes = 0;
     for (size_t i = c->n_blocks; i-- > 0;) /* counters */
         if (c->blocks[i].p == p) {
-            dev_freed(c, c->blocks[i].bytes);
+            bytes = c->blocks[i].bytes;
             if ((uintptr_t)p == c->kv_lo) { /* the arena goes */
                 c->kv_base = NULL;
                 c->kv_lo = c->kv_hi = 0;
@@ -492,7 +494,7 @@ static void cuda_free(vs_rt_backend *be, void *p)
             c->blocks[i] = c->blocks[--c->n_blocks];
             break;
         }
-    VS_CUDA(c, cudaFree(p));
+    dev_free(c, p, bytes);
 }
 
 static void cuda_upload(vs_rt_backend *be, void *dst, const void *src_host, size_t bytes)
@@ -708,8 +710,7 @@ static void drop_bf16_set(cuda_backend *c, int i)
 {
     bf16_set *s = &c->sets[i];
     drain(c); /* queued GEMMs may still read the copies */
-    dev_freed(c, s->bytes);
-    VS_CUDA(c, cudaFree(s->mem));
+    dev_free(c, s->mem, s->bytes);
     free(s->v);
     c->sets[i] = c->sets[--c->n_sets];
 }
@@ -742,7 +743,8 @@ static void cuda_gemm_weights(vs_rt_backend *be, const void *arena, const float 
         c->sets = sets;
     void *mem = NULL;
     cudaError_t e = cudaSuccess;
-    if (!v || !sets || (e = dev_malloc(c, &mem, bytes ? bytes : BF16_ALIGN)) != cudaSuccess) {
+    size_t got = bytes ? bytes : BF16_ALIGN;
+    if (!v || !sets || (e = dev_malloc(c, &mem, got)) != cudaSuccess) {
         (void)cudaGetLastError();
         vs_log(VS_LOG_WARN, "cuda",
                "no room for BF16 copies of %d GEMM weights (%.1f MB: %s); they stay FP32", count,
@@ -763,8 +765,7 @@ static void cuda_gemm_weights(vs_rt_backend *be, const void *arena, const float 
         off += (n[i] * sizeof(__nv_bfloat16) + BF16_ALIGN - 1) & ~(size_t)(BF16_ALIGN - 1);
     }
     qsort(v, (size_t)count, sizeof *v, cmp_copy);
-    dev_allocated(c, bytes ? bytes : BF16_ALIGN);
-    c->sets[c->n_sets++] = bf16_set{arena, mem, v, count, bytes ? bytes : BF16_ALIGN};
+    c->sets[c->n_sets++] = bf16_set{arena, mem, v, count, got};
     vs_log(VS_LOG_INFO, "cuda", "BF16 copies of %d GEMM weights: %.1f MB", count,
            (double)bytes / 1e6);
 }
