@@ -155,11 +155,15 @@ static bool in_device(const void *p, size_t bytes)
     return in_device_locked(p, bytes);
 }
 
-static bool guards_intact(const allocation &al)
+static bool guard_ok(const unsigned char *g)
 {
     static const std::vector<unsigned char> want(GUARD, GUARD_BYTE);
-    return memcmp(al.base, want.data(), GUARD) == 0 &&
-           memcmp(al.base + GUARD + al.bytes, want.data(), GUARD) == 0;
+    return memcmp(g, want.data(), GUARD) == 0;
+}
+
+static bool guards_intact(const allocation &al)
+{
+    return guard_ok(al.base) && guard_ok(al.base + GUARD + al.bytes);
 }
 
 /* After each kernel or cuBLAS call: a damaged guard is a fault naming what ran. */
@@ -169,7 +173,7 @@ static void check_guards(const char *what)
     std::lock_guard<std::mutex> g(d.mu);
     for (auto &kv : d.mem)
         if (!guards_intact(kv.second)) {
-            int before = memcmp(kv.second.base, std::vector<unsigned char>(GUARD, GUARD_BYTE).data(), GUARD) != 0;
+            bool before = !guard_ok(kv.second.base);
             fault(cudaErrorIllegalAddress,
                   "%s wrote %s the %zu-byte device allocation at %p (guard bytes changed)", what,
                   before ? "before the start of" : "past the end of", kv.second.bytes,
@@ -787,19 +791,25 @@ cudaError_t cudaFreeHost(void *p)
 
 static bool valid_stream(cudaStream_t st) { return !st || st->magic == STREAM_MAGIC; }
 
-cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
-                            cudaStream_t st)
+/* What every stream operation checks first: the sticky fault, then the stream. */
+static cudaError_t stream_op(cudaStream_t st)
 {
     if (sticky())
         return fail(sticky());
-    if (!valid_stream(st))
-        return fail(cudaErrorInvalidResourceHandle);
+    return valid_stream(st) ? cudaSuccess : fail(cudaErrorInvalidResourceHandle);
+}
+
+cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t st)
+{
+    if (cudaError_t e = stream_op(st))
+        return e;
     if (!bytes)
         return cudaSuccess;
     if (kind == cudaMemcpyDefault)
-        kind = (cudaMemcpyKind)((in_device(src, 1) ? 2 : 0) | (in_device(dst, 1) ? 1 : 0)) ;
-    /* kind: bit 0 = dst on the device, bit 1 = src on the device (HostToDevice 1, DeviceToHost 2,
-     * DeviceToDevice 3) */
+        /* bit 0: dst on the device, bit 1: src on the device (HostToDevice 1, DeviceToHost 2,
+         * DeviceToDevice 3) */
+        kind = (cudaMemcpyKind)((in_device(src, 1) ? 2 : 0) | (in_device(dst, 1) ? 1 : 0));
     bool dst_dev = kind == cudaMemcpyHostToDevice || kind == cudaMemcpyDeviceToDevice;
     bool src_dev = kind == cudaMemcpyDeviceToHost || kind == cudaMemcpyDeviceToDevice;
     if ((dst_dev && !in_device(dst, bytes)) || (src_dev && !in_device(src, bytes)) ||
@@ -820,10 +830,8 @@ cudaError_t cudaMemcpy(void *dst, const void *src, size_t bytes, cudaMemcpyKind 
 
 cudaError_t cudaMemsetAsync(void *dst, int value, size_t bytes, cudaStream_t st)
 {
-    if (sticky())
-        return fail(sticky());
-    if (!valid_stream(st))
-        return fail(cudaErrorInvalidResourceHandle);
+    if (cudaError_t e = stream_op(st))
+        return e;
     if (!bytes)
         return cudaSuccess;
     if (!in_device(dst, bytes)) {
