@@ -109,6 +109,7 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
             .kv_d2h_bytes = d1.kv_d2h_bytes - d0.kv_d2h_bytes,
             .allocated_bytes = d1.allocated_bytes,
             .allocated_peak_bytes = d1.allocated_peak_bytes,
+            .allocations = d1.allocations - d0.allocations,
         };
     }
     if (tokens)
