@@ -1,5 +1,6 @@
 #!/bin/bash
-# bench/gpu-check.sh — the whole GPU check in one command, for an H100 or H200 (about 8 minutes):
+# bench/gpu-check.sh — the whole GPU check in one command, for an H100 or H200, sized by its time
+# limits to finish within 8 minutes (not yet run on a GPU: none has been lent):
 #   bash bench/gpu-check.sh [OUTDIR]          (OUTDIR defaults to $OUT, else gpu-check-out/)
 # 1. builds with nvcc (make CUDA=1) — with the Debian libraries from .gpu-deps/ (made by
 #    bench/gpu-deps.sh on a Debian machine) when this machine lacks them;
