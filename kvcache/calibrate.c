@@ -20,7 +20,10 @@ vs_status vs_kv_stats_init(vs_kv_attn_stats *st, const vs_rt_config *c, int top_
     st->cur_mass = calloc(n, sizeof(double));
     st->hist_mass = calloc(n, sizeof(double));
     st->count = calloc(n, sizeof(double));
-    if (!st->cur_mass || !st->hist_mass || !st->count) {
+    st->heads = c->num_heads;
+    st->head_vert = calloc((size_t)c->depth * c->num_heads, sizeof(double));
+    st->head_weight = calloc((size_t)c->depth * c->num_heads, sizeof(double));
+    if (!st->cur_mass || !st->hist_mass || !st->count || !st->head_vert || !st->head_weight) {
         vs_kv_stats_free(st);
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
     }
@@ -32,7 +35,9 @@ void vs_kv_stats_free(vs_kv_attn_stats *st)
     free(st->cur_mass);
     free(st->hist_mass);
     free(st->count);
-    st->cur_mass = st->hist_mass = st->count = NULL;
+    free(st->head_vert);
+    free(st->head_weight);
+    st->cur_mass = st->hist_mass = st->count = st->head_vert = st->head_weight = NULL;
 }
 
 static int cmp_by_asi(const void *a, const void *b, void *ctx)
@@ -164,14 +169,97 @@ vs_status vs_kv_calibrate_write_sensitivity(const double *damage, const vs_rt_co
     return write_budget(root, path, err);
 }
 
-int vs_kv_budget_path_for(const char *model_path, char *out, size_t cap)
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Otsu's split of v[0..n): the threshold between the two classes of largest between-class
+ * variance, or +inf when no split separates anything (all values equal). */
+static double otsu_threshold(const double *v, int n, double *sorted)
+{
+    memcpy(sorted, v, (size_t)n * sizeof *sorted);
+    qsort(sorted, (size_t)n, sizeof *sorted, cmp_double);
+    double total = 0, best = 0, thr = INFINITY, left = 0;
+    for (int i = 0; i < n; i++)
+        total += sorted[i];
+    for (int k = 1; k < n; k++) {
+        left += sorted[k - 1];
+        double w0 = (double)k / n, w1 = 1 - w0, m0 = left / k, m1 = (total - left) / (n - k);
+        double between = w0 * w1 * (m0 - m1) * (m0 - m1);
+        if (between > best * (1 + 1e-12) && sorted[k] > sorted[k - 1]) {
+            best = between;
+            thr = 0.5 * (sorted[k - 1] + sorted[k]);
+        }
+    }
+    return thr;
+}
+
+vs_status vs_kv_calibrate_write_hack(const vs_kv_attn_stats *st, const vs_rt_config *c,
+                                     const char *model_name, int images, const char *path, vs_err *err)
+{
+    int N = c->depth * c->num_heads;
+    double *v = malloc((size_t)N * sizeof *v), *sorted = malloc((size_t)N * sizeof *sorted);
+    char *letters = malloc((size_t)c->num_heads + 1);
+    if (!v || !sorted || !letters) {
+        free(v);
+        free(sorted);
+        free(letters);
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+    }
+    for (int i = 0; i < N; i++)
+        v[i] = st->head_weight[i] > 0 ? st->head_vert[i] / st->head_weight[i] : 0;
+    double thr = otsu_threshold(v, N, sorted);
+    cJSON *root = cJSON_CreateObject();
+    cJSON_AddStringToObject(root, "format", "varserve-hack-heads");
+    cJSON_AddNumberToObject(root, "version", 1);
+    cJSON_AddStringToObject(root, "model", model_name);
+    cJSON_AddNumberToObject(root, "depth", c->depth);
+    cJSON_AddNumberToObject(root, "heads", c->num_heads);
+    cJSON_AddNumberToObject(root, "images", images);
+    cJSON_AddStringToObject(root, "statistic",
+                            "verticality V = |mean_q a_q|^2 / mean_q |a_q|^2 over each scale's queries' "
+                            "attention rows a_q (full cache, scales with history, weighted by queries): 1 when "
+                            "every query attends alike (vertical map), small when each attends its own keys "
+                            "(diagonal)");
+    cJSON_AddStringToObject(root, "rule",
+                            "contextual (C) when V is above the threshold, Otsu's split of V over all heads; "
+                            "structural (S) otherwise");
+    cJSON_AddNumberToObject(root, "threshold", isfinite(thr) ? round(thr * 1e4) / 1e4 : 1e9);
+    cJSON_AddNumberToObject(root, "contextual_share", VS_KV_HACK_SHARE);
+    cJSON *map = cJSON_AddArrayToObject(root, "map");
+    cJSON *vert = cJSON_AddArrayToObject(root, "verticality");
+    for (int l = 0; l < c->depth; l++) {
+        cJSON *row = cJSON_CreateArray();
+        for (int h = 0; h < c->num_heads; h++) {
+            double x = v[(size_t)l * c->num_heads + h];
+            letters[h] = x > thr ? 'C' : 'S';
+            cJSON_AddItemToArray(row, cJSON_CreateNumber(round(x * 1e4) / 1e4));
+        }
+        letters[c->num_heads] = 0;
+        cJSON_AddItemToArray(map, cJSON_CreateString(letters));
+        cJSON_AddItemToArray(vert, row);
+    }
+    free(v);
+    free(sorted);
+    free(letters);
+    if (vs_json_write_file(root, path, 1) != 0)
+        return vs_err_set(err, VS_ERR_IO, "cannot write head map '%s': %s", path, strerror(errno));
+    return VS_OK;
+}
+
+int vs_kv_budget_path_for(const char *model_path, vs_kv_budget_file_kind kind, char *out, size_t cap)
 {
     size_t n = strlen(model_path);
     const char *ext = ".safetensors";
     size_t el = strlen(ext);
     if (n >= el && strcmp(model_path + n - el, ext) == 0)
         n -= el;
-    snprintf(out, cap, "%.*s.budgets.json", (int)n, model_path);
+    const char *suffix = vs_kv_budget_file_suffix(kind);
+    snprintf(out, cap, "%.*s%s", (int)n, model_path, suffix ? suffix : "");
+    if (!suffix)
+        return 0;
     FILE *f = fopen(out, "r");
     if (!f)
         return 0;

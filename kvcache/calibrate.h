@@ -1,4 +1,5 @@
-/* kvcache/calibrate.h — ScaleKV calibration: attention statistics → drafter/refiner budget file.
+/* kvcache/calibrate.h — calibration: attention statistics → ScaleKV's drafter/refiner budget file
+ * or HACK's head map.
  *
  * ASI(l, s) = (mean attention mass a query of scale s puts on its own scale) × (mean mass of its
  * top-K′ history tokens), from full-cache generations (vs_kv_attn_stats). Per scale, ASI is
@@ -26,8 +27,15 @@ vs_status vs_kv_calibrate_write_sensitivity(const double *damage, const vs_rt_co
                                             const char *model_name, int images, const char *path,
                                             vs_err *err);
 
-/* The budget file that goes with a model: MODEL minus ".safetensors", plus ".budgets.json".
- * Returns 1 when that file exists, else 0 (out is filled either way). */
-int vs_kv_budget_path_for(const char *model_path, char *out, size_t cap);
+/* HACK's head map (`varserve calibrate --method hack`, read by kvcache/policy_hack.c): every
+ * (layer, head) classified contextual or structural by its verticality (vs_kv_attn_stats), the
+ * threshold by Otsu's split over all heads; the file lists V per head beside the map. */
+vs_status vs_kv_calibrate_write_hack(const vs_kv_attn_stats *st, const vs_rt_config *c,
+                                     const char *model_name, int images, const char *path, vs_err *err);
+
+/* The budget file of kind `kind` that goes with a model: MODEL minus ".safetensors", plus the
+ * kind's suffix (vs_kv_budget_file_suffix). Returns 1 when that file exists, else 0 (out is
+ * filled either way). */
+int vs_kv_budget_path_for(const char *model_path, vs_kv_budget_file_kind kind, char *out, size_t cap);
 
 #endif

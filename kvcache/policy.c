@@ -21,6 +21,7 @@ static const vs_kv_policy_def *const registry[VS_KV_POLICY_COUNT] = {
     [VS_KV_POLICY_PYRAMIDKV] = &vs_kv_policy_pyramidkv_def,
     [VS_KV_POLICY_SLIDING] = &vs_kv_policy_sliding_def,
     [VS_KV_POLICY_STREAMINGLLM] = &vs_kv_policy_streamingllm_def,
+    [VS_KV_POLICY_HACK] = &vs_kv_policy_hack_def,
 };
 
 const vs_kv_policy_def *const *vs_kv_policy_defs(int *n)
@@ -92,7 +93,16 @@ const char *vs_kv_policy_budget_file(vs_kv_policy_kind k, const char *model_path
         snprintf(buf, cap, "%s", configured);
         return buf;
     }
-    return model_path && vs_kv_budget_path_for(model_path, buf, cap) ? buf : NULL;
+    return model_path && vs_kv_budget_path_for(model_path, d->budget_file, buf, cap) ? buf : NULL;
+}
+
+const char *vs_kv_budget_file_suffix(vs_kv_budget_file_kind k)
+{
+    static const char *const suffix[VS_KV_BUDGET_FILE_KINDS] = {
+        [VS_KV_BUDGET_FILE_SCALEKV] = ".budgets.json",
+        [VS_KV_BUDGET_FILE_HACK] = ".hack.json",
+    };
+    return (unsigned)k < VS_KV_BUDGET_FILE_KINDS ? suffix[k] : NULL;
 }
 
 int vs_kv_at_least_window(double v)
@@ -129,7 +139,8 @@ vs_status vs_kv_policy_new(vs_kv_policy_kind kind, double budget, const vs_rt_co
     size_t n = (size_t)p->n_scales * p->depth;
     p->cap = malloc(n * sizeof *p->cap);
     p->drafter = calloc(n, 1);
-    if (!p->cap || !p->drafter) {
+    p->contextual = calloc((size_t)p->depth * (p->num_heads > 0 ? p->num_heads : 1), 1);
+    if (!p->cap || !p->drafter || !p->contextual) {
         vs_kv_policy_free(p);
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
     }
@@ -182,6 +193,7 @@ void vs_kv_policy_free(vs_kv_policy *p)
         return;
     free(p->cap);
     free(p->drafter);
+    free(p->contextual);
     free(p);
 }
 
@@ -222,15 +234,15 @@ int vs_kv_window(int side, int n_tokens, int n_new, int32_t *slots)
     return n;
 }
 
-int vs_kv_policy_select_head(const vs_kv_policy *p, int scale_side, int n_tokens, int n_new,
-                             const float *scores, int cap, int32_t *keep, float *tmp)
+int vs_kv_policy_select_head(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
+                             int n_new, const float *scores, int cap, int32_t *keep, float *tmp)
 {
     if (cap >= n_tokens) {
         for (int i = 0; i < n_tokens; i++)
             keep[i] = i;
         return n_tokens;
     }
-    return p->def->select(p, scale_side, n_tokens, n_new, scores, cap, keep, tmp);
+    return p->def->select(p, layer, head, scale_side, n_tokens, n_new, scores, cap, keep, tmp);
 }
 
 static size_t pages_for(int tokens, int page_tokens)

@@ -31,12 +31,14 @@ typedef enum {
     VS_KV_POLICY_PYRAMIDKV,
     VS_KV_POLICY_SLIDING,
     VS_KV_POLICY_STREAMINGLLM,
+    VS_KV_POLICY_HACK,
     VS_KV_POLICY_COUNT
 } vs_kv_policy_kind;
 
 #define VS_KV_WINDOW 16       /* observation window: 16 queries on a 4×4 grid */
 #define VS_KV_POOL_KERNEL 5   /* max-pool width over token order */
 #define VS_KV_KEEP_ALL INT32_MAX
+#define VS_KV_HACK_SHARE 0.5  /* hack: a contextual head's capacity over B, unless its head map says */
 
 typedef struct vs_kv_policy vs_kv_policy;
 
@@ -47,8 +49,14 @@ typedef struct vs_kv_policy vs_kv_policy;
 /* Which budget file a policy reads (vs_kv_policy_budget_file). */
 typedef enum {
     VS_KV_BUDGET_FILE_NONE = 0, /* none */
-    VS_KV_BUDGET_FILE_SCALEKV,  /* drafter/refiner marks from `varserve calibrate` */
+    VS_KV_BUDGET_FILE_SCALEKV,  /* MODEL.budgets.json: drafter/refiner marks (`varserve calibrate`) */
+    VS_KV_BUDGET_FILE_HACK,     /* MODEL.hack.json: the head map (`varserve calibrate --method hack`) */
+    VS_KV_BUDGET_FILE_KINDS
 } vs_kv_budget_file_kind;
+
+/* The file name a budget file of kind k has next to the model (".budgets.json", ".hack.json");
+ * NULL for NONE. */
+const char *vs_kv_budget_file_suffix(vs_kv_budget_file_kind k);
 
 /* One KV policy, all of it: the registry (vs_kv_policy_defs) holds one of these per policy, and
  * everything else (config, API and CLI validation, --help, /info, metrics labels, the peak pages)
@@ -68,8 +76,8 @@ typedef struct vs_kv_policy_def {
      * of a layer keeps the same count today (vs_kv_policy_new refuses a policy whose heads differ). */
     int32_t (*cap)(const vs_kv_policy *p, int layer, int head, int scale);
     /* The selection rule: see vs_kv_policy_select_head (called only when cap < n_tokens). */
-    int (*select)(const vs_kv_policy *p, int scale_side, int n_tokens, int n_new, const float *scores,
-                  int cap, int32_t *keep, float *tmp);
+    int (*select)(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens, int n_new,
+                  const float *scores, int cap, int32_t *keep, float *tmp);
 } vs_kv_policy_def;
 
 /* The registry, indexed by kind: n (if not NULL) = VS_KV_POLICY_COUNT. */
@@ -86,7 +94,7 @@ int vs_kv_policy_names(char *out, size_t cap, const char *sep, const char *last_
 const char *vs_kv_policy_choices(void);
 
 /* The budget file a policy of kind k reads for the model at model_path: `configured` when not
- * empty, else MODEL.budgets.json when it exists (vs_kv_budget_path_for); NULL when the policy reads
+ * empty, else MODEL + the kind's suffix when it exists (vs_kv_budget_path_for); NULL when the policy reads
  * none or there is none (the policy then uses its documented default). buf holds the path. */
 const char *vs_kv_policy_budget_file(vs_kv_policy_kind k, const char *model_path, const char *configured,
                                      char *buf, size_t cap);
@@ -124,8 +132,8 @@ int vs_kv_window(int side, int n_tokens, int n_new, int32_t *slots);
 /* Chooses the tokens one head keeps: `cap` slots, ascending, into keep. scores: [n_tokens] summed
  * window-query·key products (ignored by sliding and streamingllm; may then be NULL). tmp: scratch
  * of 4·n_tokens floats. Returns the count written (cap, or n_tokens when that is smaller). */
-int vs_kv_policy_select_head(const vs_kv_policy *p, int scale_side, int n_tokens, int n_new,
-                             const float *scores, int cap, int32_t *keep, float *tmp);
+int vs_kv_policy_select_head(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
+                             int n_new, const float *scores, int cap, int32_t *keep, float *tmp);
 
 /* The flow of one row's layer at one scale (kvcache/step.h), the one description both the step's
  * hooks and the peak-pages simulation follow. */

@@ -18,6 +18,8 @@ struct vs_kv_policy {
     int sinks;                   /* streamingllm: tokens of the first two scales */
     int32_t *cap;                /* [n_scales][depth] tokens kept after the scale */
     uint8_t *drafter;            /* [n_scales][depth] (scalekv; zero for every other policy) */
+    uint8_t *contextual;         /* [depth][num_heads] 1 = contextual head (hack; zero otherwise) */
+    double contextual_share;     /* hack: a contextual head's capacity over the mean budget B */
     char source[512];
 };
 
@@ -25,7 +27,7 @@ struct vs_kv_policy {
 int vs_kv_at_least_window(double v);
 
 /* The window-score selection (snapkv's rule, shared by scalekv, snapkv and pyramidkv). */
-int vs_kv_select_scored(const vs_kv_policy *p, int scale_side, int n_tokens, int n_new,
+int vs_kv_select_scored(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens, int n_new,
                         const float *scores, int cap, int32_t *keep, float *tmp);
 
 /* The definitions, one per policy file. */
@@ -35,5 +37,6 @@ extern const vs_kv_policy_def vs_kv_policy_snapkv_def;  /* policy_window.c, and 
 extern const vs_kv_policy_def vs_kv_policy_pyramidkv_def;
 extern const vs_kv_policy_def vs_kv_policy_sliding_def;
 extern const vs_kv_policy_def vs_kv_policy_streamingllm_def;
+extern const vs_kv_policy_def vs_kv_policy_hack_def;    /* policy_hack.c */
 
 #endif

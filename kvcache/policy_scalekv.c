@@ -3,8 +3,9 @@
  * what is left so the mean over layers equals the budget (docs/ALGORITHMS.md §3). */
 #include "kvcache/policy_impl.h"
 
+#include "common/json_file.h"
+
 #include <cjson/cJSON.h>
-#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,31 +14,15 @@
 static vs_status load_budget_file(vs_kv_policy *p, const char *path, vs_err *err)
 {
     vs_status st = VS_OK;
-    char *text = NULL;
     cJSON *root = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return vs_err_set(err, VS_ERR_IO, "cannot open budget file '%s': %s", path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    if (len < 0 || len > (16 << 20)) {
-        fclose(f);
-        return vs_err_set(err, VS_ERR_INVALID, "budget file '%s' is not a budget file (size)", path);
-    }
-    text = malloc((size_t)len + 1);
-    if (!text || fread(text, 1, (size_t)len, f) != (size_t)len) {
-        fclose(f);
-        free(text);
-        return vs_err_set(err, VS_ERR_IO, "cannot read budget file '%s'", path);
-    }
-    fclose(f);
-    text[len] = 0;
-    root = cJSON_ParseWithLengthOpts(text, (size_t)len, NULL, 0);
+    char why[128];
+    if (vs_json_read_file(path, 16 << 20, &root, why, sizeof why) != 0)
+        return vs_err_set(err, strncmp(why, "cannot", 6) == 0 ? VS_ERR_IO : VS_ERR_INVALID,
+                          "budget file '%s': %s", path, why);
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "format");
     const cJSON *depth = cJSON_GetObjectItemCaseSensitive(root, "depth");
     const cJSON *scales = cJSON_GetObjectItemCaseSensitive(root, "scales");
-    if (!root || !cJSON_IsString(fmt) || strcmp(fmt->valuestring, "varserve-scalekv-budget") != 0) {
+    if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "varserve-scalekv-budget") != 0) {
         st = vs_err_set(err, VS_ERR_INVALID,
                         "budget file '%s': field 'format' must be \"varserve-scalekv-budget\"", path);
         goto fail;
@@ -82,7 +67,6 @@ static vs_status load_budget_file(vs_kv_policy *p, const char *path, vs_err *err
     }
 fail:
     cJSON_Delete(root);
-    free(text);
     return st;
 }
 

@@ -134,10 +134,13 @@ static void accumulate_stats(vs_kv_step *s, const parts *p, int r, int layer, co
     const vs_rt_config *c = s->cfg;
     int H = c->num_heads, d = c->head_dim, C = H * d, n = hist + row->n_new;
     float *pr = p->probs, *tmp = p->tmp;
+    float *colsum = p->scores; /* [n]: Σ_q a_q of one head (the scores are free until compress) */
     int K = s->stats->top_history < hist ? s->stats->top_history : hist;
     double cur = 0, top = 0;
-    for (int q = 0; q < row->n_new; q++)
-        for (int h = 0; h < H; h++) {
+    for (int h = 0; h < H; h++) {
+        double sq = 0; /* Σ_q |a_q|² */
+        memset(colsum, 0, (size_t)n * sizeof *colsum);
+        for (int q = 0; q < row->n_new; q++) {
             const float *qv = p->qkv + (size_t)q * 3 * C + (size_t)h * d;
             float mx = -INFINITY, sum = 0;
             for (int j = 0; j < n; j++) {
@@ -156,6 +159,11 @@ static void accumulate_stats(vs_kv_step *s, const parts *p, int r, int layer, co
             for (int j = hist; j < n; j++)
                 cm += pr[j] / sum;
             cur += cm;
+            for (int j = 0; j < n; j++) {
+                float a = pr[j] / sum;
+                colsum[j] += a;
+                sq += (double)a * a;
+            }
             if (K > 0) {
                 memcpy(tmp, pr, (size_t)hist * sizeof *tmp);
                 qsort(tmp, (size_t)hist, sizeof *tmp, cmp_desc);
@@ -165,6 +173,18 @@ static void accumulate_stats(vs_kv_step *s, const parts *p, int r, int layer, co
                 top += tm;
             }
         }
+        if (hist > 0 && s->stats->head_vert && sq > 0) {
+            /* V = |mean_q a_q|² / mean_q |a_q|² (step.h) */
+            double m2 = 0;
+            for (int j = 0; j < n; j++) {
+                double m = colsum[j] / row->n_new;
+                m2 += m * m;
+            }
+            size_t at = (size_t)layer * H + h;
+            s->stats->head_vert[at] += row->n_new * (m2 / (sq / row->n_new));
+            s->stats->head_weight[at] += row->n_new;
+        }
+    }
     size_t at = (size_t)s->scale[r] * c->depth + layer;
     s->stats->cur_mass[at] += cur;
     s->stats->hist_mass[at] += top;
@@ -207,7 +227,7 @@ static vs_status compress(vs_kv_step *s, const parts *p, int r, int layer, const
                 sc[j] = acc;
             }
         }
-        kept = vs_kv_policy_select_head(pol, side, n, row->n_new, need_scores ? sc : NULL, cap,
+        kept = vs_kv_policy_select_head(pol, layer, h, side, n, row->n_new, need_scores ? sc : NULL, cap,
                                         p->keep + (size_t)h * cap, p->tmp);
     }
     /* compose the kept tokens into whole pages: slot i of head h = candidate keep[h][i] */

@@ -21,12 +21,17 @@
 #include "kvcache/pool.h"
 #include "runtime/var.h"
 
-/* Optional attention statistics for ScaleKV calibration (accumulated by after_attn). */
+/* Optional attention statistics for calibration (accumulated by after_attn): ScaleKV's per
+ * (scale, layer) masses, and HACK's per (layer, head) verticality. */
 typedef struct {
-    int depth, n_scales, top_history; /* K′: history tokens counted per query */
+    int depth, n_scales, heads, top_history; /* K′: history tokens counted per query */
     double *cur_mass;  /* [n_scales][depth] Σ over queries of attention mass on the current scale */
     double *hist_mass; /* [n_scales][depth] Σ over queries of the top-K′ history tokens' mass */
     double *count;     /* [n_scales][depth] queries accumulated */
+    /* [depth][heads] Σ over (row, scale ≥ 1) of n_new · V, V = |mean_q a_q|² / mean_q |a_q|² over
+     * the scale's queries' attention rows a_q: 1 when every query attends alike (a vertical map),
+     * near 1/n_new when each attends its own keys (diagonal); head_weight the Σ n_new */
+    double *head_vert, *head_weight;
 } vs_kv_attn_stats;
 
 typedef struct {

@@ -97,7 +97,9 @@ struct vs_srv_engine {
     vs_srv_job *admitting; /* popped, images left to admit */
     int blocked;           /* admitting is waiting for pages (counted once as refused) */
     int fail_label;        /* VARSERVE_FAILPOINT label:N, else -1 */
-    char budget_file[4096]; /* ScaleKV budgets, "" = the default drafter choice */
+    /* per policy kind, the budget file it reads (found once at start): "" = none, the policy's
+     * documented default (ScaleKV: kv_budget_file or MODEL.budgets.json; HACK: MODEL.hack.json) */
+    char budget_file[VS_KV_POLICY_COUNT][4096];
     struct {
         int kind;
         double budget;
@@ -347,8 +349,7 @@ static void abort_everything(vs_srv_engine *e)
 /* The budget file a policy of kind `kind` reads: the server's (found once at start), or NULL. */
 static const char *budget_file_of(const vs_srv_engine *e, int kind)
 {
-    const vs_kv_policy_def *d = vs_kv_policy_def_of((vs_kv_policy_kind)kind);
-    return d && d->budget_file != VS_KV_BUDGET_FILE_NONE && e->budget_file[0] ? e->budget_file : NULL;
+    return kind >= 0 && kind < VS_KV_POLICY_COUNT && e->budget_file[kind][0] ? e->budget_file[kind] : NULL;
 }
 
 /* The policy of a job, from the cache or new; NULL with err set when the policy rejects it. */
@@ -552,9 +553,12 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     vs_kv_policy_kind kv_kind;
     if (vs_kv_policy_parse(cfg->kv_policy, &kv_kind) != 0)
         return vs_err_set(err, VS_ERR_INVALID, "config key 'kv_policy' ('%s') names no policy", cfg->kv_policy);
-    if (!vs_kv_policy_budget_file(VS_KV_POLICY_SCALEKV, cfg->model, cfg->kv_budget_file, e->budget_file,
-                                  sizeof e->budget_file))
-        e->budget_file[0] = 0;
+    for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
+        const vs_kv_policy_def *d = vs_kv_policy_def_of((vs_kv_policy_kind)k);
+        const char *configured = d->budget_file == VS_KV_BUDGET_FILE_SCALEKV ? cfg->kv_budget_file : NULL;
+        if (!vs_kv_policy_budget_file(d->kind, cfg->model, configured, e->budget_file[k], sizeof e->budget_file[k]))
+            e->budget_file[k][0] = 0;
+    }
     vs_kv_policy *full = NULL, *def = NULL;
     if ((st = vs_kv_policy_new(VS_KV_POLICY_FULL, 1, c, NULL, &full, err)) != VS_OK)
         return st;

@@ -40,8 +40,9 @@ static const struct {
               "            [--pool-mb MB] [--json] [sampling and backend options as for generate]\n"
               "            --json: one JSON object per batch size (images/s, phase times, device\n"
               "            counters per engine step) instead of the table\n"},
-    {"calibrate", "--model M [--images 16] [--method asi|sensitivity] [--top-history 32] [--out M.budgets.json]\n"
-                  "            [--backend auto|cpu|cuda]\n"},
+    {"calibrate", "--model M [--images 16] [--method asi|sensitivity|hack] [--top-history 32]\n"
+                  "            [--out M.budgets.json, or M.hack.json for hack] [--backend auto|cpu|cuda]\n"
+                  "            asi, sensitivity: ScaleKV's drafter layers; hack: HACK's head map\n"},
     {"fidelity", "--model M --kv-policy P --kv-budget B [--images 16] [--seed S] [--json]\n"
                  "            [--backend auto|cpu|cuda] [--precision bf16|fp32]\n"},
     {"inspect", "MODEL\n"},
@@ -689,8 +690,8 @@ static int cmd_calibrate(int argc, char **argv)
         if (strcmp(k, "--out") == 0)
             out = v;
         else if (strcmp(k, "--method") == 0) {
-            if (strcmp(v, "asi") != 0 && strcmp(v, "sensitivity") != 0)
-                return bad("--method must be asi or sensitivity (got '%s')", v);
+            if (strcmp(v, "asi") != 0 && strcmp(v, "sensitivity") != 0 && strcmp(v, "hack") != 0)
+                return bad("--method must be asi, sensitivity or hack (got '%s')", v);
             method = v;
         } else if (strcmp(k, "--images") == 0) {
             if (vs_cli_long(v, 1, 100000, &images) != 0)
@@ -708,8 +709,10 @@ static int cmd_calibrate(int argc, char **argv)
     if (rc != 0)
         goto done;
     rc = 1;
+    int hack = strcmp(method, "hack") == 0;
     if (!out) {
-        vs_kv_budget_path_for(ce.m->path, path, sizeof path);
+        vs_kv_budget_path_for(ce.m->path, hack ? VS_KV_BUDGET_FILE_HACK : VS_KV_BUDGET_FILE_SCALEKV, path,
+                              sizeof path);
         out = path;
     }
     const vs_rt_config *c = &ce.m->cfg;
@@ -758,13 +761,18 @@ static int cmd_calibrate(int argc, char **argv)
                     damage[l] += (ref[k][t] != probe[k][t]) / ((double)L * (double)images);
         }
     }
-    if ((sens ? vs_kv_calibrate_write_sensitivity(damage, c, ce.m->path, (int)images, out, &err)
-              : vs_kv_calibrate_write(&stats, c, ce.m->path, (int)images, out, &err)) != VS_OK) {
+    if ((sens   ? vs_kv_calibrate_write_sensitivity(damage, c, ce.m->path, (int)images, out, &err)
+         : hack ? vs_kv_calibrate_write_hack(&stats, c, ce.m->path, (int)images, out, &err)
+                : vs_kv_calibrate_write(&stats, c, ce.m->path, (int)images, out, &err)) != VS_OK) {
         fprintf(stderr, "varserve: %s\n", err.msg);
         goto calib_done;
     }
-    printf("wrote %s: ScaleKV drafter/refiner marks (%s) for %d scales x %d layers from %ld images\n",
-           out, method, c->n_scales - 1, c->depth, images);
+    if (hack)
+        printf("wrote %s: HACK head map (contextual/structural) for %d layers x %d heads from %ld images\n",
+               out, c->depth, c->num_heads, images);
+    else
+        printf("wrote %s: ScaleKV drafter/refiner marks (%s) for %d scales x %d layers from %ld images\n",
+               out, method, c->n_scales - 1, c->depth, images);
     rc = 0;
 calib_done:
     free(tok);

@@ -159,7 +159,7 @@ START_TEST(selection_keeps_the_window_and_the_top_pooled_tokens_in_order)
         scores[i] = 0;
     scores[3] = 10;  /* its pool (width 5) lifts slots 1..5 to 10 */
     scores[40] = 5;  /* not a window slot: pools 38..42 to 5 (unless a window slot) */
-    int n = vs_kv_policy_select_head(p, 8, N, NEW, scores, 16 + 7, keep, tmp);
+    int n = vs_kv_policy_select_head(p, 0, 0, 8, N, NEW, scores, 16 + 7, keep, tmp);
     ck_assert_int_eq(n, 23);
     int32_t w[VS_KV_WINDOW];
     vs_kv_window(8, N, NEW, w);
@@ -189,12 +189,12 @@ START_TEST(sliding_keeps_the_most_recent_and_streamingllm_adds_the_sinks)
 {
     int32_t keep[100];
     vs_kv_policy *p = make(VS_KV_POLICY_SLIDING, 0.1, 2, NULL);
-    ck_assert_int_eq(vs_kv_policy_select_head(p, 8, 100, 64, NULL, 20, keep, NULL), 20);
+    ck_assert_int_eq(vs_kv_policy_select_head(p, 0, 0, 8, 100, 64, NULL, 20, keep, NULL), 20);
     ck_assert_int_eq(keep[0], 80);
     ck_assert_int_eq(keep[19], 99);
     vs_kv_policy_free(p);
     p = make(VS_KV_POLICY_STREAMINGLLM, 0.1, 2, NULL);
-    ck_assert_int_eq(vs_kv_policy_select_head(p, 8, 100, 64, NULL, 20, keep, NULL), 20);
+    ck_assert_int_eq(vs_kv_policy_select_head(p, 0, 0, 8, 100, 64, NULL, 20, keep, NULL), 20);
     ck_assert_int_eq(keep[0], 0); /* sinks: the 5 tokens of scales 0 and 1 */
     ck_assert_int_eq(keep[4], 4);
     ck_assert_int_eq(keep[5], 85);

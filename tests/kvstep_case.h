@@ -173,7 +173,7 @@ static void kvstep_run(vs_rt_backend *be)
                         scores[h * n + j] = acc;
                     }
                     kept = cap == 0 ? 0
-                                    : vs_kv_policy_select_head(pol[r], c.patch_nums[s], n, p2,
+                                    : vs_kv_policy_select_head(pol[r], l, h, c.patch_nums[s], n, p2,
                                                                scores + h * n, cap, keep, tmp);
                     for (int i = 0; i < kept; i++) {
                         IDS(r, l, h)[i] = cand[keep[i]];

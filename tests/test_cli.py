@@ -197,7 +197,29 @@ with tempfile.TemporaryDirectory() as d:
     check("sensitivity: the most damaged layer drafts at every scale",
           all(s["drafters"] == [dmg.index(max(dmg))] for s in sb["scales"]), sb)
     rc, _, err = run("calibrate", "--model", model, "--method", "magic")
-    check("calibrate --method magic: exit 2 naming the choices", rc == 2 and "asi or sensitivity" in err, err)
+    check("calibrate --method magic: exit 2 naming the choices", rc == 2 and "asi, sensitivity or hack" in err, err)
+
+    # calibrate --method hack writes the head map next to the model, and hack then reads it
+    rc, out, err = run("calibrate", "--model", model, "--images", "2", "--method", "hack")
+    check("calibrate --method hack exits 0", rc == 0, err)
+    hm = json.load(open(f"{d}/m.hack.json"))
+    vert = [v for row in hm["verticality"] for v in row]
+    check("head map: format, one string of C/S per layer, a verticality in (0, 1] per head",
+          hm["format"] == "varserve-hack-heads" and hm["depth"] == 2 and hm["heads"] == 2 and
+          len(hm["map"]) == 2 and all(len(m) == 2 and set(m) <= {"C", "S"} for m in hm["map"]) and
+          len(vert) == 4 and all(0 < v <= 1 for v in vert), hm)
+    letters = "".join(hm["map"])
+    check("head map: C exactly where the verticality is above the threshold",
+          all((c == "C") == (v > hm["threshold"]) for c, v in zip(letters, vert)), hm)
+    check("head map: Otsu's split leaves both kinds when the heads differ",
+          "C" in letters and "S" in letters if max(vert) - min(vert) > 1e-3 else True, hm)
+    rc, out, err = run("fidelity", "--model", model, "--kv-policy", "hack", "--kv-budget", "0.3",
+                       "--images", "1", "--json")
+    check("fidelity under hack exits 0", rc == 0, err)
+    f = json.loads(out)
+    check("hack reads the model's head map", f["budget_source"].endswith("m.hack.json"), f)
+    check("hack: fewer KV bytes than the full cache",
+          0 < f["kv_bytes_per_image"] < f["kv_bytes_per_image_full"], f)
     rc, out, err = run("fidelity", "--model", model, "--kv-policy", "scalekv", "--kv-budget", "0.2",
                        "--images", "1", "--json")
     check("fidelity exits 0", rc == 0, err)
