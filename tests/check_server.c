@@ -28,6 +28,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "kvcache/policy.h"
+
 #define MODEL "tests/fixtures/tiny/model.safetensors"
 
 /* ---- small utilities ------------------------------------------------------------------------- */
@@ -711,8 +713,9 @@ START_TEST(compressing_policies_serve_with_fewer_kv_pages)
 }
 END_TEST
 
-enum { MIX_POLICIES = 6, MIX_CLIENTS = 12, MIX_REQUESTS = 2 };
-static const char *mix_policy[MIX_POLICIES] = {"full", "scalekv", "snapkv", "pyramidkv", "sliding", "streamingllm"};
+/* every policy of the registry, hack with the fixture's head map (tests/fixtures/tiny/model.hack.json) */
+enum { MIX_POLICIES = VS_KV_POLICY_COUNT, MIX_CLIENTS = 2 * VS_KV_POLICY_COUNT, MIX_REQUESTS = 2 };
+#define mix_policy(i) vs_kv_policy_name((vs_kv_policy_kind)(i))
 
 typedef struct {
     int port, policy;
@@ -725,7 +728,7 @@ static void *mix_run(void *arg)
     for (int k = 0; k < MIX_REQUESTS; k++) {
         char body[160];
         snprintf(body, sizeof body, "{\"class_label\":%d,\"n\":%d,\"kv_policy\":\"%s\",\"kv_budget\":0.25}",
-                 (m->policy + k) % 10, 1 + k % 2, mix_policy[m->policy]);
+                 (m->policy + k) % 10, 1 + k % 2, mix_policy(m->policy));
         resp r;
         post(m->port, body, &r);
         m->codes[k] = r.code;
@@ -742,11 +745,11 @@ START_TEST(kv_pages_are_accounted_exactly_while_clients_run_mixed_policies)
     double per_image[MIX_POLICIES];
     for (int i = 0; i < MIX_POLICIES; i++) { /* each policy's bytes per image, from its response */
         char body[160], want[96];
-        snprintf(body, sizeof body, "{\"class_label\":1,\"kv_policy\":\"%s\",\"kv_budget\":0.25}", mix_policy[i]);
+        snprintf(body, sizeof body, "{\"class_label\":1,\"kv_policy\":\"%s\",\"kv_budget\":0.25}", mix_policy(i));
         resp r;
         post(S.port, body, &r);
-        ck_assert_msg(r.code == 200, "%s: HTTP %ld", mix_policy[i], r.code);
-        snprintf(want, sizeof want, "\"policy\":\"%s\",\"budget\":", mix_policy[i]);
+        ck_assert_msg(r.code == 200, "%s: HTTP %ld", mix_policy(i), r.code);
+        snprintf(want, sizeof want, "\"policy\":\"%s\",\"budget\":", mix_policy(i));
         const char *p = strstr(r.body, want);
         ck_assert_ptr_nonnull(p);
         p = strstr(p, "\"bytes_per_image\":");
@@ -780,13 +783,13 @@ START_TEST(kv_pages_are_accounted_exactly_while_clients_run_mixed_policies)
         int policies_running = 0, images = 0;
         for (int i = 0; i < MIX_POLICIES; i++) {
             char name[96];
-            snprintf(name, sizeof name, "varserve_kv_pool_reserved_bytes{policy=\"%s\"}", mix_policy[i]);
+            snprintf(name, sizeof name, "varserve_kv_pool_reserved_bytes{policy=\"%s\"}", mix_policy(i));
             double resv = metric_in(r.body, name);
-            snprintf(name, sizeof name, "varserve_kv_images_running{policy=\"%s\"}", mix_policy[i]);
+            snprintf(name, sizeof name, "varserve_kv_images_running{policy=\"%s\"}", mix_policy(i));
             double run = metric_in(r.body, name);
-            ck_assert_msg(resv >= 0 && run >= 0, "no per-policy KV gauges for %s", mix_policy[i]);
+            ck_assert_msg(resv >= 0 && run >= 0, "no per-policy KV gauges for %s", mix_policy(i));
             ck_assert_msg(resv == run * per_image[i],
-                          "%s: %.0f images running reserve %.0f bytes, not %.0f each", mix_policy[i],
+                          "%s: %.0f images running reserve %.0f bytes, not %.0f each", mix_policy(i),
                           run, resv, per_image[i]);
             sum += resv;
             policies_running += run > 0;
