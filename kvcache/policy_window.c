@@ -43,10 +43,10 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-int vs_kv_select_scored(const vs_kv_policy *p, int scale_side, int n_tokens, int n_new,
-                        const float *scores, int cap, int32_t *keep, float *tmp)
+int vs_kv_select_scored(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
+                        int n_new, const float *scores, int cap, int32_t *keep, float *tmp)
 {
-    (void)p;
+    (void)p, (void)layer, (void)head;
     int32_t win[VS_KV_WINDOW];
     int nw = vs_kv_window(scale_side, n_tokens, n_new, win);
     float *masked = tmp, *pooled = tmp + n_tokens;
@@ -81,19 +81,20 @@ int vs_kv_select_scored(const vs_kv_policy *p, int scale_side, int n_tokens, int
     return k;
 }
 
-static int select_recent(const vs_kv_policy *p, int scale_side, int n_tokens, int n_new,
-                         const float *scores, int cap, int32_t *keep, float *tmp)
+static int select_recent(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
+                         int n_new, const float *scores, int cap, int32_t *keep, float *tmp)
 {
-    (void)p, (void)scale_side, (void)n_new, (void)scores, (void)tmp;
+    (void)p, (void)layer, (void)head, (void)scale_side, (void)n_new, (void)scores, (void)tmp;
     for (int i = 0; i < cap; i++)
         keep[i] = n_tokens - cap + i;
     return cap;
 }
 
-static int select_sinks_recent(const vs_kv_policy *p, int scale_side, int n_tokens, int n_new,
-                               const float *scores, int cap, int32_t *keep, float *tmp)
+static int select_sinks_recent(const vs_kv_policy *p, int layer, int head, int scale_side,
+                               int n_tokens, int n_new, const float *scores, int cap, int32_t *keep,
+                               float *tmp)
 {
-    (void)scale_side, (void)n_new, (void)scores, (void)tmp;
+    (void)layer, (void)head, (void)scale_side, (void)n_new, (void)scores, (void)tmp;
     int sinks = p->sinks < cap / 2 ? p->sinks : cap / 2, k = 0;
     for (int i = 0; i < sinks; i++)
         keep[k++] = i;
