@@ -1,7 +1,7 @@
 /* kvcache/policy.c — see policy.h: the registry, and what every policy shares (creation, the
  * capacity table, the flow, the peak pages). What is particular to a policy is in its own file
  * (policy_full.c, policy_scalekv.c, policy_window.c), reached through its vs_kv_policy_def.
- * Capacities are tabulated per (scale, layer) at creation; the selection works on one head's
+ * Capacities are tabulated per (scale, layer, head) at creation; the selection works on one head's
  * scores at a time, on the host. */
 #include "kvcache/policy_impl.h"
 
@@ -105,6 +105,27 @@ const char *vs_kv_budget_file_suffix(vs_kv_budget_file_kind k)
     return (unsigned)k < VS_KV_BUDGET_FILE_KINDS ? suffix[k] : NULL;
 }
 
+/* Index of (layer, head, scale) in the capacity table [n_scales][depth][num_heads]. */
+static size_t cap_at(const vs_kv_policy *p, int layer, int head, int scale)
+{
+    return ((size_t)scale * p->depth + (size_t)layer) * p->num_heads + (size_t)head;
+}
+
+/* p->held from p->cap: every head followed through the scales from an empty cache, in the flow
+ * (tokens only, so the peak pages for any page size read it). Called whenever cap changes. */
+static void tabulate_held(vs_kv_policy *p)
+{
+    for (int l = 0; l < p->depth; l++)
+        for (int h = 0; h < p->num_heads; h++) {
+            int tokens = 0;
+            for (int s = 0; s < p->n_scales; s++) {
+                int n = p->patch_nums[s] * p->patch_nums[s];
+                tokens = vs_kv_policy_flow(p, p->n_scales, l, h, s, tokens, n).after;
+                p->held[cap_at(p, l, h, s)] = tokens;
+            }
+        }
+}
+
 int vs_kv_at_least_window(double v)
 {
     long r = lround(v);
@@ -120,6 +141,11 @@ vs_status vs_kv_policy_new(vs_kv_policy_kind kind, double budget, const vs_rt_co
     if (d->compresses && !(budget > 0 && budget <= 1))
         return vs_err_set(err, VS_ERR_INVALID,
                           "kv_budget must be a fraction of the full cache in (0, 1] (got %g)", budget);
+    if (c->depth < 1 || c->num_heads < 1 || c->n_scales < 1)
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "a KV policy needs a model with layers, heads and scales (got depth %d, "
+                          "%d heads, %d scales)",
+                          c->depth, c->num_heads, c->n_scales);
     vs_kv_policy *p = calloc(1, sizeof *p);
     if (!p)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
@@ -137,10 +163,11 @@ vs_status vs_kv_policy_new(vs_kv_policy_kind kind, double budget, const vs_rt_co
     p->sinks = p->cum[c->n_scales > 1 ? 1 : 0];
     snprintf(p->source, sizeof p->source, "default");
     size_t n = (size_t)p->n_scales * p->depth;
-    p->cap = malloc(n * sizeof *p->cap);
+    p->cap = malloc(n * (size_t)p->num_heads * sizeof *p->cap);
+    p->held = malloc(n * (size_t)p->num_heads * sizeof *p->held);
     p->drafter = calloc(n, 1);
     p->contextual = calloc((size_t)p->depth * (p->num_heads > 0 ? p->num_heads : 1), 1);
-    if (!p->cap || !p->drafter || !p->contextual) {
+    if (!p->cap || !p->held || !p->drafter || !p->contextual) {
         vs_kv_policy_free(p);
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
     }
@@ -154,19 +181,41 @@ vs_status vs_kv_policy_new(vs_kv_policy_kind kind, double budget, const vs_rt_co
         }
     }
     for (int s = 0; s < p->n_scales; s++)
-        for (int l = 0; l < p->depth; l++) {
-            int32_t cap = d->cap(p, l, 0, s);
-            for (int h = 1; h < p->num_heads; h++)
-                if (d->cap(p, l, h, s) != cap) {
-                    vs_kv_policy_free(p);
-                    return vs_err_set(err, VS_ERR_INVALID,
-                                      "KV policy %s keeps different counts per head of layer %d; the "
-                                      "step keeps one count per layer",
-                                      d->name, l);
-                }
-            p->cap[(size_t)s * p->depth + l] = cap;
-        }
+        for (int l = 0; l < p->depth; l++)
+            for (int h = 0; h < p->num_heads; h++)
+                p->cap[cap_at(p, l, h, s)] = d->cap(p, l, h, s);
+    tabulate_held(p);
     *out = p;
+    return VS_OK;
+}
+
+vs_status vs_kv_policy_new_caps(const vs_rt_config *c, vs_kv_policy_kind selection,
+                                const int32_t *caps, vs_kv_policy **out, vs_err *err)
+{
+    const vs_kv_policy_def *d = vs_kv_policy_def_of(selection);
+    if (!d || !d->compresses)
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "a capacity table needs a compressing policy's selection (got %s)",
+                          vs_kv_policy_name(selection));
+    size_t n = (size_t)c->n_scales * c->depth * c->num_heads;
+    double kept = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (caps[i] < VS_KV_WINDOW)
+            return vs_err_set(err, VS_ERR_INVALID,
+                              "capacity table entry %zu is %d; a head keeps at least the "
+                              "observation window (%d tokens)",
+                              i, (int)caps[i], VS_KV_WINDOW);
+        kept += caps[i] < c->scale_offset[c->n_scales] ? caps[i] : c->scale_offset[c->n_scales];
+    }
+    double budget = kept / (double)n / c->scale_offset[c->n_scales];
+    vs_status st = vs_kv_policy_new(selection, budget, c, NULL, out, err);
+    if (st != VS_OK)
+        return st;
+    vs_kv_policy *p = *out;
+    memcpy(p->cap, caps, n * sizeof *caps);
+    p->base = 0; /* the table applies from the first scale */
+    tabulate_held(p);
+    snprintf(p->source, sizeof p->source, "capacity table");
     return VS_OK;
 }
 
@@ -181,8 +230,10 @@ vs_status vs_kv_policy_new_probe(const vs_rt_config *c, int layer, vs_kv_policy 
     vs_kv_policy *p = *out;
     for (int s = 0; s < p->n_scales; s++)
         for (int l = 0; l < p->depth; l++)
-            if (l != layer)
-                p->cap[(size_t)s * p->depth + l] = VS_KV_KEEP_ALL;
+            for (int h = 0; h < p->num_heads; h++)
+                if (l != layer)
+                    p->cap[cap_at(p, l, h, s)] = VS_KV_KEEP_ALL;
+    tabulate_held(p);
     snprintf(p->source, sizeof p->source, "probe of layer %d", layer);
     return VS_OK;
 }
@@ -192,6 +243,7 @@ void vs_kv_policy_free(vs_kv_policy *p)
     if (!p)
         return;
     free(p->cap);
+    free(p->held);
     free(p->drafter);
     free(p->contextual);
     free(p);
@@ -201,7 +253,7 @@ vs_kv_policy_kind vs_kv_policy_kind_of(const vs_kv_policy *p) { return p->kind; 
 double vs_kv_policy_budget(const vs_kv_policy *p) { return p->budget; }
 const char *vs_kv_policy_source(const vs_kv_policy *p) { return p->source; }
 
-int vs_kv_policy_capacity(const vs_kv_policy *p, int layer, int scale, int tokens)
+int vs_kv_policy_capacity(const vs_kv_policy *p, int layer, int head, int scale, int tokens)
 {
     if (scale >= p->n_scales - 1)
         return 0;
@@ -209,7 +261,7 @@ int vs_kv_policy_capacity(const vs_kv_policy *p, int layer, int scale, int token
      * full cache length after `scale` is when that first happens) */
     if (p->cum[scale] <= p->base)
         return VS_KV_KEEP_ALL;
-    int32_t cap = p->cap[(size_t)scale * p->depth + layer];
+    int32_t cap = p->cap[cap_at(p, layer, head, scale)];
     return tokens <= cap ? VS_KV_KEEP_ALL : cap;
 }
 
@@ -234,8 +286,9 @@ int vs_kv_window(int side, int n_tokens, int n_new, int32_t *slots)
     return n;
 }
 
-int vs_kv_policy_select_head(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
-                             int n_new, const float *scores, int cap, int32_t *keep, float *tmp)
+int vs_kv_policy_select_head(const vs_kv_policy *p, int layer, int head, int scale_side,
+                             int n_tokens, int n_new, const float *scores, int cap, int32_t *keep,
+                             float *tmp)
 {
     if (cap >= n_tokens) {
         for (int i = 0; i < n_tokens; i++)
@@ -250,7 +303,8 @@ static size_t pages_for(int tokens, int page_tokens)
     return (size_t)(tokens + page_tokens - 1) / (size_t)page_tokens;
 }
 
-vs_kv_flow vs_kv_policy_flow(const vs_kv_policy *p, int n_scales, int layer, int scale, int held, int n_new)
+vs_kv_flow vs_kv_policy_flow(const vs_kv_policy *p, int n_scales, int layer, int head, int scale,
+                             int held, int n_new)
 {
     vs_kv_flow f;
     int n = held + n_new;
@@ -261,7 +315,7 @@ vs_kv_flow vs_kv_policy_flow(const vs_kv_policy *p, int n_scales, int layer, int
         f.after = 0;
         return f;
     }
-    f.cap = p ? vs_kv_policy_capacity(p, layer, scale, n) : VS_KV_KEEP_ALL;
+    f.cap = p ? vs_kv_policy_capacity(p, layer, head, scale, n) : VS_KV_KEEP_ALL;
     if (f.cap >= n) {
         f.op = VS_KV_FLOW_STORE; /* the attention stores the new tokens */
         f.cap = VS_KV_KEEP_ALL;
@@ -276,21 +330,34 @@ vs_kv_flow vs_kv_policy_flow(const vs_kv_policy *p, int n_scales, int layer, int
     return f;
 }
 
+vs_kv_flow_op vs_kv_policy_layer_op(const vs_kv_policy *p, int n_scales, int layer, int heads,
+                                    int scale, const int *held, int n_new)
+{
+    if (scale >= n_scales - 1)
+        return VS_KV_FLOW_RELEASE;
+    for (int h = 0; h < heads; h++)
+        if (vs_kv_policy_flow(p, n_scales, layer, h, scale, held[h], n_new).op == VS_KV_FLOW_COMPRESS)
+            return VS_KV_FLOW_COMPRESS;
+    return VS_KV_FLOW_STORE;
+}
+
 size_t vs_kv_policy_peak_pages_per_row(const vs_kv_policy *p, int page_tokens)
 {
-    int tok[1024];
-    int depth = p->depth < 1024 ? p->depth : 1024;
-    memset(tok, 0, sizeof tok);
-    size_t peak = 0, held = 0; /* held = Σ pages of every layer's cached tokens */
+    size_t peak = 0, held = 0; /* held = Σ pages of every head's cached tokens */
     for (int s = 0; s < p->n_scales; s++) {
         int n = p->patch_nums[s] * p->patch_nums[s];
-        for (int l = 0; l < depth; l++) {
-            vs_kv_flow f = vs_kv_policy_flow(p, p->n_scales, l, s, tok[l], n);
-            size_t before = pages_for(tok[l], page_tokens), during = pages_for(f.peak, page_tokens);
+        for (int l = 0; l < p->depth; l++) {
+            size_t before = 0, during = 0, after = 0;
+            for (int h = 0; h < p->num_heads; h++) {
+                int t = s > 0 ? p->held[cap_at(p, l, h, s - 1)] : 0;
+                vs_kv_flow f = vs_kv_policy_flow(p, p->n_scales, l, h, s, t, n);
+                before += pages_for(t, page_tokens);
+                during += pages_for(f.peak, page_tokens);
+                after += pages_for(f.after, page_tokens);
+            }
             size_t now = held - before + during;
             peak = now > peak ? now : peak;
-            tok[l] = f.after;
-            held = held - before + pages_for(tok[l], page_tokens);
+            held = held - before + after;
         }
     }
     return peak;
@@ -306,13 +373,10 @@ double vs_kv_policy_mean_tokens(const vs_kv_policy *p)
     int s = p->n_scales - 2;
     if (s < 0)
         return 0;
-    /* tokens each layer holds after the second-to-last scale, then the last scale adds p² */
+    /* tokens each head holds after the second-to-last scale, then the last scale adds p² */
     double sum = 0;
-    for (int l = 0; l < p->depth; l++) {
-        int tokens = 0;
-        for (int k = 0; k <= s; k++) /* follow the layer through the scales */
-            tokens = vs_kv_policy_flow(p, p->n_scales, l, k, tokens, p->patch_nums[k] * p->patch_nums[k]).after;
-        sum += tokens;
-    }
-    return sum / p->depth;
+    for (int l = 0; l < p->depth; l++)
+        for (int h = 0; h < p->num_heads; h++)
+            sum += p->held[cap_at(p, l, h, s)];
+    return sum / ((double)p->depth * p->num_heads);
 }

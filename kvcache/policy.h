@@ -3,8 +3,9 @@
  * in the registry of policy.c, its code in its own file (policy_full.c, policy_scalekv.c,
  * policy_window.c); the list of policies exists nowhere else.
  *
- * Design (docs/ALGORITHMS.md §3–4): after layer l finished its attention at scale s, a row whose
- * layer holds more than capacity(l, s) tokens is compacted, per head, to exactly that many.
+ * Design (docs/ALGORITHMS.md §3–4): after layer l finished its attention at scale s, each head h of
+ * a row that holds more than capacity(l, h, s) tokens is compacted to exactly that many; heads may
+ * keep different counts (each holds its own pages).
  * `full` never compresses. `scalekv` gives drafter layers (from a calibrated budget file) the
  * whole cache and refiners what is left so the mean over layers equals the budget; when the budget
  * can not afford whole-cache drafters (few layers, small budgets), drafters get what is left once
@@ -72,8 +73,7 @@ typedef struct vs_kv_policy_def {
     /* Optional, at creation after the common fields: reads the budget file (NULL: the default). */
     vs_status (*prepare)(vs_kv_policy *p, const char *budget_file, vs_err *err);
     /* Tokens head `head` of `layer` keeps after `scale` once the cache is longer than that
-     * (VS_KV_KEEP_ALL: no compression); tabulated at creation for scales 0..n_scales-2. Every head
-     * of a layer keeps the same count today (vs_kv_policy_new refuses a policy whose heads differ). */
+     * (VS_KV_KEEP_ALL: no compression); tabulated at creation for scales 0..n_scales-2. */
     int32_t (*cap)(const vs_kv_policy *p, int layer, int head, int scale);
     /* The selection rule: see vs_kv_policy_select_head (called only when cap < n_tokens). */
     int (*select)(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens, int n_new,
@@ -111,14 +111,22 @@ void vs_kv_policy_free(vs_kv_policy *p); /* NULL ok */
  * every scale; every other layer keeps its whole cache. VS_ERR_INVALID for a layer out of range. */
 vs_status vs_kv_policy_new_probe(const vs_rt_config *c, int layer, vs_kv_policy **out, vs_err *err);
 
+/* For tests and calibration probes: a policy with the selection rule (and name) of kind
+ * `selection` that keeps exactly caps[(scale * depth + layer) * num_heads + head] tokens
+ * (VS_KV_KEEP_ALL: no compression) after scales 0..n_scales-2, from the first scale on; caps is
+ * copied. Its budget is the mean kept fraction. Errors: VS_ERR_INVALID (a cap below the
+ * observation window, a kind that does not compress), VS_ERR_NOMEM. */
+vs_status vs_kv_policy_new_caps(const vs_rt_config *c, vs_kv_policy_kind selection,
+                                const int32_t *caps, vs_kv_policy **out, vs_err *err);
+
 vs_kv_policy_kind vs_kv_policy_kind_of(const vs_kv_policy *p);
 double vs_kv_policy_budget(const vs_kv_policy *p);
 /* "default" or the budget file's path */
 const char *vs_kv_policy_source(const vs_kv_policy *p);
 
-/* Tokens layer `layer` keeps after scale `scale` when it holds `tokens` (VS_KV_KEEP_ALL: no
- * compression). Nothing is kept after the last scale: the caller releases the layer there. */
-int vs_kv_policy_capacity(const vs_kv_policy *p, int layer, int scale, int tokens);
+/* Tokens head `head` of `layer` keeps after scale `scale` when it holds `tokens` (VS_KV_KEEP_ALL:
+ * no compression). Nothing is kept after the last scale: the caller releases the layer there. */
+int vs_kv_policy_capacity(const vs_kv_policy *p, int layer, int head, int scale, int tokens);
 
 /* 1 when `layer` is a drafter at `scale` (scalekv), else 0. */
 int vs_kv_policy_is_drafter(const vs_kv_policy *p, int layer, int scale);
@@ -129,38 +137,50 @@ int vs_kv_policy_is_drafter(const vs_kv_policy *p, int layer, int scale);
  * last 16 slots. */
 int vs_kv_window(int side, int n_tokens, int n_new, int32_t *slots);
 
-/* Chooses the tokens one head keeps: `cap` slots, ascending, into keep. scores: [n_tokens] summed
- * window-query·key products (ignored by sliding and streamingllm; may then be NULL). tmp: scratch
- * of 4·n_tokens floats. Returns the count written (cap, or n_tokens when that is smaller). */
-int vs_kv_policy_select_head(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
-                             int n_new, const float *scores, int cap, int32_t *keep, float *tmp);
+/* Chooses the tokens head `head` of `layer` keeps: `cap` slots, ascending, into keep. scores:
+ * [n_tokens] summed window-query·key products (ignored by sliding and streamingllm; may then be
+ * NULL). tmp: scratch of 4·n_tokens floats. Returns the count written (cap, or n_tokens when that
+ * is smaller). */
+int vs_kv_policy_select_head(const vs_kv_policy *p, int layer, int head, int scale_side,
+                             int n_tokens, int n_new, const float *scores, int cap, int32_t *keep,
+                             float *tmp);
 
-/* The flow of one row's layer at one scale (kvcache/step.h), the one description both the step's
- * hooks and the peak-pages simulation follow. */
+/* The flow of one row's (layer, head) at one scale (kvcache/step.h), the one description both the
+ * step's hooks and the peak-pages simulation follow. A layer's op is COMPRESS when any of its heads
+ * compresses (vs_kv_policy_layer_op): the new K,V then stay in qkv for every head, and the heads
+ * that keep all take them from there; STORE only when no head compresses. A head's peak and after
+ * do not depend on the layer's op. */
 typedef enum {
     VS_KV_FLOW_STORE = 0, /* keeps every token: pages for the new ones, the attention stores them */
-    VS_KV_FLOW_COMPRESS,  /* new tokens stay in qkv; after the attention the layer keeps `cap` */
+    VS_KV_FLOW_COMPRESS,  /* new tokens stay in qkv; after the attention the head keeps `cap` */
     VS_KV_FLOW_RELEASE,   /* the last scale: attends from qkv, then the layer is released */
 } vs_kv_flow_op;
 
 typedef struct {
     vs_kv_flow_op op;
     int cap;  /* tokens kept after the scale: VS_KV_KEEP_ALL (store), the capacity, or 0 (release) */
-    int peak; /* tokens the layer holds pages for at most during the scale */
+    int peak; /* tokens the head holds pages for at most during the scale */
     int after; /* tokens it holds after the scale */
 } vs_kv_flow;
 
-/* The flow of `layer` at `scale` holding `held` tokens before it and computing n_new. p NULL means
- * full; n_scales is the model's. */
-vs_kv_flow vs_kv_policy_flow(const vs_kv_policy *p, int n_scales, int layer, int scale, int held, int n_new);
+/* The flow of (layer, head) at `scale` holding `held` tokens before it and computing n_new. p NULL
+ * means full; n_scales is the model's. */
+vs_kv_flow vs_kv_policy_flow(const vs_kv_policy *p, int n_scales, int layer, int head, int scale,
+                             int held, int n_new);
+/* The op of a row's layer whose heads hold held[0..heads-1] tokens: RELEASE at the last scale,
+ * COMPRESS when any head's flow compresses, else STORE. */
+vs_kv_flow_op vs_kv_policy_layer_op(const vs_kv_policy *p, int n_scales, int layer, int heads,
+                                    int scale, const int *held, int n_new);
 
-/* Pages one row needs at its peak under this policy, in the flow of kvcache/step.h: a layer that
- * keeps every token gets pages for the new ones; a compressed layer holds only its capacity (the
- * new tokens are selected from qkv); after the last scale's attention the layer is released. */
+/* Pages one row needs at its peak under this policy, in the flow of kvcache/step.h, counted per
+ * head (Σ over heads of the pages of each head's tokens): a head that keeps every token gets pages
+ * for the new ones; a compressed head holds only its capacity (the new tokens are selected from
+ * qkv); a compressing layer first grows every head that grows, then shrinks the others; after the
+ * last scale's attention the layer is released. */
 size_t vs_kv_policy_peak_pages_per_row(const vs_kv_policy *p, int page_tokens);
 /* The same for one image: VS_KV_ROWS_PER_IMAGE rows (what a job reserves per image). */
 size_t vs_kv_policy_peak_pages_per_image(const vs_kv_policy *p, int page_tokens);
-/* Average tokens per layer kept after the last compressing scale (what "budget" means). */
+/* Average tokens per (layer, head) kept after the last compressing scale (what "budget" means). */
 double vs_kv_policy_mean_tokens(const vs_kv_policy *p);
 
 #endif

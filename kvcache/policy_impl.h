@@ -16,7 +16,9 @@ struct vs_kv_policy {
     double B;                    /* budget · L: the mean tokens per layer the budget allows */
     int base;                    /* no compression while the cache is at most this long */
     int sinks;                   /* streamingllm: tokens of the first two scales */
-    int32_t *cap;                /* [n_scales][depth] tokens kept after the scale */
+    int32_t *cap;                /* [n_scales][depth][num_heads] tokens kept after the scale */
+    int32_t *held;               /* [n_scales][depth][num_heads] tokens held after the scale, in the
+                                  * flow from an empty cache (the peak and mean read it) */
     uint8_t *drafter;            /* [n_scales][depth] (scalekv; zero for every other policy) */
     uint8_t *contextual;         /* [depth][num_heads] 1 = contextual head (hack; zero otherwise) */
     double contextual_share;     /* hack: a contextual head's capacity over the mean budget B */
@@ -27,8 +29,8 @@ struct vs_kv_policy {
 int vs_kv_at_least_window(double v);
 
 /* The window-score selection (snapkv's rule, shared by scalekv, snapkv and pyramidkv). */
-int vs_kv_select_scored(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens, int n_new,
-                        const float *scores, int cap, int32_t *keep, float *tmp);
+int vs_kv_select_scored(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
+                        int n_new, const float *scores, int cap, int32_t *keep, float *tmp);
 
 /* The definitions, one per policy file. */
 extern const vs_kv_policy_def vs_kv_policy_full_def;    /* policy_full.c */

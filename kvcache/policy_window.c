@@ -43,8 +43,8 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
-int vs_kv_select_scored(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens, int n_new,
-                        const float *scores, int cap, int32_t *keep, float *tmp)
+int vs_kv_select_scored(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
+                        int n_new, const float *scores, int cap, int32_t *keep, float *tmp)
 {
     (void)p, (void)layer, (void)head;
     int32_t win[VS_KV_WINDOW];
@@ -90,8 +90,9 @@ static int select_recent(const vs_kv_policy *p, int layer, int head, int scale_s
     return cap;
 }
 
-static int select_sinks_recent(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
-                               int n_new, const float *scores, int cap, int32_t *keep, float *tmp)
+static int select_sinks_recent(const vs_kv_policy *p, int layer, int head, int scale_side,
+                               int n_tokens, int n_new, const float *scores, int cap, int32_t *keep,
+                               float *tmp)
 {
     (void)layer, (void)head, (void)scale_side, (void)n_new, (void)scores, (void)tmp;
     int sinks = p->sinks < cap / 2 ? p->sinks : cap / 2, k = 0;

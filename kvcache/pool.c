@@ -1,15 +1,17 @@
 /* kvcache/pool.c — the KV page pool: one arena, fixed-size pages, a free list, reservations.
  *
  * Design: the arena is allocated once at init (host aligned_alloc, or the caller's allocator, e.g.
- * device memory of a backend) and split into pages of [2][page_tokens][kv_dim] floats; page i
- * starts at base + i * 2 * page_tokens * kv_dim. Unused page ids sit on a stack (the free list).
+ * device memory of a backend) and split into pages of [2][page_tokens][head_dim] floats, one head
+ * each; page i starts at base + i * 2 * page_tokens * head_dim. Unused page ids sit on a stack
+ * (the free list).
  * Admission is pure accounting: a reservation promises pages (pages_reserved) without taking
  * them, and rows draw pages off the free list against that promise one at a time. Pages a row
  * gives back (compaction) return to the free list but stay promised to the same job, so a running
  * job can never be starved by a newcomer. The pool never reads or writes page memory (it may be a
- * device's): the forward pass and the KV step do, through the backend. Each row keeps, per layer, a page table preallocated
- * for the reservation's worst case (every page of the reservation in one layer), so growing and
- * compacting a row never calls malloc on the per-step path.
+ * device's): the forward pass and the KV step do, through the backend. Each row keeps, per
+ * (layer, head), a page table preallocated for its worst case (the pages of max_tokens, or the
+ * whole reservation when that is smaller), so growing and compacting a row never calls malloc on
+ * the per-step path. Accounting is in pages whatever head they hold.
  *
  * Threads: engine thread only; nothing here locks. vs_kv_pool_stats is a set of plain loads that
  * a metrics reader may see slightly stale. */
@@ -35,12 +37,10 @@
     } while (0)
 
 struct vs_kv_pool {
-    float *base;              /* [pages_total][2][page_tokens][kv_dim]; immutable after init */
+    float *base;              /* [pages_total][2][page_tokens][head_dim]; immutable after init */
     size_t arena_bytes;       /* what was allocated for base */
     vs_kv_allocator alloc;    /* alloc.alloc == NULL: host aligned_alloc / free */
-    int page_tokens;          /* immutable after init */
-    int layers;               /* immutable after init */
-    int kv_dim;               /* floats per token for K (and again for V); immutable after init */
+    vs_kv_geometry g;         /* immutable after init */
     size_t page_bytes;        /* immutable after init */
     size_t pages_total;       /* immutable after init */
     int32_t *free_pages;      /* [pages_total] stack of unused page ids; engine only */
@@ -59,14 +59,26 @@ struct vs_kv_resv {
 struct vs_kv_row {
     vs_kv_resv *resv;
     vs_kv_row *next;
-    vs_rt_kv_layer *layers;   /* [layers] the view handed to runtime; pages point into tables */
-    int32_t *tables;          /* [layers][table_cap_pages] page ids, in token order */
-    size_t table_cap_pages;   /* = resv->pages_granted (at least 1) */
+    vs_rt_kv_head *heads;     /* [layers][heads] the view handed to runtime; pages point into tables */
+    int32_t *tables;          /* [layers][heads][table_cap_pages] page ids, in token order */
+    size_t table_cap_pages;   /* min(pages of max_tokens, resv->pages_granted), at least 1 */
 };
 
-static int32_t *row_table(const vs_kv_row *row, int layer)
+static int32_t *row_table(const vs_kv_row *row, size_t head_index)
 {
-    return row->tables + (size_t)layer * row->table_cap_pages;
+    return row->tables + head_index * row->table_cap_pages;
+}
+
+/* The (layer, head) entries a call names: [*first, *end) of the row's [layers][heads] view. */
+static void heads_of(const vs_kv_pool *pool, int layer, int head, size_t *first, size_t *end)
+{
+    VS_KV_CHECK(layer >= 0 && layer < pool->g.layers, "kv row: layer %d out of 0..%d", layer,
+                pool->g.layers - 1);
+    VS_KV_CHECK(head == VS_KV_ALL_HEADS || (head >= 0 && head < pool->g.heads),
+                "kv row: head %d out of 0..%d", head, pool->g.heads - 1);
+    size_t base = (size_t)layer * (size_t)pool->g.heads;
+    *first = head == VS_KV_ALL_HEADS ? base : base + (size_t)head;
+    *end = head == VS_KV_ALL_HEADS ? base + (size_t)pool->g.heads : *first + 1;
 }
 
 /* Draws one page for `resv` off the free list; the caller checked pages_left. */
@@ -90,33 +102,41 @@ static void push_free(vs_kv_pool *pool, int32_t page)
     pool->free_pages[pool->pages_free++] = page;
 }
 
-vs_status vs_kv_pool_init(size_t bytes, int page_tokens, int layers, int kv_dim,
-                          const vs_kv_allocator *alloc, vs_kv_pool **out, vs_err *err)
+vs_kv_geometry vs_kv_geometry_of(const vs_rt_config *c, int page_tokens)
+{
+    vs_kv_geometry g = {page_tokens, c->depth, c->num_heads, c->head_dim,
+                        c->scale_offset[c->n_scales]};
+    return g;
+}
+
+vs_status vs_kv_pool_init(size_t bytes, vs_kv_geometry g, const vs_kv_allocator *alloc,
+                          vs_kv_pool **out, vs_err *err)
 {
     vs_kv_pool *pool = NULL;
     vs_status st;
+    int page_tokens = g.page_tokens, head_dim = g.head_dim;
 
     *out = NULL;
-    if (page_tokens <= 0 || layers <= 0 || kv_dim <= 0)
+    if (page_tokens <= 0 || g.layers <= 0 || g.heads <= 0 || head_dim <= 0 || g.max_tokens <= 0)
         return vs_err_set(err, VS_ERR_INVALID,
-                          "kv pool: page_tokens, layers and kv_dim must be positive "
-                          "(got %d, %d, %d)",
-                          page_tokens, layers, kv_dim);
-    if ((size_t)page_tokens > SIZE_MAX / 2 / sizeof(float) / (size_t)kv_dim)
+                          "kv pool: page_tokens, layers, heads, head_dim and max_tokens must be "
+                          "positive (got %d, %d, %d, %d, %d)",
+                          page_tokens, g.layers, g.heads, head_dim, g.max_tokens);
+    if ((size_t)page_tokens > SIZE_MAX / 2 / sizeof(float) / (size_t)head_dim)
         return vs_err_set(err, VS_ERR_INVALID,
                           "kv pool: a page of %d tokens x %d floats x 2 does not fit in size_t",
-                          page_tokens, kv_dim);
+                          page_tokens, head_dim);
     if (alloc && alloc->alloc && !alloc->free)
         return vs_err_set(err, VS_ERR_INVALID,
                           "kv pool: the allocator has alloc but no free callback; give both");
 
-    size_t page_bytes = vs_kv_page_bytes(page_tokens, kv_dim);
+    size_t page_bytes = vs_kv_page_bytes(page_tokens, head_dim);
     size_t pages_total = bytes / page_bytes;
     if (pages_total == 0)
         return vs_err_set(err, VS_ERR_INVALID,
                           "kv pool: %zu bytes hold no page of %zu bytes (%d tokens x %d floats x 2 "
                           "x 4 bytes); give at least %zu bytes",
-                          bytes, page_bytes, page_tokens, kv_dim, page_bytes);
+                          bytes, page_bytes, page_tokens, head_dim, page_bytes);
     if (pages_total > (size_t)INT32_MAX)
         return vs_err_set(err, VS_ERR_INVALID,
                           "kv pool: %zu bytes make %zu pages, more than page ids can name (%d); "
@@ -128,9 +148,7 @@ vs_status vs_kv_pool_init(size_t bytes, int page_tokens, int layers, int kv_dim,
         st = vs_err_set(err, VS_ERR_NOMEM, "kv pool: out of host memory for the pool record");
         goto fail;
     }
-    pool->page_tokens = page_tokens;
-    pool->layers = layers;
-    pool->kv_dim = kv_dim;
+    pool->g = g;
     pool->page_bytes = page_bytes;
     pool->pages_total = pages_total;
     if (alloc)
@@ -200,18 +218,20 @@ void vs_kv_pool_stats(const vs_kv_pool *pool, vs_kv_stats *out)
     out->reservations = pool->reservations;
 }
 
-size_t vs_kv_page_bytes(int page_tokens, int kv_dim)
+size_t vs_kv_page_bytes(int page_tokens, int head_dim)
 {
-    return 2 * (size_t)page_tokens * (size_t)kv_dim * sizeof(float);
+    return 2 * (size_t)page_tokens * (size_t)head_dim * sizeof(float);
 }
 
 float *vs_kv_pool_base(const vs_kv_pool *pool) { return pool->base; }
 
-int vs_kv_pool_page_tokens(const vs_kv_pool *pool) { return pool->page_tokens; }
+int vs_kv_pool_page_tokens(const vs_kv_pool *pool) { return pool->g.page_tokens; }
+
+int vs_kv_pool_heads(const vs_kv_pool *pool) { return pool->g.heads; }
 
 size_t vs_kv_pages_for_tokens(const vs_kv_pool *pool, size_t tokens)
 {
-    size_t pt = (size_t)pool->page_tokens;
+    size_t pt = (size_t)pool->g.page_tokens;
     return tokens / pt + (tokens % pt != 0);
 }
 
@@ -240,6 +260,7 @@ vs_status vs_kv_row_new(vs_kv_resv *resv, vs_kv_row **out, vs_err *err)
     const vs_kv_pool *pool = resv->pool;
     vs_kv_row *row = NULL;
     vs_status st;
+    size_t n_heads = (size_t)pool->g.layers * (size_t)pool->g.heads;
 
     *out = NULL;
     row = calloc(1, sizeof *row);
@@ -248,27 +269,29 @@ vs_status vs_kv_row_new(vs_kv_resv *resv, vs_kv_row **out, vs_err *err)
         goto fail;
     }
     row->resv = resv;
-    row->table_cap_pages = resv->pages_granted ? resv->pages_granted : 1;
-    row->layers = calloc((size_t)pool->layers, sizeof *row->layers);
-    if (!row->layers) {
-        st = vs_err_set(err, VS_ERR_NOMEM, "kv row: out of host memory for %d layer views",
-                        pool->layers);
+    size_t most = vs_kv_pages_for_tokens(pool, (size_t)pool->g.max_tokens);
+    row->table_cap_pages = resv->pages_granted < most ? resv->pages_granted : most;
+    if (row->table_cap_pages == 0)
+        row->table_cap_pages = 1;
+    row->heads = calloc(n_heads, sizeof *row->heads);
+    if (!row->heads) {
+        st = vs_err_set(err, VS_ERR_NOMEM, "kv row: out of host memory for %zu head views", n_heads);
         goto fail;
     }
-    if (row->table_cap_pages > SIZE_MAX / sizeof(int32_t) / (size_t)pool->layers) {
-        st = vs_err_set(err, VS_ERR_NOMEM, "kv row: page tables of %d layers x %zu pages overflow",
-                        pool->layers, row->table_cap_pages);
+    if (row->table_cap_pages > SIZE_MAX / sizeof(int32_t) / n_heads) {
+        st = vs_err_set(err, VS_ERR_NOMEM, "kv row: page tables of %zu heads x %zu pages overflow",
+                        n_heads, row->table_cap_pages);
         goto fail;
     }
-    row->tables = malloc((size_t)pool->layers * row->table_cap_pages * sizeof *row->tables);
+    row->tables = malloc(n_heads * row->table_cap_pages * sizeof *row->tables);
     if (!row->tables) {
         st = vs_err_set(err, VS_ERR_NOMEM,
-                        "kv row: out of host memory for page tables of %d layers x %zu pages",
-                        pool->layers, row->table_cap_pages);
+                        "kv row: out of host memory for page tables of %zu heads x %zu pages",
+                        n_heads, row->table_cap_pages);
         goto fail;
     }
-    for (int l = 0; l < pool->layers; l++)
-        row->layers[l].pages = row_table(row, l);
+    for (size_t i = 0; i < n_heads; i++)
+        row->heads[i].pages = row_table(row, i);
 
     row->next = resv->rows;
     resv->rows = row;
@@ -277,85 +300,108 @@ vs_status vs_kv_row_new(vs_kv_resv *resv, vs_kv_row **out, vs_err *err)
 
 fail:
     if (row) {
-        free(row->layers);
+        free(row->heads);
         free(row->tables);
     }
     free(row);
     return st;
 }
 
-vs_status vs_kv_row_reserve_tokens(vs_kv_row *row, int layer, int n_new, vs_err *err)
+vs_status vs_kv_row_reserve_tokens(vs_kv_row *row, int layer, int head, int n_new, vs_err *err)
 {
     vs_kv_resv *resv = row->resv;
     const vs_kv_pool *pool = resv->pool;
-    VS_KV_CHECK(layer >= 0 && layer < pool->layers, "kv row: layer %d out of 0..%d", layer,
-                pool->layers - 1);
-    vs_rt_kv_layer *l = &row->layers[layer];
-    VS_KV_CHECK(n_new >= 0 && (size_t)n_new <= (size_t)INT32_MAX - (size_t)l->n_tokens,
-                "kv row: layer %d: %d new tokens on top of %d", layer, n_new, l->n_tokens);
-
-    size_t need_pages = vs_kv_pages_for_tokens(pool, (size_t)l->n_tokens + (size_t)n_new);
-    if (need_pages <= (size_t)l->n_pages)
+    size_t first, end, more_pages = 0;
+    heads_of(pool, layer, head, &first, &end);
+    for (size_t i = first; i < end; i++) {
+        const vs_rt_kv_head *kh = &row->heads[i];
+        VS_KV_CHECK(n_new >= 0 && (size_t)n_new <= (size_t)INT32_MAX - (size_t)kh->n_tokens,
+                    "kv row: layer %d head %zu: %d new tokens on top of %d", layer, i - first, n_new,
+                    kh->n_tokens);
+        size_t need = vs_kv_pages_for_tokens(pool, (size_t)kh->n_tokens + (size_t)n_new);
+        /* past the table of a small reservation: the reservation check below refuses it */
+        VS_KV_CHECK(need <= vs_kv_pages_for_tokens(pool, (size_t)pool->g.max_tokens),
+                    "kv row: layer %d head %zu: %d + %d tokens exceed the %d a head can hold",
+                    layer, i - first, kh->n_tokens, n_new, pool->g.max_tokens);
+        more_pages += need > (size_t)kh->n_pages ? need - (size_t)kh->n_pages : 0;
+    }
+    if (more_pages == 0)
         return VS_OK;
-    size_t more_pages = need_pages - (size_t)l->n_pages;
     if (more_pages > resv->pages_left)
         return vs_err_set(err, VS_ERR_KV_FULL,
-                          "kv row: layer %d needs %zu more pages for %d + %d tokens but its "
+                          "kv row: layer %d needs %zu more pages for %d new tokens per head but its "
                           "reservation of %zu pages has %zu left: the job's peak page estimate is "
                           "too small (a bug in the caller)",
-                          layer, more_pages, l->n_tokens, n_new, resv->pages_granted,
-                          resv->pages_left);
-
-    int32_t *table = row_table(row, layer);
-    for (size_t i = 0; i < more_pages; i++)
-        table[l->n_pages++] = draw_page(resv);
+                          layer, more_pages, n_new, resv->pages_granted, resv->pages_left);
+    for (size_t i = first; i < end; i++) {
+        vs_rt_kv_head *kh = &row->heads[i];
+        size_t need = vs_kv_pages_for_tokens(pool, (size_t)kh->n_tokens + (size_t)n_new);
+        int32_t *table = row_table(row, i);
+        while ((size_t)kh->n_pages < need)
+            table[kh->n_pages++] = draw_page(resv);
+    }
     return VS_OK;
 }
 
-void vs_kv_row_commit(vs_kv_row *row, int layer, int n_new)
+void vs_kv_row_commit(vs_kv_row *row, int layer, int head, int n_new)
 {
     const vs_kv_pool *pool = row->resv->pool;
-    VS_KV_CHECK(layer >= 0 && layer < pool->layers, "kv row: layer %d out of 0..%d", layer,
-                pool->layers - 1);
-    vs_rt_kv_layer *l = &row->layers[layer];
-    VS_KV_CHECK(n_new >= 0 &&
-                    (size_t)l->n_tokens + (size_t)n_new <=
-                        (size_t)l->n_pages * (size_t)pool->page_tokens,
-                "kv row: layer %d: committing %d tokens on top of %d with room for %d pages; call "
-                "vs_kv_row_reserve_tokens first",
-                layer, n_new, l->n_tokens, l->n_pages);
-    l->n_tokens += n_new;
+    size_t first, end;
+    heads_of(pool, layer, head, &first, &end);
+    for (size_t i = first; i < end; i++) {
+        vs_rt_kv_head *kh = &row->heads[i];
+        VS_KV_CHECK(n_new >= 0 &&
+                        (size_t)kh->n_tokens + (size_t)n_new <=
+                            (size_t)kh->n_pages * (size_t)pool->g.page_tokens,
+                    "kv row: layer %d head %zu: committing %d tokens on top of %d with room for "
+                    "%d pages; call vs_kv_row_reserve_tokens first",
+                    layer, i - first, n_new, kh->n_tokens, kh->n_pages);
+        kh->n_tokens += n_new;
+    }
 }
 
-void vs_kv_row_resize(vs_kv_row *row, int layer, int n)
+void vs_kv_row_resize(vs_kv_row *row, int layer, int head, int n)
 {
     vs_kv_resv *resv = row->resv;
     vs_kv_pool *pool = resv->pool;
-    VS_KV_CHECK(layer >= 0 && layer < pool->layers, "kv row: layer %d out of 0..%d", layer,
-                pool->layers - 1);
-    vs_rt_kv_layer *l = &row->layers[layer];
-    VS_KV_CHECK(n >= 0 && (long)n <= (long)l->n_pages * pool->page_tokens,
-                "kv resize: layer %d to %d tokens with room for %d pages (reserve them first)",
-                layer, n, l->n_pages);
-    /* Pages past the kept tokens go back to the free list, still promised to this job. */
-    int32_t *table = row_table(row, layer);
-    int keep_pages = (int)vs_kv_pages_for_tokens(pool, (size_t)n);
-    while (l->n_pages > keep_pages) {
-        push_free(pool, table[--l->n_pages]);
-        pool->pages_reserved++;
-        resv->pages_left++;
+    size_t first, end;
+    heads_of(pool, layer, head, &first, &end);
+    for (size_t i = first; i < end; i++) {
+        vs_rt_kv_head *kh = &row->heads[i];
+        VS_KV_CHECK(n >= 0 && (long)n <= (long)kh->n_pages * pool->g.page_tokens,
+                    "kv resize: layer %d head %zu to %d tokens with room for %d pages (reserve "
+                    "them first)",
+                    layer, i - first, n, kh->n_pages);
+        /* Pages past the kept tokens go back to the free list, still promised to this job. */
+        int32_t *table = row_table(row, i);
+        int keep_pages = (int)vs_kv_pages_for_tokens(pool, (size_t)n);
+        while (kh->n_pages > keep_pages) {
+            push_free(pool, table[--kh->n_pages]);
+            pool->pages_reserved++;
+            resv->pages_left++;
+        }
+        kh->n_tokens = n;
     }
-    l->n_tokens = n;
 }
 
-int vs_kv_row_tokens(const vs_kv_row *row, int layer)
+int vs_kv_row_tokens(const vs_kv_row *row, int layer, int head)
 {
-    VS_KV_CHECK(layer >= 0 && layer < row->resv->pool->layers, "kv row: layer %d out of 0..%d",
-                layer, row->resv->pool->layers - 1);
-    return row->layers[layer].n_tokens;
+    size_t first, end;
+    VS_KV_CHECK(head != VS_KV_ALL_HEADS, "kv row: the token count of one head, not of all");
+    heads_of(row->resv->pool, layer, head, &first, &end);
+    return row->heads[first].n_tokens;
 }
 
-const vs_rt_kv_layer *vs_kv_row_layers(const vs_kv_row *row) { return row->layers; }
+size_t vs_kv_row_pages(const vs_kv_row *row)
+{
+    const vs_kv_pool *pool = row->resv->pool;
+    size_t n = 0;
+    for (size_t i = 0; i < (size_t)pool->g.layers * (size_t)pool->g.heads; i++)
+        n += (size_t)row->heads[i].n_pages;
+    return n;
+}
+
+const vs_rt_kv_head *vs_kv_row_heads(const vs_kv_row *row) { return row->heads; }
 
 void vs_kv_release(vs_kv_resv *resv)
 {
@@ -365,12 +411,12 @@ void vs_kv_release(vs_kv_resv *resv)
     vs_kv_row *row = resv->rows;
     while (row) {
         vs_kv_row *next = row->next;
-        for (int l = 0; l < pool->layers; l++) {
-            const int32_t *table = row_table(row, l);
-            for (int p = 0; p < row->layers[l].n_pages; p++)
+        for (size_t i = 0; i < (size_t)pool->g.layers * (size_t)pool->g.heads; i++) {
+            const int32_t *table = row_table(row, i);
+            for (int p = 0; p < row->heads[i].n_pages; p++)
                 push_free(pool, table[p]);
         }
-        free(row->layers);
+        free(row->heads);
         free(row->tables);
         free(row);
         row = next;

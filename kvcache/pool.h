@@ -1,17 +1,18 @@
 /* kvcache/pool.h — the one global KV memory pool: an arena of fixed-size pages.
  *
- * Design: a page holds `page_tokens` (16) tokens of K and V for ONE layer:
- * [2][page_tokens][kv_dim] floats. Pages come from one arena allocated once (host memory, or
- * device memory through a backend's alloc), handed out from a free list. A job reserves its peak
- * page count at admission (vs_kv_reserve → OK / LATER / NEVER), so a running job never runs out:
- * its rows draw pages only from its reservation. Rows keep one page table per layer, and layers
- * may hold different numbers of tokens (ScaleKV keeps much in drafter layers, little in
- * refiners). Release returns every page and the unused part of the reservation.
+ * Design: a page holds `page_tokens` (16) tokens of K and V of ONE head of one layer:
+ * [2][page_tokens][head_dim] floats (runtime/kv_view.h). Pages come from one arena allocated once
+ * (host memory, or device memory through a backend's alloc), handed out from a free list. A job
+ * reserves its peak page count at admission (vs_kv_reserve → OK / LATER / NEVER), so a running
+ * job never runs out: its rows draw pages only from its reservation. Rows keep one page table per
+ * (layer, head), and every (layer, head) may hold its own number of tokens (ScaleKV keeps much in
+ * drafter layers, little in refiners; a head-aware policy keeps few tokens, so few pages, in some
+ * heads). Release returns every page and the unused part of the reservation.
  *
  * Threads: the pool is owned by the engine thread; no function here locks. The counters read by
  * metrics (vs_kv_pool_stats) are plain loads a reader may see slightly stale.
  *
- * Bugs abort: a layer outside 0..layers-1, a commit past the reserved room, keep indices that are
+ * Bugs abort: a layer or head out of range, a commit past the reserved room, keep indices that are
  * not ascending committed slots, or a page returned twice are logged, then abort(). */
 #ifndef VS_KV_POOL_H
 #define VS_KV_POOL_H
@@ -21,6 +22,7 @@
 
 #include "common/status.h"
 #include "runtime/kv_view.h"
+#include "runtime/model.h"
 
 typedef struct vs_kv_pool vs_kv_pool;
 typedef struct vs_kv_resv vs_kv_resv; /* one job's reservation, owning its rows */
@@ -51,20 +53,35 @@ typedef struct {
 /* The page size the server and the CLI use: one attention tile. */
 #define VS_KV_PAGE_TOKENS 16
 
-/* Bytes of one page: K and V of page_tokens tokens of kv_dim floats. */
-size_t vs_kv_page_bytes(int page_tokens, int kv_dim);
+/* `head` argument meaning every head of the layer (each gets the same change). */
+#define VS_KV_ALL_HEADS (-1)
 
-/* Carves floor(bytes / page_bytes) pages, page_bytes = 2 * page_tokens * kv_dim * sizeof(float).
- * Errors: VS_ERR_INVALID (a zero or negative size, fewer than one page), VS_ERR_NOMEM. */
-vs_status vs_kv_pool_init(size_t bytes, int page_tokens, int layers, int kv_dim,
-                          const vs_kv_allocator *alloc, vs_kv_pool **out, vs_err *err);
+/* The shape a pool holds: every row has layers × heads page tables of head_dim-float tokens;
+ * max_tokens bounds the tokens one (layer, head) ever holds (the model's full sequence length L),
+ * which sizes each row's page tables. */
+typedef struct {
+    int page_tokens, layers, heads, head_dim, max_tokens;
+} vs_kv_geometry;
+
+/* The geometry of a model's cache with pages of page_tokens tokens. */
+vs_kv_geometry vs_kv_geometry_of(const vs_rt_config *c, int page_tokens);
+
+/* Bytes of one page: K and V of page_tokens tokens of one head (head_dim floats). */
+size_t vs_kv_page_bytes(int page_tokens, int head_dim);
+
+/* Carves floor(bytes / page_bytes) pages, page_bytes = 2 * page_tokens * head_dim * sizeof(float).
+ * Errors: VS_ERR_INVALID (a zero or negative size or shape field, fewer than one page),
+ * VS_ERR_NOMEM. */
+vs_status vs_kv_pool_init(size_t bytes, vs_kv_geometry g, const vs_kv_allocator *alloc,
+                          vs_kv_pool **out, vs_err *err);
 void vs_kv_pool_free(vs_kv_pool *pool); /* NULL ok; all reservations must be released first */
 
 void vs_kv_pool_stats(const vs_kv_pool *pool, vs_kv_stats *out);
 float *vs_kv_pool_base(const vs_kv_pool *pool);
 int vs_kv_pool_page_tokens(const vs_kv_pool *pool);
+int vs_kv_pool_heads(const vs_kv_pool *pool);
 
-/* Pages needed to hold `tokens` tokens in one layer. */
+/* Pages needed to hold `tokens` tokens in one (layer, head). */
 size_t vs_kv_pages_for_tokens(const vs_kv_pool *pool, size_t tokens);
 
 /* Reserves `pages` for one job. On VS_KV_OK *out is a new reservation (release with
@@ -75,23 +92,30 @@ vs_kv_admit vs_kv_reserve(vs_kv_pool *pool, size_t pages, vs_kv_resv **out);
 /* A new empty row drawing from resv. Rows die with their reservation. VS_ERR_NOMEM only. */
 vs_status vs_kv_row_new(vs_kv_resv *resv, vs_kv_row **out, vs_err *err);
 
-/* Makes room for n_new more tokens in `layer` (grows the page table from the reservation); does
- * not change the token count. VS_ERR_KV_FULL when the reservation is exhausted: the reservation
- * was computed too small (a bug in the caller's peak estimate, reported, not aborted). */
-vs_status vs_kv_row_reserve_tokens(vs_kv_row *row, int layer, int n_new, vs_err *err);
-/* After the forward pass wrote n_new tokens to `layer`: the count grows by n_new. */
-void vs_kv_row_commit(vs_kv_row *row, int layer, int n_new);
+/* In the three calls below `head` is 0..heads-1 or VS_KV_ALL_HEADS (each head of the layer). */
 
-/* `layer` now holds n tokens in slots 0..n-1, which the caller wrote (or will write) into its
- * pages; n may be below or above the count (compaction, or tokens selected from outside the
- * pages) but at most the layer's room (vs_kv_row_reserve_tokens first). Pages past n go back to
- * the free list, still promised to this job. n = 0 gives back every page of the layer. The pool
- * never touches page memory. */
-void vs_kv_row_resize(vs_kv_row *row, int layer, int n);
+/* Makes room for n_new more tokens in (layer, head) (grows the page tables from the
+ * reservation); does not change the token counts. VS_ERR_KV_FULL when the reservation is
+ * exhausted: the reservation was computed too small (a bug in the caller's peak estimate,
+ * reported, not aborted); then no page was drawn. */
+vs_status vs_kv_row_reserve_tokens(vs_kv_row *row, int layer, int head, int n_new, vs_err *err);
+/* After the forward pass wrote n_new tokens to (layer, head): the count grows by n_new. */
+void vs_kv_row_commit(vs_kv_row *row, int layer, int head, int n_new);
 
-int vs_kv_row_tokens(const vs_kv_row *row, int layer);
-/* The row's paged view for the forward pass; valid until the next call that changes the row. */
-const vs_rt_kv_layer *vs_kv_row_layers(const vs_kv_row *row);
+/* (layer, head) now holds n tokens in slots 0..n-1, which the caller wrote (or will write) into
+ * its pages; n may be below or above the count (compaction, or tokens selected from outside the
+ * pages) but at most its room (vs_kv_row_reserve_tokens first). Pages past n go back to the free
+ * list, still promised to this job. n = 0 gives back every page. The pool never touches page
+ * memory. */
+void vs_kv_row_resize(vs_kv_row *row, int layer, int head, int n);
+
+/* Tokens (layer, head) holds; head 0..heads-1. */
+int vs_kv_row_tokens(const vs_kv_row *row, int layer, int head);
+/* Pages the row holds now, over every layer and head. */
+size_t vs_kv_row_pages(const vs_kv_row *row);
+/* The row's paged view for the forward pass: [layers][heads]; valid until the next call that
+ * changes the row. */
+const vs_rt_kv_head *vs_kv_row_heads(const vs_kv_row *row);
 
 /* Returns every page of every row of the reservation and its unused pages; frees resv. NULL ok. */
 void vs_kv_release(vs_kv_resv *resv);

@@ -76,7 +76,7 @@ vs_status vs_kv_image_start(vs_kv_session *s, vs_kv_image *im, const vs_kv_image
     vs_status st = vs_rt_image_init(s->e, &im->img, err);
     for (int r = 0; st == VS_OK && r < VS_KV_ROWS_PER_IMAGE; r++)
         if ((st = vs_kv_row_new(im->resv, &im->rows[r], err)) == VS_OK)
-            im->img.kv[r] = vs_kv_row_layers(im->rows[r]);
+            im->img.kv[r] = vs_kv_row_heads(im->rows[r]);
     if (st != VS_OK)
         return st;
     im->img.label = req->label;

@@ -1,19 +1,24 @@
 /* kvcache/step.h — the KV side of one engine step: the runtime's per-layer hooks, implemented
  * over the pool and the policies.
  *
- * A layer's new K,V are written into pages only when the layer keeps every token this scale:
- * before the layer's attention such rows get pages for them and the attention op stores them;
- * after it they are committed. A row the policy compresses at this scale reads its new K,V from
- * the step's qkv during the attention (no pages for them), then keeps its capacity per head (from
- * scores of the observation window) out of the cached plus new tokens; after the last scale the
- * layer is released entirely: nothing reads it again. So a job's peak is its compressed cache,
- * never the cache plus a scale's new tokens (vs_kv_policy_peak_pages_per_row). The per-layer
- * decision (store, compress, release) is vs_kv_policy_flow, which that simulation follows too.
+ * Every (row, layer, head) holds its own tokens in its own pages. A layer's new K,V are written
+ * into pages only when every head of the layer keeps every token this scale: before the layer's
+ * attention such rows get pages for them in each head and the attention op stores them; after it
+ * they are committed. A row in which some head compresses at this scale reads its new K,V from
+ * the step's qkv during the attention (no pages for them), then each head keeps its own capacity
+ * (from scores of the observation window) out of its cached plus new tokens, a head whose
+ * capacity allows keeping all; after the last scale the layer is released entirely: nothing reads
+ * it again. So a job's peak is its compressed cache, never the cache plus a scale's new tokens
+ * (vs_kv_policy_peak_pages_per_row). The per-head decision (store, compress, release) is
+ * vs_kv_policy_flow, which that simulation follows too; within a compressing layer every head
+ * that grows draws its pages before any head shrinks, as the simulation counts.
  *
- * Compression runs on the host over copies: a compressed row's cached pages of the layer and its
- * new tokens' qkv are copied out through the backend (a memcpy on the CPU, a download from a GPU),
- * scored and selected, composed into whole pages, and copied back over the layer's pages. So every
- * backend compresses with the same code, and the pool never touches page memory. Engine thread. */
+ * Compression runs on the host over copies: a compressing head's cached pages and the row's new
+ * tokens' qkv are copied out through the backend (a memcpy on the CPU, a download from a GPU),
+ * scored and selected, composed into whole pages, and copied back over the head's pages from the
+ * first page that changes (a head that keeps all copies only the partly filled page its new
+ * tokens start in). So every backend compresses with the same code, and the pool never touches
+ * page memory. Engine thread. */
 #ifndef VS_KV_STEP_H
 #define VS_KV_STEP_H
 

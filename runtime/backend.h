@@ -34,7 +34,7 @@ typedef struct vs_rt_backend vs_rt_backend;
 typedef struct {
     int tok_start;                  /* first token of this row in the step's [T] arrays */
     int n_new;                      /* tokens this row computes (its scale's p*p) */
-    const vs_rt_kv_layer *kv;       /* host [depth]: the row's paged cache per layer */
+    const vs_rt_kv_head *kv;        /* host [depth][heads]: the row's paged cache per (layer, head) */
 } vs_rt_row;
 
 typedef struct {
@@ -44,7 +44,7 @@ typedef struct {
     float *kv_base;                 /* the KV pool arena (backend memory) */
     int page_tokens, depth;
     /* host [n_rows], reset to 1 before each layer: 1 = the attention op also writes the row's new
-     * K,V into slots n_tokens.. of its pages (the view covers them); 0 = they stay in qkv only
+     * K,V into slots n_tokens.. of each head's pages (the view covers them); 0 = they stay in qkv only
      * (kvcache/ compresses or drops them after the attention, so they never need pages) */
     uint8_t *kv_store;
     void *dev;                      /* backend's private copy, set by batch_begin */
@@ -94,7 +94,8 @@ typedef struct {
  * (and the quantiser), vae.c adds the decoder's convolutions and attention. */
 typedef struct {
     int rows, tokens;      /* one batch: rows and tokens (batch_begin, attention) */
-    int kv_tokens;         /* tokens one row holds in one layer, cached + new (attention) */
+    int kv_tokens;         /* tokens one row holds in one head of one layer, cached + new (attention) */
+    int kv_heads;          /* heads of a layer, each with its own page table (attention) */
     int index;             /* entries of one host index list (gather_rows, embed_chw) */
     size_t linear_in;      /* floats of one linear's input x, M·K */
     int sample_reqs, sample_tokens, vocab; /* one cfg_sample: n, Σ reqs[i].n, V */
@@ -162,9 +163,10 @@ typedef struct {
                       int gamma_off, const vs_rt_batch *b, int C);
     /* qkv [T][3C]: q, k L2-normalised per head (eps 1e-12), q *= exp(min(scale_mul[h], ln 100)) */
     void (*qk_norm)(vs_rt_backend *be, float *qkv, int T, int H, int d, const float *scale_mul);
-    /* out[t] = softmax(q·Kᵀ·scale)·V, per head, over the row's n_tokens cached tokens (pages)
-     * followed by its n_new new tokens (K,V read from qkv); rows with kv_store[r] also get their
-     * new K,V written into slots kv[layer].n_tokens.. of their pages. */
+    /* out[t] = softmax(q·Kᵀ·scale)·V, per head h, over the n_tokens cached tokens of
+     * kv[layer * H + h] (its pages) followed by the row's n_new new tokens (K,V read from qkv);
+     * rows with kv_store[r] also get their new K,V written into slots n_tokens.. of each head's
+     * pages. */
     void (*attention)(vs_rt_backend *be, float *out, const float *qkv, const vs_rt_batch *b,
                       int layer, int H, int d, float scale);
     /* CFG mix into the cond rows, then top-k/top-p sampling; reqs host [n]. */

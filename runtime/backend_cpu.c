@@ -351,24 +351,27 @@ static void kv_write_task(void *p, size_t b, size_t e, int worker)
     (void)worker;
     attn_job *j = p;
     const vs_rt_batch *bt = j->b;
-    int C = j->H * j->d;
-    vs_rt_kv_view view = {bt->kv_base, bt->page_tokens, C, NULL};
+    int H = j->H, d = j->d, C = H * d;
+    vs_rt_kv_view view = {bt->kv_base, bt->page_tokens, d};
     for (size_t r = b; r < e; r++) {
         const vs_rt_row *row = &bt->rows[r];
-        const vs_rt_kv_layer *l = &row->kv[j->layer];
         if (bt->kv_store && !bt->kv_store[r])
             continue; /* kvcache/ takes this row's new tokens from qkv after the attention */
-        for (int i = 0; i < row->n_new; i++) {
-            const float *src = j->qkv + (size_t)(row->tok_start + i) * 3 * C;
-            int slot = l->n_tokens + i;
-            memcpy(bt->kv_base + vs_rt_kv_offset(&view, l, slot, 0), src + C, (size_t)C * 4);
-            memcpy(bt->kv_base + vs_rt_kv_offset(&view, l, slot, 1), src + 2 * C, (size_t)C * 4);
+        for (int h = 0; h < H; h++) {
+            const vs_rt_kv_head *kh = &row->kv[(size_t)j->layer * H + h];
+            for (int i = 0; i < row->n_new; i++) {
+                const float *src = j->qkv + (size_t)(row->tok_start + i) * 3 * C + (size_t)h * d;
+                int slot = kh->n_tokens + i;
+                memcpy(bt->kv_base + vs_rt_kv_offset(&view, kh, slot, 0), src + C, (size_t)d * 4);
+                memcpy(bt->kv_base + vs_rt_kv_offset(&view, kh, slot, 1), src + 2 * C, (size_t)d * 4);
+            }
         }
     }
 }
 
-/* One unit = (row, head, block of up to 64 queries): gather the row's keys and values of this head
- * (cached ones from its pages, new ones from qkv) into contiguous scratch, then scores = Q·Kᵀ (one GEMM), row softmax, out = P·V
+/* One unit = (row, head, block of up to 64 queries): gather the head's keys and values (cached
+ * ones from its own pages, each page PT contiguous keys then PT values; new ones from qkv) into
+ * contiguous scratch, then scores = Q·Kᵀ (one GEMM), row softmax, out = P·V
  * (one GEMM). Block shapes depend only on the row, never on the thread count. */
 #define ATTN_QBLK 64
 
@@ -383,21 +386,19 @@ static void attn_task(void *p, size_t ub, size_t ue, int worker)
         while ((size_t)j->unit_row_start[r + 1] <= u)
             r++;
         const vs_rt_row *row = &bt->rows[r];
-        const vs_rt_kv_layer *l = &row->kv[j->layer];
         int nq_blocks = (row->n_new + ATTN_QBLK - 1) / ATTN_QBLK;
         int local = (int)(u - (size_t)j->unit_row_start[r]);
         int h = local / nq_blocks, qb = local % nq_blocks;
+        const vs_rt_kv_head *kh = &row->kv[(size_t)j->layer * H + h];
         int q0 = qb * ATTN_QBLK, nq = row->n_new - q0 < ATTN_QBLK ? row->n_new - q0 : ATTN_QBLK;
-        int nc = l->n_tokens, nk = nc + row->n_new;
+        int nc = kh->n_tokens, nk = nc + row->n_new;
         float *kg = c->ws[worker].p, *vg = kg + (size_t)nk * d, *sc = vg + (size_t)nk * d;
         for (int pg = 0, k = 0; k < nc; pg++) {
-            const float *kp = bt->kv_base + (size_t)l->pages[pg] * 2 * PT * C + (size_t)h * d;
-            const float *vp = kp + (size_t)PT * C;
+            const float *kp = bt->kv_base + (size_t)kh->pages[pg] * 2 * PT * d;
             int n = nc - k < PT ? nc - k : PT;
-            for (int s = 0; s < n; s++, k++) {
-                memcpy(kg + (size_t)k * d, kp + (size_t)s * C, (size_t)d * sizeof(float));
-                memcpy(vg + (size_t)k * d, vp + (size_t)s * C, (size_t)d * sizeof(float));
-            }
+            memcpy(kg + (size_t)k * d, kp, (size_t)n * d * sizeof(float));
+            memcpy(vg + (size_t)k * d, kp + (size_t)PT * d, (size_t)n * d * sizeof(float));
+            k += n;
         }
         for (int k = nc; k < nk; k++) {
             const float *src = j->qkv + (size_t)(row->tok_start + k - nc) * 3 * C + (size_t)h * d;
@@ -434,8 +435,10 @@ static void cpu_attention(vs_rt_backend *be, float *out, const float *qkv, const
     starts[0] = 0;
     for (int r = 0; r < b->n_rows; r++) {
         starts[r + 1] = starts[r] + H * ((b->rows[r].n_new + ATTN_QBLK - 1) / ATTN_QBLK);
-        int nk = b->rows[r].kv[layer].n_tokens + b->rows[r].n_new;
-        max_nk = nk > max_nk ? nk : max_nk;
+        for (int h = 0; h < H; h++) {
+            int nk = b->rows[r].kv[(size_t)layer * H + h].n_tokens + b->rows[r].n_new;
+            max_nk = nk > max_nk ? nk : max_nk;
+        }
     }
     if (ensure_scratch(c, (size_t)max_nk * (2 * (size_t)d + ATTN_QBLK)) != 0)
         abort(); /* bounded by the longest row: a few MB */

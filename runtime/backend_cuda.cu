@@ -551,9 +551,9 @@ static vs_status cuda_mem_info(vs_rt_backend *be, vs_rt_mem_info *out, vs_err *e
 }
 
 /* Entries of a step's batch tables (tok_row, then [n_rows][2]) and of one layer's tables
- * ([n_rows][3], then the page ids); int32 each. */
+ * ([n_rows][heads][3], then the page ids of every (row, head)); int32 each. */
 static size_t batch_entries(size_t n_tok, size_t n_rows) { return n_tok + 2 * n_rows; }
-static size_t layer_entries(size_t n_rows, size_t n_pages) { return 3 * n_rows + n_pages; }
+static size_t layer_entries(size_t n_heads, size_t n_pages) { return 3 * n_heads + n_pages; }
 
 /* Packs tok_row and the rows into one int32 upload. Page tables are uploaded per layer by the
  * attention op: kvcache/ grows a layer's pages just before its attention (and compacts them right
@@ -633,54 +633,63 @@ static vs_status cuda_batch_begin(vs_rt_backend *be, vs_rt_batch *b, vs_err *err
     return VS_OK;
 }
 
-/* Uploads one layer's [n_rows][3] (n_tokens, page offset, store) and its page ids; returns the most
- * keys a row attends to, or -1 after recording an error. Rows that store their new tokens
- * (b->kv_store) list pages for them too. */
-static int upload_layer(cuda_backend *c, const vs_rt_batch *b, int layer, const int32_t **kvm,
+/* Uploads one layer's [n_rows][H][3] (n_tokens, page offset, store) of every (row, head) and all
+ * their page ids, packed in ONE upload; returns 0, or -1 after recording an error. Rows that store
+ * their new tokens (b->kv_store) list pages for them too. */
+static int upload_layer(cuda_backend *c, const vs_rt_batch *b, int layer, int H, const int32_t **kvm,
                         const int32_t **pages)
 {
-    size_t n_pages = 0;
-    int max_keys = 0;
+    size_t n_pages = 0, n_heads = (size_t)b->n_rows * H;
     for (int r = 0; r < b->n_rows; r++) {
-        const vs_rt_kv_layer *kl = &b->rows[r].kv[layer];
-        int nk = kl->n_tokens + b->rows[r].n_new;
-        int held = (b->kv_store && !b->kv_store[r]) ? kl->n_tokens : nk;
-        long need = ((long)held + b->page_tokens - 1) / b->page_tokens;
-        if (kl->n_tokens < 0 || need > kl->n_pages) {
-            VS_FAIL(c, VS_ERR_INVALID,
-                    "batch row %d layer %d holds %d tokens and adds %d, which needs %ld pages of "
-                    "%d tokens, but its table lists %d: reserve the tokens before the attention",
-                    r, layer, kl->n_tokens, b->rows[r].n_new, need, b->page_tokens, kl->n_pages);
-            return -1;
+        int store = !b->kv_store || b->kv_store[r];
+        for (int h = 0; h < H; h++) {
+            const vs_rt_kv_head *kh = &b->rows[r].kv[(size_t)layer * H + h];
+            long held = (long)kh->n_tokens + (store ? b->rows[r].n_new : 0);
+            long need = (held + b->page_tokens - 1) / b->page_tokens;
+            if (kh->n_tokens < 0 || need > kh->n_pages) {
+                VS_FAIL(c, VS_ERR_INVALID,
+                        "batch row %d layer %d head %d holds %d tokens and adds %d, which needs "
+                        "%ld pages of %d tokens, but its table lists %d: reserve the tokens before "
+                        "the attention",
+                        r, layer, h, kh->n_tokens, store ? b->rows[r].n_new : 0, need,
+                        b->page_tokens, kh->n_pages);
+                return -1;
+            }
+            n_pages += (size_t)need;
         }
-        n_pages += (size_t)need;
-        max_keys = nk > max_keys ? nk : max_keys;
     }
-    size_t total = layer_entries((size_t)b->n_rows, n_pages);
+    size_t total = layer_entries(n_heads, n_pages);
+    if (total > (size_t)INT_MAX) {
+        VS_FAIL(c, VS_ERR_INVALID, "page tables of %zu entries are over 2^31", total);
+        return -1;
+    }
     if (grow_host((void **)&c->host_i32, &c->host_i32_cap, total, sizeof(int32_t)) != 0) {
         VS_FAIL(c, VS_ERR_NOMEM, "out of host memory for the page tables");
         return -1;
     }
-    int32_t *h = c->host_i32, *h_pages = h + 3 * b->n_rows;
+    int32_t *h_meta = c->host_i32, *h_pages = h_meta + 3 * n_heads;
     int32_t off = 0;
     for (int r = 0; r < b->n_rows; r++) {
-        const vs_rt_kv_layer *kl = &b->rows[r].kv[layer];
         int store = !b->kv_store || b->kv_store[r];
-        int held = kl->n_tokens + (store ? b->rows[r].n_new : 0);
-        int need = (held + b->page_tokens - 1) / b->page_tokens;
-        h[3 * r] = kl->n_tokens;
-        h[3 * r + 1] = off;
-        h[3 * r + 2] = store;
-        memcpy(h_pages + off, kl->pages, (size_t)need * sizeof(int32_t));
-        off += need;
+        for (int h = 0; h < H; h++) {
+            const vs_rt_kv_head *kh = &b->rows[r].kv[(size_t)layer * H + h];
+            int held = kh->n_tokens + (store ? b->rows[r].n_new : 0);
+            int need = (held + b->page_tokens - 1) / b->page_tokens;
+            int32_t *m = h_meta + 3 * ((size_t)r * H + h);
+            m[0] = kh->n_tokens;
+            m[1] = off;
+            m[2] = store;
+            memcpy(h_pages + off, kh->pages, (size_t)need * sizeof(int32_t));
+            off += need;
+        }
     }
     int32_t *d = (int32_t *)scratch(c, S_LAYER, total * sizeof(int32_t));
     if (!d)
         return -1;
-    h2d(c, d, h, total * sizeof(int32_t));
+    h2d(c, d, h_meta, total * sizeof(int32_t));
     *kvm = d;
-    *pages = d + 3 * b->n_rows;
-    return max_keys;
+    *pages = d + 3 * n_heads;
+    return 0;
 }
 
 static const cuda_batch *batch_of(cuda_backend *c, const vs_rt_batch *b)
@@ -1100,109 +1109,131 @@ static void cuda_qk_norm(vs_rt_backend *be, float *qkv, int T, int H, int d, con
 
 /* ---- attention over pages ---------------------------------------------------------------------- */
 
-/* Float offset of slot `slot` of K (kv 0) or V (kv 1) in the arena; pg = the row's page table. */
-__device__ __forceinline__ size_t kv_off(const int32_t *pg, int slot, int kv, int PT, int C)
-{
-    return (((size_t)pg[slot / PT] * 2 + kv) * PT + slot % PT) * (size_t)C;
-}
-
-/* The new tokens' K and V (from qkv) into slots n_tokens.. of the pages of each row that stores. */
+/* The new tokens' K and V (from qkv) into slots n_tokens.. of each head's pages, for each row that
+ * stores. One thread per float: consecutive threads write consecutive floats of one head's slot. */
 __global__ void k_kv_write(float *kv_base, const float *qkv, const int32_t *tok_row,
-                           const int32_t *rows, const int32_t *kvm, const int32_t *pages,
-                           int n_rows, int layer, int T, int C, int PT)
+                           const int32_t *rows, const int32_t *kvm, const int32_t *pages, int T,
+                           int H, int d, int PT)
 {
+    int C = H * d;
     GRID_STRIDE(i, (size_t)T * C)
     {
-        int t = (int)(i / (size_t)C), k = (int)(i % (size_t)C);
+        int t = (int)(i / (size_t)C), k = (int)(i % (size_t)C), h = k / d, j = k % d;
         int r = tok_row[t];
-        const int32_t *m = kvm + 3 * ((size_t)layer * n_rows + r);
+        const int32_t *m = kvm + 3 * ((size_t)r * H + h);
         if (!m[2])
             continue;
         int slot = m[0] + (t - rows[2 * r]);
-        const int32_t *pg = pages + m[1];
+        size_t page = (size_t)pages[m[1] + slot / PT];
+        size_t at = (page * 2 * PT + slot % PT) * (size_t)d + j; /* K; V is PT slots further */
         const float *src = qkv + (size_t)t * 3 * C;
-        kv_base[kv_off(pg, slot, 0, PT, C) + k] = src[C + k];
-        kv_base[kv_off(pg, slot, 1, PT, C) + k] = src[2 * C + k];
+        kv_base[at] = src[C + k];
+        kv_base[at + (size_t)PT * d] = src[2 * C + k];
     }
 }
 
 #define ATT_QT 16 /* queries per block, at most */
 #define ATT_THREADS 256
 
-/* Block = (row, tile of up to qt queries, head). Shared memory: q [qt][d], scores [qt][nk].
- * Scores are computed like the CPU backend (dot in key order over d, then × scale), softmax in
- * float with the row max subtracted, then out = Σ_k (e_k · (1/sum)) · v_k. */
+/* Shared floats of one k_attention block: q [qt][d], the tile's K [PT][d+1] (padded: the score
+ * loop reads K rows across threads) and V [PT][d], scores [qt][PT], outputs [qt][d]. */
+static size_t att_smem_floats(int qt, int d, int PT)
+{
+    return (size_t)qt * d + (size_t)PT * (d + 1) + (size_t)PT * d + (size_t)qt * PT + (size_t)qt * d;
+}
+
+/* Block = (row, tile of up to qt queries, head). The head's keys are walked in tiles of PT: first
+ * its cached pages, whose id is read once per tile and whose K and V (PT contiguous slots × d each)
+ * are loaded coalesced into shared memory and reused by every query of the tile; then the row's
+ * new keys from qkv, PT at a time. FP32 online softmax per query: with m the running max, l the
+ * running sum and o the unnormalised output, each tile's scores s (dot in key order over d, then
+ * × scale, as the CPU backend) give m' = max(m, max s), f = e^(m − m'), l = l·f + Σ e^(s − m'),
+ * o = o·f + Σ e^(s − m')·v; out = o / l. Shared memory does not grow with the keys. */
 __global__ void __launch_bounds__(ATT_THREADS)
     k_attention(float *out, const float *qkv, const float *kv_base, const int32_t *rows,
-                const int32_t *kvm, const int32_t *pages, int n_rows, int layer, int H, int d,
-                int PT, float scale, int qt, int tiles_per_row)
+                const int32_t *kvm, const int32_t *pages, int H, int d, int PT, float scale, int qt,
+                int tiles_per_row)
 {
     VS_DYNAMIC_SHARED(float, att_sm);
-    __shared__ float s_inv[ATT_QT];
+    __shared__ float s_max[ATT_QT], s_sum[ATT_QT], s_fix[ATT_QT];
     int r = blockIdx.x / tiles_per_row, tile = blockIdx.x % tiles_per_row, h = blockIdx.y;
     int tok_start = rows[2 * r], n_new = rows[2 * r + 1];
     int q0 = tile * qt;
     if (q0 >= n_new)
         return; /* the whole block: this row has fewer tiles */
-    int nq = min(qt, n_new - q0);
-    const int32_t *m = kvm + 3 * ((size_t)layer * n_rows + r);
+    int nq = min(qt, n_new - q0), C = H * d, dk = d + 1, tid = (int)threadIdx.x;
+    const int32_t *m = kvm + 3 * ((size_t)r * H + h);
     const int32_t *pg = pages + m[1];
-    int nc = m[0], nk = nc + n_new, C = H * d;
-    float *qs = att_sm, *sc = att_sm + (size_t)qt * d;
+    int nc = m[0], cached_tiles = (nc + PT - 1) / PT, tiles = cached_tiles + (n_new + PT - 1) / PT;
+    float *qs = att_sm, *ks = qs + (size_t)qt * d, *vs = ks + (size_t)PT * dk;
+    float *ps = vs + (size_t)PT * d, *os = ps + (size_t)qt * PT;
+    const float *qkv_h = qkv + (size_t)h * d;
 
     for (int i = threadIdx.x; i < nq * d; i += blockDim.x) {
         int qi = i / d, j = i % d;
-        qs[i] = qkv[(size_t)(tok_start + q0 + qi) * 3 * C + (size_t)h * d + j];
+        qs[i] = qkv_h[(size_t)(tok_start + q0 + qi) * 3 * C + j];
+        os[i] = 0.0f;
     }
-    __syncthreads();
-    for (int k = threadIdx.x; k < nk; k += blockDim.x) {
-        /* cached keys from the pages, the new ones from qkv */
-        const float *kp = k < nc ? kv_base + kv_off(pg, k, 0, PT, C) + (size_t)h * d
-                                 : qkv + (size_t)(tok_start + k - nc) * 3 * C + C + (size_t)h * d;
-        float acc[ATT_QT];
-#pragma unroll
-        for (int qi = 0; qi < ATT_QT; qi++)
-            acc[qi] = 0.0f;
-        for (int j = 0; j < d; j++) {
-            float kj = kp[j];
-#pragma unroll
-            for (int qi = 0; qi < ATT_QT; qi++)
-                if (qi < nq)
-                    acc[qi] += qs[qi * d + j] * kj;
+    if (tid < nq) {
+        s_max[tid] = -INFINITY;
+        s_sum[tid] = 0.0f;
+    }
+    for (int t = 0; t < tiles; t++) {
+        int nt;
+        if (t < cached_tiles) { /* one page of the head: K [PT][d] then V [PT][d] */
+            nt = min(PT, nc - t * PT);
+            const float *kp = kv_base + (size_t)pg[t] * 2 * PT * d, *vp = kp + (size_t)PT * d;
+            for (int i = threadIdx.x; i < nt * d; i += blockDim.x) {
+                ks[(i / d) * dk + i % d] = kp[i];
+                vs[i] = vp[i];
+            }
+        } else { /* new keys of this scale, from qkv */
+            int k0 = (t - cached_tiles) * PT;
+            nt = min(PT, n_new - k0);
+            for (int i = threadIdx.x; i < nt * d; i += blockDim.x) {
+                int kk = i / d, j = i % d;
+                const float *src = qkv_h + (size_t)(tok_start + k0 + kk) * 3 * C + j;
+                ks[kk * dk + j] = src[C];
+                vs[i] = src[2 * C];
+            }
         }
-#pragma unroll
-        for (int qi = 0; qi < ATT_QT; qi++)
-            if (qi < nq)
-                sc[(size_t)qi * nk + k] = acc[qi] * scale;
-    }
-    __syncthreads();
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    for (int qi = wid; qi < nq; qi += nw) {
-        float *s = sc + (size_t)qi * nk;
-        float mx = -INFINITY;
-        for (int k = lane; k < nk; k += 32)
-            mx = fmaxf(mx, s[k]);
-        mx = warp_max(mx);
-        float sum = 0.0f;
-        for (int k = lane; k < nk; k += 32) {
-            float e = expf(s[k] - mx);
-            s[k] = e;
-            sum += e;
+        __syncthreads();
+        for (int i = threadIdx.x; i < nq * nt; i += blockDim.x) {
+            int qi = i / nt, kk = i % nt;
+            const float *q = qs + (size_t)qi * d, *k = ks + (size_t)kk * dk;
+            float acc = 0.0f;
+            for (int j = 0; j < d; j++)
+                acc += q[j] * k[j];
+            ps[qi * PT + kk] = acc * scale;
         }
-        sum = warp_sum(sum);
-        if (lane == 0)
-            s_inv[qi] = 1.0f / sum;
+        __syncthreads();
+        if (tid < nq) {
+            float *p = ps + tid * PT, mx = s_max[tid], sum = 0.0f;
+            for (int kk = 0; kk < nt; kk++)
+                mx = fmaxf(mx, p[kk]);
+            for (int kk = 0; kk < nt; kk++) {
+                p[kk] = expf(p[kk] - mx);
+                sum += p[kk];
+            }
+            float f = expf(s_max[tid] - mx); /* 0 at the first tile (m = −∞) */
+            s_fix[tid] = f;
+            s_sum[tid] = s_sum[tid] * f + sum;
+            s_max[tid] = mx;
+        }
+        __syncthreads();
+        for (int i = threadIdx.x; i < nq * d; i += blockDim.x) {
+            int qi = i / d, j = i % d;
+            const float *p = ps + qi * PT;
+            float acc = os[i] * s_fix[qi];
+            for (int kk = 0; kk < nt; kk++)
+                acc += p[kk] * vs[kk * d + j];
+            os[i] = acc;
+        }
+        __syncthreads();
     }
-    __syncthreads();
-    for (int p = threadIdx.x; p < nq * d; p += blockDim.x) {
-        int qi = p / d, j = p % d;
-        const float *s = sc + (size_t)qi * nk;
-        float inv = s_inv[qi], acc = 0.0f;
-        for (int k = 0; k < nc; k++)
-            acc += (s[k] * inv) * kv_base[kv_off(pg, k, 1, PT, C) + (size_t)h * d + j];
-        for (int k = nc; k < nk; k++)
-            acc += (s[k] * inv) * qkv[(size_t)(tok_start + k - nc) * 3 * C + 2 * C + (size_t)h * d + j];
-        out[(size_t)(tok_start + q0 + qi) * C + (size_t)h * d + j] = acc;
+    for (int i = threadIdx.x; i < nq * d; i += blockDim.x) {
+        int qi = i / d, j = i % d;
+        out[(size_t)(tok_start + q0 + qi) * C + (size_t)h * d + j] = os[i] / s_sum[qi];
     }
 }
 
@@ -1220,28 +1251,26 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
     }
     int C = H * d, PT = b->page_tokens;
     const int32_t *kvm = NULL, *pages = NULL;
-    int nk = upload_layer(c, b, layer, &kvm, &pages);
-    if (nk < 0)
+    if (upload_layer(c, b, layer, H, &kvm, &pages) != 0)
         return;
-    /* the uploaded tables hold this layer only: the kernels index them as layer 0 */
     size_t n = (size_t)b->n_tok * C;
-    VS_LAUNCH(k_kv_write, grid_for(n, 256), 256, 0, c->st, b->kv_base, qkv, cb->tok_row, cb->rows, kvm,
-                                                    pages, cb->n_rows, 0, b->n_tok, C, PT);
+    VS_LAUNCH(k_kv_write, grid_for(n, 256), 256, 0, c->st, b->kv_base, qkv, cb->tok_row, cb->rows,
+              kvm, pages, b->n_tok, H, d, PT);
     VS_LAUNCHED(c, k_kv_write);
     if (cb->max_new <= 0)
         return;
     int qt = ATT_QT;
     size_t smem = 0;
     for (; qt >= 1; qt /= 2) {
-        smem = ((size_t)qt * d + (size_t)qt * nk) * sizeof(float);
+        smem = att_smem_floats(qt, d, PT) * sizeof(float);
         if (smem + 1024 <= (size_t)c->smem_optin)
             break;
     }
     if (qt < 1) {
         VS_FAIL(c, VS_ERR_UNSUPPORTED,
-                "attention over %d keys of head_dim %d needs %zu bytes of shared memory per block "
-                "but the device allows %d",
-                nk, d, ((size_t)d + nk) * sizeof(float), c->smem_optin);
+                "attention of head_dim %d over pages of %d tokens needs %zu bytes of shared memory "
+                "per block but the device allows %d",
+                d, PT, att_smem_floats(1, d, PT) * sizeof(float), c->smem_optin);
         return;
     }
     if (smem > 16 * 1024)
@@ -1249,8 +1278,8 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
                                         (int)smem));
     int tiles = (cb->max_new + qt - 1) / qt;
     dim3 grid((unsigned)(cb->n_rows * tiles), (unsigned)H);
-    VS_LAUNCH(k_attention, grid, ATT_THREADS, smem, c->st, out, qkv, b->kv_base, cb->rows, kvm, pages,
-                                                    cb->n_rows, 0, H, d, PT, scale, qt, tiles);
+    VS_LAUNCH(k_attention, grid, ATT_THREADS, smem, c->st, out, qkv, b->kv_base, cb->rows, kvm,
+              pages, H, d, PT, scale, qt, tiles);
     VS_LAUNCHED(c, k_attention);
 }
 
@@ -1993,8 +2022,9 @@ static vs_status cuda_reserve(vs_rt_backend *be, const vs_rt_workload *w, vs_err
     size_t need[S_COUNT] = {0};
     need[S_IDX] = (w->index > 0 ? (size_t)w->index : 0) * sizeof(int32_t);
     need[S_BATCH] = rows ? batch_entries(tok, rows) * sizeof(int32_t) : 0;
-    /* a row's pages in one layer: at most one per token (pages of ≥ 1 token) */
-    need[S_LAYER] = rows ? layer_entries(rows, rows * kv) * sizeof(int32_t) : 0;
+    /* a (row, head)'s pages in one layer: at most one per token (pages of ≥ 1 token) */
+    size_t heads = rows * (size_t)(w->kv_heads > 0 ? w->kv_heads : 1);
+    need[S_LAYER] = rows ? layer_entries(heads, heads * kv) * sizeof(int32_t) : 0;
     if (w->conv_cin_kk > 0 && w->conv_h > 0 && w->conv_w > 0)
         need[S_COL] = conv_col_bound_bytes((size_t)w->conv_cin_kk, w->conv_h, w->conv_w);
     need[S_SCORES] = w->attn_hw > 0 ? (size_t)w->attn_hw * (size_t)w->attn_hw * sizeof(float) : 0;
@@ -2019,8 +2049,8 @@ static vs_status cuda_reserve(vs_rt_backend *be, const vs_rt_workload *w, vs_err
         }
     }
     size_t host = batch_entries(tok, rows);
-    if (layer_entries(rows, rows * kv) > host)
-        host = layer_entries(rows, rows * kv);
+    if (layer_entries(heads, heads * kv) > host)
+        host = layer_entries(heads, heads * kv);
     if (stok > host)
         host = stok;
     if (grow_host((void **)&c->host_i32, &c->host_i32_cap, host, sizeof(int32_t)) != 0 ||

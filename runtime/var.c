@@ -103,6 +103,7 @@ static void engine_workload(const vs_rt_engine *e, vs_rt_workload *wl)
     wl->rows = e->max_rows;
     wl->tokens = e->max_tok;
     wl->kv_tokens = c->scale_offset[S];
+    wl->kv_heads = c->num_heads;
     /* index lists: a row's tokens (lvl_pos, class and pos_start), a scale's codes, a class per row */
     wl->index = P2 > e->max_rows ? P2 : e->max_rows;
     wl->index = first_l > wl->index ? first_l : wl->index;

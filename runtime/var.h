@@ -41,7 +41,7 @@ typedef struct {
     float cfg;             /* guidance scale */
     int top_k;             /* 0 = off */
     float top_p;           /* 0 = off */
-    const vs_rt_kv_layer *kv[2]; /* cond, uncond rows: [depth] views from kvcache/, kept current */
+    const vs_rt_kv_head *kv[2]; /* cond, uncond rows: [depth][heads] views from kvcache/, kept current */
     float *guided_logits;  /* optional host [p_s²][V]: receives the guided logits of each step */
     /* optional host [L]: teacher forcing. Each step still computes (and samples from) the logits,
      * then takes these tokens for its scale instead of the drawn ones, so two runs (two backends,

@@ -575,7 +575,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
         e->policies[e->n_policies].budget = cfg->kv_budget;
         e->policies[e->n_policies++].p = def;
     }
-    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->embed_dim);
+    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->head_dim);
     size_t full_per_image = vs_kv_policy_peak_pages_per_image(full, VS_KV_PAGE_TOKENS);
     size_t per_image = vs_kv_policy_peak_pages_per_image(def, VS_KV_PAGE_TOKENS);
     /* automatic: room for a full batch even of full-cache requests (the batch never holds more),
@@ -624,7 +624,8 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
                           (double)(per_image * page_bytes) / 1048576.0, cfg->kv_policy,
                           (per_image * page_bytes + 1048575) >> 20);
     vs_kv_allocator alloc = {e->be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
-    if ((st = vs_kv_pool_init(bytes, VS_KV_PAGE_TOKENS, c->depth, c->embed_dim, &alloc, &e->pool, err)) != VS_OK)
+    if ((st = vs_kv_pool_init(bytes, vs_kv_geometry_of(c, VS_KV_PAGE_TOKENS), &alloc, &e->pool,
+                              err)) != VS_OK)
         return vs_err_wrap(err, "config key 'kv_pool_mb' (%ld)", cfg->kv_pool_mb);
     if ((st = vs_kv_session_new(e->rt, e->pool, e->max_images, &e->ses, err)) != VS_OK)
         return st;

@@ -14,7 +14,7 @@ static double now_s(void)
 
 size_t vs_srv_full_cache_pages(const vs_rt_config *c, const vs_kv_pool *pool)
 {
-    return VS_KV_ROWS_PER_IMAGE * (size_t)c->depth *
+    return VS_KV_ROWS_PER_IMAGE * (size_t)c->depth * (size_t)c->num_heads *
            vs_kv_pages_for_tokens(pool, (size_t)c->scale_offset[c->n_scales]);
 }
 

@@ -242,10 +242,10 @@ static int open_engine(common_opts *o, int max_images, cli_engine *ce)
 static vs_kv_pool *pool_pages(const vs_rt_model *m, vs_rt_backend *be, size_t pages, vs_err *err)
 {
     const vs_rt_config *c = &m->cfg;
-    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->embed_dim);
+    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->head_dim);
     vs_kv_allocator a = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
     vs_kv_pool *pool = NULL;
-    if (vs_kv_pool_init(pages * page_bytes, VS_KV_PAGE_TOKENS, c->depth, c->embed_dim,
+    if (vs_kv_pool_init(pages * page_bytes, vs_kv_geometry_of(c, VS_KV_PAGE_TOKENS),
                         be->host_memory ? NULL : &a, &pool, err) != VS_OK)
         return NULL;
     return pool;
@@ -521,7 +521,7 @@ static void bench_header(const cli_engine *ce, const common_opts *o, const vs_kv
 {
     const vs_rt_config *c = &ce->m->cfg;
     vs_err err = {0};
-    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->embed_dim);
+    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->head_dim);
     printf("model %s: %d layers, width %d, %dx%d, %zu params; backend %s, %d threads\n", ce->m->path,
            c->depth, c->embed_dim, c->image_size, c->image_size, ce->m->n_params, ce->be->ops->name,
            ce->be->threads);
@@ -885,7 +885,7 @@ static int cmd_fidelity(int argc, char **argv)
             }
         }
     }
-    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->embed_dim);
+    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->head_dim);
     double kv_full = (double)(pages[0] * page_bytes), kv_pol = (double)(pages[1] * page_bytes);
     if (json)
         printf("{\"model\":\"%s\",\"policy\":\"%s\",\"budget\":%g,\"images\":%ld,\"psnr_db\":%.3f,"

@@ -203,7 +203,7 @@ START_TEST(counters_count_copies_launches_syncs_and_memory)
     ck_assert_uint_ge(b.allocated_peak_bytes, b.allocated_bytes);
 
     /* an empty batch names the KV arena (its scratch may grow: memory is not judged here) */
-    vs_rt_kv_layer kl = {0};
+    vs_rt_kv_head kl = {0};
     vs_rt_row row = {0, 0, &kl};
     vs_rt_batch bt = {0, 0, &row, NULL, arena + 16, 16, 1, NULL, NULL};
     vs_err err = {0};
@@ -333,33 +333,44 @@ END_TEST
 static const int tb_new[TB_ROWS] = {1, 4, 9, 17, 33, 100};
 static const int tb_old[TB_DEPTH][TB_ROWS] = {{0, 3, 8, 16, 40, 7}, {0, 5, 16, 31, 64, 1400}};
 
+#define TB_MAX_HEADS 4
+
 typedef struct {
     int H, d, C, n_tok, n_pages;
     vs_rt_row rows[TB_ROWS];
-    vs_rt_kv_layer kv[TB_ROWS][TB_DEPTH];
+    vs_rt_kv_head kv[TB_ROWS][TB_DEPTH * TB_MAX_HEADS]; /* [row][layer][head] */
     int32_t *pages; /* all tables, one allocation */
     int32_t *tok_row;
     uint8_t store[TB_ROWS]; /* rows whose new K,V the attention writes to pages: a mix */
-    buf2 arena; /* [page][2][TB_PT][C], random, the same on both sides */
+    buf2 arena; /* [page][2][TB_PT][d], random, the same on both sides */
     vs_rt_batch b[2];
 } tbatch;
 
-static void tb_init(tbatch *t, int H, int d)
+/* Cached tokens of (row, layer, head): tb_old, or with `unequal` a different count per head
+ * (head h of H holds (h + 1)/H of it: some empty, some ending mid-page). */
+static int tb_tokens(int r, int l, int h, int H, int unequal)
+{
+    return unequal ? tb_old[l][r] * (h + 1) / H : tb_old[l][r];
+}
+
+static void tb_init_heads(tbatch *t, int H, int d, int unequal)
 {
     memset(t, 0, sizeof *t);
+    ck_assert_int_le(H, TB_MAX_HEADS);
     t->H = H;
     t->d = d;
     t->C = H * d;
-    int need[TB_ROWS][TB_DEPTH];
+    int need[TB_ROWS][TB_DEPTH * TB_MAX_HEADS];
     for (int r = 0; r < TB_ROWS; r++) {
         t->rows[r].tok_start = t->n_tok;
         t->rows[r].n_new = tb_new[r];
         t->rows[r].kv = t->kv[r];
         t->store[r] = r % 3 != 1;
         t->n_tok += tb_new[r];
-        for (int l = 0; l < TB_DEPTH; l++) {
-            need[r][l] = (tb_old[l][r] + tb_new[r] + TB_PT - 1) / TB_PT + 1; /* one spare page */
-            t->n_pages += need[r][l];
+        for (int i = 0; i < TB_DEPTH * H; i++) {
+            int old = tb_tokens(r, i / H, i % H, H, unequal);
+            need[r][i] = (old + tb_new[r] + TB_PT - 1) / TB_PT + 1; /* one spare page */
+            t->n_pages += need[r][i];
         }
     }
     t->pages = malloc((size_t)t->n_pages * sizeof(int32_t));
@@ -377,14 +388,14 @@ static void tb_init(tbatch *t, int H, int d)
     for (int r = 0; r < TB_ROWS; r++) {
         for (int i = 0; i < tb_new[r]; i++)
             t->tok_row[t->rows[r].tok_start + i] = r;
-        for (int l = 0; l < TB_DEPTH; l++) {
-            t->kv[r][l].n_tokens = tb_old[l][r];
-            t->kv[r][l].n_pages = need[r][l];
-            t->kv[r][l].pages = t->pages + off;
-            off += need[r][l];
+        for (int i = 0; i < TB_DEPTH * H; i++) {
+            t->kv[r][i].n_tokens = tb_tokens(r, i / H, i % H, H, unequal);
+            t->kv[r][i].n_pages = need[r][i];
+            t->kv[r][i].pages = t->pages + off;
+            off += need[r][i];
         }
     }
-    t->arena = b2_rand((size_t)t->n_pages * 2 * TB_PT * t->C, 1, 0);
+    t->arena = b2_rand((size_t)t->n_pages * 2 * TB_PT * t->d, 1, 0);
     for (int s = 0; s < 2; s++) {
         vs_rt_batch b = {TB_ROWS, t->n_tok, t->rows, t->tok_row, s ? t->arena.dut : t->arena.ref,
                          TB_PT,   TB_DEPTH, t->store, NULL};
@@ -395,6 +406,8 @@ static void tb_init(tbatch *t, int H, int d)
                       err.msg);
     }
 }
+
+static void tb_init(tbatch *t, int H, int d) { tb_init_heads(t, H, d, 0); }
 
 static void tb_free(tbatch *t)
 {
@@ -438,12 +451,14 @@ START_TEST(qk_norm_matches_cpu)
 }
 END_TEST
 
-START_TEST(attention_writes_the_new_kv_into_pages_and_matches_cpu)
+/* Every (layer, head) has its own page table; with `unequal` the heads of a layer hold different
+ * counts, as under a head-aware policy. */
+static void attention_case(int unequal)
 {
     static const int hd[][2] = {{4, 32}, {2, 64}};
     for (size_t s = 0; s < sizeof hd / sizeof hd[0]; s++) {
         tbatch t;
-        tb_init(&t, hd[s][0], hd[s][1]);
+        tb_init_heads(&t, hd[s][0], hd[s][1], unequal);
         int C = t.C, T = t.n_tok;
         buf2 qkv = b2_rand((size_t)T * 3 * C, 1, 0), out = b2_new((size_t)T * C);
         for (int l = 0; l < TB_DEPTH; l++) {
@@ -456,6 +471,17 @@ START_TEST(attention_writes_the_new_kv_into_pages_and_matches_cpu)
         b2_free(&out);
         tb_free(&t);
     }
+}
+
+START_TEST(attention_writes_the_new_kv_into_pages_and_matches_cpu)
+{
+    attention_case(0);
+}
+END_TEST
+
+START_TEST(attention_over_heads_holding_different_counts_matches_cpu)
+{
+    attention_case(1);
 }
 END_TEST
 
@@ -474,7 +500,7 @@ START_TEST(a_batch_without_room_for_the_new_tokens_is_refused_at_the_attention)
     tbatch t;
     tb_init(&t, 2, 16);
     buf2 qkv = b2_rand((size_t)t.n_tok * 3 * t.C, 1, 0), out = b2_new((size_t)t.n_tok * t.C);
-    t.kv[3][0].n_pages = 1; /* row 3 holds 16 tokens and adds 17: it needs 9 pages of 4 */
+    t.kv[3][0].n_pages = 1; /* row 3 head 0 holds 16 tokens and adds 17: it needs 9 pages of 4 */
     be->ops->attention(be, out.dut, qkv.dut, &t.b[1], 0, t.H, t.d, 1.0f);
     vs_status st = be->ops->sync(be, &err);
     b2_free(&qkv);
@@ -728,7 +754,7 @@ static void gen_run(vs_rt_backend *be, const vs_rt_model *m, const vs_srv_gen_re
     size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
     size_t pages = 2 * (size_t)c->depth * (((size_t)o->L + 15) / 16); /* one image, full cache */
     vs_kv_pool *pool = NULL;
-    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, 16, c->depth, c->embed_dim,
+    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, vs_kv_geometry_of(c, 16),
                                   be->host_memory ? NULL : &al, &pool, &err) == VS_OK,
                   "%s", err.msg);
     vs_srv_gen_opts go = {.policy = pol, .unit = o->unit, .logits = logits, .forced_tokens = forced};
@@ -754,6 +780,12 @@ static void gen_on(vs_rt_backend *be, const vs_rt_model *m, const vs_srv_gen_req
 START_TEST(kv_compression_leaves_each_heads_selected_tokens_in_device_pages)
 {
     kvstep_run(g_dut);
+}
+END_TEST
+
+START_TEST(a_row_with_unequal_heads_draws_exactly_its_simulated_peak_of_device_pages)
+{
+    kvstep_peak_is_exact(g_dut);
 }
 END_TEST
 
@@ -1142,14 +1174,14 @@ START_TEST(a_refused_page_table_fails_that_work_once_and_the_backend_goes_on)
     tb_init(&t, 2, 16);
     int C = t.C, T = t.n_tok;
     buf2 qkv = b2_rand((size_t)T * 3 * C, 1, 0), out = b2_new((size_t)T * C);
-    int keep = t.kv[3][1].n_pages;
-    t.kv[3][1].n_pages = 1;
+    int keep = t.kv[3][t.H].n_pages; /* layer 1, head 0 */
+    t.kv[3][t.H].n_pages = 1;
     vs_err err = {0};
     g_dut->ops->attention(g_dut, out.dut, qkv.dut, &t.b[1], 1, t.H, t.d, 1.0f);
     ck_assert_int_eq(g_dut->ops->sync(g_dut, &err), VS_ERR_INVALID);
     ck_assert_msg(strstr(err.msg, "row 3 layer 1") != NULL, "%s", err.msg);
     ck_assert_msg(g_dut->ops->sync(g_dut, &err) == VS_OK, "the error stayed: %s", err.msg);
-    t.kv[3][1].n_pages = keep;
+    t.kv[3][t.H].n_pages = keep;
     BOTH(attention, P(out), P(qkv), PB(t), 1, t.H, t.d, 1.0f);
     expect(&out, TOL, "attention after a refused page table");
     expect(&t.arena, 0, "KV pages after a refused page table");
@@ -1197,7 +1229,7 @@ static void max_batch_allocates_nothing(vs_rt_backend *be, int n, int decode, co
     size_t page_bytes = vs_kv_page_bytes(16, c->embed_dim);
     size_t pages = 2 * (size_t)c->depth * (((size_t)c->scale_offset[c->n_scales] + 15) / 16);
     vs_kv_pool *pool = NULL;
-    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, 16, c->depth, c->embed_dim, &al,
+    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, vs_kv_geometry_of(c, 16), &al,
                                   &pool, &err) == VS_OK,
                   "%s", err.msg);
     vs_srv_gen_req reqs[16];
@@ -1336,6 +1368,7 @@ static Suite *cuda_suite(void)
     tcase_add_test(tc, adaln_and_gated_add_match_cpu);
     tcase_add_test(tc, qk_norm_matches_cpu);
     tcase_add_test(tc, attention_writes_the_new_kv_into_pages_and_matches_cpu);
+    tcase_add_test(tc, attention_over_heads_holding_different_counts_matches_cpu);
     tcase_add_test(tc, a_batch_without_room_for_the_new_tokens_is_refused_at_the_attention);
     tcase_add_test(tc, a_failed_op_makes_sync_return_the_error_and_where_it_happened);
     tcase_add_test(tc, greedy_tokens_and_guided_logits_equal_cpu);
@@ -1349,6 +1382,7 @@ static Suite *cuda_suite(void)
     tcase_set_timeout(tf, 600);
     tcase_add_test(tf, tiny_fixture_greedy_tokens_and_image_match_the_reference_in_fp32);
     tcase_add_test(tf, kv_compression_leaves_each_heads_selected_tokens_in_device_pages);
+    tcase_add_test(tf, a_row_with_unequal_heads_draws_exactly_its_simulated_peak_of_device_pages);
     tcase_add_test(tf, tiny_fixture_under_scalekv_gives_the_cpus_tokens);
     suite_add_tcase(s, tf);
     TCase *tb = tcase_create("bf16");

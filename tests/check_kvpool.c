@@ -1,8 +1,8 @@
 /* tests/check_kvpool.c — libcheck suite for kvcache/pool: accounting, reservations, rows and
  * compaction.
  *
- * Pools here are small host pools (4-token pages, 8 floats per token) so every page can be
- * counted and every float checked. Data goes in and out through vs_rt_kv_offset, the same view
+ * Pools here are small host pools (4-token pages; one head of 8 floats per token, or 2 heads of 4
+ * for the per-head cases) so every page can be counted and every float checked. Data goes in and out through vs_rt_kv_offset, the same view
  * the forward pass uses, so a layout mismatch between pool.c and runtime/kv_view.h fails here. */
 #include <check.h>
 #include <signal.h>
@@ -14,9 +14,12 @@
 
 #define PT 4     /* page_tokens */
 #define LAYERS 3
-#define KV_DIM 8 /* floats per token, 2 heads of 4 */
+#define KV_DIM 8 /* floats per token of the one head of g_pool */
 #define PAGE_BYTES ((size_t)2 * PT * KV_DIM * sizeof(float))
 #define POOL_PAGES 10
+#define MAX_TOKENS 1000 /* far above any test's reservation: the tables never bound it */
+#define GEOM(page_tokens, layers, head_dim) \
+    ((vs_kv_geometry){(page_tokens), (layers), 1, (head_dim), MAX_TOKENS})
 
 static vs_kv_pool *g_pool; /* POOL_PAGES pages; made by setup, freed by teardown */
 
@@ -24,7 +27,7 @@ static void setup(void)
 {
     vs_err err = {0};
     /* One byte short of an 11th page: init must round down. */
-    vs_status st = vs_kv_pool_init(POOL_PAGES * PAGE_BYTES + PAGE_BYTES - 1, PT, LAYERS, KV_DIM,
+    vs_status st = vs_kv_pool_init(POOL_PAGES * PAGE_BYTES + PAGE_BYTES - 1, GEOM(PT, LAYERS, KV_DIM),
                                    NULL, &g_pool, &err);
     ck_assert_msg(st == VS_OK, "pool init: %s", err.msg);
 }
@@ -63,14 +66,14 @@ static vs_kv_row *row_ok(vs_kv_resv *resv)
 static void grow(vs_kv_row *row, int layer, int n)
 {
     vs_err err = {0};
-    ck_assert_msg(vs_kv_row_reserve_tokens(row, layer, n, &err) == VS_OK, "reserve_tokens: %s",
+    ck_assert_msg(vs_kv_row_reserve_tokens(row, layer, VS_KV_ALL_HEADS, n, &err) == VS_OK, "reserve_tokens: %s",
                   err.msg);
-    vs_kv_row_commit(row, layer, n);
+    vs_kv_row_commit(row, layer, VS_KV_ALL_HEADS, n);
 }
 
 static vs_rt_kv_view view_of(const vs_kv_pool *pool)
 {
-    vs_rt_kv_view v = {vs_kv_pool_base(pool), vs_kv_pool_page_tokens(pool), KV_DIM, NULL};
+    vs_rt_kv_view v = {vs_kv_pool_base(pool), vs_kv_pool_page_tokens(pool), KV_DIM};
     return v;
 }
 
@@ -80,7 +83,7 @@ static float token_value(int tag, int slot, int kv, int d)
     return (float)(tag * 100000 + slot * 100 + kv * 10 + d);
 }
 
-static void write_slot(const vs_kv_pool *pool, const vs_rt_kv_layer *l, int slot, int tag)
+static void write_slot(const vs_kv_pool *pool, const vs_rt_kv_head *l, int slot, int tag)
 {
     vs_rt_kv_view v = view_of(pool);
     for (int kv = 0; kv < 2; kv++) {
@@ -90,7 +93,7 @@ static void write_slot(const vs_kv_pool *pool, const vs_rt_kv_layer *l, int slot
     }
 }
 
-static float read_float(const vs_kv_pool *pool, const vs_rt_kv_layer *l, int slot, int kv, int d)
+static float read_float(const vs_kv_pool *pool, const vs_rt_kv_head *l, int slot, int kv, int d)
 {
     vs_rt_kv_view v = view_of(pool);
     return v.base[vs_rt_kv_offset(&v, l, slot, kv) + d];
@@ -127,7 +130,7 @@ static void expect_invalid(size_t bytes, int page_tokens, int layers, int kv_dim
 {
     vs_err err = {0};
     vs_kv_pool *pool = (vs_kv_pool *)&err; /* must be overwritten with NULL */
-    vs_status st = vs_kv_pool_init(bytes, page_tokens, layers, kv_dim, alloc, &pool, &err);
+    vs_status st = vs_kv_pool_init(bytes, GEOM(page_tokens, layers, kv_dim), alloc, &pool, &err);
     ck_assert_msg(st == VS_ERR_INVALID, "%s: status %s", what, vs_status_name(st));
     ck_assert_int_eq(err.code, VS_ERR_INVALID);
     ck_assert_ptr_null(pool);
@@ -153,7 +156,7 @@ START_TEST(init_rejects_invalid_sizes_with_a_message)
     /* The message names the value seen and the fix. */
     vs_err err = {0};
     vs_kv_pool *pool = NULL;
-    vs_kv_pool_init(100, PT, LAYERS, KV_DIM, NULL, &pool, &err);
+    vs_kv_pool_init(100, GEOM(PT, LAYERS, KV_DIM), NULL, &pool, &err);
     ck_assert_msg(strstr(err.msg, "100 bytes") && strstr(err.msg, "256"), "message: %s", err.msg);
 }
 END_TEST
@@ -190,7 +193,7 @@ START_TEST(init_takes_the_arena_from_the_given_allocator)
     vs_kv_allocator a = {&c, count_alloc, count_free};
     vs_err err = {0};
     vs_kv_pool *pool = NULL;
-    ck_assert_int_eq(vs_kv_pool_init(3 * PAGE_BYTES + 7, PT, LAYERS, KV_DIM, &a, &pool, &err),
+    ck_assert_int_eq(vs_kv_pool_init(3 * PAGE_BYTES + 7, GEOM(PT, LAYERS, KV_DIM), &a, &pool, &err),
                      VS_OK);
     ck_assert_int_eq(c.allocs, 1);
     ck_assert_uint_eq(c.bytes, 3 * PAGE_BYTES); /* the pages, not the slack */
@@ -201,7 +204,7 @@ START_TEST(init_takes_the_arena_from_the_given_allocator)
     /* An allocator whose alloc is NULL means host memory: the callbacks are never called. */
     alloc_counter unused = {0};
     vs_kv_allocator host = {&unused, NULL, count_free};
-    ck_assert_int_eq(vs_kv_pool_init(PAGE_BYTES, PT, LAYERS, KV_DIM, &host, &pool, &err), VS_OK);
+    ck_assert_int_eq(vs_kv_pool_init(PAGE_BYTES, GEOM(PT, LAYERS, KV_DIM), &host, &pool, &err), VS_OK);
     ck_assert_ptr_nonnull(vs_kv_pool_base(pool));
     vs_kv_pool_free(pool);
     ck_assert_int_eq(unused.allocs + unused.frees, 0);
@@ -214,7 +217,7 @@ START_TEST(init_reports_nomem_when_the_allocator_fails)
     vs_kv_allocator a = {&c, count_alloc, count_free};
     vs_err err = {0};
     vs_kv_pool *pool = (vs_kv_pool *)&c;
-    ck_assert_int_eq(vs_kv_pool_init(4 * PAGE_BYTES, PT, LAYERS, KV_DIM, &a, &pool, &err),
+    ck_assert_int_eq(vs_kv_pool_init(4 * PAGE_BYTES, GEOM(PT, LAYERS, KV_DIM), &a, &pool, &err),
                      VS_ERR_NOMEM);
     ck_assert_ptr_null(pool);
     ck_assert_msg(strstr(err.msg, "1024 bytes") != NULL, "message: %s", err.msg);
@@ -297,16 +300,16 @@ START_TEST(reserve_tokens_beyond_the_reservation_returns_kv_full)
     vs_kv_row *r = row_ok(a);
     grow(r, 0, PT);           /* 1 page */
     vs_err err = {0};
-    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 1, 3 * PT, &err), VS_ERR_KV_FULL);
+    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 1, VS_KV_ALL_HEADS, 3 * PT, &err), VS_ERR_KV_FULL);
     ck_assert_int_eq(err.code, VS_ERR_KV_FULL);
     ck_assert_msg(strstr(err.msg, "reservation") && strstr(err.msg, "layer 1"), "message: %s",
                   err.msg);
     /* The refused call drew nothing: the 2 pages left can still be used. */
-    ck_assert_int_eq(vs_kv_row_layers(r)[1].n_pages, 0);
+    ck_assert_int_eq(vs_kv_row_heads(r)[1].n_pages, 0);
     ck_assert_uint_eq(stats_of(g_pool).pages_used, 1);
     ck_assert_uint_eq(stats_of(g_pool).pages_reserved, 2);
     grow(r, 1, 2 * PT);
-    ck_assert_int_eq(vs_kv_row_reserve_tokens(row_ok(a), 2, 1, &err), VS_ERR_KV_FULL);
+    ck_assert_int_eq(vs_kv_row_reserve_tokens(row_ok(a), 2, VS_KV_ALL_HEADS, 1, &err), VS_ERR_KV_FULL);
     vs_kv_release(a);
 }
 END_TEST
@@ -316,25 +319,25 @@ START_TEST(reserve_tokens_makes_room_without_changing_the_count)
     vs_kv_resv *a = reserve_ok(g_pool, 5);
     vs_kv_row *r = row_ok(a);
     vs_err err = {0};
-    const vs_rt_kv_layer *l = &vs_kv_row_layers(r)[2];
-    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 2, PT + 1, &err), VS_OK);
+    const vs_rt_kv_head *l = &vs_kv_row_heads(r)[2];
+    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 2, VS_KV_ALL_HEADS, PT + 1, &err), VS_OK);
     ck_assert_int_eq(l->n_pages, 2);
     ck_assert_int_eq(l->n_tokens, 0);
-    ck_assert_int_eq(vs_kv_row_tokens(r, 2), 0);
+    ck_assert_int_eq(vs_kv_row_tokens(r, 2, 0), 0);
     /* Asking again for the same room draws nothing more. */
-    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 2, PT + 1, &err), VS_OK);
+    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 2, VS_KV_ALL_HEADS, PT + 1, &err), VS_OK);
     ck_assert_int_eq(l->n_pages, 2);
     ck_assert_uint_eq(stats_of(g_pool).pages_used, 2);
-    vs_kv_row_commit(r, 2, PT + 1);
-    ck_assert_int_eq(vs_kv_row_tokens(r, 2), PT + 1);
+    vs_kv_row_commit(r, 2, VS_KV_ALL_HEADS, PT + 1);
+    ck_assert_int_eq(vs_kv_row_tokens(r, 2, 0), PT + 1);
     ck_assert_int_eq(l->n_tokens, PT + 1);
-    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 2, PT - 1, &err), VS_OK); /* fits page 2 */
+    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 2, VS_KV_ALL_HEADS, PT - 1, &err), VS_OK); /* fits page 2 */
     ck_assert_int_eq(l->n_pages, 2);
-    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 2, PT, &err), VS_OK);
+    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 2, VS_KV_ALL_HEADS, PT, &err), VS_OK);
     ck_assert_int_eq(l->n_pages, 3);
     /* Other layers are untouched. */
-    ck_assert_int_eq(vs_kv_row_layers(r)[0].n_pages, 0);
-    ck_assert_int_eq(vs_kv_row_tokens(r, 1), 0);
+    ck_assert_int_eq(vs_kv_row_heads(r)[0].n_pages, 0);
+    ck_assert_int_eq(vs_kv_row_tokens(r, 1, 0), 0);
     vs_kv_release(a);
 }
 END_TEST
@@ -347,7 +350,7 @@ static void assert_all_pages_drawable_once(vs_kv_pool *pool, size_t pages_total)
     vs_kv_resv *all = reserve_ok(pool, pages_total);
     vs_kv_row *r = row_ok(all);
     grow(r, 0, (int)pages_total * PT);
-    const vs_rt_kv_layer *l = &vs_kv_row_layers(r)[0];
+    const vs_rt_kv_head *l = &vs_kv_row_heads(r)[0];
     ck_assert_int_eq(l->n_pages, (int)pages_total);
     unsigned char *seen = calloc(pages_total, 1);
     ck_assert_ptr_nonnull(seen);
@@ -419,7 +422,7 @@ START_TEST(interleaved_rows_keep_their_data_and_share_no_page)
     };
     vs_err err = {0};
     vs_kv_pool *pool = NULL;
-    ck_assert_int_eq(vs_kv_pool_init(40 * PAGE_BYTES, PT, LAYERS, KV_DIM, NULL, &pool, &err),
+    ck_assert_int_eq(vs_kv_pool_init(40 * PAGE_BYTES, GEOM(PT, LAYERS, KV_DIM), NULL, &pool, &err),
                      VS_OK);
     vs_kv_resv *a = reserve_ok(pool, 20);
     vs_kv_resv *b = reserve_ok(pool, 15);
@@ -429,12 +432,12 @@ START_TEST(interleaved_rows_keep_their_data_and_share_no_page)
         for (int r = 0; r < ROWS; r++)
             for (int L = 0; L < LAYERS; L++) {
                 int n = add[r][L][s];
-                int t0 = vs_kv_row_tokens(rows[r], L);
-                ck_assert_int_eq(vs_kv_row_reserve_tokens(rows[r], L, n, &err), VS_OK);
+                int t0 = vs_kv_row_tokens(rows[r], L, 0);
+                ck_assert_int_eq(vs_kv_row_reserve_tokens(rows[r], L, VS_KV_ALL_HEADS, n, &err), VS_OK);
                 /* the forward pass writes the new tokens, then commits them */
                 for (int t = t0; t < t0 + n; t++)
-                    write_slot(pool, &vs_kv_row_layers(rows[r])[L], t, r * LAYERS + L + 1);
-                vs_kv_row_commit(rows[r], L, n);
+                    write_slot(pool, &vs_kv_row_heads(rows[r])[L], t, r * LAYERS + L + 1);
+                vs_kv_row_commit(rows[r], L, VS_KV_ALL_HEADS, n);
             }
 
     int32_t owner[40];
@@ -446,9 +449,9 @@ START_TEST(interleaved_rows_keep_their_data_and_share_no_page)
             int total = 0;
             for (int s = 0; s < STEPS; s++)
                 total += add[r][L][s];
-            const vs_rt_kv_layer *l = &vs_kv_row_layers(rows[r])[L];
+            const vs_rt_kv_head *l = &vs_kv_row_heads(rows[r])[L];
             ck_assert_int_eq(l->n_tokens, total);
-            ck_assert_int_eq(vs_kv_row_tokens(rows[r], L), total);
+            ck_assert_int_eq(vs_kv_row_tokens(rows[r], L, 0), total);
             ck_assert_int_eq(l->n_pages, (int)vs_kv_pages_for_tokens(pool, (size_t)total));
             for (int p = 0; p < l->n_pages; p++) {
                 ck_assert_int_ge(l->pages[p], 0);
@@ -481,19 +484,19 @@ START_TEST(resize_down_returns_pages_to_the_job_and_touches_no_memory)
     vs_kv_resv *a = reserve_ok(g_pool, 4);
     vs_kv_row *r = row_ok(a);
     grow(r, 0, 2); /* layer 0 must not be touched by resizing layer 1 */
-    write_slot(g_pool, &vs_kv_row_layers(r)[0], 0, 7);
-    write_slot(g_pool, &vs_kv_row_layers(r)[0], 1, 7);
+    write_slot(g_pool, &vs_kv_row_heads(r)[0], 0, 7);
+    write_slot(g_pool, &vs_kv_row_heads(r)[0], 1, 7);
     grow(r, 1, 10); /* 3 pages */
     for (int t = 0; t < 10; t++)
-        write_slot(g_pool, &vs_kv_row_layers(r)[1], t, 1);
+        write_slot(g_pool, &vs_kv_row_heads(r)[1], t, 1);
     vs_kv_stats s0 = stats_of(g_pool);
     ck_assert_uint_eq(s0.pages_used, 4);
     ck_assert_uint_eq(s0.pages_reserved, 0);
 
-    vs_kv_row_resize(r, 1, 3);
+    vs_kv_row_resize(r, 1, VS_KV_ALL_HEADS, 3);
 
-    const vs_rt_kv_layer *l = &vs_kv_row_layers(r)[1];
-    ck_assert_int_eq(vs_kv_row_tokens(r, 1), 3);
+    const vs_rt_kv_head *l = &vs_kv_row_heads(r)[1];
+    ck_assert_int_eq(vs_kv_row_tokens(r, 1, 0), 3);
     ck_assert_int_eq(l->n_tokens, 3);
     ck_assert_int_eq(l->n_pages, 1);
     for (int t = 0; t < 3; t++) /* what the caller wrote stays as it was */
@@ -502,7 +505,7 @@ START_TEST(resize_down_returns_pages_to_the_job_and_touches_no_memory)
                 ck_assert_float_eq(read_float(g_pool, l, t, kv, d), token_value(1, t, kv, d));
     for (int t = 0; t < 2; t++)
         for (int d = 0; d < KV_DIM; d++)
-            ck_assert_float_eq(read_float(g_pool, &vs_kv_row_layers(r)[0], t, 1, d),
+            ck_assert_float_eq(read_float(g_pool, &vs_kv_row_heads(r)[0], t, 1, d),
                                token_value(7, t, 1, d));
 
     /* 2 pages are free again but still promised to this job, not to newcomers. */
@@ -529,15 +532,15 @@ START_TEST(resize_up_within_the_reserved_room_keeps_its_pages)
     vs_kv_resv *a = reserve_ok(g_pool, 4);
     vs_kv_row *r = row_ok(a);
     grow(r, 1, 5); /* 2 pages */
-    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 1, 4, &(vs_err){0}), VS_OK); /* room for 9: 3 */
-    const vs_rt_kv_layer *l = &vs_kv_row_layers(r)[1];
+    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 1, VS_KV_ALL_HEADS, 4, &(vs_err){0}), VS_OK); /* room for 9: 3 */
+    const vs_rt_kv_head *l = &vs_kv_row_heads(r)[1];
     ck_assert_int_eq(l->n_pages, 3);
-    vs_kv_row_resize(r, 1, 6);
+    vs_kv_row_resize(r, 1, VS_KV_ALL_HEADS, 6);
     ck_assert_int_eq(l->n_tokens, 6);
     ck_assert_int_eq(l->n_pages, 2);
     ck_assert_uint_eq(stats_of(g_pool).pages_used, 2);
     ck_assert_uint_eq(stats_of(g_pool).pages_reserved, 2);
-    vs_kv_row_resize(r, 1, 8); /* a full second page: no page is drawn or given back */
+    vs_kv_row_resize(r, 1, VS_KV_ALL_HEADS, 8); /* a full second page: no page is drawn or given back */
     ck_assert_int_eq(l->n_pages, 2);
     ck_assert_uint_eq(stats_of(g_pool).pages_used, 2);
     vs_kv_release(a);
@@ -550,9 +553,9 @@ START_TEST(resize_to_zero_tokens_returns_every_page_of_the_layer)
     vs_kv_resv *a = reserve_ok(g_pool, 3);
     vs_kv_row *r = row_ok(a);
     grow(r, 0, 3 * PT);
-    vs_kv_row_resize(r, 0, 0);
-    ck_assert_int_eq(vs_kv_row_tokens(r, 0), 0);
-    ck_assert_int_eq(vs_kv_row_layers(r)[0].n_pages, 0);
+    vs_kv_row_resize(r, 0, VS_KV_ALL_HEADS, 0);
+    ck_assert_int_eq(vs_kv_row_tokens(r, 0, 0), 0);
+    ck_assert_int_eq(vs_kv_row_heads(r)[0].n_pages, 0);
     vs_kv_stats s = stats_of(g_pool);
     ck_assert_uint_eq(s.pages_used, 0);
     ck_assert_uint_eq(s.pages_reserved, 3);
@@ -567,8 +570,105 @@ START_TEST(resize_past_the_layers_room_aborts)
     vs_kv_resv *a = reserve_ok(g_pool, 2);
     vs_kv_row *r = row_ok(a);
     grow(r, 0, 5); /* 2 pages: room for 2 * PT */
-    vs_kv_row_resize(r, 0, 2 * PT + 1);
+    vs_kv_row_resize(r, 0, VS_KV_ALL_HEADS, 2 * PT + 1);
     vs_kv_release(a); /* reached only if resize accepted it: no signal, a fail */
+}
+END_TEST
+
+/* ---- per-head pages -------------------------------------------------------------------------- */
+
+#define HEADS2 2
+#define HD2 4 /* floats per token of one head */
+#define PAGE2_BYTES ((size_t)2 * PT * HD2 * sizeof(float))
+
+static vs_kv_pool *two_head_pool(size_t pages)
+{
+    vs_err err = {0};
+    vs_kv_pool *pool = NULL;
+    vs_kv_geometry g = {PT, LAYERS, HEADS2, HD2, MAX_TOKENS};
+    ck_assert_msg(vs_kv_pool_init(pages * PAGE2_BYTES, g, NULL, &pool, &err) == VS_OK, "%s", err.msg);
+    return pool;
+}
+
+START_TEST(a_page_holds_one_head_and_a_few_token_head_holds_few_pages)
+{
+    vs_kv_pool *pool = two_head_pool(12);
+    vs_kv_stats st = stats_of(pool);
+    ck_assert_uint_eq(st.page_bytes, PAGE2_BYTES);
+    ck_assert_uint_eq(st.pages_total, 12);
+    ck_assert_int_eq(vs_kv_pool_heads(pool), HEADS2);
+    vs_kv_resv *a = reserve_ok(pool, 8);
+    vs_kv_row *r = row_ok(a);
+    vs_err err = {0};
+    /* layer 1: head 0 gets 3 pages of tokens, head 1 one token */
+    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 1, 0, 2 * PT + 1, &err), VS_OK);
+    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 1, 1, 1, &err), VS_OK);
+    vs_kv_row_commit(r, 1, 0, 2 * PT + 1);
+    vs_kv_row_commit(r, 1, 1, 1);
+    const vs_rt_kv_head *h0 = &vs_kv_row_heads(r)[1 * HEADS2 + 0], *h1 = &vs_kv_row_heads(r)[1 * HEADS2 + 1];
+    ck_assert_int_eq(h0->n_pages, 3);
+    ck_assert_int_eq(h1->n_pages, 1);
+    ck_assert_int_eq(vs_kv_row_tokens(r, 1, 0), 2 * PT + 1);
+    ck_assert_int_eq(vs_kv_row_tokens(r, 1, 1), 1);
+    ck_assert_int_eq(vs_kv_row_tokens(r, 0, 0), 0);
+    ck_assert_uint_eq(vs_kv_row_pages(r), 4);
+    st = stats_of(pool);
+    ck_assert_uint_eq(st.pages_used, 4);
+    ck_assert_uint_eq(st.pages_reserved, 4);
+    /* a head's page is K of PT slots, then V of PT slots, head_dim floats each */
+    vs_rt_kv_view v = {vs_kv_pool_base(pool), PT, HD2};
+    for (int slot = 0; slot < 2 * PT + 1; slot++)
+        for (int kv = 0; kv < 2; kv++)
+            ck_assert_int_eq(vs_rt_kv_offset(&v, h0, slot, kv),
+                             (long)((h0->pages[slot / PT] * 2 + kv) * PT + slot % PT) * HD2);
+    /* every page differs, across heads too */
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_ne(h0->pages[i], h1->pages[0]);
+    /* every head at once: PT more tokens each, one more page each */
+    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 1, VS_KV_ALL_HEADS, PT, &err), VS_OK);
+    ck_assert_int_eq(h0->n_pages, 4); /* 13 tokens: 4 pages */
+    ck_assert_int_eq(h1->n_pages, 2); /* 5 tokens: 2 pages */
+    ck_assert_uint_eq(stats_of(pool).pages_used, 6);
+    /* the heads shrink separately */
+    vs_kv_row_resize(r, 1, 0, 2);
+    ck_assert_int_eq(h0->n_pages, 1);
+    ck_assert_int_eq(h1->n_pages, 2);
+    ck_assert_int_eq(vs_kv_row_tokens(r, 1, 1), 1);
+    ck_assert_uint_eq(stats_of(pool).pages_used, 3);
+    ck_assert_uint_eq(stats_of(pool).pages_reserved, 5);
+    vs_kv_release(a);
+    st = stats_of(pool);
+    ck_assert_uint_eq(st.pages_free, st.pages_total);
+    ck_assert_uint_eq(st.pages_reserved, 0);
+    ck_assert_uint_eq(st.reservations, 0);
+    vs_kv_pool_free(pool);
+}
+END_TEST
+
+START_TEST(reserving_every_head_beyond_the_reservation_draws_nothing)
+{
+    vs_kv_pool *pool = two_head_pool(12);
+    vs_kv_resv *a = reserve_ok(pool, 3);
+    vs_kv_row *r = row_ok(a);
+    vs_err err = {0};
+    /* 2 pages per head = 4 > 3: refused as a whole */
+    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 0, VS_KV_ALL_HEADS, PT + 1, &err), VS_ERR_KV_FULL);
+    ck_assert_ptr_nonnull(strstr(err.msg, "reservation"));
+    ck_assert_uint_eq(vs_kv_row_pages(r), 0);
+    ck_assert_uint_eq(stats_of(pool).pages_used, 0);
+    ck_assert_int_eq(vs_kv_row_reserve_tokens(r, 0, VS_KV_ALL_HEADS, PT, &err), VS_OK);
+    ck_assert_uint_eq(vs_kv_row_pages(r), 2);
+    vs_kv_release(a);
+    vs_kv_pool_free(pool);
+}
+END_TEST
+
+START_TEST(a_head_outside_the_layer_aborts)
+{
+    vs_kv_pool *pool = two_head_pool(4);
+    vs_kv_resv *a = reserve_ok(pool, 2);
+    vs_kv_row *r = row_ok(a);
+    vs_kv_row_commit(r, 0, HEADS2, 0); /* aborts */
 }
 END_TEST
 
@@ -601,6 +701,13 @@ static Suite *kvpool_suite(int forking)
     tcase_add_test(rel, release_of_null_changes_nothing);
     tcase_add_test(rel, interleaved_rows_keep_their_data_and_share_no_page);
     suite_add_tcase(s, rel);
+
+    TCase *heads = tcase_create("heads");
+    tcase_add_test(heads, a_page_holds_one_head_and_a_few_token_head_holds_few_pages);
+    tcase_add_test(heads, reserving_every_head_beyond_the_reservation_draws_nothing);
+    if (forking)
+        tcase_add_test_raise_signal(heads, a_head_outside_the_layer_aborts, SIGABRT);
+    suite_add_tcase(s, heads);
 
     TCase *cmp = tcase_create("resize");
     tcase_add_checked_fixture(cmp, setup, teardown);

@@ -56,7 +56,7 @@ static rig rig_new(int threads, int max_images)
     ck_assert_msg(vs_rt_backend_cpu_new(threads, &r.be, &err) == VS_OK, "%s", err.msg);
     ck_assert_msg(vs_rt_engine_new(g_model, r.be, max_images, &r.e, &err) == VS_OK, "%s", err.msg);
     size_t page_bytes = (size_t)2 * 16 * c->embed_dim * 4;
-    ck_assert(vs_kv_pool_init(page_bytes * 400 * (size_t)max_images, 16, c->depth, c->embed_dim, NULL,
+    ck_assert(vs_kv_pool_init(page_bytes * 400 * (size_t)max_images, vs_kv_geometry_of(c, 16), NULL,
                               &r.pool, &err) == VS_OK);
     vs_rt_engine_set_kv(r.e, vs_kv_pool_base(r.pool), 16);
     return r;
@@ -99,16 +99,16 @@ START_TEST(greedy_tokens_logits_fhat_and_image_match_the_reference)
         int nt = c->patch_nums[s] * c->patch_nums[s];
         for (int k = 0; k < 4; k++)
             for (int l = 0; l < c->depth; l++)
-                ck_assert(vs_kv_row_reserve_tokens(rows[k], l, nt, &err) == VS_OK);
+                ck_assert(vs_kv_row_reserve_tokens(rows[k], l, VS_KV_ALL_HEADS, nt, &err) == VS_OK);
         for (int i = 0; i < 2; i++) {
-            img[i].kv[0] = vs_kv_row_layers(rows[2 * i]);
-            img[i].kv[1] = vs_kv_row_layers(rows[2 * i + 1]);
+            img[i].kv[0] = vs_kv_row_heads(rows[2 * i]);
+            img[i].kv[1] = vs_kv_row_heads(rows[2 * i + 1]);
             img[i].guided_logits = glog[i];
         }
         ck_assert_msg(vs_rt_step(r.e, ptrs, 2, NULL, &err) == VS_OK, "%s", err.msg);
         for (int k = 0; k < 4; k++)
             for (int l = 0; l < c->depth; l++)
-                vs_kv_row_commit(rows[k], l, nt);
+                vs_kv_row_commit(rows[k], l, VS_KV_ALL_HEADS, nt);
         char name[32];
         snprintf(name, sizeof name, "tokens.%d", s);
         const int32_t *gt = st_get(&g_gold, name, NULL);
@@ -241,8 +241,8 @@ static void step_images(rig *r, vs_rt_image *img, vs_kv_row **rows, int first, i
         nt[i] = c->patch_nums[img[i].scale] * c->patch_nums[img[i].scale];
         for (int rr = 0; rr < 2; rr++) {
             for (int l = 0; l < c->depth; l++)
-                ck_assert(vs_kv_row_reserve_tokens(rows[2 * i + rr], l, nt[i], &err) == VS_OK);
-            img[i].kv[rr] = vs_kv_row_layers(rows[2 * i + rr]);
+                ck_assert(vs_kv_row_reserve_tokens(rows[2 * i + rr], l, VS_KV_ALL_HEADS, nt[i], &err) == VS_OK);
+            img[i].kv[rr] = vs_kv_row_heads(rows[2 * i + rr]);
         }
         run[i - first] = &img[i];
     }
@@ -250,7 +250,7 @@ static void step_images(rig *r, vs_rt_image *img, vs_kv_row **rows, int first, i
     for (int i = first; i <= last; i++)
         for (int rr = 0; rr < 2; rr++)
             for (int l = 0; l < c->depth; l++)
-                vs_kv_row_commit(rows[2 * i + rr], l, nt[i]);
+                vs_kv_row_commit(rows[2 * i + rr], l, VS_KV_ALL_HEADS, nt[i]);
 }
 
 /* Continuous batching: an image that joins while another is at a later scale. */
@@ -344,7 +344,7 @@ START_TEST(a_batch_the_pool_cannot_hold_is_refused_with_kv_full)
     ck_assert(vs_rt_backend_cpu_new(1, &be, &err) == VS_OK);
     ck_assert(vs_rt_engine_new(g_model, be, 2, &e, &err) == VS_OK);
     size_t page_bytes = (size_t)2 * 16 * c->embed_dim * 4;
-    ck_assert(vs_kv_pool_init(page_bytes * 200, 16, c->depth, c->embed_dim, NULL, &pool, &err) == VS_OK);
+    ck_assert(vs_kv_pool_init(page_bytes * 200, vs_kv_geometry_of(c, 16), NULL, &pool, &err) == VS_OK);
     vs_srv_gen_req reqs[2] = {sampled(1, 1), sampled(2, 2)};
     ck_assert_int_eq(vs_srv_gen_run(e, pool, reqs, 2, NULL, NULL, NULL, &err), VS_ERR_KV_FULL);
     ck_assert_ptr_nonnull(strstr(err.msg, "pages"));
@@ -388,9 +388,10 @@ START_TEST(the_per_layer_full_cache_gives_the_same_images_with_fewer_pages)
         free(b[i]);
     }
     /* storing a scale's tokens only where they are kept (never the last scale's) needs exactly
-     * every layer holding the 424 tokens before the last scale: 2 rows x 2 layers x 27 pages */
+     * every head of every layer holding the 424 tokens before the last scale: 2 rows x 2 layers
+     * x heads x 27 pages */
     ck_assert_uint_lt(o.peak_pages_per_image, vs_srv_full_cache_pages(c, r.pool));
-    ck_assert_uint_eq(o.peak_pages_per_image, 2 * 2 * 27);
+    ck_assert_uint_eq(o.peak_pages_per_image, 2 * 2 * (size_t)c->num_heads * 27);
     vs_kv_stats ks;
     vs_kv_pool_stats(r.pool, &ks);
     ck_assert_uint_eq(ks.pages_free, ks.pages_total);

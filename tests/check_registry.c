@@ -198,8 +198,9 @@ static vs_rt_config tiny_cfg(void)
     return c;
 }
 
-/* vs_kv_policy_flow, the one description of the per-layer flow: store while the capacity allows,
- * compress to it otherwise, release at the last scale; the peak pages follow it. */
+/* vs_kv_policy_flow, the one description of the per-(layer, head) flow: store while the capacity
+ * allows, compress to it otherwise, release at the last scale; the peak pages follow it, counted
+ * per head. */
 START_TEST(the_flow_stores_compresses_and_releases_as_the_capacity_says)
 {
     vs_rt_config c = tiny_cfg();
@@ -211,52 +212,60 @@ START_TEST(the_flow_stores_compresses_and_releases_as_the_capacity_says)
             ck_assert_msg(vs_kv_policy_new((vs_kv_policy_kind)k, budgets[b], &c, NULL, &p, &err) == VS_OK, "%s",
                           err.msg);
             size_t peak = 0, held = 0;
-            int tok[4] = {0};
+            int tok[4][4] = {{0}};
             for (int s = 0; s < c.n_scales; s++)
                 for (int l = 0; l < c.depth; l++) {
                     int n = c.patch_nums[s] * c.patch_nums[s];
-                    vs_kv_flow f = vs_kv_policy_flow(p, c.n_scales, l, s, tok[l], n);
-                    int cap = vs_kv_policy_capacity(p, l, s, tok[l] + n);
-                    if (s == c.n_scales - 1) {
-                        ck_assert_int_eq(f.op, VS_KV_FLOW_RELEASE);
-                        ck_assert_int_eq(f.after, 0);
-                    } else if (cap >= tok[l] + n) {
-                        ck_assert_int_eq(f.op, VS_KV_FLOW_STORE);
-                        ck_assert_int_eq(f.after, tok[l] + n);
-                        ck_assert_int_eq(f.peak, tok[l] + n);
-                    } else {
-                        ck_assert_int_eq(f.op, VS_KV_FLOW_COMPRESS);
-                        ck_assert_int_eq(f.cap, cap);
-                        ck_assert_int_eq(f.after, cap);
-                        ck_assert_int_eq(f.peak, cap > tok[l] ? cap : tok[l]);
+                    size_t before = 0, during = 0, after = 0;
+                    for (int h = 0; h < c.num_heads; h++) {
+                        int *t = &tok[l][h];
+                        vs_kv_flow f = vs_kv_policy_flow(p, c.n_scales, l, h, s, *t, n);
+                        int cap = vs_kv_policy_capacity(p, l, h, s, *t + n);
+                        if (s == c.n_scales - 1) {
+                            ck_assert_int_eq(f.op, VS_KV_FLOW_RELEASE);
+                            ck_assert_int_eq(f.after, 0);
+                        } else if (cap >= *t + n) {
+                            ck_assert_int_eq(f.op, VS_KV_FLOW_STORE);
+                            ck_assert_int_eq(f.after, *t + n);
+                            ck_assert_int_eq(f.peak, *t + n);
+                        } else {
+                            ck_assert_int_eq(f.op, VS_KV_FLOW_COMPRESS);
+                            ck_assert_int_eq(f.cap, cap);
+                            ck_assert_int_eq(f.after, cap);
+                            ck_assert_int_eq(f.peak, cap > *t ? cap : *t);
+                        }
+                        if (!vs_kv_policy_def_of((vs_kv_policy_kind)k)->compresses)
+                            ck_assert_int_ne(f.op, VS_KV_FLOW_COMPRESS);
+                        before += (size_t)(*t + 15) / 16;
+                        during += (size_t)(f.peak + 15) / 16;
+                        *t = f.after;
+                        after += (size_t)(*t + 15) / 16;
                     }
-                    if (!vs_kv_policy_def_of((vs_kv_policy_kind)k)->compresses)
-                        ck_assert_int_ne(f.op, VS_KV_FLOW_COMPRESS);
-                    size_t before = (size_t)(tok[l] + 15) / 16, during = (size_t)(f.peak + 15) / 16;
                     peak = held - before + during > peak ? held - before + during : peak;
-                    tok[l] = f.after;
-                    held = held - before + (size_t)(tok[l] + 15) / 16;
+                    held = held - before + after;
                 }
             ck_assert_uint_eq(vs_kv_policy_peak_pages_per_row(p, 16), peak);
             ck_assert_uint_eq(vs_kv_policy_peak_pages_per_image(p, 16), VS_KV_ROWS_PER_IMAGE * peak);
             vs_kv_policy_free(p);
         }
     /* no policy (the step's NULL entries) is full */
-    vs_kv_flow f = vs_kv_policy_flow(NULL, c.n_scales, 0, 3, 30, 16);
+    vs_kv_flow f = vs_kv_policy_flow(NULL, c.n_scales, 0, 0, 3, 30, 16);
     ck_assert_int_eq(f.op, VS_KV_FLOW_STORE);
     ck_assert_int_eq(f.after, 46);
 }
 END_TEST
 
-/* The one budget-file lookup: the configured file, else MODEL.budgets.json when it exists, and
- * only for policies that read one. */
+/* The one budget-file lookup: the configured file, else MODEL + the kind's suffix when it exists,
+ * and only for policies that read one (scalekv: MODEL.budgets.json, hack: MODEL.hack.json). */
 START_TEST(the_budget_file_lookup_is_per_policy_kind)
 {
     char dir[] = "/tmp/check_registry_XXXXXX";
     ck_assert_ptr_nonnull(mkdtemp(dir));
-    char model[256], budgets[256], buf[512];
+    char model[256], files[VS_KV_BUDGET_FILE_KINDS][256], buf[512];
     snprintf(model, sizeof model, "%s/m.safetensors", dir);
-    snprintf(budgets, sizeof budgets, "%s/m.budgets.json", dir);
+    ck_assert_ptr_null(vs_kv_budget_file_suffix(VS_KV_BUDGET_FILE_NONE));
+    ck_assert_str_eq(vs_kv_budget_file_suffix(VS_KV_BUDGET_FILE_SCALEKV), ".budgets.json");
+    ck_assert_str_eq(vs_kv_budget_file_suffix(VS_KV_BUDGET_FILE_HACK), ".hack.json");
     for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
         const vs_kv_policy_def *d = vs_kv_policy_def_of((vs_kv_policy_kind)k);
         const char *got = vs_kv_policy_budget_file(d->kind, model, NULL, buf, sizeof buf);
@@ -267,19 +276,23 @@ START_TEST(the_budget_file_lookup_is_per_policy_kind)
         else
             ck_assert_str_eq(got, "/etc/other.json");
     }
-    FILE *f = fopen(budgets, "w");
-    ck_assert_ptr_nonnull(f);
-    fputs("{}", f);
-    fclose(f);
+    for (int b = VS_KV_BUDGET_FILE_SCALEKV; b < VS_KV_BUDGET_FILE_KINDS; b++) {
+        snprintf(files[b], sizeof files[b], "%s/m%s", dir, vs_kv_budget_file_suffix((vs_kv_budget_file_kind)b));
+        FILE *f = fopen(files[b], "w");
+        ck_assert_ptr_nonnull(f);
+        fputs("{}", f);
+        fclose(f);
+    }
     for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
         const vs_kv_policy_def *d = vs_kv_policy_def_of((vs_kv_policy_kind)k);
         const char *got = vs_kv_policy_budget_file(d->kind, model, "", buf, sizeof buf);
         if (d->budget_file == VS_KV_BUDGET_FILE_NONE)
             ck_assert_ptr_null(got);
         else
-            ck_assert_str_eq(got, budgets);
+            ck_assert_str_eq(got, files[d->budget_file]);
     }
-    unlink(budgets);
+    for (int b = VS_KV_BUDGET_FILE_SCALEKV; b < VS_KV_BUDGET_FILE_KINDS; b++)
+        unlink(files[b]);
     rmdir(dir);
 }
 END_TEST

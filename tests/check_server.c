@@ -434,7 +434,8 @@ START_TEST(info_reports_model_backend_policy_and_pool)
     ck_assert_int_eq(r.code, 200);
     ck_assert_ptr_nonnull(strstr(r.content_type, "application/json"));
     const char *want[] = {"\"image_size\":256", "\"num_classes\":10", "\"backend\":{\"name\":\"cpu\"",
-                          "\"policy\":\"full\"", "\"images_fit\":8", "\"pages_per_image\":108",
+                          "\"policy\":\"full\"", "\"images_fit\":8", "\"page_bytes\":8192",
+                          "\"pages_per_image\":216",
                           "\"max_batch_images\":8"};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
         ck_assert_msg(strstr(r.body, want[i]) != NULL, "no %s in %s", want[i], r.body);
@@ -892,7 +893,7 @@ START_TEST(a_client_that_hangs_up_mid_generation_frees_its_pages)
     ck_assert_msg(wait_metric(S.port, "varserve_kv_pool_used_bytes", 0, 10), "pages not returned");
     ck_assert(wait_metric(S.port, "varserve_requests_running", 0, 5));
     ck_assert(wait_metric(S.port, "varserve_requests_total{code=\"499\"}", before + 1, 5));
-    ck_assert_double_eq(metric(S.port, "varserve_kv_pool_pages_free"), 864);
+    ck_assert_double_eq(metric(S.port, "varserve_kv_pool_pages_free"), 1728); /* 8 images x 216 */
 }
 END_TEST
 
@@ -1127,7 +1128,7 @@ END_TEST
 START_TEST(an_image_larger_than_the_whole_pool_is_503_naming_the_fix)
 {
     server s;
-    /* 64 pages: a sliding-window image fits, a full-cache one (108 pages) never can */
+    /* 128 pages: a sliding-window image fits, a full-cache one (216 pages) never can */
     const char *extra[] = {"--kv-pool-mb", "1", "--kv-policy", "sliding", "--kv-budget", "0.2", NULL};
     ck_assert_int_eq(server_start(&s, extra, NULL), 0);
     resp r;

@@ -41,8 +41,8 @@ static vs_kv_pool *pool_of(size_t pages)
     const vs_rt_config *c = &g_model->cfg;
     vs_err err = {0};
     vs_kv_pool *pool = NULL;
-    ck_assert_msg(vs_kv_pool_init(pages * vs_kv_page_bytes(PT, c->embed_dim), PT, c->depth,
-                                  c->embed_dim, NULL, &pool, &err) == VS_OK,
+    ck_assert_msg(vs_kv_pool_init(pages * vs_kv_page_bytes(PT, c->head_dim), vs_kv_geometry_of(c, PT),
+                                  NULL, &pool, &err) == VS_OK,
                   "%s", err.msg);
     return pool;
 }
@@ -91,7 +91,7 @@ START_TEST(an_image_started_and_ended_returns_every_page)
             ck_assert_uint_eq(im.img.seed, 11);
             ck_assert_int_eq(im.img.top_k, 900);
             for (int r = 0; r < VS_KV_ROWS_PER_IMAGE; r++)
-                ck_assert_ptr_eq(im.img.kv[r], vs_kv_row_layers(im.rows[r]));
+                ck_assert_ptr_eq(im.img.kv[r], vs_kv_row_heads(im.rows[r]));
         }
         if (run > 1) {
             vs_kv_image *ip = &im;
@@ -151,7 +151,7 @@ static int held_after(const vs_kv_policy *pol, int l, int s, int held)
     int n = held + c->patch_nums[s] * c->patch_nums[s];
     if (s == c->n_scales - 1)
         return 0;
-    int cap = vs_kv_policy_capacity(pol, l, s, n);
+    int cap = vs_kv_policy_capacity(pol, l, 0, s, n);
     return cap < n ? cap : n;
 }
 
@@ -204,7 +204,7 @@ START_TEST(a_step_of_images_at_different_scales_gives_each_row_its_policys_capac
                     int n_new = c->patch_nums[at[k]] * c->patch_nums[at[k]];
                     compressed += at[k] < c->n_scales - 1 && want < held[i][r][l] + n_new;
                     held[i][r][l] = want;
-                    ck_assert_int_eq(vs_kv_row_tokens(ims[i].rows[r], l), want);
+                    ck_assert_int_eq(vs_kv_row_tokens(ims[i].rows[r], l, 0), want);
                 }
         }
         /* pages drawn or still promised are exactly the images' reservations */
