@@ -21,9 +21,9 @@ vs_status vs_kv_stats_init(vs_kv_attn_stats *st, const vs_rt_config *c, int top_
     st->hist_mass = calloc(n, sizeof(double));
     st->count = calloc(n, sizeof(double));
     st->heads = c->num_heads;
-    st->head_vert = calloc((size_t)c->depth * c->num_heads, sizeof(double));
+    st->head_uneven = calloc((size_t)c->depth * c->num_heads, sizeof(double));
     st->head_weight = calloc((size_t)c->depth * c->num_heads, sizeof(double));
-    if (!st->cur_mass || !st->hist_mass || !st->count || !st->head_vert || !st->head_weight) {
+    if (!st->cur_mass || !st->hist_mass || !st->count || !st->head_uneven || !st->head_weight) {
         vs_kv_stats_free(st);
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
     }
@@ -35,9 +35,9 @@ void vs_kv_stats_free(vs_kv_attn_stats *st)
     free(st->cur_mass);
     free(st->hist_mass);
     free(st->count);
-    free(st->head_vert);
+    free(st->head_uneven);
     free(st->head_weight);
-    st->cur_mass = st->hist_mass = st->count = st->head_vert = st->head_weight = NULL;
+    st->cur_mass = st->hist_mass = st->count = st->head_uneven = st->head_weight = NULL;
 }
 
 static int cmp_by_asi(const void *a, const void *b, void *ctx)
@@ -209,7 +209,7 @@ vs_status vs_kv_calibrate_write_hack(const vs_kv_attn_stats *st, const vs_rt_con
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
     }
     for (int i = 0; i < N; i++)
-        v[i] = st->head_weight[i] > 0 ? st->head_vert[i] / st->head_weight[i] : 0;
+        v[i] = st->head_weight[i] > 0 ? st->head_uneven[i] / st->head_weight[i] : 0;
     double thr = otsu_threshold(v, N, sorted);
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "format", "varserve-hack-heads");
@@ -219,17 +219,17 @@ vs_status vs_kv_calibrate_write_hack(const vs_kv_attn_stats *st, const vs_rt_con
     cJSON_AddNumberToObject(root, "heads", c->num_heads);
     cJSON_AddNumberToObject(root, "images", images);
     cJSON_AddStringToObject(root, "statistic",
-                            "verticality V = |mean_q a_q|^2 / mean_q |a_q|^2 over each scale's queries' "
-                            "attention rows a_q (full cache, scales with history, weighted by queries): 1 when "
-                            "every query attends alike (vertical map), small when each attends its own keys "
-                            "(diagonal)");
+                            "unevenness U = ln(n * sum_j m_j^2) / ln n of the mean attention row m over the n "
+                            "keys of each scale's queries (full cache, scales with history, weighted by "
+                            "queries): 1 when every query attends the same one column (vertical map), 0 when "
+                            "the column sums are even (diagonal or broad)");
     cJSON_AddStringToObject(root, "rule",
-                            "contextual (C) when V is above the threshold, Otsu's split of V over all heads; "
+                            "contextual (C) when U is above the threshold, Otsu's split of U over all heads; "
                             "structural (S) otherwise");
     cJSON_AddNumberToObject(root, "threshold", isfinite(thr) ? round(thr * 1e4) / 1e4 : 1e9);
     cJSON_AddNumberToObject(root, "contextual_share", VS_KV_HACK_SHARE);
     cJSON *map = cJSON_AddArrayToObject(root, "map");
-    cJSON *vert = cJSON_AddArrayToObject(root, "verticality");
+    cJSON *vert = cJSON_AddArrayToObject(root, "unevenness");
     for (int l = 0; l < c->depth; l++) {
         cJSON *row = cJSON_CreateArray();
         for (int h = 0; h < c->num_heads; h++) {

@@ -28,8 +28,8 @@ vs_status vs_kv_calibrate_write_sensitivity(const double *damage, const vs_rt_co
                                             vs_err *err);
 
 /* HACK's head map (`varserve calibrate --method hack`, read by kvcache/policy_hack.c): every
- * (layer, head) classified contextual or structural by its verticality (vs_kv_attn_stats), the
- * threshold by Otsu's split over all heads; the file lists V per head beside the map. */
+ * (layer, head) classified contextual or structural by its column unevenness U (vs_kv_attn_stats), the
+ * threshold by Otsu's split over all heads; the file lists U per head beside the map. */
 vs_status vs_kv_calibrate_write_hack(const vs_kv_attn_stats *st, const vs_rt_config *c,
                                      const char *model_name, int images, const char *path, vs_err *err);
 

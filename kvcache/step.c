@@ -174,7 +174,6 @@ static void accumulate_stats(vs_kv_step *s, const parts *p, int r, int layer, co
     for (int h = 0; h < H; h++) {
         int hist = head_of(s, r, layer, h)->n_tokens, n = hist + row->n_new;
         int K = s->stats->top_history < hist ? s->stats->top_history : hist;
-        double sq = 0; /* Σ_q |a_q|² */
         memset(colsum, 0, (size_t)n * sizeof *colsum);
         for (int q = 0; q < row->n_new; q++) {
             const float *qv = p->qkv + (size_t)q * 3 * C + (size_t)h * d;
@@ -195,11 +194,8 @@ static void accumulate_stats(vs_kv_step *s, const parts *p, int r, int layer, co
             for (int j = hist; j < n; j++)
                 cm += pr[j] / sum;
             cur += cm;
-            for (int j = 0; j < n; j++) {
-                float a = pr[j] / sum;
-                colsum[j] += a;
-                sq += (double)a * a;
-            }
+            for (int j = 0; j < n; j++)
+                colsum[j] += pr[j] / sum;
             if (K > 0) {
                 memcpy(tmp, pr, (size_t)hist * sizeof *tmp);
                 qsort(tmp, (size_t)hist, sizeof *tmp, cmp_desc);
@@ -209,15 +205,15 @@ static void accumulate_stats(vs_kv_step *s, const parts *p, int r, int layer, co
                 top += tm;
             }
         }
-        if (hist > 0 && s->stats->head_vert && sq > 0) {
-            /* V = |mean_q a_q|² / mean_q |a_q|² (step.h) */
+        if (hist > 0 && s->stats->head_uneven) {
+            /* U = ln(n·Σ_j m_j²) / ln n of the mean attention row m (step.h) */
             double m2 = 0;
             for (int j = 0; j < n; j++) {
                 double m = colsum[j] / row->n_new;
                 m2 += m * m;
             }
             size_t at = (size_t)layer * H + h;
-            s->stats->head_vert[at] += row->n_new * (m2 / (sq / row->n_new));
+            s->stats->head_uneven[at] += row->n_new * (log(n * m2) / log(n));
             s->stats->head_weight[at] += row->n_new;
         }
     }

@@ -27,16 +27,17 @@
 #include "runtime/var.h"
 
 /* Optional attention statistics for calibration (accumulated by after_attn): ScaleKV's per
- * (scale, layer) masses, and HACK's per (layer, head) verticality. */
+ * (scale, layer) masses, and HACK's per (layer, head) column unevenness. */
 typedef struct {
     int depth, n_scales, heads, top_history; /* K′: history tokens counted per query */
     double *cur_mass;  /* [n_scales][depth] Σ over queries of attention mass on the current scale */
     double *hist_mass; /* [n_scales][depth] Σ over queries of the top-K′ history tokens' mass */
     double *count;     /* [n_scales][depth] queries accumulated */
-    /* [depth][heads] Σ over (row, scale ≥ 1) of n_new · V, V = |mean_q a_q|² / mean_q |a_q|² over
-     * the scale's queries' attention rows a_q: 1 when every query attends alike (a vertical map),
-     * near 1/n_new when each attends its own keys (diagonal); head_weight the Σ n_new */
-    double *head_vert, *head_weight;
+    /* [depth][heads] Σ over (row, scale ≥ 1) of n_new · U, with U = ln(n·Σ_j m_j²) / ln n the
+     * unevenness of the mean attention row m = mean_q a_q over the n keys (the column sums of the
+     * attention map): 0 when every key gets the same mass, 1 when all of it goes to one column
+     * (HACK's vertical maps are uneven, its diagonal ones even); head_weight the Σ n_new */
+    double *head_uneven, *head_weight;
 } vs_kv_attn_stats;
 
 typedef struct {

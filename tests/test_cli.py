@@ -203,13 +203,13 @@ with tempfile.TemporaryDirectory() as d:
     rc, out, err = run("calibrate", "--model", model, "--images", "2", "--method", "hack")
     check("calibrate --method hack exits 0", rc == 0, err)
     hm = json.load(open(f"{d}/m.hack.json"))
-    vert = [v for row in hm["verticality"] for v in row]
-    check("head map: format, one string of C/S per layer, a verticality in (0, 1] per head",
+    vert = [v for row in hm["unevenness"] for v in row]
+    check("head map: format, one string of C/S per layer, an unevenness in [0, 1] per head",
           hm["format"] == "varserve-hack-heads" and hm["depth"] == 2 and hm["heads"] == 2 and
           len(hm["map"]) == 2 and all(len(m) == 2 and set(m) <= {"C", "S"} for m in hm["map"]) and
-          len(vert) == 4 and all(0 < v <= 1 for v in vert), hm)
+          len(vert) == 4 and all(0 <= v <= 1 for v in vert), hm)
     letters = "".join(hm["map"])
-    check("head map: C exactly where the verticality is above the threshold",
+    check("head map: C exactly where the unevenness is above the threshold",
           all((c == "C") == (v > hm["threshold"]) for c, v in zip(letters, vert)), hm)
     check("head map: Otsu's split leaves both kinds when the heads differ",
           "C" in letters and "S" in letters if max(vert) - min(vert) > 1e-3 else True, hm)
