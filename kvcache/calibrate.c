@@ -211,6 +211,18 @@ vs_status vs_kv_calibrate_write_hack(const vs_kv_attn_stats *st, const vs_rt_con
     for (int i = 0; i < N; i++)
         v[i] = st->head_weight[i] > 0 ? st->head_uneven[i] / st->head_weight[i] : 0;
     double thr = otsu_threshold(v, N, sorted);
+    /* the contextual share: a contextual head's effective number of columns over the mean head's,
+     * n_eff = L^(1 − U) (the participation ratio 1/Σm² at the full length L) */
+    double eff_c = 0, eff_all = 0, L = c->scale_offset[c->n_scales];
+    int nc = 0;
+    for (int i = 0; i < N; i++) {
+        double e = pow(L, 1 - v[i]);
+        eff_all += e / N;
+        if (v[i] > thr)
+            eff_c += e, nc++;
+    }
+    double share = nc > 0 && eff_all > 0 ? eff_c / nc / eff_all : VS_KV_HACK_SHARE;
+    share = share < 0.25 ? 0.25 : share > 1 ? 1 : share;
     cJSON *root = cJSON_CreateObject();
     cJSON_AddStringToObject(root, "format", "varserve-hack-heads");
     cJSON_AddNumberToObject(root, "version", 1);
@@ -227,7 +239,10 @@ vs_status vs_kv_calibrate_write_hack(const vs_kv_attn_stats *st, const vs_rt_con
                             "contextual (C) when U is above the threshold, Otsu's split of U over all heads; "
                             "structural (S) otherwise");
     cJSON_AddNumberToObject(root, "threshold", isfinite(thr) ? round(thr * 1e4) / 1e4 : 1e9);
-    cJSON_AddNumberToObject(root, "contextual_share", VS_KV_HACK_SHARE);
+    cJSON_AddNumberToObject(root, "contextual_share", round(share * 1e3) / 1e3);
+    cJSON_AddStringToObject(root, "share_rule",
+                            "contextual_share = mean over contextual heads of L^(1-U) over the mean over all "
+                            "heads (effective columns, L the full cache length), clamped to [0.25, 1]");
     cJSON *map = cJSON_AddArrayToObject(root, "map");
     cJSON *vert = cJSON_AddArrayToObject(root, "unevenness");
     for (int l = 0; l < c->depth; l++) {

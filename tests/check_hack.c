@@ -77,10 +77,10 @@ START_TEST(without_a_head_map_every_head_is_structural_with_the_budget)
 {
     vs_kv_policy *p = make(0.2, NULL);
     ck_assert_ptr_nonnull(strstr(vs_kv_policy_source(p), "every head structural"));
-    /* B = 0.2 * 680 = 136 for every head: the same capacities as snapkv */
+    /* B = 0.2 * 680 = 136 for every head, in whole 16-token pages: 144 */
     for (int l = 0; l < DEPTH; l++)
         for (int h = 0; h < HEADS; h++)
-            ck_assert_int_eq(vs_kv_policy_capacity(p, l, h, 8, 424), 136);
+            ck_assert_int_eq(vs_kv_policy_capacity(p, l, h, 8, 424), 144);
     vs_kv_policy_free(p);
 }
 END_TEST
@@ -185,24 +185,30 @@ END_TEST
 
 START_TEST(capacities_are_asymmetric_and_their_mean_over_heads_is_the_budget)
 {
-    /* 3 contextual of 8 heads; B = 0.5 * 680 = 340: cap_c = 170, cap_s = (8*340 - 3*170)/5 = 442 */
+    /* 3 contextual of 8 heads; B = 0.5 * 680 = 340, in whole 16-token pages: cap_c = 16 *
+     * round(170 / 16) = 176, cap_s = 16 * round((8*340 - 3*176) / 5 / 16) = 432 */
     vs_kv_policy *p = make(0.5, head_map(MAP("CSSS", "SCSC", "")));
-    ck_assert_int_eq(vs_kv_policy_capacity(p, 0, 0, 8, 600), 170);
-    ck_assert_int_eq(vs_kv_policy_capacity(p, 1, 1, 8, 600), 170);
-    ck_assert_int_eq(vs_kv_policy_capacity(p, 1, 3, 8, 600), 170);
-    ck_assert_int_eq(vs_kv_policy_capacity(p, 0, 1, 8, 600), 442);
-    ck_assert_int_eq(vs_kv_policy_capacity(p, 1, 2, 8, 600), 442);
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 0, 0, 8, 600), 176);
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 1, 1, 8, 600), 176);
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 1, 3, 8, 600), 176);
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 0, 1, 8, 600), 432);
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 1, 2, 8, 600), 432);
     double sum = 0;
     for (int l = 0; l < DEPTH; l++)
-        for (int h = 0; h < HEADS; h++)
-            sum += vs_kv_policy_capacity(p, l, h, 8, 600);
-    ck_assert_double_eq_tol(sum / (DEPTH * HEADS), 340, 0.5);
+        for (int h = 0; h < HEADS; h++) {
+            int cap = vs_kv_policy_capacity(p, l, h, 8, 600);
+            ck_assert_int_eq(cap % 16, 0); /* whole pages */
+            sum += cap;
+        }
+    ck_assert_double_le(fabs(sum / (DEPTH * HEADS) - 340), 8); /* the mean is B to half a page */
     /* a structural head holding fewer tokens than its capacity keeps them all */
     ck_assert_int_eq(vs_kv_policy_capacity(p, 0, 1, 8, 424), VS_KV_KEEP_ALL);
+    /* no compression anywhere while the cache is within the base, B: scale 6 ends at 155 tokens */
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 0, 0, 6, 155), VS_KV_KEEP_ALL);
     vs_kv_policy_free(p);
     /* the share comes from the file */
     p = make(0.5, head_map(MAP("CSSS", "SCSC", ",\"contextual_share\":0.25")));
-    ck_assert_int_eq(vs_kv_policy_capacity(p, 0, 0, 8, 600), 85);
+    ck_assert_int_eq(vs_kv_policy_capacity(p, 0, 0, 8, 600), 80);
     vs_kv_policy_free(p);
     cleanup();
 }

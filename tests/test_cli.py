@@ -211,6 +211,7 @@ with tempfile.TemporaryDirectory() as d:
     letters = "".join(hm["map"])
     check("head map: C exactly where the unevenness is above the threshold",
           all((c == "C") == (v > hm["threshold"]) for c, v in zip(letters, vert)), hm)
+    check("head map: the contextual share in [0.25, 1]", 0.25 <= hm["contextual_share"] <= 1, hm)
     check("head map: Otsu's split leaves both kinds when the heads differ",
           "C" in letters and "S" in letters if max(vert) - min(vert) > 1e-3 else True, hm)
     rc, out, err = run("fidelity", "--model", model, "--kv-policy", "hack", "--kv-budget", "0.3",
