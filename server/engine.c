@@ -533,8 +533,9 @@ static void step(vs_srv_engine *e)
             continue;
         }
         vs_srv_job *j = s->job;
+        int index = s->index;
         vs_kv_image *ip = &s->im;
-        uint8_t *rgb = j->rgb[s->index];
+        uint8_t *rgb = j->rgb[index];
         double d0 = now_s();
         vs_status dst = vs_kv_session_decode(e->ses, &ip, 1, &rgb, NULL, &err);
         j->decode_s += now_s() - d0;
@@ -551,7 +552,7 @@ static void step(vs_srv_engine *e)
         memset(&e->slots[e->n_slots], 0, sizeof e->slots[e->n_slots]);
         vs_srv_metrics_images_policy(e->met, j->p.kv_policy, 1);
         if (j->stream)
-            vs_srv_stream_push_image(j->stream, s->index);
+            vs_srv_stream_push_image(j->stream, index);
         if (++j->finished == j->p.n)
             answer(e, j, 200, VS_OK, NULL, NULL, NULL);
         else

@@ -667,8 +667,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         return;
     *con_cls = NULL;
     int code = r->code ? r->code : 499;
-    if (r->job && r->job->stream)
+    if (r->job && r->job->stream) {
         r->bytes = vs_srv_stream_bytes(r->job->stream);
+        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+            code = 499; /* the stream was cut: the client went away */
+    }
     vs_srv_metrics_request(h->met, code);
     if (h->cfg->access_log && vs_log_min_level <= VS_LOG_INFO) {
         static const char *why[] = {"", " (error)", " (timeout)", " (shutdown)", " (read error)", " (client abort)"};

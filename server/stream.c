@@ -235,8 +235,8 @@ static ssize_t reader(void *cls, uint64_t pos, char *buf, size_t max)
             s->ended = 1;
         }
         s->out = vs_srv_buf_finish(&b, &s->out_len);
-        if (!s->out)
-            return MHD_CONTENT_READER_END_WITH_ERROR;
+        if (b.oom)
+            return MHD_CONTENT_READER_END_WITH_ERROR; /* out of memory: cut the stream */
     }
 }
 
