@@ -528,7 +528,7 @@ static enum MHD_Result generate_reply(req *r, struct MHD_Connection *c)
         .encode_ms = (e1 - e0) * 1e3,
         .total_ms = (e1 - r->t0) * 1e3,
     };
-    if (j->p.format == VS_SRV_FMT_PNG || (r->want_png && j->p.n == 1)) {
+    if (j->p.format == VS_SRV_FMT_PNG || (r->rt == R_GENERATE && r->want_png && j->p.n == 1)) {
         char seed[32], timing[256];
         snprintf(seed, sizeof seed, "%" PRIu64, j->p.seed);
         snprintf(timing, sizeof timing, "queue;dur=%.3f, inference;dur=%.3f, decode;dur=%.3f, encode;dur=%.3f, total;dur=%.3f",
