@@ -137,6 +137,14 @@ void vs_srv_stream_notify(void *stream)
 
 /* ---- the HTTP side ---------------------------------------------------------------------------------- */
 
+static void frame_error(vs_srv_buf *b, const vs_srv_api_error *e)
+{
+    size_t n = 0;
+    char *body = vs_srv_api_error_json(e, &n);
+    vs_srv_buf_printf(b, "event: error\ndata: %s\n", body ? body : "{}\n");
+    free(body);
+}
+
 /* The frame of one event into b (an error frame when its PNG cannot be encoded). */
 static void frame_event(vs_srv_stream *s, const event *ev, vs_srv_buf *b)
 {
@@ -148,10 +156,7 @@ static void frame_event(vs_srv_stream *s, const event *ev, vs_srv_buf *b)
     if (vs_srv_png_encode(rgb, s->mc->image_size, s->mc->image_size, &png, &png_len, &err) != VS_OK) {
         vs_srv_api_error e;
         vs_srv_api_error_set(&e, 500, "internal_error", "png_error", NULL, "%s", err.msg);
-        size_t n = 0;
-        char *body = vs_srv_api_error_json(&e, &n);
-        vs_srv_buf_printf(b, "event: error\ndata: %s\n", body ? body : "{}\n");
-        free(body);
+        frame_error(b, &e);
         return;
     }
     if (s->style == VS_SRV_API_OPENAI) {
@@ -178,10 +183,7 @@ static void frame_end(vs_srv_stream *s, vs_srv_buf *b)
         vs_srv_api_error e = {j->http, j->err_type ? j->err_type : "internal_error",
                               j->err_code ? j->err_code : "internal", "", ""};
         snprintf(e.msg, sizeof e.msg, "%s", j->msg);
-        size_t n = 0;
-        char *body = vs_srv_api_error_json(&e, &n);
-        vs_srv_buf_printf(b, "event: error\ndata: %s\n", body ? body : "{}\n");
-        free(body);
+        frame_error(b, &e);
         return;
     }
     if (s->style == VS_SRV_API_OPENAI)

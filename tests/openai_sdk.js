@@ -19,6 +19,13 @@ async function main() {
     out.events.push({ type: ev.type, partial_image_index: ev.partial_image_index, image_index: ev.image_index,
                       scale: ev.scale, b64: ev.b64_json, usage: ev.usage });
   try {
+    const late = await client.images.generate({ prompt: "3", n: 4, stream: true, partial_images: 3, timeout_ms: 1 });
+    for await (const ev of late) void ev;
+    out.late = "no error";
+  } catch (e) {
+    out.late = { code: e.code, type: e.type };
+  }
+  try {
     await client.images.generate({ model: "dall-e-3", prompt: "3" });
     out.wrong_model = "no error";
   } catch (e) {

@@ -241,9 +241,18 @@ def run_streams(srv, base, port):
     check("OpenAI stream: the completed image is /generate's", finals_oa.get(0) == finals.get(0))
 
     s = Sse(port, "/generate", {"class_label": 3, "stream": True, "partial_images": 3, "cfg_scale": 30})
-    body = s.s.recv(4096)
-    check("a bad streamed request is a plain 400 before any event", s.status == 400 and b"cfg_scale" in s.buf + body,
-          s.status)
+    n = int(s.headers.get("content-length", "0"))
+    while len(s.buf) < n:
+        s._more()
+    s.s.close()
+    check("a bad streamed request is a plain 400 before any event", s.status == 400 and
+          is_openai_error(json.loads(s.buf[:n]), "cfg_scale"), s.buf[:300])
+
+    s = Sse(port, "/generate", {"class_label": 3, "n": 4, "stream": True, "partial_images": 3, "timeout_ms": 1})
+    events = s.all()
+    check("a deadline that passes mid-stream ends it with an error event (504's body)",
+          s.status == 200 and events and events[-1][0] == "error" and
+          is_openai_error(events[-1][1], None, "deadline_exceeded"), events[-1:] if events else s.status)
 
     # hang up after the first preview: the job is dropped (499) and its pages come back
     s = Sse(port, "/generate", {"class_label": 4, "n": 4, "seed": 3, "stream": True, "partial_images": 3})
@@ -305,6 +314,8 @@ def run_sdk(base):
     check("SDK raises the 404 of a model not served, with OpenAI's code and param",
           out["wrong_model"] == {**out["wrong_model"], "status": 404, "code": "model_not_found", "param": "model"},
           out["wrong_model"])
+    check("SDK raises the error event of a stream whose deadline passed",
+          out["late"] == {"code": "deadline_exceeded", "type": "timeout_error"}, out["late"])
     check("SDK raises 401 for a wrong key", out["wrong_key"] == {"status": 401, "code": "invalid_api_key"},
           out["wrong_key"])
 
