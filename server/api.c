@@ -151,9 +151,8 @@ static int openai_fields(const cJSON *const *field, const vs_srv_api_limits *lim
     return 0;
 }
 
-int vs_srv_api_parse_generate(const char *body, size_t len, vs_srv_api_style style,
-                              const vs_srv_api_limits *lim, uint64_t random_seed, vs_srv_gen_params *out,
-                              vs_srv_api_error *e)
+static int parse_body(const char *body, size_t len, vs_srv_api_style style, const vs_srv_api_limits *lim,
+                      uint64_t random_seed, vs_srv_gen_params *out, vs_srv_api_error *e)
 {
     const vs_rt_config *mc = lim->mc;
     int rc = -1;
@@ -372,6 +371,18 @@ int vs_srv_api_parse_generate(const char *body, size_t len, vs_srv_api_style sty
 done:
     cJSON_Delete(root);
     return rc;
+}
+
+int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_limits *lim,
+                              uint64_t random_seed, vs_srv_gen_params *out, vs_srv_api_error *e)
+{
+    return parse_body(body, len, VS_SRV_API_NATIVE, lim, random_seed, out, e);
+}
+
+int vs_srv_api_parse_openai(const char *body, size_t len, const vs_srv_api_limits *lim, uint64_t random_seed,
+                            vs_srv_gen_params *out, vs_srv_api_error *e)
+{
+    return parse_body(body, len, VS_SRV_API_OPENAI, lim, random_seed, out, e);
 }
 
 /* ---- writing bodies ------------------------------------------------------------------------------ */

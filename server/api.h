@@ -53,14 +53,17 @@ void vs_srv_api_error_set(vs_srv_api_error *e, int http, const char *type, const
 /* The HTTP code for a status (the one table of the server). */
 int vs_srv_http_code(vs_status s);
 
-/* Validates a POST /generate body (style NATIVE) or a POST /v1/images/generations body (OPENAI:
- * `prompt` is the class name or index as a string; model, size, output_format and user are
- * checked; response_format is b64_json only). random_seed is used when the body has no seed (it is
- * reduced to 0..VS_SRV_SEED_MAX − 16). 0 on success, else -1 with e filled (http 400; 404 for an
- * OpenAI `model` this server does not serve). */
-int vs_srv_api_parse_generate(const char *body, size_t len, vs_srv_api_style style,
-                              const vs_srv_api_limits *lim, uint64_t random_seed, vs_srv_gen_params *out,
-                              vs_srv_api_error *e);
+/* Validates a POST /generate body. random_seed is used when the body has no seed (it is reduced
+ * to 0..VS_SRV_SEED_MAX − 16). 0 on success, else -1 with e filled (http 400). */
+int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_limits *lim,
+                              uint64_t random_seed, vs_srv_gen_params *out, vs_srv_api_error *e);
+
+/* The same for a POST /v1/images/generations body: `prompt` is the class name or index as a
+ * string (no class_label); model, size, output_format and user are checked; response_format is
+ * b64_json only; varserve's own fields as on /generate. Errors: 400, or 404 for a `model` this
+ * server does not serve (lim->model_name). */
+int vs_srv_api_parse_openai(const char *body, size_t len, const vs_srv_api_limits *lim, uint64_t random_seed,
+                            vs_srv_gen_params *out, vs_srv_api_error *e);
 
 /* {"error": {...}} ; caller frees; NULL when out of memory. */
 char *vs_srv_api_error_json(const vs_srv_api_error *e, size_t *len);

@@ -433,7 +433,9 @@ static enum MHD_Result generate_submit(req *r, struct MHD_Connection *c)
     vs_srv_gen_params p;
     vs_srv_api_style style = r->rt == R_OPENAI_IMAGES ? VS_SRV_API_OPENAI : VS_SRV_API_NATIVE;
     uint64_t rnd = mix64(h->seed_key + atomic_fetch_add(&h->counter, 1));
-    if (vs_srv_api_parse_generate(r->body ? r->body : "", r->len, style, &lim, rnd, &p, &e) != 0)
+    int bad = style == VS_SRV_API_OPENAI ? vs_srv_api_parse_openai(r->body ? r->body : "", r->len, &lim, rnd, &p, &e)
+                                         : vs_srv_api_parse_generate(r->body ? r->body : "", r->len, &lim, rnd, &p, &e);
+    if (bad)
         return respond_error(r, c, &e, NULL, 0);
     free(r->body);
     r->body = NULL;

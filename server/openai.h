@@ -2,7 +2,7 @@
  * response of POST /v1/images/generations, its streamed events, and GET /v1/models.
  *
  * Design: OpenAI's shapes live here and nowhere else; the request side (prompt, model, size, ...)
- * is validated with the native fields in server/api.c (vs_srv_api_parse_generate, style OPENAI),
+ * is validated with the native fields in server/api.c (vs_srv_api_parse_openai),
  * and errors use api.c's {"error": {"message", "type", "param", "code"}}, which is OpenAI's.
  * `usage` counts tokens as VAR has them: one class token in, every scale's tokens out per image.
  * Fields varserve adds beside OpenAI's (seed, image_index, scale) are ignored by its SDKs.
