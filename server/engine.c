@@ -7,8 +7,9 @@
  *   step      every running image advances one scale (kvcache/session: its step builds
  *             kvcache/step's hooks, which give each row's layer room for its new tokens before
  *             attention, commit them after, and compress the layer to the row's policy)
- *   finish    decode finished images, release their pages; a job whose images are all done is
- *             answered
+ *   finish    decode the previews due of streamed images (server/stream.h) from their running
+ *             f_hat, decode finished images, release their pages; a job whose images are all
+ *             done is answered
  * When nothing runs it sleeps on the queue (woken by a push), waking every 50 ms to sweep.
  * Slots hold the running images (a kvcache/session image each: reservation, rows, state);
  * max_batch_images of them, allocated once at load.
