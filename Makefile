@@ -74,7 +74,8 @@ else ifeq ($(CUDA),1)
 else
   CU_SRC  :=
 endif
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o) $(EMU_SRC:%.cc=$(BUILD)/%.o)
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o) $(EMU_SRC:%.cc=$(BUILD)/%.o) \
+  $(BUILD)/gen/playground_html.o
 TEST_SRC := $(wildcard tests/check_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
 # suites that need a GPU run in their own binary (CK_NOFORK) and skip without one
@@ -123,6 +124,16 @@ $(BUILD)/%.cu.o: %.cu $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	$(NVCC) $(NVFLAGS) -c -o $@ $<
 endif
+
+# the playground page (GET /), embedded: server/playground.html as a C array (server/playground.h)
+$(BUILD)/gen/playground_html.c: server/playground.html
+	@mkdir -p $(dir $@)
+	@{ echo '#include "server/playground.h"'; echo 'const unsigned char vs_srv_playground_html[] = {'; \
+	   xxd -i < $<; echo '};'; \
+	   echo 'const size_t vs_srv_playground_html_len = sizeof vs_srv_playground_html;'; } > $@.tmp && mv $@.tmp $@
+
+$(BUILD)/gen/playground_html.o: $(BUILD)/gen/playground_html.c
+	$(CC) $(ALL_CFLAGS) -c -o $@ $<
 
 $(BUILD)/tests/%: tests/%.c $(BUILD)/libvarserve.a
 	@mkdir -p $(dir $@)

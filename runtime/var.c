@@ -533,3 +533,10 @@ vs_status vs_rt_decode(vs_rt_engine *e, vs_rt_image *const *imgs, int n, uint8_t
     }
     return VS_OK;
 }
+
+vs_status vs_rt_decode_preview(vs_rt_engine *e, const vs_rt_image *img, uint8_t *rgb, vs_err *err)
+{
+    if (img->scale < 1)
+        return vs_err_set(err, VS_ERR_INVALID, "a preview needs one scale done (the image is at scale 0)");
+    return vs_rt_vae_decode(e->vae, img->f_hat, rgb, NULL, err);
+}

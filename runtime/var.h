@@ -84,6 +84,11 @@ vs_status vs_rt_image_set_tokens(vs_rt_engine *e, vs_rt_image *img, const int32_
 vs_status vs_rt_decode(vs_rt_engine *e, vs_rt_image *const *imgs, int n, uint8_t *const *rgb,
                        float *const *unit, vs_err *err);
 
+/* Decodes the f_hat of one image at any scale >= 1: the sum of the scales done so far, a coarser
+ * picture of the final image (the streamed previews). rgb: host H*W*3 bytes.
+ * Errors: VS_ERR_INVALID (no scale done yet), the decoder's. */
+vs_status vs_rt_decode_preview(vs_rt_engine *e, const vs_rt_image *img, uint8_t *rgb, vs_err *err);
+
 /* f_hat of an image to host [Cvae][P][P]. */
 void vs_rt_image_fhat(vs_rt_engine *e, const vs_rt_image *img, float *host);
 

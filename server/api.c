@@ -47,10 +47,25 @@ int vs_srv_http_code(vs_status s)
 
 /* ---- validation ---------------------------------------------------------------------------------- */
 
-static const char *const known_fields[] = {"class_label", "n", "seed", "cfg_scale", "top_k", "top_p",
-                                           "response_format", "timeout_ms", "priority", "kv_policy",
-                                           "kv_budget"};
-#define N_FIELDS (sizeof known_fields / sizeof known_fields[0])
+/* The fields of both request bodies. OpenAI's Images API names the class `prompt` and adds model,
+ * size, output_format and user; varserve's own fields are accepted on both. */
+enum { F_LABEL, F_PROMPT, F_MODEL, F_SIZE, F_OUTFMT, F_USER, F_N, F_SEED, F_CFG, F_TOPK, F_TOPP, F_FMT,
+       F_TIMEOUT, F_PRIO, F_POLICY, F_BUDGET, F_STREAM, F_PARTIAL, N_FIELDS };
+static const char *const known_fields[N_FIELDS] = {
+    "class_label", "prompt",   "model",      "size",     "output_format", "user",
+    "n",           "seed",     "cfg_scale",  "top_k",    "top_p",         "response_format",
+    "timeout_ms",  "priority", "kv_policy",  "kv_budget", "stream",       "partial_images"};
+#define OPENAI_ONLY(k) ((k) >= F_PROMPT && (k) <= F_USER)
+#define PARTIAL_MAX 3 /* OpenAI's limit on partial_images */
+
+static const char *field_list(vs_srv_api_style style)
+{
+    return style == VS_SRV_API_OPENAI
+               ? "prompt, model, n, size, response_format, output_format, user, stream, partial_images, "
+                 "seed, cfg_scale, top_k, top_p, timeout_ms, priority, kv_policy, kv_budget"
+               : "class_label, n, seed, cfg_scale, top_k, top_p, response_format, timeout_ms, priority, "
+                 "kv_policy, kv_budget, stream, partial_images";
+}
 
 /* What the client sent, for messages: 35, "jpeg", a string, an array. */
 static void describe(const cJSON *it, char *out, size_t cap)
@@ -101,8 +116,43 @@ static int get_num(const cJSON *it, double lo, double hi, double *out)
     return 0;
 }
 
-int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_limits *lim,
-                              uint64_t random_seed, vs_srv_gen_params *out, vs_srv_api_error *e)
+/* model, size, output_format and user of an OpenAI body. */
+static int openai_fields(const cJSON *const *field, const vs_srv_api_limits *lim, vs_srv_api_error *e)
+{
+    const cJSON *f_model = field[F_MODEL], *f_size = field[F_SIZE], *f_out = field[F_OUTFMT],
+                *f_user = field[F_USER];
+    int px = lim->mc->image_size;
+    char want[200];
+    if (f_model && (!cJSON_IsString(f_model) || strcmp(f_model->valuestring, lim->model_name) != 0)) {
+        char got[96];
+        describe(f_model, got, sizeof got);
+        vs_srv_api_error_set(e, 404, "invalid_request_error", "model_not_found", "model",
+                             "the model %s does not exist here: this server serves \"%s\" (GET /v1/models)",
+                             got, lim->model_name);
+        return -1;
+    }
+    snprintf(want, sizeof want, "\"%dx%d\" (this model's size) or \"auto\"", px, px);
+    if (f_size) {
+        char s[32];
+        snprintf(s, sizeof s, "%dx%d", px, px);
+        if (!cJSON_IsString(f_size) || (strcmp(f_size->valuestring, s) != 0 && strcmp(f_size->valuestring, "auto") != 0)) {
+            bad_field(e, f_size, "size", want);
+            e->code = "invalid_value";
+            return -1;
+        }
+    }
+    if (f_out && (!cJSON_IsString(f_out) || strcmp(f_out->valuestring, "png") != 0)) {
+        bad_field(e, f_out, "output_format", "\"png\" (the one format varserve encodes)");
+        e->code = "invalid_value";
+        return -1;
+    }
+    if (f_user && !cJSON_IsString(f_user))
+        return bad_field(e, f_user, "user", "a string");
+    return 0;
+}
+
+static int parse_body(const char *body, size_t len, vs_srv_api_style style, const vs_srv_api_limits *lim,
+                      uint64_t random_seed, vs_srv_gen_params *out, vs_srv_api_error *e)
 {
     const vs_rt_config *mc = lim->mc;
     int rc = -1;
@@ -130,13 +180,11 @@ int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_lim
         size_t k = 0;
         while (k < N_FIELDS && strcmp(known_fields[k], it->string) != 0)
             k++;
-        if (k == N_FIELDS) {
+        if (k == N_FIELDS || (style == VS_SRV_API_OPENAI ? k == F_LABEL : OPENAI_ONLY(k))) {
             char name[48];
             snprintf(name, sizeof name, "%.40s", it->string);
             vs_srv_api_error_set(e, 400, "invalid_request_error", "unknown_field", name,
-                                 "unknown field '%s' (fields: class_label, n, seed, cfg_scale, top_k, "
-                                 "top_p, response_format, timeout_ms, priority, kv_policy, kv_budget)",
-                                 name);
+                                 "unknown field '%s' (fields: %s)", name, field_list(style));
             goto done;
         }
         if (field[k]) {
@@ -146,31 +194,43 @@ int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_lim
         }
         field[k] = it;
     }
-    const cJSON *f_label = field[0], *f_n = field[1], *f_seed = field[2], *f_cfg = field[3],
-                *f_topk = field[4], *f_topp = field[5], *f_fmt = field[6], *f_timeout = field[7],
-                *f_prio = field[8], *f_policy = field[9], *f_budget = field[10];
-    char want[128];
+    const cJSON *f_n = field[F_N], *f_seed = field[F_SEED], *f_cfg = field[F_CFG], *f_topk = field[F_TOPK],
+                *f_topp = field[F_TOPP], *f_fmt = field[F_FMT], *f_timeout = field[F_TIMEOUT],
+                *f_prio = field[F_PRIO], *f_policy = field[F_POLICY], *f_budget = field[F_BUDGET];
+    char want[160];
     double d;
 
     memset(out, 0, sizeof *out);
-    snprintf(want, sizeof want, "a class index 0..%d or a class name", mc->num_classes - 1);
+    if (style == VS_SRV_API_OPENAI) {
+        if (openai_fields(field, lim, e) != 0)
+            goto done;
+    }
+    const cJSON *f_label = style == VS_SRV_API_OPENAI ? field[F_PROMPT] : field[F_LABEL];
+    const char *label_name = known_fields[style == VS_SRV_API_OPENAI ? F_PROMPT : F_LABEL];
+    if (style == VS_SRV_API_OPENAI)
+        snprintf(want, sizeof want,
+                 "a class name or index 0..%d as a string, e.g. \"%d\" (GET /v1/models or /info lists the "
+                 "classes)",
+                 mc->num_classes - 1, mc->num_classes - 1);
+    else
+        snprintf(want, sizeof want, "a class index 0..%d or a class name", mc->num_classes - 1);
     if (!f_label) {
-        vs_srv_api_error_set(e, 400, "invalid_request_error", "missing_field", "class_label",
-                             "class_label is required (%s)", want);
+        vs_srv_api_error_set(e, 400, "invalid_request_error", "missing_field", label_name, "%s is required (%s)",
+                             label_name, want);
         goto done;
     }
     if (cJSON_IsString(f_label)) {
         int cls = vs_rt_class_lookup(mc, f_label->valuestring);
         if (cls < 0) {
-            bad_field(e, f_label, "class_label", want);
+            bad_field(e, f_label, label_name, want);
             e->code = "unknown_class";
             goto done;
         }
         out->label = cls;
-    } else if (get_int(f_label, 0, mc->num_classes - 1, &d) == 0) {
+    } else if (style == VS_SRV_API_NATIVE && get_int(f_label, 0, mc->num_classes - 1, &d) == 0) {
         out->label = (int)d;
     } else {
-        bad_field(e, f_label, "class_label", want);
+        bad_field(e, f_label, label_name, want);
         goto done;
     }
 
@@ -219,7 +279,14 @@ int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_lim
         out->top_p = (float)d;
     }
     out->format = VS_SRV_FMT_B64_JSON;
-    if (f_fmt) {
+    if (f_fmt && style == VS_SRV_API_OPENAI) {
+        if (!cJSON_IsString(f_fmt) || strcmp(f_fmt->valuestring, "b64_json") != 0) {
+            bad_field(e, f_fmt, "response_format",
+                      "\"b64_json\" (varserve keeps no stored results to answer \"url\")");
+            e->code = "invalid_value";
+            goto done;
+        }
+    } else if (f_fmt) {
         if (!cJSON_IsString(f_fmt) ||
             (strcmp(f_fmt->valuestring, "b64_json") != 0 && strcmp(f_fmt->valuestring, "png") != 0)) {
             bad_field(e, f_fmt, "response_format", "\"b64_json\" or \"png\"");
@@ -275,21 +342,54 @@ int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_lim
     }
     if (!vs_kv_policy_def_of((vs_kv_policy_kind)out->kv_policy)->compresses)
         out->kv_budget = 1;
+    if (field[F_STREAM]) {
+        if (!cJSON_IsBool(field[F_STREAM])) {
+            bad_field(e, field[F_STREAM], "stream", "true or false");
+            goto done;
+        }
+        out->stream = cJSON_IsTrue(field[F_STREAM]);
+    }
+    if (field[F_PARTIAL]) {
+        if (get_int(field[F_PARTIAL], 0, PARTIAL_MAX, &d) != 0) {
+            snprintf(want, sizeof want, "an integer 0..%d (previews streamed before each image)", PARTIAL_MAX);
+            bad_field(e, field[F_PARTIAL], "partial_images", want);
+            goto done;
+        }
+        if (!out->stream) {
+            vs_srv_api_error_set(e, 400, "invalid_request_error", "invalid_value", "partial_images",
+                                 "partial_images needs \"stream\": true (previews are only streamed)");
+            goto done;
+        }
+        out->partial_images = (int)d;
+    }
+    if (out->stream && out->format == VS_SRV_FMT_PNG) {
+        vs_srv_api_error_set(e, 400, "invalid_request_error", "invalid_value", "response_format",
+                             "a stream carries b64_json images: leave response_format out or use \"b64_json\"");
+        goto done;
+    }
     rc = 0;
 done:
     cJSON_Delete(root);
     return rc;
 }
 
+int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_limits *lim,
+                              uint64_t random_seed, vs_srv_gen_params *out, vs_srv_api_error *e)
+{
+    return parse_body(body, len, VS_SRV_API_NATIVE, lim, random_seed, out, e);
+}
+
+int vs_srv_api_parse_openai(const char *body, size_t len, const vs_srv_api_limits *lim, uint64_t random_seed,
+                            vs_srv_gen_params *out, vs_srv_api_error *e)
+{
+    return parse_body(body, len, VS_SRV_API_OPENAI, lim, random_seed, out, e);
+}
+
 /* ---- writing bodies ------------------------------------------------------------------------------ */
 
-typedef struct {
-    char *p;
-    size_t len, cap;
-    int oom;
-} sbuf;
+typedef vs_srv_buf sbuf;
 
-static void grow(sbuf *b, size_t extra)
+void vs_srv_buf_reserve(vs_srv_buf *b, size_t extra)
 {
     if (b->oom || b->len + extra + 1 <= b->cap)
         return;
@@ -305,9 +405,7 @@ static void grow(sbuf *b, size_t extra)
     b->cap = cap;
 }
 
-static void put(sbuf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-
-static void put(sbuf *b, const char *fmt, ...)
+void vs_srv_buf_printf(vs_srv_buf *b, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
@@ -317,7 +415,7 @@ static void put(sbuf *b, const char *fmt, ...)
         b->oom = 1;
         return;
     }
-    grow(b, (size_t)n);
+    vs_srv_buf_reserve(b, (size_t)n);
     if (b->oom)
         return;
     va_start(ap, fmt);
@@ -326,10 +424,12 @@ static void put(sbuf *b, const char *fmt, ...)
     b->len += (size_t)n;
 }
 
-static void put_b64(sbuf *b, const unsigned char *s, size_t n)
+#define put vs_srv_buf_printf
+
+void vs_srv_buf_b64(vs_srv_buf *b, const unsigned char *s, size_t n)
 {
     static const char tab[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    grow(b, (n + 2) / 3 * 4);
+    vs_srv_buf_reserve(b, (n + 2) / 3 * 4);
     if (b->oom)
         return;
     char *o = b->p + b->len;
@@ -371,7 +471,7 @@ char *vs_srv_json_escape(char *dst, size_t cap, const char *s)
     return dst;
 }
 
-static char *finish(sbuf *b, size_t *len)
+char *vs_srv_buf_finish(vs_srv_buf *b, size_t *len)
 {
     if (b->oom) {
         free(b->p);
@@ -393,7 +493,7 @@ char *vs_srv_api_error_json(const vs_srv_api_error *e, size_t *len)
     else
         put(&b, "null");
     put(&b, ",\"code\":\"%s\"}}\n", e->code);
-    return finish(&b, len);
+    return vs_srv_buf_finish(&b, len);
 }
 
 char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name,
@@ -404,7 +504,7 @@ char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name,
     size_t total = 0;
     for (int i = 0; i < j->p.n; i++)
         total += (png_len[i] + 2) / 3 * 4 + 64;
-    grow(&b, total + 1024);
+    vs_srv_buf_reserve(&b, total + 1024);
     char name[300];
     vs_srv_json_escape(name, sizeof name, model_name);
     put(&b, "{\"id\":\"%s\",\"object\":\"image.generation\",\"created\":%lld,\"model\":\"%s\",", j->id,
@@ -415,7 +515,7 @@ char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name,
     put(&b, "],\"data\":[");
     for (int i = 0; i < j->p.n; i++) {
         put(&b, "%s{\"index\":%d,\"seed\":%" PRIu64 ",\"b64_json\":\"", i ? "," : "", i, j->p.seed + (uint64_t)i);
-        put_b64(&b, png[i], png_len[i]);
+        vs_srv_buf_b64(&b, png[i], png_len[i]);
         put(&b, "\"}");
     }
     put(&b, "],\"params\":{\"cfg_scale\":%.9g,\"top_k\":%d,\"top_p\":%.9g,\"priority\":%d,\"timeout_ms\":%ld},",
@@ -425,5 +525,5 @@ char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name,
         t->queue_ms, t->inference_ms, t->decode_ms, t->encode_ms, t->total_ms);
     put(&b, "\"kv\":{\"policy\":\"%s\",\"budget\":%.9g,\"bytes_per_image\":%zu}}\n",
         vs_kv_policy_name((vs_kv_policy_kind)j->p.kv_policy), j->p.kv_budget, kv_bytes_per_image);
-    return finish(&b, len);
+    return vs_srv_buf_finish(&b, len);
 }

@@ -28,8 +28,12 @@ typedef struct {
 } vs_srv_api_error;
 
 /* What validation needs to know about the server and the model. */
+/* Which API a body speaks: POST /generate, or OpenAI's POST /v1/images/generations. */
+typedef enum { VS_SRV_API_NATIVE = 0, VS_SRV_API_OPENAI } vs_srv_api_style;
+
 typedef struct {
     const vs_rt_config *mc;
+    const char *model_name; /* the one `model` an OpenAI body may name */
     float cfg;          /* defaults for absent fields */
     int top_k;
     float top_p;
@@ -54,6 +58,13 @@ int vs_srv_http_code(vs_status s);
 int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_limits *lim,
                               uint64_t random_seed, vs_srv_gen_params *out, vs_srv_api_error *e);
 
+/* The same for a POST /v1/images/generations body: `prompt` is the class name or index as a
+ * string (no class_label); model, size, output_format and user are checked; response_format is
+ * b64_json only; varserve's own fields as on /generate. Errors: 400, or 404 for a `model` this
+ * server does not serve (lim->model_name). */
+int vs_srv_api_parse_openai(const char *body, size_t len, const vs_srv_api_limits *lim, uint64_t random_seed,
+                            vs_srv_gen_params *out, vs_srv_api_error *e);
+
 /* {"error": {...}} ; caller frees; NULL when out of memory. */
 char *vs_srv_api_error_json(const vs_srv_api_error *e, size_t *len);
 
@@ -62,6 +73,19 @@ char *vs_srv_api_error_json(const vs_srv_api_error *e, size_t *len);
 char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name,
                                size_t kv_bytes_per_image, unsigned char *const *png,
                                const size_t *png_len, const vs_srv_timings *t, size_t *len);
+
+/* A growing response body: printf-style appends, base64, and the finished malloc'd string. An
+ * allocation failure sets oom, makes later appends no-ops and finish return NULL. Zeroed = empty. */
+typedef struct {
+    char *p;
+    size_t len, cap;
+    int oom;
+} vs_srv_buf;
+void vs_srv_buf_reserve(vs_srv_buf *b, size_t extra);
+void vs_srv_buf_printf(vs_srv_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+void vs_srv_buf_b64(vs_srv_buf *b, const unsigned char *s, size_t n);
+/* The text (caller frees) and its length; NULL (and the buffer freed) after an allocation failed. */
+char *vs_srv_buf_finish(vs_srv_buf *b, size_t *len);
 
 /* Appends JSON-escaped s (without quotes) to dst of capacity cap; returns dst. */
 char *vs_srv_json_escape(char *dst, size_t cap, const char *s);

@@ -7,8 +7,9 @@
  *   step      every running image advances one scale (kvcache/session: its step builds
  *             kvcache/step's hooks, which give each row's layer room for its new tokens before
  *             attention, commit them after, and compress the layer to the row's policy)
- *   finish    decode finished images, release their pages; a job whose images are all done is
- *             answered
+ *   finish    decode the previews due of streamed images (server/stream.h) from their running
+ *             f_hat, decode finished images, release their pages; a job whose images are all
+ *             done is answered
  * When nothing runs it sleeps on the queue (woken by a push), waking every 50 ms to sweep.
  * Slots hold the running images (a kvcache/session image each: reservation, rows, state);
  * max_batch_images of them, allocated once at load.
@@ -39,6 +40,7 @@
 #include "runtime/backend.h"
 #include "runtime/var.h"
 #include "server/api.h"
+#include "server/stream.h"
 #include "server/version.h"
 
 #define POLICY_CACHE 16 /* distinct (policy, budget) pairs kept; others live with their job */
@@ -282,7 +284,7 @@ static void sweep(vs_srv_engine *e)
             e->pfd[i].revents = 0;
     for (size_t i = 0; i < nq; i++) {
         vs_srv_job *j = e->snap[i];
-        int gone = j->fd >= 0 && client_gone(e->pfd[i].revents);
+        int gone = atomic_load(&j->gone) || (j->fd >= 0 && client_gone(e->pfd[i].revents));
         if ((gone || now > j->deadline) && take_from_queue(e, j)) {
             if (gone)
                 answer_gone(e, j);
@@ -294,7 +296,7 @@ static void sweep(vs_srv_engine *e)
     memcpy(e->held, e->active, (size_t)na * sizeof *e->held);
     for (int i = 0; i < na; i++) {
         vs_srv_job *j = e->held[i];
-        int gone = j->fd >= 0 && client_gone(e->pfd[nq + (size_t)i].revents);
+        int gone = atomic_load(&j->gone) || (j->fd >= 0 && client_gone(e->pfd[nq + (size_t)i].revents));
         if (gone)
             answer_gone(e, j);
         else if (now > j->deadline)
@@ -458,6 +460,37 @@ static void fail_running(vs_srv_engine *e, const vs_err *err)
                err->msg);
 }
 
+/* After a step: the streamed images whose scales done reach one of their preview points get
+ * that preview decoded from their running f_hat. On this thread, between steps, so a preview
+ * delays the batch by its decoder time (preview_decode_seconds). A failed preview fails its job
+ * (and the other previews due at this step are skipped). */
+static void previews(vs_srv_engine *e)
+{
+    const vs_rt_config *c = &e->model->cfg;
+    for (int i = 0; i < e->n_slots; i++) {
+        slot *s = &e->slots[i];
+        vs_srv_job *j = s->job;
+        int done = s->im.img.scale, np = j->stream ? vs_srv_stream_previews(c->n_scales, j->p.partial_images) : 0;
+        for (int k = 0; k < np && done < c->n_scales; k++) {
+            if (vs_srv_stream_preview_after(c->n_scales, np, k) != done)
+                continue;
+            vs_err err = {0};
+            double t0 = now_s();
+            vs_status st = vs_rt_decode_preview(e->rt, &s->im.img, vs_srv_stream_preview_rgb(j->stream, s->index, k), &err);
+            double dt = now_s() - t0;
+            j->decode_s += dt;
+            if (st != VS_OK) {
+                if (st == VS_ERR_DEVICE_LOST)
+                    device_lost(e, &err);
+                answer(e, j, 500, st, "internal_error", "engine_error", "decoding a preview failed: %s", err.msg);
+                return; /* slots were compacted; the others' previews of this step are skipped */
+            }
+            vs_srv_metrics_observe(e->met, VS_SRV_H_PREVIEW, dt);
+            vs_srv_stream_push_preview(j->stream, s->index, k, done);
+        }
+    }
+}
+
 static void step(vs_srv_engine *e)
 {
     const vs_rt_config *c = &e->model->cfg;
@@ -492,6 +525,8 @@ static void step(vs_srv_engine *e)
     vs_log(VS_LOG_DEBUG, "engine", "step: %d images at scales %d..%d, %.1f ms", n, min_scale, max_scale,
            (t1 - t0) * 1e3);
 
+    previews(e);
+
     /* decode finished images; answer jobs whose images are all done */
     for (int i = 0; i < e->n_slots;) {
         slot *s = &e->slots[i];
@@ -500,8 +535,9 @@ static void step(vs_srv_engine *e)
             continue;
         }
         vs_srv_job *j = s->job;
+        int index = s->index;
         vs_kv_image *ip = &s->im;
-        uint8_t *rgb = j->rgb[s->index];
+        uint8_t *rgb = j->rgb[index];
         double d0 = now_s();
         vs_status dst = vs_kv_session_decode(e->ses, &ip, 1, &rgb, NULL, &err);
         j->decode_s += now_s() - d0;
@@ -517,6 +553,8 @@ static void step(vs_srv_engine *e)
         e->n_slots--;
         memset(&e->slots[e->n_slots], 0, sizeof e->slots[e->n_slots]);
         vs_srv_metrics_images_policy(e->met, j->p.kv_policy, 1);
+        if (j->stream)
+            vs_srv_stream_push_image(j->stream, index);
         if (++j->finished == j->p.n)
             answer(e, j, 200, VS_OK, NULL, NULL, NULL);
         else

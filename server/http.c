@@ -36,7 +36,10 @@
 #include "kvcache/policy.h"
 #include "server/api.h"
 #include "server/job.h"
+#include "server/openai.h"
+#include "server/playground.h"
 #include "server/png.h"
+#include "server/stream.h"
 #include "server/version.h"
 
 struct vs_srv_http {
@@ -52,10 +55,14 @@ struct vs_srv_http {
     atomic_int draining;
     atomic_long live_jobs;
     atomic_ullong counter;
+    double started_unix_s; /* immutable after start: /v1/models' `created` */
 };
 
-typedef enum { R_NONE = 0, R_GENERATE, R_HEALTH, R_READY, R_INFO, R_METRICS } route;
+typedef enum { R_NONE = 0, R_GENERATE, R_OPENAI_IMAGES, R_HEALTH, R_READY, R_INFO, R_METRICS, R_MODELS, R_PLAYGROUND } route;
 typedef enum { S_NEW = 0, S_BODY, S_WAIT, S_DONE } req_state;
+
+/* The routes that generate (POST, a body, a job). */
+static int generates(route rt) { return rt == R_GENERATE || rt == R_OPENAI_IMAGES; }
 
 /* One request; owned by the HTTP thread handling its connection (libmicrohttpd runs one
  * connection on one thread at a time). */
@@ -116,7 +123,7 @@ static enum MHD_Result respond(req *r, struct MHD_Connection *c, int code, const
     r->code = code;
     r->bytes = len;
     r->st = S_DONE;
-    if (r->rt == R_GENERATE)
+    if (generates(r->rt))
         vs_srv_metrics_observe(r->h->met, VS_SRV_H_REQUEST, now_s() - r->t0);
     return ret;
 }
@@ -149,7 +156,7 @@ static enum MHD_Result fail(req *r, struct MHD_Connection *c, int http, const ch
     if (retry_after)
         h[n++] = (header){MHD_HTTP_HEADER_RETRY_AFTER, retry_after};
     if (http == 405)
-        h[n++] = (header){MHD_HTTP_HEADER_ALLOW, r->rt == R_GENERATE ? "POST" : "GET, HEAD"};
+        h[n++] = (header){MHD_HTTP_HEADER_ALLOW, generates(r->rt) ? "POST" : "GET, HEAD"};
     if (http == 401)
         h[n++] = (header){MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer"};
     return respond_error(r, c, &e, h, n);
@@ -274,6 +281,28 @@ static enum MHD_Result do_metrics(req *r, struct MHD_Connection *c)
     return respond(r, c, 200, "text/plain; version=0.0.4; charset=utf-8", text, len, NULL, 0);
 }
 
+static enum MHD_Result do_models(req *r, struct MHD_Connection *c)
+{
+    const vs_srv_engine_info *in = vs_srv_engine_info_get(r->h->eng);
+    if (!in)
+        return fail(r, c, 503, "unavailable_error", "loading", NULL, "1", "the model is still loading");
+    size_t len = 0;
+    char *body = vs_srv_openai_models_json(in->model_name, r->h->started_unix_s, &len);
+    if (!body)
+        return fail(r, c, 500, "internal_error", "out_of_memory", NULL, NULL, "out of memory");
+    return respond(r, c, 200, "application/json", body, len, NULL, 0);
+}
+
+static enum MHD_Result do_playground(req *r, struct MHD_Connection *c)
+{
+    char *body = malloc(vs_srv_playground_html_len);
+    if (!body)
+        return fail(r, c, 500, "internal_error", "out_of_memory", NULL, NULL, "out of memory");
+    memcpy(body, vs_srv_playground_html, vs_srv_playground_html_len);
+    header h[1] = {{MHD_HTTP_HEADER_CACHE_CONTROL, "no-cache"}};
+    return respond(r, c, 200, "text/html; charset=utf-8", body, vs_srv_playground_html_len, h, 1);
+}
+
 /* ---- POST /generate ---------------------------------------------------------------------------- */
 
 /* Equal in time that depends only on the expected key's length. */
@@ -396,13 +425,17 @@ static enum MHD_Result generate_submit(req *r, struct MHD_Connection *c)
         return fail(r, c, 413, "invalid_request_error", "body_too_large", NULL, NULL,
                     "the body is over %ld bytes (max_body_bytes)", h->cfg->max_body_bytes);
     const vs_srv_engine_info *in = vs_srv_engine_info_get(h->eng);
-    vs_srv_api_limits lim = {in->mc,           (float)in->cfg,          in->top_k,
-                             (float)in->top_p, h->cfg->default_timeout_ms, h->cfg->max_timeout_ms,
-                             in->kv_policy,    in->kv_budget,           in->backend};
+    vs_srv_api_limits lim = {in->mc,           in->model_name,          (float)in->cfg,
+                             in->top_k,        (float)in->top_p,        h->cfg->default_timeout_ms,
+                             h->cfg->max_timeout_ms, in->kv_policy,     in->kv_budget,
+                             in->backend};
     vs_srv_api_error e;
     vs_srv_gen_params p;
+    vs_srv_api_style style = r->rt == R_OPENAI_IMAGES ? VS_SRV_API_OPENAI : VS_SRV_API_NATIVE;
     uint64_t rnd = mix64(h->seed_key + atomic_fetch_add(&h->counter, 1));
-    if (vs_srv_api_parse_generate(r->body ? r->body : "", r->len, &lim, rnd, &p, &e) != 0)
+    int bad = style == VS_SRV_API_OPENAI ? vs_srv_api_parse_openai(r->body ? r->body : "", r->len, &lim, rnd, &p, &e)
+                                         : vs_srv_api_parse_generate(r->body ? r->body : "", r->len, &lim, rnd, &p, &e);
+    if (bad)
         return respond_error(r, c, &e, NULL, 0);
     free(r->body);
     r->body = NULL;
@@ -432,9 +465,27 @@ static enum MHD_Result generate_submit(req *r, struct MHD_Connection *c)
                     "the queue is full (%zu requests waiting, queue_size); retry after %s s",
                     vs_srv_queue_capacity(h->q), ra);
     }
+    vs_srv_stream *st = NULL;
+    if (p.stream) {
+        vs_err err = {0};
+        if (vs_srv_stream_new(j, style, in->mc, &st, &err) != VS_OK) {
+            vs_srv_queue_unreserve(h->q);
+            vs_srv_job_free(j);
+            return fail(r, c, 500, "internal_error", "out_of_memory", NULL, NULL, "%s", err.msg);
+        }
+    }
     r->job = j;
     r->st = S_WAIT;
     atomic_fetch_add(&h->live_jobs, 1);
+    if (st) {
+        /* the response goes out at once; its reader parks until the engine pushes an event */
+        r->st = S_DONE;
+        r->code = 200;
+        vs_srv_metrics_observe(h->met, VS_SRV_H_REQUEST, now_s() - r->t0);
+        enum MHD_Result ret = (enum MHD_Result)vs_srv_stream_respond(st, c, r->id);
+        vs_srv_queue_push(h->q, j);
+        return ret;
+    }
     /* suspend before the engine can see the job, so it can only ever resume a suspended one */
     MHD_suspend_connection(c);
     vs_srv_queue_push(h->q, j);
@@ -479,7 +530,7 @@ static enum MHD_Result generate_reply(req *r, struct MHD_Connection *c)
         .encode_ms = (e1 - e0) * 1e3,
         .total_ms = (e1 - r->t0) * 1e3,
     };
-    if (j->p.format == VS_SRV_FMT_PNG || (r->want_png && j->p.n == 1)) {
+    if (j->p.format == VS_SRV_FMT_PNG || (r->rt == R_GENERATE && r->want_png && j->p.n == 1)) {
         char seed[32], timing[256];
         snprintf(seed, sizeof seed, "%" PRIu64, j->p.seed);
         snprintf(timing, sizeof timing, "queue;dur=%.3f, inference;dur=%.3f, decode;dur=%.3f, encode;dur=%.3f, total;dur=%.3f",
@@ -490,8 +541,10 @@ static enum MHD_Result generate_reply(req *r, struct MHD_Connection *c)
         goto done;
     }
     size_t len = 0;
-    char *body = vs_srv_api_generate_json(j, in->model_name, j->pages_per_image * in->page_bytes, png, png_len,
-                                          &t, &len);
+    char *body = r->rt == R_OPENAI_IMAGES
+                     ? vs_srv_openai_images_json(j, in->mc, png, png_len, &len)
+                     : vs_srv_api_generate_json(j, in->model_name, j->pages_per_image * in->page_bytes, png,
+                                                png_len, &t, &len);
     if (!body) {
         ret = fail(r, c, 500, "internal_error", "out_of_memory", NULL, NULL, "out of memory");
         goto done;
@@ -558,25 +611,35 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
                 *p = '?';
         request_id(h, c, r->id, sizeof r->id);
         peer_address(c, r->peer, sizeof r->peer);
-        r->rt = strcmp(url, "/generate") == 0 ? R_GENERATE
-                : strcmp(url, "/health") == 0 ? R_HEALTH
-                : strcmp(url, "/ready") == 0  ? R_READY
-                : strcmp(url, "/info") == 0   ? R_INFO
-                : strcmp(url, "/metrics") == 0 ? R_METRICS
-                                               : R_NONE;
+        r->rt = strcmp(url, "/generate") == 0                ? R_GENERATE
+                : strcmp(url, "/v1/images/generations") == 0 ? R_OPENAI_IMAGES
+                : strcmp(url, "/health") == 0                ? R_HEALTH
+                : strcmp(url, "/ready") == 0                 ? R_READY
+                : strcmp(url, "/info") == 0                  ? R_INFO
+                : strcmp(url, "/metrics") == 0               ? R_METRICS
+                : strcmp(url, "/v1/models") == 0             ? R_MODELS
+                : strcmp(url, "/") == 0                      ? R_PLAYGROUND
+                                                             : R_NONE;
         int get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
         if (r->rt == R_NONE)
             return fail(r, c, 404, "not_found_error", "not_found", NULL, NULL,
-                        "no such endpoint '%.60s' (endpoints: POST /generate, GET /health, /ready, /info, /metrics)",
+                        "no such endpoint '%.60s' (endpoints: POST /generate, POST /v1/images/generations, "
+                        "GET /v1/models, /health, /ready, /info, /metrics, / (the playground))",
                         url);
-        if (r->rt == R_GENERATE ? strcmp(method, "POST") != 0 : !get)
+        if (generates(r->rt) ? strcmp(method, "POST") != 0 : !get)
             return fail(r, c, 405, "invalid_request_error", "method_not_allowed", NULL, NULL,
-                        "%s is not allowed on %s (use %s)", method, url, r->rt == R_GENERATE ? "POST" : "GET");
+                        "%s is not allowed on %s (use %s)", method, url, generates(r->rt) ? "POST" : "GET");
         switch (r->rt) {
         case R_HEALTH: return do_health(r, c);
         case R_READY: return do_ready(r, c);
         case R_INFO: return do_info(r, c);
         case R_METRICS: return do_metrics(r, c);
+        case R_PLAYGROUND: return do_playground(r, c);
+        case R_MODELS:
+            if (!authorized(h, c))
+                return fail(r, c, 401, "authentication_error", "invalid_api_key", NULL, NULL,
+                            "missing or wrong API key: send 'Authorization: Bearer <key>'");
+            return do_models(r, c);
         default: return generate_begin(r, c);
         }
     }
@@ -606,6 +669,11 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         return;
     *con_cls = NULL;
     int code = r->code ? r->code : 499;
+    if (r->job && r->job->stream) {
+        r->bytes = vs_srv_stream_bytes(r->job->stream);
+        if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK)
+            code = 499; /* the stream was cut: the client went away */
+    }
     vs_srv_metrics_request(h->met, code);
     if (h->cfg->access_log && vs_log_min_level <= VS_LOG_INFO) {
         static const char *why[] = {"", " (error)", " (timeout)", " (shutdown)", " (read error)", " (client abort)"};
@@ -614,7 +682,10 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
                (now_s() - r->t0) * 1e3, (unsigned)toe < 6 ? why[toe] : " (?)");
         vs_log_set_request_id(NULL);
     }
-    if (r->job) {
+    if (r->job && r->job->stream) {
+        vs_srv_stream_release(r->job->stream); /* frees the job, or leaves that to the engine */
+        atomic_fetch_sub(&h->live_jobs, 1);
+    } else if (r->job) {
         if (atomic_load_explicit(&r->job->state, memory_order_acquire) == VS_SRV_JOB_DONE)
             vs_srv_job_free(r->job);
         else /* the engine still holds it: leaking beats a use after free */
@@ -668,6 +739,7 @@ vs_status vs_srv_http_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *
         keys[0] = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
         keys[1] = mix64(keys[0]);
     }
+    h->started_unix_s = (double)time(NULL);
     h->id_key = keys[0];
     h->seed_key = keys[1];
     unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;

@@ -10,6 +10,7 @@ vs_srv_job *vs_srv_job_new(void)
         return NULL;
     j->fd = -1;
     atomic_init(&j->state, VS_SRV_JOB_PENDING);
+    atomic_init(&j->gone, 0);
     return j;
 }
 

@@ -33,6 +33,8 @@ typedef struct {
     int priority;          /* higher is admitted first; ties in arrival order */
     int kv_policy;         /* a vs_kv_policy_kind */
     double kv_budget;      /* fraction of the full cache (compressing policies) */
+    int stream;            /* answer server-sent events (server/stream.h) */
+    int partial_images;    /* 0..3 previews per image, streamed before it (stream only) */
 } vs_srv_gen_params;
 
 enum { VS_SRV_JOB_PENDING = 0, VS_SRV_JOB_DONE = 1 };
@@ -48,6 +50,11 @@ typedef struct vs_srv_job {
     void (*notify)(void *ctx); /* called by the engine after DONE is published */
     void *notify_ctx;
     int image_size;            /* rgb buffers are image_size² × 3 */
+    struct vs_srv_stream *stream; /* stream: true, else NULL (server/stream.h); owns this job */
+
+    /* any thread: set once by the HTTP side when the connection closed while the engine held the
+     * job (a streamed response whose send failed); the engine then drops it as a client gone */
+    atomic_int gone;
 
     /* engine only until DONE; HTTP only after */
     const struct vs_kv_policy *policy; /* resolved at the first admission (engine-owned) */

@@ -89,6 +89,7 @@ vs_status vs_srv_metrics_new(vs_srv_metrics **out, vs_err *err)
     hist_init(&m->h[VS_SRV_H_INFER], le_seconds, NLE(le_seconds));
     hist_init(&m->h[VS_SRV_H_REQUEST], le_seconds, NLE(le_seconds));
     hist_init(&m->h[VS_SRV_H_PNG], le_png, NLE(le_png));
+    hist_init(&m->h[VS_SRV_H_PREVIEW], le_step, NLE(le_step));
     hist_init(&m->batch_rows, le_rows, NLE(le_rows));
     for (int s = 0; s < VS_RT_MAX_SCALES; s++)
         hist_init(&m->step[s], le_step, NLE(le_step));
@@ -417,12 +418,13 @@ char *vs_srv_metrics_render(vs_srv_metrics *m, size_t queued, size_t *len)
         put_hist(&b, "step_seconds", lab, &m->step[s]);
     }
     static const char *hname[VS_SRV_H_COUNT] = {"queue_seconds", "inference_seconds", "request_seconds",
-                                                "png_encode_seconds"};
+                                                "png_encode_seconds", "preview_decode_seconds"};
     static const char *hhelp[VS_SRV_H_COUNT] = {
         "Time from arrival to the first image admitted to the batch.",
         "Time from the first image admitted to the last image decoded.",
         "Time from POST /generate arrival to the response, every status.",
-        "Time to encode one PNG."};
+        "Time to encode one PNG.",
+        "Time the engine spent decoding one streamed preview (its count: previews decoded)."};
     for (int i = 0; i < VS_SRV_H_COUNT; i++) {
         head(&b, hname[i], "histogram", hhelp[i]);
         put_hist(&b, hname[i], "", &m->h[i]);

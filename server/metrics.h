@@ -24,6 +24,7 @@ typedef enum {
     VS_SRV_H_INFER,     /* inference_seconds: first image admitted to the last decoded */
     VS_SRV_H_REQUEST,   /* request_seconds: POST /generate arrival to response, every code */
     VS_SRV_H_PNG,       /* png_encode_seconds: one image */
+    VS_SRV_H_PREVIEW,   /* preview_decode_seconds: one streamed preview decoded (engine thread) */
     VS_SRV_H_COUNT
 } vs_srv_hist;
 

@@ -4,7 +4,7 @@
 #   tools/deps.sh --check  only report what is missing; exit 1 if anything is
 set -eu
 PKGS="build-essential pkg-config libopenblas-dev libmicrohttpd-dev libcjson-dev libpng-dev check
-libcurl4-openssl-dev python3 python3-numpy prometheus"
+libcurl4-openssl-dev python3 python3-numpy prometheus xxd"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
