@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "runtime/simd.h"
+
 /* k-th largest (k from 1) of v[0..n) by quickselect; reorders v. */
 static float kth_largest(float *v, int n, int k)
 {
@@ -76,10 +78,7 @@ static int candidates(const float *logits, int V, int top_k, float top_p, void *
         memcpy(vals, logits, (size_t)V * sizeof *vals);
         thr = kth_largest(vals, V, top_k);
     }
-    int n = 0;
-    for (int i = 0; i < V; i++)
-        if (logits[i] >= thr)
-            idx[n++] = i;
+    int n = vs_rt_simd_table()->select_ge(logits, V, thr, idx);
     if (top_p > 0 && n > 1) {
         uint32_t *k1 = (uint32_t *)buf + 2 * (size_t)V, *k2 = k1 + V;
         sort_by_logit(logits, idx, n, k1, k2, (int32_t *)(k2 + V));
