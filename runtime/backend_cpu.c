@@ -148,7 +148,9 @@ static void cpu_linear(vs_rt_backend *be, float *y, const float *x, const float 
                        const float *bias, int M, int N, int K)
 {
     cpu_backend *c = cpu(be);
-    linear_job j = {y, x, w, bias, M, N, K, M >= 64, 64};
+    /* OpenBLAS packs the weights again for every call: 256-row blocks amortise that when there
+     * are rows enough to keep every worker busy (a step's T is up to thousands of rows) */
+    linear_job j = {y, x, w, bias, M, N, K, M >= 64, M >= 512 ? 256 : 64};
     size_t units = j.by_rows ? (size_t)(M + j.blk - 1) / (size_t)j.blk
                              : (size_t)(N + j.blk - 1) / (size_t)j.blk;
     vs_rt_parallel_for(c->tp, units, linear_task, &j);

@@ -2,9 +2,12 @@
  * every worker has reported done. Both waits spin briefly before sleeping on a condition
  * variable: the engine issues thousands of short ops per step (a small model's op takes tens of
  * microseconds), and a futex sleep and wake-up per op cost more than the op (perf showed 14% of a
- * batch-32 run in futex calls). The spin is bounded (SPIN_ROUNDS pauses, tens of microseconds),
- * so idle workers still sleep and a loaded machine is not held. Each worker flushes subnormals to
- * zero before its first job (runtime/fpenv.h says why). */
+ * batch-32 run in futex calls). The spin adapts, as an adaptive mutex does: each waiting site
+ * keeps a budget of pauses that doubles (up to SPIN_MAX, tens of microseconds) when the wait
+ * ended while spinning and halves (down to SPIN_MIN) when it had to sleep. On an idle machine the
+ * other threads answer within the spin; on an oversubscribed one (they are descheduled) spinning
+ * would only burn the time slice they need, and the budget falls to a few pauses. Each worker
+ * flushes subnormals to zero before its first job (runtime/fpenv.h says why). */
 #include "runtime/threads.h"
 
 #include <pthread.h>
@@ -21,7 +24,16 @@
 #define cpu_relax() ((void)0)
 #endif
 
-#define SPIN_ROUNDS 2000
+#define SPIN_MAX 4096
+#define SPIN_MIN 16
+
+/* After a wait that did (1) or did not (0) end while spinning. */
+static int next_budget(int budget, int spun_ok)
+{
+    if (spun_ok)
+        return budget * 2 < SPIN_MAX ? budget * 2 : SPIN_MAX;
+    return budget / 2 > SPIN_MIN ? budget / 2 : SPIN_MIN;
+}
 
 struct vs_rt_tpool {
     int n;                  /* workers including the caller: immutable after new */
@@ -32,6 +44,7 @@ struct vs_rt_tpool {
     atomic_int pending;     /* workers still running the current job */
     atomic_int quit;        /* written under mu */
     int caller_sleeping;    /* guarded by mu */
+    int join_spin;          /* the caller's spin budget: caller only */
     vs_rt_task_fn fn;       /* written before gen's release store; read after its acquire load */
     void *ctx;
     size_t total;
@@ -49,15 +62,18 @@ static void chunk(size_t total, int n, int id, size_t *b, size_t *e)
     *e = *b + per + ((size_t)id < rem);
 }
 
-/* Waits until gen differs from seen or quit is set; returns the new gen. */
-static unsigned long wait_job(vs_rt_tpool *tp, unsigned long seen)
+/* Waits until gen differs from seen or quit is set; returns the new gen. *spin: the budget. */
+static unsigned long wait_job(vs_rt_tpool *tp, unsigned long seen, int *spin)
 {
-    for (int i = 0; i < SPIN_ROUNDS; i++) {
+    for (int i = 0; i < *spin; i++) {
         unsigned long g = atomic_load_explicit(&tp->gen, memory_order_acquire);
-        if (g != seen || atomic_load_explicit(&tp->quit, memory_order_relaxed))
+        if (g != seen || atomic_load_explicit(&tp->quit, memory_order_relaxed)) {
+            *spin = next_budget(*spin, 1);
             return g;
+        }
         cpu_relax();
     }
+    *spin = next_budget(*spin, 0);
     pthread_mutex_lock(&tp->mu);
     while (atomic_load_explicit(&tp->gen, memory_order_acquire) == seen && !atomic_load(&tp->quit))
         pthread_cond_wait(&tp->go, &tp->mu);
@@ -74,8 +90,9 @@ static void *worker(void *p)
     free(wa);
     vs_rt_fp_env_init(); /* this thread's own MXCSR/FPCR: set here, not inherited by chance */
     unsigned long seen = 0;
+    int spin = SPIN_MAX;
     for (;;) {
-        seen = wait_job(tp, seen);
+        seen = wait_job(tp, seen, &spin);
         if (atomic_load(&tp->quit))
             return NULL;
         size_t b, e;
@@ -97,6 +114,7 @@ vs_rt_tpool *vs_rt_tpool_new(int threads)
     if (!tp)
         return NULL;
     tp->n = threads < 1 ? 1 : threads;
+    tp->join_spin = SPIN_MAX;
     pthread_mutex_init(&tp->mu, NULL);
     pthread_cond_init(&tp->go, NULL);
     pthread_cond_init(&tp->done, NULL);
@@ -162,11 +180,14 @@ void vs_rt_parallel_for(vs_rt_tpool *tp, size_t n, vs_rt_task_fn fn, void *ctx)
     chunk(n, tp->n, 0, &b, &e);
     if (b < e)
         fn(ctx, b, e, 0);
-    for (int i = 0; i < SPIN_ROUNDS; i++) {
-        if (atomic_load_explicit(&tp->pending, memory_order_acquire) == 0)
+    for (int i = 0; i < tp->join_spin; i++) {
+        if (atomic_load_explicit(&tp->pending, memory_order_acquire) == 0) {
+            tp->join_spin = next_budget(tp->join_spin, 1);
             return;
+        }
         cpu_relax();
     }
+    tp->join_spin = next_budget(tp->join_spin, 0);
     pthread_mutex_lock(&tp->mu);
     tp->caller_sleeping = 1;
     while (atomic_load_explicit(&tp->pending, memory_order_acquire) > 0)
