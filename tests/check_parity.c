@@ -475,6 +475,44 @@ START_TEST(top_k_and_top_p_keep_exactly_what_the_reference_rule_keeps)
 }
 END_TEST
 
+static int cmp_desc(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+START_TEST(top_k_keeps_every_logit_at_or_above_the_sorted_kth_on_random_logits)
+{
+    /* the selection (radix on float keys) against a sort: negative, positive, ±0, many ties */
+    enum { V = 4096 };
+    static float lg[V], sorted[V];
+    static uint32_t buf[VS_RT_SAMPLE_SCRATCH_WORDS(V)];
+    static uint8_t keep[V];
+    vs_rt_sample_scratch s = {buf};
+    srand(7);
+    for (int round = 0; round < 20; round++) {
+        for (int i = 0; i < V; i++) {
+            int r = rand();
+            lg[i] = round % 2 ? (float)(r % 41 - 20) * 0.5f : ((float)r / (float)RAND_MAX - 0.5f) * 40.0f;
+            if (r % 97 == 0)
+                lg[i] = (r / 97) % 2 ? 0.0f : -0.0f;
+        }
+        memcpy(sorted, lg, sizeof lg);
+        qsort(sorted, V, sizeof *sorted, cmp_desc);
+        int ks[] = {1, 2, 50, 900, 2048, V - 1};
+        for (size_t q = 0; q < sizeof ks / sizeof ks[0]; q++) {
+            float kth = sorted[ks[q] - 1];
+            int want = 0;
+            for (int i = 0; i < V; i++)
+                want += lg[i] >= kth;
+            ck_assert_int_eq(vs_rt_sample_filter(lg, V, ks[q], 0, keep, &s), want);
+            for (int i = 0; i < V; i++)
+                ck_assert_int_eq(keep[i], lg[i] >= kth);
+        }
+    }
+}
+END_TEST
+
 START_TEST(sampling_frequencies_follow_the_kept_softmax)
 {
     enum { V = 4 };
@@ -631,6 +669,7 @@ static Suite *parity_suite(void)
     suite_add_tcase(s, bat);
     TCase *smp = tcase_create("sampling");
     tcase_add_test(smp, top_k_and_top_p_keep_exactly_what_the_reference_rule_keeps);
+    tcase_add_test(smp, top_k_keeps_every_logit_at_or_above_the_sorted_kth_on_random_logits);
     tcase_add_test(smp, sampling_frequencies_follow_the_kept_softmax);
     tcase_add_test(smp, philox_matches_the_published_known_answers);
     suite_add_tcase(s, smp);
