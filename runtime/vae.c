@@ -26,7 +26,7 @@ struct vs_rt_vae {
 
 /* Scratch the decoder may take for batching (one image it always takes). Batching pays where the
  * maps are small and the ops many per pixel (the bundled model's 32×32 decoder, ~1.1 MB an image:
- * 14 at once); a 256×256 decoder (~70 MB an image) decodes one image per group, its ops long
+ * 15 at once); a 256×256 decoder (~70 MB an image) decodes one image per group, its ops long
  * enough. Kept small because on a GPU it is device memory beside the KV pool. */
 #define DECODE_BUDGET_BYTES ((size_t)16 << 20)
 

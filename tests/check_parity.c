@@ -232,7 +232,7 @@ START_TEST(each_image_of_a_batch_equals_the_image_generated_alone)
 }
 END_TEST
 
-/* The bundled model's small decoder decodes many images per group (runtime/vae.c): 20 images
+/* The bundled model's small decoder decodes 15 images per group (runtime/vae.c): 20 images
  * are two groups, the second partly full; each image's pixels equal its decode alone. */
 START_TEST(images_decoded_together_equal_each_decoded_alone)
 {
