@@ -9,7 +9,11 @@
  * Subnormals are flushed to zero (FTZ/DAZ) on every thread that runs this backend's arithmetic:
  * vs_rt_backend_cpu_new sets it on the creating thread, the pool's workers on themselves
  * (runtime/fpenv.h: why, and why results do not change). On Intel cores the SiLU after GroupNorm
- * spent most of its time in subnormal assists before (bench/RESULTS.md "Denormals"). */
+ * spent most of its time in subnormal assists before (bench/RESULTS.md "Denormals").
+ *
+ * The elementwise and normalisation loops call runtime/simd.h's table (SSE2, AVX2 or AVX-512,
+ * chosen once; the same bits on every path). im2col is rows of memcpy, which glibc already
+ * dispatches by CPU at load time. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
