@@ -158,8 +158,8 @@ test: deps-check all
 	  VARSERVE_BIN=build/varserve $(PYTHON) $$t; done
 	@echo "make test: all suites passed"
 
-# The parity suites with each CPU vector path forced (runtime/simd.h): the default, widest path ran
-# in `unit`; the narrower ones this CPU runs must give the same tokens and pixels.
+# The parity suites with each CPU vector path this CPU runs forced by VARSERVE_CPU_SIMD
+# (runtime/simd.h): every one must give the same tokens and pixels as the fixtures.
 parity-simd: $(BUILD)/tests/check_parity $(BUILD)/tests/check_simd $(BUILD)/varserve
 	@set -e; for p in scalar avx2 avx512; do \
 	  $(BUILD)/tests/check_simd --runs $$p || { echo "== parity, simd $$p: this CPU does not run it"; continue; }; \
