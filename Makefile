@@ -83,7 +83,7 @@ UNIT_BIN := $(filter-out %_cuda,$(TEST_BIN))
 # the CUDA-vs-CPU suite: every backend op and the tiny fixture; prints a skip line without a GPU
 CUDA_CHECK := $(BUILD)/tests/check_cuda
 
-.PHONY: all test unit sanitize emu run serve bench deps clean model cuda-info
+.PHONY: all test unit sanitize emu run serve bench deps clean model cuda-info parity-simd
 all: cuda-info $(BUILD)/varserve
 
 cuda-info:
@@ -164,9 +164,18 @@ test: deps-check all
 	$(MAKE) unit
 	$(MAKE) sanitize
 	$(MAKE) CUDA=emu emu  # also builds build/cuda-emu/varserve, which tests/test_cli.py uses
+	$(MAKE) parity-simd
 	@set -e; for t in tests/test_*.py; do [ -e "$$t" ] || continue; echo "== $$t"; \
 	  VARSERVE_BIN=build/varserve $(PYTHON) $$t; done
 	@echo "make test: all suites passed"
+
+# The parity suites with each CPU vector path this CPU runs forced by VARSERVE_CPU_SIMD
+# (runtime/simd.h): every one must give the same tokens and pixels as the fixtures.
+parity-simd: $(BUILD)/tests/check_parity $(BUILD)/tests/check_simd $(BUILD)/varserve
+	@set -e; for p in scalar avx2 avx512; do \
+	  $(BUILD)/tests/check_simd --runs $$p || { echo "== parity, simd $$p: this CPU does not run it"; continue; }; \
+	  echo "== parity, VARSERVE_CPU_SIMD=$$p"; VARSERVE_CPU_SIMD=$$p $(BUILD)/tests/check_parity; \
+	  VARSERVE_CPU_SIMD=$$p VARSERVE_BIN=$(BUILD)/varserve $(PYTHON) tests/test_mnist_parity.py; done
 
 deps-check:
 	@tools/deps.sh --check
@@ -192,7 +201,8 @@ clean:
 
 # hot CPU loops: vectorise harder; -fno-trapping-math lets float selects (clamps) be if-converted.
 # No fast-math: results stay exact and thread-count independent.
-$(BUILD)/runtime/backend_cpu.o $(BUILD)/runtime/sample.o: ALL_CFLAGS += -O3 -fno-trapping-math
+$(BUILD)/runtime/backend_cpu.o $(BUILD)/runtime/sample.o $(BUILD)/runtime/simd.o $(BUILD)/runtime/simd_avx2.o \
+  $(BUILD)/runtime/simd_avx512.o: ALL_CFLAGS += -O3 -fno-trapping-math
 
 # retrain the bundled model (not part of make test): Debian's python3-torch on CPU, about 50 min on 2 cores (measured 50.4 min, see tools/README_mnist.md)
 model:

@@ -210,6 +210,7 @@ struct vs_rt_backend {
     const vs_rt_backend_ops *ops;
     int threads;            /* CPU worker threads (informational for CUDA) */
     int host_memory;        /* 1 when backend memory is host memory (weights used in place) */
+    const char *simd;       /* CPU: its vector path (runtime/simd.h, VARSERVE_CPU_SIMD); else NULL */
 };
 
 typedef enum { VS_RT_BACKEND_AUTO, VS_RT_BACKEND_CPU, VS_RT_BACKEND_CUDA } vs_rt_backend_kind;

@@ -9,7 +9,11 @@
  * Subnormals are flushed to zero (FTZ/DAZ) on every thread that runs this backend's arithmetic:
  * vs_rt_backend_cpu_new sets it on the creating thread, the pool's workers on themselves
  * (runtime/fpenv.h: why, and why results do not change). On Intel cores the SiLU after GroupNorm
- * spent most of its time in subnormal assists before (bench/RESULTS.md "Denormals"). */
+ * spent most of its time in subnormal assists before (bench/RESULTS.md "Denormals").
+ *
+ * The elementwise and normalisation loops call runtime/simd.h's table (SSE2, AVX2 or AVX-512,
+ * chosen once; the same bits on every path). im2col is rows of memcpy, which glibc already
+ * dispatches by CPU at load time. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -17,9 +21,11 @@
 #include <unistd.h>
 
 #include "runtime/backend.h"
+#include "runtime/fast_exp.h"
 #include "runtime/fpenv.h"
 #include "runtime/philox.h"
 #include "runtime/sample.h"
+#include "runtime/simd.h"
 #include "runtime/threads.h"
 
 void openblas_set_num_threads(int num_threads);
@@ -32,34 +38,12 @@ typedef struct {
 typedef struct {
     vs_rt_backend base;
     vs_rt_tpool *tp;
+    const vs_rt_simd *simd; /* the vector kernels (runtime/simd.h): immutable after init */
     int nw;
     scratch *ws; /* [nw] per-worker scratch */
 } cpu_backend;
 
 static cpu_backend *cpu(vs_rt_backend *be) { return (cpu_backend *)be; }
-
-/* exp(x) without a libm call, so loops over it vectorise: x = n·ln2 + r with n rounded to nearest
- * (the 1.5·2^23 trick), exp(r) by a degree-6 polynomial on |r| ≤ ln2/2, 2^n through the exponent
- * bits. Relative error below 2e-7 on [-87, 88]; inputs are clamped to that range. */
-static inline float fast_expf(float x)
-{
-    x = x < -87.0f ? -87.0f : x; /* two plain selects: the vectoriser if-converts these */
-    x = x > 88.0f ? 88.0f : x;
-    float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-    float r = x - n * 0.693359375f;
-    r = r - n * -2.12194440e-4f;
-    float p = 1.9875691500e-4f;
-    p = p * r + 1.3981999507e-3f;
-    p = p * r + 8.3334519073e-3f;
-    p = p * r + 4.1665795894e-2f;
-    p = p * r + 1.6666665459e-1f;
-    p = p * r + 5.0000001201e-1f;
-    p = p * r * r + r + 1.0f;
-    int32_t bits = ((int32_t)n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, 4);
-    return p * scale;
-}
 
 /* Grows every worker's scratch to at least n floats. Returns 0 on success. */
 static int ensure_scratch(cpu_backend *c, size_t n)
@@ -168,7 +152,9 @@ static void cpu_linear(vs_rt_backend *be, float *y, const float *x, const float 
                        const float *bias, int M, int N, int K)
 {
     cpu_backend *c = cpu(be);
-    linear_job j = {y, x, w, bias, M, N, K, M >= 64, 64};
+    /* OpenBLAS packs the weights again for every call: 256-row blocks amortise that when there
+     * are rows enough to keep every worker busy (a step's T is up to thousands of rows) */
+    linear_job j = {y, x, w, bias, M, N, K, M >= 64, M >= 512 ? 256 : 64};
     size_t units = j.by_rows ? (size_t)(M + j.blk - 1) / (size_t)j.blk
                              : (size_t)(N + j.blk - 1) / (size_t)j.blk;
     vs_rt_parallel_for(c->tp, units, linear_task, &j);
@@ -178,43 +164,32 @@ typedef struct {
     float *y;
     const float *x;
     int op; /* 0 silu, 1 gelu_tanh (in place), 2 add, 3 to_unit */
+    const vs_rt_simd *k;
 } ew_job;
 
 static void ew_task(void *p, size_t b, size_t e, int worker)
 {
     (void)worker;
     ew_job *j = p;
-    float *y = j->y;
-    const float *x = j->x;
     switch (j->op) {
     case 0:
-        for (size_t i = b; i < e; i++)
-            y[i] = x[i] / (1.0f + fast_expf(-x[i]));
+        j->k->silu(j->y + b, j->x + b, e - b);
         break;
     case 1:
-        for (size_t i = b; i < e; i++) {
-            float v = y[i];
-            /* 1 + tanh(u) = 2 − 2 / (exp(2u) + 1) */
-            float u2 = 2.0f * 0.7978845608028654f * (v + 0.044715f * v * v * v);
-            y[i] = v * (1.0f - 1.0f / (fast_expf(u2) + 1.0f));
-        }
+        j->k->gelu_tanh(j->y + b, e - b);
         break;
     case 2:
-        for (size_t i = b; i < e; i++)
-            y[i] += x[i];
+        j->k->add(j->y + b, j->x + b, e - b);
         break;
     default:
-        for (size_t i = b; i < e; i++) {
-            float v = y[i] < -1.0f ? -1.0f : y[i] > 1.0f ? 1.0f : y[i];
-            y[i] = (v + 1.0f) * 0.5f;
-        }
+        j->k->to_unit(j->y + b, e - b);
         break;
     }
 }
 
 static void run_ew(vs_rt_backend *be, float *y, const float *x, size_t n, int op)
 {
-    ew_job j = {y, x, op};
+    ew_job j = {y, x, op, cpu(be)->simd};
     if (n < 65536)
         ew_task(&j, 0, n, 0);
     else
@@ -666,39 +641,12 @@ static void cpu_conv2d(vs_rt_backend *be, float *y, const float *x, const float 
     vs_rt_parallel_for(c->tp, (size_t)N * j.nbands, conv_task, &j);
 }
 
-/* Σ x (sq = 0) or Σ (x − m)² (sq = 1) over n floats: 16 float lanes per block of 1024 values,
- * blocks summed in double — vectorisable, and as accurate as a plain double sum here. */
-static double sum_sq_dev(const float *x, size_t n, float m, int sq)
-{
-    double total = 0;
-    for (size_t b = 0; b < n; b += 1024) {
-        size_t e = b + 1024 < n ? b + 1024 : n, i = b;
-        float acc[16] = {0};
-        if (sq)
-            for (; i + 16 <= e; i += 16)
-                for (int l = 0; l < 16; l++) {
-                    float d = x[i + l] - m;
-                    acc[l] += d * d;
-                }
-        else
-            for (; i + 16 <= e; i += 16)
-                for (int l = 0; l < 16; l++)
-                    acc[l] += x[i + l];
-        double part = 0;
-        for (int l = 0; l < 16; l++)
-            part += acc[l];
-        for (; i < e; i++)
-            part += sq ? (double)(x[i] - m) * (x[i] - m) : x[i];
-        total += part;
-    }
-    return total;
-}
-
 typedef struct {
     float *y;
     const float *x, *gamma, *beta;
     int C, HW, groups, silu;
     float eps;
+    const vs_rt_simd *k;
 } gn_job;
 
 static void gn_task(void *p, size_t b, size_t e, int worker)
@@ -711,22 +659,13 @@ static void gn_task(void *p, size_t b, size_t e, int worker)
         int g = (int)(u % (size_t)j->groups);
         const float *x = j->x + u * gsize;
         float *y = j->y + u * gsize;
-        double mean = sum_sq_dev(x, gsize, 0.0f, 0) / (double)gsize;
-        double var = sum_sq_dev(x, gsize, (float)mean, 1) / (double)gsize;
+        double mean = j->k->sum_sq_dev(x, gsize, 0.0f, 0) / (double)gsize;
+        double var = j->k->sum_sq_dev(x, gsize, (float)mean, 1) / (double)gsize;
         float rstd = (float)(1.0 / sqrt(var + j->eps)), fm = (float)mean;
         for (int c = 0; c < cpg; c++) {
             int ch = g * cpg + c;
             float a = rstd * j->gamma[ch], bb = j->beta[ch] - fm * rstd * j->gamma[ch];
-            const float *xc = x + (size_t)c * j->HW;
-            float *yc = y + (size_t)c * j->HW;
-            if (j->silu)
-                for (int i = 0; i < j->HW; i++) {
-                    float v = xc[i] * a + bb;
-                    yc[i] = v / (1.0f + fast_expf(-v));
-                }
-            else
-                for (int i = 0; i < j->HW; i++)
-                    yc[i] = xc[i] * a + bb;
+            j->k->affine(y + (size_t)c * j->HW, x + (size_t)c * j->HW, (size_t)j->HW, a, bb, j->silu);
         }
     }
 }
@@ -734,7 +673,7 @@ static void gn_task(void *p, size_t b, size_t e, int worker)
 static void cpu_group_norm(vs_rt_backend *be, float *y, const float *x, const float *gamma,
                            const float *beta, int N, int C, int HW, int groups, float eps, int silu)
 {
-    gn_job j = {y, x, gamma, beta, C, HW, groups, silu, eps};
+    gn_job j = {y, x, gamma, beta, C, HW, groups, silu, eps, cpu(be)->simd};
     vs_rt_parallel_for(cpu(be)->tp, (size_t)N * groups, gn_task, &j);
 }
 
@@ -765,13 +704,10 @@ static void cpu_spatial_attention(vs_rt_backend *be, float *out, const float *qk
         /* w[i][j] = Σ_c q[c][i] k[c][j] */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, HW, HW, C, sc, q, HW, k, HW, 0.0f, w, HW);
         for (int i = 0; i < HW; i++) {
-            float *r = w + (size_t)i * HW, mx = -INFINITY, sum = 0;
-            for (int jx = 0; jx < HW; jx++)
-                mx = r[jx] > mx ? r[jx] : mx;
-            for (int jx = 0; jx < HW; jx++) {
-                r[jx] = fast_expf(r[jx] - mx);
+            float *r = w + (size_t)i * HW, sum = 0;
+            c->simd->exp_shift(r, (size_t)HW, c->simd->max(r, (size_t)HW));
+            for (int jx = 0; jx < HW; jx++) /* in order: the sum's rounding is the fixtures' */
                 sum += r[jx];
-            }
             for (int jx = 0; jx < HW; jx++)
                 r[jx] /= sum;
         }
@@ -824,10 +760,14 @@ vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err)
     }
     if (threads > 256)
         return vs_err_set(err, VS_ERR_INVALID, "threads must be 1..256 (got %d)", threads);
+    vs_status st = vs_rt_simd_check(err);
+    if (st != VS_OK)
+        return st;
     vs_rt_fp_env_init(); /* the creating thread runs the ops (and chunk 0 of each): no subnormals */
     cpu_backend *c = calloc(1, sizeof *c);
     if (!c)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+    c->simd = vs_rt_simd_table();
     c->tp = vs_rt_tpool_new(threads);
     c->nw = c->tp ? vs_rt_tpool_size(c->tp) : 0;
     c->ws = calloc((size_t)(c->nw ? c->nw : 1), sizeof *c->ws);
@@ -841,6 +781,7 @@ vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err)
     c->base.ops = &cpu_ops;
     c->base.threads = c->nw;
     c->base.host_memory = 1;
+    c->base.simd = c->simd->name;
     *out = &c->base;
     return VS_OK;
 }

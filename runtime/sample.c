@@ -1,4 +1,4 @@
-/* runtime/sample.c — see sample.h. Candidates are found by quickselect (top-k) and sorted only
+/* runtime/sample.c — see sample.h. Candidates are found by radix selection (top-k) and sorted only
  * when top-p needs an order; probabilities are computed in double from max-subtracted logits. */
 #include "runtime/sample.h"
 
@@ -6,35 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* k-th largest (k from 1) of v[0..n) by quickselect; reorders v. */
-static float kth_largest(float *v, int n, int k)
-{
-    int lo = 0, hi = n - 1, want = k - 1;
-    while (lo < hi) {
-        float pivot = v[lo + (hi - lo) / 2];
-        int i = lo, j = hi;
-        while (i <= j) {
-            while (v[i] > pivot)
-                i++;
-            while (v[j] < pivot)
-                j--;
-            if (i <= j) {
-                float t = v[i];
-                v[i] = v[j];
-                v[j] = t;
-                i++;
-                j--;
-            }
-        }
-        if (want <= j)
-            hi = j;
-        else if (want >= i)
-            lo = i;
-        else
-            return v[want];
-    }
-    return v[want];
-}
+#include "runtime/simd.h"
 
 /* Order-preserving map of a float to an unsigned key (ascending floats → ascending keys). */
 static uint32_t float_key(float f)
@@ -42,6 +14,41 @@ static uint32_t float_key(float f)
     uint32_t u;
     memcpy(&u, &f, 4);
     return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static float key_float(uint32_t k)
+{
+    uint32_t u = (k & 0x80000000u) ? (k & 0x7FFFFFFFu) : ~k;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+/* k-th largest (k from 1) of v[0..n) by radix selection on the order-preserving keys: three
+ * histogram passes (11, 11, 10 bits), each keeping the keys of the bin that holds the k-th; keys
+ * is scratch for n. The same value a sort would give (−0 and +0 compare equal to what uses it). */
+static float kth_largest(const float *v, int n, int k, uint32_t *keys)
+{
+    for (int i = 0; i < n; i++)
+        keys[i] = float_key(v[i]);
+    int m = n, want = k;
+    static const int shifts[3] = {21, 10, 0}, widths[3] = {11, 11, 10};
+    for (int p = 0; p < 3; p++) {
+        int sh = shifts[p], nb = 1 << widths[p];
+        uint32_t msk = (uint32_t)nb - 1;
+        int count[2048] = {0};
+        for (int i = 0; i < m; i++)
+            count[(keys[i] >> sh) & msk]++;
+        int b = nb - 1;
+        while (count[b] < want)
+            want -= count[b--];
+        int w = 0;
+        for (int i = 0; i < m; i++)
+            if (((keys[i] >> sh) & msk) == (uint32_t)b)
+                keys[w++] = keys[i];
+        m = w;
+    }
+    return key_float(keys[0]);
 }
 
 /* Stable LSD radix sort of idx[0..n) by logit, 8 bits a pass; ties keep ascending index order. */
@@ -72,14 +79,9 @@ static int candidates(const float *logits, int V, int top_k, float top_p, void *
     float *vals = buf;
     int32_t *idx = (int32_t *)buf + V;
     float thr = -INFINITY;
-    if (top_k > 0 && top_k < V) {
-        memcpy(vals, logits, (size_t)V * sizeof *vals);
-        thr = kth_largest(vals, V, top_k);
-    }
-    int n = 0;
-    for (int i = 0; i < V; i++)
-        if (logits[i] >= thr)
-            idx[n++] = i;
+    if (top_k > 0 && top_k < V)
+        thr = kth_largest(logits, V, top_k, (uint32_t *)buf + 2 * (size_t)V);
+    int n = vs_rt_simd_table()->select_ge(logits, V, thr, idx);
     if (top_p > 0 && n > 1) {
         uint32_t *k1 = (uint32_t *)buf + 2 * (size_t)V, *k2 = k1 + V;
         sort_by_logit(logits, idx, n, k1, k2, (int32_t *)(k2 + V));

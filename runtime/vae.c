@@ -1,6 +1,11 @@
 /* runtime/vae.c — the decoder of docs/ALGORITHMS.md §1.7 over backend ops.
  *
- * Four activation buffers (x, a, b, s) of the largest C·H·W, plus qkv for the attention blocks.
+ * Four activation buffers (x, a, b, s) of the largest C·H·W, plus qkv for the attention blocks,
+ * each for `batch` images: the finished images of a step go through every op together ([N][C][H][W]
+ * maps), so each op is one backend call (one pool dispatch, one launch) for all of them. Each op
+ * computes an image's outputs with the same calls as for one image alone (conv2d: per image and
+ * band), so the pixels do not depend on how many images share a decode. batch is min(max images,
+ * what DECODE_BUDGET_BYTES holds, at least 1); more images decode in groups of batch.
  * visit_decoder lists the decode's convolutions and attentions (for the backend's reserve and its
  * decoder_weights precision); it mirrors vs_rt_vae_decode. ResBlock: a = GN+SiLU(x); b = conv1(a); a = GN+SiLU(b); b = conv2(a); b += nin(x) or x; swap. */
 #include "runtime/vae.h"
@@ -13,9 +18,17 @@ struct vs_rt_vae {
     const vs_rt_model *m;
     vs_rt_backend *be;
     vs_rt_weights w;
-    float *x, *a, *b, *s, *qkv; /* backend */
-    float *host;                /* [3][H][W] */
+    int batch;                  /* images per decode group: immutable after init */
+    size_t mx;                  /* floats of one image's largest map */
+    float *x, *a, *b, *s, *qkv; /* backend, [batch][...] */
+    float *host;                /* [batch][3][H][W] */
 };
+
+/* Scratch the decoder may take for batching (one image it always takes). Batching pays where the
+ * maps are small and the ops many per pixel (the bundled model's 32×32 decoder, ~1.1 MB an image:
+ * 15 at once); a 256×256 decoder (~70 MB an image) decodes one image per group, its ops long
+ * enough. Kept small because on a GPU it is device memory beside the KV pool. */
+#define DECODE_BUDGET_BYTES ((size_t)16 << 20)
 
 #define VBE (v->be->ops)
 
@@ -23,7 +36,6 @@ vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_wei
                         vs_rt_vae **out, vs_err *err)
 {
     const vs_rt_config *c = &m->cfg;
-    (void)batch;
     vs_rt_vae *v = calloc(1, sizeof *v);
     if (!v)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
@@ -49,16 +61,25 @@ vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_wei
     size_t img = (size_t)3 * c->image_size * c->image_size;
     if (img > mx)
         mx = img;
-    v->x = VBE->alloc(be, mx * 4);
-    v->a = VBE->alloc(be, mx * 4);
-    v->b = VBE->alloc(be, mx * 4);
-    v->s = VBE->alloc(be, mx * 4);
-    v->qkv = VBE->alloc(be, 3 * top * 4);
-    v->host = malloc(img * 4);
+    size_t per_image = (4 * mx + 3 * top + img) * sizeof(float);
+    size_t fit = DECODE_BUDGET_BYTES / per_image;
+    int nb = batch < 1 ? 1 : batch;
+    if ((size_t)nb > fit)
+        nb = fit > 1 ? (int)fit : 1;
+    v->batch = nb;
+    v->mx = mx;
+    size_t n = (size_t)nb;
+    v->x = VBE->alloc(be, n * mx * 4);
+    v->a = VBE->alloc(be, n * mx * 4);
+    v->b = VBE->alloc(be, n * mx * 4);
+    v->s = VBE->alloc(be, n * mx * 4);
+    v->qkv = VBE->alloc(be, n * 3 * top * 4);
+    v->host = malloc(n * img * 4);
     if (!v->x || !v->a || !v->b || !v->s || !v->qkv || !v->host) {
         vs_rt_vae_free(v);
-        return vs_err_set(err, VS_ERR_NOMEM, "cannot allocate decoder buffers (%.1f MB)",
-                          (double)mx * 16 / 1e6);
+        return vs_err_set(err, VS_ERR_NOMEM,
+                          "cannot allocate decoder buffers for %d images (%.1f MB)", nb,
+                          (double)n * per_image / 1e6);
     }
     *out = v;
     return VS_OK;
@@ -83,35 +104,36 @@ static void swap(float **p, float **q)
     *q = t;
 }
 
-static void conv(vs_rt_vae *v, float *y, const float *x, const vs_rt_conv_w *c, int H, int W)
+/* Every op below runs over the N images of the group; maps are [N][C][H][W], contiguous. */
+static void conv(vs_rt_vae *v, int N, float *y, const float *x, const vs_rt_conv_w *c, int H, int W)
 {
-    VBE->conv2d(v->be, y, x, c->w, c->b, 1, c->cin, H, W, c->cout, c->k);
+    VBE->conv2d(v->be, y, x, c->w, c->b, N, c->cin, H, W, c->cout, c->k);
 }
 
-static void resblock(vs_rt_vae *v, const vs_rt_resblock_w *r, int H, int W)
+static void resblock(vs_rt_vae *v, int N, const vs_rt_resblock_w *r, int H, int W)
 {
     int HW = H * W;
-    VBE->group_norm(v->be, v->a, v->x, r->norm1.w, r->norm1.b, 1, r->norm1.c, HW, 32, 1e-6f, 1);
-    conv(v, v->b, v->a, &r->conv1, H, W);
-    VBE->group_norm(v->be, v->a, v->b, r->norm2.w, r->norm2.b, 1, r->norm2.c, HW, 32, 1e-6f, 1);
-    conv(v, v->b, v->a, &r->conv2, H, W);
+    VBE->group_norm(v->be, v->a, v->x, r->norm1.w, r->norm1.b, N, r->norm1.c, HW, 32, 1e-6f, 1);
+    conv(v, N, v->b, v->a, &r->conv1, H, W);
+    VBE->group_norm(v->be, v->a, v->b, r->norm2.w, r->norm2.b, N, r->norm2.c, HW, 32, 1e-6f, 1);
+    conv(v, N, v->b, v->a, &r->conv2, H, W);
     if (r->nin.w) {
-        conv(v, v->s, v->x, &r->nin, H, W);
-        VBE->add(v->be, v->b, v->s, (size_t)r->conv2.cout * HW);
+        conv(v, N, v->s, v->x, &r->nin, H, W);
+        VBE->add(v->be, v->b, v->s, (size_t)N * r->conv2.cout * HW);
     } else {
-        VBE->add(v->be, v->b, v->x, (size_t)r->conv2.cout * HW);
+        VBE->add(v->be, v->b, v->x, (size_t)N * r->conv2.cout * HW);
     }
     swap(&v->x, &v->b);
 }
 
-static void attnblock(vs_rt_vae *v, const vs_rt_attnblock_w *a, int H, int W)
+static void attnblock(vs_rt_vae *v, int N, const vs_rt_attnblock_w *a, int H, int W)
 {
     int HW = H * W, C = a->norm.c;
-    VBE->group_norm(v->be, v->a, v->x, a->norm.w, a->norm.b, 1, C, HW, 32, 1e-6f, 0);
-    conv(v, v->qkv, v->a, &a->qkv, H, W);
-    VBE->spatial_attention(v->be, v->a, v->qkv, 1, C, HW);
-    conv(v, v->b, v->a, &a->proj, H, W);
-    VBE->add(v->be, v->b, v->x, (size_t)C * HW);
+    VBE->group_norm(v->be, v->a, v->x, a->norm.w, a->norm.b, N, C, HW, 32, 1e-6f, 0);
+    conv(v, N, v->qkv, v->a, &a->qkv, H, W);
+    VBE->spatial_attention(v->be, v->a, v->qkv, N, C, HW);
+    conv(v, N, v->b, v->a, &a->proj, H, W);
+    VBE->add(v->be, v->b, v->x, (size_t)N * C * HW);
     swap(&v->x, &v->b);
 }
 
@@ -219,44 +241,65 @@ int vs_rt_vae_conv_weights(const vs_rt_config *c, const vs_rt_weights *w, const 
     return l.n;
 }
 
-vs_status vs_rt_vae_decode(vs_rt_vae *v, const float *f_hat, uint8_t *rgb, float *unit, vs_err *err)
+/* One group of N ≤ v->batch images. */
+static vs_status decode_group(vs_rt_vae *v, const float *const *f_hat, int N, uint8_t *const *rgb,
+                              float *const *unit, vs_err *err)
 {
     const vs_rt_config *c = &v->m->cfg;
     const vs_rt_weights *w = &v->w;
     int P = c->patch_nums[c->n_scales - 1], nl = c->n_levels;
-    conv(v, v->a, f_hat, &w->post_quant_conv, P, P);
-    conv(v, v->x, v->a, &w->conv_in, P, P);
-    resblock(v, &w->mid_block1, P, P);
-    attnblock(v, &w->mid_attn, P, P);
-    resblock(v, &w->mid_block2, P, P);
+    size_t fsz = (size_t)c->z_channels * P * P;
+    for (int i = 0; i < N; i++) /* the images' states are not adjacent: gather them */
+        VBE->copy(v->be, v->b + (size_t)i * fsz, f_hat[i], fsz * sizeof(float));
+    conv(v, N, v->a, v->b, &w->post_quant_conv, P, P);
+    conv(v, N, v->x, v->a, &w->conv_in, P, P);
+    resblock(v, N, &w->mid_block1, P, P);
+    attnblock(v, N, &w->mid_attn, P, P);
+    resblock(v, N, &w->mid_block2, P, P);
     int res = P;
     for (int lv = nl - 1; lv >= 0; lv--) {
         const vs_rt_level_w *u = &w->up[lv];
         for (int j = 0; j < u->n_blocks; j++) {
-            resblock(v, &u->block[j], res, res);
+            resblock(v, N, &u->block[j], res, res);
             if (u->n_attn)
-                attnblock(v, &u->attn[j], res, res);
+                attnblock(v, N, &u->attn[j], res, res);
         }
         if (lv != 0) {
-            VBE->upsample_nearest2x(v->be, v->a, v->x, u->upsample.cin, res, res);
+            VBE->upsample_nearest2x(v->be, v->a, v->x, N * u->upsample.cin, res, res);
             res *= 2;
-            conv(v, v->x, v->a, &u->upsample, res, res);
+            conv(v, N, v->x, v->a, &u->upsample, res, res);
         }
     }
     int HW = res * res;
-    VBE->group_norm(v->be, v->a, v->x, w->norm_out.w, w->norm_out.b, 1, w->norm_out.c, HW, 32,
+    size_t img = (size_t)3 * HW;
+    VBE->group_norm(v->be, v->a, v->x, w->norm_out.w, w->norm_out.b, N, w->norm_out.c, HW, 32,
                     1e-6f, 1);
-    conv(v, v->b, v->a, &w->conv_out, res, res);
-    VBE->to_unit(v->be, v->b, (size_t)3 * HW);
-    VBE->download(v->be, v->host, v->b, (size_t)3 * HW * sizeof(float));
+    conv(v, N, v->b, v->a, &w->conv_out, res, res);
+    VBE->to_unit(v->be, v->b, (size_t)N * img);
+    VBE->download(v->be, v->host, v->b, (size_t)N * img * sizeof(float));
     vs_status st = VBE->sync(v->be, err);
     if (st != VS_OK)
         return st;
-    if (unit)
-        memcpy(unit, v->host, (size_t)3 * HW * sizeof(float));
-    if (rgb)
-        for (int i = 0; i < HW; i++)
-            for (int ch = 0; ch < 3; ch++)
-                rgb[(size_t)i * 3 + ch] = (uint8_t)nearbyintf(255.0f * v->host[(size_t)ch * HW + i]);
+    for (int n = 0; n < N; n++) {
+        const float *h = v->host + (size_t)n * img;
+        if (unit && unit[n])
+            memcpy(unit[n], h, img * sizeof(float));
+        if (rgb && rgb[n])
+            for (int i = 0; i < HW; i++)
+                for (int ch = 0; ch < 3; ch++)
+                    rgb[n][(size_t)i * 3 + ch] = (uint8_t)nearbyintf(255.0f * h[(size_t)ch * HW + i]);
+    }
+    return VS_OK;
+}
+
+vs_status vs_rt_vae_decode(vs_rt_vae *v, const float *const *f_hat, int n, uint8_t *const *rgb,
+                           float *const *unit, vs_err *err)
+{
+    for (int i = 0; i < n; i += v->batch) {
+        int g = n - i < v->batch ? n - i : v->batch;
+        vs_status st = decode_group(v, f_hat + i, g, rgb ? rgb + i : NULL, unit ? unit + i : NULL, err);
+        if (st != VS_OK)
+            return st;
+    }
     return VS_OK;
 }

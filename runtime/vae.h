@@ -13,7 +13,9 @@
 
 typedef struct vs_rt_vae vs_rt_vae;
 
-/* w: the weights as the backend sees them. batch: images decoded together (scratch scales). */
+/* w: the weights as the backend sees them. batch: the most images one decode is given (the
+ * engine's max images); scratch is sized for as many of them as the decoder's memory budget
+ * holds (at least one), and larger decodes run in groups. */
 vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_weights *w, int batch,
                         vs_rt_vae **out, vs_err *err);
 void vs_rt_vae_free(vs_rt_vae *v); /* NULL ok */
@@ -25,7 +27,10 @@ void vs_rt_vae_workload(const vs_rt_config *c, const vs_rt_weights *w, vs_rt_wor
  * may be more than cap: call with cap 0 to count). */
 int vs_rt_vae_conv_weights(const vs_rt_config *c, const vs_rt_weights *w, const float **out, int cap);
 
-/* f_hat backend [Cvae][P][P] → rgb host [H][W][3] bytes round(255·x) and/or unit host [3][H][W]. */
-vs_status vs_rt_vae_decode(vs_rt_vae *v, const float *f_hat, uint8_t *rgb, float *unit, vs_err *err);
+/* n images together: f_hat[i] backend [Cvae][P][P] → rgb[i] host [H][W][3] bytes round(255·x)
+ * and/or unit[i] host [3][H][W] (rgb, unit or any of their entries may be NULL). An image's
+ * pixels do not depend on n or on the other images. */
+vs_status vs_rt_vae_decode(vs_rt_vae *v, const float *const *f_hat, int n, uint8_t *const *rgb,
+                           float *const *unit, vs_err *err);
 
 #endif

@@ -33,6 +33,7 @@ struct vs_rt_engine {
     uint8_t *kv_store;      /* [max_rows] see vs_rt_batch */
     vs_rt_row *rows;        /* [max_rows] */
     vs_rt_sample_req *reqs; /* [max_images] */
+    const float **dec_fhat; /* [max_images] the f_hat of each image a decode is given */
     vs_rt_vae *vae;
 };
 
@@ -201,7 +202,9 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
     e->rows = malloc(R * sizeof *e->rows);
     e->kv_store = malloc(R);
     e->reqs = malloc((size_t)max_images * sizeof *e->reqs);
-    if (fail || !e->img_free || !e->tok_row || !e->idx || !e->rows || !e->kv_store || !e->reqs) {
+    e->dec_fhat = malloc((size_t)max_images * sizeof *e->dec_fhat);
+    if (fail || !e->img_free || !e->tok_row || !e->idx || !e->rows || !e->kv_store || !e->reqs ||
+        !e->dec_fhat) {
         double mb = (double)T * (C * 5 + 3 * C + (size_t)c->ffn_dim + (size_t)c->vocab_size) * 4 / 1e6;
         vs_rt_engine_free(e);
         return vs_err_set(err, VS_ERR_NOMEM,
@@ -209,7 +212,7 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
                           "batch size",
                           max_images, mb);
     }
-    vs_status st = vs_rt_vae_new(m, be, &e->w, 1, &e->vae, err);
+    vs_status st = vs_rt_vae_new(m, be, &e->w, max_images, &e->vae, err);
     if (st != VS_OK) {
         vs_rt_engine_free(e);
         return st;
@@ -248,6 +251,7 @@ void vs_rt_engine_free(vs_rt_engine *e)
     free(e->rows);
     free(e->kv_store);
     free(e->reqs);
+    free(e->dec_fhat);
     free(e);
 }
 
@@ -522,16 +526,16 @@ vs_status vs_rt_decode(vs_rt_engine *e, vs_rt_image *const *imgs, int n, uint8_t
                        float *const *unit, vs_err *err)
 {
     const vs_rt_config *c = &e->m->cfg;
+    if (n < 0 || n > e->max_images)
+        return vs_err_set(err, VS_ERR_INVALID, "a decode takes 0..%d images (the engine's max images; got %d)",
+                          e->max_images, n);
     for (int i = 0; i < n; i++) {
         if (imgs[i]->scale != c->n_scales)
             return vs_err_set(err, VS_ERR_INVALID, "image %d is not finished (at scale %d of %d)", i,
                               imgs[i]->scale, c->n_scales);
-        vs_status st = vs_rt_vae_decode(e->vae, imgs[i]->f_hat, rgb ? rgb[i] : NULL,
-                                        unit ? unit[i] : NULL, err);
-        if (st != VS_OK)
-            return st;
+        e->dec_fhat[i] = imgs[i]->f_hat;
     }
-    return VS_OK;
+    return vs_rt_vae_decode(e->vae, e->dec_fhat, n, rgb, unit, err);
 }
 
 vs_status vs_rt_decode_preview(vs_rt_engine *e, const vs_rt_image *img, uint8_t *rgb, vs_err *err)

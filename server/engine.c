@@ -93,6 +93,7 @@ struct vs_srv_engine {
     slot *slots;           /* [max_images] */
     int n_slots;
     vs_kv_image **ptrs;    /* [max_images] */
+    uint8_t **dec_rgb;     /* [max_images]: where each finished image's pixels go */
     vs_srv_job **active;   /* [max_images + 1]: popped, not answered */
     vs_srv_job **held;     /* [max_images + 1]: sweep's copy of active */
     int n_active;
@@ -527,38 +528,48 @@ static void step(vs_srv_engine *e)
 
     previews(e);
 
-    /* decode finished images; answer jobs whose images are all done */
-    for (int i = 0; i < e->n_slots;) {
+    /* decode the finished images together (one batched decode); answer jobs whose images are all
+     * done. Each image is charged an equal share of the decode's time. */
+    int nd = 0;
+    for (int i = 0; i < e->n_slots; i++) {
         slot *s = &e->slots[i];
-        if (s->im.img.scale < c->n_scales) {
-            i++;
+        if (s->im.img.scale < c->n_scales)
             continue;
-        }
-        vs_srv_job *j = s->job;
-        int index = s->index;
-        vs_kv_image *ip = &s->im;
-        uint8_t *rgb = j->rgb[index];
+        e->ptrs[nd] = &s->im;
+        e->dec_rgb[nd++] = s->job->rgb[s->index];
+    }
+    if (nd > 0) {
         double d0 = now_s();
-        vs_status dst = vs_kv_session_decode(e->ses, &ip, 1, &rgb, NULL, &err);
-        j->decode_s += now_s() - d0;
-        if (dst != VS_OK) {
-            if (dst == VS_ERR_DEVICE_LOST)
-                device_lost(e, &err);
-            answer(e, j, 500, dst, "internal_error", "engine_error", "decoding failed: %s", err.msg);
-            i = 0; /* slots were compacted */
-            continue;
+        vs_status dst = vs_kv_session_decode(e->ses, e->ptrs, nd, e->dec_rgb, NULL, &err);
+        double share = (now_s() - d0) / nd;
+        if (dst == VS_ERR_DEVICE_LOST)
+            device_lost(e, &err);
+        for (int i = 0; i < e->n_slots;) {
+            slot *s = &e->slots[i];
+            if (s->im.img.scale < c->n_scales) {
+                i++;
+                continue;
+            }
+            vs_srv_job *j = s->job;
+            int index = s->index;
+            j->decode_s += share;
+            if (dst != VS_OK) {
+                answer(e, j, 500, dst, "internal_error", "engine_error", "decoding failed: %s", err.msg);
+                i = 0; /* slots were compacted */
+                continue;
+            }
+            slot_release(e, s);
+            memmove(e->slots + i, e->slots + i + 1, (size_t)(e->n_slots - i - 1) * sizeof *e->slots);
+            e->n_slots--;
+            memset(&e->slots[e->n_slots], 0, sizeof e->slots[e->n_slots]);
+            vs_srv_metrics_images_policy(e->met, j->p.kv_policy, 1);
+            if (j->stream)
+                vs_srv_stream_push_image(j->stream, index);
+            if (++j->finished == j->p.n)
+                answer(e, j, 200, VS_OK, NULL, NULL, NULL);
+            else
+                publish_gauges(e);
         }
-        slot_release(e, s);
-        memmove(e->slots + i, e->slots + i + 1, (size_t)(e->n_slots - i - 1) * sizeof *e->slots);
-        e->n_slots--;
-        memset(&e->slots[e->n_slots], 0, sizeof e->slots[e->n_slots]);
-        vs_srv_metrics_images_policy(e->met, j->p.kv_policy, 1);
-        if (j->stream)
-            vs_srv_stream_push_image(j->stream, index);
-        if (++j->finished == j->p.n)
-            answer(e, j, 200, VS_OK, NULL, NULL, NULL);
-        else
-            publish_gauges(e);
     }
     publish_device(e); /* the step's and the decoder's device work */
 }
@@ -673,11 +684,12 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     size_t qcap = vs_srv_queue_capacity(e->q);
     e->slots = calloc((size_t)e->max_images, sizeof *e->slots);
     e->ptrs = calloc((size_t)e->max_images, sizeof *e->ptrs);
+    e->dec_rgb = calloc((size_t)e->max_images, sizeof *e->dec_rgb);
     e->active = calloc((size_t)e->max_images + 1, sizeof *e->active);
     e->held = calloc((size_t)e->max_images + 1, sizeof *e->held);
     e->snap = calloc(qcap, sizeof *e->snap);
     e->pfd = calloc(qcap + (size_t)e->max_images + 1, sizeof *e->pfd);
-    if (!e->slots || !e->ptrs || !e->active || !e->held || !e->snap || !e->pfd)
+    if (!e->slots || !e->ptrs || !e->dec_rgb || !e->active || !e->held || !e->snap || !e->pfd)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory for the engine's tables");
 
     vs_kv_stats ks;
@@ -693,6 +705,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     in->n_params = e->model->n_params;
     snprintf(in->backend, sizeof in->backend, "%s", e->be->ops->name);
     in->threads = e->be->threads;
+    snprintf(in->simd, sizeof in->simd, "%s", e->be->simd ? e->be->simd : "");
     in->cfg = c->default_cfg >= 0 ? c->default_cfg : cfg->default_cfg;
     in->top_k = c->default_top_k >= 0 ? c->default_top_k : (int)cfg->default_top_k;
     if (in->top_k > c->vocab_size)
@@ -738,6 +751,7 @@ static void teardown(vs_srv_engine *e)
     e->model = NULL;
     free(e->slots);
     free(e->ptrs);
+    free(e->dec_rgb);
     free(e->active);
     free(e->held);
     free(e->snap);

@@ -35,6 +35,7 @@ typedef struct {
     size_t n_params;
     char backend[16];
     int threads;
+    char simd[16];           /* the CPU backend's vector path, else "" */
     double load_s;
     /* request defaults: the model file's when it stores them, else the server config's */
     double cfg;

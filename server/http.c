@@ -247,6 +247,8 @@ static enum MHD_Result do_info(req *r, struct MHD_Connection *c)
     cJSON *be = cJSON_AddObjectToObject(o, "backend");
     cJSON_AddStringToObject(be, "name", in->backend);
     cJSON_AddNumberToObject(be, "threads", in->threads);
+    if (in->simd[0])
+        cJSON_AddStringToObject(be, "simd", in->simd);
     cJSON_AddStringToObject(o, "policy", in->policy);
     cJSON *pol = cJSON_AddObjectToObject(o, "kv_policy");
     cJSON_AddStringToObject(pol, "name", in->policy);

@@ -19,6 +19,7 @@
 #include "kvcache/pool.h"
 #include "runtime/backend.h"
 #include "runtime/model.h"
+#include "runtime/simd.h"
 #include "runtime/var.h"
 #include "server/cli.h"
 #include "server/gen.h"
@@ -476,6 +477,8 @@ static int bench_json_line(const cli_engine *ce, const common_opts *o, const vs_
     cJSON_AddStringToObject(j, "model", ce->m->path);
     cJSON_AddStringToObject(j, "backend", ce->be->ops->name);
     cJSON_AddNumberToObject(j, "threads", ce->be->threads);
+    if (ce->be->simd)
+        cJSON_AddStringToObject(j, "simd", ce->be->simd);
     cJSON_AddStringToObject(j, "kv_policy", vs_kv_policy_name(kind));
     if (!vs_kv_policy_def_of(kind)->compresses)
         cJSON_AddNullToObject(j, "kv_budget");
@@ -522,9 +525,12 @@ static void bench_header(const cli_engine *ce, const common_opts *o, const vs_kv
     const vs_rt_config *c = &ce->m->cfg;
     vs_err err = {0};
     size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->head_dim);
-    printf("model %s: %d layers, width %d, %dx%d, %zu params; backend %s, %d threads\n", ce->m->path,
+    printf("model %s: %d layers, width %d, %dx%d, %zu params; backend %s, %d threads", ce->m->path,
            c->depth, c->embed_dim, c->image_size, c->image_size, ce->m->n_params, ce->be->ops->name,
            ce->be->threads);
+    if (ce->be->simd) /* the vector path, and how to force another */
+        printf(", simd %s (of %s; VARSERVE_CPU_SIMD)", ce->be->simd, vs_rt_simd_available());
+    printf("\n");
     printf("sampling: cfg %g, top_k %ld, top_p %g; kv policy %s", o->cfg, o->top_k, o->top_p,
            vs_kv_policy_name(vs_kv_policy_kind_of(pol)));
     if (vs_kv_policy_def_of(vs_kv_policy_kind_of(pol))->compresses)

@@ -48,19 +48,21 @@ typedef struct {
     vs_kv_pool *pool;
 } rig;
 
-static rig rig_new(int threads, int max_images)
+static rig rig_of(const vs_rt_model *m, int threads, int max_images)
 {
     rig r = {0};
     vs_err err = {0};
-    const vs_rt_config *c = &g_model->cfg;
+    const vs_rt_config *c = &m->cfg;
     ck_assert_msg(vs_rt_backend_cpu_new(threads, &r.be, &err) == VS_OK, "%s", err.msg);
-    ck_assert_msg(vs_rt_engine_new(g_model, r.be, max_images, &r.e, &err) == VS_OK, "%s", err.msg);
+    ck_assert_msg(vs_rt_engine_new(m, r.be, max_images, &r.e, &err) == VS_OK, "%s", err.msg);
     size_t page_bytes = (size_t)2 * 16 * c->embed_dim * 4;
     ck_assert(vs_kv_pool_init(page_bytes * 400 * (size_t)max_images, vs_kv_geometry_of(c, 16), NULL,
                               &r.pool, &err) == VS_OK);
     vs_rt_engine_set_kv(r.e, vs_kv_pool_base(r.pool), 16);
     return r;
 }
+
+static rig rig_new(int threads, int max_images) { return rig_of(g_model, threads, max_images); }
 
 static void rig_free(rig *r)
 {
@@ -227,6 +229,35 @@ START_TEST(each_image_of_a_batch_equals_the_image_generated_alone)
     free(one_rgb);
     free(one_tok);
     rig_free(&r);
+}
+END_TEST
+
+/* The bundled model's small decoder decodes 15 images per group (runtime/vae.c): 20 images
+ * are two groups, the second partly full; each image's pixels equal its decode alone. */
+START_TEST(images_decoded_together_equal_each_decoded_alone)
+{
+    vs_rt_model *m = NULL;
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_model_load("models/mnist-var.safetensors", &m, &err) == VS_OK, "%s", err.msg);
+    enum { N = 20 };
+    rig r = rig_of(m, 2, N);
+    size_t B = (size_t)m->cfg.image_size * m->cfg.image_size * 3;
+    vs_srv_gen_req reqs[N];
+    uint8_t *rgb[N], *one = malloc(B);
+    for (int i = 0; i < N; i++) {
+        reqs[i] = (vs_srv_gen_req){i % 10, (uint64_t)(100 + i), 1.5f, 50, 0.9f};
+        rgb[i] = malloc(B);
+    }
+    gen(&r, reqs, N, rgb, NULL);
+    ck_assert(memcmp(rgb[0], rgb[10], B) != 0); /* same label, other seed: not the same image */
+    for (int i = 0; i < N; i++) {
+        gen(&r, &reqs[i], 1, &one, NULL);
+        ck_assert_msg(memcmp(rgb[i], one, B) == 0, "image %d of %d pixels differ decoded alone", i, N);
+        free(rgb[i]);
+    }
+    free(one);
+    rig_free(&r);
+    vs_rt_model_free(m);
 }
 END_TEST
 
@@ -476,6 +507,44 @@ START_TEST(top_k_and_top_p_keep_exactly_what_the_reference_rule_keeps)
 }
 END_TEST
 
+static int cmp_desc(const void *a, const void *b)
+{
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x < y) - (x > y);
+}
+
+START_TEST(top_k_keeps_every_logit_at_or_above_the_sorted_kth_on_random_logits)
+{
+    /* the selection (radix on float keys) against a sort: negative, positive, ±0, many ties */
+    enum { V = 4096 };
+    static float lg[V], sorted[V];
+    static uint32_t buf[VS_RT_SAMPLE_SCRATCH_WORDS(V)];
+    static uint8_t keep[V];
+    vs_rt_sample_scratch s = {buf};
+    srand(7);
+    for (int round = 0; round < 20; round++) {
+        for (int i = 0; i < V; i++) {
+            int r = rand();
+            lg[i] = round % 2 ? (float)(r % 41 - 20) * 0.5f : ((float)r / (float)RAND_MAX - 0.5f) * 40.0f;
+            if (r % 97 == 0)
+                lg[i] = (r / 97) % 2 ? 0.0f : -0.0f;
+        }
+        memcpy(sorted, lg, sizeof lg);
+        qsort(sorted, V, sizeof *sorted, cmp_desc);
+        int ks[] = {1, 2, 50, 900, 2048, V - 1};
+        for (size_t q = 0; q < sizeof ks / sizeof ks[0]; q++) {
+            float kth = sorted[ks[q] - 1];
+            int want = 0;
+            for (int i = 0; i < V; i++)
+                want += lg[i] >= kth;
+            ck_assert_int_eq(vs_rt_sample_filter(lg, V, ks[q], 0, keep, &s), want);
+            for (int i = 0; i < V; i++)
+                ck_assert_int_eq(keep[i], lg[i] >= kth);
+        }
+    }
+}
+END_TEST
+
 START_TEST(sampling_frequencies_follow_the_kept_softmax)
 {
     enum { V = 4 };
@@ -624,6 +693,7 @@ static Suite *parity_suite(void)
     tcase_add_checked_fixture(bat, setup, teardown);
     tcase_set_timeout(bat, 600);
     tcase_add_test(bat, each_image_of_a_batch_equals_the_image_generated_alone);
+    tcase_add_test(bat, images_decoded_together_equal_each_decoded_alone);
     tcase_add_test(bat, an_image_joining_a_running_batch_at_another_scale_is_unchanged);
     tcase_add_test(bat, the_same_seed_gives_the_same_png_bytes_on_one_and_two_threads);
     tcase_add_test(bat, a_batch_the_pool_cannot_hold_is_refused_with_kv_full);
@@ -632,6 +702,7 @@ static Suite *parity_suite(void)
     suite_add_tcase(s, bat);
     TCase *smp = tcase_create("sampling");
     tcase_add_test(smp, top_k_and_top_p_keep_exactly_what_the_reference_rule_keeps);
+    tcase_add_test(smp, top_k_keeps_every_logit_at_or_above_the_sorted_kth_on_random_logits);
     tcase_add_test(smp, sampling_frequencies_follow_the_kept_softmax);
     tcase_add_test(smp, philox_matches_the_published_known_answers);
     suite_add_tcase(s, smp);
