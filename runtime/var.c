@@ -542,5 +542,7 @@ vs_status vs_rt_decode_preview(vs_rt_engine *e, const vs_rt_image *img, uint8_t 
 {
     if (img->scale < 1)
         return vs_err_set(err, VS_ERR_INVALID, "a preview needs one scale done (the image is at scale 0)");
-    return vs_rt_vae_decode(e->vae, img->f_hat, rgb, NULL, err);
+    const float *f_hat[1] = {img->f_hat};
+    uint8_t *out[1] = {rgb};
+    return vs_rt_vae_decode(e->vae, f_hat, 1, out, NULL, err);
 }
