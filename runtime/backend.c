@@ -75,3 +75,17 @@ void vs_rt_backend_free_raw(void *be, void *p)
     vs_rt_backend *b = be;
     b->ops->free(b, p);
 }
+
+void vs_rt_workload_add_conv(vs_rt_workload *wl, int cin, int cout, int k, int h, int w)
+{
+    for (int i = 0; i < wl->n_convs; i++) {
+        const vs_rt_conv_shape *c = &wl->convs[i];
+        if (c->cin == cin && c->cout == cout && c->k == k && c->h == h && c->w == w)
+            return;
+    }
+    if (wl->n_convs == VS_RT_WORKLOAD_CONVS) {
+        wl->convs_dropped++;
+        return;
+    }
+    wl->convs[wl->n_convs++] = (vs_rt_conv_shape){cin, cout, k, h, w};
+}

@@ -166,12 +166,8 @@ static void visit_decoder(const vs_rt_config *c, const vs_rt_weights *w, const v
 static void conv_extent(void *ctx, const vs_rt_conv_w *cw, int H, int W)
 {
     vs_rt_workload *wl = ctx;
-    if (!cw->w || cw->k <= 1)
-        return; /* 1×1 convolutions multiply in place: no im2col */
-    int kk = cw->cin * cw->k * cw->k;
-    wl->conv_cin_kk = kk > wl->conv_cin_kk ? kk : wl->conv_cin_kk;
-    wl->conv_h = H > wl->conv_h ? H : wl->conv_h;
-    wl->conv_w = W > wl->conv_w ? W : wl->conv_w;
+    if (cw->w)
+        vs_rt_workload_add_conv(wl, cw->cin, cw->cout, cw->k, H, W);
 }
 
 static void attn_extent(void *ctx, int C, int HW)

@@ -18,7 +18,7 @@ vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_wei
                         vs_rt_vae **out, vs_err *err);
 void vs_rt_vae_free(vs_rt_vae *v); /* NULL ok */
 
-/* Raises the fields of *wl that one decode needs (conv2d with k > 1, spatial_attention) to it. */
+/* Lists the conv2d shapes of one decode in *wl and raises spatial_attention's extent to it. */
 void vs_rt_vae_workload(const vs_rt_config *c, const vs_rt_weights *w, vs_rt_workload *wl);
 
 /* The weights of the decoder's convolutions into out[0..cap); returns how many there are (which

@@ -117,13 +117,10 @@ static void engine_workload(const vs_rt_engine *e, vs_rt_workload *wl)
     wl->vocab = c->vocab_size;
     for (int s = 0; s < S; s++) { /* the quantiser's φ, at P×P */
         const vs_rt_conv_w *phi = &e->w.phi[vs_rt_phi_index(c, s)];
-        if (phi->w && phi->k > 1) {
-            int kk = phi->cin * phi->k * phi->k;
-            wl->conv_cin_kk = kk > wl->conv_cin_kk ? kk : wl->conv_cin_kk;
-            wl->conv_h = P > wl->conv_h ? P : wl->conv_h;
-            wl->conv_w = P > wl->conv_w ? P : wl->conv_w;
-        }
+        if (phi->w)
+            vs_rt_workload_add_conv(wl, phi->cin, phi->cout, phi->k, P, P);
     }
+    wl->decode_images = e->max_images; /* the decoder may take every image of a step at once */
     vs_rt_vae_workload(c, &e->w, wl);
 }
 

@@ -2,7 +2,8 @@
  *
  * check_cuda passing under emulation only means something if the emulator runs kernels as a GPU
  * would: barriers that really wait, warp exchanges that read the right lane, shared memory per
- * block, launch checks, faults that stick, cuBLAS with cuBLAS's layouts and TF32 rounding, BF16
+ * block, launch checks, faults that stick, cuBLAS with cuBLAS's layouts and TF32 rounding, cuDNN's
+ * convolution against a naive one (every algorithm it offers, its bias epilogue and checks), BF16
  * conversions to nearest even. Each test here would fail against a naive emulator (threads run
  * to completion one after another, or a GEMM with a transposed layout).
  *
@@ -313,6 +314,174 @@ START_TEST(sgemm_follows_cublas_layouts_and_tf32_mode_rounds_the_inputs)
 }
 END_TEST
 
+/* ---- cuDNN's forward convolution ------------------------------------------------------------- */
+
+#define DNN(call) ck_assert_int_eq((int)(call), (int)CUDNN_STATUS_SUCCESS)
+
+/* y[n][o][yy][xx] = Σ_{c,ky,kx} w[o][c][ky][kx] · r(x[n][c][yy+ky−k/2][xx+kx−k/2]) (0 outside), in
+ * double, + b[o] when b is given: the reference for cuDNN's cross-correlation with padding k/2 */
+static void naive_conv(const float *x, const float *w, const float *b, float *y, int N, int cin,
+                       int H, int W, int cout, int k, float (*r)(float))
+{
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < cout; o++)
+            for (int yy = 0; yy < H; yy++)
+                for (int xx = 0; xx < W; xx++) {
+                    double s = 0;
+                    for (int c = 0; c < cin; c++)
+                        for (int ky = 0; ky < k; ky++)
+                            for (int kx = 0; kx < k; kx++) {
+                                int sy = yy + ky - k / 2, sx = xx + kx - k / 2;
+                                if (sy < 0 || sy >= H || sx < 0 || sx >= W)
+                                    continue;
+                                s += (double)r(w[((o * cin + c) * k + ky) * k + kx]) *
+                                     r(x[((n * cin + c) * H + sy) * W + sx]);
+                            }
+                    y[((n * cout + o) * H + yy) * W + xx] = (float)(s + (b ? b[o] : 0.0));
+                }
+}
+
+static double max_diff(const float *a, const float *b, size_t n)
+{
+    double e = 0;
+    for (size_t i = 0; i < n; i++)
+        e = fmax(e, fabs((double)a[i] - b[i]));
+    return e;
+}
+
+START_TEST(cudnn_convolution_matches_a_naive_convolution_for_every_offered_algorithm)
+{
+    const int N = 3, cin = 5, H = 7, W = 9, cout = 4;
+    cudnnHandle_t h;
+    DNN(cudnnCreate(&h));
+    cudnnTensorDescriptor_t xd, yd, bd, bad;
+    cudnnFilterDescriptor_t wd;
+    cudnnConvolutionDescriptor_t cd;
+    cudnnActivationDescriptor_t ad;
+    DNN(cudnnCreateTensorDescriptor(&xd));
+    DNN(cudnnCreateTensorDescriptor(&yd));
+    DNN(cudnnCreateTensorDescriptor(&bd));
+    DNN(cudnnCreateTensorDescriptor(&bad));
+    DNN(cudnnCreateFilterDescriptor(&wd));
+    DNN(cudnnCreateConvolutionDescriptor(&cd));
+    DNN(cudnnCreateActivationDescriptor(&ad));
+    DNN(cudnnSetActivationDescriptor(ad, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0));
+    size_t nx = (size_t)N * cin * H * W, ny = (size_t)N * cout * H * W;
+    float *x = (float *)malloc(nx * 4), *w = (float *)malloc(cout * cin * 9 * 4), b[4];
+    float *y = (float *)malloc(ny * 4), *ref = (float *)malloc(ny * 4);
+    for (size_t i = 0; i < nx; i++)
+        x[i] = sinf((float)i * 0.71f);
+    for (int i = 0; i < cout * cin * 9; i++)
+        w[i] = cosf((float)i * 0.37f) * 0.3f;
+    for (int i = 0; i < cout; i++)
+        b[i] = 0.25f * (float)i - 0.4f;
+    float *dx = dev_alloc<float>(nx), *dw = dev_alloc<float>(cout * cin * 9), *db = dev_alloc<float>(cout);
+    float *dy = dev_alloc<float>(ny);
+    CK(cudaMemcpy(dx, x, nx * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dw, w, cout * cin * 9 * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(db, b, cout * 4, cudaMemcpyHostToDevice));
+    float one = 1, zero = 0;
+    for (int k = 1; k <= 3; k += 2) {
+        DNN(cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, N, cin, H, W));
+        DNN(cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, N, cout, H, W));
+        DNN(cudnnSetTensor4dDescriptor(bd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, cout, 1, 1));
+        DNN(cudnnSetFilter4dDescriptor(wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, cout, cin, k, k));
+        DNN(cudnnSetConvolution2dDescriptor(cd, k / 2, k / 2, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION,
+                                            CUDNN_DATA_FLOAT));
+        DNN(cudnnSetConvolutionMathType(cd, CUDNN_FMA_MATH)); /* strict FP32 */
+        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+        int got = 0, ran = 0;
+        DNN(cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+                                                   &got, perf));
+        ck_assert_int_ge(got, 1);
+        for (int a = 0; a < got; a++) {
+            if (perf[a].status != CUDNN_STATUS_SUCCESS)
+                continue;
+            size_t ws_bytes = 0;
+            DNN(cudnnGetConvolutionForwardWorkspaceSize(h, xd, wd, cd, yd, perf[a].algo, &ws_bytes));
+            void *ws = NULL;
+            if (ws_bytes)
+                CK(cudaMalloc(&ws, ws_bytes));
+            /* y = conv(x) */
+            DNN(cudnnConvolutionForward(h, &one, xd, dx, wd, dw, cd, perf[a].algo, ws, ws_bytes,
+                                        &zero, yd, dy));
+            CK(cudaDeviceSynchronize());
+            to_host(y, dy, ny);
+            naive_conv(x, w, NULL, ref, N, cin, H, W, cout, k, same);
+            double e = max_diff(y, ref, ny);
+            ck_assert_msg(e < 1e-5, "k %d algorithm %d: off the naive convolution by %g", k,
+                          (int)perf[a].algo, e);
+            /* y += bias */
+            DNN(cudnnAddTensor(h, &one, bd, db, &one, yd, dy));
+            CK(cudaDeviceSynchronize());
+            to_host(y, dy, ny);
+            naive_conv(x, w, b, ref, N, cin, H, W, cout, k, same);
+            e = max_diff(y, ref, ny);
+            ck_assert_msg(e < 1e-5, "k %d algorithm %d + cudnnAddTensor: off by %g", k,
+                          (int)perf[a].algo, e);
+            /* the fused bias: the identity activation runs only with IMPLICIT_PRECOMP_GEMM */
+            CK(cudaMemset(dy, 0xff, ny * 4)); /* NaN: α2 = 0 must not read z = y */
+            cudnnStatus_t fs = cudnnConvolutionBiasActivationForward(
+                h, &one, xd, dx, wd, dw, cd, perf[a].algo, ws, ws_bytes, &zero, yd, dy, bd, db, ad,
+                yd, dy);
+            if (perf[a].algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) {
+                ck_assert_int_eq(fs, CUDNN_STATUS_SUCCESS);
+                CK(cudaDeviceSynchronize());
+                to_host(y, dy, ny);
+                e = max_diff(y, ref, ny);
+                ck_assert_msg(e < 1e-5, "k %d fused bias: off by %g", k, e);
+            } else {
+                ck_assert_int_eq(fs, CUDNN_STATUS_NOT_SUPPORTED);
+            }
+            /* a workspace short of what the algorithm needs is refused */
+            if (ws_bytes)
+                ck_assert_int_eq(cudnnConvolutionForward(h, &one, xd, dx, wd, dw, cd, perf[a].algo,
+                                                         ws, ws_bytes - 1, &zero, yd, dy),
+                                 CUDNN_STATUS_BAD_PARAM);
+            CK(cudaFree(ws));
+            ran++;
+        }
+        ck_assert_int_ge(ran, 1);
+        /* descriptors that disagree: y with the wrong channel count */
+        DNN(cudnnSetTensor4dDescriptor(bad, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, N, cout + 1, H, W));
+        size_t ws_bytes = 0;
+        ck_assert_int_eq(cudnnGetConvolutionForwardWorkspaceSize(h, xd, wd, cd, bad,
+                                                                 CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                                                                 &ws_bytes),
+                         CUDNN_STATUS_BAD_PARAM);
+    }
+#ifdef VS_CUDA_EMU
+    /* tensor-op math rounds the FP32 inputs to TF32, as cuBLAS's TF32 mode (a GPU may pick a
+     * strict kernel anyway, so only the emulator is held to it) */
+    DNN(cudnnSetConvolutionMathType(cd, CUDNN_TENSOR_OP_MATH));
+    DNN(cudnnConvolutionForward(h, &one, xd, dx, wd, dw, cd, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                                NULL, 0, &zero, yd, dy));
+    to_host(y, dy, ny);
+    naive_conv(x, w, NULL, ref, N, cin, H, W, cout, 3, tf32);
+    double e = max_diff(y, ref, ny);
+    naive_conv(x, w, NULL, ref, N, cin, H, W, cout, 3, same);
+    double e32 = max_diff(y, ref, ny);
+    ck_assert_msg(e < 1e-5 && e32 > 10 * e, "TF32 convolution: off TF32 by %g, FP32 by %g", e, e32);
+#endif
+    CK(cudaFree(dx));
+    CK(cudaFree(dw));
+    CK(cudaFree(db));
+    CK(cudaFree(dy));
+    cudnnDestroyTensorDescriptor(xd);
+    cudnnDestroyTensorDescriptor(yd);
+    cudnnDestroyTensorDescriptor(bd);
+    cudnnDestroyTensorDescriptor(bad);
+    cudnnDestroyFilterDescriptor(wd);
+    cudnnDestroyConvolutionDescriptor(cd);
+    cudnnDestroyActivationDescriptor(ad);
+    DNN(cudnnDestroy(h));
+    free(x);
+    free(w);
+    free(y);
+    free(ref);
+}
+END_TEST
+
 __global__ void k_bf16(const float *x, float *y, int n)
 {
     for (int i = threadIdx.x; i < n; i += blockDim.x)
@@ -452,6 +621,7 @@ int main(void)
     tcase_add_test(tc, a_block_reduction_of_1024_threads_sums_every_element);
     tcase_add_test(tc, copies_outside_an_allocation_fail_and_the_device_goes_on);
     tcase_add_test(tc, sgemm_follows_cublas_layouts_and_tf32_mode_rounds_the_inputs);
+    tcase_add_test(tc, cudnn_convolution_matches_a_naive_convolution_for_every_offered_algorithm);
     tcase_add_test(tc, bf16_conversion_rounds_to_nearest_even);
 #ifdef VS_CUDA_EMU
     tcase_add_test(tc, a_write_past_an_allocation_is_a_sticky_fault_naming_the_kernel);
