@@ -67,7 +67,7 @@ ifeq ($(CUDA),emu)
 else ifeq ($(CUDA),1)
   CU_SRC  := $(wildcard runtime/*.cu)
   ALL_CFLAGS += -DVS_HAVE_CUDA=1
-  LDLIBS  += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lcublas -lcudnn -lstdc++
+  LDLIBS  += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lcublas -lcublasLt -lcudnn -lstdc++
   # Ampere and Hopper machine code, plus Hopper PTX that newer GPUs compile at load time
   NVARCH  ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
   NVFLAGS := -O2 -g -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror $(NVARCH) -MMD -MP

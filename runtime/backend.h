@@ -162,6 +162,10 @@ typedef struct {
     /* y[M][N] = x[M][K] · w[N][K]ᵀ + bias[N] (bias may be NULL) */
     void (*linear)(vs_rt_backend *be, float *y, const float *x, const float *w, const float *bias,
                    int M, int N, int K);
+    /* Optional, NULL when the backend has no fused form (vs_rt_backend_linear_gelu then runs
+     * linear and gelu_tanh): y = gelu_tanh(x · wᵀ + bias), as those two ops would give */
+    void (*linear_gelu)(vs_rt_backend *be, float *y, const float *x, const float *w,
+                        const float *bias, int M, int N, int K);
     void (*silu)(vs_rt_backend *be, float *y, const float *x, size_t n);
     void (*gelu_tanh)(vs_rt_backend *be, float *x, size_t n);           /* in place */
     void (*add)(vs_rt_backend *be, float *y, const float *x, size_t n); /* y += x */
@@ -250,6 +254,10 @@ void vs_rt_backend_free(vs_rt_backend *be); /* NULL ok */
 
 /* The backend's device counters into *out: 1, or 0 (and *out zeroed) when it has none. */
 int vs_rt_backend_counters(vs_rt_backend *be, vs_rt_counters *out);
+
+/* y[M][N] = gelu_tanh(x[M][K] · w[N][K]ᵀ + bias[N]): the backend's fused op when it has one. */
+void vs_rt_backend_linear_gelu(vs_rt_backend *be, float *y, const float *x, const float *w,
+                               const float *bias, int M, int N, int K);
 
 /* Backend memory through a plain (void *ctx) signature, for allocators such as the KV pool's. */
 void *vs_rt_backend_alloc_raw(void *be, size_t bytes);

@@ -33,7 +33,9 @@
  * right after uploading the weight arena (the gemm_weights op); each is converted on the device to
  * a BF16 copy, kept in a table sorted by the FP32 pointer. linear() looks its w up there (a binary
  * search over at most 5·depth + 3 entries) and, when found, converts x to BF16 in a scratch buffer
- * and calls cublasGemmEx (BF16 inputs, FP32 accumulation and output, the bias added in FP32).
+ * and multiplies with BF16 inputs, FP32 accumulation and output. Every linear is one cuBLASLt
+ * matmul whose epilogue adds the bias (and applies GELU for linear_gelu) in FP32, so a linear is one
+ * launch (two with the BF16 conversion of x) where a bias fill, the GEMM and a GELU pass were three.
  * Decoder: conv2d and spatial_attention take every image of a decode in one call, so the launches of
  * a decode do not depend on how many images finish together. A convolution is one cuDNN call (two
  * when its algorithm cannot fuse the bias); each shape's algorithm is chosen once by cuDNN's
@@ -126,6 +128,9 @@ typedef struct {
     int n_tsets;
     cudaStream_t st;
     cublasHandle_t blas;
+    cublasLtHandle_t lt;
+    cublasLtMatmulDesc_t mm;                /* linear(): FP32 compute, wᵀ·x, epilogue per call */
+    cublasLtMatrixLayout_t la, lb, ly;      /* linear()'s w, x and y, set per call */
     cudnnHandle_t dnn;
     /* conv2d's descriptors, set per call (host-side, no device work) */
     cudnnTensorDescriptor_t xd, yd, bd;
@@ -476,6 +481,14 @@ static void cuda_destroy(vs_rt_backend *be)
         VS_CUDA(c, cudaFreeHost(c->ring));
     if (c->blas)
         VS_CUBLAS(c, cublasDestroy(c->blas));
+    cublasLtMatrixLayout_t *lts[] = {&c->la, &c->lb, &c->ly};
+    for (size_t i = 0; i < sizeof lts / sizeof lts[0]; i++)
+        if (*lts[i])
+            VS_CUBLAS(c, cublasLtMatrixLayoutDestroy(*lts[i]));
+    if (c->mm)
+        VS_CUBLAS(c, cublasLtMatmulDescDestroy(c->mm));
+    if (c->lt)
+        VS_CUBLAS(c, cublasLtDestroy(c->lt));
     cudnnTensorDescriptor_t *tds[] = {&c->xd, &c->yd, &c->bd};
     for (size_t i = 0; i < sizeof tds / sizeof tds[0]; i++)
         if (*tds[i])
@@ -890,49 +903,21 @@ static const __nv_bfloat16 *bf16_of(const cuda_backend *c, const float *w, size_
     return NULL;
 }
 
-/* y = x·wᵀ (+ bias): in cuBLAS's column-major terms yᵀ[N][M] = (w as K×N)ᵀ · (x as K×M). The bias
- * is written first and accumulated with beta = 1, like the CPU backend. In BF16 mode a declared w
- * multiplies through its BF16 copy, with x rounded to BF16 first (FP32 accumulation and output). */
-static void cuda_linear(vs_rt_backend *be, float *y, const float *x, const float *w,
-                        const float *bias, int M, int N, int K)
+/* One cuBLASLt layout: column-major rows × cols with leading dimension ld; 0, or -1 (recorded). */
+static int lt_layout(cuda_backend *c, cublasLtMatrixLayout_t l, cudaDataType type, uint64_t rows,
+                     uint64_t cols, int64_t ld)
 {
-    cuda_backend *c = cu(be);
-    if (M <= 0 || N <= 0)
-        return;
-    float one = 1.0f, beta = 0.0f;
-    if (bias) {
-        size_t n = (size_t)M * N;
-        VS_LAUNCH(k_fill_rows, grid_for(n, 256), 256, 0, c->st, y, bias, (size_t)M, N);
-        VS_LAUNCHED(c, k_fill_rows);
-        beta = 1.0f;
+    uint32_t t = (uint32_t)type;
+    cublasStatus_t s;
+    if ((s = cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_TYPE, &t, sizeof t)) ||
+        (s = cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_ROWS, &rows, sizeof rows)) ||
+        (s = cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof cols)) ||
+        (s = cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_LD, &ld, sizeof ld))) {
+        record(c, VS_ERR_CUDA, "cublasLtMatrixLayoutSetAttribute", __FILE__, __LINE__,
+               cublasGetStatusString(s));
+        return -1;
     }
-    if (K <= 0) {
-        if (!bias)
-            VS_CUDA(c, cudaMemsetAsync(y, 0, (size_t)M * N * sizeof(float), c->st));
-        return;
-    }
-    const __nv_bfloat16 *wb = c->n_sets ? bf16_of(c, w, (size_t)N * K) : NULL;
-    gemm_math(c, 0); /* undeclared weights (the word embedding) stay FP32 */
-    if (wb) {
-        size_t nx = (size_t)M * K;
-        __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch(c, S_XBF, nx * sizeof(__nv_bfloat16));
-        if (!xb)
-            return;
-        VS_LAUNCH(k_to_bf16, grid_for(nx, 256), 256, 0, c->st, xb, x, nx);
-        VS_LAUNCHED(c, k_to_bf16);
-        VS_GEMM(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, wb, CUDA_R_16BF,
-                                K, xb, CUDA_R_16BF, K, &beta, y, CUDA_R_32F, N,
-                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-        return;
-    }
-    VS_GEMM(
-        c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, K, x, K, &beta, y, N));
-}
-
-__global__ void k_silu(float *y, const float *x, size_t n)
-{
-    GRID_STRIDE(i, n)
-    y[i] = x[i] / (1.0f + expf(-x[i]));
+    return 0;
 }
 
 __global__ void k_gelu(float *y, size_t n)
@@ -943,6 +928,78 @@ __global__ void k_gelu(float *y, size_t n)
         y[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
     }
 }
+
+/* y = x·wᵀ (+ bias), then GELU (tanh form) when gelu: one cuBLASLt matmul whose epilogue adds the
+ * bias and applies GELU in FP32. In cuBLAS's column-major terms yᵀ[N][M] = (w as K×N)ᵀ · (x as
+ * K×M), the bias along yᵀ's rows. In BF16 mode a declared w multiplies through its BF16 copy, with
+ * x rounded to BF16 first (one conversion launch; FP32 accumulation and output); every other w
+ * multiplies in strict FP32 (CUBLAS_COMPUTE_32F: no TF32). */
+static void linear_act(cuda_backend *c, float *y, const float *x, const float *w, const float *bias,
+                       int M, int N, int K, int gelu)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    size_t ny = (size_t)M * N;
+    if (K <= 0) { /* an empty sum: act(bias), or 0 (GELU(0) = 0) */
+        if (!bias) {
+            VS_CUDA(c, cudaMemsetAsync(y, 0, ny * sizeof(float), c->st));
+            return;
+        }
+        VS_LAUNCH(k_fill_rows, grid_for(ny, 256), 256, 0, c->st, y, bias, (size_t)M, N);
+        VS_LAUNCHED(c, k_fill_rows);
+        if (gelu) {
+            VS_LAUNCH(k_gelu, grid_for(ny, 256), 256, 0, c->st, y, ny);
+            VS_LAUNCHED(c, k_gelu);
+        }
+        return;
+    }
+    const __nv_bfloat16 *wb = c->n_sets ? bf16_of(c, w, (size_t)N * K) : NULL;
+    const void *A = w, *B = x;
+    cudaDataType t = CUDA_R_32F;
+    if (wb) {
+        size_t nx = (size_t)M * K;
+        __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch(c, S_XBF, nx * sizeof(__nv_bfloat16));
+        if (!xb)
+            return;
+        VS_LAUNCH(k_to_bf16, grid_for(nx, 256), 256, 0, c->st, xb, x, nx);
+        VS_LAUNCHED(c, k_to_bf16);
+        A = wb;
+        B = xb;
+        t = CUDA_R_16BF;
+    }
+    uint32_t ep = bias ? (gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
+                       : (gelu ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT);
+    if (lt_layout(c, c->la, t, (uint64_t)K, (uint64_t)N, K) != 0 ||
+        lt_layout(c, c->lb, t, (uint64_t)K, (uint64_t)M, K) != 0 ||
+        lt_layout(c, c->ly, CUDA_R_32F, (uint64_t)N, (uint64_t)M, N) != 0)
+        return;
+    VS_CUBLAS(c, cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+    if (bias)
+        VS_CUBLAS(c, cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                                    sizeof bias));
+    float one = 1.0f, zero = 0.0f;
+    VS_GEMM(c, cublasLtMatmul(c->lt, c->mm, &one, A, c->la, B, c->lb, &zero, y, c->ly, y, c->ly,
+                              NULL, NULL, 0, c->st));
+}
+
+static void cuda_linear(vs_rt_backend *be, float *y, const float *x, const float *w,
+                        const float *bias, int M, int N, int K)
+{
+    linear_act(cu(be), y, x, w, bias, M, N, K, 0);
+}
+
+static void cuda_linear_gelu(vs_rt_backend *be, float *y, const float *x, const float *w,
+                             const float *bias, int M, int N, int K)
+{
+    linear_act(cu(be), y, x, w, bias, M, N, K, 1);
+}
+
+__global__ void k_silu(float *y, const float *x, size_t n)
+{
+    GRID_STRIDE(i, n)
+    y[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
 
 __global__ void k_add(float *y, const float *x, size_t n)
 {
@@ -2153,6 +2210,7 @@ static vs_rt_backend_ops make_ops(void)
     o.gemm_weights = cuda_gemm_weights;
     o.decoder_weights = cuda_decoder_weights;
     o.linear = cuda_linear;
+    o.linear_gelu = cuda_linear_gelu;
     o.silu = cuda_silu;
     o.gelu_tanh = cuda_gelu;
     o.add = cuda_add;
@@ -2234,6 +2292,25 @@ extern "C" vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_er
         cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
         st = vs_err_set(err, VS_ERR_CUDA, "cuBLAS setup (stream, math mode) failed");
         goto fail;
+    }
+    {
+        cublasStatus_t ls = cublasLtCreate(&c->lt);
+        if (ls != CUBLAS_STATUS_SUCCESS) {
+            c->lt = NULL;
+            st = vs_err_set(err, VS_ERR_CUDA, "cublasLtCreate: %s", cublasGetStatusString(ls));
+            goto fail;
+        }
+        int32_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N, bt = CUDA_R_32F;
+        if (cublasLtMatmulDescCreate(&c->mm, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS ||
+            cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) ||
+            cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) ||
+            cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt) ||
+            cublasLtMatrixLayoutCreate(&c->la, CUDA_R_32F, 1, 1, 1) != CUBLAS_STATUS_SUCCESS ||
+            cublasLtMatrixLayoutCreate(&c->lb, CUDA_R_32F, 1, 1, 1) != CUBLAS_STATUS_SUCCESS ||
+            cublasLtMatrixLayoutCreate(&c->ly, CUDA_R_32F, 1, 1, 1) != CUBLAS_STATUS_SUCCESS) {
+            st = vs_err_set(err, VS_ERR_CUDA, "cuBLASLt setup (matmul and layout descriptors) failed");
+            goto fail;
+        }
     }
     {
         cudnnStatus_t ds = cudnnCreate(&c->dnn);

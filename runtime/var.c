@@ -475,8 +475,7 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, const vs_
         BE->linear(e->be, e->tmp, e->attn, bw->proj_w, bw->proj_b, T, C, C);
         BE->gated_add(e->be, e->x, e->tmp, e->mod, 6 * C, 0, &b, C);
         BE->adaln(e->be, e->xn, e->x, e->mod, 6 * C, 3 * C, 5 * C, &b, C, (float)c->norm_eps);
-        BE->linear(e->be, e->ffn, e->xn, bw->fc1_w, bw->fc1_b, T, c->ffn_dim, C);
-        BE->gelu_tanh(e->be, e->ffn, (size_t)T * c->ffn_dim);
+        vs_rt_backend_linear_gelu(e->be, e->ffn, e->xn, bw->fc1_w, bw->fc1_b, T, c->ffn_dim, C);
         BE->linear(e->be, e->tmp, e->ffn, bw->fc2_w, bw->fc2_b, T, C, c->ffn_dim);
         BE->gated_add(e->be, e->x, e->tmp, e->mod, 6 * C, C, &b, C);
     }

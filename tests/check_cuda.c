@@ -267,6 +267,20 @@ START_TEST(linear_matches_cpu)
         expect(&y, TOL, "linear with bias");
         BOTH(linear, P(y), P(x), P(w), NULL, M, N, K);
         expect(&y, TOL, "linear without bias");
+        /* the fused form against the CPU's linear + gelu_tanh (it has no fused op) */
+        for (int side = 0; side < 2; side++)
+            vs_rt_backend_linear_gelu(side ? g_dut : g_ref, side ? y.dut : y.ref,
+                                      side ? x.dut : x.ref, side ? w.dut : w.ref,
+                                      side ? bias.dut : bias.ref, M, N, K);
+        expect(&y, TOL, "linear + gelu_tanh");
+        if (!g_self) { /* one cuBLASLt call each: the bias and GELU in its epilogue */
+            vs_rt_counters a, b;
+            g_dut->ops->counters(g_dut, &a);
+            g_dut->ops->linear(g_dut, y.dut, x.dut, w.dut, bias.dut, M, N, K);
+            vs_rt_backend_linear_gelu(g_dut, y.dut, x.dut, w.dut, bias.dut, M, N, K);
+            g_dut->ops->counters(g_dut, &b);
+            ck_assert_uint_eq(b.launches - a.launches, 2);
+        }
         b2_free(&x);
         b2_free(&w);
         b2_free(&bias);

@@ -2,7 +2,8 @@
  *
  * check_cuda passing under emulation only means something if the emulator runs kernels as a GPU
  * would: barriers that really wait, warp exchanges that read the right lane, shared memory per
- * block, launch checks, faults that stick, cuBLAS with cuBLAS's layouts and TF32 rounding, cuDNN's
+ * block, launch checks, faults that stick, cuBLAS with cuBLAS's layouts and TF32 rounding, cuBLASLt's
+ * epilogues, cuDNN's
  * convolution against a naive one (every algorithm it offers, its bias epilogue and checks), BF16
  * conversions to nearest even. Each test here would fail against a naive emulator (threads run
  * to completion one after another, or a GEMM with a transposed layout).
@@ -314,6 +315,119 @@ START_TEST(sgemm_follows_cublas_layouts_and_tf32_mode_rounds_the_inputs)
 }
 END_TEST
 
+/* ---- cuBLASLt's matmul with epilogues ---------------------------------------------------------- */
+
+static double max_diff(const float *a, const float *b, size_t n)
+{
+    double e = 0;
+    for (size_t i = 0; i < n; i++)
+        e = fmax(e, fabs((double)a[i] - b[i]));
+    return e;
+}
+
+static float gelu_ref(float v)
+{
+    return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+
+/* D = epilogue(op(A)·op(B)): yᵀ = wᵀ·x as varserve's linear asks it (A = w K×N transposed, B = x
+ * K×M), with the bias along D's rows and GELU after it, FP32 and BF16 inputs */
+START_TEST(cublaslt_epilogues_add_the_bias_per_row_and_apply_gelu_after_it)
+{
+    const int M = 6, N = 9, K = 70;
+    float w[N * K], x[M * K], bias[N], D[N * M], R[N * M];
+    for (int i = 0; i < N * K; i++)
+        w[i] = sinf((float)i * 0.3f) * 0.2f;
+    for (int i = 0; i < M * K; i++)
+        x[i] = cosf((float)i * 0.17f);
+    for (int i = 0; i < N; i++)
+        bias[i] = 0.1f * (float)i - 0.5f;
+    float *dw = dev_alloc<float>(N * K), *dx = dev_alloc<float>(M * K), *db = dev_alloc<float>(N);
+    float *dD = dev_alloc<float>(N * M);
+    __nv_bfloat16 *dwb = dev_alloc<__nv_bfloat16>(N * K), *dxb = dev_alloc<__nv_bfloat16>(M * K);
+    __nv_bfloat16 hb[N * K > M * K ? N * K : M * K];
+    CK(cudaMemcpy(dw, w, sizeof w, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dx, x, sizeof x, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(db, bias, sizeof bias, cudaMemcpyHostToDevice));
+    for (int i = 0; i < N * K; i++)
+        hb[i] = __float2bfloat16_rn(w[i]);
+    CK(cudaMemcpy(dwb, hb, N * K * 2, cudaMemcpyHostToDevice));
+    for (int i = 0; i < M * K; i++)
+        hb[i] = __float2bfloat16_rn(x[i]);
+    CK(cudaMemcpy(dxb, hb, M * K * 2, cudaMemcpyHostToDevice));
+    cublasLtHandle_t h;
+    ck_assert_int_eq(cublasLtCreate(&h), CUBLAS_STATUS_SUCCESS);
+    cublasLtMatmulDesc_t d;
+    ck_assert_int_eq(cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F), CUBLAS_STATUS_SUCCESS);
+    int32_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N, bt = CUDA_R_32F;
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), 0);
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), 0);
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt), 0);
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &db, sizeof db), 0);
+    /* an attribute of the wrong size is refused */
+    int16_t small = 0;
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &small, sizeof small),
+                     CUBLAS_STATUS_INVALID_VALUE);
+    static const uint32_t eps[] = {CUBLASLT_EPILOGUE_DEFAULT, CUBLASLT_EPILOGUE_BIAS,
+                                   CUBLASLT_EPILOGUE_GELU, CUBLASLT_EPILOGUE_GELU_BIAS};
+    float one = 1, zero = 0;
+    for (int bf = 0; bf < 2; bf++) {
+        cudaDataType t = bf ? CUDA_R_16BF : CUDA_R_32F;
+        cublasLtMatrixLayout_t la, lb, ly;
+        ck_assert_int_eq(cublasLtMatrixLayoutCreate(&la, t, K, N, K), 0);
+        ck_assert_int_eq(cublasLtMatrixLayoutCreate(&lb, t, K, M, K), 0);
+        ck_assert_int_eq(cublasLtMatrixLayoutCreate(&ly, CUDA_R_32F, N, M, N), 0);
+        for (size_t e = 0; e < sizeof eps / sizeof eps[0]; e++) {
+            ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &eps[e],
+                                                            sizeof eps[e]), 0);
+            CK(cudaMemset(dD, 0xff, sizeof D)); /* NaN: β = 0 must not read C */
+            ck_assert_int_eq(cublasLtMatmul(h, d, &one, bf ? (const void *)dwb : dw, la,
+                                            bf ? (const void *)dxb : dx, lb, &zero, dD, ly, dD, ly,
+                                            NULL, NULL, 0, 0),
+                             CUBLAS_STATUS_SUCCESS);
+            CK(cudaDeviceSynchronize());
+            to_host(D, dD, N * M);
+            bool with_bias = eps[e] & CUBLASLT_EPILOGUE_BIAS, with_gelu = eps[e] & CUBLASLT_EPILOGUE_GELU;
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    double acc = 0;
+                    for (int k = 0; k < K; k++) {
+                        float a = w[n * K + k], b = x[m * K + k];
+                        if (bf) {
+                            a = __bfloat162float(__float2bfloat16_rn(a));
+                            b = __bfloat162float(__float2bfloat16_rn(b));
+                        }
+                        acc += (double)a * b;
+                    }
+                    float v = (float)acc + (with_bias ? bias[n] : 0.0f);
+                    R[m * N + n] = with_gelu ? gelu_ref(v) : v;
+                }
+            double err = max_diff(D, R, N * M);
+            ck_assert_msg(err < 1e-4, "epilogue %u, %s inputs: off by %g", eps[e], bf ? "BF16" : "FP32", err);
+        }
+        /* layouts that do not agree (x with one row too few) */
+        cublasLtMatrixLayout_t bad;
+        ck_assert_int_eq(cublasLtMatrixLayoutCreate(&bad, t, K - 1, M, K), 0);
+        ck_assert_int_ne(cublasLtMatmul(h, d, &one, bf ? (const void *)dwb : dw, la,
+                                        bf ? (const void *)dxb : dx, bad, &zero, dD, ly, dD, ly,
+                                        NULL, NULL, 0, 0),
+                         CUBLAS_STATUS_SUCCESS);
+        cublasLtMatrixLayoutDestroy(bad);
+        cublasLtMatrixLayoutDestroy(la);
+        cublasLtMatrixLayoutDestroy(lb);
+        cublasLtMatrixLayoutDestroy(ly);
+    }
+    cublasLtMatmulDescDestroy(d);
+    cublasLtDestroy(h);
+    CK(cudaFree(dw));
+    CK(cudaFree(dx));
+    CK(cudaFree(db));
+    CK(cudaFree(dD));
+    CK(cudaFree(dwb));
+    CK(cudaFree(dxb));
+}
+END_TEST
+
 /* ---- cuDNN's forward convolution ------------------------------------------------------------- */
 
 #define DNN(call) ck_assert_int_eq((int)(call), (int)CUDNN_STATUS_SUCCESS)
@@ -339,14 +453,6 @@ static void naive_conv(const float *x, const float *w, const float *b, float *y,
                             }
                     y[((n * cout + o) * H + yy) * W + xx] = (float)(s + (b ? b[o] : 0.0));
                 }
-}
-
-static double max_diff(const float *a, const float *b, size_t n)
-{
-    double e = 0;
-    for (size_t i = 0; i < n; i++)
-        e = fmax(e, fabs((double)a[i] - b[i]));
-    return e;
 }
 
 START_TEST(cudnn_convolution_matches_a_naive_convolution_for_every_offered_algorithm)
@@ -621,6 +727,7 @@ int main(void)
     tcase_add_test(tc, a_block_reduction_of_1024_threads_sums_every_element);
     tcase_add_test(tc, copies_outside_an_allocation_fail_and_the_device_goes_on);
     tcase_add_test(tc, sgemm_follows_cublas_layouts_and_tf32_mode_rounds_the_inputs);
+    tcase_add_test(tc, cublaslt_epilogues_add_the_bias_per_row_and_apply_gelu_after_it);
     tcase_add_test(tc, cudnn_convolution_matches_a_naive_convolution_for_every_offered_algorithm);
     tcase_add_test(tc, bf16_conversion_rounds_to_nearest_even);
 #ifdef VS_CUDA_EMU

@@ -1140,6 +1140,223 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                 ldb, *(const float *)beta, (float *)C, ldc, r);
 }
 
+/* ---- cuBLASLt: matmul with an epilogue, on the GEMM above ---------------------------------------- */
+
+#define LT_MAGIC 0x4c54484eu
+
+struct cuda_emu_lt {
+    unsigned magic;
+};
+struct cuda_emu_lt_desc {
+    unsigned magic;
+    cublasComputeType_t compute;
+    int32_t ta, tb;
+    uint32_t epilogue;
+    const void *bias;
+    int32_t bias_type;
+};
+struct cuda_emu_lt_layout {
+    unsigned magic;
+    int32_t type;
+    uint64_t rows, cols;
+    int64_t ld;
+};
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *h)
+{
+    if (!h)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    *h = NULL;
+    if (sticky())
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    *h = (cublasLtHandle_t)calloc(1, sizeof **h);
+    if (!*h)
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    (*h)->magic = LT_MAGIC;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t h)
+{
+    if (!h || h->magic != LT_MAGIC)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    h->magic = 0;
+    free(h);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t compute,
+                                        cudaDataType_t scale_type)
+{
+    if (!d)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (scale_type != CUDA_R_32F ||
+        (compute != CUBLAS_COMPUTE_32F && compute != CUBLAS_COMPUTE_32F_PEDANTIC &&
+         compute != CUBLAS_COMPUTE_32F_FAST_TF32 && compute != CUBLAS_COMPUTE_32F_FAST_16BF))
+        return CUBLAS_STATUS_NOT_SUPPORTED; /* what varserve uses: FP32 compute and scale */
+    *d = (cublasLtMatmulDesc_t)calloc(1, sizeof **d);
+    if (!*d)
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    **d = cuda_emu_lt_desc{LT_MAGIC, compute, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT, NULL,
+                           CUDA_R_32F};
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d)
+{
+    if (d && d->magic != LT_MAGIC)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    free(d);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* cuBLASLt checks each attribute's size against its storage: a wrong size is INVALID_VALUE */
+template <typename T> static cublasStatus_t lt_set(T *dst, const void *buf, size_t bytes)
+{
+    if (!buf || bytes != sizeof(T))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    memcpy(dst, buf, sizeof(T));
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr,
+                                              const void *buf, size_t bytes)
+{
+    if (!d || d->magic != LT_MAGIC)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    switch (attr) {
+    case CUBLASLT_MATMUL_DESC_TRANSA: return lt_set(&d->ta, buf, bytes);
+    case CUBLASLT_MATMUL_DESC_TRANSB: return lt_set(&d->tb, buf, bytes);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE: return lt_set(&d->epilogue, buf, bytes);
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER: return lt_set(&d->bias, buf, bytes);
+    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: return lt_set(&d->bias_type, buf, bytes);
+    }
+    return CUBLAS_STATUS_INVALID_VALUE;
+}
+
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataType type, uint64_t rows,
+                                          uint64_t cols, int64_t ld)
+{
+    if (!l)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    *l = (cublasLtMatrixLayout_t)calloc(1, sizeof **l);
+    if (!*l)
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    **l = cuda_emu_lt_layout{LT_MAGIC, (int32_t)type, rows, cols, ld};
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l)
+{
+    if (l && l->magic != LT_MAGIC)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    free(l);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t l,
+                                                cublasLtMatrixLayoutAttribute_t attr,
+                                                const void *buf, size_t bytes)
+{
+    if (!l || l->magic != LT_MAGIC)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    switch (attr) {
+    case CUBLASLT_MATRIX_LAYOUT_TYPE: return lt_set(&l->type, buf, bytes);
+    case CUBLASLT_MATRIX_LAYOUT_ROWS: return lt_set(&l->rows, buf, bytes);
+    case CUBLASLT_MATRIX_LAYOUT_COLS: return lt_set(&l->cols, buf, bytes);
+    case CUBLASLT_MATRIX_LAYOUT_LD: return lt_set(&l->ld, buf, bytes);
+    case CUBLASLT_MATRIX_LAYOUT_ORDER: /* column-major only */
+        if (!buf || bytes != sizeof(int32_t))
+            return CUBLAS_STATUS_INVALID_VALUE;
+        return *(const int32_t *)buf == 0 ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    return CUBLAS_STATUS_INVALID_VALUE;
+}
+
+static float gelu_tanh_f(float v)
+{
+    return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const void *alpha,
+                              const void *A, cublasLtMatrixLayout_t ad, const void *B,
+                              cublasLtMatrixLayout_t bd, const void *beta, const void *C,
+                              cublasLtMatrixLayout_t cd, void *D, cublasLtMatrixLayout_t dd,
+                              const cublasLtMatmulAlgo_t *algo, void *ws, size_t ws_bytes,
+                              cudaStream_t st)
+{
+    const char *what = "cublasLtMatmul";
+    (void)ws;
+    (void)ws_bytes;
+    if (!h || h->magic != LT_MAGIC)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (sticky())
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    if (!d || d->magic != LT_MAGIC || !ad || !bd || !cd || !dd || !alpha || !beta ||
+        !valid_stream(st))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (algo)
+        return CUBLAS_STATUS_NOT_SUPPORTED; /* the emulation has only cuBLASLt's own heuristic */
+    bool ta = d->ta == CUBLAS_OP_T, tb = d->tb == CUBLAS_OP_T;
+    uint64_t m = dd->rows, n = dd->cols, k = ta ? ad->rows : ad->cols;
+    uint64_t am = ta ? ad->cols : ad->rows, bk = tb ? bd->cols : bd->rows, bn = tb ? bd->rows : bd->cols;
+    if (am != m || bk != k || bn != n || cd->rows != m || cd->cols != n || cd->ld != dd->ld ||
+        ad->type != bd->type || (ad->type != CUDA_R_32F && ad->type != CUDA_R_16BF) ||
+        cd->type != CUDA_R_32F || dd->type != CUDA_R_32F || m > INT32_MAX || n > INT32_MAX ||
+        k > INT32_MAX) {
+        fprintf(stderr, "cuda-emu: %s: layouts A %llux%llu, B %llux%llu, C %llux%llu, D %llux%llu "
+                        "(transa %d, transb %d) or their types do not agree\n", what,
+                (unsigned long long)ad->rows, (unsigned long long)ad->cols,
+                (unsigned long long)bd->rows, (unsigned long long)bd->cols,
+                (unsigned long long)cd->rows, (unsigned long long)cd->cols,
+                (unsigned long long)dd->rows, (unsigned long long)dd->cols, (int)ta, (int)tb);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    uint32_t ep = d->epilogue;
+    bool has_bias = ep == CUBLASLT_EPILOGUE_BIAS || ep == CUBLASLT_EPILOGUE_GELU_BIAS;
+    bool has_gelu = ep == CUBLASLT_EPILOGUE_GELU || ep == CUBLASLT_EPILOGUE_GELU_BIAS;
+    if (ep != CUBLASLT_EPILOGUE_DEFAULT && !has_bias && !has_gelu)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (has_bias && (!d->bias || d->bias_type != CUDA_R_32F))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (has_bias && !in_device(d->bias, m * sizeof(float))) {
+        fault(cudaErrorIllegalAddress, "%s: the bias (%llu floats) reaches outside its device allocation",
+              what, (unsigned long long)m);
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
+    float b = *(const float *)beta;
+    if (b != 0.0f && C != D) { /* D starts as C, then β·D accumulates as cuBLAS does */
+        size_t nc = span((int)m, (int)n, (int)dd->ld);
+        if (!in_device(C, nc * sizeof(float)) || !in_device(D, nc * sizeof(float))) {
+            fault(cudaErrorIllegalAddress, "%s: C or D reaches outside its device allocation", what);
+            return CUBLAS_STATUS_EXECUTION_FAILED;
+        }
+        for (uint64_t j = 0; j < n; j++)
+            memmove((float *)D + j * dd->ld, (const float *)C + j * dd->ld, m * sizeof(float));
+    }
+    rounding r = R_NONE;
+    if (ad->type == CUDA_R_32F)
+        r = d->compute == CUBLAS_COMPUTE_32F_FAST_TF32 ? R_TF32
+            : d->compute == CUBLAS_COMPUTE_32F_FAST_16BF ? R_BF16 : R_NONE;
+    in_kind kin = ad->type == CUDA_R_16BF ? IN_BF16 : IN_F32;
+    cuda_emu_blas gh = {BLAS_MAGIC, st, CUBLAS_DEFAULT_MATH};
+    cublasStatus_t s = gemm(what, &gh, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                            (int)m, (int)n, (int)k, *(const float *)alpha, A, kin, (int)ad->ld, B, kin,
+                            (int)bd->ld, b, (float *)D, (int)dd->ld, r);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return s;
+    const float *bias = (const float *)d->bias;
+    for (uint64_t j = 0; j < n; j++) {
+        float *col = (float *)D + j * dd->ld;
+        for (uint64_t i = 0; i < m; i++) {
+            float v = has_bias ? col[i] + bias[i] : col[i];
+            col[i] = has_gelu ? gelu_tanh_f(v) : v;
+        }
+    }
+    check_guards(what);
+    return sticky() ? CUBLAS_STATUS_EXECUTION_FAILED : CUBLAS_STATUS_SUCCESS;
+}
+
 /* ---- cuDNN's forward convolution on im2col + OpenBLAS ------------------------------------------ */
 
 #define DNN_MAGIC 0x444e4e48u

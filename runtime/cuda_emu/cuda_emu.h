@@ -32,6 +32,10 @@
  *    compute) on OpenBLAS with cuBLAS's column-major layouts, transposes and argument checks;
  *    under CUBLAS_TF32_TENSOR_OP_MATH (or a *_FAST_TF32 compute type) FP32 inputs are rounded to
  *    TF32 (10-bit mantissa, to nearest) first, so precision claims can be tested;
+ *  - cuBLASLt: cublasLtMatmul with the epilogues DEFAULT, BIAS, GELU and GELU_BIAS (FP32 bias,
+ *    GELU in its tanh form, applied in FP32 after α·op(A)·op(B) + β·C), FP32 or BF16 inputs and FP32
+ *    output on the cuBLAS emulation above (the same TF32/BF16 input rounding for the compute
+ *    type), with cuBLASLt's checks of the descriptors' sizes and attribute sizes;
  *  - cuDNN: the forward convolution varserve uses (NCHW FP32 tensors, 2-D cross-correlation, unit
  *    stride and dilation; cudnnConvolutionForward, cudnnConvolutionBiasActivationForward with the
  *    identity activation, cudnnAddTensor for a per-channel bias, the algorithm query
@@ -436,6 +440,56 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
                             void *C, cudaDataType ct, int ldc, cublasComputeType_t compute,
                             cublasGemmAlgo_t algo);
 
+
+/* ---- cuBLASLt (matmul with a fused epilogue) -------------------------------------------------- */
+
+typedef enum {
+    CUBLASLT_MATMUL_DESC_TRANSA = 3,
+    CUBLASLT_MATMUL_DESC_TRANSB = 4,
+    CUBLASLT_MATMUL_DESC_EPILOGUE = 7,
+    CUBLASLT_MATMUL_DESC_BIAS_POINTER = 8,
+    CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE = 26,
+} cublasLtMatmulDescAttributes_t;
+typedef enum {
+    CUBLASLT_MATRIX_LAYOUT_TYPE = 0,
+    CUBLASLT_MATRIX_LAYOUT_ORDER = 1,
+    CUBLASLT_MATRIX_LAYOUT_ROWS = 2,
+    CUBLASLT_MATRIX_LAYOUT_COLS = 3,
+    CUBLASLT_MATRIX_LAYOUT_LD = 4,
+} cublasLtMatrixLayoutAttribute_t;
+typedef enum {
+    CUBLASLT_EPILOGUE_DEFAULT = 1,
+    CUBLASLT_EPILOGUE_BIAS = 4,
+    CUBLASLT_EPILOGUE_GELU = 32,
+    CUBLASLT_EPILOGUE_GELU_BIAS = 36,
+} cublasLtEpilogue_t;
+typedef struct cuda_emu_lt *cublasLtHandle_t;
+typedef struct cuda_emu_lt_desc *cublasLtMatmulDesc_t;
+typedef struct cuda_emu_lt_layout *cublasLtMatrixLayout_t;
+typedef struct {
+    uint64_t data[8];
+} cublasLtMatmulAlgo_t;
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *h);
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t h);
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t compute,
+                                        cudaDataType_t scale_type);
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d);
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr,
+                                              const void *buf, size_t bytes);
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataType type, uint64_t rows,
+                                          uint64_t cols, int64_t ld);
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l);
+cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t l,
+                                                cublasLtMatrixLayoutAttribute_t attr,
+                                                const void *buf, size_t bytes);
+/* D = epilogue(α·op(A)·op(B) + β·C), column-major; algo NULL (cuBLASLt's own heuristic) only */
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const void *alpha,
+                              const void *A, cublasLtMatrixLayout_t ad, const void *B,
+                              cublasLtMatrixLayout_t bd, const void *beta, const void *C,
+                              cublasLtMatrixLayout_t cd, void *D, cublasLtMatrixLayout_t dd,
+                              const cublasLtMatmulAlgo_t *algo, void *ws, size_t ws_bytes,
+                              cudaStream_t st);
 
 /* ---- cuDNN (the forward convolution) ---------------------------------------------------------- */
 
