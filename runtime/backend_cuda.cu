@@ -1939,6 +1939,16 @@ static const conv_plan *conv_plan_for(cuda_backend *c, int cin, int H, int W, in
     return p;
 }
 
+/* The descriptors of plan p's shape at N images and the workspace its algorithm needs there;
+ * 0, or -1 (recorded). */
+static int conv_setup(cuda_backend *c, const conv_plan *p, int N, size_t *ws_bytes)
+{
+    if (conv_descs(c, N, p->cin, p->h, p->w, p->cout, p->k, p->tf32) != 0)
+        return -1;
+    return VS_CUDNN(c, cudnnGetConvolutionForwardWorkspaceSize(c->dnn, c->xd, c->wd, c->cd, c->yd,
+                                                               p->algo, ws_bytes));
+}
+
 /* One cuDNN call for all N images: the bias fused in (cudnnConvolutionBiasActivationForward,
  * identity activation, which cuDNN runs only with IMPLICIT_PRECOMP_GEMM) when that is the
  * shape's algorithm, else the convolution and then cudnnAddTensor for the bias. The quantiser's φ
@@ -1962,11 +1972,8 @@ static void cuda_conv2d(vs_rt_backend *be, float *y, const float *x, const float
     }
     int tf32 = !c->fp32 && is_decoder_weight(c, w);
     const conv_plan *p = conv_plan_for(c, cin, H, W, cout, k, tf32);
-    if (!p || conv_descs(c, N, cin, H, W, cout, k, tf32) != 0)
-        return;
     size_t ws_bytes = 0;
-    if (VS_CUDNN(c, cudnnGetConvolutionForwardWorkspaceSize(c->dnn, c->xd, c->wd, c->cd, c->yd,
-                                                            p->algo, &ws_bytes)))
+    if (!p || conv_setup(c, p, N, &ws_bytes) != 0)
         return;
     void *ws = ws_bytes ? scratch(c, S_CONV, ws_bytes) : NULL;
     if (ws_bytes && !ws)
@@ -2117,9 +2124,7 @@ static int conv_reserve(cuda_backend *c, const vs_rt_workload *w, size_t *ws_byt
         for (int tf32 = 0; tf32 <= (c->fp32 ? 0 : 1); tf32++) {
             const conv_plan *p = conv_plan_for(c, s->cin, s->h, s->w, s->cout, s->k, tf32);
             size_t b = 0;
-            if (!p || conv_descs(c, c->decode_images, s->cin, s->h, s->w, s->cout, s->k, tf32) != 0 ||
-                VS_CUDNN(c, cudnnGetConvolutionForwardWorkspaceSize(c->dnn, c->xd, c->wd, c->cd,
-                                                                    c->yd, p->algo, &b)))
+            if (!p || conv_setup(c, p, c->decode_images, &b) != 0)
                 return -1;
             *ws_bytes = b > *ws_bytes ? b : *ws_bytes;
         }
