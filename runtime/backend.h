@@ -65,8 +65,8 @@ typedef struct {
  * real and an emulated device count the same). A GPU's cost model that needs no GPU to measure:
  * how often the host starts device work and waits for it, and what crosses the bus. */
 typedef struct {
-    /* kernel launches plus cuBLAS calls, one each (a cuBLAS GEMM call counts as one launch
-     * whatever kernels cuBLAS runs inside it); memsets and device-to-device copies are not
+    /* kernel launches plus cuBLAS, cuBLASLt and cuDNN calls, one each (a library call counts as
+     * one launch whatever kernels it runs inside); memsets and device-to-device copies are not
      * counted */
     uint64_t launches;
     /* host waits for the device: every stream synchronisation (sync(), each synchronous

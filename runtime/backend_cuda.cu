@@ -21,8 +21,8 @@
  *
  * Counters (the counters op, vs_rt_counters in backend.h): counted where the work is issued, with
  * no extra device calls, so the emulated device counts what a GPU would be asked to do. Launches in
- * VS_LAUNCHED (every kernel launch is followed by it) and VS_GEMM (every cuBLAS GEMM call goes
- * through it: one launch each); syncs in drain() (every host wait); host → device bytes in h2d()
+ * VS_LAUNCHED (every kernel launch is followed by it), VS_GEMM (every cuBLAS or cuBLASLt GEMM
+ * call goes through it: one launch each) and VS_DNN (every cuDNN call that does device work); syncs in drain() (every host wait); host → device bytes in h2d()
  * (every such copy goes through it), device → host bytes in cuda_download() and cuda_cfg_sample();
  * allocated bytes where cudaMalloc/cudaFree are called (alloc() blocks are kept in a table with
  * their sizes). KV bytes: batch_begin names the KV pool arena (b->kv_base); the alloc() block
@@ -233,6 +233,8 @@ static int dnn_check(cuda_backend *c, cudnnStatus_t s, const char *what, const c
     return -1;
 }
 #define VS_CUDNN(c, call) dnn_check((c), (call), #call, __FILE__, __LINE__)
+/* A cuDNN call that does device work: counted as one launch, like a cuBLAS GEMM. */
+#define VS_DNN(c, call) ((c)->ctr.launches++, VS_CUDNN(c, call))
 
 /* After every kernel launch: a bad configuration shows here, a fault at the next sync. */
 #define VS_LAUNCHED(c, kernel)                                                                     \
@@ -1979,18 +1981,16 @@ static void cuda_conv2d(vs_rt_backend *be, float *y, const float *x, const float
     if (ws_bytes && !ws)
         return;
     float one = 1.0f, zero = 0.0f;
-    c->ctr.launches++;
     if (b && p->algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) {
-        (void)VS_CUDNN(c, cudnnConvolutionBiasActivationForward(
+        (void)VS_DNN(c, cudnnConvolutionBiasActivationForward(
                               c->dnn, &one, c->xd, x, c->wd, w, c->cd, p->algo, ws, ws_bytes, &zero,
                               c->yd, y, c->bd, b, c->ad, c->yd, y));
         return;
     }
-    if (VS_CUDNN(c, cudnnConvolutionForward(c->dnn, &one, c->xd, x, c->wd, w, c->cd, p->algo, ws,
-                                            ws_bytes, &zero, c->yd, y)) || !b)
+    if (VS_DNN(c, cudnnConvolutionForward(c->dnn, &one, c->xd, x, c->wd, w, c->cd, p->algo, ws,
+                                          ws_bytes, &zero, c->yd, y)) || !b)
         return;
-    c->ctr.launches++;
-    (void)VS_CUDNN(c, cudnnAddTensor(c->dnn, &one, c->bd, b, &one, c->yd, y));
+    (void)VS_DNN(c, cudnnAddTensor(c->dnn, &one, c->bd, b, &one, c->yd, y));
 }
 
 /* One block per (image, group): statistics in double over cpg·HW values, as the CPU backend. */
