@@ -17,10 +17,10 @@ MODEL   ?= models/mnist-var.safetensors
 
 # The toolkit's root, asked of nvcc itself (it may be a wrapper script outside the toolkit,
 # e.g. /usr/local/bin/nvcc), and where its runtime libraries live. CUDA is on by default only
-# when nvcc AND libcudart/libcublas are found, so a compiler-only install still builds.
+# when nvcc AND libcudart/libcublas/libcudnn are found, so a compiler-only install still builds.
 ifneq ($(NVCC),)
   CUDA_HOME ?= $(shell $(NVCC) --dryrun -x cu -c /dev/null -o /dev/null 2>&1 | sed -n 's/^\#\$$ TOP=//p' | head -n1)
-  CUDA_LIBDIR := $(firstword $(foreach d,$(CUDA_HOME)/lib64 $(CUDA_HOME)/targets/x86_64-linux/lib $(CUDA_HOME)/targets/sbsa-linux/lib $(CUDA_HOME)/lib,$(if $(wildcard $(d)/libcudart.so),$(if $(wildcard $(d)/libcublas.so),$(d)))))
+  CUDA_LIBDIR := $(firstword $(foreach d,$(CUDA_HOME)/lib64 $(CUDA_HOME)/targets/x86_64-linux/lib $(CUDA_HOME)/targets/sbsa-linux/lib $(CUDA_HOME)/lib,$(if $(wildcard $(d)/libcudart.so),$(if $(wildcard $(d)/libcublas.so),$(if $(wildcard $(d)/libcudnn.so),$(d))))))
 endif
 ifeq ($(origin CUDA),undefined)
   CUDA := $(if $(NVCC),$(if $(CUDA_LIBDIR),1,0),0)
@@ -67,7 +67,7 @@ ifeq ($(CUDA),emu)
 else ifeq ($(CUDA),1)
   CU_SRC  := $(wildcard runtime/*.cu)
   ALL_CFLAGS += -DVS_HAVE_CUDA=1
-  LDLIBS  += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lcublas -lstdc++
+  LDLIBS  += -L$(CUDA_LIBDIR) -Wl,-rpath,$(CUDA_LIBDIR) -lcudart -lcublas -lcublasLt -lcudnn -lstdc++
   # Ampere and Hopper machine code, plus Hopper PTX that newer GPUs compile at load time
   NVARCH  ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 -gencode arch=compute_90,code=compute_90
   NVFLAGS := -O2 -g -std=c++17 -I. -Xcompiler -Wall,-Wextra,-Werror $(NVARCH) -MMD -MP
@@ -89,7 +89,7 @@ all: cuda-info $(BUILD)/varserve
 cuda-info:
 	@if [ "$(CUDA)" = emu ]; then echo "varserve: CUDA backend ON, on the emulated device (runtime/cuda_emu/), in $(BUILD)/"; \
 	 elif [ "$(CUDA)" = 1 ]; then echo "varserve: CUDA backend ON (nvcc: $(NVCC))"; \
-	 else echo "varserve: CUDA backend OFF ($(if $(NVCC),$(if $(CUDA_LIBDIR),CUDA=0 given,nvcc found but no libcudart/libcublas under $(or $(CUDA_HOME),its toolkit)),no nvcc found)); CPU backend only"; fi
+	 else echo "varserve: CUDA backend OFF ($(if $(NVCC),$(if $(CUDA_LIBDIR),CUDA=0 given,nvcc found but no libcudart/libcublas/libcudnn under $(or $(CUDA_HOME),its toolkit)),no nvcc found)); CPU backend only"; fi
 
 $(BUILD)/libvarserve.a: $(LIB_OBJ)
 	@mkdir -p $(dir $@)

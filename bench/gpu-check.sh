@@ -56,7 +56,7 @@ if ! make -j"$JOBS" CUDA=1 NVCC="$NVCC" CFLAGS="-O2 -g -Wl,--as-needed" NVARCH="
 fi
 say "built with $NVCC in $(elapsed) s"
 "$NVCC" -O2 -std=c++17 -I. -gencode arch=compute_90,code=sm_90 -x cu -o build/tests/check_emu_gpu \
-    tests/check_emu.cu -lcublas -Xlinker --as-needed -lcheck -lsubunit -lrt -lm -lpthread >>"$LOG" 2>&1 ||
+    tests/check_emu.cu -lcublas -lcublasLt -lcudnn -Xlinker --as-needed -lcheck -lsubunit -lrt -lm -lpthread >>"$LOG" 2>&1 ||
     say "check_emu did not build with nvcc (log.txt)"
 
 # ---- 2, 3. correctness on the device ------------------------------------------------------------------

@@ -75,3 +75,28 @@ void vs_rt_backend_free_raw(void *be, void *p)
     vs_rt_backend *b = be;
     b->ops->free(b, p);
 }
+
+void vs_rt_workload_add_conv(vs_rt_workload *wl, int cin, int cout, int k, int h, int w)
+{
+    for (int i = 0; i < wl->n_convs; i++) {
+        const vs_rt_conv_shape *c = &wl->convs[i];
+        if (c->cin == cin && c->cout == cout && c->k == k && c->h == h && c->w == w)
+            return;
+    }
+    if (wl->n_convs == VS_RT_WORKLOAD_CONVS) {
+        wl->convs_dropped++;
+        return;
+    }
+    wl->convs[wl->n_convs++] = (vs_rt_conv_shape){cin, cout, k, h, w};
+}
+
+void vs_rt_backend_linear_gelu(vs_rt_backend *be, float *y, const float *x, const float *w,
+                               const float *bias, int M, int N, int K)
+{
+    if (be->ops->linear_gelu) {
+        be->ops->linear_gelu(be, y, x, w, bias, M, N, K);
+        return;
+    }
+    be->ops->linear(be, y, x, w, bias, M, N, K);
+    be->ops->gelu_tanh(be, y, (size_t)M * N);
+}

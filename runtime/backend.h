@@ -65,8 +65,8 @@ typedef struct {
  * real and an emulated device count the same). A GPU's cost model that needs no GPU to measure:
  * how often the host starts device work and waits for it, and what crosses the bus. */
 typedef struct {
-    /* kernel launches plus cuBLAS calls, one each (a cuBLAS GEMM call counts as one launch
-     * whatever kernels cuBLAS runs inside it); memsets and device-to-device copies are not
+    /* kernel launches plus cuBLAS, cuBLASLt and cuDNN calls, one each (a library call counts as
+     * one launch whatever kernels it runs inside); memsets and device-to-device copies are not
      * counted */
     uint64_t launches;
     /* host waits for the device: every stream synchronisation (sync(), each synchronous
@@ -89,6 +89,13 @@ typedef struct {
     uint64_t allocations;  /* device allocations made so far (after start-up a step makes none) */
 } vs_rt_counters;
 
+/* One conv2d the quantiser or the decoder runs, N aside (y[N][cout][h][w] from x[N][cin][h][w]). */
+typedef struct {
+    int cin, cout, k, h, w;
+} vs_rt_conv_shape;
+
+#define VS_RT_WORKLOAD_CONVS 64 /* distinct conv2d shapes a workload lists (VAR's decoder: ~20) */
+
 /* The largest work the ops will be given, for reserve(): every field is a maximum over all the
  * calls that follow (0 = that op is not used). var.c fills it for one step of max_images images
  * (and the quantiser), vae.c adds the decoder's convolutions and attention. */
@@ -99,9 +106,17 @@ typedef struct {
     int index;             /* entries of one host index list (gather_rows, embed_chw) */
     size_t linear_in;      /* floats of one linear's input x, M·K */
     int sample_reqs, sample_tokens, vocab; /* one cfg_sample: n, Σ reqs[i].n, V */
-    int conv_cin_kk, conv_h, conv_w;       /* conv2d with k > 1: the largest cin·k·k, H and W */
+    int decode_images;     /* the largest N of one conv2d or spatial_attention call */
+    /* every distinct conv2d shape (add them with vs_rt_workload_add_conv): the CUDA backend picks
+     * each one's cuDNN algorithm and sizes their common workspace once, in reserve() */
+    vs_rt_conv_shape convs[VS_RT_WORKLOAD_CONVS];
+    int n_convs;           /* entries of convs used */
+    int convs_dropped;     /* shapes beyond VS_RT_WORKLOAD_CONVS (then chosen at their first call) */
     int attn_hw;           /* spatial_attention: the largest HW */
 } vs_rt_workload;
+
+/* Lists the conv2d shape in wl->convs unless it is there already. */
+void vs_rt_workload_add_conv(vs_rt_workload *wl, int cin, int cout, int k, int h, int w);
 
 /* Device memory, from mem_info(). */
 typedef struct {
@@ -124,8 +139,8 @@ typedef struct {
     vs_status (*batch_begin)(vs_rt_backend *be, vs_rt_batch *b, vs_err *err);
 
     /* Optional, NULL when the backend keeps no scratch of its own (CPU). Allocates, at start-up,
-     * the backend's own scratch (CUDA: BF16 activations, im2col columns, sort buffers, attention
-     * scores, row and page tables) for the largest work *w describes, so that ops within it never
+     * the backend's own scratch (CUDA: BF16 activations, cuDNN's workspace and its algorithm per
+     * conv2d shape, sort buffers, attention scores, row and page tables) for the largest work *w describes, so that ops within it never
      * allocate device memory. VS_ERR_NOMEM names the bytes; nothing stays recorded. */
     vs_status (*reserve)(vs_rt_backend *be, const vs_rt_workload *w, vs_err *err);
     /* Optional, NULL when backend memory is host memory (CPU). */
@@ -148,6 +163,10 @@ typedef struct {
     /* y[M][N] = x[M][K] · w[N][K]ᵀ + bias[N] (bias may be NULL) */
     void (*linear)(vs_rt_backend *be, float *y, const float *x, const float *w, const float *bias,
                    int M, int N, int K);
+    /* Optional, NULL when the backend has no fused form (vs_rt_backend_linear_gelu then runs
+     * linear and gelu_tanh): y = gelu_tanh(x · wᵀ + bias), as those two ops would give */
+    void (*linear_gelu)(vs_rt_backend *be, float *y, const float *x, const float *w,
+                        const float *bias, int M, int N, int K);
     void (*silu)(vs_rt_backend *be, float *y, const float *x, size_t n);
     void (*gelu_tanh)(vs_rt_backend *be, float *x, size_t n);           /* in place */
     void (*add)(vs_rt_backend *be, float *y, const float *x, size_t n); /* y += x */
@@ -188,7 +207,8 @@ typedef struct {
     void (*transpose)(vs_rt_backend *be, float *dst, const float *src, int rows, int cols);
 
     /* ---- decoder ---- */
-    /* y[N][cout][H][W] = conv(x[N][cin][H][W], w[cout][cin][k][k]) + b, stride 1, padding k/2 */
+    /* y[N][cout][H][W] = conv(x[N][cin][H][W], w[cout][cin][k][k]) + b, stride 1, padding k/2;
+     * the N images in one call (CUDA: one cuDNN call whatever N is) */
     void (*conv2d)(vs_rt_backend *be, float *y, const float *x, const float *w, const float *b,
                    int N, int cin, int H, int W, int cout, int k);
     /* GroupNorm with affine; then SiLU when silu != 0. x,y [N][C][HW] */
@@ -196,7 +216,8 @@ typedef struct {
                        const float *beta, int N, int C, int HW, int groups, float eps, int silu);
     void (*upsample_nearest2x)(vs_rt_backend *be, float *dst, const float *src, int planes, int h,
                                int w);
-    /* out[n][C][HW] = v·softmax(qᵀk/√C)ᵀ, single head over positions; qkv [N][3C][HW] */
+    /* out[n][C][HW] = v·softmax(qᵀk/√C)ᵀ, single head over positions; qkv [N][3C][HW]; the N
+     * images in one call (CUDA: three launches whatever N is) */
     void (*spatial_attention)(vs_rt_backend *be, float *out, const float *qkv, int N, int C, int HW);
     /* x = (clamp(x, −1, 1) + 1) / 2 */
     void (*to_unit)(vs_rt_backend *be, float *x, size_t n);
@@ -236,6 +257,10 @@ void vs_rt_backend_free(vs_rt_backend *be); /* NULL ok */
 
 /* The backend's device counters into *out: 1, or 0 (and *out zeroed) when it has none. */
 int vs_rt_backend_counters(vs_rt_backend *be, vs_rt_counters *out);
+
+/* y[M][N] = gelu_tanh(x[M][K] · w[N][K]ᵀ + bias[N]): the backend's fused op when it has one. */
+void vs_rt_backend_linear_gelu(vs_rt_backend *be, float *y, const float *x, const float *w,
+                               const float *bias, int M, int N, int K);
 
 /* Backend memory through a plain (void *ctx) signature, for allocators such as the KV pool's. */
 void *vs_rt_backend_alloc_raw(void *be, size_t bytes);

@@ -1,5 +1,5 @@
-/* runtime/backend_cuda.cu — the CUDA backend: cuBLAS for GEMMs, own kernels for the rest; FP32 or
- * BF16 GEMMs (modes below). Runs on a GPU (nvcc) or on the emulated device (runtime/cuda_emu/).
+/* runtime/backend_cuda.cu — the CUDA backend: cuBLAS for GEMMs, cuDNN for the convolutions, own
+ * kernels for the rest; FP32 or BF16 GEMMs (modes below). Runs on a GPU (nvcc) or on the emulated device (runtime/cuda_emu/).
  *
  * Design: every op is queued on ONE stream and returns at once; errors are recorded into a pending
  * error (the first failing statement, its file:line and CUDA's message) that sync() returns once.
@@ -12,7 +12,7 @@
  * Small host inputs (index lists, the batch's row tables, sampling requests) are copied into a
  * pinned staging ring and uploaded asynchronously; the ring is reused only after the stream has
  * drained, so callers may overwrite their host arrays as soon as an op returns. Device scratch
- * (BF16 activations, im2col columns, attention scores, sampling buffers, row and page tables) is
+ * (BF16 activations, cuDNN's workspace, attention scores, sampling buffers, row and page tables) is
  * allocated by reserve() at start-up for the largest step and decode (var.c and vae.c describe
  * them), so a step allocates nothing; the *_bytes helpers below are the one place each slot's
  * size is computed, for the ops and for reserve(). Without reserve() (tests of single ops) the
@@ -21,8 +21,8 @@
  *
  * Counters (the counters op, vs_rt_counters in backend.h): counted where the work is issued, with
  * no extra device calls, so the emulated device counts what a GPU would be asked to do. Launches in
- * VS_LAUNCHED (every kernel launch is followed by it) and VS_GEMM (every cuBLAS GEMM call goes
- * through it: one launch each); syncs in drain() (every host wait); host → device bytes in h2d()
+ * VS_LAUNCHED (every kernel launch is followed by it), VS_GEMM (every cuBLAS or cuBLASLt GEMM
+ * call goes through it: one launch each) and VS_DNN (every cuDNN call that does device work); syncs in drain() (every host wait); host → device bytes in h2d()
  * (every such copy goes through it), device → host bytes in cuda_download() and cuda_cfg_sample();
  * allocated bytes where cudaMalloc/cudaFree are called (alloc() blocks are kept in a table with
  * their sizes). KV bytes: batch_begin names the KV pool arena (b->kv_base); the alloc() block
@@ -33,12 +33,19 @@
  * right after uploading the weight arena (the gemm_weights op); each is converted on the device to
  * a BF16 copy, kept in a table sorted by the FP32 pointer. linear() looks its w up there (a binary
  * search over at most 5·depth + 3 entries) and, when found, converts x to BF16 in a scratch buffer
- * and calls cublasGemmEx (BF16 inputs, FP32 accumulation and output, the bias added in FP32).
+ * and multiplies with BF16 inputs, FP32 accumulation and output. Every linear is one cuBLASLt
+ * matmul whose epilogue adds the bias (and applies GELU for linear_gelu) in FP32, so a linear is one
+ * launch (two with the BF16 conversion of x) where a bias fill, the GEMM and a GELU pass were three.
+ * Decoder: conv2d and spatial_attention take every image of a decode in one call, so the launches of
+ * a decode do not depend on how many images finish together. A convolution is one cuDNN call (two
+ * when its algorithm cannot fuse the bias); each shape's algorithm is chosen once by cuDNN's
+ * heuristics in reserve(), for the largest N the workload names (vs_rt_workload.convs), and the
+ * workspace the largest of them needs is allocated there too. GroupNorm and SiLU are one kernel.
  * The decoder's convolutions (their weights declared through decoder_weights, kept in a sorted
  * table like the copies) and spatial attention run in TF32. Everything else stays strict FP32:
  * norms, attention, sampling, the quantiser (its embedding lookup and φ convolutions: conv2d with
  * an undeclared w) and the undeclared linears (the word embedding). The cuBLAS math mode is set
- * per GEMM for that (gemm_math). The FP32 arena is kept (the decoder and the biases live in it),
+ * per GEMM for that (gemm_math), cuDNN's math type per convolution (tensor-op or strict FMA). The FP32 arena is kept (the decoder and the biases live in it),
  * so BF16 mode holds the GEMM weights 1.5 times; the copies are freed with the arena.
  *
  * Threads: a backend belongs to the thread that created it (the engine thread). */
@@ -58,7 +65,7 @@ extern "C" {
 /* ---- backend state and error recording ------------------------------------------------------- */
 
 /* device scratch slots; S_XBF: BF16 copy of a linear's input in BF16 mode */
-enum { S_IDX, S_BATCH, S_LAYER, S_COL, S_SCORES, S_SREQ, S_SORT, S_XBF, S_COUNT };
+enum { S_IDX, S_BATCH, S_LAYER, S_CONV, S_SCORES, S_SREQ, S_SORT, S_XBF, S_COUNT };
 
 /* Device copy of a batch's tables (b->dev points here); views into one int32 buffer. */
 typedef struct {
@@ -99,6 +106,12 @@ typedef struct {
     size_t bytes;
 } dev_block;
 
+/* One conv2d shape's cuDNN algorithm, chosen once for the largest N (conv_plan_for). */
+typedef struct {
+    int cin, cout, k, h, w, tf32;
+    cudnnConvolutionFwdAlgo_t algo;
+} conv_plan;
+
 /* The weights of one decoder_weights call (TF32 in BF16 mode); free(arena) drops them. */
 typedef struct {
     const void *arena;
@@ -115,6 +128,19 @@ typedef struct {
     int n_tsets;
     cudaStream_t st;
     cublasHandle_t blas;
+    cublasLtHandle_t lt;
+    cublasLtMatmulDesc_t mm;                /* linear(): FP32 compute, wᵀ·x, epilogue per call */
+    cublasLtMatrixLayout_t la, lb, ly;      /* linear()'s w, x and y, set per call */
+    cudnnHandle_t dnn;
+    /* conv2d's descriptors, set per call (host-side, no device work) */
+    cudnnTensorDescriptor_t xd, yd, bd;
+    cudnnFilterDescriptor_t wd;
+    cudnnConvolutionDescriptor_t cd;
+    cudnnActivationDescriptor_t ad; /* identity: the bias epilogue of the fused call */
+    conv_plan *plans;               /* host [n_plans] */
+    int n_plans;
+    size_t plans_cap;
+    int decode_images;              /* conv2d's largest N, from reserve() (0 before: 1) */
     cublasMath_t math;    /* the handle's math mode now (gemm_math) */
     int n_sm, smem_optin; /* multiprocessors; shared memory per block with opt-in (bytes) */
     vs_status sticky;     /* first error, VS_OK while none; VS_ERR_DEVICE_LOST stays for good */
@@ -198,6 +224,18 @@ static vs_status take_error(cuda_backend *c, vs_err *err)
             record((c), VS_ERR_CUDA, #call, __FILE__, __LINE__, cublasGetStatusString(s_));        \
     } while (0)
 
+/* A cuDNN call: 0, or -1 after recording its error. */
+static int dnn_check(cuda_backend *c, cudnnStatus_t s, const char *what, const char *file, int line)
+{
+    if (s == CUDNN_STATUS_SUCCESS)
+        return 0;
+    record(c, VS_ERR_CUDA, what, file, line, cudnnGetErrorString(s));
+    return -1;
+}
+#define VS_CUDNN(c, call) dnn_check((c), (call), #call, __FILE__, __LINE__)
+/* A cuDNN call that does device work: counted as one launch, like a cuBLAS GEMM. */
+#define VS_DNN(c, call) ((c)->ctr.launches++, VS_CUDNN(c, call))
+
 /* After every kernel launch: a bad configuration shows here, a fault at the next sync. */
 #define VS_LAUNCHED(c, kernel)                                                                     \
     do {                                                                                           \
@@ -240,7 +278,7 @@ static size_t kv_part(const cuda_backend *c, const void *p, size_t bytes)
 }
 
 static const char *const scr_name[S_COUNT] = {
-    "index lists", "batch tables",  "page tables", "im2col columns",
+    "index lists", "batch tables",  "page tables", "cuDNN workspace",
     "attention scores", "sampling requests", "sort buffers", "BF16 activations"};
 
 /* Every device allocation and free of the backend goes through these two, which keep the
@@ -445,6 +483,27 @@ static void cuda_destroy(vs_rt_backend *be)
         VS_CUDA(c, cudaFreeHost(c->ring));
     if (c->blas)
         VS_CUBLAS(c, cublasDestroy(c->blas));
+    cublasLtMatrixLayout_t *lts[] = {&c->la, &c->lb, &c->ly};
+    for (size_t i = 0; i < sizeof lts / sizeof lts[0]; i++)
+        if (*lts[i])
+            VS_CUBLAS(c, cublasLtMatrixLayoutDestroy(*lts[i]));
+    if (c->mm)
+        VS_CUBLAS(c, cublasLtMatmulDescDestroy(c->mm));
+    if (c->lt)
+        VS_CUBLAS(c, cublasLtDestroy(c->lt));
+    cudnnTensorDescriptor_t *tds[] = {&c->xd, &c->yd, &c->bd};
+    for (size_t i = 0; i < sizeof tds / sizeof tds[0]; i++)
+        if (*tds[i])
+            (void)VS_CUDNN(c, cudnnDestroyTensorDescriptor(*tds[i]));
+    if (c->wd)
+        (void)VS_CUDNN(c, cudnnDestroyFilterDescriptor(c->wd));
+    if (c->cd)
+        (void)VS_CUDNN(c, cudnnDestroyConvolutionDescriptor(c->cd));
+    if (c->ad)
+        (void)VS_CUDNN(c, cudnnDestroyActivationDescriptor(c->ad));
+    if (c->dnn)
+        (void)VS_CUDNN(c, cudnnDestroy(c->dnn));
+    free(c->plans);
     if (c->st)
         VS_CUDA(c, cudaStreamDestroy(c->st));
     free(c->host_i32);
@@ -855,49 +914,21 @@ static const __nv_bfloat16 *bf16_of(const cuda_backend *c, const float *w, size_
     return NULL;
 }
 
-/* y = x·wᵀ (+ bias): in cuBLAS's column-major terms yᵀ[N][M] = (w as K×N)ᵀ · (x as K×M). The bias
- * is written first and accumulated with beta = 1, like the CPU backend. In BF16 mode a declared w
- * multiplies through its BF16 copy, with x rounded to BF16 first (FP32 accumulation and output). */
-static void cuda_linear(vs_rt_backend *be, float *y, const float *x, const float *w,
-                        const float *bias, int M, int N, int K)
+/* One cuBLASLt layout: column-major rows × cols with leading dimension ld; 0, or -1 (recorded). */
+static int lt_layout(cuda_backend *c, cublasLtMatrixLayout_t l, cudaDataType type, uint64_t rows,
+                     uint64_t cols, int64_t ld)
 {
-    cuda_backend *c = cu(be);
-    if (M <= 0 || N <= 0)
-        return;
-    float one = 1.0f, beta = 0.0f;
-    if (bias) {
-        size_t n = (size_t)M * N;
-        VS_LAUNCH(k_fill_rows, grid_for(n, 256), 256, 0, c->st, y, bias, (size_t)M, N);
-        VS_LAUNCHED(c, k_fill_rows);
-        beta = 1.0f;
+    uint32_t t = (uint32_t)type;
+    cublasStatus_t s;
+    if ((s = cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_TYPE, &t, sizeof t)) ||
+        (s = cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_ROWS, &rows, sizeof rows)) ||
+        (s = cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_COLS, &cols, sizeof cols)) ||
+        (s = cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_LD, &ld, sizeof ld))) {
+        record(c, VS_ERR_CUDA, "cublasLtMatrixLayoutSetAttribute", __FILE__, __LINE__,
+               cublasGetStatusString(s));
+        return -1;
     }
-    if (K <= 0) {
-        if (!bias)
-            VS_CUDA(c, cudaMemsetAsync(y, 0, (size_t)M * N * sizeof(float), c->st));
-        return;
-    }
-    const __nv_bfloat16 *wb = c->n_sets ? bf16_of(c, w, (size_t)N * K) : NULL;
-    gemm_math(c, 0); /* undeclared weights (the word embedding) stay FP32 */
-    if (wb) {
-        size_t nx = (size_t)M * K;
-        __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch(c, S_XBF, nx * sizeof(__nv_bfloat16));
-        if (!xb)
-            return;
-        VS_LAUNCH(k_to_bf16, grid_for(nx, 256), 256, 0, c->st, xb, x, nx);
-        VS_LAUNCHED(c, k_to_bf16);
-        VS_GEMM(c, cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, wb, CUDA_R_16BF,
-                                K, xb, CUDA_R_16BF, K, &beta, y, CUDA_R_32F, N,
-                                CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
-        return;
-    }
-    VS_GEMM(
-        c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w, K, x, K, &beta, y, N));
-}
-
-__global__ void k_silu(float *y, const float *x, size_t n)
-{
-    GRID_STRIDE(i, n)
-    y[i] = x[i] / (1.0f + expf(-x[i]));
+    return 0;
 }
 
 __global__ void k_gelu(float *y, size_t n)
@@ -908,6 +939,78 @@ __global__ void k_gelu(float *y, size_t n)
         y[i] = 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
     }
 }
+
+/* y = x·wᵀ (+ bias), then GELU (tanh form) when gelu: one cuBLASLt matmul whose epilogue adds the
+ * bias and applies GELU in FP32. In cuBLAS's column-major terms yᵀ[N][M] = (w as K×N)ᵀ · (x as
+ * K×M), the bias along yᵀ's rows. In BF16 mode a declared w multiplies through its BF16 copy, with
+ * x rounded to BF16 first (one conversion launch; FP32 accumulation and output); every other w
+ * multiplies in strict FP32 (CUBLAS_COMPUTE_32F: no TF32). */
+static void linear_act(cuda_backend *c, float *y, const float *x, const float *w, const float *bias,
+                       int M, int N, int K, int gelu)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    size_t ny = (size_t)M * N;
+    if (K <= 0) { /* an empty sum: act(bias), or 0 (GELU(0) = 0) */
+        if (!bias) {
+            VS_CUDA(c, cudaMemsetAsync(y, 0, ny * sizeof(float), c->st));
+            return;
+        }
+        VS_LAUNCH(k_fill_rows, grid_for(ny, 256), 256, 0, c->st, y, bias, (size_t)M, N);
+        VS_LAUNCHED(c, k_fill_rows);
+        if (gelu) {
+            VS_LAUNCH(k_gelu, grid_for(ny, 256), 256, 0, c->st, y, ny);
+            VS_LAUNCHED(c, k_gelu);
+        }
+        return;
+    }
+    const __nv_bfloat16 *wb = c->n_sets ? bf16_of(c, w, (size_t)N * K) : NULL;
+    const void *A = w, *B = x;
+    cudaDataType t = CUDA_R_32F;
+    if (wb) {
+        size_t nx = (size_t)M * K;
+        __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch(c, S_XBF, nx * sizeof(__nv_bfloat16));
+        if (!xb)
+            return;
+        VS_LAUNCH(k_to_bf16, grid_for(nx, 256), 256, 0, c->st, xb, x, nx);
+        VS_LAUNCHED(c, k_to_bf16);
+        A = wb;
+        B = xb;
+        t = CUDA_R_16BF;
+    }
+    uint32_t ep = bias ? (gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
+                       : (gelu ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT);
+    if (lt_layout(c, c->la, t, (uint64_t)K, (uint64_t)N, K) != 0 ||
+        lt_layout(c, c->lb, t, (uint64_t)K, (uint64_t)M, K) != 0 ||
+        lt_layout(c, c->ly, CUDA_R_32F, (uint64_t)N, (uint64_t)M, N) != 0)
+        return;
+    VS_CUBLAS(c, cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
+    if (bias)
+        VS_CUBLAS(c, cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                                    sizeof bias));
+    float one = 1.0f, zero = 0.0f;
+    VS_GEMM(c, cublasLtMatmul(c->lt, c->mm, &one, A, c->la, B, c->lb, &zero, y, c->ly, y, c->ly,
+                              NULL, NULL, 0, c->st));
+}
+
+static void cuda_linear(vs_rt_backend *be, float *y, const float *x, const float *w,
+                        const float *bias, int M, int N, int K)
+{
+    linear_act(cu(be), y, x, w, bias, M, N, K, 0);
+}
+
+static void cuda_linear_gelu(vs_rt_backend *be, float *y, const float *x, const float *w,
+                             const float *bias, int M, int N, int K)
+{
+    linear_act(cu(be), y, x, w, bias, M, N, K, 1);
+}
+
+__global__ void k_silu(float *y, const float *x, size_t n)
+{
+    GRID_STRIDE(i, n)
+    y[i] = x[i] / (1.0f + expf(-x[i]));
+}
+
 
 __global__ void k_add(float *y, const float *x, size_t n)
 {
@@ -1796,22 +1899,6 @@ static void cuda_transpose(vs_rt_backend *be, float *dst, const float *src, int 
 
 /* ---- decoder -------------------------------------------------------------------------------------- */
 
-/* col[(ci·k + ky)·k + kx][(yy − y0)·W + xx] = x[ci][yy + ky − pad][xx + kx − pad] (0 outside) */
-__global__ void k_im2col(float *col, const float *x, int cin, int H, int W, int k, int y0, int y1)
-{
-    size_t cols = (size_t)(y1 - y0) * W;
-    int pad = k / 2;
-    GRID_STRIDE(i, (size_t)cin * k * k * cols)
-    {
-        size_t row = i / cols, cc = i % cols;
-        int kx = (int)(row % k), ky = (int)((row / k) % k), ci = (int)(row / ((size_t)k * k));
-        int yy = y0 + (int)(cc / W), xx = (int)(cc % W);
-        int sy = yy + ky - pad, sx = xx + kx - pad;
-        col[i] =
-            (sy < 0 || sy >= H || sx < 0 || sx >= W) ? 0.0f : x[((size_t)ci * H + sy) * W + sx];
-    }
-}
-
 /* y[p][i] = b[p % cout] for planes p of HW */
 __global__ void k_fill_planes(float *y, const float *b, size_t planes, int cout, size_t HW)
 {
@@ -1819,80 +1906,120 @@ __global__ void k_fill_planes(float *y, const float *b, size_t planes, int cout,
     y[i] = b[(i / HW) % (size_t)cout];
 }
 
-#define CONV_COL_FLOATS ((size_t)16 << 20) /* im2col band: 64 MB at most */
+/* The most workspace an algorithm may take: a faster one that wants more is passed over. */
+#define CONV_WS_LIMIT ((size_t)64 << 20)
 
-/* Output rows per im2col band of a conv with KK = cin·k·k over H×W. */
-static int conv_band(size_t KK, int H, int W)
+/* Sets the descriptors for y[N][cout][H][W] = w[cout][cin][k][k] ⊛ x[N][cin][H][W] (+ b[cout]),
+ * padding k/2, strict FP32 (FMA math) or TF32 (tensor-op math); 0, or -1 (recorded). */
+static int conv_descs(cuda_backend *c, int N, int cin, int H, int W, int cout, int k, int tf32)
 {
-    size_t per_row = KK * (size_t)W;
-    size_t band = per_row ? CONV_COL_FLOATS / per_row : (size_t)H;
-    if (band < 1)
-        band = 1;
-    return band > (size_t)H ? H : (int)band;
+    if (VS_CUDNN(c, cudnnSetTensor4dDescriptor(c->xd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, N, cin, H, W)) ||
+        VS_CUDNN(c, cudnnSetTensor4dDescriptor(c->yd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, N, cout, H, W)) ||
+        VS_CUDNN(c, cudnnSetTensor4dDescriptor(c->bd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, cout, 1, 1)) ||
+        VS_CUDNN(c, cudnnSetFilter4dDescriptor(c->wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, cout, cin, k, k)) ||
+        VS_CUDNN(c, cudnnSetConvolution2dDescriptor(c->cd, k / 2, k / 2, 1, 1, 1, 1,
+                                                    CUDNN_CROSS_CORRELATION, CUDNN_DATA_FLOAT)) ||
+        VS_CUDNN(c, cudnnSetConvolutionMathType(c->cd, tf32 ? CUDNN_TENSOR_OP_MATH : CUDNN_FMA_MATH)))
+        return -1;
+    return 0;
 }
 
-/* S_COL of one conv */
-static size_t conv_col_bytes(size_t KK, int H, int W)
+/* The algorithm of a conv2d shape: chosen once, by cuDNN's heuristics (the first one whose
+ * workspace is within CONV_WS_LIMIT) for the largest N reserve() was told of, and kept. A shape
+ * reserve() did not list is planned at its first call (with a warning after reserve()). NULL
+ * after recording an error. */
+static const conv_plan *conv_plan_for(cuda_backend *c, int cin, int H, int W, int cout, int k,
+                                      int tf32)
 {
-    return KK * (size_t)W * (size_t)conv_band(KK, H, W) * sizeof(float);
+    for (int i = 0; i < c->n_plans; i++) {
+        const conv_plan *p = &c->plans[i];
+        if (p->cin == cin && p->cout == cout && p->k == k && p->h == H && p->w == W && p->tf32 == tf32)
+            return p;
+    }
+    if (c->reserved)
+        vs_log(VS_LOG_WARN, "cuda",
+               "conv2d %d→%d channels, %dx%d, k %d was not in reserve()'s workload (a bug): its "
+               "cuDNN algorithm is chosen now", cin, cout, H, W, k);
+    int N = c->decode_images > 0 ? c->decode_images : 1;
+    if (conv_descs(c, N, cin, H, W, cout, k, tf32) != 0)
+        return NULL;
+    cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+    int got = 0;
+    if (VS_CUDNN(c, cudnnGetConvolutionForwardAlgorithm_v7(c->dnn, c->xd, c->wd, c->cd, c->yd,
+                                                           CUDNN_CONVOLUTION_FWD_ALGO_COUNT, &got,
+                                                           perf)))
+        return NULL;
+    int pick = -1;
+    for (int i = 0; i < got && pick < 0; i++)
+        if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= CONV_WS_LIMIT)
+            pick = i;
+    if (pick < 0) {
+        VS_FAIL(c, VS_ERR_UNSUPPORTED,
+                "cuDNN offers no algorithm for conv2d %d→%d channels, %dx%d, k %d, %d images "
+                "within %zu MB of workspace: decode fewer images at once",
+                cin, cout, H, W, k, N, CONV_WS_LIMIT >> 20);
+        return NULL;
+    }
+    if ((size_t)c->n_plans == c->plans_cap &&
+        grow_host((void **)&c->plans, &c->plans_cap, 2 * c->plans_cap + 16, sizeof(conv_plan)) != 0) {
+        VS_FAIL(c, VS_ERR_NOMEM, "out of host memory for the convolution plans");
+        return NULL;
+    }
+    conv_plan *p = &c->plans[c->n_plans++];
+    *p = conv_plan{cin, cout, k, H, W, tf32, perf[pick].algo};
+    return p;
 }
 
-/* S_COL enough for every conv with cin·k·k ≤ KK, H' ≤ H, W' ≤ W: a band holds all its rows, at
- * most KK·W·H floats, or else at most CONV_COL_FLOATS (or one row, when a row is more). Not
- * conv_col_bytes(KK, H, W) itself: a smaller row can fill the band limit better. */
-static size_t conv_col_bound_bytes(size_t KK, int H, int W)
+/* The descriptors of plan p's shape at N images and the workspace its algorithm needs there;
+ * 0, or -1 (recorded). */
+static int conv_setup(cuda_backend *c, const conv_plan *p, int N, size_t *ws_bytes)
 {
-    size_t row = KK * (size_t)W, all = row * (size_t)H;
-    size_t band = row > CONV_COL_FLOATS ? row : CONV_COL_FLOATS;
-    return (all < band ? all : band) * sizeof(float);
+    if (conv_descs(c, N, p->cin, p->h, p->w, p->cout, p->k, p->tf32) != 0)
+        return -1;
+    return VS_CUDNN(c, cudnnGetConvolutionForwardWorkspaceSize(c->dnn, c->xd, c->wd, c->cd, c->yd,
+                                                               p->algo, ws_bytes));
 }
 
-/* im2col over bands of output rows + one GEMM per band: y_band[cout][cols] (row stride HW) =
- * w[cout][cin·k·k] · col[cin·k·k][cols]; in cuBLAS's column-major terms yᵀ = colᵀ · wᵀ. */
+/* One cuDNN call for all N images: the bias fused in (cudnnConvolutionBiasActivationForward,
+ * identity activation, which cuDNN runs only with IMPLICIT_PRECOMP_GEMM) when that is the
+ * shape's algorithm, else the convolution and then cudnnAddTensor for the bias. The quantiser's φ
+ * (undeclared weights) stays strict FP32; the decoder's convolutions take TF32 in BF16 mode. */
 static void cuda_conv2d(vs_rt_backend *be, float *y, const float *x, const float *w, const float *b,
                         int N, int cin, int H, int W, int cout, int k)
 {
     cuda_backend *c = cu(be);
     if (N <= 0 || cout <= 0 || H <= 0 || W <= 0)
         return;
-    size_t HW = (size_t)H * W, KK = (size_t)cin * k * k;
-    float one = 1.0f, beta = 0.0f;
-    gemm_math(c, is_decoder_weight(c, w)); /* the quantiser's φ (undeclared) stays FP32 */
-    if (b) {
-        size_t n = (size_t)N * cout * HW;
-        VS_LAUNCH(k_fill_planes, grid_for(n, 256), 256, 0, c->st, y, b, (size_t)N * cout, cout, HW);
-        VS_LAUNCHED(c, k_fill_planes);
-        beta = 1.0f;
-    }
-    if (KK == 0) {
-        if (!b)
+    size_t HW = (size_t)H * W;
+    if (cin <= 0 || k <= 0) { /* an empty sum: the bias alone */
+        if (b) {
+            size_t n = (size_t)N * cout * HW;
+            VS_LAUNCH(k_fill_planes, grid_for(n, 256), 256, 0, c->st, y, b, (size_t)N * cout, cout, HW);
+            VS_LAUNCHED(c, k_fill_planes);
+        } else {
             VS_CUDA(c, cudaMemsetAsync(y, 0, (size_t)N * cout * HW * sizeof(float), c->st));
-        return;
-    }
-    if (k == 1) {
-        for (int n = 0; n < N; n++)
-            VS_GEMM(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)HW, cout, cin, &one,
-                                   x + (size_t)n * cin * HW, (int)HW, w, cin, &beta,
-                                   y + (size_t)n * cout * HW, (int)HW));
-        return;
-    }
-    int band = conv_band(KK, H, W);
-    float *col = (float *)scratch(c, S_COL, conv_col_bytes(KK, H, W));
-    if (!col)
-        return;
-    for (int n = 0; n < N; n++) {
-        const float *xn = x + (size_t)n * cin * HW;
-        float *yn = y + (size_t)n * cout * HW;
-        for (int y0 = 0; y0 < H; y0 += band) {
-            int y1 = y0 + band < H ? y0 + band : H;
-            size_t cols = (size_t)(y1 - y0) * W;
-            VS_LAUNCH(k_im2col, grid_for(KK * cols, 256), 256, 0, c->st, col, xn, cin, H, W, k, y0, y1);
-            VS_LAUNCHED(c, k_im2col);
-            VS_GEMM(c,
-                    cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, (int)cols, cout, (int)KK, &one,
-                                col, (int)cols, w, (int)KK, &beta, yn + (size_t)y0 * W, (int)HW));
         }
+        return;
     }
+    int tf32 = !c->fp32 && is_decoder_weight(c, w);
+    const conv_plan *p = conv_plan_for(c, cin, H, W, cout, k, tf32);
+    size_t ws_bytes = 0;
+    if (!p || conv_setup(c, p, N, &ws_bytes) != 0)
+        return;
+    void *ws = ws_bytes ? scratch(c, S_CONV, ws_bytes) : NULL;
+    if (ws_bytes && !ws)
+        return;
+    float one = 1.0f, zero = 0.0f;
+    if (b && p->algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) {
+        (void)VS_DNN(c, cudnnConvolutionBiasActivationForward(
+                              c->dnn, &one, c->xd, x, c->wd, w, c->cd, p->algo, ws, ws_bytes, &zero,
+                              c->yd, y, c->bd, b, c->ad, c->yd, y));
+        return;
+    }
+    if (VS_DNN(c, cudnnConvolutionForward(c->dnn, &one, c->xd, x, c->wd, w, c->cd, p->algo, ws,
+                                          ws_bytes, &zero, c->yd, y)) || !b)
+        return;
+    (void)VS_DNN(c, cudnnAddTensor(c->dnn, &one, c->bd, b, &one, c->yd, y));
 }
 
 /* One block per (image, group): statistics in double over cpg·HW values, as the CPU backend. */
@@ -1978,28 +2105,30 @@ __global__ void __launch_bounds__(256) k_softmax_rows(float *w, int cols)
 }
 
 /* Per image: s[i][j] = Σ_c q[c][i] k[c][j] / √C, softmax over j, out[c][i] = Σ_j v[c][j] s[i][j].
- * Column-major views (ld HW): Q, K, V are HW×C and s is S(j, i), so S = K·Qᵀ and out = Sᵀ·V. */
+ * Column-major views (ld HW): Q, K, V are HW×C and s is S(j, i), so S = K·Qᵀ and out = Sᵀ·V.
+ * All N images at once: two strided-batched GEMMs and one softmax over N·HW rows. */
 static void cuda_spatial_attention(vs_rt_backend *be, float *out, const float *qkv, int N, int C,
                                    int HW)
 {
     cuda_backend *c = cu(be);
     if (N <= 0 || C <= 0 || HW <= 0)
         return;
-    float *s = (float *)scratch(c, S_SCORES, (size_t)HW * HW * sizeof(float));
+    size_t plane = (size_t)HW * HW;
+    float *s = (float *)scratch(c, S_SCORES, (size_t)N * plane * sizeof(float));
     if (!s)
         return;
     gemm_math(c, 1); /* a decoder op: TF32 in BF16 mode */
     float sc = 1.0f / sqrtf((float)C), one = 1.0f, zero = 0.0f;
-    for (int n = 0; n < N; n++) {
-        const float *q = qkv + (size_t)n * 3 * C * HW, *k = q + (size_t)C * HW,
-                    *v = k + (size_t)C * HW;
-        VS_GEMM(c, cublasSgemm(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, HW, HW, C, &sc, k, HW, q, HW,
-                               &zero, s, HW));
-        VS_LAUNCH(k_softmax_rows, (unsigned)HW, 256, 0, c->st, s, HW);
-        VS_LAUNCHED(c, k_softmax_rows);
-        VS_GEMM(c, cublasSgemm(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, HW, C, HW, &one, s, HW, v, HW,
-                               &zero, out + (size_t)n * C * HW, HW));
-    }
+    long long qkv_stride = (long long)3 * C * HW, chw = (long long)C * HW;
+    const float *q = qkv, *k = qkv + chw, *v = qkv + 2 * chw;
+    VS_GEMM(c, cublasSgemmStridedBatched(c->blas, CUBLAS_OP_N, CUBLAS_OP_T, HW, HW, C, &sc, k, HW,
+                                         qkv_stride, q, HW, qkv_stride, &zero, s, HW,
+                                         (long long)plane, N));
+    VS_LAUNCH(k_softmax_rows, (unsigned)((size_t)N * HW), 256, 0, c->st, s, HW);
+    VS_LAUNCHED(c, k_softmax_rows);
+    VS_GEMM(c, cublasSgemmStridedBatched(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, HW, C, HW, &one, s, HW,
+                                         (long long)plane, v, HW, qkv_stride, &zero, out, HW, chw,
+                                         N));
 }
 
 /* ---- counters ---------------------------------------------------------------------------------- */
@@ -2007,6 +2136,30 @@ static void cuda_spatial_attention(vs_rt_backend *be, float *out, const float *q
 static void cuda_counters(vs_rt_backend *be, vs_rt_counters *out) { *out = cu(be)->ctr; }
 
 /* ---- reserving scratch ------------------------------------------------------------------------ */
+
+/* Plans every conv2d shape of *w at its largest N, strict and (BF16 mode) TF32, and the
+ * workspace the largest of them needs at that N into *ws_bytes; 0, or -1 (recorded). */
+static int conv_reserve(cuda_backend *c, const vs_rt_workload *w, size_t *ws_bytes)
+{
+    *ws_bytes = 0;
+    if (w->convs_dropped > 0)
+        vs_log(VS_LOG_WARN, "cuda", "%d conv2d shapes beyond the workload's %d: their algorithms "
+                                    "are chosen at their first call", w->convs_dropped,
+               VS_RT_WORKLOAD_CONVS);
+    for (int i = 0; i < w->n_convs; i++) {
+        const vs_rt_conv_shape *s = &w->convs[i];
+        if (s->cin <= 0 || s->cout <= 0 || s->k <= 0 || s->h <= 0 || s->w <= 0)
+            continue;
+        for (int tf32 = 0; tf32 <= (c->fp32 ? 0 : 1); tf32++) {
+            const conv_plan *p = conv_plan_for(c, s->cin, s->h, s->w, s->cout, s->k, tf32);
+            size_t b = 0;
+            if (!p || conv_setup(c, p, c->decode_images, &b) != 0)
+                return -1;
+            *ws_bytes = b > *ws_bytes ? b : *ws_bytes;
+        }
+    }
+    return 0;
+}
 
 /* Allocates every scratch slot (and the host staging) for the largest work in *w, exactly, so
  * that the ops within it never allocate; slots already larger stay. */
@@ -2025,9 +2178,12 @@ static vs_status cuda_reserve(vs_rt_backend *be, const vs_rt_workload *w, vs_err
     /* a (row, head)'s pages in one layer: at most one per token (pages of ≥ 1 token) */
     size_t heads = rows * (size_t)(w->kv_heads > 0 ? w->kv_heads : 1);
     need[S_LAYER] = rows ? layer_entries(heads, heads * kv) * sizeof(int32_t) : 0;
-    if (w->conv_cin_kk > 0 && w->conv_h > 0 && w->conv_w > 0)
-        need[S_COL] = conv_col_bound_bytes((size_t)w->conv_cin_kk, w->conv_h, w->conv_w);
-    need[S_SCORES] = w->attn_hw > 0 ? (size_t)w->attn_hw * (size_t)w->attn_hw * sizeof(float) : 0;
+    size_t dec = w->decode_images > 0 ? (size_t)w->decode_images : 1;
+    if ((int)dec > c->decode_images)
+        c->decode_images = (int)dec;
+    if (conv_reserve(c, w, &need[S_CONV]) != 0)
+        return take_error(c, err);
+    need[S_SCORES] = w->attn_hw > 0 ? dec * (size_t)w->attn_hw * (size_t)w->attn_hw * sizeof(float) : 0;
     if (sreq && stok && w->vocab > 0) {
         need[S_SREQ] = sreq_bytes(sreq, stok);
         sample_plan sp = plan_sample(c, w->vocab, stok, 1); /* top-k/top-p: the larger plan */
@@ -2060,9 +2216,9 @@ static vs_status cuda_reserve(vs_rt_backend *be, const vs_rt_workload *w, vs_err
     if (c->sticky != VS_OK)
         return cuda_sync(be, err);
     vs_log(VS_LOG_INFO, "cuda",
-           "scratch reserved: %.1f MB (BF16 activations %.1f, im2col %.1f, attention scores %.1f, "
-           "sort %.1f, tables %.1f)",
-           (double)total / 1e6, (double)need[S_XBF] / 1e6, (double)need[S_COL] / 1e6,
+           "scratch reserved: %.1f MB (BF16 activations %.1f, cuDNN workspace %.1f for %d "
+           "convolution plans, attention scores %.1f, sort %.1f, tables %.1f)",
+           (double)total / 1e6, (double)need[S_XBF] / 1e6, (double)need[S_CONV] / 1e6, c->n_plans,
            (double)need[S_SCORES] / 1e6, (double)need[S_SORT] / 1e6,
            (double)(need[S_IDX] + need[S_BATCH] + need[S_LAYER] + need[S_SREQ]) / 1e6);
     return VS_OK;
@@ -2089,6 +2245,7 @@ static vs_rt_backend_ops make_ops(void)
     o.gemm_weights = cuda_gemm_weights;
     o.decoder_weights = cuda_decoder_weights;
     o.linear = cuda_linear;
+    o.linear_gelu = cuda_linear_gelu;
     o.silu = cuda_silu;
     o.gelu_tanh = cuda_gelu;
     o.add = cuda_add;
@@ -2170,6 +2327,46 @@ extern "C" vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_er
         cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
         st = vs_err_set(err, VS_ERR_CUDA, "cuBLAS setup (stream, math mode) failed");
         goto fail;
+    }
+    {
+        cublasStatus_t ls = cublasLtCreate(&c->lt);
+        if (ls != CUBLAS_STATUS_SUCCESS) {
+            c->lt = NULL;
+            st = vs_err_set(err, VS_ERR_CUDA, "cublasLtCreate: %s", cublasGetStatusString(ls));
+            goto fail;
+        }
+        int32_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N, bt = CUDA_R_32F;
+        if (cublasLtMatmulDescCreate(&c->mm, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS ||
+            cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) ||
+            cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) ||
+            cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt) ||
+            cublasLtMatrixLayoutCreate(&c->la, CUDA_R_32F, 1, 1, 1) != CUBLAS_STATUS_SUCCESS ||
+            cublasLtMatrixLayoutCreate(&c->lb, CUDA_R_32F, 1, 1, 1) != CUBLAS_STATUS_SUCCESS ||
+            cublasLtMatrixLayoutCreate(&c->ly, CUDA_R_32F, 1, 1, 1) != CUBLAS_STATUS_SUCCESS) {
+            st = vs_err_set(err, VS_ERR_CUDA, "cuBLASLt setup (matmul and layout descriptors) failed");
+            goto fail;
+        }
+    }
+    {
+        cudnnStatus_t ds = cudnnCreate(&c->dnn);
+        if (ds != CUDNN_STATUS_SUCCESS) {
+            c->dnn = NULL;
+            st = vs_err_set(err, VS_ERR_CUDA, "cudnnCreate: %s (is libcudnn installed with the "
+                                              "toolkit?)", cudnnGetErrorString(ds));
+            goto fail;
+        }
+        if (cudnnSetStream(c->dnn, c->st) != CUDNN_STATUS_SUCCESS ||
+            cudnnCreateTensorDescriptor(&c->xd) != CUDNN_STATUS_SUCCESS ||
+            cudnnCreateTensorDescriptor(&c->yd) != CUDNN_STATUS_SUCCESS ||
+            cudnnCreateTensorDescriptor(&c->bd) != CUDNN_STATUS_SUCCESS ||
+            cudnnCreateFilterDescriptor(&c->wd) != CUDNN_STATUS_SUCCESS ||
+            cudnnCreateConvolutionDescriptor(&c->cd) != CUDNN_STATUS_SUCCESS ||
+            cudnnCreateActivationDescriptor(&c->ad) != CUDNN_STATUS_SUCCESS ||
+            cudnnSetActivationDescriptor(c->ad, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN,
+                                         0.0) != CUDNN_STATUS_SUCCESS) {
+            st = vs_err_set(err, VS_ERR_CUDA, "cuDNN setup (stream, descriptors) failed");
+            goto fail;
+        }
     }
     if (cudaHostAlloc(&ring, RING_BYTES, cudaHostAllocDefault) != cudaSuccess) {
         (void)cudaGetLastError();

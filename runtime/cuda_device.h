@@ -1,7 +1,7 @@
 /* runtime/cuda_device.h — the CUDA platform a kernel file is written against, in both builds:
  * nvcc with the toolkit's headers, or the host compiler with the emulated device
  * (runtime/cuda_emu/, `make CUDA=emu`, VS_CUDA_EMU defined). Kernel files include this instead of
- * cuda_runtime.h, cuda_bf16.h and cublas_v2.h, and write the two constructs whose syntax only nvcc
+ * cuda_runtime.h, cuda_bf16.h, cublas_v2.h, cublasLt.h and cudnn.h, and write the two constructs whose syntax only nvcc
  * knows through these macros, so both builds compile the same kernel text:
  *   VS_LAUNCH(kernel, grid, block, smem, stream, args...)   kernel<<<grid, block, smem, stream>>>(args...)
  *   VS_DYNAMIC_SHARED(T, name);                              extern __shared__ T name[];
@@ -15,9 +15,11 @@
     cuda_emu_launch(#kernel, kernel, grid, block, smem, stream, __VA_ARGS__)
 #define VS_DYNAMIC_SHARED(T, name) VS_EMU_DYNAMIC_SHARED(T, name)
 #else
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
+#include <cudnn.h>
 #define VS_LAUNCH(kernel, grid, block, smem, stream, ...)                                          \
     kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
 #define VS_DYNAMIC_SHARED(T, name) extern __shared__ T name[]

@@ -32,16 +32,15 @@ struct vs_rt_vae {
 
 #define VBE (v->be->ops)
 
-vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_weights *w, int batch,
-                        vs_rt_vae **out, vs_err *err)
+/* One image's decoder scratch, in floats: the largest map, the top level's map, the image. */
+typedef struct {
+    size_t mx, top, img, per_image_bytes;
+} extent;
+
+/* Images per decode group for at most `batch` (min(batch, what DECODE_BUDGET_BYTES holds), at
+ * least 1), and one image's extent. */
+static int group_size(const vs_rt_config *c, int batch, extent *x)
 {
-    const vs_rt_config *c = &m->cfg;
-    vs_rt_vae *v = calloc(1, sizeof *v);
-    if (!v)
-        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
-    v->m = m;
-    v->be = be;
-    v->w = *w;
     int nl = c->n_levels, P = c->patch_nums[c->n_scales - 1];
     size_t mx = (size_t)c->z_channels * P * P;
     for (int lv = nl - 1; lv >= 0; lv--) {
@@ -66,6 +65,23 @@ vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_wei
     int nb = batch < 1 ? 1 : batch;
     if ((size_t)nb > fit)
         nb = fit > 1 ? (int)fit : 1;
+    *x = (extent){mx, top, img, per_image};
+    return nb;
+}
+
+vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_weights *w, int batch,
+                        vs_rt_vae **out, vs_err *err)
+{
+    const vs_rt_config *c = &m->cfg;
+    vs_rt_vae *v = calloc(1, sizeof *v);
+    if (!v)
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
+    v->m = m;
+    v->be = be;
+    v->w = *w;
+    extent ex;
+    int nb = group_size(c, batch, &ex);
+    size_t mx = ex.mx, top = ex.top, img = ex.img;
     v->batch = nb;
     v->mx = mx;
     size_t n = (size_t)nb;
@@ -79,7 +95,7 @@ vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_wei
         vs_rt_vae_free(v);
         return vs_err_set(err, VS_ERR_NOMEM,
                           "cannot allocate decoder buffers for %d images (%.1f MB)", nb,
-                          (double)n * per_image / 1e6);
+                          (double)n * ex.per_image_bytes / 1e6);
     }
     *out = v;
     return VS_OK;
@@ -188,12 +204,8 @@ static void visit_decoder(const vs_rt_config *c, const vs_rt_weights *w, const v
 static void conv_extent(void *ctx, const vs_rt_conv_w *cw, int H, int W)
 {
     vs_rt_workload *wl = ctx;
-    if (!cw->w || cw->k <= 1)
-        return; /* 1×1 convolutions multiply in place: no im2col */
-    int kk = cw->cin * cw->k * cw->k;
-    wl->conv_cin_kk = kk > wl->conv_cin_kk ? kk : wl->conv_cin_kk;
-    wl->conv_h = H > wl->conv_h ? H : wl->conv_h;
-    wl->conv_w = W > wl->conv_w ? W : wl->conv_w;
+    if (cw->w)
+        vs_rt_workload_add_conv(wl, cw->cin, cw->cout, cw->k, H, W);
 }
 
 static void attn_extent(void *ctx, int C, int HW)
@@ -203,8 +215,11 @@ static void attn_extent(void *ctx, int C, int HW)
     wl->attn_hw = HW > wl->attn_hw ? HW : wl->attn_hw;
 }
 
-void vs_rt_vae_workload(const vs_rt_config *c, const vs_rt_weights *w, vs_rt_workload *wl)
+void vs_rt_vae_workload(const vs_rt_config *c, const vs_rt_weights *w, int batch, vs_rt_workload *wl)
 {
+    extent ex;
+    int nb = group_size(c, batch, &ex);
+    wl->decode_images = nb > wl->decode_images ? nb : wl->decode_images;
     visitor vi = {conv_extent, attn_extent, wl};
     visit_decoder(c, w, &vi);
 }

@@ -20,8 +20,9 @@ vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_wei
                         vs_rt_vae **out, vs_err *err);
 void vs_rt_vae_free(vs_rt_vae *v); /* NULL ok */
 
-/* Raises the fields of *wl that one decode needs (conv2d with k > 1, spatial_attention) to it. */
-void vs_rt_vae_workload(const vs_rt_config *c, const vs_rt_weights *w, vs_rt_workload *wl);
+/* Lists the conv2d shapes of one decode in *wl, raises spatial_attention's extent to it and
+ * decode_images to the images of one decode group for a decoder made with `batch`. */
+void vs_rt_vae_workload(const vs_rt_config *c, const vs_rt_weights *w, int batch, vs_rt_workload *wl);
 
 /* The weights of the decoder's convolutions into out[0..cap); returns how many there are (which
  * may be more than cap: call with cap 0 to count). */

@@ -105,9 +105,12 @@ static void engine_workload(const vs_rt_engine *e, vs_rt_workload *wl)
     wl->tokens = e->max_tok;
     wl->kv_tokens = c->scale_offset[S];
     wl->kv_heads = c->num_heads;
-    /* index lists: a row's tokens (lvl_pos, class and pos_start), a scale's codes, a class per row */
-    wl->index = P2 > e->max_rows ? P2 : e->max_rows;
-    wl->index = first_l > wl->index ? first_l : wl->index;
+    /* index lists: the step's tokens (lvl_pos), an image's two rows at scale 0 (class and
+     * pos_start), a scale's codes, a class per row */
+    wl->index = e->max_tok;
+    wl->index = P2 > wl->index ? P2 : wl->index;
+    wl->index = e->max_rows > wl->index ? e->max_rows : wl->index;
+    wl->index = 2 * first_l > wl->index ? 2 * first_l : wl->index;
     size_t T = (size_t)e->max_tok, K = (size_t)c->embed_dim;
     if ((size_t)c->ffn_dim > K)
         K = (size_t)c->ffn_dim; /* fc2 */
@@ -119,14 +122,10 @@ static void engine_workload(const vs_rt_engine *e, vs_rt_workload *wl)
     wl->vocab = c->vocab_size;
     for (int s = 0; s < S; s++) { /* the quantiser's φ, at P×P */
         const vs_rt_conv_w *phi = &e->w.phi[vs_rt_phi_index(c, s)];
-        if (phi->w && phi->k > 1) {
-            int kk = phi->cin * phi->k * phi->k;
-            wl->conv_cin_kk = kk > wl->conv_cin_kk ? kk : wl->conv_cin_kk;
-            wl->conv_h = P > wl->conv_h ? P : wl->conv_h;
-            wl->conv_w = P > wl->conv_w ? P : wl->conv_w;
-        }
+        if (phi->w)
+            vs_rt_workload_add_conv(wl, phi->cin, phi->cout, phi->k, P, P);
     }
-    vs_rt_vae_workload(c, &e->w, wl);
+    vs_rt_vae_workload(c, &e->w, e->max_images, wl); /* one decode group of the step's images */
 }
 
 static void *balloc(vs_rt_engine *e, size_t floats, int *fail)
@@ -430,26 +429,26 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, const vs_
                      (size_t)nt * Cv * sizeof(float));
     }
     BE->linear(e->be, e->x, e->gin, w->word_w, w->word_b, T, C, Cv);
+    /* scale 0: the class token (cond row) or the null class (uncond row), then the start
+     * positions; an image's two rows are adjacent, so one gather each covers both */
     for (int i = 0; i < n; i++) {
-        vs_rt_image *img = imgs[i];
-        int s = img->scale;
-        for (int r = 0; r < 2; r++) {
-            const vs_rt_row *row = &e->rows[2 * i + r];
-            float *xr = e->x + (size_t)row->tok_start * C;
-            if (s == 0) {
-                int cls = r == 0 ? img->label : c->num_classes;
-                for (int t = 0; t < first_l; t++)
-                    e->idx[t] = cls;
-                BE->gather_rows(e->be, xr, w->class_emb, e->idx, first_l, C, 0);
-                for (int t = 0; t < first_l; t++)
-                    e->idx[t] = t;
-                BE->gather_rows(e->be, xr, w->pos_start, e->idx, first_l, C, 1);
-            }
-            for (int t = 0; t < row->n_new; t++)
-                e->idx[t] = c->scale_offset[s] + t;
-            BE->gather_rows(e->be, xr, w->lvl_pos, e->idx, row->n_new, C, 1);
+        if (imgs[i]->scale != 0)
+            continue;
+        float *xr = e->x + (size_t)e->rows[2 * i].tok_start * C;
+        for (int t = 0; t < first_l; t++) {
+            e->idx[t] = imgs[i]->label;
+            e->idx[first_l + t] = c->num_classes;
         }
+        BE->gather_rows(e->be, xr, w->class_emb, e->idx, 2 * first_l, C, 0);
+        for (int t = 0; t < first_l; t++)
+            e->idx[t] = e->idx[first_l + t] = t;
+        BE->gather_rows(e->be, xr, w->pos_start, e->idx, 2 * first_l, C, 1);
     }
+    /* + lvl_pos for every token of the step in one gather: the rows cover tokens 0..T in order */
+    for (int r = 0; r < R; r++)
+        for (int t = 0; t < e->rows[r].n_new; t++)
+            e->idx[e->rows[r].tok_start + t] = c->scale_offset[imgs[r / 2]->scale] + t;
+    BE->gather_rows(e->be, e->x, w->lvl_pos, e->idx, T, C, 1);
     /* conditions: class embedding per row */
     for (int i = 0; i < n; i++) {
         e->idx[2 * i] = imgs[i]->label;
@@ -483,8 +482,7 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, const vs_
         BE->linear(e->be, e->tmp, e->attn, bw->proj_w, bw->proj_b, T, C, C);
         BE->gated_add(e->be, e->x, e->tmp, e->mod, 6 * C, 0, &b, C);
         BE->adaln(e->be, e->xn, e->x, e->mod, 6 * C, 3 * C, 5 * C, &b, C, (float)c->norm_eps);
-        BE->linear(e->be, e->ffn, e->xn, bw->fc1_w, bw->fc1_b, T, c->ffn_dim, C);
-        BE->gelu_tanh(e->be, e->ffn, (size_t)T * c->ffn_dim);
+        vs_rt_backend_linear_gelu(e->be, e->ffn, e->xn, bw->fc1_w, bw->fc1_b, T, c->ffn_dim, C);
         BE->linear(e->be, e->tmp, e->ffn, bw->fc2_w, bw->fc2_b, T, C, c->ffn_dim);
         BE->gated_add(e->be, e->x, e->tmp, e->mod, 6 * C, C, &b, C);
     }

@@ -94,7 +94,15 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
     if ((rgb || opts->unit) && (st = vs_kv_session_decode(ses, ptrs, n, rgb, opts->unit, err)) != VS_OK)
         goto fail;
     double t2 = now_s();
+    vs_rt_counters d2;
+    vs_rt_backend_counters(vs_rt_engine_backend(e), &d2);
     if (times) {
+        times->decode_device = (vs_rt_counters){
+            .launches = d2.launches - d1.launches,
+            .syncs = d2.syncs - d1.syncs,
+            .h2d_bytes = d2.h2d_bytes - d1.h2d_bytes,
+            .d2h_bytes = d2.d2h_bytes - d1.d2h_bytes,
+        };
         times->transformer_s = t1 - t0;
         times->kv_s = kv_s;
         times->decode_s = t2 - t1;

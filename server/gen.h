@@ -27,6 +27,8 @@ typedef struct {
     /* the device work of the steps (not the decoder): each counter's increase over them;
      * allocated_bytes and allocated_peak_bytes as they stand after them. Zero without a device. */
     vs_rt_counters device;
+    /* the decode of the batch: launches, syncs and bytes each way (increases; zero without one) */
+    vs_rt_counters decode_device;
 } vs_srv_gen_times;
 
 /* Pages one image needs at its peak with every layer holding every token (VS_KV_ROWS_PER_IMAGE

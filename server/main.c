@@ -470,7 +470,7 @@ static double peak_rss_mb(void)
  * counters summed over the `steps` steps of each of the `reps` timed runs (NULL: no device). */
 static int bench_json_line(const cli_engine *ce, const common_opts *o, const vs_kv_policy *pol,
                            int n, long reps, double tr, double kv, double dec, int steps,
-                           const vs_rt_counters *dev)
+                           const vs_rt_counters *dev, const vs_rt_counters *dec_dev)
 {
     vs_kv_policy_kind kind = vs_kv_policy_kind_of(pol);
     cJSON *j = cJSON_CreateObject();
@@ -503,8 +503,15 @@ static int bench_json_line(const cli_engine *ce, const common_opts *o, const vs_
         cJSON_AddNumberToObject(d, "kv_h2d_bytes", (double)dev->kv_h2d_bytes / per);
         cJSON_AddNumberToObject(d, "kv_d2h_bytes", (double)dev->kv_d2h_bytes / per);
         cJSON_AddNumberToObject(d, "allocated_bytes", (double)dev->allocated_peak_bytes);
+        /* per decode of the whole batch (not per image): independent of n when it is batched */
+        cJSON *dd = cJSON_AddObjectToObject(j, "decoder_device");
+        cJSON_AddNumberToObject(dd, "launches", (double)dec_dev->launches / (double)reps);
+        cJSON_AddNumberToObject(dd, "syncs", (double)dec_dev->syncs / (double)reps);
+        cJSON_AddNumberToObject(dd, "h2d_bytes", (double)dec_dev->h2d_bytes / (double)reps);
+        cJSON_AddNumberToObject(dd, "d2h_bytes", (double)dec_dev->d2h_bytes / (double)reps);
     } else {
         cJSON_AddNullToObject(j, "device");
+        cJSON_AddNullToObject(j, "decoder_device");
     }
     char *txt = cJSON_PrintUnformatted(j);
     cJSON_Delete(j);
@@ -623,6 +630,7 @@ static int cmd_bench(int argc, char **argv)
             okb = (rgb[k] = malloc((size_t)c->image_size * c->image_size * 3)) != NULL;
         double sum_tr = 0, sum_dec = 0, sum_kv = 0;
         vs_rt_counters dev = {0}; /* the timed runs' steps: sums, allocated as after the last */
+        vs_rt_counters dec_dev = {0}; /* the timed runs' decodes: sums */
         int have_dev = 0, steps = 0;
         for (int rep = 0; okb && rep <= reps; rep++) { /* rep 0 warms up */
             for (int k = 0; k < n; k++)
@@ -648,6 +656,10 @@ static int cmd_bench(int argc, char **argv)
                 dev.kv_h2d_bytes += t.device.kv_h2d_bytes;
                 dev.kv_d2h_bytes += t.device.kv_d2h_bytes;
                 dev.allocated_peak_bytes = t.device.allocated_peak_bytes;
+                dec_dev.launches += t.decode_device.launches;
+                dec_dev.syncs += t.decode_device.syncs;
+                dec_dev.h2d_bytes += t.decode_device.h2d_bytes;
+                dec_dev.d2h_bytes += t.decode_device.d2h_bytes;
             }
         }
         for (int k = 0; rgb && k < n; k++)
@@ -658,7 +670,8 @@ static int cmd_bench(int argc, char **argv)
             goto done;
         double tr = sum_tr / reps, dec = sum_dec / reps, kv = sum_kv / reps;
         if (json) {
-            if (bench_json_line(&ce, &o, pol, n, reps, tr, kv, dec, steps, have_dev ? &dev : NULL) != 0)
+            if (bench_json_line(&ce, &o, pol, n, reps, tr, kv, dec, steps, have_dev ? &dev : NULL,
+                                have_dev ? &dec_dev : NULL) != 0)
                 goto done;
         } else {
             printf("%6d %10.3f %14.4f %14.4f %14.4f %14.4f\n", n, n / (tr + dec), tr, kv, dec, tr + dec);

@@ -267,6 +267,20 @@ START_TEST(linear_matches_cpu)
         expect(&y, TOL, "linear with bias");
         BOTH(linear, P(y), P(x), P(w), NULL, M, N, K);
         expect(&y, TOL, "linear without bias");
+        /* the fused form against the CPU's linear + gelu_tanh (it has no fused op) */
+        for (int side = 0; side < 2; side++)
+            vs_rt_backend_linear_gelu(side ? g_dut : g_ref, side ? y.dut : y.ref,
+                                      side ? x.dut : x.ref, side ? w.dut : w.ref,
+                                      side ? bias.dut : bias.ref, M, N, K);
+        expect(&y, TOL, "linear + gelu_tanh");
+        if (!g_self) { /* one cuBLASLt call each: the bias and GELU in its epilogue */
+            vs_rt_counters a, b;
+            g_dut->ops->counters(g_dut, &a);
+            g_dut->ops->linear(g_dut, y.dut, x.dut, w.dut, bias.dut, M, N, K);
+            vs_rt_backend_linear_gelu(g_dut, y.dut, x.dut, w.dut, bias.dut, M, N, K);
+            g_dut->ops->counters(g_dut, &b);
+            ck_assert_uint_eq(b.launches - a.launches, 2);
+        }
         b2_free(&x);
         b2_free(&w);
         b2_free(&bias);
@@ -703,6 +717,100 @@ START_TEST(spatial_attention_matches_cpu)
         expect(&out, TOL, "spatial_attention");
         b2_free(&qkv);
         b2_free(&out);
+    }
+}
+END_TEST
+
+/* Launches the device made for one call of the decoder's ops (run by `run` on g_dut). */
+static uint64_t launches_of(void (*run)(int N, void *ctx), int N, void *ctx)
+{
+    vs_rt_counters a, b;
+    g_dut->ops->counters(g_dut, &a);
+    run(N, ctx);
+    sync_ok();
+    g_dut->ops->counters(g_dut, &b);
+    return b.launches - a.launches;
+}
+
+typedef struct {
+    buf2 x, w, b, y, qkv, out;
+    int cin, H, W, cout, k, bias;
+} dec_args;
+
+static void run_conv(int N, void *ctx)
+{
+    dec_args *a = ctx;
+    g_dut->ops->conv2d(g_dut, a->y.dut, a->x.dut, a->w.dut, a->bias ? a->b.dut : NULL, N, a->cin,
+                       a->H, a->W, a->cout, a->k);
+}
+
+static void run_attn(int N, void *ctx)
+{
+    dec_args *a = ctx;
+    g_dut->ops->spatial_attention(g_dut, a->out.dut, a->qkv.dut, N, a->cin, a->H * a->W);
+}
+
+static void run_gn(int N, void *ctx)
+{
+    dec_args *a = ctx;
+    g_dut->ops->group_norm(g_dut, a->y.dut, a->x.dut, a->b.dut, a->b.dut, N, a->cin, a->H * a->W,
+                           a->cin / 2, 1e-6f, 1);
+}
+
+/* The decoder's ops take all the images that finish in a step in one call, and the device work
+ * they issue does not grow with that number: one cuDNN call per convolution (two at most, when
+ * its algorithm cannot fuse the bias), three launches per spatial attention, one GroupNorm+SiLU.
+ * The results for N images are those of N = 1 applied to each (conv2d_matches_cpu checks them
+ * against the CPU). */
+START_TEST(decoder_ops_launch_the_same_work_for_one_image_or_many)
+{
+    if (g_self)
+        return; /* counters: a device only */
+    enum { NMAX = 5 };
+    static const int cs[][5] = {{8, 6, 7, 4, 3}, {8, 6, 7, 4, 1}}; /* cin, H, W, cout, k */
+    for (size_t s = 0; s < sizeof cs / sizeof cs[0]; s++) {
+        dec_args a = {0};
+        a.cin = cs[s][0], a.H = cs[s][1], a.W = cs[s][2], a.cout = cs[s][3], a.k = cs[s][4];
+        size_t HW = (size_t)a.H * a.W;
+        a.x = b2_rand(NMAX * a.cin * HW, 1, 0);
+        a.w = b2_rand((size_t)a.cout * a.cin * a.k * a.k, 0.3f, 0);
+        a.b = b2_rand((size_t)(a.cout > a.cin ? a.cout : a.cin), 1, 0);
+        a.y = b2_new(NMAX * (a.cout > a.cin ? a.cout : a.cin) * HW);
+        a.qkv = b2_rand(NMAX * 3 * a.cin * HW, 1, 0);
+        a.out = b2_new(NMAX * a.cin * HW);
+        for (a.bias = 0; a.bias < 2; a.bias++) {
+            uint64_t one = launches_of(run_conv, 1, &a), many = launches_of(run_conv, NMAX, &a);
+            ck_assert_msg(one == many && one >= 1 && one <= 2,
+                          "conv2d k %d%s: %llu launches for 1 image, %llu for %d", a.k,
+                          a.bias ? " with bias" : "", (unsigned long long)one,
+                          (unsigned long long)many, NMAX);
+        }
+        uint64_t one = launches_of(run_attn, 1, &a), many = launches_of(run_attn, NMAX, &a);
+        ck_assert_msg(one == 3 && many == 3, "spatial_attention: %llu launches for 1 image, %llu for %d",
+                      (unsigned long long)one, (unsigned long long)many, NMAX);
+        one = launches_of(run_gn, 1, &a), many = launches_of(run_gn, NMAX, &a);
+        ck_assert_msg(one == 1 && many == 1, "group_norm + silu: %llu launches for 1 image, %llu for %d",
+                      (unsigned long long)one, (unsigned long long)many, NMAX);
+        /* N images in one call equal N calls of one image, bit for bit */
+        size_t per = (size_t)a.cout * HW;
+        float *all = malloc(NMAX * per * sizeof(float)), *each = malloc(per * sizeof(float));
+        ck_assert(all && each);
+        run_conv(NMAX, &a);
+        sync_ok();
+        g_dut->ops->download(g_dut, all, a.y.dut, NMAX * per * sizeof(float));
+        for (int n = 0; n < NMAX; n++) {
+            g_dut->ops->conv2d(g_dut, a.y.dut, a.x.dut + (size_t)n * a.cin * HW, a.w.dut, a.b.dut,
+                               1, a.cin, a.H, a.W, a.cout, a.k);
+            g_dut->ops->download(g_dut, each, a.y.dut, per * sizeof(float));
+            ck_assert_msg(memcmp(each, all + n * per, per * sizeof(float)) == 0,
+                          "conv2d k %d: image %d of a batch of %d differs from its own decode", a.k,
+                          n, NMAX);
+        }
+        free(all);
+        free(each);
+        buf2 *bs[] = {&a.x, &a.w, &a.b, &a.y, &a.qkv, &a.out};
+        for (size_t i = 0; i < sizeof bs / sizeof bs[0]; i++)
+            b2_free(bs[i]);
     }
 }
 END_TEST
@@ -1377,6 +1485,7 @@ static Suite *cuda_suite(void)
     tcase_add_test(tc, conv2d_matches_cpu);
     tcase_add_test(tc, group_norm_matches_cpu);
     tcase_add_test(tc, spatial_attention_matches_cpu);
+    tcase_add_test(tc, decoder_ops_launch_the_same_work_for_one_image_or_many);
     suite_add_tcase(s, tc);
     TCase *tf = tcase_create("tiny_fixture");
     tcase_set_timeout(tf, 600);

@@ -2,7 +2,9 @@
  *
  * check_cuda passing under emulation only means something if the emulator runs kernels as a GPU
  * would: barriers that really wait, warp exchanges that read the right lane, shared memory per
- * block, launch checks, faults that stick, cuBLAS with cuBLAS's layouts and TF32 rounding, BF16
+ * block, launch checks, faults that stick, cuBLAS with cuBLAS's layouts and TF32 rounding, cuBLASLt's
+ * epilogues, cuDNN's
+ * convolution against a naive one (every algorithm it offers, its bias epilogue and checks), BF16
  * conversions to nearest even. Each test here would fail against a naive emulator (threads run
  * to completion one after another, or a GEMM with a transposed layout).
  *
@@ -313,6 +315,279 @@ START_TEST(sgemm_follows_cublas_layouts_and_tf32_mode_rounds_the_inputs)
 }
 END_TEST
 
+/* ---- cuBLASLt's matmul with epilogues ---------------------------------------------------------- */
+
+static double max_diff(const float *a, const float *b, size_t n)
+{
+    double e = 0;
+    for (size_t i = 0; i < n; i++)
+        e = fmax(e, fabs((double)a[i] - b[i]));
+    return e;
+}
+
+static float gelu_ref(float v)
+{
+    return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+
+/* D = epilogue(op(A)·op(B)): yᵀ = wᵀ·x as varserve's linear asks it (A = w K×N transposed, B = x
+ * K×M), with the bias along D's rows and GELU after it, FP32 and BF16 inputs */
+START_TEST(cublaslt_epilogues_add_the_bias_per_row_and_apply_gelu_after_it)
+{
+    const int M = 6, N = 9, K = 70;
+    float w[N * K], x[M * K], bias[N], D[N * M], R[N * M];
+    for (int i = 0; i < N * K; i++)
+        w[i] = sinf((float)i * 0.3f) * 0.2f;
+    for (int i = 0; i < M * K; i++)
+        x[i] = cosf((float)i * 0.17f);
+    for (int i = 0; i < N; i++)
+        bias[i] = 0.1f * (float)i - 0.5f;
+    float *dw = dev_alloc<float>(N * K), *dx = dev_alloc<float>(M * K), *db = dev_alloc<float>(N);
+    float *dD = dev_alloc<float>(N * M);
+    __nv_bfloat16 *dwb = dev_alloc<__nv_bfloat16>(N * K), *dxb = dev_alloc<__nv_bfloat16>(M * K);
+    __nv_bfloat16 hb[N * K > M * K ? N * K : M * K];
+    CK(cudaMemcpy(dw, w, sizeof w, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dx, x, sizeof x, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(db, bias, sizeof bias, cudaMemcpyHostToDevice));
+    for (int i = 0; i < N * K; i++)
+        hb[i] = __float2bfloat16_rn(w[i]);
+    CK(cudaMemcpy(dwb, hb, N * K * 2, cudaMemcpyHostToDevice));
+    for (int i = 0; i < M * K; i++)
+        hb[i] = __float2bfloat16_rn(x[i]);
+    CK(cudaMemcpy(dxb, hb, M * K * 2, cudaMemcpyHostToDevice));
+    cublasLtHandle_t h;
+    ck_assert_int_eq(cublasLtCreate(&h), CUBLAS_STATUS_SUCCESS);
+    cublasLtMatmulDesc_t d;
+    ck_assert_int_eq(cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F), CUBLAS_STATUS_SUCCESS);
+    int32_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N, bt = CUDA_R_32F;
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), 0);
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), 0);
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt), 0);
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &db, sizeof db), 0);
+    /* an attribute of the wrong size is refused */
+    int16_t small = 0;
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &small, sizeof small),
+                     CUBLAS_STATUS_INVALID_VALUE);
+    static const uint32_t eps[] = {CUBLASLT_EPILOGUE_DEFAULT, CUBLASLT_EPILOGUE_BIAS,
+                                   CUBLASLT_EPILOGUE_GELU, CUBLASLT_EPILOGUE_GELU_BIAS};
+    float one = 1, zero = 0;
+    for (int bf = 0; bf < 2; bf++) {
+        cudaDataType t = bf ? CUDA_R_16BF : CUDA_R_32F;
+        cublasLtMatrixLayout_t la, lb, ly;
+        ck_assert_int_eq(cublasLtMatrixLayoutCreate(&la, t, K, N, K), 0);
+        ck_assert_int_eq(cublasLtMatrixLayoutCreate(&lb, t, K, M, K), 0);
+        ck_assert_int_eq(cublasLtMatrixLayoutCreate(&ly, CUDA_R_32F, N, M, N), 0);
+        for (size_t e = 0; e < sizeof eps / sizeof eps[0]; e++) {
+            ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &eps[e],
+                                                            sizeof eps[e]), 0);
+            CK(cudaMemset(dD, 0xff, sizeof D)); /* NaN: β = 0 must not read C */
+            ck_assert_int_eq(cublasLtMatmul(h, d, &one, bf ? (const void *)dwb : dw, la,
+                                            bf ? (const void *)dxb : dx, lb, &zero, dD, ly, dD, ly,
+                                            NULL, NULL, 0, 0),
+                             CUBLAS_STATUS_SUCCESS);
+            CK(cudaDeviceSynchronize());
+            to_host(D, dD, N * M);
+            bool with_bias = eps[e] & CUBLASLT_EPILOGUE_BIAS, with_gelu = eps[e] & CUBLASLT_EPILOGUE_GELU;
+            for (int m = 0; m < M; m++)
+                for (int n = 0; n < N; n++) {
+                    double acc = 0;
+                    for (int k = 0; k < K; k++) {
+                        float a = w[n * K + k], b = x[m * K + k];
+                        if (bf) {
+                            a = __bfloat162float(__float2bfloat16_rn(a));
+                            b = __bfloat162float(__float2bfloat16_rn(b));
+                        }
+                        acc += (double)a * b;
+                    }
+                    float v = (float)acc + (with_bias ? bias[n] : 0.0f);
+                    R[m * N + n] = with_gelu ? gelu_ref(v) : v;
+                }
+            double err = max_diff(D, R, N * M);
+            ck_assert_msg(err < 1e-4, "epilogue %u, %s inputs: off by %g", eps[e], bf ? "BF16" : "FP32", err);
+        }
+        /* layouts that do not agree (x with one row too few) */
+        cublasLtMatrixLayout_t bad;
+        ck_assert_int_eq(cublasLtMatrixLayoutCreate(&bad, t, K - 1, M, K), 0);
+        ck_assert_int_ne(cublasLtMatmul(h, d, &one, bf ? (const void *)dwb : dw, la,
+                                        bf ? (const void *)dxb : dx, bad, &zero, dD, ly, dD, ly,
+                                        NULL, NULL, 0, 0),
+                         CUBLAS_STATUS_SUCCESS);
+        cublasLtMatrixLayoutDestroy(bad);
+        cublasLtMatrixLayoutDestroy(la);
+        cublasLtMatrixLayoutDestroy(lb);
+        cublasLtMatrixLayoutDestroy(ly);
+    }
+    cublasLtMatmulDescDestroy(d);
+    cublasLtDestroy(h);
+    CK(cudaFree(dw));
+    CK(cudaFree(dx));
+    CK(cudaFree(db));
+    CK(cudaFree(dD));
+    CK(cudaFree(dwb));
+    CK(cudaFree(dxb));
+}
+END_TEST
+
+/* ---- cuDNN's forward convolution ------------------------------------------------------------- */
+
+#define DNN(call) ck_assert_int_eq((int)(call), (int)CUDNN_STATUS_SUCCESS)
+
+/* y[n][o][yy][xx] = Σ_{c,ky,kx} w[o][c][ky][kx] · r(x[n][c][yy+ky−k/2][xx+kx−k/2]) (0 outside), in
+ * double, + b[o] when b is given: the reference for cuDNN's cross-correlation with padding k/2 */
+static void naive_conv(const float *x, const float *w, const float *b, float *y, int N, int cin,
+                       int H, int W, int cout, int k, float (*r)(float))
+{
+    for (int n = 0; n < N; n++)
+        for (int o = 0; o < cout; o++)
+            for (int yy = 0; yy < H; yy++)
+                for (int xx = 0; xx < W; xx++) {
+                    double s = 0;
+                    for (int c = 0; c < cin; c++)
+                        for (int ky = 0; ky < k; ky++)
+                            for (int kx = 0; kx < k; kx++) {
+                                int sy = yy + ky - k / 2, sx = xx + kx - k / 2;
+                                if (sy < 0 || sy >= H || sx < 0 || sx >= W)
+                                    continue;
+                                s += (double)r(w[((o * cin + c) * k + ky) * k + kx]) *
+                                     r(x[((n * cin + c) * H + sy) * W + sx]);
+                            }
+                    y[((n * cout + o) * H + yy) * W + xx] = (float)(s + (b ? b[o] : 0.0));
+                }
+}
+
+START_TEST(cudnn_convolution_matches_a_naive_convolution_for_every_offered_algorithm)
+{
+    const int N = 3, cin = 5, H = 7, W = 9, cout = 4;
+    cudnnHandle_t h;
+    DNN(cudnnCreate(&h));
+    cudnnTensorDescriptor_t xd, yd, bd, bad;
+    cudnnFilterDescriptor_t wd;
+    cudnnConvolutionDescriptor_t cd;
+    cudnnActivationDescriptor_t ad;
+    DNN(cudnnCreateTensorDescriptor(&xd));
+    DNN(cudnnCreateTensorDescriptor(&yd));
+    DNN(cudnnCreateTensorDescriptor(&bd));
+    DNN(cudnnCreateTensorDescriptor(&bad));
+    DNN(cudnnCreateFilterDescriptor(&wd));
+    DNN(cudnnCreateConvolutionDescriptor(&cd));
+    DNN(cudnnCreateActivationDescriptor(&ad));
+    DNN(cudnnSetActivationDescriptor(ad, CUDNN_ACTIVATION_IDENTITY, CUDNN_NOT_PROPAGATE_NAN, 0.0));
+    size_t nx = (size_t)N * cin * H * W, ny = (size_t)N * cout * H * W;
+    float *x = (float *)malloc(nx * 4), *w = (float *)malloc(cout * cin * 9 * 4), b[4];
+    float *y = (float *)malloc(ny * 4), *ref = (float *)malloc(ny * 4);
+    for (size_t i = 0; i < nx; i++)
+        x[i] = sinf((float)i * 0.71f);
+    for (int i = 0; i < cout * cin * 9; i++)
+        w[i] = cosf((float)i * 0.37f) * 0.3f;
+    for (int i = 0; i < cout; i++)
+        b[i] = 0.25f * (float)i - 0.4f;
+    float *dx = dev_alloc<float>(nx), *dw = dev_alloc<float>(cout * cin * 9), *db = dev_alloc<float>(cout);
+    float *dy = dev_alloc<float>(ny);
+    CK(cudaMemcpy(dx, x, nx * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dw, w, cout * cin * 9 * 4, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(db, b, cout * 4, cudaMemcpyHostToDevice));
+    float one = 1, zero = 0;
+    for (int k = 1; k <= 3; k += 2) {
+        DNN(cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, N, cin, H, W));
+        DNN(cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, N, cout, H, W));
+        DNN(cudnnSetTensor4dDescriptor(bd, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, 1, cout, 1, 1));
+        DNN(cudnnSetFilter4dDescriptor(wd, CUDNN_DATA_FLOAT, CUDNN_TENSOR_NCHW, cout, cin, k, k));
+        DNN(cudnnSetConvolution2dDescriptor(cd, k / 2, k / 2, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION,
+                                            CUDNN_DATA_FLOAT));
+        DNN(cudnnSetConvolutionMathType(cd, CUDNN_FMA_MATH)); /* strict FP32 */
+        cudnnConvolutionFwdAlgoPerf_t perf[CUDNN_CONVOLUTION_FWD_ALGO_COUNT];
+        int got = 0, ran = 0;
+        DNN(cudnnGetConvolutionForwardAlgorithm_v7(h, xd, wd, cd, yd, CUDNN_CONVOLUTION_FWD_ALGO_COUNT,
+                                                   &got, perf));
+        ck_assert_int_ge(got, 1);
+        for (int a = 0; a < got; a++) {
+            if (perf[a].status != CUDNN_STATUS_SUCCESS)
+                continue;
+            size_t ws_bytes = 0;
+            DNN(cudnnGetConvolutionForwardWorkspaceSize(h, xd, wd, cd, yd, perf[a].algo, &ws_bytes));
+            void *ws = NULL;
+            if (ws_bytes)
+                CK(cudaMalloc(&ws, ws_bytes));
+            /* y = conv(x) */
+            DNN(cudnnConvolutionForward(h, &one, xd, dx, wd, dw, cd, perf[a].algo, ws, ws_bytes,
+                                        &zero, yd, dy));
+            CK(cudaDeviceSynchronize());
+            to_host(y, dy, ny);
+            naive_conv(x, w, NULL, ref, N, cin, H, W, cout, k, same);
+            double e = max_diff(y, ref, ny);
+            ck_assert_msg(e < 1e-5, "k %d algorithm %d: off the naive convolution by %g", k,
+                          (int)perf[a].algo, e);
+            /* y += bias */
+            DNN(cudnnAddTensor(h, &one, bd, db, &one, yd, dy));
+            CK(cudaDeviceSynchronize());
+            to_host(y, dy, ny);
+            naive_conv(x, w, b, ref, N, cin, H, W, cout, k, same);
+            e = max_diff(y, ref, ny);
+            ck_assert_msg(e < 1e-5, "k %d algorithm %d + cudnnAddTensor: off by %g", k,
+                          (int)perf[a].algo, e);
+            /* the fused bias: the identity activation runs only with IMPLICIT_PRECOMP_GEMM */
+            CK(cudaMemset(dy, 0xff, ny * 4)); /* NaN: α2 = 0 must not read z = y */
+            cudnnStatus_t fs = cudnnConvolutionBiasActivationForward(
+                h, &one, xd, dx, wd, dw, cd, perf[a].algo, ws, ws_bytes, &zero, yd, dy, bd, db, ad,
+                yd, dy);
+            if (perf[a].algo == CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) {
+                ck_assert_int_eq(fs, CUDNN_STATUS_SUCCESS);
+                CK(cudaDeviceSynchronize());
+                to_host(y, dy, ny);
+                e = max_diff(y, ref, ny);
+                ck_assert_msg(e < 1e-5, "k %d fused bias: off by %g", k, e);
+            } else {
+                ck_assert_int_eq(fs, CUDNN_STATUS_NOT_SUPPORTED);
+            }
+            /* a workspace short of what the algorithm needs is refused */
+            if (ws_bytes)
+                ck_assert_int_eq(cudnnConvolutionForward(h, &one, xd, dx, wd, dw, cd, perf[a].algo,
+                                                         ws, ws_bytes - 1, &zero, yd, dy),
+                                 CUDNN_STATUS_BAD_PARAM);
+            CK(cudaFree(ws));
+            ran++;
+        }
+        ck_assert_int_ge(ran, 1);
+        /* descriptors that disagree: y with the wrong channel count */
+        DNN(cudnnSetTensor4dDescriptor(bad, CUDNN_TENSOR_NCHW, CUDNN_DATA_FLOAT, N, cout + 1, H, W));
+        size_t ws_bytes = 0;
+        ck_assert_int_eq(cudnnGetConvolutionForwardWorkspaceSize(h, xd, wd, cd, bad,
+                                                                 CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                                                                 &ws_bytes),
+                         CUDNN_STATUS_BAD_PARAM);
+    }
+#ifdef VS_CUDA_EMU
+    /* tensor-op math rounds the FP32 inputs to TF32, as cuBLAS's TF32 mode (a GPU may pick a
+     * strict kernel anyway, so only the emulator is held to it) */
+    DNN(cudnnSetConvolutionMathType(cd, CUDNN_TENSOR_OP_MATH));
+    DNN(cudnnConvolutionForward(h, &one, xd, dx, wd, dw, cd, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+                                NULL, 0, &zero, yd, dy));
+    to_host(y, dy, ny);
+    naive_conv(x, w, NULL, ref, N, cin, H, W, cout, 3, tf32);
+    double e = max_diff(y, ref, ny);
+    naive_conv(x, w, NULL, ref, N, cin, H, W, cout, 3, same);
+    double e32 = max_diff(y, ref, ny);
+    ck_assert_msg(e < 1e-5 && e32 > 10 * e, "TF32 convolution: off TF32 by %g, FP32 by %g", e, e32);
+#endif
+    CK(cudaFree(dx));
+    CK(cudaFree(dw));
+    CK(cudaFree(db));
+    CK(cudaFree(dy));
+    cudnnDestroyTensorDescriptor(xd);
+    cudnnDestroyTensorDescriptor(yd);
+    cudnnDestroyTensorDescriptor(bd);
+    cudnnDestroyTensorDescriptor(bad);
+    cudnnDestroyFilterDescriptor(wd);
+    cudnnDestroyConvolutionDescriptor(cd);
+    cudnnDestroyActivationDescriptor(ad);
+    DNN(cudnnDestroy(h));
+    free(x);
+    free(w);
+    free(y);
+    free(ref);
+}
+END_TEST
+
 __global__ void k_bf16(const float *x, float *y, int n)
 {
     for (int i = threadIdx.x; i < n; i += blockDim.x)
@@ -452,6 +727,8 @@ int main(void)
     tcase_add_test(tc, a_block_reduction_of_1024_threads_sums_every_element);
     tcase_add_test(tc, copies_outside_an_allocation_fail_and_the_device_goes_on);
     tcase_add_test(tc, sgemm_follows_cublas_layouts_and_tf32_mode_rounds_the_inputs);
+    tcase_add_test(tc, cublaslt_epilogues_add_the_bias_per_row_and_apply_gelu_after_it);
+    tcase_add_test(tc, cudnn_convolution_matches_a_naive_convolution_for_every_offered_algorithm);
     tcase_add_test(tc, bf16_conversion_rounds_to_nearest_even);
 #ifdef VS_CUDA_EMU
     tcase_add_test(tc, a_write_past_an_allocation_is_a_sticky_fault_naming_the_kernel);

@@ -201,7 +201,8 @@ with tempfile.TemporaryDirectory() as d:
                 "of_which_kv_s", "decoder_s", "total_s", "peak_rss_mb", "device"]
         check(f"bench --json (cpu) batch {b}: every field", all(k in l for k in keys), l)
         check(f"bench --json (cpu) batch {b}: device null on a backend without counters",
-              l.get("device", 0) is None and l.get("backend") == "cpu", l)
+              l.get("device", 0) is None and l.get("decoder_device", 0) is None and
+              l.get("backend") == "cpu", l)
         check(f"bench --json (cpu) batch {b}: sane numbers",
               l["steps"] == steps and l["reps"] == 1 and l["kv_policy"] == "full" and
               l["transformer_s"] > 0 and l["decoder_s"] > 0 and 0 <= l["of_which_kv_s"] <= l["transformer_s"] and
@@ -240,6 +241,10 @@ with tempfile.TemporaryDirectory() as d:
             check("emu: each step uploads its tables", dv["h2d_bytes"] > 0, dv)
             check("emu: device memory holds at least the weights", dv["allocated_bytes"] >= weights,
                   f"{dv} weights {weights}")
+            dd = lines[0].get("decoder_device")
+            check("emu: the decode's device work is counted apart: launches, and the image comes back",
+                  isinstance(dd, dict) and dd.get("launches", 0) > 0 and dd.get("d2h_bytes", 0) > 0 and
+                  dd.get("syncs", 0) >= 1, lines[0])
             rc2, lines2, err2 = runs[1]
             dv2 = lines2[0].get("device") if rc2 == 0 and len(lines2) == 1 else None
             check("emu: two runs of the same settings count the same per step",

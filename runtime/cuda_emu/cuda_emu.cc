@@ -1139,3 +1139,664 @@ cublasStatus_t cublasGemmEx(cublasHandle_t h, cublasOperation_t ta, cublasOperat
     return gemm("cublasGemmEx", h, ta, tb, m, n, k, *(const float *)alpha, A, k_in, lda, B, k_in,
                 ldb, *(const float *)beta, (float *)C, ldc, r);
 }
+
+/* ---- cuBLASLt: matmul with an epilogue, on the GEMM above ---------------------------------------- */
+
+#define LT_MAGIC 0x4c54484eu
+
+struct cuda_emu_lt {
+    unsigned magic;
+};
+struct cuda_emu_lt_desc {
+    unsigned magic;
+    cublasComputeType_t compute;
+    int32_t ta, tb;
+    uint32_t epilogue;
+    const void *bias;
+    int32_t bias_type;
+};
+struct cuda_emu_lt_layout {
+    unsigned magic;
+    int32_t type;
+    uint64_t rows, cols;
+    int64_t ld;
+};
+
+cublasStatus_t cublasLtCreate(cublasLtHandle_t *h)
+{
+    if (!h)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    *h = NULL;
+    if (sticky())
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    *h = (cublasLtHandle_t)calloc(1, sizeof **h);
+    if (!*h)
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    (*h)->magic = LT_MAGIC;
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtDestroy(cublasLtHandle_t h)
+{
+    if (!h || h->magic != LT_MAGIC)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    h->magic = 0;
+    free(h);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeType_t compute,
+                                        cudaDataType_t scale_type)
+{
+    if (!d)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (scale_type != CUDA_R_32F ||
+        (compute != CUBLAS_COMPUTE_32F && compute != CUBLAS_COMPUTE_32F_PEDANTIC &&
+         compute != CUBLAS_COMPUTE_32F_FAST_TF32 && compute != CUBLAS_COMPUTE_32F_FAST_16BF))
+        return CUBLAS_STATUS_NOT_SUPPORTED; /* what varserve uses: FP32 compute and scale */
+    *d = (cublasLtMatmulDesc_t)calloc(1, sizeof **d);
+    if (!*d)
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    **d = cuda_emu_lt_desc{LT_MAGIC, compute, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT, NULL,
+                           CUDA_R_32F};
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescDestroy(cublasLtMatmulDesc_t d)
+{
+    if (d && d->magic != LT_MAGIC)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    free(d);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+/* cuBLASLt checks each attribute's size against its storage: a wrong size is INVALID_VALUE */
+template <typename T> static cublasStatus_t lt_set(T *dst, const void *buf, size_t bytes)
+{
+    if (!buf || bytes != sizeof(T))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    memcpy(dst, buf, sizeof(T));
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulDescSetAttribute(cublasLtMatmulDesc_t d, cublasLtMatmulDescAttributes_t attr,
+                                              const void *buf, size_t bytes)
+{
+    if (!d || d->magic != LT_MAGIC)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    switch (attr) {
+    case CUBLASLT_MATMUL_DESC_TRANSA: return lt_set(&d->ta, buf, bytes);
+    case CUBLASLT_MATMUL_DESC_TRANSB: return lt_set(&d->tb, buf, bytes);
+    case CUBLASLT_MATMUL_DESC_EPILOGUE: return lt_set(&d->epilogue, buf, bytes);
+    case CUBLASLT_MATMUL_DESC_BIAS_POINTER: return lt_set(&d->bias, buf, bytes);
+    case CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: return lt_set(&d->bias_type, buf, bytes);
+    }
+    return CUBLAS_STATUS_INVALID_VALUE;
+}
+
+cublasStatus_t cublasLtMatrixLayoutCreate(cublasLtMatrixLayout_t *l, cudaDataType type, uint64_t rows,
+                                          uint64_t cols, int64_t ld)
+{
+    if (!l)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    *l = (cublasLtMatrixLayout_t)calloc(1, sizeof **l);
+    if (!*l)
+        return CUBLAS_STATUS_ALLOC_FAILED;
+    **l = cuda_emu_lt_layout{LT_MAGIC, (int32_t)type, rows, cols, ld};
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatrixLayoutDestroy(cublasLtMatrixLayout_t l)
+{
+    if (l && l->magic != LT_MAGIC)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    free(l);
+    return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatrixLayoutSetAttribute(cublasLtMatrixLayout_t l,
+                                                cublasLtMatrixLayoutAttribute_t attr,
+                                                const void *buf, size_t bytes)
+{
+    if (!l || l->magic != LT_MAGIC)
+        return CUBLAS_STATUS_INVALID_VALUE;
+    switch (attr) {
+    case CUBLASLT_MATRIX_LAYOUT_TYPE: return lt_set(&l->type, buf, bytes);
+    case CUBLASLT_MATRIX_LAYOUT_ROWS: return lt_set(&l->rows, buf, bytes);
+    case CUBLASLT_MATRIX_LAYOUT_COLS: return lt_set(&l->cols, buf, bytes);
+    case CUBLASLT_MATRIX_LAYOUT_LD: return lt_set(&l->ld, buf, bytes);
+    case CUBLASLT_MATRIX_LAYOUT_ORDER: /* column-major only */
+        if (!buf || bytes != sizeof(int32_t))
+            return CUBLAS_STATUS_INVALID_VALUE;
+        return *(const int32_t *)buf == 0 ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_SUPPORTED;
+    }
+    return CUBLAS_STATUS_INVALID_VALUE;
+}
+
+static float gelu_tanh_f(float v)
+{
+    return 0.5f * v * (1.0f + tanhf(0.7978845608028654f * (v + 0.044715f * v * v * v)));
+}
+
+cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const void *alpha,
+                              const void *A, cublasLtMatrixLayout_t ad, const void *B,
+                              cublasLtMatrixLayout_t bd, const void *beta, const void *C,
+                              cublasLtMatrixLayout_t cd, void *D, cublasLtMatrixLayout_t dd,
+                              const cublasLtMatmulAlgo_t *algo, void *ws, size_t ws_bytes,
+                              cudaStream_t st)
+{
+    const char *what = "cublasLtMatmul";
+    (void)ws;
+    (void)ws_bytes;
+    if (!h || h->magic != LT_MAGIC)
+        return CUBLAS_STATUS_NOT_INITIALIZED;
+    if (sticky())
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    if (!d || d->magic != LT_MAGIC || !ad || !bd || !cd || !dd || !alpha || !beta ||
+        !valid_stream(st))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (algo)
+        return CUBLAS_STATUS_NOT_SUPPORTED; /* the emulation has only cuBLASLt's own heuristic */
+    bool ta = d->ta == CUBLAS_OP_T, tb = d->tb == CUBLAS_OP_T;
+    uint64_t m = dd->rows, n = dd->cols, k = ta ? ad->rows : ad->cols;
+    uint64_t am = ta ? ad->cols : ad->rows, bk = tb ? bd->cols : bd->rows, bn = tb ? bd->rows : bd->cols;
+    if (am != m || bk != k || bn != n || cd->rows != m || cd->cols != n || cd->ld != dd->ld ||
+        ad->type != bd->type || (ad->type != CUDA_R_32F && ad->type != CUDA_R_16BF) ||
+        cd->type != CUDA_R_32F || dd->type != CUDA_R_32F || m > INT32_MAX || n > INT32_MAX ||
+        k > INT32_MAX) {
+        fprintf(stderr, "cuda-emu: %s: layouts A %llux%llu, B %llux%llu, C %llux%llu, D %llux%llu "
+                        "(transa %d, transb %d) or their types do not agree\n", what,
+                (unsigned long long)ad->rows, (unsigned long long)ad->cols,
+                (unsigned long long)bd->rows, (unsigned long long)bd->cols,
+                (unsigned long long)cd->rows, (unsigned long long)cd->cols,
+                (unsigned long long)dd->rows, (unsigned long long)dd->cols, (int)ta, (int)tb);
+        return CUBLAS_STATUS_INVALID_VALUE;
+    }
+    uint32_t ep = d->epilogue;
+    bool has_bias = ep == CUBLASLT_EPILOGUE_BIAS || ep == CUBLASLT_EPILOGUE_GELU_BIAS;
+    bool has_gelu = ep == CUBLASLT_EPILOGUE_GELU || ep == CUBLASLT_EPILOGUE_GELU_BIAS;
+    if (ep != CUBLASLT_EPILOGUE_DEFAULT && !has_bias && !has_gelu)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    if (has_bias && (!d->bias || d->bias_type != CUDA_R_32F))
+        return CUBLAS_STATUS_INVALID_VALUE;
+    if (has_bias && !in_device(d->bias, m * sizeof(float))) {
+        fault(cudaErrorIllegalAddress, "%s: the bias (%llu floats) reaches outside its device allocation",
+              what, (unsigned long long)m);
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
+    float b = *(const float *)beta;
+    if (b != 0.0f && C != D) { /* D starts as C, then β·D accumulates as cuBLAS does */
+        size_t nc = span((int)m, (int)n, (int)dd->ld);
+        if (!in_device(C, nc * sizeof(float)) || !in_device(D, nc * sizeof(float))) {
+            fault(cudaErrorIllegalAddress, "%s: C or D reaches outside its device allocation", what);
+            return CUBLAS_STATUS_EXECUTION_FAILED;
+        }
+        for (uint64_t j = 0; j < n; j++)
+            memmove((float *)D + j * dd->ld, (const float *)C + j * dd->ld, m * sizeof(float));
+    }
+    rounding r = R_NONE;
+    if (ad->type == CUDA_R_32F)
+        r = d->compute == CUBLAS_COMPUTE_32F_FAST_TF32 ? R_TF32
+            : d->compute == CUBLAS_COMPUTE_32F_FAST_16BF ? R_BF16 : R_NONE;
+    in_kind kin = ad->type == CUDA_R_16BF ? IN_BF16 : IN_F32;
+    cuda_emu_blas gh = {BLAS_MAGIC, st, CUBLAS_DEFAULT_MATH};
+    cublasStatus_t s = gemm(what, &gh, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                            (int)m, (int)n, (int)k, *(const float *)alpha, A, kin, (int)ad->ld, B, kin,
+                            (int)bd->ld, b, (float *)D, (int)dd->ld, r);
+    if (s != CUBLAS_STATUS_SUCCESS)
+        return s;
+    const float *bias = (const float *)d->bias;
+    for (uint64_t j = 0; j < n; j++) {
+        float *col = (float *)D + j * dd->ld;
+        for (uint64_t i = 0; i < m; i++) {
+            float v = has_bias ? col[i] + bias[i] : col[i];
+            col[i] = has_gelu ? gelu_tanh_f(v) : v;
+        }
+    }
+    check_guards(what);
+    return sticky() ? CUBLAS_STATUS_EXECUTION_FAILED : CUBLAS_STATUS_SUCCESS;
+}
+
+/* ---- cuDNN's forward convolution on im2col + OpenBLAS ------------------------------------------ */
+
+#define DNN_MAGIC 0x444e4e48u
+#define DESC_MAGIC 0x44455343u
+
+struct cuda_emu_dnn {
+    unsigned magic;
+    cudaStream_t st;
+};
+struct cuda_emu_dnn_tensor {
+    unsigned magic;
+    int set, n, c, h, w;
+};
+struct cuda_emu_dnn_filter {
+    unsigned magic;
+    int set, k, c, h, w;
+};
+struct cuda_emu_dnn_conv {
+    unsigned magic;
+    int set, pad_h, pad_w, u, v, dil_h, dil_w;
+    cudnnConvolutionMode_t mode;
+    cudnnMathType_t math;
+};
+struct cuda_emu_dnn_act {
+    unsigned magic;
+    int set;
+    cudnnActivationMode_t mode;
+};
+
+const char *cudnnGetErrorString(cudnnStatus_t s)
+{
+    switch (s) {
+    case CUDNN_STATUS_SUCCESS: return "CUDNN_STATUS_SUCCESS";
+    case CUDNN_STATUS_NOT_INITIALIZED: return "CUDNN_STATUS_NOT_INITIALIZED";
+    case CUDNN_STATUS_BAD_PARAM: return "CUDNN_STATUS_BAD_PARAM";
+    case CUDNN_STATUS_NOT_SUPPORTED: return "CUDNN_STATUS_NOT_SUPPORTED";
+    case CUDNN_STATUS_INTERNAL_ERROR: return "CUDNN_STATUS_INTERNAL_ERROR";
+    case CUDNN_STATUS_EXECUTION_FAILED: return "CUDNN_STATUS_EXECUTION_FAILED";
+    }
+    return "CUDNN_STATUS_UNKNOWN";
+}
+
+cudnnStatus_t cudnnCreate(cudnnHandle_t *h)
+{
+    if (!h)
+        return CUDNN_STATUS_BAD_PARAM;
+    *h = NULL;
+    if (sticky())
+        return CUDNN_STATUS_NOT_INITIALIZED;
+    cudnnHandle_t d = (cudnnHandle_t)calloc(1, sizeof *d);
+    if (!d)
+        return CUDNN_STATUS_INTERNAL_ERROR;
+    d->magic = DNN_MAGIC;
+    *h = d;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+static bool dnn_ok(cudnnHandle_t h) { return h && h->magic == DNN_MAGIC; }
+
+cudnnStatus_t cudnnDestroy(cudnnHandle_t h)
+{
+    if (!dnn_ok(h))
+        return CUDNN_STATUS_BAD_PARAM;
+    h->magic = 0;
+    free(h);
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetStream(cudnnHandle_t h, cudaStream_t st)
+{
+    if (!dnn_ok(h))
+        return CUDNN_STATUS_BAD_PARAM;
+    if (!valid_stream(st))
+        return CUDNN_STATUS_BAD_PARAM;
+    h->st = st;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* descriptors: plain host structs with a magic word, as cuDNN's are host objects */
+template <typename D> static cudnnStatus_t desc_create(D **d)
+{
+    if (!d)
+        return CUDNN_STATUS_BAD_PARAM;
+    *d = (D *)calloc(1, sizeof(D));
+    if (!*d)
+        return CUDNN_STATUS_INTERNAL_ERROR;
+    (*d)->magic = DESC_MAGIC;
+    return CUDNN_STATUS_SUCCESS;
+}
+template <typename D> static cudnnStatus_t desc_destroy(D *d)
+{
+    if (d && d->magic != DESC_MAGIC)
+        return CUDNN_STATUS_BAD_PARAM;
+    if (d)
+        d->magic = 0;
+    free(d);
+    return CUDNN_STATUS_SUCCESS;
+}
+template <typename D> static bool desc_ok(const D *d) { return d && d->magic == DESC_MAGIC && d->set; }
+
+cudnnStatus_t cudnnCreateTensorDescriptor(cudnnTensorDescriptor_t *d) { return desc_create(d); }
+cudnnStatus_t cudnnDestroyTensorDescriptor(cudnnTensorDescriptor_t d) { return desc_destroy(d); }
+cudnnStatus_t cudnnCreateFilterDescriptor(cudnnFilterDescriptor_t *d) { return desc_create(d); }
+cudnnStatus_t cudnnDestroyFilterDescriptor(cudnnFilterDescriptor_t d) { return desc_destroy(d); }
+cudnnStatus_t cudnnCreateConvolutionDescriptor(cudnnConvolutionDescriptor_t *d)
+{
+    cudnnStatus_t s = desc_create(d);
+    if (s == CUDNN_STATUS_SUCCESS)
+        (*d)->math = CUDNN_DEFAULT_MATH;
+    return s;
+}
+cudnnStatus_t cudnnDestroyConvolutionDescriptor(cudnnConvolutionDescriptor_t d) { return desc_destroy(d); }
+cudnnStatus_t cudnnCreateActivationDescriptor(cudnnActivationDescriptor_t *d) { return desc_create(d); }
+cudnnStatus_t cudnnDestroyActivationDescriptor(cudnnActivationDescriptor_t d) { return desc_destroy(d); }
+
+/* the layouts and types varserve uses; others are refused, not guessed at */
+static cudnnStatus_t layout_ok(cudnnTensorFormat_t format, cudnnDataType_t type)
+{
+    if (format != CUDNN_TENSOR_NCHW && format != CUDNN_TENSOR_NHWC)
+        return CUDNN_STATUS_BAD_PARAM;
+    return format == CUDNN_TENSOR_NCHW && type == CUDNN_DATA_FLOAT ? CUDNN_STATUS_SUCCESS
+                                                                    : CUDNN_STATUS_NOT_SUPPORTED;
+}
+
+cudnnStatus_t cudnnSetTensor4dDescriptor(cudnnTensorDescriptor_t d, cudnnTensorFormat_t format,
+                                         cudnnDataType_t type, int n, int c, int h, int w)
+{
+    if (!d || d->magic != DESC_MAGIC || n <= 0 || c <= 0 || h <= 0 || w <= 0)
+        return CUDNN_STATUS_BAD_PARAM;
+    if (cudnnStatus_t s = layout_ok(format, type))
+        return s;
+    *d = cuda_emu_dnn_tensor{DESC_MAGIC, 1, n, c, h, w};
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetFilter4dDescriptor(cudnnFilterDescriptor_t d, cudnnDataType_t type,
+                                         cudnnTensorFormat_t format, int k, int c, int h, int w)
+{
+    if (!d || d->magic != DESC_MAGIC || k <= 0 || c <= 0 || h <= 0 || w <= 0)
+        return CUDNN_STATUS_BAD_PARAM;
+    if (cudnnStatus_t s = layout_ok(format, type))
+        return s;
+    *d = cuda_emu_dnn_filter{DESC_MAGIC, 1, k, c, h, w};
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetConvolution2dDescriptor(cudnnConvolutionDescriptor_t d, int pad_h, int pad_w,
+                                              int u, int v, int dilation_h, int dilation_w,
+                                              cudnnConvolutionMode_t mode,
+                                              cudnnDataType_t compute_type)
+{
+    if (!d || d->magic != DESC_MAGIC || pad_h < 0 || pad_w < 0 || u <= 0 || v <= 0 ||
+        dilation_h <= 0 || dilation_w <= 0 ||
+        (mode != CUDNN_CONVOLUTION && mode != CUDNN_CROSS_CORRELATION))
+        return CUDNN_STATUS_BAD_PARAM;
+    if (compute_type != CUDNN_DATA_FLOAT)
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    cudnnMathType_t math = d->math;
+    *d = cuda_emu_dnn_conv{DESC_MAGIC, 1, pad_h, pad_w, u, v, dilation_h, dilation_w, mode, math};
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetConvolutionMathType(cudnnConvolutionDescriptor_t d, cudnnMathType_t math)
+{
+    if (!d || d->magic != DESC_MAGIC ||
+        (math != CUDNN_DEFAULT_MATH && math != CUDNN_TENSOR_OP_MATH &&
+         math != CUDNN_TENSOR_OP_MATH_ALLOW_CONVERSION && math != CUDNN_FMA_MATH))
+        return CUDNN_STATUS_BAD_PARAM;
+    d->math = math;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnSetActivationDescriptor(cudnnActivationDescriptor_t d, cudnnActivationMode_t mode,
+                                           cudnnNanPropagation_t nan, double coef)
+{
+    (void)coef;
+    if (!d || d->magic != DESC_MAGIC || mode < CUDNN_ACTIVATION_SIGMOID ||
+        mode > CUDNN_ACTIVATION_IDENTITY ||
+        (nan != CUDNN_NOT_PROPAGATE_NAN && nan != CUDNN_PROPAGATE_NAN))
+        return CUDNN_STATUS_BAD_PARAM;
+    d->mode = mode;
+    d->set = 1;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* The shapes of one forward convolution, checked as cuDNN checks them: BAD_PARAM when the
+ * descriptors disagree, NOT_SUPPORTED for what this emulation does not model (strides, dilation,
+ * true convolution). */
+static cudnnStatus_t conv_shapes(cudnnHandle_t h, const cudnnTensorDescriptor_t x,
+                                 const cudnnFilterDescriptor_t w,
+                                 const cudnnConvolutionDescriptor_t conv,
+                                 const cudnnTensorDescriptor_t y)
+{
+    if (!dnn_ok(h))
+        return CUDNN_STATUS_BAD_PARAM;
+    if (!desc_ok(x) || !desc_ok(w) || !desc_ok(conv) || !desc_ok(y))
+        return CUDNN_STATUS_BAD_PARAM;
+    int ho = (x->h + 2 * conv->pad_h - conv->dil_h * (w->h - 1) - 1) / conv->u + 1;
+    int wo = (x->w + 2 * conv->pad_w - conv->dil_w * (w->w - 1) - 1) / conv->v + 1;
+    if (x->c != w->c || y->n != x->n || y->c != w->k || y->h != ho || y->w != wo) {
+        fprintf(stderr, "cuda-emu: cuDNN convolution: x %dx%dx%dx%d, w %dx%dx%dx%d and y %dx%dx%dx%d "
+                        "do not agree (y should be %dx%dx%dx%d)\n",
+                x->n, x->c, x->h, x->w, w->k, w->c, w->h, w->w, y->n, y->c, y->h, y->w, x->n, w->k,
+                ho, wo);
+        return CUDNN_STATUS_BAD_PARAM;
+    }
+    if (conv->u != 1 || conv->v != 1 || conv->dil_h != 1 || conv->dil_w != 1 ||
+        conv->mode != CUDNN_CROSS_CORRELATION)
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* Workspace an algorithm needs: IMPLICIT_GEMM none, IMPLICIT_PRECOMP_GEMM its index table (one
+ * offset per filter tap), GEMM one image's im2col columns. */
+static cudnnStatus_t algo_workspace(const cuda_emu_dnn_filter *w, const cuda_emu_dnn_tensor *y,
+                                    cudnnConvolutionFwdAlgo_t algo, size_t *bytes)
+{
+    size_t kk = (size_t)w->c * w->h * w->w;
+    switch (algo) {
+    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM: *bytes = 0; return CUDNN_STATUS_SUCCESS;
+    case CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM:
+        *bytes = kk * sizeof(int);
+        return CUDNN_STATUS_SUCCESS;
+    case CUDNN_CONVOLUTION_FWD_ALGO_GEMM:
+        *bytes = kk * (size_t)y->h * y->w * sizeof(float);
+        return CUDNN_STATUS_SUCCESS;
+    default: *bytes = 0; return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+}
+
+cudnnStatus_t cudnnGetConvolutionForwardWorkspaceSize(cudnnHandle_t h,
+                                                      const cudnnTensorDescriptor_t x,
+                                                      const cudnnFilterDescriptor_t w,
+                                                      const cudnnConvolutionDescriptor_t conv,
+                                                      const cudnnTensorDescriptor_t y,
+                                                      cudnnConvolutionFwdAlgo_t algo, size_t *bytes)
+{
+    if (!bytes)
+        return CUDNN_STATUS_BAD_PARAM;
+    if (cudnnStatus_t s = conv_shapes(h, x, w, conv, y))
+        return s;
+    return algo_workspace(w, y, algo, bytes);
+}
+
+cudnnStatus_t cudnnGetConvolutionForwardAlgorithm_v7(
+    cudnnHandle_t h, const cudnnTensorDescriptor_t x, const cudnnFilterDescriptor_t w,
+    const cudnnConvolutionDescriptor_t conv, const cudnnTensorDescriptor_t y, int requested,
+    int *returned, cudnnConvolutionFwdAlgoPerf_t *perf)
+{
+    if (!returned || !perf || requested < 1)
+        return CUDNN_STATUS_BAD_PARAM;
+    if (cudnnStatus_t s = conv_shapes(h, x, w, conv, y))
+        return s;
+    static const cudnnConvolutionFwdAlgo_t order[CUDNN_CONVOLUTION_FWD_ALGO_COUNT] = {
+        CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM, CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_GEMM,
+        CUDNN_CONVOLUTION_FWD_ALGO_GEMM,                  CUDNN_CONVOLUTION_FWD_ALGO_DIRECT,
+        CUDNN_CONVOLUTION_FWD_ALGO_FFT,                   CUDNN_CONVOLUTION_FWD_ALGO_FFT_TILING,
+        CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD,              CUDNN_CONVOLUTION_FWD_ALGO_WINOGRAD_NONFUSED};
+    int n = requested < CUDNN_CONVOLUTION_FWD_ALGO_COUNT ? requested : CUDNN_CONVOLUTION_FWD_ALGO_COUNT;
+    for (int i = 0; i < n; i++) {
+        cudnnConvolutionFwdAlgoPerf_t p;
+        memset(&p, 0, sizeof p);
+        p.algo = order[i];
+        p.status = algo_workspace(w, y, order[i], &p.memory);
+        p.time = p.status == CUDNN_STATUS_SUCCESS ? (float)(i + 1) : -1.0f;
+        p.determinism = CUDNN_DETERMINISTIC;
+        p.mathType = conv->math;
+        perf[i] = p;
+    }
+    *returned = n;
+    return CUDNN_STATUS_SUCCESS;
+}
+
+/* y[n] = α·(w ⊛ x[n]) + β·y[n] for every image: per image, bands of output rows through im2col
+ * and one SGEMM each (y_band[cout][cols] = w[cout][KK] · col[KK][cols]), the inputs rounded to
+ * TF32 unless the math type is CUDNN_FMA_MATH. β = 0 does not read y. */
+static void conv_compute(const cuda_emu_dnn_tensor *xd, const float *x, const cuda_emu_dnn_filter *wd,
+                         const float *w, const cuda_emu_dnn_conv *conv, float alpha, float beta,
+                         float *y)
+{
+    int N = xd->n, cin = xd->c, H = xd->h, W = xd->w, cout = wd->k, kh = wd->h, kw = wd->w;
+    size_t HW = (size_t)H * W, KK = (size_t)cin * kh * kw;
+    rounding r = conv->math == CUDNN_FMA_MATH ? R_NONE : R_TF32;
+    std::vector<float> wbuf, col;
+    const float *wr = as_f32(w, IN_F32, (size_t)cout * KK, r, wbuf);
+    bool direct = kh == 1 && kw == 1 && conv->pad_h == 0 && conv->pad_w == 0;
+    size_t per_row = KK * (size_t)W;
+    int band = per_row ? (int)(((size_t)16 << 20) / per_row) : H; /* the backend's band: 64 MB */
+    band = band < 1 ? 1 : band > H ? H : band;
+    for (int n = 0; n < N; n++) {
+        const float *xn = x + (size_t)n * cin * HW;
+        float *yn = y + (size_t)n * cout * HW;
+        if (beta == 0.0f)
+            memset(yn, 0, (size_t)cout * HW * sizeof(float));
+        if (direct) {
+            const float *xr = as_f32(xn, IN_F32, (size_t)cin * HW, r, col);
+            cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, (int)HW, cout, cin, alpha, xr,
+                        (int)HW, wr, cin, beta, yn, (int)HW);
+            continue;
+        }
+        for (int y0 = 0; y0 < H; y0 += band) {
+            int y1 = y0 + band < H ? y0 + band : H;
+            size_t cols = (size_t)(y1 - y0) * W;
+            col.resize(KK * cols);
+            for (size_t row = 0; row < KK; row++) {
+                int kx = (int)(row % kw), ky = (int)((row / kw) % kh), ci = (int)(row / ((size_t)kw * kh));
+                for (size_t cc = 0; cc < cols; cc++) {
+                    int sy = y0 + (int)(cc / W) + ky - conv->pad_h, sx = (int)(cc % W) + kx - conv->pad_w;
+                    float v = (sy < 0 || sy >= H || sx < 0 || sx >= W) ? 0.0f
+                                                                       : xn[((size_t)ci * H + sy) * W + sx];
+                    col[row * cols + cc] = r == R_TF32 ? to_tf32(v) : v;
+                }
+            }
+            cblas_sgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, (int)cols, cout, (int)KK, alpha,
+                        col.data(), (int)cols, wr, (int)KK, beta, yn + (size_t)y0 * W, (int)HW);
+        }
+    }
+}
+
+/* What both forward calls check before computing: shapes, the algorithm, the workspace, and that
+ * every operand lies inside device memory (a fault otherwise, as a GPU's illegal address). */
+static cudnnStatus_t conv_prepare(const char *what, cudnnHandle_t h, const cudnnTensorDescriptor_t xd,
+                                  const void *x, const cudnnFilterDescriptor_t wd, const void *w,
+                                  const cudnnConvolutionDescriptor_t conv,
+                                  cudnnConvolutionFwdAlgo_t algo, void *ws, size_t ws_bytes,
+                                  const cudnnTensorDescriptor_t yd, void *y)
+{
+    if (dnn_ok(h) && sticky())
+        return CUDNN_STATUS_EXECUTION_FAILED;
+    if (cudnnStatus_t s = conv_shapes(h, xd, wd, conv, yd))
+        return s;
+    size_t need = 0;
+    if (cudnnStatus_t s = algo_workspace(wd, yd, algo, &need))
+        return s;
+    if (ws_bytes < need || (need && !ws)) {
+        fprintf(stderr, "cuda-emu: %s: algorithm %d needs %zu bytes of workspace, given %zu\n",
+                what, (int)algo, need, ws_bytes);
+        return CUDNN_STATUS_BAD_PARAM;
+    }
+    size_t nx = (size_t)xd->n * xd->c * xd->h * xd->w, nw = (size_t)wd->k * wd->c * wd->h * wd->w;
+    size_t ny = (size_t)yd->n * yd->c * yd->h * yd->w;
+    if (!in_device(x, nx * sizeof(float)) || !in_device(w, nw * sizeof(float)) ||
+        !in_device(y, ny * sizeof(float)) || (need && !in_device(ws, need))) {
+        fault(cudaErrorIllegalAddress, "%s: an operand reaches outside its device allocation", what);
+        return CUDNN_STATUS_EXECUTION_FAILED;
+    }
+    return CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t h, const void *alpha,
+                                      const cudnnTensorDescriptor_t xd, const void *x,
+                                      const cudnnFilterDescriptor_t wd, const void *w,
+                                      const cudnnConvolutionDescriptor_t conv,
+                                      cudnnConvolutionFwdAlgo_t algo, void *ws, size_t ws_bytes,
+                                      const void *beta, const cudnnTensorDescriptor_t yd, void *y)
+{
+    if (!alpha || !beta)
+        return CUDNN_STATUS_BAD_PARAM;
+    if (cudnnStatus_t s = conv_prepare("cudnnConvolutionForward", h, xd, x, wd, w, conv, algo, ws,
+                                       ws_bytes, yd, y))
+        return s;
+    conv_compute(xd, (const float *)x, wd, (const float *)w, conv, *(const float *)alpha,
+                 *(const float *)beta, (float *)y);
+    check_guards("cudnnConvolutionForward");
+    return sticky() ? CUDNN_STATUS_EXECUTION_FAILED : CUDNN_STATUS_SUCCESS;
+}
+
+/* y = act(α1·conv(x) + α2·z + bias): the bias-and-z term is written first and the convolution
+ * accumulated onto it (β = 1), as the backend's own bias fill + GEMM did. cuDNN allows the
+ * identity activation only with IMPLICIT_PRECOMP_GEMM; of the others this emulation has RELU. */
+cudnnStatus_t cudnnConvolutionBiasActivationForward(
+    cudnnHandle_t h, const void *alpha1, const cudnnTensorDescriptor_t xd, const void *x,
+    const cudnnFilterDescriptor_t wd, const void *w, const cudnnConvolutionDescriptor_t conv,
+    cudnnConvolutionFwdAlgo_t algo, void *ws, size_t ws_bytes, const void *alpha2,
+    const cudnnTensorDescriptor_t zd, const void *z, const cudnnTensorDescriptor_t bd,
+    const void *bias, const cudnnActivationDescriptor_t act, const cudnnTensorDescriptor_t yd,
+    void *y)
+{
+    const char *what = "cudnnConvolutionBiasActivationForward";
+    if (!alpha1 || !alpha2 || !desc_ok(act) || !desc_ok(zd) || !desc_ok(bd) || !z || !bias)
+        return CUDNN_STATUS_BAD_PARAM;
+    if (cudnnStatus_t s = conv_prepare(what, h, xd, x, wd, w, conv, algo, ws, ws_bytes, yd, y))
+        return s;
+    if (zd->n != yd->n || zd->c != yd->c || zd->h != yd->h || zd->w != yd->w || bd->n != 1 ||
+        bd->c != yd->c || bd->h != 1 || bd->w != 1)
+        return CUDNN_STATUS_BAD_PARAM;
+    if (act->mode != CUDNN_ACTIVATION_IDENTITY && act->mode != CUDNN_ACTIVATION_RELU)
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    if (act->mode == CUDNN_ACTIVATION_IDENTITY && algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM) {
+        fprintf(stderr, "cuda-emu: %s: the identity activation needs IMPLICIT_PRECOMP_GEMM (got "
+                        "algorithm %d)\n", what, (int)algo);
+        return CUDNN_STATUS_NOT_SUPPORTED;
+    }
+    size_t HW = (size_t)yd->h * yd->w, ny = (size_t)yd->n * yd->c * HW;
+    if (!in_device(z, ny * sizeof(float)) || !in_device(bias, (size_t)yd->c * sizeof(float))) {
+        fault(cudaErrorIllegalAddress, "%s: z or the bias reaches outside its device allocation", what);
+        return CUDNN_STATUS_EXECUTION_FAILED;
+    }
+    float a2 = *(const float *)alpha2;
+    const float *zf = (const float *)z, *bf = (const float *)bias;
+    float *yf = (float *)y;
+    for (size_t i = 0; i < ny; i++) /* z may be y itself: element by element is safe */
+        yf[i] = (a2 != 0.0f ? a2 * zf[i] : 0.0f) + bf[(i / HW) % (size_t)yd->c];
+    conv_compute(xd, (const float *)x, wd, (const float *)w, conv, *(const float *)alpha1, 1.0f, yf);
+    if (act->mode == CUDNN_ACTIVATION_RELU)
+        for (size_t i = 0; i < ny; i++)
+            yf[i] = yf[i] > 0.0f ? yf[i] : 0.0f;
+    check_guards(what);
+    return sticky() ? CUDNN_STATUS_EXECUTION_FAILED : CUDNN_STATUS_SUCCESS;
+}
+
+cudnnStatus_t cudnnAddTensor(cudnnHandle_t h, const void *alpha, const cudnnTensorDescriptor_t ad,
+                             const void *A, const void *beta, const cudnnTensorDescriptor_t cd,
+                             void *C)
+{
+    if (!dnn_ok(h) || !alpha || !beta || !desc_ok(ad) || !desc_ok(cd))
+        return CUDNN_STATUS_BAD_PARAM;
+    if (sticky())
+        return CUDNN_STATUS_EXECUTION_FAILED;
+    const int ae[4] = {ad->n, ad->c, ad->h, ad->w}, ce[4] = {cd->n, cd->c, cd->h, cd->w};
+    for (int i = 0; i < 4; i++)
+        if (ae[i] != ce[i] && ae[i] != 1)
+            return CUDNN_STATUS_BAD_PARAM;
+    size_t na = (size_t)ae[0] * ae[1] * ae[2] * ae[3], nc = (size_t)ce[0] * ce[1] * ce[2] * ce[3];
+    if (!in_device(A, na * sizeof(float)) || !in_device(C, nc * sizeof(float))) {
+        fault(cudaErrorIllegalAddress, "cudnnAddTensor: an operand reaches outside its device allocation");
+        return CUDNN_STATUS_EXECUTION_FAILED;
+    }
+    float a = *(const float *)alpha, b = *(const float *)beta;
+    const float *af = (const float *)A;
+    float *cf = (float *)C;
+    for (int n = 0; n < ce[0]; n++)
+        for (int c = 0; c < ce[1]; c++)
+            for (int y = 0; y < ce[2]; y++)
+                for (int x = 0; x < ce[3]; x++) {
+                    size_t ia = (((size_t)(ae[0] > 1 ? n : 0) * ae[1] + (ae[1] > 1 ? c : 0)) * ae[2] +
+                                 (ae[2] > 1 ? y : 0)) * ae[3] + (ae[3] > 1 ? x : 0);
+                    float *o = &cf[(((size_t)n * ce[1] + c) * ce[2] + y) * ce[3] + x];
+                    *o = a * af[ia] + (b == 0.0f ? 0.0f : b * *o);
+                }
+    check_guards("cudnnAddTensor");
+    return sticky() ? CUDNN_STATUS_EXECUTION_FAILED : CUDNN_STATUS_SUCCESS;
+}
