@@ -63,7 +63,4 @@ char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name,
                                size_t kv_bytes_per_image, unsigned char *const *png,
                                const size_t *png_len, const vs_srv_timings *t, size_t *len);
 
-/* Appends JSON-escaped s (without quotes) to dst of capacity cap; returns dst. */
-char *vs_srv_json_escape(char *dst, size_t cap, const char *s);
-
 #endif

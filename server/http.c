@@ -1,9 +1,12 @@
 /* server/http.c — see http.h.
  *
  * A request's life in the access handler (libmicrohttpd calls it several times per request):
- *   first call      route (404/405), then for POST /generate: ready and not draining (503),
- *                   API key (401), content type (415), Content-Length (413) — all before any
- *                   body byte is read
+ *   (on_uri)        the request is born with the raw path (an encoded NUL is refused later)
+ *   first call      framing (conflicting lengths 400, Transfer-Encoding 501: answered at once,
+ *                   closing), route (404/405), then for POST /generate: ready and not draining
+ *                   (503), API key (401), content type (415), Content-Length (413). A reply made
+ *                   here is held until the body has been read and thrown away (S_DRAIN), so the
+ *                   connection stays usable and a client sending its body first can read it
  *   body calls      append to a buffer capped at max_body_bytes (chunked bodies that pass it are
  *                   answered 413 once they end)
  *   last call       validate (400), build the job, reserve a queue slot (429 / 503), suspend,
@@ -25,6 +28,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -32,6 +36,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/json_text.h"
 #include "common/log.h"
 #include "kvcache/policy.h"
 #include "server/api.h"
@@ -55,7 +60,15 @@ struct vs_srv_http {
 };
 
 typedef enum { R_NONE = 0, R_GENERATE, R_HEALTH, R_READY, R_INFO, R_METRICS } route;
-typedef enum { S_NEW = 0, S_BODY, S_WAIT, S_DONE } req_state;
+/* S_NEW: the first call (headers in). S_DRAIN: a reply is decided and held until the body has
+ * been read and thrown away (see respond). */
+typedef enum { S_NEW = 0, S_BODY, S_DRAIN, S_WAIT, S_DONE } req_state;
+
+/* A body we refuse is still read (and thrown away) up to this many bytes, so that a client that
+ * sends it all before reading (no Expect: 100-continue: curl -d @big, Python's urllib and
+ * requests) gets to read its 413 or 401 instead of a reset. Past it, the reply goes out and the
+ * connection closes. Time is bounded by the request deadline. */
+#define DRAIN_MAX_BYTES ((size_t)64 << 20)
 
 /* One request; owned by the HTTP thread handling its connection (libmicrohttpd runs one
  * connection on one thread at a time). */
@@ -71,6 +84,9 @@ typedef struct {
     char *body;
     size_t len, cap, discarded;
     int too_big, want_png;
+    int nul_in_path; /* the raw path has %00 */
+    int close;       /* the reply closes the connection (framing errors, an unread body) */
+    struct MHD_Response *pending; /* the held reply of S_DRAIN */
     int code;     /* status queued, 0 while none */
     size_t bytes; /* response body bytes */
     vs_srv_job *job;
@@ -97,7 +113,10 @@ typedef struct {
     const char *name, *value;
 } header;
 
-/* Queues a response owning `body` (malloc'd or NULL). */
+/* Queues a response owning `body` (malloc'd or NULL). On the first call the reply is held
+ * (S_DRAIN) and queued on the last one, after any body: libmicrohttpd closes a connection whose
+ * reply was queued before the request was complete, which would end keep-alive and pipelining
+ * and reset a client still sending. r->close replies at once and closes. */
 static enum MHD_Result respond(req *r, struct MHD_Connection *c, int code, const char *ctype, char *body,
                                size_t len, const header *extra, int n_extra)
 {
@@ -111,13 +130,32 @@ static enum MHD_Result respond(req *r, struct MHD_Connection *c, int code, const
     MHD_add_response_header(resp, "X-Request-Id", r->id);
     for (int i = 0; i < n_extra; i++)
         MHD_add_response_header(resp, extra[i].name, extra[i].value);
-    enum MHD_Result ret = MHD_queue_response(c, (unsigned)code, resp);
-    MHD_destroy_response(resp);
+    if (r->close)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     r->code = code;
     r->bytes = len;
-    r->st = S_DONE;
     if (r->rt == R_GENERATE)
         vs_srv_metrics_observe(r->h->met, VS_SRV_H_REQUEST, now_s() - r->t0);
+    if (r->st == S_NEW && !r->close) {
+        r->pending = resp;
+        r->st = S_DRAIN;
+        return MHD_YES;
+    }
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)code, resp);
+    MHD_destroy_response(resp);
+    r->st = S_DONE;
+    return ret;
+}
+
+/* Queues the reply held by respond (S_DRAIN); `closing` when the rest of the body stays unread. */
+static enum MHD_Result respond_pending(req *r, struct MHD_Connection *c, int closing)
+{
+    if (closing)
+        MHD_add_response_header(r->pending, MHD_HTTP_HEADER_CONNECTION, "close");
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->code, r->pending);
+    MHD_destroy_response(r->pending);
+    r->pending = NULL;
+    r->st = S_DONE;
     return ret;
 }
 
@@ -345,10 +383,11 @@ static enum MHD_Result generate_begin(req *r, struct MHD_Connection *c)
         return fail(r, c, 401, "authentication_error", "invalid_api_key", NULL, NULL,
                     "missing or wrong API key: send 'Authorization: Bearer <key>'");
     const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    char shown[72];
     if (!is_json(ct))
         return fail(r, c, 415, "invalid_request_error", "unsupported_media_type", NULL, NULL,
-                    "the body must be JSON with 'Content-Type: application/json' (got '%.60s')",
-                    ct ? ct : "none");
+                    "the body must be JSON with 'Content-Type: application/json' (got '%s')",
+                    vs_utf8_clip(shown, sizeof shown, ct ? ct : "none", 60));
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl) {
         char *end;
@@ -363,14 +402,22 @@ static enum MHD_Result generate_begin(req *r, struct MHD_Connection *c)
     return MHD_YES;
 }
 
-static enum MHD_Result generate_body(req *r, const char *data, size_t n)
+static enum MHD_Result body_too_large(req *r, struct MHD_Connection *c)
+{
+    return fail(r, c, 413, "invalid_request_error", "body_too_large", NULL, NULL,
+                "the body is over %ld bytes (max_body_bytes)", r->h->cfg->max_body_bytes);
+}
+
+static enum MHD_Result generate_body(req *r, struct MHD_Connection *c, const char *data, size_t n)
 {
     size_t limit = (size_t)r->h->cfg->max_body_bytes;
     if (r->too_big || r->len + n > limit) {
         r->too_big = 1;
         r->discarded += n;
-        /* a chunked body far past the limit is not worth reading to the end */
-        return r->discarded > limit * 16 + (1 << 20) ? MHD_NO : MHD_YES;
+        if (r->discarded <= DRAIN_MAX_BYTES)
+            return MHD_YES; /* answered once it ends (a chunked body has no length to judge first) */
+        r->close = 1;
+        return body_too_large(r, c);
     }
     if (r->len + n + 1 > r->cap) {
         size_t cap = r->cap ? r->cap : 1024;
@@ -393,8 +440,7 @@ static enum MHD_Result generate_submit(req *r, struct MHD_Connection *c)
 {
     vs_srv_http *h = r->h;
     if (r->too_big)
-        return fail(r, c, 413, "invalid_request_error", "body_too_large", NULL, NULL,
-                    "the body is over %ld bytes (max_body_bytes)", h->cfg->max_body_bytes);
+        return body_too_large(r, c);
     const vs_srv_engine_info *in = vs_srv_engine_info_get(h->eng);
     vs_srv_api_limits lim = {in->mc,           (float)in->cfg,          in->top_k,
                              (float)in->top_p, h->cfg->default_timeout_ms, h->cfg->max_timeout_ms,
@@ -534,60 +580,161 @@ static void peer_address(struct MHD_Connection *c, char *out, size_t cap)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out, (socklen_t)cap);
 }
 
+/* The message framing, judged before anything else: a request whose length two headers disagree
+ * on (request smuggling), or whose Transfer-Encoding this server cannot decode, is answered at
+ * once and the connection closed, since where its body ends is unknown. */
+typedef struct {
+    int n_cl, n_te, cl_conflict;
+    char cl[2][32], te[64];
+} framing;
+
+static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    framing *f = cls;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        if (f->n_cl && strcmp(f->cl[0], value) != 0 && !f->cl_conflict) {
+            f->cl_conflict = 1;
+            vs_utf8_clip(f->cl[1], sizeof f->cl[1], value, 24);
+        }
+        if (!f->n_cl++)
+            vs_utf8_clip(f->cl[0], sizeof f->cl[0], value, 24);
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        if (!f->n_te++)
+            vs_utf8_clip(f->te, sizeof f->te, value, 48);
+    }
+    return MHD_YES;
+}
+
+/* 0 when the framing is sound (and *has_body, *length say what comes), else the reply is made. */
+static int check_framing(req *r, struct MHD_Connection *c, int *has_body, unsigned long long *length,
+                         enum MHD_Result *ret)
+{
+    framing f = {0};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, framing_header, &f);
+    const char *te = f.te;
+    while (*te == ' ' || *te == '\t')
+        te++;
+    size_t te_len = strlen(te);
+    while (te_len && (te[te_len - 1] == ' ' || te[te_len - 1] == '\t'))
+        te_len--;
+    int chunked = f.n_te == 1 && te_len == 7 && strncasecmp(te, "chunked", 7) == 0;
+    r->close = 1;
+    if (f.cl_conflict)
+        *ret = fail(r, c, 400, "invalid_request_error", "conflicting_content_length", NULL, NULL,
+                    "the request has Content-Length headers that disagree ('%s' and '%s'): send one", f.cl[0],
+                    f.cl[1]);
+    else if (f.n_te && f.n_cl)
+        *ret = fail(r, c, 400, "invalid_request_error", "conflicting_content_length", NULL, NULL,
+                    "the request has both Transfer-Encoding and Content-Length: send one of them");
+    else if (f.n_te && !chunked)
+        *ret = fail(r, c, 501, "invalid_request_error", "unsupported_transfer_encoding", NULL, NULL,
+                    "Transfer-Encoding '%s' is not supported: send the body as it is with Content-Length, or "
+                    "chunked",
+                    f.te);
+    else {
+        r->close = 0;
+        *length = f.n_cl ? strtoull(f.cl[0], NULL, 10) : 0;
+        *has_body = chunked || *length > 0;
+        return 0;
+    }
+    return -1;
+}
+
+/* The first call: the headers are in. Everything decidable from them is decided here. */
+static enum MHD_Result first_call(req *r, struct MHD_Connection *c, const char *url, const char *method)
+{
+    vs_srv_http *h = r->h;
+    snprintf(r->method, sizeof r->method, "%s", method);
+    /* path and method are logged as sent: printable ASCII only (an unescaped %0a would forge a
+     * line, a stray byte would make the log invalid UTF-8) */
+    for (char *p = r->path; *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f || *p == '"')
+            *p = '?';
+    for (char *p = r->method; *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f || *p == '"')
+            *p = '?';
+    request_id(h, c, r->id, sizeof r->id);
+    peer_address(c, r->peer, sizeof r->peer);
+    r->rt = strcmp(url, "/generate") == 0  ? R_GENERATE
+            : strcmp(url, "/health") == 0  ? R_HEALTH
+            : strcmp(url, "/ready") == 0   ? R_READY
+            : strcmp(url, "/info") == 0    ? R_INFO
+            : strcmp(url, "/metrics") == 0 ? R_METRICS
+                                           : R_NONE;
+    int has_body = 0;
+    unsigned long long length = 0;
+    enum MHD_Result ret;
+    if (check_framing(r, c, &has_body, &length, &ret) != 0)
+        return ret;
+    /* a client waiting for 100 Continue, or announcing more than is worth reading, is answered
+     * without its body being read (then the connection closes) */
+    const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+    r->close = has_body && ((expect && strcasestr(expect, "100-continue")) || length > DRAIN_MAX_BYTES);
+    char shown[72];
+    vs_utf8_clip(shown, sizeof shown, url, 60);
+    if (r->nul_in_path)
+        return fail(r, c, 400, "invalid_request_error", "invalid_path", NULL, NULL,
+                    "the path has an encoded NUL (%%00), which no endpoint accepts");
+    if (r->rt == R_NONE)
+        return fail(r, c, 404, "not_found_error", "not_found", NULL, NULL,
+                    "no such endpoint '%s' (endpoints: POST /generate, GET /health, /ready, /info, /metrics)",
+                    shown);
+    int get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    if (r->rt == R_GENERATE ? strcmp(method, "POST") != 0 : !get)
+        return fail(r, c, 405, "invalid_request_error", "method_not_allowed", NULL, NULL,
+                    "%s is not allowed on %s (use %s)", r->method, shown, r->rt == R_GENERATE ? "POST" : "GET");
+    switch (r->rt) {
+    case R_HEALTH: return do_health(r, c);
+    case R_READY: return do_ready(r, c);
+    case R_INFO: return do_info(r, c);
+    case R_METRICS: return do_metrics(r, c);
+    default: return generate_begin(r, c);
+    }
+}
+
+/* Called once the request line is in, before the headers: the request is born here, with the
+ * path as the client sent it (libmicrohttpd hands on_request a decoded path, cut at a %00). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    (void)c;
+    req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->h = cls;
+    r->t0 = now_s();
+    snprintf(r->path, sizeof r->path, "%s", uri);
+    const char *q = strchr(uri, '?');
+    const char *nul = strstr(uri, "%00");
+    r->nul_in_path = nul && (!q || nul < q);
+    return r;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls)
 {
     (void)version;
-    vs_srv_http *h = cls;
+    (void)cls;
     req *r = *con_cls;
-    if (!r) {
-        if (!(r = calloc(1, sizeof *r)))
-            return MHD_NO;
-        *con_cls = r;
-        r->h = h;
-        r->t0 = now_s();
-        snprintf(r->method, sizeof r->method, "%s", method);
-        snprintf(r->path, sizeof r->path, "%s", url);
-        /* the path is logged: no control characters (an unescaped %0a would forge a line) */
-        for (char *p = r->path; *p; p++)
-            if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == '"')
-                *p = '?';
-        for (char *p = r->method; *p; p++)
-            if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == '"')
-                *p = '?';
-        request_id(h, c, r->id, sizeof r->id);
-        peer_address(c, r->peer, sizeof r->peer);
-        r->rt = strcmp(url, "/generate") == 0 ? R_GENERATE
-                : strcmp(url, "/health") == 0 ? R_HEALTH
-                : strcmp(url, "/ready") == 0  ? R_READY
-                : strcmp(url, "/info") == 0   ? R_INFO
-                : strcmp(url, "/metrics") == 0 ? R_METRICS
-                                               : R_NONE;
-        int get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
-        if (r->rt == R_NONE)
-            return fail(r, c, 404, "not_found_error", "not_found", NULL, NULL,
-                        "no such endpoint '%.60s' (endpoints: POST /generate, GET /health, /ready, /info, /metrics)",
-                        url);
-        if (r->rt == R_GENERATE ? strcmp(method, "POST") != 0 : !get)
-            return fail(r, c, 405, "invalid_request_error", "method_not_allowed", NULL, NULL,
-                        "%s is not allowed on %s (use %s)", method, url, r->rt == R_GENERATE ? "POST" : "GET");
-        switch (r->rt) {
-        case R_HEALTH: return do_health(r, c);
-        case R_READY: return do_ready(r, c);
-        case R_INFO: return do_info(r, c);
-        case R_METRICS: return do_metrics(r, c);
-        default: return generate_begin(r, c);
-        }
-    }
+    if (!r)
+        return MHD_NO; /* on_uri ran out of memory */
     switch (r->st) {
+    case S_NEW:
+        return first_call(r, c, url, method);
     case S_BODY:
         if (*upload_data_size) {
-            enum MHD_Result ok = generate_body(r, upload_data, *upload_data_size);
+            enum MHD_Result ok = generate_body(r, c, upload_data, *upload_data_size);
             *upload_data_size = 0;
             return ok;
         }
         return generate_submit(r, c);
+    case S_DRAIN:
+        if (!*upload_data_size)
+            return respond_pending(r, c, 0);
+        r->discarded += *upload_data_size;
+        *upload_data_size = 0;
+        return r->discarded > DRAIN_MAX_BYTES ? respond_pending(r, c, 1) : MHD_YES;
     case S_WAIT:
         return generate_reply(r, c);
     default:
@@ -621,6 +768,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
             vs_log(VS_LOG_ERROR, "http", "connection completed while its job was still running");
         atomic_fetch_sub(&h->live_jobs, 1);
     }
+    if (r->pending)
+        MHD_destroy_response(r->pending);
     free(r->body);
     free(r);
 }
@@ -680,6 +829,7 @@ vs_status vs_srv_http_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *
                             MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
                             MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->http_timeout_s,
                             MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
+                            MHD_OPTION_URI_LOG_CALLBACK, on_uri, h,
                             MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
                             MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
                             MHD_OPTION_END);

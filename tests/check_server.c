@@ -471,11 +471,11 @@ END_TEST
 
 START_TEST(oversized_body_is_413_before_it_is_read)
 {
-    /* headers announce 10 MB, no body byte is sent: the answer must come anyway */
+    /* headers announce 10 MB and wait for 100 Continue: the answer comes before any body byte */
     int fd = raw_connect(S.port);
     ck_assert_int_ge(fd, 0);
     const char *req = "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      "Content-Length: 10000000\r\n\r\n";
+                      "Content-Length: 10000000\r\nExpect: 100-continue\r\n\r\n";
     ck_assert_int_eq(send_all(fd, req, strlen(req)), 0);
     char buf[4096];
     ck_assert_int_eq(raw_status(fd, buf, sizeof buf, 10), 413);

@@ -9,7 +9,6 @@ Run by `make test` with VARSERVE_BIN=build/varserve."""
 import json
 import os
 import re
-import signal
 import struct
 import subprocess
 import sys
@@ -31,7 +30,7 @@ DEVICE_METRICS = {"varserve_device_kernel_launches_total": "counter",
                   "varserve_device_kv_d2h_bytes_total": "counter",
                   "varserve_device_allocated_bytes": "gauge",
                   "varserve_device_allocated_peak_bytes": "gauge"}
-from tally import check, finish, http  # noqa: E402 (tests/ is on sys.path: run as a script)
+from tally import Server, check, finish, http  # noqa: E402 (tests/ is on sys.path: run as a script)
 
 
 def run_bin(binary, *args):
@@ -59,57 +58,6 @@ def model_facts(binary, model):
     steps = len(re.search(r"scales:\s+([\d,]+)", out).group(1).split(","))
     weights = (float(re.search(r"weights in memory: ([\d.]+) MB", out).group(1)) - 0.005) * 1e6
     return tokens, steps, weights
-
-
-class Server:
-    """varserve serve on a free loopback port, built-in defaults only; output to a file."""
-
-    def __init__(self, binary, d, name, *args):
-        cfg = os.path.join(d, f"{name}.json")
-        with open(cfg, "w") as f:
-            f.write("{}")
-        self.log = os.path.join(d, f"{name}.log")
-        self.out = open(self.log, "w")
-        env = {k: v for k, v in os.environ.items() if not k.startswith("VARSERVE_")}
-        self.p = subprocess.Popen([binary, "serve", "--config", cfg, "--host", "127.0.0.1", "--port",
-                                   "0", *args], stdout=self.out, stderr=subprocess.STDOUT, env=env)
-        self.base = None
-        t0 = time.monotonic()
-        while time.monotonic() - t0 < 60 and self.p.poll() is None:
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", open(self.log).read())
-            if m and not self.base:
-                self.base = f"http://127.0.0.1:{m.group(1)}"
-            if self.base and http("GET", self.base + "/ready", timeout=5)[0] == 200:
-                return
-            time.sleep(0.1)
-        self.base = None
-
-    def metrics(self):
-        """{name with labels: value} of a fresh scrape, and the text."""
-        st, raw = http("GET", self.base + "/metrics")
-        body = raw.decode()
-        vals = {}
-        for line in body.splitlines():
-            if line and not line.startswith("#"):
-                name, _, v = line.rpartition(" ")
-                vals[name] = float(v)
-        return vals, body
-
-    def stop(self):
-        """SIGTERM; the exit status (None when it had to be killed)."""
-        if self.p.poll() is None:
-            self.p.send_signal(signal.SIGTERM)
-            try:
-                self.p.wait(60)
-            except subprocess.TimeoutExpired:
-                self.p.kill()
-                self.p.wait()
-                return None
-        self.out.close()
-        return self.p.returncode
-
-    def text(self):
-        return open(self.log).read()[-3000:]
 
 
 def check_device_metric_lines(label, body):
