@@ -52,7 +52,7 @@ BLAS_INC := $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthrea
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS := -std=c11 $(CFLAGS) $(WARN) -D_GNU_SOURCE -I. $(if $(BLAS_INC),-I$(BLAS_INC)) -MMD -MP $(SANFLAGS)
-LDLIBS  := -lopenblas -lmicrohttpd -lcjson -lpng -lcurl -lm -lpthread
+LDLIBS  := -lopenblas -lmicrohttpd -lcjson -lpng -lcurl -lz -lm -lpthread
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm)
 
 LIB_SRC := $(wildcard common/*.c runtime/*.c kvcache/*.c config/*.c) $(filter-out server/main.c,$(wildcard server/*.c))

@@ -40,8 +40,16 @@ static const key_def keys[] = {
     STR(host, NULL, "0.0.0.0", "address to listen on"),
     INT(port, 0, 65535, "8080", "TCP port, 0 = any free port (logged at start)"),
     INT(http_threads, 1, 256, "4", "HTTP thread pool size (parsing, validation, PNG encoding)"),
+    BOOL(reuse_port, "false", "share the port with other processes listening on it (SO_REUSEPORT)"),
+    INT(health_port, 0, 65535, "0",
+        "a second listener for /health, /ready and /metrics only, answering when the main port's "
+        "connections are used up; 0 = none"),
     INT(max_connections, 1, 100000, "1024", "open client connections at most"),
+    INT(max_connections_per_address, 0, 100000, "256", "open connections from one client address at most, 0 = no limit"),
     INT(http_timeout_s, 0, 86400, "60", "idle connection timeout in seconds, 0 = none"),
+    INT(request_timeout_s, 0, 86400, "30",
+        "seconds a request's headers and body may take to arrive (from the connection's start or its "
+        "previous response), 0 = no limit"),
     INT(max_body_bytes, 64, 16777216, "65536", "request bodies above this get 413 unread"),
     STR(api_key, NULL, "", "bearer token POST /generate requires, empty = none"),
     BOOL(access_log, "true", "one log line per request"),

@@ -256,7 +256,9 @@ vs_status vs_rt_vae_decode(vs_rt_vae *v, const float *f_hat, uint8_t *rgb, float
         memcpy(unit, v->host, (size_t)3 * HW * sizeof(float));
     if (rgb)
         for (int i = 0; i < HW; i++)
-            for (int ch = 0; ch < 3; ch++)
-                rgb[(size_t)i * 3 + ch] = (uint8_t)nearbyintf(255.0f * v->host[(size_t)ch * HW + i]);
+            for (int ch = 0; ch < 3; ch++) {
+                float u = v->host[(size_t)ch * HW + i]; /* in [0, 1] or NaN: to_unit passes NaN on */
+                rgb[(size_t)i * 3 + ch] = (uint8_t)nearbyintf(255.0f * (u >= 0.0f ? u : 0.0f));
+            }
     return VS_OK;
 }

@@ -23,6 +23,7 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -34,6 +35,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <errno.h>
+
 #include <cjson/cJSON.h>
 
 #include "common/json_text.h"
@@ -44,14 +47,31 @@
 #include "server/png.h"
 #include "server/version.h"
 
+/* One open connection, for the request deadline: from the connection's start (or its previous
+ * response) until its request's headers and body are in, the reaper may shut it down. The reaper
+ * shuts down only sockets on this list under conn_mu, and libmicrohttpd notifies the close (which
+ * unlinks the entry) before it closes the descriptor, so a descriptor number reused by a new
+ * connection is never touched. */
+typedef struct conn {
+    struct conn *prev, *next; /* guarded by h->conn_mu */
+    int fd;                   /* immutable */
+    double deadline;          /* guarded by h->conn_mu; 0 = none (the request is in) */
+} conn;
+
 struct vs_srv_http {
     /* immutable after start */
     const vs_cfg *cfg;
     vs_srv_queue *q;
     vs_srv_metrics *met;
     vs_srv_engine *eng;
-    struct MHD_Daemon *d;
-    int port;
+    struct MHD_Daemon *d, *health_d; /* health_d: the health_port listener, or NULL */
+    int port, health_port;
+    pthread_t reaper;
+    int reaper_started;
+    pthread_mutex_t conn_mu;
+    pthread_cond_t conn_cv;
+    conn *conns;   /* guarded by conn_mu */
+    int stopping;  /* guarded by conn_mu */
     uint64_t id_key, seed_key; /* random at start: request ids and chosen seeds */
     /* any thread */
     atomic_int draining;
@@ -105,6 +125,86 @@ static uint64_t mix64(uint64_t x)
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
     x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
     return x ^ (x >> 31);
+}
+
+/* ---- the request deadline ------------------------------------------------------------------------ */
+
+static conn *conn_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* The deadline of c's current request: request_timeout_s from now (arm), or none. */
+static void conn_deadline(vs_srv_http *h, struct MHD_Connection *c, int arm)
+{
+    conn *k = conn_of(c);
+    if (!k || !h->cfg->request_timeout_s)
+        return;
+    pthread_mutex_lock(&h->conn_mu);
+    k->deadline = arm ? now_s() + (double)h->cfg->request_timeout_s : 0;
+    pthread_mutex_unlock(&h->conn_mu);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    vs_srv_http *h = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        conn *k = ci ? calloc(1, sizeof *k) : NULL;
+        *socket_context = k;
+        if (!k)
+            return; /* out of memory: this connection has no deadline */
+        k->fd = ci->connect_fd;
+        pthread_mutex_lock(&h->conn_mu);
+        k->deadline = h->cfg->request_timeout_s ? now_s() + (double)h->cfg->request_timeout_s : 0;
+        k->next = h->conns;
+        if (h->conns)
+            h->conns->prev = k;
+        h->conns = k;
+        pthread_mutex_unlock(&h->conn_mu);
+        return;
+    }
+    conn *k = *socket_context;
+    if (!k)
+        return;
+    pthread_mutex_lock(&h->conn_mu);
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        h->conns = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    pthread_mutex_unlock(&h->conn_mu);
+    free(k);
+    *socket_context = NULL;
+}
+
+/* Shuts down connections past their deadline; libmicrohttpd then sees the end of the stream and
+ * closes them. Four times a second: the deadline is in whole seconds. */
+static void *reaper_main(void *arg)
+{
+    vs_srv_http *h = arg;
+    pthread_mutex_lock(&h->conn_mu);
+    while (!h->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&h->conn_cv, &h->conn_mu, &ts);
+        double now = now_s();
+        for (conn *k = h->conns; k; k = k->next)
+            if (k->deadline && now > k->deadline) {
+                shutdown(k->fd, SHUT_RDWR);
+                k->deadline = 0;
+            }
+    }
+    pthread_mutex_unlock(&h->conn_mu);
+    return NULL;
 }
 
 /* ---- responses -------------------------------------------------------------------------------------- */
@@ -673,6 +773,10 @@ static enum MHD_Result first_call(req *r, struct MHD_Connection *c, const char *
     r->close = has_body && ((expect && strcasestr(expect, "100-continue")) || length > DRAIN_MAX_BYTES);
     char shown[72];
     vs_utf8_clip(shown, sizeof shown, url, 60);
+    const union MHD_ConnectionInfo *di = MHD_get_connection_info(c, MHD_CONNECTION_INFO_DAEMON);
+    if (di && di->daemon == h->health_d && r->rt != R_HEALTH && r->rt != R_READY && r->rt != R_METRICS)
+        return fail(r, c, 404, "not_found_error", "not_found", NULL, NULL,
+                    "this listener (health_port) serves only GET /health, /ready and /metrics");
     if (r->nul_in_path)
         return fail(r, c, 400, "invalid_request_error", "invalid_path", NULL, NULL,
                     "the path has an encoded NUL (%%00), which no endpoint accepts");
@@ -728,10 +832,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             *upload_data_size = 0;
             return ok;
         }
+        conn_deadline(r->h, c, 0);
         return generate_submit(r, c);
     case S_DRAIN:
-        if (!*upload_data_size)
+        if (!*upload_data_size) {
+            conn_deadline(r->h, c, 0);
             return respond_pending(r, c, 0);
+        }
         r->discarded += *upload_data_size;
         *upload_data_size = 0;
         return r->discarded > DRAIN_MAX_BYTES ? respond_pending(r, c, 1) : MHD_YES;
@@ -746,8 +853,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
-    (void)c;
     vs_srv_http *h = cls;
+    conn_deadline(h, c, 1); /* the next request on this connection has its own */
     req *r = *con_cls;
     if (!r)
         return;
@@ -787,22 +894,98 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---- lifecycle ------------------------------------------------------------------------------------ */
 
-vs_status vs_srv_http_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *m, vs_srv_engine *e,
-                            vs_srv_http **out, vs_err *err)
+/* A listening socket on host:port, opened here rather than by libmicrohttpd so that a port in
+ * use is told apart (errno) and SO_REUSEPORT is set only when asked for: with it, a second server
+ * on the same port would silently take half the connections. SO_REUSEADDR only lets a restart
+ * bind while old connections linger in TIME_WAIT. `key` names the config key for messages. */
+static vs_status open_listener(const vs_cfg *cfg, long port, const char *key, int *fd_out, int *family,
+                               vs_err *err)
 {
     struct addrinfo hints = {0}, *ai = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE;
-    char port[16];
-    snprintf(port, sizeof port, "%ld", cfg->port);
-    int gai = getaddrinfo(cfg->host, port, &hints, &ai);
+    char service[16];
+    snprintf(service, sizeof service, "%ld", port);
+    int gai = getaddrinfo(cfg->host, service, &hints, &ai);
     if (gai != 0 || !ai)
         return vs_err_set(err, VS_ERR_INVALID, "config key 'host' ('%s') does not resolve: %s", cfg->host,
                           gai_strerror(gai));
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, e = 0;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        (cfg->reuse_port && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0)
+        e = errno;
+    *family = ai->ai_family;
+    freeaddrinfo(ai);
+    if (!e) {
+        *fd_out = fd;
+        return VS_OK;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (e == EADDRINUSE)
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "config key '%s': port %ld on %s is in use by another process; choose another port "
+                          "(or set reuse_port to true to share it deliberately)",
+                          key, port, cfg->host);
+    if (e == EACCES)
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "config key '%s': port %ld needs privileges this process lacks; use 1024 or above",
+                          key, port);
+    if (e == EADDRNOTAVAIL)
+        return vs_err_set(err, VS_ERR_INVALID, "config key 'host' ('%s') is not an address of this machine",
+                          cfg->host);
+    return vs_err_set(err, VS_ERR_IO, "cannot listen on %s:%ld (config keys 'host', '%s'): %s", cfg->host, port,
+                      key, strerror(e));
+}
+
+static struct MHD_Daemon *start_daemon(vs_srv_http *h, int fd, int family, unsigned threads, unsigned limit)
+{
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    const vs_cfg *cfg = h->cfg;
+    struct MHD_OptionItem opts[] = {
+        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, h},
+        {MHD_OPTION_LISTEN_SOCKET, fd, NULL},
+        {MHD_OPTION_CONNECTION_LIMIT, limit, NULL},
+        {MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_connections_per_address, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, cfg->http_timeout_s, NULL},
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, h},
+        {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, h},
+        {MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, h},
+        {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL}, /* 1: no pool */
+        {MHD_OPTION_END, 0, NULL},
+    };
+    return MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+}
+
+static int bound_port(struct MHD_Daemon *d, long fallback)
+{
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    return di && di->port ? di->port : (int)fallback;
+}
+
+/* The health listener: one thread; few connections suffice for probes and scrapes. */
+#define HEALTH_CONNECTIONS 64
+
+vs_status vs_srv_http_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *m, vs_srv_engine *e,
+                            vs_srv_http **out, vs_err *err)
+{
+    int fd = -1, hfd = -1, family = 0, hfamily = 0;
+    vs_status st = open_listener(cfg, cfg->port, "port", &fd, &family, err);
+    if (st != VS_OK)
+        return st;
+    if (cfg->health_port && (st = open_listener(cfg, cfg->health_port, "health_port", &hfd, &hfamily, err)) != VS_OK) {
+        close(fd);
+        return st;
+    }
     vs_srv_http *h = calloc(1, sizeof *h);
     if (!h) {
-        freeaddrinfo(ai);
+        close(fd);
+        if (hfd >= 0)
+            close(hfd);
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
     }
     h->cfg = cfg;
@@ -812,6 +995,8 @@ vs_status vs_srv_http_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *
     atomic_init(&h->draining, 0);
     atomic_init(&h->live_jobs, 0);
     atomic_init(&h->counter, 0);
+    pthread_mutex_init(&h->conn_mu, NULL);
+    pthread_cond_init(&h->conn_cv, NULL);
     uint64_t keys[2];
     if (getrandom(keys, sizeof keys, 0) != (ssize_t)sizeof keys) {
         keys[0] = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
@@ -819,32 +1004,34 @@ vs_status vs_srv_http_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *
     }
     h->id_key = keys[0];
     h->seed_key = keys[1];
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
-    h->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, h,
-                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
-                            MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                            MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->http_timeout_s,
-                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-                            MHD_OPTION_URI_LOG_CALLBACK, on_uri, h,
-                            MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
-                            MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
-                            MHD_OPTION_END);
-    freeaddrinfo(ai);
-    if (!h->d) {
-        free(h);
-        return vs_err_set(err, VS_ERR_IO,
-                          "cannot listen on %s:%ld (in use, not an address of this machine, or a privileged "
-                          "port): change config key 'port' or 'host'",
-                          cfg->host, cfg->port);
+    if (pthread_create(&h->reaper, NULL, reaper_main, h) != 0) {
+        st = vs_err_set(err, VS_ERR_NOMEM, "cannot start the HTTP request-deadline thread");
+        goto fail;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = di ? di->port : (int)cfg->port;
+    h->reaper_started = 1;
+    /* the health listener first: the main one must not serve before h is complete */
+    if (hfd >= 0) {
+        if (!(h->health_d = start_daemon(h, hfd, hfamily, 1, HEALTH_CONNECTIONS))) {
+            st = vs_err_set(err, VS_ERR_IO, "cannot start the HTTP server on health_port %ld", cfg->health_port);
+            goto fail;
+        }
+        hfd = -1; /* libmicrohttpd's now */
+        h->health_port = bound_port(h->health_d, cfg->health_port);
+    }
+    if (!(h->d = start_daemon(h, fd, family, (unsigned)cfg->http_threads, (unsigned)cfg->max_connections))) {
+        st = vs_err_set(err, VS_ERR_IO, "cannot start the HTTP server on port %ld", cfg->port);
+        goto fail;
+    }
+    h->port = bound_port(h->d, cfg->port);
     *out = h;
     return VS_OK;
+fail:
+    if (!h->d)
+        close(fd);
+    if (hfd >= 0)
+        close(hfd);
+    vs_srv_http_stop(h);
+    return st;
 }
 
 int vs_srv_http_port(const vs_srv_http *h) { return h->port; }
@@ -853,10 +1040,24 @@ void vs_srv_http_drain(vs_srv_http *h) { atomic_store(&h->draining, 1); }
 
 long vs_srv_http_live_jobs(vs_srv_http *h) { return atomic_load(&h->live_jobs); }
 
+int vs_srv_http_health_port(const vs_srv_http *h) { return h->health_port; }
+
 void vs_srv_http_stop(vs_srv_http *h)
 {
     if (!h)
         return;
-    MHD_stop_daemon(h->d);
+    if (h->d)
+        MHD_stop_daemon(h->d);
+    if (h->health_d)
+        MHD_stop_daemon(h->health_d);
+    if (h->reaper_started) {
+        pthread_mutex_lock(&h->conn_mu);
+        h->stopping = 1;
+        pthread_cond_signal(&h->conn_cv);
+        pthread_mutex_unlock(&h->conn_mu);
+        pthread_join(h->reaper, NULL);
+    }
+    pthread_mutex_destroy(&h->conn_mu);
+    pthread_cond_destroy(&h->conn_cv);
     free(h);
 }

@@ -20,13 +20,15 @@
 
 typedef struct vs_srv_http vs_srv_http;
 
-/* Opens the port and starts serving. cfg, q, m and e must outlive the server.
- * Errors: VS_ERR_INVALID (host), VS_ERR_IO (the port cannot be opened; the message says why). */
+/* Opens the port (and health_port when set) and starts serving. cfg, q, m and e must outlive
+ * the server. Errors: VS_ERR_INVALID for what the configuration can fix (host does not resolve or
+ * is not local, port in use or privileged: the message names the key), VS_ERR_IO otherwise. */
 vs_status vs_srv_http_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *m, vs_srv_engine *e,
                             vs_srv_http **out, vs_err *err);
 
-/* The port actually bound (useful with port 0). */
+/* The port actually bound (useful with port 0); the health listener's, 0 when none. */
 int vs_srv_http_port(const vs_srv_http *h);
+int vs_srv_http_health_port(const vs_srv_http *h);
 
 /* From now on /ready and new POST /generate answer 503. */
 void vs_srv_http_drain(vs_srv_http *h);

@@ -44,7 +44,8 @@ static const struct {
                   "            [--backend auto|cpu|cuda]\n"},
     {"fidelity", "--model M --kv-policy P --kv-budget B [--images 16] [--seed S] [--json]\n"
                  "            [--backend auto|cpu|cuda] [--precision bf16|fp32]\n"},
-    {"inspect", "MODEL\n"},
+    {"inspect", "[--verify] MODEL\n"
+                "            --verify: exit 1 unless the file carries a data checksum and it matches\n"},
     {"serve", "[--config FILE] [--print-config] [--KEY VALUE ...], e.g. --model M --port P\n"
               "            (varserve serve --help lists the keys)\n"},
 };
@@ -404,17 +405,27 @@ done:
 
 static int cmd_inspect(int argc, char **argv)
 {
-    if (argc != 3 || argv[2][0] == '-')
-        return bad("inspect takes one argument, the model file (see varserve inspect --help)%s%s", "", "");
+    int verify = argc == 4 && strcmp(argv[2], "--verify") == 0;
+    if (argc != 3 + verify || argv[2 + verify][0] == '-')
+        return bad("inspect takes [--verify] and the model file (see varserve inspect --help)%s%s", "", "");
     vs_err err = {0};
     vs_rt_model *m = NULL;
-    if (vs_rt_model_load(argv[2], &m, &err) != VS_OK) {
+    /* loading checks everything, the checksum too when the file has one */
+    if (vs_rt_model_load(argv[2 + verify], &m, &err) != VS_OK) {
         fprintf(stderr, "varserve: %s\n", err.msg);
+        return 1;
+    }
+    if (verify && !m->has_checksum) {
+        fprintf(stderr, "varserve: %s has no data_crc32 in its metadata, so its data cannot be verified: "
+                        "convert it again with tools/convert_var.py\n", m->path);
+        vs_rt_model_free(m);
         return 1;
     }
     const vs_rt_config *c = &m->cfg;
     printf("model:            %s\n", m->path);
     printf("file:             %.2f MB, stored as %s\n", (double)m->file_bytes / 1e6, m->dtype);
+    printf("checksum:         %s\n", m->has_checksum ? "data CRC-32 matches the metadata's data_crc32"
+                                                      : "none (files from older converters)");
     printf("parameters:       %zu (%.2f M)\n", m->n_params, (double)m->n_params / 1e6);
     printf("transformer:      depth %d, width %d, %d heads of %d, ffn %d, shared_aln %s, attn_l2_norm %s\n",
            c->depth, c->embed_dim, c->num_heads, c->head_dim, c->ffn_dim, c->shared_aln ? "yes" : "no",

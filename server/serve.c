@@ -182,10 +182,15 @@ int vs_srv_serve_main(int argc, char **argv)
     }
     if (vs_srv_http_start(&cfg, q, met, eng, &http, &err) != VS_OK) {
         vs_log(VS_LOG_ERROR, "serve", "%s", err.msg);
+        if (err.code == VS_ERR_INVALID)
+            rc = 2; /* a configuration value the operator can change */
         goto done;
     }
     vs_log(VS_LOG_INFO, "serve", "varserve %s listening on http://%s:%d (model %s, backend %s, %ld HTTP threads)",
            VS_VERSION, cfg.host, vs_srv_http_port(http), cfg.model, cfg.backend, cfg.http_threads);
+    if (cfg.health_port)
+        vs_log(VS_LOG_INFO, "serve", "health listener on http://%s:%d (/health, /ready, /metrics)", cfg.host,
+               vs_srv_http_health_port(http));
 
     int sig = 0, loaded = 0;
     while (!sig && !loaded) {

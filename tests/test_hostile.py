@@ -2,12 +2,15 @@
 """tests/test_hostile.py — the HTTP server against clients that break the rules, over raw sockets
 (the bytes on the wire are the point): error bodies that must decode as UTF-8 JSON whatever the
 client sent, NUL bytes, request smuggling (two Content-Lengths, Transfer-Encodings), bodies over
-the limit that common clients send before reading, keep-alive and pipelining.
+the limit that common clients send before reading, keep-alive and pipelining, slow clients that
+hold connections (the request deadline, the per-address limit, the health listener), a second
+server on a port in use.
 Needs only python3; run by `make test` with VARSERVE_BIN=build/varserve."""
 import http.client
 import json
 import os
 import socket
+import subprocess
 import sys
 import tempfile
 import time
@@ -246,6 +249,95 @@ def test_keep_alive_and_pipelining(base):
           all(b'"ok"' in g[2] for g in got[:10]), got)
 
 
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_slow_clients(d):
+    """Slow clients fill the connection limit: the health listener answers meanwhile, the
+    per-address limit refuses the ones past it, and the request deadline ends them all."""
+    hp = free_port()
+    srv = Server(BIN, d, "slow", "--model", MNIST, "--backend", "cpu", "--max-connections", "40",
+                 "--max-connections-per-address", "30", "--request-timeout-s", "3", "--health-port", str(hp))
+    if not check("server with a health listener starts", srv.base is not None, srv.text()):
+        srv.stop()
+        return
+    slow = []
+    for _ in range(35):
+        c = Conn(srv.base, timeout=20)
+        c.send(b"GET /health HTTP/1.1\r\nHo")  # and never the rest
+        slow.append(c)
+    time.sleep(0.5)
+    refused = 0
+    for c in slow:
+        c.s.setblocking(False)
+        try:
+            if c.s.recv(1) == b"":
+                refused += 1
+        except BlockingIOError:
+            pass
+        except ConnectionResetError:
+            refused += 1
+        c.s.setblocking(True)
+        c.s.settimeout(20)
+    check("connections past max_connections_per_address (30 of 35) are refused at once", refused == 5,
+          f"{refused} refused")
+    st, _, body = exchange(f"http://127.0.0.1:{hp}", get(b"/health"))
+    check("/health on health_port answers while slow clients hold the main port", st == 200 and b'"ok"' in body,
+          f"{st} {body!r}")
+    st, _, body = exchange(f"http://127.0.0.1:{hp}", get(b"/ready"))
+    check("/ready on health_port answers too", st == 200, f"{st} {body!r}")
+    st, _, body = exchange(f"http://127.0.0.1:{hp}", post(b'{"class_label":3}'))
+    e = error_shape(body)
+    check("health_port serves nothing else (404 JSON)", st == 404 and e is not None, f"{st} {body!r}")
+    ended = sum(1 for c in slow if c.closed())
+    check("request_timeout_s ends every connection whose request never completes", ended == 35,
+          f"{ended} of 35 closed by the server")
+    for c in slow:
+        c.close()
+    st, _, _ = exchange(srv.base, get(b"/health"))
+    check("the main port answers again once they are gone", st == 200, st)
+    c = Conn(srv.base, timeout=20)
+    c.send(get(b"/health"))
+    st1 = c.response()[0]
+    check("an idle keep-alive connection is closed by the deadline too", st1 == 200 and c.closed(), st1)
+    c.close()
+    check("SIGTERM exits 0 (slow-client server)", srv.stop() == 0, srv.text())
+
+
+def test_port_in_use(d, base):
+    port = base.rsplit(":", 1)[1]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VARSERVE_")}
+    p = subprocess.run([BIN, "serve", "--config", os.path.join(d, "hostile.json"), "--model", MNIST, "--backend",
+                        "cpu", "--host", "127.0.0.1", "--port", port], capture_output=True, text=True, timeout=60,
+                       env=env)
+    check("a second server on a port in use exits 2 naming 'port'",
+          p.returncode == 2 and "'port'" in p.stderr and "in use" in p.stderr, f"{p.returncode} {p.stderr[-500:]}")
+    st, _, _ = exchange(base, get(b"/health"))
+    check("the first server still answers", st == 200, st)
+
+
+def test_reuse_port(d):
+    a = Server(BIN, d, "reuse-a", "--model", MNIST, "--backend", "cpu", "--reuse-port", "true")
+    port = a.base.rsplit(":", 1)[1] if a.base else "0"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VARSERVE_")}
+    b = subprocess.Popen([BIN, "serve", "--config", os.path.join(d, "reuse-a.json"), "--model", MNIST, "--backend",
+                          "cpu", "--host", "127.0.0.1", "--port", port, "--reuse-port", "true"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(2)  # it binds before loading: a refused port would have exited by now
+    up = b.poll() is None
+    check("with reuse_port true on both, a second server shares the port deliberately", a.base and up,
+          b.stderr.read() if b.poll() is not None else "")
+    if b.poll() is None:
+        b.terminate()
+        b.wait(60)
+    a.stop()
+
+
 def main():
     with tempfile.TemporaryDirectory() as d:
         srv = Server(BIN, d, "hostile", "--model", MNIST, "--backend", "cpu", "--threads", "2")
@@ -254,8 +346,11 @@ def main():
             finish()
         for t in [test_error_bodies, test_nul, test_framing, test_large_bodies, test_keep_alive_and_pipelining]:
             t(srv.base)
+        test_port_in_use(d, srv.base)
         check("the server is still up", srv.p.poll() is None, srv.text())
         check("SIGTERM exits 0", srv.stop() == 0, srv.text())
+        test_reuse_port(d)
+        test_slow_clients(d)
     finish()
 
 
