@@ -24,3 +24,30 @@ int vs_json_write_file(cJSON *root, const char *path, int pretty)
     errno = saved;
     return ok ? 0 : -1;
 }
+
+char *vs_read_file(const char *path, size_t max_bytes, size_t *len_out)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *text = NULL;
+    long len = -1;
+    if (fseek(f, 0, SEEK_END) == 0)
+        len = ftell(f);
+    if (len < 0 || (size_t)len > max_bytes || fseek(f, 0, SEEK_SET) != 0)
+        errno = EFBIG;
+    else if (!(text = malloc((size_t)len + 1)))
+        errno = ENOMEM;
+    else if (fread(text, 1, (size_t)len, f) != (size_t)len) {
+        errno = ferror(f) ? EIO : EFBIG; /* shorter than it was a moment ago */
+        free(text);
+        text = NULL;
+    } else {
+        text[len] = 0;
+        *len_out = (size_t)len;
+    }
+    int saved = errno;
+    fclose(f);
+    errno = saved;
+    return text;
+}

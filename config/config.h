@@ -59,6 +59,10 @@ void vs_cfg_defaults(vs_cfg *c);
  * VS_ERR_INVALID naming the key; a missing or unreadable file is VS_ERR_IO. */
 vs_status vs_cfg_load_file(vs_cfg *c, const char *path, vs_err *err);
 
+/* The same for the file's text (len bytes, not necessarily NUL-terminated); `path` names it in
+ * messages. */
+vs_status vs_cfg_load_text(vs_cfg *c, const char *text, size_t len, const char *path, vs_err *err);
+
 /* Applies VARSERVE_<KEY> variables (e.g. VARSERVE_KV_POOL_MB) that are set. VS_ERR_INVALID names
  * the variable. Variables that name no key are ignored (VARSERVE_BIN, VARSERVE_CONFIG, ...). */
 vs_status vs_cfg_apply_env(vs_cfg *c, vs_err *err);

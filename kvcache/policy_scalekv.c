@@ -3,6 +3,8 @@
  * what is left so the mean over layers equals the budget (docs/ALGORITHMS.md §3). */
 #include "kvcache/policy_impl.h"
 
+#include "common/json_file.h"
+
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -15,25 +17,13 @@ static vs_status load_budget_file(vs_kv_policy *p, const char *path, vs_err *err
     vs_status st = VS_OK;
     char *text = NULL;
     cJSON *root = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return vs_err_set(err, VS_ERR_IO, "cannot open budget file '%s': %s", path, strerror(errno));
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    if (len < 0 || len > (16 << 20)) {
-        fclose(f);
-        return vs_err_set(err, VS_ERR_INVALID, "budget file '%s' is not a budget file (size)", path);
-    }
-    text = malloc((size_t)len + 1);
-    if (!text || fread(text, 1, (size_t)len, f) != (size_t)len) {
-        fclose(f);
-        free(text);
-        return vs_err_set(err, VS_ERR_IO, "cannot read budget file '%s'", path);
-    }
-    fclose(f);
-    text[len] = 0;
-    root = cJSON_ParseWithLengthOpts(text, (size_t)len, NULL, 0);
+    size_t len = 0;
+    text = vs_read_file(path, 16 << 20, &len);
+    if (!text)
+        return vs_err_set(err, errno == EFBIG ? VS_ERR_INVALID : errno == ENOMEM ? VS_ERR_NOMEM : VS_ERR_IO,
+                          "cannot read budget file '%s': %s", path,
+                          errno == EFBIG ? "over 16 MiB: not a budget file" : strerror(errno));
+    root = cJSON_ParseWithLengthOpts(text, len, NULL, 0);
     const cJSON *fmt = cJSON_GetObjectItemCaseSensitive(root, "format");
     const cJSON *depth = cJSON_GetObjectItemCaseSensitive(root, "depth");
     const cJSON *scales = cJSON_GetObjectItemCaseSensitive(root, "scales");

@@ -39,6 +39,7 @@
 
 #include <cjson/cJSON.h>
 
+#include "common/clock.h"
 #include "common/json_text.h"
 #include "common/log.h"
 #include "kvcache/policy.h"
@@ -112,13 +113,6 @@ typedef struct {
     vs_srv_job *job;
 } req;
 
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-
 static uint64_t mix64(uint64_t x)
 {
     x += 0x9e3779b97f4a7c15ULL;
@@ -142,7 +136,7 @@ static void conn_deadline(vs_srv_http *h, struct MHD_Connection *c, int arm)
     if (!k || !h->cfg->request_timeout_s)
         return;
     pthread_mutex_lock(&h->conn_mu);
-    k->deadline = arm ? now_s() + (double)h->cfg->request_timeout_s : 0;
+    k->deadline = arm ? vs_now_s() + (double)h->cfg->request_timeout_s : 0;
     pthread_mutex_unlock(&h->conn_mu);
 }
 
@@ -158,7 +152,7 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
             return; /* out of memory: this connection has no deadline */
         k->fd = ci->connect_fd;
         pthread_mutex_lock(&h->conn_mu);
-        k->deadline = h->cfg->request_timeout_s ? now_s() + (double)h->cfg->request_timeout_s : 0;
+        k->deadline = h->cfg->request_timeout_s ? vs_now_s() + (double)h->cfg->request_timeout_s : 0;
         k->next = h->conns;
         if (h->conns)
             h->conns->prev = k;
@@ -196,7 +190,7 @@ static void *reaper_main(void *arg)
             ts.tv_nsec -= 1000000000L;
         }
         pthread_cond_timedwait(&h->conn_cv, &h->conn_mu, &ts);
-        double now = now_s();
+        double now = vs_now_s();
         for (conn *k = h->conns; k; k = k->next)
             if (k->deadline && now > k->deadline) {
                 shutdown(k->fd, SHUT_RDWR);
@@ -235,7 +229,7 @@ static enum MHD_Result respond(req *r, struct MHD_Connection *c, int code, const
     r->code = code;
     r->bytes = len;
     if (r->rt == R_GENERATE)
-        vs_srv_metrics_observe(r->h->met, VS_SRV_H_REQUEST, now_s() - r->t0);
+        vs_srv_metrics_observe(r->h->met, VS_SRV_H_REQUEST, vs_now_s() - r->t0);
     if (r->st == S_NEW && !r->close) {
         r->pending = resp;
         r->st = S_DRAIN;
@@ -607,17 +601,17 @@ static enum MHD_Result generate_reply(req *r, struct MHD_Connection *c)
     unsigned char *png[VS_SRV_MAX_N] = {0};
     size_t png_len[VS_SRV_MAX_N] = {0};
     enum MHD_Result ret;
-    double e0 = now_s();
+    double e0 = vs_now_s();
     for (int i = 0; i < j->p.n; i++) {
         vs_err err = {0};
-        double t = now_s();
+        double t = vs_now_s();
         if (vs_srv_png_encode(j->rgb[i], j->image_size, j->image_size, &png[i], &png_len[i], &err) != VS_OK) {
             ret = fail(r, c, 500, "internal_error", "png_error", NULL, NULL, "%s", err.msg);
             goto done;
         }
-        vs_srv_metrics_observe(r->h->met, VS_SRV_H_PNG, now_s() - t);
+        vs_srv_metrics_observe(r->h->met, VS_SRV_H_PNG, vs_now_s() - t);
     }
-    double e1 = now_s();
+    double e1 = vs_now_s();
     vs_srv_timings t = {
         .queue_ms = (j->t_admit - j->t_arrival) * 1e3,
         .inference_ms = (j->t_done - j->t_admit - j->decode_s) * 1e3,
@@ -806,7 +800,7 @@ static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
     if (!r)
         return NULL;
     r->h = cls;
-    r->t0 = now_s();
+    r->t0 = vs_now_s();
     snprintf(r->path, sizeof r->path, "%s", uri);
     const char *q = strchr(uri, '?');
     const char *nul = strstr(uri, "%00");
@@ -865,7 +859,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         static const char *why[] = {"", " (error)", " (timeout)", " (shutdown)", " (read error)", " (client abort)"};
         vs_log_set_request_id(r->id);
         vs_log(VS_LOG_INFO, "access", "%s \"%s %s\" %d %zu %.1fms%s", r->peer, r->method, r->path, code, r->bytes,
-               (now_s() - r->t0) * 1e3, (unsigned)toe < 6 ? why[toe] : " (?)");
+               (vs_now_s() - r->t0) * 1e3, (unsigned)toe < 6 ? why[toe] : " (?)");
         vs_log_set_request_id(NULL);
     }
     if (r->job) {
