@@ -5,8 +5,13 @@
  * suspend/resume. A /generate handler parses and validates the body, reserves a queue slot,
  * suspends the connection, pushes the job and returns; it never waits for the engine. The engine
  * resumes the connection when the job is answered, and the handler, called again, encodes the
- * PNGs and replies on an HTTP thread. Early rejections (401, 404, 405, 413, 415, 503) happen on
- * the first call, before the body is read.
+ * PNGs and replies on an HTTP thread. Early rejections (401, 404, 405, 413, 415, 503) are decided
+ * on the first call and sent once the body has been read and thrown away (bounded), so the
+ * connection stays open (keep-alive, pipelining) and a client that sends its body first reads
+ * them; framing errors (conflicting lengths, an unknown Transfer-Encoding) are answered at once
+ * and close. Slow clients: a reaper thread closes connections whose request has not arrived
+ * within request_timeout_s; the optional health_port listener (its own libmicrohttpd daemon and
+ * thread) serves /health, /ready and /metrics when the main port's connections are used up.
  *
  * Threads: start/stop/port from the main thread; drain/live_jobs from any thread. */
 #ifndef VS_SRV_HTTP_H
