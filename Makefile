@@ -7,6 +7,7 @@
 #   make SANITIZER=address|undefined|thread   a sanitized build in build/<sanitizer>/
 #   make CUDA=0       force the CPU-only build
 #   make CUDA=emu     the CUDA backend on the emulated device (runtime/cuda_emu/), in build/cuda-emu/
+#   make fuzz         libFuzzer targets (tests/fuzz/, Debian's clang), FUZZ_SECONDS each (default 600)
 
 CC      ?= cc
 CXX     ?= c++
@@ -52,7 +53,7 @@ BLAS_INC := $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthrea
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS := -std=c11 $(CFLAGS) $(WARN) -D_GNU_SOURCE -I. $(if $(BLAS_INC),-I$(BLAS_INC)) -MMD -MP $(SANFLAGS)
-LDLIBS  := -lopenblas -lmicrohttpd -lcjson -lpng -lcurl -lm -lpthread
+LDLIBS  := -lopenblas -lmicrohttpd -lcjson -lpng -lcurl -lz -lm -lpthread
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm)
 
 LIB_SRC := $(wildcard common/*.c runtime/*.c kvcache/*.c config/*.c) $(filter-out server/main.c,$(wildcard server/*.c))
@@ -83,7 +84,7 @@ UNIT_BIN := $(filter-out %_cuda,$(TEST_BIN))
 # the CUDA-vs-CPU suite: every backend op and the tiny fixture; prints a skip line without a GPU
 CUDA_CHECK := $(BUILD)/tests/check_cuda
 
-.PHONY: all test unit sanitize emu run serve bench deps clean model cuda-info parity-simd
+.PHONY: all test unit sanitize emu run serve bench deps clean model cuda-info parity-simd fuzz fuzz-smoke
 all: cuda-info $(BUILD)/varserve
 
 cuda-info:
@@ -167,6 +168,8 @@ test: deps-check all
 	$(MAKE) parity-simd
 	@set -e; for t in tests/test_*.py; do [ -e "$$t" ] || continue; echo "== $$t"; \
 	  VARSERVE_BIN=build/varserve $(PYTHON) $$t; done
+	@if command -v $(FUZZ_CC) >/dev/null 2>&1; then $(MAKE) fuzz-smoke; \
+	 else echo "make test: no $(FUZZ_CC), the fuzz targets were not run (apt-get install clang)"; fi
 	@echo "make test: all suites passed"
 
 # The parity suites with each CPU vector path this CPU runs forced by VARSERVE_CPU_SIMD
@@ -176,6 +179,35 @@ parity-simd: $(BUILD)/tests/check_parity $(BUILD)/tests/check_simd $(BUILD)/vars
 	  $(BUILD)/tests/check_simd --runs $$p || { echo "== parity, simd $$p: this CPU does not run it"; continue; }; \
 	  echo "== parity, VARSERVE_CPU_SIMD=$$p"; VARSERVE_CPU_SIMD=$$p $(BUILD)/tests/check_parity; \
 	  VARSERVE_CPU_SIMD=$$p VARSERVE_BIN=$(BUILD)/varserve $(PYTHON) tests/test_mnist_parity.py; done
+
+# libFuzzer targets: the library built again with clang under ASan+UBSan (CPU only), one binary
+# per tests/fuzz/fuzz_*.c, seeded from tests/fuzz/corpus/<target>/ (read only: what a run finds
+# goes to build/fuzz/corpus-<target>/). fuzz-smoke is make test's few seconds per target.
+FUZZ_CC      ?= clang
+FUZZ_SECONDS ?= 600
+FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_CFLAGS  := -std=c11 -O1 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. $(if $(BLAS_INC),-I$(BLAS_INC)) -MMD -MP \
+  -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+# only what the three targets reach: the parsers, the loader and the policy registry they name
+FUZZ_SRC     := $(wildcard common/*.c kvcache/policy*.c) kvcache/calibrate.c config/config.c runtime/model.c server/api.c
+FUZZ_OBJ     := $(FUZZ_SRC:%.c=build/fuzz/%.o)
+.SECONDARY: $(FUZZ_OBJ) # built by a chain of pattern rules, but kept: make test reuses them
+
+build/fuzz/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
+
+build/fuzz/fuzz_%: tests/fuzz/fuzz_%.c $(FUZZ_OBJ)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $< $(FUZZ_OBJ) $(LDLIBS)
+
+fuzz: $(FUZZ_NAMES:%=build/fuzz/fuzz_%)
+	@for t in $(FUZZ_NAMES); do mkdir -p build/fuzz/corpus-$$t; echo "== fuzz_$$t ($(FUZZ_SECONDS) s)"; \
+	  if (cd build/fuzz && ./fuzz_$$t -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 corpus-$$t \
+	      ../../tests/fuzz/corpus/$$t >fuzz_$$t.log 2>&1); then grep -E "^Done [0-9]+ runs" build/fuzz/fuzz_$$t.log; \
+	  else tail -n 40 build/fuzz/fuzz_$$t.log; echo "fuzz_$$t FAILED: see build/fuzz/fuzz_$$t.log and build/fuzz/crash-*"; exit 1; fi; done
+
+fuzz-smoke:
+	@$(MAKE) FUZZ_SECONDS=5 fuzz
 
 deps-check:
 	@tools/deps.sh --check

@@ -26,29 +26,46 @@ int vs_json_write_file(cJSON *root, const char *path, int pretty)
     return ok ? 0 : -1;
 }
 
-int vs_json_read_file(const char *path, long max_bytes, cJSON **root, char *why, size_t why_cap)
+char *vs_read_file(const char *path, size_t max_bytes, size_t *len_out)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return NULL;
+    char *text = NULL;
+    long len = -1;
+    if (fseek(f, 0, SEEK_END) == 0)
+        len = ftell(f);
+    if (len < 0 || (size_t)len > max_bytes || fseek(f, 0, SEEK_SET) != 0)
+        errno = EFBIG;
+    else if (!(text = malloc((size_t)len + 1)))
+        errno = ENOMEM;
+    else if (fread(text, 1, (size_t)len, f) != (size_t)len) {
+        errno = ferror(f) ? EIO : EFBIG; /* shorter than it was a moment ago */
+        free(text);
+        text = NULL;
+    } else {
+        text[len] = 0;
+        *len_out = (size_t)len;
+    }
+    int saved = errno;
+    fclose(f);
+    errno = saved;
+    return text;}
+
+int vs_json_read_file(const char *path, size_t max_bytes, cJSON **root, char *why, size_t why_cap)
 {
     *root = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        snprintf(why, why_cap, "cannot open: %s", strerror(errno));
+    size_t len = 0;
+    char *text = vs_read_file(path, max_bytes, &len);
+    if (!text) {
+        if (errno == EFBIG)
+            snprintf(why, why_cap, "larger than %zu bytes or not a regular file", max_bytes);
+        else
+            snprintf(why, why_cap, "cannot %s: %s", errno == ENOENT || errno == EACCES ? "open" : "read",
+                     strerror(errno));
         return -1;
     }
-    long len = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
-    if (len < 0 || len > max_bytes || fseek(f, 0, SEEK_SET) != 0) {
-        fclose(f);
-        snprintf(why, why_cap, len > max_bytes ? "larger than %ld bytes" : "cannot read", max_bytes);
-        return -1;
-    }
-    char *text = malloc((size_t)len + 1);
-    size_t got = text ? fread(text, 1, (size_t)len, f) : 0;
-    fclose(f);
-    if (!text || got != (size_t)len) {
-        free(text);
-        snprintf(why, why_cap, "cannot read");
-        return -1;
-    }
-    *root = cJSON_ParseWithLength(text, (size_t)len);
+    *root = cJSON_ParseWithLength(text, len);
     free(text);
     if (!*root) {
         snprintf(why, why_cap, "not JSON");

@@ -1,6 +1,8 @@
 /* common/log.c — stderr logging. One fprintf per line under a lock, so lines never interleave. */
 #include "common/log.h"
 
+#include "common/json_text.h"
+
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -35,23 +37,6 @@ int vs_log_parse_level(const char *s, vs_log_level *out)
     return -1;
 }
 
-static void json_escape(char *dst, size_t cap, const char *src)
-{
-    size_t j = 0;
-    for (; *src && j + 7 < cap; src++) {
-        unsigned char c = (unsigned char)*src;
-        if (c == '"' || c == '\\') {
-            dst[j++] = '\\';
-            dst[j++] = (char)c;
-        } else if (c < 0x20) {
-            j += (size_t)snprintf(dst + j, cap - j, "\\u%04x", c);
-        } else {
-            dst[j++] = (char)c;
-        }
-    }
-    dst[j] = 0;
-}
-
 void vs_log_write(vs_log_level lvl, const char *module, const char *fmt, ...)
 {
     static const char *names[] = {"DEBUG", "INFO", "WARN", "ERROR", "OFF"};
@@ -71,7 +56,7 @@ void vs_log_write(vs_log_level lvl, const char *module, const char *fmt, ...)
     pthread_mutex_lock(&log_mu);
     if (log_json) {
         char esc[4096];
-        json_escape(esc, sizeof esc, msg);
+        vs_json_escape(esc, sizeof esc, msg);
         fprintf(stderr, "{\"time\":\"%s\",\"level\":\"%s\",\"module\":\"%s\",\"request_id\":\"%s\",\"msg\":\"%s\"}\n",
                 ts, names[lvl], module, log_reqid, esc);
     } else {

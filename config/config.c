@@ -12,6 +12,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/json_file.h"
+#include "common/parse.h"
 #include "kvcache/policy.h"
 
 typedef enum { K_STR, K_INT, K_NUM, K_BOOL } key_type;
@@ -40,8 +42,16 @@ static const key_def keys[] = {
     STR(host, NULL, "0.0.0.0", "address to listen on"),
     INT(port, 0, 65535, "8080", "TCP port, 0 = any free port (logged at start)"),
     INT(http_threads, 1, 256, "4", "HTTP thread pool size (parsing, validation, PNG encoding)"),
+    BOOL(reuse_port, "false", "share the port with other processes listening on it (SO_REUSEPORT)"),
+    INT(health_port, 0, 65535, "0",
+        "a second listener for /health, /ready and /metrics only, answering when the main port's "
+        "connections are used up; 0 = none"),
     INT(max_connections, 1, 100000, "1024", "open client connections at most"),
+    INT(max_connections_per_address, 0, 100000, "256", "open connections from one client address at most, 0 = no limit"),
     INT(http_timeout_s, 0, 86400, "60", "idle connection timeout in seconds, 0 = none"),
+    INT(request_timeout_s, 0, 86400, "30",
+        "seconds a request's headers and body may take to arrive (from the connection's start or its "
+        "previous response), 0 = no limit"),
     INT(max_body_bytes, 64, 16777216, "65536", "request bodies above this get 413 unread"),
     STR(api_key, NULL, "", "bearer token POST /generate requires, empty = none"),
     BOOL(access_log, "true", "one log line per request"),
@@ -121,7 +131,6 @@ static vs_status bad_value(const key_def *k, const char *value, const char *sour
 static vs_status set_text(vs_cfg *c, const key_def *k, const char *v, const char *source, vs_err *err)
 {
     char *field = (char *)c + k->off;
-    char *end = NULL;
     switch (k->type) {
     case K_STR: {
         size_t n = strlen(v);
@@ -131,29 +140,22 @@ static vs_status set_text(vs_cfg *c, const key_def *k, const char *v, const char
         return VS_OK;
     }
     case K_INT: {
-        errno = 0;
-        long x = strtol(v, &end, 10);
-        if (!*v || *end || errno || (double)x < k->lo || (double)x > k->hi)
+        long x;
+        if (vs_cli_long(v, (long)k->lo, (long)k->hi, &x) != 0)
             return bad_value(k, v, source, err);
         memcpy(field, &x, sizeof x);
         return VS_OK;
     }
     case K_NUM: {
-        errno = 0;
-        double x = strtod(v, &end);
-        if (!*v || *end || errno || !isfinite(x) || x < k->lo || x > k->hi)
+        double x;
+        if (vs_cli_double(v, k->lo, k->hi, &x) != 0)
             return bad_value(k, v, source, err);
         memcpy(field, &x, sizeof x);
         return VS_OK;
     }
     case K_BOOL: {
         int x;
-        if (strcmp(v, "true") == 0 || strcmp(v, "1") == 0 || strcmp(v, "yes") == 0 || strcmp(v, "on") == 0)
-            x = 1;
-        else if (strcmp(v, "false") == 0 || strcmp(v, "0") == 0 || strcmp(v, "no") == 0 ||
-                 strcmp(v, "off") == 0)
-            x = 0;
-        else
+        if (vs_cli_bool(v, &x) != 0)
             return bad_value(k, v, source, err);
         memcpy(field, &x, sizeof x);
         return VS_OK;
@@ -186,30 +188,22 @@ vs_status vs_cfg_set(vs_cfg *c, const char *key, const char *value, const char *
 
 vs_status vs_cfg_load_file(vs_cfg *c, const char *path, vs_err *err)
 {
+    size_t len = 0;
+    char *text = vs_read_file(path, 1 << 20, &len);
+    if (!text)
+        return vs_err_set(err, errno == ENOMEM ? VS_ERR_NOMEM : VS_ERR_IO, "cannot read config file '%s': %s",
+                          path, errno == EFBIG ? "over 1 MiB, or not a regular file" : strerror(errno));
+    vs_status st = vs_cfg_load_text(c, text, len, path, err);
+    free(text);
+    return st;
+}
+
+vs_status vs_cfg_load_text(vs_cfg *c, const char *text, size_t len, const char *path, vs_err *err)
+{
     vs_status st = VS_OK;
-    char *text = NULL;
     cJSON *root = NULL;
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return vs_err_set(err, VS_ERR_IO, "cannot open config file '%s': %s", path, strerror(errno));
-    long len = -1;
-    if (fseek(f, 0, SEEK_END) == 0)
-        len = ftell(f);
-    if (len < 0 || len > (1L << 20) || fseek(f, 0, SEEK_SET) != 0) {
-        st = vs_err_set(err, VS_ERR_IO, "config file '%s' is unreadable or over 1 MiB", path);
-        goto fail;
-    }
-    if (!(text = malloc((size_t)len + 1))) {
-        st = vs_err_set(err, VS_ERR_NOMEM, "out of memory reading '%s'", path);
-        goto fail;
-    }
-    if (fread(text, 1, (size_t)len, f) != (size_t)len) {
-        st = vs_err_set(err, VS_ERR_IO, "cannot read config file '%s'", path);
-        goto fail;
-    }
-    text[len] = 0;
     const char *end = NULL;
-    root = cJSON_ParseWithLengthOpts(text, (size_t)len, &end, 0);
+    root = cJSON_ParseWithLengthOpts(text, len, &end, 0);
     if (!root || !cJSON_IsObject(root)) {
         st = vs_err_set(err, VS_ERR_INVALID, "config file '%s' is not a JSON object (error near byte %ld)",
                         path, root ? 0L : (long)(end ? end - text : 0));
@@ -223,6 +217,12 @@ vs_status vs_cfg_load_file(vs_cfg *c, const char *path, vs_err *err)
             st = vs_err_set(err, VS_ERR_INVALID, "config file '%s': unknown key '%s'", path, it->string);
             goto fail;
         }
+        for (const cJSON *before = root->child; before != it; before = before->next)
+            if (strcmp(before->string, it->string) == 0) {
+                st = vs_err_set(err, VS_ERR_INVALID,
+                                "config file '%s': key '%s' appears more than once (keep one)", path, it->string);
+                goto fail;
+            }
         char buf[64];
         const char *v = NULL;
         if (k->type == K_STR && cJSON_IsString(it)) {
@@ -256,8 +256,6 @@ vs_status vs_cfg_load_file(vs_cfg *c, const char *path, vs_err *err)
     }
 fail:
     cJSON_Delete(root);
-    free(text);
-    fclose(f);
     return st;
 }
 

@@ -22,9 +22,13 @@ typedef struct {
     /* HTTP */
     char host[256];             /* address to listen on (numeric or a host name) */
     long port;                  /* 0 = an ephemeral port (logged at start) */
+    int reuse_port;             /* SO_REUSEPORT: share the port deliberately */
+    long health_port;           /* a listener for /health, /ready, /metrics only; 0 = none */
     long http_threads;          /* libmicrohttpd thread pool size */
     long max_connections;
+    long max_connections_per_address; /* 0 = no limit */
     long http_timeout_s;        /* idle connection timeout; 0 = none */
+    long request_timeout_s;     /* headers and body must arrive within this; 0 = none */
     long max_body_bytes;        /* larger request bodies get 413 before they are read */
     char api_key[256];          /* "" = no authentication for POST /generate */
     int access_log;             /* one log line per request */
@@ -54,6 +58,10 @@ void vs_cfg_defaults(vs_cfg *c);
 /* Reads a JSON object of keys from `path`. Unknown keys, wrong types and bad values are
  * VS_ERR_INVALID naming the key; a missing or unreadable file is VS_ERR_IO. */
 vs_status vs_cfg_load_file(vs_cfg *c, const char *path, vs_err *err);
+
+/* The same for the file's text (len bytes, not necessarily NUL-terminated); `path` names it in
+ * messages. */
+vs_status vs_cfg_load_text(vs_cfg *c, const char *text, size_t len, const char *path, vs_err *err);
 
 /* Applies VARSERVE_<KEY> variables (e.g. VARSERVE_KV_POOL_MB) that are set. VS_ERR_INVALID names
  * the variable. Variables that name no key are ignored (VARSERVE_BIN, VARSERVE_CONFIG, ...). */

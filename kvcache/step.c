@@ -1,17 +1,11 @@
 /* kvcache/step.c — see step.h. */
 #include "kvcache/step.h"
 
+#include "common/clock.h"
+
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* Host scratch, in this order: scores [L]; select tmp [4L]; keep [L] (int32); held [H] (int32);
  * query sum [d]; probs [L]; staged pages in [H][pages(L)][2][pt][d]; staged pages out
@@ -142,7 +136,7 @@ static vs_kv_flow_op layer_op(const vs_kv_step *s, const parts *p, int r, int la
 static vs_status before_attn(void *ctx, int layer, const vs_rt_batch *b, vs_err *err)
 {
     vs_kv_step *s = ctx;
-    double t0 = now_s();
+    double t0 = vs_now_s();
     vs_status st = VS_OK;
     parts p = parts_of(s);
     for (int r = 0; r < s->n_rows && st == VS_OK; r++) {
@@ -151,7 +145,7 @@ static vs_status before_attn(void *ctx, int layer, const vs_rt_batch *b, vs_err 
         else
             st = vs_kv_row_reserve_tokens(s->rows[r], layer, VS_KV_ALL_HEADS, b->rows[r].n_new, err);
     }
-    s->seconds += now_s() - t0;
+    s->seconds += vs_now_s() - t0;
     return st;
 }
 
@@ -318,7 +312,7 @@ static vs_status compress(vs_kv_step *s, const parts *p, int r, int layer, const
 static vs_status after_attn(void *ctx, int layer, const vs_rt_batch *b, const float *qkv, vs_err *err)
 {
     vs_kv_step *s = ctx;
-    double t0 = now_s();
+    double t0 = vs_now_s();
     vs_status st = VS_OK;
     parts p = parts_of(s);
     for (int r = 0; r < s->n_rows && st == VS_OK; r++) {
@@ -342,7 +336,7 @@ static vs_status after_attn(void *ctx, int layer, const vs_rt_batch *b, const fl
         else
             st = compress(s, &p, r, layer, b, s->stats != NULL, err);
     }
-    s->seconds += now_s() - t0;
+    s->seconds += vs_now_s() - t0;
     return st;
 }
 

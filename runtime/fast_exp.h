@@ -14,8 +14,10 @@
 
 static inline float fast_expf(float x)
 {
-    x = x < -87.0f ? -87.0f : x; /* two plain selects: the vectoriser if-converts these */
-    x = x > 88.0f ? 88.0f : x;
+    /* two plain selects the vectoriser if-converts; written so a NaN fails the first compare and
+     * becomes -87 (exp ~ 0), never reaching the float-to-int conversion below (undefined for NaN) */
+    x = x > -87.0f ? x : -87.0f;
+    x = x < 88.0f ? x : 88.0f;
     float n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     float r = x - n * 0.693359375f;
     r = r - n * -2.12194440e-4f;

@@ -1,10 +1,16 @@
 /* runtime/model.c — loading and validating a varserve model file (docs/MODEL_FORMAT.md).
  *
- * Order of checks: file → header length (≤ 100 MB, inside the file) → JSON → metadata (format,
- * version, config) → config fields and their ranges → the tensor table: every expected tensor is
- * derived from the config, then each stored tensor is matched by name (unknown → rejected), dtype
- * (F32/F16/BF16), shape, byte size and offsets (inside the data, no overlap); missing tensors are
- * named. Only then is anything converted. Runs on the loading thread only. */
+ * Order of checks: file → header length (≤ 100 MB, inside the file) → JSON, followed by nothing
+ * but space padding → metadata (format, version, config) → config fields and their ranges → the
+ * tensor table: every expected tensor is derived from the config, then each stored tensor is
+ * matched by name (unknown → rejected), dtype (F32/F16/BF16), shape, byte size and offsets; the
+ * tensors must cover the data section exactly (safetensors' rule: no hole, no overlap, nothing
+ * left over), which also catches a header length off by a few bytes; missing tensors are named.
+ * Then the data: its CRC-32 against the metadata's data_crc32 when the file has one (the
+ * converters write it), and every weight, as it is converted to F32, must be finite (a NaN or inf
+ * weight would only show as garbage images, and a NaN reaching a float-to-int conversion is
+ * undefined behaviour). The scan runs in the conversion loop, on data already in cache: a compare
+ * per weight (measured in bench/RESULTS.md). Runs on the loading thread only. */
 #include "runtime/model.h"
 
 #include <cjson/cJSON.h>
@@ -19,6 +25,7 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define HEADER_MAX_BYTES (100u * 1024u * 1024u)
 
@@ -480,19 +487,35 @@ static float half_to_float(uint16_t h)
     return f;
 }
 
-static void convert(float *dst, const unsigned char *src, size_t n, dtype dt)
+/* Converts n values to F32; returns the index of the first non-finite one, or n. In blocks of
+ * 4096 values, each scanned while it is still in L1: an all-ones exponent (inf or NaN) is the
+ * one that carries into bit 31 when 1 is added to the exponent field, so the scan is an add and
+ * an OR per value, which vectorises without branches. */
+static size_t convert(float *dst, const unsigned char *src, size_t n, dtype dt)
 {
-    if (dt == DT_F32) {
-        memcpy(dst, src, n * 4);
-    } else if (dt == DT_BF16) {
-        for (size_t i = 0; i < n; i++) {
-            uint32_t bits = (uint32_t)(src[2 * i] | (src[2 * i + 1] << 8)) << 16;
-            memcpy(&dst[i], &bits, 4);
+    for (size_t b = 0; b < n; b += 4096) {
+        size_t end = b + 4096 < n ? b + 4096 : n;
+        if (dt == DT_F32) {
+            memcpy(dst + b, src + 4 * b, (end - b) * 4);
+        } else if (dt == DT_BF16) {
+            for (size_t i = b; i < end; i++) {
+                uint32_t bits = (uint32_t)(src[2 * i] | (src[2 * i + 1] << 8)) << 16;
+                memcpy(&dst[i], &bits, 4);
+            }
+        } else {
+            for (size_t i = b; i < end; i++)
+                dst[i] = half_to_float((uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)));
         }
-    } else {
-        for (size_t i = 0; i < n; i++)
-            dst[i] = half_to_float((uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)));
+        const uint32_t *bits = (const uint32_t *)(const void *)dst;
+        uint32_t carry = 0;
+        for (size_t k = b; k < end; k++)
+            carry |= (bits[k] & 0x7f800000u) + 0x00800000u;
+        if (carry & 0x80000000u)
+            for (size_t k = b; k < end; k++)
+                if ((bits[k] & 0x7f800000u) == 0x7f800000u)
+                    return k;
     }
+    return n;
 }
 
 static int cmp_begin(const void *a, const void *b)
@@ -608,7 +631,8 @@ static vs_status match_tensors(const cJSON *hdr, expect_list *l, uint64_t data_l
         if (!l->v[i].found)
             return vs_err_set(err, VS_ERR_INVALID,
                               "tensor '%s' is missing (the config implies it)", l->v[i].name);
-    /* overlap: sort by begin, neighbours must not intersect */
+    /* exact coverage: sorted by begin, each tensor starts where the one before ends, the first
+     * at 0 and the last at the end of the data (no overlap, no hole, nothing left over) */
     expect **by = malloc((size_t)l->n * sizeof *by);
     if (!by)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
@@ -616,16 +640,30 @@ static vs_status match_tensors(const cJSON *hdr, expect_list *l, uint64_t data_l
         by[i] = &l->v[i];
     qsort(by, (size_t)l->n, sizeof *by, cmp_begin);
     vs_status st = VS_OK;
-    for (int i = 1; i < l->n; i++)
-        if (by[i]->begin < by[i - 1]->end && by[i]->end > by[i]->begin) {
+    for (int i = 1; i < l->n && st == VS_OK; i++) /* overlaps first: they are the likelier fault */
+        if (by[i]->begin < by[i - 1]->end)
             st = vs_err_set(err, VS_ERR_INVALID,
                             "tensors '%s' and '%s' overlap in the file (bytes %llu..%llu and "
                             "%llu..%llu)",
                             by[i - 1]->name, by[i]->name, (unsigned long long)by[i - 1]->begin,
                             (unsigned long long)by[i - 1]->end, (unsigned long long)by[i]->begin,
                             (unsigned long long)by[i]->end);
-            break;
-        }
+    uint64_t at = 0;
+    for (int i = 0; i < l->n && st == VS_OK; i++) {
+        if (by[i]->begin > at)
+            st = vs_err_set(err, VS_ERR_INVALID,
+                            "the data section has a hole: bytes %llu..%llu belong to no tensor (before "
+                            "'%s'): the header does not describe this data (corrupt, or its length is "
+                            "wrong)",
+                            (unsigned long long)at, (unsigned long long)by[i]->begin, by[i]->name);
+        at = by[i]->end;
+    }
+    if (st == VS_OK && at != data_len)
+        st = vs_err_set(err, VS_ERR_INVALID,
+                        "the data section is %llu bytes but the tensors cover %llu: %llu bytes left over "
+                        "(corrupt, or the header length is wrong)",
+                        (unsigned long long)data_len, (unsigned long long)at,
+                        (unsigned long long)(data_len - at));
     free(by);
     return st;
 }
@@ -713,11 +751,21 @@ vs_status vs_rt_model_load(const char *path, vs_rt_model **out, vs_err *err)
     }
     memcpy(hjson, map + 8, hlen);
     hjson[hlen] = 0;
-    hdr = cJSON_ParseWithLengthOpts(hjson, hlen, NULL, 0);
+    const char *hend = NULL;
+    hdr = cJSON_ParseWithLengthOpts(hjson, hlen, &hend, 0);
     if (!hdr || !cJSON_IsObject(hdr)) {
-        st = vs_err_set(err, VS_ERR_INVALID, "model header is not a JSON object");
+        st = vs_err_set(err, VS_ERR_INVALID, "model header is not a JSON object (error near byte %ld)",
+                        (long)(hend ? hend - hjson : 0));
         goto fail;
     }
+    for (const char *p = hend; p < hjson + hlen; p++)
+        if (*p != ' ') {
+            st = vs_err_set(err, VS_ERR_INVALID,
+                            "model header has byte 0x%02x at %ld after its JSON, where only space padding "
+                            "may be: corrupt, or the header length is wrong",
+                            (unsigned char)*p, (long)(p - hjson));
+            goto fail;
+        }
     const cJSON *md = cJSON_GetObjectItemCaseSensitive(hdr, "__metadata__");
     if (!md || !cJSON_IsObject(md)) {
         st = vs_err_set(err, VS_ERR_INVALID,
@@ -754,6 +802,29 @@ vs_status vs_rt_model_load(const char *path, vs_rt_model **out, vs_err *err)
     uint64_t data_start = 8 + hlen, data_len = map_len - data_start;
     if ((st = match_tensors(hdr, &l, data_len, map_len, data_start, err)) != VS_OK)
         goto fail;
+    const cJSON *crc = cJSON_GetObjectItemCaseSensitive(md, "data_crc32");
+    if (crc) {
+        char *end = NULL;
+        unsigned long want = cJSON_IsString(crc) ? strtoul(crc->valuestring, &end, 16) : 0;
+        if (!cJSON_IsString(crc) || !end || *end || end == crc->valuestring || want > 0xffffffffUL) {
+            st = vs_err_set(err, VS_ERR_INVALID, "metadata 'data_crc32' must be 8 hex digits");
+            goto fail;
+        }
+        unsigned long got = crc32(0L, Z_NULL, 0);
+        for (uint64_t at = 0; at < data_len;) { /* zlib takes 32-bit lengths */
+            uInt n = data_len - at > (1u << 30) ? (1u << 30) : (uInt)(data_len - at);
+            got = crc32(got, map + data_start + at, n);
+            at += n;
+        }
+        if (got != want) {
+            st = vs_err_set(err, VS_ERR_INVALID,
+                            "the tensor data's CRC-32 is %08lx but the metadata says %08lx: the file is "
+                            "corrupt (copy or convert it again)",
+                            got, want);
+            goto fail;
+        }
+        m->has_checksum = 1;
+    }
 
     /* one allocation: every tensor as F32, then the derived tensors */
     size_t total = 0, nparams = 0;
@@ -786,7 +857,15 @@ vs_status vs_rt_model_load(const char *path, vs_rt_model **out, vs_err *err)
         for (int k = 0; k < l.v[i].ndim; k++)
             numel *= (size_t)l.v[i].shape[k];
         *l.v[i].dst = m->data + off;
-        convert(m->data + off, map + data_start + l.v[i].begin, numel, l.v[i].dt);
+        size_t bad = convert(m->data + off, map + data_start + l.v[i].begin, numel, l.v[i].dt);
+        if (bad < numel) {
+            float v = m->data[off + bad];
+            st = vs_err_set(err, VS_ERR_INVALID,
+                            "tensor '%s' has a non-finite weight (%s) at element %zu: the file is corrupt, "
+                            "or the model diverged in training",
+                            l.v[i].name, isnan(v) ? "NaN" : v > 0 ? "+inf" : "-inf", bad);
+            goto fail;
+        }
         off += (numel + 15) & ~(size_t)15;
     }
     derive(m, m->data + off);

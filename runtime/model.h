@@ -107,6 +107,7 @@ typedef struct vs_rt_model {
     size_t data_bytes;
     size_t n_params;      /* parameters stored in the file */
     size_t file_bytes;
+    int has_checksum;     /* the metadata's data_crc32 was there (and matched) */
     char path[512];
     char dtype[8];        /* dtype of most stored tensors ("F32", "BF16", "F16") */
 } vs_rt_model;

@@ -301,8 +301,10 @@ static vs_status decode_group(vs_rt_vae *v, const float *const *f_hat, int N, ui
             memcpy(unit[n], h, img * sizeof(float));
         if (rgb && rgb[n])
             for (int i = 0; i < HW; i++)
-                for (int ch = 0; ch < 3; ch++)
-                    rgb[n][(size_t)i * 3 + ch] = (uint8_t)nearbyintf(255.0f * h[(size_t)ch * HW + i]);
+                for (int ch = 0; ch < 3; ch++) {
+                    float u = h[(size_t)ch * HW + i]; /* in [0, 1] or NaN: to_unit passes NaN on */
+                    rgb[n][(size_t)i * 3 + ch] = (uint8_t)nearbyintf(255.0f * (u >= 0.0f ? u : 0.0f));
+                }
     }
     return VS_OK;
 }

@@ -1,6 +1,7 @@
 /* server/api.c — see api.h. */
 #include "server/api.h"
 
+#include "common/json_text.h"
 #include "kvcache/policy.h"
 
 #include <cjson/cJSON.h>
@@ -72,8 +73,10 @@ static void describe(const cJSON *it, char *out, size_t cap)
 {
     if (cJSON_IsNumber(it))
         snprintf(out, cap, "%.17g", it->valuedouble);
-    else if (cJSON_IsString(it))
-        snprintf(out, cap, "\"%.40s%s\"", it->valuestring, strlen(it->valuestring) > 40 ? "..." : "");
+    else if (cJSON_IsString(it)) {
+        char clip[48];
+        snprintf(out, cap, "\"%s\"", vs_utf8_clip(clip, sizeof clip, it->valuestring, 40));
+    }
     else if (cJSON_IsBool(it))
         snprintf(out, cap, "%s", cJSON_IsTrue(it) ? "true" : "false");
     else if (cJSON_IsNull(it))
@@ -113,6 +116,51 @@ static int get_num(const cJSON *it, double lo, double hi, double *out)
     if (!isfinite(d) || d < lo || d > hi)
         return -1;
     *out = d;
+    return 0;
+}
+
+/* A NUL (a raw 0 byte or \u0000) in any string of the body, which cJSON would silently cut at
+ * ("3\u0000x" would read as "3"): 1 with the top-level field it is in (its key, or the key itself
+ * up to the NUL) in name, else 0. The body has already parsed as a JSON object. */
+static int nul_field(const char *body, size_t len, char *name, size_t cap)
+{
+    int depth = 0, key_next = 0;
+    const char *key = "", *key_end = key;
+    for (size_t i = 0; i < len; i++) {
+        char c = body[i];
+        if (c == '{' || c == '[') {
+            depth++;
+            key_next = depth == 1;
+        } else if (c == '}' || c == ']') {
+            depth--;
+        } else if (c == ',' && depth == 1) {
+            key_next = 1;
+        } else if (c == '"') {
+            size_t start = ++i, nul = 0;
+            for (; i < len && body[i] != '"'; i++) {
+                if (body[i] == 0 && !nul)
+                    nul = i + 1;
+                if (body[i] == '\\' && i + 1 < len) {
+                    if (!nul && i + 6 <= len && memcmp(body + i + 1, "u0000", 5) == 0)
+                        nul = i + 1;
+                    i++;
+                }
+            }
+            if (depth == 1 && key_next) {
+                key = body + start;
+                key_end = body + (nul ? nul - 1 : i);
+                key_next = 0;
+            }
+            if (nul) {
+                char raw[64];
+                size_t n = (size_t)(key_end - key) < sizeof raw - 1 ? (size_t)(key_end - key) : sizeof raw - 1;
+                memcpy(raw, key, n);
+                raw[n] = 0;
+                vs_utf8_clip(name, cap, raw, 40);
+                return 1;
+            }
+        }
+    }
     return 0;
 }
 
@@ -165,7 +213,7 @@ static int parse_body(const char *body, size_t len, vs_srv_api_style style, cons
         return -1;
     }
     for (const char *p = end; p && p < body + len; p++)
-        if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n' && *p != 0) {
+        if (*p != ' ' && *p != '\t' && *p != '\r' && *p != '\n') {
             vs_srv_api_error_set(e, 400, "invalid_request_error", "invalid_json", NULL,
                                  "the body has content after its JSON value (byte %ld)", (long)(p - body));
             goto done;
@@ -175,6 +223,13 @@ static int parse_body(const char *body, size_t len, vs_srv_api_style style, cons
                              "the body must be a JSON object, e.g. {\"class_label\": 3}");
         goto done;
     }
+    char nul_name[48];
+    if (nul_field(body, len, nul_name, sizeof nul_name)) {
+        vs_srv_api_error_set(e, 400, "invalid_request_error", "nul_character", nul_name,
+                             "field '%s' contains a NUL character (\\u0000), which no field accepts",
+                             nul_name);
+        goto done;
+    }
     const cJSON *field[N_FIELDS] = {0};
     for (const cJSON *it = root->child; it; it = it->next) {
         size_t k = 0;
@@ -182,7 +237,7 @@ static int parse_body(const char *body, size_t len, vs_srv_api_style style, cons
             k++;
         if (k == N_FIELDS || (style == VS_SRV_API_OPENAI ? k == F_LABEL : OPENAI_ONLY(k))) {
             char name[48];
-            snprintf(name, sizeof name, "%.40s", it->string);
+            vs_utf8_clip(name, sizeof name, it->string, 40);
             vs_srv_api_error_set(e, 400, "invalid_request_error", "unknown_field", name,
                                  "unknown field '%s' (fields: %s)", name, field_list(style));
             goto done;
@@ -452,25 +507,6 @@ void vs_srv_buf_b64(vs_srv_buf *b, const unsigned char *s, size_t n)
     b->p[b->len] = 0;
 }
 
-char *vs_srv_json_escape(char *dst, size_t cap, const char *s)
-{
-    size_t j = 0;
-    for (; *s && j + 7 < cap; s++) {
-        unsigned char c = (unsigned char)*s;
-        if (c == '"' || c == '\\') {
-            dst[j++] = '\\';
-            dst[j++] = (char)c;
-        } else if (c < 0x20) {
-            j += (size_t)snprintf(dst + j, cap - j, "\\u%04x", c);
-        } else {
-            dst[j++] = (char)c;
-        }
-    }
-    if (cap)
-        dst[j < cap ? j : cap - 1] = 0;
-    return dst;
-}
-
 char *vs_srv_buf_finish(vs_srv_buf *b, size_t *len)
 {
     if (b->oom) {
@@ -485,8 +521,8 @@ char *vs_srv_api_error_json(const vs_srv_api_error *e, size_t *len)
 {
     sbuf b = {0};
     char msg[900], param[100];
-    vs_srv_json_escape(msg, sizeof msg, e->msg);
-    vs_srv_json_escape(param, sizeof param, e->param);
+    vs_json_escape(msg, sizeof msg, e->msg);
+    vs_json_escape(param, sizeof param, e->param);
     put(&b, "{\"error\":{\"message\":\"%s\",\"type\":\"%s\",\"param\":", msg, e->type);
     if (e->param[0])
         put(&b, "\"%s\"", param);
@@ -506,7 +542,7 @@ char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name,
         total += (png_len[i] + 2) / 3 * 4 + 64;
     vs_srv_buf_reserve(&b, total + 1024);
     char name[300];
-    vs_srv_json_escape(name, sizeof name, model_name);
+    vs_json_escape(name, sizeof name, model_name);
     put(&b, "{\"id\":\"%s\",\"object\":\"image.generation\",\"created\":%lld,\"model\":\"%s\",", j->id,
         (long long)time(NULL), name);
     put(&b, "\"class_label\":%d,\"n\":%d,\"seeds\":[", j->p.label, j->p.n);

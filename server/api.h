@@ -87,7 +87,4 @@ void vs_srv_buf_b64(vs_srv_buf *b, const unsigned char *s, size_t n);
 /* The text (caller frees) and its length; NULL (and the buffer freed) after an allocation failed. */
 char *vs_srv_buf_finish(vs_srv_buf *b, size_t *len);
 
-/* Appends JSON-escaped s (without quotes) to dst of capacity cap; returns dst. */
-char *vs_srv_json_escape(char *dst, size_t cap, const char *s);
-
 #endif

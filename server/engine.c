@@ -32,6 +32,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "kvcache/calibrate.h"
 #include "kvcache/policy.h"
@@ -112,13 +113,6 @@ struct vs_srv_engine {
     vs_srv_job **snap;     /* [queue capacity] */
     struct pollfd *pfd;    /* [queue capacity + max_images + 1] */
 };
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 /* ---- answering jobs ------------------------------------------------------------------------------ */
 
@@ -205,7 +199,7 @@ static void answer(vs_srv_engine *e, vs_srv_job *j, int http, vs_status st, cons
     vs_kv_policy_free(j->own_policy);
     j->own_policy = NULL;
     j->policy = NULL;
-    j->t_done = now_s();
+    j->t_done = vs_now_s();
     j->http = http;
     j->status = st;
     j->err_type = type;
@@ -272,7 +266,7 @@ static int client_gone(short revents) { return (revents & (POLLRDHUP | POLLHUP |
 
 static void sweep(vs_srv_engine *e)
 {
-    double now = now_s();
+    double now = vs_now_s();
     size_t nq = vs_srv_queue_snapshot(e->q, e->snap, vs_srv_queue_capacity(e->q));
     int na = e->n_active;
     size_t np = 0;
@@ -439,7 +433,7 @@ static void admit(vs_srv_engine *e)
         }
         e->n_slots++;
         if (j->admitted++ == 0) {
-            j->t_admit = now_s();
+            j->t_admit = vs_now_s();
             vs_srv_metrics_observe(e->met, VS_SRV_H_QUEUE, j->t_admit - j->t_arrival);
         }
         if (j->admitted == j->p.n) {
@@ -476,9 +470,9 @@ static void previews(vs_srv_engine *e)
             if (vs_srv_stream_preview_after(c->n_scales, np, k) != done)
                 continue;
             vs_err err = {0};
-            double t0 = now_s();
+            double t0 = vs_now_s();
             vs_status st = vs_rt_decode_preview(e->rt, &s->im.img, vs_srv_stream_preview_rgb(j->stream, s->index, k), &err);
-            double dt = now_s() - t0;
+            double dt = vs_now_s() - t0;
             j->decode_s += dt;
             if (st != VS_OK) {
                 if (st == VS_ERR_DEVICE_LOST)
@@ -507,7 +501,7 @@ static void step(vs_srv_engine *e)
         fail |= s->im.img.label == e->fail_label;
     }
     int n = e->n_slots;
-    double t0 = now_s();
+    double t0 = vs_now_s();
     if (fail)
         vs_err_set(&err, VS_ERR_INTERNAL, "failpoint: a step holding class %d fails (VARSERVE_FAILPOINT)",
                    e->fail_label);
@@ -521,7 +515,7 @@ static void step(vs_srv_engine *e)
         fail_running(e, &err);
         return;
     }
-    double t1 = now_s();
+    double t1 = vs_now_s();
     vs_srv_metrics_step(e->met, max_scale, t1 - t0, kv_s, VS_KV_ROWS_PER_IMAGE * n);
     vs_log(VS_LOG_DEBUG, "engine", "step: %d images at scales %d..%d, %.1f ms", n, min_scale, max_scale,
            (t1 - t0) * 1e3);
@@ -539,9 +533,9 @@ static void step(vs_srv_engine *e)
         e->dec_rgb[nd++] = s->job->rgb[s->index];
     }
     if (nd > 0) {
-        double d0 = now_s();
+        double d0 = vs_now_s();
         vs_status dst = vs_kv_session_decode(e->ses, e->ptrs, nd, e->dec_rgb, NULL, &err);
-        double share = (now_s() - d0) / nd;
+        double share = (vs_now_s() - d0) / nd;
         if (dst == VS_ERR_DEVICE_LOST)
             device_lost(e, &err);
         for (int i = 0; i < e->n_slots;) {
@@ -579,7 +573,7 @@ static void step(vs_srv_engine *e)
 static vs_status load(vs_srv_engine *e, vs_err *err)
 {
     const vs_cfg *cfg = e->cfg;
-    double t0 = now_s();
+    double t0 = vs_now_s();
     vs_rt_backend_kind kind;
     if (vs_rt_backend_parse(cfg->backend, &kind) != 0)
         return vs_err_set(err, VS_ERR_INVALID, "config key 'backend' must be auto, cpu or cuda (got '%s')",
@@ -721,7 +715,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     in->full_pages_per_image = full_per_image;
     in->images_fit = ks.pages_total / per_image;
     in->max_batch_images = e->max_images;
-    in->load_s = now_s() - t0;
+    in->load_s = vs_now_s() - t0;
     vs_srv_metrics_set_model(e->met, VS_VERSION, in->backend, in->model_name, in->load_s, c->n_scales);
     publish_gauges(e);
     vs_log(VS_LOG_INFO, "engine",

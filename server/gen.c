@@ -1,16 +1,11 @@
 /* server/gen.c — see gen.h. */
 #include "server/gen.h"
 
+#include "common/clock.h"
+
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 size_t vs_srv_full_cache_pages(const vs_rt_config *c, const vs_kv_pool *pool)
 {
@@ -74,7 +69,7 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
     double kv_s = 0;
     vs_rt_counters d0, d1;
     int have_device = vs_rt_backend_counters(vs_rt_engine_backend(e), &d0);
-    double t0 = now_s();
+    double t0 = vs_now_s();
     for (int s = 0; s < c->n_scales; s++) {
         for (int i = 0; i < n; i++) {
             if (opts->logits)
@@ -89,11 +84,11 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
         if (st != VS_OK)
             goto fail;
     }
-    double t1 = now_s();
+    double t1 = vs_now_s();
     vs_rt_backend_counters(vs_rt_engine_backend(e), &d1);
     if ((rgb || opts->unit) && (st = vs_kv_session_decode(ses, ptrs, n, rgb, opts->unit, err)) != VS_OK)
         goto fail;
-    double t2 = now_s();
+    double t2 = vs_now_s();
     vs_rt_counters d2;
     vs_rt_backend_counters(vs_rt_engine_backend(e), &d2);
     if (times) {

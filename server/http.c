@@ -1,9 +1,12 @@
 /* server/http.c — see http.h.
  *
  * A request's life in the access handler (libmicrohttpd calls it several times per request):
- *   first call      route (404/405), then for POST /generate: ready and not draining (503),
- *                   API key (401), content type (415), Content-Length (413) — all before any
- *                   body byte is read
+ *   (on_uri)        the request is born with the raw path (an encoded NUL is refused later)
+ *   first call      framing (conflicting lengths 400, Transfer-Encoding 501: answered at once,
+ *                   closing), route (404/405), then for POST /generate: ready and not draining
+ *                   (503), API key (401), content type (415), Content-Length (413). A reply made
+ *                   here is held until the body has been read and thrown away (S_DRAIN), so the
+ *                   connection stays usable and a client sending its body first can read it
  *   body calls      append to a buffer capped at max_body_bytes (chunked bodies that pass it are
  *                   answered 413 once they end)
  *   last call       validate (400), build the job, reserve a queue slot (429 / 503), suspend,
@@ -20,18 +23,24 @@
 #include <microhttpd.h>
 #include <netdb.h>
 #include <netinet/in.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/random.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <errno.h>
+
 #include <cjson/cJSON.h>
 
+#include "common/clock.h"
+#include "common/json_text.h"
 #include "common/log.h"
 #include "kvcache/policy.h"
 #include "server/api.h"
@@ -42,14 +51,31 @@
 #include "server/stream.h"
 #include "server/version.h"
 
+/* One open connection, for the request deadline: from the connection's start (or its previous
+ * response) until its request's headers and body are in, the reaper may shut it down. The reaper
+ * shuts down only sockets on this list under conn_mu, and libmicrohttpd notifies the close (which
+ * unlinks the entry) before it closes the descriptor, so a descriptor number reused by a new
+ * connection is never touched. */
+typedef struct conn {
+    struct conn *prev, *next; /* guarded by h->conn_mu */
+    int fd;                   /* immutable */
+    double deadline;          /* guarded by h->conn_mu; 0 = none (the request is in) */
+} conn;
+
 struct vs_srv_http {
     /* immutable after start */
     const vs_cfg *cfg;
     vs_srv_queue *q;
     vs_srv_metrics *met;
     vs_srv_engine *eng;
-    struct MHD_Daemon *d;
-    int port;
+    struct MHD_Daemon *d, *health_d; /* health_d: the health_port listener, or NULL */
+    int port, health_port;
+    pthread_t reaper;
+    int reaper_started;
+    pthread_mutex_t conn_mu;
+    pthread_cond_t conn_cv;
+    conn *conns;   /* guarded by conn_mu */
+    int stopping;  /* guarded by conn_mu */
     uint64_t id_key, seed_key; /* random at start: request ids and chosen seeds */
     /* any thread */
     atomic_int draining;
@@ -59,7 +85,15 @@ struct vs_srv_http {
 };
 
 typedef enum { R_NONE = 0, R_GENERATE, R_OPENAI_IMAGES, R_HEALTH, R_READY, R_INFO, R_METRICS, R_MODELS, R_PLAYGROUND } route;
-typedef enum { S_NEW = 0, S_BODY, S_WAIT, S_DONE } req_state;
+/* S_NEW: the first call (headers in). S_DRAIN: a reply is decided and held until the body has
+ * been read and thrown away (see respond). */
+typedef enum { S_NEW = 0, S_BODY, S_DRAIN, S_WAIT, S_DONE } req_state;
+
+/* A body we refuse is still read (and thrown away) up to this many bytes, so that a client that
+ * sends it all before reading (no Expect: 100-continue: curl -d @big, Python's urllib and
+ * requests) gets to read its 413 or 401 instead of a reset. Past it, the reply goes out and the
+ * connection closes. Time is bounded by the request deadline. */
+#define DRAIN_MAX_BYTES ((size_t)64 << 20)
 
 /* The routes that generate (POST, a body, a job). */
 static int generates(route rt) { return rt == R_GENERATE || rt == R_OPENAI_IMAGES; }
@@ -78,17 +112,13 @@ typedef struct {
     char *body;
     size_t len, cap, discarded;
     int too_big, want_png;
+    int nul_in_path; /* the raw path has %00 */
+    int close;       /* the reply closes the connection (framing errors, an unread body) */
+    struct MHD_Response *pending; /* the held reply of S_DRAIN */
     int code;     /* status queued, 0 while none */
     size_t bytes; /* response body bytes */
     vs_srv_job *job;
 } req;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static uint64_t mix64(uint64_t x)
 {
@@ -98,13 +128,96 @@ static uint64_t mix64(uint64_t x)
     return x ^ (x >> 31);
 }
 
+/* ---- the request deadline ------------------------------------------------------------------------ */
+
+static conn *conn_of(struct MHD_Connection *c)
+{
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? ci->socket_context : NULL;
+}
+
+/* The deadline of c's current request: request_timeout_s from now (arm), or none. */
+static void conn_deadline(vs_srv_http *h, struct MHD_Connection *c, int arm)
+{
+    conn *k = conn_of(c);
+    if (!k || !h->cfg->request_timeout_s)
+        return;
+    pthread_mutex_lock(&h->conn_mu);
+    k->deadline = arm ? vs_now_s() + (double)h->cfg->request_timeout_s : 0;
+    pthread_mutex_unlock(&h->conn_mu);
+}
+
+static void on_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                          enum MHD_ConnectionNotificationCode code)
+{
+    vs_srv_http *h = cls;
+    if (code == MHD_CONNECTION_NOTIFY_STARTED) {
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        conn *k = ci ? calloc(1, sizeof *k) : NULL;
+        *socket_context = k;
+        if (!k)
+            return; /* out of memory: this connection has no deadline */
+        k->fd = ci->connect_fd;
+        pthread_mutex_lock(&h->conn_mu);
+        k->deadline = h->cfg->request_timeout_s ? vs_now_s() + (double)h->cfg->request_timeout_s : 0;
+        k->next = h->conns;
+        if (h->conns)
+            h->conns->prev = k;
+        h->conns = k;
+        pthread_mutex_unlock(&h->conn_mu);
+        return;
+    }
+    conn *k = *socket_context;
+    if (!k)
+        return;
+    pthread_mutex_lock(&h->conn_mu);
+    if (k->prev)
+        k->prev->next = k->next;
+    else
+        h->conns = k->next;
+    if (k->next)
+        k->next->prev = k->prev;
+    pthread_mutex_unlock(&h->conn_mu);
+    free(k);
+    *socket_context = NULL;
+}
+
+/* Shuts down connections past their deadline; libmicrohttpd then sees the end of the stream and
+ * closes them. Four times a second: the deadline is in whole seconds. */
+static void *reaper_main(void *arg)
+{
+    vs_srv_http *h = arg;
+    pthread_mutex_lock(&h->conn_mu);
+    while (!h->stopping) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 250000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&h->conn_cv, &h->conn_mu, &ts);
+        double now = vs_now_s();
+        for (conn *k = h->conns; k; k = k->next)
+            if (k->deadline && now > k->deadline) {
+                shutdown(k->fd, SHUT_RDWR);
+                k->deadline = 0;
+            }
+    }
+    pthread_mutex_unlock(&h->conn_mu);
+    return NULL;
+}
+
 /* ---- responses -------------------------------------------------------------------------------------- */
 
 typedef struct {
     const char *name, *value;
 } header;
 
-/* Queues a response owning `body` (malloc'd or NULL). */
+/* Queues a response owning `body` (malloc'd or NULL). On the first call the reply is held
+ * (S_DRAIN) and queued on the last one, after any body: libmicrohttpd closes a connection whose
+ * reply was queued before the request was complete, which would end keep-alive and pipelining
+ * and reset a client still sending. r->close replies at once and closes. */
 static enum MHD_Result respond(req *r, struct MHD_Connection *c, int code, const char *ctype, char *body,
                                size_t len, const header *extra, int n_extra)
 {
@@ -118,13 +231,32 @@ static enum MHD_Result respond(req *r, struct MHD_Connection *c, int code, const
     MHD_add_response_header(resp, "X-Request-Id", r->id);
     for (int i = 0; i < n_extra; i++)
         MHD_add_response_header(resp, extra[i].name, extra[i].value);
-    enum MHD_Result ret = MHD_queue_response(c, (unsigned)code, resp);
-    MHD_destroy_response(resp);
+    if (r->close)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     r->code = code;
     r->bytes = len;
-    r->st = S_DONE;
     if (generates(r->rt))
-        vs_srv_metrics_observe(r->h->met, VS_SRV_H_REQUEST, now_s() - r->t0);
+        vs_srv_metrics_observe(r->h->met, VS_SRV_H_REQUEST, vs_now_s() - r->t0);
+    if (r->st == S_NEW && !r->close) {
+        r->pending = resp;
+        r->st = S_DRAIN;
+        return MHD_YES;
+    }
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)code, resp);
+    MHD_destroy_response(resp);
+    r->st = S_DONE;
+    return ret;
+}
+
+/* Queues the reply held by respond (S_DRAIN); `closing` when the rest of the body stays unread. */
+static enum MHD_Result respond_pending(req *r, struct MHD_Connection *c, int closing)
+{
+    if (closing)
+        MHD_add_response_header(r->pending, MHD_HTTP_HEADER_CONNECTION, "close");
+    enum MHD_Result ret = MHD_queue_response(c, (unsigned)r->code, r->pending);
+    MHD_destroy_response(r->pending);
+    r->pending = NULL;
+    r->st = S_DONE;
     return ret;
 }
 
@@ -376,10 +508,11 @@ static enum MHD_Result generate_begin(req *r, struct MHD_Connection *c)
         return fail(r, c, 401, "authentication_error", "invalid_api_key", NULL, NULL,
                     "missing or wrong API key: send 'Authorization: Bearer <key>'");
     const char *ct = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE);
+    char shown[72];
     if (!is_json(ct))
         return fail(r, c, 415, "invalid_request_error", "unsupported_media_type", NULL, NULL,
-                    "the body must be JSON with 'Content-Type: application/json' (got '%.60s')",
-                    ct ? ct : "none");
+                    "the body must be JSON with 'Content-Type: application/json' (got '%s')",
+                    vs_utf8_clip(shown, sizeof shown, ct ? ct : "none", 60));
     const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl) {
         char *end;
@@ -394,14 +527,22 @@ static enum MHD_Result generate_begin(req *r, struct MHD_Connection *c)
     return MHD_YES;
 }
 
-static enum MHD_Result generate_body(req *r, const char *data, size_t n)
+static enum MHD_Result body_too_large(req *r, struct MHD_Connection *c)
+{
+    return fail(r, c, 413, "invalid_request_error", "body_too_large", NULL, NULL,
+                "the body is over %ld bytes (max_body_bytes)", r->h->cfg->max_body_bytes);
+}
+
+static enum MHD_Result generate_body(req *r, struct MHD_Connection *c, const char *data, size_t n)
 {
     size_t limit = (size_t)r->h->cfg->max_body_bytes;
     if (r->too_big || r->len + n > limit) {
         r->too_big = 1;
         r->discarded += n;
-        /* a chunked body far past the limit is not worth reading to the end */
-        return r->discarded > limit * 16 + (1 << 20) ? MHD_NO : MHD_YES;
+        if (r->discarded <= DRAIN_MAX_BYTES)
+            return MHD_YES; /* answered once it ends (a chunked body has no length to judge first) */
+        r->close = 1;
+        return body_too_large(r, c);
     }
     if (r->len + n + 1 > r->cap) {
         size_t cap = r->cap ? r->cap : 1024;
@@ -424,8 +565,7 @@ static enum MHD_Result generate_submit(req *r, struct MHD_Connection *c)
 {
     vs_srv_http *h = r->h;
     if (r->too_big)
-        return fail(r, c, 413, "invalid_request_error", "body_too_large", NULL, NULL,
-                    "the body is over %ld bytes (max_body_bytes)", h->cfg->max_body_bytes);
+        return body_too_large(r, c);
     const vs_srv_engine_info *in = vs_srv_engine_info_get(h->eng);
     vs_srv_api_limits lim = {in->mc,           in->model_name,          (float)in->cfg,
                              in->top_k,        (float)in->top_p,        h->cfg->default_timeout_ms,
@@ -483,7 +623,7 @@ static enum MHD_Result generate_submit(req *r, struct MHD_Connection *c)
         /* the response goes out at once; its reader parks until the engine pushes an event */
         r->st = S_DONE;
         r->code = 200;
-        vs_srv_metrics_observe(h->met, VS_SRV_H_REQUEST, now_s() - r->t0);
+        vs_srv_metrics_observe(h->met, VS_SRV_H_REQUEST, vs_now_s() - r->t0);
         enum MHD_Result ret = (enum MHD_Result)vs_srv_stream_respond(st, c, r->id);
         vs_srv_queue_push(h->q, j);
         return ret;
@@ -514,17 +654,17 @@ static enum MHD_Result generate_reply(req *r, struct MHD_Connection *c)
     unsigned char *png[VS_SRV_MAX_N] = {0};
     size_t png_len[VS_SRV_MAX_N] = {0};
     enum MHD_Result ret;
-    double e0 = now_s();
+    double e0 = vs_now_s();
     for (int i = 0; i < j->p.n; i++) {
         vs_err err = {0};
-        double t = now_s();
+        double t = vs_now_s();
         if (vs_srv_png_encode(j->rgb[i], j->image_size, j->image_size, &png[i], &png_len[i], &err) != VS_OK) {
             ret = fail(r, c, 500, "internal_error", "png_error", NULL, NULL, "%s", err.msg);
             goto done;
         }
-        vs_srv_metrics_observe(r->h->met, VS_SRV_H_PNG, now_s() - t);
+        vs_srv_metrics_observe(r->h->met, VS_SRV_H_PNG, vs_now_s() - t);
     }
-    double e1 = now_s();
+    double e1 = vs_now_s();
     vs_srv_timings t = {
         .queue_ms = (j->t_admit - j->t_arrival) * 1e3,
         .inference_ms = (j->t_done - j->t_admit - j->decode_s) * 1e3,
@@ -589,70 +729,178 @@ static void peer_address(struct MHD_Connection *c, char *out, size_t cap)
         inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, out, (socklen_t)cap);
 }
 
+/* The message framing, judged before anything else: a request whose length two headers disagree
+ * on (request smuggling), or whose Transfer-Encoding this server cannot decode, is answered at
+ * once and the connection closed, since where its body ends is unknown. */
+typedef struct {
+    int n_cl, n_te, cl_conflict;
+    char cl[2][32], te[64];
+} framing;
+
+static enum MHD_Result framing_header(void *cls, enum MHD_ValueKind kind, const char *key, const char *value)
+{
+    (void)kind;
+    framing *f = cls;
+    if (strcasecmp(key, MHD_HTTP_HEADER_CONTENT_LENGTH) == 0) {
+        if (f->n_cl && strcmp(f->cl[0], value) != 0 && !f->cl_conflict) {
+            f->cl_conflict = 1;
+            vs_utf8_clip(f->cl[1], sizeof f->cl[1], value, 24);
+        }
+        if (!f->n_cl++)
+            vs_utf8_clip(f->cl[0], sizeof f->cl[0], value, 24);
+    } else if (strcasecmp(key, MHD_HTTP_HEADER_TRANSFER_ENCODING) == 0) {
+        if (!f->n_te++)
+            vs_utf8_clip(f->te, sizeof f->te, value, 48);
+    }
+    return MHD_YES;
+}
+
+/* 0 when the framing is sound (and *has_body, *length say what comes), else the reply is made. */
+static int check_framing(req *r, struct MHD_Connection *c, int *has_body, unsigned long long *length,
+                         enum MHD_Result *ret)
+{
+    framing f = {0};
+    MHD_get_connection_values(c, MHD_HEADER_KIND, framing_header, &f);
+    const char *te = f.te;
+    while (*te == ' ' || *te == '\t')
+        te++;
+    size_t te_len = strlen(te);
+    while (te_len && (te[te_len - 1] == ' ' || te[te_len - 1] == '\t'))
+        te_len--;
+    int chunked = f.n_te == 1 && te_len == 7 && strncasecmp(te, "chunked", 7) == 0;
+    r->close = 1;
+    if (f.cl_conflict)
+        *ret = fail(r, c, 400, "invalid_request_error", "conflicting_content_length", NULL, NULL,
+                    "the request has Content-Length headers that disagree ('%s' and '%s'): send one", f.cl[0],
+                    f.cl[1]);
+    else if (f.n_te && f.n_cl)
+        *ret = fail(r, c, 400, "invalid_request_error", "conflicting_content_length", NULL, NULL,
+                    "the request has both Transfer-Encoding and Content-Length: send one of them");
+    else if (f.n_te && !chunked)
+        *ret = fail(r, c, 501, "invalid_request_error", "unsupported_transfer_encoding", NULL, NULL,
+                    "Transfer-Encoding '%s' is not supported: send the body as it is with Content-Length, or "
+                    "chunked",
+                    f.te);
+    else {
+        r->close = 0;
+        *length = f.n_cl ? strtoull(f.cl[0], NULL, 10) : 0;
+        *has_body = chunked || *length > 0;
+        return 0;
+    }
+    return -1;
+}
+
+/* The first call: the headers are in. Everything decidable from them is decided here. */
+static enum MHD_Result first_call(req *r, struct MHD_Connection *c, const char *url, const char *method)
+{
+    vs_srv_http *h = r->h;
+    snprintf(r->method, sizeof r->method, "%s", method);
+    /* path and method are logged as sent: printable ASCII only (an unescaped %0a would forge a
+     * line, a stray byte would make the log invalid UTF-8) */
+    for (char *p = r->path; *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f || *p == '"')
+            *p = '?';
+    for (char *p = r->method; *p; p++)
+        if ((unsigned char)*p < 0x20 || (unsigned char)*p >= 0x7f || *p == '"')
+            *p = '?';
+    request_id(h, c, r->id, sizeof r->id);
+    peer_address(c, r->peer, sizeof r->peer);
+    r->rt = strcmp(url, "/generate") == 0                ? R_GENERATE
+            : strcmp(url, "/v1/images/generations") == 0 ? R_OPENAI_IMAGES
+            : strcmp(url, "/health") == 0                ? R_HEALTH
+            : strcmp(url, "/ready") == 0                 ? R_READY
+            : strcmp(url, "/info") == 0                  ? R_INFO
+            : strcmp(url, "/metrics") == 0               ? R_METRICS
+            : strcmp(url, "/v1/models") == 0             ? R_MODELS
+            : strcmp(url, "/") == 0                      ? R_PLAYGROUND
+                                                         : R_NONE;
+    int has_body = 0;
+    unsigned long long length = 0;
+    enum MHD_Result ret;
+    if (check_framing(r, c, &has_body, &length, &ret) != 0)
+        return ret;
+    /* a client waiting for 100 Continue, or announcing more than is worth reading, is answered
+     * without its body being read (then the connection closes) */
+    const char *expect = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT);
+    r->close = has_body && ((expect && strcasestr(expect, "100-continue")) || length > DRAIN_MAX_BYTES);
+    char shown[72];
+    vs_utf8_clip(shown, sizeof shown, url, 60);
+    const union MHD_ConnectionInfo *di = MHD_get_connection_info(c, MHD_CONNECTION_INFO_DAEMON);
+    if (di && di->daemon == h->health_d && r->rt != R_HEALTH && r->rt != R_READY && r->rt != R_METRICS)
+        return fail(r, c, 404, "not_found_error", "not_found", NULL, NULL,
+                    "this listener (health_port) serves only GET /health, /ready and /metrics");
+    if (r->nul_in_path)
+        return fail(r, c, 400, "invalid_request_error", "invalid_path", NULL, NULL,
+                    "the path has an encoded NUL (%%00), which no endpoint accepts");
+    if (r->rt == R_NONE)
+        return fail(r, c, 404, "not_found_error", "not_found", NULL, NULL,
+                    "no such endpoint '%s' (endpoints: POST /generate, POST /v1/images/generations, "
+                    "GET /v1/models, /health, /ready, /info, /metrics, / (the playground))",
+                    shown);
+    int get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
+    if (generates(r->rt) ? strcmp(method, "POST") != 0 : !get)
+        return fail(r, c, 405, "invalid_request_error", "method_not_allowed", NULL, NULL,
+                    "%s is not allowed on %s (use %s)", r->method, shown, generates(r->rt) ? "POST" : "GET");
+    switch (r->rt) {
+    case R_HEALTH: return do_health(r, c);
+    case R_READY: return do_ready(r, c);
+    case R_INFO: return do_info(r, c);
+    case R_METRICS: return do_metrics(r, c);
+    case R_PLAYGROUND: return do_playground(r, c);
+    case R_MODELS:
+        if (!authorized(h, c))
+            return fail(r, c, 401, "authentication_error", "invalid_api_key", NULL, NULL,
+                        "missing or wrong API key: send 'Authorization: Bearer <key>'");
+        return do_models(r, c);
+    default: return generate_begin(r, c);
+    }
+}
+
+/* Called once the request line is in, before the headers: the request is born here, with the
+ * path as the client sent it (libmicrohttpd hands on_request a decoded path, cut at a %00). */
+static void *on_uri(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    (void)c;
+    req *r = calloc(1, sizeof *r);
+    if (!r)
+        return NULL;
+    r->h = cls;
+    r->t0 = vs_now_s();
+    snprintf(r->path, sizeof r->path, "%s", uri);
+    const char *q = strchr(uri, '?');
+    const char *nul = strstr(uri, "%00");
+    r->nul_in_path = nul && (!q || nul < q);
+    return r;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,
                                   void **con_cls)
 {
     (void)version;
-    vs_srv_http *h = cls;
+    (void)cls;
     req *r = *con_cls;
-    if (!r) {
-        if (!(r = calloc(1, sizeof *r)))
-            return MHD_NO;
-        *con_cls = r;
-        r->h = h;
-        r->t0 = now_s();
-        snprintf(r->method, sizeof r->method, "%s", method);
-        snprintf(r->path, sizeof r->path, "%s", url);
-        /* the path is logged: no control characters (an unescaped %0a would forge a line) */
-        for (char *p = r->path; *p; p++)
-            if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == '"')
-                *p = '?';
-        for (char *p = r->method; *p; p++)
-            if ((unsigned char)*p < 0x20 || *p == 0x7f || *p == '"')
-                *p = '?';
-        request_id(h, c, r->id, sizeof r->id);
-        peer_address(c, r->peer, sizeof r->peer);
-        r->rt = strcmp(url, "/generate") == 0                ? R_GENERATE
-                : strcmp(url, "/v1/images/generations") == 0 ? R_OPENAI_IMAGES
-                : strcmp(url, "/health") == 0                ? R_HEALTH
-                : strcmp(url, "/ready") == 0                 ? R_READY
-                : strcmp(url, "/info") == 0                  ? R_INFO
-                : strcmp(url, "/metrics") == 0               ? R_METRICS
-                : strcmp(url, "/v1/models") == 0             ? R_MODELS
-                : strcmp(url, "/") == 0                      ? R_PLAYGROUND
-                                                             : R_NONE;
-        int get = strcmp(method, "GET") == 0 || strcmp(method, "HEAD") == 0;
-        if (r->rt == R_NONE)
-            return fail(r, c, 404, "not_found_error", "not_found", NULL, NULL,
-                        "no such endpoint '%.60s' (endpoints: POST /generate, POST /v1/images/generations, "
-                        "GET /v1/models, /health, /ready, /info, /metrics, / (the playground))",
-                        url);
-        if (generates(r->rt) ? strcmp(method, "POST") != 0 : !get)
-            return fail(r, c, 405, "invalid_request_error", "method_not_allowed", NULL, NULL,
-                        "%s is not allowed on %s (use %s)", method, url, generates(r->rt) ? "POST" : "GET");
-        switch (r->rt) {
-        case R_HEALTH: return do_health(r, c);
-        case R_READY: return do_ready(r, c);
-        case R_INFO: return do_info(r, c);
-        case R_METRICS: return do_metrics(r, c);
-        case R_PLAYGROUND: return do_playground(r, c);
-        case R_MODELS:
-            if (!authorized(h, c))
-                return fail(r, c, 401, "authentication_error", "invalid_api_key", NULL, NULL,
-                            "missing or wrong API key: send 'Authorization: Bearer <key>'");
-            return do_models(r, c);
-        default: return generate_begin(r, c);
-        }
-    }
+    if (!r)
+        return MHD_NO; /* on_uri ran out of memory */
     switch (r->st) {
+    case S_NEW:
+        return first_call(r, c, url, method);
     case S_BODY:
         if (*upload_data_size) {
-            enum MHD_Result ok = generate_body(r, upload_data, *upload_data_size);
+            enum MHD_Result ok = generate_body(r, c, upload_data, *upload_data_size);
             *upload_data_size = 0;
             return ok;
         }
+        conn_deadline(r->h, c, 0);
         return generate_submit(r, c);
+    case S_DRAIN:
+        if (!*upload_data_size) {
+            conn_deadline(r->h, c, 0);
+            return respond_pending(r, c, 0);
+        }
+        r->discarded += *upload_data_size;
+        *upload_data_size = 0;
+        return r->discarded > DRAIN_MAX_BYTES ? respond_pending(r, c, 1) : MHD_YES;
     case S_WAIT:
         return generate_reply(r, c);
     default:
@@ -664,8 +912,8 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, enum MHD_RequestTerminationCode toe)
 {
-    (void)c;
     vs_srv_http *h = cls;
+    conn_deadline(h, c, 1); /* the next request on this connection has its own */
     req *r = *con_cls;
     if (!r)
         return;
@@ -681,7 +929,7 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
         static const char *why[] = {"", " (error)", " (timeout)", " (shutdown)", " (read error)", " (client abort)"};
         vs_log_set_request_id(r->id);
         vs_log(VS_LOG_INFO, "access", "%s \"%s %s\" %d %zu %.1fms%s", r->peer, r->method, r->path, code, r->bytes,
-               (now_s() - r->t0) * 1e3, (unsigned)toe < 6 ? why[toe] : " (?)");
+               (vs_now_s() - r->t0) * 1e3, (unsigned)toe < 6 ? why[toe] : " (?)");
         vs_log_set_request_id(NULL);
     }
     if (r->job && r->job->stream) {
@@ -694,6 +942,8 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
             vs_log(VS_LOG_ERROR, "http", "connection completed while its job was still running");
         atomic_fetch_sub(&h->live_jobs, 1);
     }
+    if (r->pending)
+        MHD_destroy_response(r->pending);
     free(r->body);
     free(r);
 }
@@ -711,22 +961,98 @@ static void mhd_log(void *cls, const char *fmt, va_list ap)
 
 /* ---- lifecycle ------------------------------------------------------------------------------------ */
 
-vs_status vs_srv_http_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *m, vs_srv_engine *e,
-                            vs_srv_http **out, vs_err *err)
+/* A listening socket on host:port, opened here rather than by libmicrohttpd so that a port in
+ * use is told apart (errno) and SO_REUSEPORT is set only when asked for: with it, a second server
+ * on the same port would silently take half the connections. SO_REUSEADDR only lets a restart
+ * bind while old connections linger in TIME_WAIT. `key` names the config key for messages. */
+static vs_status open_listener(const vs_cfg *cfg, long port, const char *key, int *fd_out, int *family,
+                               vs_err *err)
 {
     struct addrinfo hints = {0}, *ai = NULL;
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE;
-    char port[16];
-    snprintf(port, sizeof port, "%ld", cfg->port);
-    int gai = getaddrinfo(cfg->host, port, &hints, &ai);
+    char service[16];
+    snprintf(service, sizeof service, "%ld", port);
+    int gai = getaddrinfo(cfg->host, service, &hints, &ai);
     if (gai != 0 || !ai)
         return vs_err_set(err, VS_ERR_INVALID, "config key 'host' ('%s') does not resolve: %s", cfg->host,
                           gai_strerror(gai));
+    int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0), one = 1, e = 0;
+    if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0 ||
+        (cfg->reuse_port && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) ||
+        bind(fd, ai->ai_addr, ai->ai_addrlen) != 0 || listen(fd, 1024) != 0)
+        e = errno;
+    *family = ai->ai_family;
+    freeaddrinfo(ai);
+    if (!e) {
+        *fd_out = fd;
+        return VS_OK;
+    }
+    if (fd >= 0)
+        close(fd);
+    if (e == EADDRINUSE)
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "config key '%s': port %ld on %s is in use by another process; choose another port "
+                          "(or set reuse_port to true to share it deliberately)",
+                          key, port, cfg->host);
+    if (e == EACCES)
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "config key '%s': port %ld needs privileges this process lacks; use 1024 or above",
+                          key, port);
+    if (e == EADDRNOTAVAIL)
+        return vs_err_set(err, VS_ERR_INVALID, "config key 'host' ('%s') is not an address of this machine",
+                          cfg->host);
+    return vs_err_set(err, VS_ERR_IO, "cannot listen on %s:%ld (config keys 'host', '%s'): %s", cfg->host, port,
+                      key, strerror(e));
+}
+
+static struct MHD_Daemon *start_daemon(vs_srv_http *h, int fd, int family, unsigned threads, unsigned limit)
+{
+    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (family == AF_INET6)
+        flags |= MHD_USE_IPv6;
+    const vs_cfg *cfg = h->cfg;
+    struct MHD_OptionItem opts[] = {
+        {MHD_OPTION_EXTERNAL_LOGGER, (intptr_t)mhd_log, h},
+        {MHD_OPTION_LISTEN_SOCKET, fd, NULL},
+        {MHD_OPTION_CONNECTION_LIMIT, limit, NULL},
+        {MHD_OPTION_PER_IP_CONNECTION_LIMIT, cfg->max_connections_per_address, NULL},
+        {MHD_OPTION_CONNECTION_TIMEOUT, cfg->http_timeout_s, NULL},
+        {MHD_OPTION_NOTIFY_COMPLETED, (intptr_t)on_completed, h},
+        {MHD_OPTION_NOTIFY_CONNECTION, (intptr_t)on_connection, h},
+        {MHD_OPTION_URI_LOG_CALLBACK, (intptr_t)on_uri, h},
+        {threads > 1 ? MHD_OPTION_THREAD_POOL_SIZE : MHD_OPTION_END, threads, NULL}, /* 1: no pool */
+        {MHD_OPTION_END, 0, NULL},
+    };
+    return MHD_start_daemon(flags, 0, NULL, NULL, on_request, h, MHD_OPTION_ARRAY, opts, MHD_OPTION_END);
+}
+
+static int bound_port(struct MHD_Daemon *d, long fallback)
+{
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(d, MHD_DAEMON_INFO_BIND_PORT);
+    return di && di->port ? di->port : (int)fallback;
+}
+
+/* The health listener: one thread; few connections suffice for probes and scrapes. */
+#define HEALTH_CONNECTIONS 64
+
+vs_status vs_srv_http_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *m, vs_srv_engine *e,
+                            vs_srv_http **out, vs_err *err)
+{
+    int fd = -1, hfd = -1, family = 0, hfamily = 0;
+    vs_status st = open_listener(cfg, cfg->port, "port", &fd, &family, err);
+    if (st != VS_OK)
+        return st;
+    if (cfg->health_port && (st = open_listener(cfg, cfg->health_port, "health_port", &hfd, &hfamily, err)) != VS_OK) {
+        close(fd);
+        return st;
+    }
     vs_srv_http *h = calloc(1, sizeof *h);
     if (!h) {
-        freeaddrinfo(ai);
+        close(fd);
+        if (hfd >= 0)
+            close(hfd);
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
     }
     h->cfg = cfg;
@@ -736,6 +1062,8 @@ vs_status vs_srv_http_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *
     atomic_init(&h->draining, 0);
     atomic_init(&h->live_jobs, 0);
     atomic_init(&h->counter, 0);
+    pthread_mutex_init(&h->conn_mu, NULL);
+    pthread_cond_init(&h->conn_cv, NULL);
     uint64_t keys[2];
     if (getrandom(keys, sizeof keys, 0) != (ssize_t)sizeof keys) {
         keys[0] = (uint64_t)time(NULL) ^ ((uint64_t)getpid() << 32);
@@ -744,31 +1072,34 @@ vs_status vs_srv_http_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *
     h->started_unix_s = (double)time(NULL);
     h->id_key = keys[0];
     h->seed_key = keys[1];
-    unsigned flags = MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
-    if (ai->ai_family == AF_INET6)
-        flags |= MHD_USE_IPv6;
-    h->d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, h,
-                            MHD_OPTION_EXTERNAL_LOGGER, mhd_log, h,
-                            MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                            MHD_OPTION_THREAD_POOL_SIZE, (unsigned)cfg->http_threads,
-                            MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections,
-                            MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)cfg->http_timeout_s,
-                            MHD_OPTION_NOTIFY_COMPLETED, on_completed, h,
-                            MHD_OPTION_LISTENING_ADDRESS_REUSE, (unsigned)1,
-                            MHD_OPTION_LISTEN_BACKLOG_SIZE, (unsigned)1024,
-                            MHD_OPTION_END);
-    freeaddrinfo(ai);
-    if (!h->d) {
-        free(h);
-        return vs_err_set(err, VS_ERR_IO,
-                          "cannot listen on %s:%ld (in use, not an address of this machine, or a privileged "
-                          "port): change config key 'port' or 'host'",
-                          cfg->host, cfg->port);
+    if (pthread_create(&h->reaper, NULL, reaper_main, h) != 0) {
+        st = vs_err_set(err, VS_ERR_NOMEM, "cannot start the HTTP request-deadline thread");
+        goto fail;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
-    h->port = di ? di->port : (int)cfg->port;
+    h->reaper_started = 1;
+    /* the health listener first: the main one must not serve before h is complete */
+    if (hfd >= 0) {
+        if (!(h->health_d = start_daemon(h, hfd, hfamily, 1, HEALTH_CONNECTIONS))) {
+            st = vs_err_set(err, VS_ERR_IO, "cannot start the HTTP server on health_port %ld", cfg->health_port);
+            goto fail;
+        }
+        hfd = -1; /* libmicrohttpd's now */
+        h->health_port = bound_port(h->health_d, cfg->health_port);
+    }
+    if (!(h->d = start_daemon(h, fd, family, (unsigned)cfg->http_threads, (unsigned)cfg->max_connections))) {
+        st = vs_err_set(err, VS_ERR_IO, "cannot start the HTTP server on port %ld", cfg->port);
+        goto fail;
+    }
+    h->port = bound_port(h->d, cfg->port);
     *out = h;
     return VS_OK;
+fail:
+    if (!h->d)
+        close(fd);
+    if (hfd >= 0)
+        close(hfd);
+    vs_srv_http_stop(h);
+    return st;
 }
 
 int vs_srv_http_port(const vs_srv_http *h) { return h->port; }
@@ -777,10 +1108,24 @@ void vs_srv_http_drain(vs_srv_http *h) { atomic_store(&h->draining, 1); }
 
 long vs_srv_http_live_jobs(vs_srv_http *h) { return atomic_load(&h->live_jobs); }
 
+int vs_srv_http_health_port(const vs_srv_http *h) { return h->health_port; }
+
 void vs_srv_http_stop(vs_srv_http *h)
 {
     if (!h)
         return;
-    MHD_stop_daemon(h->d);
+    if (h->d)
+        MHD_stop_daemon(h->d);
+    if (h->health_d)
+        MHD_stop_daemon(h->health_d);
+    if (h->reaper_started) {
+        pthread_mutex_lock(&h->conn_mu);
+        h->stopping = 1;
+        pthread_cond_signal(&h->conn_cv);
+        pthread_mutex_unlock(&h->conn_mu);
+        pthread_join(h->reaper, NULL);
+    }
+    pthread_mutex_destroy(&h->conn_mu);
+    pthread_cond_destroy(&h->conn_cv);
     free(h);
 }

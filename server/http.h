@@ -5,8 +5,13 @@
  * suspend/resume. A /generate handler parses and validates the body, reserves a queue slot,
  * suspends the connection, pushes the job and returns; it never waits for the engine. The engine
  * resumes the connection when the job is answered, and the handler, called again, encodes the
- * PNGs and replies on an HTTP thread. Early rejections (401, 404, 405, 413, 415, 503) happen on
- * the first call, before the body is read.
+ * PNGs and replies on an HTTP thread. Early rejections (401, 404, 405, 413, 415, 503) are decided
+ * on the first call and sent once the body has been read and thrown away (bounded), so the
+ * connection stays open (keep-alive, pipelining) and a client that sends its body first reads
+ * them; framing errors (conflicting lengths, an unknown Transfer-Encoding) are answered at once
+ * and close. Slow clients: a reaper thread closes connections whose request has not arrived
+ * within request_timeout_s; the optional health_port listener (its own libmicrohttpd daemon and
+ * thread) serves /health, /ready and /metrics when the main port's connections are used up.
  *
  * Threads: start/stop/port from the main thread; drain/live_jobs from any thread. */
 #ifndef VS_SRV_HTTP_H
@@ -20,13 +25,15 @@
 
 typedef struct vs_srv_http vs_srv_http;
 
-/* Opens the port and starts serving. cfg, q, m and e must outlive the server.
- * Errors: VS_ERR_INVALID (host), VS_ERR_IO (the port cannot be opened; the message says why). */
+/* Opens the port (and health_port when set) and starts serving. cfg, q, m and e must outlive
+ * the server. Errors: VS_ERR_INVALID for what the configuration can fix (host does not resolve or
+ * is not local, port in use or privileged: the message names the key), VS_ERR_IO otherwise. */
 vs_status vs_srv_http_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *m, vs_srv_engine *e,
                             vs_srv_http **out, vs_err *err);
 
-/* The port actually bound (useful with port 0). */
+/* The port actually bound (useful with port 0); the health listener's, 0 when none. */
 int vs_srv_http_port(const vs_srv_http *h);
+int vs_srv_http_health_port(const vs_srv_http *h);
 
 /* From now on /ready and new POST /generate answer 503. */
 void vs_srv_http_drain(vs_srv_http *h);

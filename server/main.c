@@ -21,12 +21,12 @@
 #include "runtime/model.h"
 #include "runtime/simd.h"
 #include "runtime/var.h"
-#include "server/cli.h"
+#include "common/parse.h"
+#include "config/config.h"
 #include "server/gen.h"
 #include "server/png.h"
 #include "server/quality.h"
 
-#define DEFAULT_MODEL "models/mnist-var.safetensors"
 
 /* Each command's usage, written once: `varserve --help` prints them all, `varserve CMD --help` its
  * own (serve's --help, in serve.c, adds its configuration keys). */
@@ -46,7 +46,8 @@ static const struct {
                   "            asi, sensitivity: ScaleKV's drafter layers; hack: HACK's head map\n"},
     {"fidelity", "--model M --kv-policy P --kv-budget B [--images 16] [--seed S] [--json]\n"
                  "            [--backend auto|cpu|cuda] [--precision bf16|fp32]\n"},
-    {"inspect", "MODEL\n"},
+    {"inspect", "[--verify] MODEL\n"
+                "            --verify: exit 1 unless the file carries a data checksum and it matches\n"},
     {"serve", "[--config FILE] [--print-config] [--KEY VALUE ...], e.g. --model M --port P\n"
               "            (varserve serve --help lists the keys)\n"},
 };
@@ -111,9 +112,31 @@ typedef struct {
     int fp32; /* --precision fp32: the CUDA backend in strict FP32 (the CPU is always FP32) */
 } common_opts;
 
-#define COMMON_DEFAULTS {DEFAULT_MODEL, "auto", "full", 0, 0, 0.1, 0, 0, 0, 0, 0, 0}
+/* The configuration's built-in defaults: the commands' options share the key table of
+ * config/config.c (defaults, ranges, messages) with `serve`. Main thread only. */
+static const vs_cfg *cfg_defaults(void)
+{
+    static vs_cfg d;
+    static int done;
+    if (!done) {
+        vs_cfg_defaults(&d);
+        done = 1;
+    }
+    return &d;
+}
 
-/* Consumes one of the common options at argv[*i]; 1 consumed, 0 not ours, -1 error (printed). */
+static common_opts common_defaults(void)
+{
+    const vs_cfg *d = cfg_defaults();
+    common_opts o = {d->model, d->backend, d->kv_policy, d->default_cfg, d->default_top_p, d->kv_budget,
+                     d->default_top_k, d->threads, 0, 0, 0, 0};
+    return o;
+}
+
+#define COMMON_DEFAULTS common_defaults()
+
+/* Consumes one of the common options at argv[*i]; 1 consumed, 0 not ours, -1 error (printed).
+ * Values are checked by the config key each option sets (--cfg: default_cfg, ...). */
 static int common_opt(common_opts *o, int argc, char **argv, int *i)
 {
     const char *k = argv[*i];
@@ -130,50 +153,25 @@ static int common_opt(common_opts *o, int argc, char **argv, int *i)
         return -1;
     }
     const char *v = argv[++*i];
+    static const char *const key[] = {"model",   "default_cfg", "default_top_k", "default_top_p", "threads",
+                                      "backend", "kv_policy",   "kv_budget",     NULL};
+    vs_cfg c = *cfg_defaults();
+    vs_err err = {0};
+    if (key[which] && vs_cfg_set(&c, key[which], v, k, &err) != VS_OK)
+        return bad("%s", err.msg), -1;
     switch (which) {
-    case 0:
-        o->model = v;
-        return 1;
-    case 1:
-        if (vs_cli_double(v, 0, 100, &o->cfg) != 0)
-            return bad("--cfg must be a number 0..100 (got '%s')%s", v, ""), -1;
-        o->have_cfg = 1;
-        return 1;
-    case 2:
-        if (vs_cli_long(v, 0, 1L << 24, &o->top_k) != 0)
-            return bad("--top-k must be an integer >= 0, 0 = off (got '%s')%s", v, ""), -1;
-        o->have_top_k = 1;
-        return 1;
-    case 3:
-        if (vs_cli_double(v, 0, 1, &o->top_p) != 0)
-            return bad("--top-p must be a number 0..1, 0 = off (got '%s')%s", v, ""), -1;
-        o->have_top_p = 1;
-        return 1;
-    case 4:
-        if (vs_cli_long(v, 0, 256, &o->threads) != 0)
-            return bad("--threads must be 0..256, 0 = all cores (got '%s')%s", v, ""), -1;
-        return 1;
-    case 5:
-        o->backend = v;
-        return 1;
-    case 6: {
-        vs_kv_policy_kind kind;
-        if (vs_kv_policy_parse(v, &kind) != 0) {
-            char list[256];
-            vs_kv_policy_names(list, sizeof list, ", ", " or ");
-            return bad("--kv-policy must be %s (got '%s')", list, v), -1;
-        }
-        o->kv_policy = v;
-        return 1;
-    }
-    case 8:
+    case 0: o->model = v; return 1;
+    case 1: o->cfg = c.default_cfg; o->have_cfg = 1; return 1;
+    case 2: o->top_k = c.default_top_k; o->have_top_k = 1; return 1;
+    case 3: o->top_p = c.default_top_p; o->have_top_p = 1; return 1;
+    case 4: o->threads = c.threads; return 1;
+    case 5: o->backend = v; return 1;
+    case 6: o->kv_policy = v; return 1;
+    case 7: o->kv_budget = c.kv_budget; return 1;
+    default:
         if (strcmp(v, "fp32") != 0 && strcmp(v, "bf16") != 0)
             return bad("--precision must be bf16 or fp32 (got '%s')%s", v, ""), -1;
         o->fp32 = strcmp(v, "fp32") == 0;
-        return 1;
-    default:
-        if (vs_cli_double(v, 1e-6, 1, &o->kv_budget) != 0)
-            return bad("--kv-budget must be a fraction of the full cache in (0, 1] (got '%s')", v), -1;
         return 1;
     }
 }
@@ -223,12 +221,13 @@ static int open_engine(common_opts *o, int max_images, cli_engine *ce)
         return 1;
     }
     const vs_rt_config *c = &ce->m->cfg;
+    const vs_cfg *d = cfg_defaults(); /* the model's defaults first, else the configuration's */
     if (!o->have_cfg)
-        o->cfg = c->default_cfg >= 0 ? c->default_cfg : 1.5;
+        o->cfg = c->default_cfg >= 0 ? c->default_cfg : d->default_cfg;
     if (!o->have_top_k)
-        o->top_k = c->default_top_k >= 0 ? c->default_top_k : 900;
+        o->top_k = c->default_top_k >= 0 ? c->default_top_k : d->default_top_k;
     if (!o->have_top_p)
-        o->top_p = c->default_top_p >= 0 ? c->default_top_p : 0.96;
+        o->top_p = c->default_top_p >= 0 ? c->default_top_p : d->default_top_p;
     if (o->top_k > c->vocab_size)
         o->top_k = c->vocab_size;
     if (vs_rt_backend_new_precision(kind, (int)o->threads, o->fp32, &ce->be, &err) != VS_OK ||
@@ -406,17 +405,27 @@ done:
 
 static int cmd_inspect(int argc, char **argv)
 {
-    if (argc != 3 || argv[2][0] == '-')
-        return bad("inspect takes one argument, the model file (see varserve inspect --help)%s%s", "", "");
+    int verify = argc == 4 && strcmp(argv[2], "--verify") == 0;
+    if (argc != 3 + verify || argv[2 + verify][0] == '-')
+        return bad("inspect takes [--verify] and the model file (see varserve inspect --help)%s%s", "", "");
     vs_err err = {0};
     vs_rt_model *m = NULL;
-    if (vs_rt_model_load(argv[2], &m, &err) != VS_OK) {
+    /* loading checks everything, the checksum too when the file has one */
+    if (vs_rt_model_load(argv[2 + verify], &m, &err) != VS_OK) {
         fprintf(stderr, "varserve: %s\n", err.msg);
+        return 1;
+    }
+    if (verify && !m->has_checksum) {
+        fprintf(stderr, "varserve: %s has no data_crc32 in its metadata, so its data cannot be verified: "
+                        "convert it again with tools/convert_var.py\n", m->path);
+        vs_rt_model_free(m);
         return 1;
     }
     const vs_rt_config *c = &m->cfg;
     printf("model:            %s\n", m->path);
     printf("file:             %.2f MB, stored as %s\n", (double)m->file_bytes / 1e6, m->dtype);
+    printf("checksum:         %s\n", m->has_checksum ? "data CRC-32 matches the metadata's data_crc32"
+                                                      : "none (files from older converters)");
     printf("parameters:       %zu (%.2f M)\n", m->n_params, (double)m->n_params / 1e6);
     printf("transformer:      depth %d, width %d, %d heads of %d, ffn %d, shared_aln %s, attn_l2_norm %s\n",
            c->depth, c->embed_dim, c->num_heads, c->head_dim, c->ffn_dim, c->shared_aln ? "yes" : "no",

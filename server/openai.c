@@ -1,6 +1,8 @@
 /* server/openai.c — see openai.h. */
 #include "server/openai.h"
 
+#include "common/json_text.h"
+
 #include <inttypes.h>
 #include <stdio.h>
 #include <time.h>
@@ -63,7 +65,7 @@ char *vs_srv_openai_models_json(const char *model_name, double loaded_unix_s, si
 {
     vs_srv_buf b = {0};
     char name[300];
-    vs_srv_json_escape(name, sizeof name, model_name);
+    vs_json_escape(name, sizeof name, model_name);
     vs_srv_buf_printf(&b,
                       "{\"object\":\"list\",\"data\":[{\"id\":\"%s\",\"object\":\"model\",\"created\":%lld,"
                       "\"owned_by\":\"varserve\"}]}\n",

@@ -3,7 +3,9 @@
  * Start-up: defaults → config file (--config, else VARSERVE_CONFIG, else config/varserve.json
  * when present) → VARSERVE_* environment → flags; a bad value stops start-up (exit 2) with a
  * message naming the key. The engine thread starts loading the model, the port opens at once
- * (/ready answers 503 until the model is loaded), and a failed load exits 1.
+ * (/ready answers 503 until the model is loaded). A load that fails on what the configuration
+ * names (the model or budget file cannot be opened or is refused, the pool is too small: the
+ * message names the key) exits 2 like any bad value; other failures (out of memory) exit 1.
  *
  * Signals: SIGTERM and SIGINT are blocked in every thread and taken synchronously here with
  * sigtimedwait. The first one drains: /ready and new requests get 503, accepted requests run to
@@ -19,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "config/config.h"
 #include "server/engine.h"
@@ -28,13 +31,6 @@
 #include "server/version.h"
 
 int vs_srv_serve_main(int argc, char **argv);
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static void serve_usage(FILE *f)
 {
@@ -182,16 +178,23 @@ int vs_srv_serve_main(int argc, char **argv)
     }
     if (vs_srv_http_start(&cfg, q, met, eng, &http, &err) != VS_OK) {
         vs_log(VS_LOG_ERROR, "serve", "%s", err.msg);
+        if (err.code == VS_ERR_INVALID)
+            rc = 2; /* a configuration value the operator can change */
         goto done;
     }
     vs_log(VS_LOG_INFO, "serve", "varserve %s listening on http://%s:%d (model %s, backend %s, %ld HTTP threads)",
            VS_VERSION, cfg.host, vs_srv_http_port(http), cfg.model, cfg.backend, cfg.http_threads);
+    if (cfg.health_port)
+        vs_log(VS_LOG_INFO, "serve", "health listener on http://%s:%d (/health, /ready, /metrics)", cfg.host,
+               vs_srv_http_health_port(http));
 
     int sig = 0, loaded = 0;
     while (!sig && !loaded) {
         loaded = vs_srv_engine_wait_loaded(eng, 0.05, &err);
         if (loaded < 0) {
             vs_log(VS_LOG_ERROR, "serve", "%s", err.msg);
+            if (err.code == VS_ERR_INVALID || err.code == VS_ERR_IO || err.code == VS_ERR_KV_FULL)
+                rc = 2;
             goto done;
         }
         sig = wait_signal(&set, 0.05);
@@ -202,14 +205,14 @@ int vs_srv_serve_main(int argc, char **argv)
         sig = wait_signal(&set, 1.0);
 
     /* drain */
-    double t0 = now_s();
+    double t0 = vs_now_s();
     vs_log(VS_LOG_INFO, "serve", "%s: draining %ld requests (up to %.0f s; send it again to stop at once)",
            strsignal(sig), vs_srv_http_live_jobs(http), cfg.drain_timeout_s);
     vs_srv_http_drain(http);
     vs_srv_queue_close(q);
     int cut = 0;
     while (vs_srv_http_live_jobs(http) > 0 && !cut) {
-        if (now_s() - t0 >= cfg.drain_timeout_s) {
+        if (vs_now_s() - t0 >= cfg.drain_timeout_s) {
             vs_log(VS_LOG_WARN, "serve", "drain timeout (%.0f s, drain_timeout_s) passed with %ld requests left",
                    cfg.drain_timeout_s, vs_srv_http_live_jobs(http));
             cut = 1;
@@ -221,20 +224,20 @@ int vs_srv_serve_main(int argc, char **argv)
     if (cut) {
         /* answer what is left with 503 and give the replies a moment to go out */
         vs_srv_engine_abort(eng);
-        double t1 = now_s();
-        while (vs_srv_http_live_jobs(http) > 0 && now_s() - t1 < 10)
+        double t1 = vs_now_s();
+        while (vs_srv_http_live_jobs(http) > 0 && vs_now_s() - t1 < 10)
             wait_signal(&set, 0.02);
     }
-    vs_log(VS_LOG_INFO, "serve", "drained in %.2f s; stopping", now_s() - t0);
+    vs_log(VS_LOG_INFO, "serve", "drained in %.2f s; stopping", vs_now_s() - t0);
     rc = 0;
 done:
     if (eng && rc != 0)
         vs_srv_engine_abort(eng);
-    double ts = now_s();
+    double ts = vs_now_s();
     vs_srv_http_stop(http);
-    double th = now_s();
+    double th = vs_now_s();
     vs_srv_engine_stop(eng);
-    vs_log(VS_LOG_DEBUG, "serve", "stopped: http %.3f s, engine %.3f s", th - ts, now_s() - th);
+    vs_log(VS_LOG_DEBUG, "serve", "stopped: http %.3f s, engine %.3f s", th - ts, vs_now_s() - th);
     vs_srv_queue_free(q);
     vs_srv_metrics_free(met);
     return rc;

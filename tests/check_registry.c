@@ -144,12 +144,13 @@ START_TEST(the_cli_accepts_every_registered_name_and_lists_them_for_others)
         snprintf(args, sizeof args, "generate --model /nonexistent/m.safetensors --labels 1 --kv-policy %s --out /tmp/x",
                  defs[i]->name);
         char *out = run(args);
-        ck_assert_msg(!strstr(out, "--kv-policy must be"), "%s is accepted: %s", defs[i]->name, out);
+        ck_assert_msg(!strstr(out, "'kv_policy'"), "%s is accepted: %s", defs[i]->name, out);
         free(out);
     }
     char *out = run("generate --model /nonexistent/m.safetensors --labels 1 --kv-policy no-such-policy --out /tmp/x");
-    expected(want, sizeof want, ", ", " or ");
-    snprintf(msg, sizeof msg, "--kv-policy must be %s (got 'no-such-policy')", want);
+    expected(want, sizeof want, "|", "|"); /* the config key's message: --kv-policy sets kv_policy */
+    snprintf(msg, sizeof msg, "config key 'kv_policy' (from --kv-policy) must be one of %s (got 'no-such-policy')",
+             want);
     ck_assert_msg(strstr(out, msg), "'%s' lists the registry: %s", out, msg);
     free(out);
     /* --help lists every policy with its doc line */

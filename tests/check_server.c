@@ -474,11 +474,11 @@ END_TEST
 
 START_TEST(oversized_body_is_413_before_it_is_read)
 {
-    /* headers announce 10 MB, no body byte is sent: the answer must come anyway */
+    /* headers announce 10 MB and wait for 100 Continue: the answer comes before any body byte */
     int fd = raw_connect(S.port);
     ck_assert_int_ge(fd, 0);
     const char *req = "POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      "Content-Length: 10000000\r\n\r\n";
+                      "Content-Length: 10000000\r\nExpect: 100-continue\r\n\r\n";
     ck_assert_int_eq(send_all(fd, req, strlen(req)), 0);
     char buf[4096];
     ck_assert_int_eq(raw_status(fd, buf, sizeof buf, 10), 413);
@@ -1320,37 +1320,52 @@ START_TEST(bad_values_stop_start_up_naming_the_key)
     const char *a4[] = {server_bin(), "serve", "--no-such-thing", "1", NULL};
     ck_assert_int_eq(run_cmd(a4, NULL, NULL, out, sizeof out), 2);
     ck_assert_ptr_nonnull(strstr(out, "--no-such-thing"));
+    /* bad config files: each must stop start-up naming what is wrong */
+    static const char *const files[][2] = {{"{\"queue_size\": \"many\"}", "'queue_size'"},
+                                           {"{\"queue_sise\": 3}", "'queue_sise'"},
+                                           {"{\"port\": 1, \"queue_size\": 3, \"port\": 2}",
+                                            "'port' appears more than once"}};
     char path[] = "/tmp/varserve-cfg-XXXXXX";
     int fd = mkstemp(path);
-    const char *cfg = "{\"queue_size\": \"many\"}";
-    ck_assert_int_eq(write(fd, cfg, strlen(cfg)), (ssize_t)strlen(cfg));
     close(fd);
     const char *a5[] = {server_bin(), "serve", "--config", path, NULL};
-    ck_assert_int_eq(run_cmd(a5, NULL, NULL, out, sizeof out), 2);
-    ck_assert_ptr_nonnull(strstr(out, "'queue_size'"));
-    fd = open(path, O_WRONLY | O_TRUNC);
-    const char *cfg2 = "{\"queue_sise\": 3}";
-    ck_assert_int_eq(write(fd, cfg2, strlen(cfg2)), (ssize_t)strlen(cfg2));
-    close(fd);
-    ck_assert_int_eq(run_cmd(a5, NULL, NULL, out, sizeof out), 2);
-    ck_assert_ptr_nonnull(strstr(out, "'queue_sise'"));
+    for (int i = 0; i < 3; i++) {
+        fd = open(path, O_WRONLY | O_TRUNC);
+        ck_assert_int_eq(write(fd, files[i][0], strlen(files[i][0])), (ssize_t)strlen(files[i][0]));
+        close(fd);
+        ck_assert_int_eq(run_cmd(a5, NULL, NULL, out, sizeof out), 2);
+        ck_assert_msg(strstr(out, files[i][1]) != NULL, "%s: %s", files[i][0], out);
+    }
     unlink(path);
     const char *a6[] = {server_bin(), "serve", "--default-timeout-ms", "5000", "--max-timeout-ms", "1000", NULL};
     ck_assert_int_eq(run_cmd(a6, NULL, NULL, out, sizeof out), 2);
     ck_assert_ptr_nonnull(strstr(out, "'default_timeout_ms'"));
+    /* strict alike from the environment and flags: no spaces, '+', hex, inf, yes/1 */
+    static const char *const bad_env[] = {"VARSERVE_PORT= 8080", "VARSERVE_PORT=8080 ",  "VARSERVE_PORT=+8080",
+                                          "VARSERVE_PORT=0x1f90", "VARSERVE_KV_BUDGET=inf", "VARSERVE_KV_BUDGET=.5",
+                                          "VARSERVE_ACCESS_LOG=yes", "VARSERVE_ACCESS_LOG=1", NULL};
+    for (int i = 0; bad_env[i]; i++) {
+        const char *e7[] = {bad_env[i], NULL};
+        ck_assert_msg(run_cmd(a2, e7, NULL, out, sizeof out) == 2, "%s was accepted", bad_env[i]);
+    }
+    const char *e8[] = {"VARSERVE_KV_BUDGET=5e-1", "VARSERVE_ACCESS_LOG=false", NULL};
+    ck_assert_int_eq(run_cmd(a2, e8, NULL, out, sizeof out), 0);
+    ck_assert_ptr_nonnull(strstr(out, "\"kv_budget\":\t0.5"));
+    const char *a9[] = {server_bin(), "serve", "--port", " 80", "--print-config", NULL};
+    ck_assert_int_eq(run_cmd(a9, NULL, NULL, out, sizeof out), 2);
 }
 END_TEST
 
-START_TEST(a_model_that_cannot_load_or_a_pool_too_small_exits_1_naming_the_key)
+START_TEST(a_model_that_cannot_load_or_a_pool_too_small_exits_2_naming_the_key)
 {
     char out[16384];
     const char *a1[] = {server_bin(), "serve", "--model", "/nonexistent/m.safetensors", "--host", "127.0.0.1",
                         "--port", "0", NULL};
-    ck_assert_int_eq(run_cmd(a1, NULL, NULL, out, sizeof out), 1);
+    ck_assert_int_eq(run_cmd(a1, NULL, NULL, out, sizeof out), 2);
     ck_assert_ptr_nonnull(strstr(out, "'model'"));
     const char *a2[] = {server_bin(), "serve", "--model", MODEL, "--host", "127.0.0.1", "--port", "0",
                         "--kv-pool-mb", "1", NULL};
-    ck_assert_int_eq(run_cmd(a2, NULL, NULL, out, sizeof out), 1);
+    ck_assert_int_eq(run_cmd(a2, NULL, NULL, out, sizeof out), 2);
     ck_assert_ptr_nonnull(strstr(out, "'kv_pool_mb'"));
 }
 END_TEST
@@ -1400,7 +1415,7 @@ static Suite *server_suite(void)
     tcase_add_test(tc, the_config_file_matches_the_built_in_defaults);
     tcase_add_test(tc, overrides_apply_in_order_file_env_flags);
     tcase_add_test(tc, bad_values_stop_start_up_naming_the_key);
-    tcase_add_test(tc, a_model_that_cannot_load_or_a_pool_too_small_exits_1_naming_the_key);
+    tcase_add_test(tc, a_model_that_cannot_load_or_a_pool_too_small_exits_2_naming_the_key);
     suite_add_tcase(s, tc);
     return s;
 }

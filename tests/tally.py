@@ -1,6 +1,7 @@
 """tests/tally.py — what the Python test scripts run as programs by `make test` share
-(test_cli.py, test_mnist_parity.py, test_prometheus.py, test_openai.py): `check` counts and reports
-one assertion, `finish` prints the totals and exits 1 when any failed; `http` is their HTTP client;
+(test_cli.py, test_mnist_parity.py, test_prometheus.py, test_openai.py, test_hostile.py,
+test_corrupt_model.py): `check` counts and reports one assertion, `finish` prints the totals and
+exits 1 when any failed; `http` is their HTTP client;
 `Server` runs `varserve serve` on a free loopback port."""
 import json
 import os
@@ -63,7 +64,7 @@ class Server:
         self.base = None
         t0 = time.monotonic()
         while time.monotonic() - t0 < 60 and self.p.poll() is None:
-            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", open(self.log).read())
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", open(self.log, errors="replace").read())
             if m and not self.base:
                 self.base = f"http://127.0.0.1:{m.group(1)}"
             if self.base and http("GET", self.base + "/ready", timeout=5)[0] == 200:
@@ -96,4 +97,4 @@ class Server:
         return self.p.returncode
 
     def text(self):
-        return open(self.log).read()[-3000:]
+        return open(self.log, errors="replace").read()[-3000:]

@@ -165,7 +165,7 @@ if check("k8s ConfigMap holds varserve.json", cm_json is not None):
 # After drain_timeout_s, serve.c gives the last 503 replies a few seconds more (its reply grace);
 # the Kubernetes grace period and compose's stop_grace_period must cover preStop + drain + that.
 serve_c = open(os.path.join(ROOT, "server/serve.c")).read()
-rg = re.search(r"vs_srv_http_live_jobs\(http\) > 0 && now_s\(\) - t1 < (\d+(?:\.\d+)?)", serve_c)
+rg = re.search(r"vs_srv_http_live_jobs\(http\) > 0 && vs_now_s\(\) - t1 < (\d+(?:\.\d+)?)", serve_c)
 check("server/serve.c: the reply grace after the drain timeout is found", rg, "pattern not found in serve.c")
 reply_grace = float(rg.group(1)) if rg else 10.0
 deploy_text = open(os.path.join(DEPLOY, "k8s/deployment.yaml")).read()

@@ -29,6 +29,7 @@ import pickle
 import re
 import sys
 import zipfile
+import zlib
 
 import numpy as np
 
@@ -516,12 +517,23 @@ def f32_to_bf16_bits(x):
     return rounded.astype('<u2')
 
 
+CRC_FIELD = b'"data_crc32":"00000000"'
+
+
+def patch_crc32(f, hjson, crc):
+    """Writes the CRC-32 of the tensor data over the placeholder of the header `hjson`, which was
+    written at offset 8 of f (the loader checks it; docs/MODEL_FORMAT.md)."""
+    f.seek(8 + hjson.index(CRC_FIELD) + len(CRC_FIELD) - 9)
+    f.write(b'%08x' % (crc & 0xffffffff))
+
+
 def write_model(out, cfg, kept, archives, dtype):
     st_dtype, item = ('BF16', 2) if dtype == 'bf16' else ('F32', 4)
     names = sorted(kept)
     header = collections.OrderedDict()
     header['__metadata__'] = collections.OrderedDict(
-        [('format', 'varserve-model'), ('version', '1'), ('config', json.dumps(cfg))])
+        [('format', 'varserve-model'), ('version', '1'), ('config', json.dumps(cfg)),
+         ('data_crc32', '00000000')])  # patched once the data is written
     pos = 0
     for n in names:
         t = kept[n][2]
@@ -536,13 +548,18 @@ def write_model(out, cfg, kept, archives, dtype):
         with open(tmp, 'wb') as f:
             f.write(len(hjson).to_bytes(8, 'little'))
             f.write(hjson)
+            crc = 0
             for n in names:
                 ai, src, t = kept[n]
                 arr = archives[ai].read(t, src)
                 data = f32_to_bf16_bits(arr) if dtype == 'bf16' else arr
                 if not np.all(np.isfinite(arr)):
-                    print('convert_var: warning: tensor %s has non-finite values' % n, file=sys.stderr)
-                f.write(data.tobytes(order='C'))
+                    print('convert_var: warning: tensor %s has non-finite values (varserve refuses to '
+                          'load such a file)' % n, file=sys.stderr)
+                raw = data.tobytes(order='C')
+                crc = zlib.crc32(raw, crc)
+                f.write(raw)
+            patch_crc32(f, hjson, crc)
         os.replace(tmp, out)
     except BaseException:
         if os.path.exists(tmp):

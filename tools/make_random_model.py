@@ -32,11 +32,12 @@ import collections
 import json
 import os
 import sys
+import zlib
 
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from convert_var import expected_shapes, f32_to_bf16_bits  # noqa: E402  (numpy only)
+from convert_var import expected_shapes, f32_to_bf16_bits, patch_crc32  # noqa: E402  (numpy only)
 
 PATCH_NUMS_256 = [1, 2, 3, 4, 5, 6, 8, 10, 13, 16]
 
@@ -130,7 +131,8 @@ def write_model(path, cfg, dtype, seed):
     header = collections.OrderedDict()
     header['__metadata__'] = collections.OrderedDict(
         [('format', 'varserve-model'), ('version', '1'), ('config', json.dumps(cfg)),
-         ('generator', 'tools/make_random_model.py'), ('seed', str(seed))])
+         ('generator', 'tools/make_random_model.py'), ('seed', str(seed)),
+         ('data_crc32', '00000000')])  # patched once the data is written
     pos, params = 0, 0
     for n in names:
         numel = int(np.prod(shapes[n]))
@@ -145,10 +147,14 @@ def write_model(path, cfg, dtype, seed):
         with open(tmp, 'wb') as f:
             f.write(len(hjson).to_bytes(8, 'little'))
             f.write(hjson)
+            crc = 0
             for i, n in enumerate(names):
                 a = draw(n, shapes[n], i, cfg, seed)
-                f.write((f32_to_bf16_bits(a) if dtype == 'bf16' else a).tobytes(order='C'))
-                del a
+                raw = (f32_to_bf16_bits(a) if dtype == 'bf16' else a).tobytes(order='C')
+                crc = zlib.crc32(raw, crc)
+                f.write(raw)
+                del a, raw
+            patch_crc32(f, hjson, crc)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

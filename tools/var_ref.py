@@ -18,6 +18,7 @@ import math
 import os
 import struct
 import sys
+import zlib
 
 import numpy as np
 import torch
@@ -82,6 +83,11 @@ def save_safetensors(path, tensors, metadata=None, dtype="F32"):
         header[name] = {"dtype": dt, "shape": list(a.shape), "data_offsets": [off, off + len(raw)]}
         blobs.append(raw)
         off += len(raw)
+    if metadata:  # the loader checks it (docs/MODEL_FORMAT.md)
+        crc = 0
+        for b in blobs:
+            crc = zlib.crc32(b, crc)
+        header["__metadata__"]["data_crc32"] = "%08x" % crc
     hj = json.dumps(header, separators=(",", ":")).encode("utf-8")
     hj += b" " * ((8 - len(hj) % 8) % 8)
     tmp = path + ".tmp"
