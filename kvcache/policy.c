@@ -173,13 +173,16 @@ vs_status vs_kv_policy_new(vs_kv_policy_kind kind, double budget, const vs_rt_co
     }
     p->B = p->budget * p->total;
     p->base = vs_kv_at_least_window(p->B);
+    const char *file = d->budget_file != VS_KV_BUDGET_FILE_NONE ? budget_file : NULL;
     if (d->prepare) {
-        vs_status st = d->prepare(p, d->budget_file != VS_KV_BUDGET_FILE_NONE ? budget_file : NULL, err);
+        vs_status st = d->prepare(p, file, err);
         if (st != VS_OK) {
             vs_kv_policy_free(p);
             return st;
         }
     }
+    if (file)
+        snprintf(p->source, sizeof p->source, "%s", file); /* it was read: the policy's source */
     for (int s = 0; s < p->n_scales; s++)
         for (int l = 0; l < p->depth; l++)
             for (int h = 0; h < p->num_heads; h++)

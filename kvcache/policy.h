@@ -70,7 +70,8 @@ typedef struct vs_kv_policy_def {
     int compresses;                    /* 0: keeps every token and ignores the budget (full) */
     int needs_scores;                  /* its selection reads the observation window's scores */
     vs_kv_budget_file_kind budget_file;
-    /* Optional, at creation after the common fields: reads the budget file (NULL: the default). */
+    /* Optional, at creation after the common fields: reads the budget file (NULL: the default;
+     * the policy's source, vs_kv_policy_source, becomes the file's path once this succeeds). */
     vs_status (*prepare)(vs_kv_policy *p, const char *budget_file, vs_err *err);
     /* Tokens head `head` of `layer` keeps after `scale` once the cache is longer than that
      * (VS_KV_KEEP_ALL: no compression); tabulated at creation for scales 0..n_scales-2. */

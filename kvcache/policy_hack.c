@@ -91,10 +91,7 @@ static vs_status hack_prepare(vs_kv_policy *p, const char *head_map, vs_err *err
         snprintf(p->source, sizeof p->source, "default (no head map: every head structural)");
         return VS_OK;
     }
-    vs_status st = load_head_map(p, head_map, err);
-    if (st == VS_OK)
-        snprintf(p->source, sizeof p->source, "%s", head_map);
-    return st;
+    return load_head_map(p, head_map, err);
 }
 
 static int is_contextual(const vs_kv_policy *p, int layer, int head)

@@ -76,10 +76,7 @@ static vs_status scalekv_prepare(vs_kv_policy *p, const char *budget_file, vs_er
         p->drafter[(size_t)s * p->depth] = 1; /* default: the first layer drafts */
     if (!budget_file)
         return VS_OK;
-    vs_status st = load_budget_file(p, budget_file, err);
-    if (st == VS_OK)
-        snprintf(p->source, sizeof p->source, "%s", budget_file);
-    return st;
+    return load_budget_file(p, budget_file, err);
 }
 
 /* The capacity before the refiners' monotone clamp. */
