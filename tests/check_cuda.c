@@ -751,10 +751,12 @@ static void gen_run(vs_rt_backend *be, const vs_rt_model *m, const vs_srv_gen_re
     vs_rt_engine *e = NULL;
     ck_assert_msg(vs_rt_engine_new(m, be, n, &e, &err) == VS_OK, "%s", err.msg);
     vs_kv_allocator al = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
-    size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
+    /* pages in the backend's KV type (BF16 in BF16 mode); a page per head of each layer */
+    vs_kv_geometry g = vs_kv_geometry_of(c, 16, be->kv_elem_bytes);
+    size_t page_bytes = vs_kv_page_bytes(g) * (size_t)c->num_heads;
     size_t pages = 2 * (size_t)c->depth * (((size_t)o->L + 15) / 16); /* one image, full cache */
     vs_kv_pool *pool = NULL;
-    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, vs_kv_geometry_of(c, 16),
+    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, g,
                                   be->host_memory ? NULL : &al, &pool, &err) == VS_OK,
                   "%s", err.msg);
     vs_srv_gen_opts go = {.policy = pol, .unit = o->unit, .logits = logits, .forced_tokens = forced};
@@ -879,17 +881,6 @@ static vs_rt_backend *bf16_backend(void)
         g_self ? vs_rt_backend_cpu_new(2, &be, &err) : vs_rt_backend_cuda_new(0, &be, &err);
     ck_assert_msg(st == VS_OK, "the BF16-mode backend did not start: %s", err.msg);
     return be;
-}
-
-/* v rounded to the nearest BF16, ties to even (finite v) */
-static float bf16_round(float v)
-{
-    uint32_t u;
-    memcpy(&u, &v, sizeof u);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    u &= 0xFFFF0000u;
-    memcpy(&v, &u, sizeof v);
-    return v;
 }
 
 /* y = x·wᵀ + bias on the CPU backend from host arrays, into host y. */
@@ -1226,10 +1217,11 @@ static void max_batch_allocates_nothing(vs_rt_backend *be, int n, int decode, co
     vs_rt_engine *e = NULL;
     ck_assert_msg(vs_rt_engine_new(m, be, n, &e, &err) == VS_OK, "%s", err.msg);
     vs_kv_allocator al = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
-    size_t page_bytes = vs_kv_page_bytes(16, c->embed_dim);
+    vs_kv_geometry g = vs_kv_geometry_of(c, 16, be->kv_elem_bytes);
+    size_t page_bytes = vs_kv_page_bytes(g) * (size_t)c->num_heads; /* every head of a layer */
     size_t pages = 2 * (size_t)c->depth * (((size_t)c->scale_offset[c->n_scales] + 15) / 16);
     vs_kv_pool *pool = NULL;
-    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, vs_kv_geometry_of(c, 16), &al,
+    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, g, &al,
                                   &pool, &err) == VS_OK,
                   "%s", err.msg);
     vs_srv_gen_req reqs[16];

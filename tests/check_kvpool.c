@@ -19,7 +19,7 @@
 #define POOL_PAGES 10
 #define MAX_TOKENS 1000 /* far above any test's reservation: the tables never bound it */
 #define GEOM(page_tokens, layers, head_dim) \
-    ((vs_kv_geometry){(page_tokens), (layers), 1, (head_dim), MAX_TOKENS})
+    ((vs_kv_geometry){(page_tokens), (layers), 1, (head_dim), MAX_TOKENS, 4})
 
 static vs_kv_pool *g_pool; /* POOL_PAGES pages; made by setup, freed by teardown */
 
@@ -585,7 +585,7 @@ static vs_kv_pool *two_head_pool(size_t pages)
 {
     vs_err err = {0};
     vs_kv_pool *pool = NULL;
-    vs_kv_geometry g = {PT, LAYERS, HEADS2, HD2, MAX_TOKENS};
+    vs_kv_geometry g = {PT, LAYERS, HEADS2, HD2, MAX_TOKENS, 4};
     ck_assert_msg(vs_kv_pool_init(pages * PAGE2_BYTES, g, NULL, &pool, &err) == VS_OK, "%s", err.msg);
     return pool;
 }
