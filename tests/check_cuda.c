@@ -883,6 +883,99 @@ static vs_rt_backend *bf16_backend(void)
     return be;
 }
 
+/* BF16 KV pages (the BF16-mode backend as the device under test): the cached K and V are random
+ * values rounded to BF16, as FP32 on the CPU and as BF16 in the device's pages, so both attend
+ * over the same numbers and the outputs agree to FP32 rounding (TOL: a page read as anything but
+ * BF16 is off by O(1)); the new K and V the attention writes into the device's pages must be
+ * exactly the CPU's FP32 values rounded to nearest even (k_kv_write), read back through
+ * kv_download (which widens exactly). */
+START_TEST(bf16_pages_attention_matches_cpu_and_kv_write_rounds_to_nearest_even)
+{
+    vs_rt_backend *bf = bf16_backend(), *keep = g_dut;
+    ck_assert_int_eq(bf->kv_elem_bytes, g_self ? 4 : 2);
+    g_dut = bf; /* the buffers and batches below on the BF16-mode backend */
+    static const int hd[][2] = {{4, 32}, {2, 64}};
+    for (int unequal = 0; unequal < 2; unequal++)
+        for (size_t s = 0; s < sizeof hd / sizeof hd[0]; s++) {
+            tbatch t;
+            tb_init_heads(&t, hd[s][0], hd[s][1], unequal);
+            size_t n = t.arena.n;
+            float *h = malloc(n * sizeof(float)), *d = malloc(n * sizeof(float));
+            ck_assert(h && d);
+            g_ref->ops->download(g_ref, h, t.arena.ref, n * sizeof(float));
+            for (size_t i = 0; i < n; i++)
+                h[i] = bf16_round(h[i]);
+            g_ref->ops->upload(g_ref, t.arena.ref, h, n * sizeof(float));
+            vs_rt_backend_kv_upload(g_dut, t.arena.dut, 0, h, n);
+            int C = t.C, T = t.n_tok;
+            buf2 qkv = b2_rand((size_t)T * 3 * C, 1, 0), out = b2_new((size_t)T * C);
+            for (int l = 0; l < TB_DEPTH; l++) {
+                float scale = l == 0 ? 0.25f / sqrtf((float)t.d) : 1.0f;
+                BOTH(attention, P(out), P(qkv), PB(t), l, t.H, t.d, scale);
+                expect(&out, TOL, "attention output over BF16 pages");
+                g_ref->ops->download(g_ref, h, t.arena.ref, n * sizeof(float));
+                vs_rt_backend_kv_download(g_dut, d, t.arena.dut, 0, n);
+                sync_ok();
+                for (size_t i = 0; i < n; i++)
+                    ck_assert_msg(d[i] == bf16_round(h[i]),
+                                  "H %d d %d layer %d: page element %zu is %.9g on the device, "
+                                  "want the CPU's %.9g rounded to BF16 (%.9g)",
+                                  t.H, t.d, l, i, (double)d[i], (double)h[i],
+                                  (double)bf16_round(h[i]));
+            }
+            b2_free(&qkv);
+            b2_free(&out);
+            tb_free(&t);
+            free(h);
+            free(d);
+        }
+    g_dut = keep;
+    vs_rt_backend_free(bf);
+}
+END_TEST
+
+/* The KV step's compression on BF16 device pages (tests/kvstep_case.h: the selection scores the
+ * rounded cached keys, and every slot holds exactly its token's K and V rounded to BF16). */
+START_TEST(kv_compression_leaves_each_heads_selected_tokens_in_bf16_device_pages)
+{
+    vs_rt_backend *bf = bf16_backend();
+    ck_assert_int_eq(bf->kv_elem_bytes, g_self ? 4 : 2);
+    kvstep_run(bf);
+    kvstep_peak_is_exact(bf);
+    vs_rt_backend_free(bf);
+}
+END_TEST
+
+/* A page of the BF16-mode backend is half the FP32 one's, so every policy's bytes per image on
+ * the tiny fixture halve (the pages per image do not depend on the element type). */
+START_TEST(bf16_pages_halve_the_kv_bytes_per_image_of_every_policy)
+{
+    vs_err err = {0};
+    vs_rt_model *m = NULL;
+    ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
+    const vs_rt_config *c = &m->cfg;
+    vs_rt_backend *bf = bf16_backend();
+    size_t fp32_page = vs_kv_page_bytes(vs_kv_geometry_of(c, 16, g_dut->kv_elem_bytes));
+    size_t bf16_page = vs_kv_page_bytes(vs_kv_geometry_of(c, 16, bf->kv_elem_bytes));
+    ck_assert_int_eq(g_dut->kv_elem_bytes, 4);
+    ck_assert_uint_eq(fp32_page, (size_t)2 * 16 * c->head_dim * sizeof(float));
+    ck_assert_uint_eq(bf16_page * (g_self ? 1 : 2), fp32_page);
+    for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
+        vs_kv_policy *p = NULL;
+        char path[4096];
+        const char *file = vs_kv_policy_budget_file((vs_kv_policy_kind)k, MODEL, NULL, path, sizeof path);
+        if (vs_kv_policy_new((vs_kv_policy_kind)k, 0.2, c, file, &p, &err) != VS_OK)
+            continue; /* a policy that needs a calibration file the fixture lacks */
+        size_t pages = vs_kv_policy_peak_pages_per_image(p, 16);
+        ck_assert_uint_gt(pages, 0);
+        ck_assert_uint_eq(pages * bf16_page * (g_self ? 1 : 2), pages * fp32_page);
+        vs_kv_policy_free(p);
+    }
+    vs_rt_backend_free(bf);
+    vs_rt_model_free(m);
+}
+END_TEST
+
 /* y = x·wᵀ + bias on the CPU backend from host arrays, into host y. */
 static void cpu_linear_host(float *y, const float *x, const float *w, const float *bias, int M,
                             int N, int K)
@@ -1023,8 +1116,10 @@ END_TEST
  *   u/√3 · 0.736 (0.736² = E[1/m²] over mantissas m log-uniform in [1, 2)) = 1.66e-3; a GEMM
  *   with both operands rounded has √2 times that, 2.35e-3 (the linear test above measures
  *   1.4–2.2e-3);
- *   the logits pass through G = 5·depth + 3 GEMMs with declared (BF16) weights; independent
- *   roundings add in quadrature, so the expected relative RMS error is √G · 2.35e-3;
+ *   the logits pass through 5·depth + 3 GEMMs with declared (BF16) weights, and on BF16 KV pages
+ *   each layer's attention reads its cached K and V rounded once each (one operand rounded, two
+ *   per layer: one GEMM-equivalent more per layer), so G = 5·depth + 3 (+ depth on BF16 pages);
+ *   independent roundings add in quadrature, so the expected relative RMS error is √G · 2.35e-3;
  *   BF16_GAIN = 2 allows for amplification through the normalisations and the residual stream.
  * Per scale: RMS(Δ) ≤ BF16_GAIN·√G·√(2/3)·u · RMS(fp32 logits), and every element within
  * BF16_ELEM_SIGMAS times that bound (a tail, not a typical error). With greedy FP32 draws, a
@@ -1046,7 +1141,9 @@ static bf16_report bf16_teacher_forced(const char *path, const vs_srv_gen_req *r
     vs_rt_model *m = NULL;
     ck_assert_msg(vs_rt_model_load(path, &m, &err) == VS_OK, "%s", err.msg);
     const vs_rt_config *c = &m->cfg;
-    int L = c->scale_offset[c->n_scales], V = c->vocab_size, G = 5 * c->depth + 3;
+    vs_rt_backend *bf = bf16_backend();
+    int L = c->scale_offset[c->n_scales], V = c->vocab_size;
+    int G = 5 * c->depth + 3 + (bf->kv_elem_bytes == 2 ? c->depth : 0);
     double rms_limit = BF16_GAIN * sqrt((double)G) * sqrt(2.0 / 3.0) * 0.736 * BF16_U;
     double elem_limit = BF16_ELEM_SIGMAS * rms_limit;
     float *lg32[16], *lgbf[16];
@@ -1055,7 +1152,6 @@ static bf16_report bf16_teacher_forced(const char *path, const vs_srv_gen_req *r
         lgbf[i] = malloc((size_t)L * V * sizeof(float));
         ck_assert(lg32[i] && lgbf[i]);
     }
-    vs_rt_backend *bf = bf16_backend();
     gen_out a, b;
     gen_run(g_dut, m, reqs, n, NULL, lg32, NULL, &a);
     gen_run(bf, m, reqs, n, NULL, lgbf, (const int32_t *const *)a.tok, &b);
@@ -1380,6 +1476,9 @@ static Suite *cuda_suite(void)
     TCase *tb = tcase_create("bf16");
     tcase_set_timeout(tb, 600);
     tcase_add_test(tb, bf16_linear_of_declared_weights_is_within_1e_2_of_fp32);
+    tcase_add_test(tb, bf16_pages_attention_matches_cpu_and_kv_write_rounds_to_nearest_even);
+    tcase_add_test(tb, kv_compression_leaves_each_heads_selected_tokens_in_bf16_device_pages);
+    tcase_add_test(tb, bf16_pages_halve_the_kv_bytes_per_image_of_every_policy);
     tcase_add_test(tb, bf16_logits_on_the_tiny_fixture_are_within_bf16_precision_of_fp32);
     tcase_add_test(tb, bf16_logits_on_the_bundled_model_are_within_bf16_precision_of_fp32);
     suite_add_tcase(s, tb);
