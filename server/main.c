@@ -239,6 +239,13 @@ static int open_engine(common_opts *o, int max_images, cli_engine *ce)
     return 0;
 }
 
+/* Bytes of one page of the CLI's pools for model c with elements of elem_bytes (a backend's
+ * kv_elem_bytes). */
+static size_t page_bytes_of(const vs_rt_config *c, int elem_bytes)
+{
+    return vs_kv_page_bytes(vs_kv_geometry_of(c, VS_KV_PAGE_TOKENS, elem_bytes));
+}
+
 /* A pool of `pages` pages of VS_KV_PAGE_TOKENS tokens, in the backend's memory. */
 static vs_kv_pool *pool_pages(const vs_rt_model *m, vs_rt_backend *be, size_t pages, vs_err *err)
 {
@@ -441,8 +448,8 @@ static int cmd_inspect(int argc, char **argv)
          * CUDA's --precision fp32, bf16 in CUDA's default mode) */
         size_t pages = vs_kv_policy_peak_pages_per_image(full, VS_KV_PAGE_TOKENS);
         printf("kv pool per image: %zu pages at full cache: %.2f MB as fp32, %.2f MB as bf16\n",
-               pages, (double)(pages * vs_kv_page_bytes(vs_kv_geometry_of(c, VS_KV_PAGE_TOKENS, 4))) / 1e6,
-               (double)(pages * vs_kv_page_bytes(vs_kv_geometry_of(c, VS_KV_PAGE_TOKENS, 2))) / 1e6);
+               pages, (double)(pages * page_bytes_of(c, 4)) / 1e6,
+               (double)(pages * page_bytes_of(c, 2)) / 1e6);
         vs_kv_policy_free(full);
     }
     if (c->default_cfg >= 0 || c->default_top_k >= 0 || c->default_top_p >= 0)
@@ -493,8 +500,7 @@ static int bench_json_line(const cli_engine *ce, const common_opts *o, const vs_
     cJSON_AddStringToObject(j, "kv_dtype", vs_rt_kv_dtype_name(ce->be->kv_elem_bytes));
     cJSON_AddNumberToObject(j, "kv_bytes_per_image",
                             (double)(vs_kv_policy_peak_pages_per_image(pol, VS_KV_PAGE_TOKENS) *
-                                     vs_kv_page_bytes(vs_kv_geometry_of(&ce->m->cfg, VS_KV_PAGE_TOKENS,
-                                                                        ce->be->kv_elem_bytes))));
+                                     page_bytes_of(&ce->m->cfg, ce->be->kv_elem_bytes)));
     if (!vs_kv_policy_def_of(kind)->compresses)
         cJSON_AddNullToObject(j, "kv_budget");
     else
@@ -539,7 +545,7 @@ static void bench_header(const cli_engine *ce, const common_opts *o, const vs_kv
 {
     const vs_rt_config *c = &ce->m->cfg;
     vs_err err = {0};
-    size_t page_bytes = vs_kv_page_bytes(vs_kv_geometry_of(c, VS_KV_PAGE_TOKENS, ce->be->kv_elem_bytes));
+    size_t page_bytes = page_bytes_of(c, ce->be->kv_elem_bytes);
     printf("model %s: %d layers, width %d, %dx%d, %zu params; backend %s, %d threads", ce->m->path,
            c->depth, c->embed_dim, c->image_size, c->image_size, ce->m->n_params, ce->be->ops->name,
            ce->be->threads);
@@ -908,7 +914,7 @@ static int cmd_fidelity(int argc, char **argv)
             }
         }
     }
-    size_t page_bytes = vs_kv_page_bytes(vs_kv_geometry_of(c, VS_KV_PAGE_TOKENS, ce.be->kv_elem_bytes));
+    size_t page_bytes = page_bytes_of(c, ce.be->kv_elem_bytes);
     double kv_full = (double)(pages[0] * page_bytes), kv_pol = (double)(pages[1] * page_bytes);
     if (json)
         printf("{\"model\":\"%s\",\"policy\":\"%s\",\"budget\":%g,\"images\":%ld,\"psnr_db\":%.3f,"
