@@ -524,6 +524,19 @@ static void cuda_download(vs_rt_backend *be, void *dst_host, const void *src, si
     drain(c);
 }
 
+/* Host staging for n BF16 KV elements, or NULL (and the error recorded) when the host has no room
+ * (also for n = 0: nothing to stage). */
+static __nv_bfloat16 *kv_staging(cuda_backend *c, size_t n)
+{
+    if (!n)
+        return NULL;
+    if (grow_host((void **)&c->host_kv, &c->host_kv_cap, n, sizeof(__nv_bfloat16)) != 0) {
+        VS_FAIL(c, VS_ERR_NOMEM, "out of host memory staging %zu BF16 KV elements", n);
+        return NULL;
+    }
+    return c->host_kv;
+}
+
 /* KV elements of the arena (FP32 or BF16 pages, per the mode) as floats on the host; see the
  * design comment. Synchronous, like download. */
 static void cuda_kv_download(vs_rt_backend *be, float *dst_host, const void *kv_base,
@@ -534,20 +547,12 @@ static void cuda_kv_download(vs_rt_backend *be, float *dst_host, const void *kv_
         cuda_download(be, dst_host, (const float *)kv_base + elem_off, n * sizeof(float));
         return;
     }
-    if (!n)
+    __nv_bfloat16 *h = kv_staging(c, n);
+    if (!h)
         return;
-    if (grow_host((void **)&c->host_kv, &c->host_kv_cap, n, sizeof(__nv_bfloat16)) != 0) {
-        VS_FAIL(c, VS_ERR_NOMEM, "out of host memory staging %zu BF16 KV elements", n);
-        return;
-    }
-    const __nv_bfloat16 *src = (const __nv_bfloat16 *)kv_base + elem_off;
-    size_t bytes = n * sizeof(__nv_bfloat16);
-    c->ctr.d2h_bytes += bytes;
-    c->ctr.kv_d2h_bytes += kv_part(c, src, bytes);
-    VS_CUDA(c, cudaMemcpyAsync(c->host_kv, src, bytes, cudaMemcpyDeviceToHost, c->st));
-    drain(c);
+    cuda_download(be, h, (const __nv_bfloat16 *)kv_base + elem_off, n * sizeof *h);
     for (size_t i = 0; i < n; i++)
-        dst_host[i] = __bfloat162float(c->host_kv[i]);
+        dst_host[i] = __bfloat162float(h[i]);
 }
 
 /* Floats from the host into KV elements of the arena, rounded to nearest even on BF16 pages. */
@@ -559,15 +564,12 @@ static void cuda_kv_upload(vs_rt_backend *be, void *kv_base, size_t elem_off, co
         cuda_upload(be, (float *)kv_base + elem_off, src_host, n * sizeof(float));
         return;
     }
-    if (!n)
+    __nv_bfloat16 *h = kv_staging(c, n);
+    if (!h)
         return;
-    if (grow_host((void **)&c->host_kv, &c->host_kv_cap, n, sizeof(__nv_bfloat16)) != 0) {
-        VS_FAIL(c, VS_ERR_NOMEM, "out of host memory staging %zu BF16 KV elements", n);
-        return;
-    }
     for (size_t i = 0; i < n; i++)
-        c->host_kv[i] = __float2bfloat16_rn(src_host[i]);
-    cuda_upload(be, (__nv_bfloat16 *)kv_base + elem_off, c->host_kv, n * sizeof(__nv_bfloat16));
+        h[i] = __float2bfloat16_rn(src_host[i]);
+    cuda_upload(be, (__nv_bfloat16 *)kv_base + elem_off, h, n * sizeof *h);
 }
 
 static void cuda_copy(vs_rt_backend *be, void *dst, const void *src, size_t bytes)

@@ -451,37 +451,90 @@ START_TEST(qk_norm_matches_cpu)
 }
 END_TEST
 
-/* Every (layer, head) has its own page table; with `unequal` the heads of a layer hold different
- * counts, as under a head-aware policy. */
-static void attention_case(int unequal)
+static vs_rt_backend *bf16_backend(void);
+
+/* BF16 pages: the arena's values rounded to BF16, as FP32 on the CPU and through kv_upload (as
+ * BF16) on the device. */
+static void round_pages(const buf2 *arena)
 {
+    size_t n = arena->n;
+    float *h = malloc(n * sizeof(float));
+    ck_assert_ptr_nonnull(h);
+    g_ref->ops->download(g_ref, h, arena->ref, n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        h[i] = bf16_round(h[i]);
+    g_ref->ops->upload(g_ref, arena->ref, h, n * sizeof(float));
+    vs_rt_backend_kv_upload(g_dut, arena->dut, 0, h, n);
+    free(h);
+}
+
+/* BF16 pages: every element of the device's pages (read through kv_download, which widens
+ * exactly) is the CPU's FP32 element rounded to nearest even. */
+static void expect_bf16_pages(const buf2 *arena, const char *what)
+{
+    size_t n = arena->n;
+    float *h = malloc(n * sizeof(float)), *d = malloc(n * sizeof(float));
+    ck_assert(h && d);
+    sync_ok();
+    g_ref->ops->download(g_ref, h, arena->ref, n * sizeof(float));
+    vs_rt_backend_kv_download(g_dut, d, arena->dut, 0, n);
+    sync_ok();
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(d[i] == bf16_round(h[i]),
+                      "%s: page element %zu is %.9g on the device, want the CPU's %.9g rounded "
+                      "to BF16 (%.9g)",
+                      what, i, (double)d[i], (double)h[i], (double)bf16_round(h[i]));
+    free(h);
+    free(d);
+}
+
+/* Every (layer, head) has its own page table; with `unequal` the heads of a layer hold different
+ * counts, as under a head-aware policy. With `bf16_pages` the device under test is the BF16-mode
+ * backend: its cached K and V are the random values rounded to BF16 (FP32 on the CPU), so both
+ * attend over the same numbers and the outputs agree to FP32 rounding (TOL: a page read as
+ * anything but BF16 is off by O(1)), and the new K and V the attention writes must be exactly the
+ * CPU's rounded to nearest even (k_kv_write). */
+static void attention_case(int unequal, int bf16_pages)
+{
+    vs_rt_backend *keep = g_dut, *bf = bf16_pages ? bf16_backend() : NULL;
+    if (bf) {
+        ck_assert_int_eq(bf->kv_elem_bytes, g_self ? 4 : 2);
+        g_dut = bf; /* the buffers and batches below on the BF16-mode backend */
+    }
     static const int hd[][2] = {{4, 32}, {2, 64}};
     for (size_t s = 0; s < sizeof hd / sizeof hd[0]; s++) {
         tbatch t;
         tb_init_heads(&t, hd[s][0], hd[s][1], unequal);
+        if (bf)
+            round_pages(&t.arena);
         int C = t.C, T = t.n_tok;
         buf2 qkv = b2_rand((size_t)T * 3 * C, 1, 0), out = b2_new((size_t)T * C);
         for (int l = 0; l < TB_DEPTH; l++) {
             float scale = l == 0 ? 0.25f / sqrtf((float)t.d) : 1.0f;
             BOTH(attention, P(out), P(qkv), PB(t), l, t.H, t.d, scale);
             expect(&out, TOL, "attention output");
-            expect(&t.arena, 0, "KV pages after attention");
+            if (bf)
+                expect_bf16_pages(&t.arena, "BF16 KV pages after attention");
+            else
+                expect(&t.arena, 0, "KV pages after attention");
         }
         b2_free(&qkv);
         b2_free(&out);
         tb_free(&t);
     }
+    g_dut = keep;
+    vs_rt_backend_free(bf);
 }
 
 START_TEST(attention_writes_the_new_kv_into_pages_and_matches_cpu)
 {
-    attention_case(0);
+    attention_case(0, 0);
 }
 END_TEST
 
 START_TEST(attention_over_heads_holding_different_counts_matches_cpu)
 {
-    attention_case(1);
+    attention_case(1, 0);
 }
 END_TEST
 
@@ -883,54 +936,11 @@ static vs_rt_backend *bf16_backend(void)
     return be;
 }
 
-/* BF16 KV pages (the BF16-mode backend as the device under test): the cached K and V are random
- * values rounded to BF16, as FP32 on the CPU and as BF16 in the device's pages, so both attend
- * over the same numbers and the outputs agree to FP32 rounding (TOL: a page read as anything but
- * BF16 is off by O(1)); the new K and V the attention writes into the device's pages must be
- * exactly the CPU's FP32 values rounded to nearest even (k_kv_write), read back through
- * kv_download (which widens exactly). */
+/* BF16 KV pages: attention_case on the BF16-mode backend (see there). */
 START_TEST(bf16_pages_attention_matches_cpu_and_kv_write_rounds_to_nearest_even)
 {
-    vs_rt_backend *bf = bf16_backend(), *keep = g_dut;
-    ck_assert_int_eq(bf->kv_elem_bytes, g_self ? 4 : 2);
-    g_dut = bf; /* the buffers and batches below on the BF16-mode backend */
-    static const int hd[][2] = {{4, 32}, {2, 64}};
-    for (int unequal = 0; unequal < 2; unequal++)
-        for (size_t s = 0; s < sizeof hd / sizeof hd[0]; s++) {
-            tbatch t;
-            tb_init_heads(&t, hd[s][0], hd[s][1], unequal);
-            size_t n = t.arena.n;
-            float *h = malloc(n * sizeof(float)), *d = malloc(n * sizeof(float));
-            ck_assert(h && d);
-            g_ref->ops->download(g_ref, h, t.arena.ref, n * sizeof(float));
-            for (size_t i = 0; i < n; i++)
-                h[i] = bf16_round(h[i]);
-            g_ref->ops->upload(g_ref, t.arena.ref, h, n * sizeof(float));
-            vs_rt_backend_kv_upload(g_dut, t.arena.dut, 0, h, n);
-            int C = t.C, T = t.n_tok;
-            buf2 qkv = b2_rand((size_t)T * 3 * C, 1, 0), out = b2_new((size_t)T * C);
-            for (int l = 0; l < TB_DEPTH; l++) {
-                float scale = l == 0 ? 0.25f / sqrtf((float)t.d) : 1.0f;
-                BOTH(attention, P(out), P(qkv), PB(t), l, t.H, t.d, scale);
-                expect(&out, TOL, "attention output over BF16 pages");
-                g_ref->ops->download(g_ref, h, t.arena.ref, n * sizeof(float));
-                vs_rt_backend_kv_download(g_dut, d, t.arena.dut, 0, n);
-                sync_ok();
-                for (size_t i = 0; i < n; i++)
-                    ck_assert_msg(d[i] == bf16_round(h[i]),
-                                  "H %d d %d layer %d: page element %zu is %.9g on the device, "
-                                  "want the CPU's %.9g rounded to BF16 (%.9g)",
-                                  t.H, t.d, l, i, (double)d[i], (double)h[i],
-                                  (double)bf16_round(h[i]));
-            }
-            b2_free(&qkv);
-            b2_free(&out);
-            tb_free(&t);
-            free(h);
-            free(d);
-        }
-    g_dut = keep;
-    vs_rt_backend_free(bf);
+    attention_case(0, 1);
+    attention_case(1, 1);
 }
 END_TEST
 
