@@ -41,7 +41,8 @@ typedef struct {
     int n_rows, n_tok;
     const vs_rt_row *rows;          /* host [n_rows] */
     const int32_t *tok_row;         /* host [n_tok]: the row of each token */
-    float *kv_base;                 /* the KV pool arena (backend memory) */
+    float *kv_base;                 /* the KV pool arena (backend memory), elements of the
+                                     * backend's kv_elem_bytes (BF16 when 2, not floats) */
     int page_tokens, depth;
     /* host [n_rows], reset to 1 before each layer: 1 = the attention op also writes the row's new
      * K,V into slots n_tokens.. of each head's pages (the view covers them); 0 = they stay in qkv only

@@ -22,10 +22,10 @@ typedef struct {
 } vs_rt_kv_head;
 
 typedef struct {
-    float *base;            /* the pool arena (device memory of the backend; FP32 elements where
-                             * this view is used: the CPU backend and tests of FP32 pages) */
+    float *base;            /* the pool arena (backend memory); read as floats only on FP32 pages
+                             * (the CPU backend): on BF16 pages only the offsets are used */
     int page_tokens;        /* tokens per page (16) */
-    int head_dim;           /* floats per token of one head for K (and again for V) */
+    int head_dim;           /* elements per token of one head for K (and again for V) */
 } vs_rt_kv_view;
 
 /* Element offset of slot `slot_in_page` of K (kv = 0) or V (kv = 1) of page `page`, in any array of
