@@ -236,7 +236,8 @@ typedef enum { VS_RT_BACKEND_AUTO, VS_RT_BACKEND_CPU, VS_RT_BACKEND_CUDA } vs_rt
  * one that runs the backend's ops, to flush subnormals to zero (runtime/fpenv.h); it stays so. */
 vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err);
 /* CUDA backend on device 0; VS_ERR_UNSUPPORTED when this build or machine has none.
- * fp32 = 1: strict FP32 (no TF32), for parity with the CPU backend. fp32 = 0 (BF16 mode): the
+ * fp32 = 1: strict FP32 (no TF32) and FP32 KV pages, for parity with the CPU backend. fp32 = 0
+ * (BF16 mode): BF16 KV pages (kv_elem_bytes 2; the attention's math stays FP32), and the
  * GEMM weights declared through gemm_weights() multiply in BF16 (FP32 accumulation and output);
  * the decoder's convolutions declared through decoder_weights() and spatial_attention (a decoder
  * op) use TF32; everything else (the quantiser, the word embedding and any other undeclared
