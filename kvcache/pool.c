@@ -217,7 +217,7 @@ void vs_kv_pool_free(vs_kv_pool *pool)
 void vs_kv_pool_stats(const vs_kv_pool *pool, vs_kv_stats *out)
 {
     out->page_bytes = pool->page_bytes;
-    out->elem_bytes = pool->g.elem_bytes;
+    out->elem_bytes = (size_t)pool->g.elem_bytes;
     out->pages_total = pool->pages_total;
     out->pages_free = pool->pages_free;
     out->pages_reserved = pool->pages_reserved;

@@ -38,7 +38,7 @@ typedef enum {
 
 typedef struct {
     size_t page_bytes;
-    int elem_bytes;        /* bytes of one K or V element: 4 (FP32) or 2 (BF16) */
+    size_t elem_bytes;     /* bytes of one K or V element: 4 (FP32) or 2 (BF16) */
     size_t pages_total;
     size_t pages_free;     /* on the free list */
     size_t pages_reserved; /* promised to jobs, not yet drawn */

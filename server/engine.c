@@ -716,7 +716,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     in->kv_budget = cfg->kv_budget;
     snprintf(in->policy_source, sizeof in->policy_source, "%s", vs_kv_policy_source(def));
     in->page_bytes = ks.page_bytes;
-    in->kv_dtype = vs_rt_kv_dtype_name(ks.elem_bytes);
+    in->kv_dtype = vs_rt_kv_dtype_name((int)ks.elem_bytes);
     in->pages_total = ks.pages_total;
     in->pages_per_image = per_image;
     in->full_pages_per_image = full_per_image;

@@ -588,7 +588,7 @@ START_TEST(page_bytes_follow_the_element_size_and_other_sizes_are_refused)
     ck_assert_int_eq(vs_kv_pool_init(5 * PAGE_BYTES / 2, g, NULL, &pool, &err), VS_OK);
     vs_kv_stats s = stats_of(pool);
     ck_assert_uint_eq(s.page_bytes, PAGE_BYTES / 2);
-    ck_assert_int_eq(s.elem_bytes, 2);
+    ck_assert_uint_eq(s.elem_bytes, 2);
     ck_assert_int_eq(vs_kv_pool_elem_bytes(pool), 2);
     ck_assert_uint_eq(s.pages_total, 5);
     vs_kv_pool_free(pool);
