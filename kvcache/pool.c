@@ -1,9 +1,9 @@
 /* kvcache/pool.c — the KV page pool: one arena, fixed-size pages, a free list, reservations.
  *
  * Design: the arena is allocated once at init (host aligned_alloc, or the caller's allocator, e.g.
- * device memory of a backend) and split into pages of [2][page_tokens][head_dim] floats, one head
- * each; page i starts at base + i * 2 * page_tokens * head_dim. Unused page ids sit on a stack
- * (the free list).
+ * device memory of a backend) and split into pages of [2][page_tokens][head_dim] elements of
+ * g.elem_bytes (FP32 or BF16), one head each; page i starts i * page_bytes into the arena.
+ * Unused page ids sit on a stack (the free list).
  * Admission is pure accounting: a reservation promises pages (pages_reserved) without taking
  * them, and rows draw pages off the free list against that promise one at a time. Pages a row
  * gives back (compaction) return to the free list but stay promised to the same job, so a running
@@ -37,7 +37,8 @@
     } while (0)
 
 struct vs_kv_pool {
-    float *base;              /* [pages_total][2][page_tokens][head_dim]; immutable after init */
+    float *base;              /* [pages_total][2][page_tokens][head_dim] elements of g.elem_bytes;
+                               * immutable after init */
     size_t arena_bytes;       /* what was allocated for base */
     vs_kv_allocator alloc;    /* alloc.alloc == NULL: host aligned_alloc / free */
     vs_kv_geometry g;         /* immutable after init */
@@ -102,10 +103,10 @@ static void push_free(vs_kv_pool *pool, int32_t page)
     pool->free_pages[pool->pages_free++] = page;
 }
 
-vs_kv_geometry vs_kv_geometry_of(const vs_rt_config *c, int page_tokens)
+vs_kv_geometry vs_kv_geometry_of(const vs_rt_config *c, int page_tokens, int elem_bytes)
 {
     vs_kv_geometry g = {page_tokens, c->depth, c->num_heads, c->head_dim,
-                        c->scale_offset[c->n_scales]};
+                        c->scale_offset[c->n_scales], elem_bytes};
     return g;
 }
 
@@ -122,21 +123,26 @@ vs_status vs_kv_pool_init(size_t bytes, vs_kv_geometry g, const vs_kv_allocator 
                           "kv pool: page_tokens, layers, heads, head_dim and max_tokens must be "
                           "positive (got %d, %d, %d, %d, %d)",
                           page_tokens, g.layers, g.heads, head_dim, g.max_tokens);
-    if ((size_t)page_tokens > SIZE_MAX / 2 / sizeof(float) / (size_t)head_dim)
+    if (g.elem_bytes != 2 && g.elem_bytes != 4)
         return vs_err_set(err, VS_ERR_INVALID,
-                          "kv pool: a page of %d tokens x %d floats x 2 does not fit in size_t",
+                          "kv pool: elements of %d bytes; the backend's kv_elem_bytes must be 4 "
+                          "(FP32) or 2 (BF16)",
+                          g.elem_bytes);
+    if ((size_t)page_tokens > SIZE_MAX / 2 / (size_t)g.elem_bytes / (size_t)head_dim)
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "kv pool: a page of %d tokens x %d elements x 2 does not fit in size_t",
                           page_tokens, head_dim);
     if (alloc && alloc->alloc && !alloc->free)
         return vs_err_set(err, VS_ERR_INVALID,
                           "kv pool: the allocator has alloc but no free callback; give both");
 
-    size_t page_bytes = vs_kv_page_bytes(page_tokens, head_dim);
+    size_t page_bytes = vs_kv_page_bytes(g);
     size_t pages_total = bytes / page_bytes;
     if (pages_total == 0)
         return vs_err_set(err, VS_ERR_INVALID,
-                          "kv pool: %zu bytes hold no page of %zu bytes (%d tokens x %d floats x 2 "
-                          "x 4 bytes); give at least %zu bytes",
-                          bytes, page_bytes, page_tokens, head_dim, page_bytes);
+                          "kv pool: %zu bytes hold no page of %zu bytes (%d tokens x %d elements x "
+                          "2 x %d bytes); give at least %zu bytes",
+                          bytes, page_bytes, page_tokens, head_dim, g.elem_bytes, page_bytes);
     if (pages_total > (size_t)INT32_MAX)
         return vs_err_set(err, VS_ERR_INVALID,
                           "kv pool: %zu bytes make %zu pages, more than page ids can name (%d); "
@@ -211,6 +217,7 @@ void vs_kv_pool_free(vs_kv_pool *pool)
 void vs_kv_pool_stats(const vs_kv_pool *pool, vs_kv_stats *out)
 {
     out->page_bytes = pool->page_bytes;
+    out->elem_bytes = (size_t)pool->g.elem_bytes;
     out->pages_total = pool->pages_total;
     out->pages_free = pool->pages_free;
     out->pages_reserved = pool->pages_reserved;
@@ -218,12 +225,14 @@ void vs_kv_pool_stats(const vs_kv_pool *pool, vs_kv_stats *out)
     out->reservations = pool->reservations;
 }
 
-size_t vs_kv_page_bytes(int page_tokens, int head_dim)
+size_t vs_kv_page_bytes(vs_kv_geometry g)
 {
-    return 2 * (size_t)page_tokens * (size_t)head_dim * sizeof(float);
+    return 2 * (size_t)g.page_tokens * (size_t)g.head_dim * (size_t)g.elem_bytes;
 }
 
 float *vs_kv_pool_base(const vs_kv_pool *pool) { return pool->base; }
+
+int vs_kv_pool_elem_bytes(const vs_kv_pool *pool) { return pool->g.elem_bytes; }
 
 int vs_kv_pool_page_tokens(const vs_kv_pool *pool) { return pool->g.page_tokens; }
 

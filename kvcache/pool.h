@@ -1,7 +1,9 @@
 /* kvcache/pool.h — the one global KV memory pool: an arena of fixed-size pages.
  *
  * Design: a page holds `page_tokens` (16) tokens of K and V of ONE head of one layer:
- * [2][page_tokens][head_dim] floats (runtime/kv_view.h). Pages come from one arena allocated once
+ * [2][page_tokens][head_dim] elements (runtime/kv_view.h) of the backend's KV element type
+ * (vs_rt_backend.kv_elem_bytes: FP32, or BF16 on the CUDA backend's BF16 mode). The geometry
+ * carries the element size, and every page size derives from it (vs_kv_page_bytes). Pages come from one arena allocated once
  * (host memory, or device memory through a backend's alloc), handed out from a free list. A job
  * reserves its peak page count at admission (vs_kv_reserve → OK / LATER / NEVER), so a running
  * job never runs out: its rows draw pages only from its reservation. Rows keep one page table per
@@ -36,6 +38,7 @@ typedef enum {
 
 typedef struct {
     size_t page_bytes;
+    size_t elem_bytes;     /* bytes of one K or V element: 4 (FP32) or 2 (BF16) */
     size_t pages_total;
     size_t pages_free;     /* on the free list */
     size_t pages_reserved; /* promised to jobs, not yet drawn */
@@ -56,28 +59,31 @@ typedef struct {
 /* `head` argument meaning every head of the layer (each gets the same change). */
 #define VS_KV_ALL_HEADS (-1)
 
-/* The shape a pool holds: every row has layers × heads page tables of head_dim-float tokens;
- * max_tokens bounds the tokens one (layer, head) ever holds (the model's full sequence length L),
- * which sizes each row's page tables. */
+/* The shape a pool holds: every row has layers × heads page tables of tokens of head_dim
+ * elements of elem_bytes each (the backend's kv_elem_bytes: 4 or 2); max_tokens bounds the tokens
+ * one (layer, head) ever holds (the model's full sequence length L), which sizes each row's page
+ * tables. */
 typedef struct {
-    int page_tokens, layers, heads, head_dim, max_tokens;
+    int page_tokens, layers, heads, head_dim, max_tokens, elem_bytes;
 } vs_kv_geometry;
 
-/* The geometry of a model's cache with pages of page_tokens tokens. */
-vs_kv_geometry vs_kv_geometry_of(const vs_rt_config *c, int page_tokens);
+/* The geometry of a model's cache with pages of page_tokens tokens of elem_bytes elements. */
+vs_kv_geometry vs_kv_geometry_of(const vs_rt_config *c, int page_tokens, int elem_bytes);
 
-/* Bytes of one page: K and V of page_tokens tokens of one head (head_dim floats). */
-size_t vs_kv_page_bytes(int page_tokens, int head_dim);
+/* Bytes of one page of g: K and V of page_tokens tokens of one head,
+ * 2 * page_tokens * head_dim * elem_bytes. */
+size_t vs_kv_page_bytes(vs_kv_geometry g);
 
-/* Carves floor(bytes / page_bytes) pages, page_bytes = 2 * page_tokens * head_dim * sizeof(float).
- * Errors: VS_ERR_INVALID (a zero or negative size or shape field, fewer than one page),
- * VS_ERR_NOMEM. */
+/* Carves floor(bytes / vs_kv_page_bytes(g)) pages.
+ * Errors: VS_ERR_INVALID (a zero or negative size or shape field, elem_bytes other than 2 or 4,
+ * fewer than one page), VS_ERR_NOMEM. */
 vs_status vs_kv_pool_init(size_t bytes, vs_kv_geometry g, const vs_kv_allocator *alloc,
                           vs_kv_pool **out, vs_err *err);
 void vs_kv_pool_free(vs_kv_pool *pool); /* NULL ok; all reservations must be released first */
 
 void vs_kv_pool_stats(const vs_kv_pool *pool, vs_kv_stats *out);
-float *vs_kv_pool_base(const vs_kv_pool *pool);
+float *vs_kv_pool_base(const vs_kv_pool *pool); /* elements of vs_kv_pool_elem_bytes, not floats when 2 */
+int vs_kv_pool_elem_bytes(const vs_kv_pool *pool);
 int vs_kv_pool_page_tokens(const vs_kv_pool *pool);
 int vs_kv_pool_heads(const vs_kv_pool *pool);
 

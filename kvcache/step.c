@@ -61,7 +61,8 @@ static const vs_rt_kv_head *head_of(const vs_kv_step *s, int r, int layer, int h
     return &vs_kv_row_heads(s->rows[r])[(size_t)layer * s->cfg->num_heads + h];
 }
 
-/* Float offset of page `i` of a head in the arena. */
+/* Element offset of page `i` of a head in the arena (elements of the backend's KV type; the
+ * staged copies on the host are always floats: vs_rt_backend_kv_download converts). */
 static size_t page_at(const vs_kv_step *s, const vs_rt_kv_head *kh, int i)
 {
     return (size_t)vs_rt_kv_page_offset(s->page_tokens, s->cfg->head_dim, kh->pages[i], 0, 0);
@@ -74,16 +75,16 @@ static size_t staged_at(const vs_kv_step *s, int j, int kv)
     return (size_t)vs_rt_kv_page_offset(pt, s->cfg->head_dim, j / pt, j % pt, kv);
 }
 
-/* Copies pages [from, to) of one head to its part of the host scratch (a memcpy on host-memory
- * backends, a device download otherwise): compression reads only the copies. */
+/* Copies pages [from, to) of one head to its part of the host scratch as floats (a memcpy on
+ * host-memory backends, a device download otherwise, widening BF16 pages): compression reads only
+ * the copies. */
 static void stage_pages(const vs_kv_step *s, const parts *p, const vs_rt_batch *b, int h,
                         const vs_rt_kv_head *kh, int from, int to)
 {
     size_t pf = page_floats(s->cfg, s->page_tokens);
     float *dst = p->in + (size_t)h * p->in_head;
     for (int i = from; i < to; i++)
-        s->be->ops->download(s->be, dst + (size_t)i * pf, b->kv_base + page_at(s, kh, i),
-                             pf * sizeof(float));
+        vs_rt_backend_kv_download(s->be, dst + (size_t)i * pf, b->kv_base, page_at(s, kh, i), pf);
 }
 
 static int pages_of(const vs_kv_step *s, int tokens)
@@ -253,9 +254,10 @@ static int select_head(vs_kv_step *s, const parts *p, int r, int layer, int h, c
 
 /* Row r's `layer` after the attention at a scale where some head compresses. Each head keeps its
  * own capacity (every token when the capacity allows) out of its cached tokens plus the step's new
- * ones; the kept K and V are composed on the host from copies of only the pages the head needs and
- * written back over its pages from the first slot that changes (a memcpy, or an upload on a device
- * backend). Every head that grows draws its pages first, then each head shrinks: the layer's peak
+ * ones; the kept K and V are composed on the host from FP32 copies of only the pages the head needs
+ * and written back over its pages from the first slot that changes (a memcpy, or an upload on a
+ * device backend; BF16 pages round the floats back, which returns the staged BF16 values exactly
+ * and rounds the step's new tokens from qkv as the attention's own page write would). Every head that grows draws its pages first, then each head shrinks: the layer's peak
  * is Σ over heads of max(before, after), as the peak simulation counts. `staged`: every head's
  * pages are already in the scratch (for statistics). */
 static vs_status compress(vs_kv_step *s, const parts *p, int r, int layer, const vs_rt_batch *b,
@@ -303,8 +305,8 @@ static vs_status compress(vs_kv_step *s, const parts *p, int r, int layer, const
                        cand_ptr(s, p, h, hist, p->keep[i], kv), (size_t)c->head_dim * sizeof(float));
         vs_kv_row_resize(s->rows[r], layer, h, kept);
         for (int i = fp; i < kh->n_pages; i++)
-            s->be->ops->upload(s->be, b->kv_base + page_at(s, kh, i), p->out + (size_t)(i - fp) * pf,
-                               pf * sizeof(float));
+            vs_rt_backend_kv_upload(s->be, b->kv_base, page_at(s, kh, i),
+                                    p->out + (size_t)(i - fp) * pf, pf);
     }
     return VS_OK;
 }

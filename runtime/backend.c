@@ -100,3 +100,26 @@ void vs_rt_backend_linear_gelu(vs_rt_backend *be, float *y, const float *x, cons
     be->ops->linear(be, y, x, w, bias, M, N, K);
     be->ops->gelu_tanh(be, y, (size_t)M * N);
 }
+
+const char *vs_rt_kv_dtype_name(int kv_elem_bytes)
+{
+    return kv_elem_bytes == 2 ? "bf16" : kv_elem_bytes == 4 ? "fp32" : "unknown";
+}
+
+void vs_rt_backend_kv_download(vs_rt_backend *be, float *dst_host, const void *kv_base,
+                               size_t elem_off, size_t n)
+{
+    if (be->ops->kv_download)
+        be->ops->kv_download(be, dst_host, kv_base, elem_off, n);
+    else
+        be->ops->download(be, dst_host, (const float *)kv_base + elem_off, n * sizeof(float));
+}
+
+void vs_rt_backend_kv_upload(vs_rt_backend *be, void *kv_base, size_t elem_off,
+                             const float *src_host, size_t n)
+{
+    if (be->ops->kv_upload)
+        be->ops->kv_upload(be, kv_base, elem_off, src_host, n);
+    else
+        be->ops->upload(be, (float *)kv_base + elem_off, src_host, n * sizeof(float));
+}

@@ -41,7 +41,8 @@ typedef struct {
     int n_rows, n_tok;
     const vs_rt_row *rows;          /* host [n_rows] */
     const int32_t *tok_row;         /* host [n_tok]: the row of each token */
-    float *kv_base;                 /* the KV pool arena (backend memory) */
+    float *kv_base;                 /* the KV pool arena (backend memory), elements of the
+                                     * backend's kv_elem_bytes (BF16 when 2, not floats) */
     int page_tokens, depth;
     /* host [n_rows], reset to 1 before each layer: 1 = the attention op also writes the row's new
      * K,V into slots n_tokens.. of each head's pages (the view covers them); 0 = they stay in qkv only
@@ -225,6 +226,18 @@ typedef struct {
     /* Optional, NULL when the backend has no device (the CPU backend): fills *out with the
      * counters so far. Cheap (a copy); the engine thread reads it after steps. */
     void (*counters)(vs_rt_backend *be, vs_rt_counters *out);
+
+    /* Optional, NULL when the KV pool's elements are floats (kv_elem_bytes 4: download/upload
+     * move them as they are). Elements [elem_off, elem_off + n) of the KV arena at kv_base
+     * (backend memory, kv_elem_bytes each) to / from n floats on the host, converting: the CUDA
+     * backend's BF16 pages widen exactly on the way down and round to nearest even on the way
+     * up (so values that came down from BF16 pages go back unchanged). kv_download is
+     * synchronous like download; kv_upload may return before the copy lands, and the host
+     * floats may be reused at once. Call them through vs_rt_backend_kv_download / _upload. */
+    void (*kv_download)(vs_rt_backend *be, float *dst_host, const void *kv_base, size_t elem_off,
+                        size_t n);
+    void (*kv_upload)(vs_rt_backend *be, void *kv_base, size_t elem_off, const float *src_host,
+                      size_t n);
 } vs_rt_backend_ops;
 
 struct vs_rt_backend {
@@ -232,6 +245,10 @@ struct vs_rt_backend {
     int threads;            /* CPU worker threads (informational for CUDA) */
     int host_memory;        /* 1 when backend memory is host memory (weights used in place) */
     const char *simd;       /* CPU: its vector path (runtime/simd.h, VARSERVE_CPU_SIMD); else NULL */
+    /* Bytes of one element of the KV pages this backend's attention reads and writes: 4 (FP32:
+     * the CPU backend, CUDA with fp32 = 1) or 2 (BF16: CUDA's BF16 mode). The KV pool's geometry
+     * takes it (kvcache/pool.h), so every page size follows from it; immutable after creation. */
+    int kv_elem_bytes;
 };
 
 typedef enum { VS_RT_BACKEND_AUTO, VS_RT_BACKEND_CPU, VS_RT_BACKEND_CUDA } vs_rt_backend_kind;
@@ -240,7 +257,8 @@ typedef enum { VS_RT_BACKEND_AUTO, VS_RT_BACKEND_CPU, VS_RT_BACKEND_CUDA } vs_rt
  * one that runs the backend's ops, to flush subnormals to zero (runtime/fpenv.h); it stays so. */
 vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err);
 /* CUDA backend on device 0; VS_ERR_UNSUPPORTED when this build or machine has none.
- * fp32 = 1: strict FP32 (no TF32), for parity with the CPU backend. fp32 = 0 (BF16 mode): the
+ * fp32 = 1: strict FP32 (no TF32) and FP32 KV pages, for parity with the CPU backend. fp32 = 0
+ * (BF16 mode): BF16 KV pages (kv_elem_bytes 2; the attention's math stays FP32), and the
  * GEMM weights declared through gemm_weights() multiply in BF16 (FP32 accumulation and output);
  * the decoder's convolutions declared through decoder_weights() and spatial_attention (a decoder
  * op) use TF32; everything else (the quantiser, the word embedding and any other undeclared
@@ -261,6 +279,17 @@ int vs_rt_backend_counters(vs_rt_backend *be, vs_rt_counters *out);
 /* y[M][N] = gelu_tanh(x[M][K] · w[N][K]ᵀ + bias[N]): the backend's fused op when it has one. */
 void vs_rt_backend_linear_gelu(vs_rt_backend *be, float *y, const float *x, const float *w,
                                const float *bias, int M, int N, int K);
+
+/* Name of the KV element type of kv_elem_bytes: "fp32" (4) or "bf16" (2). */
+const char *vs_rt_kv_dtype_name(int kv_elem_bytes);
+
+/* KV page elements [elem_off, elem_off + n) of the arena at kv_base to / from floats on the host,
+ * through the backend's kv_download / kv_upload when it has them, else download / upload (FP32
+ * pages). kvcache/ stages pages only through these. */
+void vs_rt_backend_kv_download(vs_rt_backend *be, float *dst_host, const void *kv_base,
+                               size_t elem_off, size_t n);
+void vs_rt_backend_kv_upload(vs_rt_backend *be, void *kv_base, size_t elem_off,
+                             const float *src_host, size_t n);
 
 /* Backend memory through a plain (void *ctx) signature, for allocators such as the KV pool's. */
 void *vs_rt_backend_alloc_raw(void *be, size_t bytes);

@@ -781,6 +781,7 @@ vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err)
     c->base.ops = &cpu_ops;
     c->base.threads = c->nw;
     c->base.host_memory = 1;
+    c->base.kv_elem_bytes = 4;
     c->base.simd = c->simd->name;
     *out = &c->base;
     return VS_OK;

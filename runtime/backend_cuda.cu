@@ -28,6 +28,12 @@
  * their sizes). KV bytes: batch_begin names the KV pool arena (b->kv_base); the alloc() block
  * holding it is the arena, and upload()/download() count the part of a copy that falls inside it.
  *
+ * KV pages: FP32 in fp32 mode (parity), BF16 in BF16 mode (kv_elem_bytes 2: half the bytes per
+ * image). k_kv_write rounds the new K and V to nearest even; k_attention widens a page's K and V
+ * to FP32 as it stages them into shared memory, and all its math is FP32. kvcache/ stages pages
+ * as floats through kv_download / kv_upload, which convert on the host (BF16 → FP32 is exact, and
+ * FP32 → BF16 of a value that came from a BF16 page gives it back unchanged).
+ *
  * Modes: fp32 = 1 is strict FP32 (cuBLAS default math, no TF32) for parity with the CPU backend
  * and the reference fixtures. fp32 = 0 is BF16 mode: the engine declares its GEMM weights once,
  * right after uploading the weight arena (the gemm_weights op); each is converted on the device to
@@ -154,6 +160,8 @@ typedef struct {
     size_t host_i32_cap;
     cuda_sreq *host_sreq;
     size_t host_sreq_cap;
+    __nv_bfloat16 *host_kv; /* host staging of BF16 pages for kv_download / kv_upload */
+    size_t host_kv_cap;
     cuda_batch batch;
     vs_rt_counters ctr;   /* the counters op; see the design comment */
     dev_block *blocks;    /* host [n_blocks]: live alloc() blocks */
@@ -507,6 +515,7 @@ static void cuda_destroy(vs_rt_backend *be)
     if (c->st)
         VS_CUDA(c, cudaStreamDestroy(c->st));
     free(c->host_i32);
+    free(c->host_kv);
     free(c->host_sreq);
     free(c->blocks);
     free(c);
@@ -572,6 +581,54 @@ static void cuda_download(vs_rt_backend *be, void *dst_host, const void *src, si
     c->ctr.kv_d2h_bytes += kv_part(c, src, bytes);
     VS_CUDA(c, cudaMemcpyAsync(dst_host, src, bytes, cudaMemcpyDeviceToHost, c->st));
     drain(c);
+}
+
+/* Host staging for n BF16 KV elements, or NULL (and the error recorded) when the host has no room
+ * (also for n = 0: nothing to stage). */
+static __nv_bfloat16 *kv_staging(cuda_backend *c, size_t n)
+{
+    if (!n)
+        return NULL;
+    if (grow_host((void **)&c->host_kv, &c->host_kv_cap, n, sizeof(__nv_bfloat16)) != 0) {
+        VS_FAIL(c, VS_ERR_NOMEM, "out of host memory staging %zu BF16 KV elements", n);
+        return NULL;
+    }
+    return c->host_kv;
+}
+
+/* KV elements of the arena (FP32 or BF16 pages, per the mode) as floats on the host; see the
+ * design comment. Synchronous, like download. */
+static void cuda_kv_download(vs_rt_backend *be, float *dst_host, const void *kv_base,
+                             size_t elem_off, size_t n)
+{
+    cuda_backend *c = cu(be);
+    if (c->fp32) {
+        cuda_download(be, dst_host, (const float *)kv_base + elem_off, n * sizeof(float));
+        return;
+    }
+    __nv_bfloat16 *h = kv_staging(c, n);
+    if (!h)
+        return;
+    cuda_download(be, h, (const __nv_bfloat16 *)kv_base + elem_off, n * sizeof *h);
+    for (size_t i = 0; i < n; i++)
+        dst_host[i] = __bfloat162float(h[i]);
+}
+
+/* Floats from the host into KV elements of the arena, rounded to nearest even on BF16 pages. */
+static void cuda_kv_upload(vs_rt_backend *be, void *kv_base, size_t elem_off, const float *src_host,
+                           size_t n)
+{
+    cuda_backend *c = cu(be);
+    if (c->fp32) {
+        cuda_upload(be, (float *)kv_base + elem_off, src_host, n * sizeof(float));
+        return;
+    }
+    __nv_bfloat16 *h = kv_staging(c, n);
+    if (!h)
+        return;
+    for (size_t i = 0; i < n; i++)
+        h[i] = __float2bfloat16_rn(src_host[i]);
+    cuda_upload(be, (__nv_bfloat16 *)kv_base + elem_off, h, n * sizeof *h);
 }
 
 static void cuda_copy(vs_rt_backend *be, void *dst, const void *src, size_t bytes)
@@ -1212,11 +1269,27 @@ static void cuda_qk_norm(vs_rt_backend *be, float *qkv, int T, int H, int d, con
 
 /* ---- attention over pages ---------------------------------------------------------------------- */
 
+/* The arena's pages are FP32 (kv32) or BF16 (kv16): exactly one of the two is non-NULL, the same
+ * for a whole launch, so the branch costs nothing. */
+__device__ __forceinline__ float kv_load(const float *kv32, const __nv_bfloat16 *kv16, size_t at)
+{
+    return kv32 ? kv32[at] : __bfloat162float(kv16[at]);
+}
+
+__device__ __forceinline__ void kv_store(float *kv32, __nv_bfloat16 *kv16, size_t at, float v)
+{
+    if (kv32)
+        kv32[at] = v;
+    else
+        kv16[at] = __float2bfloat16_rn(v);
+}
+
 /* The new tokens' K and V (from qkv) into slots n_tokens.. of each head's pages, for each row that
- * stores. One thread per float: consecutive threads write consecutive floats of one head's slot. */
-__global__ void k_kv_write(float *kv_base, const float *qkv, const int32_t *tok_row,
-                           const int32_t *rows, const int32_t *kvm, const int32_t *pages, int T,
-                           int H, int d, int PT)
+ * stores, rounded to nearest even on BF16 pages. One thread per element: consecutive threads
+ * write consecutive elements of one head's slot. */
+__global__ void k_kv_write(float *kv32, __nv_bfloat16 *kv16, const float *qkv,
+                           const int32_t *tok_row, const int32_t *rows, const int32_t *kvm,
+                           const int32_t *pages, int T, int H, int d, int PT)
 {
     int C = H * d;
     GRID_STRIDE(i, (size_t)T * C)
@@ -1230,8 +1303,8 @@ __global__ void k_kv_write(float *kv_base, const float *qkv, const int32_t *tok_
         size_t page = (size_t)pages[m[1] + slot / PT];
         size_t at = (page * 2 * PT + slot % PT) * (size_t)d + j; /* K; V is PT slots further */
         const float *src = qkv + (size_t)t * 3 * C;
-        kv_base[at] = src[C + k];
-        kv_base[at + (size_t)PT * d] = src[2 * C + k];
+        kv_store(kv32, kv16, at, src[C + k]);
+        kv_store(kv32, kv16, at + (size_t)PT * d, src[2 * C + k]);
     }
 }
 
@@ -1247,15 +1320,16 @@ static size_t att_smem_floats(int qt, int d, int PT)
 
 /* Block = (row, tile of up to qt queries, head). The head's keys are walked in tiles of PT: first
  * its cached pages, whose id is read once per tile and whose K and V (PT contiguous slots × d each)
- * are loaded coalesced into shared memory and reused by every query of the tile; then the row's
+ * are loaded coalesced into shared memory (widened to FP32 from BF16 pages) and reused by every
+ * query of the tile; then the row's
  * new keys from qkv, PT at a time. FP32 online softmax per query: with m the running max, l the
  * running sum and o the unnormalised output, each tile's scores s (dot in key order over d, then
  * × scale, as the CPU backend) give m' = max(m, max s), f = e^(m − m'), l = l·f + Σ e^(s − m'),
  * o = o·f + Σ e^(s − m')·v; out = o / l. Shared memory does not grow with the keys. */
 __global__ void __launch_bounds__(ATT_THREADS)
-    k_attention(float *out, const float *qkv, const float *kv_base, const int32_t *rows,
-                const int32_t *kvm, const int32_t *pages, int H, int d, int PT, float scale, int qt,
-                int tiles_per_row)
+    k_attention(float *out, const float *qkv, const float *kv32, const __nv_bfloat16 *kv16,
+                const int32_t *rows, const int32_t *kvm, const int32_t *pages, int H, int d, int PT,
+                float scale, int qt, int tiles_per_row)
 {
     VS_DYNAMIC_SHARED(float, att_sm);
     __shared__ float s_max[ATT_QT], s_sum[ATT_QT], s_fix[ATT_QT];
@@ -1285,10 +1359,10 @@ __global__ void __launch_bounds__(ATT_THREADS)
         int nt;
         if (t < cached_tiles) { /* one page of the head: K [PT][d] then V [PT][d] */
             nt = min(PT, nc - t * PT);
-            const float *kp = kv_base + (size_t)pg[t] * 2 * PT * d, *vp = kp + (size_t)PT * d;
+            size_t kp = (size_t)pg[t] * 2 * PT * d, vp = kp + (size_t)PT * d;
             for (int i = threadIdx.x; i < nt * d; i += blockDim.x) {
-                ks[(i / d) * dk + i % d] = kp[i];
-                vs[i] = vp[i];
+                ks[(i / d) * dk + i % d] = kv_load(kv32, kv16, kp + (size_t)i);
+                vs[i] = kv_load(kv32, kv16, vp + (size_t)i);
             }
         } else { /* new keys of this scale, from qkv */
             int k0 = (t - cached_tiles) * PT;
@@ -1357,7 +1431,9 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
     if (upload_layer(c, b, layer, H, &kvm, &pages) != 0)
         return;
     size_t n = (size_t)b->n_tok * C;
-    VS_LAUNCH(k_kv_write, grid_for(n, 256), 256, 0, c->st, b->kv_base, qkv, cb->tok_row, cb->rows,
+    float *kv32 = c->fp32 ? b->kv_base : NULL;
+    __nv_bfloat16 *kv16 = c->fp32 ? NULL : (__nv_bfloat16 *)(void *)b->kv_base;
+    VS_LAUNCH(k_kv_write, grid_for(n, 256), 256, 0, c->st, kv32, kv16, qkv, cb->tok_row, cb->rows,
               kvm, pages, b->n_tok, H, d, PT);
     VS_LAUNCHED(c, k_kv_write);
     if (cb->max_new <= 0)
@@ -1381,7 +1457,7 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
                                         (int)smem));
     int tiles = (cb->max_new + qt - 1) / qt;
     dim3 grid((unsigned)(cb->n_rows * tiles), (unsigned)H);
-    VS_LAUNCH(k_attention, grid, ATT_THREADS, smem, c->st, out, qkv, b->kv_base, cb->rows, kvm,
+    VS_LAUNCH(k_attention, grid, ATT_THREADS, smem, c->st, out, qkv, kv32, kv16, cb->rows, kvm,
               pages, H, d, PT, scale, qt, tiles);
     VS_LAUNCHED(c, k_attention);
 }
@@ -2267,6 +2343,8 @@ static vs_rt_backend_ops make_ops(void)
     o.spatial_attention = cuda_spatial_attention;
     o.to_unit = cuda_to_unit;
     o.counters = cuda_counters;
+    o.kv_download = cuda_kv_download;
+    o.kv_upload = cuda_kv_upload;
     return o;
 }
 
@@ -2379,10 +2457,12 @@ extern "C" vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_er
     c->base.ops = &ops;
     c->base.threads = 1;
     c->base.host_memory = 0;
+    c->base.kv_elem_bytes = fp32 ? 4 : 2;
     vs_log(VS_LOG_INFO, "runtime", "backend cuda: %s (sm_%d%d, %d SMs, %.1f GB), %s", prop.name,
            prop.major, prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / 1e9,
-           fp32 ? "FP32 (no TF32)"
-                : "BF16 GEMM weights (FP32 accumulation), TF32 decoder, FP32 elsewhere");
+           fp32 ? "FP32 (no TF32), FP32 KV pages"
+                : "BF16 GEMM weights (FP32 accumulation), BF16 KV pages, TF32 decoder, FP32 "
+                  "elsewhere");
     *out = &c->base;
     return VS_OK;
 fail:

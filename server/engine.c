@@ -618,7 +618,8 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
         e->policies[e->n_policies].budget = cfg->kv_budget;
         e->policies[e->n_policies++].p = def;
     }
-    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->head_dim);
+    vs_kv_geometry geo = vs_kv_geometry_of(c, VS_KV_PAGE_TOKENS, e->be->kv_elem_bytes);
+    size_t page_bytes = vs_kv_page_bytes(geo);
     size_t full_per_image = vs_kv_policy_peak_pages_per_image(full, VS_KV_PAGE_TOKENS);
     size_t per_image = vs_kv_policy_peak_pages_per_image(def, VS_KV_PAGE_TOKENS);
     /* automatic: room for a full batch even of full-cache requests (the batch never holds more),
@@ -667,8 +668,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
                           (double)(per_image * page_bytes) / 1048576.0, cfg->kv_policy,
                           (per_image * page_bytes + 1048575) >> 20);
     vs_kv_allocator alloc = {e->be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
-    if ((st = vs_kv_pool_init(bytes, vs_kv_geometry_of(c, VS_KV_PAGE_TOKENS), &alloc, &e->pool,
-                              err)) != VS_OK)
+    if ((st = vs_kv_pool_init(bytes, geo, &alloc, &e->pool, err)) != VS_OK)
         return vs_err_wrap(err, "config key 'kv_pool_mb' (%ld)", cfg->kv_pool_mb);
     if ((st = vs_kv_session_new(e->rt, e->pool, e->max_images, &e->ses, err)) != VS_OK)
         return st;
@@ -710,6 +710,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     in->kv_budget = cfg->kv_budget;
     snprintf(in->policy_source, sizeof in->policy_source, "%s", vs_kv_policy_source(def));
     in->page_bytes = ks.page_bytes;
+    in->kv_dtype = vs_rt_kv_dtype_name((int)ks.elem_bytes);
     in->pages_total = ks.pages_total;
     in->pages_per_image = per_image;
     in->full_pages_per_image = full_per_image;
@@ -719,10 +720,11 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     vs_srv_metrics_set_model(e->met, VS_VERSION, in->backend, in->model_name, in->load_s, c->n_scales);
     publish_gauges(e);
     vs_log(VS_LOG_INFO, "engine",
-           "loaded %s (%zu params) in %.2f s on %s (%d threads); KV pool %.1f MiB = %zu pages; policy %s "
-           "(%s): %zu pages per image, %zu images fit; up to %d images per step",
+           "loaded %s (%zu params) in %.2f s on %s (%d threads); KV pool %.1f MiB = %zu %s pages; "
+           "policy %s (%s): %zu pages per image, %zu images fit; up to %d images per step",
            in->model_path, in->n_params, in->load_s, in->backend, in->threads,
-           (double)(ks.pages_total * ks.page_bytes) / 1048576.0, ks.pages_total, in->policy,
+           (double)(ks.pages_total * ks.page_bytes) / 1048576.0, ks.pages_total, in->kv_dtype,
+           in->policy,
            kv_kind == VS_KV_POLICY_FULL ? "every token" : in->policy_source, in->pages_per_image,
            in->images_fit, e->max_images);
     return VS_OK;

@@ -47,6 +47,7 @@ typedef struct {
     double kv_budget;            /* default budget of compressing policies */
     char policy_source[512];     /* scalekv: "default" or the budget file */
     size_t page_bytes, pages_total;
+    const char *kv_dtype;        /* the pages' element type: "fp32" or "bf16" (static string) */
     size_t pages_per_image;      /* peak of one image under the default policy */
     size_t full_pages_per_image; /* peak of one image with the full cache */
     size_t images_fit;           /* images the pool holds at once under the default policy */

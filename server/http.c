@@ -397,7 +397,9 @@ static enum MHD_Result do_info(req *r, struct MHD_Connection *c)
     cJSON_AddNumberToObject(kv, "bytes", (double)(in->pages_total * in->page_bytes));
     cJSON_AddNumberToObject(kv, "pages", (double)in->pages_total);
     cJSON_AddNumberToObject(kv, "page_bytes", (double)in->page_bytes);
+    cJSON_AddStringToObject(kv, "dtype", in->kv_dtype); /* of K and V in the pages */
     cJSON_AddNumberToObject(kv, "pages_per_image", (double)in->pages_per_image);
+    cJSON_AddNumberToObject(kv, "bytes_per_image", (double)(in->pages_per_image * in->page_bytes));
     cJSON_AddNumberToObject(kv, "full_cache_pages_per_image", (double)in->full_pages_per_image);
     cJSON_AddNumberToObject(kv, "images_fit", (double)in->images_fit);
     cJSON *sch = cJSON_AddObjectToObject(o, "scheduler");

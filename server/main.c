@@ -238,15 +238,22 @@ static int open_engine(common_opts *o, int max_images, cli_engine *ce)
     return 0;
 }
 
+/* Bytes of one page of the CLI's pools for model c with elements of elem_bytes (a backend's
+ * kv_elem_bytes). */
+static size_t page_bytes_of(const vs_rt_config *c, int elem_bytes)
+{
+    return vs_kv_page_bytes(vs_kv_geometry_of(c, VS_KV_PAGE_TOKENS, elem_bytes));
+}
+
 /* A pool of `pages` pages of VS_KV_PAGE_TOKENS tokens, in the backend's memory. */
 static vs_kv_pool *pool_pages(const vs_rt_model *m, vs_rt_backend *be, size_t pages, vs_err *err)
 {
     const vs_rt_config *c = &m->cfg;
-    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->head_dim);
+    vs_kv_geometry g = vs_kv_geometry_of(c, VS_KV_PAGE_TOKENS, be->kv_elem_bytes);
     vs_kv_allocator a = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
     vs_kv_pool *pool = NULL;
-    if (vs_kv_pool_init(pages * page_bytes, vs_kv_geometry_of(c, VS_KV_PAGE_TOKENS),
-                        be->host_memory ? NULL : &a, &pool, err) != VS_OK)
+    if (vs_kv_pool_init(pages * vs_kv_page_bytes(g), g, be->host_memory ? NULL : &a, &pool, err) !=
+        VS_OK)
         return NULL;
     return pool;
 }
@@ -444,6 +451,16 @@ static int cmd_inspect(int argc, char **argv)
     printf("weights in memory: %.2f MB (F32)\n", (double)m->data_bytes / 1e6);
     printf("kv per image:     %.2f MB at full cache (2 rows x %d layers x %d tokens, F32)\n",
            (double)vs_rt_full_kv_bytes(c) / 1e6, c->depth, c->scale_offset[c->n_scales]);
+    vs_kv_policy *full = NULL;
+    if (vs_kv_policy_new(VS_KV_POLICY_FULL, 1, c, NULL, &full, &err) == VS_OK) {
+        /* the pool's peak in pages; their element type is the backend's (fp32 on the CPU and in
+         * CUDA's --precision fp32, bf16 in CUDA's default mode) */
+        size_t pages = vs_kv_policy_peak_pages_per_image(full, VS_KV_PAGE_TOKENS);
+        printf("kv pool per image: %zu pages at full cache: %.2f MB as fp32, %.2f MB as bf16\n",
+               pages, (double)(pages * page_bytes_of(c, 4)) / 1e6,
+               (double)(pages * page_bytes_of(c, 2)) / 1e6);
+        vs_kv_policy_free(full);
+    }
     if (c->default_cfg >= 0 || c->default_top_k >= 0 || c->default_top_p >= 0)
         printf("defaults:         cfg %g, top_k %d, top_p %g\n", c->default_cfg, c->default_top_k,
                c->default_top_p);
@@ -489,6 +506,10 @@ static int bench_json_line(const cli_engine *ce, const common_opts *o, const vs_
     if (ce->be->simd)
         cJSON_AddStringToObject(j, "simd", ce->be->simd);
     cJSON_AddStringToObject(j, "kv_policy", vs_kv_policy_name(kind));
+    cJSON_AddStringToObject(j, "kv_dtype", vs_rt_kv_dtype_name(ce->be->kv_elem_bytes));
+    cJSON_AddNumberToObject(j, "kv_bytes_per_image",
+                            (double)(vs_kv_policy_peak_pages_per_image(pol, VS_KV_PAGE_TOKENS) *
+                                     page_bytes_of(&ce->m->cfg, ce->be->kv_elem_bytes)));
     if (!vs_kv_policy_def_of(kind)->compresses)
         cJSON_AddNullToObject(j, "kv_budget");
     else
@@ -540,7 +561,7 @@ static void bench_header(const cli_engine *ce, const common_opts *o, const vs_kv
 {
     const vs_rt_config *c = &ce->m->cfg;
     vs_err err = {0};
-    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->head_dim);
+    size_t page_bytes = page_bytes_of(c, ce->be->kv_elem_bytes);
     printf("model %s: %d layers, width %d, %dx%d, %zu params; backend %s, %d threads", ce->m->path,
            c->depth, c->embed_dim, c->image_size, c->image_size, ce->m->n_params, ce->be->ops->name,
            ce->be->threads);
@@ -554,8 +575,10 @@ static void bench_header(const cli_engine *ce, const common_opts *o, const vs_kv
     printf("\n");
     /* capacity: KV bytes each image reserves and how many fit in a pool of pool_mb, per policy */
     size_t pool_pages = (size_t)(pool_mb * 1e6 / (double)page_bytes);
-    printf("kv per image (peak reserved, %d-token pages of %.1f KB) and images in a %.0f MB pool:\n",
-           VS_KV_PAGE_TOKENS, (double)page_bytes / 1e3, pool_mb);
+    printf("kv per image (peak reserved, %d-token %s pages of %.1f KB) and images in a %.0f MB "
+           "pool:\n",
+           VS_KV_PAGE_TOKENS, vs_rt_kv_dtype_name(ce->be->kv_elem_bytes), (double)page_bytes / 1e3,
+           pool_mb);
     size_t full_pages = 0;
     for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
         vs_kv_policy *p = NULL;
@@ -913,7 +936,7 @@ static int cmd_fidelity(int argc, char **argv)
             }
         }
     }
-    size_t page_bytes = vs_kv_page_bytes(VS_KV_PAGE_TOKENS, c->head_dim);
+    size_t page_bytes = page_bytes_of(c, ce.be->kv_elem_bytes);
     double kv_full = (double)(pages[0] * page_bytes), kv_pol = (double)(pages[1] * page_bytes);
     if (json)
         printf("{\"model\":\"%s\",\"policy\":\"%s\",\"budget\":%g,\"images\":%ld,\"psnr_db\":%.3f,"

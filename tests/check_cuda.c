@@ -465,37 +465,90 @@ START_TEST(qk_norm_matches_cpu)
 }
 END_TEST
 
-/* Every (layer, head) has its own page table; with `unequal` the heads of a layer hold different
- * counts, as under a head-aware policy. */
-static void attention_case(int unequal)
+static vs_rt_backend *bf16_backend(void);
+
+/* BF16 pages: the arena's values rounded to BF16, as FP32 on the CPU and through kv_upload (as
+ * BF16) on the device. */
+static void round_pages(const buf2 *arena)
 {
+    size_t n = arena->n;
+    float *h = malloc(n * sizeof(float));
+    ck_assert_ptr_nonnull(h);
+    g_ref->ops->download(g_ref, h, arena->ref, n * sizeof(float));
+    for (size_t i = 0; i < n; i++)
+        h[i] = bf16_round(h[i]);
+    g_ref->ops->upload(g_ref, arena->ref, h, n * sizeof(float));
+    vs_rt_backend_kv_upload(g_dut, arena->dut, 0, h, n);
+    free(h);
+}
+
+/* BF16 pages: every element of the device's pages (read through kv_download, which widens
+ * exactly) is the CPU's FP32 element rounded to nearest even. */
+static void expect_bf16_pages(const buf2 *arena, const char *what)
+{
+    size_t n = arena->n;
+    float *h = malloc(n * sizeof(float)), *d = malloc(n * sizeof(float));
+    ck_assert(h && d);
+    sync_ok();
+    g_ref->ops->download(g_ref, h, arena->ref, n * sizeof(float));
+    vs_rt_backend_kv_download(g_dut, d, arena->dut, 0, n);
+    sync_ok();
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(d[i] == bf16_round(h[i]),
+                      "%s: page element %zu is %.9g on the device, want the CPU's %.9g rounded "
+                      "to BF16 (%.9g)",
+                      what, i, (double)d[i], (double)h[i], (double)bf16_round(h[i]));
+    free(h);
+    free(d);
+}
+
+/* Every (layer, head) has its own page table; with `unequal` the heads of a layer hold different
+ * counts, as under a head-aware policy. With `bf16_pages` the device under test is the BF16-mode
+ * backend: its cached K and V are the random values rounded to BF16 (FP32 on the CPU), so both
+ * attend over the same numbers and the outputs agree to FP32 rounding (TOL: a page read as
+ * anything but BF16 is off by O(1)), and the new K and V the attention writes must be exactly the
+ * CPU's rounded to nearest even (k_kv_write). */
+static void attention_case(int unequal, int bf16_pages)
+{
+    vs_rt_backend *keep = g_dut, *bf = bf16_pages ? bf16_backend() : NULL;
+    if (bf) {
+        ck_assert_int_eq(bf->kv_elem_bytes, g_self ? 4 : 2);
+        g_dut = bf; /* the buffers and batches below on the BF16-mode backend */
+    }
     static const int hd[][2] = {{4, 32}, {2, 64}};
     for (size_t s = 0; s < sizeof hd / sizeof hd[0]; s++) {
         tbatch t;
         tb_init_heads(&t, hd[s][0], hd[s][1], unequal);
+        if (bf)
+            round_pages(&t.arena);
         int C = t.C, T = t.n_tok;
         buf2 qkv = b2_rand((size_t)T * 3 * C, 1, 0), out = b2_new((size_t)T * C);
         for (int l = 0; l < TB_DEPTH; l++) {
             float scale = l == 0 ? 0.25f / sqrtf((float)t.d) : 1.0f;
             BOTH(attention, P(out), P(qkv), PB(t), l, t.H, t.d, scale);
             expect(&out, TOL, "attention output");
-            expect(&t.arena, 0, "KV pages after attention");
+            if (bf)
+                expect_bf16_pages(&t.arena, "BF16 KV pages after attention");
+            else
+                expect(&t.arena, 0, "KV pages after attention");
         }
         b2_free(&qkv);
         b2_free(&out);
         tb_free(&t);
     }
+    g_dut = keep;
+    vs_rt_backend_free(bf);
 }
 
 START_TEST(attention_writes_the_new_kv_into_pages_and_matches_cpu)
 {
-    attention_case(0);
+    attention_case(0, 0);
 }
 END_TEST
 
 START_TEST(attention_over_heads_holding_different_counts_matches_cpu)
 {
-    attention_case(1);
+    attention_case(1, 0);
 }
 END_TEST
 
@@ -859,10 +912,12 @@ static void gen_run(vs_rt_backend *be, const vs_rt_model *m, const vs_srv_gen_re
     vs_rt_engine *e = NULL;
     ck_assert_msg(vs_rt_engine_new(m, be, n, &e, &err) == VS_OK, "%s", err.msg);
     vs_kv_allocator al = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
-    size_t page_bytes = (size_t)2 * 16 * c->embed_dim * sizeof(float);
+    /* pages in the backend's KV type (BF16 in BF16 mode); a page per head of each layer */
+    vs_kv_geometry g = vs_kv_geometry_of(c, 16, be->kv_elem_bytes);
+    size_t page_bytes = vs_kv_page_bytes(g) * (size_t)c->num_heads;
     size_t pages = 2 * (size_t)c->depth * (((size_t)o->L + 15) / 16); /* one image, full cache */
     vs_kv_pool *pool = NULL;
-    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, vs_kv_geometry_of(c, 16),
+    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, g,
                                   be->host_memory ? NULL : &al, &pool, &err) == VS_OK,
                   "%s", err.msg);
     vs_srv_gen_opts go = {.policy = pol, .unit = o->unit, .logits = logits, .forced_tokens = forced};
@@ -989,16 +1044,55 @@ static vs_rt_backend *bf16_backend(void)
     return be;
 }
 
-/* v rounded to the nearest BF16, ties to even (finite v) */
-static float bf16_round(float v)
+/* BF16 KV pages: attention_case on the BF16-mode backend (see there). */
+START_TEST(bf16_pages_attention_matches_cpu_and_kv_write_rounds_to_nearest_even)
 {
-    uint32_t u;
-    memcpy(&u, &v, sizeof u);
-    u += 0x7FFFu + ((u >> 16) & 1u);
-    u &= 0xFFFF0000u;
-    memcpy(&v, &u, sizeof v);
-    return v;
+    attention_case(0, 1);
+    attention_case(1, 1);
 }
+END_TEST
+
+/* The KV step's compression on BF16 device pages (tests/kvstep_case.h: the selection scores the
+ * rounded cached keys, and every slot holds exactly its token's K and V rounded to BF16). */
+START_TEST(kv_compression_leaves_each_heads_selected_tokens_in_bf16_device_pages)
+{
+    vs_rt_backend *bf = bf16_backend();
+    ck_assert_int_eq(bf->kv_elem_bytes, g_self ? 4 : 2);
+    kvstep_run(bf);
+    kvstep_peak_is_exact(bf);
+    vs_rt_backend_free(bf);
+}
+END_TEST
+
+/* A page of the BF16-mode backend is half the FP32 one's, so every policy's bytes per image on
+ * the tiny fixture halve (the pages per image do not depend on the element type). */
+START_TEST(bf16_pages_halve_the_kv_bytes_per_image_of_every_policy)
+{
+    vs_err err = {0};
+    vs_rt_model *m = NULL;
+    ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
+    const vs_rt_config *c = &m->cfg;
+    vs_rt_backend *bf = bf16_backend();
+    size_t fp32_page = vs_kv_page_bytes(vs_kv_geometry_of(c, 16, g_dut->kv_elem_bytes));
+    size_t bf16_page = vs_kv_page_bytes(vs_kv_geometry_of(c, 16, bf->kv_elem_bytes));
+    ck_assert_int_eq(g_dut->kv_elem_bytes, 4);
+    ck_assert_uint_eq(fp32_page, (size_t)2 * 16 * c->head_dim * sizeof(float));
+    ck_assert_uint_eq(bf16_page * (g_self ? 1 : 2), fp32_page);
+    for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
+        vs_kv_policy *p = NULL;
+        char path[4096];
+        const char *file = vs_kv_policy_budget_file((vs_kv_policy_kind)k, MODEL, NULL, path, sizeof path);
+        if (vs_kv_policy_new((vs_kv_policy_kind)k, 0.2, c, file, &p, &err) != VS_OK)
+            continue; /* a policy that needs a calibration file the fixture lacks */
+        size_t pages = vs_kv_policy_peak_pages_per_image(p, 16);
+        ck_assert_uint_gt(pages, 0);
+        ck_assert_uint_eq(pages * bf16_page * (g_self ? 1 : 2), pages * fp32_page);
+        vs_kv_policy_free(p);
+    }
+    vs_rt_backend_free(bf);
+    vs_rt_model_free(m);
+}
+END_TEST
 
 /* y = x·wᵀ + bias on the CPU backend from host arrays, into host y. */
 static void cpu_linear_host(float *y, const float *x, const float *w, const float *bias, int M,
@@ -1140,8 +1234,10 @@ END_TEST
  *   u/√3 · 0.736 (0.736² = E[1/m²] over mantissas m log-uniform in [1, 2)) = 1.66e-3; a GEMM
  *   with both operands rounded has √2 times that, 2.35e-3 (the linear test above measures
  *   1.4–2.2e-3);
- *   the logits pass through G = 5·depth + 3 GEMMs with declared (BF16) weights; independent
- *   roundings add in quadrature, so the expected relative RMS error is √G · 2.35e-3;
+ *   the logits pass through 5·depth + 3 GEMMs with declared (BF16) weights, and on BF16 KV pages
+ *   each layer's attention reads its cached K and V rounded once each (one operand rounded, two
+ *   per layer: one GEMM-equivalent more per layer), so G = 5·depth + 3 (+ depth on BF16 pages);
+ *   independent roundings add in quadrature, so the expected relative RMS error is √G · 2.35e-3;
  *   BF16_GAIN = 2 allows for amplification through the normalisations and the residual stream.
  * Per scale: RMS(Δ) ≤ BF16_GAIN·√G·√(2/3)·u · RMS(fp32 logits), and every element within
  * BF16_ELEM_SIGMAS times that bound (a tail, not a typical error). With greedy FP32 draws, a
@@ -1163,7 +1259,9 @@ static bf16_report bf16_teacher_forced(const char *path, const vs_srv_gen_req *r
     vs_rt_model *m = NULL;
     ck_assert_msg(vs_rt_model_load(path, &m, &err) == VS_OK, "%s", err.msg);
     const vs_rt_config *c = &m->cfg;
-    int L = c->scale_offset[c->n_scales], V = c->vocab_size, G = 5 * c->depth + 3;
+    vs_rt_backend *bf = bf16_backend();
+    int L = c->scale_offset[c->n_scales], V = c->vocab_size;
+    int G = 5 * c->depth + 3 + (bf->kv_elem_bytes == 2 ? c->depth : 0);
     double rms_limit = BF16_GAIN * sqrt((double)G) * sqrt(2.0 / 3.0) * 0.736 * BF16_U;
     double elem_limit = BF16_ELEM_SIGMAS * rms_limit;
     float *lg32[16], *lgbf[16];
@@ -1172,7 +1270,6 @@ static bf16_report bf16_teacher_forced(const char *path, const vs_srv_gen_req *r
         lgbf[i] = malloc((size_t)L * V * sizeof(float));
         ck_assert(lg32[i] && lgbf[i]);
     }
-    vs_rt_backend *bf = bf16_backend();
     gen_out a, b;
     gen_run(g_dut, m, reqs, n, NULL, lg32, NULL, &a);
     gen_run(bf, m, reqs, n, NULL, lgbf, (const int32_t *const *)a.tok, &b);
@@ -1334,10 +1431,11 @@ static void max_batch_allocates_nothing(vs_rt_backend *be, int n, int decode, co
     vs_rt_engine *e = NULL;
     ck_assert_msg(vs_rt_engine_new(m, be, n, &e, &err) == VS_OK, "%s", err.msg);
     vs_kv_allocator al = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
-    size_t page_bytes = vs_kv_page_bytes(16, c->embed_dim);
+    vs_kv_geometry g = vs_kv_geometry_of(c, 16, be->kv_elem_bytes);
+    size_t page_bytes = vs_kv_page_bytes(g) * (size_t)c->num_heads; /* every head of a layer */
     size_t pages = 2 * (size_t)c->depth * (((size_t)c->scale_offset[c->n_scales] + 15) / 16);
     vs_kv_pool *pool = NULL;
-    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, vs_kv_geometry_of(c, 16), &al,
+    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, g, &al,
                                   &pool, &err) == VS_OK,
                   "%s", err.msg);
     vs_srv_gen_req reqs[16];
@@ -1497,6 +1595,9 @@ static Suite *cuda_suite(void)
     TCase *tb = tcase_create("bf16");
     tcase_set_timeout(tb, 600);
     tcase_add_test(tb, bf16_linear_of_declared_weights_is_within_1e_2_of_fp32);
+    tcase_add_test(tb, bf16_pages_attention_matches_cpu_and_kv_write_rounds_to_nearest_even);
+    tcase_add_test(tb, kv_compression_leaves_each_heads_selected_tokens_in_bf16_device_pages);
+    tcase_add_test(tb, bf16_pages_halve_the_kv_bytes_per_image_of_every_policy);
     tcase_add_test(tb, bf16_logits_on_the_tiny_fixture_are_within_bf16_precision_of_fp32);
     tcase_add_test(tb, bf16_logits_on_the_bundled_model_are_within_bf16_precision_of_fp32);
     suite_add_tcase(s, tb);

@@ -19,7 +19,7 @@
 #define POOL_PAGES 10
 #define MAX_TOKENS 1000 /* far above any test's reservation: the tables never bound it */
 #define GEOM(page_tokens, layers, head_dim) \
-    ((vs_kv_geometry){(page_tokens), (layers), 1, (head_dim), MAX_TOKENS})
+    ((vs_kv_geometry){(page_tokens), (layers), 1, (head_dim), MAX_TOKENS, 4})
 
 static vs_kv_pool *g_pool; /* POOL_PAGES pages; made by setup, freed by teardown */
 
@@ -575,6 +575,30 @@ START_TEST(resize_past_the_layers_room_aborts)
 }
 END_TEST
 
+/* The element size is part of the geometry: BF16 pages (2 bytes) are half the FP32 ones, and any
+ * other size is refused with a message naming the allowed ones. */
+START_TEST(page_bytes_follow_the_element_size_and_other_sizes_are_refused)
+{
+    vs_kv_geometry g = GEOM(PT, LAYERS, KV_DIM);
+    ck_assert_uint_eq(vs_kv_page_bytes(g), PAGE_BYTES);
+    g.elem_bytes = 2;
+    ck_assert_uint_eq(vs_kv_page_bytes(g) * 2, PAGE_BYTES);
+    vs_err err = {0};
+    vs_kv_pool *pool = NULL;
+    ck_assert_int_eq(vs_kv_pool_init(5 * PAGE_BYTES / 2, g, NULL, &pool, &err), VS_OK);
+    vs_kv_stats s = stats_of(pool);
+    ck_assert_uint_eq(s.page_bytes, PAGE_BYTES / 2);
+    ck_assert_uint_eq(s.elem_bytes, 2);
+    ck_assert_int_eq(vs_kv_pool_elem_bytes(pool), 2);
+    ck_assert_uint_eq(s.pages_total, 5);
+    vs_kv_pool_free(pool);
+    g.elem_bytes = 3;
+    ck_assert_int_eq(vs_kv_pool_init(PAGE_BYTES, g, NULL, &pool, &err), VS_ERR_INVALID);
+    ck_assert_ptr_null(pool);
+    ck_assert_msg(strstr(err.msg, "3 bytes") && strstr(err.msg, "BF16"), "message: %s", err.msg);
+}
+END_TEST
+
 /* ---- per-head pages -------------------------------------------------------------------------- */
 
 #define HEADS2 2
@@ -585,7 +609,7 @@ static vs_kv_pool *two_head_pool(size_t pages)
 {
     vs_err err = {0};
     vs_kv_pool *pool = NULL;
-    vs_kv_geometry g = {PT, LAYERS, HEADS2, HD2, MAX_TOKENS};
+    vs_kv_geometry g = {PT, LAYERS, HEADS2, HD2, MAX_TOKENS, 4};
     ck_assert_msg(vs_kv_pool_init(pages * PAGE2_BYTES, g, NULL, &pool, &err) == VS_OK, "%s", err.msg);
     return pool;
 }
@@ -681,6 +705,7 @@ static Suite *kvpool_suite(int forking)
     tcase_add_test(init, init_carves_floor_of_bytes_over_page_bytes);
     tcase_add_test(init, pages_for_tokens_rounds_up_to_whole_pages);
     tcase_add_test(init, init_rejects_invalid_sizes_with_a_message);
+    tcase_add_test(init, page_bytes_follow_the_element_size_and_other_sizes_are_refused);
     tcase_add_test(init, init_takes_the_arena_from_the_given_allocator);
     tcase_add_test(init, init_reports_nomem_when_the_allocator_fails);
     suite_add_tcase(s, init);

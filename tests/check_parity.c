@@ -56,7 +56,7 @@ static rig rig_of(const vs_rt_model *m, int threads, int max_images)
     ck_assert_msg(vs_rt_backend_cpu_new(threads, &r.be, &err) == VS_OK, "%s", err.msg);
     ck_assert_msg(vs_rt_engine_new(m, r.be, max_images, &r.e, &err) == VS_OK, "%s", err.msg);
     size_t page_bytes = (size_t)2 * 16 * c->embed_dim * 4;
-    ck_assert(vs_kv_pool_init(page_bytes * 400 * (size_t)max_images, vs_kv_geometry_of(c, 16), NULL,
+    ck_assert(vs_kv_pool_init(page_bytes * 400 * (size_t)max_images, vs_kv_geometry_of(c, 16, 4), NULL,
                               &r.pool, &err) == VS_OK);
     vs_rt_engine_set_kv(r.e, vs_kv_pool_base(r.pool), 16);
     return r;
@@ -375,7 +375,7 @@ START_TEST(a_batch_the_pool_cannot_hold_is_refused_with_kv_full)
     ck_assert(vs_rt_backend_cpu_new(1, &be, &err) == VS_OK);
     ck_assert(vs_rt_engine_new(g_model, be, 2, &e, &err) == VS_OK);
     size_t page_bytes = (size_t)2 * 16 * c->embed_dim * 4;
-    ck_assert(vs_kv_pool_init(page_bytes * 200, vs_kv_geometry_of(c, 16), NULL, &pool, &err) == VS_OK);
+    ck_assert(vs_kv_pool_init(page_bytes * 200, vs_kv_geometry_of(c, 16, 4), NULL, &pool, &err) == VS_OK);
     vs_srv_gen_req reqs[2] = {sampled(1, 1), sampled(2, 2)};
     ck_assert_int_eq(vs_srv_gen_run(e, pool, reqs, 2, NULL, NULL, NULL, &err), VS_ERR_KV_FULL);
     ck_assert_ptr_nonnull(strstr(err.msg, "pages"));

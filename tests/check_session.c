@@ -41,7 +41,7 @@ static vs_kv_pool *pool_of(size_t pages)
     const vs_rt_config *c = &g_model->cfg;
     vs_err err = {0};
     vs_kv_pool *pool = NULL;
-    ck_assert_msg(vs_kv_pool_init(pages * vs_kv_page_bytes(PT, c->head_dim), vs_kv_geometry_of(c, PT),
+    ck_assert_msg(vs_kv_pool_init(pages * vs_kv_page_bytes(vs_kv_geometry_of(c, PT, 4)), vs_kv_geometry_of(c, PT, 4),
                                   NULL, &pool, &err) == VS_OK,
                   "%s", err.msg);
     return pool;

@@ -11,11 +11,15 @@
  * each head's pages must hold, slot by slot, exactly the K and V of the tokens that model says,
  * and exactly as many pages as its tokens need. kvstep_peak_is_exact(be) runs the unequal row
  * alone in a reservation of its simulated peak (it must fit) and of one page less (it must run
- * out). Included by check_kvstep.c (CPU) and check_cuda.c (device pages). */
+ * out). Included by check_kvstep.c (CPU) and check_cuda.c (device pages, FP32 and BF16). On
+ * BF16 pages (be->kv_elem_bytes 2) a cached K or V is the BF16 rounding of its value, so the
+ * model scores cached candidates with rounded keys (the new ones come from qkv, FP32) and each
+ * slot must hold exactly the rounded value: staging widens and re-rounds without changing it. */
 #ifndef VS_TESTS_KVSTEP_CASE_H
 #define VS_TESTS_KVSTEP_CASE_H
 
 #include <check.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -36,6 +40,23 @@ static float ks_value(int row, int layer, int tok, int kv, int d)
     h *= 0x5bd1e995u;
     h ^= h >> 15;
     return (float)(int)(h % 2001u) / 1000.0f - 1.0f;
+}
+
+/* v rounded to the nearest BF16, ties to even (finite v) */
+static inline float bf16_round(float v)
+{
+    uint32_t u;
+    memcpy(&u, &v, sizeof u);
+    u += 0x7FFFu + ((u >> 16) & 1u);
+    u &= 0xFFFF0000u;
+    memcpy(&v, &u, sizeof v);
+    return v;
+}
+
+/* v as the backend's KV pages hold it. */
+static float ks_stored(const vs_rt_backend *be, float v)
+{
+    return be->kv_elem_bytes == 2 ? bf16_round(v) : v;
 }
 
 static vs_rt_config ks_cfg(void)
@@ -88,8 +109,10 @@ static vs_status kvstep_drive(vs_rt_backend *be, vs_kv_policy *const *pol, int n
     vs_status st = VS_OK;
     vs_kv_allocator al = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
     vs_kv_pool *pool = NULL;
-    size_t page_bytes = vs_kv_page_bytes(KS_PT, KS_HD);
-    ck_assert_msg(vs_kv_pool_init(256 * page_bytes, vs_kv_geometry_of(&c, KS_PT),
+    vs_kv_geometry geo = vs_kv_geometry_of(&c, KS_PT, be->kv_elem_bytes);
+    size_t page_bytes = vs_kv_page_bytes(geo), page_floats = 2 * KS_PT * KS_HD;
+    ck_assert_uint_eq(page_bytes, page_floats * (size_t)be->kv_elem_bytes);
+    ck_assert_msg(vs_kv_pool_init(256 * page_bytes, geo,
                                   be->host_memory ? NULL : &al, &pool, err) == VS_OK,
                   "%s", err->msg);
     ck_assert_uint_eq(vs_kv_pool_heads(pool), KS_HEADS);
@@ -107,7 +130,7 @@ static vs_status kvstep_drive(vs_rt_backend *be, vs_kv_policy *const *pol, int n
     size_t qkv_floats = (size_t)n_rows * P * P * 3 * KS_C;
     float *qkv_host = malloc(qkv_floats * sizeof(float));
     float *qkv = be->host_memory ? qkv_host : vs_rt_backend_alloc_raw(be, qkv_floats * sizeof(float));
-    float *page_host = malloc(page_bytes);
+    float *page_host = malloc(page_floats * sizeof(float));
     /* the test's model of each cache: token ids per (row, layer, head, slot) */
     int32_t *ids = malloc((size_t)n_rows * KS_DEPTH * KS_HEADS * L * sizeof(int32_t));
     int count[KS_ROWS][KS_DEPTH][KS_HEADS] = {{{0}}};
@@ -161,11 +184,12 @@ static vs_status kvstep_drive(vs_rt_backend *be, vs_kv_policy *const *pol, int n
                     const vs_rt_kv_head *kh = &vs_kv_row_heads(rows[r])[l * H + h];
                     for (int t = 0; t < p2; t++)
                         for (int kv = 0; kv < 2; kv++)
-                            be->ops->upload(be,
-                                            view.base + vs_rt_kv_offset(&view, kh, count[r][l][h] + t, kv),
-                                            qkv_host + ((size_t)(r * p2 + t) * 3 + (size_t)(kv + 1)) * KS_C +
-                                                h * KS_HD,
-                                            KS_HD * sizeof(float));
+                            vs_rt_backend_kv_upload(
+                                be, view.base,
+                                (size_t)vs_rt_kv_offset(&view, kh, count[r][l][h] + t, kv),
+                                qkv_host + ((size_t)(r * p2 + t) * 3 + (size_t)(kv + 1)) * KS_C +
+                                    h * KS_HD,
+                                KS_HD);
                 }
             }
             /* the model: what each head of each row keeps after this layer */
@@ -202,8 +226,10 @@ static vs_status kvstep_drive(vs_rt_backend *be, vs_kv_policy *const *pol, int n
                     for (int j = 0; j < n; j++) {
                         /* a cached token's key is of the layer it was computed in: its own id */
                         float acc = 0;
-                        for (int d = 0; d < KS_HD; d++)
-                            acc += qs[d] * ks_value(r, l, cand[j], 0, h * KS_HD + d);
+                        for (int d = 0; d < KS_HD; d++) {
+                            float k = ks_value(r, l, cand[j], 0, h * KS_HD + d);
+                            acc += qs[d] * (j < hist ? ks_stored(be, k) : k);
+                        }
                         scores[j] = acc;
                     }
                     int kept = cap == 0 ? 0
@@ -227,15 +253,16 @@ static vs_status kvstep_drive(vs_rt_backend *be, vs_kv_policy *const *pol, int n
                     ck_assert_int_eq(vs_kv_row_tokens(rows[r], l, h), want);
                     ck_assert_int_eq(kh->n_pages, (want + KS_PT - 1) / KS_PT);
                     for (int pg = 0; pg < kh->n_pages; pg++) {
-                        be->ops->download(be, page_host,
-                                          view.base + vs_rt_kv_page_offset(KS_PT, KS_HD, kh->pages[pg], 0, 0),
-                                          page_bytes);
+                        vs_rt_backend_kv_download(
+                            be, page_host, view.base,
+                            (size_t)vs_rt_kv_page_offset(KS_PT, KS_HD, kh->pages[pg], 0, 0),
+                            page_floats);
                         for (int i = pg * KS_PT; i < want && i < (pg + 1) * KS_PT; i++)
                             for (int kv = 0; kv < 2; kv++)
                                 for (int d = 0; d < KS_HD; d++) {
                                     int id = IDS(r, l, h)[i];
                                     float got = page_host[vs_rt_kv_page_offset(KS_PT, KS_HD, 0, i % KS_PT, kv) + d];
-                                    float exp = ks_value(r, l, id, kv, h * KS_HD + d);
+                                    float exp = ks_stored(be, ks_value(r, l, id, kv, h * KS_HD + d));
                                     ck_assert_msg(got == exp,
                                                   "scale %d row %d layer %d head %d slot %d kv %d "
                                                   "float %d: %g, want token %d's %g",

@@ -8,7 +8,10 @@
    process keeps answering (/info, /metrics) and SIGTERM still exits 0;
 2. kv_pool_mb on a small device (VARSERVE_CUDA_EMU_MEMORY_MB): a pool that does not fit beside
    the weights, the scratch and the margin stops start-up with exit code 1 naming kv_pool_mb and
-   what fits; kv_pool_mb 0 sizes the pool to what fits, and it serves.
+   what fits; kv_pool_mb 0 sizes the pool to what fits, and it serves;
+3. BF16 KV pages: /info of the CUDA server says dtype bf16 and, beside a CPU server (FP32 pages)
+   under the same policy, the same pages per image in pages of half the bytes: half the bytes per
+   image.
 
 Run by `make test` (a few seconds). VARSERVE_EMU_BIN overrides the binary."""
 import json
@@ -45,10 +48,10 @@ def http_json(method, url, body=None, timeout=60):
 class Server:
     """varserve serve on 127.0.0.1:0 with the output collected; port from its log."""
 
-    def __init__(self, extra, env_extra):
+    def __init__(self, extra, env_extra, backend="cuda"):
         env = dict(os.environ, **env_extra)
         self.lines = []
-        self.p = subprocess.Popen([BIN, "serve", "--backend", "cuda", "--model", MODEL, "--host",
+        self.p = subprocess.Popen([BIN, "serve", "--backend", backend, "--model", MODEL, "--host",
                                    "127.0.0.1", "--port", "0", *extra], stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
                                   start_new_session=True)
@@ -156,5 +159,24 @@ if check("kv_pool_mb 0 on the small device starts", s.wait_ready(), s.text()):
     check("... and it serves", st == 200 and len((body or {}).get("data", [])) == 1, (st, body))
 rc = s.stop()
 check("the small-device server exits 0 on SIGTERM", rc == 0, (rc, s.text()))
+
+# ---- 3. BF16 KV pages ---------------------------------------------------------------------------
+
+kv_of = {}
+for backend in ("cuda", "cpu"):
+    s = Server(["--max-batch-images", "2", "--kv-policy", "scalekv"], {}, backend)
+    if check(f"the {backend} server with scalekv starts", s.wait_ready(), s.text()):
+        kv_of[backend] = (http_json("GET", s.url("/info"))[1] or {}).get("kv_pool", {})
+    check(f"the {backend} server exits 0 on SIGTERM", s.stop() == 0, s.text())
+gpu, cpu = kv_of.get("cuda", {}), kv_of.get("cpu", {})
+check("/info: the CUDA server's KV pages are bf16, the CPU's fp32",
+      gpu.get("dtype") == "bf16" and cpu.get("dtype") == "fp32", (gpu, cpu))
+check("... the same pages per image, each of half the bytes",
+      gpu.get("pages_per_image", -1) == cpu.get("pages_per_image", -2) > 0 and
+      2 * gpu.get("page_bytes", -1) == cpu.get("page_bytes", -2), (gpu, cpu))
+check("... so half the bytes per image",
+      2 * gpu.get("bytes_per_image", -1) == cpu.get("bytes_per_image", -2) > 0 and
+      gpu.get("bytes_per_image") == gpu.get("pages_per_image", 0) * gpu.get("page_bytes", 0),
+      (gpu, cpu))
 
 finish()
