@@ -38,8 +38,9 @@ static void write_cb(png_structp png, png_bytep data, png_size_t n)
 
 static void flush_cb(png_structp png) { (void)png; }
 
-vs_status vs_srv_png_encode(const uint8_t *rgb, int w, int h, unsigned char **out, size_t *out_len,
-                            vs_err *err)
+/* level: zlib's 0..9; fast: the SUB filter only (libpng's default tries five filters per row) */
+static vs_status encode(const uint8_t *rgb, int w, int h, int level, int fast, unsigned char **out,
+                        size_t *out_len, vs_err *err)
 {
     membuf buf = {0};
     png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
@@ -56,7 +57,9 @@ vs_status vs_srv_png_encode(const uint8_t *rgb, int w, int h, unsigned char **ou
     png_set_write_fn(png, &buf, write_cb, flush_cb);
     png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
                  PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-    png_set_compression_level(png, 6);
+    png_set_compression_level(png, level);
+    if (fast)
+        png_set_filter(png, PNG_FILTER_TYPE_BASE, PNG_FILTER_SUB);
     png_write_info(png, info);
     for (int y = 0; y < h; y++)
         png_write_row(png, (png_const_bytep)(rgb + (size_t)y * w * 3));
@@ -69,6 +72,18 @@ vs_status vs_srv_png_encode(const uint8_t *rgb, int w, int h, unsigned char **ou
     *out = buf.p;
     *out_len = buf.len;
     return VS_OK;
+}
+
+vs_status vs_srv_png_encode(const uint8_t *rgb, int w, int h, unsigned char **out, size_t *out_len,
+                            vs_err *err)
+{
+    return encode(rgb, w, h, 6, 0, out, out_len, err);
+}
+
+vs_status vs_srv_png_encode_preview(const uint8_t *rgb, int w, int h, unsigned char **out, size_t *out_len,
+                                    vs_err *err)
+{
+    return encode(rgb, w, h, 1, 1, out, out_len, err);
 }
 
 vs_status vs_srv_png_write(const char *path, const uint8_t *rgb, int w, int h, vs_err *err)

@@ -153,7 +153,9 @@ static void frame_event(vs_srv_stream *s, const event *ev, vs_srv_buf *b)
     unsigned char *png = NULL;
     size_t png_len = 0;
     vs_err err = {0};
-    if (vs_srv_png_encode(rgb, s->mc->image_size, s->mc->image_size, &png, &png_len, &err) != VS_OK) {
+    vs_status pst = ev->k >= 0 ? vs_srv_png_encode_preview(rgb, s->mc->image_size, s->mc->image_size, &png, &png_len, &err)
+                               : vs_srv_png_encode(rgb, s->mc->image_size, s->mc->image_size, &png, &png_len, &err);
+    if (pst != VS_OK) {
         vs_srv_api_error e;
         vs_srv_api_error_set(&e, 500, "internal_error", "png_error", NULL, "%s", err.msg);
         frame_error(b, &e);
