@@ -79,6 +79,36 @@ int vs_srv_cli_opt(vs_srv_cli_opts *o, int argc, char **argv, int *i)
     }
 }
 
+static int listed(const char *const *names, const char *k)
+{
+    for (; *names; names++)
+        if (strcmp(*names, k) == 0)
+            return 1;
+    return 0;
+}
+
+int vs_srv_cli_next(vs_srv_cli_opts *o, const char *cmd, const char *const *flags,
+                    const char *const *valued, int argc, char **argv, int *i, const char **k,
+                    const char **v)
+{
+    int r = vs_srv_cli_opt(o, argc, argv, i);
+    if (r != 0)
+        return r < 0 ? -1 : 0;
+    *k = argv[*i];
+    if (listed(flags, *k))
+        return 1;
+    if (!listed(valued, *k)) {
+        vs_srv_cli_bad("unknown option '%s' for %s (see varserve %s --help)", *k, cmd, cmd);
+        return -1;
+    }
+    if (*i + 1 >= argc) {
+        vs_srv_cli_bad("option %s needs a value", *k);
+        return -1;
+    }
+    *v = argv[++*i];
+    return 2;
+}
+
 /* The policy the options name; scalekv reads MODEL.budgets.json when it exists. */
 int vs_srv_cli_policy(const vs_srv_cli_opts *o, const vs_rt_model *m, const char *kind_name,
                        vs_kv_policy **out)

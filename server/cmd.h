@@ -45,6 +45,15 @@ vs_srv_cli_opts vs_srv_cli_defaults(void);
  * one of them, -1 error (printed). */
 int vs_srv_cli_opt(vs_srv_cli_opts *o, int argc, char **argv, int *i);
 
+/* The next option at argv[*i] of command `cmd`, whose own options are `flags` (no value) and
+ * `valued` (one value each; both lists NULL-terminated). A common option is consumed into o:
+ * returns 0. One of the command's sets *k to its name and returns 1 for a flag, or sets *v to its
+ * value, advances *i past it and returns 2. Anything else, or a missing value, is printed:
+ * returns -1 (exit 2). */
+int vs_srv_cli_next(vs_srv_cli_opts *o, const char *cmd, const char *const *flags,
+                    const char *const *valued, int argc, char **argv, int *i, const char **k,
+                    const char **v);
+
 /* The policy named kind_name at o's budget into *out (the caller frees it); scalekv and hack
  * read the model's budget file when it exists. Prints the error; returns 1 on failure. */
 int vs_srv_cli_policy(const vs_srv_cli_opts *o, const vs_rt_model *m, const char *kind_name,

@@ -148,22 +148,19 @@ int vs_srv_cmd_bench(int argc, char **argv)
     long reps = 3;
     double pool_mb = 256;
     int json = 0;
+    static const char *const flags[] = {"--json", NULL};
+    static const char *const valued[] = {"--batch", "--reps", "--pool-mb", NULL};
     for (int i = 2; i < argc; i++) {
-        int r = vs_srv_cli_opt(&o, argc, argv, &i);
+        const char *k, *v;
+        int r = vs_srv_cli_next(&o, "bench", flags, valued, argc, argv, &i, &k, &v);
         if (r < 0)
             return 2;
-        if (r > 0)
+        if (r == 0)
             continue;
-        const char *k = argv[i];
-        if (strcmp(k, "--json") == 0) {
+        if (r == 1) {
             json = 1;
             continue;
         }
-        if (strcmp(k, "--batch") != 0 && strcmp(k, "--reps") != 0 && strcmp(k, "--pool-mb") != 0)
-            return vs_srv_cli_bad("unknown option '%s' for bench (see varserve bench --help)", k);
-        if (i + 1 >= argc)
-            return vs_srv_cli_bad("option %s needs a value", k);
-        const char *v = argv[++i];
         if (strcmp(k, "--batch") == 0)
             batches = v;
         else if (strcmp(k, "--pool-mb") == 0) {

@@ -14,19 +14,15 @@ int vs_srv_cmd_calibrate(int argc, char **argv)
     const char *out = NULL;
     vs_srv_calibrate_method method = VS_SRV_CALIBRATE_ASI;
     long images = 16, top_hist = 32;
+    static const char *const flags[] = {NULL};
+    static const char *const valued[] = {"--out", "--images", "--top-history", "--method", NULL};
     for (int i = 2; i < argc; i++) {
-        int r = vs_srv_cli_opt(&o, argc, argv, &i);
+        const char *k, *v;
+        int r = vs_srv_cli_next(&o, "calibrate", flags, valued, argc, argv, &i, &k, &v);
         if (r < 0)
             return 2;
-        if (r > 0)
+        if (r == 0)
             continue;
-        const char *k = argv[i];
-        if (strcmp(k, "--out") != 0 && strcmp(k, "--images") != 0 && strcmp(k, "--top-history") != 0 &&
-            strcmp(k, "--method") != 0)
-            return vs_srv_cli_bad("unknown option '%s' for calibrate (see varserve calibrate --help)", k);
-        if (i + 1 >= argc)
-            return vs_srv_cli_bad("option %s needs a value", k);
-        const char *v = argv[++i];
         if (strcmp(k, "--out") == 0)
             out = v;
         else if (strcmp(k, "--method") == 0) {

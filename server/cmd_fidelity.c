@@ -15,23 +15,19 @@ int vs_srv_cmd_fidelity(int argc, char **argv)
     unsigned long long seed = 0;
     int json = 0;
     const char *dump = NULL;
+    static const char *const flags[] = {"--json", NULL};
+    static const char *const valued[] = {"--images", "--seed", "--out", "--policy", "--budget", NULL};
     for (int i = 2; i < argc; i++) {
-        int r = vs_srv_cli_opt(&o, argc, argv, &i);
+        const char *k, *v;
+        int r = vs_srv_cli_next(&o, "fidelity", flags, valued, argc, argv, &i, &k, &v);
         if (r < 0)
             return 2;
-        if (r > 0)
+        if (r == 0)
             continue;
-        const char *k = argv[i];
-        if (strcmp(k, "--json") == 0) {
+        if (r == 1) {
             json = 1;
             continue;
         }
-        if (strcmp(k, "--images") != 0 && strcmp(k, "--seed") != 0 && strcmp(k, "--out") != 0 &&
-            strcmp(k, "--policy") != 0 && strcmp(k, "--budget") != 0)
-            return vs_srv_cli_bad("unknown option '%s' for fidelity (see varserve fidelity --help)", k);
-        if (i + 1 >= argc)
-            return vs_srv_cli_bad("option %s needs a value", k);
-        const char *v = argv[++i];
         if (strcmp(k, "--policy") == 0 || strcmp(k, "--budget") == 0) {
             /* --policy / --budget are the spelling of --kv-policy / --kv-budget */
             char name[16];

@@ -39,19 +39,15 @@ int vs_srv_cmd_generate(int argc, char **argv)
     o.fp32 = 1; /* generate reproduces the reference exactly unless --precision bf16 is asked */
     const char *labels = NULL, *out = NULL, *tokens_out = NULL;
     unsigned long long seed = 0;
+    static const char *const flags[] = {NULL};
+    static const char *const valued[] = {"--labels", "--seed", "--out", "--tokens-out", NULL};
     for (int i = 2; i < argc; i++) {
-        int r = vs_srv_cli_opt(&o, argc, argv, &i);
+        const char *k, *v;
+        int r = vs_srv_cli_next(&o, "generate", flags, valued, argc, argv, &i, &k, &v);
         if (r < 0)
             return 2;
-        if (r > 0)
+        if (r == 0)
             continue;
-        const char *k = argv[i];
-        if (strcmp(k, "--labels") != 0 && strcmp(k, "--seed") != 0 && strcmp(k, "--out") != 0 &&
-            strcmp(k, "--tokens-out") != 0)
-            return vs_srv_cli_bad("unknown option '%s' for generate (see varserve generate --help)%s", k, "");
-        if (i + 1 >= argc)
-            return vs_srv_cli_bad("option %s needs a value%s", k, "");
-        const char *v = argv[++i];
         if (strcmp(k, "--labels") == 0)
             labels = v;
         else if (strcmp(k, "--out") == 0)
