@@ -24,13 +24,12 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "config/config.h"
+#include "server/cmd.h"
 #include "server/engine.h"
 #include "server/http.h"
 #include "server/metrics.h"
 #include "server/queue.h"
 #include "server/version.h"
-
-int vs_srv_serve_main(int argc, char **argv);
 
 static void serve_usage(FILE *f)
 {
