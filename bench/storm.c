@@ -17,6 +17,8 @@
 #include <sys/resource.h>
 #include <time.h>
 
+#include "client.h"
+
 enum { MAX_CODE = 600 };
 
 typedef struct {
@@ -26,13 +28,6 @@ typedef struct {
     atomic_uint next_id;         /* each client's label sequence */
     atomic_long codes[MAX_CODE]; /* [http code], 0 = no answer */
 } storm;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static size_t discard(char *p, size_t sz, size_t n, void *ud)
 {
@@ -44,16 +39,11 @@ static size_t discard(char *p, size_t sz, size_t n, void *ud)
 static void *client(void *arg)
 {
     storm *s = arg;
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    h = curl_slist_append(h, "Expect:");
-    char url[512], body[64];
-    snprintf(url, sizeof url, "%s/generate", s->url);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, discard);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 60L);
+    struct curl_slist *h = NULL;
+    CURL *c = generate_handle(s->url, discard, 60L, &h);
+    if (!c)
+        return NULL;
+    char body[64];
     unsigned seed = atomic_fetch_add(&s->next_id, 1) * 2654435761u;
     while (now_s() < s->t_end) {
         snprintf(body, sizeof body, "{\"class_label\":%d}", rand_r(&seed) % 10);
