@@ -22,6 +22,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "client.h"
+
 typedef struct {
     char *p;
     size_t len;
@@ -40,13 +42,6 @@ typedef struct {
     atomic_int next;
     sample *samples; /* [total] */
 } level;
-
-static double now_s(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 static size_t on_body(char *p, size_t sz, size_t n, void *ud)
 {
@@ -70,16 +65,10 @@ static double json_num(const char *body, const char *key)
 static void *client(void *arg)
 {
     level *lv = arg;
-    CURL *c = curl_easy_init();
-    struct curl_slist *h = curl_slist_append(NULL, "Content-Type: application/json");
-    h = curl_slist_append(h, "Expect:");
-    char url[512];
-    snprintf(url, sizeof url, "%s/generate", lv->url);
-    curl_easy_setopt(c, CURLOPT_URL, url);
-    curl_easy_setopt(c, CURLOPT_HTTPHEADER, h);
-    curl_easy_setopt(c, CURLOPT_WRITEFUNCTION, on_body);
-    curl_easy_setopt(c, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(c, CURLOPT_TIMEOUT, 900L);
+    struct curl_slist *h = NULL;
+    CURL *c = generate_handle(lv->url, on_body, 900L, &h);
+    if (!c)
+        return NULL; /* its requests stay unsent: code 0, counted as failed */
     for (;;) {
         int i = atomic_fetch_add(&lv->next, 1);
         if (i >= lv->total)

@@ -4,7 +4,8 @@
  *   (on_uri)        the request is born with the raw path (an encoded NUL is refused later)
  *   first call      framing (conflicting lengths 400, Transfer-Encoding 501: answered at once,
  *                   closing), route (404/405), then for POST /generate: ready and not draining
- *                   (503), API key (401), content type (415), Content-Length (413). A reply made
+ *                   (503), API key (401), content type (415), Content-Length (413), a full
+ *                   queue (429, from one atomic load, before any body is kept). A reply made
  *                   here is held until the body has been read and thrown away (S_DRAIN), so the
  *                   connection stays usable and a client sending its body first can read it
  *   body calls      append to a buffer capped at max_body_bytes (chunked bodies that pass it are
@@ -479,13 +480,20 @@ static int is_json(const char *ct)
     return after == 0 || after == ';' || after == ' ';
 }
 
-static void retry_after_429(vs_srv_http *h, char *out, size_t cap)
+/* 429 queue_full, with Retry-After: the waves of max_batch_images a full queue needs, times the
+ * mean inference time. The queue is full, so its length is its capacity: no lock is taken on
+ * the queue, and the one on the metrics is held for a read. */
+static enum MHD_Result refuse_queue_full(req *r, struct MHD_Connection *c)
 {
+    vs_srv_http *h = r->h;
     const vs_srv_engine_info *in = vs_srv_engine_info_get(h->eng);
-    double per = vs_srv_metrics_mean_inference(h->met);
-    double waves = (double)vs_srv_queue_length(h->q) / (in ? in->max_batch_images : 1) + 1;
-    double s = ceil(per * waves);
-    snprintf(out, cap, "%.0f", s < 1 ? 1 : s > 600 ? 600 : s);
+    size_t cap = vs_srv_queue_capacity(h->q);
+    double waves = (double)cap / (in ? in->max_batch_images : 1) + 1;
+    double s = ceil(vs_srv_metrics_mean_inference(h->met) * waves);
+    char ra[24];
+    snprintf(ra, sizeof ra, "%.0f", s < 1 ? 1 : s > 600 ? 600 : s);
+    return fail(r, c, 429, "rate_limit_error", "queue_full", NULL, ra,
+                "the queue is full (%zu requests waiting, queue_size); retry after %s s", cap, ra);
 }
 
 static void job_notify(void *ctx) { MHD_resume_connection((struct MHD_Connection *)ctx); }
@@ -523,6 +531,10 @@ static enum MHD_Result generate_begin(req *r, struct MHD_Connection *c)
             return fail(r, c, 413, "invalid_request_error", "body_too_large", NULL, NULL,
                         "the body is %llu bytes; the limit is %ld (max_body_bytes)", n, h->cfg->max_body_bytes);
     }
+    /* refused from the headers when the queue is full: the body is drained unread, so a storm
+     * of retries costs no buffering, JSON parsing or job; the reserve at submit still decides */
+    if (vs_srv_queue_full(h->q))
+        return refuse_queue_full(r, c);
     const char *acc = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
     r->want_png = acc && strstr(acc, "image/png") != NULL;
     r->st = S_BODY;
@@ -603,11 +615,7 @@ static enum MHD_Result generate_submit(req *r, struct MHD_Connection *c)
         if (qr == VS_SRV_Q_CLOSED)
             return fail(r, c, 503, "unavailable_error", "draining", NULL, "10",
                         "the server is shutting down and takes no new requests; retry on another instance");
-        char ra[24];
-        retry_after_429(h, ra, sizeof ra);
-        return fail(r, c, 429, "rate_limit_error", "queue_full", NULL, ra,
-                    "the queue is full (%zu requests waiting, queue_size); retry after %s s",
-                    vs_srv_queue_capacity(h->q), ra);
+        return refuse_queue_full(r, c);
     }
     vs_srv_stream *st = NULL;
     if (p.stream) {

@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -16,6 +17,9 @@ struct vs_srv_queue {
     size_t len, reserved;
     unsigned long long next_seq;
     int closed, woken;
+    /* len + reserved, written under mu, read without it by vs_srv_queue_full: a refused request
+     * costs one load rather than a lock handoff with the engine */
+    atomic_size_t pending;
 };
 
 vs_status vs_srv_queue_new(size_t capacity, vs_srv_queue **out, vs_err *err)
@@ -28,6 +32,7 @@ vs_status vs_srv_queue_new(size_t capacity, vs_srv_queue **out, vs_err *err)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory for a queue of %zu", capacity);
     }
     q->cap = capacity;
+    atomic_init(&q->pending, 0);
     pthread_mutex_init(&q->mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
@@ -54,6 +59,7 @@ vs_srv_q_result vs_srv_queue_reserve(vs_srv_queue *q)
     vs_srv_q_result r = q->closed ? VS_SRV_Q_CLOSED : q->len + q->reserved >= q->cap ? VS_SRV_Q_FULL : VS_SRV_Q_OK;
     if (r == VS_SRV_Q_OK)
         q->reserved++;
+    atomic_store_explicit(&q->pending, q->len + q->reserved, memory_order_relaxed);
     pthread_mutex_unlock(&q->mu);
     return r;
 }
@@ -63,6 +69,7 @@ void vs_srv_queue_unreserve(vs_srv_queue *q)
     pthread_mutex_lock(&q->mu);
     if (q->reserved)
         q->reserved--;
+    atomic_store_explicit(&q->pending, q->len + q->reserved, memory_order_relaxed);
     pthread_mutex_unlock(&q->mu);
 }
 
@@ -78,6 +85,7 @@ void vs_srv_queue_push(vs_srv_queue *q, vs_srv_job *j)
     memmove(q->jobs + i + 1, q->jobs + i, (q->len - i) * sizeof *q->jobs);
     q->jobs[i] = j;
     q->len++;
+    atomic_store_explicit(&q->pending, q->len + q->reserved, memory_order_relaxed);
     pthread_cond_signal(&q->cv);
     pthread_mutex_unlock(&q->mu);
 }
@@ -90,6 +98,7 @@ vs_srv_job *vs_srv_queue_pop(vs_srv_queue *q)
         j = q->jobs[0];
         q->len--;
         memmove(q->jobs, q->jobs + 1, q->len * sizeof *q->jobs);
+        atomic_store_explicit(&q->pending, q->len + q->reserved, memory_order_relaxed);
     }
     pthread_mutex_unlock(&q->mu);
     return j;
@@ -103,6 +112,7 @@ int vs_srv_queue_remove(vs_srv_queue *q, vs_srv_job *j)
         if (q->jobs[i] == j) {
             q->len--;
             memmove(q->jobs + i, q->jobs + i + 1, (q->len - i) * sizeof *q->jobs);
+            atomic_store_explicit(&q->pending, q->len + q->reserved, memory_order_relaxed);
             found = 1;
             break;
         }
@@ -164,6 +174,11 @@ size_t vs_srv_queue_pending(vs_srv_queue *q)
     size_t n = q->len + q->reserved;
     pthread_mutex_unlock(&q->mu);
     return n;
+}
+
+int vs_srv_queue_full(vs_srv_queue *q)
+{
+    return atomic_load_explicit(&q->pending, memory_order_relaxed) >= q->cap;
 }
 
 size_t vs_srv_queue_capacity(const vs_srv_queue *q) { return q->cap; }

@@ -8,7 +8,7 @@
  * suspended yet. The engine waits on a condition variable when it has nothing to run.
  *
  * Threads: reserve/unreserve/push from HTTP threads; pop/remove/snapshot/wait from the engine
- * thread; close/wake/pending from any. The queue never touches a job's fields except seq and
+ * thread; close/wake/pending/full from any. The queue never touches a job's fields except seq and
  * p.priority. */
 #ifndef VS_SRV_QUEUE_H
 #define VS_SRV_QUEUE_H
@@ -46,6 +46,9 @@ void vs_srv_queue_wake(vs_srv_queue *q);
 void vs_srv_queue_close(vs_srv_queue *q);
 size_t vs_srv_queue_length(vs_srv_queue *q);  /* jobs queued */
 size_t vs_srv_queue_pending(vs_srv_queue *q); /* jobs queued + slots reserved */
+/* Whether reserve would answer FULL now, from one atomic load and no lock: a hint for refusing
+ * early (the slot may free or fill a moment later; reserve stays the one that decides). */
+int vs_srv_queue_full(vs_srv_queue *q);
 size_t vs_srv_queue_capacity(const vs_srv_queue *q);
 
 #endif

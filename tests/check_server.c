@@ -1075,14 +1075,17 @@ START_TEST(a_full_queue_answers_429_with_retry_after_and_serves_the_rest)
     enum { NC = 6 };
     client cs[NC];
     pthread_t th[NC];
-    /* one running (n = 4 keeps it busy), two queued, the rest refused */
+    /* one running (n = 4 keeps it busy), two queued, the rest refused; the last one's body names
+     * n twice, a 400 if it were read: a full queue is refused from the headers, body unparsed */
     for (int i = 0; i < NC; i++) {
-        cs[i] = (client){s.port, i, i == 0 ? 4 : 1, (unsigned)i, i == 0 ? 0 : 0.3 + 0.05 * i, {0}, NULL};
+        cs[i] = (client){s.port, i, i == 0 ? 4 : 1, (unsigned)i, i == 0 ? 0 : 0.3 + 0.05 * i, {0},
+                         i == NC - 1 ? "\"n\":2" : NULL};
         pthread_create(&th[i], NULL, client_main, &cs[i]);
     }
     for (int i = 0; i < NC; i++)
         pthread_join(th[i], NULL);
     int ok = 0, full = 0;
+    ck_assert_int_eq(cs[NC - 1].r.code, 429);
     for (int i = 0; i < NC; i++) {
         if (cs[i].r.code == 200)
             ok++;
