@@ -121,73 +121,40 @@ static int32_t hack_cap(const vs_kv_policy *p, int layer, int head, int scale)
     return whole_pages(((double)N * p->B - (double)nc * cap_c) / (N - nc));
 }
 
-typedef struct {
-    float score;
-    int32_t slot;
-} ranked;
-
-/* descending score, then ascending slot (a total order: the selection is deterministic) */
-static int cmp_ranked(const void *a, const void *b)
-{
-    const ranked *x = a, *y = b;
-    if (x->score != y->score)
-        return x->score > y->score ? -1 : 1;
-    return (x->slot > y->slot) - (x->slot < y->slot);
-}
-
-static int cmp_slot(const void *a, const void *b)
-{
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    return (x > y) - (x < y);
-}
-
-/* Appends to keep the `want` best of slots [from, to) by score[], then returns the new count. */
-static int keep_best(const float *score, int from, int to, int want, ranked *list, int32_t *keep, int k)
+/* Appends to keep the `want` best of slots [from, to) by score[] (vs_kv_keep_best's order). */
+static int keep_best(const float *score, int from, int to, int want, vs_kv_scored *list, int32_t *keep, int k)
 {
     int m = 0;
     for (int i = from; i < to; i++)
-        list[m++] = (ranked){score[i], i};
-    qsort(list, (size_t)m, sizeof *list, cmp_ranked);
-    for (int i = 0; i < want && i < m; i++)
-        keep[k++] = list[i].slot;
-    return k;
+        list[m++] = (vs_kv_scored){score[i], i};
+    return vs_kv_keep_best(list, m, want, keep, k);
 }
 
 static int hack_select(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens, int n_new,
                        const float *scores, int cap, int32_t *keep, float *tmp)
 {
     (void)scale_side;
-    ranked *list = (ranked *)(tmp + 2 * (size_t)n_tokens);
+    vs_kv_scored *list = (vs_kv_scored *)(tmp + 2 * (size_t)n_tokens);
     int k = 0;
     if (is_contextual(p, layer, head)) {
         k = keep_best(scores, 0, n_tokens, cap, list, keep, 0);
     } else {
         int sinks = p->sinks < cap / 4 ? p->sinks : cap / 4;
         int mid_end = n_tokens - n_new; /* the middle: after the sinks, before the current scale */
-        if (sinks + n_new > cap) {
+        if (sinks + n_new > cap)
             mid_end = n_tokens - (cap - sinks); /* only the sinks and the most recent tokens fit */
-            n_new = cap - sinks;
-        }
         for (int i = 0; i < sinks; i++)
             keep[k++] = i;
         for (int i = mid_end; i < n_tokens; i++)
             keep[k++] = i;
         int want = cap - k;
         if (want > 0 && mid_end > sinks) {
-            /* max-pool the middle's scores along token order (width VS_KV_POOL_KERNEL) */
-            float *pooled = tmp;
-            const int half = VS_KV_POOL_KERNEL / 2;
-            for (int i = sinks; i < mid_end; i++) {
-                float m = -INFINITY;
-                for (int j = i - half; j <= i + half; j++)
-                    if (j >= sinks && j < mid_end && scores[j] > m)
-                        m = scores[j];
-                pooled[i] = m;
-            }
+            float *pooled = tmp; /* the middle's scores max-pooled along token order */
+            vs_kv_max_pool(scores, sinks, mid_end, pooled);
             k = keep_best(pooled, sinks, mid_end, want, list, keep, k);
         }
     }
-    qsort(keep, (size_t)k, sizeof *keep, cmp_slot);
+    vs_kv_sort_slots(keep, k);
     return k;
 }
 

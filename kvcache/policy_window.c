@@ -21,15 +21,10 @@ static int32_t pyramid_cap(const vs_kv_policy *p, int layer, int head, int scale
     return vs_kv_at_least_window(p->B * f);
 }
 
-typedef struct {
-    float score;
-    int32_t slot;
-} scored;
-
 /* descending score, then ascending slot: a total order, so selection is deterministic */
 static int cmp_scored(const void *a, const void *b)
 {
-    const scored *x = a, *y = b;
+    const vs_kv_scored *x = a, *y = b;
     if (x->score > y->score)
         return -1;
     if (x->score < y->score)
@@ -43,6 +38,28 @@ static int cmp_i32(const void *a, const void *b)
     return (x > y) - (x < y);
 }
 
+int vs_kv_keep_best(vs_kv_scored *list, int m, int want, int32_t *keep, int k)
+{
+    qsort(list, (size_t)m, sizeof *list, cmp_scored);
+    for (int i = 0; i < want && i < m; i++)
+        keep[k++] = list[i].slot;
+    return k;
+}
+
+void vs_kv_max_pool(const float *in, int from, int to, float *out)
+{
+    const int half = VS_KV_POOL_KERNEL / 2;
+    for (int i = from; i < to; i++) {
+        float m = -INFINITY;
+        for (int j = i - half; j <= i + half; j++)
+            if (j >= from && j < to && in[j] > m)
+                m = in[j];
+        out[i] = m;
+    }
+}
+
+void vs_kv_sort_slots(int32_t *keep, int k) { qsort(keep, (size_t)k, sizeof *keep, cmp_i32); }
+
 int vs_kv_select_scored(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
                         int n_new, const float *scores, int cap, int32_t *keep, float *tmp)
 {
@@ -54,30 +71,20 @@ int vs_kv_select_scored(const vs_kv_policy *p, int layer, int head, int scale_si
         masked[i] = scores[i];
     for (int w = 0; w < nw; w++)
         masked[win[w]] = -INFINITY;
-    const int half = VS_KV_POOL_KERNEL / 2;
-    for (int i = 0; i < n_tokens; i++) {
-        float m = -INFINITY;
-        for (int k = i - half; k <= i + half; k++)
-            if (k >= 0 && k < n_tokens && masked[k] > m)
-                m = masked[k];
-        pooled[i] = m;
-    }
+    vs_kv_max_pool(masked, 0, n_tokens, pooled);
     for (int w = 0; w < nw; w++)
         pooled[win[w]] = -INFINITY;
     /* non-window tokens have a finite pooled score (their own score is in their pool), window
      * tokens −∞: rank the finite ones */
-    scored *list = (scored *)(tmp + 2 * (size_t)n_tokens);
-    int m = 0, k = 0;
+    vs_kv_scored *list = (vs_kv_scored *)(tmp + 2 * (size_t)n_tokens);
+    int m = 0;
     for (int i = 0; i < n_tokens; i++)
         if (pooled[i] != -INFINITY)
-            list[m++] = (scored){pooled[i], i};
-    qsort(list, (size_t)m, sizeof *list, cmp_scored);
-    int want = cap - nw < m ? cap - nw : m;
-    for (int i = 0; i < want; i++)
-        keep[k++] = list[i].slot;
+            list[m++] = (vs_kv_scored){pooled[i], i};
+    int k = vs_kv_keep_best(list, m, cap - nw, keep, 0);
     for (int w = 0; w < nw; w++)
         keep[k++] = win[w];
-    qsort(keep, (size_t)k, sizeof *keep, cmp_i32);
+    vs_kv_sort_slots(keep, k);
     return k;
 }
 
