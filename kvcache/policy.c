@@ -289,16 +289,37 @@ int vs_kv_window(int side, int n_tokens, int n_new, int32_t *slots)
     return n;
 }
 
+_Static_assert(VS_KV_WINDOW <= VS_RT_KV_PLAN_QUERIES && VS_KV_WINDOW <= VS_RT_KV_PLAN_RANGES,
+               "a plan lists the observation window's queries and slots");
+
+void vs_kv_policy_plan_head(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
+                            int n_new, int cap, vs_rt_kv_plan *out)
+{
+    memset(out, 0, sizeof *out);
+    if (cap >= n_tokens) { /* keeps all: one forced range */
+        out->n_ranges = 1;
+        out->hi[0] = n_tokens;
+    } else {
+        p->def->plan(p, layer, head, scale_side, n_tokens, n_new, cap, out);
+    }
+    out->n = n_tokens;
+    out->kept = vs_rt_kv_plan_count(out);
+    if (vs_rt_kv_plan_needs_scores(out)) {
+        int32_t win[VS_KV_WINDOW];
+        int nw = vs_kv_window(scale_side, n_tokens, n_new, win), hist = n_tokens - n_new;
+        for (int w = 0; w < nw; w++)
+            out->q[w] = win[w] > hist ? win[w] - hist : 0;
+        out->n_queries = nw;
+    }
+}
+
 int vs_kv_policy_select_head(const vs_kv_policy *p, int layer, int head, int scale_side,
                              int n_tokens, int n_new, const float *scores, int cap, int32_t *keep,
                              float *tmp)
 {
-    if (cap >= n_tokens) {
-        for (int i = 0; i < n_tokens; i++)
-            keep[i] = i;
-        return n_tokens;
-    }
-    return p->def->select(p, layer, head, scale_side, n_tokens, n_new, scores, cap, keep, tmp);
+    vs_rt_kv_plan pl;
+    vs_kv_policy_plan_head(p, layer, head, scale_side, n_tokens, n_new, cap, &pl);
+    return vs_rt_kv_plan_keep(&pl, scores, keep, tmp);
 }
 
 static size_t pages_for(int tokens, int page_tokens)

@@ -23,6 +23,7 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "runtime/kv_compact.h"
 #include "runtime/model.h"
 
 typedef enum {
@@ -76,9 +77,11 @@ typedef struct vs_kv_policy_def {
     /* Tokens head `head` of `layer` keeps after `scale` once the cache is longer than that
      * (VS_KV_KEEP_ALL: no compression); tabulated at creation for scales 0..n_scales-2. */
     int32_t (*cap)(const vs_kv_policy *p, int layer, int head, int scale);
-    /* The selection rule: see vs_kv_policy_select_head (called only when cap < n_tokens). */
-    int (*select)(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens, int n_new,
-                  const float *scores, int cap, int32_t *keep, float *tmp);
+    /* The selection rule as a plan of the head's n_tokens candidates (runtime/kv_compact.h): its
+     * forced ranges, ranked span, want and pool radius; the caller fills n, the score queries
+     * and kept (vs_kv_policy_plan_head). Called only when cap < n_tokens; must keep cap. */
+    void (*plan)(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens, int n_new,
+                 int cap, vs_rt_kv_plan *out);
 } vs_kv_policy_def;
 
 /* The registry, indexed by kind: n (if not NULL) = VS_KV_POLICY_COUNT. */
@@ -138,10 +141,17 @@ int vs_kv_policy_is_drafter(const vs_kv_policy *p, int layer, int scale);
  * last 16 slots. */
 int vs_kv_window(int side, int n_tokens, int n_new, int32_t *slots);
 
-/* Chooses the tokens head `head` of `layer` keeps: `cap` slots, ascending, into keep. scores:
- * [n_tokens] summed window-query·key products (ignored by sliding and streamingllm; may then be
- * NULL). tmp: scratch of 4·n_tokens floats. Returns the count written (cap, or n_tokens when that
- * is smaller). */
+/* The plan (runtime/kv_compact.h) by which head `head` of `layer` keeps min(cap, n_tokens) of its
+ * n_tokens candidates (the last n_new of them the scale's, of side scale_side): every one when
+ * cap allows, else the policy's rule; its score queries are the observation window's
+ * (vs_kv_window; a window slot before this scale uses the scale's first query). */
+void vs_kv_policy_plan_head(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
+                            int n_new, int cap, vs_rt_kv_plan *out);
+
+/* Chooses the tokens head `head` of `layer` keeps on the host: its plan's candidates, ascending,
+ * into keep (vs_rt_kv_plan_keep). scores: [n_tokens] summed window-query·key products (ignored by
+ * sliding and streamingllm; may then be NULL). tmp: scratch of 4·n_tokens floats. Returns the
+ * count written (cap, or n_tokens when that is smaller). */
 int vs_kv_policy_select_head(const vs_kv_policy *p, int layer, int head, int scale_side,
                              int n_tokens, int n_new, const float *scores, int cap, int32_t *keep,
                              float *tmp);

@@ -15,5 +15,5 @@ const vs_kv_policy_def vs_kv_policy_full_def = {
     .needs_scores = 0,
     .budget_file = VS_KV_BUDGET_FILE_NONE,
     .cap = full_cap,
-    .select = vs_kv_select_scored, /* never called: nothing is compressed */
+    .plan = vs_kv_plan_scored, /* never called: nothing is compressed */
 };

@@ -121,41 +121,28 @@ static int32_t hack_cap(const vs_kv_policy *p, int layer, int head, int scale)
     return whole_pages(((double)N * p->B - (double)nc * cap_c) / (N - nc));
 }
 
-/* Appends to keep the `want` best of slots [from, to) by score[] (vs_kv_keep_best's order). */
-static int keep_best(const float *score, int from, int to, int want, vs_kv_scored *list, int32_t *keep, int k)
-{
-    int m = 0;
-    for (int i = from; i < to; i++)
-        list[m++] = (vs_kv_scored){score[i], i};
-    return vs_kv_keep_best(list, m, want, keep, k);
-}
-
-static int hack_select(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens, int n_new,
-                       const float *scores, int cap, int32_t *keep, float *tmp)
+static void hack_plan(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
+                      int n_new, int cap, vs_rt_kv_plan *out)
 {
     (void)scale_side;
-    vs_kv_scored *list = (vs_kv_scored *)(tmp + 2 * (size_t)n_tokens);
-    int k = 0;
-    if (is_contextual(p, layer, head)) {
-        k = keep_best(scores, 0, n_tokens, cap, list, keep, 0);
-    } else {
-        int sinks = p->sinks < cap / 4 ? p->sinks : cap / 4;
-        int mid_end = n_tokens - n_new; /* the middle: after the sinks, before the current scale */
-        if (sinks + n_new > cap)
-            mid_end = n_tokens - (cap - sinks); /* only the sinks and the most recent tokens fit */
-        for (int i = 0; i < sinks; i++)
-            keep[k++] = i;
-        for (int i = mid_end; i < n_tokens; i++)
-            keep[k++] = i;
-        int want = cap - k;
-        if (want > 0 && mid_end > sinks) {
-            float *pooled = tmp; /* the middle's scores max-pooled along token order */
-            vs_kv_max_pool(scores, sinks, mid_end, pooled);
-            k = keep_best(pooled, sinks, mid_end, want, list, keep, k);
-        }
+    if (is_contextual(p, layer, head)) { /* the top raw scores, nothing forced */
+        out->rank_to = n_tokens;
+        out->want = cap;
+        return;
     }
-    vs_kv_sort_slots(keep, k);
-    return k;
+    int sinks = p->sinks < cap / 4 ? p->sinks : cap / 4;
+    int mid_end = n_tokens - n_new; /* the middle: after the sinks, before the current scale */
+    if (sinks + n_new > cap)
+        mid_end = n_tokens - (cap - sinks); /* only the sinks and the most recent tokens fit */
+    mid_end = mid_end > sinks ? mid_end : sinks;
+    vs_kv_plan_force(out, 0, sinks);
+    vs_kv_plan_force(out, mid_end, n_tokens);
+    /* the middle's scores max-pooled along token order */
+    out->rank_from = sinks;
+    out->rank_to = mid_end;
+    int want = cap - sinks - (n_tokens - mid_end);
+    out->want = want > 0 ? want : 0;
+    out->pool_radius = VS_KV_POOL_KERNEL / 2;
 }
 
 const vs_kv_policy_def vs_kv_policy_hack_def = {
@@ -169,5 +156,5 @@ const vs_kv_policy_def vs_kv_policy_hack_def = {
     .budget_file = VS_KV_BUDGET_FILE_HACK,
     .prepare = hack_prepare,
     .cap = hack_cap,
-    .select = hack_select,
+    .plan = hack_plan,
 };

@@ -28,22 +28,14 @@ struct vs_kv_policy {
 /* round(v), at least the observation window */
 int vs_kv_at_least_window(double v);
 
-/* A candidate slot and its score. */
-typedef struct {
-    float score;
-    int32_t slot;
-} vs_kv_scored;
+/* The window-score plan (snapkv's rule, shared by scalekv, snapkv and pyramidkv): the observation
+ * window kept, and the rest ranked by max-pooled window scores. */
+void vs_kv_plan_scored(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
+                       int n_new, int cap, vs_rt_kv_plan *out);
 
-/* Sorts list[0..m) by descending score, then ascending slot (a total order: selection is
- * deterministic), appends the first min(want, m) slots to keep[k..] and returns the new count. */
-int vs_kv_keep_best(vs_kv_scored *list, int m, int want, int32_t *keep, int k);
-/* out[i] = max of in[i−2 .. i+2] within [from, to), for i in [from, to) (VS_KV_POOL_KERNEL). */
-void vs_kv_max_pool(const float *in, int from, int to, float *out);
-void vs_kv_sort_slots(int32_t *keep, int k); /* ascending */
-
-/* The window-score selection (snapkv's rule, shared by scalekv, snapkv and pyramidkv). */
-int vs_kv_select_scored(const vs_kv_policy *p, int layer, int head, int scale_side, int n_tokens,
-                        int n_new, const float *scores, int cap, int32_t *keep, float *tmp);
+/* Appends the forced range [lo, hi) to a plan (empty ranges are skipped; the caller keeps them
+ * ascending and disjoint, and within VS_RT_KV_PLAN_RANGES). */
+void vs_kv_plan_force(vs_rt_kv_plan *out, int lo, int hi);
 
 /* The definitions, one per policy file. */
 extern const vs_kv_policy_def vs_kv_policy_full_def;    /* policy_full.c */

@@ -125,5 +125,5 @@ const vs_kv_policy_def vs_kv_policy_scalekv_def = {
     .budget_file = VS_KV_BUDGET_FILE_SCALEKV,
     .prepare = scalekv_prepare,
     .cap = scalekv_cap,
-    .select = vs_kv_select_scored,
+    .plan = vs_kv_plan_scored,
 };

@@ -44,7 +44,7 @@ START_TEST(the_registry_is_consistent)
         ck_assert_str_eq(vs_kv_policy_name(d->kind), d->name);
         ck_assert_msg(d->name[0] && d->doc && d->doc[0], "policy %d has a name and a doc line", i);
         ck_assert_msg(strlen(d->name) < sizeof(((vs_cfg *)0)->kv_policy), "%s fits the config key", d->name);
-        ck_assert_msg(d->cap && d->select, "%s has a capacity and a selection rule", d->name);
+        ck_assert_msg(d->cap && d->plan, "%s has a capacity and a selection rule", d->name);
         for (int j = 0; j < i; j++)
             ck_assert_str_ne(defs[j]->name, d->name);
     }
