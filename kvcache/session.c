@@ -13,6 +13,8 @@ struct vs_kv_session {
     int *scale;                   /* [ROWS max_images] */
     const vs_kv_policy **policy;  /* [ROWS max_images] */
     float *scratch;               /* vs_kv_step_scratch_floats */
+    vs_rt_kv_plan *plans;         /* [vs_kv_step_jobs(rows)] */
+    vs_rt_kv_job *jobs;           /* [vs_kv_step_jobs(rows)] */
 };
 
 vs_status vs_kv_session_new(vs_rt_engine *e, vs_kv_pool *pool, int max_images, vs_kv_session **out,
@@ -35,7 +37,9 @@ vs_status vs_kv_session_new(vs_rt_engine *e, vs_kv_pool *pool, int max_images, v
     s->scale = calloc(rows, sizeof *s->scale);
     s->policy = calloc(rows, sizeof *s->policy);
     s->scratch = malloc(vs_kv_step_scratch_floats(c, vs_kv_pool_page_tokens(pool)) * sizeof(float));
-    if (!s->ptrs || !s->rows || !s->scale || !s->policy || !s->scratch) {
+    s->plans = malloc(vs_kv_step_jobs(c, (int)rows) * sizeof *s->plans);
+    s->jobs = malloc(vs_kv_step_jobs(c, (int)rows) * sizeof *s->jobs);
+    if (!s->ptrs || !s->rows || !s->scale || !s->policy || !s->scratch || !s->plans || !s->jobs) {
         vs_kv_session_free(s);
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory for the KV session's tables");
     }
@@ -53,6 +57,8 @@ void vs_kv_session_free(vs_kv_session *s)
     free(s->scale);
     free(s->policy);
     free(s->scratch);
+    free(s->plans);
+    free(s->jobs);
     free(s);
 }
 
@@ -127,7 +133,9 @@ vs_status vs_kv_session_step(vs_kv_session *s, vs_kv_image *const *ims, int n,
                      .stats = stats,
                      .be = vs_rt_engine_backend(s->e),
                      .page_tokens = vs_kv_pool_page_tokens(s->pool),
-                     .scratch = s->scratch};
+                     .scratch = s->scratch,
+                     .plans = s->plans,
+                     .jobs = s->jobs};
     vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
     st = vs_rt_step(s->e, s->ptrs, n, &hooks, err);
     if (kv_s)

@@ -7,10 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* Host scratch, in this order: scores [L]; select tmp [4L]; keep [L] (int32); held [H] (int32);
- * query sum [d]; probs [L]; staged pages in [H][pages(L)][2][pt][d]; staged pages out
- * [pages(L)][2][pt][d] (one head at a time); the row's qkv [P²][3C]. pages(L) counts one page more
- * than L needs (a page may be partly filled). */
+/* Host scratch (statistics only: compression runs in the backend), in this order: column sums
+ * [L]; sort tmp [L]; held [H] (int32); probs [L]; staged pages [H][pages(L)][2][pt][d]; the row's
+ * qkv [P²][3C]. pages(L) counts one page more than L needs (a page may be partly filled). */
 static size_t page_floats(const vs_rt_config *c, int page_tokens)
 {
     return 2 * (size_t)page_tokens * (size_t)c->head_dim;
@@ -25,15 +24,16 @@ size_t vs_kv_step_scratch_floats(const vs_rt_config *c, int page_tokens)
 {
     size_t L = (size_t)c->scale_offset[c->n_scales], P = (size_t)c->patch_nums[c->n_scales - 1];
     size_t H = (size_t)c->num_heads;
-    size_t fixed = L + 4 * L + L + H + (size_t)c->head_dim + L;
-    return fixed + (H + 1) * staged_pages(c, page_tokens) * page_floats(c, page_tokens) +
+    return 3 * L + H + H * staged_pages(c, page_tokens) * page_floats(c, page_tokens) +
            P * P * 3 * (size_t)c->embed_dim;
 }
 
+size_t vs_kv_step_jobs(const vs_rt_config *c, int n_rows) { return (size_t)n_rows * c->num_heads; }
+
 /* Where the scratch parts of one call sit. */
 typedef struct {
-    float *scores, *tmp, *qsum, *probs, *in, *out, *qkv;
-    int32_t *keep, *held;
+    float *colsum, *tmp, *probs, *in, *qkv;
+    int32_t *held;
     size_t in_head; /* floats of one head's staged pages in `in` */
 } parts;
 
@@ -43,15 +43,12 @@ static parts parts_of(const vs_kv_step *s)
     size_t L = (size_t)c->scale_offset[c->n_scales], pf = page_floats(c, s->page_tokens);
     parts p;
     p.in_head = staged_pages(c, s->page_tokens) * pf;
-    p.scores = s->scratch;
-    p.tmp = p.scores + L;
-    p.keep = (int32_t *)(p.tmp + 4 * L);
-    p.held = p.keep + L;
-    p.qsum = (float *)(p.held + c->num_heads);
-    p.probs = p.qsum + c->head_dim;
+    p.colsum = s->scratch;
+    p.tmp = p.colsum + L;
+    p.held = (int32_t *)(p.tmp + L);
+    p.probs = (float *)(p.held + c->num_heads);
     p.in = p.probs + L;
-    p.out = p.in + (size_t)c->num_heads * p.in_head;
-    p.qkv = p.out + p.in_head;
+    p.qkv = p.in + (size_t)c->num_heads * p.in_head;
     return p;
 }
 
@@ -76,8 +73,8 @@ static size_t staged_at(const vs_kv_step *s, int j, int kv)
 }
 
 /* Copies pages [from, to) of one head to its part of the host scratch as floats (a memcpy on
- * host-memory backends, a device download otherwise, widening BF16 pages): compression reads only
- * the copies. */
+ * host-memory backends, a device download otherwise, widening BF16 pages): the statistics read
+ * only the copies. */
 static void stage_pages(const vs_kv_step *s, const parts *p, const vs_rt_batch *b, int h,
                         const vs_rt_kv_head *kh, int from, int to)
 {
@@ -164,7 +161,7 @@ static void accumulate_stats(vs_kv_step *s, const parts *p, int r, int layer, co
     const vs_rt_config *c = s->cfg;
     int H = c->num_heads, d = c->head_dim, C = H * d;
     float *pr = p->probs, *tmp = p->tmp;
-    float *colsum = p->scores; /* [n]: Σ_q a_q of one head (the scores are free until compress) */
+    float *colsum = p->colsum; /* [n]: Σ_q a_q of one head */
     double cur = 0, top = 0;
     for (int h = 0; h < H; h++) {
         int hist = head_of(s, r, layer, h)->n_tokens, n = hist + row->n_new;
@@ -218,97 +215,57 @@ static void accumulate_stats(vs_kv_step *s, const parts *p, int r, int layer, co
     s->stats->count[at] += (double)row->n_new * H;
 }
 
-/* The tokens head h keeps (its capacity of its cached plus the step's new ones; every one when its
- * capacity allows) into p->keep, selected from the staged copies; returns the count. */
-static int select_head(vs_kv_step *s, const parts *p, int r, int layer, int h, const vs_rt_row *row,
-                       int hist, int cap)
-{
-    const vs_rt_config *c = s->cfg;
-    const vs_kv_policy *pol = s->policy[r];
-    int d = c->head_dim, C = c->num_heads * d, n = hist + row->n_new;
-    int side = c->patch_nums[s->scale[r]];
-    int need_scores = cap < n && vs_kv_policy_def_of(vs_kv_policy_kind_of(pol))->needs_scores;
-    if (need_scores) {
-        /* Σ_w q_w·k_j = (Σ_w q_w)·k_j; a window slot before this scale uses its first query */
-        int32_t win[VS_KV_WINDOW];
-        int nw = vs_kv_window(side, n, row->n_new, win);
-        memset(p->qsum, 0, (size_t)d * sizeof *p->qsum);
-        for (int w = 0; w < nw; w++) {
-            int qi = win[w] - hist;
-            qi = qi < 0 ? 0 : qi;
-            const float *qv = p->qkv + (size_t)qi * 3 * C + (size_t)h * d;
-            for (int i = 0; i < d; i++)
-                p->qsum[i] += qv[i];
-        }
-        for (int j = 0; j < n; j++) {
-            const float *kv = cand_ptr(s, p, h, hist, j, 0);
-            float acc = 0;
-            for (int i = 0; i < d; i++)
-                acc += p->qsum[i] * kv[i];
-            p->scores[j] = acc;
-        }
-    }
-    return vs_kv_policy_select_head(pol, layer, h, side, n, row->n_new,
-                                    need_scores ? p->scores : NULL, cap, p->keep, p->tmp);
-}
-
-/* Row r's `layer` after the attention at a scale where some head compresses. Each head keeps its
- * own capacity (every token when the capacity allows) out of its cached tokens plus the step's new
- * ones; the kept K and V are composed on the host from FP32 copies of only the pages the head needs
- * and written back over its pages from the first slot that changes (a memcpy, or an upload on a
- * device backend; BF16 pages round the floats back, which returns the staged BF16 values exactly
- * and rounds the step's new tokens from qkv as the attention's own page write would). Every head that grows draws its pages first, then each head shrinks: the layer's peak
- * is Σ over heads of max(before, after), as the peak simulation counts. `staged`: every head's
- * pages are already in the scratch (for statistics). */
-static vs_status compress(vs_kv_step *s, const parts *p, int r, int layer, const vs_rt_batch *b,
-                          int staged, vs_err *err)
+/* Row r's `layer` after the attention at a scale where some head compresses: a job per head for
+ * the backend's kv_compact (each head keeps its capacity out of its cached plus the step's new
+ * tokens, every one when its capacity allows), by the policy's plan; plans the same as an earlier
+ * one of this layer are shared. Every head that grows draws its pages first (the op writes them);
+ * the heads shrink after the op (shrink_heads): a row's peak is Σ over heads of max(before,
+ * after), as the peak simulation counts. */
+static vs_status plan_row(vs_kv_step *s, const parts *p, int r, int layer, const vs_rt_batch *b,
+                          int *n_plans, int *n_jobs, vs_err *err)
 {
     const vs_rt_config *c = s->cfg;
     const vs_rt_row *row = &b->rows[r];
-    int H = c->num_heads, pt = s->page_tokens;
-    size_t pf = page_floats(c, pt);
+    const vs_kv_policy *pol = s->policy[r];
+    int H = c->num_heads, side = c->patch_nums[s->scale[r]];
     for (int h = 0; h < H; h++) {
         int hist = head_of(s, r, layer, h)->n_tokens, n = hist + row->n_new;
         vs_kv_flow f = head_flow(s, r, layer, h, hist, row->n_new);
-        int kept = f.after > n ? n : f.after;
+        int cap = f.op == VS_KV_FLOW_COMPRESS ? f.cap : n;
         p->held[h] = hist;
-        if (kept > hist) {
-            vs_status st = vs_kv_row_reserve_tokens(s->rows[r], layer, h, kept - hist, err);
+        vs_rt_kv_plan *pl = &s->plans[*n_plans];
+        vs_kv_policy_plan_head(pol, layer, h, side, n, row->n_new, cap, pl);
+        const char *bad = vs_rt_kv_plan_check(pl, row->n_new);
+        if (bad || pl->kept != cap)
+            return vs_err_set(err, VS_ERR_INTERNAL,
+                              "KV policy %s planned %d of %d tokens of layer %d head %d where its "
+                              "capacity says %d%s%s",
+                              vs_kv_policy_name(vs_kv_policy_kind_of(pol)), pl->kept, n, layer, h,
+                              cap, bad ? ": " : "", bad ? bad : "");
+        int at = *n_plans;
+        for (int i = *n_plans - 1; i >= 0 && i >= *n_plans - 8; i--)
+            if (memcmp(&s->plans[i], pl, sizeof *pl) == 0) {
+                at = i;
+                break;
+            }
+        if (at == *n_plans)
+            (*n_plans)++;
+        s->jobs[(*n_jobs)++] = (vs_rt_kv_job){r, h, at};
+        if (cap > hist) {
+            vs_status st = vs_kv_row_reserve_tokens(s->rows[r], layer, h, cap - hist, err);
             if (st != VS_OK)
                 return st;
         }
     }
-    for (int h = 0; h < H; h++) {
-        const vs_rt_kv_head *kh = head_of(s, r, layer, h);
-        int hist = p->held[h], n = hist + row->n_new;
-        vs_kv_flow f = head_flow(s, r, layer, h, hist, row->n_new);
-        int compresses = f.op == VS_KV_FLOW_COMPRESS;
-        /* a compressed head may keep any of its tokens; one that keeps all rewrites only the
-         * partly filled page its new tokens start in */
-        if (!staged)
-            stage_pages(s, p, b, h, kh, compresses ? 0 : hist / pt, pages_of(s, hist));
-        int kept = select_head(s, p, r, layer, h, row, hist, compresses ? f.cap : VS_KV_KEEP_ALL);
-        if (kept != (compresses ? f.cap : n))
-            return vs_err_set(err, VS_ERR_INTERNAL,
-                              "KV policy %s kept %d tokens of layer %d head %d where its capacity "
-                              "says %d",
-                              vs_kv_policy_name(vs_kv_policy_kind_of(s->policy[r])), kept, layer,
-                              h, compresses ? f.cap : n);
-        int first = 0; /* the first slot whose token changes */
-        while (first < kept && p->keep[first] == first && first < hist)
-            first++;
-        int fp = first / pt;
-        /* slot i of the head = candidate keep[i], from the page `first` falls in */
-        for (int i = fp * pt; i < kept; i++)
-            for (int kv = 0; kv < 2; kv++)
-                memcpy(p->out + staged_at(s, i - fp * pt, kv),
-                       cand_ptr(s, p, h, hist, p->keep[i], kv), (size_t)c->head_dim * sizeof(float));
-        vs_kv_row_resize(s->rows[r], layer, h, kept);
-        for (int i = fp; i < kh->n_pages; i++)
-            vs_rt_backend_kv_upload(s->be, b->kv_base, page_at(s, kh, i),
-                                    p->out + (size_t)(i - fp) * pf, pf);
-    }
     return VS_OK;
+}
+
+/* After the op: each job's head holds what its plan kept. */
+static void shrink_heads(vs_kv_step *s, int layer, int n_jobs)
+{
+    for (int i = 0; i < n_jobs; i++)
+        vs_kv_row_resize(s->rows[s->jobs[i].row], layer, s->jobs[i].head,
+                         s->plans[s->jobs[i].plan].kept);
 }
 
 static vs_status after_attn(void *ctx, int layer, const vs_rt_batch *b, const float *qkv, vs_err *err)
@@ -317,14 +274,14 @@ static vs_status after_attn(void *ctx, int layer, const vs_rt_batch *b, const fl
     double t0 = vs_now_s();
     vs_status st = VS_OK;
     parts p = parts_of(s);
+    int n_plans = 0, n_jobs = 0;
     for (int r = 0; r < s->n_rows && st == VS_OK; r++) {
         const vs_rt_row *row = &b->rows[r];
         vs_kv_flow_op op = layer_op(s, &p, r, layer, row->n_new);
         if (b->kv_store[r])
             op = VS_KV_FLOW_STORE; /* before_attn gave it pages for the new tokens */
-        if (s->stats || op == VS_KV_FLOW_COMPRESS)
-            stage_qkv(s, &p, row, qkv);
         if (s->stats) {
+            stage_qkv(s, &p, row, qkv);
             for (int h = 0; h < s->cfg->num_heads; h++) {
                 const vs_rt_kv_head *kh = head_of(s, r, layer, h);
                 stage_pages(s, &p, b, h, kh, 0, pages_of(s, kh->n_tokens));
@@ -336,7 +293,12 @@ static vs_status after_attn(void *ctx, int layer, const vs_rt_batch *b, const fl
         else if (op == VS_KV_FLOW_RELEASE)
             vs_kv_row_resize(s->rows[r], layer, VS_KV_ALL_HEADS, 0); /* never read again */
         else
-            st = compress(s, &p, r, layer, b, s->stats != NULL, err);
+            st = plan_row(s, &p, r, layer, b, &n_plans, &n_jobs, err);
+    }
+    if (st == VS_OK && n_jobs > 0) {
+        s->be->ops->kv_compact(s->be, qkv, b, layer, s->cfg->num_heads, s->cfg->head_dim, s->plans,
+                               n_plans, s->jobs, n_jobs);
+        shrink_heads(s, layer, n_jobs);
     }
     s->seconds += vs_now_s() - t0;
     return st;

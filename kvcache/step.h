@@ -13,12 +13,13 @@
  * vs_kv_policy_flow, which that simulation follows too; within a compressing layer every head
  * that grows draws its pages before any head shrinks, as the simulation counts.
  *
- * Compression runs on the host over copies: a compressing head's cached pages and the row's new
- * tokens' qkv are copied out through the backend (a memcpy on the CPU, a download from a GPU),
- * scored and selected, composed into whole pages, and copied back over the head's pages from the
- * first page that changes (a head that keeps all copies only the partly filled page its new
- * tokens start in). So every backend compresses with the same code, and the pool never touches
- * page memory. Engine thread. */
+ * Compression runs in the backend, next to the pages: after a layer's attention the hooks ask
+ * each compressing head's policy for its plan (runtime/kv_compact.h: what it keeps, in counts the
+ * host knows), reserve the pages heads grow into, hand the whole layer's plans to the backend's
+ * kv_compact op in one call (one launch on a GPU: scores, top-k and compaction on the device, no
+ * K/V over the bus, no host wait), then shrink the heads to what their plans kept. The pool never
+ * touches page memory. Calibration statistics (vs_kv_attn_stats) are the one thing computed on
+ * the host, from copies of the pages and qkv. Engine thread. */
 #ifndef VS_KV_STEP_H
 #define VS_KV_STEP_H
 
@@ -51,11 +52,15 @@ typedef struct {
     vs_rt_backend *be;                  /* the backend whose memory holds the pages and qkv */
     int page_tokens;                    /* the pool's */
     float *scratch;                     /* host, vs_kv_step_scratch_floats(cfg, page_tokens) */
+    vs_rt_kv_plan *plans;               /* host [vs_kv_step_jobs(cfg, n_rows)]: a layer's plans */
+    vs_rt_kv_job *jobs;                 /* host [vs_kv_step_jobs(cfg, n_rows)]: a layer's jobs */
     double seconds;                     /* out: wall time spent in the hooks (KV bookkeeping,
                                          * selection, compaction), added to by every call */
 } vs_kv_step;
 
 size_t vs_kv_step_scratch_floats(const vs_rt_config *c, int page_tokens);
+/* Entries of the plans and jobs tables for n_rows rows: one per (row, head). */
+size_t vs_kv_step_jobs(const vs_rt_config *c, int n_rows);
 
 /* Hooks for vs_rt_step with ctx = s, which must live through the step (kvcache/session builds
  * both for a set of images). */

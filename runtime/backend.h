@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "common/status.h"
+#include "runtime/kv_compact.h"
 #include "runtime/kv_view.h"
 
 typedef struct vs_rt_backend vs_rt_backend;
@@ -189,6 +190,17 @@ typedef struct {
      * pages. */
     void (*attention)(vs_rt_backend *be, float *out, const float *qkv, const vs_rt_batch *b,
                       int layer, int H, int d, float scale);
+    /* KV compression of one layer, where the pages live (runtime/kv_compact.h): for each job,
+     * head `head` of batch row `row` keeps its plan's candidates (its view's n_tokens cached
+     * slots, then the row's new tokens read from qkv [T][3C]), packed ascending into slots
+     * 0..kept of its pages; cached values move unchanged, new ones are rounded as the attention's
+     * page write rounds them (BF16 pages: to nearest even). plans host [n_plans], jobs host
+     * [n_jobs], each (row, head) at most once; each job's view lists pages for
+     * max(n_tokens, kept) slots (kvcache/ shrinks it afterwards). Nothing is copied to or from
+     * the host but the plans, jobs and page ids, and the host does not wait. */
+    void (*kv_compact)(vs_rt_backend *be, const float *qkv, const vs_rt_batch *b, int layer, int H,
+                       int d, const vs_rt_kv_plan *plans, int n_plans, const vs_rt_kv_job *jobs,
+                       int n_jobs);
     /* CFG mix into the cond rows, then top-k/top-p sampling; reqs host [n]. */
     void (*cfg_sample)(vs_rt_backend *be, float *logits, int V, const vs_rt_sample_req *reqs, int n);
 

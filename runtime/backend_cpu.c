@@ -421,6 +421,88 @@ static void cpu_attention(vs_rt_backend *be, float *out, const float *qkv, const
     vs_rt_parallel_for(c->tp, (size_t)starts[b->n_rows], attn_task, &j);
 }
 
+/* ---- KV compression ---------------------------------------------------------------------------- */
+
+typedef struct {
+    const float *qkv;
+    const vs_rt_batch *b;
+    int layer, H, d;
+    const vs_rt_kv_plan *plans;
+    const vs_rt_kv_job *jobs;
+    cpu_backend *c;
+} compact_job;
+
+/* Key (kv 0) or value (kv 1) of candidate j of a head holding hist cached tokens. */
+static const float *compact_cand(const compact_job *j, const vs_rt_row *row,
+                                 const vs_rt_kv_head *kh, int h, int cand, int kv)
+{
+    int C = j->H * j->d;
+    if (cand < kh->n_tokens) {
+        vs_rt_kv_view view = {j->b->kv_base, j->b->page_tokens, j->d};
+        return j->b->kv_base + vs_rt_kv_offset(&view, kh, cand, kv);
+    }
+    return j->qkv + (size_t)(row->tok_start + cand - kh->n_tokens) * 3 * C + (size_t)(1 + kv) * C +
+           (size_t)h * j->d;
+}
+
+/* One job per unit: the window scores (Σ_w q_w, then the dot in dimension order, as
+ * kv_compact.h says), the plan's selection on the host (vs_rt_kv_plan_keep), then slot i of the
+ * head's pages gets candidate keep[i] in ascending i: keep[i] >= i, so a slot is read before any
+ * write reaches it. */
+static void compact_task(void *p, size_t ub, size_t ue, int worker)
+{
+    compact_job *j = p;
+    int d = j->d, C = j->H * d;
+    vs_rt_kv_view view = {j->b->kv_base, j->b->page_tokens, d};
+    for (size_t u = ub; u < ue; u++) {
+        const vs_rt_kv_job *jb = &j->jobs[u];
+        const vs_rt_kv_plan *pl = &j->plans[jb->plan];
+        const vs_rt_row *row = &j->b->rows[jb->row];
+        const vs_rt_kv_head *kh = &row->kv[(size_t)j->layer * j->H + jb->head];
+        int n = pl->n, h = jb->head;
+        float *scores = j->c->ws[worker].p, *tmp = scores + n, *qsum = tmp + VS_RT_KV_KEEP_TMP_FLOATS(n);
+        int32_t *keep = (int32_t *)(qsum + d);
+        if (vs_rt_kv_plan_needs_scores(pl)) {
+            memset(qsum, 0, (size_t)d * sizeof *qsum);
+            for (int w = 0; w < pl->n_queries; w++) {
+                const float *qv = j->qkv + (size_t)(row->tok_start + pl->q[w]) * 3 * C + (size_t)h * d;
+                for (int i = 0; i < d; i++)
+                    qsum[i] += qv[i];
+            }
+            for (int c = pl->rank_from; c < pl->rank_to; c++) {
+                const float *kv = compact_cand(j, row, kh, h, c, 0);
+                float acc = 0;
+                for (int i = 0; i < d; i++)
+                    acc += qsum[i] * kv[i];
+                scores[c] = acc;
+            }
+        }
+        int kept = vs_rt_kv_plan_keep(pl, scores, keep, tmp);
+        for (int i = 0; i < kept; i++) {
+            if (keep[i] == i && i < kh->n_tokens)
+                continue; /* already in its slot */
+            for (int kv = 0; kv < 2; kv++)
+                memcpy(j->b->kv_base + vs_rt_kv_offset(&view, kh, i, kv),
+                       compact_cand(j, row, kh, h, keep[i], kv), (size_t)d * sizeof(float));
+        }
+    }
+}
+
+static void cpu_kv_compact(vs_rt_backend *be, const float *qkv, const vs_rt_batch *b, int layer,
+                           int H, int d, const vs_rt_kv_plan *plans, int n_plans,
+                           const vs_rt_kv_job *jobs, int n_jobs)
+{
+    cpu_backend *c = cpu(be);
+    int max_n = 0;
+    for (int i = 0; i < n_plans; i++)
+        max_n = plans[i].n > max_n ? plans[i].n : max_n;
+    /* scores, the selection's scratch, qsum and keep: bounded by the longest head, a few KB */
+    if (ensure_scratch(c, 2 * (size_t)max_n + VS_RT_KV_KEEP_TMP_FLOATS(max_n) + (size_t)d) != 0)
+        abort();
+    compact_job j = {qkv, b, layer, H, d, plans, jobs, c};
+    vs_rt_parallel_for(c->tp, (size_t)n_jobs, compact_task, &j);
+}
+
 /* ---- guidance and sampling --------------------------------------------------------------------- */
 
 typedef struct {
@@ -738,6 +820,7 @@ static const vs_rt_backend_ops cpu_ops = {
     .gated_add = cpu_gated_add,
     .qk_norm = cpu_qk_norm,
     .attention = cpu_attention,
+    .kv_compact = cpu_kv_compact,
     .cfg_sample = cpu_cfg_sample,
     .embed_chw = cpu_embed_chw,
     .upsample_bicubic = cpu_upsample_bicubic,

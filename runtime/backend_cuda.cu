@@ -71,7 +71,7 @@ extern "C" {
 /* ---- backend state and error recording ------------------------------------------------------- */
 
 /* device scratch slots; S_XBF: BF16 copy of a linear's input in BF16 mode */
-enum { S_IDX, S_BATCH, S_LAYER, S_CONV, S_SCORES, S_SREQ, S_SORT, S_XBF, S_COUNT };
+enum { S_IDX, S_BATCH, S_LAYER, S_COMPACT, S_CONV, S_SCORES, S_SREQ, S_SORT, S_XBF, S_COUNT };
 
 /* Device copy of a batch's tables (b->dev points here); views into one int32 buffer. */
 typedef struct {
@@ -286,7 +286,7 @@ static size_t kv_part(const cuda_backend *c, const void *p, size_t bytes)
 }
 
 static const char *const scr_name[S_COUNT] = {
-    "index lists", "batch tables",  "page tables", "cuDNN workspace",
+    "index lists", "batch tables",  "page tables", "compaction tables", "cuDNN workspace",
     "attention scores", "sampling requests", "sort buffers", "BF16 activations"};
 
 /* Every device allocation and free of the backend goes through these two, which keep the
@@ -1821,6 +1821,259 @@ static void cuda_cfg_sample(vs_rt_backend *be, float *logits, int V, const vs_rt
     }
 }
 
+/* ---- KV compression ---------------------------------------------------------------------------- */
+
+#define CMP_THREADS 256
+#define CMP_JOB_INTS 6 /* per job: the row's first token, head, plan, hist (cached tokens), page
+                        * offset, needs scores */
+#define PLAN_INTS ((int)(sizeof(vs_rt_kv_plan) / sizeof(int32_t)))
+
+/* int32 entries of one layer's compaction tables: plans, jobs, then the jobs' page ids. */
+static size_t compact_entries(size_t n_plans, size_t n_jobs, size_t n_pages)
+{
+    return n_plans * PLAN_INTS + n_jobs * CMP_JOB_INTS + n_pages;
+}
+
+static size_t pow2_at_least(size_t n)
+{
+    size_t p = 1;
+    while (p < n)
+        p <<= 1;
+    return p;
+}
+
+/* Shared bytes of one k_kv_compact block for candidates up to n: sort keys [pow2(n)] (8 B),
+ * scores and pooled scores [n], kept flags and output positions [n], qsum [d], one tile of PT
+ * slots' K and V [2][PT][d]. */
+static size_t compact_smem(int n, int d, int PT)
+{
+    return pow2_at_least((size_t)n) * 8 + 4 * (size_t)n * 4 + (size_t)d * 4 + 2 * (size_t)PT * d * 4;
+}
+
+__device__ __forceinline__ int plan_forced(const vs_rt_kv_plan *p, int j)
+{
+    for (int i = 0; i < p->n_ranges; i++)
+        if (j >= p->lo[i] && j < p->hi[i])
+            return 1;
+    return 0;
+}
+
+__device__ __forceinline__ int plan_ranked(const vs_rt_kv_plan *p, int j)
+{
+    return j >= p->rank_from && j < p->rank_to && !plan_forced(p, j);
+}
+
+/* Block = one job: one (row, head) of the layer, per runtime/kv_compact.h's rule. Candidate c of
+ * the head is its cached slot c (c < hist, in its pages) or new token c - hist of the row (qkv).
+ *  1. When the plan ranks by score: qsum = Σ_w q_w (one thread per dimension, in the listed order),
+ *     s_c = qsum · k_c (one thread per candidate, dimension order; __fmul_rn/__fadd_rn, so no
+ *     contraction: the CPU backend's products and sums exactly), pooled over the ranked
+ *     neighbours, then a bitonic sort of (−s, c) keys: ascending keys = descending score, ties to
+ *     the lower index (zeros made +0 first, as the host compares −0 and +0 equal); the first
+ *     `want` are kept.
+ *  2. Output positions by a block scan of the kept flags; keep[i] = the i-th kept candidate.
+ *  3. Compaction, a tile of PT output slots at a time from the first slot that changes: read the
+ *     tile's sources into shared memory, barrier, write the slots, barrier. keep[i] >= i, so a
+ *     later tile's sources (slots >= its first output slot) are never written by an earlier
+ *     tile. BF16 pages widen on load and round to nearest even on store: cached values come back
+ *     unchanged, new ones round as k_kv_write would. */
+__global__ void __launch_bounds__(CMP_THREADS)
+    k_kv_compact(float *kv32, __nv_bfloat16 *kv16, const float *qkv, const vs_rt_kv_plan *plans, const int32_t *jobs, const int32_t *pages, int H,
+                 int d, int PT, int keys_cap)
+{
+    VS_DYNAMIC_SHARED(unsigned long long, cmp_sm);
+    __shared__ int s_part[CMP_THREADS];
+    __shared__ int s_first;
+    const int32_t *jb = jobs + (size_t)CMP_JOB_INTS * blockIdx.x;
+    int tok_start = jb[0], h = jb[1], hist = jb[3], needs = jb[5];
+    const vs_rt_kv_plan *pl = plans + jb[2];
+    const int32_t *pg = pages + jb[4];
+    int n = pl->n, C = H * d, tid = (int)threadIdx.x, nt = (int)blockDim.x;
+    unsigned long long *keys = cmp_sm;
+    float *score = (float *)(keys + keys_cap), *pooled = score + n;
+    int *flag = (int *)(pooled + n), *pos = flag + n;
+    float *qsum = (float *)(pos + n), *tile = qsum + d;
+    const float *qkv_h = qkv + (size_t)h * d;
+
+    for (int j = tid; j < n; j += nt)
+        flag[j] = plan_forced(pl, j) || (!needs && j >= pl->rank_from && j < pl->rank_to);
+    if (needs) {
+        for (int i = tid; i < d; i += nt) {
+            float acc = 0.0f;
+            for (int w = 0; w < pl->n_queries; w++)
+                acc = __fadd_rn(acc, qkv_h[(size_t)(tok_start + pl->q[w]) * 3 * C + i]);
+            qsum[i] = acc;
+        }
+        __syncthreads();
+        for (int j = pl->rank_from + tid; j < pl->rank_to; j += nt) {
+            float acc = 0.0f;
+            if (j < hist) {
+                size_t kp = (size_t)pg[j / PT] * 2 * PT * d + (size_t)(j % PT) * d;
+                for (int i = 0; i < d; i++)
+                    acc = __fadd_rn(acc, __fmul_rn(qsum[i], kv_load(kv32, kv16, kp + i)));
+            } else {
+                const float *k = qkv_h + (size_t)(tok_start + j - hist) * 3 * C + C;
+                for (int i = 0; i < d; i++)
+                    acc = __fadd_rn(acc, __fmul_rn(qsum[i], k[i]));
+            }
+            score[j] = acc;
+        }
+        __syncthreads();
+        int rr = pl->pool_radius, m = pl->rank_to - pl->rank_from;
+        int P = 1;
+        while (P < m)
+            P <<= 1;
+        for (int i = tid; i < P; i += nt) {
+            int j = pl->rank_from + i;
+            unsigned long long key = ~0ull; /* padding and forced ones sort last */
+            if (i < m && !plan_forced(pl, j)) {
+                float v = score[j];
+                for (int k = j - rr; k <= j + rr; k++)
+                    if (k != j && plan_ranked(pl, k) && score[k] > v)
+                        v = score[k];
+                key = sort_key(-__fadd_rn(v, 0.0f), j);
+            }
+            keys[i] = key;
+        }
+        __syncthreads();
+        bitonic_sort(keys, P);
+        for (int i = tid; i < pl->want && i < P; i += nt)
+            if (keys[i] != ~0ull)
+                flag[key_index(keys[i])] = 1;
+        __syncthreads();
+    }
+    /* exclusive positions of the kept candidates */
+    int chunk = (n + nt - 1) / nt, b0 = min(n, tid * chunk), b1 = min(n, b0 + chunk), cnt = 0;
+    for (int j = b0; j < b1; j++)
+        cnt += flag[j];
+    s_part[tid] = cnt;
+    if (tid == 0)
+        s_first = min(hist, pl->kept);
+    __syncthreads();
+    if (tid == 0)
+        for (int k = 0, run = 0; k < nt; k++) {
+            int t = s_part[k];
+            s_part[k] = run;
+            run += t;
+        }
+    __syncthreads();
+    int *keep = (int *)score; /* the scores are spent */
+    for (int j = b0, run = s_part[tid]; j < b1; j++) {
+        pos[j] = run;
+        run += flag[j];
+    }
+    __syncthreads();
+    for (int j = tid; j < n; j += nt) {
+        if (flag[j])
+            keep[pos[j]] = j;
+        else if (j < hist)
+            atomicMin(&s_first, j); /* slots before the first dropped cached one stay */
+    }
+    __syncthreads();
+    int kept = pl->kept, slot_e = 2 * d;
+    for (int c0 = s_first / PT * PT; c0 < kept; c0 += PT) {
+        int ns = min(PT, kept - c0);
+        for (int e = tid; e < ns * slot_e; e += nt) {
+            int i = e / slot_e, kv = (e / d) % 2, x = e % d, src = keep[c0 + i];
+            float v;
+            if (src < hist)
+                v = kv_load(kv32, kv16,
+                            ((size_t)pg[src / PT] * 2 * PT + (size_t)kv * PT + src % PT) * d + x);
+            else
+                v = qkv_h[(size_t)(tok_start + src - hist) * 3 * C + (size_t)(1 + kv) * C + x];
+            tile[e] = v;
+        }
+        __syncthreads();
+        for (int e = tid; e < ns * slot_e; e += nt) {
+            int i = e / slot_e, kv = (e / d) % 2, x = e % d, slot = c0 + i;
+            kv_store(kv32, kv16, ((size_t)pg[slot / PT] * 2 * PT + (size_t)kv * PT + slot % PT) * d + x,
+                     tile[e]);
+        }
+        __syncthreads();
+    }
+}
+
+/* One layer's plans, jobs and page ids in ONE upload, then one launch for every job. */
+static void cuda_kv_compact(vs_rt_backend *be, const float *qkv, const vs_rt_batch *b, int layer,
+                            int H, int d, const vs_rt_kv_plan *plans, int n_plans,
+                            const vs_rt_kv_job *jobs, int n_jobs)
+{
+    cuda_backend *c = cu(be);
+    if (n_jobs <= 0)
+        return;
+    int PT = b->page_tokens, max_n = 0;
+    size_t n_pages = 0;
+    for (int i = 0; i < n_jobs; i++) {
+        const vs_rt_kv_job *jb = &jobs[i];
+        if (jb->row < 0 || jb->row >= b->n_rows || jb->head < 0 || jb->head >= H || jb->plan < 0 ||
+            jb->plan >= n_plans) {
+            VS_FAIL(c, VS_ERR_INTERNAL, "compaction job %d names row %d head %d plan %d (of %d, %d, %d)",
+                    i, jb->row, jb->head, jb->plan, b->n_rows, H, n_plans);
+            return;
+        }
+        const vs_rt_kv_plan *pl = &plans[jb->plan];
+        const vs_rt_kv_head *kh = &b->rows[jb->row].kv[(size_t)layer * H + jb->head];
+        int slots = kh->n_tokens > pl->kept ? kh->n_tokens : pl->kept;
+        int need = (slots + PT - 1) / PT;
+        if (pl->n != kh->n_tokens + b->rows[jb->row].n_new || need > kh->n_pages) {
+            VS_FAIL(c, VS_ERR_INTERNAL,
+                    "compaction of row %d layer %d head %d: a plan of %d candidates keeping %d, but "
+                    "the head holds %d tokens, adds %d and lists %d pages of %d tokens",
+                    jb->row, layer, jb->head, pl->n, pl->kept, kh->n_tokens, b->rows[jb->row].n_new,
+                    kh->n_pages, PT);
+            return;
+        }
+        n_pages += (size_t)need;
+        max_n = pl->n > max_n ? pl->n : max_n;
+    }
+    size_t total = compact_entries((size_t)n_plans, (size_t)n_jobs, n_pages);
+    if (grow_host((void **)&c->host_i32, &c->host_i32_cap, total, sizeof(int32_t)) != 0) {
+        VS_FAIL(c, VS_ERR_NOMEM, "out of host memory for the compaction tables");
+        return;
+    }
+    int32_t *h_plans = c->host_i32, *h_jobs = h_plans + (size_t)n_plans * PLAN_INTS;
+    int32_t *h_pages = h_jobs + (size_t)n_jobs * CMP_JOB_INTS;
+    memcpy(h_plans, plans, (size_t)n_plans * sizeof *plans);
+    int32_t off = 0;
+    for (int i = 0; i < n_jobs; i++) {
+        const vs_rt_kv_plan *pl = &plans[jobs[i].plan];
+        const vs_rt_kv_head *kh = &b->rows[jobs[i].row].kv[(size_t)layer * H + jobs[i].head];
+        int slots = kh->n_tokens > pl->kept ? kh->n_tokens : pl->kept, need = (slots + PT - 1) / PT;
+        int32_t *m = h_jobs + (size_t)i * CMP_JOB_INTS;
+        m[0] = b->rows[jobs[i].row].tok_start;
+        m[1] = jobs[i].head;
+        m[2] = jobs[i].plan;
+        m[3] = kh->n_tokens;
+        m[4] = off;
+        m[5] = vs_rt_kv_plan_needs_scores(pl);
+        memcpy(h_pages + off, kh->pages, (size_t)need * sizeof(int32_t));
+        off += need;
+    }
+    int32_t *dv = (int32_t *)scratch(c, S_COMPACT, total * sizeof(int32_t));
+    if (!dv)
+        return;
+    h2d(c, dv, c->host_i32, total * sizeof(int32_t));
+    size_t smem = compact_smem(max_n, d, PT);
+    if (smem + 1024 > (size_t)c->smem_optin) {
+        VS_FAIL(c, VS_ERR_UNSUPPORTED,
+                "KV compaction of %d candidates of head_dim %d needs %zu bytes of shared memory per "
+                "block but the device allows %d",
+                max_n, d, smem, c->smem_optin);
+        return;
+    }
+    if (smem > 48 * 1024)
+        VS_CUDA(c, cudaFuncSetAttribute(k_kv_compact, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                        (int)smem));
+    float *kv32 = c->fp32 ? b->kv_base : NULL;
+    __nv_bfloat16 *kv16 = c->fp32 ? NULL : (__nv_bfloat16 *)(void *)b->kv_base;
+    VS_LAUNCH(k_kv_compact, (unsigned)n_jobs, CMP_THREADS, smem, c->st, kv32, kv16, qkv,
+              (const vs_rt_kv_plan *)(const void *)dv, dv + (size_t)n_plans * PLAN_INTS,
+              dv + (size_t)n_plans * PLAN_INTS + (size_t)n_jobs * CMP_JOB_INTS, H, d, PT,
+              (int)pow2_at_least((size_t)max_n));
+    VS_LAUNCHED(c, k_kv_compact);
+}
+
+
 /* ---- quantiser ---------------------------------------------------------------------------------- */
 
 __global__ void k_embed_chw(float *h, const float *emb, const int32_t *idx, int n, int C)
@@ -2254,6 +2507,7 @@ static vs_status cuda_reserve(vs_rt_backend *be, const vs_rt_workload *w, vs_err
     /* a (row, head)'s pages in one layer: at most one per token (pages of ≥ 1 token) */
     size_t heads = rows * (size_t)(w->kv_heads > 0 ? w->kv_heads : 1);
     need[S_LAYER] = rows ? layer_entries(heads, heads * kv) * sizeof(int32_t) : 0;
+    need[S_COMPACT] = rows ? compact_entries(heads, heads, heads * kv) * sizeof(int32_t) : 0;
     size_t dec = w->decode_images > 0 ? (size_t)w->decode_images : 1;
     if ((int)dec > c->decode_images)
         c->decode_images = (int)dec;
@@ -2283,6 +2537,8 @@ static vs_status cuda_reserve(vs_rt_backend *be, const vs_rt_workload *w, vs_err
     size_t host = batch_entries(tok, rows);
     if (layer_entries(heads, heads * kv) > host)
         host = layer_entries(heads, heads * kv);
+    if (compact_entries(heads, heads, heads * kv) > host)
+        host = compact_entries(heads, heads, heads * kv);
     if (stok > host)
         host = stok;
     if (grow_host((void **)&c->host_i32, &c->host_i32_cap, host, sizeof(int32_t)) != 0 ||
@@ -2296,7 +2552,7 @@ static vs_status cuda_reserve(vs_rt_backend *be, const vs_rt_workload *w, vs_err
            "convolution plans, attention scores %.1f, sort %.1f, tables %.1f)",
            (double)total / 1e6, (double)need[S_XBF] / 1e6, (double)need[S_CONV] / 1e6, c->n_plans,
            (double)need[S_SCORES] / 1e6, (double)need[S_SORT] / 1e6,
-           (double)(need[S_IDX] + need[S_BATCH] + need[S_LAYER] + need[S_SREQ]) / 1e6);
+           (double)(need[S_IDX] + need[S_BATCH] + need[S_LAYER] + need[S_COMPACT] + need[S_SREQ]) / 1e6);
     return VS_OK;
 }
 
@@ -2331,6 +2587,7 @@ static vs_rt_backend_ops make_ops(void)
     o.gated_add = cuda_gated_add;
     o.qk_norm = cuda_qk_norm;
     o.attention = cuda_attention;
+    o.kv_compact = cuda_kv_compact;
     o.cfg_sample = cuda_cfg_sample;
     o.embed_chw = cuda_embed_chw;
     o.upsample_bicubic = cuda_upsample_bicubic;

@@ -126,6 +126,8 @@ static vs_status kvstep_drive(vs_rt_backend *be, vs_kv_policy *const *pol, int n
         ck_assert(vs_kv_row_new(resv, &rows[r], err) == VS_OK);
 
     float *scratch = malloc(vs_kv_step_scratch_floats(&c, KS_PT) * sizeof(float));
+    vs_rt_kv_plan *plans = malloc(vs_kv_step_jobs(&c, n_rows) * sizeof *plans);
+    vs_rt_kv_job *jobs = malloc(vs_kv_step_jobs(&c, n_rows) * sizeof *jobs);
     int P = c.patch_nums[KS_SCALES - 1];
     size_t qkv_floats = (size_t)n_rows * P * P * 3 * KS_C;
     float *qkv_host = malloc(qkv_floats * sizeof(float));
@@ -136,7 +138,7 @@ static vs_status kvstep_drive(vs_rt_backend *be, vs_kv_policy *const *pol, int n
     int count[KS_ROWS][KS_DEPTH][KS_HEADS] = {{{0}}};
     float scores[121], tmp[4 * 121];
     int32_t keep[121];
-    ck_assert(scratch && qkv_host && qkv && page_host && ids);
+    ck_assert(scratch && plans && jobs && qkv_host && qkv && page_host && ids);
 #define IDS(r, l, h) (ids + (((size_t)(r) * KS_DEPTH + (l)) * KS_HEADS + (h)) * L)
 
     int scale_tab[KS_ROWS];
@@ -148,7 +150,9 @@ static vs_status kvstep_drive(vs_rt_backend *be, vs_kv_policy *const *pol, int n
                      .attn_scale = 1.0f,
                      .be = be,
                      .page_tokens = KS_PT,
-                     .scratch = scratch};
+                     .scratch = scratch,
+                     .plans = plans,
+                     .jobs = jobs};
     vs_rt_hooks hooks = vs_kv_step_hooks(&ks);
     vs_rt_kv_view view = {vs_kv_pool_base(pool), KS_PT, KS_HD};
     for (int s = 0; s < KS_SCALES && st == VS_OK; s++) {
@@ -288,6 +292,8 @@ static vs_status kvstep_drive(vs_rt_backend *be, vs_kv_policy *const *pol, int n
     free(page_host);
     free(ids);
     free(scratch);
+    free(plans);
+    free(jobs);
     return st;
 }
 
