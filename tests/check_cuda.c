@@ -870,12 +870,14 @@ END_TEST
 
 /* ---- whole models through the CLI's driver -------------------------------------------------- */
 
-/* What one run of n images produced: 8-bit RGB [H·W·3], tokens [L], unit floats [3·H·W]. */
+/* What one run of n images produced: 8-bit RGB [H·W·3], tokens [L], unit floats [3·H·W], and
+ * its phase times and device counters. */
 typedef struct {
     int n, side, L;
     uint8_t *rgb[16];
     int32_t *tok[16];
     float *unit[16];
+    vs_srv_gen_times times;
 } gen_out;
 
 static void gen_out_free(gen_out *o)
@@ -893,7 +895,7 @@ static void gen_out_free(gen_out *o)
  * logits, forced (NULL, or [n] host [L]) forces the tokens. */
 static void gen_run(vs_rt_backend *be, const vs_rt_model *m, const vs_srv_gen_req *reqs, int n,
                     const vs_kv_policy *pol, float *const *logits, const int32_t *const *forced,
-                    gen_out *o)
+                    int decode, gen_out *o)
 {
     const vs_rt_config *c = &m->cfg;
     vs_err err = {0};
@@ -920,23 +922,19 @@ static void gen_run(vs_rt_backend *be, const vs_rt_model *m, const vs_srv_gen_re
     ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, g,
                                   be->host_memory ? NULL : &al, &pool, &err) == VS_OK,
                   "%s", err.msg);
-    vs_srv_gen_opts go = {.policy = pol, .unit = o->unit, .logits = logits, .forced_tokens = forced};
-    ck_assert_msg(vs_srv_gen_run_opts(e, pool, reqs, n, o->rgb, o->tok, NULL, &go, &err) == VS_OK,
+    vs_srv_gen_opts go = {.policy = pol, .unit = decode ? o->unit : NULL, .logits = logits,
+                          .forced_tokens = forced};
+    ck_assert_msg(vs_srv_gen_run_opts(e, pool, reqs, n, decode ? o->rgb : NULL, o->tok, &o->times,
+                                      &go, &err) == VS_OK,
                   "%s", err.msg);
     vs_kv_pool_free(pool);
     vs_rt_engine_free(e);
 }
 
-static void gen_on_policy(vs_rt_backend *be, const vs_rt_model *m, const vs_srv_gen_req *reqs, int n,
-                          const vs_kv_policy *pol, gen_out *o)
-{
-    gen_run(be, m, reqs, n, pol, NULL, NULL, o);
-}
-
 static void gen_on(vs_rt_backend *be, const vs_rt_model *m, const vs_srv_gen_req *reqs, int n,
                    gen_out *o)
 {
-    gen_run(be, m, reqs, n, NULL, NULL, NULL, o);
+    gen_run(be, m, reqs, n, NULL, NULL, NULL, 1, o);
 }
 
 /* The KV step's compression with the pages and qkv in device memory (tests/kvstep_case.h). */
@@ -952,33 +950,84 @@ START_TEST(a_row_with_unequal_heads_draws_exactly_its_simulated_peak_of_device_p
 }
 END_TEST
 
-/* ScaleKV end to end on the tiny fixture: the GPU (FP32) and the CPU compress the same way. The
- * selection ranks scores the two compute with different rounding, so a near tie may keep another
- * token; at least 90% of the tokens must agree (a broken compaction keeps garbage K/V and agrees on
- * about 1/vocab of them). */
-START_TEST(tiny_fixture_under_scalekv_gives_the_cpus_tokens)
+/* KV compression runs on the device (kv_compact): under every compressing policy the engine's
+ * steps wait for the device no more often than under full (2 per step: the sampled tokens and the
+ * step's end) and no K or V crosses the bus; the compaction launches show it ran. */
+START_TEST(device_compression_adds_no_sync_and_moves_no_kv_bytes)
+{
+    if (!g_dut->ops->counters)
+        return; /* CHECK_CUDA_SELFTEST: the CPU backend has no device */
+    vs_err err = {0};
+    vs_rt_model *m = NULL;
+    ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
+    vs_srv_gen_req reqs[2] = {{1, 7, 1.5f, 900, 0.96f}, {4, 8, 1.5f, 1, 0.0f}};
+    gen_out full;
+    gen_run(g_dut, m, reqs, 2, NULL, NULL, NULL, 0, &full); /* tokens only: the steps' counters */
+    const vs_rt_counters *f = &full.times.device;
+    ck_assert_int_gt(full.times.steps, 0);
+    ck_assert_uint_le(f->syncs, 2 * (uint64_t)full.times.steps);
+    for (int k = 0; k < VS_KV_POLICY_COUNT; k++) {
+        if (!vs_kv_policy_def_of((vs_kv_policy_kind)k)->compresses)
+            continue;
+        char path[4096];
+        const char *file = vs_kv_policy_budget_file((vs_kv_policy_kind)k, MODEL, NULL, path, sizeof path);
+        vs_kv_policy *pol = NULL;
+        ck_assert_msg(vs_kv_policy_new((vs_kv_policy_kind)k, 0.2, &m->cfg, file, &pol, &err) == VS_OK,
+                      "%s", err.msg);
+        gen_out o;
+        gen_run(g_dut, m, reqs, 2, pol, NULL, NULL, 0, &o);
+        const vs_rt_counters *d = &o.times.device;
+        printf("check_cuda: %s 0.2, 2 images: %.1f syncs and %.1f launches per step (full: %.1f, "
+               "%.1f), KV bytes %llu to and %llu from the device\n",
+               vs_kv_policy_name((vs_kv_policy_kind)k), (double)d->syncs / o.times.steps,
+               (double)d->launches / o.times.steps, (double)f->syncs / full.times.steps,
+               (double)f->launches / full.times.steps, (unsigned long long)d->kv_h2d_bytes,
+               (unsigned long long)d->kv_d2h_bytes);
+        ck_assert_int_eq(o.times.steps, full.times.steps);
+        ck_assert_uint_eq(d->syncs, f->syncs);
+        ck_assert_uint_eq(d->kv_h2d_bytes, 0);
+        ck_assert_uint_eq(d->kv_d2h_bytes, 0);
+        ck_assert_uint_gt(d->launches, f->launches); /* the compactions */
+        gen_out_free(&o);
+        vs_kv_policy_free(pol);
+    }
+    gen_out_free(&full);
+    vs_rt_model_free(m);
+}
+END_TEST
+
+/* ScaleKV and HACK end to end on the tiny fixture: the GPU (FP32) and the CPU compress the same
+ * way (the same plans; scores with the same products and sums). The attention before it sums in
+ * another order, so a near tie may keep another token; at least 90% of the tokens must agree (a
+ * broken compaction keeps garbage K/V and agrees on about 1/vocab of them). */
+START_TEST(tiny_fixture_under_scalekv_and_hack_gives_the_cpus_tokens)
 {
     vs_err err = {0};
     vs_rt_model *m = NULL;
     ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
     const vs_rt_config *c = &m->cfg;
-    vs_kv_policy *pol = NULL;
-    ck_assert_msg(vs_kv_policy_new(VS_KV_POLICY_SCALEKV, 0.2, c, NULL, &pol, &err) == VS_OK, "%s",
-                  err.msg);
-    vs_srv_gen_req reqs[2] = {{1, 7, 1.5f, 1, 0.0f}, {4, 8, 1.5f, 1, 0.0f}};
-    gen_out gpu, cpu;
-    gen_on_policy(g_dut, m, reqs, 2, pol, &gpu);
-    gen_on_policy(g_ref, m, reqs, 2, pol, &cpu);
-    int same = 0, L = c->scale_offset[c->n_scales];
-    for (int i = 0; i < 2; i++)
-        for (int t = 0; t < L; t++)
-            same += gpu.tok[i][t] == cpu.tok[i][t];
-    printf("check_cuda: scalekv 0.2 on the tiny fixture: %d of %d tokens as on the CPU\n", same, 2 * L);
-    ck_assert_msg(same >= 0.9 * 2 * L, "only %d of %d tokens equal the CPU's under scalekv", same,
-                  2 * L);
-    gen_out_free(&gpu);
-    gen_out_free(&cpu);
-    vs_kv_policy_free(pol);
+    const vs_kv_policy_kind kinds[2] = {VS_KV_POLICY_SCALEKV, VS_KV_POLICY_HACK};
+    for (int k = 0; k < 2; k++) {
+        char path[4096];
+        const char *file = vs_kv_policy_budget_file(kinds[k], MODEL, NULL, path, sizeof path);
+        vs_kv_policy *pol = NULL;
+        ck_assert_msg(vs_kv_policy_new(kinds[k], 0.2, c, file, &pol, &err) == VS_OK, "%s", err.msg);
+        vs_srv_gen_req reqs[2] = {{1, 7, 1.5f, 1, 0.0f}, {4, 8, 1.5f, 1, 0.0f}};
+        gen_out gpu, cpu;
+        gen_run(g_dut, m, reqs, 2, pol, NULL, NULL, 0, &gpu);
+        gen_run(g_ref, m, reqs, 2, pol, NULL, NULL, 0, &cpu);
+        int same = 0, L = c->scale_offset[c->n_scales];
+        for (int i = 0; i < 2; i++)
+            for (int t = 0; t < L; t++)
+                same += gpu.tok[i][t] == cpu.tok[i][t];
+        printf("check_cuda: %s 0.2 on the tiny fixture: %d of %d tokens as on the CPU\n",
+               vs_kv_policy_name(kinds[k]), same, 2 * L);
+        ck_assert_msg(same >= 0.9 * 2 * L, "only %d of %d tokens equal the CPU's under %s", same,
+                      2 * L, vs_kv_policy_name(kinds[k]));
+        gen_out_free(&gpu);
+        gen_out_free(&cpu);
+        vs_kv_policy_free(pol);
+    }
     vs_rt_model_free(m);
 }
 END_TEST
@@ -1271,8 +1320,8 @@ static bf16_report bf16_teacher_forced(const char *path, const vs_srv_gen_req *r
         ck_assert(lg32[i] && lgbf[i]);
     }
     gen_out a, b;
-    gen_run(g_dut, m, reqs, n, NULL, lg32, NULL, &a);
-    gen_run(bf, m, reqs, n, NULL, lgbf, (const int32_t *const *)a.tok, &b);
+    gen_run(g_dut, m, reqs, n, NULL, lg32, NULL, 1, &a);
+    gen_run(bf, m, reqs, n, NULL, lgbf, (const int32_t *const *)a.tok, 1, &b);
     bf16_report rep = {0, 0, 0, 0};
     size_t npix = (size_t)3 * b.side * b.side;
     for (int i = 0; i < n; i++) {
@@ -1589,8 +1638,9 @@ static Suite *cuda_suite(void)
     tcase_set_timeout(tf, 600);
     tcase_add_test(tf, tiny_fixture_greedy_tokens_and_image_match_the_reference_in_fp32);
     tcase_add_test(tf, kv_compression_leaves_each_heads_selected_tokens_in_device_pages);
+    tcase_add_test(tf, device_compression_adds_no_sync_and_moves_no_kv_bytes);
     tcase_add_test(tf, a_row_with_unequal_heads_draws_exactly_its_simulated_peak_of_device_pages);
-    tcase_add_test(tf, tiny_fixture_under_scalekv_gives_the_cpus_tokens);
+    tcase_add_test(tf, tiny_fixture_under_scalekv_and_hack_gives_the_cpus_tokens);
     suite_add_tcase(s, tf);
     TCase *tb = tcase_create("bf16");
     tcase_set_timeout(tb, 600);
