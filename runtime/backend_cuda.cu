@@ -30,9 +30,12 @@
  *
  * KV pages: FP32 in fp32 mode (parity), BF16 in BF16 mode (kv_elem_bytes 2: half the bytes per
  * image). k_kv_write rounds the new K and V to nearest even; k_attention widens a page's K and V
- * to FP32 as it stages them into shared memory, and all its math is FP32. kvcache/ stages pages
- * as floats through kv_download / kv_upload, which convert on the host (BF16 → FP32 is exact, and
- * FP32 → BF16 of a value that came from a BF16 page gives it back unchanged).
+ * to FP32 as it stages them into shared memory, and all its math is FP32. KV compression
+ * (kv_compact, k_kv_compact) runs on the device from the host's plans: one upload of plans, jobs
+ * and page ids and one launch per layer, no K/V over the bus and no host wait. kv_download /
+ * kv_upload move pages as floats for calibration statistics and tests, converting on the host
+ * (BF16 → FP32 is exact, and FP32 → BF16 of a value that came from a BF16 page gives it back
+ * unchanged).
  *
  * Modes: fp32 = 1 is strict FP32 (cuBLAS default math, no TF32) for parity with the CPU backend
  * and the reference fixtures. fp32 = 0 is BF16 mode: the engine declares its GEMM weights once,
