@@ -105,6 +105,7 @@ typedef struct {
     int rows, tokens;      /* one batch: rows and tokens (batch_begin, attention) */
     int kv_tokens;         /* tokens one row holds in one head of one layer, cached + new (attention) */
     int kv_heads;          /* heads of a layer, each with its own page table (attention) */
+    int layers;            /* layers of one step: each uploads its page and compaction tables */
     int index;             /* entries of one host index list (gather_rows, embed_chw) */
     size_t linear_in;      /* floats of one linear's input x, M·K */
     int sample_reqs, sample_tokens, vocab; /* one cfg_sample: n, Σ reqs[i].n, V */

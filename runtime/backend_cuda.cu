@@ -2537,6 +2537,25 @@ static vs_status cuda_reserve(vs_rt_backend *be, const vs_rt_workload *w, vs_err
                               (double)total / 1e6, scr_name[i], (double)need[i] / 1e6, e2.msg);
         }
     }
+    /* the staging ring holds a whole step's small uploads (the batch and every layer's page and
+     * compaction tables, the sampling requests, the index lists), so a step never waits for it */
+    size_t ring = 4 * (batch_entries(tok, rows) +
+                       (size_t)(w->layers > 0 ? w->layers : 1) *
+                           (layer_entries(heads, heads * kv) + compact_entries(heads, heads, heads * kv))) +
+                  need[S_SREQ] + 8 * need[S_IDX] + ((size_t)1 << 20);
+    if (ring > c->ring_cap) {
+        drain(c);
+        void *p = NULL;
+        if (cudaHostAlloc(&p, ring, cudaHostAllocDefault) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return vs_err_set(err, VS_ERR_NOMEM,
+                              "cannot pin %.1f MB of host memory for a step's CUDA staging",
+                              (double)ring / 1e6);
+        }
+        VS_CUDA(c, cudaFreeHost(c->ring));
+        c->ring = (unsigned char *)p;
+        c->ring_cap = ring;
+    }
     size_t host = batch_entries(tok, rows);
     if (layer_entries(heads, heads * kv) > host)
         host = layer_entries(heads, heads * kv);
@@ -2552,10 +2571,11 @@ static vs_status cuda_reserve(vs_rt_backend *be, const vs_rt_workload *w, vs_err
         return cuda_sync(be, err);
     vs_log(VS_LOG_INFO, "cuda",
            "scratch reserved: %.1f MB (BF16 activations %.1f, cuDNN workspace %.1f for %d "
-           "convolution plans, attention scores %.1f, sort %.1f, tables %.1f)",
+           "convolution plans, attention scores %.1f, sort %.1f, tables %.1f); staging ring %.1f MB",
            (double)total / 1e6, (double)need[S_XBF] / 1e6, (double)need[S_CONV] / 1e6, c->n_plans,
            (double)need[S_SCORES] / 1e6, (double)need[S_SORT] / 1e6,
-           (double)(need[S_IDX] + need[S_BATCH] + need[S_LAYER] + need[S_COMPACT] + need[S_SREQ]) / 1e6);
+           (double)(need[S_IDX] + need[S_BATCH] + need[S_LAYER] + need[S_COMPACT] + need[S_SREQ]) / 1e6,
+           (double)c->ring_cap / 1e6);
     return VS_OK;
 }
 

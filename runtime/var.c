@@ -105,6 +105,7 @@ static void engine_workload(const vs_rt_engine *e, vs_rt_workload *wl)
     wl->tokens = e->max_tok;
     wl->kv_tokens = c->scale_offset[S];
     wl->kv_heads = c->num_heads;
+    wl->layers = c->depth;
     /* index lists: the step's tokens (lvl_pos), an image's two rows at scale 0 (class and
      * pos_start), a scale's codes, a class per row */
     wl->index = e->max_tok;
