@@ -330,8 +330,10 @@ START_TEST(gather_rows_and_embed_chw_are_exact)
     BOTH(gather_rows, P(y), P(table), idx, T, C, 0);
     expect(&y, 0, "gather_rows");
     buf2 h = b2_new((size_t)T * C);
-    BOTH(embed_chw, P(h), P(table), idx, T, C);
+    BOTH(embed_chw, P(h), P(table), idx, 1, T, C);
     expect(&h, 0, "embed_chw");
+    BOTH(embed_chw, P(h), P(table), idx, 3, T / 3, C); /* three images of 11 codes */
+    expect(&h, 0, "embed_chw of three images");
     b2_free(&table);
     b2_free(&y);
     b2_free(&h);
@@ -699,8 +701,10 @@ START_TEST(upsample_downsample_and_transpose_match_cpu)
         BOTH(area_downsample, P(down), P(dst), planes, ho, wo, hi, wi);
         expect(&down, TOL, "area_downsample");
         buf2 tr = b2_new((size_t)planes * ho * wo);
-        BOTH(transpose, P(tr), P(dst), planes, ho * wo);
+        BOTH(transpose, P(tr), P(dst), 1, planes, ho * wo);
         expect(&tr, 0, "transpose");
+        BOTH(transpose, P(tr), P(dst), planes, ho, wo); /* each plane on its own */
+        expect(&tr, 0, "transpose of planes");
         BOTH(upsample_nearest2x, P(dst), P(src), 1, hi, wi);
         expect_n(&dst, (size_t)4 * hi * wi, 0, "upsample_nearest2x");
         b2_free(&src);
