@@ -1423,6 +1423,24 @@ START_TEST(scratch_that_does_not_fit_fails_that_op_once_and_the_backend_goes_on)
 }
 END_TEST
 
+/* The tiny fixture on `be`: *m, an engine *e for n images and a KV pool *pool in the backend's
+ * memory that holds n images' full cache (a page per head of each layer). */
+static void tiny_engine(vs_rt_backend *be, int n, vs_rt_model **m, vs_rt_engine **e,
+                        vs_kv_pool **pool)
+{
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_model_load(MODEL, m, &err) == VS_OK, "%s", err.msg);
+    const vs_rt_config *c = &(*m)->cfg;
+    ck_assert_msg(vs_rt_engine_new(*m, be, n, e, &err) == VS_OK, "%s", err.msg);
+    vs_kv_allocator al = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
+    vs_kv_geometry g = vs_kv_geometry_of(c, 16, be->kv_elem_bytes);
+    size_t page_bytes = vs_kv_page_bytes(g) * (size_t)c->num_heads;
+    size_t pages = 2 * (size_t)c->depth * (((size_t)c->scale_offset[c->n_scales] + 15) / 16);
+    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, g, be->host_memory ? NULL : &al,
+                                  pool, &err) == VS_OK,
+                  "%s", err.msg);
+}
+
 /* Runs n images of the tiny fixture on `be` (an engine for n images, the full cache), without
  * decoding, then one more with its decode; checks the backend made no device allocation and
  * that its free memory did not move from before the first image started to after the last. */
@@ -1430,18 +1448,10 @@ static void max_batch_allocates_nothing(vs_rt_backend *be, int n, int decode, co
 {
     vs_err err = {0};
     vs_rt_model *m = NULL;
-    ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
-    const vs_rt_config *c = &m->cfg;
     vs_rt_engine *e = NULL;
-    ck_assert_msg(vs_rt_engine_new(m, be, n, &e, &err) == VS_OK, "%s", err.msg);
-    vs_kv_allocator al = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
-    vs_kv_geometry g = vs_kv_geometry_of(c, 16, be->kv_elem_bytes);
-    size_t page_bytes = vs_kv_page_bytes(g) * (size_t)c->num_heads; /* every head of a layer */
-    size_t pages = 2 * (size_t)c->depth * (((size_t)c->scale_offset[c->n_scales] + 15) / 16);
     vs_kv_pool *pool = NULL;
-    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, g, &al,
-                                  &pool, &err) == VS_OK,
-                  "%s", err.msg);
+    tiny_engine(be, n, &m, &e, &pool);
+    const vs_rt_config *c = &m->cfg;
     vs_srv_gen_req reqs[16];
     ck_assert_int_le(n, 16);
     for (int i = 0; i < n; i++) /* greedy and top-k/top-p: both sampling paths */
@@ -1504,17 +1514,10 @@ START_TEST(launches_and_syncs_per_step_and_per_decode_do_not_grow_with_the_image
     enum { N = 4 };
     vs_err err = {0};
     vs_rt_model *m = NULL;
-    ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
-    const vs_rt_config *c = &m->cfg;
     vs_rt_engine *e = NULL;
-    ck_assert_msg(vs_rt_engine_new(m, g_dut, N, &e, &err) == VS_OK, "%s", err.msg);
-    vs_kv_allocator al = {g_dut, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
-    vs_kv_geometry g = vs_kv_geometry_of(c, 16, g_dut->kv_elem_bytes);
-    size_t page_bytes = vs_kv_page_bytes(g) * (size_t)c->num_heads;
-    size_t pages = 2 * (size_t)c->depth * (((size_t)c->scale_offset[c->n_scales] + 15) / 16);
     vs_kv_pool *pool = NULL;
-    ck_assert_msg(vs_kv_pool_init(pages * N * page_bytes, g, &al, &pool, &err) == VS_OK, "%s",
-                  err.msg);
+    tiny_engine(g_dut, N, &m, &e, &pool);
+    const vs_rt_config *c = &m->cfg;
     int L = c->scale_offset[c->n_scales];
     size_t HW = (size_t)c->image_size * c->image_size;
     uint8_t *rgb[2][N];
