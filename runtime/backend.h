@@ -205,10 +205,10 @@ typedef struct {
     /* CFG mix into the cond rows, then top-k/top-p sampling; reqs host [n]. */
     void (*cfg_sample)(vs_rt_backend *be, float *logits, int V, const vs_rt_sample_req *reqs, int n);
 
-    /* ---- quantiser ---- */
-    /* h[c][i] = emb[idx[i]][c]; idx host [n] */
-    void (*embed_chw)(vs_rt_backend *be, float *h, const float *emb, const int32_t *idx_host, int n,
-                      int C);
+    /* ---- quantiser: each op takes all the images of a scale in one call ---- */
+    /* h[g][c][i] = emb[idx[g·n + i]][c] for N images of n tokens; idx host [N·n] */
+    void (*embed_chw)(vs_rt_backend *be, float *h, const float *emb, const int32_t *idx_host, int N,
+                      int n, int C);
     /* PyTorch bicubic (align_corners False, A = −0.75, edge clamp), planes of hi×wi → ho×wo */
     void (*upsample_bicubic)(vs_rt_backend *be, float *dst, const float *src, int planes, int hi,
                              int wi, int ho, int wo);
@@ -217,8 +217,8 @@ typedef struct {
                             int wi, int ho, int wo);
     /* f += (1−r)·h + r·ch */
     void (*phi_add)(vs_rt_backend *be, float *f, const float *h, const float *ch, float r, size_t n);
-    /* dst[c][r] = src[r][c] for src [rows][cols] */
-    void (*transpose)(vs_rt_backend *be, float *dst, const float *src, int rows, int cols);
+    /* dst[g][c][r] = src[g][r][c] for N matrices src [N][rows][cols] */
+    void (*transpose)(vs_rt_backend *be, float *dst, const float *src, int N, int rows, int cols);
 
     /* ---- decoder ---- */
     /* y[N][cout][H][W] = conv(x[N][cin][H][W], w[cout][cin][k][k]) + b, stride 1, padding k/2;

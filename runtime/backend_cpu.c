@@ -550,12 +550,14 @@ static void cpu_cfg_sample(vs_rt_backend *be, float *logits, int V, const vs_rt_
 
 /* ---- quantiser ---------------------------------------------------------------------------------- */
 
-static void cpu_embed_chw(vs_rt_backend *be, float *h, const float *emb, const int32_t *idx, int n, int C)
+static void cpu_embed_chw(vs_rt_backend *be, float *h, const float *emb, const int32_t *idx, int N,
+                          int n, int C)
 {
     (void)be;
-    for (int i = 0; i < n; i++)
-        for (int c = 0; c < C; c++)
-            h[(size_t)c * n + i] = emb[(size_t)idx[i] * C + c];
+    for (int g = 0; g < N; g++, h += (size_t)C * n, idx += n)
+        for (int i = 0; i < n; i++)
+            for (int c = 0; c < C; c++)
+                h[(size_t)c * n + i] = emb[(size_t)idx[i] * C + c];
 }
 
 static float cubic1(float x, float A) { return ((A + 2) * x - (A + 3)) * x * x + 1; }
@@ -636,12 +638,14 @@ static void cpu_phi_add(vs_rt_backend *be, float *f, const float *h, const float
         f[i] += h[i] * (1.0f - r) + ch[i] * r;
 }
 
-static void cpu_transpose(vs_rt_backend *be, float *dst, const float *src, int rows, int cols)
+static void cpu_transpose(vs_rt_backend *be, float *dst, const float *src, int N, int rows, int cols)
 {
     (void)be;
-    for (int r = 0; r < rows; r++)
-        for (int c = 0; c < cols; c++)
-            dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
+    size_t mat = (size_t)rows * cols;
+    for (int g = 0; g < N; g++, dst += mat, src += mat)
+        for (int r = 0; r < rows; r++)
+            for (int c = 0; c < cols; c++)
+                dst[(size_t)c * rows + r] = src[(size_t)r * cols + c];
 }
 
 /* ---- decoder -------------------------------------------------------------------------------------- */

@@ -2079,26 +2079,27 @@ static void cuda_kv_compact(vs_rt_backend *be, const float *qkv, const vs_rt_bat
 
 /* ---- quantiser ---------------------------------------------------------------------------------- */
 
-__global__ void k_embed_chw(float *h, const float *emb, const int32_t *idx, int n, int C)
+/* h [N][C][n] */
+__global__ void k_embed_chw(float *h, const float *emb, const int32_t *idx, int N, int n, int C)
 {
-    GRID_STRIDE(o, (size_t)n * C)
+    GRID_STRIDE(o, (size_t)N * C * n)
     {
-        size_t ch = o / (size_t)n, i = o % (size_t)n;
-        h[o] = emb[(size_t)idx[i] * C + ch];
+        size_t i = o % (size_t)n, ch = (o / (size_t)n) % (size_t)C, g = o / ((size_t)n * C);
+        h[o] = emb[(size_t)idx[g * n + i] * C + ch];
     }
 }
 
 static void cuda_embed_chw(vs_rt_backend *be, float *h, const float *emb, const int32_t *idx_host,
-                           int n, int C)
+                           int N, int n, int C)
 {
     cuda_backend *c = cu(be);
-    if (n <= 0 || C <= 0)
+    if (N <= 0 || n <= 0 || C <= 0)
         return;
-    const int32_t *idx = upload_idx(c, idx_host, n);
+    const int32_t *idx = upload_idx(c, idx_host, N * n);
     if (!idx)
         return;
-    size_t total = (size_t)n * C;
-    VS_LAUNCH(k_embed_chw, grid_for(total, 256), 256, 0, c->st, h, emb, idx, n, C);
+    size_t total = (size_t)N * n * C;
+    VS_LAUNCH(k_embed_chw, grid_for(total, 256), 256, 0, c->st, h, emb, idx, N, n, C);
     VS_LAUNCHED(c, k_embed_chw);
 }
 
@@ -2210,22 +2211,25 @@ static void cuda_phi_add(vs_rt_backend *be, float *f, const float *h, const floa
     VS_LAUNCHED(c, k_phi_add);
 }
 
-__global__ void k_transpose(float *dst, const float *src, int rows, int cols)
+/* N matrices [rows][cols] → [cols][rows] */
+__global__ void k_transpose(float *dst, const float *src, int N, int rows, int cols)
 {
-    GRID_STRIDE(o, (size_t)rows * cols)
+    size_t mat = (size_t)rows * cols;
+    GRID_STRIDE(o, (size_t)N * mat)
     {
-        size_t col = o / (size_t)rows, row = o % (size_t)rows;
-        dst[o] = src[row * cols + col];
+        size_t g = o / mat, e = o % mat;
+        size_t col = e / (size_t)rows, row = e % (size_t)rows;
+        dst[o] = src[g * mat + row * cols + col];
     }
 }
 
-static void cuda_transpose(vs_rt_backend *be, float *dst, const float *src, int rows, int cols)
+static void cuda_transpose(vs_rt_backend *be, float *dst, const float *src, int N, int rows, int cols)
 {
     cuda_backend *c = cu(be);
-    if (rows <= 0 || cols <= 0)
+    if (N <= 0 || rows <= 0 || cols <= 0)
         return;
-    size_t n = (size_t)rows * cols;
-    VS_LAUNCH(k_transpose, grid_for(n, 256), 256, 0, c->st, dst, src, rows, cols);
+    size_t n = (size_t)N * rows * cols;
+    VS_LAUNCH(k_transpose, grid_for(n, 256), 256, 0, c->st, dst, src, N, rows, cols);
     VS_LAUNCHED(c, k_transpose);
 }
 

@@ -5,7 +5,10 @@
  * maps), so each op is one backend call (one pool dispatch, one launch) for all of them. Each op
  * computes an image's outputs with the same calls as for one image alone (conv2d: per image and
  * band), so the pixels do not depend on how many images share a decode. batch is min(max images,
- * what DECODE_BUDGET_BYTES holds, at least 1); more images decode in groups of batch.
+ * what the budget holds, at least 1); more images decode in groups of batch. The budget is
+ * DECODE_HOST_BUDGET_BYTES where backend memory is host memory (the CPU) and 1/DECODE_DEVICE_SHARE
+ * of the device's memory on a device, so there every image a step finishes decodes in one group and
+ * the decode's launches and syncs do not grow with the images (the start-up log states the bytes).
  * visit_decoder lists the decode's convolutions and attentions (for the backend's reserve and its
  * decoder_weights precision); it mirrors vs_rt_vae_decode. ResBlock: a = GN+SiLU(x); b = conv1(a); a = GN+SiLU(b); b = conv2(a); b += nin(x) or x; swap. */
 #include "runtime/vae.h"
@@ -14,21 +17,29 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/log.h"
+
 struct vs_rt_vae {
     const vs_rt_model *m;
     vs_rt_backend *be;
     vs_rt_weights w;
     int batch;                  /* images per decode group: immutable after init */
+    size_t budget_bytes;        /* the scratch batch was sized within (decode_budget) */
     size_t mx;                  /* floats of one image's largest map */
     float *x, *a, *b, *s, *qkv; /* backend, [batch][...] */
     float *host;                /* [batch][3][H][W] */
 };
 
-/* Scratch the decoder may take for batching (one image it always takes). Batching pays where the
- * maps are small and the ops many per pixel (the bundled model's 32×32 decoder, ~1.1 MB an image:
- * 15 at once); a 256×256 decoder (~70 MB an image) decodes one image per group, its ops long
- * enough. Kept small because on a GPU it is device memory beside the KV pool. */
-#define DECODE_BUDGET_BYTES ((size_t)16 << 20)
+/* CPU: scratch the decoder may take for batching (one image it always takes). Batching pays where
+ * the maps are small and the ops many per pixel (the bundled model's 32×32 decoder, ~1.1 MB an
+ * image: 15 at once); a 256×256 decoder (~70 MB an image) decodes one image per group, its ops
+ * long enough, its maps nearer the caches (measured best there). */
+#define DECODE_HOST_BUDGET_BYTES ((size_t)16 << 20)
+/* A device: each launch costs the same whatever its size, so the group should hold every image a
+ * step finishes; 1/16 of the device's memory holds 64 images of a 256×256 decoder (~70 MB each,
+ * 4.5 GB) on an 80 GB GPU and leaves the KV pool, sized from what is free after the engine, the
+ * rest. */
+#define DECODE_DEVICE_SHARE 16
 
 #define VBE (v->be->ops)
 
@@ -37,9 +48,24 @@ typedef struct {
     size_t mx, top, img, per_image_bytes;
 } extent;
 
-/* Images per decode group for at most `batch` (min(batch, what DECODE_BUDGET_BYTES holds), at
- * least 1), and one image's extent. */
-static int group_size(const vs_rt_config *c, int batch, extent *x)
+/* The bytes of scratch decode groups may take on `be` (see the file-top comment). */
+static vs_status decode_budget(vs_rt_backend *be, size_t *out, vs_err *err)
+{
+    *out = DECODE_HOST_BUDGET_BYTES;
+    if (be->host_memory || !be->ops->mem_info)
+        return VS_OK;
+    vs_rt_mem_info mi;
+    vs_status st = be->ops->mem_info(be, &mi, err);
+    if (st != VS_OK)
+        return vs_err_wrap(err, "the device's memory, for the decoder's budget");
+    if (mi.total / DECODE_DEVICE_SHARE > *out)
+        *out = mi.total / DECODE_DEVICE_SHARE;
+    return VS_OK;
+}
+
+/* Images per decode group for at most `batch` (min(batch, what budget_bytes holds), at least 1),
+ * and one image's extent. */
+static int group_size(const vs_rt_config *c, int batch, size_t budget_bytes, extent *x)
 {
     int nl = c->n_levels, P = c->patch_nums[c->n_scales - 1];
     size_t mx = (size_t)c->z_channels * P * P;
@@ -61,7 +87,7 @@ static int group_size(const vs_rt_config *c, int batch, extent *x)
     if (img > mx)
         mx = img;
     size_t per_image = (4 * mx + 3 * top + img) * sizeof(float);
-    size_t fit = DECODE_BUDGET_BYTES / per_image;
+    size_t fit = budget_bytes / per_image;
     int nb = batch < 1 ? 1 : batch;
     if ((size_t)nb > fit)
         nb = fit > 1 ? (int)fit : 1;
@@ -79,8 +105,13 @@ vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_wei
     v->m = m;
     v->be = be;
     v->w = *w;
+    vs_status st = decode_budget(be, &v->budget_bytes, err);
+    if (st != VS_OK) {
+        vs_rt_vae_free(v);
+        return st;
+    }
     extent ex;
-    int nb = group_size(c, batch, &ex);
+    int nb = group_size(c, batch, v->budget_bytes, &ex);
     size_t mx = ex.mx, top = ex.top, img = ex.img;
     v->batch = nb;
     v->mx = mx;
@@ -97,6 +128,11 @@ vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_wei
                           "cannot allocate decoder buffers for %d images (%.1f MB)", nb,
                           (double)n * ex.per_image_bytes / 1e6);
     }
+    vs_log(VS_LOG_INFO, "runtime",
+           "decoder: %d of %d images per group, %.1f MB of %s memory (%.1f MB an image, budget "
+           "%.0f MB)", nb, batch < 1 ? 1 : batch, (double)n * ex.per_image_bytes / 1e6,
+           be->host_memory ? "host" : "device", (double)ex.per_image_bytes / 1e6,
+           (double)v->budget_bytes / 1e6);
     *out = v;
     return VS_OK;
 }
@@ -215,13 +251,11 @@ static void attn_extent(void *ctx, int C, int HW)
     wl->attn_hw = HW > wl->attn_hw ? HW : wl->attn_hw;
 }
 
-void vs_rt_vae_workload(const vs_rt_config *c, const vs_rt_weights *w, int batch, vs_rt_workload *wl)
+void vs_rt_vae_workload(const vs_rt_vae *v, vs_rt_workload *wl)
 {
-    extent ex;
-    int nb = group_size(c, batch, &ex);
-    wl->decode_images = nb > wl->decode_images ? nb : wl->decode_images;
+    wl->decode_images = v->batch > wl->decode_images ? v->batch : wl->decode_images;
     visitor vi = {conv_extent, attn_extent, wl};
-    visit_decoder(c, w, &vi);
+    visit_decoder(&v->m->cfg, &v->w, &vi);
 }
 
 typedef struct {

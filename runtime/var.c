@@ -4,7 +4,13 @@
  * own scratch (reserve(), from engine_workload and the decoder's vs_rt_vae_workload), and the
  * state (f_hat, next input) of max_images images: neither a step, nor a decode, nor starting an
  * image within that many allocates backend memory. Token layout of a step: rows in order (image 0
- * cond, image 0 uncond, image 1 cond, …), each row's p_s² tokens contiguous. Engine thread only. */
+ * cond, image 0 uncond, image 1 cond, …), each row's p_s² tokens contiguous.
+ *
+ * Work that is per image (the quantiser, the scale-0 class and start-position rows) is issued once
+ * per group of the step's images at the same scale, so a step's backend calls grow with its
+ * distinct scales, not with its images: the group's states are copied into [G][...] scratch (a
+ * copy is not a launch on a device) and back. Each op computes an image's values as it would for
+ * that image alone, so tokens do not depend on the grouping. Engine thread only. */
 #include "runtime/var.h"
 
 #include <math.h>
@@ -25,7 +31,7 @@ struct vs_rt_engine {
     /* backend scratch */
     float *x, *xn, *tmp, *qkv, *attn, *ffn, *logits, *gin; /* [T][...] */
     float *cond, *csilu, *mod, *smod, *hmod;              /* [R][...] */
-    float *q_h, *q_up, *q_conv, *q_down;                  /* quantiser, one image */
+    float *q_h, *q_up, *q_conv, *q_down, *q_f;            /* quantiser, [max_images][Cvae·P²] */
     float *img_mem;         /* the state of max_images images: [max_images][2][Cvae·P²] */
     int *img_free, n_img_free; /* its free slots */
     /* host scratch */
@@ -33,6 +39,7 @@ struct vs_rt_engine {
     uint8_t *kv_store;      /* [max_rows] see vs_rt_batch */
     vs_rt_row *rows;        /* [max_rows] */
     vs_rt_sample_req *reqs; /* [max_images] */
+    vs_rt_image **group;    /* [max_images] the images of one scale in a step */
     const float **dec_fhat; /* [max_images] the f_hat of each image a decode is given */
     vs_rt_vae *vae;
 };
@@ -99,19 +106,16 @@ static void engine_workload(const vs_rt_engine *e, vs_rt_workload *wl)
 {
     const vs_rt_config *c = &e->m->cfg;
     int S = c->n_scales, P = c->patch_nums[S - 1], P2 = P * P;
-    int first_l = c->patch_nums[0] * c->patch_nums[0];
     memset(wl, 0, sizeof *wl);
     wl->rows = e->max_rows;
     wl->tokens = e->max_tok;
     wl->kv_tokens = c->scale_offset[S];
     wl->kv_heads = c->num_heads;
     wl->layers = c->depth;
-    /* index lists: the step's tokens (lvl_pos), an image's two rows at scale 0 (class and
-     * pos_start), a scale's codes, a class per row */
+    /* index lists: the step's tokens (lvl_pos), the scale-0 images' two rows (class and
+     * pos_start), every image's codes of a scale, a class per row: none longer than the step's
+     * tokens */
     wl->index = e->max_tok;
-    wl->index = P2 > wl->index ? P2 : wl->index;
-    wl->index = e->max_rows > wl->index ? e->max_rows : wl->index;
-    wl->index = 2 * first_l > wl->index ? 2 * first_l : wl->index;
     size_t T = (size_t)e->max_tok, K = (size_t)c->embed_dim;
     if ((size_t)c->ffn_dim > K)
         K = (size_t)c->ffn_dim; /* fc2 */
@@ -121,12 +125,13 @@ static void engine_workload(const vs_rt_engine *e, vs_rt_workload *wl)
     wl->sample_reqs = e->max_images;
     wl->sample_tokens = e->max_images * P2;
     wl->vocab = c->vocab_size;
+    wl->decode_images = e->max_images; /* the quantiser's φ takes a scale's images at once */
     for (int s = 0; s < S; s++) { /* the quantiser's φ, at P×P */
         const vs_rt_conv_w *phi = &e->w.phi[vs_rt_phi_index(c, s)];
         if (phi->w)
             vs_rt_workload_add_conv(wl, phi->cin, phi->cout, phi->k, P, P);
     }
-    vs_rt_vae_workload(c, &e->w, e->max_images, wl); /* one decode group of the step's images */
+    vs_rt_vae_workload(e->vae, wl); /* one decode group of the step's images */
 }
 
 static void *balloc(vs_rt_engine *e, size_t floats, int *fail)
@@ -188,10 +193,12 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
     e->mod = balloc(e, R * 6 * C, &fail);
     e->smod = balloc(e, R * 6 * C, &fail);
     e->hmod = balloc(e, R * 2 * C, &fail);
-    e->q_h = balloc(e, Cv * P2, &fail);
-    e->q_up = balloc(e, Cv * P2, &fail);
-    e->q_conv = balloc(e, Cv * P2, &fail);
-    e->q_down = balloc(e, Cv * P2, &fail);
+    size_t Q = (size_t)max_images * Cv * P2;
+    e->q_h = balloc(e, Q, &fail);
+    e->q_up = balloc(e, Q, &fail);
+    e->q_conv = balloc(e, Q, &fail);
+    e->q_down = balloc(e, Q, &fail);
+    e->q_f = balloc(e, Q, &fail);
     e->img_mem = balloc(e, (size_t)max_images * 2 * Cv * P2, &fail);
     e->img_free = malloc((size_t)max_images * sizeof *e->img_free);
     if (e->img_free)
@@ -202,9 +209,10 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
     e->rows = malloc(R * sizeof *e->rows);
     e->kv_store = malloc(R);
     e->reqs = malloc((size_t)max_images * sizeof *e->reqs);
+    e->group = malloc((size_t)max_images * sizeof *e->group);
     e->dec_fhat = malloc((size_t)max_images * sizeof *e->dec_fhat);
     if (fail || !e->img_free || !e->tok_row || !e->idx || !e->rows || !e->kv_store || !e->reqs ||
-        !e->dec_fhat) {
+        !e->group || !e->dec_fhat) {
         double mb = (double)T * (C * 5 + 3 * C + (size_t)c->ffn_dim + (size_t)c->vocab_size) * 4 / 1e6;
         vs_rt_engine_free(e);
         return vs_err_set(err, VS_ERR_NOMEM,
@@ -239,7 +247,7 @@ void vs_rt_engine_free(vs_rt_engine *e)
         return;
     float *bufs[] = {e->x, e->xn, e->tmp, e->attn, e->qkv, e->ffn, e->logits, e->gin, e->cond,
                      e->csilu, e->mod, e->smod, e->hmod, e->q_h, e->q_up, e->q_conv, e->q_down,
-                     e->img_mem, e->wdata};
+                     e->q_f, e->img_mem, e->wdata};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i])
             BE->free(e->be, bufs[i]);
@@ -251,6 +259,7 @@ void vs_rt_engine_free(vs_rt_engine *e)
     free(e->rows);
     free(e->kv_store);
     free(e->reqs);
+    free(e->group);
     free(e->dec_fhat);
     free(e);
 }
@@ -321,30 +330,48 @@ void vs_rt_image_free(vs_rt_engine *e, vs_rt_image *img)
     img->f_hat = img->next_in = NULL;
 }
 
-/* The quantiser for scale s of one image whose tokens of scale s are in img->tokens. */
-static void quantise(vs_rt_engine *e, vs_rt_image *img, int s)
+/* The quantiser for scale s of the G images imgs[0..G) (G ≤ max_images), whose tokens of scale s
+ * are in their tokens: one call of each op for all of them, over [G][Cvae][·] maps in scratch. */
+static void quantise(vs_rt_engine *e, vs_rt_image *const *imgs, int G, int s)
 {
     const vs_rt_config *c = &e->m->cfg;
     int S = c->n_scales, P = c->patch_nums[S - 1], p = c->patch_nums[s], Cv = c->z_channels;
-    BE->embed_chw(e->be, e->q_h, e->w.embedding, img->tokens + c->scale_offset[s], p * p, Cv);
+    size_t nf = state_floats(e), bytes = nf * sizeof(float);
+    for (int g = 0; g < G; g++)
+        memcpy(e->idx + (size_t)g * p * p, imgs[g]->tokens + c->scale_offset[s],
+               (size_t)p * p * sizeof *e->idx);
+    BE->embed_chw(e->be, e->q_h, e->w.embedding, e->idx, G, p * p, Cv);
     const float *h = e->q_h;
     if (s < S - 1) {
-        BE->upsample_bicubic(e->be, e->q_up, e->q_h, Cv, p, p, P, P);
+        BE->upsample_bicubic(e->be, e->q_up, e->q_h, G * Cv, p, p, P, P);
         h = e->q_up;
     }
+    /* one image works on its own state in place; a group on copies in q_f */
+    float *f = G == 1 ? imgs[0]->f_hat : e->q_f;
+    if (G > 1)
+        for (int g = 0; g < G; g++)
+            BE->copy(e->be, f + (size_t)g * nf, imgs[g]->f_hat, bytes);
     const vs_rt_conv_w *phi = &e->w.phi[vs_rt_phi_index(c, s)];
-    size_t n = (size_t)Cv * P * P;
     if (phi->w) {
-        BE->conv2d(e->be, e->q_conv, h, phi->w, phi->b, 1, Cv, P, P, Cv, 3);
-        BE->phi_add(e->be, img->f_hat, h, e->q_conv, (float)fabs(c->quant_resi), n);
+        BE->conv2d(e->be, e->q_conv, h, phi->w, phi->b, G, Cv, P, P, Cv, 3);
+        BE->phi_add(e->be, f, h, e->q_conv, (float)fabs(c->quant_resi), (size_t)G * nf);
     } else {
-        BE->add(e->be, img->f_hat, h, n);
+        BE->add(e->be, f, h, (size_t)G * nf);
     }
     if (s < S - 1) {
         int q = c->patch_nums[s + 1];
-        BE->area_downsample(e->be, e->q_down, img->f_hat, Cv, P, P, q, q);
-        BE->transpose(e->be, img->next_in, e->q_down, Cv, q * q);
+        BE->area_downsample(e->be, e->q_down, f, G * Cv, P, P, q, q);
+        /* the next inputs [G][q²][Cvae] into q_conv (free again), or straight to one image's */
+        float *next = G == 1 ? imgs[0]->next_in : e->q_conv;
+        BE->transpose(e->be, next, e->q_down, G, Cv, q * q);
+        if (G > 1)
+            for (int g = 0; g < G; g++)
+                BE->copy(e->be, imgs[g]->next_in, next + (size_t)g * q * q * Cv,
+                         (size_t)q * q * Cv * sizeof(float));
     }
+    if (G > 1)
+        for (int g = 0; g < G; g++)
+            BE->copy(e->be, imgs[g]->f_hat, f + (size_t)g * nf, bytes);
 }
 
 vs_status vs_rt_image_set_tokens(vs_rt_engine *e, vs_rt_image *img, const int32_t *tokens, vs_err *err)
@@ -359,7 +386,7 @@ vs_status vs_rt_image_set_tokens(vs_rt_engine *e, vs_rt_image *img, const int32_
     int P = c->patch_nums[c->n_scales - 1];
     BE->zero(e->be, img->f_hat, (size_t)c->z_channels * P * P * sizeof(float));
     for (int s = 0; s < c->n_scales; s++)
-        quantise(e, img, s);
+        quantise(e, &img, 1, s);
     img->scale = c->n_scales;
     return BE->sync(e->be, err);
 }
@@ -431,19 +458,28 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, const vs_
     }
     BE->linear(e->be, e->x, e->gin, w->word_w, w->word_b, T, C, Cv);
     /* scale 0: the class token (cond row) or the null class (uncond row), then the start
-     * positions; an image's two rows are adjacent, so one gather each covers both */
+     * positions; an image's two rows are adjacent, so [G0][2·first_l][C] in tmp (free until the
+     * first layer) takes one gather each for all the scale-0 images, copied to their rows in x */
+    int G0 = 0;
     for (int i = 0; i < n; i++) {
         if (imgs[i]->scale != 0)
             continue;
-        float *xr = e->x + (size_t)e->rows[2 * i].tok_start * C;
+        int32_t *ix = e->idx + (size_t)G0++ * 2 * first_l;
         for (int t = 0; t < first_l; t++) {
-            e->idx[t] = imgs[i]->label;
-            e->idx[first_l + t] = c->num_classes;
+            ix[t] = imgs[i]->label;
+            ix[first_l + t] = c->num_classes;
         }
-        BE->gather_rows(e->be, xr, w->class_emb, e->idx, 2 * first_l, C, 0);
-        for (int t = 0; t < first_l; t++)
-            e->idx[t] = e->idx[first_l + t] = t;
-        BE->gather_rows(e->be, xr, w->pos_start, e->idx, 2 * first_l, C, 1);
+    }
+    if (G0 > 0) {
+        size_t blk = (size_t)2 * first_l * C;
+        BE->gather_rows(e->be, e->tmp, w->class_emb, e->idx, 2 * first_l * G0, C, 0);
+        for (int t = 0; t < 2 * first_l * G0; t++)
+            e->idx[t] = t % first_l;
+        BE->gather_rows(e->be, e->tmp, w->pos_start, e->idx, 2 * first_l * G0, C, 1);
+        for (int i = 0, g = 0; i < n; i++)
+            if (imgs[i]->scale == 0)
+                BE->copy(e->be, e->x + (size_t)e->rows[2 * i].tok_start * C, e->tmp + blk * g++,
+                         blk * sizeof(float));
     }
     /* + lvl_pos for every token of the step in one gather: the rows cover tokens 0..T in order */
     for (int r = 0; r < R; r++)
@@ -515,9 +551,17 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, const vs_
             memcpy(imgs[i]->tokens + off, imgs[i]->forced_tokens + off,
                    (size_t)e->reqs[i].n * sizeof(int32_t));
         }
-        quantise(e, imgs[i], imgs[i]->scale);
-        imgs[i]->scale++;
     }
+    for (int s = 0; s < S; s++) { /* the quantiser per group of images at one scale */
+        int G = 0;
+        for (int i = 0; i < n; i++)
+            if (imgs[i]->scale == s)
+                e->group[G++] = imgs[i];
+        if (G > 0)
+            quantise(e, e->group, G, s);
+    }
+    for (int i = 0; i < n; i++)
+        imgs[i]->scale++;
     return BE->sync(e->be, err);
 }
 

@@ -330,8 +330,10 @@ START_TEST(gather_rows_and_embed_chw_are_exact)
     BOTH(gather_rows, P(y), P(table), idx, T, C, 0);
     expect(&y, 0, "gather_rows");
     buf2 h = b2_new((size_t)T * C);
-    BOTH(embed_chw, P(h), P(table), idx, T, C);
+    BOTH(embed_chw, P(h), P(table), idx, 1, T, C);
     expect(&h, 0, "embed_chw");
+    BOTH(embed_chw, P(h), P(table), idx, 3, T / 3, C); /* three images of 11 codes */
+    expect(&h, 0, "embed_chw of three images");
     b2_free(&table);
     b2_free(&y);
     b2_free(&h);
@@ -699,8 +701,10 @@ START_TEST(upsample_downsample_and_transpose_match_cpu)
         BOTH(area_downsample, P(down), P(dst), planes, ho, wo, hi, wi);
         expect(&down, TOL, "area_downsample");
         buf2 tr = b2_new((size_t)planes * ho * wo);
-        BOTH(transpose, P(tr), P(dst), planes, ho * wo);
+        BOTH(transpose, P(tr), P(dst), 1, planes, ho * wo);
         expect(&tr, 0, "transpose");
+        BOTH(transpose, P(tr), P(dst), planes, ho, wo); /* each plane on its own */
+        expect(&tr, 0, "transpose of planes");
         BOTH(upsample_nearest2x, P(dst), P(src), 1, hi, wi);
         expect_n(&dst, (size_t)4 * hi * wi, 0, "upsample_nearest2x");
         b2_free(&src);
@@ -1468,6 +1472,24 @@ START_TEST(scratch_that_does_not_fit_fails_that_op_once_and_the_backend_goes_on)
 }
 END_TEST
 
+/* The tiny fixture on `be`: *m, an engine *e for n images and a KV pool *pool in the backend's
+ * memory that holds n images' full cache (a page per head of each layer). */
+static void tiny_engine(vs_rt_backend *be, int n, vs_rt_model **m, vs_rt_engine **e,
+                        vs_kv_pool **pool)
+{
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_model_load(MODEL, m, &err) == VS_OK, "%s", err.msg);
+    const vs_rt_config *c = &(*m)->cfg;
+    ck_assert_msg(vs_rt_engine_new(*m, be, n, e, &err) == VS_OK, "%s", err.msg);
+    vs_kv_allocator al = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
+    vs_kv_geometry g = vs_kv_geometry_of(c, 16, be->kv_elem_bytes);
+    size_t page_bytes = vs_kv_page_bytes(g) * (size_t)c->num_heads;
+    size_t pages = 2 * (size_t)c->depth * (((size_t)c->scale_offset[c->n_scales] + 15) / 16);
+    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, g, be->host_memory ? NULL : &al,
+                                  pool, &err) == VS_OK,
+                  "%s", err.msg);
+}
+
 /* Runs n images of the tiny fixture on `be` (an engine for n images, the full cache), without
  * decoding, then one more with its decode; checks the backend made no device allocation and
  * that its free memory did not move from before the first image started to after the last. */
@@ -1475,18 +1497,10 @@ static void max_batch_allocates_nothing(vs_rt_backend *be, int n, int decode, co
 {
     vs_err err = {0};
     vs_rt_model *m = NULL;
-    ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
-    const vs_rt_config *c = &m->cfg;
     vs_rt_engine *e = NULL;
-    ck_assert_msg(vs_rt_engine_new(m, be, n, &e, &err) == VS_OK, "%s", err.msg);
-    vs_kv_allocator al = {be, vs_rt_backend_alloc_raw, vs_rt_backend_free_raw};
-    vs_kv_geometry g = vs_kv_geometry_of(c, 16, be->kv_elem_bytes);
-    size_t page_bytes = vs_kv_page_bytes(g) * (size_t)c->num_heads; /* every head of a layer */
-    size_t pages = 2 * (size_t)c->depth * (((size_t)c->scale_offset[c->n_scales] + 15) / 16);
     vs_kv_pool *pool = NULL;
-    ck_assert_msg(vs_kv_pool_init(pages * (size_t)n * page_bytes, g, &al,
-                                  &pool, &err) == VS_OK,
-                  "%s", err.msg);
+    tiny_engine(be, n, &m, &e, &pool);
+    const vs_rt_config *c = &m->cfg;
     vs_srv_gen_req reqs[16];
     ck_assert_int_le(n, 16);
     for (int i = 0; i < n; i++) /* greedy and top-k/top-p: both sampling paths */
@@ -1533,6 +1547,78 @@ START_TEST(steps_and_decode_at_the_max_batch_allocate_no_device_memory)
     vs_rt_backend *bf = bf16_backend();
     max_batch_allocates_nothing(bf, 4, 0, "BF16 mode");
     vs_rt_backend_free(bf);
+}
+END_TEST
+
+/* Issue 14's launch goal: per engine step the device work grows with layers and scales, not with
+ * the images (the quantiser and the scale-0 rows take a scale's images in one call), and a
+ * decode's launches and syncs do not grow with the images that finish together (on a device the
+ * decoder's group holds the engine's max images). One engine for 4 images runs 1, then 4 images
+ * (all at the same scales in each step) with their decode; image 0 is the same request both times,
+ * so its tokens and pixels must not change with the company either. */
+START_TEST(launches_and_syncs_per_step_and_per_decode_do_not_grow_with_the_images)
+{
+    if (g_self)
+        return; /* counters: a device only */
+    enum { N = 4 };
+    vs_err err = {0};
+    vs_rt_model *m = NULL;
+    vs_rt_engine *e = NULL;
+    vs_kv_pool *pool = NULL;
+    tiny_engine(g_dut, N, &m, &e, &pool);
+    const vs_rt_config *c = &m->cfg;
+    int L = c->scale_offset[c->n_scales];
+    size_t HW = (size_t)c->image_size * c->image_size;
+    uint8_t *rgb[2][N];
+    int32_t *tok[2][N];
+    vs_srv_gen_times t[2];
+    vs_srv_gen_req reqs[N];
+    for (int i = 0; i < N; i++) /* one sampling setting: its launches are those of any image */
+        reqs[i] = (vs_srv_gen_req){(3 * i + 1) % 10, (uint64_t)(11 + i), 1.5f, 1, 0.0f};
+    for (int r = 0; r < 2; r++) {
+        int n = r ? N : 1;
+        for (int i = 0; i < N; i++) {
+            rgb[r][i] = malloc(3 * HW);
+            tok[r][i] = malloc((size_t)L * sizeof(int32_t));
+            ck_assert(rgb[r][i] && tok[r][i]);
+        }
+        vs_srv_gen_opts go;
+        memset(&go, 0, sizeof go);
+        ck_assert_msg(vs_srv_gen_run_opts(e, pool, reqs, n, rgb[r], tok[r], &t[r], &go, &err) == VS_OK,
+                      "%d images: %s", n, err.msg);
+        ck_assert(t[r].have_device && t[r].steps == c->n_scales);
+        printf("check_cuda: %d image(s): %.1f launches and %.1f syncs per step; the decode %llu "
+               "launches, %llu syncs\n",
+               n, (double)t[r].device.launches / t[r].steps, (double)t[r].device.syncs / t[r].steps,
+               (unsigned long long)t[r].decode_device.launches,
+               (unsigned long long)t[r].decode_device.syncs);
+    }
+    ck_assert_msg(t[1].device.launches == t[0].device.launches,
+                  "the %d steps issued %llu launches for 1 image but %llu for %d at the same scales",
+                  c->n_scales, (unsigned long long)t[0].device.launches,
+                  (unsigned long long)t[1].device.launches, N);
+    ck_assert_msg(t[1].device.syncs == t[0].device.syncs,
+                  "the steps waited %llu times for 1 image but %llu times for %d",
+                  (unsigned long long)t[0].device.syncs, (unsigned long long)t[1].device.syncs, N);
+    ck_assert_msg(t[1].decode_device.launches == t[0].decode_device.launches &&
+                      t[1].decode_device.syncs == t[0].decode_device.syncs,
+                  "decoding 1 image: %llu launches, %llu syncs; %d images: %llu launches, %llu syncs",
+                  (unsigned long long)t[0].decode_device.launches,
+                  (unsigned long long)t[0].decode_device.syncs, N,
+                  (unsigned long long)t[1].decode_device.launches,
+                  (unsigned long long)t[1].decode_device.syncs);
+    ck_assert_msg(memcmp(tok[0][0], tok[1][0], (size_t)L * sizeof(int32_t)) == 0,
+                  "image 0's tokens changed when it ran beside %d others", N - 1);
+    ck_assert_msg(memcmp(rgb[0][0], rgb[1][0], 3 * HW) == 0,
+                  "image 0's pixels changed when it was decoded beside %d others", N - 1);
+    for (int r = 0; r < 2; r++)
+        for (int i = 0; i < N; i++) {
+            free(rgb[r][i]);
+            free(tok[r][i]);
+        }
+    vs_kv_pool_free(pool);
+    vs_rt_engine_free(e);
+    vs_rt_model_free(m);
 }
 END_TEST
 
@@ -1658,6 +1744,10 @@ static Suite *cuda_suite(void)
     tcase_add_test(tr, steps_and_decode_at_the_max_batch_allocate_no_device_memory);
     tcase_add_test(tr, bf16_mode_runs_the_quantiser_and_undeclared_linears_in_fp32);
     suite_add_tcase(s, tr);
+    TCase *tl = tcase_create("launches");
+    tcase_set_timeout(tl, 600);
+    tcase_add_test(tl, launches_and_syncs_per_step_and_per_decode_do_not_grow_with_the_images);
+    suite_add_tcase(s, tl);
     return s;
 }
 

@@ -266,8 +266,8 @@ static void step_images(rig *r, vs_rt_image *img, vs_kv_row **rows, int first, i
 {
     const vs_rt_config *c = &g_model->cfg;
     vs_err err = {0};
-    vs_rt_image *run[2] = {NULL, NULL};
-    int nt[2] = {0, 0};
+    vs_rt_image *run[3] = {NULL, NULL, NULL};
+    int nt[3] = {0, 0, 0};
     for (int i = first; i <= last; i++) {
         nt[i] = c->patch_nums[img[i].scale] * c->patch_nums[img[i].scale];
         for (int rr = 0; rr < 2; rr++) {
@@ -284,17 +284,18 @@ static void step_images(rig *r, vs_rt_image *img, vs_kv_row **rows, int first, i
                 vs_kv_row_commit(rows[2 * i + rr], l, VS_KV_ALL_HEADS, nt[i]);
 }
 
-/* Continuous batching: an image that joins while another is at a later scale. */
-/* Reserves the full cache for two images in one reservation and sets them up from reqs, with
+/* Continuous batching: an image that joins while others are at a later scale. */
+/* Reserves the full cache for n images in one reservation and sets them up from reqs, with
  * their cond/uncond rows in rows[2i], rows[2i+1]; the caller releases the reservation. */
-static vs_kv_resv *start_two_images(rig *r, const vs_srv_gen_req *reqs, vs_rt_image *img,
-                                    vs_kv_row **rows)
+static vs_kv_resv *start_images(rig *r, const vs_srv_gen_req *reqs, int n, vs_rt_image *img,
+                                vs_kv_row **rows)
 {
     const vs_rt_config *c = &g_model->cfg;
     vs_err err = {0};
     vs_kv_resv *resv = NULL;
-    ck_assert_int_eq(vs_kv_reserve(r->pool, 2 * vs_srv_full_cache_pages(c, r->pool), &resv), VS_KV_OK);
-    for (int i = 0; i < 2; i++) {
+    ck_assert_int_eq(vs_kv_reserve(r->pool, (size_t)n * vs_srv_full_cache_pages(c, r->pool), &resv),
+                     VS_KV_OK);
+    for (int i = 0; i < n; i++) {
         ck_assert(vs_rt_image_init(r->e, &img[i], &err) == VS_OK);
         img[i].label = reqs[i].label;
         img[i].seed = reqs[i].seed;
@@ -307,26 +308,30 @@ static vs_kv_resv *start_two_images(rig *r, const vs_srv_gen_req *reqs, vs_rt_im
     return resv;
 }
 
+/* Images 0 and 1 start together and image 2 joins after 3 steps: its steps hold a group of two
+ * images at one scale beside one at another (the quantiser runs per group). */
 START_TEST(an_image_joining_a_running_batch_at_another_scale_is_unchanged)
 {
     const vs_rt_config *c = &g_model->cfg;
-    rig r = rig_new(1, 2);
+    rig r = rig_new(1, 3);
     int L = c->scale_offset[c->n_scales];
-    vs_srv_gen_req reqs[2] = {sampled(5, 101), sampled(2, 202)};
-    int32_t *alone[2] = {malloc((size_t)L * 4), malloc((size_t)L * 4)};
-    for (int i = 0; i < 2; i++)
+    vs_srv_gen_req reqs[3] = {sampled(5, 101), sampled(2, 202), sampled(7, 303)};
+    int32_t *alone[3];
+    for (int i = 0; i < 3; i++) {
+        alone[i] = malloc((size_t)L * 4);
+        ck_assert_ptr_nonnull(alone[i]);
         gen(&r, &reqs[i], 1, NULL, &alone[i]);
+    }
 
-    vs_rt_image img[2] = {{0}};
-    vs_kv_row *rows[4];
-    vs_kv_resv *resv = start_two_images(&r, reqs, img, rows);
-    /* image 0 starts alone; image 1 joins after 3 steps; then both run until each finishes */
-    for (int step = 0; img[0].scale < c->n_scales || img[1].scale < c->n_scales; step++) {
-        int first = img[0].scale < c->n_scales ? 0 : 1;
-        int last = step >= 3 && img[1].scale < c->n_scales ? 1 : 0;
+    vs_rt_image img[3] = {{0}};
+    vs_kv_row *rows[6];
+    vs_kv_resv *resv = start_images(&r, reqs, 3, img, rows);
+    for (int step = 0; img[1].scale < c->n_scales || img[2].scale < c->n_scales; step++) {
+        int first = img[0].scale < c->n_scales ? 0 : 2;
+        int last = step >= 3 && img[2].scale < c->n_scales ? 2 : 1;
         step_images(&r, img, rows, first, last);
     }
-    for (int i = 0; i < 2; i++) {
+    for (int i = 0; i < 3; i++) {
         ck_assert_msg(memcmp(img[i].tokens, alone[i], (size_t)L * 4) == 0,
                       "image %d changed when batched at a different scale", i);
         vs_rt_image_free(r.e, &img[i]);
@@ -405,7 +410,7 @@ START_TEST(the_per_layer_full_cache_gives_the_same_images_with_fewer_pages)
     vs_srv_gen_req reqs[2] = {sampled(4, 5), sampled(9, 6)};
     vs_rt_image img[2] = {{0}};
     vs_kv_row *rows[4];
-    vs_kv_resv *resv = start_two_images(&r, reqs, img, rows);
+    vs_kv_resv *resv = start_images(&r, reqs, 2, img, rows);
     while (img[0].scale < c->n_scales)
         step_images(&r, img, rows, 0, 1);
     vs_kv_release(resv);
