@@ -48,6 +48,7 @@ args = ap.parse_args()
 d = tempfile.mkdtemp()
 srv = Server(args.bin, d, "bench", "--model", args.model)
 if not srv.base:
+    srv.stop()
     sys.exit("bench/stream.py: the server did not start:\n" + srv.text())
 port = int(srv.base.rsplit(":", 1)[1])
 
@@ -118,29 +119,36 @@ def together(f, g):
     return out["f"]
 
 
-plain(1)  # warm-up: the first request's allocations
-streamed(2)
-rows = []
-for r in range(args.reps):
-    a, _ = plain(10 + r)
-    m0 = sums()
-    first, total = streamed(10 + r)
-    dec = delta(m0, sums())["preview"]
-    pr = {}
-    for case in (("pair", "pair+s") if r % 2 == 0 else ("pair+s", "pair")):
-        other = (lambda: plain(30 + r)) if case == "pair" else (lambda: streamed(30 + r))
+def measure():
+    rows = []
+    plain(1)  # warm-up: the first request's allocations
+    streamed(2)
+    for r in range(args.reps):
+        a, _ = plain(10 + r)
         m0 = sums()
-        pr[case] = (together(lambda: plain(20 + r), other), delta(m0, sums()))
-    (pc, pe), pm = pr["pair"]
-    (sc, se), sm = pr["pair+s"]
-    row = dict(plain=a, first=first, stream=total, dec=dec, pair_c=pc, pairs_c=sc, pair_e=pe, pairs_e=se,
-               dec2=sm["preview"], dstep=sm["step"] - pm["step"], dpng=sm["png"] - pm["png"])
-    rows.append(row)
-    print(f"rep {r:2d}: plain {a:.3f} | stream first {first:.3f} image {total:.3f} previews {dec:.3f} | "
-          f"other request client {pc:.3f} -> {sc:.3f} (+{sc - pc:.3f}), engine {pe:.3f} -> {se:.3f} "
-          f"(+{se - pe:.3f}); its previews {row['dec2']:.3f}, steps +{row['dstep']:.3f}, png +{row['dpng']:.4f}",
-          flush=True)
-srv.stop()
+        first, total = streamed(10 + r)
+        dec = delta(m0, sums())["preview"]
+        pr = {}
+        for case in (("pair", "pair+s") if r % 2 == 0 else ("pair+s", "pair")):
+            other = (lambda: plain(30 + r)) if case == "pair" else (lambda: streamed(30 + r))
+            m0 = sums()
+            pr[case] = (together(lambda: plain(20 + r), other), delta(m0, sums()))
+        (pc, pe), pm = pr["pair"]
+        (sc, se), sm = pr["pair+s"]
+        row = dict(plain=a, first=first, stream=total, dec=dec, pair_c=pc, pairs_c=sc, pair_e=pe, pairs_e=se,
+                   dec2=sm["preview"], dstep=sm["step"] - pm["step"], dpng=sm["png"] - pm["png"])
+        rows.append(row)
+        print(f"rep {r:2d}: plain {a:.3f} | stream first {first:.3f} image {total:.3f} previews {dec:.3f} | "
+              f"other request client {pc:.3f} -> {sc:.3f} (+{sc - pc:.3f}), engine {pe:.3f} -> {se:.3f} "
+              f"(+{se - pe:.3f}); its previews {row['dec2']:.3f}, steps +{row['dstep']:.3f}, png +{row['dpng']:.4f}",
+              flush=True)
+    return rows
+
+
+try:
+    rows = measure()
+finally:
+    srv.stop()  # also when a request fails: no server left behind
 
 
 def med(f):
