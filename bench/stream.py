@@ -17,6 +17,10 @@ response's queue + inference + decode timings, which leave out its PNG encoding 
 own work). Beside them, the deltas of the engine's step seconds (varserve_step_seconds_sum) and
 of the PNG encoding (varserve_png_encode_seconds_sum, previews included) over each pair: how
 much longer the same steps took with a stream running, and how much encoding the stream added.
+And, independent of the machine's load, the CPU time (not wall time) the 3 previews add to a
+request on the HTTP threads (PNG, base64, socket writes) and on the engine's threads (decoding):
+the first is what the previews can take from the batch beyond their decoder time, when no core
+is spare.
 
 The claims checked, on the medians over the repetitions:
   first preview < plain                       (the first preview before an unstreamed image)
@@ -51,6 +55,27 @@ if not srv.base:
     srv.stop()
     sys.exit("bench/stream.py: the server did not start:\n" + srv.text())
 port = int(srv.base.rsplit(":", 1)[1])
+
+
+def cpu():
+    """(HTTP threads', other threads') CPU seconds so far: each server thread's time on a CPU from
+    /proc (schedstat, in ns: not the wall clock, so the machine's load does not enter it). The
+    HTTP threads are libmicrohttpd's (named MHD-*), the others the engine's and its pool's."""
+    http_s = other = 0.0
+    task = f"/proc/{srv.p.pid}/task"
+    for t in os.listdir(task):
+        try:
+            with open(f"{task}/{t}/comm") as f:
+                comm = f.read()
+            with open(f"{task}/{t}/schedstat") as f:
+                ns = int(f.read().split()[0])
+        except OSError:
+            continue  # a thread that just ended
+        if comm.startswith("MHD"):
+            http_s += ns / 1e9
+        else:
+            other += ns / 1e9
+    return http_s, other
 
 
 def sums():
@@ -124,10 +149,16 @@ def measure():
     plain(1)  # warm-up: the first request's allocations
     streamed(2)
     for r in range(args.reps):
+        c0 = cpu()
         a, _ = plain(10 + r)
+        c1 = cpu()
         m0 = sums()
         first, total = streamed(10 + r)
         dec = delta(m0, sums())["preview"]
+        c2 = cpu()
+        # the CPU the stream's 3 previews add: the streamed request's less the plain one's
+        http_add = (c2[0] - c1[0]) - (c1[0] - c0[0])
+        eng_add = (c2[1] - c1[1]) - (c1[1] - c0[1])
         pr = {}
         for case in (("pair", "pair+s") if r % 2 == 0 else ("pair+s", "pair")):
             other = (lambda: plain(30 + r)) if case == "pair" else (lambda: streamed(30 + r))
@@ -136,11 +167,13 @@ def measure():
         (pc, pe), pm = pr["pair"]
         (sc, se), sm = pr["pair+s"]
         row = dict(plain=a, first=first, stream=total, dec=dec, pair_c=pc, pairs_c=sc, pair_e=pe, pairs_e=se,
-                   dec2=sm["preview"], dstep=sm["step"] - pm["step"], dpng=sm["png"] - pm["png"])
+                   dec2=sm["preview"], dstep=sm["step"] - pm["step"], dpng=sm["png"] - pm["png"],
+                   http_add=http_add, eng_add=eng_add)
         rows.append(row)
         print(f"rep {r:2d}: plain {a:.3f} | stream first {first:.3f} image {total:.3f} previews {dec:.3f} | "
               f"other request client {pc:.3f} -> {sc:.3f} (+{sc - pc:.3f}), engine {pe:.3f} -> {se:.3f} "
-              f"(+{se - pe:.3f}); its previews {row['dec2']:.3f}, steps +{row['dstep']:.3f}, png +{row['dpng']:.4f}",
+              f"(+{se - pe:.3f}); its previews {row['dec2']:.3f}, steps +{row['dstep']:.3f}, png +{row['dpng']:.4f} | "
+              f"CPU the previews add: HTTP {http_add * 1e3:.2f} ms, engine {eng_add * 1e3:.1f} ms",
               flush=True)
     return rows
 
@@ -165,4 +198,6 @@ print(f"  the batch's other request, slowed by: client {med(lambda x: x['pairs_c
 print(f"  excess over the previews: client {med(lambda x: x['pairs_c'] - x['pair_c'] - x['dec2']):+.4f} s, "
       f"engine {med(lambda x: x['pairs_e'] - x['pair_e'] - x['dec2']):+.4f} s; steps longer by "
       f"{med(lambda x: x['dstep']):+.4f} s; PNG encoding added {med(lambda x: x['dpng']):.4f} s")
+print(f"  CPU the 3 previews add (a streamed request's less a plain one's): HTTP threads "
+      f"{med(lambda x: x['http_add']) * 1e3:.2f} ms, engine threads {med(lambda x: x['eng_add']) * 1e3:.1f} ms")
 print("load average:", open("/proc/loadavg").read().split()[:3])
