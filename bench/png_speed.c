@@ -1,6 +1,6 @@
 /* bench/png_speed.c — how long server/png.c's two encodings take on one image, 20 runs each:
  * the final images' (zlib level 6, libpng's adaptive filters) and the streamed previews'
- * (level 1, the SUB filter).
+ * (level 1, the SUB filter, zlib's run-length strategy).
  *
  *     cc -O2 -I. -o build/png_speed bench/png_speed.c build/libvarserve.a -lpng -lm
  *     ./build/varserve generate --model tests/fixtures/tiny/model.safetensors --labels 3 --out build/p
@@ -30,7 +30,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "%s: cannot read\n", argv[1]);
         return 1;
     }
-    const char *name[2] = {"final (level 6, adaptive filters)", "preview (level 1, SUB)"};
+    const char *name[2] = {"final (level 6, adaptive filters)", "preview (level 1, SUB, RLE)"};
     for (int k = 0; k < 2; k++) {
         size_t len = 0;
         double t0 = vs_now_s();

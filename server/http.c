@@ -620,7 +620,7 @@ static enum MHD_Result generate_submit(req *r, struct MHD_Connection *c)
     vs_srv_stream *st = NULL;
     if (p.stream) {
         vs_err err = {0};
-        if (vs_srv_stream_new(j, style, in->mc, &st, &err) != VS_OK) {
+        if (vs_srv_stream_new(j, style, in->mc, h->met, &st, &err) != VS_OK) {
             vs_srv_queue_unreserve(h->q);
             vs_srv_job_free(j);
             return fail(r, c, 500, "internal_error", "out_of_memory", NULL, NULL, "%s", err.msg);

@@ -19,6 +19,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
+#include "server/metrics.h"
 #include "server/openai.h"
 #include "server/png.h"
 
@@ -33,6 +35,7 @@ struct vs_srv_stream {
     vs_srv_job *job;
     vs_srv_api_style style;
     const vs_rt_config *mc;
+    vs_srv_metrics *met;          /* png_encode_seconds: the stream's encodes count as any */
     int previews;                 /* per image */
     uint8_t *rgb;                 /* [n][previews][image_size²·3] preview buffers */
     size_t img_bytes;
@@ -65,7 +68,7 @@ int vs_srv_stream_preview_after(int n_scales, int previews, int k)
 }
 
 vs_status vs_srv_stream_new(vs_srv_job *j, vs_srv_api_style style, const vs_rt_config *mc,
-                            vs_srv_stream **out, vs_err *err)
+                            vs_srv_metrics *met, vs_srv_stream **out, vs_err *err)
 {
     vs_srv_stream *s = calloc(1, sizeof *s);
     if (!s)
@@ -73,6 +76,7 @@ vs_status vs_srv_stream_new(vs_srv_job *j, vs_srv_api_style style, const vs_rt_c
     s->job = j;
     s->style = style;
     s->mc = mc;
+    s->met = met;
     s->previews = vs_srv_stream_previews(mc->n_scales, j->p.partial_images);
     s->img_bytes = (size_t)mc->image_size * (size_t)mc->image_size * 3;
     int previews = s->previews;
@@ -153,6 +157,7 @@ static void frame_event(vs_srv_stream *s, const event *ev, vs_srv_buf *b)
     unsigned char *png = NULL;
     size_t png_len = 0;
     vs_err err = {0};
+    double t0 = vs_now_s();
     vs_status pst = ev->k >= 0 ? vs_srv_png_encode_preview(rgb, s->mc->image_size, s->mc->image_size, &png, &png_len, &err)
                                : vs_srv_png_encode(rgb, s->mc->image_size, s->mc->image_size, &png, &png_len, &err);
     if (pst != VS_OK) {
@@ -161,6 +166,7 @@ static void frame_event(vs_srv_stream *s, const event *ev, vs_srv_buf *b)
         frame_error(b, &e);
         return;
     }
+    vs_srv_metrics_observe(s->met, VS_SRV_H_PNG, vs_now_s() - t0);
     if (s->style == VS_SRV_API_OPENAI) {
         vs_srv_openai_event(b, j, s->mc, ev->index, ev->k, ev->scale, png, png_len);
     } else {

@@ -31,6 +31,7 @@
 #include "runtime/model.h"
 #include "server/api.h"
 #include "server/job.h"
+#include "server/metrics.h"
 
 struct MHD_Connection;
 typedef struct vs_srv_stream vs_srv_stream;
@@ -43,10 +44,10 @@ int vs_srv_stream_previews(int n_scales, int partial_images);
 int vs_srv_stream_preview_after(int n_scales, int previews, int k);
 
 /* A stream for job j (filled and validated, p.stream set, not pushed yet): takes ownership of j
- * and points j->stream, notify and notify_ctx at itself. mc outlives it. Errors: VS_ERR_NOMEM
- * (j is then still the caller's). */
+ * and points j->stream, notify and notify_ctx at itself. mc and met (where its PNG encodes are
+ * observed) outlive it. Errors: VS_ERR_NOMEM (j is then still the caller's). */
 vs_status vs_srv_stream_new(vs_srv_job *j, vs_srv_api_style style, const vs_rt_config *mc,
-                            vs_srv_stream **out, vs_err *err);
+                            vs_srv_metrics *met, vs_srv_stream **out, vs_err *err);
 
 /* Queues the 200 text/event-stream response on c (the access handler's call with the whole
  * body), before the job is pushed. The MHD_Result of MHD_queue_response, as an int. */

@@ -9,8 +9,8 @@ page, with real clients against a real server (the tiny fixture model, an api_ke
    text/event-stream with partial_images previews per image at scales spread over the schedule
    (10 scales, 3 previews: after 2, 5 and 7), each naming its image and scale, then every image,
    identical to the non-streamed one; previews are counted in /metrics
-   (varserve_preview_decode_seconds_count); a client that hangs up mid-stream is dropped and
-   the KV pool returns to empty.
+   (varserve_preview_decode_seconds_count; their PNGs in png_encode_seconds); a client that
+   hangs up mid-stream is dropped and the KV pool returns to empty.
 3. The official OpenAI Node SDK (`openai` on npm, installed into build/node/ at first run):
    models.list and images.generate with and without stream, and its errors. Skipped, with the
    reason, only when npm cannot install the package.
@@ -231,6 +231,9 @@ def run_streams(srv, base, port):
     m1, _ = srv.metrics()
     got = m1.get("varserve_preview_decode_seconds_count", 0) - m0.get("varserve_preview_decode_seconds_count", 0)
     check("/metrics counts the 6 previews decoded", got == 6 and m1["varserve_preview_decode_seconds_sum"] > 0, got)
+    got = m1.get("varserve_png_encode_seconds_count", 0) - m0.get("varserve_png_encode_seconds_count", 0)
+    check("/metrics counts the PNGs encoded: the stream's 6 previews and 2 images, the plain request's 2",
+          got == 10, got)
 
     s = Sse(port, "/v1/images/generations", {"prompt": "3", "seed": 21, "stream": True, "partial_images": 3})
     events = s.all()
