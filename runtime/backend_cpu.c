@@ -785,19 +785,35 @@ static void cpu_group_norm(vs_rt_backend *be, float *y, const float *x, const fl
     vs_rt_parallel_for(cpu(be)->tp, (size_t)N * groups, gn_task, &j);
 }
 
-static void cpu_upsample_nearest2x(vs_rt_backend *be, float *dst, const float *src, int planes, int h, int w)
+typedef struct {
+    float *dst;
+    const float *src;
+    int h, w;
+} up_job;
+
+/* one unit = one plane: each source row written twice as wide, then that row copied below it */
+static void up_task(void *p, size_t b, size_t e, int worker)
 {
-    (void)be;
-    for (int p = 0; p < planes; p++) {
-        const float *s = src + (size_t)p * h * w;
-        float *d = dst + (size_t)p * 4 * h * w;
-        for (int y = 0; y < 2 * h; y++) {
-            const float *sr = s + (size_t)(y / 2) * w;
-            float *dr = d + (size_t)y * 2 * w;
-            for (int x = 0; x < 2 * w; x++)
-                dr[x] = sr[x / 2];
+    (void)worker;
+    up_job *j = p;
+    int h = j->h, w = j->w;
+    for (size_t pl = b; pl < e; pl++) {
+        const float *s = j->src + pl * (size_t)h * w;
+        float *d = j->dst + pl * (size_t)4 * h * w;
+        for (int y = 0; y < h; y++) {
+            const float *sr = s + (size_t)y * w;
+            float *dr = d + (size_t)y * 4 * w;
+            for (int x = 0; x < w; x++)
+                dr[2 * x] = dr[2 * x + 1] = sr[x];
+            memcpy(dr + 2 * w, dr, (size_t)2 * w * sizeof(float));
         }
     }
+}
+
+static void cpu_upsample_nearest2x(vs_rt_backend *be, float *dst, const float *src, int planes, int h, int w)
+{
+    up_job j = {dst, src, h, w};
+    vs_rt_parallel_for(cpu(be)->tp, (size_t)planes, up_task, &j);
 }
 
 static void cpu_spatial_attention(vs_rt_backend *be, float *out, const float *qkv, int N, int C, int HW)
