@@ -44,7 +44,6 @@ typedef struct {
 
 /* one conv2d shape's verdict on the direct kernel (conv_direct_ok) */
 typedef struct {
-    const float *w;
     int cin, cout, k, H, W, direct;
 } conv_verdict;
 
@@ -682,8 +681,9 @@ static void conv_task(void *p, size_t ub, size_t ue, int worker)
     }
 }
 
-/* Whether the direct kernel gives this conv shape's sgemm bits, decided once per shape: on
- * random inputs (and the call's own weights), its first and last bands — the two GEMM shapes a
+/* Whether the direct kernel gives this conv shape's sgemm bits, decided once per shape (the
+ * summation order depends on the shape alone): on random inputs and the call's weights, its
+ * first and last bands — the two GEMM shapes a
  * conv call makes — computed both ways must match bit for bit. Anything else (another BLAS,
  * another kernel, a CPU without AVX-512, no memory for the check) keeps the sgemm path. */
 static int conv_direct_ok(cpu_backend *c, const conv_job *j)
@@ -692,7 +692,7 @@ static int conv_direct_ok(cpu_backend *c, const conv_job *j)
         return 0;
     for (int i = 0; i < c->n_verdicts; i++) {
         const conv_verdict *v = &c->verdicts[i];
-        if (v->w == j->w && v->cin == j->cin && v->cout == j->cout && v->k == j->k &&
+        if (v->cin == j->cin && v->cout == j->cout && v->k == j->k &&
             v->H == j->H && v->W == j->W)
             return v->direct;
     }
@@ -724,7 +724,7 @@ static int conv_direct_ok(cpu_backend *c, const conv_job *j)
         free(buf);
     }
     if (c->n_verdicts < CONV_VERDICTS)
-        c->verdicts[c->n_verdicts++] = (conv_verdict){j->w, j->cin, j->cout, j->k, j->H, j->W, ok};
+        c->verdicts[c->n_verdicts++] = (conv_verdict){j->cin, j->cout, j->k, j->H, j->W, ok};
     return ok;
 }
 
