@@ -167,7 +167,7 @@ START_TEST(cpu_conv2d_is_the_convolution_and_each_image_is_computed_alone)
 {
     vs_rt_backend *be = NULL;
     vs_err err = {0};
-    ck_assert_msg(vs_rt_backend_cpu_new(2, &be, &err) == VS_OK, "%s", err.msg);
+    ck_assert_msg(vs_rt_backend_new(VS_RT_BACKEND_CPU, 2, &be, &err) == VS_OK, "%s", err.msg);
     /* the decoder's kinds: one K block, OpenBLAS's split K (128·9), 1×1, few output channels */
     static const int shapes[][5] = {{32, 32, 3, 40, 40}, {128, 64, 3, 16, 16}, {64, 32, 1, 24, 24},
                                     {32, 3, 3, 48, 48}, {3, 5, 3, 7, 9}};
@@ -205,7 +205,7 @@ START_TEST(cpu_conv2d_is_the_convolution_and_each_image_is_computed_alone)
         free(y);
         free(y1);
     }
-    be->ops->destroy(be);
+    vs_rt_backend_free(be);
 }
 END_TEST
 
