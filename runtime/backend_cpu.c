@@ -585,6 +585,7 @@ typedef struct {
     float *y;
     const float *x, *w, *b;
     int N, cin, H, W, cout, k, band, nbands, direct;
+    int chunk; /* > 0: the direct path in ranges of this many pixels, not by bands */
     cpu_backend *c;
 } conv_job;
 
@@ -668,11 +669,30 @@ static void conv_band_direct(const conv_job *j, int n, int bi)
                              j->w, j->b, j->cin, H, W, j->cout, j->k, y0 * W, y1 * W, kend, nb);
 }
 
+/* Pixels [p0, p1) of image n when every band sums in the same K blocks (conv_direct_chunks):
+ * then the direct kernel need not follow the bands, and ranges of whole 48-pixel tiles waste
+ * fewer lanes on small maps (an 8×8 map's bands are 16 pixels). */
+static void conv_chunk_direct(const conv_job *j, int n, int p0, int p1)
+{
+    int H = j->H, W = j->W, KK = j->cin * j->k * j->k;
+    int kend[64];
+    int nb = sgemm_kblocks(j->band * W, j->cout, KK, kend);
+    vs_rt_conv_direct_avx512(j->y + (size_t)n * j->cout * H * W, j->x + (size_t)n * j->cin * H * W,
+                             j->w, j->b, j->cin, H, W, j->cout, j->k, p0, p1, kend, nb);
+}
+
 /* one unit = one band of output rows of one image */
 static void conv_task(void *p, size_t ub, size_t ue, int worker)
 {
     conv_job *j = p;
     for (size_t u = ub; u < ue; u++) {
+        if (j->chunk) {
+            int per = (j->H * j->W + j->chunk - 1) / j->chunk;
+            int n = (int)(u / (size_t)per), p0 = (int)(u % (size_t)per) * j->chunk;
+            int p1 = p0 + j->chunk < j->H * j->W ? p0 + j->chunk : j->H * j->W;
+            conv_chunk_direct(j, n, p0, p1);
+            continue;
+        }
         int n = (int)(u / (size_t)j->nbands), bi = (int)(u % (size_t)j->nbands);
         if (j->direct)
             conv_band_direct(j, n, bi);
@@ -744,9 +764,24 @@ static void cpu_conv2d(vs_rt_backend *be, float *y, const float *x, const float 
         band = (band + 1) / 2;
     if (k > 1 && ensure_scratch(c, per_row * (size_t)band) != 0)
         abort(); /* scratch is bounded (about 1 MB per worker) */
-    conv_job j = {y, x, w, b, N, cin, H, W, cout, k, band, (H + band - 1) / band, 0, c};
+    conv_job j = {y, x, w, b, N, cin, H, W, cout, k, band, (H + band - 1) / band, 0, 0, c};
     j.direct = conv_direct_ok(c, &j);
-    vs_rt_parallel_for(c->tp, (size_t)N * j.nbands, conv_task, &j);
+    size_t units = (size_t)N * j.nbands;
+    if (j.direct) {
+        int full[64], last[64], K = cin * k * k, HW = H * W;
+        int nf = sgemm_kblocks(band * W, cout, K, full);
+        int nl = sgemm_kblocks((H - (j.nbands - 1) * band) * W, cout, K, last);
+        if (nf == nl && memcmp(full, last, (size_t)nf * sizeof *full) == 0) {
+            /* 48-pixel tiles, at most 16 a unit, at least 4 units a worker where the maps allow */
+            int want = (int)(((size_t)N * HW + 4 * (size_t)c->nw - 1) / (4 * (size_t)c->nw));
+            int tiles = (want + 47) / 48;
+            j.chunk = 48 * (tiles < 1 ? 1 : tiles > 16 ? 16 : tiles);
+            if (j.chunk > HW)
+                j.chunk = HW;
+            units = (size_t)N * ((HW + j.chunk - 1) / j.chunk);
+        }
+    }
+    vs_rt_parallel_for(c->tp, units, conv_task, &j);
 }
 
 typedef struct {

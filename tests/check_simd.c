@@ -134,6 +134,7 @@ START_TEST(direct_conv_is_the_fma_chain_of_each_k_block_in_im2col_order)
         {16, 8, 3, 16, 16, 64, 128, 1, {144}},      /* a band inside the map */
         {130, 9, 3, 4, 20, 0, 80, 3, {448, 800, 1170}}, /* OpenBLAS-like split of K = 1170 */
         {2, 17, 3, 33, 40, 1280, 1320, 1, {18}},    /* the last band: a vector past p1 */
+        {4, 10, 3, 3, 5, 0, 15, 1, {36}},           /* one vector, 8 channels and 2 */
     };
     for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
         int cin = cases[ci].cin, cout = cases[ci].cout, k = cases[ci].k, H = cases[ci].H, W = cases[ci].W;
