@@ -28,7 +28,6 @@
 #include <unistd.h>
 
 #include "runtime/backend.h"
-#include "runtime/fast_exp.h"
 #include "runtime/fpenv.h"
 #include "runtime/philox.h"
 #include "runtime/sample.h"
@@ -401,13 +400,10 @@ static void attn_task(void *p, size_t ub, size_t ue, int worker)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, d, j->scale, q, 3 * C, kg, d,
                     0.0f, sc, nk);
         for (int i = 0; i < nq; i++) {
-            float *sr = sc + (size_t)i * nk, mx = -INFINITY, sum = 0;
-            for (int k = 0; k < nk; k++)
-                mx = sr[k] > mx ? sr[k] : mx;
-            for (int k = 0; k < nk; k++) {
-                sr[k] = fast_expf(sr[k] - mx);
+            float *sr = sc + (size_t)i * nk, sum = 0;
+            c->simd->exp_shift(sr, (size_t)nk, c->simd->max(sr, (size_t)nk));
+            for (int k = 0; k < nk; k++) /* in order: the sum's rounding is the fixtures' */
                 sum += sr[k];
-            }
             float inv = 1.0f / sum;
             for (int k = 0; k < nk; k++)
                 sr[k] *= inv;
