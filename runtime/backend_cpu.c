@@ -665,7 +665,7 @@ static void conv_band_direct(const conv_job *j, int n, int bi)
                              j->w, j->b, j->cin, H, W, j->cout, j->k, y0 * W, y1 * W, kend, nb);
 }
 
-/* Pixels [p0, p1) of image n when every band sums in the same K blocks (conv_direct_chunks):
+/* Pixels [p0, p1) of image n when every band sums in the same K blocks (cpu_conv2d decides):
  * then the direct kernel need not follow the bands, and ranges of whole 48-pixel tiles waste
  * fewer lanes on small maps (an 8×8 map's bands are 16 pixels). */
 static void conv_chunk_direct(const conv_job *j, int n, int p0, int p1)
@@ -677,7 +677,7 @@ static void conv_chunk_direct(const conv_job *j, int n, int p0, int p1)
                              j->w, j->b, j->cin, H, W, j->cout, j->k, p0, p1, kend, nb);
 }
 
-/* one unit = one band of output rows of one image */
+/* one unit = one band of output rows of one image, or (chunk > 0) one range of its pixels */
 static void conv_task(void *p, size_t ub, size_t ue, int worker)
 {
     conv_job *j = p;
@@ -699,12 +699,13 @@ static void conv_task(void *p, size_t ub, size_t ue, int worker)
 
 /* Whether the direct kernel gives this conv shape's sgemm bits, decided once per shape (the
  * summation order depends on the shape alone): on random inputs and the call's weights, its
- * first and last bands — the two GEMM shapes a
- * conv call makes — computed both ways must match bit for bit. Anything else (another BLAS,
+ * first and last bands (the two GEMM shapes a conv call makes) computed both ways must match
+ * bit for bit. Anything else (another BLAS,
  * another kernel, a CPU without AVX-512, no memory for the check) keeps the sgemm path. */
 static int conv_direct_ok(cpu_backend *c, const conv_job *j)
 {
-    if (!c->conv_direct_cpu || j->k > 3 || j->cin * j->k * j->k > 64 * 448)
+    /* k 1 or 3 (the kernel's taps); K within the 64 blocks the callers' kend arrays hold */
+    if (!c->conv_direct_cpu || (j->k != 1 && j->k != 3) || j->cin * j->k * j->k > 64 * 448)
         return 0;
     for (int i = 0; i < c->n_verdicts; i++) {
         const conv_verdict *v = &c->verdicts[i];

@@ -4,9 +4,9 @@
  *
  * Design: no im2col matrix. A tile is 3 vectors of 16 consecutive output pixels (a plane is
  * flattened, so a vector may span rows) × 8 output channels: 24 accumulators (a range's last
- * tile takes only the vectors it needs). Each tap t of the
- * im2col order (t = (ci·k + ky)·k + kx) is one masked load per vector (lanes whose source pixel
- * lies in the zero padding, or past the band, read 0) and one FMA per accumulator, so every
+ * tile takes only the vectors it needs). Each tap t of the im2col order (t = (ci·k + ky)·k + kx)
+ * is one masked load per vector (lanes whose source pixel lies in the zero padding, or past the
+ * range, read 0; masked lanes are never accessed) and one FMA per accumulator, so every
  * output is the chain acc = fma(x_t, w_t, acc) from +0 over each K block, added to the output
  * (bias first) once per block — OpenBLAS's SKYLAKEX kernel's arithmetic exactly. A padding tap
  * contributes fma(0, w, acc) = acc: acc starts at +0 and a round-to-nearest sum is −0 only when
@@ -34,7 +34,9 @@ typedef struct {
 /* The accumulators are named variables, not an array: GCC keeps 24 named vectors in registers
  * but spills an array of them to the stack around every tap. */
 #define FOR_CO(X) X(0) X(1) X(2) X(3) X(4) X(5) X(6) X(7)
-#define DECL(co) __m512 a##co##0 = _mm512_setzero_ps(), a##co##1 = a##co##0, a##co##2 = a##co##0; const float *w##co = c->w + (size_t)(co0 + (co < CO ? co : 0)) * c->K;
+#define DECL(co) \
+    __m512 a##co##0 = _mm512_setzero_ps(), a##co##1 = a##co##0, a##co##2 = a##co##0; \
+    const float *w##co = c->w + (size_t)(co0 + (co < CO ? co : 0)) * c->K;
 #define ZERO(co) if (co < CO) { a##co##0 = a##co##1 = a##co##2 = _mm512_setzero_ps(); }
 #define FMA(co) if (co < CO) { __m512 wv = _mm512_set1_ps(w##co[t]); \
         a##co##0 = _mm512_fmadd_ps(in0, wv, a##co##0); \
