@@ -13,7 +13,14 @@
  *
  * The elementwise and normalisation loops call runtime/simd.h's table (SSE2, AVX2 or AVX-512,
  * chosen once; the same bits on every path). im2col is rows of memcpy, which glibc already
- * dispatches by CPU at load time. */
+ * dispatches by CPU at load time.
+ *
+ * conv2d is im2col + sgemm per band of output rows, or, where it gives the same bits, a direct
+ * AVX-512 kernel with no im2col matrix (runtime/simd_conv_avx512.c; the decoder's 3×3 convs ran
+ * at about a third of sgemm's rate, half their time spent copying the im2col matrix and packing
+ * it again inside sgemm). The pixels must not change, so the direct kernel repeats the sgemm's
+ * summation order (sgemm_kblocks) and each conv shape is first run both ways on random inputs:
+ * only a bit-identical shape takes the direct path (conv_direct_ok), whatever the BLAS or CPU. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -21,7 +28,6 @@
 #include <unistd.h>
 
 #include "runtime/backend.h"
-#include "runtime/fast_exp.h"
 #include "runtime/fpenv.h"
 #include "runtime/philox.h"
 #include "runtime/sample.h"
@@ -35,12 +41,22 @@ typedef struct {
     size_t cap; /* floats */
 } scratch;
 
+/* one conv2d shape's verdict on the direct kernel (conv_direct_ok) */
+typedef struct {
+    int cin, cout, k, H, W, direct;
+} conv_verdict;
+
+#define CONV_VERDICTS 128 /* shapes remembered; later ones are checked at every call */
+
 typedef struct {
     vs_rt_backend base;
     vs_rt_tpool *tp;
     const vs_rt_simd *simd; /* the vector kernels (runtime/simd.h): immutable after init */
     int nw;
     scratch *ws; /* [nw] per-worker scratch */
+    int conv_direct_cpu; /* the CPU runs vs_rt_conv_direct_avx512: immutable after init */
+    conv_verdict verdicts[CONV_VERDICTS]; /* engine only */
+    int n_verdicts;
 } cpu_backend;
 
 static cpu_backend *cpu(vs_rt_backend *be) { return (cpu_backend *)be; }
@@ -384,13 +400,10 @@ static void attn_task(void *p, size_t ub, size_t ue, int worker)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, d, j->scale, q, 3 * C, kg, d,
                     0.0f, sc, nk);
         for (int i = 0; i < nq; i++) {
-            float *sr = sc + (size_t)i * nk, mx = -INFINITY, sum = 0;
-            for (int k = 0; k < nk; k++)
-                mx = sr[k] > mx ? sr[k] : mx;
-            for (int k = 0; k < nk; k++) {
-                sr[k] = fast_expf(sr[k] - mx);
+            float *sr = sc + (size_t)i * nk, sum = 0;
+            c->simd->exp_shift(sr, (size_t)nk, c->simd->max(sr, (size_t)nk));
+            for (int k = 0; k < nk; k++) /* in order: the sum's rounding is the fixtures' */
                 sum += sr[k];
-            }
             float inv = 1.0f / sum;
             for (int k = 0; k < nk; k++)
                 sr[k] *= inv;
@@ -653,58 +666,169 @@ static void cpu_transpose(vs_rt_backend *be, float *dst, const float *src, int N
 typedef struct {
     float *y;
     const float *x, *w, *b;
-    int N, cin, H, W, cout, k, band, nbands;
+    int N, cin, H, W, cout, k, band, nbands, direct;
+    int chunk; /* > 0: the direct path in ranges of this many pixels, not by bands */
     cpu_backend *c;
 } conv_job;
 
-/* one unit = one band of output rows of one image: im2col of the band, then one GEMM */
+/* The K blocks [kend[i-1], kend[i]) whose products OpenBLAS 0.3.21's SKYLAKEX sgemm adds as one
+ * FMA chain each before adding it to C, for the column-major m×n×K product that our row-major
+ * conv GEMM (cout × cols × K) is to it (m = cols, n = cout): one block when the small-matrix
+ * kernel takes the call (m·n·K ≤ 100³), else driver/level3.c's split with GEMM_Q 448 and
+ * GEMM_UNROLL_M 16. Returns the count. Whether this is the running library's order is checked
+ * on the shape itself (conv_direct_ok), never assumed. */
+static int sgemm_kblocks(int m, int n, int K, int *kend)
+{
+    if ((double)m * n * K <= 100.0 * 100.0 * 100.0) {
+        kend[0] = K;
+        return 1;
+    }
+    int nb = 0;
+    for (int ls = 0, ml; ls < K; ls += ml) {
+        ml = K - ls;
+        if (ml >= 2 * 448)
+            ml = 448;
+        else if (ml > 448)
+            ml = (ml / 2 + 15) / 16 * 16;
+        kend[nb++] = ls + ml;
+    }
+    return nb;
+}
+
+/* One band of output rows of image n: im2col of the band, then one GEMM. */
+static void conv_band_sgemm(const conv_job *j, int n, int bi, float *col)
+{
+    int k = j->k, pad = k / 2, H = j->H, W = j->W, KK = j->cin * k * k;
+    int y0 = bi * j->band, y1 = y0 + j->band < H ? y0 + j->band : H, cols = (y1 - y0) * W;
+    const float *x = j->x + (size_t)n * j->cin * H * W;
+    float *y = j->y + (size_t)n * j->cout * H * W;
+    const float *bmat;
+    if (k == 1) {
+        bmat = x + (size_t)y0 * W; /* rows of x are the columns we need, stride H*W */
+    } else {
+        for (int ci = 0; ci < j->cin; ci++)
+            for (int ky = 0; ky < k; ky++)
+                for (int kx = 0; kx < k; kx++) {
+                    float *dst = col + ((size_t)(ci * k + ky) * k + kx) * cols;
+                    const float *src = x + (size_t)ci * H * W;
+                    for (int yy = y0; yy < y1; yy++) {
+                        int sy = yy + ky - pad;
+                        float *drow = dst + (size_t)(yy - y0) * W;
+                        if (sy < 0 || sy >= H) {
+                            memset(drow, 0, (size_t)W * sizeof(float));
+                            continue;
+                        }
+                        const float *srow = src + (size_t)sy * W;
+                        int dx = kx - pad;
+                        int xs = dx < 0 ? -dx : 0, xe = dx > 0 ? W - dx : W;
+                        for (int xx = 0; xx < xs; xx++)
+                            drow[xx] = 0;
+                        memcpy(drow + xs, srow + xs + dx, (size_t)(xe - xs) * sizeof(float));
+                        for (int xx = xe; xx < W; xx++)
+                            drow[xx] = 0;
+                    }
+                }
+        bmat = col;
+    }
+    for (int co = 0; co < j->cout; co++) {
+        float *yr = y + (size_t)co * H * W + (size_t)y0 * W;
+        float bv = j->b ? j->b[co] : 0.0f;
+        for (int i = 0; i < cols; i++)
+            yr[i] = bv;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->cout, cols, KK, 1.0f, j->w, KK, bmat,
+                k == 1 ? H * W : cols, 1.0f, y + (size_t)y0 * W, H * W);
+}
+
+/* The same band, the same bits, without the im2col matrix (runtime/simd_conv_avx512.c). */
+static void conv_band_direct(const conv_job *j, int n, int bi)
+{
+    int H = j->H, W = j->W, KK = j->cin * j->k * j->k;
+    int y0 = bi * j->band, y1 = y0 + j->band < H ? y0 + j->band : H;
+    int kend[64];
+    int nb = sgemm_kblocks((y1 - y0) * W, j->cout, KK, kend);
+    vs_rt_conv_direct_avx512(j->y + (size_t)n * j->cout * H * W, j->x + (size_t)n * j->cin * H * W,
+                             j->w, j->b, j->cin, H, W, j->cout, j->k, y0 * W, y1 * W, kend, nb);
+}
+
+/* Pixels [p0, p1) of image n when every band sums in the same K blocks (cpu_conv2d decides):
+ * then the direct kernel need not follow the bands, and ranges of whole 48-pixel tiles waste
+ * fewer lanes on small maps (an 8×8 map's bands are 16 pixels). */
+static void conv_chunk_direct(const conv_job *j, int n, int p0, int p1)
+{
+    int H = j->H, W = j->W, KK = j->cin * j->k * j->k;
+    int kend[64];
+    int nb = sgemm_kblocks(j->band * W, j->cout, KK, kend);
+    vs_rt_conv_direct_avx512(j->y + (size_t)n * j->cout * H * W, j->x + (size_t)n * j->cin * H * W,
+                             j->w, j->b, j->cin, H, W, j->cout, j->k, p0, p1, kend, nb);
+}
+
+/* one unit = one band of output rows of one image, or (chunk > 0) one range of its pixels */
 static void conv_task(void *p, size_t ub, size_t ue, int worker)
 {
     conv_job *j = p;
-    int k = j->k, pad = k / 2, H = j->H, W = j->W, KK = j->cin * k * k;
-    float *col = j->c->ws[worker].p;
     for (size_t u = ub; u < ue; u++) {
+        if (j->chunk) {
+            int per = (j->H * j->W + j->chunk - 1) / j->chunk;
+            int n = (int)(u / (size_t)per), p0 = (int)(u % (size_t)per) * j->chunk;
+            int p1 = p0 + j->chunk < j->H * j->W ? p0 + j->chunk : j->H * j->W;
+            conv_chunk_direct(j, n, p0, p1);
+            continue;
+        }
         int n = (int)(u / (size_t)j->nbands), bi = (int)(u % (size_t)j->nbands);
-        int y0 = bi * j->band, y1 = y0 + j->band < H ? y0 + j->band : H, cols = (y1 - y0) * W;
-        const float *x = j->x + (size_t)n * j->cin * H * W;
-        float *y = j->y + (size_t)n * j->cout * H * W;
-        const float *bmat;
-        if (k == 1) {
-            bmat = x + (size_t)y0 * W; /* rows of x are the columns we need, stride H*W */
-        } else {
-            for (int ci = 0; ci < j->cin; ci++)
-                for (int ky = 0; ky < k; ky++)
-                    for (int kx = 0; kx < k; kx++) {
-                        float *dst = col + ((size_t)(ci * k + ky) * k + kx) * cols;
-                        const float *src = x + (size_t)ci * H * W;
-                        for (int yy = y0; yy < y1; yy++) {
-                            int sy = yy + ky - pad;
-                            float *drow = dst + (size_t)(yy - y0) * W;
-                            if (sy < 0 || sy >= H) {
-                                memset(drow, 0, (size_t)W * sizeof(float));
-                                continue;
-                            }
-                            const float *srow = src + (size_t)sy * W;
-                            int dx = kx - pad;
-                            int xs = dx < 0 ? -dx : 0, xe = dx > 0 ? W - dx : W;
-                            for (int xx = 0; xx < xs; xx++)
-                                drow[xx] = 0;
-                            memcpy(drow + xs, srow + xs + dx, (size_t)(xe - xs) * sizeof(float));
-                            for (int xx = xe; xx < W; xx++)
-                                drow[xx] = 0;
-                        }
-                    }
-            bmat = col;
-        }
-        for (int co = 0; co < j->cout; co++) {
-            float *yr = y + (size_t)co * H * W + (size_t)y0 * W;
-            float bv = j->b ? j->b[co] : 0.0f;
-            for (int i = 0; i < cols; i++)
-                yr[i] = bv;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, j->cout, cols, KK, 1.0f, j->w, KK, bmat,
-                    k == 1 ? H * W : cols, 1.0f, y + (size_t)y0 * W, H * W);
+        if (j->direct)
+            conv_band_direct(j, n, bi);
+        else
+            conv_band_sgemm(j, n, bi, j->c->ws[worker].p);
     }
+}
+
+/* Whether the direct kernel gives this conv shape's sgemm bits, decided once per shape (the
+ * summation order depends on the shape alone): on random inputs and the call's weights, its
+ * first and last bands (the two GEMM shapes a conv call makes) computed both ways must match
+ * bit for bit. Anything else (another BLAS,
+ * another kernel, a CPU without AVX-512, no memory for the check) keeps the sgemm path. */
+static int conv_direct_ok(cpu_backend *c, const conv_job *j)
+{
+    /* k 1 or 3 (the kernel's taps); K within the 64 blocks the callers' kend arrays hold */
+    if (!c->conv_direct_cpu || (j->k != 1 && j->k != 3) || j->cin * j->k * j->k > 64 * 448)
+        return 0;
+    for (int i = 0; i < c->n_verdicts; i++) {
+        const conv_verdict *v = &c->verdicts[i];
+        if (v->cin == j->cin && v->cout == j->cout && v->k == j->k &&
+            v->H == j->H && v->W == j->W)
+            return v->direct;
+    }
+    size_t in = (size_t)j->cin * j->H * j->W, out = (size_t)j->cout * j->H * j->W;
+    float *buf = malloc((in + 2 * out) * sizeof(float));
+    int ok = buf != NULL;
+    if (ok) {
+        uint32_t r = 0x9e3779b9u;
+        for (size_t i = 0; i < in; i++) {
+            r = r * 1664525u + 1013904223u;
+            buf[i] = (float)(int32_t)r * (1.0f / 2147483648.0f);
+        }
+        conv_job a = *j, b = *j;
+        a.x = b.x = buf;
+        a.y = buf + in;
+        b.y = buf + in + out;
+        a.N = b.N = 1;
+        int last = j->nbands - 1;
+        conv_band_sgemm(&a, 0, 0, c->ws[0].p);
+        conv_band_sgemm(&a, 0, last, c->ws[0].p);
+        conv_band_direct(&b, 0, 0);
+        conv_band_direct(&b, 0, last);
+        size_t e0 = (size_t)(j->band < j->H ? j->band : j->H) * j->W, s1 = (size_t)last * j->band * j->W;
+        for (int co = 0; co < j->cout && ok; co++) {
+            const float *pa = a.y + (size_t)co * j->H * j->W, *pb = b.y + (size_t)co * j->H * j->W;
+            ok = memcmp(pa, pb, e0 * sizeof(float)) == 0 &&
+                 memcmp(pa + s1, pb + s1, ((size_t)j->H * j->W - s1) * sizeof(float)) == 0;
+        }
+        free(buf);
+    }
+    if (c->n_verdicts < CONV_VERDICTS)
+        c->verdicts[c->n_verdicts++] = (conv_verdict){j->cin, j->cout, j->k, j->H, j->W, ok};
+    return ok;
 }
 
 static void cpu_conv2d(vs_rt_backend *be, float *y, const float *x, const float *w, const float *b,
@@ -723,8 +847,24 @@ static void cpu_conv2d(vs_rt_backend *be, float *y, const float *x, const float 
         band = (band + 1) / 2;
     if (k > 1 && ensure_scratch(c, per_row * (size_t)band) != 0)
         abort(); /* scratch is bounded (about 1 MB per worker) */
-    conv_job j = {y, x, w, b, N, cin, H, W, cout, k, band, (H + band - 1) / band, c};
-    vs_rt_parallel_for(c->tp, (size_t)N * j.nbands, conv_task, &j);
+    conv_job j = {y, x, w, b, N, cin, H, W, cout, k, band, (H + band - 1) / band, 0, 0, c};
+    j.direct = conv_direct_ok(c, &j);
+    size_t units = (size_t)N * j.nbands;
+    if (j.direct) {
+        int full[64], last[64], K = cin * k * k, HW = H * W;
+        int nf = sgemm_kblocks(band * W, cout, K, full);
+        int nl = sgemm_kblocks((H - (j.nbands - 1) * band) * W, cout, K, last);
+        if (nf == nl && memcmp(full, last, (size_t)nf * sizeof *full) == 0) {
+            /* 48-pixel tiles, at most 16 a unit, at least 4 units a worker where the maps allow */
+            int want = (int)(((size_t)N * HW + 4 * (size_t)c->nw - 1) / (4 * (size_t)c->nw));
+            int tiles = (want + 47) / 48;
+            j.chunk = 48 * (tiles < 1 ? 1 : tiles > 16 ? 16 : tiles);
+            if (j.chunk > HW)
+                j.chunk = HW;
+            units = (size_t)N * ((HW + j.chunk - 1) / j.chunk);
+        }
+    }
+    vs_rt_parallel_for(c->tp, units, conv_task, &j);
 }
 
 typedef struct {
@@ -763,19 +903,35 @@ static void cpu_group_norm(vs_rt_backend *be, float *y, const float *x, const fl
     vs_rt_parallel_for(cpu(be)->tp, (size_t)N * groups, gn_task, &j);
 }
 
-static void cpu_upsample_nearest2x(vs_rt_backend *be, float *dst, const float *src, int planes, int h, int w)
+typedef struct {
+    float *dst;
+    const float *src;
+    int h, w;
+} up_job;
+
+/* one unit = one plane: each source row written twice as wide, then that row copied below it */
+static void up_task(void *p, size_t b, size_t e, int worker)
 {
-    (void)be;
-    for (int p = 0; p < planes; p++) {
-        const float *s = src + (size_t)p * h * w;
-        float *d = dst + (size_t)p * 4 * h * w;
-        for (int y = 0; y < 2 * h; y++) {
-            const float *sr = s + (size_t)(y / 2) * w;
-            float *dr = d + (size_t)y * 2 * w;
-            for (int x = 0; x < 2 * w; x++)
-                dr[x] = sr[x / 2];
+    (void)worker;
+    up_job *j = p;
+    int h = j->h, w = j->w;
+    for (size_t pl = b; pl < e; pl++) {
+        const float *s = j->src + pl * (size_t)h * w;
+        float *d = j->dst + pl * (size_t)4 * h * w;
+        for (int y = 0; y < h; y++) {
+            const float *sr = s + (size_t)y * w;
+            float *dr = d + (size_t)y * 4 * w;
+            for (int x = 0; x < w; x++)
+                dr[2 * x] = dr[2 * x + 1] = sr[x];
+            memcpy(dr + 2 * w, dr, (size_t)2 * w * sizeof(float));
         }
     }
+}
+
+static void cpu_upsample_nearest2x(vs_rt_backend *be, float *dst, const float *src, int planes, int h, int w)
+{
+    up_job j = {dst, src, h, w};
+    vs_rt_parallel_for(cpu(be)->tp, (size_t)planes, up_task, &j);
 }
 
 static void cpu_spatial_attention(vs_rt_backend *be, float *out, const float *qkv, int N, int C, int HW)
@@ -855,6 +1011,7 @@ vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err)
     if (!c)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
     c->simd = vs_rt_simd_table();
+    c->conv_direct_cpu = vs_rt_simd_by_name("avx512") != NULL;
     c->tp = vs_rt_tpool_new(threads);
     c->nw = c->tp ? vs_rt_tpool_size(c->tp) : 0;
     c->ws = calloc((size_t)(c->nw ? c->nw : 1), sizeof *c->ws);

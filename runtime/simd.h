@@ -43,6 +43,16 @@ const vs_rt_simd *vs_rt_simd_table(void);
  * table then is the widest supported one); VS_OK otherwise. */
 vs_status vs_rt_simd_check(vs_err *err);
 
+/* y[co][p] for the output pixels p in [p0, p1) of one image's conv2d (x[cin][H][W], w[cout][cin·k·k]
+ * in im2col order, bias may be NULL, k 1 or 3, zero padding k/2), each output summed as
+ * cblas_sgemm sums it: an FMA chain from +0 over each K block [kend[i−1], kend[i]) of the im2col
+ * order, added to bias (block 0) or the output (runtime/simd_conv_avx512.c). AVX-512F only: the
+ * caller checks that the CPU runs it (vs_rt_simd_by_name("avx512")) and that its bits are the
+ * BLAS's for the shape (backend_cpu.c); that holds whatever VARSERVE_CPU_SIMD forces. */
+void vs_rt_conv_direct_avx512(float *y, const float *x, const float *w, const float *bias, int cin,
+                              int H, int W, int cout, int k, int p0, int p1, const int *kend,
+                              int nblk);
+
 /* The paths this build and CPU can run, widest last, as "scalar, avx2, avx512". */
 const char *vs_rt_simd_available(void);
 

@@ -1,13 +1,17 @@
 /* tests/check_simd.c — the vector kernels (runtime/simd.h): every path this CPU runs computes the
  * same bits as the scalar one, on lengths that exercise the 16-lane body and the tails, on values
- * that reach the exp clamps; and VARSERVE_CPU_SIMD forces a path or fails with a message. */
+ * that reach the exp clamps; and VARSERVE_CPU_SIMD forces a path or fails with a message. The
+ * direct convolution is, bit for bit, its stated FMA chain per K block, and the CPU backend's
+ * conv2d (direct where it gives the BLAS's bits, im2col + sgemm elsewhere) is the convolution. */
 #include <check.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "runtime/backend.h"
 #include "runtime/simd.h"
 
 static const char *const PATHS[] = {"avx2", "avx512"};
@@ -99,6 +103,113 @@ START_TEST(select_ge_keeps_exactly_the_values_at_or_above_the_threshold)
 }
 END_TEST
 
+/* x[cin][H][W]'s conv2d at pixel q of channel co as simd.h states it: bias, then per K block an
+ * fmaf chain from +0 over the im2col order, padding read as 0 */
+static float conv_chain(const float *x, const float *w, const float *bias, int cin, int H, int W,
+                        int k, int co, int q, const int *kend, int nblk)
+{
+    int K = cin * k * k, pad = k / 2, yy = q / W, xx = q % W;
+    float out = bias ? bias[co] : 0.0f;
+    for (int b = 0, t = 0; b < nblk; b++) {
+        float acc = 0.0f;
+        for (; t < kend[b]; t++) {
+            int ci = t / (k * k), ky = t / k % k, kx = t % k, sy = yy + ky - pad, sx = xx + kx - pad;
+            float v = sy >= 0 && sy < H && sx >= 0 && sx < W ? x[((size_t)ci * H + sy) * W + sx] : 0.0f;
+            acc = fmaf(v, w[(size_t)co * K + t], acc);
+        }
+        out = out + acc;
+    }
+    return out;
+}
+
+START_TEST(direct_conv_is_the_fma_chain_of_each_k_block_in_im2col_order)
+{
+    if (!vs_rt_simd_by_name("avx512"))
+        return; /* this CPU does not run it */
+    static const struct {
+        int cin, cout, k, H, W, p0, p1, nblk, kend[3];
+    } cases[] = {
+        {5, 11, 3, 7, 9, 9, 54, 2, {20, 45}},       /* rows of 9: vectors span rows; 2 blocks mid-channel */
+        {3, 3, 1, 5, 5, 0, 25, 1, {3}},             /* 1×1, a 25-pixel plane */
+        {16, 8, 3, 16, 16, 64, 128, 1, {144}},      /* a band inside the map */
+        {130, 9, 3, 4, 20, 0, 80, 3, {448, 800, 1170}}, /* OpenBLAS-like split of K = 1170 */
+        {2, 17, 3, 33, 40, 1280, 1320, 1, {18}},    /* the last band: a vector past p1 */
+        {4, 10, 3, 3, 5, 0, 15, 1, {36}},           /* one vector, 8 channels and 2 */
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        int cin = cases[ci].cin, cout = cases[ci].cout, k = cases[ci].k, H = cases[ci].H, W = cases[ci].W;
+        size_t in = (size_t)cin * H * W, out = (size_t)cout * H * W, K = (size_t)cin * k * k;
+        float *x = random_floats(in, (unsigned)ci + 1, -2.0f, 2.0f);
+        float *w = random_floats((size_t)cout * K, (unsigned)ci + 100, -0.5f, 0.5f);
+        float *b = random_floats((size_t)cout, (unsigned)ci + 200, -1.0f, 1.0f);
+        float *y = malloc(out * sizeof *y);
+        for (size_t i = 0; i < out; i++)
+            y[i] = 12345.0f; /* outside [p0, p1) must stay */
+        vs_rt_conv_direct_avx512(y, x, w, ci % 2 ? NULL : b, cin, H, W, cout, k, cases[ci].p0,
+                                 cases[ci].p1, cases[ci].kend, cases[ci].nblk);
+        for (int co = 0; co < cout; co++)
+            for (int q = 0; q < H * W; q++) {
+                float got = y[(size_t)co * H * W + q], want = 12345.0f;
+                if (q >= cases[ci].p0 && q < cases[ci].p1)
+                    want = conv_chain(x, w, ci % 2 ? NULL : b, cin, H, W, k, co, q, cases[ci].kend,
+                                      cases[ci].nblk);
+                ck_assert_msg(memcmp(&got, &want, sizeof got) == 0,
+                              "case %zu channel %d pixel %d: %a, want %a", ci, co, q, got, want);
+            }
+        free(x);
+        free(w);
+        free(b);
+        free(y);
+    }
+}
+END_TEST
+
+START_TEST(cpu_conv2d_is_the_convolution_and_each_image_is_computed_alone)
+{
+    vs_rt_backend *be = NULL;
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_backend_new(VS_RT_BACKEND_CPU, 2, &be, &err) == VS_OK, "%s", err.msg);
+    /* the decoder's kinds: one K block, OpenBLAS's split K (128·9), 1×1, few output channels */
+    static const int shapes[][5] = {{32, 32, 3, 40, 40}, {128, 64, 3, 16, 16}, {64, 32, 1, 24, 24},
+                                    {32, 3, 3, 48, 48}, {3, 5, 3, 7, 9}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int cin = shapes[s][0], cout = shapes[s][1], k = shapes[s][2], H = shapes[s][3], W = shapes[s][4];
+        int N = 3, pad = k / 2, K = cin * k * k;
+        size_t in = (size_t)cin * H * W, out = (size_t)cout * H * W;
+        float *x = random_floats(N * in, (unsigned)s + 7, -2.0f, 2.0f);
+        float *w = random_floats((size_t)cout * K, (unsigned)s + 70, -0.2f, 0.2f);
+        float *b = random_floats((size_t)cout, (unsigned)s + 700, -1.0f, 1.0f);
+        float *y = malloc(N * out * sizeof *y), *y1 = malloc(out * sizeof *y1);
+        be->ops->conv2d(be, y, x, w, b, N, cin, H, W, cout, k);
+        for (int n = 0; n < N; n++) {
+            be->ops->conv2d(be, y1, x + n * in, w, b, 1, cin, H, W, cout, k);
+            ck_assert_msg(memcmp(y1, y + n * out, out * sizeof *y1) == 0, "shape %zu image %d", s, n);
+        }
+        for (int co = 0; co < cout; co++)
+            for (int q = 0; q < H * W; q++) {
+                double ref = b[co], mag = fabs(b[co]);
+                for (int t = 0; t < K; t++) {
+                    int c = t / (k * k), sy = q / W + t / k % k - pad, sx = q % W + t % k - pad;
+                    if (sy < 0 || sy >= H || sx < 0 || sx >= W)
+                        continue;
+                    double p = (double)x[2 * in + ((size_t)c * H + sy) * W + sx] * w[(size_t)co * K + t];
+                    ref += p;
+                    mag += fabs(p);
+                }
+                double got = y[2 * out + (size_t)co * H * W + q];
+                ck_assert_msg(fabs(got - ref) <= 1e-6 * mag + 1e-30, "shape %zu channel %d pixel %d: %g, want %g",
+                              s, co, q, got, ref);
+            }
+        free(x);
+        free(w);
+        free(b);
+        free(y);
+        free(y1);
+    }
+    vs_rt_backend_free(be);
+}
+END_TEST
+
 /* In a child process: the choice is made once per process. Exit 0 when the table is want (or when
  * want is bad, when the check fails naming the variable), 1 otherwise. */
 static int child_forced(const char *env, const char *want_name, int want_ok)
@@ -136,6 +247,11 @@ static Suite *simd_suite(void)
     tcase_add_test(tc, select_ge_keeps_exactly_the_values_at_or_above_the_threshold);
     tcase_add_test(tc, the_environment_forces_a_path_or_is_refused_with_the_choices);
     suite_add_tcase(s, tc);
+    TCase *conv = tcase_create("conv");
+    tcase_set_timeout(conv, 60);
+    tcase_add_test(conv, direct_conv_is_the_fma_chain_of_each_k_block_in_im2col_order);
+    tcase_add_test(conv, cpu_conv2d_is_the_convolution_and_each_image_is_computed_alone);
+    suite_add_tcase(s, conv);
     return s;
 }
 
