@@ -12,17 +12,9 @@
  * completion within drain_timeout_s, then whatever is left is answered 503; a second signal cuts
  * the drain short. The process then exits 0. SIGPIPE is ignored.
  *
- * Threads: this is the main thread; it owns the config, queue, metrics, engine and HTTP server.
- * The HTTP side yields the CPU to the engine: once the engine's threads exist, this thread
- * becomes HTTP_NICE steps nicer and then starts libmicrohttpd, whose threads inherit that (Linux
- * keeps a nice value per thread and a new thread takes its creator's). When clients keep the
- * HTTP threads busy on the engine's cores (a storm of requests refused with 429), the scheduler
- * then gives the engine ~3× their share and preempts it less often; /health still answers
- * within milliseconds. No privilege is needed: only the HTTP side's priority is lowered. */
+ * Threads: this is the main thread; it owns the config, queue, metrics, engine and HTTP server. */
 #include <errno.h>
 #include <signal.h>
-#include <sys/resource.h>
-#include <sys/syscall.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -38,21 +30,6 @@
 #include "server/metrics.h"
 #include "server/queue.h"
 #include "server/version.h"
-
-/* nice steps the HTTP threads take over the engine's (weight 1024 → 335 in Linux's scheduler) */
-#define HTTP_NICE 5
-
-/* This thread (and every thread it starts from now on) HTTP_NICE steps nicer; a failure only
- * costs the precedence, so it is logged and start-up goes on. */
-static void yield_to_engine(void)
-{
-    id_t tid = (id_t)syscall(SYS_gettid);
-    errno = 0;
-    int cur = getpriority(PRIO_PROCESS, tid);
-    if ((cur == -1 && errno != 0) || setpriority(PRIO_PROCESS, tid, cur + HTTP_NICE) != 0)
-        vs_log(VS_LOG_WARN, "serve", "cannot lower the HTTP threads' priority (%s): they compete with the engine",
-               strerror(errno));
-}
 
 static void serve_usage(FILE *f)
 {
@@ -198,7 +175,6 @@ int vs_srv_serve_main(int argc, char **argv)
         vs_log(VS_LOG_ERROR, "serve", "%s", err.msg);
         goto done;
     }
-    yield_to_engine();
     if (vs_srv_http_start(&cfg, q, met, eng, &http, &err) != VS_OK) {
         vs_log(VS_LOG_ERROR, "serve", "%s", err.msg);
         if (err.code == VS_ERR_INVALID)
