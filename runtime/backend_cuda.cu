@@ -1900,6 +1900,7 @@ __global__ void __launch_bounds__(CMP_THREADS)
 
     for (int j = tid; j < n; j += nt)
         flag[j] = plan_forced(pl, j) || (!needs && j >= pl->rank_from && j < pl->rank_to);
+    __syncthreads(); /* the position scan below reads other threads' flags */
     if (needs) {
         for (int i = tid; i < d; i += nt) {
             float acc = 0.0f;

@@ -542,6 +542,63 @@ static void attention_case(int unequal, int bf16_pages)
     vs_rt_backend_free(bf);
 }
 
+/* kv_compact on the device against the CPU's (the host rule, runtime/kv_compact.c): every head of
+ * every row of the tbatch (heads holding different counts, up to 1500 candidates, so a block's
+ * threads scan several candidates each and the top-k sorts 2048 keys) gets one of three plans —
+ * window-scored with pooling, top raw scores, keep all — and afterwards every page element must
+ * be bit-identical on the two backends (FP32 pages; the scores' products and sums are in one
+ * order on both). */
+START_TEST(kv_compact_on_the_device_keeps_and_packs_what_the_cpu_does)
+{
+    tbatch t;
+    tb_init_heads(&t, 4, 32, 1);
+    int C = t.C, T = t.n_tok;
+    buf2 qkv = b2_rand((size_t)T * 3 * C, 1, 0);
+    vs_rt_kv_plan plans[TB_ROWS * TB_MAX_HEADS];
+    vs_rt_kv_job jobs[TB_ROWS * TB_MAX_HEADS];
+    for (int l = 0; l < TB_DEPTH; l++) {
+        int nj = 0;
+        for (int r = 0; r < TB_ROWS; r++)
+            for (int h = 0; h < t.H; h++) {
+                int hist = t.kv[r][l * t.H + h].n_tokens, n_new = t.rows[r].n_new, n = hist + n_new;
+                vs_rt_kv_plan *p = &plans[nj];
+                memset(p, 0, sizeof *p);
+                p->n = n;
+                int kind = (r + h + l) % 3;
+                if (kind == 2) { /* keep all */
+                    p->n_ranges = 1;
+                    p->hi[0] = n;
+                } else {
+                    p->rank_to = n;
+                    p->want = n / 3;
+                    if (kind == 0) { /* the newest token and every 7th one forced, pooled scores */
+                        p->pool_radius = 2;
+                        for (int j = 0; j < n && p->n_ranges < VS_RT_KV_PLAN_RANGES - 1; j += 7) {
+                            p->lo[p->n_ranges] = j;
+                            p->hi[p->n_ranges++] = j + 1;
+                        }
+                        if (p->hi[p->n_ranges - 1] < n) {
+                            p->lo[p->n_ranges] = n - 1;
+                            p->hi[p->n_ranges++] = n;
+                        }
+                    }
+                    p->n_queries = VS_RT_KV_PLAN_QUERIES;
+                    for (int w = 0; w < p->n_queries; w++)
+                        p->q[w] = (w * 5) % n_new;
+                }
+                p->kept = vs_rt_kv_plan_count(p);
+                ck_assert_ptr_null(vs_rt_kv_plan_check(p, n_new));
+                jobs[nj] = (vs_rt_kv_job){r, h, nj};
+                nj++;
+            }
+        BOTH(kv_compact, P(qkv), PB(t), l, t.H, t.d, plans, nj, jobs, nj);
+        expect(&t.arena, 0, "KV pages after kv_compact");
+    }
+    b2_free(&qkv);
+    tb_free(&t);
+}
+END_TEST
+
 START_TEST(attention_writes_the_new_kv_into_pages_and_matches_cpu)
 {
     attention_case(0, 0);
@@ -1709,6 +1766,7 @@ static Suite *cuda_suite(void)
     tcase_add_test(tc, adaln_and_gated_add_match_cpu);
     tcase_add_test(tc, qk_norm_matches_cpu);
     tcase_add_test(tc, attention_writes_the_new_kv_into_pages_and_matches_cpu);
+    tcase_add_test(tc, kv_compact_on_the_device_keeps_and_packs_what_the_cpu_does);
     tcase_add_test(tc, attention_over_heads_holding_different_counts_matches_cpu);
     tcase_add_test(tc, a_batch_without_room_for_the_new_tokens_is_refused_at_the_attention);
     tcase_add_test(tc, a_failed_op_makes_sync_return_the_error_and_where_it_happened);
