@@ -217,10 +217,12 @@ static void answer(vs_srv_engine *e, vs_srv_job *j, int http, vs_status st, cons
         vs_log(VS_LOG_INFO, "engine", "request answered %d: %s", http, j->msg);
         vs_log_set_request_id(NULL);
     }
+    /* before the HTTP side can answer: a client that has its answer reads metrics that count
+     * its work (the device counters of its last step and decode included) */
+    publish_gauges(e);
     atomic_fetch_sub(&e->n_jobs, 1);
     atomic_store_explicit(&j->state, VS_SRV_JOB_DONE, memory_order_release);
     j->notify(j->notify_ctx);
-    publish_gauges(e);
 }
 
 static void answer_gone(vs_srv_engine *e, vs_srv_job *j)
