@@ -69,7 +69,6 @@ typedef struct vs_kv_policy_def {
     const char *name;
     const char *doc;                   /* one line, for --help and the docs */
     int compresses;                    /* 0: keeps every token and ignores the budget (full) */
-    int needs_scores;                  /* its selection reads the observation window's scores */
     vs_kv_budget_file_kind budget_file;
     /* Optional, at creation after the common fields: reads the budget file (NULL: the default;
      * the policy's source, vs_kv_policy_source, becomes the file's path once this succeeds). */

@@ -12,7 +12,6 @@ const vs_kv_policy_def vs_kv_policy_full_def = {
     .name = "full",
     .doc = "keeps every token of every layer (no compression; the budget is ignored)",
     .compresses = 0,
-    .needs_scores = 0,
     .budget_file = VS_KV_BUDGET_FILE_NONE,
     .cap = full_cap,
     .plan = vs_kv_plan_scored, /* never called: nothing is compressed */

@@ -152,7 +152,6 @@ const vs_kv_policy_def vs_kv_policy_hack_def = {
            "few top-scored columns, structural heads the first scales, the current one and attended middle "
            "tokens; mean capacity B",
     .compresses = 1,
-    .needs_scores = 1,
     .budget_file = VS_KV_BUDGET_FILE_HACK,
     .prepare = hack_prepare,
     .cap = hack_cap,

@@ -121,7 +121,6 @@ const vs_kv_policy_def vs_kv_policy_scalekv_def = {
     .name = "scalekv",
     .doc = "drafter layers (MODEL.budgets.json from varserve calibrate) keep the whole cache, refiners the rest of the budget",
     .compresses = 1,
-    .needs_scores = 1,
     .budget_file = VS_KV_BUDGET_FILE_SCALEKV,
     .prepare = scalekv_prepare,
     .cap = scalekv_cap,

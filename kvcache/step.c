@@ -221,8 +221,8 @@ static void accumulate_stats(vs_kv_step *s, const parts *p, int r, int layer, co
  * one of this layer are shared. Every head that grows draws its pages first (the op writes them);
  * the heads shrink after the op (shrink_heads): a row's peak is Σ over heads of max(before,
  * after), as the peak simulation counts. */
-static vs_status plan_row(vs_kv_step *s, const parts *p, int r, int layer, const vs_rt_batch *b,
-                          int *n_plans, int *n_jobs, vs_err *err)
+static vs_status plan_row(vs_kv_step *s, int r, int layer, const vs_rt_batch *b, int *n_plans,
+                          int *n_jobs, vs_err *err)
 {
     const vs_rt_config *c = s->cfg;
     const vs_rt_row *row = &b->rows[r];
@@ -232,7 +232,6 @@ static vs_status plan_row(vs_kv_step *s, const parts *p, int r, int layer, const
         int hist = head_of(s, r, layer, h)->n_tokens, n = hist + row->n_new;
         vs_kv_flow f = head_flow(s, r, layer, h, hist, row->n_new);
         int cap = f.op == VS_KV_FLOW_COMPRESS ? f.cap : n;
-        p->held[h] = hist;
         vs_rt_kv_plan *pl = &s->plans[*n_plans];
         vs_kv_policy_plan_head(pol, layer, h, side, n, row->n_new, cap, pl);
         const char *bad = vs_rt_kv_plan_check(pl, row->n_new);
@@ -293,7 +292,7 @@ static vs_status after_attn(void *ctx, int layer, const vs_rt_batch *b, const fl
         else if (op == VS_KV_FLOW_RELEASE)
             vs_kv_row_resize(s->rows[r], layer, VS_KV_ALL_HEADS, 0); /* never read again */
         else
-            st = plan_row(s, &p, r, layer, b, &n_plans, &n_jobs, err);
+            st = plan_row(s, r, layer, b, &n_plans, &n_jobs, err);
     }
     if (st == VS_OK && n_jobs > 0) {
         s->be->ops->kv_compact(s->be, qkv, b, layer, s->cfg->num_heads, s->cfg->head_dim, s->plans,

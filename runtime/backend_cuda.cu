@@ -1997,6 +1997,13 @@ __global__ void __launch_bounds__(CMP_THREADS)
     }
 }
 
+/* Pages a job's head lists for the compaction: its max(hist, kept) slots. */
+static int compact_pages(const vs_rt_kv_head *kh, const vs_rt_kv_plan *pl, int PT)
+{
+    int slots = kh->n_tokens > pl->kept ? kh->n_tokens : pl->kept;
+    return (slots + PT - 1) / PT;
+}
+
 /* One layer's plans, jobs and page ids in ONE upload, then one launch for every job. */
 static void cuda_kv_compact(vs_rt_backend *be, const float *qkv, const vs_rt_batch *b, int layer,
                             int H, int d, const vs_rt_kv_plan *plans, int n_plans,
@@ -2017,8 +2024,7 @@ static void cuda_kv_compact(vs_rt_backend *be, const float *qkv, const vs_rt_bat
         }
         const vs_rt_kv_plan *pl = &plans[jb->plan];
         const vs_rt_kv_head *kh = &b->rows[jb->row].kv[(size_t)layer * H + jb->head];
-        int slots = kh->n_tokens > pl->kept ? kh->n_tokens : pl->kept;
-        int need = (slots + PT - 1) / PT;
+        int need = compact_pages(kh, pl, PT);
         if (pl->n != kh->n_tokens + b->rows[jb->row].n_new || need > kh->n_pages) {
             VS_FAIL(c, VS_ERR_INTERNAL,
                     "compaction of row %d layer %d head %d: a plan of %d candidates keeping %d, but "
@@ -2042,7 +2048,7 @@ static void cuda_kv_compact(vs_rt_backend *be, const float *qkv, const vs_rt_bat
     for (int i = 0; i < n_jobs; i++) {
         const vs_rt_kv_plan *pl = &plans[jobs[i].plan];
         const vs_rt_kv_head *kh = &b->rows[jobs[i].row].kv[(size_t)layer * H + jobs[i].head];
-        int slots = kh->n_tokens > pl->kept ? kh->n_tokens : pl->kept, need = (slots + PT - 1) / PT;
+        int need = compact_pages(kh, pl, PT);
         int32_t *m = h_jobs + (size_t)i * CMP_JOB_INTS;
         m[0] = b->rows[jobs[i].row].tok_start;
         m[1] = jobs[i].head;
