@@ -258,6 +258,7 @@ struct vs_rt_backend {
     int threads;            /* CPU worker threads (informational for CUDA) */
     int host_memory;        /* 1 when backend memory is host memory (weights used in place) */
     const char *simd;       /* CPU: its vector path (runtime/simd.h, VARSERVE_CPU_SIMD); else NULL */
+    const char *blas;       /* CPU: OpenBLAS's kernel table and who chose it (runtime/blas.h); else NULL */
     /* Bytes of one element of the KV pages this backend's attention reads and writes: 4 (FP32:
      * the CPU backend, CUDA with fp32 = 1) or 2 (BF16: CUDA's BF16 mode). The KV pool's geometry
      * takes it (kvcache/pool.h), so every page size follows from it; immutable after creation. */

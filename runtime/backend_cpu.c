@@ -27,7 +27,9 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/log.h"
 #include "runtime/backend.h"
+#include "runtime/blas.h"
 #include "runtime/fpenv.h"
 #include "runtime/philox.h"
 #include "runtime/sample.h"
@@ -1027,6 +1029,9 @@ vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err)
     c->base.host_memory = 1;
     c->base.kv_elem_bytes = 4;
     c->base.simd = c->simd->name;
+    c->base.blas = vs_rt_blas_describe();
+    vs_log(VS_LOG_INFO, "runtime", "backend cpu: %d threads, simd %s, %s", c->nw, c->simd->name,
+           c->base.blas);
     *out = &c->base;
     return VS_OK;
 }

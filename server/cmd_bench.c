@@ -46,6 +46,8 @@ static int bench_json_line(const vs_srv_cli_engine *ce, const vs_srv_cli_opts *o
     cJSON_AddNumberToObject(j, "threads", ce->be->threads);
     if (ce->be->simd)
         cJSON_AddStringToObject(j, "simd", ce->be->simd);
+    if (ce->be->blas)
+        cJSON_AddStringToObject(j, "blas", ce->be->blas);
     cJSON_AddStringToObject(j, "kv_policy", vs_kv_policy_name(kind));
     cJSON_AddStringToObject(j, "kv_dtype", vs_rt_kv_dtype_name(ce->be->kv_elem_bytes));
     cJSON_AddNumberToObject(j, "kv_bytes_per_image",
@@ -108,6 +110,8 @@ static void bench_header(const vs_srv_cli_engine *ce, const vs_srv_cli_opts *o, 
            ce->be->threads);
     if (ce->be->simd) /* the vector path, and how to force another */
         printf(", simd %s (of %s; VARSERVE_CPU_SIMD)", ce->be->simd, vs_rt_simd_available());
+    if (ce->be->blas)
+        printf("; %s", ce->be->blas);
     printf("\n");
     printf("sampling: cfg %g, top_k %ld, top_p %g; kv policy %s", o->cfg, o->top_k, o->top_p,
            vs_kv_policy_name(vs_kv_policy_kind_of(pol)));

@@ -702,6 +702,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     snprintf(in->backend, sizeof in->backend, "%s", e->be->ops->name);
     in->threads = e->be->threads;
     snprintf(in->simd, sizeof in->simd, "%s", e->be->simd ? e->be->simd : "");
+    snprintf(in->blas, sizeof in->blas, "%s", e->be->blas ? e->be->blas : "");
     in->cfg = c->default_cfg >= 0 ? c->default_cfg : cfg->default_cfg;
     in->top_k = c->default_top_k >= 0 ? c->default_top_k : (int)cfg->default_top_k;
     if (in->top_k > c->vocab_size)

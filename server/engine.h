@@ -36,6 +36,7 @@ typedef struct {
     char backend[16];
     int threads;
     char simd[16];           /* the CPU backend's vector path, else "" */
+    char blas[160];          /* the CPU backend's OpenBLAS kernel table (runtime/blas.h), else "" */
     double load_s;
     /* request defaults: the model file's when it stores them, else the server config's */
     double cfg;

@@ -382,6 +382,8 @@ static enum MHD_Result do_info(req *r, struct MHD_Connection *c)
     cJSON_AddNumberToObject(be, "threads", in->threads);
     if (in->simd[0])
         cJSON_AddStringToObject(be, "simd", in->simd);
+    if (in->blas[0])
+        cJSON_AddStringToObject(be, "blas", in->blas);
     cJSON_AddStringToObject(o, "policy", in->policy);
     cJSON *pol = cJSON_AddObjectToObject(o, "kv_policy");
     cJSON_AddStringToObject(pol, "name", in->policy);

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "kvcache/policy.h"
+#include "runtime/blas.h"
 #include "server/cmd.h"
 
 /* Each command's usage, written once: `varserve --help` prints them all, `varserve CMD --help` its
@@ -72,6 +73,7 @@ static int command_help(int argc, char **argv)
 
 int main(int argc, char **argv)
 {
+    vs_rt_blas_pin_core(argv); /* before any thread: it may re-execute this program */
     if (argc < 2)
         return usage(stderr);
     const char *cmd = argv[1];

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "runtime/blas.h"
 #include "server/calibrate.h"
 #include "server/cmd.h"
 #include "server/fidelity.h"
@@ -201,8 +202,10 @@ START_TEST(calibration_to_an_unwritable_path_fails_with_an_io_error)
 }
 END_TEST
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    vs_rt_blas_pin_core(argv); /* the GEMMs on the kernels varserve runs (runtime/blas.h) */
     Suite *s = suite_create("cmd");
     TCase *tc = tcase_create("cmd");
     tcase_add_checked_fixture(tc, setup, teardown);

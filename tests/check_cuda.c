@@ -30,6 +30,7 @@
 
 #include "kvcache/pool.h"
 #include "runtime/backend.h"
+#include "runtime/blas.h"
 #include "runtime/model.h"
 #include "runtime/var.h"
 #include "server/gen.h"
@@ -1809,8 +1810,10 @@ static Suite *cuda_suite(void)
     return s;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    vs_rt_blas_pin_core(argv); /* the GEMMs on the kernels varserve runs (runtime/blas.h) */
     vs_err err = {0};
     const char *self = getenv("CHECK_CUDA_SELFTEST");
     g_self = self && *self && strcmp(self, "0") != 0;

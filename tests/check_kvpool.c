@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "kvcache/pool.h"
+#include "runtime/blas.h"
 
 #define PT 4     /* page_tokens */
 #define LAYERS 3
@@ -745,8 +746,10 @@ static Suite *kvpool_suite(int forking)
     return s;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    vs_rt_blas_pin_core(argv); /* the GEMMs on the kernels varserve runs (runtime/blas.h) */
     const char *fork_env = getenv("CK_FORK");
     int forking = !(fork_env && strcmp(fork_env, "no") == 0);
     SRunner *sr = srunner_create(kvpool_suite(forking));

@@ -3,6 +3,7 @@
 #include <check.h>
 #include <stdlib.h>
 
+#include "runtime/blas.h"
 #include "tests/kvstep_case.h"
 
 START_TEST(compression_leaves_each_heads_selected_tokens_in_the_pages)
@@ -25,8 +26,10 @@ START_TEST(a_row_with_unequal_heads_draws_exactly_its_simulated_peak)
 }
 END_TEST
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    vs_rt_blas_pin_core(argv); /* the GEMMs on the kernels varserve runs (runtime/blas.h) */
     Suite *s = suite_create("kvstep");
     TCase *tc = tcase_create("compress");
     tcase_add_test(tc, compression_leaves_each_heads_selected_tokens_in_the_pages);

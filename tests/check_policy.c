@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "kvcache/policy.h"
+#include "runtime/blas.h"
 
 /* A config shaped like the tiny fixture: 10 scales up to 16x16 (L = 680), 4 layers. */
 static vs_rt_config tiny_cfg(int depth)
@@ -312,8 +313,10 @@ static Suite *policy_suite(void)
     return s;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    vs_rt_blas_pin_core(argv); /* the GEMMs on the kernels varserve runs (runtime/blas.h) */
     SRunner *sr = srunner_create(policy_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

@@ -3,6 +3,7 @@
 #include <math.h>
 #include <stdlib.h>
 
+#include "runtime/blas.h"
 #include "server/quality.h"
 
 enum { W = 32, H = 24, N = W * H * 3 };
@@ -45,8 +46,10 @@ START_TEST(an_inverted_image_has_negative_ssim)
 }
 END_TEST
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    vs_rt_blas_pin_core(argv); /* the GEMMs on the kernels varserve runs (runtime/blas.h) */
     Suite *s = suite_create("quality");
     TCase *tc = tcase_create("quality");
     tcase_add_test(tc, identical_images_have_infinite_psnr_and_ssim_one);

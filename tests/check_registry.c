@@ -9,6 +9,7 @@
 
 #include "config/config.h"
 #include "kvcache/policy.h"
+#include "runtime/blas.h"
 #include "server/api.h"
 #include "server/metrics.h"
 
@@ -314,8 +315,10 @@ static Suite *suite(void)
     return s;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    vs_rt_blas_pin_core(argv); /* the GEMMs on the kernels varserve runs (runtime/blas.h) */
     SRunner *r = srunner_create(suite());
     srunner_run_all(r, CK_NORMAL);
     int failed = srunner_ntests_failed(r);

@@ -29,6 +29,7 @@
 #include <unistd.h>
 
 #include "kvcache/policy.h"
+#include "runtime/blas.h"
 
 #define MODEL "tests/fixtures/tiny/model.safetensors"
 
@@ -1423,8 +1424,10 @@ static Suite *server_suite(void)
     return s;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    vs_rt_blas_pin_core(argv); /* the GEMMs on the kernels varserve runs (runtime/blas.h) */
     signal(SIGPIPE, SIG_IGN);
     curl_global_init(CURL_GLOBAL_ALL);
     struct stat st;

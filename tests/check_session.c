@@ -9,6 +9,7 @@
 #include "kvcache/pool.h"
 #include "kvcache/session.h"
 #include "runtime/backend.h"
+#include "runtime/blas.h"
 #include "runtime/var.h"
 
 #define MODEL "tests/fixtures/tiny/model.safetensors"
@@ -239,8 +240,10 @@ static Suite *session_suite(void)
     return s;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    vs_rt_blas_pin_core(argv); /* the GEMMs on the kernels varserve runs (runtime/blas.h) */
     SRunner *sr = srunner_create(session_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "runtime/backend.h"
+#include "runtime/blas.h"
 #include "runtime/simd.h"
 
 static const char *const PATHS[] = {"avx2", "avx512"};
@@ -258,6 +259,7 @@ static Suite *simd_suite(void)
 /* check_simd --runs PATH: exit 0 when this CPU runs PATH (make test forces each such path). */
 int main(int argc, char **argv)
 {
+    vs_rt_blas_pin_core(argv); /* the GEMMs on the kernels varserve runs (runtime/blas.h) */
     if (argc == 3 && strcmp(argv[1], "--runs") == 0)
         return vs_rt_simd_by_name(argv[2]) ? EXIT_SUCCESS : EXIT_FAILURE;
     SRunner *sr = srunner_create(simd_suite());

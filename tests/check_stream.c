@@ -5,6 +5,7 @@
 #include <check.h>
 #include <stdlib.h>
 
+#include "runtime/blas.h"
 #include "runtime/model.h"
 #include "server/stream.h"
 
@@ -54,8 +55,10 @@ static Suite *suite(void)
     return s;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    vs_rt_blas_pin_core(argv); /* the GEMMs on the kernels varserve runs (runtime/blas.h) */
     SRunner *r = srunner_create(suite());
     srunner_run_all(r, CK_NORMAL);
     int failed = srunner_ntests_failed(r);

@@ -44,11 +44,33 @@ def run(*args):
 
 def bench_json(binary, *args):
     """varserve bench --json: (rc, [one dict per stdout line], stderr); every line must be JSON."""
-    rc, out, err = run_bin(binary, "bench", "--json", *args)
+    return bench_json_env({}, binary, *args)
+
+
+def bench_json_env(env, binary, *args):
+    """bench_json with `env` added to the environment."""
+    p = subprocess.run([binary, "bench", "--json", *args], capture_output=True, text=True,
+                       timeout=600, env={**os.environ, **env})
     try:
-        return rc, [json.loads(l) for l in out.splitlines()], err
+        return p.returncode, [json.loads(l) for l in p.stdout.splitlines()], p.stderr
     except ValueError as e:
-        return rc, [], f"{e}: {out}"
+        return p.returncode, [], f"{e}: {p.stdout}"
+
+
+def expected_blas_tables():
+    """The OpenBLAS tables runtime/blas.h's rule allows on this CPU ([] where it keeps OpenBLAS's
+    choice), from /proc/cpuinfo's flags; [] when OPENBLAS_CORETYPE is set around the test."""
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        return []
+    try:
+        flags = set(re.search(r"^flags\s*:(.*)$", open("/proc/cpuinfo").read(), re.M).group(1).split())
+    except (OSError, AttributeError):
+        return []
+    if {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        return ["SkylakeX"]
+    if {"avx2", "fma"} <= flags:
+        return ["Haswell", "Zen"]
+    return []
 
 
 def model_facts(binary, model):
@@ -209,9 +231,27 @@ with tempfile.TemporaryDirectory() as d:
               abs(l["total_s"] - l["transformer_s"] - l["decoder_s"]) <= 1e-9 * l["total_s"] and
               abs(l["images_per_s"] * l["total_s"] - b) <= 1e-9 * b, l)
 
+    # OpenBLAS's kernel table (runtime/blas.h): SkylakeX on every AVX-512 CPU, Haswell's or Zen's on
+    # AVX2 without AVX-512, whatever OpenBLAS chose itself; a user's OPENBLAS_CORETYPE is kept
+    want = expected_blas_tables()
+    blas = lines[0].get("blas", "") if lines else ""
+    check("bench --json (cpu): blas names OpenBLAS and its kernel table",
+          re.match(r"OpenBLAS \d+\.\d+\.\d+, \w+ kernels \(", blas) is not None, lines[:1])
+    if want:
+        check(f"bench --json (cpu): the GEMMs run on {' or '.join(want)} kernels",
+              any(f", {t} kernels (" in blas for t in want), blas)
+        rc, user, err = bench_json_env({"OPENBLAS_CORETYPE": "Haswell"}, BIN, "--model", TINY,
+                                       "--batch", "1", "--reps", "1", "--backend", "cpu")
+        ub = user[0].get("blas", "") if user else ""
+        check("bench --json (cpu): a user's OPENBLAS_CORETYPE=Haswell is kept and named",
+              rc == 0 and ", Haswell kernels (OPENBLAS_CORETYPE=Haswell)" in ub, f"{ub} {err}")
+
     # /metrics on the CPU backend: the device series exist and are 0 (it launches nothing)
     srv = Server(BIN, d, "cpu", "--model", TINY, "--backend", "cpu")
     if check("cpu server answers /ready", srv.base is not None, srv.text()):
+        st, body = http("GET", srv.base + "/info")[:2]
+        info_blas = json.loads(body).get("backend", {}).get("blas", "") if st == 200 else ""
+        check("cpu /info: backend.blas is bench's line", st == 200 and info_blas == blas, info_blas)
         vals, body = srv.metrics()
         check_device_metric_lines("cpu /metrics", body)
         check("cpu /metrics: every device counter is 0",
