@@ -16,6 +16,11 @@ varserve 8, reference 8, ...), so a change in the machine's load touches both; e
 up first. varserve's figure is `varserve bench`'s images/s (model loading excluded, as the
 reference's model is built before its timing).
 
+OpenBLAS picks its kernel table for the CPU when it loads; varserve pins the one runtime/blas.h
+names (Debian 12's OpenBLAS puts some AVX-512 CPUs on its SSE3 kernels). By default this script
+runs the reference and its sgemm probe on the same table (OPENBLAS_CORETYPE, set by re-executing
+itself before torch loads); --reference-blas default leaves the reference OpenBLAS's own choice.
+
 Also prints the machine's sgemm GFLOP/s (OpenBLAS, the library varserve's GEMMs run on, with its
 own threads at the same count, a 2048³ product, the best of 5 before and 5 after the rounds: on a
 shared machine the best is the one least disturbed) and, for each side, the fraction of that
@@ -30,6 +35,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -193,11 +199,39 @@ def time_varserve(binary, batch, threads):
     return rec['images_per_s'], rec.get('simd')
 
 
+def same_blas(binary, args):
+    """With --reference-blas varserve: before torch or OpenBLAS is loaded here, re-executes this
+    script with OPENBLAS_CORETYPE set to the kernel table varserve's GEMMs run on (runtime/blas.h:
+    OpenBLAS chooses its table when it loads, from that variable), so both sides and the roofline
+    use the same kernels. Prints which table each side runs."""
+    if args.reference_blas == 'default' or os.environ.get('OPENBLAS_CORETYPE'):
+        print('OpenBLAS for the reference and the sgemm probe: %s' % (
+            'OPENBLAS_CORETYPE=' + os.environ['OPENBLAS_CORETYPE']
+            if os.environ.get('OPENBLAS_CORETYPE') else "OpenBLAS's own choice"))
+        return
+    cmd = [binary, 'bench', '--model', MODEL, '--batch', '1', '--reps', '1', '--json',
+           '--backend', 'cpu', '--top-k', '1']
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    blas = json.loads(out.strip().splitlines()[-1]).get('blas', '')
+    m = re.search(r', (\w+) kernels \(', blas)
+    print('varserve: %s' % (blas or 'no blas field'))
+    if not m:
+        print('OpenBLAS for the reference and the sgemm probe: its own choice')
+        return
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable] + sys.argv,
+              dict(os.environ, OPENBLAS_CORETYPE=m.group(1)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     ap.add_argument('--rounds', type=int, default=3, help='alternations of the two (default 3)')
     ap.add_argument('--threads', type=int, default=os.cpu_count() or 1,
                     help='threads for both sides (default: all cores)')
+    ap.add_argument('--reference-blas', choices=['varserve', 'default'], default='varserve',
+                    help="OpenBLAS kernels for the reference and the sgemm probe: 'varserve' "
+                         "(default) the table varserve runs (its bench --json blas), set as "
+                         "OPENBLAS_CORETYPE; 'default' OpenBLAS's own choice for this CPU")
     args = ap.parse_args()
     ref = os.environ.get('VAR_REFERENCE')
     if not ref:
@@ -207,6 +241,7 @@ def main():
     binary = os.environ.get('VARSERVE_BIN', os.path.join(ROOT, 'build', 'varserve'))
     if not os.access(binary, os.X_OK):
         fail('%s is not built: run make (or set VARSERVE_BIN)' % binary)
+    same_blas(binary, args)
     try:
         import numpy as np
         import torch  # noqa: F401
