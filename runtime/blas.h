@@ -3,7 +3,7 @@
  * OpenBLAS (built with DYNAMIC_ARCH, as Debian's is) picks a kernel table for the CPU in its
  * load-time constructor, before main. A CPU newer than the library can get a table far below what
  * it runs: Debian 12's OpenBLAS 0.3.21 puts an Intel Xeon of family 6 model 207 (AVX-512 with
- * BF16) on its SSE3 "Prescott" kernels, where the GEMMs run 3-4 times slower than on its SkylakeX
+ * BF16) on its SSE3 "Prescott" kernels, where sgemm runs about 4 times slower than on its SkylakeX
  * kernels and the direct convolution (whose check compares with the SkylakeX summation order) is
  * never taken (bench/RESULTS.md "OpenBLAS's kernel table").
  *
