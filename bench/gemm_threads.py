@@ -110,7 +110,13 @@ def main():
     convs = [('tiny conv 128->128 @16', 128, 128, 3, 16), ('tiny conv 64->64 @64', 64, 64, 3, 64),
              ('tiny conv 64->64 @128', 64, 64, 3, 128), ('tiny conv 32->32 @256', 32, 32, 3, 256),
              ('mnist conv 64->64 @8', 64, 64, 3, 8), ('mnist conv 32->32 @32', 32, 32, 3, 32)]
-    print('%d threads, best of %d; GFLOP/s' % (args.threads, args.reps))
+    lib.openblas_get_corename.restype = ctypes.c_char_p
+    # OpenBLAS picks its kernel table when it loads; varserve pins one (runtime/blas.h, its bench's
+    # "blas"): run this with OPENBLAS_CORETYPE set to that table to measure what varserve runs
+    print('%d threads, best of %d; GFLOP/s; OpenBLAS %s kernels (%s)' % (
+        args.threads, args.reps, lib.openblas_get_corename().decode(),
+        'OPENBLAS_CORETYPE=' + os.environ['OPENBLAS_CORETYPE'] if os.environ.get('OPENBLAS_CORETYPE')
+        else "OpenBLAS's own choice"))
     print('| GEMM | shape (M×N×K) | pool | openblas | faster |')
     print('|---|---|---:|---:|---|')
     for what, cout, cin, k, R in convs:
