@@ -204,6 +204,14 @@ struct thread {
     uint3 tid;
 };
 
+/* One lane's part of a wmma collective (cuda_emu::wmma_warp's arguments). */
+struct wmma_lane {
+    int op, use, col;
+    void *frag, *mem;
+    unsigned ldm;
+    const void *a, *b, *c;
+};
+
 struct block_run {
     std::vector<thread> t;
     std::vector<fiber> f;
@@ -211,6 +219,9 @@ struct block_run {
     int n = 0, live = 0, n_wait_block = 0, cur = 0, reverse = 0;
     int count_acc = 0, count_result = 0;
     unsigned warp_live[32], warp_arrived[32];
+    unsigned warp_wmma[32]; /* lanes of each warp waiting at a wmma collective */
+    std::vector<wmma_lane> wm; /* [thread]: what each lane brought to its wmma collective */
+    const char *name = nullptr; /* the kernel, for messages */
     uint64_t slots[2][32][32]; /* [parity][warp][lane]: an exchange and the next never share */
     void (*body)(void *) = nullptr;
     void *ctx = nullptr;
@@ -355,9 +366,13 @@ static void release_block(block_run *b)
     b->count_acc = 0;
 }
 
+static void wmma_perform(block_run *b, unsigned w, unsigned m);
+
 static void release_warp(block_run *b, unsigned w)
 {
     unsigned m = b->warp_arrived[w];
+    if (b->warp_wmma[w] & m)
+        wmma_perform(b, w, m);
     for (unsigned l = 0; l < 32; l++)
         if (m & (1u << l))
             b->t[(size_t)(w * 32 + l)].state = T_RUN;
@@ -414,6 +429,104 @@ static void run_thread(block_run *b, int i)
     b->cur = i;
     t_thread_idx = t->tid;
     to_fiber(b, &b->f[(size_t)t->fib]);
+}
+
+/* ---- wmma --------------------------------------------------------------------------------------- */
+
+/* Row and column of element e of lane l's fragment: the mapping cuda_emu.h documents. */
+static void wmma_at(int use, unsigned l, int e, int *row, int *col)
+{
+    int g = (int)(l / 4), pair = 2 * (int)(l % 4) + (e & 1), half = 8 * ((e >> 1) & 1);
+    if (use == WMMA_B) {
+        *row = pair + half;
+        *col = g + 8 * (e >> 2);
+    } else {
+        *row = g + half;
+        *col = pair + 8 * (e >> 2);
+    }
+}
+
+static float bf16_value(const void *x, int e)
+{
+    return __uint_as_float((unsigned)((const unsigned short *)x)[e] << 16);
+}
+
+static const char *wmma_name(int op)
+{
+    return op == WMMA_LOAD ? "load_matrix_sync" : op == WMMA_STORE ? "store_matrix_sync" : "mma_sync";
+}
+
+/* Warp w's lanes m have arrived at a barrier and some of them at a wmma collective: checks that
+ * it is the whole warp at one operation on one tile, then performs it for every lane (on the
+ * stack of the lane that arrived last; the others' fragments are on their suspended stacks). */
+static void wmma_perform(block_run *b, unsigned w, unsigned m)
+{
+    unsigned at = b->warp_wmma[w] & m;
+    b->warp_wmma[w] &= ~m;
+    const wmma_lane *L = &b->wm[(size_t)w * 32];
+    const wmma_lane &z = L[__builtin_ctz(at)];
+    bool same = at == 0xffffffffu && m == 0xffffffffu;
+    for (unsigned l = 0; same && l < 32; l++)
+        same = L[l].op == z.op && L[l].use == z.use &&
+               (z.op == WMMA_MMA || (L[l].mem == z.mem && L[l].ldm == z.ldm && L[l].col == z.col));
+    if (!same) {
+        if (at != 0xffffffffu)
+            fault(cudaErrorLaunchFailure,
+                  "%s, block (%u,%u,%u), warp %u: %s reached by lanes %08x only (the others are at "
+                  "another warp operation, have returned or do not exist; a wmma collective needs "
+                  "all 32 lanes of a converged warp)",
+                  b->name, t_block_idx.x, t_block_idx.y, t_block_idx.z, w, wmma_name(z.op), at);
+        else
+            fault(cudaErrorLaunchFailure,
+                  "%s, block (%u,%u,%u), warp %u: the lanes of a wmma collective are at different "
+                  "operations or tiles (every lane must pass the same pointer, ldm and layout)",
+                  b->name, t_block_idx.x, t_block_idx.y, t_block_idx.z, w);
+        return;
+    }
+    if (z.op == WMMA_MMA) {
+        float A[16][16], B[16][16], D[32][8];
+        for (unsigned l = 0; l < 32; l++)
+            for (int e = 0; e < 8; e++) {
+                int r, c;
+                wmma_at(WMMA_A, l, e, &r, &c);
+                A[r][c] = bf16_value(L[l].a, e);
+                wmma_at(WMMA_B, l, e, &r, &c);
+                B[r][c] = bf16_value(L[l].b, e);
+            }
+        for (unsigned l = 0; l < 32; l++)
+            for (int e = 0; e < 8; e++) {
+                int r, c;
+                wmma_at(WMMA_C, l, e, &r, &c);
+                float acc = ((const float *)L[l].c)[e];
+                for (int k = 0; k < 16; k++)
+                    acc += A[r][k] * B[k][c]; /* exact product, FP32 sum */
+                D[l][e] = acc;
+            }
+        for (unsigned l = 0; l < 32; l++) /* after every read: d may be a lane's own c */
+            memcpy(L[l].frag, D[l], sizeof D[l]);
+        return;
+    }
+    size_t elem = z.use == WMMA_C ? 4 : 2;
+    if ((uintptr_t)z.mem % 32 != 0 || (size_t)z.ldm * elem % 16 != 0) {
+        fault(cudaErrorMisalignedAddress,
+              "%s, block (%u,%u,%u), warp %u: %s at %p with ldm %u (the pointer must be aligned to "
+              "256 bits and ldm a multiple of %zu elements)",
+              b->name, t_block_idx.x, t_block_idx.y, t_block_idx.z, w, wmma_name(z.op), z.mem,
+              z.ldm, 16 / elem);
+        return;
+    }
+    for (unsigned l = 0; l < 32; l++)
+        for (int e = 0; e < 8; e++) {
+            int r, c;
+            wmma_at(z.use, l, e, &r, &c);
+            size_t off = z.col ? (size_t)c * z.ldm + (size_t)r : (size_t)r * z.ldm + (size_t)c;
+            unsigned char *p = (unsigned char *)z.mem + off * elem;
+            unsigned char *x = (unsigned char *)L[l].frag + (size_t)e * elem;
+            if (z.op == WMMA_LOAD)
+                memcpy(x, p, elem);
+            else
+                memcpy(p, x, elem);
+        }
 }
 
 namespace cuda_emu {
@@ -473,6 +586,16 @@ unsigned warp_ballot(unsigned mask, int pred)
         if ((live & (1u << l)) && s[l])
             r |= 1u << l;
     return r;
+}
+
+void wmma_warp(int op, int use, void *frag, void *mem, unsigned ldm, int col, const void *a,
+               const void *b, const void *c)
+{
+    block_run *bk = &t_run;
+    thread *t = &bk->t[(size_t)bk->cur];
+    bk->wm[t->lin] = wmma_lane{op, use, col, frag, mem, ldm, a, b, c};
+    bk->warp_wmma[t->lin / 32] |= 1u << (t->lin % 32);
+    warp_wait(bk, 0xffffffffu); /* the last lane to arrive performs it (release_warp) */
 }
 
 cudaError_t func_set_max_dynamic_smem(const void *fn, int bytes)
@@ -544,6 +667,9 @@ void run(const char *name, const void *fn, dim3 grid, dim3 block, size_t smem, c
     b->n = (int)nthreads;
     b->body = body;
     b->ctx = ctx;
+    b->name = name;
+    if (b->wm.size() < nthreads)
+        b->wm.resize(nthreads);
     b->reverse = d.reverse;
     if (b->smem.size() < smem + 16)
         b->smem.resize(smem + 16);
@@ -574,6 +700,7 @@ void run(const char *name, const void *fn, dim3 grid, dim3 block, size_t smem, c
                     unsigned lanes = (unsigned)(nthreads - (size_t)w * 32);
                     b->warp_live[w] = lanes >= 32 ? 0xffffffffu : (1u << lanes) - 1;
                     b->warp_arrived[w] = 0;
+                    b->warp_wmma[w] = 0;
                 }
                 b->live = b->n;
                 b->n_wait_block = 0;
@@ -597,6 +724,8 @@ void run(const char *name, const void *fn, dim3 grid, dim3 block, size_t smem, c
                         return;
                     }
                 }
+                if (sticky()) /* a fault inside the kernel (wmma's checks): the rest is moot */
+                    return;
             }
     check_guards(name);
 }
@@ -619,6 +748,7 @@ const char *cudaGetErrorName(cudaError_t e)
     case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorMisalignedAddress: return "cudaErrorMisalignedAddress";
     }
     return "cudaErrorUnknown";
 }
@@ -637,6 +767,7 @@ const char *cudaGetErrorString(cudaError_t e)
     case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorMisalignedAddress: return "misaligned address";
     }
     return "unknown error";
 }
