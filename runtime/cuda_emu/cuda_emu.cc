@@ -671,9 +671,9 @@ void run(const char *name, const void *fn, dim3 grid, dim3 block, size_t smem, c
     if (b->wm.size() < nthreads)
         b->wm.resize(nthreads);
     b->reverse = d.reverse;
-    if (b->smem.size() < smem + 16)
-        b->smem.resize(smem + 16);
-    t_dynamic_smem = (unsigned char *)(((uintptr_t)b->smem.data() + 15) & ~(uintptr_t)15);
+    if (b->smem.size() < smem + 128) /* 128-byte aligned, as VS_DYNAMIC_SHARED declares it */
+        b->smem.resize(smem + 128);
+    t_dynamic_smem = (unsigned char *)(((uintptr_t)b->smem.data() + 127) & ~(uintptr_t)127);
     t_block_dim = uint3{block.x, block.y, block.z};
     t_grid_dim = uint3{grid.x, grid.y, grid.z};
     for (int i = 0; i < b->n; i++) {

@@ -14,7 +14,7 @@
  *  - warps of 32 consecutive threads: shuffles (xor, down, up, indexed) and votes (ballot, any,
  *    all) exchange values through a barrier of the warp's live lanes in the mask;
  *  - __shared__ variables are one instance per executing block (blocks never overlap in time);
- *    dynamic shared memory (VS_DYNAMIC_SHARED) is a per-launch buffer of the launch's size, which
+ *    dynamic shared memory (VS_DYNAMIC_SHARED) is a per-launch buffer of the launch's size (128-byte aligned), which
  *    must not exceed 48 KiB unless cudaFuncSetAttribute raised the kernel's limit, nor the
  *    device's opt-in maximum (as on a GPU, the launch fails otherwise);
  *  - launch configurations are checked as a GPU checks them (≤ 1024 threads a block, grid limits,
