@@ -2961,8 +2961,8 @@ extern "C" vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_er
     vs_log(VS_LOG_INFO, "runtime", "backend cuda: %s (sm_%d%d, %d SMs, %.1f GB), %s", prop.name,
            prop.major, prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / 1e9,
            fp32 ? "FP32 (no TF32), FP32 KV pages"
-                : "BF16 GEMM weights (FP32 accumulation), BF16 KV pages, TF32 decoder, FP32 "
-                  "elsewhere");
+                : "BF16 GEMM weights (FP32 accumulation), BF16 KV pages, BF16 attention on "
+                  "tensor cores (head_dim a multiple of 16), TF32 decoder, FP32 elsewhere");
     *out = &c->base;
     return VS_OK;
 fail:
