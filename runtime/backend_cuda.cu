@@ -35,10 +35,9 @@
  * and FP32 online softmax), and other head dims fall back to k_attention, which widens a BF16
  * page's K and V to FP32 as it stages them. KV compression (kv_compact, k_kv_compact) runs on the
  * device from the host's plans: one upload of plans, jobs and page ids and one launch per layer,
- * no K/V over the bus and no host wait. kv_download /
- * kv_upload move pages as floats for calibration statistics and tests, converting on the host
- * (BF16 → FP32 is exact, and FP32 → BF16 of a value that came from a BF16 page gives it back
- * unchanged).
+ * no K/V over the bus and no host wait. kv_download / kv_upload move pages as floats for
+ * calibration statistics and tests, converting on the host (BF16 → FP32 is exact, and FP32 → BF16
+ * of a value that came from a BF16 page gives it back unchanged).
  *
  * Modes: fp32 = 1 is strict FP32 (cuBLAS default math, no TF32) for parity with the CPU backend
  * and the reference fixtures. fp32 = 0 is BF16 mode: the engine declares its GEMM weights once,
@@ -56,9 +55,11 @@
  * The decoder's convolutions (their weights declared through decoder_weights, kept in a sorted
  * table like the copies) and spatial attention run in TF32, the transformer's attention in BF16
  * on tensor cores (above). Everything else stays strict FP32: norms, sampling, the quantiser (its
- * embedding lookup and φ convolutions: conv2d with an undeclared w) and the undeclared linears (the word embedding). The cuBLAS math mode is set
- * per GEMM for that (gemm_math), cuDNN's math type per convolution (tensor-op or strict FMA). The FP32 arena is kept (the decoder and the biases live in it),
- * so BF16 mode holds the GEMM weights 1.5 times; the copies are freed with the arena.
+ * embedding lookup and φ convolutions: conv2d with an undeclared w) and the undeclared linears
+ * (the word embedding). The cuBLAS math mode is set per GEMM for that (gemm_math), cuDNN's math
+ * type per convolution (tensor-op or strict FMA). The FP32 arena is kept (the decoder and the
+ * biases live in it), so BF16 mode holds the GEMM weights 1.5 times; the copies are freed with the
+ * arena.
  *
  * Threads: a backend belongs to the thread that created it (the engine thread). */
 extern "C" {
@@ -1434,8 +1435,8 @@ struct alignas(16) bf16x8 {
 };
 
 /* Byte offsets of k_attention_tc's shared arrays, each 128-byte aligned (wmma needs 32): Q, K and
- * V as BF16 [TC_Q or TC_KB][d + 8] (the 8 padding elements shift each row by 16 bytes, so the 16
- * rows a wmma load reads start in different banks), per warp the FP32 scores [16][TC_SP] and BF16
+ * V as BF16 [TC_Q or TC_KB][d + 8] (the padding shifts each row 16 bytes across the banks, so the
+ * rows of a tile load do not conflict), per warp the FP32 scores [16][TC_SP] and BF16
  * probabilities [16][TC_PP], the FP32 outputs [TC_Q][d + 1] (read by row, the 1 likewise), the rows'
  * sums [TC_Q] and the block's page ids [TC_KB + 1]. The host sizes the launch with it, the kernel
  * finds its arrays with it. */

@@ -526,7 +526,9 @@ static void expect_bf16_pages(const buf2 *arena, const char *what)
  *   1, |Σ (w̃_k − w_k) v_kj| ≤ (e^(2a) − 1) · (max_k v_kj − min_k v_kj) / 2;
  *   ṽ of a new key errs by at most u·|v_kj|: u · max over new keys |v_kj|;
  *   both sides' FP32 sums over n keys: 4 (n + d) 2^-24 · max_k |v_kj|.
- * The sum of those is the limit; a wrong key, page, scale or block is off by far more. Returns the
+ * The sum of those is the limit; a wrong key, page, scale or block is off by far more. (A row of
+ * one key outputs ṽ itself, whose error can come within a hair of u·|v|: the worst ratio printed
+ * is near 1 by construction, not by luck.) Returns the
  * worst error relative to 1e-4 of max(|cpu|, rms), FP32's tolerance (TOL), so a caller can tell the
  * rounded path from the FP32 one. */
 static double expect_bf16_attention(const tbatch *t, const buf2 *qkv, const buf2 *out, int layer,
