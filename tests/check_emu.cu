@@ -621,6 +621,34 @@ START_TEST(bf16_conversion_rounds_to_nearest_even)
 }
 END_TEST
 
+/* Lanes 0..15 exchange among themselves (mask 0x0000ffff) and then the whole warp does; the
+ * second exchange must read lane 20's value, not anything the first left behind. */
+__global__ void k_partial_then_full(int *out)
+{
+    int l = (int)threadIdx.x;
+    int a = l < 16 ? __shfl_xor_sync(0x0000ffffu, l, 1) : -1;
+    int b = __shfl_sync(0xffffffffu, l * 10, 20);
+    unsigned v = __ballot_sync(0xffffffffu, l % 4 == 0);
+    out[3 * l] = a;
+    out[3 * l + 1] = b;
+    out[3 * l + 2] = (int)v;
+}
+
+START_TEST(a_full_warp_exchange_after_a_partial_one_reads_the_right_lane)
+{
+    int *d = dev_alloc<int>(96), h[96];
+    VS_LAUNCH(k_partial_then_full, 1, 32, 0, 0, d);
+    CK(cudaDeviceSynchronize());
+    to_host(h, d, 96);
+    for (int l = 0; l < 32; l++) {
+        ck_assert_int_eq(h[3 * l], l < 16 ? l ^ 1 : -1);
+        ck_assert_int_eq(h[3 * l + 1], 200);
+        ck_assert_uint_eq((unsigned)h[3 * l + 2], 0x11111111u);
+    }
+    CK(cudaFree(d));
+}
+END_TEST
+
 /* ---- tensor cores (wmma) ------------------------------------------------------------------------ */
 
 using namespace nvcuda;
@@ -914,6 +942,7 @@ int main(void)
     tcase_add_test(tc, dynamic_shared_memory_is_per_block_and_limited_like_a_gpu);
     tcase_add_test(tc, a_bad_launch_configuration_is_a_launch_error_that_clears);
     tcase_add_test(tc, warp_shuffles_and_votes_read_the_right_lanes);
+    tcase_add_test(tc, a_full_warp_exchange_after_a_partial_one_reads_the_right_lane);
     tcase_add_test(tc, a_block_reduction_of_1024_threads_sums_every_element);
     tcase_add_test(tc, copies_outside_an_allocation_fail_and_the_device_goes_on);
     tcase_add_test(tc, sgemm_follows_cublas_layouts_and_tf32_mode_rounds_the_inputs);

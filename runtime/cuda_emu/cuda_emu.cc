@@ -200,8 +200,17 @@ struct fiber {
 
 struct thread {
     int state, fib;
-    unsigned lin, parity; /* linear index in the block; warp exchanges done, mod 2 */
+    unsigned lin;   /* linear index in the block */
+    unsigned wmask; /* the mask of the warp operation it waits at */
     uint3 tid;
+};
+
+/* One lane's part of a shuffle or vote: what it brings, and what the release hands it. */
+struct lane_exchange {
+    uint64_t v, result;
+    int src; /* the lane it reads (negative: its own value); unused by a ballot */
+    int ballot;
+    unsigned mask;
 };
 
 /* One lane's part of a wmma collective (cuda_emu::wmma_warp's arguments). */
@@ -221,8 +230,8 @@ struct block_run {
     unsigned warp_live[32], warp_arrived[32];
     unsigned warp_wmma[32]; /* lanes of each warp waiting at a wmma collective */
     std::vector<wmma_lane> wm; /* [thread]: what each lane brought to its wmma collective */
+    std::vector<lane_exchange> xs; /* [thread]: each lane's shuffle or vote */
     const char *name = nullptr; /* the kernel, for messages */
-    uint64_t slots[2][32][32]; /* [parity][warp][lane]: an exchange and the next never share */
     void (*body)(void *) = nullptr;
     void *ctx = nullptr;
     fiber sched; /* the launching thread's own context while a fiber runs */
@@ -368,15 +377,40 @@ static void release_block(block_run *b)
 
 static void wmma_perform(block_run *b, unsigned w, unsigned m);
 
-static void release_warp(block_run *b, unsigned w)
+/* Warp w's lanes m (all waiting) are released: each that came to a shuffle or vote gets its result
+ * now, from the values of the lanes released with it, so no later exchange can overwrite what it
+ * reads (a lane is released again only after it has resumed and arrived anew). Lanes waiting with
+ * another mask stay. */
+static void release_warp(block_run *b, unsigned w, unsigned m)
 {
-    unsigned m = b->warp_arrived[w];
-    if (b->warp_wmma[w] & m)
+    unsigned wm = b->warp_wmma[w] & m;
+    if (wm)
         wmma_perform(b, w, m);
+    lane_exchange *X = &b->xs[(size_t)w * 32];
+    unsigned ex = m & ~wm, set = 0; /* the released exchanges, and which of them hold a non-zero v */
+    for (unsigned l = 0; l < 32; l++)
+        if ((ex & (1u << l)) && X[l].v)
+            set |= 1u << l;
+    for (unsigned l = 0; l < 32; l++) {
+        if (!(ex & (1u << l)))
+            continue;
+        lane_exchange *x = &X[l];
+        x->result = x->ballot ? (uint64_t)(set & x->mask) : x->src < 0 ? x->v : X[x->src & 31].v;
+    }
     for (unsigned l = 0; l < 32; l++)
         if (m & (1u << l))
             b->t[(size_t)(w * 32 + l)].state = T_RUN;
-    b->warp_arrived[w] = 0;
+    b->warp_arrived[w] &= ~m;
+}
+
+/* Releases lane l's group of warp w if every live lane of its mask (and l) has arrived. */
+static bool release_if_complete(block_run *b, unsigned w, unsigned l)
+{
+    unsigned need = (b->t[(size_t)(w * 32 + l)].wmask & b->warp_live[w]) | (1u << l);
+    if ((b->warp_arrived[w] & need) != need)
+        return false;
+    release_warp(b, w, need);
+    return true;
 }
 
 /* thread cur returned: it leaves the block's and its warp's barriers */
@@ -389,8 +423,9 @@ static void thread_done(block_run *b)
     b->warp_live[w] &= ~(1u << (t->lin % 32));
     if (b->n_wait_block > 0 && b->n_wait_block == b->live)
         release_block(b);
-    if (b->warp_arrived[w] && (b->warp_arrived[w] & b->warp_live[w]) == b->warp_live[w])
-        release_warp(b, w);
+    for (unsigned l = 0; l < 32; l++) /* its leaving may complete the groups of waiting lanes */
+        if (b->warp_arrived[w] & (1u << l))
+            (void)release_if_complete(b, w, l);
 }
 
 static void fiber_main(void *arg)
@@ -544,48 +579,38 @@ int block_count(int pred)
     return b->count_result;
 }
 
-/* the warp's live lanes in mask arrive; all go on when all have */
+/* the warp's live lanes in mask arrive; all go on when all have (the lanes of one operation pass
+ * the same mask, so the last of them to arrive completes it) */
 static void warp_wait(block_run *b, unsigned mask)
 {
     thread *t = &b->t[(size_t)b->cur];
     unsigned w = t->lin / 32;
     t->state = T_WAIT_WARP;
+    t->wmask = mask;
     b->warp_arrived[w] |= 1u << (t->lin % 32);
-    unsigned expect = mask & b->warp_live[w];
-    if ((b->warp_arrived[w] & expect) == expect)
-        release_warp(b, w);
+    (void)release_if_complete(b, w, t->lin % 32);
     yield(b);
 }
 
-/* Writes v, waits for the warp, reads. Consecutive exchanges use the two slot sets in turn: a
- * lane can only write the set of exchange k + 2 after every lane has arrived at exchange k + 1,
- * that is after every lane has read exchange k, so one barrier an exchange suffices. */
-static uint64_t *exchange(block_run *b, unsigned mask, uint64_t v)
+/* The lane brings v (and the lane it reads, or a ballot's predicate) and waits for the warp; the
+ * release resolves every released lane's result (release_warp). */
+static uint64_t exchange(block_run *b, unsigned mask, uint64_t v, int src, int ballot)
 {
     thread *t = &b->t[(size_t)b->cur];
-    uint64_t *s = b->slots[t->parity][t->lin / 32];
-    t->parity ^= 1u;
-    s[t->lin % 32] = v;
+    lane_exchange *x = &b->xs[t->lin];
+    *x = lane_exchange{v, 0, src, ballot, mask};
     warp_wait(b, mask);
-    return s;
+    return x->result;
 }
 
 uint64_t warp_exchange(unsigned mask, uint64_t v, int src)
 {
-    uint64_t *s = exchange(&t_run, mask, v);
-    return src < 0 ? v : s[src & 31];
+    return exchange(&t_run, mask, v, src, 0);
 }
 
 unsigned warp_ballot(unsigned mask, int pred)
 {
-    block_run *b = &t_run;
-    unsigned w = b->t[(size_t)b->cur].lin / 32;
-    uint64_t *s = exchange(b, mask, pred != 0);
-    unsigned r = 0, live = mask & (b->warp_live[w] | (1u << (b->t[(size_t)b->cur].lin % 32)));
-    for (unsigned l = 0; l < 32; l++)
-        if ((live & (1u << l)) && s[l])
-            r |= 1u << l;
-    return r;
+    return (unsigned)exchange(&t_run, mask, pred != 0, -1, 1);
 }
 
 void wmma_warp(int op, int use, void *frag, void *mem, unsigned ldm, int col, const void *a,
@@ -668,8 +693,10 @@ void run(const char *name, const void *fn, dim3 grid, dim3 block, size_t smem, c
     b->body = body;
     b->ctx = ctx;
     b->name = name;
-    if (b->wm.size() < nthreads)
+    if (b->wm.size() < nthreads) {
         b->wm.resize(nthreads);
+        b->xs.resize(nthreads);
+    }
     b->reverse = d.reverse;
     if (b->smem.size() < smem + 128) /* 128-byte aligned, as VS_DYNAMIC_SHARED declares it */
         b->smem.resize(smem + 128);
@@ -692,10 +719,8 @@ void run(const char *name, const void *fn, dim3 grid, dim3 block, size_t smem, c
                 t_block_idx = uint3{bx, by, bz};
                 if (smem)
                     memset(t_dynamic_smem, SMEM_POISON, smem);
-                for (int i = 0; i < b->n; i++) {
+                for (int i = 0; i < b->n; i++)
                     b->t[(size_t)i].state = T_NEW;
-                    b->t[(size_t)i].parity = 0;
-                }
                 for (unsigned w = 0; w < nw; w++) {
                     unsigned lanes = (unsigned)(nthreads - (size_t)w * 32);
                     b->warp_live[w] = lanes >= 32 ? 0xffffffffu : (1u << lanes) - 1;
