@@ -29,13 +29,15 @@
  * holding it is the arena, and upload()/download() count the part of a copy that falls inside it.
  *
  * KV pages: FP32 in fp32 mode (parity), BF16 in BF16 mode (kv_elem_bytes 2: half the bytes per
- * image). k_kv_write rounds the new K and V to nearest even; k_attention widens a page's K and V
- * to FP32 as it stages them into shared memory, and all its math is FP32. KV compression
- * (kv_compact, k_kv_compact) runs on the device from the host's plans: one upload of plans, jobs
- * and page ids and one launch per layer, no K/V over the bus and no host wait. kv_download /
- * kv_upload move pages as floats for calibration statistics and tests, converting on the host
- * (BF16 → FP32 is exact, and FP32 → BF16 of a value that came from a BF16 page gives it back
- * unchanged).
+ * image). k_kv_write rounds the new K and V to nearest even. In fp32 mode k_attention reads FP32
+ * pages and all its math is FP32 (parity); in BF16 mode, for head_dim a multiple of 16,
+ * k_attention_tc runs Q·Kᵀ and P·V on tensor cores (wmma: BF16 q, k, v and p, FP32 accumulation
+ * and FP32 online softmax), and other head dims fall back to k_attention, which widens a BF16
+ * page's K and V to FP32 as it stages them. KV compression (kv_compact, k_kv_compact) runs on the
+ * device from the host's plans: one upload of plans, jobs and page ids and one launch per layer,
+ * no K/V over the bus and no host wait. kv_download / kv_upload move pages as floats for
+ * calibration statistics and tests, converting on the host (BF16 → FP32 is exact, and FP32 → BF16
+ * of a value that came from a BF16 page gives it back unchanged).
  *
  * Modes: fp32 = 1 is strict FP32 (cuBLAS default math, no TF32) for parity with the CPU backend
  * and the reference fixtures. fp32 = 0 is BF16 mode: the engine declares its GEMM weights once,
@@ -51,11 +53,13 @@
  * heuristics in reserve(), for the largest N the workload names (vs_rt_workload.convs), and the
  * workspace the largest of them needs is allocated there too. GroupNorm and SiLU are one kernel.
  * The decoder's convolutions (their weights declared through decoder_weights, kept in a sorted
- * table like the copies) and spatial attention run in TF32. Everything else stays strict FP32:
- * norms, attention, sampling, the quantiser (its embedding lookup and φ convolutions: conv2d with
- * an undeclared w) and the undeclared linears (the word embedding). The cuBLAS math mode is set
- * per GEMM for that (gemm_math), cuDNN's math type per convolution (tensor-op or strict FMA). The FP32 arena is kept (the decoder and the biases live in it),
- * so BF16 mode holds the GEMM weights 1.5 times; the copies are freed with the arena.
+ * table like the copies) and spatial attention run in TF32, the transformer's attention in BF16
+ * on tensor cores (above). Everything else stays strict FP32: norms, sampling, the quantiser (its
+ * embedding lookup and φ convolutions: conv2d with an undeclared w) and the undeclared linears
+ * (the word embedding). The cuBLAS math mode is set per GEMM for that (gemm_math), cuDNN's math
+ * type per convolution (tensor-op or strict FMA). The FP32 arena is kept (the decoder and the
+ * biases live in it), so BF16 mode holds the GEMM weights 1.5 times; the copies are freed with the
+ * arena.
  *
  * Threads: a backend belongs to the thread that created it (the engine thread). */
 extern "C" {
@@ -1417,6 +1421,197 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
 }
 
+/* ---- attention on tensor cores (BF16 mode) ----------------------------------------------------- */
+
+#define TC_WARPS 4
+#define TC_Q (16 * TC_WARPS) /* queries per block: 16 per warp, one wmma tile of rows */
+#define TC_KB 64             /* keys per block of the walk: four 16-key tiles */
+#define TC_SP (TC_KB + 4)    /* floats per row of a warp's score tile (ldm: a multiple of 4) */
+#define TC_PP (TC_KB + 8)    /* BF16 per row of a warp's probability tile (a multiple of 8) */
+
+/* 8 BF16 values moved as one 16-byte access */
+struct alignas(16) bf16x8 {
+    unsigned long long lo, hi;
+};
+
+/* Byte offsets of k_attention_tc's shared arrays, each 128-byte aligned (wmma needs 32): Q, K and
+ * V as BF16 [TC_Q or TC_KB][d + 8] (the padding shifts each row 16 bytes across the banks, so the
+ * rows of a tile load do not conflict), per warp the FP32 scores [16][TC_SP] and BF16
+ * probabilities [16][TC_PP], the FP32 outputs [TC_Q][d + 1] (read by row, the 1 likewise), the rows'
+ * sums [TC_Q] and the block's page ids [TC_KB + 1]. The host sizes the launch with it, the kernel
+ * finds its arrays with it. */
+typedef struct {
+    size_t q, k, v, s, p, o, l, pid, bytes;
+} tc_layout;
+
+__host__ __device__ static tc_layout tc_layout_of(int d)
+{
+    tc_layout L;
+    size_t at = 0, dp = (size_t)d + 8;
+#define TC_TAKE(field, n)                                                                          \
+    L.field = at;                                                                                  \
+    at = (at + (n) + 127) / 128 * 128
+    TC_TAKE(q, (size_t)TC_Q * dp * 2);
+    TC_TAKE(k, (size_t)TC_KB * dp * 2);
+    TC_TAKE(v, (size_t)TC_KB * dp * 2);
+    TC_TAKE(s, (size_t)TC_WARPS * 16 * TC_SP * 4);
+    TC_TAKE(p, (size_t)TC_WARPS * 16 * TC_PP * 2);
+    TC_TAKE(o, (size_t)TC_Q * (d + 1) * 4);
+    TC_TAKE(l, (size_t)TC_Q * 4);
+    TC_TAKE(pid, (size_t)(TC_KB + 1) * 4);
+#undef TC_TAKE
+    L.bytes = at;
+    return L;
+}
+
+/* Flash attention on tensor cores for BF16 mode (head_dim a multiple of 16): the walk of
+ * k_attention (cached pages, then the scale's new keys from qkv; FP32 online softmax with the same
+ * m, l and rescaling) with BF16 operands and FP32 accumulation.
+ * Block = (row, tile of TC_Q queries, head), TC_WARPS warps of 16 queries each. The queries are
+ * rounded to BF16 into shared memory once. Keys go in blocks of TC_KB: the page ids a block spans
+ * are read once into shared memory, then K and V are staged coalesced, 16 bytes a thread, as the
+ * pages' BF16 (a page's slots are contiguous), or the new keys from qkv rounded to BF16 (the values
+ * k_kv_write puts in the pages). Each warp computes S = Q·Kᵀ for its 16 queries by wmma (FP32
+ * accumulators) into its score tile; two lanes per query row then apply the scale in FP32, update
+ * m and l (kept in their registers: the row never changes lane) and write P = e^(s − m) as BF16,
+ * padding keys scored −∞ and padding V rows zero, so a partial block adds nothing; l sums the
+ * rounded P, so out is an exact convex combination of the V rows P weighs. O += P·V by wmma,
+ * 64 columns at a time, each tile stored to the (now free) score tile and added into O by the same
+ * two lanes, which rescale by e^(m_old − m) first. O is FP32 in shared memory, not accumulator
+ * fragments, because CUDA does not say which row a fragment's element belongs to: the per-row
+ * rescale and the final division by l need rows. Padding queries (beyond the row's) are zero
+ * rows: finite scores, never written out. */
+__global__ void __launch_bounds__(TC_WARPS * 32)
+    k_attention_tc(float *out, const float *qkv, const __nv_bfloat16 *kv16, const int32_t *rows,
+                   const int32_t *kvm, const int32_t *pages, int H, int d, int PT, float scale,
+                   int tiles_per_row)
+{
+    using namespace nvcuda;
+    VS_DYNAMIC_SHARED(unsigned char, tc_sm);
+    int r = blockIdx.x / tiles_per_row, tile = blockIdx.x % tiles_per_row, h = blockIdx.y;
+    int tok_start = rows[2 * r], n_new = rows[2 * r + 1], q0 = tile * TC_Q;
+    if (q0 >= n_new)
+        return; /* the whole block: this row has fewer tiles */
+    tc_layout L = tc_layout_of(d);
+    int nq = min(TC_Q, n_new - q0), C = H * d, dp = d + 8, dq = d + 1;
+    int tid = (int)threadIdx.x, warp = tid / 32, lane = tid % 32;
+    __nv_bfloat16 *qs = (__nv_bfloat16 *)(tc_sm + L.q), *ks = (__nv_bfloat16 *)(tc_sm + L.k);
+    __nv_bfloat16 *vs = (__nv_bfloat16 *)(tc_sm + L.v);
+    float *sw = (float *)(tc_sm + L.s) + (size_t)warp * 16 * TC_SP;
+    __nv_bfloat16 *pw = (__nv_bfloat16 *)(tc_sm + L.p) + (size_t)warp * 16 * TC_PP;
+    float *os = (float *)(tc_sm + L.o), *ls = (float *)(tc_sm + L.l);
+    int32_t *pid = (int32_t *)(tc_sm + L.pid);
+    const int32_t *m = kvm + 3 * ((size_t)r * H + h);
+    const int32_t *pg = pages + m[1];
+    int nc = m[0], cached_blocks = (nc + TC_KB - 1) / TC_KB;
+    int blocks = cached_blocks + (n_new + TC_KB - 1) / TC_KB;
+    const float *qkv_h = qkv + (size_t)h * d;
+    bool active = warp * 16 < nq; /* a warp with no query only helps stage */
+    int row = lane % 16, half = lane / 16; /* the query row this lane serves, and which half */
+    float m_run = -INFINITY, l_run = 0.0f;
+
+    for (int i = tid; i < TC_Q * d; i += blockDim.x) {
+        int qi = i / d, j = i % d;
+        qs[qi * dp + j] = __float2bfloat16_rn(
+            qi < nq ? qkv_h[(size_t)(tok_start + q0 + qi) * 3 * C + j] : 0.0f);
+        os[qi * dq + j] = 0.0f;
+    }
+    for (int t = 0; t < blocks; t++) {
+        int nk;
+        if (t < cached_blocks) { /* K [PT][d] then V [PT][d] of each page the block spans */
+            int k0 = t * TC_KB, first = k0 / PT;
+            nk = min(TC_KB, nc - k0);
+            for (int i = tid; i <= (k0 + nk - 1) / PT - first; i += blockDim.x)
+                pid[i] = pg[first + i];
+            __syncthreads();
+            for (int u = tid; u < TC_KB * d / 8; u += blockDim.x) {
+                int kk = u * 8 / d, j = u * 8 % d;
+                bf16x8 kx = {0, 0}, vx = {0, 0};
+                if (kk < nk) {
+                    int slot = k0 + kk;
+                    size_t at = ((size_t)pid[slot / PT - first] * 2 * PT + slot % PT) * d + j;
+                    kx = *(const bf16x8 *)(kv16 + at);
+                    vx = *(const bf16x8 *)(kv16 + at + (size_t)PT * d);
+                }
+                *(bf16x8 *)(ks + kk * dp + j) = kx;
+                *(bf16x8 *)(vs + kk * dp + j) = vx;
+            }
+        } else { /* new keys of this scale, from qkv */
+            int k0 = (t - cached_blocks) * TC_KB;
+            nk = min(TC_KB, n_new - k0);
+            for (int i = tid; i < TC_KB * d; i += blockDim.x) {
+                int kk = i / d, j = i % d;
+                const float *src = qkv_h + (size_t)(tok_start + k0 + kk) * 3 * C + j;
+                ks[kk * dp + j] = __float2bfloat16_rn(kk < nk ? src[C] : 0.0f);
+                vs[kk * dp + j] = __float2bfloat16_rn(kk < nk ? src[2 * C] : 0.0f);
+            }
+        }
+        __syncthreads();
+        if (active) {
+            wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::col_major> fk;
+            wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, wmma::row_major> fv;
+            wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
+            for (int n0 = 0; n0 < TC_KB; n0 += 16) { /* S[:, n0..n0+16) = Q·K[n0..n0+16)ᵀ */
+                wmma::fill_fragment(acc, 0.0f);
+                for (int k0 = 0; k0 < d; k0 += 16) {
+                    wmma::load_matrix_sync(fa, qs + warp * 16 * dp + k0, (unsigned)dp);
+                    wmma::load_matrix_sync(fk, ks + n0 * dp + k0, (unsigned)dp);
+                    wmma::mma_sync(acc, fa, fk, acc);
+                }
+                wmma::store_matrix_sync(sw + n0, acc, TC_SP, wmma::mem_row_major);
+            }
+            __syncwarp();
+            /* the online softmax of row `row`: this lane's 32 keys, combined with the other half's */
+            float *srow = sw + row * TC_SP + half * 32;
+            float mx = -INFINITY;
+            for (int kk = 0; kk < 32; kk++) {
+                float sc = half * 32 + kk < nk ? srow[kk] * scale : -INFINITY;
+                srow[kk] = sc;
+                mx = fmaxf(mx, sc);
+            }
+            mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 16));
+            float m_new = fmaxf(m_run, mx), sum = 0.0f;
+            __nv_bfloat16 *prow = pw + row * TC_PP + half * 32;
+            for (int kk = 0; kk < 32; kk++) {
+                __nv_bfloat16 pb = __float2bfloat16_rn(expf(srow[kk] - m_new));
+                prow[kk] = pb;
+                sum += __bfloat162float(pb);
+            }
+            sum += __shfl_xor_sync(0xffffffffu, sum, 16);
+            float f = expf(m_run - m_new); /* 0 at the first block (m = −∞) */
+            l_run = l_run * f + sum;
+            m_run = m_new;
+            __syncwarp();
+            for (int c0 = 0; c0 < d; c0 += 64) { /* O[:, c0..c0+64) = O·f + P·V[:, c0..c0+64) */
+                int nc0 = min(64, d - c0);
+                for (int n0 = 0; n0 < nc0; n0 += 16) {
+                    wmma::fill_fragment(acc, 0.0f);
+                    for (int k0 = 0; k0 < TC_KB; k0 += 16) {
+                        wmma::load_matrix_sync(fa, pw + k0, TC_PP);
+                        wmma::load_matrix_sync(fv, vs + k0 * dp + c0 + n0, (unsigned)dp);
+                        wmma::mma_sync(acc, fa, fv, acc);
+                    }
+                    wmma::store_matrix_sync(sw + n0, acc, TC_SP, wmma::mem_row_major);
+                }
+                __syncwarp();
+                float *orow = os + (warp * 16 + row) * dq + c0;
+                for (int j = half * 32; j < min(nc0, half * 32 + 32); j++)
+                    orow[j] = orow[j] * f + sw[row * TC_SP + j];
+                __syncwarp();
+            }
+        }
+        __syncthreads(); /* K, V and the page ids are restaged next */
+    }
+    if (active && half == 0)
+        ls[warp * 16 + row] = l_run;
+    __syncthreads();
+    for (int i = tid; i < nq * d; i += blockDim.x) {
+        int qi = i / d, j = i % d;
+        out[(size_t)(tok_start + q0 + qi) * C + (size_t)h * d + j] = os[qi * dq + j] / ls[qi];
+    }
+}
+
 static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, const vs_rt_batch *b,
                            int layer, int H, int d, float scale)
 {
@@ -1441,6 +1636,21 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
     VS_LAUNCHED(c, k_kv_write);
     if (cb->max_new <= 0)
         return;
+    if (!c->fp32 && d % 16 == 0 && (uintptr_t)kv16 % 16 == 0) { /* 16-byte page loads */
+        size_t tc_smem = tc_layout_of(d).bytes;
+        if (tc_smem + 1024 <= (size_t)c->smem_optin) {
+            if (tc_smem > 48 * 1024)
+                VS_CUDA(c, cudaFuncSetAttribute(k_attention_tc,
+                                                cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                                (int)tc_smem));
+            int tiles = (cb->max_new + TC_Q - 1) / TC_Q;
+            dim3 grid((unsigned)(cb->n_rows * tiles), (unsigned)H);
+            VS_LAUNCH(k_attention_tc, grid, TC_WARPS * 32, tc_smem, c->st, out, qkv, kv16, cb->rows,
+                      kvm, pages, H, d, PT, scale, tiles);
+            VS_LAUNCHED(c, k_attention_tc);
+            return;
+        }
+    }
     int qt = ATT_QT;
     size_t smem = 0;
     for (; qt >= 1; qt /= 2) {
@@ -2752,8 +2962,8 @@ extern "C" vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_er
     vs_log(VS_LOG_INFO, "runtime", "backend cuda: %s (sm_%d%d, %d SMs, %.1f GB), %s", prop.name,
            prop.major, prop.minor, prop.multiProcessorCount, (double)prop.totalGlobalMem / 1e9,
            fp32 ? "FP32 (no TF32), FP32 KV pages"
-                : "BF16 GEMM weights (FP32 accumulation), BF16 KV pages, TF32 decoder, FP32 "
-                  "elsewhere");
+                : "BF16 GEMM weights (FP32 accumulation), BF16 KV pages, BF16 attention on "
+                  "tensor cores (head_dim a multiple of 16), TF32 decoder, FP32 elsewhere");
     *out = &c->base;
     return VS_OK;
 fail:

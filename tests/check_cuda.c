@@ -9,6 +9,9 @@
  *   tiny fixture          tokens exact; RGB within 1 of round(255 · reference image)
  * BF16 mode (vs_rt_backend_cuda_new(0), weights declared through gemm_weights):
  *   linear vs the CPU on the same inputs rounded to BF16   1e-4 as above (only the inputs round)
+ *   attention (head_dim a multiple of 16: the tensor-core kernel) vs the CPU in FP32 over the
+ *                         same BF16 pages   elementwise within a bound derived from the BF16
+ *                         rounding of q, the new k and v, and p (expect_bf16_attention)
  *   linear vs the CPU in FP32   RMS error ≤ 1e-2 · RMS(cpu), elementwise ≤ 3e-2 · max(|cpu|, rms)
  *                         (two BF16 roundings give about 2.3e-3 RMS; the elementwise bound is
  *                         ~13 standard deviations, so 10^5 outputs never trip it by chance)
@@ -345,7 +348,7 @@ END_TEST
 
 #define TB_ROWS 6
 #define TB_DEPTH 2
-#define TB_PT 4 /* small pages: every row crosses page boundaries */
+#define TB_PT 4 /* small pages (by default): every row crosses page boundaries */
 
 static const int tb_new[TB_ROWS] = {1, 4, 9, 17, 33, 100};
 static const int tb_old[TB_DEPTH][TB_ROWS] = {{0, 3, 8, 16, 40, 7}, {0, 5, 16, 31, 64, 1400}};
@@ -353,30 +356,33 @@ static const int tb_old[TB_DEPTH][TB_ROWS] = {{0, 3, 8, 16, 40, 7}, {0, 5, 16, 3
 #define TB_MAX_HEADS 4
 
 typedef struct {
-    int H, d, C, n_tok, n_pages;
+    int H, d, C, n_tok, n_pages, PT;
     vs_rt_row rows[TB_ROWS];
     vs_rt_kv_head kv[TB_ROWS][TB_DEPTH * TB_MAX_HEADS]; /* [row][layer][head] */
     int32_t *pages; /* all tables, one allocation */
     int32_t *tok_row;
     uint8_t store[TB_ROWS]; /* rows whose new K,V the attention writes to pages: a mix */
-    buf2 arena; /* [page][2][TB_PT][d], random, the same on both sides */
+    buf2 arena; /* [page][2][PT][d], random, the same on both sides */
     vs_rt_batch b[2];
 } tbatch;
 
-/* Cached tokens of (row, layer, head): tb_old, or with `unequal` a different count per head
- * (head h of H holds (h + 1)/H of it: some empty, some ending mid-page). */
+/* Cached tokens of (row, layer, head): tb_old, or with `unequal` 1 a different count per head
+ * (head h of H holds (h + 1)/H of it: some empty, some ending mid-page), with 2 none (a step's
+ * first scale: only its new keys). */
 static int tb_tokens(int r, int l, int h, int H, int unequal)
 {
-    return unequal ? tb_old[l][r] * (h + 1) / H : tb_old[l][r];
+    return unequal == 2 ? 0 : unequal ? tb_old[l][r] * (h + 1) / H : tb_old[l][r];
 }
 
-static void tb_init_heads(tbatch *t, int H, int d, int unequal)
+/* The batch on pages of PT tokens. */
+static void tb_init_pages(tbatch *t, int H, int d, int unequal, int PT)
 {
     memset(t, 0, sizeof *t);
     ck_assert_int_le(H, TB_MAX_HEADS);
     t->H = H;
     t->d = d;
     t->C = H * d;
+    t->PT = PT;
     int need[TB_ROWS][TB_DEPTH * TB_MAX_HEADS];
     for (int r = 0; r < TB_ROWS; r++) {
         t->rows[r].tok_start = t->n_tok;
@@ -386,7 +392,7 @@ static void tb_init_heads(tbatch *t, int H, int d, int unequal)
         t->n_tok += tb_new[r];
         for (int i = 0; i < TB_DEPTH * H; i++) {
             int old = tb_tokens(r, i / H, i % H, H, unequal);
-            need[r][i] = (old + tb_new[r] + TB_PT - 1) / TB_PT + 1; /* one spare page */
+            need[r][i] = (old + tb_new[r] + PT - 1) / PT + 1; /* one spare page */
             t->n_pages += need[r][i];
         }
     }
@@ -412,16 +418,21 @@ static void tb_init_heads(tbatch *t, int H, int d, int unequal)
             off += need[r][i];
         }
     }
-    t->arena = b2_rand((size_t)t->n_pages * 2 * TB_PT * t->d, 1, 0);
+    t->arena = b2_rand((size_t)t->n_pages * 2 * PT * t->d, 1, 0);
     for (int s = 0; s < 2; s++) {
         vs_rt_batch b = {TB_ROWS, t->n_tok, t->rows, t->tok_row, s ? t->arena.dut : t->arena.ref,
-                         TB_PT,   TB_DEPTH, t->store, NULL};
+                         PT,      TB_DEPTH, t->store, NULL};
         t->b[s] = b;
         vs_rt_backend *be = s ? g_dut : g_ref;
         vs_err err = {0};
         ck_assert_msg(be->ops->batch_begin(be, &t->b[s], &err) == VS_OK, "batch_begin: %s",
                       err.msg);
     }
+}
+
+static void tb_init_heads(tbatch *t, int H, int d, int unequal)
+{
+    tb_init_pages(t, H, d, unequal, TB_PT);
 }
 
 static void tb_init(tbatch *t, int H, int d) { tb_init_heads(t, H, d, 0); }
@@ -505,12 +516,111 @@ static void expect_bf16_pages(const buf2 *arena, const char *what)
     free(d);
 }
 
+/* BF16-mode attention on tensor cores (k_attention_tc, head_dim a multiple of 16) against the
+ * CPU's FP32 attention over the same pages. The device rounds q, the new keys' k and v (cached K
+ * and V are BF16 already, on both sides) and the probabilities p to BF16 (u = 2^-8 each) and
+ * computes in FP32 otherwise. The bound, per output element (query i, dimension j):
+ *   the score of key k moves by δ_k = scale·(q̃·k̃ − q·k), computed here exactly (double) from the
+ *   rounded values, plus FP32 accumulation (d·2^-24·scale·Σ|q||k|); p̃_k = e^(s̃_k − m)·(1 + ρ),
+ *   |ρ| ≤ u, so every ratio p̃_k / p_k lies within e^(±a), a = max_k |δ_k| + u(1 + u);
+ *   the normalised weights w̃_k = p̃_k / Σ p̃ then lie within e^(±2a) of w_k, and since both sum to
+ *   1, |Σ (w̃_k − w_k) v_kj| ≤ (e^(2a) − 1) · (max_k v_kj − min_k v_kj) / 2;
+ *   ṽ of a new key errs by at most u·|v_kj|: u · max over new keys |v_kj|;
+ *   both sides' FP32 sums over n keys: 4 (n + d) 2^-24 · max_k |v_kj|.
+ * The sum of those is the limit; a wrong key, page, scale or block is off by far more. (A row of
+ * one key outputs ṽ itself, whose error can come within a hair of u·|v|: the worst ratio printed
+ * is near 1 by construction, not by luck.) Returns the
+ * worst error relative to 1e-4 of max(|cpu|, rms), FP32's tolerance (TOL), so a caller can tell the
+ * rounded path from the FP32 one. */
+static double expect_bf16_attention(const tbatch *t, const buf2 *qkv, const buf2 *out, int layer,
+                                    float scale, const char *what)
+{
+    const double u = 1.0 / 256, e24 = 1.0 / 16777216.0;
+    int H = t->H, d = t->d, C = t->C, PT = t->PT;
+    sync_ok();
+    float *q = malloc(qkv->n * sizeof(float)), *kv = malloc(t->arena.n * sizeof(float));
+    float *r = malloc(out->n * sizeof(float)), *g = malloc(out->n * sizeof(float));
+    const float **kp = malloc((size_t)(1500 + 128) * 2 * sizeof(*kp));
+    ck_assert(q && kv && r && g && kp);
+    g_ref->ops->download(g_ref, q, qkv->ref, qkv->n * sizeof(float));
+    g_ref->ops->download(g_ref, kv, t->arena.ref, t->arena.n * sizeof(float));
+    g_ref->ops->download(g_ref, r, out->ref, out->n * sizeof(float));
+    g_dut->ops->download(g_dut, g, out->dut, out->n * sizeof(float));
+    sync_ok();
+    double ss = 0;
+    for (size_t i = 0; i < out->n; i++)
+        ss += (double)r[i] * r[i];
+    double rms = sqrt(ss / (double)out->n), worst = 0, worst_fp32 = 0;
+    for (int row = 0; row < TB_ROWS; row++)
+        for (int h = 0; h < H; h++) {
+            const vs_rt_kv_head *kh = &t->rows[row].kv[layer * H + h];
+            int nc = kh->n_tokens, nn = t->rows[row].n_new, n = nc + nn, ts = t->rows[row].tok_start;
+            ck_assert_int_le(n, 1500 + 128);
+            const float **vp = kp + n;
+            for (int k = 0; k < n; k++) { /* key k's K and V rows: a page slot, or qkv */
+                if (k < nc) {
+                    size_t at = ((size_t)kh->pages[k / PT] * 2 * PT + k % PT) * d;
+                    kp[k] = kv + at;
+                    vp[k] = kv + at + (size_t)PT * d;
+                } else {
+                    kp[k] = q + (size_t)(ts + k - nc) * 3 * C + C + (size_t)h * d;
+                    vp[k] = kp[k] + C;
+                }
+            }
+            for (int i = 0; i < nn; i++) {
+                const float *qi = q + (size_t)(ts + i) * 3 * C + (size_t)h * d;
+                double a = 0;
+                for (int k = 0; k < n; k++) {
+                    double exact = 0, rounded = 0, mag = 0;
+                    for (int j = 0; j < d; j++) {
+                        double kj = kp[k][j], kr = k < nc ? kj : bf16_round(kp[k][j]);
+                        exact += (double)qi[j] * kj;
+                        rounded += (double)bf16_round(qi[j]) * kr;
+                        mag += fabs((double)qi[j] * kj);
+                    }
+                    a = fmax(a, scale * (fabs(rounded - exact) + (d + 2) * e24 * mag));
+                }
+                a += u * (1 + u);
+                for (int j = 0; j < d; j++) {
+                    double lo = INFINITY, hi = -INFINITY, vmax = 0, vnew = 0;
+                    for (int k = 0; k < n; k++) {
+                        double v = vp[k][j];
+                        lo = fmin(lo, v);
+                        hi = fmax(hi, v);
+                        vmax = fmax(vmax, fabs(v));
+                        if (k >= nc)
+                            vnew = fmax(vnew, fabs(v));
+                    }
+                    double lim = expm1(2 * a) * (hi - lo) / 2 + u * vnew + 4.0 * (n + d) * e24 * vmax;
+                    size_t o = (size_t)(ts + i) * C + (size_t)h * d + j;
+                    double err = fabs((double)g[o] - r[o]);
+                    ck_assert_msg(err <= lim,
+                                  "%s: row %d head %d query %d dim %d is %.9g on the device, %.9g "
+                                  "on the CPU (|diff| %.3g, limit %.3g from BF16 rounding)",
+                                  what, row, h, i, j, (double)g[o], (double)r[o], err, lim);
+                    worst = fmax(worst, err / lim);
+                    worst_fp32 = fmax(worst_fp32, err / (TOL * fmax(fabs(r[o]), rms)));
+                }
+            }
+        }
+    printf("check_cuda: %s (head_dim %d, pages of %d): worst error at %.3f of the BF16 limit, "
+           "%.1f times FP32's\n",
+           what, d, PT, worst, worst_fp32);
+    free(q);
+    free(kv);
+    free(r);
+    free(g);
+    free(kp);
+    return worst_fp32;
+}
+
 /* Every (layer, head) has its own page table; with `unequal` the heads of a layer hold different
  * counts, as under a head-aware policy. With `bf16_pages` the device under test is the BF16-mode
  * backend: its cached K and V are the random values rounded to BF16 (FP32 on the CPU), so both
- * attend over the same numbers and the outputs agree to FP32 rounding (TOL: a page read as
- * anything but BF16 is off by O(1)), and the new K and V the attention writes must be exactly the
- * CPU's rounded to nearest even (k_kv_write). */
+ * attend over the same pages; the output is within the limit of expect_bf16_attention (head_dim a
+ * multiple of 16: the tensor-core kernel) or FP32 rounding (TOL, k_attention's FP32 arithmetic on
+ * BF16 pages: a page read as anything but BF16 is off by O(1)), and the new K and V the attention
+ * writes must be exactly the CPU's rounded to nearest even (k_kv_write). */
 static void attention_case(int unequal, int bf16_pages)
 {
     vs_rt_backend *keep = g_dut, *bf = bf16_pages ? bf16_backend() : NULL;
@@ -518,8 +628,10 @@ static void attention_case(int unequal, int bf16_pages)
         ck_assert_int_eq(bf->kv_elem_bytes, g_self ? 4 : 2);
         g_dut = bf; /* the buffers and batches below on the BF16-mode backend */
     }
-    static const int hd[][2] = {{4, 32}, {2, 64}};
+    static const int hd[][2] = {{4, 32}, {2, 64}, {2, 40}};
     for (size_t s = 0; s < sizeof hd / sizeof hd[0]; s++) {
+        if (!bf && hd[s][1] == 40)
+            continue; /* FP32 mode: the two above cover k_attention */
         tbatch t;
         tb_init_heads(&t, hd[s][0], hd[s][1], unequal);
         if (bf)
@@ -529,7 +641,10 @@ static void attention_case(int unequal, int bf16_pages)
         for (int l = 0; l < TB_DEPTH; l++) {
             float scale = l == 0 ? 0.25f / sqrtf((float)t.d) : 1.0f;
             BOTH(attention, P(out), P(qkv), PB(t), l, t.H, t.d, scale);
-            expect(&out, TOL, "attention output");
+            if (bf && t.d % 16 == 0)
+                expect_bf16_attention(&t, &qkv, &out, l, scale, "BF16 attention output");
+            else
+                expect(&out, TOL, "attention output");
             if (bf)
                 expect_bf16_pages(&t.arena, "BF16 KV pages after attention");
             else
@@ -1163,6 +1278,41 @@ START_TEST(bf16_pages_attention_matches_cpu_and_kv_write_rounds_to_nearest_even)
 }
 END_TEST
 
+/* The tensor-core attention of BF16 mode over head_dim 16, 32 and 64, pages of 4 and 16 tokens,
+ * heads holding different counts (empty, partial pages, up to 1400 keys), six rows of 1 to 100
+ * queries (partial tiles of queries and keys), and a batch with no cached keys (a first scale):
+ * within expect_bf16_attention's limit everywhere, and beyond FP32's tolerance somewhere (the
+ * rounded kernel is the one that ran: k_attention would be within it). */
+START_TEST(bf16_attention_on_tensor_cores_is_within_bf16_rounding_of_fp32)
+{
+    vs_rt_backend *keep = g_dut;
+    g_dut = bf16_backend();
+    static const int cases[][4] = {/* H, d, PT, cached (tb_tokens' unequal) */
+                                   {4, 16, 16, 1}, {2, 32, 16, 0}, {2, 64, 16, 1},
+                                   {3, 32, 4, 1},  {2, 64, 16, 2}, {1, 16, 4, 2}};
+    for (size_t s = 0; s < sizeof cases / sizeof cases[0]; s++) {
+        tbatch t;
+        tb_init_pages(&t, cases[s][0], cases[s][1], cases[s][3], cases[s][2]);
+        round_pages(&t.arena);
+        int C = t.C, T = t.n_tok;
+        buf2 qkv = b2_rand((size_t)T * 3 * C, 1, 0), out = b2_new((size_t)T * C);
+        for (int l = 0; l < TB_DEPTH; l++) {
+            float scale = l == 0 ? 1.0f / sqrtf((float)t.d) : 0.5f;
+            BOTH(attention, P(out), P(qkv), PB(t), l, t.H, t.d, scale);
+            double fp32 = expect_bf16_attention(&t, &qkv, &out, l, scale, "BF16 attention");
+            if (!g_self)
+                ck_assert_msg(fp32 > 1, "BF16 attention (head_dim %d) is within FP32's tolerance: "
+                              "the tensor-core kernel did not run", t.d);
+        }
+        b2_free(&qkv);
+        b2_free(&out);
+        tb_free(&t);
+    }
+    vs_rt_backend_free(g_dut);
+    g_dut = keep;
+}
+END_TEST
+
 /* The KV step's compression on BF16 device pages (tests/kvstep_case.h: the selection scores the
  * rounded cached keys, and every slot holds exactly its token's K and V rounded to BF16). */
 START_TEST(kv_compression_leaves_each_heads_selected_tokens_in_bf16_device_pages)
@@ -1345,9 +1495,11 @@ END_TEST
  *   u/√3 · 0.736 (0.736² = E[1/m²] over mantissas m log-uniform in [1, 2)) = 1.66e-3; a GEMM
  *   with both operands rounded has √2 times that, 2.35e-3 (the linear test above measures
  *   1.4–2.2e-3);
- *   the logits pass through 5·depth + 3 GEMMs with declared (BF16) weights, and on BF16 KV pages
- *   each layer's attention reads its cached K and V rounded once each (one operand rounded, two
- *   per layer: one GEMM-equivalent more per layer), so G = 5·depth + 3 (+ depth on BF16 pages);
+ *   the logits pass through 5·depth + 3 GEMMs with declared (BF16) weights, and each layer's
+ *   attention in BF16 mode runs on tensor cores (k_attention_tc: both models' head_dim is a
+ *   multiple of 16, asserted below), rounding q and k for Q·Kᵀ and p and v for P·V: two GEMMs
+ *   with both operands rounded, so G = 5·depth + 3 + 2·depth (5·depth + 3 under
+ *   CHECK_CUDA_SELFTEST, whose FP32 stand-in keeps FP32 pages and attention);
  *   independent roundings add in quadrature, so the expected relative RMS error is √G · 2.35e-3;
  *   BF16_GAIN = 2 allows for amplification through the normalisations and the residual stream.
  * Per scale: RMS(Δ) ≤ BF16_GAIN·√G·√(2/3)·u · RMS(fp32 logits), and every element within
@@ -1372,7 +1524,11 @@ static bf16_report bf16_teacher_forced(const char *path, const vs_srv_gen_req *r
     const vs_rt_config *c = &m->cfg;
     vs_rt_backend *bf = bf16_backend();
     int L = c->scale_offset[c->n_scales], V = c->vocab_size;
-    int G = 5 * c->depth + 3 + (bf->kv_elem_bytes == 2 ? c->depth : 0);
+    if (!g_self)
+        ck_assert_msg(c->head_dim % 16 == 0, "%s: head_dim %d is no multiple of 16, so its BF16 "
+                      "attention is not the tensor-core kernel these limits count", path,
+                      c->head_dim);
+    int G = 5 * c->depth + 3 + (bf->kv_elem_bytes == 2 ? 2 * c->depth : 0);
     double rms_limit = BF16_GAIN * sqrt((double)G) * sqrt(2.0 / 3.0) * 0.736 * BF16_U;
     double elem_limit = BF16_ELEM_SIGMAS * rms_limit;
     float *lg32[16], *lgbf[16];
@@ -1791,6 +1947,7 @@ static Suite *cuda_suite(void)
     tcase_set_timeout(tb, 600);
     tcase_add_test(tb, bf16_linear_of_declared_weights_is_within_1e_2_of_fp32);
     tcase_add_test(tb, bf16_pages_attention_matches_cpu_and_kv_write_rounds_to_nearest_even);
+    tcase_add_test(tb, bf16_attention_on_tensor_cores_is_within_bf16_rounding_of_fp32);
     tcase_add_test(tb, kv_compression_leaves_each_heads_selected_tokens_in_bf16_device_pages);
     tcase_add_test(tb, bf16_pages_halve_the_kv_bytes_per_image_of_every_policy);
     tcase_add_test(tb, bf16_logits_on_the_tiny_fixture_are_within_bf16_precision_of_fp32);

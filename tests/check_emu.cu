@@ -5,7 +5,8 @@
  * block, launch checks, faults that stick, cuBLAS with cuBLAS's layouts and TF32 rounding, cuBLASLt's
  * epilogues, cuDNN's
  * convolution against a naive one (every algorithm it offers, its bias epilogue and checks), BF16
- * conversions to nearest even. Each test here would fail against a naive emulator (threads run
+ * conversions to nearest even, wmma tiles against a plain loop in every layout (and, emulator
+ * only, wmma's alignment and whole-warp checks). Each test here would fail against a naive emulator (threads run
  * to completion one after another, or a GEMM with a transposed layout).
  *
  * The kernel tests are plain CUDA: bench/gpu-check.sh also builds this file with nvcc and runs it
@@ -620,6 +621,162 @@ START_TEST(bf16_conversion_rounds_to_nearest_even)
 }
 END_TEST
 
+/* Lanes 0..15 exchange among themselves (mask 0x0000ffff) and then the whole warp does; the
+ * second exchange must read lane 20's value, not anything the first left behind. */
+__global__ void k_partial_then_full(int *out)
+{
+    int l = (int)threadIdx.x;
+    int a = l < 16 ? __shfl_xor_sync(0x0000ffffu, l, 1) : -1;
+    int b = __shfl_sync(0xffffffffu, l * 10, 20);
+    unsigned v = __ballot_sync(0xffffffffu, l % 4 == 0);
+    out[3 * l] = a;
+    out[3 * l + 1] = b;
+    out[3 * l + 2] = (int)v;
+}
+
+START_TEST(a_full_warp_exchange_after_a_partial_one_reads_the_right_lane)
+{
+    int *d = dev_alloc<int>(96), h[96];
+    VS_LAUNCH(k_partial_then_full, 1, 32, 0, 0, d);
+    CK(cudaDeviceSynchronize());
+    to_host(h, d, 96);
+    for (int l = 0; l < 32; l++) {
+        ck_assert_int_eq(h[3 * l], l < 16 ? l ^ 1 : -1);
+        ck_assert_int_eq(h[3 * l + 1], 200);
+        ck_assert_uint_eq((unsigned)h[3 * l + 2], 0x11111111u);
+    }
+    CK(cudaFree(d));
+}
+END_TEST
+
+/* ---- tensor cores (wmma) ------------------------------------------------------------------------ */
+
+using namespace nvcuda;
+
+/* One warp: D = C + A·B (16×16×16, BF16 in, FP32 out) with A, B and C read in the layouts the
+ * template names, ldm wider than the tile, D stored in the layout C was not read in. With
+ * `scale`, the fragments' elements are changed through x[] on the way: A doubled, C + 1, and D
+ * halved, so D = (C + 1 + 2·A·B) / 2 whatever lane holds which element. */
+template <typename LA, typename LB>
+__global__ void k_wmma(float *d, const __nv_bfloat16 *a, const __nv_bfloat16 *b, const float *c,
+                       int lda, int ldb, int ldc, int c_col, int scale)
+{
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, LA> fa;
+    wmma::fragment<wmma::matrix_b, 16, 16, 16, __nv_bfloat16, LB> fb;
+    wmma::fragment<wmma::accumulator, 16, 16, 16, float> fc, fd;
+    wmma::load_matrix_sync(fa, a, (unsigned)lda);
+    wmma::load_matrix_sync(fb, b, (unsigned)ldb);
+    wmma::load_matrix_sync(fc, c, (unsigned)ldc, c_col ? wmma::mem_col_major : wmma::mem_row_major);
+    if (scale) {
+        for (int i = 0; i < fa.num_elements; i++)
+            fa.x[i] = __float2bfloat16(2.0f * __bfloat162float(fa.x[i]));
+        for (int i = 0; i < fc.num_elements; i++)
+            fc.x[i] += 1.0f;
+    }
+    wmma::fill_fragment(fd, -7.0f); /* overwritten: d is not accumulated into */
+    wmma::mma_sync(fd, fa, fb, fc);
+    if (scale)
+        for (int i = 0; i < fd.num_elements; i++)
+            fd.x[i] *= 0.5f;
+    wmma::store_matrix_sync(d, fd, (unsigned)ldc, c_col ? wmma::mem_row_major : wmma::mem_col_major);
+}
+
+/* element (r, c) of a tile stored with leading dimension ld, row-major or column-major */
+static size_t at(int r, int c, int ld, int col) { return col ? (size_t)c * ld + r : (size_t)r * ld + c; }
+
+template <typename LA, typename LB> static void wmma_case(int a_col, int b_col)
+{
+    const int lda = 24, ldb = 40, ldc = 20; /* wider than 16: rows (or columns) are apart */
+    __nv_bfloat16 ha[16 * 40], hb[16 * 40];
+    float ac[16][16], bc[16][16], hc[16 * 20], hd[16 * 20];
+    for (int i = 0; i < 16 * 40; i++)
+        ha[i] = hb[i] = __float2bfloat16(1000.0f); /* the gaps: a load reading them is way off */
+    for (int i = 0; i < 16 * 20; i++)
+        hc[i] = 1000.0f;
+    for (int r = 0; r < 16; r++)
+        for (int k = 0; k < 16; k++) { /* quarters in [-2, 2]: every product and sum is exact */
+            ac[r][k] = (float)((r * 7 + k * 3) % 17 - 8) * 0.25f;
+            bc[r][k] = (float)((r * 5 + k * 11) % 13 - 6) * 0.25f;
+            ha[at(r, k, lda, a_col)] = __float2bfloat16(ac[r][k]);
+            hb[at(r, k, ldb, b_col)] = __float2bfloat16(bc[r][k]);
+        }
+    __nv_bfloat16 *da = dev_alloc<__nv_bfloat16>(16 * 40), *db = dev_alloc<__nv_bfloat16>(16 * 40);
+    float *dc = dev_alloc<float>(16 * 20), *dd = dev_alloc<float>(16 * 20);
+    CK(cudaMemcpy(da, ha, sizeof ha, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(db, hb, sizeof hb, cudaMemcpyHostToDevice));
+    for (int c_col = 0; c_col < 2; c_col++)
+        for (int scale = 0; scale < 2; scale++) {
+            for (int r = 0; r < 16; r++)
+                for (int j = 0; j < 16; j++)
+                    hc[at(r, j, ldc, c_col)] = (float)(r - 2 * j); /* C is not zero */
+            CK(cudaMemcpy(dc, hc, sizeof hc, cudaMemcpyHostToDevice));
+            CK(cudaMemset(dd, 0, sizeof hd));
+            void (*k)(float *, const __nv_bfloat16 *, const __nv_bfloat16 *, const float *, int,
+                      int, int, int, int) = k_wmma<LA, LB>; /* VS_LAUNCH would split the <,> */
+            VS_LAUNCH(k, 1, 32, 0, 0, dd, da, db, dc, lda, ldb, ldc, c_col, scale);
+            CK(cudaGetLastError());
+            CK(cudaDeviceSynchronize());
+            to_host(hd, dd, 16 * 20);
+            for (int r = 0; r < 16; r++)
+                for (int j = 0; j < 16; j++) {
+                    float s = 0.0f;
+                    for (int k = 0; k < 16; k++)
+                        s += ac[r][k] * bc[k][j];
+                    float cij = (float)(r - 2 * j);
+                    float want = scale ? (cij + 1.0f + 2.0f * s) * 0.5f : cij + s;
+                    float got = hd[at(r, j, ldc, !c_col)];
+                    ck_assert_msg(got == want,
+                                  "wmma (A %s, B %s, C %s%s): D[%d][%d] = %g, want %g",
+                                  a_col ? "col" : "row", b_col ? "col" : "row",
+                                  c_col ? "col" : "row", scale ? ", x[] scaled" : "", r, j,
+                                  (double)got, (double)want);
+                }
+        }
+    CK(cudaFree(da));
+    CK(cudaFree(db));
+    CK(cudaFree(dc));
+    CK(cudaFree(dd));
+}
+
+START_TEST(wmma_multiplies_bf16_tiles_in_every_layout_as_a_plain_loop)
+{
+    wmma_case<wmma::row_major, wmma::row_major>(0, 0);
+    wmma_case<wmma::row_major, wmma::col_major>(0, 1);
+    wmma_case<wmma::col_major, wmma::row_major>(1, 0);
+    wmma_case<wmma::col_major, wmma::col_major>(1, 1);
+}
+END_TEST
+
+/* Rounding: BF16 products are exact and the sums FP32: sixteen products of 2^-12 added to C = 1
+ * give 1 + 2^-8 exactly, which an accumulator of BF16's 8 significant bits would round back to 1. */
+START_TEST(wmma_accumulates_bf16_products_in_fp32)
+{
+    __nv_bfloat16 ha[256], hb[256];
+    float hc[256], hd[256];
+    for (int i = 0; i < 256; i++) {
+        ha[i] = __float2bfloat16(1.0f / 64); /* 2^-6 · 2^-6 = 2^-12 per product */
+        hb[i] = __float2bfloat16(1.0f / 64);
+        hc[i] = 1.0f;
+    }
+    __nv_bfloat16 *da = dev_alloc<__nv_bfloat16>(256), *db = dev_alloc<__nv_bfloat16>(256);
+    float *dc = dev_alloc<float>(256), *dd = dev_alloc<float>(256);
+    CK(cudaMemcpy(da, ha, sizeof ha, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(db, hb, sizeof hb, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dc, hc, sizeof hc, cudaMemcpyHostToDevice));
+    void (*k)(float *, const __nv_bfloat16 *, const __nv_bfloat16 *, const float *, int, int, int,
+              int, int) = k_wmma<wmma::row_major, wmma::row_major>;
+    VS_LAUNCH(k, 1, 32, 0, 0, dd, da, db, dc, 16, 16, 16, 0, 0);
+    CK(cudaDeviceSynchronize());
+    to_host(hd, dd, 256);
+    for (int i = 0; i < 256; i++)
+        ck_assert_msg(hd[i] == 1.0f + 16.0f / 4096, "D[%d] = %.9g, want 1 + 2^-8", i, (double)hd[i]);
+    CK(cudaFree(da));
+    CK(cudaFree(db));
+    CK(cudaFree(dc));
+    CK(cudaFree(dd));
+}
+END_TEST
+
 #ifdef VS_CUDA_EMU
 /* ---- what only the emulator has -------------------------------------------------------------- */
 
@@ -653,6 +810,67 @@ START_TEST(threads_waiting_at_different_barriers_are_a_launch_failure)
     int *d = dev_alloc<int>(1);
     VS_LAUNCH(k_deadlock, 1, 64, 0, 0, d);
     ck_assert_int_eq((int)cudaGetLastError(), (int)cudaErrorLaunchFailure);
+}
+END_TEST
+
+/* wmma's checks, one fault per process (loop test _i): a pointer off 256-bit alignment and an ldm
+ * that is not a multiple of 16 bytes are misaligned-address faults; a warp whose lanes are not all
+ * at the collective (a block of 16 threads, lanes that returned, lanes at a shuffle) is a launch
+ * failure; lanes waiting at a __syncthreads instead never let it complete: the deadlock report. */
+__global__ void k_wmma_misuse(float *d, const __nv_bfloat16 *a, int ldm, int how)
+{
+    int lane = (int)threadIdx.x % 32;
+    if (how == 3 && lane >= 16)
+        return;
+    if (how == 4 && lane >= 16) {
+        d[0] = __shfl_xor_sync(0xffffffffu, 1.0f, 1);
+        return;
+    }
+    if (how == 5 && lane >= 16) {
+        __syncthreads();
+        return;
+    }
+    wmma::fragment<wmma::matrix_a, 16, 16, 16, __nv_bfloat16, wmma::row_major> fa;
+    wmma::load_matrix_sync(fa, a, (unsigned)ldm);
+    if (how == 5)
+        __syncthreads();
+    d[threadIdx.x] = __bfloat162float(fa.x[0]);
+}
+
+START_TEST(wmma_misuse_is_a_fault_as_on_a_gpu)
+{
+    static const struct {
+        int threads, offset, ldm;
+        cudaError_t want;
+    } c[] = {{32, 8, 16, cudaErrorMisalignedAddress}, /* 16 bytes in: not 32-byte aligned */
+             {32, 0, 20, cudaErrorMisalignedAddress}, /* 40-byte rows */
+             {16, 0, 16, cudaErrorLaunchFailure},     /* a partial warp */
+             {32, 0, 16, cudaErrorLaunchFailure},     /* lanes 16.. returned */
+             {32, 0, 16, cudaErrorLaunchFailure},     /* lanes 16.. at a shuffle */
+             {32, 0, 16, cudaErrorLaunchFailure}};    /* lanes 16.. at __syncthreads: deadlock */
+    int i = _i;
+    __nv_bfloat16 *a = dev_alloc<__nv_bfloat16>(1024);
+    float *d = dev_alloc<float>(32);
+    CK(cudaMemset(a, 0, 1024 * sizeof(__nv_bfloat16)));
+    VS_LAUNCH(k_wmma_misuse, 1, c[i].threads, 0, 0, d, a + c[i].offset, c[i].ldm,
+              i == 0 || i == 1 ? 0 : i);
+    ck_assert_int_eq((int)cudaGetLastError(), (int)c[i].want);
+    ck_assert_int_eq((int)cudaDeviceSynchronize(), (int)c[i].want); /* sticky */
+}
+END_TEST
+
+/* the same kernel used correctly runs: the checks above are not false alarms */
+START_TEST(wmma_used_correctly_passes_the_checks)
+{
+    __nv_bfloat16 *a = dev_alloc<__nv_bfloat16>(1024);
+    float *d = dev_alloc<float>(64), h[64];
+    CK(cudaMemset(a, 0, 1024 * sizeof(__nv_bfloat16)));
+    VS_LAUNCH(k_wmma_misuse, 1, 64, 0, 0, d, a + 16, 24, 0);
+    CK(cudaGetLastError());
+    CK(cudaDeviceSynchronize());
+    to_host(h, d, 64);
+    for (int t = 0; t < 64; t++)
+        ck_assert(h[t] == 0.0f);
 }
 END_TEST
 
@@ -724,15 +942,20 @@ int main(void)
     tcase_add_test(tc, dynamic_shared_memory_is_per_block_and_limited_like_a_gpu);
     tcase_add_test(tc, a_bad_launch_configuration_is_a_launch_error_that_clears);
     tcase_add_test(tc, warp_shuffles_and_votes_read_the_right_lanes);
+    tcase_add_test(tc, a_full_warp_exchange_after_a_partial_one_reads_the_right_lane);
     tcase_add_test(tc, a_block_reduction_of_1024_threads_sums_every_element);
     tcase_add_test(tc, copies_outside_an_allocation_fail_and_the_device_goes_on);
     tcase_add_test(tc, sgemm_follows_cublas_layouts_and_tf32_mode_rounds_the_inputs);
     tcase_add_test(tc, cublaslt_epilogues_add_the_bias_per_row_and_apply_gelu_after_it);
     tcase_add_test(tc, cudnn_convolution_matches_a_naive_convolution_for_every_offered_algorithm);
     tcase_add_test(tc, bf16_conversion_rounds_to_nearest_even);
+    tcase_add_test(tc, wmma_multiplies_bf16_tiles_in_every_layout_as_a_plain_loop);
+    tcase_add_test(tc, wmma_accumulates_bf16_products_in_fp32);
 #ifdef VS_CUDA_EMU
     tcase_add_test(tc, a_write_past_an_allocation_is_a_sticky_fault_naming_the_kernel);
     tcase_add_test(tc, threads_waiting_at_different_barriers_are_a_launch_failure);
+    tcase_add_loop_test(tc, wmma_misuse_is_a_fault_as_on_a_gpu, 0, 6);
+    tcase_add_test(tc, wmma_used_correctly_passes_the_checks);
     tcase_add_test(tc, memory_beyond_the_emulated_device_is_refused_and_reported);
     tcase_add_test(tc, the_thread_order_can_be_reversed_to_expose_order_dependence);
     tcase_add_test(tc, an_injected_fault_stops_the_device_at_that_launch);

@@ -200,8 +200,25 @@ struct fiber {
 
 struct thread {
     int state, fib;
-    unsigned lin, parity; /* linear index in the block; warp exchanges done, mod 2 */
+    unsigned lin;   /* linear index in the block */
+    unsigned wmask; /* the mask of the warp operation it waits at */
     uint3 tid;
+};
+
+/* One lane's part of a shuffle or vote: what it brings, and what the release hands it. */
+struct lane_exchange {
+    uint64_t v, result;
+    int src; /* the lane it reads (negative: its own value); unused by a ballot */
+    int ballot;
+    unsigned mask;
+};
+
+/* One lane's part of a wmma collective (cuda_emu::wmma_warp's arguments). */
+struct wmma_lane {
+    int op, use, col;
+    void *frag, *mem;
+    unsigned ldm;
+    const void *a, *b, *c;
 };
 
 struct block_run {
@@ -211,7 +228,10 @@ struct block_run {
     int n = 0, live = 0, n_wait_block = 0, cur = 0, reverse = 0;
     int count_acc = 0, count_result = 0;
     unsigned warp_live[32], warp_arrived[32];
-    uint64_t slots[2][32][32]; /* [parity][warp][lane]: an exchange and the next never share */
+    unsigned warp_wmma[32]; /* lanes of each warp waiting at a wmma collective */
+    std::vector<wmma_lane> wm; /* [thread]: what each lane brought to its wmma collective */
+    std::vector<lane_exchange> xs; /* [thread]: each lane's shuffle or vote */
+    const char *name = nullptr; /* the kernel, for messages */
     void (*body)(void *) = nullptr;
     void *ctx = nullptr;
     fiber sched; /* the launching thread's own context while a fiber runs */
@@ -355,13 +375,42 @@ static void release_block(block_run *b)
     b->count_acc = 0;
 }
 
-static void release_warp(block_run *b, unsigned w)
+static void wmma_perform(block_run *b, unsigned w, unsigned m);
+
+/* Warp w's lanes m (all waiting) are released: each that came to a shuffle or vote gets its result
+ * now, from the values of the lanes released with it, so no later exchange can overwrite what it
+ * reads (a lane is released again only after it has resumed and arrived anew). Lanes waiting with
+ * another mask stay. */
+static void release_warp(block_run *b, unsigned w, unsigned m)
 {
-    unsigned m = b->warp_arrived[w];
+    unsigned wm = b->warp_wmma[w] & m;
+    if (wm)
+        wmma_perform(b, w, m);
+    lane_exchange *X = &b->xs[(size_t)w * 32];
+    unsigned ex = m & ~wm, set = 0; /* the released exchanges, and which of them hold a non-zero v */
+    for (unsigned l = 0; l < 32; l++)
+        if ((ex & (1u << l)) && X[l].v)
+            set |= 1u << l;
+    for (unsigned l = 0; l < 32; l++) {
+        if (!(ex & (1u << l)))
+            continue;
+        lane_exchange *x = &X[l];
+        x->result = x->ballot ? (uint64_t)(set & x->mask) : x->src < 0 ? x->v : X[x->src & 31].v;
+    }
     for (unsigned l = 0; l < 32; l++)
         if (m & (1u << l))
             b->t[(size_t)(w * 32 + l)].state = T_RUN;
-    b->warp_arrived[w] = 0;
+    b->warp_arrived[w] &= ~m;
+}
+
+/* Releases lane l's group of warp w if every live lane of its mask (and l) has arrived. */
+static bool release_if_complete(block_run *b, unsigned w, unsigned l)
+{
+    unsigned need = (b->t[(size_t)(w * 32 + l)].wmask & b->warp_live[w]) | (1u << l);
+    if ((b->warp_arrived[w] & need) != need)
+        return false;
+    release_warp(b, w, need);
+    return true;
 }
 
 /* thread cur returned: it leaves the block's and its warp's barriers */
@@ -374,8 +423,9 @@ static void thread_done(block_run *b)
     b->warp_live[w] &= ~(1u << (t->lin % 32));
     if (b->n_wait_block > 0 && b->n_wait_block == b->live)
         release_block(b);
-    if (b->warp_arrived[w] && (b->warp_arrived[w] & b->warp_live[w]) == b->warp_live[w])
-        release_warp(b, w);
+    for (unsigned l = 0; l < 32; l++) /* its leaving may complete the groups of waiting lanes */
+        if (b->warp_arrived[w] & (1u << l))
+            (void)release_if_complete(b, w, l);
 }
 
 static void fiber_main(void *arg)
@@ -416,6 +466,104 @@ static void run_thread(block_run *b, int i)
     to_fiber(b, &b->f[(size_t)t->fib]);
 }
 
+/* ---- wmma --------------------------------------------------------------------------------------- */
+
+/* Row and column of element e of lane l's fragment: the mapping cuda_emu.h documents. */
+static void wmma_at(int use, unsigned l, int e, int *row, int *col)
+{
+    int g = (int)(l / 4), pair = 2 * (int)(l % 4) + (e & 1), half = 8 * ((e >> 1) & 1);
+    if (use == WMMA_B) {
+        *row = pair + half;
+        *col = g + 8 * (e >> 2);
+    } else {
+        *row = g + half;
+        *col = pair + 8 * (e >> 2);
+    }
+}
+
+static float bf16_value(const void *x, int e)
+{
+    return __uint_as_float((unsigned)((const unsigned short *)x)[e] << 16);
+}
+
+static const char *wmma_name(int op)
+{
+    return op == WMMA_LOAD ? "load_matrix_sync" : op == WMMA_STORE ? "store_matrix_sync" : "mma_sync";
+}
+
+/* Warp w's lanes m have arrived at a barrier and some of them at a wmma collective: checks that
+ * it is the whole warp at one operation on one tile, then performs it for every lane (on the
+ * stack of the lane that arrived last; the others' fragments are on their suspended stacks). */
+static void wmma_perform(block_run *b, unsigned w, unsigned m)
+{
+    unsigned at = b->warp_wmma[w] & m;
+    b->warp_wmma[w] &= ~m;
+    const wmma_lane *L = &b->wm[(size_t)w * 32];
+    const wmma_lane &z = L[__builtin_ctz(at)];
+    bool same = at == 0xffffffffu && m == 0xffffffffu;
+    for (unsigned l = 0; same && l < 32; l++)
+        same = L[l].op == z.op && L[l].use == z.use &&
+               (z.op == WMMA_MMA || (L[l].mem == z.mem && L[l].ldm == z.ldm && L[l].col == z.col));
+    if (!same) {
+        if (at != 0xffffffffu)
+            fault(cudaErrorLaunchFailure,
+                  "%s, block (%u,%u,%u), warp %u: %s reached by lanes %08x only (the others are at "
+                  "another warp operation, have returned or do not exist; a wmma collective needs "
+                  "all 32 lanes of a converged warp)",
+                  b->name, t_block_idx.x, t_block_idx.y, t_block_idx.z, w, wmma_name(z.op), at);
+        else
+            fault(cudaErrorLaunchFailure,
+                  "%s, block (%u,%u,%u), warp %u: the lanes of a wmma collective are at different "
+                  "operations or tiles (every lane must pass the same pointer, ldm and layout)",
+                  b->name, t_block_idx.x, t_block_idx.y, t_block_idx.z, w);
+        return;
+    }
+    if (z.op == WMMA_MMA) {
+        float A[16][16], B[16][16], D[32][8];
+        for (unsigned l = 0; l < 32; l++)
+            for (int e = 0; e < 8; e++) {
+                int r, c;
+                wmma_at(WMMA_A, l, e, &r, &c);
+                A[r][c] = bf16_value(L[l].a, e);
+                wmma_at(WMMA_B, l, e, &r, &c);
+                B[r][c] = bf16_value(L[l].b, e);
+            }
+        for (unsigned l = 0; l < 32; l++)
+            for (int e = 0; e < 8; e++) {
+                int r, c;
+                wmma_at(WMMA_C, l, e, &r, &c);
+                float acc = ((const float *)L[l].c)[e];
+                for (int k = 0; k < 16; k++)
+                    acc += A[r][k] * B[k][c]; /* exact product, FP32 sum */
+                D[l][e] = acc;
+            }
+        for (unsigned l = 0; l < 32; l++) /* after every read: d may be a lane's own c */
+            memcpy(L[l].frag, D[l], sizeof D[l]);
+        return;
+    }
+    size_t elem = z.use == WMMA_C ? 4 : 2;
+    if ((uintptr_t)z.mem % 32 != 0 || (size_t)z.ldm * elem % 16 != 0) {
+        fault(cudaErrorMisalignedAddress,
+              "%s, block (%u,%u,%u), warp %u: %s at %p with ldm %u (the pointer must be aligned to "
+              "256 bits and ldm a multiple of %zu elements)",
+              b->name, t_block_idx.x, t_block_idx.y, t_block_idx.z, w, wmma_name(z.op), z.mem,
+              z.ldm, 16 / elem);
+        return;
+    }
+    for (unsigned l = 0; l < 32; l++)
+        for (int e = 0; e < 8; e++) {
+            int r, c;
+            wmma_at(z.use, l, e, &r, &c);
+            size_t off = z.col ? (size_t)c * z.ldm + (size_t)r : (size_t)r * z.ldm + (size_t)c;
+            unsigned char *p = (unsigned char *)z.mem + off * elem;
+            unsigned char *x = (unsigned char *)L[l].frag + (size_t)e * elem;
+            if (z.op == WMMA_LOAD)
+                memcpy(x, p, elem);
+            else
+                memcpy(p, x, elem);
+        }
+}
+
 namespace cuda_emu {
 
 void block_barrier() { (void)block_count(0); }
@@ -431,48 +579,48 @@ int block_count(int pred)
     return b->count_result;
 }
 
-/* the warp's live lanes in mask arrive; all go on when all have */
+/* the warp's live lanes in mask arrive; all go on when all have (the lanes of one operation pass
+ * the same mask, so the last of them to arrive completes it) */
 static void warp_wait(block_run *b, unsigned mask)
 {
     thread *t = &b->t[(size_t)b->cur];
     unsigned w = t->lin / 32;
     t->state = T_WAIT_WARP;
+    t->wmask = mask;
     b->warp_arrived[w] |= 1u << (t->lin % 32);
-    unsigned expect = mask & b->warp_live[w];
-    if ((b->warp_arrived[w] & expect) == expect)
-        release_warp(b, w);
+    (void)release_if_complete(b, w, t->lin % 32);
     yield(b);
 }
 
-/* Writes v, waits for the warp, reads. Consecutive exchanges use the two slot sets in turn: a
- * lane can only write the set of exchange k + 2 after every lane has arrived at exchange k + 1,
- * that is after every lane has read exchange k, so one barrier an exchange suffices. */
-static uint64_t *exchange(block_run *b, unsigned mask, uint64_t v)
+/* The lane brings v (and the lane it reads, or a ballot's predicate) and waits for the warp; the
+ * release resolves every released lane's result (release_warp). */
+static uint64_t exchange(block_run *b, unsigned mask, uint64_t v, int src, int ballot)
 {
     thread *t = &b->t[(size_t)b->cur];
-    uint64_t *s = b->slots[t->parity][t->lin / 32];
-    t->parity ^= 1u;
-    s[t->lin % 32] = v;
+    lane_exchange *x = &b->xs[t->lin];
+    *x = lane_exchange{v, 0, src, ballot, mask};
     warp_wait(b, mask);
-    return s;
+    return x->result;
 }
 
 uint64_t warp_exchange(unsigned mask, uint64_t v, int src)
 {
-    uint64_t *s = exchange(&t_run, mask, v);
-    return src < 0 ? v : s[src & 31];
+    return exchange(&t_run, mask, v, src, 0);
 }
 
 unsigned warp_ballot(unsigned mask, int pred)
 {
-    block_run *b = &t_run;
-    unsigned w = b->t[(size_t)b->cur].lin / 32;
-    uint64_t *s = exchange(b, mask, pred != 0);
-    unsigned r = 0, live = mask & (b->warp_live[w] | (1u << (b->t[(size_t)b->cur].lin % 32)));
-    for (unsigned l = 0; l < 32; l++)
-        if ((live & (1u << l)) && s[l])
-            r |= 1u << l;
-    return r;
+    return (unsigned)exchange(&t_run, mask, pred != 0, -1, 1);
+}
+
+void wmma_warp(int op, int use, void *frag, void *mem, unsigned ldm, int col, const void *a,
+               const void *b, const void *c)
+{
+    block_run *bk = &t_run;
+    thread *t = &bk->t[(size_t)bk->cur];
+    bk->wm[t->lin] = wmma_lane{op, use, col, frag, mem, ldm, a, b, c};
+    bk->warp_wmma[t->lin / 32] |= 1u << (t->lin % 32);
+    warp_wait(bk, 0xffffffffu); /* the last lane to arrive performs it (release_warp) */
 }
 
 cudaError_t func_set_max_dynamic_smem(const void *fn, int bytes)
@@ -544,10 +692,15 @@ void run(const char *name, const void *fn, dim3 grid, dim3 block, size_t smem, c
     b->n = (int)nthreads;
     b->body = body;
     b->ctx = ctx;
+    b->name = name;
+    if (b->wm.size() < nthreads) {
+        b->wm.resize(nthreads);
+        b->xs.resize(nthreads);
+    }
     b->reverse = d.reverse;
-    if (b->smem.size() < smem + 16)
-        b->smem.resize(smem + 16);
-    t_dynamic_smem = (unsigned char *)(((uintptr_t)b->smem.data() + 15) & ~(uintptr_t)15);
+    if (b->smem.size() < smem + 128) /* 128-byte aligned, as VS_DYNAMIC_SHARED declares it */
+        b->smem.resize(smem + 128);
+    t_dynamic_smem = (unsigned char *)(((uintptr_t)b->smem.data() + 127) & ~(uintptr_t)127);
     t_block_dim = uint3{block.x, block.y, block.z};
     t_grid_dim = uint3{grid.x, grid.y, grid.z};
     for (int i = 0; i < b->n; i++) {
@@ -566,14 +719,13 @@ void run(const char *name, const void *fn, dim3 grid, dim3 block, size_t smem, c
                 t_block_idx = uint3{bx, by, bz};
                 if (smem)
                     memset(t_dynamic_smem, SMEM_POISON, smem);
-                for (int i = 0; i < b->n; i++) {
+                for (int i = 0; i < b->n; i++)
                     b->t[(size_t)i].state = T_NEW;
-                    b->t[(size_t)i].parity = 0;
-                }
                 for (unsigned w = 0; w < nw; w++) {
                     unsigned lanes = (unsigned)(nthreads - (size_t)w * 32);
                     b->warp_live[w] = lanes >= 32 ? 0xffffffffu : (1u << lanes) - 1;
                     b->warp_arrived[w] = 0;
+                    b->warp_wmma[w] = 0;
                 }
                 b->live = b->n;
                 b->n_wait_block = 0;
@@ -597,6 +749,8 @@ void run(const char *name, const void *fn, dim3 grid, dim3 block, size_t smem, c
                         return;
                     }
                 }
+                if (sticky()) /* a fault inside the kernel (wmma's checks): the rest is moot */
+                    return;
             }
     check_guards(name);
 }
@@ -619,6 +773,7 @@ const char *cudaGetErrorName(cudaError_t e)
     case cudaErrorIllegalAddress: return "cudaErrorIllegalAddress";
     case cudaErrorLaunchOutOfResources: return "cudaErrorLaunchOutOfResources";
     case cudaErrorLaunchFailure: return "cudaErrorLaunchFailure";
+    case cudaErrorMisalignedAddress: return "cudaErrorMisalignedAddress";
     }
     return "cudaErrorUnknown";
 }
@@ -637,6 +792,7 @@ const char *cudaGetErrorString(cudaError_t e)
     case cudaErrorIllegalAddress: return "an illegal memory access was encountered";
     case cudaErrorLaunchOutOfResources: return "too many resources requested for launch";
     case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorMisalignedAddress: return "misaligned address";
     }
     return "unknown error";
 }

@@ -14,7 +14,7 @@
  *  - warps of 32 consecutive threads: shuffles (xor, down, up, indexed) and votes (ballot, any,
  *    all) exchange values through a barrier of the warp's live lanes in the mask;
  *  - __shared__ variables are one instance per executing block (blocks never overlap in time);
- *    dynamic shared memory (VS_DYNAMIC_SHARED) is a per-launch buffer of the launch's size, which
+ *    dynamic shared memory (VS_DYNAMIC_SHARED) is a per-launch buffer of the launch's size (128-byte aligned), which
  *    must not exceed 48 KiB unless cudaFuncSetAttribute raised the kernel's limit, nor the
  *    device's opt-in maximum (as on a GPU, the launch fails otherwise);
  *  - launch configurations are checked as a GPU checks them (≤ 1024 threads a block, grid limits,
@@ -45,6 +45,13 @@
  *    under CUDNN_DEFAULT_MATH or CUDNN_TENSOR_OP_MATH FP32 inputs are rounded to TF32 as cuBLAS's
  *    TF32 mode does, CUDNN_FMA_MATH is strict FP32;
  *  - __nv_bfloat16 with CUDA's round-to-nearest-even conversions;
+ *  - tensor cores through nvcuda::wmma, the m16n16k16 BF16 × BF16 → FP32 fragments (matrix_a,
+ *    matrix_b in row_major or col_major, accumulator): load_matrix_sync, store_matrix_sync and
+ *    mma_sync as warp collectives on the warp barrier, with a fixed element-to-lane mapping of the
+ *    emulator's own (the wmma section below) and CUDA's requirements checked: the whole converged
+ *    warp (a partial or diverged one is a launch failure or the deadlock report), one pointer, ldm
+ *    and layout for all lanes, 256-bit aligned pointers and ldm a multiple of 16 bytes (else a
+ *    misaligned-address fault); products exact, sums in FP32;
  *  - VARSERVE_CUDA_EMU_FAULT_AT=N makes the N-th kernel launch of the process fault (sticky
  *    illegal address), so recovery from an unrecoverable device error can be tested;
  *    VARSERVE_CUDA_EMU_ORDER=reverse runs each block's threads from the last to the first, a
@@ -62,8 +69,12 @@
  *    -ffp-contract=fast) does not; results can differ from a GPU in the last bits;
  *  - out-of-bounds reads, and writes that jump past the guards: only the 256 bytes either side of
  *    an allocation are watched;
- *  - tensor-core instructions (wmma/mma), inline PTX, cooperative groups, graphs, textures,
- *    multiple devices, and asynchrony itself (no overlap of copies and kernels to race with).
+ *  - tensor cores beyond that wmma subset: other shapes and types (FP16, TF32, integer), mma.sync
+ *    and ldmatrix PTX, the hardware's own fragment mapping (code that relies on one is wrong on
+ *    a GPU but may pass here), the order and internal precision of a GPU's tensor-core sums
+ *    (results can differ in the last bits), and tensor-core timing;
+ *  - inline PTX, cooperative groups, graphs, textures, multiple devices, and asynchrony itself
+ *    (no overlap of copies and kernels to race with).
  */
 #ifndef VS_CUDA_EMU_H
 #define VS_CUDA_EMU_H
@@ -74,6 +85,7 @@
 #include <string.h>
 
 #include <tuple>
+#include <type_traits>
 #include <utility>
 
 /* ---- the device language's keywords ------------------------------------------------------------ */
@@ -271,6 +283,102 @@ inline __nv_bfloat16 __float2bfloat16_rn(float f) { return __nv_bfloat16(f); }
 inline __nv_bfloat16 __float2bfloat16(float f) { return __nv_bfloat16(f); }
 inline float __bfloat162float(__nv_bfloat16 b) { return (float)b; }
 
+/* ---- tensor cores: nvcuda::wmma (CUDA's <mma.h>) ------------------------------------------------ */
+
+/* BF16 m16n16k16 with FP32 accumulators. A fragment holds num_elements = 8 elements of its 16×16 tile in each lane; CUDA leaves which
+ * ones unspecified, so code may only treat x[] element-wise. The emulator's mapping, for lane l
+ * (g = l / 4, t = l % 4) and element e of x[]:
+ *   matrix_a, accumulator   row g + 8·((e >> 1) & 1), column 2t + (e & 1) + 8·(e >> 2)
+ *   matrix_b                row 2t + (e & 1) + 8·((e >> 1) & 1), column g + 8·(e >> 2)
+ * (modelled on the m16n8k16 fragments PTX documents for mma.sync; a GPU's wmma may differ). The
+ * tile's layout in memory (row_major / col_major, mem_row_major / mem_col_major) changes only
+ * where an element is read or written, never which lane holds it.
+ * load_matrix_sync, store_matrix_sync and mma_sync are warp collectives: each lane arrives at the
+ * warp's barrier (the one the shuffles use) with its fragment, and the last lane to arrive performs
+ * the operation for all 32 (cuda_emu::wmma_warp). It checks what CUDA requires: all 32 lanes of
+ * the warp at the same operation with the same pointer, ldm and layout (a partial or diverged warp
+ * is a launch failure; lanes that never arrive are the deadlock the scheduler reports), a pointer
+ * aligned to 256 bits and ldm a multiple of 16 bytes (8 BF16 or 4 floats): otherwise a misaligned-
+ * address fault, sticky as on a GPU. mma_sync computes d = c + a·b per element in FP32 with k in
+ * ascending order; BF16 products are exact in FP32, so only the sums round (to nearest). */
+namespace cuda_emu {
+enum { WMMA_A, WMMA_B, WMMA_C };                       /* which operand a fragment holds */
+enum { WMMA_LOAD = 1, WMMA_STORE, WMMA_MMA };          /* the collective */
+/* frag: the lane's x[] (BF16 bits for A and B, floats for C); mem, ldm, col: the tile in memory;
+ * for WMMA_MMA frag is d and a, b, c the operands' x[] */
+void wmma_warp(int op, int use, void *frag, void *mem, unsigned ldm, int col, const void *a,
+               const void *b, const void *c);
+} // namespace cuda_emu
+
+namespace nvcuda {
+namespace wmma {
+struct row_major {};
+struct col_major {};
+struct matrix_a {};
+struct matrix_b {};
+struct accumulator {};
+enum layout_t { mem_row_major, mem_col_major };
+
+template <typename T> struct vs_emu_same_type {
+    typedef T type;
+};
+
+template <typename Use, int M, int N, int K, typename T, typename Layout = void> class fragment {
+    static_assert(M == 16 && N == 16 && K == 16, "the emulated wmma has the m16n16k16 shape only");
+    static_assert(std::is_same<Use, accumulator>::value
+                      ? std::is_same<T, float>::value && std::is_same<Layout, void>::value
+                      : std::is_same<T, __nv_bfloat16>::value &&
+                            (std::is_same<Layout, row_major>::value ||
+                             std::is_same<Layout, col_major>::value),
+                  "the emulated wmma has BF16 matrix_a / matrix_b (row_major or col_major) and "
+                  "FP32 accumulators only");
+
+  public:
+    enum { num_elements = 8 };
+    T x[num_elements];
+};
+
+template <typename Use, int M, int N, int K, typename T, typename L>
+inline void fill_fragment(fragment<Use, M, N, K, T, L> &f, const typename vs_emu_same_type<T>::type &v)
+{
+    for (int i = 0; i < f.num_elements; i++)
+        f.x[i] = v;
+}
+
+template <typename Use, typename L>
+inline void load_matrix_sync(fragment<Use, 16, 16, 16, __nv_bfloat16, L> &f, const __nv_bfloat16 *p,
+                             unsigned ldm)
+{
+    cuda_emu::wmma_warp(cuda_emu::WMMA_LOAD,
+                        std::is_same<Use, matrix_a>::value ? cuda_emu::WMMA_A : cuda_emu::WMMA_B, f.x,
+                        (void *)p, ldm, std::is_same<L, col_major>::value, nullptr, nullptr, nullptr);
+}
+
+inline void load_matrix_sync(fragment<accumulator, 16, 16, 16, float> &f, const float *p,
+                             unsigned ldm, layout_t layout)
+{
+    cuda_emu::wmma_warp(cuda_emu::WMMA_LOAD, cuda_emu::WMMA_C, f.x, (void *)p, ldm,
+                        layout == mem_col_major, nullptr, nullptr, nullptr);
+}
+
+inline void store_matrix_sync(float *p, const fragment<accumulator, 16, 16, 16, float> &f,
+                              unsigned ldm, layout_t layout)
+{
+    cuda_emu::wmma_warp(cuda_emu::WMMA_STORE, cuda_emu::WMMA_C, (void *)f.x, p, ldm,
+                        layout == mem_col_major, nullptr, nullptr, nullptr);
+}
+
+template <typename LA, typename LB>
+inline void mma_sync(fragment<accumulator, 16, 16, 16, float> &d,
+                     const fragment<matrix_a, 16, 16, 16, __nv_bfloat16, LA> &a,
+                     const fragment<matrix_b, 16, 16, 16, __nv_bfloat16, LB> &b,
+                     const fragment<accumulator, 16, 16, 16, float> &c)
+{
+    cuda_emu::wmma_warp(cuda_emu::WMMA_MMA, cuda_emu::WMMA_C, d.x, nullptr, 0, 0, a.x, b.x, c.x);
+}
+} // namespace wmma
+} // namespace nvcuda
+
 /* ---- runtime API ------------------------------------------------------------------------------ */
 
 typedef enum {
@@ -284,6 +392,7 @@ typedef enum {
     cudaErrorInvalidResourceHandle = 400,
     cudaErrorIllegalAddress = 700,
     cudaErrorLaunchOutOfResources = 701,
+    cudaErrorMisalignedAddress = 716,
     cudaErrorLaunchFailure = 719,
 } cudaError_t;
 
