@@ -52,13 +52,14 @@ float vs_rt_guidance(const vs_rt_config *c, float cfg, int s)
 }
 
 /* Tells the backend which weights are GEMM matrices (a BF16 backend keeps a copy of each):
- * AdaLN projections, qkv, proj, fc1, fc2, the head's AdaLN and the head. 0, or -1 when out of
+ * AdaLN projections, qkv, proj, fc1, fc2, the head's AdaLN and the head; and fc1's bias, the
+ * bias of the one linear whose output is a GEMM input (declare_gemm_inputs). 0, or -1 when out of
  * host memory. */
 static int declare_gemm_weights(vs_rt_engine *e)
 {
     const vs_rt_config *c = &e->m->cfg;
     size_t C = (size_t)c->embed_dim, F = (size_t)c->ffn_dim, V = (size_t)c->vocab_size;
-    int cap = 5 * c->depth + 3, k = 0;
+    int cap = 6 * c->depth + 3, k = 0;
     const float **w = malloc((size_t)cap * sizeof *w);
     size_t *n = malloc((size_t)cap * sizeof *n);
     if (!w || !n) {
@@ -74,6 +75,7 @@ static int declare_gemm_weights(vs_rt_engine *e)
         DECLARE(bw->qkv_w, 3 * C * C);
         DECLARE(bw->proj_w, C * C);
         DECLARE(bw->fc1_w, F * C);
+        DECLARE(bw->fc1_b, F);
         DECLARE(bw->fc2_w, C * F);
     }
     DECLARE(e->w.head_nm_w, 2 * C * C);
@@ -83,6 +85,19 @@ static int declare_gemm_weights(vs_rt_engine *e)
     free(w);
     free(n);
     return 0;
+}
+
+/* Tells the backend which scratch buffers only feed the declared GEMMs (backend.h, gemm_inputs;
+ * a BF16 backend keeps them in BF16, so no linear converts its x): csilu (written by silu, read by
+ * the AdaLN projections), xn (adaln; qkv, fc1, the head), attn (attention; proj) and ffn (fc1;
+ * fc2). The FP32 residual stream x and everything else stay floats. */
+static void declare_gemm_inputs(vs_rt_engine *e)
+{
+    const vs_rt_config *c = &e->m->cfg;
+    size_t T = (size_t)e->max_tok, R = (size_t)e->max_rows, C = (size_t)c->embed_dim;
+    const float *a[] = {e->csilu, e->xn, e->attn, e->ffn};
+    size_t n[] = {R * C, T * C, T * C, T * (size_t)c->ffn_dim};
+    BE->gemm_inputs(e->be, a, n, 4);
 }
 
 /* Tells the backend which conv2d weights are the decoder's (it may multiply them at reduced
@@ -116,12 +131,10 @@ static void engine_workload(const vs_rt_engine *e, vs_rt_workload *wl)
      * pos_start), every image's codes of a scale, a class per row: none longer than the step's
      * tokens */
     wl->index = e->max_tok;
-    size_t T = (size_t)e->max_tok, K = (size_t)c->embed_dim;
-    if ((size_t)c->ffn_dim > K)
-        K = (size_t)c->ffn_dim; /* fc2 */
-    if ((size_t)c->z_channels > K)
-        K = (size_t)c->z_channels; /* the word embedding */
-    wl->linear_in = T * K;
+    /* the declared linears' inputs: none to convert when they are GEMM inputs the backend holds
+     * (declare_gemm_inputs), else up to fc2's */
+    size_t K = (size_t)c->ffn_dim > (size_t)c->embed_dim ? (size_t)c->ffn_dim : (size_t)c->embed_dim;
+    wl->linear_in = BE->gemm_inputs ? 0 : (size_t)e->max_tok * K;
     wl->sample_reqs = e->max_images;
     wl->sample_tokens = e->max_images * P2;
     wl->vocab = c->vocab_size;
@@ -220,6 +233,8 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
                           "batch size",
                           max_images, mb);
     }
+    if (BE->gemm_inputs)
+        declare_gemm_inputs(e);
     vs_status st = vs_rt_vae_new(m, be, &e->w, max_images, &e->vae, err);
     if (st != VS_OK) {
         vs_rt_engine_free(e);
