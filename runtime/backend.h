@@ -163,7 +163,8 @@ typedef struct {
                          const size_t *n, int count);
     /* Optional, NULL when the backend has no use for it. Declares the count buffers a[i] (n[i]
      * floats each, backend memory) as GEMM activations: until one is freed, its only writers are
-     * adaln, silu, attention, linear and linear_gelu (as their output), and its only readers
+     * adaln, gated_add_adaln (as its xn), silu, attention, linear and linear_gelu (as their
+     * output), and its only readers
      * linear and linear_gelu (as their x), with a w declared through gemm_weights; a linear that
      * writes one has its bias (when not NULL) declared through gemm_weights too. The backend may
      * then hold them in a narrower type that the readers understand, so their contents are its
@@ -199,6 +200,13 @@ typedef struct {
     /* x[t] += y[t] * mod[row][gamma_off..] */
     void (*gated_add)(vs_rt_backend *be, float *x, const float *y, const float *mod, int mod_stride,
                       int gamma_off, const vs_rt_batch *b, int C);
+    /* Optional, NULL when the backend has no fused form (vs_rt_backend_gated_add_adaln then runs
+     * gated_add and adaln): gated_add(x, y, gmod, gmod_stride, gamma_off), then adaln(xn, x, nmod,
+     * nmod_stride, scale_off, shift_off), as those two ops would give */
+    void (*gated_add_adaln)(vs_rt_backend *be, float *x, const float *y, const float *gmod,
+                            int gmod_stride, int gamma_off, float *xn, const float *nmod,
+                            int nmod_stride, int scale_off, int shift_off, const vs_rt_batch *b,
+                            int C, float eps);
     /* qkv [T][3C]: q, k L2-normalised per head (eps 1e-12), q *= exp(min(scale_mul[h], ln 100)) */
     void (*qk_norm)(vs_rt_backend *be, float *qkv, int T, int H, int d, const float *scale_mul);
     /* out[t] = softmax(q·Kᵀ·scale)·V, per head h, over the n_tokens cached tokens of
@@ -309,6 +317,12 @@ int vs_rt_backend_counters(vs_rt_backend *be, vs_rt_counters *out);
 /* y[M][N] = gelu_tanh(x[M][K] · w[N][K]ᵀ + bias[N]): the backend's fused op when it has one. */
 void vs_rt_backend_linear_gelu(vs_rt_backend *be, float *y, const float *x, const float *w,
                                const float *bias, int M, int N, int K);
+
+/* gated_add then adaln (see gated_add_adaln): the backend's fused op when it has one. */
+void vs_rt_backend_gated_add_adaln(vs_rt_backend *be, float *x, const float *y, const float *gmod,
+                                   int gmod_stride, int gamma_off, float *xn, const float *nmod,
+                                   int nmod_stride, int scale_off, int shift_off,
+                                   const vs_rt_batch *b, int C, float eps);
 
 /* Name of the KV element type of kv_elem_bytes: "fp32" (4) or "bf16" (2). */
 const char *vs_rt_kv_dtype_name(int kv_elem_bytes);

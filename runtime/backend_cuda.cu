@@ -44,7 +44,8 @@
  * search over at most 6·depth + 3 entries) and, when found, multiplies with BF16 inputs and FP32
  * accumulation. Every linear is one cuBLASLt matmul whose epilogue adds the bias (and applies GELU
  * for linear_gelu) in FP32, so a linear is one launch where a bias fill, the GEMM and a GELU pass
- * were three.
+ * were three. A residual update and the LayerNorm after it are one k_adaln launch too
+ * (gated_add_adaln: each thread updates its elements of the token's row, then normalises it).
  * BF16 activations: the engine also declares the buffers that only feed those GEMMs (gemm_inputs:
  * the AdaLN input silu(cond), the modulated LayerNorm before qkv, fc1 and the head, the attention
  * output before proj, fc1's GELU output before fc2). In BF16 mode they hold BF16 in place: silu,
@@ -1309,16 +1310,24 @@ static void cuda_gather_rows(vs_rt_backend *be, float *y, const float *table,
 }
 
 /* One block per token: LayerNorm statistics in double (two passes), like the CPU backend. y16
- * non-NULL: the output is BF16 activations (gemm_inputs), rounded to nearest even. */
+ * non-NULL: the output is BF16 activations (gemm_inputs), rounded to nearest even. br non-NULL:
+ * first x[t] += br[t] * gmod[row][goff..] (k_gated_add's arithmetic; each thread then reads back
+ * only the elements it wrote), so gated_add and the adaln after it are one launch. */
 __global__ void __launch_bounds__(256)
-    k_adaln(float *y, __nv_bfloat16 *y16, const float *x, const float *mod, int mod_stride,
-            int off_a, int off_b, const int32_t *tok_row, int C, float eps)
+    k_adaln(float *y, __nv_bfloat16 *y16, float *x, const float *mod, int mod_stride, int off_a,
+            int off_b, const int32_t *tok_row, int C, float eps, const float *br,
+            const float *gmod, int gmod_stride, int goff)
 {
     size_t t = blockIdx.x;
-    const float *xr = x + t * C;
+    float *xr = x + t * C;
     float *yr = y + t * C;
     const float *mrow = mod + (size_t)tok_row[t] * mod_stride;
     const float *sc = mrow + off_a, *sh = mrow + off_b;
+    if (br) {
+        const float *g = gmod + (size_t)tok_row[t] * gmod_stride + goff, *bt = br + t * C;
+        for (int i = threadIdx.x; i < C; i += blockDim.x)
+            xr[i] += bt[i] * g[i];
+    }
     double s = 0;
     for (int i = threadIdx.x; i < C; i += blockDim.x)
         s += xr[i];
@@ -1351,7 +1360,26 @@ static void cuda_adaln(vs_rt_backend *be, float *y, const float *x, const float 
     if (y16 < 0)
         return;
     VS_LAUNCH(k_adaln, (unsigned)b->n_tok, 256, 0, c->st, y, y16 ? (__nv_bfloat16 *)(void *)y : NULL,
-              x, mod, mod_stride, scale_off, shift_off, cb->tok_row, C, eps);
+              (float *)x, mod, mod_stride, scale_off, shift_off, cb->tok_row, C, eps,
+              (const float *)NULL, (const float *)NULL, 0, 0);
+    VS_LAUNCHED(c, k_adaln);
+}
+
+static void cuda_gated_add_adaln(vs_rt_backend *be, float *x, const float *y, const float *gmod,
+                                 int gmod_stride, int gamma_off, float *xn, const float *nmod,
+                                 int nmod_stride, int scale_off, int shift_off,
+                                 const vs_rt_batch *b, int C, float eps)
+{
+    cuda_backend *c = cu(be);
+    const cuda_batch *cb = batch_of(c, b);
+    if (!cb || b->n_tok <= 0)
+        return;
+    int y16 = act_of(c, xn, (size_t)b->n_tok * C, "gated_add_adaln's xn");
+    if (y16 < 0)
+        return;
+    VS_LAUNCH(k_adaln, (unsigned)b->n_tok, 256, 0, c->st, xn,
+              y16 ? (__nv_bfloat16 *)(void *)xn : NULL, x, nmod, nmod_stride, scale_off, shift_off,
+              cb->tok_row, C, eps, y, gmod, gmod_stride, gamma_off);
     VS_LAUNCHED(c, k_adaln);
 }
 
@@ -2772,6 +2800,7 @@ static vs_rt_backend_ops make_ops(void)
     o.gather_rows = cuda_gather_rows;
     o.adaln = cuda_adaln;
     o.gated_add = cuda_gated_add;
+    o.gated_add_adaln = cuda_gated_add_adaln;
     o.qk_norm = cuda_qk_norm;
     o.attention = cuda_attention;
     o.kv_compact = cuda_kv_compact;

@@ -433,6 +433,7 @@ static void tb_free(tbatch *t)
 }
 
 #define PB(t) (&(t).b[side_])
+#define PB1(t) (&(t).b[1]) /* the device's */
 
 START_TEST(adaln_and_gated_add_match_cpu)
 {
@@ -448,6 +449,54 @@ START_TEST(adaln_and_gated_add_match_cpu)
     b2_free(&x);
     b2_free(&y);
     b2_free(&mod);
+    tb_free(&t);
+}
+END_TEST
+
+/* The fused residual update and LayerNorm (gated_add_adaln) gives the bits of gated_add then
+ * adaln on the device, in one launch where they take two, and matches the CPU (which runs the two
+ * ops: vs_rt_backend_gated_add_adaln without a fused op). The norm's modulation comes from another
+ * matrix than the gate's, with its own stride, as the engine passes the next layer's or the head's. */
+START_TEST(gated_add_adaln_is_gated_add_then_adaln_in_one_launch)
+{
+    tbatch t;
+    tb_init(&t, 4, 32);
+    int C = t.C, T = t.n_tok;
+    size_t n = (size_t)T * C;
+    buf2 x = b2_rand(n, 1, 3), y = b2_rand(n, 1, 0), xn = b2_new(n), x2 = b2_new(n), xn2 = b2_new(n),
+         gmod = b2_rand((size_t)TB_ROWS * 6 * C, 0.5f, 0), nmod = b2_rand((size_t)TB_ROWS * 2 * C, 0.5f, 0);
+    g_dut->ops->copy(g_dut, x2.dut, x.dut, n * sizeof(float));
+    vs_rt_counters a, b;
+    for (int side_ = 0; side_ < 2; side_++) {
+        vs_rt_backend *be = side_ ? g_dut : g_ref;
+        if (side_)
+            ck_assert(vs_rt_backend_counters(be, &a) || g_self);
+        vs_rt_backend_gated_add_adaln(be, P(x), P(y), P(gmod), 6 * C, C, P(xn), P(nmod), 2 * C, 0,
+                                      C, PB(t), C, 1e-6f);
+        if (side_)
+            ck_assert(vs_rt_backend_counters(be, &b) || g_self);
+    }
+    expect(&x, TOL, "gated_add_adaln's x");
+    expect(&xn, TOL, "gated_add_adaln's xn");
+    g_dut->ops->gated_add(g_dut, x2.dut, y.dut, gmod.dut, 6 * C, C, PB1(t), C);
+    g_dut->ops->adaln(g_dut, xn2.dut, x2.dut, nmod.dut, 2 * C, 0, C, PB1(t), C, 1e-6f);
+    sync_ok();
+    float *h[4];
+    const float *d[4] = {x.dut, x2.dut, xn.dut, xn2.dut};
+    for (int i = 0; i < 4; i++) {
+        h[i] = malloc(n * sizeof(float));
+        ck_assert_ptr_nonnull(h[i]);
+        g_dut->ops->download(g_dut, h[i], d[i], n * sizeof(float));
+    }
+    ck_assert_msg(memcmp(h[0], h[1], n * sizeof(float)) == 0, "the fused x differs from gated_add's");
+    ck_assert_msg(memcmp(h[2], h[3], n * sizeof(float)) == 0, "the fused xn differs from adaln's");
+    if (!g_self)
+        ck_assert_uint_eq(b.launches - a.launches, 1);
+    for (int i = 0; i < 4; i++)
+        free(h[i]);
+    buf2 *all[] = {&x, &y, &xn, &x2, &xn2, &gmod, &nmod};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        b2_free(all[i]);
     tb_free(&t);
 }
 END_TEST
@@ -1914,6 +1963,7 @@ static Suite *cuda_suite(void)
     tcase_add_test(tc, elementwise_ops_match_cpu);
     tcase_add_test(tc, gather_rows_and_embed_chw_are_exact);
     tcase_add_test(tc, adaln_and_gated_add_match_cpu);
+    tcase_add_test(tc, gated_add_adaln_is_gated_add_then_adaln_in_one_launch);
     tcase_add_test(tc, qk_norm_matches_cpu);
     tcase_add_test(tc, attention_writes_the_new_kv_into_pages_and_matches_cpu);
     tcase_add_test(tc, kv_compact_on_the_device_keeps_and_packs_what_the_cpu_does);
