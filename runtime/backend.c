@@ -101,6 +101,20 @@ void vs_rt_backend_linear_gelu(vs_rt_backend *be, float *y, const float *x, cons
     be->ops->gelu_tanh(be, y, (size_t)M * N);
 }
 
+void vs_rt_backend_gated_add_adaln(vs_rt_backend *be, float *x, const float *y, const float *gmod,
+                                   int gmod_stride, int gamma_off, float *xn, const float *nmod,
+                                   int nmod_stride, int scale_off, int shift_off,
+                                   const vs_rt_batch *b, int C, float eps)
+{
+    if (be->ops->gated_add_adaln) {
+        be->ops->gated_add_adaln(be, x, y, gmod, gmod_stride, gamma_off, xn, nmod, nmod_stride,
+                                 scale_off, shift_off, b, C, eps);
+        return;
+    }
+    be->ops->gated_add(be, x, y, gmod, gmod_stride, gamma_off, b, C);
+    be->ops->adaln(be, xn, x, nmod, nmod_stride, scale_off, shift_off, b, C, eps);
+}
+
 const char *vs_rt_kv_dtype_name(int kv_elem_bytes)
 {
     return kv_elem_bytes == 2 ? "bf16" : kv_elem_bytes == 4 ? "fp32" : "unknown";

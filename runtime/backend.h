@@ -107,7 +107,10 @@ typedef struct {
     int kv_heads;          /* heads of a layer, each with its own page table (attention) */
     int layers;            /* layers of one step: each uploads its page and compaction tables */
     int index;             /* entries of one host index list (gather_rows, embed_chw) */
-    size_t linear_in;      /* floats of one linear's input x, M·K */
+    /* floats of one linear's input x, M·K, among the linears whose w is declared through
+     * gemm_weights and whose x is not a gemm_inputs buffer (a BF16 backend converts such an x in
+     * scratch; 0: none) */
+    size_t linear_in;
     int sample_reqs, sample_tokens, vocab; /* one cfg_sample: n, Σ reqs[i].n, V */
     int decode_images;     /* the largest N of one conv2d or spatial_attention call */
     /* every distinct conv2d shape (add them with vs_rt_workload_add_conv): the CUDA backend picks
@@ -142,7 +145,7 @@ typedef struct {
     vs_status (*batch_begin)(vs_rt_backend *be, vs_rt_batch *b, vs_err *err);
 
     /* Optional, NULL when the backend keeps no scratch of its own (CPU). Allocates, at start-up,
-     * the backend's own scratch (CUDA: BF16 activations, cuDNN's workspace and its algorithm per
+     * the backend's own scratch (CUDA: BF16 copies of linear inputs, cuDNN's workspace and its algorithm per
      * conv2d shape, sort buffers, attention scores, row and page tables) for the largest work *w describes, so that ops within it never
      * allocate device memory. VS_ERR_NOMEM names the bytes; nothing stays recorded. */
     vs_status (*reserve)(vs_rt_backend *be, const vs_rt_workload *w, vs_err *err);
@@ -151,12 +154,26 @@ typedef struct {
 
     /* Optional, NULL when the backend has no use for it. Declares that the count matrices w[i]
      * (n[i] floats each, backend memory inside the allocation `arena`) are GEMM weights that
-     * linear() will receive unchanged as its w until `arena` is freed. The CUDA backend in BF16
+     * linear() will receive unchanged as its w (or, for a linear that writes a gemm_inputs
+     * buffer, as its bias) until `arena` is freed. The CUDA backend in BF16
      * mode (fp32 = 0) converts each once here and multiplies with the BF16 copy in linear(); the
      * copies go when free(arena) is called or another call names the same arena. When the
      * copies do not fit in device memory it logs a warning and linear() stays in FP32. */
     void (*gemm_weights)(vs_rt_backend *be, const void *arena, const float *const *w,
                          const size_t *n, int count);
+    /* Optional, NULL when the backend has no use for it. Declares the count buffers a[i] (n[i]
+     * floats each, backend memory) as GEMM activations: until one is freed, its only writers are
+     * adaln, gated_add_adaln (as its xn), silu, attention, linear and linear_gelu (as their
+     * output), and its only readers
+     * linear and linear_gelu (as their x), with a w declared through gemm_weights; a linear that
+     * writes one has its bias (when not NULL) declared through gemm_weights too. The backend may
+     * then hold them in a narrower type that the readers understand, so their contents are its
+     * own: no other op, copy or download may touch them. The CUDA backend in BF16 mode (with its
+     * BF16 weight copies in place) keeps them in BF16 in place, rounded to nearest even where
+     * they are written: the rounding linear() applies to x in that mode anyway, so a linear
+     * needs no conversion of x; a linear that writes one adds the BF16 copy of its bias
+     * (docs/ALGORITHMS.md §5). Otherwise (FP32, or no BF16 copies) it keeps them as floats. */
+    void (*gemm_inputs)(vs_rt_backend *be, const float *const *a, const size_t *n, int count);
     /* Optional. Declares the count conv2d weights w[i] (inside the allocation `arena`) of the
      * VQ-VAE decoder, whose output ends as 8-bit pixels: conv2d with one of them as its w may run
      * at reduced precision (CUDA in BF16 mode: TF32). Every other conv2d and linear stays FP32.
@@ -183,6 +200,13 @@ typedef struct {
     /* x[t] += y[t] * mod[row][gamma_off..] */
     void (*gated_add)(vs_rt_backend *be, float *x, const float *y, const float *mod, int mod_stride,
                       int gamma_off, const vs_rt_batch *b, int C);
+    /* Optional, NULL when the backend has no fused form (vs_rt_backend_gated_add_adaln then runs
+     * gated_add and adaln): gated_add(x, y, gmod, gmod_stride, gamma_off), then adaln(xn, x, nmod,
+     * nmod_stride, scale_off, shift_off), as those two ops would give */
+    void (*gated_add_adaln)(vs_rt_backend *be, float *x, const float *y, const float *gmod,
+                            int gmod_stride, int gamma_off, float *xn, const float *nmod,
+                            int nmod_stride, int scale_off, int shift_off, const vs_rt_batch *b,
+                            int C, float eps);
     /* qkv [T][3C]: q, k L2-normalised per head (eps 1e-12), q *= exp(min(scale_mul[h], ln 100)) */
     void (*qk_norm)(vs_rt_backend *be, float *qkv, int T, int H, int d, const float *scale_mul);
     /* out[t] = softmax(q·Kᵀ·scale)·V, per head h, over the n_tokens cached tokens of
@@ -273,7 +297,8 @@ vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err);
 /* CUDA backend on device 0; VS_ERR_UNSUPPORTED when this build or machine has none.
  * fp32 = 1: strict FP32 (no TF32) and FP32 KV pages, for parity with the CPU backend. fp32 = 0
  * (BF16 mode): BF16 KV pages (kv_elem_bytes 2; the attention's math stays FP32), and the
- * GEMM weights declared through gemm_weights() multiply in BF16 (FP32 accumulation and output);
+ * GEMM weights declared through gemm_weights() multiply in BF16 (FP32 accumulation; FP32 output
+ * but into a gemm_inputs buffer, which holds BF16);
  * the decoder's convolutions declared through decoder_weights() and spatial_attention (a decoder
  * op) use TF32; everything else (the quantiser, the word embedding and any other undeclared
  * linear, norms, attention, sampling) stays strict FP32. */
@@ -293,6 +318,12 @@ int vs_rt_backend_counters(vs_rt_backend *be, vs_rt_counters *out);
 /* y[M][N] = gelu_tanh(x[M][K] · w[N][K]ᵀ + bias[N]): the backend's fused op when it has one. */
 void vs_rt_backend_linear_gelu(vs_rt_backend *be, float *y, const float *x, const float *w,
                                const float *bias, int M, int N, int K);
+
+/* gated_add then adaln (see gated_add_adaln): the backend's fused op when it has one. */
+void vs_rt_backend_gated_add_adaln(vs_rt_backend *be, float *x, const float *y, const float *gmod,
+                                   int gmod_stride, int gamma_off, float *xn, const float *nmod,
+                                   int nmod_stride, int scale_off, int shift_off,
+                                   const vs_rt_batch *b, int C, float eps);
 
 /* Name of the KV element type of kv_elem_bytes: "fp32" (4) or "bf16" (2). */
 const char *vs_rt_kv_dtype_name(int kv_elem_bytes);

@@ -12,7 +12,7 @@
  * Small host inputs (index lists, the batch's row tables, sampling requests) are copied into a
  * pinned staging ring and uploaded asynchronously; the ring is reused only after the stream has
  * drained, so callers may overwrite their host arrays as soon as an op returns. Device scratch
- * (BF16 activations, cuDNN's workspace, attention scores, sampling buffers, row and page tables) is
+ * (BF16 copies of linear inputs, cuDNN's workspace, attention scores, sampling buffers, row and page tables) is
  * allocated by reserve() at start-up for the largest step and decode (var.c and vae.c describe
  * them), so a step allocates nothing; the *_bytes helpers below are the one place each slot's
  * size is computed, for the ops and for reserve(). Without reserve() (tests of single ops) the
@@ -43,10 +43,25 @@
  * and the reference fixtures. fp32 = 0 is BF16 mode: the engine declares its GEMM weights once,
  * right after uploading the weight arena (the gemm_weights op); each is converted on the device to
  * a BF16 copy, kept in a table sorted by the FP32 pointer. linear() looks its w up there (a binary
- * search over at most 5·depth + 3 entries) and, when found, converts x to BF16 in a scratch buffer
- * and multiplies with BF16 inputs, FP32 accumulation and output. Every linear is one cuBLASLt
- * matmul whose epilogue adds the bias (and applies GELU for linear_gelu) in FP32, so a linear is one
- * launch (two with the BF16 conversion of x) where a bias fill, the GEMM and a GELU pass were three.
+ * search over at most 6·depth + 3 entries) and, when found, multiplies with BF16 inputs and FP32
+ * accumulation. Every linear is one cuBLASLt matmul whose epilogue adds the bias (and applies GELU
+ * for linear_gelu) in FP32, so a linear is one launch where a bias fill, the GEMM and a GELU pass
+ * were three. A residual update and the LayerNorm after it are one k_adaln launch too
+ * (gated_add_adaln: each thread updates its elements of the token's row, then normalises it).
+ * BF16 activations: the engine also declares the buffers that only feed those GEMMs (gemm_inputs:
+ * the AdaLN input silu(cond), the modulated LayerNorm before qkv, fc1 and the head, the attention
+ * output before proj, fc1's GELU output before fc2). In BF16 mode they hold BF16 in place: silu,
+ * adaln and attention round their outputs to nearest even as they store them, fc1's matmul writes
+ * a BF16 D (its bias then the BF16 copy of the declared bias: cuBLASLt's bias has D's type), and
+ * a linear reading one passes it to cuBLASLt as it is. That is the rounding a linear gave x
+ * before (a conversion launch and a full FP32 read and write of x per linear), so the logits are
+ * unchanged but for fc1's bias, and a step launches what it launches in FP32 mode. The residual
+ * stream and every other buffer stay FP32. Why a declaration rather than the backend noticing
+ * which op wrote a buffer last: the writer must know, when it writes, that nothing reads the
+ * floats (fc1's output exists only in BF16), and only the caller knows its data flow; a buffer
+ * held in BF16 is the backend's, so act_of() refuses it to any op but the declared readers and
+ * writers, and to copies and downloads. Any other x of a declared w (tests' single ops) is still
+ * converted to BF16 in scratch (S_XBF), one launch more.
  * Decoder: conv2d and spatial_attention take every image of a decode in one call, so the launches of
  * a decode do not depend on how many images finish together. A convolution is one cuDNN call (two
  * when its algorithm cannot fuse the bias); each shape's algorithm is chosen once by cuDNN's
@@ -77,7 +92,7 @@ extern "C" {
 
 /* ---- backend state and error recording ------------------------------------------------------- */
 
-/* device scratch slots; S_XBF: BF16 copy of a linear's input in BF16 mode */
+/* device scratch slots; S_XBF: BF16 copy of a linear's FP32 input in BF16 mode */
 enum { S_IDX, S_BATCH, S_LAYER, S_COMPACT, S_CONV, S_SCORES, S_SREQ, S_SORT, S_XBF, S_COUNT };
 
 /* Device copy of a batch's tables (b->dev points here); views into one int32 buffer. */
@@ -132,11 +147,19 @@ typedef struct {
     int n;
 } tf32_set;
 
+/* One buffer declared through gemm_inputs that holds BF16 activations in place. */
+typedef struct {
+    const void *p; /* its start (device) */
+    size_t n;      /* elements */
+} bf16_act;
+
 typedef struct {
     vs_rt_backend base;
     int fp32;
     bf16_set *sets; /* host [n_sets]: BF16 mode only */
     int n_sets;
+    bf16_act *acts; /* host [n_acts]: BF16 mode with BF16 weight copies only */
+    int n_acts, acts_cap;
     tf32_set *tsets; /* host [n_tsets]: BF16 mode only */
     int n_tsets;
     cudaStream_t st;
@@ -294,7 +317,7 @@ static size_t kv_part(const cuda_backend *c, const void *p, size_t bytes)
 
 static const char *const scr_name[S_COUNT] = {
     "index lists", "batch tables",  "page tables", "compaction tables", "cuDNN workspace",
-    "attention scores", "sampling requests", "sort buffers", "BF16 activations"};
+    "attention scores", "sampling requests", "sort buffers", "BF16 linear inputs"};
 
 /* Every device allocation and free of the backend goes through these two, which keep the
  * counters' allocations, allocated_bytes and allocated_peak_bytes. */
@@ -481,6 +504,78 @@ __device__ int block_max_int(int v)
 static void drop_bf16_set(cuda_backend *c, int i);
 static void drop_tf32_set(cuda_backend *c, int i);
 
+/* ---- BF16 activations (gemm_inputs) ------------------------------------------------------------ */
+
+/* What [p, p + n elements) of an op's operand is: 1 when it is a buffer declared through
+ * gemm_inputs (p its start, n within it), so it holds BF16 elements; 0 when it overlaps none (FP32
+ * floats); -1 after recording an error when it overlaps one otherwise (the caller broke
+ * gemm_inputs' contract). `what` names the op for that error. */
+static int act_of(cuda_backend *c, const void *p, size_t n, const char *what)
+{
+    uintptr_t lo = (uintptr_t)p, hi = lo + n * sizeof(float);
+    for (int i = 0; i < c->n_acts; i++) {
+        uintptr_t alo = (uintptr_t)c->acts[i].p, ahi = alo + c->acts[i].n * sizeof(float);
+        if (lo == alo && n <= c->acts[i].n)
+            return 1;
+        if (n && lo < ahi && alo < hi) {
+            VS_FAIL(c, VS_ERR_INTERNAL,
+                    "%s touches %zu elements at %p, which overlap the BF16 activations declared "
+                    "at %p (%zu elements; gemm_inputs: only the ops it names, from its start)",
+                    what, n, p, c->acts[i].p, c->acts[i].n);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* A memory op (upload, download, copy, zero) must not touch declared activations: their bytes are
+ * BF16, the caller's are floats. 0, or -1 (recorded). */
+static int not_act(cuda_backend *c, const void *p, size_t bytes, const char *what)
+{
+    if (!c->n_acts || !bytes)
+        return 0;
+    int a = act_of(c, p, (bytes + sizeof(float) - 1) / sizeof(float), what);
+    if (a > 0)
+        VS_FAIL(c, VS_ERR_INTERNAL, "%s of %zu bytes at %p: it holds BF16 activations (gemm_inputs)",
+                what, bytes, p);
+    return a != 0 ? -1 : 0;
+}
+
+/* The declarations inside a block that is freed go with it. */
+static void drop_acts(cuda_backend *c, const void *p, size_t bytes)
+{
+    uintptr_t lo = (uintptr_t)p, hi = lo + bytes;
+    for (int i = c->n_acts - 1; i >= 0; i--)
+        if ((uintptr_t)c->acts[i].p >= lo && (uintptr_t)c->acts[i].p < hi)
+            c->acts[i] = c->acts[--c->n_acts];
+}
+
+/* BF16 mode with BF16 weight copies: the buffers hold BF16 from now on (each is written before it
+ * is read: gemm_inputs' contract). Otherwise nothing changes: linear() multiplies in FP32 there.
+ * Without host memory for the table they stay FP32 (with a warning), which is always correct. */
+static void cuda_gemm_inputs(vs_rt_backend *be, const float *const *a, const size_t *n, int count)
+{
+    cuda_backend *c = cu(be);
+    if (c->fp32 || !c->n_sets || count <= 0)
+        return;
+    if (c->n_acts + count > c->acts_cap) {
+        int cap = c->n_acts + count;
+        bf16_act *v = (bf16_act *)realloc(c->acts, (size_t)cap * sizeof *v);
+        if (!v) {
+            vs_log(VS_LOG_WARN, "cuda", "out of host memory for the table of %d BF16 activation "
+                                        "buffers; they stay FP32", count);
+            return;
+        }
+        c->acts = v;
+        c->acts_cap = cap;
+    }
+    for (int i = 0; i < count; i++) {
+        drop_acts(c, a[i], 1);
+        if (a[i] && n[i])
+            c->acts[c->n_acts++] = bf16_act{a[i], n[i]};
+    }
+}
+
 static void cuda_destroy(vs_rt_backend *be)
 {
     cuda_backend *c = cu(be);
@@ -492,6 +587,7 @@ static void cuda_destroy(vs_rt_backend *be)
     while (c->n_tsets > 0)
         drop_tf32_set(c, c->n_tsets - 1);
     free(c->tsets);
+    free(c->acts);
     for (int i = 0; i < S_COUNT; i++)
         dev_free(c, c->scr[i], c->scr_cap[i]);
     if (c->ring)
@@ -562,6 +658,7 @@ static void cuda_free(vs_rt_backend *be, void *p)
     for (size_t i = c->n_blocks; i-- > 0;) /* counters */
         if (c->blocks[i].p == p) {
             bytes = c->blocks[i].bytes;
+            drop_acts(c, p, bytes);
             if ((uintptr_t)p == c->kv_lo) { /* the arena goes */
                 c->kv_base = NULL;
                 c->kv_lo = c->kv_hi = 0;
@@ -574,6 +671,8 @@ static void cuda_free(vs_rt_backend *be, void *p)
 
 static void cuda_upload(vs_rt_backend *be, void *dst, const void *src_host, size_t bytes)
 {
+    if (not_act(cu(be), dst, bytes, "upload") != 0)
+        return;
     cu(be)->ctr.kv_h2d_bytes += kv_part(cu(be), dst, bytes);
     h2d(cu(be), dst, src_host, bytes);
 }
@@ -582,7 +681,7 @@ static void cuda_upload(vs_rt_backend *be, void *dst, const void *src_host, size
 static void cuda_download(vs_rt_backend *be, void *dst_host, const void *src, size_t bytes)
 {
     cuda_backend *c = cu(be);
-    if (!bytes)
+    if (!bytes || not_act(c, src, bytes, "download") != 0)
         return;
     c->ctr.d2h_bytes += bytes;
     c->ctr.kv_d2h_bytes += kv_part(c, src, bytes);
@@ -641,6 +740,8 @@ static void cuda_kv_upload(vs_rt_backend *be, void *kv_base, size_t elem_off, co
 static void cuda_copy(vs_rt_backend *be, void *dst, const void *src, size_t bytes)
 {
     cuda_backend *c = cu(be);
+    if (not_act(c, dst, bytes, "copy") != 0 || not_act(c, src, bytes, "copy") != 0)
+        return;
     if (bytes && dst != src)
         VS_CUDA(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->st));
 }
@@ -648,7 +749,7 @@ static void cuda_copy(vs_rt_backend *be, void *dst, const void *src, size_t byte
 static void cuda_zero(vs_rt_backend *be, void *dst, size_t bytes)
 {
     cuda_backend *c = cu(be);
-    if (bytes)
+    if (bytes && not_act(c, dst, bytes, "zero") == 0)
         VS_CUDA(c, cudaMemsetAsync(dst, 0, bytes, c->st));
 }
 
@@ -1007,15 +1108,25 @@ __global__ void k_gelu(float *y, size_t n)
 /* y = x·wᵀ (+ bias), then GELU (tanh form) when gelu: one cuBLASLt matmul whose epilogue adds the
  * bias and applies GELU in FP32. In cuBLAS's column-major terms yᵀ[N][M] = (w as K×N)ᵀ · (x as
  * K×M), the bias along yᵀ's rows. In BF16 mode a declared w multiplies through its BF16 copy, with
- * x rounded to BF16 first (one conversion launch; FP32 accumulation and output); every other w
- * multiplies in strict FP32 (CUBLAS_COMPUTE_32F: no TF32). */
+ * FP32 accumulation. Its x is BF16 already when it is a gemm_inputs buffer; any other x is rounded
+ * to BF16 first (one conversion launch). y is BF16 when it is a gemm_inputs buffer: cuBLASLt
+ * rounds the epilogue's FP32 result to nearest even, and the bias is then the BF16 copy of the
+ * declared bias (cuBLASLt's bias has D's type, cublasLt.h's CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE).
+ * Every other w multiplies in strict FP32 (CUBLAS_COMPUTE_32F: no TF32), x and y floats. */
 static void linear_act(cuda_backend *c, float *y, const float *x, const float *w, const float *bias,
                        int M, int N, int K, int gelu)
 {
     if (M <= 0 || N <= 0)
         return;
-    size_t ny = (size_t)M * N;
+    size_t ny = (size_t)M * N, nx = (size_t)M * (K > 0 ? K : 0);
+    int x16 = act_of(c, x, nx, "linear's x"), y16 = act_of(c, y, ny, "linear's y");
+    if (x16 < 0 || y16 < 0)
+        return;
     if (K <= 0) { /* an empty sum: act(bias), or 0 (GELU(0) = 0) */
+        if (y16) {
+            VS_FAIL(c, VS_ERR_INTERNAL, "a linear with K = 0 into BF16 activations");
+            return;
+        }
         if (!bias) {
             VS_CUDA(c, cudaMemsetAsync(y, 0, ny * sizeof(float), c->st));
             return;
@@ -1029,29 +1140,45 @@ static void linear_act(cuda_backend *c, float *y, const float *x, const float *w
         return;
     }
     const __nv_bfloat16 *wb = c->n_sets ? bf16_of(c, w, (size_t)N * K) : NULL;
-    const void *A = w, *B = x;
-    cudaDataType t = CUDA_R_32F;
+    const __nv_bfloat16 *bb = y16 && bias ? bf16_of(c, bias, (size_t)N) : NULL;
+    if ((x16 || y16) && !wb) {
+        VS_FAIL(c, VS_ERR_INTERNAL, "a linear that reads or writes BF16 activations (gemm_inputs) "
+                                    "with a w that has no BF16 copy (gemm_weights)");
+        return;
+    }
+    if (y16 && bias && !bb) {
+        VS_FAIL(c, VS_ERR_INTERNAL, "a linear into BF16 activations (gemm_inputs) with a bias that "
+                                    "has no BF16 copy (gemm_weights)");
+        return;
+    }
+    const void *A = w, *B = x, *bp = y16 ? (const void *)bb : (const void *)bias;
+    cudaDataType t = CUDA_R_32F, ty = y16 ? CUDA_R_16BF : CUDA_R_32F;
     if (wb) {
-        size_t nx = (size_t)M * K;
-        __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch(c, S_XBF, nx * sizeof(__nv_bfloat16));
-        if (!xb)
-            return;
-        VS_LAUNCH(k_to_bf16, grid_for(nx, 256), 256, 0, c->st, xb, x, nx);
-        VS_LAUNCHED(c, k_to_bf16);
+        if (!x16) {
+            __nv_bfloat16 *xb = (__nv_bfloat16 *)scratch(c, S_XBF, nx * sizeof(__nv_bfloat16));
+            if (!xb)
+                return;
+            VS_LAUNCH(k_to_bf16, grid_for(nx, 256), 256, 0, c->st, xb, x, nx);
+            VS_LAUNCHED(c, k_to_bf16);
+            B = xb;
+        }
         A = wb;
-        B = xb;
         t = CUDA_R_16BF;
     }
     uint32_t ep = bias ? (gelu ? CUBLASLT_EPILOGUE_GELU_BIAS : CUBLASLT_EPILOGUE_BIAS)
                        : (gelu ? CUBLASLT_EPILOGUE_GELU : CUBLASLT_EPILOGUE_DEFAULT);
+    int32_t bt = (int32_t)ty;
     if (lt_layout(c, c->la, t, (uint64_t)K, (uint64_t)N, K) != 0 ||
         lt_layout(c, c->lb, t, (uint64_t)K, (uint64_t)M, K) != 0 ||
-        lt_layout(c, c->ly, CUDA_R_32F, (uint64_t)N, (uint64_t)M, N) != 0)
+        lt_layout(c, c->ly, ty, (uint64_t)N, (uint64_t)M, N) != 0)
         return;
     VS_CUBLAS(c, cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep));
-    if (bias)
-        VS_CUBLAS(c, cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
-                                                    sizeof bias));
+    if (bias) {
+        VS_CUBLAS(c, cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bp,
+                                                    sizeof bp));
+        VS_CUBLAS(c, cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt,
+                                                    sizeof bt));
+    }
     float one = 1.0f, zero = 0.0f;
     VS_GEMM(c, cublasLtMatmul(c->lt, c->mm, &one, A, c->la, B, c->lb, &zero, y, c->ly, y, c->ly,
                               NULL, NULL, 0, c->st));
@@ -1069,10 +1196,17 @@ static void cuda_linear_gelu(vs_rt_backend *be, float *y, const float *x, const 
     linear_act(cu(be), y, x, w, bias, M, N, K, 1);
 }
 
-__global__ void k_silu(float *y, const float *x, size_t n)
+/* y16 non-NULL: the output is BF16 activations (gemm_inputs), rounded to nearest even */
+__global__ void k_silu(float *y, __nv_bfloat16 *y16, const float *x, size_t n)
 {
     GRID_STRIDE(i, n)
-    y[i] = x[i] / (1.0f + expf(-x[i]));
+    {
+        float v = x[i] / (1.0f + expf(-x[i]));
+        if (y16)
+            y16[i] = __float2bfloat16_rn(v);
+        else
+            y[i] = v;
+    }
 }
 
 
@@ -1100,9 +1234,11 @@ __global__ void k_add_bias_rows(float *y, const float *b, size_t M, int N)
 static void cuda_silu(vs_rt_backend *be, float *y, const float *x, size_t n)
 {
     cuda_backend *c = cu(be);
-    if (!n)
+    int y16 = act_of(c, y, n, "silu's y");
+    if (!n || y16 < 0)
         return;
-    VS_LAUNCH(k_silu, grid_for(n, 256), 256, 0, c->st, y, x, n);
+    VS_LAUNCH(k_silu, grid_for(n, 256), 256, 0, c->st, y, y16 ? (__nv_bfloat16 *)(void *)y : NULL,
+              x, n);
     VS_LAUNCHED(c, k_silu);
 }
 
@@ -1177,16 +1313,25 @@ static void cuda_gather_rows(vs_rt_backend *be, float *y, const float *table,
     VS_LAUNCHED(c, k_gather_rows);
 }
 
-/* One block per token: LayerNorm statistics in double (two passes), like the CPU backend. */
+/* One block per token: LayerNorm statistics in double (two passes), like the CPU backend. y16
+ * non-NULL: the output is BF16 activations (gemm_inputs), rounded to nearest even. br non-NULL:
+ * first x[t] += br[t] * gmod[row][goff..] (k_gated_add's arithmetic; each thread then reads back
+ * only the elements it wrote), so gated_add and the adaln after it are one launch. */
 __global__ void __launch_bounds__(256)
-    k_adaln(float *y, const float *x, const float *mod, int mod_stride, int off_a, int off_b,
-            const int32_t *tok_row, int C, float eps)
+    k_adaln(float *y, __nv_bfloat16 *y16, float *x, const float *mod, int mod_stride, int off_a,
+            int off_b, const int32_t *tok_row, int C, float eps, const float *br,
+            const float *gmod, int gmod_stride, int goff)
 {
     size_t t = blockIdx.x;
-    const float *xr = x + t * C;
+    float *xr = x + t * C;
     float *yr = y + t * C;
     const float *mrow = mod + (size_t)tok_row[t] * mod_stride;
     const float *sc = mrow + off_a, *sh = mrow + off_b;
+    if (br) {
+        const float *g = gmod + (size_t)tok_row[t] * gmod_stride + goff, *bt = br + t * C;
+        for (int i = threadIdx.x; i < C; i += blockDim.x)
+            xr[i] += bt[i] * g[i];
+    }
     double s = 0;
     for (int i = threadIdx.x; i < C; i += blockDim.x)
         s += xr[i];
@@ -1198,8 +1343,13 @@ __global__ void __launch_bounds__(256)
     }
     double var = block_sum(v) / C;
     float rstd = (float)(1.0 / sqrt(var + eps)), fm = (float)mean;
-    for (int i = threadIdx.x; i < C; i += blockDim.x)
-        yr[i] = (xr[i] - fm) * rstd * (1.0f + sc[i]) + sh[i];
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        float o = (xr[i] - fm) * rstd * (1.0f + sc[i]) + sh[i];
+        if (y16)
+            y16[t * C + i] = __float2bfloat16_rn(o);
+        else
+            yr[i] = o;
+    }
 }
 
 static void cuda_adaln(vs_rt_backend *be, float *y, const float *x, const float *mod,
@@ -1210,8 +1360,30 @@ static void cuda_adaln(vs_rt_backend *be, float *y, const float *x, const float 
     const cuda_batch *cb = batch_of(c, b);
     if (!cb || b->n_tok <= 0)
         return;
-    VS_LAUNCH(k_adaln, (unsigned)b->n_tok, 256, 0, c->st, y, x, mod, mod_stride, scale_off, shift_off,
-                                                   cb->tok_row, C, eps);
+    int y16 = act_of(c, y, (size_t)b->n_tok * C, "adaln's y");
+    if (y16 < 0)
+        return;
+    VS_LAUNCH(k_adaln, (unsigned)b->n_tok, 256, 0, c->st, y, y16 ? (__nv_bfloat16 *)(void *)y : NULL,
+              (float *)x, mod, mod_stride, scale_off, shift_off, cb->tok_row, C, eps,
+              (const float *)NULL, (const float *)NULL, 0, 0);
+    VS_LAUNCHED(c, k_adaln);
+}
+
+static void cuda_gated_add_adaln(vs_rt_backend *be, float *x, const float *y, const float *gmod,
+                                 int gmod_stride, int gamma_off, float *xn, const float *nmod,
+                                 int nmod_stride, int scale_off, int shift_off,
+                                 const vs_rt_batch *b, int C, float eps)
+{
+    cuda_backend *c = cu(be);
+    const cuda_batch *cb = batch_of(c, b);
+    if (!cb || b->n_tok <= 0)
+        return;
+    int y16 = act_of(c, xn, (size_t)b->n_tok * C, "gated_add_adaln's xn");
+    if (y16 < 0)
+        return;
+    VS_LAUNCH(k_adaln, (unsigned)b->n_tok, 256, 0, c->st, xn,
+              y16 ? (__nv_bfloat16 *)(void *)xn : NULL, x, nmod, nmod_stride, scale_off, shift_off,
+              cb->tok_row, C, eps, y, gmod, gmod_stride, gamma_off);
     VS_LAUNCHED(c, k_adaln);
 }
 
@@ -1334,7 +1506,8 @@ static size_t att_smem_floats(int qt, int d, int PT)
  * × scale, as the CPU backend) give m' = max(m, max s), f = e^(m − m'), l = l·f + Σ e^(s − m'),
  * o = o·f + Σ e^(s − m')·v; out = o / l. Shared memory does not grow with the keys. */
 __global__ void __launch_bounds__(ATT_THREADS)
-    k_attention(float *out, const float *qkv, const float *kv32, const __nv_bfloat16 *kv16,
+    k_attention(float *out, __nv_bfloat16 *out16, const float *qkv, const float *kv32,
+                const __nv_bfloat16 *kv16,
                 const int32_t *rows, const int32_t *kvm, const int32_t *pages, int H, int d, int PT,
                 float scale, int qt, int tiles_per_row)
 {
@@ -1417,7 +1590,11 @@ __global__ void __launch_bounds__(ATT_THREADS)
     }
     for (int i = threadIdx.x; i < nq * d; i += blockDim.x) {
         int qi = i / d, j = i % d;
-        out[(size_t)(tok_start + q0 + qi) * C + (size_t)h * d + j] = os[i] / s_sum[qi];
+        size_t at = (size_t)(tok_start + q0 + qi) * C + (size_t)h * d + j;
+        if (out16) /* BF16 activations (gemm_inputs), rounded to nearest even */
+            out16[at] = __float2bfloat16_rn(os[i] / s_sum[qi]);
+        else
+            out[at] = os[i] / s_sum[qi];
     }
 }
 
@@ -1482,7 +1659,8 @@ __host__ __device__ static tc_layout tc_layout_of(int d)
  * rescale and the final division by l need rows. Padding queries (beyond the row's) are zero
  * rows: finite scores, never written out. */
 __global__ void __launch_bounds__(TC_WARPS * 32)
-    k_attention_tc(float *out, const float *qkv, const __nv_bfloat16 *kv16, const int32_t *rows,
+    k_attention_tc(float *out, __nv_bfloat16 *out16, const float *qkv, const __nv_bfloat16 *kv16,
+                   const int32_t *rows,
                    const int32_t *kvm, const int32_t *pages, int H, int d, int PT, float scale,
                    int tiles_per_row)
 {
@@ -1608,7 +1786,11 @@ __global__ void __launch_bounds__(TC_WARPS * 32)
     __syncthreads();
     for (int i = tid; i < nq * d; i += blockDim.x) {
         int qi = i / d, j = i % d;
-        out[(size_t)(tok_start + q0 + qi) * C + (size_t)h * d + j] = os[qi * dq + j] / ls[qi];
+        size_t at = (size_t)(tok_start + q0 + qi) * C + (size_t)h * d + j;
+        if (out16) /* BF16 activations (gemm_inputs), rounded to nearest even */
+            out16[at] = __float2bfloat16_rn(os[qi * dq + j] / ls[qi]);
+        else
+            out[at] = os[qi * dq + j] / ls[qi];
     }
 }
 
@@ -1625,8 +1807,9 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
         return;
     }
     int C = H * d, PT = b->page_tokens;
+    int out16 = act_of(c, out, (size_t)b->n_tok * C, "attention's out");
     const int32_t *kvm = NULL, *pages = NULL;
-    if (upload_layer(c, b, layer, H, &kvm, &pages) != 0)
+    if (out16 < 0 || upload_layer(c, b, layer, H, &kvm, &pages) != 0)
         return;
     size_t n = (size_t)b->n_tok * C;
     float *kv32 = c->fp32 ? b->kv_base : NULL;
@@ -1645,8 +1828,9 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
                                                 (int)tc_smem));
             int tiles = (cb->max_new + TC_Q - 1) / TC_Q;
             dim3 grid((unsigned)(cb->n_rows * tiles), (unsigned)H);
-            VS_LAUNCH(k_attention_tc, grid, TC_WARPS * 32, tc_smem, c->st, out, qkv, kv16, cb->rows,
-                      kvm, pages, H, d, PT, scale, tiles);
+            VS_LAUNCH(k_attention_tc, grid, TC_WARPS * 32, tc_smem, c->st, out,
+                      out16 ? (__nv_bfloat16 *)(void *)out : NULL, qkv, kv16, cb->rows, kvm, pages,
+                      H, d, PT, scale, tiles);
             VS_LAUNCHED(c, k_attention_tc);
             return;
         }
@@ -1670,8 +1854,9 @@ static void cuda_attention(vs_rt_backend *be, float *out, const float *qkv, cons
                                         (int)smem));
     int tiles = (cb->max_new + qt - 1) / qt;
     dim3 grid((unsigned)(cb->n_rows * tiles), (unsigned)H);
-    VS_LAUNCH(k_attention, grid, ATT_THREADS, smem, c->st, out, qkv, kv32, kv16, cb->rows, kvm,
-              pages, H, d, PT, scale, qt, tiles);
+    VS_LAUNCH(k_attention, grid, ATT_THREADS, smem, c->st, out,
+              out16 ? (__nv_bfloat16 *)(void *)out : NULL, qkv, kv32, kv16, cb->rows, kvm, pages, H,
+              d, PT, scale, qt, tiles);
     VS_LAUNCHED(c, k_attention);
 }
 
@@ -2743,7 +2928,8 @@ static vs_status cuda_reserve(vs_rt_backend *be, const vs_rt_workload *w, vs_err
         sample_plan sp = plan_sample(c, w->vocab, stok, 1); /* top-k/top-p: the larger plan */
         need[S_SORT] = sort_bytes(&sp);
     }
-    /* linear() converts x to BF16 only for weights with a BF16 copy */
+    /* linear() converts x to BF16 only for weights with a BF16 copy, and only an x that is not a
+     * gemm_inputs buffer */
     need[S_XBF] = c->n_sets ? w->linear_in * sizeof(__nv_bfloat16) : 0;
     size_t total = 0;
     for (int i = 0; i < S_COUNT; i++) {
@@ -2791,7 +2977,7 @@ static vs_status cuda_reserve(vs_rt_backend *be, const vs_rt_workload *w, vs_err
     if (c->sticky != VS_OK)
         return cuda_sync(be, err);
     vs_log(VS_LOG_INFO, "cuda",
-           "scratch reserved: %.1f MB (BF16 activations %.1f, cuDNN workspace %.1f for %d "
+           "scratch reserved: %.1f MB (BF16 linear inputs %.1f, cuDNN workspace %.1f for %d "
            "convolution plans, attention scores %.1f, sort %.1f, tables %.1f); staging ring %.1f MB",
            (double)total / 1e6, (double)need[S_XBF] / 1e6, (double)need[S_CONV] / 1e6, c->n_plans,
            (double)need[S_SCORES] / 1e6, (double)need[S_SORT] / 1e6,
@@ -2819,6 +3005,7 @@ static vs_rt_backend_ops make_ops(void)
     o.reserve = cuda_reserve;
     o.mem_info = cuda_mem_info;
     o.gemm_weights = cuda_gemm_weights;
+    o.gemm_inputs = cuda_gemm_inputs;
     o.decoder_weights = cuda_decoder_weights;
     o.linear = cuda_linear;
     o.linear_gelu = cuda_linear_gelu;
@@ -2829,6 +3016,7 @@ static vs_rt_backend_ops make_ops(void)
     o.gather_rows = cuda_gather_rows;
     o.adaln = cuda_adaln;
     o.gated_add = cuda_gated_add;
+    o.gated_add_adaln = cuda_gated_add_adaln;
     o.qk_norm = cuda_qk_norm;
     o.attention = cuda_attention;
     o.kv_compact = cuda_kv_compact;
@@ -2914,11 +3102,10 @@ extern "C" vs_status vs_rt_backend_cuda_new(int fp32, vs_rt_backend **out, vs_er
             st = vs_err_set(err, VS_ERR_CUDA, "cublasLtCreate: %s", cublasGetStatusString(ls));
             goto fail;
         }
-        int32_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N, bt = CUDA_R_32F;
+        int32_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N; /* the bias type is set per call */
         if (cublasLtMatmulDescCreate(&c->mm, CUBLAS_COMPUTE_32F, CUDA_R_32F) != CUBLAS_STATUS_SUCCESS ||
             cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta) ||
             cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb) ||
-            cublasLtMatmulDescSetAttribute(c->mm, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt) ||
             cublasLtMatrixLayoutCreate(&c->la, CUDA_R_32F, 1, 1, 1) != CUBLAS_STATUS_SUCCESS ||
             cublasLtMatrixLayoutCreate(&c->lb, CUDA_R_32F, 1, 1, 1) != CUBLAS_STATUS_SUCCESS ||
             cublasLtMatrixLayoutCreate(&c->ly, CUDA_R_32F, 1, 1, 1) != CUBLAS_STATUS_SUCCESS) {

@@ -30,7 +30,9 @@ struct vs_rt_engine {
     int page_tokens;
     /* backend scratch */
     float *x, *xn, *tmp, *qkv, *attn, *ffn, *logits, *gin; /* [T][...] */
-    float *cond, *csilu, *mod, *smod, *hmod;              /* [R][...] */
+    float *cond, *csilu, *smod, *hmod;                    /* [R][...] */
+    float *mod;             /* [2][R][6C]: layer l's AdaLN in mod + (l % 2)·R·6C (a layer's last
+                             * gated_add runs fused with the next layer's first adaln) */
     float *q_h, *q_up, *q_conv, *q_down, *q_f;            /* quantiser, [max_images][Cvae·P²] */
     float *img_mem;         /* the state of max_images images: [max_images][2][Cvae·P²] */
     int *img_free, n_img_free; /* its free slots */
@@ -52,13 +54,14 @@ float vs_rt_guidance(const vs_rt_config *c, float cfg, int s)
 }
 
 /* Tells the backend which weights are GEMM matrices (a BF16 backend keeps a copy of each):
- * AdaLN projections, qkv, proj, fc1, fc2, the head's AdaLN and the head. 0, or -1 when out of
+ * AdaLN projections, qkv, proj, fc1, fc2, the head's AdaLN and the head; and fc1's bias, the
+ * bias of the one linear whose output is a GEMM input (declare_gemm_inputs). 0, or -1 when out of
  * host memory. */
 static int declare_gemm_weights(vs_rt_engine *e)
 {
     const vs_rt_config *c = &e->m->cfg;
     size_t C = (size_t)c->embed_dim, F = (size_t)c->ffn_dim, V = (size_t)c->vocab_size;
-    int cap = 5 * c->depth + 3, k = 0;
+    int cap = 6 * c->depth + 3, k = 0;
     const float **w = malloc((size_t)cap * sizeof *w);
     size_t *n = malloc((size_t)cap * sizeof *n);
     if (!w || !n) {
@@ -74,6 +77,7 @@ static int declare_gemm_weights(vs_rt_engine *e)
         DECLARE(bw->qkv_w, 3 * C * C);
         DECLARE(bw->proj_w, C * C);
         DECLARE(bw->fc1_w, F * C);
+        DECLARE(bw->fc1_b, F);
         DECLARE(bw->fc2_w, C * F);
     }
     DECLARE(e->w.head_nm_w, 2 * C * C);
@@ -83,6 +87,19 @@ static int declare_gemm_weights(vs_rt_engine *e)
     free(w);
     free(n);
     return 0;
+}
+
+/* Tells the backend which scratch buffers only feed the declared GEMMs (backend.h, gemm_inputs;
+ * a BF16 backend keeps them in BF16, so no linear converts its x): csilu (written by silu, read by
+ * the AdaLN projections), xn (adaln; qkv, fc1, the head), attn (attention; proj) and ffn (fc1;
+ * fc2). The FP32 residual stream x and everything else stay floats. */
+static void declare_gemm_inputs(vs_rt_engine *e)
+{
+    const vs_rt_config *c = &e->m->cfg;
+    size_t T = (size_t)e->max_tok, R = (size_t)e->max_rows, C = (size_t)c->embed_dim;
+    const float *a[] = {e->csilu, e->xn, e->attn, e->ffn};
+    size_t n[] = {R * C, T * C, T * C, T * (size_t)c->ffn_dim};
+    BE->gemm_inputs(e->be, a, n, 4);
 }
 
 /* Tells the backend which conv2d weights are the decoder's (it may multiply them at reduced
@@ -116,12 +133,10 @@ static void engine_workload(const vs_rt_engine *e, vs_rt_workload *wl)
      * pos_start), every image's codes of a scale, a class per row: none longer than the step's
      * tokens */
     wl->index = e->max_tok;
-    size_t T = (size_t)e->max_tok, K = (size_t)c->embed_dim;
-    if ((size_t)c->ffn_dim > K)
-        K = (size_t)c->ffn_dim; /* fc2 */
-    if ((size_t)c->z_channels > K)
-        K = (size_t)c->z_channels; /* the word embedding */
-    wl->linear_in = T * K;
+    /* the declared linears' inputs: none to convert when they are GEMM inputs the backend holds
+     * (declare_gemm_inputs), else up to fc2's */
+    size_t K = (size_t)c->ffn_dim > (size_t)c->embed_dim ? (size_t)c->ffn_dim : (size_t)c->embed_dim;
+    wl->linear_in = BE->gemm_inputs ? 0 : (size_t)e->max_tok * K;
     wl->sample_reqs = e->max_images;
     wl->sample_tokens = e->max_images * P2;
     wl->vocab = c->vocab_size;
@@ -190,7 +205,7 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
     e->gin = balloc(e, T * Cv, &fail);
     e->cond = balloc(e, R * C, &fail);
     e->csilu = balloc(e, R * C, &fail);
-    e->mod = balloc(e, R * 6 * C, &fail);
+    e->mod = balloc(e, 2 * R * 6 * C, &fail);
     e->smod = balloc(e, R * 6 * C, &fail);
     e->hmod = balloc(e, R * 2 * C, &fail);
     size_t Q = (size_t)max_images * Cv * P2;
@@ -220,6 +235,8 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
                           "batch size",
                           max_images, mb);
     }
+    if (BE->gemm_inputs)
+        declare_gemm_inputs(e);
     vs_status st = vs_rt_vae_new(m, be, &e->w, max_images, &e->vae, err);
     if (st != VS_OK) {
         vs_rt_engine_free(e);
@@ -398,6 +415,21 @@ void vs_rt_image_fhat(vs_rt_engine *e, const vs_rt_image *img, float *host)
     BE->download(e->be, host, img->f_hat, (size_t)c->z_channels * P * P * sizeof(float));
 }
 
+/* Layer l's AdaLN modulation [R][6C] into mod: the shared projection plus the layer's gss, or the
+ * layer's own projection of silu(cond). */
+static void ada_mod(vs_rt_engine *e, int l, float *mod, int R)
+{
+    const vs_rt_config *c = &e->m->cfg;
+    const vs_rt_block_w *bw = &e->w.blocks[l];
+    int C = c->embed_dim;
+    if (c->shared_aln) {
+        BE->copy(e->be, mod, e->smod, (size_t)R * 6 * C * sizeof(float));
+        BE->add_bias_rows(e->be, mod, bw->ada_gss, R, 6 * C);
+    } else {
+        BE->linear(e->be, mod, e->csilu, bw->ada_w, bw->ada_b, R, 6 * C, C);
+    }
+}
+
 /* A step that stops half way (a hook failed): the work queued is void. sync() collects (and so
  * clears) any error the backend recorded meanwhile; a lost device outranks the hook's reason. */
 static vs_status abandon_step(vs_rt_engine *e, vs_status st, vs_err *err)
@@ -496,17 +528,15 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, const vs_
     if (c->shared_aln)
         BE->linear(e->be, e->smod, e->csilu, w->shared_ada_w, w->shared_ada_b, R, 6 * C, C);
 
-    float attn_scale = vs_rt_attn_scale(c);
+    float attn_scale = vs_rt_attn_scale(c), eps = (float)c->norm_eps;
+    /* AdaLN chunks: gamma1 0, gamma2 1, scale1 2, scale2 3, shift1 4, shift2 5. A residual update
+     * and the LayerNorm after it are one op (gated_add_adaln): after attention, the layer's own
+     * second; after the MLP, the next layer's first (its AdaLN computed first) or the head's. */
+    ada_mod(e, 0, e->mod, R);
+    BE->adaln(e->be, e->xn, e->x, e->mod, 6 * C, 2 * C, 4 * C, &b, C, eps);
     for (int l = 0; l < c->depth; l++) {
         const vs_rt_block_w *bw = &w->blocks[l];
-        if (c->shared_aln) {
-            BE->copy(e->be, e->mod, e->smod, (size_t)R * 6 * C * sizeof(float));
-            BE->add_bias_rows(e->be, e->mod, bw->ada_gss, R, 6 * C);
-        } else {
-            BE->linear(e->be, e->mod, e->csilu, bw->ada_w, bw->ada_b, R, 6 * C, C);
-        }
-        /* chunks: gamma1 0, gamma2 1, scale1 2, scale2 3, shift1 4, shift2 5 */
-        BE->adaln(e->be, e->xn, e->x, e->mod, 6 * C, 2 * C, 4 * C, &b, C, (float)c->norm_eps);
+        float *mod = e->mod + (size_t)(l % 2) * R * 6 * C;
         BE->linear(e->be, e->qkv, e->xn, bw->qkv_w, bw->qkv_bias, T, 3 * C, C);
         if (c->attn_l2_norm)
             BE->qk_norm(e->be, e->qkv, T, H, d, bw->scale_mul);
@@ -517,14 +547,21 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, const vs_
         if (hooks && hooks->after_attn && (st = hooks->after_attn(hooks->ctx, l, &b, e->qkv, err)) != VS_OK)
             return abandon_step(e, st, err);
         BE->linear(e->be, e->tmp, e->attn, bw->proj_w, bw->proj_b, T, C, C);
-        BE->gated_add(e->be, e->x, e->tmp, e->mod, 6 * C, 0, &b, C);
-        BE->adaln(e->be, e->xn, e->x, e->mod, 6 * C, 3 * C, 5 * C, &b, C, (float)c->norm_eps);
+        vs_rt_backend_gated_add_adaln(e->be, e->x, e->tmp, mod, 6 * C, 0, e->xn, mod, 6 * C, 3 * C,
+                                      5 * C, &b, C, eps);
         vs_rt_backend_linear_gelu(e->be, e->ffn, e->xn, bw->fc1_w, bw->fc1_b, T, c->ffn_dim, C);
         BE->linear(e->be, e->tmp, e->ffn, bw->fc2_w, bw->fc2_b, T, C, c->ffn_dim);
-        BE->gated_add(e->be, e->x, e->tmp, e->mod, 6 * C, C, &b, C);
+        if (l + 1 < c->depth) {
+            float *next = e->mod + (size_t)((l + 1) % 2) * R * 6 * C;
+            ada_mod(e, l + 1, next, R);
+            vs_rt_backend_gated_add_adaln(e->be, e->x, e->tmp, mod, 6 * C, C, e->xn, next, 6 * C,
+                                          2 * C, 4 * C, &b, C, eps);
+        } else {
+            BE->linear(e->be, e->hmod, e->csilu, w->head_nm_w, w->head_nm_b, R, 2 * C, C);
+            vs_rt_backend_gated_add_adaln(e->be, e->x, e->tmp, mod, 6 * C, C, e->xn, e->hmod,
+                                          2 * C, 0, C, &b, C, eps);
+        }
     }
-    BE->linear(e->be, e->hmod, e->csilu, w->head_nm_w, w->head_nm_b, R, 2 * C, C);
-    BE->adaln(e->be, e->xn, e->x, e->hmod, 2 * C, 0, C, &b, C, (float)c->norm_eps);
     BE->linear(e->be, e->logits, e->xn, w->head_w, w->head_b, T, V, C);
 
     for (int i = 0; i < n; i++) {

@@ -445,6 +445,7 @@ static void tb_free(tbatch *t)
 }
 
 #define PB(t) (&(t).b[side_])
+#define PB1(t) (&(t).b[1]) /* the device's */
 
 START_TEST(adaln_and_gated_add_match_cpu)
 {
@@ -460,6 +461,54 @@ START_TEST(adaln_and_gated_add_match_cpu)
     b2_free(&x);
     b2_free(&y);
     b2_free(&mod);
+    tb_free(&t);
+}
+END_TEST
+
+/* The fused residual update and LayerNorm (gated_add_adaln) gives the bits of gated_add then
+ * adaln on the device, in one launch where they take two, and matches the CPU (which runs the two
+ * ops: vs_rt_backend_gated_add_adaln without a fused op). The norm's modulation comes from another
+ * matrix than the gate's, with its own stride, as the engine passes the next layer's or the head's. */
+START_TEST(gated_add_adaln_is_gated_add_then_adaln_in_one_launch)
+{
+    tbatch t;
+    tb_init(&t, 4, 32);
+    int C = t.C, T = t.n_tok;
+    size_t n = (size_t)T * C;
+    buf2 x = b2_rand(n, 1, 3), y = b2_rand(n, 1, 0), xn = b2_new(n), x2 = b2_new(n), xn2 = b2_new(n),
+         gmod = b2_rand((size_t)TB_ROWS * 6 * C, 0.5f, 0), nmod = b2_rand((size_t)TB_ROWS * 2 * C, 0.5f, 0);
+    g_dut->ops->copy(g_dut, x2.dut, x.dut, n * sizeof(float));
+    vs_rt_counters a, b;
+    for (int side_ = 0; side_ < 2; side_++) {
+        vs_rt_backend *be = side_ ? g_dut : g_ref;
+        if (side_)
+            ck_assert(vs_rt_backend_counters(be, &a) || g_self);
+        vs_rt_backend_gated_add_adaln(be, P(x), P(y), P(gmod), 6 * C, C, P(xn), P(nmod), 2 * C, 0,
+                                      C, PB(t), C, 1e-6f);
+        if (side_)
+            ck_assert(vs_rt_backend_counters(be, &b) || g_self);
+    }
+    expect(&x, TOL, "gated_add_adaln's x");
+    expect(&xn, TOL, "gated_add_adaln's xn");
+    g_dut->ops->gated_add(g_dut, x2.dut, y.dut, gmod.dut, 6 * C, C, PB1(t), C);
+    g_dut->ops->adaln(g_dut, xn2.dut, x2.dut, nmod.dut, 2 * C, 0, C, PB1(t), C, 1e-6f);
+    sync_ok();
+    float *h[4];
+    const float *d[4] = {x.dut, x2.dut, xn.dut, xn2.dut};
+    for (int i = 0; i < 4; i++) {
+        h[i] = malloc(n * sizeof(float));
+        ck_assert_ptr_nonnull(h[i]);
+        g_dut->ops->download(g_dut, h[i], d[i], n * sizeof(float));
+    }
+    ck_assert_msg(memcmp(h[0], h[1], n * sizeof(float)) == 0, "the fused x differs from gated_add's");
+    ck_assert_msg(memcmp(h[2], h[3], n * sizeof(float)) == 0, "the fused xn differs from adaln's");
+    if (!g_self)
+        ck_assert_uint_eq(b.launches - a.launches, 1);
+    for (int i = 0; i < 4; i++)
+        free(h[i]);
+    buf2 *all[] = {&x, &y, &xn, &x2, &xn2, &gmod, &nmod};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        b2_free(all[i]);
     tb_free(&t);
 }
 END_TEST
@@ -1500,6 +1549,8 @@ END_TEST
  *   multiple of 16, asserted below), rounding q and k for Q·Kᵀ and p and v for P·V: two GEMMs
  *   with both operands rounded, so G = 5·depth + 3 + 2·depth (5·depth + 3 under
  *   CHECK_CUDA_SELFTEST, whose FP32 stand-in keeps FP32 pages and attention);
+ *   fc1's bias, added in BF16 where fc1 writes its BF16 output, errs by at most the rounding of
+ *   that output (which fc2 made anyway), so it stays within fc1's and fc2's share;
  *   independent roundings add in quadrature, so the expected relative RMS error is √G · 2.35e-3;
  *   BF16_GAIN = 2 allows for amplification through the normalisations and the residual stream.
  * Per scale: RMS(Δ) ≤ BF16_GAIN·√G·√(2/3)·u · RMS(fp32 logits), and every element within
@@ -1605,6 +1656,109 @@ static bf16_report bf16_teacher_forced(const char *path, const vs_srv_gen_req *r
     vs_rt_model_free(m);
     return rep;
 }
+
+/* The BF16-mode backend with gemm_inputs hidden: every linear converts its x to BF16 in a launch of
+ * its own, as before the engine's GEMM inputs were held in BF16. */
+static vs_rt_backend_ops g_nodecl_ops;
+
+static vs_rt_backend *bf16_backend_converting(void)
+{
+    vs_rt_backend *be = bf16_backend();
+    g_nodecl_ops = *be->ops;
+    g_nodecl_ops.gemm_inputs = NULL;
+    be->ops = &g_nodecl_ops;
+    return be;
+}
+
+/* GEMM inputs held in BF16 (gemm_inputs: silu, adaln, attention and fc1 write them, the linears
+ * read them) are what converting each linear's FP32 x gives: the same round to nearest even of
+ * the same FP32 values. With fc1's biases exact in BF16 (the one bias that is rounded: a linear
+ * into BF16 activations adds the BF16 copy) the teacher-forced logits agree with the converting
+ * backend's to far below BF16 precision (a buffer read as the wrong type or stale is off by
+ * O(1)); the emulated device gives the same bits, a GPU's cuBLASLt may pick another kernel for a
+ * BF16 output, so 1/64 of the BF16 limit is allowed. */
+START_TEST(bf16_gemm_inputs_give_the_logits_of_converting_each_linears_input)
+{
+    vs_err err = {0};
+    vs_rt_model *m = NULL;
+    ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
+    const vs_rt_config *c = &m->cfg;
+    for (int l = 0; l < c->depth; l++)
+        for (int i = 0; i < c->ffn_dim; i++)
+            m->w.blocks[l].fc1_b[i] = bf16_round(m->w.blocks[l].fc1_b[i]);
+    vs_rt_backend *held = bf16_backend(), *conv = bf16_backend_converting();
+    int L = c->scale_offset[c->n_scales], V = c->vocab_size;
+    vs_srv_gen_req reqs[2] = {{3, 0, 1.5f, 1, 0.0f}, {6, 5, 1.5f, 900, 0.96f}};
+    float *lh[2], *lc[2];
+    for (int i = 0; i < 2; i++) {
+        lh[i] = malloc((size_t)L * V * sizeof(float));
+        lc[i] = malloc((size_t)L * V * sizeof(float));
+        ck_assert(lh[i] && lc[i]);
+    }
+    gen_out a, b;
+    gen_run(held, m, reqs, 2, NULL, lh, NULL, 0, &a);
+    gen_run(conv, m, reqs, 2, NULL, lc, (const int32_t *const *)a.tok, 0, &b);
+    size_t same = 0, all = (size_t)2 * L * V;
+    double worst = 0, sr = 0;
+    for (int i = 0; i < 2; i++)
+        for (size_t k = 0; k < (size_t)L * V; k++) {
+            same += lh[i][k] == lc[i][k];
+            worst = fmax(worst, fabs((double)lh[i][k] - lc[i][k]));
+            sr += (double)lc[i][k] * lc[i][k];
+        }
+    double rms = sqrt(sr / (double)all);
+    double limit = BF16_GAIN * sqrt(5.0 * c->depth + 3) * sqrt(2.0 / 3.0) * 0.736 * BF16_U / 64;
+    printf("check_cuda: BF16 GEMM inputs vs converting each linear's x: %zu of %zu logits "
+           "identical, worst difference %.3g of RMS %.3g (limit %.3g relative)\n",
+           same, all, worst, rms, limit);
+    ck_assert_msg(rms > 0 && worst <= limit * rms,
+                  "GEMM inputs held in BF16 change a logit by %.3g (RMS %.3g, limit %.3g relative)",
+                  worst, rms, limit);
+    gen_out_free(&a);
+    gen_out_free(&b);
+    for (int i = 0; i < 2; i++) {
+        free(lh[i]);
+        free(lc[i]);
+    }
+    vs_rt_backend_free(held);
+    vs_rt_backend_free(conv);
+    vs_rt_model_free(m);
+}
+END_TEST
+
+/* The declared GEMM inputs are the backend's own: a copy or download of one is refused (recorded,
+ * returned by sync) and the backend goes on; an undeclared buffer next to them is not affected. */
+START_TEST(bf16_gemm_inputs_refuse_copies_and_downloads)
+{
+    if (g_self)
+        return; /* the CPU backend has no gemm_inputs */
+    vs_rt_backend *bf = bf16_backend();
+    vs_err err = {0};
+    enum { N = 8, K = 16 };
+    float *w = bf->ops->alloc(bf, N * K * sizeof(float)), *act = bf->ops->alloc(bf, K * sizeof(float));
+    float *other = bf->ops->alloc(bf, K * sizeof(float)), host[K];
+    ck_assert(w && act && other);
+    const float *wl[1] = {w}, *al[1] = {act};
+    size_t wn[1] = {N * K}, an[1] = {K};
+    bf->ops->gemm_weights(bf, w, wl, wn, 1);
+    bf->ops->gemm_inputs(bf, al, an, 1);
+    for (int i = 0; i < K; i++)
+        host[i] = (float)i;
+    bf->ops->upload(bf, other, host, sizeof host);
+    bf->ops->download(bf, host, other, sizeof host);
+    ck_assert_int_eq(bf->ops->sync(bf, &err), VS_OK);
+    bf->ops->copy(bf, act, other, sizeof host);
+    ck_assert_int_eq(bf->ops->sync(bf, &err), VS_ERR_INTERNAL);
+    ck_assert_msg(strstr(err.msg, "BF16 activations"), "%s", err.msg);
+    bf->ops->download(bf, host, act + 2, 4 * sizeof(float));
+    ck_assert_int_eq(bf->ops->sync(bf, &err), VS_ERR_INTERNAL);
+    bf->ops->free(bf, act); /* the declaration goes with the block */
+    bf->ops->free(bf, other);
+    bf->ops->free(bf, w);
+    ck_assert_int_eq(bf->ops->sync(bf, &err), VS_OK);
+    vs_rt_backend_free(bf);
+}
+END_TEST
 
 START_TEST(bf16_logits_on_the_tiny_fixture_are_within_bf16_precision_of_fp32)
 {
@@ -1836,6 +1990,51 @@ START_TEST(launches_and_syncs_per_step_and_per_decode_do_not_grow_with_the_image
 }
 END_TEST
 
+/* In BF16 mode a step launches exactly what it launches in FP32: the GEMM inputs are held in
+ * BF16 by the ops that write them (gemm_inputs), so no linear converts its x. The converting
+ * backend (gemm_inputs hidden) shows what that saves: one conversion per declared linear, i.e.
+ * per step the shared AdaLN (when shared), per layer its AdaLN (when not shared), qkv, proj, fc1
+ * and fc2, then the head's AdaLN and the head. */
+START_TEST(bf16_steps_launch_no_conversion_of_a_gemm_input)
+{
+    if (g_self)
+        return; /* counters: a device only */
+    vs_err err = {0};
+    vs_rt_model *m = NULL;
+    ck_assert_msg(vs_rt_model_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
+    const vs_rt_config *c = &m->cfg;
+    vs_rt_backend *bf = bf16_backend(), *conv = bf16_backend_converting();
+    vs_srv_gen_req req = {4, 9, 1.5f, 1, 0.0f};
+    gen_out f, h, v;
+    gen_run(g_dut, m, &req, 1, NULL, NULL, NULL, 0, &f);
+    gen_run(bf, m, &req, 1, NULL, NULL, NULL, 0, &h);
+    gen_run(conv, m, &req, 1, NULL, NULL, NULL, 0, &v);
+    ck_assert(f.times.have_device && f.times.steps == c->n_scales && h.times.steps == c->n_scales &&
+              v.times.steps == c->n_scales);
+    uint64_t per_step = (uint64_t)(c->shared_aln ? 1 : 0) +
+                        (uint64_t)c->depth * (c->shared_aln ? 4 : 5) + 2;
+    uint64_t lf = f.times.device.launches, lh = h.times.device.launches,
+             lv = v.times.device.launches;
+    printf("check_cuda: launches per step: FP32 %.1f, BF16 %.1f, BF16 converting each linear's x "
+           "%.1f (%llu conversions a step)\n",
+           (double)lf / c->n_scales, (double)lh / c->n_scales, (double)lv / c->n_scales,
+           (unsigned long long)per_step);
+    ck_assert_msg(lh == lf, "BF16 mode launched %llu times over the %d steps, FP32 mode %llu",
+                  (unsigned long long)lh, c->n_scales, (unsigned long long)lf);
+    ck_assert_msg(lv == lf + per_step * (uint64_t)c->n_scales,
+                  "converting each linear's x: %llu launches over %d steps, want FP32's %llu + %llu "
+                  "conversions a step",
+                  (unsigned long long)lv, c->n_scales, (unsigned long long)lf,
+                  (unsigned long long)per_step);
+    gen_out_free(&f);
+    gen_out_free(&h);
+    gen_out_free(&v);
+    vs_rt_backend_free(bf);
+    vs_rt_backend_free(conv);
+    vs_rt_model_free(m);
+}
+END_TEST
+
 /* In BF16 mode only the declared GEMM weights are BF16 and only the decoder TF32: the quantiser
  * (f_hat over every scale: embedding lookup, bicubic, φ convolutions) and an undeclared linear
  * (the word embedding's kind) equal strict FP32 (the emulated device rounds TF32 inputs, which
@@ -1921,6 +2120,7 @@ static Suite *cuda_suite(void)
     tcase_add_test(tc, elementwise_ops_match_cpu);
     tcase_add_test(tc, gather_rows_and_embed_chw_are_exact);
     tcase_add_test(tc, adaln_and_gated_add_match_cpu);
+    tcase_add_test(tc, gated_add_adaln_is_gated_add_then_adaln_in_one_launch);
     tcase_add_test(tc, qk_norm_matches_cpu);
     tcase_add_test(tc, attention_writes_the_new_kv_into_pages_and_matches_cpu);
     tcase_add_test(tc, kv_compact_on_the_device_keeps_and_packs_what_the_cpu_does);
@@ -1952,6 +2152,8 @@ static Suite *cuda_suite(void)
     tcase_add_test(tb, bf16_pages_halve_the_kv_bytes_per_image_of_every_policy);
     tcase_add_test(tb, bf16_logits_on_the_tiny_fixture_are_within_bf16_precision_of_fp32);
     tcase_add_test(tb, bf16_logits_on_the_bundled_model_are_within_bf16_precision_of_fp32);
+    tcase_add_test(tb, bf16_gemm_inputs_give_the_logits_of_converting_each_linears_input);
+    tcase_add_test(tb, bf16_gemm_inputs_refuse_copies_and_downloads);
     suite_add_tcase(s, tb);
     TCase *tr = tcase_create("recovery");
     tcase_set_timeout(tr, 600);
@@ -1963,6 +2165,7 @@ static Suite *cuda_suite(void)
     TCase *tl = tcase_create("launches");
     tcase_set_timeout(tl, 600);
     tcase_add_test(tl, launches_and_syncs_per_step_and_per_decode_do_not_grow_with_the_images);
+    tcase_add_test(tl, bf16_steps_launch_no_conversion_of_a_gemm_input);
     suite_add_tcase(s, tl);
     return s;
 }

@@ -429,6 +429,89 @@ START_TEST(cublaslt_epilogues_add_the_bias_per_row_and_apply_gelu_after_it)
 }
 END_TEST
 
+/* A BF16 D (and C): the epilogue's FP32 result (bias of D's type, BF16, then GELU) rounded to
+ * nearest even, as the CUDA backend's linear into BF16 activations asks it; a bias of another type
+ * than D's, or a C of another type, is refused as cublasLt.h documents (bias: D's type). */
+START_TEST(cublaslt_writes_a_bf16_d_with_a_bf16_bias_rounded_to_nearest_even)
+{
+    const int M = 5, N = 7, K = 40;
+    __nv_bfloat16 hw[N * K], hx[M * K], hbias[N], hD[N * M];
+    float bias32[N];
+    for (int i = 0; i < N * K; i++)
+        hw[i] = __float2bfloat16_rn(sinf((float)i * 0.3f) * 0.2f);
+    for (int i = 0; i < M * K; i++)
+        hx[i] = __float2bfloat16_rn(cosf((float)i * 0.17f));
+    for (int i = 0; i < N; i++)
+        hbias[i] = __float2bfloat16_rn(bias32[i] = 0.13f * (float)i - 0.41f);
+    __nv_bfloat16 *dw = dev_alloc<__nv_bfloat16>(N * K), *dx = dev_alloc<__nv_bfloat16>(M * K);
+    __nv_bfloat16 *db = dev_alloc<__nv_bfloat16>(N), *dD = dev_alloc<__nv_bfloat16>(N * M);
+    float *db32 = dev_alloc<float>(N);
+    CK(cudaMemcpy(dw, hw, sizeof hw, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(dx, hx, sizeof hx, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(db, hbias, sizeof hbias, cudaMemcpyHostToDevice));
+    CK(cudaMemcpy(db32, bias32, sizeof bias32, cudaMemcpyHostToDevice));
+    cublasLtHandle_t h;
+    ck_assert_int_eq(cublasLtCreate(&h), CUBLAS_STATUS_SUCCESS);
+    cublasLtMatmulDesc_t d;
+    ck_assert_int_eq(cublasLtMatmulDescCreate(&d, CUBLAS_COMPUTE_32F, CUDA_R_32F), CUBLAS_STATUS_SUCCESS);
+    int32_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    uint32_t ep = CUBLASLT_EPILOGUE_GELU_BIAS;
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), 0);
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), 0);
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_EPILOGUE, &ep, sizeof ep), 0);
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &db, sizeof db), 0);
+    cublasLtMatrixLayout_t la, lb, ly, ly32;
+    ck_assert_int_eq(cublasLtMatrixLayoutCreate(&la, CUDA_R_16BF, K, N, K), 0);
+    ck_assert_int_eq(cublasLtMatrixLayoutCreate(&lb, CUDA_R_16BF, K, M, K), 0);
+    ck_assert_int_eq(cublasLtMatrixLayoutCreate(&ly, CUDA_R_16BF, N, M, N), 0);
+    ck_assert_int_eq(cublasLtMatrixLayoutCreate(&ly32, CUDA_R_32F, N, M, N), 0);
+    float one = 1, zero = 0;
+    /* the bias type left at its default (-1): D's type */
+    CK(cudaMemset(dD, 0xff, sizeof hD)); /* NaN: β = 0 must not read C */
+    ck_assert_int_eq(cublasLtMatmul(h, d, &one, dw, la, dx, lb, &zero, dD, ly, dD, ly, NULL, NULL, 0, 0),
+                     CUBLAS_STATUS_SUCCESS);
+    CK(cudaDeviceSynchronize());
+    to_host(hD, dD, N * M);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            double acc = 0;
+            for (int k = 0; k < K; k++)
+                acc += (double)__bfloat162float(hw[n * K + k]) * __bfloat162float(hx[m * K + k]);
+            float v = gelu_ref((float)acc + __bfloat162float(hbias[n]));
+            float got = __bfloat162float(hD[m * N + n]);
+            /* FP32 accumulation differs from the double reference in the last bits, so the
+             * rounding is checked against both neighbours of v */
+            float lo = __bfloat162float(__float2bfloat16_rn(v * (1 - 1e-6f))),
+                  hi = __bfloat162float(__float2bfloat16_rn(v * (1 + 1e-6f)));
+            ck_assert_msg(got == lo || got == hi, "D[%d][%d] = %g, not %g rounded to BF16", m, n,
+                          (double)got, (double)v);
+        }
+    int32_t bt = CUDA_R_16BF;
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt), 0);
+    ck_assert_int_eq(cublasLtMatmul(h, d, &one, dw, la, dx, lb, &zero, dD, ly, dD, ly, NULL, NULL, 0, 0),
+                     CUBLAS_STATUS_SUCCESS);
+    /* an FP32 bias with a BF16 D, and a C whose type is not D's, are refused */
+    bt = CUDA_R_32F;
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE, &bt, sizeof bt), 0);
+    ck_assert_int_eq(cublasLtMatmulDescSetAttribute(d, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &db32, sizeof db32), 0);
+    ck_assert_int_ne(cublasLtMatmul(h, d, &one, dw, la, dx, lb, &zero, dD, ly, dD, ly, NULL, NULL, 0, 0),
+                     CUBLAS_STATUS_SUCCESS);
+    ck_assert_int_ne(cublasLtMatmul(h, d, &one, dw, la, dx, lb, &zero, dD, ly32, dD, ly, NULL, NULL, 0, 0),
+                     CUBLAS_STATUS_SUCCESS);
+    cublasLtMatrixLayoutDestroy(la);
+    cublasLtMatrixLayoutDestroy(lb);
+    cublasLtMatrixLayoutDestroy(ly);
+    cublasLtMatrixLayoutDestroy(ly32);
+    cublasLtMatmulDescDestroy(d);
+    cublasLtDestroy(h);
+    CK(cudaFree(dw));
+    CK(cudaFree(dx));
+    CK(cudaFree(db));
+    CK(cudaFree(db32));
+    CK(cudaFree(dD));
+}
+END_TEST
+
 /* ---- cuDNN's forward convolution ------------------------------------------------------------- */
 
 #define DNN(call) ck_assert_int_eq((int)(call), (int)CUDNN_STATUS_SUCCESS)
@@ -947,6 +1030,7 @@ int main(void)
     tcase_add_test(tc, copies_outside_an_allocation_fail_and_the_device_goes_on);
     tcase_add_test(tc, sgemm_follows_cublas_layouts_and_tf32_mode_rounds_the_inputs);
     tcase_add_test(tc, cublaslt_epilogues_add_the_bias_per_row_and_apply_gelu_after_it);
+    tcase_add_test(tc, cublaslt_writes_a_bf16_d_with_a_bf16_bias_rounded_to_nearest_even);
     tcase_add_test(tc, cudnn_convolution_matches_a_naive_convolution_for_every_offered_algorithm);
     tcase_add_test(tc, bf16_conversion_rounds_to_nearest_even);
     tcase_add_test(tc, wmma_multiplies_bf16_tiles_in_every_layout_as_a_plain_loop);

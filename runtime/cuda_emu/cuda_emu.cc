@@ -1196,7 +1196,7 @@ static const float *as_f32(const void *p, in_kind kind, size_t n, rounding r, st
 static cublasStatus_t gemm(const char *what, cublasHandle_t h, cublasOperation_t ta,
                            cublasOperation_t tb, int m, int n, int k, float alpha, const void *A,
                            in_kind ak, int lda, const void *B, in_kind bk, int ldb, float beta,
-                           float *C, int ldc, rounding r)
+                           float *C, int ldc, rounding r, bool c_host = false)
 {
     if (!h || h->magic != BLAS_MAGIC)
         return CUBLAS_STATUS_NOT_INITIALIZED;
@@ -1216,7 +1216,7 @@ static cublasStatus_t gemm(const char *what, cublasHandle_t h, cublasOperation_t
     size_t es_a = ak == IN_BF16 ? 2 : 4, es_b = bk == IN_BF16 ? 2 : 4;
     size_t na = k ? span(ar, ac, lda) : 0, nb = k ? span(br, bc, ldb) : 0, nc = span(m, n, ldc);
     if ((na && !in_device(A, na * es_a)) || (nb && !in_device(B, nb * es_b)) ||
-        !in_device(C, nc * sizeof(float))) {
+        (!c_host && !in_device(C, nc * sizeof(float)))) {
         fault(cudaErrorIllegalAddress,
               "%s (m %d n %d k %d, lda %d ldb %d ldc %d): an operand reaches outside its device "
               "allocation",
@@ -1354,7 +1354,7 @@ cublasStatus_t cublasLtMatmulDescCreate(cublasLtMatmulDesc_t *d, cublasComputeTy
     if (!*d)
         return CUBLAS_STATUS_ALLOC_FAILED;
     **d = cuda_emu_lt_desc{LT_MAGIC, compute, CUBLAS_OP_N, CUBLAS_OP_N, CUBLASLT_EPILOGUE_DEFAULT, NULL,
-                           CUDA_R_32F};
+                           -1};
     return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -1458,8 +1458,8 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
     uint64_t am = ta ? ad->cols : ad->rows, bk = tb ? bd->cols : bd->rows, bn = tb ? bd->rows : bd->cols;
     if (am != m || bk != k || bn != n || cd->rows != m || cd->cols != n || cd->ld != dd->ld ||
         ad->type != bd->type || (ad->type != CUDA_R_32F && ad->type != CUDA_R_16BF) ||
-        cd->type != CUDA_R_32F || dd->type != CUDA_R_32F || m > INT32_MAX || n > INT32_MAX ||
-        k > INT32_MAX) {
+        cd->type != dd->type || (dd->type != CUDA_R_32F && dd->type != CUDA_R_16BF) ||
+        m > INT32_MAX || n > INT32_MAX || k > INT32_MAX) {
         fprintf(stderr, "cuda-emu: %s: layouts A %llux%llu, B %llux%llu, C %llux%llu, D %llux%llu "
                         "(transa %d, transb %d) or their types do not agree\n", what,
                 (unsigned long long)ad->rows, (unsigned long long)ad->cols,
@@ -1473,20 +1473,36 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
     bool has_gelu = ep == CUBLASLT_EPILOGUE_GELU || ep == CUBLASLT_EPILOGUE_GELU_BIAS;
     if (ep != CUBLASLT_EPILOGUE_DEFAULT && !has_bias && !has_gelu)
         return CUBLAS_STATUS_NOT_SUPPORTED;
-    if (has_bias && (!d->bias || d->bias_type != CUDA_R_32F))
+    /* the bias has D's type (cublasLt.h, CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE: -1 is D's type; the
+     * other types it allows are for FP8 and integer kernels, which this emulation has not) */
+    int32_t bias_type = d->bias_type == -1 ? dd->type : d->bias_type;
+    if (has_bias && !d->bias)
         return CUBLAS_STATUS_INVALID_VALUE;
-    if (has_bias && !in_device(d->bias, m * sizeof(float))) {
-        fault(cudaErrorIllegalAddress, "%s: the bias (%llu floats) reaches outside its device allocation",
+    if (has_bias && bias_type != dd->type)
+        return CUBLAS_STATUS_NOT_SUPPORTED;
+    bool d16 = dd->type == CUDA_R_16BF;
+    size_t es_d = d16 ? 2 : 4;
+    if (has_bias && !in_device(d->bias, m * es_d)) {
+        fault(cudaErrorIllegalAddress, "%s: the bias (%llu elements) reaches outside its device allocation",
               what, (unsigned long long)m);
         return CUBLAS_STATUS_EXECUTION_FAILED;
     }
     float b = *(const float *)beta;
-    if (b != 0.0f && C != D) { /* D starts as C, then β·D accumulates as cuBLAS does */
-        size_t nc = span((int)m, (int)n, (int)dd->ld);
-        if (!in_device(C, nc * sizeof(float)) || !in_device(D, nc * sizeof(float))) {
-            fault(cudaErrorIllegalAddress, "%s: C or D reaches outside its device allocation", what);
-            return CUBLAS_STATUS_EXECUTION_FAILED;
-        }
+    size_t nd = span((int)m, (int)n, (int)dd->ld);
+    if ((b != 0.0f && !in_device(C, nd * es_d)) || !in_device(D, nd * es_d)) {
+        fault(cudaErrorIllegalAddress, "%s: C or D reaches outside its device allocation", what);
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
+    /* the FP32 result: in D itself when D is FP32, else in host floats rounded into D at the end */
+    std::vector<float> acc;
+    float *out = (float *)D;
+    if (d16) {
+        acc.assign(nd, 0.0f);
+        out = acc.data();
+        if (b != 0.0f)
+            for (size_t i = 0; i < nd; i++)
+                acc[i] = (float)((const __nv_bfloat16 *)C)[i];
+    } else if (b != 0.0f && C != D) { /* D starts as C, then β·D accumulates as cuBLAS does */
         for (uint64_t j = 0; j < n; j++)
             memmove((float *)D + j * dd->ld, (const float *)C + j * dd->ld, m * sizeof(float));
     }
@@ -1498,15 +1514,21 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t h, cublasLtMatmulDesc_t d, const 
     cuda_emu_blas gh = {BLAS_MAGIC, st, CUBLAS_DEFAULT_MATH};
     cublasStatus_t s = gemm(what, &gh, ta ? CUBLAS_OP_T : CUBLAS_OP_N, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
                             (int)m, (int)n, (int)k, *(const float *)alpha, A, kin, (int)ad->ld, B, kin,
-                            (int)bd->ld, b, (float *)D, (int)dd->ld, r);
+                            (int)bd->ld, b, out, (int)dd->ld, r, d16);
     if (s != CUBLAS_STATUS_SUCCESS)
         return s;
-    const float *bias = (const float *)d->bias;
     for (uint64_t j = 0; j < n; j++) {
-        float *col = (float *)D + j * dd->ld;
+        float *col = out + j * dd->ld;
         for (uint64_t i = 0; i < m; i++) {
-            float v = has_bias ? col[i] + bias[i] : col[i];
-            col[i] = has_gelu ? gelu_tanh_f(v) : v;
+            float bi = !has_bias ? 0.0f
+                       : d16     ? (float)((const __nv_bfloat16 *)d->bias)[i]
+                                 : ((const float *)d->bias)[i];
+            float v = has_bias ? col[i] + bi : col[i];
+            v = has_gelu ? gelu_tanh_f(v) : v;
+            if (d16) /* the epilogue's FP32 result, rounded to nearest even */
+                ((__nv_bfloat16 *)D)[j * dd->ld + i] = __nv_bfloat16(v);
+            else
+                col[i] = v;
         }
     }
     check_guards(what);

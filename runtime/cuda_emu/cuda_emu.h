@@ -32,9 +32,11 @@
  *    compute) on OpenBLAS with cuBLAS's column-major layouts, transposes and argument checks;
  *    under CUBLAS_TF32_TENSOR_OP_MATH (or a *_FAST_TF32 compute type) FP32 inputs are rounded to
  *    TF32 (10-bit mantissa, to nearest) first, so precision claims can be tested;
- *  - cuBLASLt: cublasLtMatmul with the epilogues DEFAULT, BIAS, GELU and GELU_BIAS (FP32 bias,
- *    GELU in its tanh form, applied in FP32 after α·op(A)·op(B) + β·C), FP32 or BF16 inputs and FP32
- *    output on the cuBLAS emulation above (the same TF32/BF16 input rounding for the compute
+ *  - cuBLASLt: cublasLtMatmul with the epilogues DEFAULT, BIAS, GELU and GELU_BIAS (the bias of
+ *    D's type, as cublasLt.h's CUBLASLT_MATMUL_DESC_BIAS_DATA_TYPE documents: another type is
+ *    NOT_SUPPORTED; GELU in its tanh form, applied in FP32 after α·op(A)·op(B) + β·C), FP32 or
+ *    BF16 inputs, and FP32 or BF16 C and D (C of D's type; a BF16 D is the FP32 result rounded to
+ *    nearest even) on the cuBLAS emulation above (the same TF32/BF16 input rounding for the compute
  *    type), with cuBLASLt's checks of the descriptors' sizes and attribute sizes;
  *  - cuDNN: the forward convolution varserve uses (NCHW FP32 tensors, 2-D cross-correlation, unit
  *    stride and dilation; cudnnConvolutionForward, cudnnConvolutionBiasActivationForward with the
