@@ -1008,7 +1008,7 @@ vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err)
     vs_status st = vs_rt_simd_check(err);
     if (st != VS_OK)
         return st;
-    vs_rt_fp_env_init(); /* the creating thread runs the ops (and chunk 0 of each): no subnormals */
+    vs_rt_fp_env_init(); /* the creating thread runs the ops (and chunks of each): no subnormals */
     cpu_backend *c = calloc(1, sizeof *c);
     if (!c)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");

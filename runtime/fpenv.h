@@ -7,7 +7,7 @@
  * architectures keep IEEE gradual underflow (a no-op here).
  *
  * The mode is per thread. vs_rt_backend_cpu_new sets it on the thread that creates the backend
- * (the engine thread in `serve`, the main thread in the CLI commands, which also runs chunk 0 of
+ * (the engine thread in `serve`, the main thread in the CLI commands, which also runs chunks of
  * every pooled op and the ops that are not pooled), and each pool worker sets it when it starts
  * (runtime/threads.c). OpenBLAS runs single-threaded, on those same threads.
  *

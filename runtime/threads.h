@@ -1,10 +1,13 @@
 /* runtime/threads.h — a small fork-join pool for the CPU backend's loops.
  *
- * parallel_for splits [0, n) into one contiguous chunk per worker; the caller runs chunk 0. The
- * split depends only on n and the worker count, and every op computes each output element in one
- * place, so results do not depend on the number of threads. One caller at a time (the engine).
+ * parallel_for hands [0, n) out in contiguous chunks to whichever threads are running (the caller
+ * takes part), each chunk a share of what is left (threads.c), and returns when every unit has run.
+ * Which thread runs which unit varies from call to call; every op computes each output element in
+ * one place from its unit alone, so results depend neither on the number of threads nor on who
+ * ran what. fn's `worker` (0 = the caller) names the thread, for its scratch: one thread runs
+ * its chunks one after another. One caller at a time (the engine).
  * Workers run with subnormals flushed to zero (vs_rt_fp_env_init, runtime/fpenv.h); the caller,
- * which runs chunk 0, sets its own mode (vs_rt_backend_cpu_new does). */
+ * which runs chunks too, sets its own mode (vs_rt_backend_cpu_new does). */
 #ifndef VS_RT_THREADS_H
 #define VS_RT_THREADS_H
 

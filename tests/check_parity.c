@@ -9,6 +9,8 @@
 #include <float.h>
 #include <stdio.h>
 #include <math.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -651,6 +653,7 @@ END_TEST
 typedef struct {
     int flushing[8];
     uint32_t product[8];
+    atomic_int arrived;
 } fp_probe;
 
 static void probe_task(void *ctx, size_t b, size_t e, int worker)
@@ -658,6 +661,11 @@ static void probe_task(void *ctx, size_t b, size_t e, int worker)
     fp_probe *p = ctx;
     (void)b;
     (void)e;
+    /* each thread holds its unit until all four have one: the pool hands units to whichever
+     * thread runs, so only this makes every worker take part */
+    atomic_fetch_add(&p->arrived, 1);
+    while (atomic_load(&p->arrived) < 4)
+        sched_yield();
     volatile float tiny = 1e-20f;
     p->flushing[worker] = vs_rt_fp_env_flushing();
     p->product[worker] = bits_of(tiny * tiny); /* 1e-40: subnormal, or +0 when flushed */
@@ -673,6 +681,7 @@ START_TEST(pool_workers_flush_subnormals_whatever_the_creating_thread_does)
     ck_assert_int_eq(vs_rt_tpool_size(tp), 4);
     fp_probe p;
     memset(&p, 0xff, sizeof p);
+    atomic_init(&p.arrived, 0);
     vs_rt_parallel_for(tp, 4, probe_task, &p);
     for (int w = 1; w < 4; w++) {
         ck_assert_msg(p.flushing[w] == 1, "worker %d: MXCSR/FPCR flush bits not set (%d)", w,
