@@ -1,6 +1,7 @@
 # varserve — one non-recursive Makefile.
 #   make              build build/varserve (CPU backend; CUDA backend too when nvcc is found)
-#   make test         unit tests, sanitizer unit tests, the CUDA suite on the emulated device, tool tests
+#   make test         unit tests, sanitizer unit tests (ASan+UBSan; TSan: the pool),
+#                     the CUDA suite on the emulated device, tool tests
 #   make run          install missing packages (as root), build, serve the bundled model
 #   make bench        benchmarks (results go to bench/RESULTS.md by hand, with machine and date)
 #   make deps         install the Debian packages the build needs (apt-get as root)
@@ -84,7 +85,7 @@ UNIT_BIN := $(filter-out %_cuda,$(TEST_BIN))
 # the CUDA-vs-CPU suite: every backend op and the tiny fixture; prints a skip line without a GPU
 CUDA_CHECK := $(BUILD)/tests/check_cuda
 
-.PHONY: all test unit sanitize emu run serve bench deps clean model cuda-info parity-simd fuzz fuzz-smoke
+.PHONY: all test unit sanitize tsan tsan-server emu run serve bench deps clean model cuda-info parity-simd fuzz fuzz-smoke
 all: cuda-info $(BUILD)/varserve
 
 cuda-info:
@@ -148,6 +149,18 @@ unit: $(UNIT_BIN) $(CUDA_CHECK) $(BUILD)/varserve
 sanitize:
 	$(MAKE) SANITIZER=address unit
 
+# ThreadSanitizer: the fork-join pool's suite (make test), and the server's suite against a
+# TSan-built server (tsan-server: HTTP threads, the engine and its pool, metrics scrapes; minutes).
+tsan:
+	$(MAKE) SANITIZER=thread build/thread/tests/check_threads
+	@echo "== build/thread/tests/check_threads (ThreadSanitizer)"; \
+	  CK_FORK=no TSAN_OPTIONS=halt_on_error=1 build/thread/tests/check_threads
+
+tsan-server:
+	$(MAKE) SANITIZER=thread build/thread/tests/check_server build/thread/varserve
+	@echo "== build/thread/tests/check_server, server build/thread/varserve (ThreadSanitizer)"; \
+	  CK_FORK=no TSAN_OPTIONS=halt_on_error=1 VARSERVE_BIN=build/thread/varserve build/thread/tests/check_server
+
 # The CUDA backend on the emulated device, on every machine: every kernel runs (make CUDA=emu emu).
 # check_emu first: the emulator's own semantics (barriers, warps, faults, cuBLAS), then check_cuda.
 emu: $(BUILD)/tests/check_emu $(CUDA_CHECK) $(BUILD)/varserve
@@ -164,6 +177,7 @@ endif
 test: deps-check all
 	$(MAKE) unit
 	$(MAKE) sanitize
+	$(MAKE) tsan
 	$(MAKE) CUDA=emu emu  # also builds build/cuda-emu/varserve, which tests/test_cli.py uses
 	$(MAKE) parity-simd
 	@set -e; for t in tests/test_*.py; do [ -e "$$t" ] || continue; echo "== $$t"; \
