@@ -1352,21 +1352,31 @@ __global__ void __launch_bounds__(256)
     }
 }
 
+/* k_adaln over the step's tokens: xn = LN(x) modulated, held in BF16 where gemm_inputs holds
+ * it; with a residual branch (br, gmod), x += br · gamma first, in the same pass. */
+static void launch_adaln(cuda_backend *c, const vs_rt_batch *b, float *xn, const char *what,
+                         float *x, const float *nmod, int nmod_stride, int scale_off,
+                         int shift_off, int C, float eps, const float *br, const float *gmod,
+                         int gmod_stride, int gamma_off)
+{
+    const cuda_batch *cb = batch_of(c, b);
+    if (!cb || b->n_tok <= 0)
+        return;
+    int y16 = act_of(c, xn, (size_t)b->n_tok * C, what);
+    if (y16 < 0)
+        return;
+    VS_LAUNCH(k_adaln, (unsigned)b->n_tok, 256, 0, c->st, xn,
+              y16 ? (__nv_bfloat16 *)(void *)xn : NULL, x, nmod, nmod_stride, scale_off, shift_off,
+              cb->tok_row, C, eps, br, gmod, gmod_stride, gamma_off);
+    VS_LAUNCHED(c, k_adaln);
+}
+
 static void cuda_adaln(vs_rt_backend *be, float *y, const float *x, const float *mod,
                        int mod_stride, int scale_off, int shift_off, const vs_rt_batch *b, int C,
                        float eps)
 {
-    cuda_backend *c = cu(be);
-    const cuda_batch *cb = batch_of(c, b);
-    if (!cb || b->n_tok <= 0)
-        return;
-    int y16 = act_of(c, y, (size_t)b->n_tok * C, "adaln's y");
-    if (y16 < 0)
-        return;
-    VS_LAUNCH(k_adaln, (unsigned)b->n_tok, 256, 0, c->st, y, y16 ? (__nv_bfloat16 *)(void *)y : NULL,
-              (float *)x, mod, mod_stride, scale_off, shift_off, cb->tok_row, C, eps,
-              (const float *)NULL, (const float *)NULL, 0, 0);
-    VS_LAUNCHED(c, k_adaln);
+    launch_adaln(cu(be), b, y, "adaln's y", (float *)x, mod, mod_stride, scale_off, shift_off, C,
+                 eps, NULL, NULL, 0, 0);
 }
 
 static void cuda_gated_add_adaln(vs_rt_backend *be, float *x, const float *y, const float *gmod,
@@ -1374,17 +1384,8 @@ static void cuda_gated_add_adaln(vs_rt_backend *be, float *x, const float *y, co
                                  int nmod_stride, int scale_off, int shift_off,
                                  const vs_rt_batch *b, int C, float eps)
 {
-    cuda_backend *c = cu(be);
-    const cuda_batch *cb = batch_of(c, b);
-    if (!cb || b->n_tok <= 0)
-        return;
-    int y16 = act_of(c, xn, (size_t)b->n_tok * C, "gated_add_adaln's xn");
-    if (y16 < 0)
-        return;
-    VS_LAUNCH(k_adaln, (unsigned)b->n_tok, 256, 0, c->st, xn,
-              y16 ? (__nv_bfloat16 *)(void *)xn : NULL, x, nmod, nmod_stride, scale_off, shift_off,
-              cb->tok_row, C, eps, y, gmod, gmod_stride, gamma_off);
-    VS_LAUNCHED(c, k_adaln);
+    launch_adaln(cu(be), b, xn, "gated_add_adaln's xn", x, nmod, nmod_stride, scale_off,
+                 shift_off, C, eps, y, gmod, gmod_stride, gamma_off);
 }
 
 __global__ void k_gated_add(float *x, const float *br, const float *mod, int mod_stride, int goff,
