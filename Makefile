@@ -85,7 +85,7 @@ UNIT_BIN := $(filter-out %_cuda,$(TEST_BIN))
 # the CUDA-vs-CPU suite: every backend op and the tiny fixture; prints a skip line without a GPU
 CUDA_CHECK := $(BUILD)/tests/check_cuda
 
-.PHONY: all test unit sanitize tsan tsan-server emu run serve bench deps clean model cuda-info parity-simd fuzz fuzz-smoke
+.PHONY: all test unit sanitize tsan emu run serve bench deps clean model cuda-info parity-simd fuzz fuzz-smoke
 all: cuda-info $(BUILD)/varserve
 
 cuda-info:
@@ -149,17 +149,12 @@ unit: $(UNIT_BIN) $(CUDA_CHECK) $(BUILD)/varserve
 sanitize:
 	$(MAKE) SANITIZER=address unit
 
-# ThreadSanitizer: the fork-join pool's suite (make test), and the server's suite against a
-# TSan-built server (tsan-server: HTTP threads, the engine and its pool, metrics scrapes; minutes).
+# ThreadSanitizer over the fork-join pool's suite (the server's threads: make SANITIZER=thread and
+# tests/check_server.c against build/thread/varserve, by hand; minutes).
 tsan:
 	$(MAKE) SANITIZER=thread build/thread/tests/check_threads
 	@echo "== build/thread/tests/check_threads (ThreadSanitizer)"; \
 	  CK_FORK=no TSAN_OPTIONS=halt_on_error=1 build/thread/tests/check_threads
-
-tsan-server:
-	$(MAKE) SANITIZER=thread build/thread/tests/check_server build/thread/varserve
-	@echo "== build/thread/tests/check_server, server build/thread/varserve (ThreadSanitizer)"; \
-	  CK_FORK=no TSAN_OPTIONS=halt_on_error=1 VARSERVE_BIN=build/thread/varserve build/thread/tests/check_server
 
 # The CUDA backend on the emulated device, on every machine: every kernel runs (make CUDA=emu emu).
 # check_emu first: the emulator's own semantics (barriers, warps, faults, cuBLAS), then check_cuda.
