@@ -63,14 +63,23 @@ typedef struct {
     int32_t *out;                   /* host [n] sampled token ids */
 } vs_rt_sample_req;
 
+/* One copy of a copy_many list: bytes from src to dst, both in backend memory. */
+typedef struct {
+    void *dst;
+    const void *src;
+    size_t bytes;
+} vs_rt_copy;
+
 /* Device work a backend has issued since it was made, counted where the backend issues it (so a
  * real and an emulated device count the same). A GPU's cost model that needs no GPU to measure:
  * how often the host starts device work and waits for it, and what crosses the bus. */
 typedef struct {
     /* kernel launches plus cuBLAS, cuBLASLt and cuDNN calls, one each (a library call counts as
-     * one launch whatever kernels it runs inside); memsets and device-to-device copies are not
-     * counted */
+     * one launch whatever kernels it runs inside; copy_many is one kernel) */
     uint64_t launches;
+    /* device-to-device copies and memsets issued one by one (copy() and zero()): each is a call
+     * into the driver like a launch, so a step's count should not grow with its images either */
+    uint64_t copies;
     /* host waits for the device: every stream synchronisation (sync(), each synchronous
      * download, the sampled tokens' download, and the waits the backend makes on its own when its
      * staging ring is full, when a large upload is copied or when scratch grows) */
@@ -107,6 +116,7 @@ typedef struct {
     int kv_heads;          /* heads of a layer, each with its own page table (attention) */
     int layers;            /* layers of one step: each uploads its page and compaction tables */
     int index;             /* entries of one host index list (gather_rows, embed_chw) */
+    int copies;            /* entries of one copy_many list */
     /* floats of one linear's input x, M·K, among the linears whose w is declared through
      * gemm_weights and whose x is not a gemm_inputs buffer (a BF16 backend converts such an x in
      * scratch; 0: none) */
@@ -137,6 +147,9 @@ typedef struct {
     void (*upload)(vs_rt_backend *be, void *dst, const void *src_host, size_t bytes);
     void (*download)(vs_rt_backend *be, void *dst_host, const void *src, size_t bytes);
     void (*copy)(vs_rt_backend *be, void *dst, const void *src, size_t bytes);
+    /* n copies as one op (list on the host, the blocks in backend memory, no two overlapping): a
+     * step's per-image copies in one launch on a device, memcpy each on the CPU */
+    void (*copy_many)(vs_rt_backend *be, const vs_rt_copy *list, int n);
     void (*zero)(vs_rt_backend *be, void *dst, size_t bytes);
     /* waits for the queued work; returns the recorded error, if any (see "Errors" above) */
     vs_status (*sync)(vs_rt_backend *be, vs_err *err);

@@ -110,6 +110,12 @@ static void cpu_copy(vs_rt_backend *be, void *dst, const void *src, size_t bytes
         memmove(dst, src, bytes);
 }
 
+static void cpu_copy_many(vs_rt_backend *be, const vs_rt_copy *list, int n)
+{
+    for (int i = 0; i < n; i++)
+        cpu_copy(be, list[i].dst, list[i].src, list[i].bytes);
+}
+
 static void cpu_zero(vs_rt_backend *be, void *dst, size_t bytes)
 {
     (void)be;
@@ -969,6 +975,7 @@ static const vs_rt_backend_ops cpu_ops = {
     .upload = cpu_copy,
     .download = cpu_copy,
     .copy = cpu_copy,
+    .copy_many = cpu_copy_many,
     .zero = cpu_zero,
     .sync = cpu_sync,
     .batch_begin = cpu_batch_begin,

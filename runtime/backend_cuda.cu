@@ -22,7 +22,9 @@
  * Counters (the counters op, vs_rt_counters in backend.h): counted where the work is issued, with
  * no extra device calls, so the emulated device counts what a GPU would be asked to do. Launches in
  * VS_LAUNCHED (every kernel launch is followed by it), VS_GEMM (every cuBLAS or cuBLASLt GEMM
- * call goes through it: one launch each) and VS_DNN (every cuDNN call that does device work); syncs in drain() (every host wait); host → device bytes in h2d()
+ * call goes through it: one launch each) and VS_DNN (every cuDNN call that does device work);
+ * copies in cuda_copy() and cuda_zero() (copy_many is one launch); syncs in drain() (every host
+ * wait); host → device bytes in h2d()
  * (every such copy goes through it), device → host bytes in cuda_download() and cuda_cfg_sample();
  * allocated bytes where cudaMalloc/cudaFree are called (alloc() blocks are kept in a table with
  * their sizes). KV bytes: batch_begin names the KV pool arena (b->kv_base); the alloc() block
@@ -93,7 +95,7 @@ extern "C" {
 /* ---- backend state and error recording ------------------------------------------------------- */
 
 /* device scratch slots; S_XBF: BF16 copy of a linear's FP32 input in BF16 mode */
-enum { S_IDX, S_BATCH, S_LAYER, S_COMPACT, S_CONV, S_SCORES, S_SREQ, S_SORT, S_XBF, S_COUNT };
+enum { S_IDX, S_BATCH, S_LAYER, S_COMPACT, S_CONV, S_SCORES, S_SREQ, S_SORT, S_XBF, S_COPY, S_COUNT };
 
 /* Device copy of a batch's tables (b->dev points here); views into one int32 buffer. */
 typedef struct {
@@ -317,7 +319,7 @@ static size_t kv_part(const cuda_backend *c, const void *p, size_t bytes)
 
 static const char *const scr_name[S_COUNT] = {
     "index lists", "batch tables",  "page tables", "compaction tables", "cuDNN workspace",
-    "attention scores", "sampling requests", "sort buffers", "BF16 linear inputs"};
+    "attention scores", "sampling requests", "sort buffers", "BF16 linear inputs", "copy lists"};
 
 /* Every device allocation and free of the backend goes through these two, which keep the
  * counters' allocations, allocated_bytes and allocated_peak_bytes. */
@@ -742,15 +744,54 @@ static void cuda_copy(vs_rt_backend *be, void *dst, const void *src, size_t byte
     cuda_backend *c = cu(be);
     if (not_act(c, dst, bytes, "copy") != 0 || not_act(c, src, bytes, "copy") != 0)
         return;
-    if (bytes && dst != src)
+    if (bytes && dst != src) {
+        c->ctr.copies++;
         VS_CUDA(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, c->st));
+    }
+}
+
+/* A copy_many list, one block per copy (grid-stride over the list): 32-bit words where both ends
+ * are aligned to them (the engine's float blocks), then the rest byte by byte. */
+__global__ void k_copy_many(const vs_rt_copy *list, int n)
+{
+    for (int i = blockIdx.x; i < n; i += gridDim.x) {
+        unsigned char *d = (unsigned char *)list[i].dst;
+        const unsigned char *src = (const unsigned char *)list[i].src;
+        size_t b = list[i].bytes;
+        size_t words = (((uintptr_t)d | (uintptr_t)src) & 3) == 0 ? b / 4 : 0;
+        for (size_t k = threadIdx.x; k < words; k += blockDim.x)
+            ((uint32_t *)d)[k] = ((const uint32_t *)src)[k];
+        for (size_t k = words * 4 + threadIdx.x; k < b; k += blockDim.x)
+            d[k] = src[k];
+    }
+}
+
+/* The list goes up through the staging ring (h2d_bytes count it) into its scratch: one launch for
+ * all the copies, so a step's per-image copies cost what one image's do. */
+static void cuda_copy_many(vs_rt_backend *be, const vs_rt_copy *list, int n)
+{
+    cuda_backend *c = cu(be);
+    if (n <= 0)
+        return;
+    for (int i = 0; i < n; i++)
+        if (not_act(c, list[i].dst, list[i].bytes, "copy_many") != 0 ||
+            not_act(c, list[i].src, list[i].bytes, "copy_many") != 0)
+            return;
+    vs_rt_copy *d = (vs_rt_copy *)scratch(c, S_COPY, (size_t)n * sizeof *list);
+    if (!d)
+        return;
+    h2d(c, d, list, (size_t)n * sizeof *list);
+    VS_LAUNCH(k_copy_many, (unsigned)(n < 1024 ? n : 1024), 256, 0, c->st, (const vs_rt_copy *)d, n);
+    VS_LAUNCHED(c, k_copy_many);
 }
 
 static void cuda_zero(vs_rt_backend *be, void *dst, size_t bytes)
 {
     cuda_backend *c = cu(be);
-    if (bytes && not_act(c, dst, bytes, "zero") == 0)
+    if (bytes && not_act(c, dst, bytes, "zero") == 0) {
+        c->ctr.copies++;
         VS_CUDA(c, cudaMemsetAsync(dst, 0, bytes, c->st));
+    }
 }
 
 /* The pending error is returned once (take_error): recoverable ones are cleared. */
@@ -2932,6 +2973,7 @@ static vs_status cuda_reserve(vs_rt_backend *be, const vs_rt_workload *w, vs_err
     /* linear() converts x to BF16 only for weights with a BF16 copy, and only an x that is not a
      * gemm_inputs buffer */
     need[S_XBF] = c->n_sets ? w->linear_in * sizeof(__nv_bfloat16) : 0;
+    need[S_COPY] = (w->copies > 0 ? (size_t)w->copies : 0) * sizeof(vs_rt_copy);
     size_t total = 0;
     for (int i = 0; i < S_COUNT; i++) {
         total += need[i];
@@ -2950,7 +2992,7 @@ static vs_status cuda_reserve(vs_rt_backend *be, const vs_rt_workload *w, vs_err
     size_t ring = 4 * (batch_entries(tok, rows) +
                        (size_t)(w->layers > 0 ? w->layers : 1) *
                            (layer_entries(heads, heads * kv) + compact_entries(heads, heads, heads * kv))) +
-                  need[S_SREQ] + 8 * need[S_IDX] + ((size_t)1 << 20);
+                  need[S_SREQ] + 8 * need[S_IDX] + 8 * need[S_COPY] + ((size_t)1 << 20);
     if (ring > c->ring_cap) {
         drain(c);
         void *p = NULL;
@@ -3000,6 +3042,7 @@ static vs_rt_backend_ops make_ops(void)
     o.upload = cuda_upload;
     o.download = cuda_download;
     o.copy = cuda_copy;
+    o.copy_many = cuda_copy_many;
     o.zero = cuda_zero;
     o.sync = cuda_sync;
     o.batch_begin = cuda_batch_begin;

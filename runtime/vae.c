@@ -28,6 +28,7 @@ struct vs_rt_vae {
     size_t mx;                  /* floats of one image's largest map */
     float *x, *a, *b, *s, *qkv; /* backend, [batch][...] */
     float *host;                /* [batch][3][H][W] */
+    vs_rt_copy *copies;         /* [batch]: the group's states into b */
 };
 
 /* CPU: scratch the decoder may take for batching (one image it always takes). Batching pays where
@@ -122,7 +123,8 @@ vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_wei
     v->s = VBE->alloc(be, n * mx * 4);
     v->qkv = VBE->alloc(be, n * 3 * top * 4);
     v->host = malloc(n * img * 4);
-    if (!v->x || !v->a || !v->b || !v->s || !v->qkv || !v->host) {
+    v->copies = malloc(n * sizeof *v->copies);
+    if (!v->x || !v->a || !v->b || !v->s || !v->qkv || !v->host || !v->copies) {
         vs_rt_vae_free(v);
         return vs_err_set(err, VS_ERR_NOMEM,
                           "cannot allocate decoder buffers for %d images (%.1f MB)", nb,
@@ -146,6 +148,7 @@ void vs_rt_vae_free(vs_rt_vae *v)
         if (bufs[i])
             VBE->free(v->be, bufs[i]);
     free(v->host);
+    free(v->copies);
     free(v);
 }
 
@@ -254,6 +257,7 @@ static void attn_extent(void *ctx, int C, int HW)
 void vs_rt_vae_workload(const vs_rt_vae *v, vs_rt_workload *wl)
 {
     wl->decode_images = v->batch > wl->decode_images ? v->batch : wl->decode_images;
+    wl->copies = v->batch > wl->copies ? v->batch : wl->copies;
     visitor vi = {conv_extent, attn_extent, wl};
     visit_decoder(&v->m->cfg, &v->w, &vi);
 }
@@ -298,8 +302,9 @@ static vs_status decode_group(vs_rt_vae *v, const float *const *f_hat, int N, ui
     const vs_rt_weights *w = &v->w;
     int P = c->patch_nums[c->n_scales - 1], nl = c->n_levels;
     size_t fsz = (size_t)c->z_channels * P * P;
-    for (int i = 0; i < N; i++) /* the images' states are not adjacent: gather them */
-        VBE->copy(v->be, v->b + (size_t)i * fsz, f_hat[i], fsz * sizeof(float));
+    for (int i = 0; i < N; i++) /* the images' states are not adjacent: gather them, one op */
+        v->copies[i] = (vs_rt_copy){v->b + (size_t)i * fsz, f_hat[i], fsz * sizeof(float)};
+    VBE->copy_many(v->be, v->copies, N);
     conv(v, N, v->a, v->b, &w->post_quant_conv, P, P);
     conv(v, N, v->x, v->a, &w->conv_in, P, P);
     resblock(v, N, &w->mid_block1, P, P);

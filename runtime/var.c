@@ -8,8 +8,9 @@
  *
  * Work that is per image (the quantiser, the scale-0 class and start-position rows) is issued once
  * per group of the step's images at the same scale, so a step's backend calls grow with its
- * distinct scales, not with its images: the group's states are copied into [G][...] scratch (a
- * copy is not a launch on a device) and back. Each op computes an image's values as it would for
+ * distinct scales, not with its images: the group's states are copied into [G][...] scratch and
+ * back, and each image's next input into its step rows, by one copy_many each (one launch on a
+ * device, however many images). Each op computes an image's values as it would for
  * that image alone, so tokens do not depend on the grouping. Engine thread only. */
 #include "runtime/var.h"
 
@@ -38,6 +39,7 @@ struct vs_rt_engine {
     int *img_free, n_img_free; /* its free slots */
     /* host scratch */
     int32_t *tok_row, *idx; /* [max_tok] */
+    vs_rt_copy *copies;     /* [2·max_images]: one copy_many list (two rows an image at most) */
     uint8_t *kv_store;      /* [max_rows] see vs_rt_batch */
     vs_rt_row *rows;        /* [max_rows] */
     vs_rt_sample_req *reqs; /* [max_images] */
@@ -133,6 +135,7 @@ static void engine_workload(const vs_rt_engine *e, vs_rt_workload *wl)
      * pos_start), every image's codes of a scale, a class per row: none longer than the step's
      * tokens */
     wl->index = e->max_tok;
+    wl->copies = 2 * e->max_images; /* the step's inputs: two rows an image */
     /* the declared linears' inputs: none to convert when they are GEMM inputs the backend holds
      * (declare_gemm_inputs), else up to fc2's */
     size_t K = (size_t)c->ffn_dim > (size_t)c->embed_dim ? (size_t)c->ffn_dim : (size_t)c->embed_dim;
@@ -221,12 +224,13 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
             e->img_free[e->n_img_free++] = i;
     e->tok_row = malloc(T * sizeof *e->tok_row);
     e->idx = malloc(T * sizeof *e->idx);
+    e->copies = malloc((size_t)2 * max_images * sizeof *e->copies);
     e->rows = malloc(R * sizeof *e->rows);
     e->kv_store = malloc(R);
     e->reqs = malloc((size_t)max_images * sizeof *e->reqs);
     e->group = malloc((size_t)max_images * sizeof *e->group);
     e->dec_fhat = malloc((size_t)max_images * sizeof *e->dec_fhat);
-    if (fail || !e->img_free || !e->tok_row || !e->idx || !e->rows || !e->kv_store || !e->reqs ||
+    if (fail || !e->img_free || !e->tok_row || !e->idx || !e->copies || !e->rows || !e->kv_store || !e->reqs ||
         !e->group || !e->dec_fhat) {
         double mb = (double)T * (C * 5 + 3 * C + (size_t)c->ffn_dim + (size_t)c->vocab_size) * 4 / 1e6;
         vs_rt_engine_free(e);
@@ -273,6 +277,7 @@ void vs_rt_engine_free(vs_rt_engine *e)
     free(e->img_free);
     free(e->tok_row);
     free(e->idx);
+    free(e->copies);
     free(e->rows);
     free(e->kv_store);
     free(e->reqs);
@@ -363,11 +368,13 @@ static void quantise(vs_rt_engine *e, vs_rt_image *const *imgs, int G, int s)
         BE->upsample_bicubic(e->be, e->q_up, e->q_h, G * Cv, p, p, P, P);
         h = e->q_up;
     }
-    /* one image works on its own state in place; a group on copies in q_f */
-    float *f = G == 1 ? imgs[0]->f_hat : e->q_f;
-    if (G > 1)
-        for (int g = 0; g < G; g++)
-            BE->copy(e->be, f + (size_t)g * nf, imgs[g]->f_hat, bytes);
+    /* the group works on copies of its states in q_f (they are not adjacent), in and out with
+     * one copy_many each: the same calls whatever G, one image too */
+    float *f = e->q_f;
+    vs_rt_copy *cl = e->copies;
+    for (int g = 0; g < G; g++)
+        cl[g] = (vs_rt_copy){f + (size_t)g * nf, imgs[g]->f_hat, bytes};
+    BE->copy_many(e->be, cl, G);
     const vs_rt_conv_w *phi = &e->w.phi[vs_rt_phi_index(c, s)];
     if (phi->w) {
         BE->conv2d(e->be, e->q_conv, h, phi->w, phi->b, G, Cv, P, P, Cv, 3);
@@ -377,18 +384,17 @@ static void quantise(vs_rt_engine *e, vs_rt_image *const *imgs, int G, int s)
     }
     if (s < S - 1) {
         int q = c->patch_nums[s + 1];
+        size_t in = (size_t)q * q * Cv;
         BE->area_downsample(e->be, e->q_down, f, G * Cv, P, P, q, q);
-        /* the next inputs [G][q²][Cvae] into q_conv (free again), or straight to one image's */
-        float *next = G == 1 ? imgs[0]->next_in : e->q_conv;
-        BE->transpose(e->be, next, e->q_down, G, Cv, q * q);
-        if (G > 1)
-            for (int g = 0; g < G; g++)
-                BE->copy(e->be, imgs[g]->next_in, next + (size_t)g * q * q * Cv,
-                         (size_t)q * q * Cv * sizeof(float));
-    }
-    if (G > 1)
+        /* the next inputs [G][q²][Cvae] into q_conv (free again), then to each image's */
+        BE->transpose(e->be, e->q_conv, e->q_down, G, Cv, q * q);
         for (int g = 0; g < G; g++)
-            BE->copy(e->be, imgs[g]->f_hat, f + (size_t)g * nf, bytes);
+            cl[g] = (vs_rt_copy){imgs[g]->next_in, e->q_conv + (size_t)g * in, in * sizeof(float)};
+        BE->copy_many(e->be, cl, G);
+    }
+    for (int g = 0; g < G; g++)
+        cl[g] = (vs_rt_copy){imgs[g]->f_hat, f + (size_t)g * nf, bytes};
+    BE->copy_many(e->be, cl, G);
 }
 
 vs_status vs_rt_image_set_tokens(vs_rt_engine *e, vs_rt_image *img, const int32_t *tokens, vs_err *err)
@@ -479,15 +485,17 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, const vs_
         return st;
 
     /* inputs: word_embed(next_in) for scales > 0, the class token for scale 0; + lvl_pos */
+    int nc = 0;
     for (int i = 0; i < n; i++) {
         vs_rt_image *img = imgs[i];
         if (img->scale == 0)
             continue;
         int nt = e->rows[2 * i].n_new;
         for (int r = 0; r < 2; r++)
-            BE->copy(e->be, e->gin + (size_t)e->rows[2 * i + r].tok_start * Cv, img->next_in,
-                     (size_t)nt * Cv * sizeof(float));
+            e->copies[nc++] = (vs_rt_copy){e->gin + (size_t)e->rows[2 * i + r].tok_start * Cv,
+                                           img->next_in, (size_t)nt * Cv * sizeof(float)};
     }
+    BE->copy_many(e->be, e->copies, nc);
     BE->linear(e->be, e->x, e->gin, w->word_w, w->word_b, T, C, Cv);
     /* scale 0: the class token (cond row) or the null class (uncond row), then the start
      * positions; an image's two rows are adjacent, so [G0][2·first_l][C] in tmp (free until the
@@ -509,9 +517,12 @@ vs_status vs_rt_step(vs_rt_engine *e, vs_rt_image *const *imgs, int n, const vs_
             e->idx[t] = t % first_l;
         BE->gather_rows(e->be, e->tmp, w->pos_start, e->idx, 2 * first_l * G0, C, 1);
         for (int i = 0, g = 0; i < n; i++)
-            if (imgs[i]->scale == 0)
-                BE->copy(e->be, e->x + (size_t)e->rows[2 * i].tok_start * C, e->tmp + blk * g++,
-                         blk * sizeof(float));
+            if (imgs[i]->scale == 0) {
+                e->copies[g] = (vs_rt_copy){e->x + (size_t)e->rows[2 * i].tok_start * C,
+                                            e->tmp + blk * g, blk * sizeof(float)};
+                g++;
+            }
+        BE->copy_many(e->be, e->copies, G0);
     }
     /* + lvl_pos for every token of the step in one gather: the rows cover tokens 0..T in order */
     for (int r = 0; r < R; r++)

@@ -70,6 +70,7 @@ static int bench_json_line(const vs_srv_cli_engine *ce, const vs_srv_cli_opts *o
         double per = (double)reps * steps;
         cJSON *d = cJSON_AddObjectToObject(j, "device");
         cJSON_AddNumberToObject(d, "launches", (double)dev->launches / per);
+        cJSON_AddNumberToObject(d, "copies", (double)dev->copies / per);
         cJSON_AddNumberToObject(d, "syncs", (double)dev->syncs / per);
         cJSON_AddNumberToObject(d, "h2d_bytes", (double)dev->h2d_bytes / per);
         cJSON_AddNumberToObject(d, "d2h_bytes", (double)dev->d2h_bytes / per);
@@ -79,6 +80,7 @@ static int bench_json_line(const vs_srv_cli_engine *ce, const vs_srv_cli_opts *o
         /* per decode of the whole batch (not per image): independent of n when it is batched */
         cJSON *dd = cJSON_AddObjectToObject(j, "decoder_device");
         cJSON_AddNumberToObject(dd, "launches", (double)dec_dev->launches / (double)reps);
+        cJSON_AddNumberToObject(dd, "copies", (double)dec_dev->copies / (double)reps);
         cJSON_AddNumberToObject(dd, "syncs", (double)dec_dev->syncs / (double)reps);
         cJSON_AddNumberToObject(dd, "h2d_bytes", (double)dec_dev->h2d_bytes / (double)reps);
         cJSON_AddNumberToObject(dd, "d2h_bytes", (double)dec_dev->d2h_bytes / (double)reps);
@@ -224,6 +226,7 @@ int vs_srv_cmd_bench(int argc, char **argv)
                 have_dev = t.have_device;
                 steps = t.steps;
                 dev.launches += t.device.launches;
+                dev.copies += t.device.copies;
                 dev.syncs += t.device.syncs;
                 dev.h2d_bytes += t.device.h2d_bytes;
                 dev.d2h_bytes += t.device.d2h_bytes;
@@ -231,6 +234,7 @@ int vs_srv_cmd_bench(int argc, char **argv)
                 dev.kv_d2h_bytes += t.device.kv_d2h_bytes;
                 dev.allocated_peak_bytes = t.device.allocated_peak_bytes;
                 dec_dev.launches += t.decode_device.launches;
+                dec_dev.copies += t.decode_device.copies;
                 dec_dev.syncs += t.decode_device.syncs;
                 dec_dev.h2d_bytes += t.decode_device.h2d_bytes;
                 dec_dev.d2h_bytes += t.decode_device.d2h_bytes;

@@ -94,6 +94,7 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
     if (times) {
         times->decode_device = (vs_rt_counters){
             .launches = d2.launches - d1.launches,
+            .copies = d2.copies - d1.copies,
             .syncs = d2.syncs - d1.syncs,
             .h2d_bytes = d2.h2d_bytes - d1.h2d_bytes,
             .d2h_bytes = d2.d2h_bytes - d1.d2h_bytes,
@@ -105,6 +106,7 @@ vs_status vs_srv_gen_run_opts(vs_rt_engine *e, vs_kv_pool *pool, const vs_srv_ge
         times->have_device = have_device;
         times->device = (vs_rt_counters){
             .launches = d1.launches - d0.launches,
+            .copies = d1.copies - d0.copies,
             .syncs = d1.syncs - d0.syncs,
             .h2d_bytes = d1.h2d_bytes - d0.h2d_bytes,
             .d2h_bytes = d1.d2h_bytes - d0.d2h_bytes,

@@ -390,6 +390,8 @@ char *vs_srv_metrics_render(vs_srv_metrics *m, size_t queued, size_t *len)
         {"device_kernel_launches_total", "counter",
          "Kernel launches and cuBLAS calls the backend issued to its device (0 without one).",
          m->dev.launches},
+        {"device_copies_total", "counter",
+         "Device-to-device copies and memsets the backend issued one by one.", m->dev.copies},
         {"device_syncs_total", "counter", "Times the host waited for the device.", m->dev.syncs},
         {"device_h2d_bytes_total", "counter", "Bytes copied host to device.", m->dev.h2d_bytes},
         {"device_d2h_bytes_total", "counter", "Bytes copied device to host.", m->dev.d2h_bytes},

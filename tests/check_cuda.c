@@ -185,6 +185,50 @@ START_TEST(upload_copy_zero_and_download_are_exact)
 }
 END_TEST
 
+/* copy_many: every copy of the list lands, whole words and a byte tail alike (an odd length, an
+ * address off the word grid), and nothing outside the copies is touched. */
+START_TEST(copy_many_makes_every_copy_of_its_list)
+{
+    enum { N = 4096 };
+    unsigned char h[N], back[N];
+    for (int i = 0; i < N; i++)
+        h[i] = (unsigned char)(i * 37 + 11);
+    unsigned char *a = g_dut->ops->alloc(g_dut, N), *b = g_dut->ops->alloc(g_dut, N);
+    ck_assert(a && b);
+    g_dut->ops->upload(g_dut, a, h, N);
+    g_dut->ops->zero(g_dut, b, N);
+    /* (dst offset, src offset, bytes): words, one unaligned end, odd lengths, an empty copy */
+    static const int L[][3] = {{0, 400, 1024}, {1100, 3, 97}, {1300, 1300, 5}, {2000, 17, 1},
+                               {2100, 0, 0},   {2200, 2600, 1496}};
+    enum { NC = sizeof L / sizeof L[0] };
+    vs_rt_copy list[NC];
+    for (int i = 0; i < NC; i++)
+        list[i] = (vs_rt_copy){b + L[i][0], a + L[i][1], (size_t)L[i][2]};
+    vs_rt_counters c0 = {0}, c1 = {0};
+    if (!g_self)
+        g_dut->ops->counters(g_dut, &c0);
+    g_dut->ops->copy_many(g_dut, list, NC);
+    if (!g_self)
+        g_dut->ops->counters(g_dut, &c1);
+    g_dut->ops->download(g_dut, back, b, N);
+    sync_ok();
+    for (int i = 0; i < N; i++) {
+        int want = 0;
+        for (int k = 0; k < NC; k++)
+            if (i >= L[k][0] && i < L[k][0] + L[k][2])
+                want = h[i - L[k][0] + L[k][1]];
+        ck_assert_msg(back[i] == want, "byte %d is %d, want %d", i, back[i], want);
+    }
+    if (!g_self) { /* one launch for the list, no copy one by one, the list up the bus */
+        ck_assert_uint_eq(c1.launches - c0.launches, 1);
+        ck_assert_uint_eq(c1.copies - c0.copies, 0);
+        ck_assert_uint_eq(c1.h2d_bytes - c0.h2d_bytes, sizeof list);
+    }
+    g_dut->ops->free(g_dut, a);
+    g_dut->ops->free(g_dut, b);
+}
+END_TEST
+
 /* The counters op counts what each op issues: bytes across the bus (and the part inside the KV
  * arena named by batch_begin), launches (a kernel, a cuBLAS GEMM), host waits, device memory. */
 START_TEST(counters_count_copies_launches_syncs_and_memory)
@@ -225,6 +269,14 @@ START_TEST(counters_count_copies_launches_syncs_and_memory)
     ck_assert_uint_eq(b.kv_d2h_bytes - a.kv_d2h_bytes, 1024);
     ck_assert_uint_eq(b.syncs - a.syncs, 2); /* each download waits */
     ck_assert_uint_eq(b.launches, a.launches);
+    ck_assert_uint_eq(b.copies, a.copies);
+    g_dut->ops->copy(g_dut, x + 500, x, 100 * sizeof(float)); /* one copy each, no launch */
+    g_dut->ops->zero(g_dut, x + 900, 100 * sizeof(float));
+    g_dut->ops->copy(g_dut, x, x, 40); /* onto itself: nothing to issue */
+    g_dut->ops->counters(g_dut, &a);
+    ck_assert_uint_eq(a.copies - b.copies, 2);
+    ck_assert_uint_eq(a.launches, b.launches);
+    b = a;
 
     g_dut->ops->silu(g_dut, x, x, N);                                 /* one kernel */
     g_dut->ops->linear(g_dut, x + 500, x, x + 100, NULL, 10, 10, 10); /* one GEMM, no bias */
@@ -1955,20 +2007,26 @@ START_TEST(launches_and_syncs_per_step_and_per_decode_do_not_grow_with_the_image
         ck_assert_msg(vs_srv_gen_run_opts(e, pool, reqs, n, rgb[r], tok[r], &t[r], &go, &err) == VS_OK,
                       "%d images: %s", n, err.msg);
         ck_assert(t[r].have_device && t[r].steps == c->n_scales);
-        printf("check_cuda: %d image(s): %.1f launches and %.1f syncs per step; the decode %llu "
-               "launches, %llu syncs\n",
-               n, (double)t[r].device.launches / t[r].steps, (double)t[r].device.syncs / t[r].steps,
+        printf("check_cuda: %d image(s): %.1f launches, %.1f copies and %.1f syncs per step; the "
+               "decode %llu launches, %llu copies, %llu syncs\n",
+               n, (double)t[r].device.launches / t[r].steps, (double)t[r].device.copies / t[r].steps,
+               (double)t[r].device.syncs / t[r].steps,
                (unsigned long long)t[r].decode_device.launches,
+               (unsigned long long)t[r].decode_device.copies,
                (unsigned long long)t[r].decode_device.syncs);
     }
     ck_assert_msg(t[1].device.launches == t[0].device.launches,
                   "the %d steps issued %llu launches for 1 image but %llu for %d at the same scales",
                   c->n_scales, (unsigned long long)t[0].device.launches,
                   (unsigned long long)t[1].device.launches, N);
+    ck_assert_msg(t[1].device.copies == t[0].device.copies,
+                  "the steps made %llu copies one by one for 1 image but %llu for %d",
+                  (unsigned long long)t[0].device.copies, (unsigned long long)t[1].device.copies, N);
     ck_assert_msg(t[1].device.syncs == t[0].device.syncs,
                   "the steps waited %llu times for 1 image but %llu times for %d",
                   (unsigned long long)t[0].device.syncs, (unsigned long long)t[1].device.syncs, N);
     ck_assert_msg(t[1].decode_device.launches == t[0].decode_device.launches &&
+                      t[1].decode_device.copies == t[0].decode_device.copies &&
                       t[1].decode_device.syncs == t[0].decode_device.syncs,
                   "decoding 1 image: %llu launches, %llu syncs; %d images: %llu launches, %llu syncs",
                   (unsigned long long)t[0].decode_device.launches,
@@ -2114,6 +2172,7 @@ static Suite *cuda_suite(void)
     TCase *tc = tcase_create("backend_ops");
     tcase_set_timeout(tc, 600);
     tcase_add_test(tc, upload_copy_zero_and_download_are_exact);
+    tcase_add_test(tc, copy_many_makes_every_copy_of_its_list);
     tcase_add_test(tc, an_allocation_too_big_for_the_device_returns_null_and_the_backend_goes_on);
     tcase_add_test(tc, counters_count_copies_launches_syncs_and_memory);
     tcase_add_test(tc, linear_matches_cpu);

@@ -20,9 +20,10 @@ BIN = os.environ.get("VARSERVE_BIN", "build/varserve")
 EMU = os.environ.get("VARSERVE_EMU_BIN", "build/cuda-emu/varserve")
 TINY = "tests/fixtures/tiny/model.safetensors"
 MNIST = "models/mnist-var.safetensors"
-DEVICE_FIELDS = ["launches", "syncs", "h2d_bytes", "d2h_bytes", "kv_h2d_bytes", "kv_d2h_bytes",
+DEVICE_FIELDS = ["launches", "copies", "syncs", "h2d_bytes", "d2h_bytes", "kv_h2d_bytes", "kv_d2h_bytes",
                  "allocated_bytes"]
 DEVICE_METRICS = {"varserve_device_kernel_launches_total": "counter",
+                  "varserve_device_copies_total": "counter",
                   "varserve_device_syncs_total": "counter",
                   "varserve_device_h2d_bytes_total": "counter",
                   "varserve_device_d2h_bytes_total": "counter",
