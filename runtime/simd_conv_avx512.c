@@ -103,26 +103,35 @@ void vs_rt_conv_direct_avx512(float *y, const float *x, const float *w, const fl
     for (int ky = 0; ky < k; ky++)
         for (int kx = 0; kx < k; kx++)
             c.off[ky * k + kx] = (ky - pad) * W + (kx - pad);
+    /* a lane's tap is inside the map when its row and its column are: one mask per (vector, ky)
+     * and per (vector, kx), ANDed per tap, so a tile's masks cost 48 lanes × 2k tests */
+    int yy = p0 / W, xx = p0 % W; /* the next lane's pixel */
     for (int p = p0; p < p1; p += 16 * XV) {
-        __mmask16 mk[9 * XV], sm[XV];
-        for (int i = 0; i < 9 * XV; i++)
-            mk[i] = 0;
+        __mmask16 mk[9 * XV], sm[XV], rowm[3 * XV], colm[3 * XV];
+        for (int i = 0; i < 3 * XV; i++)
+            rowm[i] = colm[i] = 0;
         for (int v = 0; v < XV; v++) {
             sm[v] = 0;
-            for (int l = 0; l < 16; l++) {
-                int q = p + 16 * v + l;
-                if (q >= p1)
-                    break;
-                sm[v] |= (__mmask16)(1u << l);
-                int yy = q / W, xx = q % W;
-                for (int ky = 0; ky < k; ky++)
-                    for (int kx = 0; kx < k; kx++) {
-                        int sy = yy + ky - pad, sx = xx + kx - pad;
-                        if (sy >= 0 && sy < H && sx >= 0 && sx < W)
-                            mk[(ky * k + kx) * XV + v] |= (__mmask16)(1u << l);
-                    }
+            for (int l = 0; l < 16 && p + 16 * v + l < p1; l++) {
+                __mmask16 bit = (__mmask16)(1u << l);
+                sm[v] |= bit;
+                for (int d = 0; d < k; d++) {
+                    int sy = yy + d - pad, sx = xx + d - pad;
+                    if (sy >= 0 && sy < H)
+                        rowm[d * XV + v] |= bit;
+                    if (sx >= 0 && sx < W)
+                        colm[d * XV + v] |= bit;
+                }
+                if (++xx == W) {
+                    xx = 0;
+                    yy++;
+                }
             }
         }
+        for (int ky = 0; ky < k; ky++)
+            for (int kx = 0; kx < k; kx++)
+                for (int v = 0; v < XV; v++)
+                    mk[(ky * k + kx) * XV + v] = rowm[ky * XV + v] & colm[kx * XV + v];
         int nv = (p1 - p + 15) / 16, co0 = 0;
         if (nv >= XV)
             for (; co0 + COT <= cout; co0 += COT)
