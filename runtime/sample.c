@@ -51,40 +51,60 @@ static float kth_largest(const float *v, int n, int k, uint32_t *keys)
     return key_float(keys[0]);
 }
 
-/* Stable LSD radix sort of idx[0..n) by logit, 8 bits a pass; ties keep ascending index order. */
-static void sort_by_logit(const float *logits, int32_t *idx, int n, uint32_t *k1, uint32_t *k2,
-                          int32_t *i2)
+/* idx[0..n) (ascending) sorted ascending by logit, ties in ascending index order: an LSD radix
+ * sort, 8 bits a pass, of (key << 32 | index) words, so that one move carries both and the
+ * ordering of the words is the stable ordering wanted. All four digit histograms come from one
+ * read, and a pass whose digit every key shares is skipped, as it would move nothing; the passes
+ * swap a and b (scratch for n words each) instead of copying back. */
+static void sort_by_logit(const float *logits, int32_t *idx, int n, uint64_t *a, uint64_t *b)
 {
-    for (int i = 0; i < n; i++)
-        k1[i] = float_key(logits[idx[i]]);
-    for (int shift = 0; shift < 32; shift += 8) {
-        int count[257] = {0};
-        for (int i = 0; i < n; i++)
-            count[((k1[i] >> shift) & 255) + 1]++;
-        for (int b = 0; b < 256; b++)
-            count[b + 1] += count[b];
-        for (int i = 0; i < n; i++) {
-            int pos = count[(k1[i] >> shift) & 255]++;
-            k2[pos] = k1[i];
-            i2[pos] = idx[i];
-        }
-        memcpy(k1, k2, (size_t)n * sizeof *k1);
-        memcpy(idx, i2, (size_t)n * sizeof *idx);
+    uint32_t count[4][256] = {{0}};
+    for (int i = 0; i < n; i++) {
+        uint32_t k = float_key(logits[idx[i]]);
+        a[i] = (uint64_t)k << 32 | (uint32_t)idx[i];
+        count[0][k & 255]++;
+        count[1][k >> 8 & 255]++;
+        count[2][k >> 16 & 255]++;
+        count[3][k >> 24]++;
     }
+    uint64_t *src = a, *dst = b;
+    for (int p = 0; p < 4; p++) {
+        int shift = 32 + 8 * p;
+        uint32_t *c = count[p];
+        if (c[src[0] >> shift & 255] == (uint32_t)n)
+            continue;
+        uint32_t pos = 0;
+        for (int d = 0; d < 256; d++) {
+            uint32_t t = c[d];
+            c[d] = pos;
+            pos += t;
+        }
+        for (int i = 0; i < n; i++)
+            dst[c[src[i] >> shift & 255]++] = src[i];
+        uint64_t *t = src;
+        src = dst;
+        dst = t;
+    }
+    for (int i = 0; i < n; i++)
+        idx[i] = (int32_t)(uint32_t)src[i];
 }
 
-/* Candidates after top-k and top-p, in idx[0..n) (ascending by logit when top_p > 0). */
-static int candidates(const float *logits, int V, int top_k, float top_p, void *buf)
+/* Candidates after top-k and top-p, in idx[0..n) (ascending by logit when top_p > 0). When top_p
+ * > 0, vals[drop..drop + n) are their weights exp(logit − max), in that order, and *first =
+ * drop; otherwise *first = −1 and vals is not set. Scratch layout (4-byte words): vals [0, V), idx
+ * [V, 2V), then two runs of V 8-byte words for the sort (or V words of keys for the top-k). */
+static int candidates(const float *logits, int V, int top_k, float top_p, void *buf, int *first)
 {
     float *vals = buf;
     int32_t *idx = (int32_t *)buf + V;
+    uint64_t *sa = (uint64_t *)((uint32_t *)buf + 2 * (size_t)V), *sb = sa + V;
     float thr = -INFINITY;
+    *first = -1;
     if (top_k > 0 && top_k < V)
-        thr = kth_largest(logits, V, top_k, (uint32_t *)buf + 2 * (size_t)V);
+        thr = kth_largest(logits, V, top_k, (uint32_t *)sa);
     int n = vs_rt_simd_table()->select_ge(logits, V, thr, idx);
     if (top_p > 0 && n > 1) {
-        uint32_t *k1 = (uint32_t *)buf + 2 * (size_t)V, *k2 = k1 + V;
-        sort_by_logit(logits, idx, n, k1, k2, (int32_t *)(k2 + V));
+        sort_by_logit(logits, idx, n, sa, sb);
         float mx = logits[idx[n - 1]];
         double total = 0;
         for (int i = 0; i < n; i++) {
@@ -104,6 +124,7 @@ static int candidates(const float *logits, int V, int top_k, float top_p, void *
             memmove(idx, idx + drop, (size_t)(n - drop) * sizeof *idx);
             n -= drop;
         }
+        *first = drop;
     }
     return n;
 }
@@ -111,7 +132,8 @@ static int candidates(const float *logits, int V, int top_k, float top_p, void *
 int vs_rt_sample_filter(const float *logits, int V, int top_k, float top_p, uint8_t *keep,
                         vs_rt_sample_scratch *s)
 {
-    int n = candidates(logits, V, top_k, top_p, s->buf);
+    int first;
+    int n = candidates(logits, V, top_k, top_p, s->buf, &first);
     const int32_t *idx = (const int32_t *)s->buf + V;
     for (int i = 0; i < V; i++)
         keep[i] = 0;
@@ -130,16 +152,24 @@ int32_t vs_rt_sample_token(const float *logits, int V, int top_k, float top_p, f
                 best = i;
         return best;
     }
-    int n = candidates(logits, V, top_k, top_p, s->buf);
+    int first;
+    int n = candidates(logits, V, top_k, top_p, s->buf, &first);
     const int32_t *idx = (const int32_t *)s->buf + V;
     float *w = s->buf; /* the candidates' weights, in idx order */
-    float mx = -INFINITY;
-    for (int i = 0; i < n; i++)
-        mx = logits[idx[i]] > mx ? logits[idx[i]] : mx;
     double total = 0;
-    for (int i = 0; i < n; i++) {
-        w[i] = expf(logits[idx[i]] - mx);
-        total += w[i];
+    if (first >= 0) {
+        /* sorted: the max is the last, and the weights are the ones the top-p pass computed */
+        w += first;
+        for (int i = 0; i < n; i++)
+            total += w[i];
+    } else {
+        float mx = -INFINITY;
+        for (int i = 0; i < n; i++)
+            mx = logits[idx[i]] > mx ? logits[idx[i]] : mx;
+        for (int i = 0; i < n; i++) {
+            w[i] = expf(logits[idx[i]] - mx);
+            total += w[i];
+        }
     }
     double target = (double)u * total, acc = 0;
     /* walk from the last candidate (the largest when sorted) so the common case stops early */

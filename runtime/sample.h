@@ -9,8 +9,8 @@
 
 #include <stdint.h>
 
-/* Scratch for one call: VS_RT_SAMPLE_SCRATCH_WORDS(V) 4-byte words, caller-owned, 4-aligned. */
-#define VS_RT_SAMPLE_SCRATCH_WORDS(V) ((size_t)(V) * 5)
+/* Scratch for one call: VS_RT_SAMPLE_SCRATCH_WORDS(V) 4-byte words, caller-owned, 8-aligned. */
+#define VS_RT_SAMPLE_SCRATCH_WORDS(V) ((size_t)(V) * 6)
 typedef struct {
     void *buf;
 } vs_rt_sample_scratch;

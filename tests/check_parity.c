@@ -480,7 +480,7 @@ START_TEST(top_k_and_top_p_keep_exactly_what_the_reference_rule_keeps)
     /* logits 0..9 = 0,1,...,9 (distinct). softmax ascending cumsums are known in closed form. */
     enum { V = 10 };
     float lg[V];
-    uint32_t buf[VS_RT_SAMPLE_SCRATCH_WORDS(V)];
+    uint64_t buf[(VS_RT_SAMPLE_SCRATCH_WORDS(V) + 1) / 2]; /* 8-aligned */
     uint8_t keep[V];
     vs_rt_sample_scratch s = {buf};
     for (int i = 0; i < V; i++)
@@ -526,7 +526,7 @@ START_TEST(top_k_keeps_every_logit_at_or_above_the_sorted_kth_on_random_logits)
     /* the selection (radix on float keys) against a sort: negative, positive, ±0, many ties */
     enum { V = 4096 };
     static float lg[V], sorted[V];
-    static uint32_t buf[VS_RT_SAMPLE_SCRATCH_WORDS(V)];
+    static uint64_t buf[(VS_RT_SAMPLE_SCRATCH_WORDS(V) + 1) / 2]; /* 8-aligned */
     static uint8_t keep[V];
     vs_rt_sample_scratch s = {buf};
     srand(7);
@@ -553,11 +553,140 @@ START_TEST(top_k_keeps_every_logit_at_or_above_the_sorted_kth_on_random_logits)
 }
 END_TEST
 
+/* The rule written plainly, as runtime/sample.h states it: keep ≥ the sorted k-th largest; sort
+ * the kept ascending by (value, −0 below +0, then index); drop while the softmax cumsum (double,
+ * from max-subtracted expf weights) stays ≤ 1 − top_p, keeping the largest; then walk from the
+ * largest until the running weight passes u × their total. */
+typedef struct {
+    float v;
+    int i;
+} ref_cand;
+
+static uint32_t ref_key(float f)
+{
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+static int ref_cand_cmp(const void *a, const void *b)
+{
+    const ref_cand *x = a, *y = b;
+    uint32_t kx = ref_key(x->v), ky = ref_key(y->v);
+    if (kx != ky)
+        return kx < ky ? -1 : 1;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+static int ref_index_cmp(const void *a, const void *b)
+{
+    const ref_cand *x = a, *y = b;
+    return (x->i > y->i) - (x->i < y->i);
+}
+
+static int ref_rule(const float *lg, int V, int top_k, float top_p, float u, ref_cand *c, int *n_kept)
+{
+    int n = 0;
+    for (int i = 0; i < V; i++)
+        c[n++] = (ref_cand){lg[i], i};
+    qsort(c, (size_t)n, sizeof *c, ref_cand_cmp);
+    if (top_k > 0 && top_k < V) {
+        float kth = c[V - top_k].v;
+        int first = 0;
+        while (!(c[first].v >= kth))
+            first++;
+        memmove(c, c + first, (size_t)(n - first) * sizeof *c);
+        n -= first;
+    }
+    if (top_p > 0 && n > 1) {
+        double total = 0, cum = 0;
+        for (int i = 0; i < n; i++)
+            total += expf(c[i].v - c[n - 1].v);
+        int drop = 0;
+        for (int i = 0; i < n - 1; i++) {
+            cum += expf(c[i].v - c[n - 1].v);
+            if (cum <= (1.0 - (double)top_p) * total)
+                drop = i + 1;
+            else
+                break;
+        }
+        memmove(c, c + drop, (size_t)(n - drop) * sizeof *c);
+        n -= drop;
+    } else {
+        qsort(c, (size_t)n, sizeof *c, ref_index_cmp); /* unsorted candidates are in index order */
+    }
+    *n_kept = n;
+    float mx = -INFINITY;
+    for (int i = 0; i < n; i++)
+        mx = c[i].v > mx ? c[i].v : mx;
+    double total = 0, acc = 0;
+    for (int i = 0; i < n; i++)
+        total += expf(c[i].v - mx);
+    for (int i = n - 1; i >= 0; i--) {
+        acc += expf(c[i].v - mx);
+        if (acc > (double)u * total)
+            return c[i].i;
+    }
+    return c[n - 1].i;
+}
+
+START_TEST(sampled_tokens_equal_the_rule_written_plainly_on_every_kind_of_logits)
+{
+    /* the radix selection and the radix sort of packed (key, index) words, and the weights the
+     * top-p pass hands to the draw, against the plain rule on logits of every shape: spread,
+     * tied, ±0, an outlier at ±3e38, infinities, all equal, subnormal, the whole float range */
+    enum { V = 1024 };
+    static float lg[V];
+    static ref_cand cand[V];
+    static uint64_t buf[(VS_RT_SAMPLE_SCRATCH_WORDS(V) + 1) / 2];
+    static uint8_t keep[V];
+    vs_rt_sample_scratch s = {buf};
+    srand(11);
+    const char *kinds[] = {"gaussian-like", "ties and zeros", "one huge outlier", "infinities",
+                           "all equal", "a subnormal range", "the full float range"};
+    const int nk = (int)(sizeof kinds / sizeof kinds[0]);
+    const int ks[] = {0, 2, 50, 900};
+    const float ps[] = {0, 0.5f, 0.96f};
+    for (int round = 0; round < 3 * nk; round++) {
+        int kind = round % nk;
+        for (int i = 0; i < V; i++) {
+            float r = (float)rand() / (float)RAND_MAX;
+            float g = (r + (float)rand() / (float)RAND_MAX + (float)rand() / (float)RAND_MAX - 1.5f) * 6.0f;
+            switch (kind) {
+            case 0: lg[i] = g; break;
+            case 1: lg[i] = rand() % 7 == 0 ? (rand() % 2 ? 0.0f : -0.0f) : (float)(rand() % 9 - 4); break;
+            case 2: lg[i] = i == 17 ? 3e38f : i == 400 ? -3e38f : g; break;
+            case 3: lg[i] = i % 97 == 5 ? -INFINITY : i == 300 && round >= nk ? INFINITY : g; break;
+            case 4: lg[i] = 1.25f; break;
+            case 5: lg[i] = r * 1e-39f; break;
+            default: lg[i] = (rand() % 2 ? 1.0f : -1.0f) * r * 3.4e38f; break;
+            }
+        }
+        for (size_t a = 0; a < sizeof ks / sizeof ks[0]; a++)
+            for (size_t b = 0; b < sizeof ps / sizeof ps[0]; b++) {
+                if (kind == 3 && ps[b] > 0)
+                    continue; /* softmax over ±inf is NaN in the reference too: top-k only */
+                for (int t = 0; t < 8; t++) {
+                    float u = vs_philox_uniform(5, round, t);
+                    int n_ref;
+                    int want = ref_rule(lg, V, ks[a], ps[b], u, cand, &n_ref);
+                    int got = vs_rt_sample_token(lg, V, ks[a], ps[b], u, &s);
+                    ck_assert_msg(got == want, "%s, top_k %d, top_p %.2f, u %.4f: token %d, rule %d", kinds[kind],
+                                  ks[a], (double)ps[b], (double)u, got, want);
+                    ck_assert_int_eq(vs_rt_sample_filter(lg, V, ks[a], ps[b], keep, &s), n_ref);
+                    for (int i = 0; i < n_ref; i++)
+                        ck_assert_msg(keep[cand[i].i], "%s: token %d not kept", kinds[kind], cand[i].i);
+                }
+            }
+    }
+}
+END_TEST
+
 START_TEST(sampling_frequencies_follow_the_kept_softmax)
 {
     enum { V = 4 };
     float lg[V] = {0, 1, 2, (float)log(3.0) + 2}; /* kept with top-k 2: 2 and 3, p = 1/4, 3/4 */
-    uint32_t buf[VS_RT_SAMPLE_SCRATCH_WORDS(V)];
+    uint64_t buf[(VS_RT_SAMPLE_SCRATCH_WORDS(V) + 1) / 2]; /* 8-aligned */
     vs_rt_sample_scratch s = {buf};
     int count[V] = {0};
     for (int k = 0; k < 20000; k++)
@@ -718,6 +847,7 @@ static Suite *parity_suite(void)
     TCase *smp = tcase_create("sampling");
     tcase_add_test(smp, top_k_and_top_p_keep_exactly_what_the_reference_rule_keeps);
     tcase_add_test(smp, top_k_keeps_every_logit_at_or_above_the_sorted_kth_on_random_logits);
+    tcase_add_test(smp, sampled_tokens_equal_the_rule_written_plainly_on_every_kind_of_logits);
     tcase_add_test(smp, sampling_frequencies_follow_the_kept_softmax);
     tcase_add_test(smp, philox_matches_the_published_known_answers);
     suite_add_tcase(s, smp);
