@@ -10,77 +10,29 @@
  * converters write it), and every weight, as it is converted to F32, must be finite (a NaN or inf
  * weight would only show as garbage images, and a NaN reaching a float-to-int conversion is
  * undefined behaviour). The scan runs in the conversion loop, on data already in cache: a compare
- * per weight (measured in bench/RESULTS.md). Runs on the loading thread only. */
+ * per weight (measured in bench/RESULTS.md). Everything but the metadata, the config and the
+ * tensor list is runtime/safetensors.c, which other model families' loaders share. Runs on the
+ * loading thread only. */
 #include "runtime/model.h"
 
 #include <cjson/cJSON.h>
 #include <errno.h>
-#include <fcntl.h>
-#include <stdarg.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
-#include <zlib.h>
 
-#define HEADER_MAX_BYTES (100u * 1024u * 1024u)
-
-typedef enum { DT_F32, DT_F16, DT_BF16 } dtype;
-
-typedef struct {
-    char name[128];
-    int ndim;
-    long shape[4];
-    float **dst;      /* where the converted pointer goes */
-    /* filled while matching the file */
-    int found;
-    dtype dt;
-    uint64_t begin, end; /* byte offsets in the data region */
-} expect;
-
-typedef struct {
-    expect *v;
-    int n, cap;
-} expect_list;
-
-static int add_expect(expect_list *l, float **dst, int ndim, const long *shape, const char *fmt, ...)
-    __attribute__((format(printf, 5, 6)));
-
-static int add_expect(expect_list *l, float **dst, int ndim, const long *shape, const char *fmt, ...)
-{
-    if (l->n == l->cap) {
-        int cap = l->cap ? l->cap * 2 : 256;
-        expect *nv = realloc(l->v, (size_t)cap * sizeof *nv);
-        if (!nv)
-            return -1;
-        l->v = nv;
-        l->cap = cap;
-    }
-    expect *e = &l->v[l->n++];
-    memset(e, 0, sizeof *e);
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(e->name, sizeof e->name, fmt, ap);
-    va_end(ap);
-    e->ndim = ndim;
-    for (int i = 0; i < ndim; i++)
-        e->shape[i] = shape[i];
-    e->dst = dst;
-    return 0;
-}
+#include "runtime/safetensors.h"
 
 #define EXP(dst, ...)                                                                              \
     do {                                                                                           \
         long shp_[] = {__VA_ARGS__};                                                               \
-        if (add_expect(l, (dst), (int)(sizeof shp_ / sizeof shp_[0]), shp_, "%s", nm) != 0)        \
+        if (vs_st_expect_add(l, (dst), (int)(sizeof shp_ / sizeof shp_[0]), shp_, "%s", nm) != 0)        \
             return -1;                                                                             \
     } while (0)
 
-static int exp_conv(expect_list *l, vs_rt_conv_w *c, int cout, int cin, int k, const char *prefix)
+static int exp_conv(vs_st_expects *l, vs_rt_conv_w *c, int cout, int cin, int k, const char *prefix)
 {
     char nm[128];
     c->cout = cout;
@@ -93,7 +45,7 @@ static int exp_conv(expect_list *l, vs_rt_conv_w *c, int cout, int cin, int k, c
     return 0;
 }
 
-static int exp_norm(expect_list *l, vs_rt_norm_w *n, int c, const char *prefix)
+static int exp_norm(vs_st_expects *l, vs_rt_norm_w *n, int c, const char *prefix)
 {
     char nm[128];
     n->c = c;
@@ -104,7 +56,7 @@ static int exp_norm(expect_list *l, vs_rt_norm_w *n, int c, const char *prefix)
     return 0;
 }
 
-static int exp_resblock(expect_list *l, vs_rt_resblock_w *r, int cin, int cout, const char *prefix)
+static int exp_resblock(vs_st_expects *l, vs_rt_resblock_w *r, int cin, int cout, const char *prefix)
 {
     char p[128];
     snprintf(p, sizeof p, "%s.norm1", prefix);
@@ -127,7 +79,7 @@ static int exp_resblock(expect_list *l, vs_rt_resblock_w *r, int cin, int cout, 
     return 0;
 }
 
-static int exp_attnblock(expect_list *l, vs_rt_attnblock_w *a, int c, const char *prefix)
+static int exp_attnblock(vs_st_expects *l, vs_rt_attnblock_w *a, int c, const char *prefix)
 {
     char p[128];
     snprintf(p, sizeof p, "%s.norm", prefix);
@@ -143,7 +95,7 @@ static int exp_attnblock(expect_list *l, vs_rt_attnblock_w *a, int c, const char
 }
 
 /* Every tensor the config implies, with its shape and where its pointer goes. */
-static int build_expectations(vs_rt_model *m, expect_list *l)
+static int build_expectations(vs_rt_model *m, vs_st_expects *l)
 {
     const vs_rt_config *c = &m->cfg;
     vs_rt_weights *w = &m->w;
@@ -276,69 +228,6 @@ static int build_expectations(vs_rt_model *m, expect_list *l)
 
 /* ---- config ---------------------------------------------------------------------------------- */
 
-static vs_status cfg_int(const cJSON *o, const char *key, int lo, int hi, int *out, vs_err *err)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v)
-        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' is missing", key);
-    if (!cJSON_IsNumber(v) || v->valuedouble != floor(v->valuedouble))
-        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' must be an integer", key);
-    if (v->valuedouble < lo || v->valuedouble > hi)
-        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' must be %d..%d (got %.0f)", key,
-                          lo, hi, v->valuedouble);
-    *out = (int)v->valuedouble;
-    return VS_OK;
-}
-
-static vs_status cfg_num(const cJSON *o, const char *key, double lo, double hi, double *out,
-                         vs_err *err)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v)
-        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' is missing", key);
-    if (!cJSON_IsNumber(v))
-        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' must be a number", key);
-    if (!(v->valuedouble >= lo && v->valuedouble <= hi))
-        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' must be %g..%g (got %g)", key, lo,
-                          hi, v->valuedouble);
-    *out = v->valuedouble;
-    return VS_OK;
-}
-
-static vs_status cfg_bool(const cJSON *o, const char *key, int *out, vs_err *err)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v)
-        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' is missing", key);
-    if (!cJSON_IsBool(v))
-        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' must be true or false", key);
-    *out = cJSON_IsTrue(v);
-    return VS_OK;
-}
-
-static vs_status cfg_int_list(const cJSON *o, const char *key, int maxn, int lo, int hi, int *out,
-                              int *n, vs_err *err)
-{
-    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
-    if (!v)
-        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' is missing", key);
-    if (!cJSON_IsArray(v) || cJSON_GetArraySize(v) < 1 || cJSON_GetArraySize(v) > maxn)
-        return vs_err_set(err, VS_ERR_INVALID, "config field '%s' must be a list of 1..%d integers",
-                          key, maxn);
-    int i = 0;
-    const cJSON *e;
-    cJSON_ArrayForEach(e, v)
-    {
-        if (!cJSON_IsNumber(e) || e->valuedouble != floor(e->valuedouble) || e->valuedouble < lo ||
-            e->valuedouble > hi)
-            return vs_err_set(err, VS_ERR_INVALID,
-                              "config field '%s' item %d must be an integer %d..%d", key, i, lo, hi);
-        out[i++] = (int)e->valuedouble;
-    }
-    *n = i;
-    return VS_OK;
-}
-
 static vs_status parse_config(const char *json, vs_rt_config *c, vs_err *err)
 {
     vs_status st = VS_OK;
@@ -357,23 +246,23 @@ static vs_status parse_config(const char *json, vs_rt_config *c, vs_err *err)
         goto fail;
     }
     int nmult = 0;
-    if ((st = cfg_int(o, "depth", 1, 1024, &c->depth, err)) ||
-        (st = cfg_int(o, "embed_dim", 1, 1 << 16, &c->embed_dim, err)) ||
-        (st = cfg_int(o, "num_heads", 1, 1024, &c->num_heads, err)) ||
-        (st = cfg_num(o, "mlp_ratio", 1e-3, 64, &c->mlp_ratio, err)) ||
-        (st = cfg_num(o, "norm_eps", 0, 1, &c->norm_eps, err)) ||
-        (st = cfg_bool(o, "shared_aln", &c->shared_aln, err)) ||
-        (st = cfg_bool(o, "attn_l2_norm", &c->attn_l2_norm, err)) ||
-        (st = cfg_int(o, "num_classes", 1, VS_RT_MAX_CLASSES, &c->num_classes, err)) ||
-        (st = cfg_int_list(o, "patch_nums", VS_RT_MAX_SCALES, 1, 256, c->patch_nums, &c->n_scales,
+    if ((st = vs_st_cfg_int(o, "depth", 1, 1024, &c->depth, err)) ||
+        (st = vs_st_cfg_int(o, "embed_dim", 1, 1 << 16, &c->embed_dim, err)) ||
+        (st = vs_st_cfg_int(o, "num_heads", 1, 1024, &c->num_heads, err)) ||
+        (st = vs_st_cfg_num(o, "mlp_ratio", 1e-3, 64, &c->mlp_ratio, err)) ||
+        (st = vs_st_cfg_num(o, "norm_eps", 0, 1, &c->norm_eps, err)) ||
+        (st = vs_st_cfg_bool(o, "shared_aln", &c->shared_aln, err)) ||
+        (st = vs_st_cfg_bool(o, "attn_l2_norm", &c->attn_l2_norm, err)) ||
+        (st = vs_st_cfg_int(o, "num_classes", 1, VS_RT_MAX_CLASSES, &c->num_classes, err)) ||
+        (st = vs_st_cfg_int_list(o, "patch_nums", VS_RT_MAX_SCALES, 1, 256, c->patch_nums, &c->n_scales,
                            err)) ||
-        (st = cfg_int(o, "vocab_size", 2, 1 << 24, &c->vocab_size, err)) ||
-        (st = cfg_int(o, "z_channels", 1, 4096, &c->z_channels, err)) ||
-        (st = cfg_int(o, "vae_ch", 1, 4096, &c->vae_ch, err)) ||
-        (st = cfg_int_list(o, "vae_ch_mult", VS_RT_MAX_LEVELS, 1, 64, c->vae_ch_mult, &nmult, err)) ||
-        (st = cfg_int(o, "vae_num_res_blocks", 0, VS_RT_MAX_LEVELS - 1, &c->vae_num_res_blocks, err)) ||
-        (st = cfg_num(o, "quant_resi", -1, 1, &c->quant_resi, err)) ||
-        (st = cfg_int(o, "share_quant_resi", 0, VS_RT_MAX_SCALES, &c->share_quant_resi, err)))
+        (st = vs_st_cfg_int(o, "vocab_size", 2, 1 << 24, &c->vocab_size, err)) ||
+        (st = vs_st_cfg_int(o, "z_channels", 1, 4096, &c->z_channels, err)) ||
+        (st = vs_st_cfg_int(o, "vae_ch", 1, 4096, &c->vae_ch, err)) ||
+        (st = vs_st_cfg_int_list(o, "vae_ch_mult", VS_RT_MAX_LEVELS, 1, 64, c->vae_ch_mult, &nmult, err)) ||
+        (st = vs_st_cfg_int(o, "vae_num_res_blocks", 0, VS_RT_MAX_LEVELS - 1, &c->vae_num_res_blocks, err)) ||
+        (st = vs_st_cfg_num(o, "quant_resi", -1, 1, &c->quant_resi, err)) ||
+        (st = vs_st_cfg_int(o, "share_quant_resi", 0, VS_RT_MAX_SCALES, &c->share_quant_resi, err)))
         goto fail;
     c->n_levels = nmult;
     if (c->embed_dim % c->num_heads != 0) {
@@ -412,7 +301,7 @@ static vs_status parse_config(const char *json, vs_rt_config *c, vs_err *err)
     c->image_channels = 3;
     if (cJSON_GetObjectItemCaseSensitive(o, "image_channels")) {
         int ic = 0;
-        if ((st = cfg_int(o, "image_channels", 1, 3, &ic, err)))
+        if ((st = vs_st_cfg_int(o, "image_channels", 1, 3, &ic, err)))
             goto fail;
         if (ic == 2) {
             st = vs_err_set(err, VS_ERR_INVALID, "config field 'image_channels' must be 1 or 3 (got 2)");
@@ -423,13 +312,13 @@ static vs_status parse_config(const char *json, vs_rt_config *c, vs_err *err)
     c->default_cfg = c->default_top_p = -1;
     c->default_top_k = -1;
     if (cJSON_GetObjectItemCaseSensitive(o, "default_cfg") &&
-        (st = cfg_num(o, "default_cfg", 0, 100, &c->default_cfg, err)))
+        (st = vs_st_cfg_num(o, "default_cfg", 0, 100, &c->default_cfg, err)))
         goto fail;
     if (cJSON_GetObjectItemCaseSensitive(o, "default_top_p") &&
-        (st = cfg_num(o, "default_top_p", 0, 1, &c->default_top_p, err)))
+        (st = vs_st_cfg_num(o, "default_top_p", 0, 1, &c->default_top_p, err)))
         goto fail;
     if (cJSON_GetObjectItemCaseSensitive(o, "default_top_k") &&
-        (st = cfg_int(o, "default_top_k", 0, c->vocab_size, &c->default_top_k, err)))
+        (st = vs_st_cfg_int(o, "default_top_k", 0, c->vocab_size, &c->default_top_k, err)))
         goto fail;
     const cJSON *names = cJSON_GetObjectItemCaseSensitive(o, "class_names");
     if (names) {
@@ -460,214 +349,6 @@ fail:
     return st;
 }
 
-/* ---- conversion -------------------------------------------------------------------------------- */
-
-static float half_to_float(uint16_t h)
-{
-    uint32_t sign = (uint32_t)(h >> 15) << 31, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-    if (exp == 0) {
-        if (man == 0) {
-            bits = sign;
-        } else { /* subnormal */
-            exp = 127 - 15 + 1;
-            while (!(man & 0x400)) {
-                man <<= 1;
-                exp--;
-            }
-            man &= 0x3ff;
-            bits = sign | (exp << 23) | (man << 13);
-        }
-    } else if (exp == 31) {
-        bits = sign | 0x7f800000u | (man << 13);
-    } else {
-        bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
-    }
-    float f;
-    memcpy(&f, &bits, 4);
-    return f;
-}
-
-/* Converts n values to F32; returns the index of the first non-finite one, or n. In blocks of
- * 4096 values, each scanned while it is still in L1: an all-ones exponent (inf or NaN) is the
- * one that carries into bit 31 when 1 is added to the exponent field, so the scan is an add and
- * an OR per value, which vectorises without branches. */
-static size_t convert(float *dst, const unsigned char *src, size_t n, dtype dt)
-{
-    for (size_t b = 0; b < n; b += 4096) {
-        size_t end = b + 4096 < n ? b + 4096 : n;
-        if (dt == DT_F32) {
-            memcpy(dst + b, src + 4 * b, (end - b) * 4);
-        } else if (dt == DT_BF16) {
-            for (size_t i = b; i < end; i++) {
-                uint32_t bits = (uint32_t)(src[2 * i] | (src[2 * i + 1] << 8)) << 16;
-                memcpy(&dst[i], &bits, 4);
-            }
-        } else {
-            for (size_t i = b; i < end; i++)
-                dst[i] = half_to_float((uint16_t)(src[2 * i] | (src[2 * i + 1] << 8)));
-        }
-        const uint32_t *bits = (const uint32_t *)(const void *)dst;
-        uint32_t carry = 0;
-        for (size_t k = b; k < end; k++)
-            carry |= (bits[k] & 0x7f800000u) + 0x00800000u;
-        if (carry & 0x80000000u)
-            for (size_t k = b; k < end; k++)
-                if ((bits[k] & 0x7f800000u) == 0x7f800000u)
-                    return k;
-    }
-    return n;
-}
-
-static int cmp_begin(const void *a, const void *b)
-{
-    const expect *x = *(const expect *const *)a, *y = *(const expect *const *)b;
-    return x->begin < y->begin ? -1 : x->begin > y->begin;
-}
-
-static void fmt_shape(char *buf, size_t cap, int ndim, const long *shape)
-{
-    size_t n = (size_t)snprintf(buf, cap, "(");
-    for (int i = 0; i < ndim && n < cap; i++)
-        n += (size_t)snprintf(buf + n, cap - n, i ? ", %ld" : "%ld", shape[i]);
-    if (n < cap)
-        snprintf(buf + n, cap - n, ")");
-}
-
-static void fmt_mb(char *buf, size_t cap, uint64_t bytes)
-{
-    snprintf(buf, cap, "%.1f MB", (double)bytes / 1e6);
-}
-
-/* Matches the header's tensors against the expectations. */
-static vs_status match_tensors(const cJSON *hdr, expect_list *l, uint64_t data_len,
-                               uint64_t file_len, uint64_t data_start, vs_err *err)
-{
-    const cJSON *t;
-    cJSON_ArrayForEach(t, hdr)
-    {
-        if (strcmp(t->string, "__metadata__") == 0)
-            continue;
-        expect *e = NULL;
-        for (int i = 0; i < l->n; i++)
-            if (strcmp(l->v[i].name, t->string) == 0) {
-                e = &l->v[i];
-                break;
-            }
-        if (!e)
-            return vs_err_set(err, VS_ERR_INVALID,
-                              "unknown tensor '%s': not part of a model with this config (remove "
-                              "it, or fix the config)",
-                              t->string);
-        if (e->found)
-            return vs_err_set(err, VS_ERR_INVALID, "tensor '%s' appears twice", t->string);
-        e->found = 1;
-        const cJSON *jd = cJSON_GetObjectItemCaseSensitive(t, "dtype");
-        const cJSON *js = cJSON_GetObjectItemCaseSensitive(t, "shape");
-        const cJSON *jo = cJSON_GetObjectItemCaseSensitive(t, "data_offsets");
-        if (!cJSON_IsString(jd) || !cJSON_IsArray(js) || !cJSON_IsArray(jo) ||
-            cJSON_GetArraySize(jo) != 2)
-            return vs_err_set(err, VS_ERR_INVALID,
-                              "tensor '%s' needs 'dtype', 'shape' and two 'data_offsets'", t->string);
-        if (strcmp(jd->valuestring, "F32") == 0)
-            e->dt = DT_F32;
-        else if (strcmp(jd->valuestring, "F16") == 0)
-            e->dt = DT_F16;
-        else if (strcmp(jd->valuestring, "BF16") == 0)
-            e->dt = DT_BF16;
-        else
-            return vs_err_set(err, VS_ERR_INVALID,
-                              "tensor '%s' has dtype %s; only F32, F16 and BF16 are supported "
-                              "(convert it with tools/convert_var.py --dtype f32|bf16)",
-                              t->string, jd->valuestring);
-        long shape[8];
-        int nd = cJSON_GetArraySize(js);
-        int ok = nd == e->ndim;
-        const cJSON *d;
-        int i = 0;
-        cJSON_ArrayForEach(d, js)
-        {
-            if (!cJSON_IsNumber(d) || d->valuedouble < 0 || i >= 8)
-                return vs_err_set(err, VS_ERR_INVALID, "tensor '%s' has a malformed shape", t->string);
-            shape[i] = (long)d->valuedouble;
-            if (i < e->ndim && shape[i] != e->shape[i])
-                ok = 0;
-            i++;
-        }
-        if (!ok) {
-            char got[96], want[96];
-            fmt_shape(got, sizeof got, nd, shape);
-            fmt_shape(want, sizeof want, e->ndim, e->shape);
-            return vs_err_set(err, VS_ERR_INVALID,
-                              "tensor '%s' has shape %s but the config implies %s", t->string, got,
-                              want);
-        }
-        const cJSON *b0 = cJSON_GetArrayItem(jo, 0), *b1 = cJSON_GetArrayItem(jo, 1);
-        if (!cJSON_IsNumber(b0) || !cJSON_IsNumber(b1) || b0->valuedouble < 0 ||
-            b1->valuedouble < b0->valuedouble)
-            return vs_err_set(err, VS_ERR_INVALID, "tensor '%s' has malformed data_offsets",
-                              t->string);
-        e->begin = (uint64_t)b0->valuedouble;
-        e->end = (uint64_t)b1->valuedouble;
-        uint64_t numel = 1;
-        for (int k = 0; k < e->ndim; k++)
-            numel *= (uint64_t)e->shape[k];
-        uint64_t need = numel * (e->dt == DT_F32 ? 4 : 2);
-        if (e->end - e->begin != need)
-            return vs_err_set(err, VS_ERR_INVALID,
-                              "tensor '%s' spans %llu bytes but its shape and dtype need %llu",
-                              t->string, (unsigned long long)(e->end - e->begin),
-                              (unsigned long long)need);
-        if (e->end > data_len) {
-            char a[32], b[32];
-            fmt_mb(a, sizeof a, file_len);
-            fmt_mb(b, sizeof b, data_start + e->end);
-            return vs_err_set(err, VS_ERR_INVALID,
-                              "model file ends at %s but tensor %s needs bytes up to %s: the file "
-                              "is truncated",
-                              a, t->string, b);
-        }
-    }
-    for (int i = 0; i < l->n; i++)
-        if (!l->v[i].found)
-            return vs_err_set(err, VS_ERR_INVALID,
-                              "tensor '%s' is missing (the config implies it)", l->v[i].name);
-    /* exact coverage: sorted by begin, each tensor starts where the one before ends, the first
-     * at 0 and the last at the end of the data (no overlap, no hole, nothing left over) */
-    expect **by = malloc((size_t)l->n * sizeof *by);
-    if (!by)
-        return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
-    for (int i = 0; i < l->n; i++)
-        by[i] = &l->v[i];
-    qsort(by, (size_t)l->n, sizeof *by, cmp_begin);
-    vs_status st = VS_OK;
-    for (int i = 1; i < l->n && st == VS_OK; i++) /* overlaps first: they are the likelier fault */
-        if (by[i]->begin < by[i - 1]->end)
-            st = vs_err_set(err, VS_ERR_INVALID,
-                            "tensors '%s' and '%s' overlap in the file (bytes %llu..%llu and "
-                            "%llu..%llu)",
-                            by[i - 1]->name, by[i]->name, (unsigned long long)by[i - 1]->begin,
-                            (unsigned long long)by[i - 1]->end, (unsigned long long)by[i]->begin,
-                            (unsigned long long)by[i]->end);
-    uint64_t at = 0;
-    for (int i = 0; i < l->n && st == VS_OK; i++) {
-        if (by[i]->begin > at)
-            st = vs_err_set(err, VS_ERR_INVALID,
-                            "the data section has a hole: bytes %llu..%llu belong to no tensor (before "
-                            "'%s'): the header does not describe this data (corrupt, or its length is "
-                            "wrong)",
-                            (unsigned long long)at, (unsigned long long)by[i]->begin, by[i]->name);
-        at = by[i]->end;
-    }
-    if (st == VS_OK && at != data_len)
-        st = vs_err_set(err, VS_ERR_INVALID,
-                        "the data section is %llu bytes but the tensors cover %llu: %llu bytes left over "
-                        "(corrupt, or the header length is wrong)",
-                        (unsigned long long)data_len, (unsigned long long)at,
-                        (unsigned long long)(data_len - at));
-    free(by);
-    return st;
-}
-
 static vs_status derive(vs_rt_model *m, float *derived)
 {
     const vs_rt_config *c = &m->cfg;
@@ -693,80 +374,18 @@ static vs_status derive(vs_rt_model *m, float *derived)
 vs_status vs_rt_model_load(const char *path, vs_rt_model **out, vs_err *err)
 {
     vs_status st = VS_OK;
-    int fd = -1;
-    unsigned char *map = MAP_FAILED;
-    size_t map_len = 0;
-    char *hjson = NULL;
-    cJSON *hdr = NULL;
-    expect_list l = {0};
+    vs_st_file f;
+    vs_st_expects l = {0};
     vs_rt_model *m = calloc(1, sizeof *m);
     if (!m)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
     snprintf(m->path, sizeof m->path, "%s", path);
-
-    fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) {
-        st = vs_err_set(err, VS_ERR_IO, "cannot open model file '%s': %s", path, strerror(errno));
-        goto fail;
+    if ((st = vs_st_open(&f, path, err)) != VS_OK) {
+        vs_rt_model_free(m);
+        return st;
     }
-    struct stat sb;
-    if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode)) {
-        st = vs_err_set(err, VS_ERR_IO, "model file '%s' is not a regular file", path);
-        goto fail;
-    }
-    map_len = (size_t)sb.st_size;
-    m->file_bytes = map_len;
-    if (map_len < 8) {
-        st = vs_err_set(err, VS_ERR_INVALID,
-                        "model file '%s' is %zu bytes: too short for a safetensors header", path,
-                        map_len);
-        goto fail;
-    }
-    map = mmap(NULL, map_len, PROT_READ, MAP_PRIVATE, fd, 0);
-    if (map == MAP_FAILED) {
-        st = vs_err_set(err, VS_ERR_IO, "cannot mmap model file '%s': %s", path, strerror(errno));
-        goto fail;
-    }
-    uint64_t hlen = 0;
-    for (int i = 7; i >= 0; i--)
-        hlen = (hlen << 8) | map[i];
-    if (hlen > HEADER_MAX_BYTES) {
-        st = vs_err_set(err, VS_ERR_INVALID,
-                        "model header is %llu bytes, over the 100 MB limit: not a model file, or "
-                        "a corrupt one",
-                        (unsigned long long)hlen);
-        goto fail;
-    }
-    if (hlen > map_len - 8) {
-        st = vs_err_set(err, VS_ERR_INVALID,
-                        "model header claims %llu bytes but the file has only %zu after the "
-                        "length: the file is truncated",
-                        (unsigned long long)hlen, map_len - 8);
-        goto fail;
-    }
-    hjson = malloc(hlen + 1);
-    if (!hjson) {
-        st = vs_err_set(err, VS_ERR_NOMEM, "out of memory for the model header");
-        goto fail;
-    }
-    memcpy(hjson, map + 8, hlen);
-    hjson[hlen] = 0;
-    const char *hend = NULL;
-    hdr = cJSON_ParseWithLengthOpts(hjson, hlen, &hend, 0);
-    if (!hdr || !cJSON_IsObject(hdr)) {
-        st = vs_err_set(err, VS_ERR_INVALID, "model header is not a JSON object (error near byte %ld)",
-                        (long)(hend ? hend - hjson : 0));
-        goto fail;
-    }
-    for (const char *p = hend; p < hjson + hlen; p++)
-        if (*p != ' ') {
-            st = vs_err_set(err, VS_ERR_INVALID,
-                            "model header has byte 0x%02x at %ld after its JSON, where only space padding "
-                            "may be: corrupt, or the header length is wrong",
-                            (unsigned char)*p, (long)(p - hjson));
-            goto fail;
-        }
-    const cJSON *md = cJSON_GetObjectItemCaseSensitive(hdr, "__metadata__");
+    m->file_bytes = f.map_len;
+    const cJSON *md = f.meta;
     if (!md || !cJSON_IsObject(md)) {
         st = vs_err_set(err, VS_ERR_INVALID,
                         "model header has no __metadata__: not a varserve model (convert it with "
@@ -799,89 +418,24 @@ vs_status vs_rt_model_load(const char *path, vs_rt_model **out, vs_err *err)
         st = vs_err_set(err, VS_ERR_NOMEM, "out of memory");
         goto fail;
     }
-    uint64_t data_start = 8 + hlen, data_len = map_len - data_start;
-    if ((st = match_tensors(hdr, &l, data_len, map_len, data_start, err)) != VS_OK)
-        goto fail;
-    const cJSON *crc = cJSON_GetObjectItemCaseSensitive(md, "data_crc32");
-    if (crc) {
-        char *end = NULL;
-        unsigned long want = cJSON_IsString(crc) ? strtoul(crc->valuestring, &end, 16) : 0;
-        if (!cJSON_IsString(crc) || !end || *end || end == crc->valuestring || want > 0xffffffffUL) {
-            st = vs_err_set(err, VS_ERR_INVALID, "metadata 'data_crc32' must be 8 hex digits");
-            goto fail;
-        }
-        unsigned long got = crc32(0L, Z_NULL, 0);
-        for (uint64_t at = 0; at < data_len;) { /* zlib takes 32-bit lengths */
-            uInt n = data_len - at > (1u << 30) ? (1u << 30) : (uInt)(data_len - at);
-            got = crc32(got, map + data_start + at, n);
-            at += n;
-        }
-        if (got != want) {
-            st = vs_err_set(err, VS_ERR_INVALID,
-                            "the tensor data's CRC-32 is %08lx but the metadata says %08lx: the file is "
-                            "corrupt (copy or convert it again)",
-                            got, want);
-            goto fail;
-        }
-        m->has_checksum = 1;
-    }
-
     /* one allocation: every tensor as F32, then the derived tensors */
-    size_t total = 0, nparams = 0;
-    int n_f32 = 0, n_bf16 = 0, n_f16 = 0;
-    for (int i = 0; i < l.n; i++) {
-        size_t numel = 1;
-        for (int k = 0; k < l.v[i].ndim; k++)
-            numel *= (size_t)l.v[i].shape[k];
-        nparams += numel;
-        total += (numel + 15) & ~(size_t)15; /* 64-byte aligned tensors */
-        n_f32 += l.v[i].dt == DT_F32;
-        n_bf16 += l.v[i].dt == DT_BF16;
-        n_f16 += l.v[i].dt == DT_F16;
-    }
     size_t C = (size_t)m->cfg.embed_dim;
     size_t derived = (size_t)m->cfg.scale_offset[m->cfg.n_scales] * C + (size_t)m->cfg.depth * 3 * C;
-    /* aligned_alloc needs a size that is a multiple of the alignment (C11 7.22.3.1): L·C +
-     * depth·3C floats is not one when C is not a multiple of 16 */
-    total += (derived + 15) & ~(size_t)15;
-    m->data_bytes = total * 4;
-    m->data = aligned_alloc(64, m->data_bytes);
-    if (!m->data) {
-        st = vs_err_set(err, VS_ERR_NOMEM, "out of memory: the model needs %.1f MB as F32",
-                        (double)m->data_bytes / 1e6);
+    vs_st_loaded ld;
+    if ((st = vs_st_load(&f, &l, derived, "(convert it with tools/convert_var.py --dtype f32|bf16)", &ld,
+                         err)) != VS_OK)
         goto fail;
-    }
-    size_t off = 0;
-    for (int i = 0; i < l.n; i++) {
-        size_t numel = 1;
-        for (int k = 0; k < l.v[i].ndim; k++)
-            numel *= (size_t)l.v[i].shape[k];
-        *l.v[i].dst = m->data + off;
-        size_t bad = convert(m->data + off, map + data_start + l.v[i].begin, numel, l.v[i].dt);
-        if (bad < numel) {
-            float v = m->data[off + bad];
-            st = vs_err_set(err, VS_ERR_INVALID,
-                            "tensor '%s' has a non-finite weight (%s) at element %zu: the file is corrupt, "
-                            "or the model diverged in training",
-                            l.v[i].name, isnan(v) ? "NaN" : v > 0 ? "+inf" : "-inf", bad);
-            goto fail;
-        }
-        off += (numel + 15) & ~(size_t)15;
-    }
-    derive(m, m->data + off);
-    m->n_params = nparams;
-    snprintf(m->dtype, sizeof m->dtype, "%s",
-             n_bf16 >= n_f32 && n_bf16 >= n_f16 ? "BF16" : n_f16 > n_f32 ? "F16" : "F32");
+    m->data = ld.data;
+    m->data_bytes = ld.bytes;
+    m->has_checksum = ld.has_checksum;
+    derive(m, ld.extra);
+    m->n_params = ld.n_params;
+    snprintf(m->dtype, sizeof m->dtype, "%s", ld.dtype);
     *out = m;
     m = NULL;
 fail:
     free(l.v);
-    cJSON_Delete(hdr);
-    free(hjson);
-    if (map != MAP_FAILED)
-        munmap(map, map_len);
-    if (fd >= 0)
-        close(fd);
+    vs_st_close(&f);
     vs_rt_model_free(m);
     return st;
 }
