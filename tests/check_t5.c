@@ -1,0 +1,281 @@
+/* tests/check_t5.c — the T5 encoder (runtime/t5.h) against Hugging Face's T5EncoderModel on the
+ * t5-tiny fixture (tests/fixtures/t5-tiny/README.md): the position buckets and the bias table
+ * exactly, last_hidden_state within the fixture's FP32 tolerance, valid rows unchanged by padding,
+ * and the loader's and the encoder's refusals. */
+#include <check.h>
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "runtime/blas.h"
+#include "runtime/t5.h"
+#include "tests/st_read.h"
+
+#define MODEL "tests/fixtures/t5-tiny/model.safetensors"
+#define GOLDEN "tests/fixtures/t5-tiny/golden.safetensors"
+#define TOL 1e-4 /* the fixture's tolerance for hidden states (values are O(1)) */
+
+static vs_rt_t5 *g_t5;
+static st_file g_gold;
+
+static void setup(void)
+{
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_t5_load(MODEL, &g_t5, &err) == VS_OK, "load: %s", err.msg);
+    ck_assert_int_eq(st_open(&g_gold, GOLDEN), 0);
+}
+
+static void teardown(void)
+{
+    vs_rt_t5_free(g_t5);
+    g_t5 = NULL;
+    st_close(&g_gold);
+}
+
+/* an I64 golden tensor as int32 (values are small); its element count in *n */
+static int32_t *gold_i64(const char *name, size_t *n)
+{
+    size_t words;
+    const unsigned char *p = st_get(&g_gold, name, &words);
+    ck_assert_msg(p != NULL, "golden tensor %s", name);
+    *n = words / 2;
+    int32_t *v = malloc(*n * sizeof *v);
+    for (size_t i = 0; i < *n; i++) {
+        int64_t x;
+        memcpy(&x, p + 8 * i, 8);
+        v[i] = (int32_t)x;
+    }
+    return v;
+}
+
+static const float *gold_f32(const char *name, size_t *n)
+{
+    const float *p = st_get(&g_gold, name, n);
+    ck_assert_msg(p != NULL, "golden tensor %s", name);
+    return p;
+}
+
+START_TEST(config_and_weights_load_as_the_fixture_declares)
+{
+    const vs_rt_t5_config *c = &g_t5->cfg;
+    ck_assert_int_eq(c->d_model, 64);
+    ck_assert_int_eq(c->d_kv, 16);
+    ck_assert_int_eq(c->num_heads, 4);
+    ck_assert_int_eq(c->d_ff, 128);
+    ck_assert_int_eq(c->num_layers, 2);
+    ck_assert_int_eq(c->vocab_size, 500);
+    ck_assert_int_eq(c->rel_buckets, 32);
+    ck_assert_int_eq(c->rel_max_distance, 128);
+    ck_assert(fabs(c->eps - 1e-6) < 1e-12);
+    /* 500·64 + 64 + 32·4 + 2 · (64 + 4·64·64 + 64 + 3·128·64) */
+    ck_assert_uint_eq(g_t5->n_params, 500 * 64 + 64 + 32 * 4 + 2 * (64 + 4 * 64 * 64 + 64 + 3 * 128 * 64));
+}
+END_TEST
+
+START_TEST(buckets_equal_the_reference_for_every_offset_of_a_512_token_prompt)
+{
+    size_t n, m;
+    int32_t *rel = gold_i64("rel_bucket.relative_position", &n);
+    int32_t *want = gold_i64("rel_bucket.bucket", &m);
+    ck_assert_uint_eq(n, 1023);
+    ck_assert_uint_eq(m, n);
+    for (size_t i = 0; i < n; i++)
+        ck_assert_msg(vs_rt_t5_bucket(&g_t5->cfg, rel[i]) == want[i], "offset %d: bucket %d, reference %d", rel[i],
+                      vs_rt_t5_bucket(&g_t5->cfg, rel[i]), want[i]);
+    free(rel);
+    free(want);
+}
+END_TEST
+
+START_TEST(the_position_bias_table_equals_the_reference)
+{
+    size_t n;
+    const float *pb = gold_f32("layer0.position_bias", &n); /* (1, heads, query, key) */
+    int H = g_t5->cfg.num_heads, L = 32;
+    ck_assert_uint_eq(n, (size_t)H * L * L);
+    for (int h = 0; h < H; h++)
+        for (int i = 0; i < L; i++)
+            for (int j = 0; j < L; j++) {
+                int b = vs_rt_t5_bucket(&g_t5->cfg, j - i);
+                ck_assert_float_eq(g_t5->rel_bias[b * H + h], pb[((size_t)h * L + i) * L + j]);
+            }
+}
+END_TEST
+
+/* the golden batch: 4 prompts padded to 32 */
+static void encode_golden_batch(float *out, int32_t **ids_out, int lens[4])
+{
+    size_t n, nl;
+    int32_t *ids = gold_i64("input_ids", &n);
+    const int32_t *gl = st_get(&g_gold, "lens", &nl);
+    ck_assert_uint_eq(n, 4 * 32);
+    ck_assert_uint_eq(nl, 4);
+    for (int s = 0; s < 4; s++)
+        lens[s] = gl[s];
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_t5_encode(g_t5, ids, lens, 4, 32, out, &err) == VS_OK, "%s", err.msg);
+    *ids_out = ids;
+}
+
+START_TEST(last_hidden_state_matches_the_reference_within_its_tolerance)
+{
+    enum { N = 4, L = 32, D = 64 };
+    static float out[N * L * D];
+    int lens[N];
+    int32_t *ids;
+    encode_golden_batch(out, &ids, lens);
+    size_t n;
+    const float *want = gold_f32("last_hidden_state", &n);
+    ck_assert_uint_eq(n, (size_t)N * L * D);
+    double worst_valid = 0, worst_pad = 0;
+    for (int s = 0; s < N; s++)
+        for (int i = 0; i < L; i++)
+            for (int d = 0; d < D; d++) {
+                size_t e = ((size_t)s * L + i) * D + d;
+                double diff = fabs((double)out[e] - want[e]);
+                if (i < lens[s])
+                    worst_valid = diff > worst_valid ? diff : worst_valid;
+                else
+                    worst_pad = diff > worst_pad ? diff : worst_pad;
+            }
+    fprintf(stderr, "t5-tiny last_hidden_state: max |error| %.3g on the valid rows, %.3g on padding\n",
+            worst_valid, worst_pad);
+    ck_assert_msg(worst_valid <= TOL, "valid rows off by %g", worst_valid);
+    ck_assert_msg(worst_pad <= TOL, "padding rows off by %g", worst_pad);
+    free(ids);
+}
+END_TEST
+
+START_TEST(valid_rows_do_not_depend_on_padding_or_the_batch)
+{
+    /* prompt 0 alone padded to 512, as Infinity tokenizes, against its rows of the batch of 32 and
+     * the reference's 512-position run */
+    enum { L = 512, D = 64 };
+    static float out512[L * D], batch[4 * 32 * D];
+    int lens[4];
+    int32_t *ids;
+    encode_golden_batch(batch, &ids, lens);
+    size_t n;
+    int32_t *ids512 = gold_i64("p0_512.input_ids", &n);
+    ck_assert_uint_eq(n, L);
+    int len0 = lens[0];
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_t5_encode(g_t5, ids512, &len0, 1, L, out512, &err) == VS_OK, "%s", err.msg);
+    ck_assert_int_eq(memcmp(out512, batch, (size_t)len0 * D * sizeof(float)), 0);
+    const float *want = gold_f32("p0_512.last_hidden_state", &n);
+    ck_assert_uint_eq(n, (size_t)L * D);
+    for (size_t e = 0; e < (size_t)len0 * D; e++)
+        ck_assert_msg(fabs((double)out512[e] - want[e]) <= TOL, "element %zu: %g, reference %g", e,
+                      (double)out512[e], (double)want[e]);
+    /* prompt 1 alone, padded to 32, equals its rows of the batch bit for bit */
+    static float one[32 * D];
+    ck_assert_int_eq(vs_rt_t5_encode(g_t5, ids + 32, &lens[1], 1, 32, one, &err), VS_OK);
+    ck_assert_int_eq(memcmp(one, batch + 32 * D, (size_t)lens[1] * D * sizeof(float)), 0);
+    free(ids);
+    free(ids512);
+}
+END_TEST
+
+START_TEST(encode_refuses_ids_outside_the_vocabulary_and_bad_lengths)
+{
+    float out[4 * 64];
+    int32_t ids[4] = {4, 44, 500, 1};
+    int len = 4;
+    vs_err err = {0};
+    ck_assert_int_eq(vs_rt_t5_encode(g_t5, ids, &len, 1, 4, out, &err), VS_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "token id 500 at sequence 0 position 2"));
+    ids[2] = 3;
+    len = 0;
+    ck_assert_int_eq(vs_rt_t5_encode(g_t5, ids, &len, 1, 4, out, &err), VS_ERR_INVALID);
+    ck_assert_ptr_nonnull(strstr(err.msg, "sequence 0 has 0 tokens"));
+    len = 5;
+    ck_assert_int_eq(vs_rt_t5_encode(g_t5, ids, &len, 1, 4, out, &err), VS_ERR_INVALID);
+}
+END_TEST
+
+/* The fixture rewritten with its config's `key` set to the JSON `value` (raw JSON text). */
+static void write_with_config(const char *path, const char *key, const char *value)
+{
+    st_file f;
+    ck_assert_int_eq(st_open(&f, MODEL), 0);
+    cJSON *md = cJSON_GetObjectItemCaseSensitive(f.hdr, "__metadata__");
+    cJSON *cfg = cJSON_Parse(cJSON_GetObjectItemCaseSensitive(md, "config")->valuestring);
+    cJSON_ReplaceItemInObjectCaseSensitive(cfg, key, cJSON_Parse(value));
+    char *cfg_text = cJSON_PrintUnformatted(cfg);
+    cJSON_ReplaceItemInObjectCaseSensitive(md, "config", cJSON_CreateString(cfg_text));
+    char *hdr = cJSON_PrintUnformatted(f.hdr);
+    size_t hl = strlen(hdr), padded = (hl + 7) / 8 * 8;
+    FILE *o = fopen(path, "wb");
+    ck_assert_ptr_nonnull(o);
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++)
+        len8[i] = (unsigned char)(padded >> (8 * i));
+    fwrite(len8, 1, 8, o);
+    fwrite(hdr, 1, hl, o);
+    for (size_t i = hl; i < padded; i++)
+        fputc(' ', o);
+    fwrite(f.buf + f.data_start, 1, f.len - f.data_start, o);
+    fclose(o);
+    free(hdr);
+    free(cfg_text);
+    cJSON_Delete(cfg);
+    st_close(&f);
+}
+
+START_TEST(load_refuses_another_feed_forward_or_a_shape_the_config_does_not_imply)
+{
+    char path[] = "/tmp/check_t5.XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    vs_rt_t5 *t = NULL;
+    vs_err err = {0};
+    write_with_config(path, "feed_forward_proj", "\"relu\"");
+    ck_assert_int_eq(vs_rt_t5_load(path, &t, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "feed_forward_proj") && strstr(err.msg, "gated-gelu"), "%s", err.msg);
+    write_with_config(path, "d_ff", "256");
+    ck_assert_int_eq(vs_rt_t5_load(path, &t, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "wi_0.weight' has shape (128, 64) but the config implies (256, 64)"), "%s",
+                  err.msg);
+    write_with_config(path, "relative_attention_num_buckets", "31");
+    ck_assert_int_eq(vs_rt_t5_load(path, &t, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "relative_attention_num_buckets (31) must be even"), "%s", err.msg);
+    write_with_config(path, "num_layers", "3");
+    ck_assert_int_eq(vs_rt_t5_load(path, &t, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "encoder.block.2.layer.0.layer_norm.weight' is missing"), "%s", err.msg);
+    ck_assert_ptr_null(t);
+    unlink(path);
+}
+END_TEST
+
+static Suite *t5_suite(void)
+{
+    Suite *s = suite_create("t5");
+    TCase *ref = tcase_create("reference");
+    tcase_add_checked_fixture(ref, setup, teardown);
+    tcase_add_test(ref, config_and_weights_load_as_the_fixture_declares);
+    tcase_add_test(ref, buckets_equal_the_reference_for_every_offset_of_a_512_token_prompt);
+    tcase_add_test(ref, the_position_bias_table_equals_the_reference);
+    tcase_add_test(ref, last_hidden_state_matches_the_reference_within_its_tolerance);
+    tcase_add_test(ref, valid_rows_do_not_depend_on_padding_or_the_batch);
+    tcase_add_test(ref, encode_refuses_ids_outside_the_vocabulary_and_bad_lengths);
+    suite_add_tcase(s, ref);
+    TCase *ld = tcase_create("load");
+    tcase_add_test(ld, load_refuses_another_feed_forward_or_a_shape_the_config_does_not_imply);
+    suite_add_tcase(s, ld);
+    return s;
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    vs_rt_blas_pin_core(argv); /* the GEMMs on the kernels varserve runs (runtime/blas.h) */
+    SRunner *sr = srunner_create(t5_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
