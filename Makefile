@@ -54,10 +54,13 @@ BLAS_INC := $(firstword $(wildcard /usr/include/x86_64-linux-gnu/openblas-pthrea
 WARN    := -Wall -Wextra -Werror -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wformat=2
 CFLAGS  ?= -O2 -g
 ALL_CFLAGS := -std=c11 $(CFLAGS) $(WARN) -D_GNU_SOURCE -I. $(if $(BLAS_INC),-I$(BLAS_INC)) -MMD -MP $(SANFLAGS)
-LDLIBS  := -lopenblas -lmicrohttpd -lcjson -lpng -lcurl -lz -lm -lpthread
+LDLIBS  := -lopenblas -lmicrohttpd -lcjson -lpng -lcurl -lz -lsentencepiece -lm -lpthread -lstdc++
 CHECK_LIBS := $(shell pkg-config --libs check 2>/dev/null || echo -lcheck -lsubunit -lrt -lm)
 
 LIB_SRC := $(wildcard common/*.c runtime/*.c kvcache/*.c config/*.c) $(filter-out server/main.c,$(wildcard server/*.c))
+# C++ only where a library has no C API (runtime/t5_tok.cc: SentencePiece)
+CXX_SRC := $(wildcard runtime/*.cc)
+LIB_CXXFLAGS := -std=c++17 $(CFLAGS) -Wall -Wextra -Werror -Wshadow -D_GNU_SOURCE -I. -MMD -MP $(SANFLAGS)
 ifeq ($(CUDA),emu)
   # the same kernel source, compiled as C++ against the emulation layer
   CU_SRC  := $(wildcard runtime/*.cu)
@@ -76,7 +79,7 @@ else ifeq ($(CUDA),1)
 else
   CU_SRC  :=
 endif
-LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o) $(EMU_SRC:%.cc=$(BUILD)/%.o) \
+LIB_OBJ := $(LIB_SRC:%.c=$(BUILD)/%.o) $(CXX_SRC:%.cc=$(BUILD)/%.o) $(CU_SRC:%.cu=$(BUILD)/%.cu.o) $(EMU_SRC:%.cc=$(BUILD)/%.o) \
   $(BUILD)/gen/playground_html.o
 TEST_SRC := $(wildcard tests/check_*.c)
 TEST_BIN := $(TEST_SRC:tests/%.c=$(BUILD)/tests/%)
@@ -112,6 +115,10 @@ $(CUDA_STAMP):
 $(BUILD)/%.o: %.c $(CUDA_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(ALL_CFLAGS) -c -o $@ $<
+
+$(CXX_SRC:%.cc=$(BUILD)/%.o): $(BUILD)/%.o: %.cc $(CUDA_STAMP)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LIB_CXXFLAGS) -c -o $@ $<
 
 ifeq ($(CUDA),emu)
 $(BUILD)/%.cu.o: %.cu $(CUDA_STAMP)

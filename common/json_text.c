@@ -37,6 +37,15 @@ static size_t utf8_seq(const unsigned char *s, size_t n)
     return len;
 }
 
+size_t vs_utf8_invalid_at(const char *s, size_t n)
+{
+    const unsigned char *u = (const unsigned char *)s;
+    for (size_t i = 0, k; i < n; i += k)
+        if ((k = utf8_seq(u + i, n - i)) == 0)
+            return i;
+    return n;
+}
+
 char *vs_json_escape(char *dst, size_t cap, const char *s)
 {
     const unsigned char *p = (const unsigned char *)s;

@@ -24,4 +24,8 @@ size_t vs_utf8_prefix(const char *s, size_t n, size_t max);
  * appended when s was longer; always NUL-terminates. Returns dst. For quoting client text. */
 char *vs_utf8_clip(char *dst, size_t cap, const char *s, size_t max);
 
+/* The offset of the first byte of s[0..n) that does not start a well-formed UTF-8 sequence (the
+ * rule above), or n when all of it is well-formed. */
+size_t vs_utf8_invalid_at(const char *s, size_t n);
+
 #endif

@@ -1,7 +1,8 @@
 /* tests/check_t5.c — the T5 encoder (runtime/t5.h) against Hugging Face's T5EncoderModel on the
  * t5-tiny fixture (tests/fixtures/t5-tiny/README.md): the position buckets and the bias table
  * exactly, last_hidden_state within the fixture's FP32 tolerance, valid rows unchanged by padding,
- * and the loader's and the encoder's refusals. */
+ * the tokenizer's ids for the fixture's prompts (spaces, full-width letters, unknown characters,
+ * the empty prompt, truncation), and the refusals of the loaders, the encoder and the tokenizer. */
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -12,10 +13,12 @@
 
 #include "runtime/blas.h"
 #include "runtime/t5.h"
+#include "runtime/t5_tok.h"
 #include "tests/st_read.h"
 
 #define MODEL "tests/fixtures/t5-tiny/model.safetensors"
 #define GOLDEN "tests/fixtures/t5-tiny/golden.safetensors"
+#define SPIECE "tests/fixtures/t5-tiny/spiece.model"
 #define TOL 1e-4 /* the fixture's tolerance for hidden states (values are O(1)) */
 
 static vs_rt_t5 *g_t5;
@@ -251,6 +254,76 @@ START_TEST(load_refuses_another_feed_forward_or_a_shape_the_config_does_not_impl
 }
 END_TEST
 
+/* the fixture's prompts (tests/fixtures/t5-tiny/README.md), UTF-8 */
+static const char *const PROMPTS[4] = {
+    "a photo of a Fluffy cat sitting on a wooden table, 4k",
+    /* "  ＡＮ oil painting   of a 猫 on the moon — “glowing”!  " */
+    "  \xEF\xBC\xA1\xEF\xBC\xAE oil painting   of a \xE7\x8C\xAB on the moon \xE2\x80\x94 \xE2\x80\x9C"
+    "glowing\xE2\x80\x9D!  ",
+    "",
+    "Cinematic shot of three golden dragons flying over an ancient castle at sunset, misty mountains, a "
+    "quiet village by the sea, soft light, sharp focus, 35mm, award-winning photo in the style of Van Gogh",
+};
+
+START_TEST(the_tokenizer_gives_the_reference_ids_for_every_prompt)
+{
+    vs_rt_t5_tok *tok = NULL;
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_t5_tok_load(SPIECE, &tok, &err) == VS_OK, "%s", err.msg);
+    ck_assert_int_eq(vs_rt_t5_tok_size(tok), 500);
+    size_t n, nl;
+    int32_t *want = gold_i64("input_ids", &n);
+    const int32_t *lens = st_get(&g_gold, "lens", &nl);
+    for (int p = 0; p < 4; p++) {
+        int32_t ids[32];
+        int valid = -1;
+        ck_assert_msg(vs_rt_t5_tokenize(tok, PROMPTS[p], strlen(PROMPTS[p]), 32, ids, &valid, &err) == VS_OK, "%s",
+                      err.msg);
+        ck_assert_int_eq(valid, lens[p]);
+        for (int i = 0; i < 32; i++)
+            ck_assert_msg(ids[i] == want[p * 32 + i], "prompt %d position %d: id %d, reference %d", p, i, ids[i],
+                          want[p * 32 + i]);
+    }
+    /* prompt 0 padded to 512, as Infinity tokenizes */
+    static int32_t ids512[512];
+    int valid;
+    int32_t *want512 = gold_i64("p0_512.input_ids", &n);
+    ck_assert_int_eq(vs_rt_t5_tokenize(tok, PROMPTS[0], strlen(PROMPTS[0]), 512, ids512, &valid, &err), VS_OK);
+    ck_assert_int_eq(memcmp(ids512, want512, sizeof ids512), 0);
+    ck_assert_int_eq(valid, 27);
+    /* room for </s> alone */
+    int32_t one[1];
+    ck_assert_int_eq(vs_rt_t5_tokenize(tok, PROMPTS[0], strlen(PROMPTS[0]), 1, one, &valid, &err), VS_OK);
+    ck_assert_int_eq(one[0], 1);
+    ck_assert_int_eq(valid, 1);
+    free(want);
+    free(want512);
+    vs_rt_t5_tok_free(tok);
+}
+END_TEST
+
+START_TEST(the_tokenizer_refuses_invalid_utf8_naming_the_byte_and_a_file_that_is_not_a_model)
+{
+    vs_rt_t5_tok *tok = NULL;
+    vs_err err = {0};
+    ck_assert_int_eq(vs_rt_t5_tok_load(SPIECE, &tok, &err), VS_OK);
+    int32_t ids[8];
+    int valid;
+    const char *cut = "a cat \xE7\x8C"; /* a character cut short */
+    ck_assert_int_eq(vs_rt_t5_tokenize(tok, cut, strlen(cut), 8, ids, &valid, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "not valid UTF-8 at byte 6"), "%s", err.msg);
+    const char *sur = "\xED\xA0\x80"; /* a surrogate */
+    ck_assert_int_eq(vs_rt_t5_tokenize(tok, sur, 3, 8, ids, &valid, &err), VS_ERR_INVALID);
+    ck_assert_int_eq(vs_rt_t5_tokenize(tok, "a", 1, 0, ids, &valid, &err), VS_ERR_INVALID);
+    vs_rt_t5_tok_free(tok);
+    vs_rt_t5_tok *bad = NULL;
+    ck_assert_int_eq(vs_rt_t5_tok_load(MODEL, &bad, &err), VS_ERR_INVALID); /* a safetensors file */
+    ck_assert_msg(strstr(err.msg, "cannot load the T5 tokenizer"), "%s", err.msg);
+    ck_assert_int_eq(vs_rt_t5_tok_load("tests/fixtures/t5-tiny/no-such.model", &bad, &err), VS_ERR_IO);
+    ck_assert_ptr_null(bad);
+}
+END_TEST
+
 static Suite *t5_suite(void)
 {
     Suite *s = suite_create("t5");
@@ -262,6 +335,8 @@ static Suite *t5_suite(void)
     tcase_add_test(ref, last_hidden_state_matches_the_reference_within_its_tolerance);
     tcase_add_test(ref, valid_rows_do_not_depend_on_padding_or_the_batch);
     tcase_add_test(ref, encode_refuses_ids_outside_the_vocabulary_and_bad_lengths);
+    tcase_add_test(ref, the_tokenizer_gives_the_reference_ids_for_every_prompt);
+    tcase_add_test(ref, the_tokenizer_refuses_invalid_utf8_naming_the_byte_and_a_file_that_is_not_a_model);
     suite_add_tcase(s, ref);
     TCase *ld = tcase_create("load");
     tcase_add_test(ld, load_refuses_another_feed_forward_or_a_shape_the_config_does_not_imply);

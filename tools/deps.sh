@@ -3,7 +3,7 @@
 #   tools/deps.sh          install what is missing (apt-get as root; otherwise print the command)
 #   tools/deps.sh --check  only report what is missing; exit 1 if anything is
 set -eu
-PKGS="build-essential pkg-config libopenblas-dev libmicrohttpd-dev libcjson-dev libpng-dev check
+PKGS="build-essential pkg-config libopenblas-dev libmicrohttpd-dev libcjson-dev libpng-dev libsentencepiece-dev check
 libcurl4-openssl-dev python3 python3-numpy prometheus xxd"
 missing=""
 for p in $PKGS; do
