@@ -1,0 +1,166 @@
+/* tests/check_infinity.c — the Infinity family's parts against FoundationVision/Infinity on the
+ * infinity-tiny fixture (tests/fixtures/infinity-tiny/README.md). So far: the bitwise tokens'
+ * codes and the feedback between scales (runtime/bsq.h), given the reference's bits: every
+ * scale's next input and the summed latent of the generation and of the decoder-only case, within
+ * the fixture's 1e-5. */
+#include <check.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "runtime/bsq.h"
+#include "tests/st_read.h"
+
+#define GOLDEN "tests/fixtures/infinity-tiny/golden.safetensors"
+#define TOL 1e-5 /* the fixture's tolerance for next_input and summed_codes, given exact bits */
+#define D 32     /* bits a token */
+
+static st_file g_gold;
+static int g_sched[7][3]; /* (t, h, w) a scale */
+
+static void setup(void)
+{
+    ck_assert_int_eq(st_open(&g_gold, GOLDEN), 0);
+    size_t n;
+    const int32_t *s = st_get(&g_gold, "scale_schedule", &n);
+    ck_assert_ptr_nonnull(s);
+    ck_assert_uint_eq(n, 21);
+    memcpy(g_sched, s, sizeof g_sched);
+}
+
+static void teardown(void) { st_close(&g_gold); }
+
+/* a U8 golden tensor's bytes (st_get counts 4-byte words) */
+static const uint8_t *gold_u8(const char *name)
+{
+    const uint8_t *p = st_get(&g_gold, name, NULL);
+    ck_assert_msg(p != NULL, "golden tensor %s", name);
+    return p;
+}
+
+static const float *gold_f32(const char *name, size_t n)
+{
+    size_t got;
+    const float *p = st_get(&g_gold, name, &got);
+    ck_assert_msg(p != NULL, "golden tensor %s", name);
+    ck_assert_msg(got == n, "%s has %zu floats, expected %zu", name, got, n);
+    return p;
+}
+
+static double max_diff(const float *a, const float *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]);
+        m = d > m ? d : m;
+    }
+    return m;
+}
+
+/* runs the feedback over every scale for image `img` of `prefix` (gen or vae, `batch` images),
+ * checking next inputs when `check_next`; returns the summed latent's error */
+static double run_scales(const char *prefix, int batch, int img, int check_next)
+{
+    enum { H = 16, W = 16 };
+    static float summed[D * H * W], next[H * W * D], scratch[D * (H * W + H * W)];
+    memset(summed, 0, sizeof summed);
+    for (int s = 0; s < 7; s++) {
+        int h = g_sched[s][1], w = g_sched[s][2];
+        char name[64];
+        snprintf(name, sizeof name, "%s.bits.%d", prefix, s);
+        const uint8_t *bits = gold_u8(name) + (size_t)img * h * w * D;
+        int last = s == 6, hn = last ? 0 : g_sched[s + 1][1], wn = last ? 0 : g_sched[s + 1][2];
+        vs_rt_bsq_feedback(bits, h, w, D, summed, H, W, next, check_next ? hn : 0, check_next ? wn : 0, scratch);
+        if (check_next && !last) {
+            snprintf(name, sizeof name, "%s.next_input.%d", prefix, s);
+            size_t per = (size_t)hn * wn * D;
+            const float *want = gold_f32(name, batch * per) + (size_t)img * per;
+            double e = max_diff(next, want, per);
+            ck_assert_msg(e <= TOL, "%s image %d: scale %d's next input off by %g", prefix, img, s, e);
+        }
+    }
+    char name[64];
+    snprintf(name, sizeof name, "%s.summed_codes", prefix);
+    return max_diff(summed, gold_f32(name, (size_t)batch * D * H * W) + (size_t)img * D * H * W, (size_t)D * H * W);
+}
+
+START_TEST(next_inputs_and_the_summed_latent_match_the_reference_given_its_bits)
+{
+    double worst = 0;
+    for (int img = 0; img < 2; img++) {
+        double e = run_scales("gen", 2, img, 1);
+        worst = e > worst ? e : worst;
+    }
+    double e = run_scales("vae", 1, 0, 0);
+    fprintf(stderr, "infinity-tiny summed_codes: max |error| %.3g (generation), %.3g (decoder-only case)\n", worst,
+            e);
+    ck_assert_msg(worst <= TOL, "the generation's summed latent off by %g", worst);
+    ck_assert_msg(e <= TOL, "the decoder-only case's summed latent off by %g", e);
+}
+END_TEST
+
+START_TEST(codes_are_unit_vectors_of_plus_or_minus_one_over_root_d)
+{
+    uint8_t bits[2 * D];
+    for (int j = 0; j < 2 * D; j++)
+        bits[j] = (uint8_t)((j * 7 + 3) % 5 < 2);
+    float codes[2 * D];
+    vs_rt_bsq_codes(bits, 1, 2, D, codes); /* [d][1][2] */
+    for (int t = 0; t < 2; t++) {
+        double n2 = 0;
+        for (int j = 0; j < D; j++) {
+            float c = codes[j * 2 + t];
+            ck_assert_msg(fabs(fabs(c) - 1.0 / sqrt(D)) < 1e-7, "bit %d: %g", j, (double)c);
+            ck_assert_int_eq(c > 0, bits[t * D + j]);
+            n2 += (double)c * c;
+        }
+        ck_assert(fabs(n2 - 1.0) < 1e-6);
+    }
+}
+END_TEST
+
+START_TEST(resize_follows_pytorchs_half_pixel_rule)
+{
+    /* 1×2 → 1×4 (a hand computation of align_corners=False): a, ¾a + ¼b, ¼a + ¾b, b; and an
+     * unchanged size is a copy */
+    const float src[2] = {1.0f, 5.0f};
+    float dst[4];
+    vs_rt_bsq_resize(src, 1, 1, 2, dst, 1, 4);
+    ck_assert_float_eq(dst[0], 1.0f);
+    ck_assert_float_eq(dst[1], 2.0f);
+    ck_assert_float_eq(dst[2], 4.0f);
+    ck_assert_float_eq(dst[3], 5.0f);
+    const float sq[4] = {0.1f, -0.2f, 0.3f, 7.0f};
+    float same[4];
+    vs_rt_bsq_resize(sq, 1, 2, 2, same, 2, 2);
+    ck_assert_int_eq(memcmp(sq, same, sizeof sq), 0);
+    /* 4 → 2 averages neighbours: src index 2o + ½ → ½·(x[2o] + x[2o+1]) */
+    const float four[4] = {1.0f, 3.0f, 10.0f, 20.0f};
+    float two[2];
+    vs_rt_bsq_resize(four, 1, 1, 4, two, 1, 2);
+    ck_assert_float_eq(two[0], 2.0f);
+    ck_assert_float_eq(two[1], 15.0f);
+}
+END_TEST
+
+static Suite *infinity_suite(void)
+{
+    Suite *s = suite_create("infinity");
+    TCase *b = tcase_create("bsq");
+    tcase_add_checked_fixture(b, setup, teardown);
+    tcase_add_test(b, next_inputs_and_the_summed_latent_match_the_reference_given_its_bits);
+    tcase_add_test(b, codes_are_unit_vectors_of_plus_or_minus_one_over_root_d);
+    tcase_add_test(b, resize_follows_pytorchs_half_pixel_rule);
+    suite_add_tcase(s, b);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(infinity_suite());
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? EXIT_SUCCESS : EXIT_FAILURE;
+}
