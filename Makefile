@@ -208,9 +208,10 @@ FUZZ_SECONDS ?= 600
 FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
 FUZZ_CFLAGS  := -std=c11 -O1 -g -Wall -Wextra -Werror -D_GNU_SOURCE -I. $(if $(BLAS_INC),-I$(BLAS_INC)) -MMD -MP \
   -fsanitize=fuzzer-no-link,address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
-# only what the three targets reach: the parsers, the loader (model.c on safetensors.c) and the policy registry they name
+# only what the three targets reach: the parsers, the loader (model.c on safetensors.c and vae_tensors.c) and
+# the policy registry they name
 FUZZ_SRC     := $(wildcard common/*.c kvcache/policy*.c) kvcache/calibrate.c config/config.c runtime/kv_compact.c \
-  runtime/model.c runtime/safetensors.c server/api.c
+  runtime/model.c runtime/safetensors.c runtime/vae_tensors.c server/api.c
 FUZZ_OBJ     := $(FUZZ_SRC:%.c=build/fuzz/%.o)
 .SECONDARY: $(FUZZ_OBJ) # built by a chain of pattern rules, but kept: make test reuses them
 

@@ -24,6 +24,7 @@
 #include <string.h>
 
 #include "runtime/safetensors.h"
+#include "runtime/vae.h"
 
 #define EXP(dst, ...)                                                                              \
     do {                                                                                           \
@@ -31,68 +32,6 @@
         if (vs_st_expect_add(l, (dst), (int)(sizeof shp_ / sizeof shp_[0]), shp_, "%s", nm) != 0)        \
             return -1;                                                                             \
     } while (0)
-
-static int exp_conv(vs_st_expects *l, vs_rt_conv_w *c, int cout, int cin, int k, const char *prefix)
-{
-    char nm[128];
-    c->cout = cout;
-    c->cin = cin;
-    c->k = k;
-    snprintf(nm, sizeof nm, "%s.weight", prefix);
-    EXP(&c->w, cout, cin, k, k);
-    snprintf(nm, sizeof nm, "%s.bias", prefix);
-    EXP(&c->b, cout);
-    return 0;
-}
-
-static int exp_norm(vs_st_expects *l, vs_rt_norm_w *n, int c, const char *prefix)
-{
-    char nm[128];
-    n->c = c;
-    snprintf(nm, sizeof nm, "%s.weight", prefix);
-    EXP(&n->w, c);
-    snprintf(nm, sizeof nm, "%s.bias", prefix);
-    EXP(&n->b, c);
-    return 0;
-}
-
-static int exp_resblock(vs_st_expects *l, vs_rt_resblock_w *r, int cin, int cout, const char *prefix)
-{
-    char p[128];
-    snprintf(p, sizeof p, "%s.norm1", prefix);
-    if (exp_norm(l, &r->norm1, cin, p))
-        return -1;
-    snprintf(p, sizeof p, "%s.conv1", prefix);
-    if (exp_conv(l, &r->conv1, cout, cin, 3, p))
-        return -1;
-    snprintf(p, sizeof p, "%s.norm2", prefix);
-    if (exp_norm(l, &r->norm2, cout, p))
-        return -1;
-    snprintf(p, sizeof p, "%s.conv2", prefix);
-    if (exp_conv(l, &r->conv2, cout, cout, 3, p))
-        return -1;
-    if (cin != cout) {
-        snprintf(p, sizeof p, "%s.nin_shortcut", prefix);
-        if (exp_conv(l, &r->nin, cout, cin, 1, p))
-            return -1;
-    }
-    return 0;
-}
-
-static int exp_attnblock(vs_st_expects *l, vs_rt_attnblock_w *a, int c, const char *prefix)
-{
-    char p[128];
-    snprintf(p, sizeof p, "%s.norm", prefix);
-    if (exp_norm(l, &a->norm, c, p))
-        return -1;
-    snprintf(p, sizeof p, "%s.qkv", prefix);
-    if (exp_conv(l, &a->qkv, 3 * c, c, 1, p))
-        return -1;
-    snprintf(p, sizeof p, "%s.proj_out", prefix);
-    if (exp_conv(l, &a->proj, c, c, 1, p))
-        return -1;
-    return 0;
-}
 
 /* Every tensor the config implies, with its shape and where its pointer goes. */
 static int build_expectations(vs_rt_model *m, vs_st_expects *l)
@@ -172,7 +111,7 @@ static int build_expectations(vs_rt_model *m, vs_st_expects *l)
         int K = c->share_quant_resi;
         char p[128];
         if (K == 1) {
-            if (exp_conv(l, &w->phi[0], (int)Cv, (int)Cv, 3, "vae.quantize.quant_resi.qresi"))
+            if (vs_rt_vae_expect_conv(l, &w->phi[0], (int)Cv, (int)Cv, 3, "vae.quantize.quant_resi.qresi", ""))
                 return -1;
         } else {
             int n = K == 0 ? c->n_scales : K;
@@ -181,47 +120,17 @@ static int build_expectations(vs_rt_model *m, vs_st_expects *l)
                     snprintf(p, sizeof p, "vae.quantize.quant_resi.%d", k);
                 else
                     snprintf(p, sizeof p, "vae.quantize.quant_resi.qresi_ls.%d", k);
-                if (exp_conv(l, &w->phi[k], (int)Cv, (int)Cv, 3, p))
+                if (vs_rt_vae_expect_conv(l, &w->phi[k], (int)Cv, (int)Cv, 3, p, ""))
                     return -1;
             }
         }
     }
 
-    /* decoder */
-    if (exp_conv(l, &w->post_quant_conv, (int)Cv, (int)Cv, 3, "vae.post_quant_conv"))
+    /* decoder: VAR's VQ-VAE, with a post_quant_conv and attention (vae.c lists the rest) */
+    if (vs_rt_vae_expect_conv(l, &w->post_quant_conv, (int)Cv, (int)Cv, 3, "vae.post_quant_conv", ""))
         return -1;
-    int nl = c->n_levels, ch = c->vae_ch;
-    int block_in = ch * c->vae_ch_mult[nl - 1];
-    if (exp_conv(l, &w->conv_in, block_in, (int)Cv, 3, "vae.decoder.conv_in") ||
-        exp_resblock(l, &w->mid_block1, block_in, block_in, "vae.decoder.mid.block_1") ||
-        exp_attnblock(l, &w->mid_attn, block_in, "vae.decoder.mid.attn_1") ||
-        exp_resblock(l, &w->mid_block2, block_in, block_in, "vae.decoder.mid.block_2"))
-        return -1;
-    for (int lv = nl - 1; lv >= 0; lv--) {
-        vs_rt_level_w *u = &w->up[lv];
-        int block_out = ch * c->vae_ch_mult[lv];
-        char p[128];
-        u->n_blocks = c->vae_num_res_blocks + 1;
-        u->n_attn = lv == nl - 1 ? u->n_blocks : 0;
-        for (int j = 0; j < u->n_blocks; j++) {
-            snprintf(p, sizeof p, "vae.decoder.up.%d.block.%d", lv, j);
-            if (exp_resblock(l, &u->block[j], block_in, block_out, p))
-                return -1;
-            block_in = block_out;
-            if (u->n_attn) {
-                snprintf(p, sizeof p, "vae.decoder.up.%d.attn.%d", lv, j);
-                if (exp_attnblock(l, &u->attn[j], block_in, p))
-                    return -1;
-            }
-        }
-        if (lv != 0) {
-            snprintf(p, sizeof p, "vae.decoder.up.%d.upsample.conv", lv);
-            if (exp_conv(l, &u->upsample, block_in, block_in, 3, p))
-                return -1;
-        }
-    }
-    if (exp_norm(l, &w->norm_out, block_in, "vae.decoder.norm_out") ||
-        exp_conv(l, &w->conv_out, 3, block_in, 3, "vae.decoder.conv_out"))
+    static const vs_rt_vae_names var_names = {"vae.decoder", "", "", 1};
+    if (vs_rt_vae_expect(l, c, w, &var_names))
         return -1;
     return 0;
 }

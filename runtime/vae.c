@@ -20,7 +20,7 @@
 #include "common/log.h"
 
 struct vs_rt_vae {
-    const vs_rt_model *m;
+    vs_rt_config c;
     vs_rt_backend *be;
     vs_rt_weights w;
     int batch;                  /* images per decode group: immutable after init */
@@ -96,14 +96,13 @@ static int group_size(const vs_rt_config *c, int batch, size_t budget_bytes, ext
     return nb;
 }
 
-vs_status vs_rt_vae_new(const vs_rt_model *m, vs_rt_backend *be, const vs_rt_weights *w, int batch,
+vs_status vs_rt_vae_new(const vs_rt_config *c, vs_rt_backend *be, const vs_rt_weights *w, int batch,
                         vs_rt_vae **out, vs_err *err)
 {
-    const vs_rt_config *c = &m->cfg;
     vs_rt_vae *v = calloc(1, sizeof *v);
     if (!v)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
-    v->m = m;
+    v->c = *c;
     v->be = be;
     v->w = *w;
     vs_status st = decode_budget(be, &v->budget_bytes, err);
@@ -219,10 +218,12 @@ static void visit_attnblock(const visitor *vi, const vs_rt_attnblock_w *a, int H
 static void visit_decoder(const vs_rt_config *c, const vs_rt_weights *w, const visitor *vi)
 {
     int P = c->patch_nums[c->n_scales - 1], nl = c->n_levels;
-    vi->conv(vi->ctx, &w->post_quant_conv, P, P);
+    if (w->post_quant_conv.w)
+        vi->conv(vi->ctx, &w->post_quant_conv, P, P);
     vi->conv(vi->ctx, &w->conv_in, P, P);
     visit_resblock(vi, &w->mid_block1, P, P);
-    visit_attnblock(vi, &w->mid_attn, P, P);
+    if (w->mid_attn.norm.w)
+        visit_attnblock(vi, &w->mid_attn, P, P);
     visit_resblock(vi, &w->mid_block2, P, P);
     int res = P;
     for (int lv = nl - 1; lv >= 0; lv--) {
@@ -259,7 +260,7 @@ void vs_rt_vae_workload(const vs_rt_vae *v, vs_rt_workload *wl)
     wl->decode_images = v->batch > wl->decode_images ? v->batch : wl->decode_images;
     wl->copies = v->batch > wl->copies ? v->batch : wl->copies;
     visitor vi = {conv_extent, attn_extent, wl};
-    visit_decoder(&v->m->cfg, &v->w, &vi);
+    visit_decoder(&v->c, &v->w, &vi);
 }
 
 typedef struct {
@@ -298,17 +299,22 @@ int vs_rt_vae_conv_weights(const vs_rt_config *c, const vs_rt_weights *w, const 
 static vs_status decode_group(vs_rt_vae *v, const float *const *f_hat, int N, uint8_t *const *rgb,
                               float *const *unit, vs_err *err)
 {
-    const vs_rt_config *c = &v->m->cfg;
+    const vs_rt_config *c = &v->c;
     const vs_rt_weights *w = &v->w;
     int P = c->patch_nums[c->n_scales - 1], nl = c->n_levels;
     size_t fsz = (size_t)c->z_channels * P * P;
     for (int i = 0; i < N; i++) /* the images' states are not adjacent: gather them, one op */
         v->copies[i] = (vs_rt_copy){v->b + (size_t)i * fsz, f_hat[i], fsz * sizeof(float)};
     VBE->copy_many(v->be, v->copies, N);
-    conv(v, N, v->a, v->b, &w->post_quant_conv, P, P);
-    conv(v, N, v->x, v->a, &w->conv_in, P, P);
+    if (w->post_quant_conv.w) { /* VAR's VQ-VAE */
+        conv(v, N, v->a, v->b, &w->post_quant_conv, P, P);
+        conv(v, N, v->x, v->a, &w->conv_in, P, P);
+    } else {
+        conv(v, N, v->x, v->b, &w->conv_in, P, P);
+    }
     resblock(v, N, &w->mid_block1, P, P);
-    attnblock(v, N, &w->mid_attn, P, P);
+    if (w->mid_attn.norm.w)
+        attnblock(v, N, &w->mid_attn, P, P);
     resblock(v, N, &w->mid_block2, P, P);
     int res = P;
     for (int lv = nl - 1; lv >= 0; lv--) {
@@ -359,3 +365,4 @@ vs_status vs_rt_vae_decode(vs_rt_vae *v, const float *const *f_hat, int n, uint8
     }
     return VS_OK;
 }
+

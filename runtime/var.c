@@ -241,7 +241,7 @@ vs_status vs_rt_engine_new(const vs_rt_model *m, vs_rt_backend *be, int max_imag
     }
     if (BE->gemm_inputs)
         declare_gemm_inputs(e);
-    vs_status st = vs_rt_vae_new(m, be, &e->w, max_images, &e->vae, err);
+    vs_status st = vs_rt_vae_new(&m->cfg, be, &e->w, max_images, &e->vae, err);
     if (st != VS_OK) {
         vs_rt_engine_free(e);
         return st;
