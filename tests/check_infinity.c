@@ -2,17 +2,26 @@
  * infinity-tiny fixture (tests/fixtures/infinity-tiny/README.md). So far: the bitwise tokens'
  * codes and the feedback between scales (runtime/bsq.h), given the reference's bits: every
  * scale's next input and the summed latent of the generation and of the decoder-only case, within
- * the fixture's 1e-5. */
+ * the fixture's 1e-5; and the BSQ VAE decoder (runtime/infinity.h on runtime/vae.c, the CPU
+ * backend): the reference's images from its latents within 1/255, two images decoded together as
+ * each alone, and the loader's refusals. */
 #include <check.h>
+#include <cjson/cJSON.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "runtime/backend.h"
+#include "runtime/blas.h"
 #include "runtime/bsq.h"
+#include "runtime/infinity.h"
+#include "runtime/vae.h"
 #include "tests/st_read.h"
 
 #define GOLDEN "tests/fixtures/infinity-tiny/golden.safetensors"
+#define MODEL "tests/fixtures/infinity-tiny/model.safetensors"
 #define TOL 1e-5 /* the fixture's tolerance for next_input and summed_codes, given exact bits */
 #define D 32     /* bits a token */
 
@@ -144,6 +153,132 @@ START_TEST(resize_follows_pytorchs_half_pixel_rule)
 }
 END_TEST
 
+/* ---- the decoder -------------------------------------------------------------------------------- */
+
+/* decodes n latents [32][16][16] on a CPU backend of `threads` into unit [n][3][256][256] */
+static void decode(const vs_rt_infinity_vae *iv, const float *const *lat, int n, int threads, float **unit)
+{
+    vs_rt_backend *be = NULL;
+    vs_rt_vae *v = NULL;
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_backend_cpu_new(threads, &be, &err) == VS_OK, "%s", err.msg);
+    ck_assert_msg(vs_rt_vae_new(&iv->dec, be, &iv->w, n, &v, &err) == VS_OK, "%s", err.msg);
+    size_t fsz = (size_t)D * 16 * 16 * sizeof(float);
+    float *dev[2];
+    for (int i = 0; i < n; i++) {
+        dev[i] = be->ops->alloc(be, fsz);
+        ck_assert_ptr_nonnull(dev[i]);
+        be->ops->upload(be, dev[i], lat[i], fsz);
+    }
+    ck_assert_msg(vs_rt_vae_decode(v, (const float *const *)dev, n, NULL, unit, &err) == VS_OK, "%s", err.msg);
+    for (int i = 0; i < n; i++)
+        be->ops->free(be, dev[i]);
+    vs_rt_vae_free(v);
+    vs_rt_backend_free(be);
+}
+
+START_TEST(the_decoder_gives_the_reference_images_from_its_latents)
+{
+    enum { HW = 256 * 256 };
+    vs_rt_infinity_vae *iv = NULL;
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_infinity_vae_load(MODEL, &iv, &err) == VS_OK, "load: %s", err.msg);
+    ck_assert_int_eq(iv->dec.image_size, 256);
+    ck_assert_int_eq(iv->dec.n_levels, 5);
+    ck_assert_ptr_null(iv->w.post_quant_conv.w);
+    ck_assert_ptr_null(iv->w.mid_attn.norm.w);
+    ck_assert_ptr_null(iv->w.head_w); /* the transformer is not loaded */
+    const float *gl = gold_f32("gen.summed_codes", 2 * D * 16 * 16), *vl = gold_f32("vae.summed_codes", D * 16 * 16);
+    const float *gi = gold_f32("gen.image", 2 * 3 * HW), *vi = gold_f32("vae.image", 3 * HW);
+    float *unit[2] = {malloc(3 * HW * sizeof(float)), malloc(3 * HW * sizeof(float))};
+    float *alone = malloc(3 * HW * sizeof(float));
+    /* the generation's two latents, decoded together */
+    const float *lat[2] = {gl, gl + D * 16 * 16};
+    decode(iv, lat, 2, 2, unit);
+    double worst = 0;
+    for (int i = 0; i < 2; i++)
+        worst = fmax(worst, max_diff(unit[i], gi + (size_t)i * 3 * HW, 3 * HW));
+    /* the second alone, on one thread: the same bits */
+    decode(iv, &lat[1], 1, 1, &alone);
+    ck_assert_int_eq(memcmp(alone, unit[1], 3 * HW * sizeof(float)), 0);
+    /* the decoder-only case */
+    decode(iv, &vl, 1, 2, &alone);
+    double wv = max_diff(alone, vi, 3 * HW);
+    fprintf(stderr, "infinity-tiny decoder: max |pixel error| %.3g (generation), %.3g (decoder-only case)\n", worst,
+            wv);
+    ck_assert_msg(worst <= 1.0 / 255, "the generation's images differ by %g (limit 1/255)", worst);
+    ck_assert_msg(wv <= 1.0 / 255, "the decoder-only image differs by %g (limit 1/255)", wv);
+    free(unit[0]);
+    free(unit[1]);
+    free(alone);
+    vs_rt_infinity_vae_free(iv);
+}
+END_TEST
+
+/* The fixture with its config's `key` set to the JSON `value`, or (key NULL) with the tensor
+ * `drop` left out of the header (its bytes stay: a hole). */
+static void write_variant(const char *path, const char *key, const char *value, const char *drop)
+{
+    st_file f;
+    ck_assert_int_eq(st_open(&f, MODEL), 0);
+    cJSON *md = cJSON_GetObjectItemCaseSensitive(f.hdr, "__metadata__");
+    cJSON *cfg = cJSON_Parse(cJSON_GetObjectItemCaseSensitive(md, "config")->valuestring);
+    if (key)
+        cJSON_ReplaceItemInObjectCaseSensitive(cfg, key, cJSON_Parse(value));
+    if (drop)
+        cJSON_DeleteItemFromObjectCaseSensitive(f.hdr, drop);
+    char *cfg_text = cJSON_PrintUnformatted(cfg);
+    cJSON_ReplaceItemInObjectCaseSensitive(md, "config", cJSON_CreateString(cfg_text));
+    char *hdr = cJSON_PrintUnformatted(f.hdr);
+    size_t hl = strlen(hdr), padded = (hl + 7) / 8 * 8;
+    FILE *o = fopen(path, "wb");
+    ck_assert_ptr_nonnull(o);
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++)
+        len8[i] = (unsigned char)(padded >> (8 * i));
+    fwrite(len8, 1, 8, o);
+    fwrite(hdr, 1, hl, o);
+    for (size_t i = hl; i < padded; i++)
+        fputc(' ', o);
+    fwrite(f.buf + f.data_start, 1, f.len - f.data_start, o);
+    fclose(o);
+    free(hdr);
+    free(cfg_text);
+    cJSON_Delete(cfg);
+    st_close(&f);
+}
+
+START_TEST(the_decoder_loader_names_what_is_wrong)
+{
+    char path[] = "/tmp/check_infinity.XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    vs_rt_infinity_vae *iv = NULL;
+    vs_err err = {0};
+    write_variant(path, "vae_patch_size", "8", NULL);
+    ck_assert_int_eq(vs_rt_infinity_vae_load(path, &iv, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "vae_patch_size 8 disagrees"), "%s", err.msg);
+    write_variant(path, "vae_base_ch", "64", NULL);
+    ck_assert_int_eq(vs_rt_infinity_vae_load(path, &iv, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "vae.decoder.conv_in.conv.weight' has shape (64, 32, 3, 3) but the config "
+                                  "implies (128, 32, 3, 3)"),
+                  "%s", err.msg);
+    write_variant(path, "scale_schedule", "[[1, 1, 1], [1, 2, 3]]", NULL);
+    ck_assert_int_eq(vs_rt_infinity_vae_load(path, &iv, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "scale_schedule"), "%s", err.msg);
+    /* a transformer tensor left out of the header: not loaded, but its bytes must be described */
+    write_variant(path, NULL, NULL, "infinity.head.weight");
+    ck_assert_int_eq(vs_rt_infinity_vae_load(path, &iv, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "hole"), "%s", err.msg);
+    write_variant(path, NULL, NULL, "vae.decoder.norm_out.norm.bias");
+    ck_assert_int_eq(vs_rt_infinity_vae_load(path, &iv, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "vae.decoder.norm_out.norm.bias"), "%s", err.msg);
+    ck_assert_ptr_null(iv);
+    unlink(path);
+}
+END_TEST
+
 static Suite *infinity_suite(void)
 {
     Suite *s = suite_create("infinity");
@@ -153,11 +288,19 @@ static Suite *infinity_suite(void)
     tcase_add_test(b, codes_are_unit_vectors_of_plus_or_minus_one_over_root_d);
     tcase_add_test(b, resize_follows_pytorchs_half_pixel_rule);
     suite_add_tcase(s, b);
+    TCase *dec = tcase_create("decoder");
+    tcase_add_checked_fixture(dec, setup, teardown);
+    tcase_set_timeout(dec, 120);
+    tcase_add_test(dec, the_decoder_gives_the_reference_images_from_its_latents);
+    tcase_add_test(dec, the_decoder_loader_names_what_is_wrong);
+    suite_add_tcase(s, dec);
     return s;
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    (void)argc;
+    vs_rt_blas_pin_core(argv); /* the GEMMs on the kernels varserve runs (runtime/blas.h) */
     SRunner *sr = srunner_create(infinity_suite());
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);
