@@ -301,24 +301,6 @@ static vs_status match_tensors(const cJSON *hdr, vs_st_expects *l, uint64_t data
                 e = &l->v[i];
                 break;
             }
-        if (!e && l->skip && strncmp(t->string, l->skip, strlen(l->skip)) == 0) {
-            /* another part's tensor: expected with the shape the file gives, not loaded */
-            const cJSON *js0 = cJSON_GetObjectItemCaseSensitive(t, "shape"), *d0;
-            long shape0[4];
-            int nd0 = 0;
-            if (!cJSON_IsArray(js0) || cJSON_GetArraySize(js0) > 4)
-                return vs_err_set(err, VS_ERR_INVALID, "tensor '%s' needs a 'shape' of at most 4 dimensions",
-                                  t->string);
-            cJSON_ArrayForEach(d0, js0)
-            {
-                if (!cJSON_IsNumber(d0) || d0->valuedouble < 0 || d0->valuedouble > 1e12)
-                    return vs_err_set(err, VS_ERR_INVALID, "tensor '%s' has a malformed shape", t->string);
-                shape0[nd0++] = (long)d0->valuedouble;
-            }
-            if (vs_st_expect_add(l, NULL, nd0, shape0, "%s", t->string) != 0)
-                return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
-            e = &l->v[l->n - 1];
-        }
         if (!e)
             return vs_err_set(err, VS_ERR_INVALID,
                               "unknown tensor '%s': not part of a model with this config (remove "
@@ -471,8 +453,6 @@ vs_status vs_st_load(const vs_st_file *f, vs_st_expects *l, size_t extra, const 
     size_t total = 0, nparams = 0;
     int n_f32 = 0, n_bf16 = 0, n_f16 = 0;
     for (int i = 0; i < l->n; i++) {
-        if (!l->v[i].dst)
-            continue; /* another part's */
         size_t numel = 1;
         for (int k = 0; k < l->v[i].ndim; k++)
             numel *= (size_t)l->v[i].shape[k];
@@ -492,8 +472,6 @@ vs_status vs_st_load(const vs_st_file *f, vs_st_expects *l, size_t extra, const 
     }
     size_t off = 0;
     for (int i = 0; i < l->n; i++) {
-        if (!l->v[i].dst)
-            continue;
         size_t numel = 1;
         for (int k = 0; k < l->v[i].ndim; k++)
             numel *= (size_t)l->v[i].shape[k];

@@ -35,14 +35,9 @@ typedef struct {
 typedef struct {
     vs_st_expect *v;
     int n, cap;
-    /* tensors whose names begin with this belong to another part of the file (a family's loader
-     * that reads one part): each is checked like the others (dtype, byte size, its place in the
-     * exact coverage of the data section) but not loaded; NULL: every tensor must be expected */
-    const char *skip;
 } vs_st_expects;
 
-/* Appends one expected tensor named by the format (dst NULL: checked, not loaded); 0, or -1 out
- * of memory. */
+/* Appends one expected tensor named by the format; 0, or -1 out of memory. */
 int vs_st_expect_add(vs_st_expects *l, float **dst, int ndim, const long *shape, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 

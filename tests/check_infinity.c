@@ -2,9 +2,11 @@
  * infinity-tiny fixture (tests/fixtures/infinity-tiny/README.md). So far: the bitwise tokens'
  * codes and the feedback between scales (runtime/bsq.h), given the reference's bits: every
  * scale's next input and the summed latent of the generation and of the decoder-only case, within
- * the fixture's 1e-5; and the BSQ VAE decoder (runtime/infinity.h on runtime/vae.c, the CPU
+ * the fixture's 1e-5; the BSQ VAE decoder (runtime/infinity.h on runtime/vae.c, the CPU
  * backend): the reference's images from its latents within 1/255, two images decoded together as
- * each alone, and the loader's refusals. */
+ * each alone, and the loader's refusals; and the transformer (runtime/infinity.h): a greedy
+ * generation of the fixture's two prompts at cfg 3, bit for bit, with every intermediate the
+ * reference recorded within its tolerance, and its images. */
 #include <check.h>
 #include <cjson/cJSON.h>
 #include <math.h>
@@ -156,7 +158,7 @@ END_TEST
 /* ---- the decoder -------------------------------------------------------------------------------- */
 
 /* decodes n latents [32][16][16] on a CPU backend of `threads` into unit [n][3][256][256] */
-static void decode(const vs_rt_infinity_vae *iv, const float *const *lat, int n, int threads, float **unit)
+static void decode(const vs_rt_infinity *iv, const float *const *lat, int n, int threads, float **unit)
 {
     vs_rt_backend *be = NULL;
     vs_rt_vae *v = NULL;
@@ -180,14 +182,14 @@ static void decode(const vs_rt_infinity_vae *iv, const float *const *lat, int n,
 START_TEST(the_decoder_gives_the_reference_images_from_its_latents)
 {
     enum { HW = 256 * 256 };
-    vs_rt_infinity_vae *iv = NULL;
+    vs_rt_infinity *iv = NULL;
     vs_err err = {0};
-    ck_assert_msg(vs_rt_infinity_vae_load(MODEL, &iv, &err) == VS_OK, "load: %s", err.msg);
+    ck_assert_msg(vs_rt_infinity_load(MODEL, &iv, &err) == VS_OK, "load: %s", err.msg);
     ck_assert_int_eq(iv->dec.image_size, 256);
     ck_assert_int_eq(iv->dec.n_levels, 5);
     ck_assert_ptr_null(iv->w.post_quant_conv.w);
     ck_assert_ptr_null(iv->w.mid_attn.norm.w);
-    ck_assert_ptr_null(iv->w.head_w); /* the transformer is not loaded */
+    ck_assert_ptr_null(iv->w.head_w); /* VAR's transformer fields stay empty */
     const float *gl = gold_f32("gen.summed_codes", 2 * D * 16 * 16), *vl = gold_f32("vae.summed_codes", D * 16 * 16);
     const float *gi = gold_f32("gen.image", 2 * 3 * HW), *vi = gold_f32("vae.image", 3 * HW);
     float *unit[2] = {malloc(3 * HW * sizeof(float)), malloc(3 * HW * sizeof(float))};
@@ -211,7 +213,121 @@ START_TEST(the_decoder_gives_the_reference_images_from_its_latents)
     free(unit[0]);
     free(unit[1]);
     free(alone);
-    vs_rt_infinity_vae_free(iv);
+    vs_rt_infinity_free(iv);
+}
+END_TEST
+
+/* ---- the transformer ------------------------------------------------------------------------------- */
+
+/* what the probe saw: name → copy */
+typedef struct {
+    char name[64][24];
+    float *data[64];
+    size_t n[64];
+    int count;
+} seen;
+
+static void keep(void *ctx, const char *name, const float *data, int rows, int cols)
+{
+    seen *sn = ctx;
+    ck_assert_int_lt(sn->count, 64);
+    int i = sn->count++;
+    snprintf(sn->name[i], sizeof sn->name[i], "%s", name);
+    sn->n[i] = (size_t)rows * cols;
+    sn->data[i] = malloc(sn->n[i] * sizeof(float));
+    memcpy(sn->data[i], data, sn->n[i] * sizeof(float));
+}
+
+/* the largest |ours − reference| of probe `name` against golden `gold`, over its max |reference| */
+static double rel_err(const seen *sn, const char *name, const char *gold)
+{
+    for (int i = 0; i < sn->count; i++)
+        if (strcmp(sn->name[i], name) == 0) {
+            const float *want = gold_f32(gold, sn->n[i]);
+            double ref = 0;
+            for (size_t e = 0; e < sn->n[i]; e++)
+                ref = fmax(ref, fabs(want[e]));
+            return max_diff(sn->data[i], want, sn->n[i]) / fmax(ref, 1.0);
+        }
+    ck_abort_msg("the probe never saw %s", name);
+    return 0;
+}
+
+START_TEST(a_greedy_generation_matches_the_reference_bit_for_bit)
+{
+    enum { B = 2, S = 7 };
+    vs_rt_infinity *m = NULL;
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_infinity_load(MODEL, &m, &err) == VS_OK, "load: %s", err.msg);
+    ck_assert_int_eq(m->cfg.n_scales, S);
+    ck_assert_int_eq(m->cfg.rope_h, 64);
+    /* the RoPE table */
+    ck_assert_msg(max_diff(m->rope, gold_f32("rope_cache", 2 * 521 * 32), 2 * 521 * 32) <= 1e-6, "RoPE table off");
+    size_t n;
+    const float *text = st_get(&g_gold, "text.kv_compact", &n);
+    ck_assert_uint_eq(n, 14 * 256);
+    const int32_t *lens = st_get(&g_gold, "text.lens", NULL);
+    float cfg[S], tau[S];
+    for (int s = 0; s < S; s++) {
+        cfg[s] = 3.0f;
+        tau[s] = 0.5f;
+    }
+    seen sn = {0};
+    vs_rt_infinity_gen *g = NULL;
+    ck_assert_msg(vs_rt_infinity_gen_new(m, text, lens, B, cfg, tau, keep, &sn, &g, &err) == VS_OK, "%s", err.msg);
+    static uint8_t bits[B * 16 * 16 * D];
+    static float logits[B * 16 * 16 * D * 2];
+    double worst_logit = 0;
+    int flipped = 0;
+    for (int s = 0; s < S; s++) {
+        ck_assert_int_eq(vs_rt_infinity_gen_scale(g, bits, logits), s);
+        int l = g_sched[s][1] * g_sched[s][2];
+        char name[32];
+        snprintf(name, sizeof name, "gen.logits.%d", s);
+        worst_logit = fmax(worst_logit, max_diff(logits, gold_f32(name, (size_t)B * l * D * 2), (size_t)B * l * D * 2));
+        snprintf(name, sizeof name, "gen.bits.%d", s);
+        const uint8_t *want = gold_u8(name);
+        for (size_t e = 0; e < (size_t)B * l * D; e++)
+            flipped += bits[e] != want[e];
+    }
+    ck_assert_int_eq(vs_rt_infinity_gen_scale(g, bits, NULL), -1);
+    struct {
+        const char *ours, *gold;
+        double tol;
+    } cmp[] = {{"text_norm", "loc.text_norm", 1e-4},     {"cond_BD", "loc.cond_BD", 1e-4},
+               {"ca_kv", "loc.ca_kv", 1e-4},             {"cond_gss", "loc.cond_gss", 1e-4},
+               {"block_in.0", "loc.block_in.scale0", 1e-4}, {"block_in.1", "loc.block_in.scale1", 1e-4},
+               {"block0.0", "loc.block0.scale0", 1e-4},  {"block2.0", "loc.block2.scale0", 1e-4},
+               {"block0.1", "loc.block0.scale1", 1e-4},  {"block1.1", "loc.block1.scale1", 1e-4},
+               {"block2.1", "loc.block2.scale1", 1e-4},  {"head_raw.0", "gen.head_raw.0", 1e-4},
+               {"head_raw.2", "gen.head_raw.2", 1e-4}};
+    for (size_t i = 0; i < sizeof cmp / sizeof cmp[0]; i++) {
+        double e = rel_err(&sn, cmp[i].ours, cmp[i].gold);
+        ck_assert_msg(e <= cmp[i].tol, "%s: relative error %g (limit %g)", cmp[i].ours, e, cmp[i].tol);
+    }
+    double lat = 0;
+    const float *gl = gold_f32("gen.summed_codes", (size_t)B * D * 256);
+    for (int b = 0; b < B; b++)
+        lat = fmax(lat, max_diff(vs_rt_infinity_gen_latent(g, b), gl + (size_t)b * D * 256, (size_t)D * 256));
+    fprintf(stderr, "infinity-tiny generation: %d of %d bits differ, guided logits within %.3g, latent within %.3g, "
+                    "block 2 at scale 1 within %.3g (relative)\n",
+            flipped, B * 521 * D, worst_logit, lat, rel_err(&sn, "block2.1", "loc.block2.scale1"));
+    ck_assert_int_eq(flipped, 0);
+    ck_assert_msg(worst_logit <= 1e-3, "guided logits off by %g", worst_logit);
+    ck_assert_msg(lat <= TOL, "latent off by %g", lat);
+    /* and the images: bits to pixels with nothing of the reference's in between */
+    float *unit[2] = {malloc(3 * 65536 * sizeof(float)), malloc(3 * 65536 * sizeof(float))};
+    const float *mine[2] = {vs_rt_infinity_gen_latent(g, 0), vs_rt_infinity_gen_latent(g, 1)};
+    decode(m, mine, 2, 2, unit);
+    const float *gi = gold_f32("gen.image", 2 * 3 * 65536);
+    double px = fmax(max_diff(unit[0], gi, 3 * 65536), max_diff(unit[1], gi + 3 * 65536, 3 * 65536));
+    ck_assert_msg(px <= 1.0 / 255, "images differ by %g (limit 1/255)", px);
+    free(unit[0]);
+    free(unit[1]);
+    for (int i = 0; i < sn.count; i++)
+        free(sn.data[i]);
+    vs_rt_infinity_gen_free(g);
+    vs_rt_infinity_free(m);
 }
 END_TEST
 
@@ -254,25 +370,28 @@ START_TEST(the_decoder_loader_names_what_is_wrong)
     int fd = mkstemp(path);
     ck_assert_int_ge(fd, 0);
     close(fd);
-    vs_rt_infinity_vae *iv = NULL;
+    vs_rt_infinity *iv = NULL;
     vs_err err = {0};
     write_variant(path, "vae_patch_size", "8", NULL);
-    ck_assert_int_eq(vs_rt_infinity_vae_load(path, &iv, &err), VS_ERR_INVALID);
+    ck_assert_int_eq(vs_rt_infinity_load(path, &iv, &err), VS_ERR_INVALID);
     ck_assert_msg(strstr(err.msg, "vae_patch_size 8 disagrees"), "%s", err.msg);
     write_variant(path, "vae_base_ch", "64", NULL);
-    ck_assert_int_eq(vs_rt_infinity_vae_load(path, &iv, &err), VS_ERR_INVALID);
+    ck_assert_int_eq(vs_rt_infinity_load(path, &iv, &err), VS_ERR_INVALID);
     ck_assert_msg(strstr(err.msg, "vae.decoder.conv_in.conv.weight' has shape (64, 32, 3, 3) but the config "
                                   "implies (128, 32, 3, 3)"),
                   "%s", err.msg);
     write_variant(path, "scale_schedule", "[[1, 1, 1], [1, 2, 3]]", NULL);
-    ck_assert_int_eq(vs_rt_infinity_vae_load(path, &iv, &err), VS_ERR_INVALID);
+    ck_assert_int_eq(vs_rt_infinity_load(path, &iv, &err), VS_ERR_INVALID);
     ck_assert_msg(strstr(err.msg, "scale_schedule"), "%s", err.msg);
-    /* a transformer tensor left out of the header: not loaded, but its bytes must be described */
+    /* a transformer tensor left out of the header */
     write_variant(path, NULL, NULL, "infinity.head.weight");
-    ck_assert_int_eq(vs_rt_infinity_vae_load(path, &iv, &err), VS_ERR_INVALID);
-    ck_assert_msg(strstr(err.msg, "hole"), "%s", err.msg);
+    ck_assert_int_eq(vs_rt_infinity_load(path, &iv, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "'infinity.head.weight' is missing"), "%s", err.msg);
+    write_variant(path, "cos_attn", "false", NULL);
+    ck_assert_int_eq(vs_rt_infinity_load(path, &iv, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "'cos_attn' must be 1"), "%s", err.msg);
     write_variant(path, NULL, NULL, "vae.decoder.norm_out.norm.bias");
-    ck_assert_int_eq(vs_rt_infinity_vae_load(path, &iv, &err), VS_ERR_INVALID);
+    ck_assert_int_eq(vs_rt_infinity_load(path, &iv, &err), VS_ERR_INVALID);
     ck_assert_msg(strstr(err.msg, "vae.decoder.norm_out.norm.bias"), "%s", err.msg);
     ck_assert_ptr_null(iv);
     unlink(path);
@@ -293,6 +412,7 @@ static Suite *infinity_suite(void)
     tcase_set_timeout(dec, 120);
     tcase_add_test(dec, the_decoder_gives_the_reference_images_from_its_latents);
     tcase_add_test(dec, the_decoder_loader_names_what_is_wrong);
+    tcase_add_test(dec, a_greedy_generation_matches_the_reference_bit_for_bit);
     suite_add_tcase(s, dec);
     return s;
 }
