@@ -172,63 +172,55 @@ done:
 
 /* ---- the tensor list ------------------------------------------------------------------------------ */
 
-#define WANT(dst, shape, ...)                                                                      \
-    do {                                                                                           \
-        long shp_[] = shape;                                                                       \
-        if (vs_st_expect_add(l, (dst), (int)(sizeof shp_ / sizeof shp_[0]), shp_, __VA_ARGS__) != 0) \
-            return -1;                                                                             \
-    } while (0)
-#define SHAPE(...) {__VA_ARGS__}
-
 static int expectations(vs_rt_infinity *m, vs_st_expects *l)
 {
     const vs_rt_infinity_config *c = &m->cfg;
     long C = c->C, T = c->Ct5, H = c->heads, F = c->ffn, d = c->d, ph = c->pool_heads;
-    WANT(&m->cfg_uncond, SHAPE(c->text_maxlen, T), "infinity.cfg_uncond");
-    WANT(&m->text_norm, SHAPE(T), "infinity.text_norm.weight");
-    WANT(&m->pool_q, SHAPE(1, ph, C / ph), "infinity.text_proj_for_sos.ca.mat_q");
-    WANT(&m->pool_kv, SHAPE(2 * C, T), "infinity.text_proj_for_sos.ca.mat_kv.weight");
-    WANT(&m->pool_v_bias, SHAPE(C), "infinity.text_proj_for_sos.ca.v_bias");
-    WANT(&m->pool_proj_w, SHAPE(C, C), "infinity.text_proj_for_sos.ca.proj.weight");
-    WANT(&m->pool_proj_b, SHAPE(C), "infinity.text_proj_for_sos.ca.proj.bias");
-    WANT(&m->ca1_w, SHAPE(C, T), "infinity.text_proj_for_ca.0.weight");
-    WANT(&m->ca1_b, SHAPE(C), "infinity.text_proj_for_ca.0.bias");
-    WANT(&m->ca2_w, SHAPE(C, C), "infinity.text_proj_for_ca.2.weight");
-    WANT(&m->ca2_b, SHAPE(C), "infinity.text_proj_for_ca.2.bias");
-    WANT(&m->pos_start, SHAPE(1, 1, C), "infinity.pos_start");
-    WANT(&m->lvl_embed, SHAPE(15, C), "infinity.lvl_embed.weight");
-    WANT(&m->word_w, SHAPE(C, d), "infinity.word_embed.weight");
-    WANT(&m->word_b, SHAPE(C), "infinity.word_embed.bias");
-    WANT(&m->ada_w, SHAPE(6 * C, C), "infinity.shared_ada_lin.1.weight");
-    WANT(&m->ada_b, SHAPE(6 * C), "infinity.shared_ada_lin.1.bias");
-    WANT(&m->head_nm_w, SHAPE(2 * C, C), "infinity.head_nm.ada_lin.1.weight");
-    WANT(&m->head_nm_b, SHAPE(2 * C), "infinity.head_nm.ada_lin.1.bias");
-    WANT(&m->head_w, SHAPE(2 * d, C), "infinity.head.weight");
-    WANT(&m->head_b, SHAPE(2 * d), "infinity.head.bias");
+    VS_ST_WANT(&m->cfg_uncond, VS_ST_SHAPE(c->text_maxlen, T), "infinity.cfg_uncond");
+    VS_ST_WANT(&m->text_norm, VS_ST_SHAPE(T), "infinity.text_norm.weight");
+    VS_ST_WANT(&m->pool_q, VS_ST_SHAPE(1, ph, C / ph), "infinity.text_proj_for_sos.ca.mat_q");
+    VS_ST_WANT(&m->pool_kv, VS_ST_SHAPE(2 * C, T), "infinity.text_proj_for_sos.ca.mat_kv.weight");
+    VS_ST_WANT(&m->pool_v_bias, VS_ST_SHAPE(C), "infinity.text_proj_for_sos.ca.v_bias");
+    VS_ST_WANT(&m->pool_proj_w, VS_ST_SHAPE(C, C), "infinity.text_proj_for_sos.ca.proj.weight");
+    VS_ST_WANT(&m->pool_proj_b, VS_ST_SHAPE(C), "infinity.text_proj_for_sos.ca.proj.bias");
+    VS_ST_WANT(&m->ca1_w, VS_ST_SHAPE(C, T), "infinity.text_proj_for_ca.0.weight");
+    VS_ST_WANT(&m->ca1_b, VS_ST_SHAPE(C), "infinity.text_proj_for_ca.0.bias");
+    VS_ST_WANT(&m->ca2_w, VS_ST_SHAPE(C, C), "infinity.text_proj_for_ca.2.weight");
+    VS_ST_WANT(&m->ca2_b, VS_ST_SHAPE(C), "infinity.text_proj_for_ca.2.bias");
+    VS_ST_WANT(&m->pos_start, VS_ST_SHAPE(1, 1, C), "infinity.pos_start");
+    VS_ST_WANT(&m->lvl_embed, VS_ST_SHAPE(15, C), "infinity.lvl_embed.weight");
+    VS_ST_WANT(&m->word_w, VS_ST_SHAPE(C, d), "infinity.word_embed.weight");
+    VS_ST_WANT(&m->word_b, VS_ST_SHAPE(C), "infinity.word_embed.bias");
+    VS_ST_WANT(&m->ada_w, VS_ST_SHAPE(6 * C, C), "infinity.shared_ada_lin.1.weight");
+    VS_ST_WANT(&m->ada_b, VS_ST_SHAPE(6 * C), "infinity.shared_ada_lin.1.bias");
+    VS_ST_WANT(&m->head_nm_w, VS_ST_SHAPE(2 * C, C), "infinity.head_nm.ada_lin.1.weight");
+    VS_ST_WANT(&m->head_nm_b, VS_ST_SHAPE(2 * C), "infinity.head_nm.ada_lin.1.bias");
+    VS_ST_WANT(&m->head_w, VS_ST_SHAPE(2 * d, C), "infinity.head.weight");
+    VS_ST_WANT(&m->head_b, VS_ST_SHAPE(2 * d), "infinity.head.bias");
     int per = c->depth / c->block_chunks;
     for (int i = 0; i < c->depth; i++) {
         vs_rt_infinity_block_w *b = &m->blocks[i];
         int k = i / per, j = i % per;
         const char *p = "infinity.block_chunks";
-        WANT(&b->ada_gss, SHAPE(1, 1, 6, C), "%s.%d.module.%d.ada_gss", p, k, j);
-        WANT(&b->sa_qkv, SHAPE(3 * C, C), "%s.%d.module.%d.sa.mat_qkv.weight", p, k, j);
-        WANT(&b->sa_q_bias, SHAPE(C), "%s.%d.module.%d.sa.q_bias", p, k, j);
-        WANT(&b->sa_v_bias, SHAPE(C), "%s.%d.module.%d.sa.v_bias", p, k, j);
-        WANT(&b->sa_scale_mul, SHAPE(1, H, 1, 1), "%s.%d.module.%d.sa.scale_mul_1H11", p, k, j);
-        WANT(&b->sa_proj_w, SHAPE(C, C), "%s.%d.module.%d.sa.proj.weight", p, k, j);
-        WANT(&b->sa_proj_b, SHAPE(C), "%s.%d.module.%d.sa.proj.bias", p, k, j);
-        WANT(&b->ca_norm_w, SHAPE(C), "%s.%d.module.%d.ca_norm.weight", p, k, j);
-        WANT(&b->ca_norm_b, SHAPE(C), "%s.%d.module.%d.ca_norm.bias", p, k, j);
-        WANT(&b->ca_q_w, SHAPE(C, C), "%s.%d.module.%d.ca.mat_q.weight", p, k, j);
-        WANT(&b->ca_q_b, SHAPE(C), "%s.%d.module.%d.ca.mat_q.bias", p, k, j);
-        WANT(&b->ca_kv, SHAPE(2 * C, C), "%s.%d.module.%d.ca.mat_kv.weight", p, k, j);
-        WANT(&b->ca_v_bias, SHAPE(C), "%s.%d.module.%d.ca.v_bias", p, k, j);
-        WANT(&b->ca_proj_w, SHAPE(C, C), "%s.%d.module.%d.ca.proj.weight", p, k, j);
-        WANT(&b->ca_proj_b, SHAPE(C), "%s.%d.module.%d.ca.proj.bias", p, k, j);
-        WANT(&b->fc1_w, SHAPE(F, C), "%s.%d.module.%d.ffn.fc1.weight", p, k, j);
-        WANT(&b->fc1_b, SHAPE(F), "%s.%d.module.%d.ffn.fc1.bias", p, k, j);
-        WANT(&b->fc2_w, SHAPE(C, F), "%s.%d.module.%d.ffn.fc2.weight", p, k, j);
-        WANT(&b->fc2_b, SHAPE(C), "%s.%d.module.%d.ffn.fc2.bias", p, k, j);
+        VS_ST_WANT(&b->ada_gss, VS_ST_SHAPE(1, 1, 6, C), "%s.%d.module.%d.ada_gss", p, k, j);
+        VS_ST_WANT(&b->sa_qkv, VS_ST_SHAPE(3 * C, C), "%s.%d.module.%d.sa.mat_qkv.weight", p, k, j);
+        VS_ST_WANT(&b->sa_q_bias, VS_ST_SHAPE(C), "%s.%d.module.%d.sa.q_bias", p, k, j);
+        VS_ST_WANT(&b->sa_v_bias, VS_ST_SHAPE(C), "%s.%d.module.%d.sa.v_bias", p, k, j);
+        VS_ST_WANT(&b->sa_scale_mul, VS_ST_SHAPE(1, H, 1, 1), "%s.%d.module.%d.sa.scale_mul_1H11", p, k, j);
+        VS_ST_WANT(&b->sa_proj_w, VS_ST_SHAPE(C, C), "%s.%d.module.%d.sa.proj.weight", p, k, j);
+        VS_ST_WANT(&b->sa_proj_b, VS_ST_SHAPE(C), "%s.%d.module.%d.sa.proj.bias", p, k, j);
+        VS_ST_WANT(&b->ca_norm_w, VS_ST_SHAPE(C), "%s.%d.module.%d.ca_norm.weight", p, k, j);
+        VS_ST_WANT(&b->ca_norm_b, VS_ST_SHAPE(C), "%s.%d.module.%d.ca_norm.bias", p, k, j);
+        VS_ST_WANT(&b->ca_q_w, VS_ST_SHAPE(C, C), "%s.%d.module.%d.ca.mat_q.weight", p, k, j);
+        VS_ST_WANT(&b->ca_q_b, VS_ST_SHAPE(C), "%s.%d.module.%d.ca.mat_q.bias", p, k, j);
+        VS_ST_WANT(&b->ca_kv, VS_ST_SHAPE(2 * C, C), "%s.%d.module.%d.ca.mat_kv.weight", p, k, j);
+        VS_ST_WANT(&b->ca_v_bias, VS_ST_SHAPE(C), "%s.%d.module.%d.ca.v_bias", p, k, j);
+        VS_ST_WANT(&b->ca_proj_w, VS_ST_SHAPE(C, C), "%s.%d.module.%d.ca.proj.weight", p, k, j);
+        VS_ST_WANT(&b->ca_proj_b, VS_ST_SHAPE(C), "%s.%d.module.%d.ca.proj.bias", p, k, j);
+        VS_ST_WANT(&b->fc1_w, VS_ST_SHAPE(F, C), "%s.%d.module.%d.ffn.fc1.weight", p, k, j);
+        VS_ST_WANT(&b->fc1_b, VS_ST_SHAPE(F), "%s.%d.module.%d.ffn.fc1.bias", p, k, j);
+        VS_ST_WANT(&b->fc2_w, VS_ST_SHAPE(C, F), "%s.%d.module.%d.ffn.fc2.weight", p, k, j);
+        VS_ST_WANT(&b->fc2_b, VS_ST_SHAPE(C), "%s.%d.module.%d.ffn.fc2.bias", p, k, j);
     }
     static const vs_rt_vae_names names = {"vae.decoder", ".conv", ".norm", 0};
     return vs_rt_vae_expect(l, &m->dec, &m->w, &names);

@@ -365,34 +365,6 @@ void vs_rt_model_free(vs_rt_model *m)
 
 #define REBASE(p) ((p) ? new_base + ((p) - m->data) : NULL)
 
-static void rebase_conv(const vs_rt_model *m, float *new_base, vs_rt_conv_w *c)
-{
-    c->w = REBASE(c->w);
-    c->b = REBASE(c->b);
-}
-
-static void rebase_norm(const vs_rt_model *m, float *new_base, vs_rt_norm_w *n)
-{
-    n->w = REBASE(n->w);
-    n->b = REBASE(n->b);
-}
-
-static void rebase_res(const vs_rt_model *m, float *new_base, vs_rt_resblock_w *r)
-{
-    rebase_norm(m, new_base, &r->norm1);
-    rebase_norm(m, new_base, &r->norm2);
-    rebase_conv(m, new_base, &r->conv1);
-    rebase_conv(m, new_base, &r->conv2);
-    rebase_conv(m, new_base, &r->nin);
-}
-
-static void rebase_attn(const vs_rt_model *m, float *new_base, vs_rt_attnblock_w *a)
-{
-    rebase_norm(m, new_base, &a->norm);
-    rebase_conv(m, new_base, &a->qkv);
-    rebase_conv(m, new_base, &a->proj);
-}
-
 void vs_rt_model_rebase(const vs_rt_model *m, float *new_base, vs_rt_weights *o,
                         vs_rt_block_w *blocks_out)
 {
@@ -430,23 +402,11 @@ void vs_rt_model_rebase(const vs_rt_model *m, float *new_base, vs_rt_weights *o,
         blocks_out[i] = b;
     }
     o->blocks = blocks_out;
-    for (int k = 0; k < VS_RT_MAX_SCALES; k++)
-        rebase_conv(m, new_base, &o->phi[k]);
-    rebase_conv(m, new_base, &o->post_quant_conv);
-    rebase_conv(m, new_base, &o->conv_in);
-    rebase_conv(m, new_base, &o->conv_out);
-    rebase_res(m, new_base, &o->mid_block1);
-    rebase_res(m, new_base, &o->mid_block2);
-    rebase_attn(m, new_base, &o->mid_attn);
-    rebase_norm(m, new_base, &o->norm_out);
-    for (int lv = 0; lv < m->cfg.n_levels; lv++) {
-        vs_rt_level_w *u = &o->up[lv];
-        for (int j = 0; j < u->n_blocks; j++)
-            rebase_res(m, new_base, &u->block[j]);
-        for (int j = 0; j < u->n_attn; j++)
-            rebase_attn(m, new_base, &u->attn[j]);
-        rebase_conv(m, new_base, &u->upsample);
+    for (int k = 0; k < VS_RT_MAX_SCALES; k++) {
+        o->phi[k].w = REBASE(o->phi[k].w);
+        o->phi[k].b = REBASE(o->phi[k].b);
     }
+    vs_rt_vae_rebase(&m->cfg, o, m->data, new_base);
 }
 
 int vs_rt_phi_index(const vs_rt_config *c, int s)

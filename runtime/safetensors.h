@@ -41,6 +41,16 @@ typedef struct {
 int vs_st_expect_add(vs_st_expects *l, float **dst, int ndim, const long *shape, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
 
+/* In a function returning int (0, or −1 out of memory) with `vs_st_expects *l` in scope: expect
+ * the tensor of shape VS_ST_SHAPE(d0, d1, ...) named by the printf format that follows. */
+#define VS_ST_WANT(dst, shape, ...)                                                                \
+    do {                                                                                           \
+        long shp_[] = shape;                                                                       \
+        if (vs_st_expect_add(l, (dst), (int)(sizeof shp_ / sizeof shp_[0]), shp_, __VA_ARGS__) != 0) \
+            return -1;                                                                             \
+    } while (0)
+#define VS_ST_SHAPE(...) {__VA_ARGS__}
+
 typedef struct {
     int fd;
     unsigned char *map;

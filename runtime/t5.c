@@ -61,35 +61,26 @@ static vs_status parse_config(const char *json, vs_rt_t5_config *c, vs_err *err)
     return VS_OK;
 }
 
-/* one expected tensor: its name (printf format and arguments), then its shape */
-#define WANT(dst, shape, ...)                                                                      \
-    do {                                                                                           \
-        long shp_[] = shape;                                                                       \
-        if (vs_st_expect_add(l, (dst), (int)(sizeof shp_ / sizeof shp_[0]), shp_, __VA_ARGS__) != 0) \
-            return -1;                                                                             \
-    } while (0)
-#define SHAPE(...) {__VA_ARGS__}
-
 static int expectations(vs_rt_t5 *t, vs_st_expects *l)
 {
     const vs_rt_t5_config *c = &t->cfg;
     long D = c->d_model, HK = (long)c->num_heads * c->d_kv, F = c->d_ff;
-    WANT(&t->embed, SHAPE(c->vocab_size, D), "shared.weight");
-    WANT(&t->final_norm, SHAPE(D), "encoder.final_layer_norm.weight");
-    WANT(&t->rel_bias, SHAPE(c->rel_buckets, c->num_heads),
+    VS_ST_WANT(&t->embed, VS_ST_SHAPE(c->vocab_size, D), "shared.weight");
+    VS_ST_WANT(&t->final_norm, VS_ST_SHAPE(D), "encoder.final_layer_norm.weight");
+    VS_ST_WANT(&t->rel_bias, VS_ST_SHAPE(c->rel_buckets, c->num_heads),
          "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight");
     for (int i = 0; i < c->num_layers; i++) {
         vs_rt_t5_block_w *b = &t->blocks[i];
         const char *pre = "encoder.block";
-        WANT(&b->attn_norm, SHAPE(D), "%s.%d.layer.0.layer_norm.weight", pre, i);
-        WANT(&b->q, SHAPE(HK, D), "%s.%d.layer.0.SelfAttention.q.weight", pre, i);
-        WANT(&b->k, SHAPE(HK, D), "%s.%d.layer.0.SelfAttention.k.weight", pre, i);
-        WANT(&b->v, SHAPE(HK, D), "%s.%d.layer.0.SelfAttention.v.weight", pre, i);
-        WANT(&b->o, SHAPE(D, HK), "%s.%d.layer.0.SelfAttention.o.weight", pre, i);
-        WANT(&b->ff_norm, SHAPE(D), "%s.%d.layer.1.layer_norm.weight", pre, i);
-        WANT(&b->wi0, SHAPE(F, D), "%s.%d.layer.1.DenseReluDense.wi_0.weight", pre, i);
-        WANT(&b->wi1, SHAPE(F, D), "%s.%d.layer.1.DenseReluDense.wi_1.weight", pre, i);
-        WANT(&b->wo, SHAPE(D, F), "%s.%d.layer.1.DenseReluDense.wo.weight", pre, i);
+        VS_ST_WANT(&b->attn_norm, VS_ST_SHAPE(D), "%s.%d.layer.0.layer_norm.weight", pre, i);
+        VS_ST_WANT(&b->q, VS_ST_SHAPE(HK, D), "%s.%d.layer.0.SelfAttention.q.weight", pre, i);
+        VS_ST_WANT(&b->k, VS_ST_SHAPE(HK, D), "%s.%d.layer.0.SelfAttention.k.weight", pre, i);
+        VS_ST_WANT(&b->v, VS_ST_SHAPE(HK, D), "%s.%d.layer.0.SelfAttention.v.weight", pre, i);
+        VS_ST_WANT(&b->o, VS_ST_SHAPE(D, HK), "%s.%d.layer.0.SelfAttention.o.weight", pre, i);
+        VS_ST_WANT(&b->ff_norm, VS_ST_SHAPE(D), "%s.%d.layer.1.layer_norm.weight", pre, i);
+        VS_ST_WANT(&b->wi0, VS_ST_SHAPE(F, D), "%s.%d.layer.1.DenseReluDense.wi_0.weight", pre, i);
+        VS_ST_WANT(&b->wi1, VS_ST_SHAPE(F, D), "%s.%d.layer.1.DenseReluDense.wi_1.weight", pre, i);
+        VS_ST_WANT(&b->wo, VS_ST_SHAPE(D, F), "%s.%d.layer.1.DenseReluDense.wo.weight", pre, i);
     }
     return 0;
 }

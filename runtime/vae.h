@@ -28,6 +28,10 @@ typedef struct {
  * −1 out of memory. */
 int vs_rt_vae_expect(vs_st_expects *l, const vs_rt_config *c, vs_rt_weights *w, const vs_rt_vae_names *nm);
 
+/* Moves every decoder pointer of *w (post_quant_conv to conv_out) from the allocation at old_base
+ * to the same offset of new_base (a backend's copy of it); NULL pointers stay NULL. */
+void vs_rt_vae_rebase(const vs_rt_config *c, vs_rt_weights *w, const float *old_base, float *new_base);
+
 /* One conv's weight (cout, cin, k, k) and bias (cout), named `<prefix><sfx>.weight` / `.bias`. */
 int vs_rt_vae_expect_conv(vs_st_expects *l, vs_rt_conv_w *cw, int cout, int cin, int k, const char *prefix,
                           const char *sfx);

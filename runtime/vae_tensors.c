@@ -1,5 +1,5 @@
-/* runtime/vae_tensors.c — the decoder's tensor list (vae.h: vs_rt_vae_expect), apart from vae.c
- * so that a loader (and its fuzz target) needs no backend. It mirrors vs_rt_vae_decode's order:
+/* runtime/vae_tensors.c — the decoder's tensor list (vae.h: vs_rt_vae_expect) and its rebase,
+ * apart from vae.c so that a loader (and its fuzz target) needs no backend. It mirrors vs_rt_vae_decode's order:
  * conv_in, the mid block, each level from the top with its ResBlocks (and attention), the
  * upsample conv of every level but 0, norm_out, conv_out. */
 #include <stdio.h>
@@ -113,4 +113,53 @@ int vs_rt_vae_expect(vs_st_expects *l, const vs_rt_config *c, vs_rt_weights *w, 
         return -1;
     snprintf(p, sizeof p, "%s.conv_out", nm->prefix);
     return vs_rt_vae_expect_conv(l, &w->conv_out, 3, block_in, 3, p, nm->conv);
+}
+
+#define REBASE(p) ((p) ? new_base + ((p) - old_base) : NULL)
+
+static void rebase_conv(vs_rt_conv_w *c, const float *old_base, float *new_base)
+{
+    c->w = REBASE(c->w);
+    c->b = REBASE(c->b);
+}
+
+static void rebase_norm(vs_rt_norm_w *n, const float *old_base, float *new_base)
+{
+    n->w = REBASE(n->w);
+    n->b = REBASE(n->b);
+}
+
+static void rebase_res(vs_rt_resblock_w *r, const float *old_base, float *new_base)
+{
+    rebase_norm(&r->norm1, old_base, new_base);
+    rebase_norm(&r->norm2, old_base, new_base);
+    rebase_conv(&r->conv1, old_base, new_base);
+    rebase_conv(&r->conv2, old_base, new_base);
+    rebase_conv(&r->nin, old_base, new_base);
+}
+
+static void rebase_attn(vs_rt_attnblock_w *a, const float *old_base, float *new_base)
+{
+    rebase_norm(&a->norm, old_base, new_base);
+    rebase_conv(&a->qkv, old_base, new_base);
+    rebase_conv(&a->proj, old_base, new_base);
+}
+
+void vs_rt_vae_rebase(const vs_rt_config *c, vs_rt_weights *w, const float *old_base, float *new_base)
+{
+    rebase_conv(&w->post_quant_conv, old_base, new_base);
+    rebase_conv(&w->conv_in, old_base, new_base);
+    rebase_conv(&w->conv_out, old_base, new_base);
+    rebase_res(&w->mid_block1, old_base, new_base);
+    rebase_res(&w->mid_block2, old_base, new_base);
+    rebase_attn(&w->mid_attn, old_base, new_base);
+    rebase_norm(&w->norm_out, old_base, new_base);
+    for (int lv = 0; lv < c->n_levels; lv++) {
+        vs_rt_level_w *u = &w->up[lv];
+        for (int j = 0; j < u->n_blocks; j++)
+            rebase_res(&u->block[j], old_base, new_base);
+        for (int j = 0; j < u->n_attn; j++)
+            rebase_attn(&u->attn[j], old_base, new_base);
+        rebase_conv(&u->upsample, old_base, new_base);
+    }
 }

@@ -34,7 +34,9 @@
 #include "kvcache/pool.h"
 #include "runtime/backend.h"
 #include "runtime/blas.h"
+#include "runtime/infinity.h"
 #include "runtime/model.h"
+#include "runtime/vae.h"
 #include "runtime/var.h"
 #include "server/gen.h"
 #include "tests/kvstep_case.h"
@@ -42,6 +44,8 @@
 
 #define MODEL "tests/fixtures/tiny/model.safetensors"
 #define GOLDEN "tests/fixtures/tiny/golden.safetensors"
+#define INF_MODEL "tests/fixtures/infinity-tiny/model.safetensors"
+#define INF_GOLDEN "tests/fixtures/infinity-tiny/golden.safetensors"
 #define BUNDLED "models/mnist-var.safetensors"
 #define TOL 1e-4
 #define BF16_RMS_TOL 1e-2
@@ -1357,6 +1361,58 @@ START_TEST(tiny_fixture_greedy_tokens_and_image_match_the_reference_in_fp32)
 }
 END_TEST
 
+/* Infinity's BSQ VAE decoder (runtime/infinity.h) on the device, its weights uploaded and rebased
+ * as an engine does: the fixture's two latents, decoded together, give the reference's images
+ * within 1/255 and the CPU backend's within FP32 rounding. */
+START_TEST(infinity_decoder_on_the_device_gives_the_references_images)
+{
+    enum { HW = 256 * 256, LAT = 32 * 16 * 16 };
+    vs_err err = {0};
+    vs_rt_infinity *m = NULL;
+    st_file gold;
+    ck_assert_msg(vs_rt_infinity_load(INF_MODEL, &m, &err) == VS_OK, "%s", err.msg);
+    ck_assert_int_eq(st_open(&gold, INF_GOLDEN), 0);
+    float *arena = g_dut->ops->alloc(g_dut, m->data_bytes);
+    ck_assert_ptr_nonnull(arena);
+    g_dut->ops->upload(g_dut, arena, m->data, m->data_bytes);
+    vs_rt_weights w = m->w;
+    vs_rt_vae_rebase(&m->dec, &w, m->data, arena);
+    const float *lat = st_get(&gold, "gen.summed_codes", NULL), *gi = st_get(&gold, "gen.image", NULL);
+    ck_assert(lat && gi);
+    float *unit[2][2];
+    vs_rt_backend *side[2] = {g_dut, g_ref};
+    for (int k = 0; k < 2; k++) {
+        vs_rt_backend *be = side[k];
+        vs_rt_vae *v = NULL;
+        ck_assert_msg(vs_rt_vae_new(&m->dec, be, k ? &m->w : &w, 2, &v, &err) == VS_OK, "%s", err.msg);
+        float *dl[2];
+        for (int i = 0; i < 2; i++) {
+            unit[k][i] = malloc(3 * HW * sizeof(float));
+            dl[i] = be->ops->alloc(be, LAT * sizeof(float));
+            be->ops->upload(be, dl[i], lat + (size_t)i * LAT, LAT * sizeof(float));
+        }
+        ck_assert_msg(vs_rt_vae_decode(v, (const float *const *)dl, 2, NULL, unit[k], &err) == VS_OK, "%s", err.msg);
+        for (int i = 0; i < 2; i++)
+            be->ops->free(be, dl[i]);
+        vs_rt_vae_free(v);
+    }
+    double ref = 0, cpu = 0;
+    for (int i = 0; i < 2; i++)
+        for (int e = 0; e < 3 * HW; e++) {
+            ref = fmax(ref, fabs(unit[0][i][e] - gi[(size_t)i * 3 * HW + e]));
+            cpu = fmax(cpu, fabs(unit[0][i][e] - unit[1][i][e]));
+        }
+    ck_assert_msg(ref <= 1.0 / 255, "the device's images differ from the reference's by %g (limit 1/255)", ref);
+    ck_assert_msg(cpu <= 1e-4, "the device's images differ from the CPU's by %g", cpu);
+    for (int k = 0; k < 2; k++)
+        for (int i = 0; i < 2; i++)
+            free(unit[k][i]);
+    g_dut->ops->free(g_dut, arena);
+    st_close(&gold);
+    vs_rt_infinity_free(m);
+}
+END_TEST
+
 /* ---- BF16 mode ------------------------------------------------------------------------------------ */
 
 /* The backend in BF16 mode: CUDA with fp32 = 0 (with CHECK_CUDA_SELFTEST, a CPU backend, which
@@ -2195,6 +2251,7 @@ static Suite *cuda_suite(void)
     tcase_add_test(tc, decoder_ops_launch_the_same_work_for_one_image_or_many);
     suite_add_tcase(s, tc);
     TCase *tf = tcase_create("tiny_fixture");
+    tcase_add_test(tf, infinity_decoder_on_the_device_gives_the_references_images);
     tcase_set_timeout(tf, 600);
     tcase_add_test(tf, tiny_fixture_greedy_tokens_and_image_match_the_reference_in_fp32);
     tcase_add_test(tf, kv_compression_leaves_each_heads_selected_tokens_in_device_pages);

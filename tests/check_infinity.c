@@ -331,38 +331,6 @@ START_TEST(a_greedy_generation_matches_the_reference_bit_for_bit)
 }
 END_TEST
 
-/* The fixture with its config's `key` set to the JSON `value`, or (key NULL) with the tensor
- * `drop` left out of the header (its bytes stay: a hole). */
-static void write_variant(const char *path, const char *key, const char *value, const char *drop)
-{
-    st_file f;
-    ck_assert_int_eq(st_open(&f, MODEL), 0);
-    cJSON *md = cJSON_GetObjectItemCaseSensitive(f.hdr, "__metadata__");
-    cJSON *cfg = cJSON_Parse(cJSON_GetObjectItemCaseSensitive(md, "config")->valuestring);
-    if (key)
-        cJSON_ReplaceItemInObjectCaseSensitive(cfg, key, cJSON_Parse(value));
-    if (drop)
-        cJSON_DeleteItemFromObjectCaseSensitive(f.hdr, drop);
-    char *cfg_text = cJSON_PrintUnformatted(cfg);
-    cJSON_ReplaceItemInObjectCaseSensitive(md, "config", cJSON_CreateString(cfg_text));
-    char *hdr = cJSON_PrintUnformatted(f.hdr);
-    size_t hl = strlen(hdr), padded = (hl + 7) / 8 * 8;
-    FILE *o = fopen(path, "wb");
-    ck_assert_ptr_nonnull(o);
-    unsigned char len8[8];
-    for (int i = 0; i < 8; i++)
-        len8[i] = (unsigned char)(padded >> (8 * i));
-    fwrite(len8, 1, 8, o);
-    fwrite(hdr, 1, hl, o);
-    for (size_t i = hl; i < padded; i++)
-        fputc(' ', o);
-    fwrite(f.buf + f.data_start, 1, f.len - f.data_start, o);
-    fclose(o);
-    free(hdr);
-    free(cfg_text);
-    cJSON_Delete(cfg);
-    st_close(&f);
-}
 
 START_TEST(the_decoder_loader_names_what_is_wrong)
 {
@@ -372,25 +340,25 @@ START_TEST(the_decoder_loader_names_what_is_wrong)
     close(fd);
     vs_rt_infinity *iv = NULL;
     vs_err err = {0};
-    write_variant(path, "vae_patch_size", "8", NULL);
+    ck_assert_int_eq(st_write_variant(MODEL, path, "vae_patch_size", "8", NULL), 0);
     ck_assert_int_eq(vs_rt_infinity_load(path, &iv, &err), VS_ERR_INVALID);
     ck_assert_msg(strstr(err.msg, "vae_patch_size 8 disagrees"), "%s", err.msg);
-    write_variant(path, "vae_base_ch", "64", NULL);
+    ck_assert_int_eq(st_write_variant(MODEL, path, "vae_base_ch", "64", NULL), 0);
     ck_assert_int_eq(vs_rt_infinity_load(path, &iv, &err), VS_ERR_INVALID);
     ck_assert_msg(strstr(err.msg, "vae.decoder.conv_in.conv.weight' has shape (64, 32, 3, 3) but the config "
                                   "implies (128, 32, 3, 3)"),
                   "%s", err.msg);
-    write_variant(path, "scale_schedule", "[[1, 1, 1], [1, 2, 3]]", NULL);
+    ck_assert_int_eq(st_write_variant(MODEL, path, "scale_schedule", "[[1, 1, 1], [1, 2, 3]]", NULL), 0);
     ck_assert_int_eq(vs_rt_infinity_load(path, &iv, &err), VS_ERR_INVALID);
     ck_assert_msg(strstr(err.msg, "scale_schedule"), "%s", err.msg);
     /* a transformer tensor left out of the header */
-    write_variant(path, NULL, NULL, "infinity.head.weight");
+    ck_assert_int_eq(st_write_variant(MODEL, path, NULL, NULL, "infinity.head.weight"), 0);
     ck_assert_int_eq(vs_rt_infinity_load(path, &iv, &err), VS_ERR_INVALID);
     ck_assert_msg(strstr(err.msg, "'infinity.head.weight' is missing"), "%s", err.msg);
-    write_variant(path, "cos_attn", "false", NULL);
+    ck_assert_int_eq(st_write_variant(MODEL, path, "cos_attn", "false", NULL), 0);
     ck_assert_int_eq(vs_rt_infinity_load(path, &iv, &err), VS_ERR_INVALID);
     ck_assert_msg(strstr(err.msg, "'cos_attn' must be 1"), "%s", err.msg);
-    write_variant(path, NULL, NULL, "vae.decoder.norm_out.norm.bias");
+    ck_assert_int_eq(st_write_variant(MODEL, path, NULL, NULL, "vae.decoder.norm_out.norm.bias"), 0);
     ck_assert_int_eq(vs_rt_infinity_load(path, &iv, &err), VS_ERR_INVALID);
     ck_assert_msg(strstr(err.msg, "vae.decoder.norm_out.norm.bias"), "%s", err.msg);
     ck_assert_ptr_null(iv);

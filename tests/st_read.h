@@ -54,6 +54,59 @@ static const void *st_get(const st_file *f, const char *name, size_t *count)
     return f->buf + f->data_start + b;
 }
 
+/* Writes `path`: f's data section under the header hdr (f's own, edited: its length and padding
+ * are recomputed). Returns 0, or −1 if the file cannot be written. */
+static inline int st_write_with_header(const st_file *f, const cJSON *hdr, const char *path)
+{
+    char *text = cJSON_PrintUnformatted(hdr);
+    FILE *o = text ? fopen(path, "wb") : NULL;
+    if (!o) {
+        free(text);
+        return -1;
+    }
+    size_t hl = strlen(text), padded = (hl + 7) / 8 * 8;
+    unsigned char len8[8];
+    for (int i = 0; i < 8; i++)
+        len8[i] = (unsigned char)(padded >> (8 * i));
+    int ok = fwrite(len8, 1, 8, o) == 8 && fwrite(text, 1, hl, o) == hl;
+    for (size_t i = hl; i < padded && ok; i++)
+        ok = fputc(' ', o) != EOF;
+    ok = ok && fwrite(f->buf + f->data_start, 1, f->len - f->data_start, o) == f->len - f->data_start;
+    ok = fclose(o) == 0 && ok;
+    free(text);
+    return ok ? 0 : -1;
+}
+
+static void st_close(st_file *f);
+
+/* Writes `path`: the safetensors file `src` with its metadata config's `key` set to the JSON text
+ * `value` (key NULL: unchanged) and the tensor `drop` left out of the header (NULL: none; its
+ * bytes stay, a hole). Returns 0, or −1. */
+static inline int st_write_variant(const char *src, const char *path, const char *key, const char *value,
+                            const char *drop)
+{
+    st_file f;
+    if (st_open(&f, src) != 0)
+        return -1;
+    cJSON *md = cJSON_GetObjectItemCaseSensitive(f.hdr, "__metadata__");
+    const cJSON *cs = cJSON_GetObjectItemCaseSensitive(md, "config");
+    cJSON *cfg = cJSON_IsString(cs) ? cJSON_Parse(cs->valuestring) : NULL;
+    int rc = -1;
+    if (cfg) {
+        if (key)
+            cJSON_ReplaceItemInObjectCaseSensitive(cfg, key, cJSON_Parse(value));
+        if (drop)
+            cJSON_DeleteItemFromObjectCaseSensitive(f.hdr, drop);
+        char *text = cJSON_PrintUnformatted(cfg);
+        cJSON_ReplaceItemInObjectCaseSensitive(md, "config", cJSON_CreateString(text));
+        free(text);
+        rc = st_write_with_header(&f, f.hdr, path);
+    }
+    cJSON_Delete(cfg);
+    st_close(&f);
+    return rc;
+}
+
 static void st_close(st_file *f)
 {
     cJSON_Delete(f->hdr);
