@@ -12,6 +12,8 @@
 #include <string.h>
 
 #include "runtime/bsq.h"
+#include "runtime/philox.h"
+#include "runtime/sample.h"
 #include "runtime/safetensors.h"
 #include "runtime/vae.h"
 
@@ -338,6 +340,9 @@ struct vs_rt_infinity_gen {
     float *kcache, *vcache;           /* [depth][R][L][C] rotated keys, values */
     int cached;                       /* tokens in the caches */
     float *x;                         /* [R][l][C] the next scale's input */
+    int top_k;
+    float top_p;
+    uint64_t *seeds;                  /* [B] */
     float *summed;                    /* [B][d][H][W] */
 };
 
@@ -416,13 +421,17 @@ static void probe(vs_rt_infinity_gen *g, const char *name, int s, const float *d
 }
 
 vs_status vs_rt_infinity_gen_new(const vs_rt_infinity *m, const float *text, const int *lens, int B,
-                                 const float *cfg, const float *tau, vs_rt_infinity_probe probe_fn, void *probe_ctx,
-                                 vs_rt_infinity_gen **out, vs_err *err)
+                                 const float *cfg, const float *tau, const vs_rt_infinity_sampling *smp,
+                                 vs_rt_infinity_probe probe_fn, void *probe_ctx, vs_rt_infinity_gen **out,
+                                 vs_err *err)
 {
     const vs_rt_infinity_config *c = &m->cfg;
     if (B < 1 || B > 4096)
         return vs_err_set(err, VS_ERR_INVALID, "Infinity: %d images (1..4096)", B);
     int guided = 0, N = 0;
+    if (smp->top_k < 0 || !(smp->top_p >= 0.0f && smp->top_p <= 1.0f) || (smp->top_k != 1 && !smp->seeds))
+        return vs_err_set(err, VS_ERR_INVALID, "Infinity: top_k %d (0..), top_p %g (0..1); sampling needs seeds",
+                          smp->top_k, (double)smp->top_p);
     for (int s = 0; s < c->n_scales; s++)
         guided |= cfg[s] != 1.0f;
     for (int b = 0; b < B; b++) {
@@ -442,6 +451,12 @@ vs_status vs_rt_infinity_gen_new(const vs_rt_infinity *m, const float *text, con
     memcpy(g->tau, tau, (size_t)c->n_scales * sizeof *tau);
     g->probe = probe_fn;
     g->pctx = probe_ctx;
+    g->top_k = smp->top_k;
+    g->top_p = smp->top_p;
+    g->seeds = malloc((size_t)B * sizeof *g->seeds);
+    if (g->seeds)
+        for (int b = 0; b < B; b++)
+            g->seeds[b] = smp->seeds ? smp->seeds[b] : 0;
     int R = g->R, C = c->C, T = c->Ct5, NR = guided ? 2 * N : N;
     size_t L = total_tokens(c), lmax = 0, HW = (size_t)c->hw[c->n_scales - 1][0] * c->hw[c->n_scales - 1][1];
     for (int s = 0; s < c->n_scales; s++)
@@ -460,7 +475,7 @@ vs_status vs_rt_infinity_gen_new(const vs_rt_infinity *m, const float *text, con
     g->x = malloc((size_t)R * lmax * C * sizeof(float));
     g->summed = calloc((size_t)B * c->d * HW, sizeof(float));
     vs_status st = VS_OK;
-    if (!g->kv_start || !g->kv_len || !tn || !kv || !h1 || !pooled || !p || !sc || !g->ca_kv || !g->cond ||
+    if (!g->seeds || !g->kv_start || !g->kv_len || !tn || !kv || !h1 || !pooled || !p || !sc || !g->ca_kv || !g->cond ||
         !g->gss || !g->ca_kvb || !g->kcache || !g->vcache || !g->x || !g->summed) {
         st = vs_err_set(err, VS_ERR_NOMEM, "out of memory for an Infinity generation of %d images", B);
         goto done;
@@ -538,6 +553,7 @@ void vs_rt_infinity_gen_free(vs_rt_infinity_gen *g)
 {
     if (!g)
         return;
+    free(g->seeds);
     free(g->kv_start);
     free(g->kv_len);
     free(g->ca_kv);
@@ -707,7 +723,8 @@ int vs_rt_infinity_gen_scale(vs_rt_infinity_gen *g, uint8_t *bits, float *logits
                    ada + (size_t)r * 2 * C + C, NULL, NULL);
     linear(raw, hn_x, m->head_w, m->head_b, (int)RL, C, V);
     probe(g, "head_raw", s, raw, (int)RL, V);
-    /* guided logits (the reference's order: ·(1/tau), then cfg·cond + (1 − cfg)·uncond), greedy bits */
+    /* guided logits (the reference's order: ·(1/tau), then cfg·cond + (1 − cfg)·uncond), then the
+     * bits by the sampling rule (greedy with top_k 1: the larger logit, first on a tie) */
     float it = (float)(1.0 / (double)g->tau[s]), cf = g->cfg[s], cu = (float)(1.0 - (double)g->cfg[s]);
     float *codes = ada + (size_t)R * 2 * C, *next = codes + (size_t)d * ((size_t)l + (size_t)H * W);
     for (int b = 0; b < B; b++) {
@@ -722,7 +739,10 @@ int vs_rt_infinity_gen_scale(vs_rt_infinity_gen *g, uint8_t *bits, float *logits
                     if (logits)
                         logits[e] = lg[k];
                 }
-                bb[(size_t)t * d + j] = lg[1] > lg[0];
+                uint64_t sw[2 * VS_RT_SAMPLE_SCRATCH_WORDS(2)];
+                vs_rt_sample_scratch ss = {sw};
+                float u = g->top_k == 1 ? 0.0f : vs_philox_uniform(g->seeds[b], s, t * d + j);
+                bb[(size_t)t * d + j] = (uint8_t)vs_rt_sample_token(lg, 2, g->top_k, g->top_p, u, &ss);
             }
         float *sum = g->summed + (size_t)b * d * H * W;
         vs_rt_bsq_feedback(bb, h, w, d, sum, H, W, next, hn, wn, codes);

@@ -1,6 +1,6 @@
 /* runtime/infinity.h — the Infinity model family (FoundationVision/Infinity: bitwise next-scale
  * prediction conditioned on T5 text features), in FP32 on the host as a reference engine: its
- * transformer, the greedy bits, the feedback between scales (runtime/bsq.h) and its BSQ VAE
+ * transformer, the bits (greedy or sampled), the feedback between scales (runtime/bsq.h) and its BSQ VAE
  * decoder, which runtime/vae.c runs on any backend. The prompt encoder is runtime/t5.h. Not yet
  * served: the engine, the KV pool and the backends' fast paths are VAR's only so far.
  *
@@ -73,12 +73,23 @@ typedef void (*vs_rt_infinity_probe)(void *ctx, const char *name, const float *d
 
 typedef struct vs_rt_infinity_gen vs_rt_infinity_gen;
 
-/* A greedy generation of B images: text [Σ lens][Ct5] the prompts' T5 features (lens[b] rows
- * each, 1..text_maxlen), cfg (≠ 1: the unconditional branch is cfg_uncond's first lens[b] rows)
- * and tau per scale (n_scales each). probe may be NULL. */
+/* How a generation draws its bits: VAR's top-k / top-p rule (runtime/sample.h) on each bit's two
+ * guided logits, with the uniform vs_philox_uniform(seeds[b], scale, token·d + bit). top_k 1 is
+ * greedy (the larger logit; the reference's fixtures), top_k 0 or ≥ 2 keeps both, top_p drops
+ * the less likely bit when its probability is ≤ 1 − top_p (0: off). */
+typedef struct {
+    int top_k;
+    float top_p;
+    const uint64_t *seeds; /* [B] */
+} vs_rt_infinity_sampling;
+
+/* A generation of B images: text [Σ lens][Ct5] the prompts' T5 features (lens[b] rows each,
+ * 1..text_maxlen), cfg (≠ 1: the unconditional branch is cfg_uncond's first lens[b] rows) and
+ * tau per scale (n_scales each). probe may be NULL. */
 vs_status vs_rt_infinity_gen_new(const vs_rt_infinity *m, const float *text, const int *lens, int B,
-                                 const float *cfg, const float *tau, vs_rt_infinity_probe probe, void *probe_ctx,
-                                 vs_rt_infinity_gen **out, vs_err *err);
+                                 const float *cfg, const float *tau, const vs_rt_infinity_sampling *smp,
+                                 vs_rt_infinity_probe probe, void *probe_ctx, vs_rt_infinity_gen **out,
+                                 vs_err *err);
 void vs_rt_infinity_gen_free(vs_rt_infinity_gen *g);
 
 /* Runs the next scale: bits [B][h][w][d] (0/1) and, when logits is not NULL, the guided logits

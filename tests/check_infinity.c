@@ -19,6 +19,8 @@
 #include "runtime/blas.h"
 #include "runtime/bsq.h"
 #include "runtime/infinity.h"
+#include "runtime/philox.h"
+#include "runtime/sample.h"
 #include "runtime/vae.h"
 #include "tests/st_read.h"
 
@@ -274,7 +276,9 @@ START_TEST(a_greedy_generation_matches_the_reference_bit_for_bit)
     }
     seen sn = {0};
     vs_rt_infinity_gen *g = NULL;
-    ck_assert_msg(vs_rt_infinity_gen_new(m, text, lens, B, cfg, tau, keep, &sn, &g, &err) == VS_OK, "%s", err.msg);
+    const vs_rt_infinity_sampling greedy = {1, 0.0f, NULL};
+    ck_assert_msg(vs_rt_infinity_gen_new(m, text, lens, B, cfg, tau, &greedy, keep, &sn, &g, &err) == VS_OK, "%s",
+                  err.msg);
     static uint8_t bits[B * 16 * 16 * D];
     static float logits[B * 16 * 16 * D * 2];
     double worst_logit = 0;
@@ -332,6 +336,78 @@ START_TEST(a_greedy_generation_matches_the_reference_bit_for_bit)
 END_TEST
 
 
+/* all bits of a generation of the fixture's prompts under `smp` into bits[S][B·l·d], logits alike */
+static void generate(const vs_rt_infinity *m, const vs_rt_infinity_sampling *smp, uint8_t *bits, float *logits)
+{
+    enum { B = 2, S = 7 };
+    const float *text = st_get(&g_gold, "text.kv_compact", NULL);
+    const int32_t *lens = st_get(&g_gold, "text.lens", NULL);
+    float cfg[S], tau[S];
+    for (int s = 0; s < S; s++) {
+        cfg[s] = 3.0f;
+        tau[s] = 0.5f;
+    }
+    vs_rt_infinity_gen *g = NULL;
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_infinity_gen_new(m, text, lens, B, cfg, tau, smp, NULL, NULL, &g, &err) == VS_OK, "%s",
+                  err.msg);
+    size_t at = 0;
+    for (int s = 0; s < S; s++) {
+        ck_assert_int_eq(vs_rt_infinity_gen_scale(g, bits + at, logits + 2 * at), s);
+        at += (size_t)B * g_sched[s][1] * g_sched[s][2] * D;
+    }
+    vs_rt_infinity_gen_free(g);
+}
+
+START_TEST(sampled_bits_follow_the_seed_and_the_rule_on_each_pair_of_logits)
+{
+    enum { N = 2 * 521 * D };
+    vs_rt_infinity *m = NULL;
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_infinity_load(MODEL, &m, &err) == VS_OK, "%s", err.msg);
+    static uint8_t a[N], b[N], c[N];
+    static float la[2 * N], lb[2 * N], lc[2 * N];
+    const uint64_t s1[2] = {11, 12}, s2[2] = {11, 99};
+    const vs_rt_infinity_sampling x1 = {2, 0.0f, s1}, x2 = {2, 0.0f, s2};
+    generate(m, &x1, a, la);
+    generate(m, &x1, b, lb);
+    generate(m, &x2, c, lc);
+    /* the same seeds give the same bits; image 0 keeps its seed in both runs, image 1 does not */
+    ck_assert_int_eq(memcmp(a, b, N), 0);
+    size_t img0 = 0, img1 = 0, at = 0, draws_against = 0;
+    for (int s = 0; s < 7; s++) {
+        size_t per = (size_t)g_sched[s][1] * g_sched[s][2] * D;
+        for (size_t e = 0; e < per; e++) /* an image's bits never depend on its batch-mate */
+            img0 += a[at + e] != c[at + e];
+        for (size_t e = per; e < 2 * per; e++)
+            img1 += a[at + e] != c[at + e];
+        /* each bit is the rule's draw on its pair with its uniform */
+        for (int im = 0; im < 2; im++)
+            for (size_t e = 0; e < per; e++) {
+                size_t k = at + (size_t)im * per + e;
+                uint64_t sw[2 * VS_RT_SAMPLE_SCRATCH_WORDS(2)];
+                vs_rt_sample_scratch ss = {sw};
+                float u = vs_philox_uniform(s1[im], s, (int)e);
+                ck_assert_int_eq(a[k], vs_rt_sample_token(la + 2 * k, 2, 2, 0.0f, u, &ss));
+                draws_against += a[k] != (la[2 * k + 1] > la[2 * k]);
+            }
+        at += 2 * per;
+    }
+    ck_assert_uint_eq(img0, 0);
+    ck_assert_uint_gt(img1, 0);
+    ck_assert_uint_gt(draws_against, 0); /* top-k 2 samples: some bits go against the larger logit */
+    /* top_p 0.97 with top-k 2: a bit whose loser has probability ≤ 0.03 is never drawn against */
+    const vs_rt_infinity_sampling x3 = {2, 0.97f, s1};
+    generate(m, &x3, c, lc);
+    for (size_t k = 0; k < N; k++) {
+        double pl = 1.0 / (1.0 + exp(fabs((double)lc[2 * k + 1] - lc[2 * k])));
+        if (pl <= 0.03)
+            ck_assert_int_eq(c[k], lc[2 * k + 1] > lc[2 * k]);
+    }
+    vs_rt_infinity_free(m);
+}
+END_TEST
+
 START_TEST(the_decoder_loader_names_what_is_wrong)
 {
     char path[] = "/tmp/check_infinity.XXXXXX";
@@ -381,6 +457,7 @@ static Suite *infinity_suite(void)
     tcase_add_test(dec, the_decoder_gives_the_reference_images_from_its_latents);
     tcase_add_test(dec, the_decoder_loader_names_what_is_wrong);
     tcase_add_test(dec, a_greedy_generation_matches_the_reference_bit_for_bit);
+    tcase_add_test(dec, sampled_bits_follow_the_seed_and_the_rule_on_each_pair_of_logits);
     suite_add_tcase(s, dec);
     return s;
 }
