@@ -93,7 +93,8 @@ vs_status vs_rt_infinity_gen_new(const vs_rt_infinity *m, const float *text, con
 void vs_rt_infinity_gen_free(vs_rt_infinity_gen *g);
 
 /* Runs the next scale: bits [B][h][w][d] (0/1) and, when logits is not NULL, the guided logits
- * [B][h·w][d][2]; returns the scale's index, or −1 when every scale is done. */
+ * [B][h·w][d][2]; returns the scale's index, −1 when every scale is done, −2 out of memory (the
+ * scale did not run; it may be tried again). */
 int vs_rt_infinity_gen_scale(vs_rt_infinity_gen *g, uint8_t *bits, float *logits);
 
 /* After the last scale: image b's latent [d][H][W], the decoder's input (runtime/vae.h). */
