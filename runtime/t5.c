@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "runtime/safetensors.h"
+#include "runtime/t5_tok.h"
 
 /* ---- loading ------------------------------------------------------------------------------------ */
 
@@ -278,5 +279,42 @@ done:
     free(tmp);
     free(bias);
     free(p);
+    return st;
+}
+
+vs_status vs_rt_t5_encode_prompts(const vs_rt_t5 *t, const vs_rt_t5_tok *tok, const char *const *prompts, int n,
+                                  int max_len, float **text, int *lens, vs_err *err)
+{
+    *text = NULL;
+    if (n < 1 || max_len < 1)
+        return vs_err_set(err, VS_ERR_INVALID, "T5: %d prompts of %d positions (1.. each)", n, max_len);
+    int D = t->cfg.d_model;
+    int32_t *ids = malloc((size_t)n * max_len * sizeof *ids);
+    float *hid = malloc((size_t)n * max_len * D * sizeof(float));
+    vs_status st = VS_OK;
+    if (!ids || !hid) {
+        st = vs_err_set(err, VS_ERR_NOMEM, "out of memory encoding %d prompts", n);
+        goto done;
+    }
+    for (int i = 0; i < n; i++)
+        if ((st = vs_rt_t5_tokenize(tok, prompts[i], strlen(prompts[i]), max_len, ids + (size_t)i * max_len, &lens[i],
+                                    err)) != VS_OK) {
+            vs_err_wrap(err, "prompt %d", i);
+            goto done;
+        }
+    if ((st = vs_rt_t5_encode(t, ids, lens, n, max_len, hid, err)) != VS_OK)
+        goto done;
+    size_t rows = 0;
+    for (int i = 0; i < n; i++)
+        rows += (size_t)lens[i];
+    if (!(*text = malloc(rows * D * sizeof(float)))) {
+        st = vs_err_set(err, VS_ERR_NOMEM, "out of memory for %zu text rows", rows);
+        goto done;
+    }
+    for (int i = 0, at = 0; i < n; at += lens[i++])
+        memcpy(*text + (size_t)at * D, hid + (size_t)i * max_len * D, (size_t)lens[i] * D * sizeof(float));
+done:
+    free(ids);
+    free(hid);
     return st;
 }

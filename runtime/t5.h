@@ -65,4 +65,12 @@ int vs_rt_t5_bucket(const vs_rt_t5_config *c, int rel);
 vs_status vs_rt_t5_encode(const vs_rt_t5 *t, const int32_t *ids, const int *lens, int n, int len, float *out,
                           vs_err *err);
 
+/* Infinity's prompt encoding (its encode_prompt): each prompt tokenized to max_len positions
+ * (runtime/t5_tok.h; Infinity uses 512), encoded, and only its lens[i] valid rows kept,
+ * concatenated in prompt order: *text [Σ lens][d_model] (malloc'd, the caller frees), the
+ * transformer's text input. VS_ERR_INVALID names the prompt; VS_ERR_NOMEM. */
+struct vs_rt_t5_tok;
+vs_status vs_rt_t5_encode_prompts(const vs_rt_t5 *t, const struct vs_rt_t5_tok *tok, const char *const *prompts,
+                                  int n, int max_len, float **text, int *lens, vs_err *err);
+
 #endif

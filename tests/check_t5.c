@@ -296,6 +296,43 @@ START_TEST(the_tokenizer_refuses_invalid_utf8_naming_the_byte_and_a_file_that_is
 }
 END_TEST
 
+START_TEST(encoding_prompts_keeps_each_ones_valid_rows_in_order)
+{
+    /* Infinity's encode_prompt: tokenize, encode, keep lens rows each, concatenated */
+    enum { D = 64 };
+    vs_rt_t5_tok *tok = NULL;
+    vs_err err = {0};
+    ck_assert_int_eq(vs_rt_t5_tok_load(SPIECE, &tok, &err), VS_OK);
+    float *text = NULL, *one = NULL;
+    int lens[4], len0;
+    ck_assert_msg(vs_rt_t5_encode_prompts(g_t5, tok, PROMPTS, 4, 32, &text, lens, &err) == VS_OK, "%s", err.msg);
+    size_t n;
+    const float *want = gold_f32("last_hidden_state", &n);
+    const int32_t *gl = st_get(&g_gold, "lens", NULL);
+    size_t at = 0;
+    for (int p = 0; p < 4; p++) {
+        ck_assert_int_eq(lens[p], gl[p]);
+        for (int i = 0; i < lens[p]; i++, at++)
+            for (int d = 0; d < D; d++)
+                ck_assert_msg(fabs((double)text[at * D + d] - want[((size_t)p * 32 + i) * D + d]) <= TOL,
+                              "prompt %d row %d", p, i);
+    }
+    /* padded to 512 as Infinity pads: the same rows, bit for bit */
+    ck_assert_int_eq(vs_rt_t5_encode_prompts(g_t5, tok, PROMPTS, 1, 512, &one, &len0, &err), VS_OK);
+    ck_assert_int_eq(len0, lens[0]);
+    ck_assert_int_eq(memcmp(one, text, (size_t)len0 * D * sizeof(float)), 0);
+    /* a bad prompt is named */
+    const char *bad[2] = {"a cat", "a \xE7"};
+    free(one);
+    one = NULL;
+    ck_assert_int_eq(vs_rt_t5_encode_prompts(g_t5, tok, bad, 2, 32, &one, lens, &err), VS_ERR_INVALID);
+    ck_assert_msg(strstr(err.msg, "prompt 1") && strstr(err.msg, "UTF-8"), "%s", err.msg);
+    ck_assert_ptr_null(one);
+    free(text);
+    vs_rt_t5_tok_free(tok);
+}
+END_TEST
+
 static Suite *t5_suite(void)
 {
     Suite *s = suite_create("t5");
@@ -309,6 +346,7 @@ static Suite *t5_suite(void)
     tcase_add_test(ref, encode_refuses_ids_outside_the_vocabulary_and_bad_lengths);
     tcase_add_test(ref, the_tokenizer_gives_the_reference_ids_for_every_prompt);
     tcase_add_test(ref, the_tokenizer_refuses_invalid_utf8_naming_the_byte_and_a_file_that_is_not_a_model);
+    tcase_add_test(ref, encoding_prompts_keeps_each_ones_valid_rows_in_order);
     suite_add_tcase(s, ref);
     TCase *ld = tcase_create("load");
     tcase_add_test(ld, load_refuses_another_feed_forward_or_a_shape_the_config_does_not_imply);
