@@ -442,6 +442,39 @@ START_TEST(the_decoder_loader_names_what_is_wrong)
 }
 END_TEST
 
+START_TEST(corrupted_files_are_refused_with_a_message_or_load_never_crash)
+{
+    /* 60 files with 1–8 random bytes in the header, 20 cut short: each is refused with one line
+     * naming what is wrong, or loads (a byte inside a string value, say); under ASan/UBSan in
+     * make test nothing may read out of bounds */
+    char path[] = "/tmp/check_infinity_corrupt.XXXXXX";
+    int fd = mkstemp(path);
+    ck_assert_int_ge(fd, 0);
+    close(fd);
+    st_file f;
+    ck_assert_int_eq(st_open(&f, MODEL), 0);
+    size_t hdr = f.data_start, len = f.len;
+    st_close(&f);
+    uint32_t rng = 2026;
+    int refused = 0;
+    for (int i = 0; i < 80; i++) {
+        size_t cut = (size_t)(i - 60) * (len / 20) + (size_t)(i % 7);
+        ck_assert_int_eq(st_write_corrupt(MODEL, path, i < 60 ? hdr : cut, i < 60 ? 1 + i % 8 : 0, &rng), 0);
+        vs_rt_infinity *m = NULL;
+        vs_err err = {0};
+        vs_status st = vs_rt_infinity_load(path, &m, &err);
+        if (st == VS_OK) {
+            vs_rt_infinity_free(m);
+        } else {
+            refused++;
+            ck_assert_msg(err.msg[0] && !strchr(err.msg, '\n'), "case %d: an empty or multi-line message", i);
+        }
+    }
+    ck_assert_int_ge(refused, 60);
+    unlink(path);
+}
+END_TEST
+
 static Suite *infinity_suite(void)
 {
     Suite *s = suite_create("infinity");
@@ -456,6 +489,7 @@ static Suite *infinity_suite(void)
     tcase_set_timeout(dec, 120);
     tcase_add_test(dec, the_decoder_gives_the_reference_images_from_its_latents);
     tcase_add_test(dec, the_decoder_loader_names_what_is_wrong);
+    tcase_add_test(dec, corrupted_files_are_refused_with_a_message_or_load_never_crash);
     tcase_add_test(dec, a_greedy_generation_matches_the_reference_bit_for_bit);
     tcase_add_test(dec, sampled_bits_follow_the_seed_and_the_rule_on_each_pair_of_logits);
     suite_add_tcase(s, dec);

@@ -107,6 +107,29 @@ static inline int st_write_variant(const char *src, const char *path, const char
     return rc;
 }
 
+/* Writes `path`: the file `src` with `flips` bytes of its first `span` bytes (the header, where
+ * loaders parse) set to pseudo-random values drawn from *rng, or (flips 0) cut to `span` bytes.
+ * Returns 0, or −1. For corruption sweeps: a loader must refuse or load such a file, never crash. */
+static inline int st_write_corrupt(const char *src, const char *path, size_t span, int flips, uint32_t *rng)
+{
+    st_file f;
+    if (st_open(&f, src) != 0)
+        return -1;
+    size_t n = flips ? f.len : (span < f.len ? span : f.len);
+    if (flips)
+        for (int i = 0; i < flips; i++) {
+            *rng = *rng * 1664525u + 1013904223u;
+            size_t at = (*rng >> 8) % (span < f.len ? span : f.len);
+            *rng = *rng * 1664525u + 1013904223u;
+            f.buf[at] = (unsigned char)(*rng >> 24);
+        }
+    FILE *o = fopen(path, "wb");
+    int ok = o && fwrite(f.buf, 1, n, o) == n;
+    ok = (o && fclose(o) == 0) && ok;
+    st_close(&f);
+    return ok ? 0 : -1;
+}
+
 static void st_close(st_file *f)
 {
     cJSON_Delete(f->hdr);
