@@ -303,6 +303,7 @@ vs_status vs_rt_infinity_load(const char *path, vs_rt_infinity **out, vs_err *er
     m->data = ld.data;
     m->data_bytes = ld.bytes;
     m->n_params = ld.n_params;
+    m->has_checksum = ld.has_checksum;
     m->rope = ld.extra;
     rope_table(&m->cfg, m->rope);
     *out = m;

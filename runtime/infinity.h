@@ -60,6 +60,7 @@ typedef struct {
     vs_rt_weights w;                     /* its weights (the VAR transformer's pointers NULL) */
     float *data;                         /* the one F32 allocation everything points into */
     size_t data_bytes, n_params;
+    int has_checksum;                    /* the metadata's data_crc32 was there (and matched) */
 } vs_rt_infinity;
 
 /* VS_ERR_IO, VS_ERR_INVALID (the message names the field or tensor), VS_ERR_NOMEM. */

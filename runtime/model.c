@@ -305,9 +305,15 @@ vs_status vs_rt_model_load(const char *path, vs_rt_model **out, vs_err *err)
     const cJSON *ver = cJSON_GetObjectItemCaseSensitive(md, "version");
     const cJSON *cfg = cJSON_GetObjectItemCaseSensitive(md, "config");
     if (!cJSON_IsString(fmt) || strcmp(fmt->valuestring, "varserve-model") != 0) {
-        st = vs_err_set(err, VS_ERR_INVALID,
-                        "metadata 'format' must be \"varserve-model\" (got %s)",
-                        cJSON_IsString(fmt) ? fmt->valuestring : "nothing");
+        const char *fam = vs_st_family(&f);
+        if (fam)
+            st = vs_err_set(err, VS_ERR_INVALID,
+                            "'%s' is %s model, not a VAR one: only VAR models are served and generated so far "
+                            "(varserve inspect shows it)",
+                            path, fam);
+        else
+            st = vs_err_set(err, VS_ERR_INVALID, "metadata 'format' must be \"varserve-model\" (got %s)",
+                            cJSON_IsString(fmt) ? fmt->valuestring : "nothing");
         goto fail;
     }
     if (!cJSON_IsString(ver) || strcmp(ver->valuestring, "1") != 0) {

@@ -207,6 +207,18 @@ fail:
     return st;
 }
 
+const char *vs_st_family(const vs_st_file *f)
+{
+    const cJSON *cs = f->meta ? cJSON_GetObjectItemCaseSensitive(f->meta, "config") : NULL;
+    cJSON *c = cJSON_IsString(cs) ? cJSON_Parse(cs->valuestring) : NULL;
+    const cJSON *arch = cJSON_GetObjectItemCaseSensitive(c, "arch"), *mt = cJSON_GetObjectItemCaseSensitive(c, "model_type");
+    const char *fam = cJSON_IsString(arch) && strcmp(arch->valuestring, "infinity") == 0 ? "an Infinity"
+                      : cJSON_IsString(mt) && strcmp(mt->valuestring, "t5") == 0      ? "a T5 text encoder"
+                                                                                        : NULL;
+    cJSON_Delete(c);
+    return fam;
+}
+
 /* ---- conversion -------------------------------------------------------------------------------- */
 
 static float half_to_float(uint16_t h)

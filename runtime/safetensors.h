@@ -61,6 +61,10 @@ typedef struct {
     uint64_t data_start, data_len;  /* the data section, after the header */
 } vs_st_file;
 
+/* Which family a non-VAR file's metadata config names: "an Infinity" (arch "infinity"), "a T5
+ * text encoder" (model_type "t5"), or NULL. For messages and `inspect`. */
+const char *vs_st_family(const vs_st_file *f);
+
 /* Opens and maps `path` and parses its header. On failure *f is closed. VS_ERR_IO, VS_ERR_INVALID,
  * VS_ERR_NOMEM. */
 vs_status vs_st_open(vs_st_file *f, const char *path, vs_err *err);

@@ -118,6 +118,7 @@ vs_status vs_rt_t5_load(const char *path, vs_rt_t5 **out, vs_err *err)
     t->data = ld.data;
     t->data_bytes = ld.bytes;
     t->n_params = ld.n_params;
+    t->has_checksum = ld.has_checksum;
     *out = t;
     t = NULL;
 fail:

@@ -46,6 +46,7 @@ typedef struct vs_rt_t5 {
     vs_rt_t5_block_w *blocks; /* [num_layers] */
     float *data;             /* the one F32 allocation the weights point into */
     size_t data_bytes, n_params;
+    int has_checksum;        /* the metadata's data_crc32 was there (and matched) */
 } vs_rt_t5;
 
 /* Loads and validates `path` (messages name the field or tensor). VS_ERR_IO, VS_ERR_INVALID,

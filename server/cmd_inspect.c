@@ -1,9 +1,90 @@
 /* server/cmd_inspect.c — `varserve inspect [--verify] MODEL`: the model file's shapes, sizes and KV
- * footprint; loading it checks everything, the data checksum too when the file has one. */
+ * footprint; loading it checks everything, the data checksum too when the file has one. An
+ * Infinity model or a T5 encoder (the library's other families, not served yet) is loaded and
+ * summarised too. */
 #include <stdio.h>
 #include <string.h>
 
+#include "runtime/infinity.h"
+#include "runtime/safetensors.h"
+#include "runtime/t5.h"
 #include "server/cmd.h"
+
+/* the family a file's metadata names, when it is not a VAR model (safetensors.h), else NULL */
+static const char *family_of(const char *path)
+{
+    vs_st_file f;
+    vs_err err = {0};
+    if (vs_st_open(&f, path, &err) != VS_OK)
+        return NULL; /* the VAR loader says what is wrong */
+    const char *fam = vs_st_family(&f);
+    vs_st_close(&f);
+    return fam;
+}
+
+static int no_checksum(const char *path)
+{
+    fprintf(stderr, "varserve: %s has no data_crc32 in its metadata, so its data cannot be verified\n", path);
+    return 1;
+}
+
+/* An Infinity model or a T5 encoder: what the library holds of them (they are not served yet). */
+static int inspect_other(const char *path, const char *fam, int verify)
+{
+    vs_err err = {0};
+    if (strcmp(fam, "a T5 text encoder") == 0) {
+        vs_rt_t5 *t = NULL;
+        if (vs_rt_t5_load(path, &t, &err) != VS_OK) {
+            fprintf(stderr, "varserve: %s\n", err.msg);
+            return 1;
+        }
+        if (verify && !t->has_checksum) {
+            vs_rt_t5_free(t);
+            return no_checksum(path);
+        }
+        const vs_rt_t5_config *c = &t->cfg;
+        printf("model:            %s\n", path);
+        printf("family:           T5 text encoder (Infinity's prompts; not served on its own)\n");
+        printf("checksum:         %s\n", t->has_checksum ? "data CRC-32 matches the metadata's data_crc32" : "none");
+        printf("parameters:       %zu (%.2f M)\n", t->n_params, (double)t->n_params / 1e6);
+        printf("encoder:          %d layers, width %d, %d heads of %d, gated-GELU ffn %d, vocabulary %d\n",
+               c->num_layers, c->d_model, c->num_heads, c->d_kv, c->d_ff, c->vocab_size);
+        printf("weights in memory: %.2f MB (F32)\n", (double)t->data_bytes / 1e6);
+        vs_rt_t5_free(t);
+        return 0;
+    }
+    vs_rt_infinity *m = NULL;
+    if (vs_rt_infinity_load(path, &m, &err) != VS_OK) {
+        fprintf(stderr, "varserve: %s\n", err.msg);
+        return 1;
+    }
+    if (verify && !m->has_checksum) {
+        vs_rt_infinity_free(m);
+        return no_checksum(path);
+    }
+    const vs_rt_infinity_config *c = &m->cfg;
+    int H = c->hw[c->n_scales - 1][0], W = c->hw[c->n_scales - 1][1], tokens = 0;
+    printf("model:            %s\n", path);
+    printf("family:           Infinity (text to image, bitwise tokens; not served yet)\n");
+    printf("checksum:         %s\n", m->has_checksum ? "data CRC-32 matches the metadata's data_crc32" : "none");
+    printf("parameters:       %zu (%.2f M)\n", m->n_params, (double)m->n_params / 1e6);
+    printf("transformer:      depth %d, width %d, %d heads of %d, ffn %d, text width %d (up to %d tokens)\n",
+           c->depth, c->C, c->heads, c->head_dim, c->ffn, c->Ct5, c->text_maxlen);
+    printf("scales:           ");
+    for (int s = 0; s < c->n_scales; s++) {
+        printf("%s%dx%d", s ? "," : "", c->hw[s][0], c->hw[s][1]);
+        tokens += c->hw[s][0] * c->hw[s][1];
+    }
+    printf(" (%d tokens of %d bits)\n", tokens, c->d);
+    printf("decoder:          ch %d, mult ", m->dec.vae_ch);
+    for (int i = 0; i < m->dec.n_levels; i++)
+        printf("%s%d", i ? "," : "", m->dec.vae_ch_mult[i]);
+    printf(", %d res blocks per level\n", m->dec.vae_num_res_blocks + 1);
+    printf("image:            %dx%d RGB\n", H * (m->dec.image_size / H), W * (m->dec.image_size / H));
+    printf("weights in memory: %.2f MB (F32)\n", (double)m->data_bytes / 1e6);
+    vs_rt_infinity_free(m);
+    return 0;
+}
 
 int vs_srv_cmd_inspect(int argc, char **argv)
 {
@@ -13,8 +94,12 @@ int vs_srv_cmd_inspect(int argc, char **argv)
                               "", "");
     vs_err err = {0};
     vs_rt_model *m = NULL;
+    const char *path = argv[2 + verify];
+    const char *fam = family_of(path);
+    if (fam)
+        return inspect_other(path, fam, verify);
     /* loading checks everything, the checksum too when the file has one */
-    if (vs_rt_model_load(argv[2 + verify], &m, &err) != VS_OK) {
+    if (vs_rt_model_load(path, &m, &err) != VS_OK) {
         fprintf(stderr, "varserve: %s\n", err.msg);
         return 1;
     }

@@ -143,6 +143,18 @@ with tempfile.TemporaryDirectory() as d:
     check("inspect: parameters, image size, kv bytes",
           "4051463" in out and "256x256" in out and "2.79 MB" in out, out)
 
+    # the library's other families: inspect summarises them, the VAR commands refuse them by name
+    rc, out, err = run("inspect", "tests/fixtures/infinity-tiny/model.safetensors")
+    check("inspect an Infinity model: family, depth, scales, bits",
+          rc == 0 and "Infinity" in out and "depth 3" in out and "521 tokens of 32 bits" in out, out + err)
+    rc, out, err = run("inspect", "tests/fixtures/t5-tiny/model.safetensors")
+    check("inspect a T5 encoder: family and shape",
+          rc == 0 and "T5 text encoder" in out and "2 layers, width 64" in out, out + err)
+    rc, out, err = run("generate", "--model", "tests/fixtures/infinity-tiny/model.safetensors", "--labels", "1",
+                       "--out", f"{d}/inf.png")
+    check("generate with an Infinity model: refused, naming the family",
+          rc != 0 and "is an Infinity model, not a VAR one" in err and "inspect" in err, (rc, err))
+
     # bench prints every policy's capacity and the images/s table
     rc, out, err = run("bench", "--model", TINY, "--batch", "1", "--reps", "1", "--backend", "cpu")
     check("bench exits 0", rc == 0, err)
