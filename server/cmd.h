@@ -9,6 +9,7 @@
 #define VS_SRV_CMD_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "common/status.h"
 #include "kvcache/policy.h"
@@ -72,6 +73,14 @@ size_t vs_srv_cli_page_bytes(const vs_rt_config *c, int elem_bytes);
 /* A pool in be's memory that holds `images` images at pol's peak; NULL with err set on failure. */
 vs_kv_pool *vs_srv_cli_pool_for(const vs_rt_model *m, vs_rt_backend *be, const vs_kv_policy *pol,
                                 int images, vs_err *err);
+
+/* Whether `path` is an Infinity model (its metadata says so), which generate runs by prompts. */
+int vs_srv_cli_family(const char *path);
+
+/* generate with an Infinity model (cmd_generate_infinity.c): n prompts (≤ 256), image i with seed
+ * seed + i, to <out>-<i>.png. */
+int vs_srv_generate_infinity(const vs_srv_cli_opts *o, const char *const *prompts, int n, uint64_t seed,
+                             const char *t5_path, const char *spiece, double tau, const char *out);
 
 /* The commands: argv[0] is the program, argv[1] the command's name. */
 int vs_srv_cmd_generate(int argc, char **argv);

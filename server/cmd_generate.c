@@ -1,5 +1,6 @@
 /* server/cmd_generate.c — `varserve generate`: images of the given labels to PNG files, and
- * optionally their tokens to JSON (the reference fixtures' format). FP32 unless --precision bf16 is asked. */
+ * optionally their tokens to JSON (the reference fixtures' format). FP32 unless --precision bf16 is asked.
+ * With an Infinity model, images of the given prompts (cmd_generate_infinity.c). */
 #include <cjson/cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -37,10 +38,13 @@ int vs_srv_cmd_generate(int argc, char **argv)
 {
     vs_srv_cli_opts o = vs_srv_cli_defaults();
     o.fp32 = 1; /* generate reproduces the reference exactly unless --precision bf16 is asked */
-    const char *labels = NULL, *out = NULL, *tokens_out = NULL;
+    const char *labels = NULL, *out = NULL, *tokens_out = NULL, *t5 = NULL, *spiece = NULL, *tau_s = NULL;
+    const char *prompts[256];
+    int n_prompts = 0;
     unsigned long long seed = 0;
     static const char *const flags[] = {NULL};
-    static const char *const valued[] = {"--labels", "--seed", "--out", "--tokens-out", NULL};
+    static const char *const valued[] = {"--labels", "--seed", "--out", "--tokens-out", "--prompt", "--t5",
+                                         "--spiece", "--tau", NULL};
     for (int i = 2; i < argc; i++) {
         const char *k, *v;
         int r = vs_srv_cli_next(&o, "generate", flags, valued, argc, argv, &i, &k, &v);
@@ -54,9 +58,35 @@ int vs_srv_cmd_generate(int argc, char **argv)
             out = v;
         else if (strcmp(k, "--tokens-out") == 0)
             tokens_out = v;
+        else if (strcmp(k, "--prompt") == 0) {
+            if (n_prompts == 256)
+                return vs_srv_cli_bad("--prompt may be given at most 256 times%s%s", "", "");
+            prompts[n_prompts++] = v;
+        } else if (strcmp(k, "--t5") == 0)
+            t5 = v;
+        else if (strcmp(k, "--spiece") == 0)
+            spiece = v;
+        else if (strcmp(k, "--tau") == 0)
+            tau_s = v;
         else if (vs_cli_u64(v, &seed) != 0)
             return vs_srv_cli_bad("--seed must be an integer 0..2^64-1 (got '%s')%s", v, "");
     }
+    if (vs_srv_cli_family(o.model)) { /* a text-to-image model: prompts, not labels */
+        double tau = 1.0;
+        if (labels || tokens_out)
+            return vs_srv_cli_bad("'%s' is an Infinity model: it takes --prompt TEXT (one per image), not %s",
+                                  o.model, labels ? "--labels" : "--tokens-out");
+        if (!n_prompts)
+            return vs_srv_cli_bad("generate with an Infinity model needs --prompt TEXT (once per image)%s%s", "", "");
+        if (!out)
+            return vs_srv_cli_bad("generate needs --out PREFIX (images are written to PREFIX-<i>.png)%s%s", "", "");
+        if (tau_s && vs_cli_double(tau_s, 1e-3, 100.0, &tau) != 0)
+            return vs_srv_cli_bad("--tau must be a number 0.001..100 (got '%s')%s", tau_s, "");
+        return vs_srv_generate_infinity(&o, prompts, n_prompts, seed, t5, spiece, tau, out);
+    }
+    if (n_prompts || t5 || spiece || tau_s)
+        return vs_srv_cli_bad("%s is for Infinity models; '%s' is a class-conditional VAR model (use --labels)",
+                              n_prompts ? "--prompt" : t5 ? "--t5" : spiece ? "--spiece" : "--tau", o.model);
     if (!labels)
         return vs_srv_cli_bad("generate needs --labels, e.g. --labels 3,7%s%s", "", "");
     if (!out)

@@ -18,7 +18,10 @@ static const struct {
     {"generate", "--model M --labels 3,7 [--seed S] [--cfg X] [--top-k K] [--top-p P]\n"
                  "            [--threads N] [--backend auto|cpu|cuda] [--precision bf16|fp32]\n"
                  "            [--kv-policy P] [--kv-budget B]\n"
-                 "            --out PREFIX [--tokens-out FILE.json]\n"},
+                 "            --out PREFIX [--tokens-out FILE.json]\n"
+                 "          an Infinity model: --model M --t5 T5 --spiece SPM --prompt TEXT [--prompt ...]\n"
+                 "            [--seed S] [--cfg 3] [--tau 1] [--top-k 900] [--top-p 0.97] [--backend B]\n"
+                 "            --out PREFIX (FP32 on the host, slow: for trying a model)\n"},
     {"bench", "--model M [--batch 1,8] [--reps 3] [--kv-policy P] [--kv-budget B]\n"
               "            [--pool-mb MB] [--json] [sampling and backend options as for generate]\n"
               "            --json: one JSON object per batch size (images/s, phase times, device\n"

@@ -89,6 +89,44 @@ def check_device_metric_lines(label, body):
               f"# HELP {name} " in body and f"# TYPE {name} {kind}\n" in body, body[-2000:])
 
 
+def write_random_t5(path, d_model, vocab, seed=1):
+    """A T5EncoderModel file with random weights (one layer, 4 heads of 16, d_ff 128) in the layout
+    runtime/t5.h reads: for runs that need an encoder of a given width, not for numbers."""
+    import array
+    import random
+    rng = random.Random(seed)
+    hk, ff = 64, 128
+    shapes = {"shared.weight": (vocab, d_model), "encoder.final_layer_norm.weight": (d_model,),
+              "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": (32, 4),
+              "encoder.block.0.layer.0.layer_norm.weight": (d_model,),
+              "encoder.block.0.layer.0.SelfAttention.q.weight": (hk, d_model),
+              "encoder.block.0.layer.0.SelfAttention.k.weight": (hk, d_model),
+              "encoder.block.0.layer.0.SelfAttention.v.weight": (hk, d_model),
+              "encoder.block.0.layer.0.SelfAttention.o.weight": (d_model, hk),
+              "encoder.block.0.layer.1.layer_norm.weight": (d_model,),
+              "encoder.block.0.layer.1.DenseReluDense.wi_0.weight": (ff, d_model),
+              "encoder.block.0.layer.1.DenseReluDense.wi_1.weight": (ff, d_model),
+              "encoder.block.0.layer.1.DenseReluDense.wo.weight": (d_model, ff)}
+    config = {"model_type": "t5", "d_model": d_model, "d_kv": 16, "num_heads": 4, "d_ff": ff, "num_layers": 1,
+              "vocab_size": vocab, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+              "layer_norm_epsilon": 1e-6, "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new"}
+    header, blobs, at = {"__metadata__": {"config": json.dumps(config)}}, [], 0
+    for name, shape in shapes.items():
+        n = 1
+        for x in shape:
+            n *= x
+        scale = 1.0 if len(shape) == 1 or name == "shared.weight" else shape[1] ** -0.5
+        data = array.array("f", (1.0 + 0.1 * rng.gauss(0, 1) if len(shape) == 1 else scale * rng.gauss(0, 1)
+                                 for _ in range(n))).tobytes()
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [at, at + len(data)]}
+        blobs.append(data)
+        at += len(data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
 def png_size(path):
     with open(path, "rb") as f:
         data = f.read()
@@ -152,8 +190,35 @@ with tempfile.TemporaryDirectory() as d:
           rc == 0 and "T5 text encoder" in out and "2 layers, width 64" in out, out + err)
     rc, out, err = run("generate", "--model", "tests/fixtures/infinity-tiny/model.safetensors", "--labels", "1",
                        "--out", f"{d}/inf.png")
-    check("generate with an Infinity model: refused, naming the family",
-          rc != 0 and "is an Infinity model, not a VAR one" in err and "inspect" in err, (rc, err))
+    check("generate --labels with an Infinity model: exit 2, it takes --prompt",
+          rc == 2 and "is an Infinity model: it takes --prompt" in err, (rc, err))
+    rc, out, err = run("bench", "--model", "tests/fixtures/infinity-tiny/model.safetensors", "--batch", "1")
+    check("bench with an Infinity model: refused naming the family",
+          rc != 0 and "is an Infinity model, not a VAR one" in err, (rc, err))
+
+    # an Infinity model generates from prompts (the library's FP32 host path), with an encoder of
+    # its text width (a random one here: the fixtures' T5 is 64 wide, the Infinity fixture reads 256)
+    INF, SPM = "tests/fixtures/infinity-tiny/model.safetensors", "tests/fixtures/t5-tiny/spiece.model"
+    t5 = f"{d}/t5-256.safetensors"
+    write_random_t5(t5, 256, 500)
+    args = ["generate", "--model", INF, "--t5", t5, "--spiece", SPM, "--prompt", "a photo of a cat",
+            "--prompt", "an oil painting of the moon", "--seed", "5", "--out"]
+    rc, out, err = run(*args, f"{d}/inf-a")
+    rc2, _, err2 = run(*args, f"{d}/inf-b")
+    check("generate with an Infinity model: two 256x256 PNGs", rc == 0 and rc2 == 0 and
+          png_size(f"{d}/inf-a-0.png")[:2] == (256, 256) and png_size(f"{d}/inf-a-1.png")[:2] == (256, 256), err + err2)
+    same = open(f"{d}/inf-a-0.png", "rb").read() == open(f"{d}/inf-b-0.png", "rb").read()
+    check("Infinity generation: the same prompt and seed give the same PNG bytes", rc == 0 and same)
+    check("Infinity generation: two prompts give two images",
+          rc == 0 and open(f"{d}/inf-a-0.png", "rb").read() != open(f"{d}/inf-a-1.png", "rb").read())
+    rc, _, err = run("generate", "--model", INF, "--spiece", SPM, "--prompt", "a cat", "--out", f"{d}/x")
+    check("Infinity without --t5: exit 2 naming --t5", rc == 2 and "--t5" in err, (rc, err))
+    rc, _, err = run("generate", "--model", INF, "--t5", "tests/fixtures/t5-tiny/model.safetensors",
+                     "--spiece", SPM, "--prompt", "a cat", "--out", f"{d}/x")
+    check("Infinity with an encoder of another width: exit 2 naming both widths",
+          rc == 2 and "64-wide" in err and "reads 256" in err, (rc, err))
+    rc, _, err = run("generate", "--model", TINY, "--labels", "1", "--prompt", "a cat", "--out", f"{d}/x")
+    check("--prompt with a VAR model: exit 2, use --labels", rc == 2 and "--labels" in err, (rc, err))
 
     # bench prints every policy's capacity and the images/s table
     rc, out, err = run("bench", "--model", TINY, "--batch", "1", "--reps", "1", "--backend", "cpu")
