@@ -527,19 +527,20 @@ def patch_crc32(f, hjson, crc):
     f.write(b'%08x' % (crc & 0xffffffff))
 
 
-def write_model(out, cfg, kept, archives, dtype):
+def write_safetensors(out, metadata, entries, dtype, tool='convert_var'):
+    """Writes `out` (atomically: a .tmp renamed): entries (name, shape, read) in name order, read()
+    giving the tensor as float32; F32, or BF16 rounded to nearest even; the header's metadata with
+    a data_crc32 of the data. Warns about non-finite values (the loader refuses them). Returns the
+    file's size."""
     st_dtype, item = ('BF16', 2) if dtype == 'bf16' else ('F32', 4)
-    names = sorted(kept)
+    entries = sorted(entries, key=lambda e: e[0])
     header = collections.OrderedDict()
-    header['__metadata__'] = collections.OrderedDict(
-        [('format', 'varserve-model'), ('version', '1'), ('config', json.dumps(cfg)),
-         ('data_crc32', '00000000')])  # patched once the data is written
+    header['__metadata__'] = collections.OrderedDict(list(metadata.items()) + [('data_crc32', '00000000')])
     pos = 0
-    for n in names:
-        t = kept[n][2]
-        nbytes = t.numel * item
-        header[n] = collections.OrderedDict(
-            [('dtype', st_dtype), ('shape', list(t.shape)), ('data_offsets', [pos, pos + nbytes])])
+    for name, shape, _ in entries:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * item
+        header[name] = collections.OrderedDict(
+            [('dtype', st_dtype), ('shape', list(shape)), ('data_offsets', [pos, pos + nbytes])])
         pos += nbytes
     hjson = json.dumps(header, separators=(',', ':')).encode('utf-8')
     hjson += b' ' * (-len(hjson) % 8)
@@ -549,13 +550,12 @@ def write_model(out, cfg, kept, archives, dtype):
             f.write(len(hjson).to_bytes(8, 'little'))
             f.write(hjson)
             crc = 0
-            for n in names:
-                ai, src, t = kept[n]
-                arr = archives[ai].read(t, src)
-                data = f32_to_bf16_bits(arr) if dtype == 'bf16' else arr
+            for name, _, read in entries:
+                arr = read()
+                data = f32_to_bf16_bits(arr) if dtype == 'bf16' else np.asarray(arr, dtype='<f4')
                 if not np.all(np.isfinite(arr)):
-                    print('convert_var: warning: tensor %s has non-finite values (varserve refuses to '
-                          'load such a file)' % n, file=sys.stderr)
+                    print('%s: warning: tensor %s has non-finite values (varserve refuses to load such a '
+                          'file)' % (tool, name), file=sys.stderr)
                 raw = data.tobytes(order='C')
                 crc = zlib.crc32(raw, crc)
                 f.write(raw)
@@ -566,6 +566,12 @@ def write_model(out, cfg, kept, archives, dtype):
             os.unlink(tmp)
         raise
     return 8 + len(hjson) + pos
+
+
+def write_model(out, cfg, kept, archives, dtype):
+    metadata = collections.OrderedDict([('format', 'varserve-model'), ('version', '1'), ('config', json.dumps(cfg))])
+    entries = [(n, kept[n][2].shape, (lambda n=n: archives[kept[n][0]].read(kept[n][2], kept[n][1]))) for n in kept]
+    return write_safetensors(out, metadata, entries, dtype)
 
 
 # ----------------------------------------------------------------------------------------------
