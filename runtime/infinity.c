@@ -36,8 +36,8 @@ static vs_status parse_decoder(const char *json, vs_rt_config *c, vs_err *err)
         goto done;
     if (patch != 1 << (c->n_levels - 1)) {
         st = vs_err_set(err, VS_ERR_INVALID,
-                        "config: vae_patch_size %d disagrees with vae_ch_mult's %d levels (the decoder upsamples "
-                        "2^(levels - 1) = %d times)",
+                        "config: vae_patch_size %d disagrees with vae_ch_mult's %d levels (the decoder upsamples by "
+                        "2^(levels - 1) = %d)",
                         patch, c->n_levels, 1 << (c->n_levels - 1));
         goto done;
     }

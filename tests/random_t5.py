@@ -1,0 +1,42 @@
+"""tests/random_t5.py — a T5 encoder file with random weights, for the tests that need an encoder
+of a given width and not its numbers (test_cli.py, test_convert_infinity.py). python3 only."""
+import json
+import struct
+
+
+def write_random_t5(path, d_model, vocab, seed=1):
+    """A T5EncoderModel file with random weights (one layer, 4 heads of 16, d_ff 128) in the layout
+    runtime/t5.h reads: for runs that need an encoder of a given width, not for numbers."""
+    import array
+    import random
+    rng = random.Random(seed)
+    hk, ff = 64, 128
+    shapes = {"shared.weight": (vocab, d_model), "encoder.final_layer_norm.weight": (d_model,),
+              "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": (32, 4),
+              "encoder.block.0.layer.0.layer_norm.weight": (d_model,),
+              "encoder.block.0.layer.0.SelfAttention.q.weight": (hk, d_model),
+              "encoder.block.0.layer.0.SelfAttention.k.weight": (hk, d_model),
+              "encoder.block.0.layer.0.SelfAttention.v.weight": (hk, d_model),
+              "encoder.block.0.layer.0.SelfAttention.o.weight": (d_model, hk),
+              "encoder.block.0.layer.1.layer_norm.weight": (d_model,),
+              "encoder.block.0.layer.1.DenseReluDense.wi_0.weight": (ff, d_model),
+              "encoder.block.0.layer.1.DenseReluDense.wi_1.weight": (ff, d_model),
+              "encoder.block.0.layer.1.DenseReluDense.wo.weight": (d_model, ff)}
+    config = {"model_type": "t5", "d_model": d_model, "d_kv": 16, "num_heads": 4, "d_ff": ff, "num_layers": 1,
+              "vocab_size": vocab, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
+              "layer_norm_epsilon": 1e-6, "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new"}
+    header, blobs, at = {"__metadata__": {"config": json.dumps(config)}}, [], 0
+    for name, shape in shapes.items():
+        n = 1
+        for x in shape:
+            n *= x
+        scale = 1.0 if len(shape) == 1 or name == "shared.weight" else shape[1] ** -0.5
+        data = array.array("f", (1.0 + 0.1 * rng.gauss(0, 1) if len(shape) == 1 else scale * rng.gauss(0, 1)
+                                 for _ in range(n))).tobytes()
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [at, at + len(data)]}
+        blobs.append(data)
+        at += len(data)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
