@@ -1,6 +1,7 @@
 /* runtime/infinity.c — see infinity.h. Linears are OpenBLAS sgemm over all rows of a step (row-major
- * X·Wᵀ plus bias); attention runs per (row, head, query) over a row's own keys; norm statistics
- * are summed in double, softmax in float. Row r < B is image r's conditional branch, row B + r its
+ * X·Wᵀ plus bias); attention runs per (row, head) over the row's own keys, as two sgemms around a
+ * row softmax, a block of queries at a time; norm statistics are summed in double, softmax in
+ * float. Row r < B is image r's conditional branch, row B + r its
  * unconditional one (the reference's layout). */
 #include "runtime/infinity.h"
 
@@ -383,29 +384,32 @@ static void layer_norm(float *y, const float *x, int rows, int C, const float *s
     }
 }
 
-/* softmax(q·Kᵀ·sc)·V for one query over n keys of stride ks (values stride vs) into out[hd] */
-static void attend(float *out, const float *q, const float *k, size_t ks, const float *v, size_t vs, int n, int hd,
-                   float sc, float *p)
+#define ATT_CHUNK 128 /* queries a scores block holds */
+
+/* out[i] (stride os) = softmax(q[i]·Kᵀ·sc)·V for nq queries q (stride qs) over n keys (stride ks;
+ * values stride vs), hd wide: two sgemms per block of ATT_CHUNK queries around a row softmax in
+ * float. S: scratch for ATT_CHUNK · n floats. */
+static void attend(float *out, size_t os, const float *q, size_t qs, int nq, const float *k, size_t ks,
+                   const float *v, size_t vs, int n, int hd, float sc, float *S)
 {
-    float mx = -INFINITY;
-    for (int j = 0; j < n; j++) {
-        float a = 0.0f;
-        for (int e = 0; e < hd; e++)
-            a += q[e] * k[(size_t)j * ks + e];
-        p[j] = a * sc;
-        mx = p[j] > mx ? p[j] : mx;
-    }
-    float sum = 0.0f;
-    for (int j = 0; j < n; j++) {
-        p[j] = expf(p[j] - mx);
-        sum += p[j];
-    }
-    for (int e = 0; e < hd; e++)
-        out[e] = 0.0f;
-    for (int j = 0; j < n; j++) {
-        float w = p[j] / sum;
-        for (int e = 0; e < hd; e++)
-            out[e] += w * v[(size_t)j * vs + e];
+    for (int q0 = 0; q0 < nq; q0 += ATT_CHUNK) {
+        int m = nq - q0 < ATT_CHUNK ? nq - q0 : ATT_CHUNK;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, hd, sc, q + (size_t)q0 * qs, (int)qs, k, (int)ks,
+                    0.0f, S, n);
+        for (int i = 0; i < m; i++) {
+            float *p = S + (size_t)i * n, mx = -INFINITY, sum = 0.0f;
+            for (int j = 0; j < n; j++)
+                mx = p[j] > mx ? p[j] : mx;
+            for (int j = 0; j < n; j++) {
+                p[j] = expf(p[j] - mx);
+                sum += p[j];
+            }
+            float inv = 1.0f / sum;
+            for (int j = 0; j < n; j++)
+                p[j] *= inv;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, hd, n, 1.0f, S, n, v, (int)vs, 0.0f,
+                    out + (size_t)q0 * os, (int)os);
     }
 }
 
@@ -510,8 +514,8 @@ vs_status vs_rt_infinity_gen_new(const vs_rt_infinity *m, const float *text, con
     for (int r = 0; r < R; r++)
         for (int h = 0; h < ph; h++) {
             const float *k0 = kv + (size_t)g->kv_start[r] * 2 * C + (size_t)h * phd;
-            attend(pooled + (size_t)r * C + (size_t)h * phd, m->pool_q + (size_t)h * phd, k0, 2 * (size_t)C, k0 + C,
-                   2 * (size_t)C, g->kv_len[r], phd, 1.0f / sqrtf((float)phd), p);
+            attend(pooled + (size_t)r * C + (size_t)h * phd, C, m->pool_q + (size_t)h * phd, phd, 1, k0, 2 * (size_t)C,
+                   k0 + C, 2 * (size_t)C, g->kv_len[r], phd, 1.0f / sqrtf((float)phd), p);
         }
     linear(g->cond, pooled, m->pool_proj_w, m->pool_proj_b, R, C, C);
     probe(g, "cond_BD", -1, g->cond, R, C);
@@ -573,7 +577,7 @@ static size_t block_scratch(const vs_rt_infinity_config *c, int R, int l)
 {
     size_t RL = (size_t)R * l, keys = total_tokens(c);
     keys = keys > (size_t)c->text_maxlen ? keys : (size_t)c->text_maxlen;
-    return RL * (6 * (size_t)c->C + (size_t)c->ffn) + keys + 2 * (size_t)c->C;
+    return RL * (6 * (size_t)c->C + (size_t)c->ffn) + ATT_CHUNK * keys + 2 * (size_t)c->C;
 }
 
 /* AdaLN's modulated input of row r: LN(x) · (1 + scale) + shift, with block w's ada_gss and the
@@ -653,10 +657,9 @@ static void block(vs_rt_infinity_gen *g, int bi, float *x, int l, size_t tok0, f
         }
     for (int r = 0; r < R; r++) {
         const float *kc = g->kcache + ((size_t)bi * R + r) * L * C, *vc = g->vcache + ((size_t)bi * R + r) * L * C;
-        for (int t = 0; t < l; t++)
-            for (int h = 0; h < H; h++)
-                attend(att + ((size_t)r * l + t) * C + (size_t)h * hd, qkv + ((size_t)r * l + t) * 3 * C + (size_t)h * hd,
-                       kc + (size_t)h * hd, C, vc + (size_t)h * hd, C, (int)Ltot, hd, 1.0f, p);
+        for (int h = 0; h < H; h++)
+            attend(att + (size_t)r * l * C + (size_t)h * hd, C, qkv + (size_t)r * l * 3 * C + (size_t)h * hd, 3 * (size_t)C,
+                   l, kc + (size_t)h * hd, C, vc + (size_t)h * hd, C, (int)Ltot, hd, 1.0f, p);
     }
     linear(tmp, att, w->sa_proj_w, w->sa_proj_b, (int)RL, C, C);
     gated_add(g, w, 0, x, tmp, l);
@@ -666,11 +669,10 @@ static void block(vs_rt_infinity_gen *g, int bi, float *x, int l, size_t tok0, f
     const float *kvb = g->ca_kvb + (size_t)bi * (g->kv_start[R - 1] + g->kv_len[R - 1]) * 2 * C;
     for (int r = 0; r < R; r++) {
         const float *k0 = kvb + (size_t)g->kv_start[r] * 2 * C;
-        for (int t = 0; t < l; t++)
-            for (int h = 0; h < H; h++)
-                attend(att + ((size_t)r * l + t) * C + (size_t)h * hd, qkv + ((size_t)r * l + t) * C + (size_t)h * hd,
-                       k0 + (size_t)h * hd, 2 * (size_t)C, k0 + C + (size_t)h * hd, 2 * (size_t)C, g->kv_len[r], hd,
-                       1.0f / sqrtf((float)hd), p);
+        for (int h = 0; h < H; h++)
+            attend(att + (size_t)r * l * C + (size_t)h * hd, C, qkv + (size_t)r * l * C + (size_t)h * hd, C, l,
+                   k0 + (size_t)h * hd, 2 * (size_t)C, k0 + C + (size_t)h * hd, 2 * (size_t)C, g->kv_len[r], hd,
+                   1.0f / sqrtf((float)hd), p);
     }
     linear(tmp, att, w->ca_proj_w, w->ca_proj_b, (int)RL, C, C);
     for (size_t e = 0; e < RL * C; e++)
