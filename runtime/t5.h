@@ -6,8 +6,8 @@
  * The norms are RMS norms without a bias or mean (w · x / √(mean x² + eps)); attention scores are
  * q·k without the 1/√d scaling, plus a bias looked up by the bucket of the key's offset from the
  * query (one table, learnt by block 0 and shared by all blocks), softmax in FP32; padding keys are
- * left out (the reference adds −FLT_MAX, whose exp is exactly 0, so the valid rows are the same
- * bits whether or not a sequence is padded or batched). The feed-forward is
+ * left out (the reference adds −FLT_MAX, whose exp is exactly 0, so the valid rows do not depend
+ * on padding or batching, up to the GEMMs' rounding). The feed-forward is
  * wo(gelu_tanh(wi_0 x) · wi_1 x). No biases anywhere.
  *
  * The file: a safetensors file with the state_dict names of T5EncoderModel

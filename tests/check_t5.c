@@ -1,6 +1,7 @@
 /* tests/check_t5.c — the T5 encoder (runtime/t5.h) against Hugging Face's T5EncoderModel on the
  * t5-tiny fixture (tests/fixtures/t5-tiny/README.md): the position buckets and the bias table
- * exactly, last_hidden_state within the fixture's FP32 tolerance, valid rows unchanged by padding,
+ * exactly, last_hidden_state within the fixture's FP32 tolerance, valid rows unchanged by padding
+ * and batching (up to the GEMMs' summation order),
  * the tokenizer's ids for the fixture's prompts (spaces, full-width letters, unknown characters,
  * the empty prompt, truncation), and the refusals of the loaders, the encoder and the tokenizer. */
 #include <check.h>
@@ -152,6 +153,20 @@ START_TEST(last_hidden_state_matches_the_reference_within_its_tolerance)
 }
 END_TEST
 
+/* Rows the same up to the GEMMs' summation order: OpenBLAS's AVX2 kernels (Haswell, Zen) add a
+ * dot product in an order that depends on where the row falls in the matrix, so a row of a
+ * different-sized batch can differ in its last bits (SkylakeX's: not at all). A padding key that
+ * leaked into attention would move a row by far more. */
+#define SAME_ROWS 1e-5
+
+static double rows_diff(const float *a, const float *b, size_t n)
+{
+    double m = 0;
+    for (size_t i = 0; i < n; i++)
+        m = fmax(m, fabs((double)a[i] - b[i]));
+    return m;
+}
+
 START_TEST(valid_rows_do_not_depend_on_padding_or_the_batch)
 {
     /* prompt 0 alone padded to 512, as Infinity tokenizes, against its rows of the batch of 32 and
@@ -167,16 +182,18 @@ START_TEST(valid_rows_do_not_depend_on_padding_or_the_batch)
     int len0 = lens[0];
     vs_err err = {0};
     ck_assert_msg(vs_rt_t5_encode(g_t5, ids512, &len0, 1, L, out512, &err) == VS_OK, "%s", err.msg);
-    ck_assert_int_eq(memcmp(out512, batch, (size_t)len0 * D * sizeof(float)), 0);
+    ck_assert_msg(rows_diff(out512, batch, (size_t)len0 * D) <= SAME_ROWS, "padded to 512: rows moved by %g",
+                  rows_diff(out512, batch, (size_t)len0 * D));
     const float *want = gold_f32("p0_512.last_hidden_state", &n);
     ck_assert_uint_eq(n, (size_t)L * D);
     for (size_t e = 0; e < (size_t)len0 * D; e++)
         ck_assert_msg(fabs((double)out512[e] - want[e]) <= TOL, "element %zu: %g, reference %g", e,
                       (double)out512[e], (double)want[e]);
-    /* prompt 1 alone, padded to 32, equals its rows of the batch bit for bit */
+    /* prompt 1 alone, padded to 32: its rows of the batch */
     static float one[32 * D];
     ck_assert_int_eq(vs_rt_t5_encode(g_t5, ids + 32, &lens[1], 1, 32, one, &err), VS_OK);
-    ck_assert_int_eq(memcmp(one, batch + 32 * D, (size_t)lens[1] * D * sizeof(float)), 0);
+    ck_assert_msg(rows_diff(one, batch + 32 * D, (size_t)lens[1] * D) <= SAME_ROWS, "alone: rows moved by %g",
+                  rows_diff(one, batch + 32 * D, (size_t)lens[1] * D));
     free(ids);
     free(ids512);
 }
@@ -317,10 +334,11 @@ START_TEST(encoding_prompts_keeps_each_ones_valid_rows_in_order)
                 ck_assert_msg(fabs((double)text[at * D + d] - want[((size_t)p * 32 + i) * D + d]) <= TOL,
                               "prompt %d row %d", p, i);
     }
-    /* padded to 512 as Infinity pads: the same rows, bit for bit */
+    /* padded to 512 as Infinity pads: the same rows */
     ck_assert_int_eq(vs_rt_t5_encode_prompts(g_t5, tok, PROMPTS, 1, 512, &one, &len0, &err), VS_OK);
     ck_assert_int_eq(len0, lens[0]);
-    ck_assert_int_eq(memcmp(one, text, (size_t)len0 * D * sizeof(float)), 0);
+    ck_assert_msg(rows_diff(one, text, (size_t)len0 * D) <= SAME_ROWS, "padded to 512: rows moved by %g",
+                  rows_diff(one, text, (size_t)len0 * D));
     /* a bad prompt is named */
     const char *bad[2] = {"a cat", "a \xE7"};
     free(one);
