@@ -1,7 +1,8 @@
 /* runtime/t5.c — see t5.h. The linears of all n·len positions are one OpenBLAS sgemm each
  * (row-major X · Wᵀ, the weights as PyTorch stores them, [out][in]); attention runs per
- * (sequence, head, query) over that sequence's valid keys, the bias looked up from a table of every
- * offset the length allows. Norm statistics are summed in double, softmax in float. */
+ * (sequence, head) over that sequence's valid keys as two sgemms around a row softmax, a block of
+ * queries at a time, the bias looked up from a table of every offset the length allows. Norm
+ * statistics are summed in double, softmax in float. */
 #include "runtime/t5.h"
 
 #include <cblas.h>
@@ -153,6 +154,8 @@ int vs_rt_t5_bucket(const vs_rt_t5_config *c, int rel)
     return bucket + (large < half - 1 ? large : half - 1);
 }
 
+#define ATT_CHUNK 128 /* queries a block of attention scores holds */
+
 /* y[r] = w · x[r] / √(mean x[r]² + eps), r < rows */
 static void rms_norm(float *y, const float *x, const float *w, int rows, int d, double eps)
 {
@@ -199,7 +202,7 @@ vs_status vs_rt_t5_encode(const vs_rt_t5 *t, const int32_t *ids, const int *lens
     float *ff = malloc(T * 2 * (size_t)F * sizeof(float));
     float *tmp = malloc(T * (size_t)D * sizeof(float));
     float *bias = malloc((size_t)H * offs * sizeof(float)); /* [h][key − query + len − 1] */
-    float *p = malloc((size_t)len * sizeof(float));
+    float *p = malloc((size_t)ATT_CHUNK * len * sizeof(float)); /* a block of queries' scores */
     vs_status st = VS_OK;
     if (!xn || !qkv || !att || !ff || !tmp || !bias || !p) {
         st = vs_err_set(err, VS_ERR_NOMEM, "out of memory for the T5 encoder's activations (%zu positions)", T);
@@ -220,37 +223,31 @@ vs_status vs_rt_t5_encode(const vs_rt_t5 *t, const int32_t *ids, const int *lens
         linear(q, xn, b->q, (int)T, D, HK);
         linear(k, xn, b->k, (int)T, D, HK);
         linear(v, xn, b->v, (int)T, D, HK);
-        for (int s = 0; s < n; s++) {
+        for (int s = 0; s < n; s++) { /* per (sequence, head): S = Q·Kᵀ + bias, row softmax, S·V */
             size_t r0 = (size_t)s * len;
             int nk = lens[s];
             for (int h = 0; h < H; h++) {
                 const float *bh = bias + (size_t)h * offs;
-                for (int i = 0; i < len; i++) {
-                    const float *qi = q + (r0 + i) * HK + (size_t)h * dk;
-                    float mx = -INFINITY;
-                    for (int j = 0; j < nk; j++) {
-                        const float *kj = k + (r0 + j) * HK + (size_t)h * dk;
-                        float sc = 0.0f;
-                        for (int d = 0; d < dk; d++)
-                            sc += qi[d] * kj[d];
-                        sc += bh[j - i + len - 1];
-                        p[j] = sc;
-                        mx = sc > mx ? sc : mx;
+                for (int i0 = 0; i0 < len; i0 += ATT_CHUNK) {
+                    int m = len - i0 < ATT_CHUNK ? len - i0 : ATT_CHUNK;
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, nk, dk, 1.0f,
+                                q + (r0 + i0) * HK + (size_t)h * dk, HK, k + r0 * HK + (size_t)h * dk, HK, 0.0f, p,
+                                nk);
+                    for (int i = 0; i < m; i++) {
+                        float *pi = p + (size_t)i * nk, mx = -INFINITY, sum = 0.0f;
+                        for (int j = 0; j < nk; j++) {
+                            pi[j] += bh[j - (i0 + i) + len - 1];
+                            mx = pi[j] > mx ? pi[j] : mx;
+                        }
+                        for (int j = 0; j < nk; j++) {
+                            pi[j] = expf(pi[j] - mx);
+                            sum += pi[j];
+                        }
+                        for (int j = 0; j < nk; j++)
+                            pi[j] /= sum;
                     }
-                    float sum = 0.0f;
-                    for (int j = 0; j < nk; j++) {
-                        p[j] = expf(p[j] - mx);
-                        sum += p[j];
-                    }
-                    float *ai = att + (r0 + i) * HK + (size_t)h * dk;
-                    for (int d = 0; d < dk; d++)
-                        ai[d] = 0.0f;
-                    for (int j = 0; j < nk; j++) {
-                        const float *vj = v + (r0 + j) * HK + (size_t)h * dk;
-                        float pj = p[j] / sum;
-                        for (int d = 0; d < dk; d++)
-                            ai[d] += pj * vj[d];
-                    }
+                    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, dk, nk, 1.0f, p, nk,
+                                v + r0 * HK + (size_t)h * dk, HK, 0.0f, att + (r0 + i0) * HK + (size_t)h * dk, HK);
                 }
             }
         }
