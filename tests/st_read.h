@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 typedef struct {
     unsigned char *buf;
@@ -128,6 +129,44 @@ static inline int st_write_corrupt(const char *src, const char *path, size_t spa
     ok = (o && fclose(o) == 0) && ok;
     st_close(&f);
     return ok ? 0 : -1;
+}
+
+/* A corruption sweep of the file `src` for a loader: 60 copies with 1–8 random bytes in the header
+ * and 20 cut short, each given to load(path, msg, cap), which returns 0 when the file loaded (and
+ * freed what it made) or nonzero with its message in msg. Returns how many were refused; *bad_msg
+ * is the first case whose message was empty or more than one line (−1: none), *status −1 when a
+ * file could not be written. For ASan/UBSan runs: a loader must refuse or load, never crash. */
+static inline int st_corruption_sweep(const char *src, int (*load)(const char *path, char *msg, size_t cap),
+                                      int *bad_msg, int *status)
+{
+    char path[] = "/tmp/st_corrupt.XXXXXX";
+    int fd = mkstemp(path), refused = 0;
+    *bad_msg = -1;
+    *status = 0;
+    st_file f;
+    if (fd < 0 || st_open(&f, src) != 0) {
+        *status = -1;
+        return 0;
+    }
+    close(fd);
+    size_t hdr = f.data_start, len = f.len;
+    st_close(&f);
+    uint32_t rng = 2026;
+    for (int i = 0; i < 80 && *status == 0; i++) {
+        size_t cut = i < 60 ? hdr : (size_t)(i - 60) * (len / 20) + (size_t)(i % 7);
+        if (st_write_corrupt(src, path, cut, i < 60 ? 1 + i % 8 : 0, &rng) != 0) {
+            *status = -1;
+            break;
+        }
+        char msg[1024] = "";
+        if (load(path, msg, sizeof msg) != 0) {
+            refused++;
+            if (*bad_msg < 0 && (!msg[0] || strchr(msg, '\n')))
+                *bad_msg = i;
+        }
+    }
+    unlink(path);
+    return refused;
 }
 
 static void st_close(st_file *f)

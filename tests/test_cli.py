@@ -32,7 +32,7 @@ DEVICE_METRICS = {"varserve_device_kernel_launches_total": "counter",
                   "varserve_device_allocated_bytes": "gauge",
                   "varserve_device_allocated_peak_bytes": "gauge"}
 from tally import Server, check, finish, http  # noqa: E402 (tests/ is on sys.path: run as a script)
-from random_t5 import write_random_t5  # noqa: E402
+from st_py import write_random_t5  # noqa: E402
 
 
 def run_bin(binary, *args):

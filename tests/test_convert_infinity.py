@@ -17,8 +17,10 @@ import tempfile
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from st_py import read_safetensors  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, 'tests'))
 TOOL = os.path.join(ROOT, 'tools', 'convert_infinity.py')
 FIX = os.path.join(ROOT, 'tests', 'fixtures', 'pth')
 MODEL, VAE = os.path.join(FIX, 'infinity_tiny.pth'), os.path.join(FIX, 'infinity_vae_tiny.pth')
@@ -37,21 +39,6 @@ def check(cond, what):
         print('FAIL', what)
 
 
-def read(path):
-    with open(path, 'rb') as f:
-        n = struct.unpack('<Q', f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in header.items():
-        if k != '__metadata__':
-            b, e = v['data_offsets']
-            a = np.frombuffer(data[b:e], dtype='<f4' if v['dtype'] == 'F32' else '<u2')
-            a = a if v['dtype'] == 'F32' else (a.astype('<u4') << 16).view('<f4')
-            out[k] = a.reshape(v['shape'])
-    return out, header['__metadata__']
-
-
 def run(*args):
     p = subprocess.run(list(args), capture_output=True, text=True, timeout=300)
     return p.returncode, p.stdout, p.stderr
@@ -65,7 +52,7 @@ with tempfile.TemporaryDirectory() as d:
     out = os.path.join(d, 'inf.safetensors')
     rc, so, se = convert('--out', out, '--pn', '0.06M')
     check(rc == 0, 'convert exits 0: %s' % se)
-    got, meta = read(out)
+    got, meta = read_safetensors(out)
     want = EXPECTED['tensors']
     check(sorted(got) == sorted(want), 'exactly the kept tensors: %s' % sorted(set(got) ^ set(want)))
     check(all(list(got[k].shape) == want[k]['shape'] for k in want if k in got), 'every shape as saved')
@@ -81,7 +68,7 @@ with tempfile.TemporaryDirectory() as d:
     check(len(meta.get('data_crc32', '')) == 8, 'a data_crc32')
     out2 = os.path.join(d, 'inf-43.safetensors')
     rc, _, se = convert('--out', out2, '--pn', '0.25M', '--h-div-w', '1.3', '--dtype', 'bf16')
-    c2 = json.loads(read(out2)[1]['config']) if rc == 0 else {}
+    c2 = json.loads(read_safetensors(out2)[1]['config']) if rc == 0 else {}
     check(rc == 0 and c2.get('h_div_w') == 1.333 and c2['scale_schedule'][-1] == [1, 36, 27],
           'the nearest ratio (1.333) and its 0.25M schedule: %s' % se)
     check(rc == 0 and os.path.getsize(out2) < 0.6 * os.path.getsize(out), 'bf16: about half the size')
@@ -89,7 +76,7 @@ with tempfile.TemporaryDirectory() as d:
         rc, so, se = run(BIN, 'inspect', '--verify', out)
         check(rc == 0 and 'Infinity' in so and 'depth 2, width 64' in so and 'CRC-32 matches' in so,
               'inspect --verify loads it: %s' % (so + se))
-        from random_t5 import write_random_t5
+        from st_py import write_random_t5
         t5 = os.path.join(d, 't5-128.safetensors')
         write_random_t5(t5, 128, 500)
         rc, so, se = run(BIN, 'generate', '--model', out, '--t5', t5, '--spiece',

@@ -15,6 +15,9 @@ import tempfile
 
 import numpy as np
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from st_py import read_safetensors  # noqa: E402
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'convert_t5.py')
 FIX = os.path.join(ROOT, 'tests', 'fixtures', 't5-tiny', 'model.safetensors')
@@ -29,24 +32,6 @@ def check(cond, what):
     else:
         failed += 1
         print('FAIL', what)
-
-
-def read(path):
-    """({name: array}, metadata) of a safetensors file (F32 / F16 / BF16 as float32)."""
-    with open(path, 'rb') as f:
-        n = struct.unpack('<Q', f.read(8))[0]
-        header = json.loads(f.read(n))
-        data = f.read()
-    out = {}
-    for k, v in header.items():
-        if k == '__metadata__':
-            continue
-        b, e = v['data_offsets']
-        dt = {'F32': '<f4', 'F16': '<f2', 'BF16': '<u2'}[v['dtype']]
-        a = np.frombuffer(data[b:e], dtype=dt)
-        a = (a.astype('<u4') << 16).view('<f4') if v['dtype'] == 'BF16' else a.astype('<f4')
-        out[k] = a.reshape(v['shape'])
-    return out, header.get('__metadata__', {})
 
 
 def write(path, tensors):
@@ -73,7 +58,7 @@ def inspect(path):
     return p.returncode, p.stdout + p.stderr
 
 
-fix, meta = read(FIX)
+fix, meta = read_safetensors(FIX)
 rng = np.random.default_rng(5)
 with tempfile.TemporaryDirectory() as d:
     hf = os.path.join(d, 'hf')
@@ -98,7 +83,7 @@ with tempfile.TemporaryDirectory() as d:
     out = os.path.join(d, 't5.safetensors')
     rc, so, se = convert('--hf', hf, '--out', out)
     check(rc == 0, 'convert exits 0: %s' % se)
-    got, gmeta = read(out)
+    got, gmeta = read_safetensors(out)
     check(sorted(got) == names, 'exactly the encoder tensors under the fixture names: %s' % sorted(set(got) ^ set(names)))
     check(all(np.array_equal(got[k], fix[k]) for k in names if k != half), 'F32 tensors equal to the checkpoint')
     check(np.array_equal(got[half], fix[half].astype('<f2').astype('<f4')), 'the F16 tensor widened exactly')

@@ -1,7 +1,27 @@
-"""tests/random_t5.py — a T5 encoder file with random weights, for the tests that need an encoder
-of a given width and not its numbers (test_cli.py, test_convert_infinity.py). python3 only."""
+"""tests/st_py.py — safetensors for the Python tests: reading a file's tensors (F32, F16, BF16 as
+float32; needs numpy), and writing a T5 encoder file with random weights for the tests that need
+an encoder of a given width and not its numbers (python3 only)."""
 import json
 import struct
+
+
+def read_safetensors(path):
+    """({name: float32 array}, metadata) of a safetensors file."""
+    import numpy as np
+    with open(path, 'rb') as f:
+        n = struct.unpack('<Q', f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for k, v in header.items():
+        if k == '__metadata__':
+            continue
+        b, e = v['data_offsets']
+        dt = {'F32': '<f4', 'F16': '<f2', 'BF16': '<u2'}[v['dtype']]
+        a = np.frombuffer(data[b:e], dtype=dt)
+        a = (a.astype('<u4') << 16).view('<f4') if v['dtype'] == 'BF16' else a.astype('<f4')
+        out[k] = a.reshape(v['shape'])
+    return out, header.get('__metadata__', {})
 
 
 def write_random_t5(path, d_model, vocab, seed=1):
