@@ -19,6 +19,13 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from st_py import read_safetensors  # noqa: E402
+from tally import finish  # noqa: E402
+from tally import check as _check  # noqa: E402
+
+
+def check(cond, what):
+    """tally's check, with the condition first and the message as the name"""
+    _check(what.split(':')[0], cond, what)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'convert_infinity.py')
@@ -27,16 +34,6 @@ MODEL, VAE = os.path.join(FIX, 'infinity_tiny.pth'), os.path.join(FIX, 'infinity
 with open(os.path.join(FIX, 'infinity_expected.json')) as _f:
     EXPECTED = json.load(_f)
 BIN = os.environ.get('VARSERVE_BIN')
-passed, failed = 0, 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print('FAIL', what)
 
 
 def run(*args):
@@ -94,5 +91,4 @@ with tempfile.TemporaryDirectory() as d:
     check(rc == 2 and 'h-div-w' in se, 'an aspect ratio outside the reference\'s: %s' % se)
     check(not os.path.exists(os.path.join(d, 'x.safetensors')), 'nothing written on failure')
 
-print('test_convert_infinity: %d passed, %d failed' % (passed, failed))
-sys.exit(1 if failed else 0)
+finish()

@@ -17,21 +17,18 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from st_py import read_safetensors  # noqa: E402
+from tally import finish  # noqa: E402
+from tally import check as _check  # noqa: E402
+
+
+def check(cond, what):
+    """tally's check, with the condition first and the message as the name"""
+    _check(what.split(':')[0], cond, what)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'convert_t5.py')
 FIX = os.path.join(ROOT, 'tests', 'fixtures', 't5-tiny', 'model.safetensors')
 BIN = os.environ.get('VARSERVE_BIN')
-passed, failed = 0, 0
-
-
-def check(cond, what):
-    global passed, failed
-    if cond:
-        passed += 1
-    else:
-        failed += 1
-        print('FAIL', what)
 
 
 def write(path, tensors):
@@ -115,5 +112,4 @@ with tempfile.TemporaryDirectory() as d:
     check(rc == 2 and ('shared.weight' in se or 'encoder.block' in se), 'no encoder: %s' % se)
     check(not os.path.exists(os.path.join(d, 'x.safetensors')), 'nothing written on failure')
 
-print('test_convert_t5: %d passed, %d failed' % (passed, failed))
-sys.exit(1 if failed else 0)
+finish()
