@@ -27,6 +27,7 @@ def check(cond, what):
     """tally's check, with the condition first and the message as the name"""
     _check(what.split(':')[0], cond, what)
 
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'convert_infinity.py')
 FIX = os.path.join(ROOT, 'tests', 'fixtures', 'pth')
