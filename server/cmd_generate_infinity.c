@@ -43,7 +43,7 @@ int vs_srv_generate_infinity(const vs_srv_cli_opts *o, const char *const *prompt
     vs_rt_infinity_gen *g = NULL;
     vs_rt_backend *be = NULL;
     vs_rt_vae *v = NULL;
-    float *text = NULL, *arena = NULL, *lat_dev[256] = {0}, *unit = NULL;
+    float *text = NULL, *arena = NULL, *lat_dev[256] = {0};
     int *lens = calloc((size_t)n, sizeof *lens), rc = 1;
     uint64_t *seeds = calloc((size_t)n, sizeof *seeds);
     uint8_t *bits = NULL, **rgb = calloc((size_t)n, sizeof *rgb);
@@ -145,7 +145,6 @@ done:
     for (int i = 0; rgb && i < n; i++)
         free(rgb[i]);
     free(rgb);
-    free(unit);
     free(bits);
     free(text);
     free(lens);
