@@ -74,8 +74,10 @@ size_t vs_srv_cli_page_bytes(const vs_rt_config *c, int elem_bytes);
 vs_kv_pool *vs_srv_cli_pool_for(const vs_rt_model *m, vs_rt_backend *be, const vs_kv_policy *pol,
                                 int images, vs_err *err);
 
-/* Whether `path` is an Infinity model (its metadata says so), which generate runs by prompts. */
-int vs_srv_cli_family(const char *path);
+/* The family a non-VAR file's metadata names ("an Infinity", "a T5 text encoder":
+ * vs_st_family), or NULL for a VAR model or a file that does not open (the VAR loader then says
+ * what is wrong). generate runs an Infinity model by prompts; inspect summarises either. */
+const char *vs_srv_cli_family(const char *path);
 
 /* generate with an Infinity model (cmd_generate_infinity.c): n prompts (≤ 256), image i with seed
  * seed + i, to <out>-<i>.png. */

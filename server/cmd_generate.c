@@ -71,7 +71,8 @@ int vs_srv_cmd_generate(int argc, char **argv)
         else if (vs_cli_u64(v, &seed) != 0)
             return vs_srv_cli_bad("--seed must be an integer 0..2^64-1 (got '%s')%s", v, "");
     }
-    if (vs_srv_cli_family(o.model)) { /* a text-to-image model: prompts, not labels */
+    const char *fam = vs_srv_cli_family(o.model);
+    if (fam && strcmp(fam, "an Infinity") == 0) { /* a text-to-image model: prompts, not labels */
         double tau = 1.0;
         if (labels || tokens_out)
             return vs_srv_cli_bad("'%s' is an Infinity model: it takes --prompt TEXT (one per image), not %s",

@@ -6,21 +6,8 @@
 #include <string.h>
 
 #include "runtime/infinity.h"
-#include "runtime/safetensors.h"
 #include "runtime/t5.h"
 #include "server/cmd.h"
-
-/* the family a file's metadata names, when it is not a VAR model (safetensors.h), else NULL */
-static const char *family_of(const char *path)
-{
-    vs_st_file f;
-    vs_err err = {0};
-    if (vs_st_open(&f, path, &err) != VS_OK)
-        return NULL; /* the VAR loader says what is wrong */
-    const char *fam = vs_st_family(&f);
-    vs_st_close(&f);
-    return fam;
-}
 
 static int no_checksum(const char *path)
 {
@@ -95,7 +82,7 @@ int vs_srv_cmd_inspect(int argc, char **argv)
     vs_err err = {0};
     vs_rt_model *m = NULL;
     const char *path = argv[2 + verify];
-    const char *fam = family_of(path);
+    const char *fam = vs_srv_cli_family(path);
     if (fam)
         return inspect_other(path, fam, verify);
     /* loading checks everything, the checksum too when the file has one */

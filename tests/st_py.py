@@ -24,6 +24,19 @@ def read_safetensors(path):
     return out, header.get('__metadata__', {})
 
 
+def write_safetensors(path, tensors, metadata=None):
+    """tensors: (name, dtype, shape, raw little-endian bytes) in file order, behind a space-padded
+    header (with __metadata__ when given)."""
+    header, at = ({"__metadata__": metadata} if metadata else {}), 0
+    for name, dtype, shape, raw in tensors:
+        header[name] = {"dtype": dtype, "shape": list(shape), "data_offsets": [at, at + len(raw)]}
+        at += len(raw)
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + b"".join(t[3] for t in tensors))
+
+
 def write_random_t5(path, d_model, vocab, seed=1):
     """A T5EncoderModel file with random weights (one layer, 4 heads of 16, d_ff 128) in the layout
     runtime/t5.h reads: for runs that need an encoder of a given width, not for numbers."""
@@ -45,7 +58,7 @@ def write_random_t5(path, d_model, vocab, seed=1):
     config = {"model_type": "t5", "d_model": d_model, "d_kv": 16, "num_heads": 4, "d_ff": ff, "num_layers": 1,
               "vocab_size": vocab, "relative_attention_num_buckets": 32, "relative_attention_max_distance": 128,
               "layer_norm_epsilon": 1e-6, "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new"}
-    header, blobs, at = {"__metadata__": {"config": json.dumps(config)}}, [], 0
+    tensors = []
     for name, shape in shapes.items():
         n = 1
         for x in shape:
@@ -53,10 +66,5 @@ def write_random_t5(path, d_model, vocab, seed=1):
         scale = 1.0 if len(shape) == 1 or name == "shared.weight" else shape[1] ** -0.5
         data = array.array("f", (1.0 + 0.1 * rng.gauss(0, 1) if len(shape) == 1 else scale * rng.gauss(0, 1)
                                  for _ in range(n))).tobytes()
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [at, at + len(data)]}
-        blobs.append(data)
-        at += len(data)
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+        tensors.append((name, "F32", shape, data))
+    write_safetensors(path, tensors, {"config": json.dumps(config)})

@@ -8,7 +8,6 @@ data_crc32 checked) when VARSERVE_BIN is set; BF16 output is half the size and l
 checkpoints exit 2 with one line."""
 import json
 import os
-import struct
 import subprocess
 import sys
 import tempfile
@@ -16,7 +15,7 @@ import tempfile
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from st_py import read_safetensors  # noqa: E402
+from st_py import read_safetensors, write_safetensors  # noqa: E402
 from tally import finish  # noqa: E402
 from tally import check as _check  # noqa: E402
 
@@ -34,16 +33,8 @@ BIN = os.environ.get('VARSERVE_BIN')
 
 def write(path, tensors):
     """tensors {name: (array, dtype name)} as a safetensors file."""
-    header, blobs, at = {}, [], 0
-    for k, (a, dt) in tensors.items():
-        raw = np.ascontiguousarray(a, dtype={'F32': '<f4', 'F16': '<f2'}[dt]).tobytes()
-        header[k] = {'dtype': dt, 'shape': list(a.shape), 'data_offsets': [at, at + len(raw)]}
-        blobs.append(raw)
-        at += len(raw)
-    text = json.dumps(header).encode()
-    text += b' ' * (-len(text) % 8)
-    with open(path, 'wb') as f:
-        f.write(struct.pack('<Q', len(text)) + text + b''.join(blobs))
+    write_safetensors(path, [(k, dt, a.shape, np.ascontiguousarray(a, dtype={'F32': '<f4', 'F16': '<f2'}[dt]).tobytes())
+                             for k, (a, dt) in tensors.items()])
 
 
 def convert(*args):
