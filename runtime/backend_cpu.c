@@ -15,12 +15,17 @@
  * chosen once; the same bits on every path). im2col is rows of memcpy, which glibc already
  * dispatches by CPU at load time.
  *
- * conv2d is im2col + sgemm per band of output rows, or, where it gives the same bits, a direct
- * AVX-512 kernel with no im2col matrix (runtime/simd_conv_avx512.c; the decoder's 3×3 convs ran
- * at about a third of sgemm's rate, half their time spent copying the im2col matrix and packing
- * it again inside sgemm). The pixels must not change, so the direct kernel repeats the sgemm's
- * summation order (sgemm_kblocks) and each conv shape is first run both ways on random inputs:
- * only a bit-identical shape takes the direct path (conv_direct_ok), whatever the BLAS or CPU. */
+ * conv2d is im2col + sgemm per band of output rows, or a direct kernel with no im2col matrix
+ * (runtime/simd.h; the decoder's 3×3 convs ran at about a third of sgemm's rate, half their time
+ * spent copying the im2col matrix and packing it again inside sgemm). The direct kernels sum in
+ * the order of OpenBLAS's SKYLAKEX sgemm (sgemm_kblocks), so pixels do not depend on the path:
+ * - AVX-512 CPUs run that sgemm (runtime/blas.h pins it), and each conv shape is first run both
+ *   ways on random inputs: only a bit-identical shape takes the direct path (conv_direct_ok),
+ *   whatever the BLAS.
+ * - AVX2 CPUs run OpenBLAS's Haswell or Zen sgemm, which splits a sum into two FMA chains in some
+ *   micro-tiles and not in others, so no direct kernel could follow it; there every k 1 or 3 conv
+ *   whose W is a multiple of 8 takes the AVX2 kernel, and its pixels are those of an AVX-512
+ *   machine (the same chain, lane for lane). The other shapes keep im2col + sgemm. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -56,7 +61,8 @@ typedef struct {
     const vs_rt_simd *simd; /* the vector kernels (runtime/simd.h): immutable after init */
     int nw;
     scratch *ws; /* [nw] per-worker scratch */
-    int conv_direct_cpu; /* the CPU runs vs_rt_conv_direct_avx512: immutable after init */
+    /* the direct conv kernel this CPU runs (runtime/simd.h): immutable after init */
+    enum { CONV_SGEMM, CONV_AVX512, CONV_AVX2 } conv_direct_kind;
     conv_verdict verdicts[CONV_VERDICTS]; /* engine only */
     int n_verdicts;
 } cpu_backend;
@@ -748,15 +754,21 @@ static void conv_band_sgemm(const conv_job *j, int n, int bi, float *col)
                 k == 1 ? H * W : cols, 1.0f, y + (size_t)y0 * W, H * W);
 }
 
-/* The same band, the same bits, without the im2col matrix (runtime/simd_conv_avx512.c). */
-static void conv_band_direct(const conv_job *j, int n, int bi)
+/* The same band, the same bits, without the im2col matrix (runtime/simd.h). */
+static void conv_band_direct(const conv_job *j, int n, int bi, int worker)
 {
     int H = j->H, W = j->W, KK = j->cin * j->k * j->k;
     int y0 = bi * j->band, y1 = y0 + j->band < H ? y0 + j->band : H;
     int kend[64];
     int nb = sgemm_kblocks((y1 - y0) * W, j->cout, KK, kend);
-    vs_rt_conv_direct_avx512(j->y + (size_t)n * j->cout * H * W, j->x + (size_t)n * j->cin * H * W,
-                             j->w, j->b, j->cin, H, W, j->cout, j->k, y0 * W, y1 * W, kend, nb);
+    float *y = j->y + (size_t)n * j->cout * H * W;
+    const float *x = j->x + (size_t)n * j->cin * H * W;
+    if (j->c->conv_direct_kind == CONV_AVX2)
+        vs_rt_conv_direct_avx2(y, x, j->w, j->b, j->cin, H, W, j->cout, j->k, y0, y1, kend, nb,
+                               j->c->ws[worker].p);
+    else
+        vs_rt_conv_direct_avx512(y, x, j->w, j->b, j->cin, H, W, j->cout, j->k, y0 * W, y1 * W,
+                                 kend, nb);
 }
 
 /* Pixels [p0, p1) of image n when every band sums in the same K blocks (cpu_conv2d decides):
@@ -785,22 +797,27 @@ static void conv_task(void *p, size_t ub, size_t ue, int worker)
         }
         int n = (int)(u / (size_t)j->nbands), bi = (int)(u % (size_t)j->nbands);
         if (j->direct)
-            conv_band_direct(j, n, bi);
+            conv_band_direct(j, n, bi, worker);
         else
             conv_band_sgemm(j, n, bi, j->c->ws[worker].p);
     }
 }
 
-/* Whether the direct kernel gives this conv shape's sgemm bits, decided once per shape (the
+/* Whether a shape takes the direct kernel: on AVX2, by its shape (see the top of this file); on
+ * AVX-512, whether the kernel gives this conv shape's sgemm bits, decided once per shape (the
  * summation order depends on the shape alone): on random inputs and the call's weights, its
  * first and last bands (the two GEMM shapes a conv call makes) computed both ways must match
- * bit for bit. Anything else (another BLAS,
- * another kernel, a CPU without AVX-512, no memory for the check) keeps the sgemm path. */
+ * bit for bit. Anything else (another BLAS, another kernel, no memory for the check or the
+ * scratch, a CPU with neither kernel) keeps the sgemm path. */
 static int conv_direct_ok(cpu_backend *c, const conv_job *j)
 {
     /* k 1 or 3 (the kernel's taps); K within the 64 blocks the callers' kend arrays hold */
-    if (!c->conv_direct_cpu || (j->k != 1 && j->k != 3) || j->cin * j->k * j->k > 64 * 448)
+    if (c->conv_direct_kind == CONV_SGEMM || (j->k != 1 && j->k != 3) ||
+        j->cin * j->k * j->k > 64 * 448)
         return 0;
+    if (c->conv_direct_kind == CONV_AVX2) /* no sgemm here sums in this order: see the file top */
+        return j->W % 8 == 0 &&
+               ensure_scratch(c, vs_rt_conv_direct_avx2_scratch(j->cin, j->W, j->k, j->band)) == 0;
     for (int i = 0; i < c->n_verdicts; i++) {
         const conv_verdict *v = &c->verdicts[i];
         if (v->cin == j->cin && v->cout == j->cout && v->k == j->k &&
@@ -824,8 +841,8 @@ static int conv_direct_ok(cpu_backend *c, const conv_job *j)
         int last = j->nbands - 1;
         conv_band_sgemm(&a, 0, 0, c->ws[0].p);
         conv_band_sgemm(&a, 0, last, c->ws[0].p);
-        conv_band_direct(&b, 0, 0);
-        conv_band_direct(&b, 0, last);
+        conv_band_direct(&b, 0, 0, 0);
+        conv_band_direct(&b, 0, last, 0);
         size_t e0 = (size_t)(j->band < j->H ? j->band : j->H) * j->W, s1 = (size_t)last * j->band * j->W;
         for (int co = 0; co < j->cout && ok; co++) {
             const float *pa = a.y + (size_t)co * j->H * j->W, *pb = b.y + (size_t)co * j->H * j->W;
@@ -858,7 +875,7 @@ static void cpu_conv2d(vs_rt_backend *be, float *y, const float *x, const float 
     conv_job j = {y, x, w, b, N, cin, H, W, cout, k, band, (H + band - 1) / band, 0, 0, c};
     j.direct = conv_direct_ok(c, &j);
     size_t units = (size_t)N * j.nbands;
-    if (j.direct) {
+    if (j.direct && c->conv_direct_kind == CONV_AVX512) {
         int full[64], last[64], K = cin * k * k, HW = H * W;
         int nf = sgemm_kblocks(band * W, cout, K, full);
         int nl = sgemm_kblocks((H - (j.nbands - 1) * band) * W, cout, K, last);
@@ -1020,7 +1037,8 @@ vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err)
     if (!c)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
     c->simd = vs_rt_simd_table();
-    c->conv_direct_cpu = vs_rt_simd_by_name("avx512") != NULL;
+    c->conv_direct_kind = vs_rt_simd_by_name("avx512") ? CONV_AVX512
+                          : vs_rt_simd_by_name("avx2") ? CONV_AVX2 : CONV_SGEMM;
     c->tp = vs_rt_tpool_new(threads);
     c->nw = c->tp ? vs_rt_tpool_size(c->tp) : 0;
     c->ws = calloc((size_t)(c->nw ? c->nw : 1), sizeof *c->ws);

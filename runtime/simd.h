@@ -45,13 +45,22 @@ vs_status vs_rt_simd_check(vs_err *err);
 
 /* y[co][p] for the output pixels p in [p0, p1) of one image's conv2d (x[cin][H][W], w[cout][cin·k·k]
  * in im2col order, bias may be NULL, k 1 or 3, zero padding k/2), each output summed as
- * cblas_sgemm sums it: an FMA chain from +0 over each K block [kend[i−1], kend[i]) of the im2col
- * order, added to bias (block 0) or the output (runtime/simd_conv_avx512.c). AVX-512F only: the
- * caller checks that the CPU runs it (vs_rt_simd_by_name("avx512")) and that its bits are the
- * BLAS's for the shape (backend_cpu.c); that holds whatever VARSERVE_CPU_SIMD forces. */
+ * OpenBLAS's SKYLAKEX sgemm sums it: an FMA chain from +0 over each K block [kend[i−1], kend[i])
+ * of the im2col order, added to bias (block 0) or the output (runtime/simd_conv_avx512.c).
+ * AVX-512F only: the caller checks that the CPU runs it (vs_rt_simd_by_name("avx512")) and that
+ * its bits are the BLAS's for the shape (backend_cpu.c); that holds whatever VARSERVE_CPU_SIMD
+ * forces. */
 void vs_rt_conv_direct_avx512(float *y, const float *x, const float *w, const float *bias, int cin,
                               int H, int W, int cout, int k, int p0, int p1, const int *kend,
                               int nblk);
+
+/* The same outputs and bits for output rows [y0, y1) with AVX2 + FMA (runtime/simd_conv_avx2.c),
+ * for CPUs without AVX-512; W a multiple of 8. scratch holds vs_rt_conv_direct_avx2_scratch
+ * floats for y1 − y0 rows. The caller checks that the CPU runs AVX2 (vs_rt_simd_by_name). */
+void vs_rt_conv_direct_avx2(float *y, const float *x, const float *w, const float *bias, int cin,
+                            int H, int W, int cout, int k, int y0, int y1, const int *kend,
+                            int nblk, float *scratch);
+size_t vs_rt_conv_direct_avx2_scratch(int cin, int W, int k, int rows);
 
 /* The paths this build and CPU can run, widest last, as "scalar, avx2, avx512". */
 const char *vs_rt_simd_available(void);

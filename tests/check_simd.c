@@ -1,8 +1,8 @@
 /* tests/check_simd.c — the vector kernels (runtime/simd.h): every path this CPU runs computes the
  * same bits as the scalar one, on lengths that exercise the 16-lane body and the tails, on values
- * that reach the exp clamps; and VARSERVE_CPU_SIMD forces a path or fails with a message. The
- * direct convolution is, bit for bit, its stated FMA chain per K block, and the CPU backend's
- * conv2d (direct where it gives the BLAS's bits, im2col + sgemm elsewhere) is the convolution. */
+ * that reach the exp clamps; and VARSERVE_CPU_SIMD forces a path or fails with a message. Both
+ * direct convolutions (AVX-512 and AVX2) are, bit for bit, their stated FMA chain per K block, and
+ * the CPU backend's conv2d (direct or im2col + sgemm, backend_cpu.c) is the convolution. */
 #include <check.h>
 #include <math.h>
 #include <stdio.h>
@@ -123,13 +123,50 @@ static float conv_chain(const float *x, const float *w, const float *bias, int c
     return out;
 }
 
+/* One case of a direct kernel: outputs [p0, p1) are conv_chain's bits, the others untouched. The
+ * AVX2 kernel takes whole rows, so its cases' ranges are whole rows (p0, p1 multiples of W). */
+typedef struct {
+    int cin, cout, k, H, W, p0, p1, nblk, kend[3];
+} conv_case;
+
+static void check_direct_case(const char *kernel, const conv_case *cc, unsigned seed, int with_bias)
+{
+    int cin = cc->cin, cout = cc->cout, k = cc->k, H = cc->H, W = cc->W;
+    size_t in = (size_t)cin * H * W, out = (size_t)cout * H * W, K = (size_t)cin * k * k;
+    float *x = random_floats(in, seed + 1, -2.0f, 2.0f);
+    float *w = random_floats((size_t)cout * K, seed + 100, -0.5f, 0.5f);
+    float *b = random_floats((size_t)cout, seed + 200, -1.0f, 1.0f), *bias = with_bias ? b : NULL;
+    float *y = malloc(out * sizeof *y);
+    for (size_t i = 0; i < out; i++)
+        y[i] = 12345.0f; /* outside [p0, p1) must stay */
+    if (strcmp(kernel, "avx512") == 0) {
+        vs_rt_conv_direct_avx512(y, x, w, bias, cin, H, W, cout, k, cc->p0, cc->p1, cc->kend, cc->nblk);
+    } else {
+        ck_assert(cc->p0 % W == 0 && cc->p1 % W == 0 && W % 8 == 0);
+        int y0 = cc->p0 / W, y1 = cc->p1 / W;
+        float *scratch = malloc(vs_rt_conv_direct_avx2_scratch(cin, W, k, y1 - y0) * sizeof *scratch);
+        vs_rt_conv_direct_avx2(y, x, w, bias, cin, H, W, cout, k, y0, y1, cc->kend, cc->nblk, scratch);
+        free(scratch);
+    }
+    for (int co = 0; co < cout; co++)
+        for (int q = 0; q < H * W; q++) {
+            float got = y[(size_t)co * H * W + q], want = 12345.0f;
+            if (q >= cc->p0 && q < cc->p1)
+                want = conv_chain(x, w, bias, cin, H, W, k, co, q, cc->kend, cc->nblk);
+            ck_assert_msg(memcmp(&got, &want, sizeof got) == 0, "%s case seed %u channel %d pixel %d: %a, want %a",
+                          kernel, seed, co, q, got, want);
+        }
+    free(x);
+    free(w);
+    free(b);
+    free(y);
+}
+
 START_TEST(direct_conv_is_the_fma_chain_of_each_k_block_in_im2col_order)
 {
     if (!vs_rt_simd_by_name("avx512"))
         return; /* this CPU does not run it */
-    static const struct {
-        int cin, cout, k, H, W, p0, p1, nblk, kend[3];
-    } cases[] = {
+    static const conv_case cases[] = {
         {5, 11, 3, 7, 9, 9, 54, 2, {20, 45}},       /* rows of 9: vectors span rows; 2 blocks mid-channel */
         {3, 3, 1, 5, 5, 0, 25, 1, {3}},             /* 1×1, a 25-pixel plane */
         {16, 8, 3, 16, 16, 64, 128, 1, {144}},      /* a band inside the map */
@@ -137,31 +174,29 @@ START_TEST(direct_conv_is_the_fma_chain_of_each_k_block_in_im2col_order)
         {2, 17, 3, 33, 40, 1280, 1320, 1, {18}},    /* the last band: a vector past p1 */
         {4, 10, 3, 3, 5, 0, 15, 1, {36}},           /* one vector, 8 channels and 2 */
     };
-    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
-        int cin = cases[ci].cin, cout = cases[ci].cout, k = cases[ci].k, H = cases[ci].H, W = cases[ci].W;
-        size_t in = (size_t)cin * H * W, out = (size_t)cout * H * W, K = (size_t)cin * k * k;
-        float *x = random_floats(in, (unsigned)ci + 1, -2.0f, 2.0f);
-        float *w = random_floats((size_t)cout * K, (unsigned)ci + 100, -0.5f, 0.5f);
-        float *b = random_floats((size_t)cout, (unsigned)ci + 200, -1.0f, 1.0f);
-        float *y = malloc(out * sizeof *y);
-        for (size_t i = 0; i < out; i++)
-            y[i] = 12345.0f; /* outside [p0, p1) must stay */
-        vs_rt_conv_direct_avx512(y, x, w, ci % 2 ? NULL : b, cin, H, W, cout, k, cases[ci].p0,
-                                 cases[ci].p1, cases[ci].kend, cases[ci].nblk);
-        for (int co = 0; co < cout; co++)
-            for (int q = 0; q < H * W; q++) {
-                float got = y[(size_t)co * H * W + q], want = 12345.0f;
-                if (q >= cases[ci].p0 && q < cases[ci].p1)
-                    want = conv_chain(x, w, ci % 2 ? NULL : b, cin, H, W, k, co, q, cases[ci].kend,
-                                      cases[ci].nblk);
-                ck_assert_msg(memcmp(&got, &want, sizeof got) == 0,
-                              "case %zu channel %d pixel %d: %a, want %a", ci, co, q, got, want);
-            }
-        free(x);
-        free(w);
-        free(b);
-        free(y);
-    }
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
+        check_direct_case("avx512", &cases[ci], (unsigned)ci, ci % 2 == 0);
+}
+END_TEST
+
+/* The AVX2 kernel on bands of whole rows: the AVX-512 kernel's rule, so the two agree bit for bit
+ * wherever both run. */
+START_TEST(direct_avx2_conv_is_the_same_fma_chain_on_bands_of_rows)
+{
+    if (!vs_rt_simd_by_name("avx2"))
+        return; /* this CPU does not run it */
+    static const conv_case cases[] = {
+        {5, 11, 3, 7, 16, 16, 64, 2, {20, 45}},     /* 2 vectors a row: tiles span rows; 2 blocks mid-channel */
+        {3, 3, 1, 5, 8, 0, 40, 1, {3}},             /* 1×1, the whole map */
+        {16, 8, 3, 16, 16, 64, 128, 1, {144}},      /* a band inside the map */
+        {130, 9, 3, 4, 24, 0, 96, 3, {448, 800, 1170}}, /* OpenBLAS-like split of K = 1170 */
+        {2, 17, 3, 33, 40, 1280, 1320, 1, {18}},    /* the last row: 5 vectors, a 2-vector tail */
+        {4, 10, 3, 3, 8, 0, 24, 1, {36}},           /* one vector a row, 4 + 4 + 2 channels */
+        {7, 6, 3, 5, 8, 8, 16, 1, {63}},            /* one row inside the map: a 1-vector tile */
+        {32, 3, 3, 9, 32, 0, 288, 2, {144, 288}},   /* the decoder's last conv: 3 channels */
+    };
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++)
+        check_direct_case("avx2", &cases[ci], (unsigned)ci + 50, ci % 2 == 0);
 }
 END_TEST
 
@@ -251,6 +286,7 @@ static Suite *simd_suite(void)
     TCase *conv = tcase_create("conv");
     tcase_set_timeout(conv, 60);
     tcase_add_test(conv, direct_conv_is_the_fma_chain_of_each_k_block_in_im2col_order);
+    tcase_add_test(conv, direct_avx2_conv_is_the_same_fma_chain_on_bands_of_rows);
     tcase_add_test(conv, cpu_conv2d_is_the_convolution_and_each_image_is_computed_alone);
     suite_add_tcase(s, conv);
     return s;
