@@ -262,28 +262,50 @@ typedef struct {
     float eps;
 } adaln_job;
 
+/* mean and variance of R rows of C (double sums, each row's in index order): the rows' chains are
+ * interleaved, which hides the add latency of one row's sequential sum without reordering it */
+#define LN_ROWS 4
+static void ln_stats(const float *const *x, int R, int C, double *mean, double *var)
+{
+    double m[LN_ROWS] = {0}, v[LN_ROWS] = {0};
+    for (int i = 0; i < C; i++)
+        for (int r = 0; r < R; r++)
+            m[r] += x[r][i];
+    for (int r = 0; r < R; r++)
+        m[r] /= C;
+    for (int i = 0; i < C; i++)
+        for (int r = 0; r < R; r++) {
+            double d = x[r][i] - m[r];
+            v[r] += d * d;
+        }
+    for (int r = 0; r < R; r++) {
+        mean[r] = m[r];
+        var[r] = v[r] / C;
+    }
+}
+
 static void adaln_task(void *p, size_t b, size_t e, int worker)
 {
     (void)worker;
     adaln_job *j = p;
     int C = j->C;
-    for (size_t t = b; t < e; t++) {
-        const float *x = j->x + t * (size_t)C;
-        float *y = j->y + t * (size_t)C;
-        const float *mrow = j->mod + (size_t)j->tok_row[t] * (size_t)j->mod_stride;
-        const float *sc = mrow + j->off_a, *sh = mrow + j->off_b;
-        double mean = 0, var = 0;
-        for (int i = 0; i < C; i++)
-            mean += x[i];
-        mean /= C;
-        for (int i = 0; i < C; i++) {
-            double d = x[i] - mean;
-            var += d * d;
+    for (size_t t0 = b; t0 < e; t0 += LN_ROWS) {
+        int R = e - t0 < LN_ROWS ? (int)(e - t0) : LN_ROWS;
+        const float *xs[LN_ROWS];
+        double mean[LN_ROWS], var[LN_ROWS];
+        for (int r = 0; r < R; r++)
+            xs[r] = j->x + (t0 + r) * (size_t)C;
+        ln_stats(xs, R, C, mean, var);
+        for (int r = 0; r < R; r++) {
+            size_t t = t0 + r;
+            const float *x = xs[r];
+            float *y = j->y + t * (size_t)C;
+            const float *mrow = j->mod + (size_t)j->tok_row[t] * (size_t)j->mod_stride;
+            const float *sc = mrow + j->off_a, *sh = mrow + j->off_b;
+            float rstd = (float)(1.0 / sqrt(var[r] + j->eps)), fm = (float)mean[r];
+            for (int i = 0; i < C; i++)
+                y[i] = (x[i] - fm) * rstd * (1.0f + sc[i]) + sh[i];
         }
-        var /= C;
-        float rstd = (float)(1.0 / sqrt(var + j->eps)), fm = (float)mean;
-        for (int i = 0; i < C; i++)
-            y[i] = (x[i] - fm) * rstd * (1.0f + sc[i]) + sh[i];
     }
 }
 
@@ -315,27 +337,45 @@ static void cpu_gated_add(vs_rt_backend *be, float *x, const float *y, const flo
     vs_rt_parallel_for(cpu(be)->tp, (size_t)b->n_tok, gated_task, &j);
 }
 
-static void cpu_qk_norm(vs_rt_backend *be, float *qkv, int T, int H, int d, const float *scale_mul)
+typedef struct {
+    float *qkv;
+    int H, d;
+    const float *mul; /* [H]: exp of the clamped scale_mul, the queries' factor */
+} qk_job;
+
+static void qk_task(void *p, size_t b, size_t e, int worker)
 {
-    (void)be;
-    int C = H * d;
-    const float max_mul = logf(100.0f);
-    for (int t = 0; t < T; t++)
+    (void)worker;
+    qk_job *j = p;
+    int C = j->H * j->d;
+    for (size_t t = b; t < e; t++)
         for (int part = 0; part < 2; part++)
-            for (int h = 0; h < H; h++) {
-                float *v = qkv + (size_t)t * 3 * C + (size_t)part * C + (size_t)h * d;
+            for (int h = 0; h < j->H; h++) {
+                float *v = j->qkv + t * 3 * (size_t)C + (size_t)part * C + (size_t)h * j->d;
                 double ss = 0;
-                for (int i = 0; i < d; i++)
+                for (int i = 0; i < j->d; i++)
                     ss += (double)v[i] * v[i];
                 float nrm = (float)sqrt(ss);
                 float inv = 1.0f / (nrm > 1e-12f ? nrm : 1e-12f);
-                if (part == 0) {
-                    float sm = scale_mul[h] < max_mul ? scale_mul[h] : max_mul;
-                    inv *= expf(sm);
-                }
-                for (int i = 0; i < d; i++)
+                if (part == 0)
+                    inv *= j->mul[h];
+                for (int i = 0; i < j->d; i++)
                     v[i] *= inv;
             }
+}
+
+static void cpu_qk_norm(vs_rt_backend *be, float *qkv, int T, int H, int d, const float *scale_mul)
+{
+    const float max_mul = logf(100.0f);
+    float stack[64], *mul = H <= 64 ? stack : malloc((size_t)H * sizeof *mul);
+    if (!mul)
+        abort(); /* H floats */
+    for (int h = 0; h < H; h++)
+        mul[h] = expf(scale_mul[h] < max_mul ? scale_mul[h] : max_mul);
+    qk_job j = {qkv, H, d, mul};
+    vs_rt_parallel_for(cpu(be)->tp, (size_t)T, qk_task, &j);
+    if (mul != stack)
+        free(mul);
 }
 
 /* ---- attention over pages ---------------------------------------------------------------------- */
