@@ -21,7 +21,8 @@
  * the order of OpenBLAS's SKYLAKEX sgemm (sgemm_kblocks), so pixels do not depend on the path:
  * - AVX-512 CPUs run that sgemm (runtime/blas.h pins it), and each conv shape is first run both
  *   ways on random inputs: only a bit-identical shape takes the direct path (conv_direct_ok),
- *   whatever the BLAS.
+ *   whatever the BLAS. Their kernel is the AVX-512 one, or the AVX2 one (the same bits) when
+ *   VARSERVE_CPU_SIMD=avx2.
  * - AVX2 CPUs run OpenBLAS's Haswell or Zen sgemm, which splits a sum into two FMA chains in some
  *   micro-tiles and not in others, so no direct kernel could follow it; there every k 1 or 3 conv
  *   whose W is a multiple of 8 takes the AVX2 kernel, and its pixels are those of an AVX-512
@@ -63,6 +64,7 @@ typedef struct {
     scratch *ws; /* [nw] per-worker scratch */
     /* the direct conv kernel this CPU runs (runtime/simd.h): immutable after init */
     enum { CONV_SGEMM, CONV_AVX512, CONV_AVX2 } conv_direct_kind;
+    int conv_check; /* the sgemm may sum in the kernels' order: check each shape (conv_direct_ok) */
     conv_verdict verdicts[CONV_VERDICTS]; /* engine only */
     int n_verdicts;
 } cpu_backend;
@@ -843,8 +845,9 @@ static void conv_task(void *p, size_t ub, size_t ue, int worker)
     }
 }
 
-/* Whether a shape takes the direct kernel: on AVX2, by its shape (see the top of this file); on
- * AVX-512, whether the kernel gives this conv shape's sgemm bits, decided once per shape (the
+/* Whether a shape takes the direct kernel: on AVX2-only CPUs, by its shape (see the top of this
+ * file); on AVX-512 ones, whether the kernel gives this conv shape's sgemm bits, decided once per
+ * shape (the
  * summation order depends on the shape alone): on random inputs and the call's weights, its
  * first and last bands (the two GEMM shapes a conv call makes) computed both ways must match
  * bit for bit. Anything else (another BLAS, another kernel, no memory for the check or the
@@ -855,9 +858,12 @@ static int conv_direct_ok(cpu_backend *c, const conv_job *j)
     if (c->conv_direct_kind == CONV_SGEMM || (j->k != 1 && j->k != 3) ||
         j->cin * j->k * j->k > 64 * 448)
         return 0;
-    if (c->conv_direct_kind == CONV_AVX2) /* no sgemm here sums in this order: see the file top */
-        return j->W % 8 == 0 &&
-               ensure_scratch(c, vs_rt_conv_direct_avx2_scratch(j->cin, j->W, j->k, j->band)) == 0;
+    if (c->conv_direct_kind == CONV_AVX2 &&
+        (j->W % 8 != 0 ||
+         ensure_scratch(c, vs_rt_conv_direct_avx2_scratch(j->cin, j->W, j->k, j->band)) != 0))
+        return 0;
+    if (!c->conv_check)
+        return 1; /* no sgemm here sums in this order: see the top of this file */
     for (int i = 0; i < c->n_verdicts; i++) {
         const conv_verdict *v = &c->verdicts[i];
         if (v->cin == j->cin && v->cout == j->cout && v->k == j->k &&
@@ -1077,8 +1083,13 @@ vs_status vs_rt_backend_cpu_new(int threads, vs_rt_backend **out, vs_err *err)
     if (!c)
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory");
     c->simd = vs_rt_simd_table();
-    c->conv_direct_kind = vs_rt_simd_by_name("avx512") ? CONV_AVX512
+    /* the widest kernel the CPU runs, but AVX2's where VARSERVE_CPU_SIMD=avx2 forces that path
+     * (the same bits, so an AVX-512 machine's tests cover AVX2's band logic too); checked against
+     * the sgemm wherever that is SkylakeX's (every AVX-512 CPU, runtime/blas.h) */
+    int avx512 = vs_rt_simd_by_name("avx512") != NULL, avx2_forced = strcmp(c->simd->name, "avx2") == 0;
+    c->conv_direct_kind = avx512 && !avx2_forced ? CONV_AVX512
                           : vs_rt_simd_by_name("avx2") ? CONV_AVX2 : CONV_SGEMM;
+    c->conv_check = avx512;
     c->tp = vs_rt_tpool_new(threads);
     c->nw = c->tp ? vs_rt_tpool_size(c->tp) : 0;
     c->ws = calloc((size_t)(c->nw ? c->nw : 1), sizeof *c->ws);

@@ -48,8 +48,8 @@ vs_status vs_rt_simd_check(vs_err *err);
  * OpenBLAS's SKYLAKEX sgemm sums it: an FMA chain from +0 over each K block [kend[i−1], kend[i])
  * of the im2col order, added to bias (block 0) or the output (runtime/simd_conv_avx512.c).
  * AVX-512F only: the caller checks that the CPU runs it (vs_rt_simd_by_name("avx512")) and that
- * its bits are the BLAS's for the shape (backend_cpu.c); that holds whatever VARSERVE_CPU_SIMD
- * forces. */
+ * its bits are the BLAS's for the shape (backend_cpu.c). The CPU backend runs it on AVX-512 CPUs
+ * unless VARSERVE_CPU_SIMD=avx2 chooses the AVX2 kernel below (the same bits). */
 void vs_rt_conv_direct_avx512(float *y, const float *x, const float *w, const float *bias, int cin,
                               int H, int W, int cout, int k, int p0, int p1, const int *kend,
                               int nblk);
