@@ -2,9 +2,11 @@
  * same bits as the scalar one, on lengths that exercise the 16-lane body and the tails, on values
  * that reach the exp clamps; and VARSERVE_CPU_SIMD forces a path or fails with a message. Both
  * direct convolutions (AVX-512 and AVX2) are, bit for bit, their stated FMA chain per K block, and
- * the CPU backend's conv2d (direct or im2col + sgemm, backend_cpu.c) is the convolution. */
+ * the CPU backend's conv2d (direct or im2col + sgemm, backend_cpu.c) is the convolution, with the
+ * same bits whichever path VARSERVE_CPU_SIMD forces. */
 #include <check.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -265,6 +267,71 @@ static int child_forced(const char *env, const char *want_name, int want_ok)
     return WIFEXITED(ws) ? WEXITSTATUS(ws) : 2;
 }
 
+/* In a child with VARSERVE_CPU_SIMD=env ("" leaves it unset): a 64-bit FNV-1a hash of the bits
+ * the CPU backend's conv2d gives on fixed inputs, over shapes of both direct kernels' kinds and one
+ * whose width no AVX2 tile divides; 0 when the child failed. */
+static uint64_t child_conv_hash(const char *env)
+{
+    int fd[2];
+    if (pipe(fd) != 0)
+        return 0;
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(fd[0]);
+        if (*env)
+            setenv("VARSERVE_CPU_SIMD", env, 1);
+        else
+            unsetenv("VARSERVE_CPU_SIMD");
+        vs_rt_backend *be = NULL;
+        vs_err err = {0};
+        if (vs_rt_backend_new(VS_RT_BACKEND_CPU, 2, &be, &err) != VS_OK)
+            _exit(1);
+        static const int shapes[][5] = {{32, 32, 3, 16, 16}, {130, 16, 3, 8, 24}, {16, 8, 1, 8, 24},
+                                        {8, 3, 3, 12, 12}};
+        uint64_t h = 1469598103934665603ull;
+        for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+            int cin = shapes[si][0], cout = shapes[si][1], k = shapes[si][2], H = shapes[si][3], W = shapes[si][4];
+            size_t in = (size_t)2 * cin * H * W, out = (size_t)2 * cout * H * W;
+            float *x = random_floats(in, (unsigned)si + 3, -2.0f, 2.0f);
+            float *w = random_floats((size_t)cout * cin * k * k, (unsigned)si + 30, -0.3f, 0.3f);
+            float *b = random_floats((size_t)cout, (unsigned)si + 300, -1.0f, 1.0f);
+            float *y = malloc(out * sizeof *y);
+            be->ops->conv2d(be, y, x, w, b, 2, cin, H, W, cout, k);
+            const unsigned char *bytes = (const unsigned char *)y;
+            for (size_t i = 0; i < out * sizeof *y; i++)
+                h = (h ^ bytes[i]) * 1099511628211ull;
+            free(x);
+            free(w);
+            free(b);
+            free(y);
+        }
+        vs_rt_backend_free(be);
+        _exit(write(fd[1], &h, sizeof h) == (ssize_t)sizeof h ? 0 : 1);
+    }
+    close(fd[1]);
+    uint64_t h = 0;
+    if (read(fd[0], &h, sizeof h) != (ssize_t)sizeof h)
+        h = 0;
+    close(fd[0]);
+    int ws = 0;
+    waitpid(pid, &ws, 0);
+    return WIFEXITED(ws) && WEXITSTATUS(ws) == 0 ? h : 0;
+}
+
+/* Forcing a vector path never changes a convolution's bits: the elementwise tables agree by
+ * construction, and where avx2 is forced on an AVX-512 CPU the AVX2 conv kernel runs in the
+ * AVX-512 one's order (backend_cpu.c). */
+START_TEST(conv2d_gives_the_same_bits_whatever_path_is_forced)
+{
+    uint64_t want = child_conv_hash("");
+    ck_assert(want != 0);
+    ck_assert_msg(child_conv_hash("scalar") == want, "scalar");
+    for (size_t p = 0; p < sizeof PATHS / sizeof PATHS[0]; p++)
+        if (vs_rt_simd_by_name(PATHS[p]))
+            ck_assert_msg(child_conv_hash(PATHS[p]) == want, "%s", PATHS[p]);
+}
+END_TEST
+
 START_TEST(the_environment_forces_a_path_or_is_refused_with_the_choices)
 {
     ck_assert_int_eq(child_forced("scalar", "scalar", 1), 0);
@@ -287,6 +354,7 @@ static Suite *simd_suite(void)
     tcase_set_timeout(conv, 60);
     tcase_add_test(conv, direct_conv_is_the_fma_chain_of_each_k_block_in_im2col_order);
     tcase_add_test(conv, direct_avx2_conv_is_the_same_fma_chain_on_bands_of_rows);
+    tcase_add_test(conv, conv2d_gives_the_same_bits_whatever_path_is_forced);
     tcase_add_test(conv, cpu_conv2d_is_the_convolution_and_each_image_is_computed_alone);
     suite_add_tcase(s, conv);
     return s;
