@@ -25,8 +25,10 @@
  *   VARSERVE_CPU_SIMD=avx2.
  * - AVX2 CPUs run OpenBLAS's Haswell or Zen sgemm, which splits a sum into two FMA chains in some
  *   micro-tiles and not in others, so no direct kernel could follow it; there every k 1 or 3 conv
- *   whose W is a multiple of 8 takes the AVX2 kernel, and its pixels are those of an AVX-512
- *   machine (the same chain, lane for lane). The other shapes keep im2col + sgemm. */
+ *   whose W is a multiple of 8 and whose K fits 64 blocks of 448 takes the AVX2 kernel unchecked.
+ *   Its pixels are then an AVX-512 machine's wherever that machine's check passes for the shape
+ *   (the decoder's shapes on the Xeons measured, bench/RESULTS.md): the same chain, lane for
+ *   lane. The other shapes keep im2col + sgemm, in the Haswell or Zen order. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -847,11 +849,10 @@ static void conv_task(void *p, size_t ub, size_t ue, int worker)
 
 /* Whether a shape takes the direct kernel: on AVX2-only CPUs, by its shape (see the top of this
  * file); on AVX-512 ones, whether the kernel gives this conv shape's sgemm bits, decided once per
- * shape (the
- * summation order depends on the shape alone): on random inputs and the call's weights, its
- * first and last bands (the two GEMM shapes a conv call makes) computed both ways must match
- * bit for bit. Anything else (another BLAS, another kernel, no memory for the check or the
- * scratch, a CPU with neither kernel) keeps the sgemm path. */
+ * shape (the summation order depends on the shape alone): on random inputs and the call's
+ * weights, its first and last bands (the two GEMM shapes a conv call makes) computed both ways
+ * must match bit for bit. Anything else (another BLAS, another kernel, no memory for the check or
+ * the scratch, a CPU with neither kernel) keeps the sgemm path. */
 static int conv_direct_ok(cpu_backend *c, const conv_job *j)
 {
     /* k 1 or 3 (the kernel's taps); K within the 64 blocks the callers' kend arrays hold */

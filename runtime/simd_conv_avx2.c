@@ -19,9 +19,9 @@
  * inputs and one broadcast weight fill the 16 registers. Each tap t of the im2col order is one
  * load per vector and one FMA per accumulator, so every output is the chain
  * acc = fma(x_t, w_t, acc) from +0 over each K block, added to the output (bias first) once per
- * block. A padding tap adds fma(+0, w, acc) = acc, as the AVX-512 kernel's masked-to-zero loads
- * do (acc starts at +0, and a round-to-nearest sum is −0 only when both terms are). x86-64 only;
- * empty elsewhere. Any thread (no state). */
+ * block. A padding tap is an FMA on a zero like any other, as in the AVX-512 kernel (whose masked
+ * lanes load +0) and the sgemm's im2col: the same operations, so the same bits. x86-64 only
+ * (elsewhere definitions for the linker that no CPU reaches). Any thread (no state). */
 #if defined(__x86_64__)
 #pragma GCC target("avx2,fma")
 #include <immintrin.h>
@@ -175,5 +175,23 @@ void vs_rt_conv_direct_avx2(float *y, const float *x, const float *w, const floa
     }
 }
 #else
-typedef int vs_rt_conv_avx2_unused; /* ISO C wants a declaration in every file */
+#include <stdlib.h>
+
+#include "runtime/simd.h"
+
+/* no CPU off x86-64 runs AVX2 (vs_rt_simd_by_name says so), so the CPU backend never calls these */
+size_t vs_rt_conv_direct_avx2_scratch(int cin, int W, int k, int rows)
+{
+    (void)cin, (void)W, (void)k, (void)rows;
+    abort();
+}
+
+void vs_rt_conv_direct_avx2(float *y, const float *x, const float *w, const float *bias, int cin,
+                            int H, int W, int cout, int k, int y0, int y1, const int *kend,
+                            int nblk, float *scratch)
+{
+    (void)y, (void)x, (void)w, (void)bias, (void)cin, (void)H, (void)W, (void)cout, (void)k;
+    (void)y0, (void)y1, (void)kend, (void)nblk, (void)scratch;
+    abort();
+}
 #endif

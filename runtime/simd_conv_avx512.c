@@ -9,9 +9,9 @@
  * range, read 0; masked lanes are never accessed) and one FMA per accumulator, so every
  * output is the chain acc = fma(x_t, w_t, acc) from +0 over each K block, added to the output
  * (bias first) once per block — OpenBLAS's SKYLAKEX kernel's arithmetic exactly. A padding tap
- * contributes fma(0, w, acc) = acc: acc starts at +0 and a round-to-nearest sum is −0 only when
- * both terms are, so skipping or zero-filling a tap gives the same bits. x86-64 only; empty
- * elsewhere. Any thread (no state). */
+ * is an FMA on a zero like any other (masked lanes load +0), as the sgemm's im2col holds zeros
+ * there: the same operations, so the same bits. x86-64 only (elsewhere a definition for the
+ * linker that no CPU reaches). Any thread (no state). */
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
 #include <immintrin.h>
@@ -148,5 +148,17 @@ void vs_rt_conv_direct_avx512(float *y, const float *x, const float *w, const fl
     }
 }
 #else
-typedef int vs_rt_conv_avx512_unused; /* ISO C wants a declaration in every file */
+#include <stdlib.h>
+
+#include "runtime/simd.h"
+
+/* no CPU off x86-64 runs AVX-512 (vs_rt_simd_by_name says so), so the CPU backend never calls this */
+void vs_rt_conv_direct_avx512(float *y, const float *x, const float *w, const float *bias, int cin,
+                              int H, int W, int cout, int k, int p0, int p1, const int *kend,
+                              int nblk)
+{
+    (void)y, (void)x, (void)w, (void)bias, (void)cin, (void)H, (void)W, (void)cout, (void)k;
+    (void)p0, (void)p1, (void)kend, (void)nblk;
+    abort();
+}
 #endif

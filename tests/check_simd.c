@@ -172,7 +172,7 @@ START_TEST(direct_conv_is_the_fma_chain_of_each_k_block_in_im2col_order)
         {5, 11, 3, 7, 9, 9, 54, 2, {20, 45}},       /* rows of 9: vectors span rows; 2 blocks mid-channel */
         {3, 3, 1, 5, 5, 0, 25, 1, {3}},             /* 1×1, a 25-pixel plane */
         {16, 8, 3, 16, 16, 64, 128, 1, {144}},      /* a band inside the map */
-        {130, 9, 3, 4, 20, 0, 80, 3, {448, 800, 1170}}, /* OpenBLAS-like split of K = 1170 */
+        {130, 9, 3, 4, 20, 0, 80, 3, {448, 800, 1170}}, /* K = 1170 in three blocks, two mid-channel */
         {2, 17, 3, 33, 40, 1280, 1320, 1, {18}},    /* the last band: a vector past p1 */
         {4, 10, 3, 3, 5, 0, 15, 1, {36}},           /* one vector, 8 channels and 2 */
     };
@@ -191,7 +191,7 @@ START_TEST(direct_avx2_conv_is_the_same_fma_chain_on_bands_of_rows)
         {5, 11, 3, 7, 16, 16, 64, 2, {20, 45}},     /* 2 vectors a row: tiles span rows; 2 blocks mid-channel */
         {3, 3, 1, 5, 8, 0, 40, 1, {3}},             /* 1×1, the whole map */
         {16, 8, 3, 16, 16, 64, 128, 1, {144}},      /* a band inside the map */
-        {130, 9, 3, 4, 24, 0, 96, 3, {448, 800, 1170}}, /* OpenBLAS-like split of K = 1170 */
+        {130, 9, 3, 4, 24, 0, 96, 3, {448, 800, 1170}}, /* K = 1170 in three blocks, two mid-channel */
         {2, 17, 3, 33, 40, 1280, 1320, 1, {18}},    /* the last row: 5 vectors, a 2-vector tail */
         {4, 10, 3, 3, 8, 0, 24, 1, {36}},           /* one vector a row, 4 + 4 + 2 channels */
         {7, 6, 3, 5, 8, 8, 16, 1, {63}},            /* one row inside the map: a 1-vector tile */
@@ -266,6 +266,45 @@ static int child_forced(const char *env, const char *want_name, int want_ok)
     waitpid(pid, &ws, 0);
     return WIFEXITED(ws) ? WEXITSTATUS(ws) : 2;
 }
+
+/* On a CPU with AVX2 and no AVX-512 the backend's conv2d takes the AVX2 kernel unchecked for
+ * these shapes (W a multiple of 8), and with K at most 448 its K blocks are one (backend_cpu.c's
+ * sgemm_kblocks): conv2d is then conv_chain with one block, bit for bit, whatever the bands. (On
+ * AVX-512 CPUs each shape is checked against the sgemm at run time instead.) */
+START_TEST(conv2d_is_one_fma_chain_where_k_fits_one_block)
+{
+    if (!vs_rt_simd_by_name("avx2") || vs_rt_simd_by_name("avx512"))
+        return; /* the AVX2 kernel does not run unchecked here */
+    vs_rt_backend *be = NULL;
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_backend_new(VS_RT_BACKEND_CPU, 2, &be, &err) == VS_OK, "%s", err.msg);
+    static const int shapes[][5] = {{32, 32, 3, 16, 16}, {40, 5, 3, 24, 8}, {16, 8, 1, 8, 24},
+                                    {49, 6, 3, 40, 32}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int cin = shapes[si][0], cout = shapes[si][1], k = shapes[si][2], H = shapes[si][3], W = shapes[si][4];
+        int N = 2, K = cin * k * k, kend[1] = {K};
+        size_t in = (size_t)cin * H * W, out = (size_t)cout * H * W;
+        float *x = random_floats(N * in, (unsigned)si + 11, -2.0f, 2.0f);
+        float *w = random_floats((size_t)cout * K, (unsigned)si + 110, -0.3f, 0.3f);
+        float *b = random_floats((size_t)cout, (unsigned)si + 1100, -1.0f, 1.0f);
+        float *y = malloc(N * out * sizeof *y);
+        be->ops->conv2d(be, y, x, w, b, N, cin, H, W, cout, k);
+        for (int n = 0; n < N; n++)
+            for (int co = 0; co < cout; co++)
+                for (int q = 0; q < H * W; q++) {
+                    float got = y[n * out + (size_t)co * H * W + q];
+                    float want = conv_chain(x + n * in, w, b, cin, H, W, k, co, q, kend, 1);
+                    ck_assert_msg(memcmp(&got, &want, sizeof got) == 0,
+                                  "shape %zu image %d channel %d pixel %d: %a, want %a", si, n, co, q, got, want);
+                }
+        free(x);
+        free(w);
+        free(b);
+        free(y);
+    }
+    vs_rt_backend_free(be);
+}
+END_TEST
 
 /* In a child with VARSERVE_CPU_SIMD=env ("" leaves it unset): a 64-bit FNV-1a hash of the bits
  * the CPU backend's conv2d gives on fixed inputs, over shapes of both direct kernels' kinds and one
@@ -355,6 +394,7 @@ static Suite *simd_suite(void)
     tcase_add_test(conv, direct_conv_is_the_fma_chain_of_each_k_block_in_im2col_order);
     tcase_add_test(conv, direct_avx2_conv_is_the_same_fma_chain_on_bands_of_rows);
     tcase_add_test(conv, conv2d_gives_the_same_bits_whatever_path_is_forced);
+    tcase_add_test(conv, conv2d_is_one_fma_chain_where_k_fits_one_block);
     tcase_add_test(conv, cpu_conv2d_is_the_convolution_and_each_image_is_computed_alone);
     suite_add_tcase(s, conv);
     return s;
