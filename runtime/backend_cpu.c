@@ -153,6 +153,7 @@ typedef struct {
     float *y;
     const float *x, *w, *bias;
     int M, N, K, by_rows, blk;
+    const vs_rt_simd *gelu; /* not NULL: gelu_tanh each block's outputs while they are in cache */
 } linear_job;
 
 /* One unit = one sgemm call over a fixed block of rows (or columns). The blocks depend only on
@@ -170,6 +171,8 @@ static void linear_task(void *p, size_t b, size_t e, int worker)
                     memcpy(j->y + (size_t)m * j->N, j->bias, (size_t)j->N * sizeof(float));
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m1 - m0, j->N, j->K, 1.0f,
                         j->x + (size_t)m0 * j->K, j->K, j->w, j->K, j->bias ? 1.0f : 0.0f, y, j->N);
+            if (j->gelu)
+                j->gelu->gelu_tanh(y, (size_t)(m1 - m0) * j->N);
         } else {
             int n0 = (int)u * j->blk, n1 = n0 + j->blk < j->N ? n0 + j->blk : j->N;
             if (j->bias)
@@ -178,20 +181,36 @@ static void linear_task(void *p, size_t b, size_t e, int worker)
                            (size_t)(n1 - n0) * sizeof(float));
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->M, n1 - n0, j->K, 1.0f, j->x,
                         j->K, j->w + (size_t)n0 * j->K, j->K, j->bias ? 1.0f : 0.0f, j->y + n0, j->N);
+            if (j->gelu)
+                for (int m = 0; m < j->M; m++)
+                    j->gelu->gelu_tanh(j->y + (size_t)m * j->N + n0, (size_t)(n1 - n0));
         }
     }
+}
+
+static void run_linear(cpu_backend *c, float *y, const float *x, const float *w, const float *bias,
+                       int M, int N, int K, const vs_rt_simd *gelu)
+{
+    /* OpenBLAS packs the weights again for every call: 256-row blocks amortise that when there
+     * are rows enough to keep every worker busy (a step's T is up to thousands of rows) */
+    linear_job j = {y, x, w, bias, M, N, K, M >= 64, M >= 512 ? 256 : 64, gelu};
+    size_t units = j.by_rows ? (size_t)(M + j.blk - 1) / (size_t)j.blk
+                             : (size_t)(N + j.blk - 1) / (size_t)j.blk;
+    vs_rt_parallel_for(c->tp, units, linear_task, &j);
 }
 
 static void cpu_linear(vs_rt_backend *be, float *y, const float *x, const float *w,
                        const float *bias, int M, int N, int K)
 {
-    cpu_backend *c = cpu(be);
-    /* OpenBLAS packs the weights again for every call: 256-row blocks amortise that when there
-     * are rows enough to keep every worker busy (a step's T is up to thousands of rows) */
-    linear_job j = {y, x, w, bias, M, N, K, M >= 64, M >= 512 ? 256 : 64};
-    size_t units = j.by_rows ? (size_t)(M + j.blk - 1) / (size_t)j.blk
-                             : (size_t)(N + j.blk - 1) / (size_t)j.blk;
-    vs_rt_parallel_for(c->tp, units, linear_task, &j);
+    run_linear(cpu(be), y, x, w, bias, M, N, K, NULL);
+}
+
+/* linear, then gelu_tanh on each block of outputs as its sgemm finishes (the same elementwise
+ * kernel as cpu_gelu, so the same bits), instead of a second pass over all of y */
+static void cpu_linear_gelu(vs_rt_backend *be, float *y, const float *x, const float *w,
+                            const float *bias, int M, int N, int K)
+{
+    run_linear(cpu(be), y, x, w, bias, M, N, K, cpu(be)->simd);
 }
 
 typedef struct {
@@ -1044,6 +1063,7 @@ static const vs_rt_backend_ops cpu_ops = {
     .sync = cpu_sync,
     .batch_begin = cpu_batch_begin,
     .linear = cpu_linear,
+    .linear_gelu = cpu_linear_gelu,
     .silu = cpu_silu,
     .gelu_tanh = cpu_gelu,
     .add = cpu_add,

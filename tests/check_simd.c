@@ -306,6 +306,38 @@ START_TEST(conv2d_is_one_fma_chain_where_k_fits_one_block)
 }
 END_TEST
 
+/* The CPU backend's fused linear_gelu is its linear followed by its gelu_tanh, bit for bit, for
+ * row counts that split the GEMM by columns (M < 64), by 64-row and by 256-row blocks. */
+START_TEST(cpu_linear_gelu_is_linear_then_gelu)
+{
+    vs_rt_backend *be = NULL;
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_backend_new(VS_RT_BACKEND_CPU, 2, &be, &err) == VS_OK, "%s", err.msg);
+    ck_assert(be->ops->linear_gelu != NULL);
+    static const int shapes[][3] = {{5, 200, 64}, {100, 96, 40}, {700, 130, 32}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2];
+        float *x = random_floats((size_t)M * K, (unsigned)si + 21, -2.0f, 2.0f);
+        float *w = random_floats((size_t)N * K, (unsigned)si + 210, -0.5f, 0.5f);
+        float *b = random_floats((size_t)N, (unsigned)si + 2100, -1.0f, 1.0f);
+        float *y1 = malloc((size_t)M * N * sizeof *y1), *y2 = malloc((size_t)M * N * sizeof *y2);
+        for (int with_bias = 0; with_bias < 2; with_bias++) {
+            be->ops->linear(be, y1, x, w, with_bias ? b : NULL, M, N, K);
+            be->ops->gelu_tanh(be, y1, (size_t)M * N);
+            be->ops->linear_gelu(be, y2, x, w, with_bias ? b : NULL, M, N, K);
+            ck_assert_msg(memcmp(y1, y2, (size_t)M * N * sizeof *y1) == 0, "M %d N %d K %d bias %d", M, N, K,
+                          with_bias);
+        }
+        free(x);
+        free(w);
+        free(b);
+        free(y1);
+        free(y2);
+    }
+    vs_rt_backend_free(be);
+}
+END_TEST
+
 /* In a child with VARSERVE_CPU_SIMD=env ("" leaves it unset): a 64-bit FNV-1a hash of the bits
  * the CPU backend's conv2d gives on fixed inputs, over shapes of both direct kernels' kinds and one
  * whose width no AVX2 tile divides; 0 when the child failed. */
@@ -395,6 +427,7 @@ static Suite *simd_suite(void)
     tcase_add_test(conv, direct_avx2_conv_is_the_same_fma_chain_on_bands_of_rows);
     tcase_add_test(conv, conv2d_gives_the_same_bits_whatever_path_is_forced);
     tcase_add_test(conv, conv2d_is_one_fma_chain_where_k_fits_one_block);
+    tcase_add_test(conv, cpu_linear_gelu_is_linear_then_gelu);
     tcase_add_test(conv, cpu_conv2d_is_the_convolution_and_each_image_is_computed_alone);
     suite_add_tcase(s, conv);
     return s;
