@@ -307,17 +307,26 @@ static void ln_stats(const float *const *x, int R, int C, double *mean, double *
     }
 }
 
-static void adaln_task(void *p, size_t b, size_t e, int worker)
+/* y = LN(x) · (1 + scale) + shift over tokens [b, e), LN_ROWS at a time; with gate, each row of x
+ * first gets x += gate->x · gamma (gated_task's arithmetic) */
+static void adaln_rows(const adaln_job *j, const adaln_job *gate, size_t b, size_t e)
 {
-    (void)worker;
-    adaln_job *j = p;
     int C = j->C;
     for (size_t t0 = b; t0 < e; t0 += LN_ROWS) {
         int R = e - t0 < LN_ROWS ? (int)(e - t0) : LN_ROWS;
         const float *xs[LN_ROWS];
         double mean[LN_ROWS], var[LN_ROWS];
-        for (int r = 0; r < R; r++)
-            xs[r] = j->x + (t0 + r) * (size_t)C;
+        for (int r = 0; r < R; r++) {
+            size_t t = t0 + r;
+            xs[r] = j->x + t * (size_t)C;
+            if (gate) {
+                float *x = gate->y + t * (size_t)C;
+                const float *br = gate->x + t * (size_t)C;
+                const float *g = gate->mod + (size_t)gate->tok_row[t] * (size_t)gate->mod_stride + gate->off_a;
+                for (int i = 0; i < C; i++)
+                    x[i] += br[i] * g[i];
+            }
+        }
         ln_stats(xs, R, C, mean, var);
         for (int r = 0; r < R; r++) {
             size_t t = t0 + r;
@@ -330,6 +339,12 @@ static void adaln_task(void *p, size_t b, size_t e, int worker)
                 y[i] = (x[i] - fm) * rstd * (1.0f + sc[i]) + sh[i];
         }
     }
+}
+
+static void adaln_task(void *p, size_t b, size_t e, int worker)
+{
+    (void)worker;
+    adaln_rows(p, NULL, b, e);
 }
 
 static void cpu_adaln(vs_rt_backend *be, float *y, const float *x, const float *mod, int mod_stride,
@@ -358,6 +373,29 @@ static void cpu_gated_add(vs_rt_backend *be, float *x, const float *y, const flo
 {
     adaln_job j = {x, y, mod, mod_stride, gamma_off, 0, C, b->tok_row, 0};
     vs_rt_parallel_for(cpu(be)->tp, (size_t)b->n_tok, gated_task, &j);
+}
+
+typedef struct {
+    adaln_job gate, norm;
+} gated_adaln_job;
+
+static void gated_adaln_task(void *p, size_t b, size_t e, int worker)
+{
+    (void)worker;
+    gated_adaln_job *j = p;
+    adaln_rows(&j->norm, &j->gate, b, e);
+}
+
+/* gated_add then adaln, a row at a time while it is in cache: each token's row is both ops'
+ * unit, so the result is the two ops' */
+static void cpu_gated_add_adaln(vs_rt_backend *be, float *x, const float *y, const float *gmod,
+                                int gmod_stride, int gamma_off, float *xn, const float *nmod,
+                                int nmod_stride, int scale_off, int shift_off, const vs_rt_batch *b,
+                                int C, float eps)
+{
+    gated_adaln_job j = {{x, y, gmod, gmod_stride, gamma_off, 0, C, b->tok_row, 0},
+                         {xn, x, nmod, nmod_stride, scale_off, shift_off, C, b->tok_row, eps}};
+    vs_rt_parallel_for(cpu(be)->tp, (size_t)b->n_tok, gated_adaln_task, &j);
 }
 
 typedef struct {
@@ -1064,6 +1102,7 @@ static const vs_rt_backend_ops cpu_ops = {
     .batch_begin = cpu_batch_begin,
     .linear = cpu_linear,
     .linear_gelu = cpu_linear_gelu,
+    .gated_add_adaln = cpu_gated_add_adaln,
     .silu = cpu_silu,
     .gelu_tanh = cpu_gelu,
     .add = cpu_add,

@@ -3,7 +3,8 @@
  * that reach the exp clamps; and VARSERVE_CPU_SIMD forces a path or fails with a message. Both
  * direct convolutions (AVX-512 and AVX2) are, bit for bit, their stated FMA chain per K block, and
  * the CPU backend's conv2d (direct or im2col + sgemm, backend_cpu.c) is the convolution, with the
- * same bits whichever path VARSERVE_CPU_SIMD forces. */
+ * same bits whichever path VARSERVE_CPU_SIMD forces. The backend's fused ops (linear_gelu,
+ * gated_add_adaln) give their two ops' bits. */
 #include <check.h>
 #include <math.h>
 #include <stdint.h>
@@ -338,6 +339,43 @@ START_TEST(cpu_linear_gelu_is_linear_then_gelu)
 }
 END_TEST
 
+/* The CPU backend's fused gated_add_adaln is gated_add then adaln, bit for bit: tokens of two
+ * rows (each its own modulation row), counts that leave a partial group of four rows. */
+START_TEST(cpu_gated_add_adaln_is_gated_add_then_adaln)
+{
+    vs_rt_backend *be = NULL;
+    vs_err err = {0};
+    ck_assert_msg(vs_rt_backend_new(VS_RT_BACKEND_CPU, 2, &be, &err) == VS_OK, "%s", err.msg);
+    ck_assert(be->ops->gated_add_adaln != NULL);
+    for (int T = 1; T <= 23; T += 11) {
+        int C = 96;
+        int32_t tok_row[23];
+        for (int t = 0; t < T; t++)
+            tok_row[t] = t < T / 2 ? 0 : 1;
+        vs_rt_batch b = {0};
+        b.n_tok = T;
+        b.tok_row = tok_row;
+        float *x1 = random_floats((size_t)T * C, (unsigned)T, -3.0f, 3.0f), *x2 = malloc((size_t)T * C * sizeof *x2);
+        float *y = random_floats((size_t)T * C, (unsigned)T + 1, -1.0f, 1.0f);
+        float *mod = random_floats((size_t)2 * 6 * C, (unsigned)T + 2, -0.5f, 0.5f);
+        float *n1 = malloc((size_t)T * C * sizeof *n1), *n2 = malloc((size_t)T * C * sizeof *n2);
+        memcpy(x2, x1, (size_t)T * C * sizeof *x2);
+        be->ops->gated_add(be, x1, y, mod, 6 * C, C, &b, C);
+        be->ops->adaln(be, n1, x1, mod, 6 * C, 3 * C, 4 * C, &b, C, 1e-6f);
+        be->ops->gated_add_adaln(be, x2, y, mod, 6 * C, C, n2, mod, 6 * C, 3 * C, 4 * C, &b, C, 1e-6f);
+        ck_assert_msg(memcmp(x1, x2, (size_t)T * C * sizeof *x1) == 0, "T %d: x", T);
+        ck_assert_msg(memcmp(n1, n2, (size_t)T * C * sizeof *n1) == 0, "T %d: xn", T);
+        free(x1);
+        free(x2);
+        free(y);
+        free(mod);
+        free(n1);
+        free(n2);
+    }
+    vs_rt_backend_free(be);
+}
+END_TEST
+
 /* In a child with VARSERVE_CPU_SIMD=env ("" leaves it unset): a 64-bit FNV-1a hash of the bits
  * the CPU backend's conv2d gives on fixed inputs, over shapes of both direct kernels' kinds and one
  * whose width no AVX2 tile divides; 0 when the child failed. */
@@ -428,6 +466,7 @@ static Suite *simd_suite(void)
     tcase_add_test(conv, conv2d_gives_the_same_bits_whatever_path_is_forced);
     tcase_add_test(conv, conv2d_is_one_fma_chain_where_k_fits_one_block);
     tcase_add_test(conv, cpu_linear_gelu_is_linear_then_gelu);
+    tcase_add_test(conv, cpu_gated_add_adaln_is_gated_add_then_adaln);
     tcase_add_test(conv, cpu_conv2d_is_the_convolution_and_each_image_is_computed_alone);
     suite_add_tcase(s, conv);
     return s;
