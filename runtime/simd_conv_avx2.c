@@ -12,8 +12,9 @@
  * - every load of a tap is then as aligned as the scratch (W is a multiple of 8), where reading
  *   taps kx = 0 and 2 in place splits half the loads across cache lines;
  * - and no load needs a mask.
- * (bench/RESULTS.md, "A direct convolution for AVX2 CPUs": 40 GFLOP/s a thread in place with
- * masks, 50 from one padded copy, 67–84 from the shifted copies, on a Zen 3.)
+ * (bench/RESULTS.md, "A direct convolution for AVX2 CPUs", one thread of a Zen 3 at 32→32 over
+ * 256²: 34 GFLOP/s in place with masks, 44–47 from one padded copy, 49–68 from the shifted
+ * copies.)
  *
  * A tile is 3 vectors of 8 consecutive output pixels × 4 output channels: 12 accumulators, 3
  * inputs and one broadcast weight fill the 16 registers. Each tap t of the im2col order is one
