@@ -307,8 +307,20 @@ static void ln_stats(const float *const *x, int R, int C, double *mean, double *
     }
 }
 
+/* The gated residual of token t: x[t] += branch[t] · gamma of its row (j: y = x, in/out; x = the
+ * branch output; off_a = gamma) */
+static void gated_row(const adaln_job *j, size_t t)
+{
+    int C = j->C;
+    float *x = j->y + t * (size_t)C;
+    const float *br = j->x + t * (size_t)C;
+    const float *g = j->mod + (size_t)j->tok_row[t] * (size_t)j->mod_stride + j->off_a;
+    for (int i = 0; i < C; i++)
+        x[i] += br[i] * g[i];
+}
+
 /* y = LN(x) · (1 + scale) + shift over tokens [b, e), LN_ROWS at a time; with gate, each row of x
- * first gets x += gate->x · gamma (gated_task's arithmetic) */
+ * first gets its gated residual (gated_row) */
 static void adaln_rows(const adaln_job *j, const adaln_job *gate, size_t b, size_t e)
 {
     int C = j->C;
@@ -319,13 +331,8 @@ static void adaln_rows(const adaln_job *j, const adaln_job *gate, size_t b, size
         for (int r = 0; r < R; r++) {
             size_t t = t0 + r;
             xs[r] = j->x + t * (size_t)C;
-            if (gate) {
-                float *x = gate->y + t * (size_t)C;
-                const float *br = gate->x + t * (size_t)C;
-                const float *g = gate->mod + (size_t)gate->tok_row[t] * (size_t)gate->mod_stride + gate->off_a;
-                for (int i = 0; i < C; i++)
-                    x[i] += br[i] * g[i];
-            }
+            if (gate)
+                gated_row(gate, t);
         }
         ln_stats(xs, R, C, mean, var);
         for (int r = 0; r < R; r++) {
@@ -357,15 +364,8 @@ static void cpu_adaln(vs_rt_backend *be, float *y, const float *x, const float *
 static void gated_task(void *p, size_t b, size_t e, int worker)
 {
     (void)worker;
-    adaln_job *j = p; /* y = x (in/out), x = the branch output, off_a = gamma */
-    int C = j->C;
-    for (size_t t = b; t < e; t++) {
-        float *x = j->y + t * (size_t)C;
-        const float *br = j->x + t * (size_t)C;
-        const float *g = j->mod + (size_t)j->tok_row[t] * (size_t)j->mod_stride + j->off_a;
-        for (int i = 0; i < C; i++)
-            x[i] += br[i] * g[i];
-    }
+    for (size_t t = b; t < e; t++)
+        gated_row(p, t);
 }
 
 static void cpu_gated_add(vs_rt_backend *be, float *x, const float *y, const float *mod,
