@@ -256,7 +256,8 @@ clean:
 # hot CPU loops: vectorise harder; -fno-trapping-math lets float selects (clamps) be if-converted.
 # No fast-math: results stay exact and thread-count independent.
 $(BUILD)/runtime/backend_cpu.o $(BUILD)/runtime/sample.o $(BUILD)/runtime/simd.o $(BUILD)/runtime/simd_avx2.o \
-  $(BUILD)/runtime/simd_avx512.o $(BUILD)/runtime/simd_conv_avx512.o $(BUILD)/runtime/simd_conv_avx2.o: ALL_CFLAGS += -O3 -fno-trapping-math
+  $(BUILD)/runtime/simd_avx512.o $(BUILD)/runtime/simd_conv_avx512.o $(BUILD)/runtime/simd_conv_avx512_copied.o \
+  $(BUILD)/runtime/simd_conv_avx2.o: ALL_CFLAGS += -O3 -fno-trapping-math
 
 # retrain the bundled model (not part of make test): Debian's python3-torch on CPU, about 50 min on 2 cores (measured 50.4 min, see tools/README_mnist.md)
 model:

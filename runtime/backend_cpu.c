@@ -21,7 +21,8 @@
  * the order of OpenBLAS's SKYLAKEX sgemm (sgemm_kblocks), so pixels do not depend on the path:
  * - AVX-512 CPUs run that sgemm (runtime/blas.h pins it), and each conv shape is first run both
  *   ways on random inputs: only a bit-identical shape takes the direct path (conv_direct_ok),
- *   whatever the BLAS. Their kernel is the AVX-512 one, or the AVX2 one (the same bits) when
+ *   whatever the BLAS. Their kernels are AVX-512's (from copies of the input rows on large maps,
+ *   in place elsewhere: conv_copies_pay), or the AVX2 one (the same bits) when
  *   VARSERVE_CPU_SIMD=avx2.
  * - AVX2 CPUs run OpenBLAS's Haswell or Zen sgemm, which splits a sum into two FMA chains in some
  *   micro-tiles and not in others, so no direct kernel could follow it; there every k 1 or 3 conv
@@ -782,6 +783,7 @@ typedef struct {
     float *y;
     const float *x, *w, *b;
     int N, cin, H, W, cout, k, band, nbands, direct;
+    int copied; /* the direct path from copies of the input rows (conv_copies_pay) */
     int chunk; /* > 0: the direct path in ranges of this many pixels, not by bands */
     cpu_backend *c;
 } conv_job;
@@ -855,33 +857,41 @@ static void conv_band_sgemm(const conv_job *j, int n, int bi, float *col)
                 k == 1 ? H * W : cols, 1.0f, y + (size_t)y0 * W, H * W);
 }
 
+/* Pixels [p0, p1) of image n by the direct kernel the job takes, summed in the K blocks kend */
+static void conv_direct_range(const conv_job *j, int n, int p0, int p1, const int *kend, int nb,
+                              int worker)
+{
+    int H = j->H, W = j->W;
+    float *y = j->y + (size_t)n * j->cout * H * W;
+    const float *x = j->x + (size_t)n * j->cin * H * W;
+    if (!j->copied)
+        vs_rt_conv_direct_avx512(y, x, j->w, j->b, j->cin, H, W, j->cout, j->k, p0, p1, kend, nb);
+    else if (j->c->conv_direct_kind == CONV_AVX2)
+        vs_rt_conv_copied_avx2(y, x, j->w, j->b, j->cin, H, W, j->cout, j->k, p0, p1, kend, nb,
+                               j->c->ws[worker].p);
+    else
+        vs_rt_conv_copied_avx512(y, x, j->w, j->b, j->cin, H, W, j->cout, j->k, p0, p1, kend, nb,
+                                 j->c->ws[worker].p);
+}
+
 /* The same band, the same bits, without the im2col matrix (runtime/simd.h). */
 static void conv_band_direct(const conv_job *j, int n, int bi, int worker)
 {
-    int H = j->H, W = j->W, KK = j->cin * j->k * j->k;
-    int y0 = bi * j->band, y1 = y0 + j->band < H ? y0 + j->band : H;
+    int W = j->W, KK = j->cin * j->k * j->k;
+    int y0 = bi * j->band, y1 = y0 + j->band < j->H ? y0 + j->band : j->H;
     int kend[64];
     int nb = sgemm_kblocks((y1 - y0) * W, j->cout, KK, kend);
-    float *y = j->y + (size_t)n * j->cout * H * W;
-    const float *x = j->x + (size_t)n * j->cin * H * W;
-    if (j->c->conv_direct_kind == CONV_AVX2)
-        vs_rt_conv_direct_avx2(y, x, j->w, j->b, j->cin, H, W, j->cout, j->k, y0, y1, kend, nb,
-                               j->c->ws[worker].p);
-    else
-        vs_rt_conv_direct_avx512(y, x, j->w, j->b, j->cin, H, W, j->cout, j->k, y0 * W, y1 * W,
-                                 kend, nb);
+    conv_direct_range(j, n, y0 * W, y1 * W, kend, nb, worker);
 }
 
 /* Pixels [p0, p1) of image n when every band sums in the same K blocks (cpu_conv2d decides):
  * then the direct kernel need not follow the bands, and ranges of whole 48-pixel tiles waste
  * fewer lanes on small maps (an 8×8 map's bands are 16 pixels). */
-static void conv_chunk_direct(const conv_job *j, int n, int p0, int p1)
+static void conv_chunk_direct(const conv_job *j, int n, int p0, int p1, int worker)
 {
-    int H = j->H, W = j->W, KK = j->cin * j->k * j->k;
     int kend[64];
-    int nb = sgemm_kblocks(j->band * W, j->cout, KK, kend);
-    vs_rt_conv_direct_avx512(j->y + (size_t)n * j->cout * H * W, j->x + (size_t)n * j->cin * H * W,
-                             j->w, j->b, j->cin, H, W, j->cout, j->k, p0, p1, kend, nb);
+    int nb = sgemm_kblocks(j->band * j->W, j->cout, j->cin * j->k * j->k, kend);
+    conv_direct_range(j, n, p0, p1, kend, nb, worker);
 }
 
 /* one unit = one band of output rows of one image, or (chunk > 0) one range of its pixels */
@@ -893,7 +903,7 @@ static void conv_task(void *p, size_t ub, size_t ue, int worker)
             int per = (j->H * j->W + j->chunk - 1) / j->chunk;
             int n = (int)(u / (size_t)per), p0 = (int)(u % (size_t)per) * j->chunk;
             int p1 = p0 + j->chunk < j->H * j->W ? p0 + j->chunk : j->H * j->W;
-            conv_chunk_direct(j, n, p0, p1);
+            conv_chunk_direct(j, n, p0, p1, worker);
             continue;
         }
         int n = (int)(u / (size_t)j->nbands), bi = (int)(u % (size_t)j->nbands);
@@ -902,6 +912,26 @@ static void conv_task(void *p, size_t ub, size_t ue, int worker)
         else
             conv_band_sgemm(j, n, bi, j->c->ws[worker].p);
     }
+}
+
+/* the most pixels a chunk of the direct path holds (cpu_conv2d): 16 tiles of 48 */
+#define CONV_CHUNK_MAX (16 * 48)
+
+/* Whether the direct path reads its input from copies (runtime/simd_conv_body.h) rather than in
+ * place: always on AVX2 (its only kernel); on AVX-512 for 3×3 convs over maps of 64² pixels and
+ * more, where the planes' power-of-two strides make in-place reads collide in the caches. On
+ * smaller maps and 1×1 convs the copies cost more than they save (bench/RESULTS.md, "The direct
+ * convolution from copies on AVX-512", a Zen 4). Either way the same bits. */
+static int conv_copies_pay(const cpu_backend *c, int k, int H, int W)
+{
+    return c->conv_direct_kind == CONV_AVX2 || (k == 3 && (size_t)H * W >= 64 * 64);
+}
+
+/* the most output rows one unit of a direct job meets: a band, or a chunk anywhere in a plane */
+static int conv_direct_rows(const conv_job *j)
+{
+    int chunk_rows = (CONV_CHUNK_MAX + j->W - 2) / j->W + 1;
+    return j->band > chunk_rows ? j->band : chunk_rows;
 }
 
 /* Whether a shape takes the direct kernel: on AVX2-only CPUs, by its shape (see the top of this
@@ -916,9 +946,10 @@ static int conv_direct_ok(cpu_backend *c, const conv_job *j)
     if (c->conv_direct_kind == CONV_SGEMM || (j->k != 1 && j->k != 3) ||
         j->cin * j->k * j->k > 64 * 448)
         return 0;
-    if (c->conv_direct_kind == CONV_AVX2 &&
-        (j->W % 8 != 0 ||
-         ensure_scratch(c, vs_rt_conv_direct_avx2_scratch(j->cin, j->W, j->k, j->band)) != 0))
+    if (c->conv_direct_kind == CONV_AVX2 && j->W % 8 != 0)
+        return 0;
+    if (j->copied &&
+        ensure_scratch(c, vs_rt_conv_copied_scratch(j->cin, j->W, j->k, conv_direct_rows(j))) != 0)
         return 0;
     if (!c->conv_check)
         return 1; /* no sgemm here sums in this order: see the top of this file */
@@ -976,7 +1007,8 @@ static void cpu_conv2d(vs_rt_backend *be, float *y, const float *x, const float 
         band = (band + 1) / 2;
     if (k > 1 && ensure_scratch(c, per_row * (size_t)band) != 0)
         abort(); /* scratch is bounded (about 1 MB per worker) */
-    conv_job j = {y, x, w, b, N, cin, H, W, cout, k, band, (H + band - 1) / band, 0, 0, c};
+    conv_job j = {y, x, w, b, N, cin, H, W, cout, k, band, (H + band - 1) / band, 0, 0, 0, c};
+    j.copied = conv_copies_pay(c, k, H, W);
     j.direct = conv_direct_ok(c, &j);
     size_t units = (size_t)N * j.nbands;
     if (j.direct && c->conv_direct_kind == CONV_AVX512) {
@@ -987,7 +1019,7 @@ static void cpu_conv2d(vs_rt_backend *be, float *y, const float *x, const float 
             /* 48-pixel tiles, at most 16 a unit, at least 4 units a worker where the maps allow */
             int want = (int)(((size_t)N * HW + 4 * (size_t)c->nw - 1) / (4 * (size_t)c->nw));
             int tiles = (want + 47) / 48;
-            j.chunk = 48 * (tiles < 1 ? 1 : tiles > 16 ? 16 : tiles);
+            j.chunk = 48 * (tiles < 1 ? 1 : tiles > 16 ? 16 : tiles); /* ≤ CONV_CHUNK_MAX */
             if (j.chunk > HW)
                 j.chunk = HW;
             units = (size_t)N * ((HW + j.chunk - 1) / j.chunk);

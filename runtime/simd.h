@@ -49,18 +49,25 @@ vs_status vs_rt_simd_check(vs_err *err);
  * of the im2col order, added to bias (block 0) or the output (runtime/simd_conv_avx512.c).
  * AVX-512F only: the caller checks that the CPU runs it (vs_rt_simd_by_name("avx512")) and that
  * its bits are the BLAS's for the shape (backend_cpu.c). The CPU backend runs it on AVX-512 CPUs
- * unless VARSERVE_CPU_SIMD=avx2 chooses the AVX2 kernel below (the same bits). */
+ * for the shapes the copies below do not pay for, unless VARSERVE_CPU_SIMD=avx2 chooses the AVX2
+ * kernel below (the same bits). */
 void vs_rt_conv_direct_avx512(float *y, const float *x, const float *w, const float *bias, int cin,
                               int H, int W, int cout, int k, int p0, int p1, const int *kend,
                               int nblk);
 
-/* The same outputs and bits for output rows [y0, y1) with AVX2 + FMA (runtime/simd_conv_avx2.c),
- * for CPUs without AVX-512; W a multiple of 8. scratch holds vs_rt_conv_direct_avx2_scratch
- * floats for y1 − y0 rows. The caller checks that the CPU runs AVX2 (vs_rt_simd_by_name). */
-void vs_rt_conv_direct_avx2(float *y, const float *x, const float *w, const float *bias, int cin,
-                            int H, int W, int cout, int k, int y0, int y1, const int *kend,
+/* The same outputs and bits from copies of the input rows the range reads (one per column tap,
+ * padding written out: runtime/simd_conv_body.h), which is faster wherever the planes are large:
+ * with AVX-512 (runtime/simd_conv_avx512_copied.c), or with AVX2 + FMA for CPUs without AVX-512
+ * (runtime/simd_conv_avx2.c: p0 and p1 multiples of 8). scratch holds vs_rt_conv_copied_scratch
+ * floats for a range whose pixels lie in at most rows output rows. The caller checks that the
+ * CPU runs the vectors (vs_rt_simd_by_name). */
+void vs_rt_conv_copied_avx512(float *y, const float *x, const float *w, const float *bias, int cin,
+                              int H, int W, int cout, int k, int p0, int p1, const int *kend,
+                              int nblk, float *scratch);
+void vs_rt_conv_copied_avx2(float *y, const float *x, const float *w, const float *bias, int cin,
+                            int H, int W, int cout, int k, int p0, int p1, const int *kend,
                             int nblk, float *scratch);
-size_t vs_rt_conv_direct_avx2_scratch(int cin, int W, int k, int rows);
+size_t vs_rt_conv_copied_scratch(int cin, int W, int k, int rows);
 
 /* The paths this build and CPU can run, widest last, as "scalar, avx2, avx512". */
 const char *vs_rt_simd_available(void);

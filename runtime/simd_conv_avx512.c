@@ -11,7 +11,8 @@
  * (bias first) once per block — OpenBLAS's SKYLAKEX kernel's arithmetic exactly. A padding tap
  * is an FMA on a zero like any other (masked lanes load +0), as the sgemm's im2col holds zeros
  * there: the same operations, so the same bits. x86-64 only (elsewhere a definition for the
- * linker that no CPU reaches). Any thread (no state). */
+ * linker that no CPU reaches). Any thread (no state). On large maps the backend runs the kernel
+ * from copies instead (simd_conv_avx512_copied.c: the same bits, no cache-set collisions). */
 #if defined(__x86_64__)
 #pragma GCC target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")
 #include <immintrin.h>
