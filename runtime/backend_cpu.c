@@ -931,6 +931,8 @@ static int conv_copies_pay(const cpu_backend *c, int k, int H, int W)
 static int conv_direct_rows(const conv_job *j)
 {
     int chunk_rows = (CONV_CHUNK_MAX + j->W - 2) / j->W + 1;
+    if (chunk_rows > j->H)
+        chunk_rows = j->H; /* a small map's chunk is at most the whole map */
     return j->band > chunk_rows ? j->band : chunk_rows;
 }
 
