@@ -1021,7 +1021,7 @@ static void cpu_conv2d(vs_rt_backend *be, float *y, const float *x, const float 
             /* 48-pixel tiles, at most 16 a unit, at least 4 units a worker where the maps allow */
             int want = (int)(((size_t)N * HW + 4 * (size_t)c->nw - 1) / (4 * (size_t)c->nw));
             int tiles = (want + 47) / 48;
-            j.chunk = 48 * (tiles < 1 ? 1 : tiles > 16 ? 16 : tiles); /* ≤ CONV_CHUNK_MAX */
+            j.chunk = 48 * (tiles < 1 ? 1 : tiles > CONV_CHUNK_MAX / 48 ? CONV_CHUNK_MAX / 48 : tiles);
             if (j.chunk > HW)
                 j.chunk = HW;
             units = (size_t)N * ((HW + j.chunk - 1) / j.chunk);
