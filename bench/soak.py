@@ -9,7 +9,7 @@
   5. SIGTERM under load: every accepted request answered, exit 0
   6. SIGKILL under load: a new server on the same port starts and serves
 
-    /usr/bin/python3 bench/soak.py [--seconds 20] [--clients 8] [--slow 1000] [--storm 64] [--only-storm]
+    /usr/bin/python3 bench/soak.py [--seconds 20] [--clients 8] [--slow 1000] [--storm 64] [--only-storm] [--queue-full-delay-ms MS]
 
 Prints one Markdown table (phase, what was checked, numbers, ok/FAIL) plus the machine and load
 average; exits 1 when a check failed. Needs build/varserve (make) and the bundled model."""
@@ -243,7 +243,8 @@ def phase_storm(a):
     4 load clients), so the client side's share of the 2 cores is visible."""
     storm_bin = build_storm()
     port, hport = free_port(), free_port()
-    srv = Server(port, hport, "--queue-size", "4", "--request-timeout-s", "30")
+    delay = [] if a.queue_full_delay_ms is None else ["--queue-full-delay-ms", str(a.queue_full_delay_ms)]
+    srv = Server(port, hport, "--queue-size", "4", "--request-timeout-s", "30", *delay)
     try:
         def measured(storm):
             s0, h0, c0, t0 = proc_cpu_s(srv.p.pid), proc_cpu_s(srv.p.pid, "MHD-worker"), time.process_time(), time.monotonic()
@@ -310,6 +311,8 @@ def main():
     ap.add_argument("--storm", type=int, default=64)
     ap.add_argument("--request-timeout", type=int, default=5)
     ap.add_argument("--only-storm", action="store_true", help="run the 429 storm phase alone")
+    ap.add_argument("--queue-full-delay-ms", type=int, default=None,
+                    help="the storm phase's server setting (default: the server's own default)")
     a = ap.parse_args()
     os.chdir(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
     if not a.only_storm:

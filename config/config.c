@@ -64,6 +64,10 @@ static const key_def keys[] = {
     NUM(kv_budget, 0.000001, 1, "0.1", "budget of compressing policies: a fraction of the full cache"),
     STR(kv_budget_file, NULL, "", "ScaleKV budget file, empty = MODEL.budgets.json when present"),
     INT(queue_size, 1, 1000000, "64", "requests waiting for admission before 429"),
+    INT(queue_full_delay_ms, 0, 10000, "250",
+        "a 429 for a full queue is answered this long after its request is in, holding the connection, "
+        "so a client that retries without honouring Retry-After sends one request per delay at most; "
+        "0 = answer at once"),
     INT(default_timeout_ms, 1, 86400000, "60000", "deadline of a request without timeout_ms"),
     INT(max_timeout_ms, 1, 86400000, "600000", "largest timeout_ms a request may ask for"),
     NUM(drain_timeout_s, 0, 86400, "30", "on SIGTERM, how long running requests may take"),

@@ -40,6 +40,7 @@ typedef struct {
     double kv_budget;           /* default budget of compressing policies, a fraction of the full cache */
     char kv_budget_file[512];   /* ScaleKV budget file; "" = MODEL.budgets.json when it exists */
     long queue_size;            /* requests waiting for admission before 429 */
+    long queue_full_delay_ms;   /* a 429 queue_full is held this long before it is sent; 0 = at once */
     long default_timeout_ms;    /* deadline of a request that gives no timeout_ms */
     long max_timeout_ms;        /* the largest timeout_ms a request may ask for */
     double drain_timeout_s;     /* SIGTERM: how long running requests may take to finish */

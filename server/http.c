@@ -13,6 +13,11 @@
  *   last call       validate (400), build the job, reserve a queue slot (429 / 503), suspend,
  *                   push, return
  *   resumed call    the engine answered: encode PNGs, reply (or close, if the client left)
+ * A 429 for a full queue is not sent as soon as its body is in: the connection is suspended and
+ * handed to the reaper, which resumes it queue_full_delay_ms later (S_PACED) to send it. A client
+ * that retries at once without honouring Retry-After then sends one request per delay on each
+ * connection instead of thousands a second, and the CPU its refusals cost (its own and the HTTP
+ * threads', on the engine's cores) falls by as much. The held connection costs no thread.
  * The completion callback writes the access-log line, counts requests_total{code} and frees
  * the request (and its job). */
 #include "server/http.h"
@@ -77,6 +82,8 @@ struct vs_srv_http {
     pthread_cond_t conn_cv;
     conn *conns;   /* guarded by conn_mu */
     int stopping;  /* guarded by conn_mu */
+    struct req *paced, *paced_tail; /* guarded by conn_mu: held 429s, oldest first (one delay: FIFO) */
+    int pacing_off;                 /* guarded by conn_mu: stopping; a 429 goes out at once */
     uint64_t id_key, seed_key; /* random at start: request ids and chosen seeds */
     /* any thread */
     atomic_int draining;
@@ -87,8 +94,8 @@ struct vs_srv_http {
 
 typedef enum { R_NONE = 0, R_GENERATE, R_OPENAI_IMAGES, R_HEALTH, R_READY, R_INFO, R_METRICS, R_MODELS, R_PLAYGROUND } route;
 /* S_NEW: the first call (headers in). S_DRAIN: a reply is decided and held until the body has
- * been read and thrown away (see respond). */
-typedef enum { S_NEW = 0, S_BODY, S_DRAIN, S_WAIT, S_DONE } req_state;
+ * been read and thrown away (see respond). S_PACED: a 429 held by the reaper (see the top). */
+typedef enum { S_NEW = 0, S_BODY, S_DRAIN, S_PACED, S_WAIT, S_DONE } req_state;
 
 /* A body we refuse is still read (and thrown away) up to this many bytes, so that a client that
  * sends it all before reading (no Expect: 100-continue: curl -d @big, Python's urllib and
@@ -101,7 +108,7 @@ static int generates(route rt) { return rt == R_GENERATE || rt == R_OPENAI_IMAGE
 
 /* One request; owned by the HTTP thread handling its connection (libmicrohttpd runs one
  * connection on one thread at a time). */
-typedef struct {
+typedef struct req {
     vs_srv_http *h;
     double t0;
     route rt;
@@ -113,12 +120,16 @@ typedef struct {
     char *body;
     size_t len, cap, discarded;
     int too_big, want_png;
+    int paced;       /* the reply is a 429 to hold for queue_full_delay_ms (see the top) */
     int nul_in_path; /* the raw path has %00 */
     int close;       /* the reply closes the connection (framing errors, an unread body) */
-    struct MHD_Response *pending; /* the held reply of S_DRAIN */
+    struct MHD_Response *pending; /* the held reply of S_DRAIN and S_PACED */
     int code;     /* status queued, 0 while none */
     size_t bytes; /* response body bytes */
     vs_srv_job *job;
+    struct MHD_Connection *conn; /* S_PACED: the suspended connection, due then, next in h->paced */
+    double due;
+    struct req *pace_next;
 } req;
 
 static uint64_t mix64(uint64_t x)
@@ -183,22 +194,48 @@ static void on_connection(void *cls, struct MHD_Connection *c, void **socket_con
     *socket_context = NULL;
 }
 
-/* Shuts down connections past their deadline; libmicrohttpd then sees the end of the stream and
- * closes them. Four times a second: the deadline is in whole seconds. */
+/* Resumes the held 429s due by `until` (all of them: +inf), so their handler sends them. A req
+ * is not touched once its connection is resumed: its reply may complete and free it at once.
+ * Called with conn_mu held; libmicrohttpd is called without it. */
+static void resume_paced(vs_srv_http *h, double until)
+{
+    while (h->paced && h->paced->due <= until) {
+        req *r = h->paced;
+        struct MHD_Connection *c = r->conn;
+        h->paced = r->pace_next;
+        if (!h->paced)
+            h->paced_tail = NULL;
+        pthread_mutex_unlock(&h->conn_mu);
+        MHD_resume_connection(c);
+        pthread_mutex_lock(&h->conn_mu);
+    }
+}
+
+/* Shuts down connections past their deadline (libmicrohttpd then sees the end of the stream and
+ * closes them) four times a second, since the deadline is in whole seconds; and resumes each
+ * held 429 when it is due. */
 static void *reaper_main(void *arg)
 {
     vs_srv_http *h = arg;
     pthread_mutex_lock(&h->conn_mu);
+    double next_sweep = vs_now_s() + 0.25;
     while (!h->stopping) {
+        double wake = h->paced && h->paced->due < next_sweep ? h->paced->due : next_sweep;
+        /* the monotonic clock's deadline as the realtime one the condition variable waits on */
+        double left = wake - vs_now_s();
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 250000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
+        if (left > 0) {
+            long ns = ts.tv_nsec + (long)(left * 1e9);
+            ts.tv_sec += ns / 1000000000L;
+            ts.tv_nsec = ns % 1000000000L;
+            pthread_cond_timedwait(&h->conn_cv, &h->conn_mu, &ts);
         }
-        pthread_cond_timedwait(&h->conn_cv, &h->conn_mu, &ts);
         double now = vs_now_s();
+        resume_paced(h, now);
+        if (now < next_sweep)
+            continue;
+        next_sweep = now + 0.25;
         for (conn *k = h->conns; k; k = k->next)
             if (k->deadline && now > k->deadline) {
                 shutdown(k->fd, SHUT_RDWR);
@@ -214,6 +251,36 @@ static void *reaper_main(void *arg)
 typedef struct {
     const char *name, *value;
 } header;
+
+/* Holds r's reply (r->pending, a 429) for queue_full_delay_ms: the connection is suspended and
+ * listed for the reaper, which resumes it when due; the handler then sends it (S_PACED). Once the
+ * server drains or stops (pacing_off), and for any listed after, the reply goes out at once. The handler
+ * resuming the connection it has just suspended is the same as the engine finishing a job
+ * before generate_submit returns: libmicrohttpd resumes it after the handler returns. */
+static enum MHD_Result pace(req *r, struct MHD_Connection *c)
+{
+    vs_srv_http *h = r->h;
+    r->st = S_PACED;
+    r->conn = c;
+    r->due = vs_now_s() + (double)h->cfg->queue_full_delay_ms / 1e3;
+    r->pace_next = NULL;
+    MHD_suspend_connection(c);
+    pthread_mutex_lock(&h->conn_mu);
+    int off = h->pacing_off;
+    if (!off) {
+        if (h->paced_tail)
+            h->paced_tail->pace_next = r;
+        else {
+            h->paced = r;
+            pthread_cond_signal(&h->conn_cv); /* the reaper may sleep past r's due time */
+        }
+        h->paced_tail = r;
+    }
+    pthread_mutex_unlock(&h->conn_mu);
+    if (off)
+        MHD_resume_connection(c);
+    return MHD_YES;
+}
 
 /* Queues a response owning `body` (malloc'd or NULL). On the first call the reply is held
  * (S_DRAIN) and queued on the last one, after any body: libmicrohttpd closes a connection whose
@@ -242,6 +309,10 @@ static enum MHD_Result respond(req *r, struct MHD_Connection *c, int code, const
         r->pending = resp;
         r->st = S_DRAIN;
         return MHD_YES;
+    }
+    if (r->paced && !r->close) {
+        r->pending = resp;
+        return pace(r, c);
     }
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)code, resp);
     MHD_destroy_response(resp);
@@ -494,6 +565,7 @@ static enum MHD_Result refuse_queue_full(req *r, struct MHD_Connection *c)
     double s = ceil(vs_srv_metrics_mean_inference(h->met) * waves);
     char ra[24];
     snprintf(ra, sizeof ra, "%.0f", s < 1 ? 1 : s > 600 ? 600 : s);
+    r->paced = h->cfg->queue_full_delay_ms > 0;
     return fail(r, c, 429, "rate_limit_error", "queue_full", NULL, ra,
                 "the queue is full (%zu requests waiting, queue_size); retry after %s s", cap, ra);
 }
@@ -908,11 +980,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     case S_DRAIN:
         if (!*upload_data_size) {
             conn_deadline(r->h, c, 0);
-            return respond_pending(r, c, 0);
+            return r->paced ? pace(r, c) : respond_pending(r, c, 0);
         }
         r->discarded += *upload_data_size;
         *upload_data_size = 0;
         return r->discarded > DRAIN_MAX_BYTES ? respond_pending(r, c, 1) : MHD_YES;
+    case S_PACED:
+        return respond_pending(r, c, 0); /* resumed by the reaper */
     case S_WAIT:
         return generate_reply(r, c);
     default:
@@ -1116,7 +1190,21 @@ fail:
 
 int vs_srv_http_port(const vs_srv_http *h) { return h->port; }
 
-void vs_srv_http_drain(vs_srv_http *h) { atomic_store(&h->draining, 1); }
+/* Sends the held 429s now, and any later one at once. */
+static void pacing_stop(vs_srv_http *h)
+{
+    pthread_mutex_lock(&h->conn_mu);
+    h->pacing_off = 1;
+    resume_paced(h, INFINITY);
+    pthread_mutex_unlock(&h->conn_mu);
+}
+
+/* A draining server takes no new requests, so a client held on a 429 learns it now. */
+void vs_srv_http_drain(vs_srv_http *h)
+{
+    atomic_store(&h->draining, 1);
+    pacing_stop(h);
+}
 
 long vs_srv_http_live_jobs(vs_srv_http *h) { return atomic_load(&h->live_jobs); }
 
@@ -1126,6 +1214,7 @@ void vs_srv_http_stop(vs_srv_http *h)
 {
     if (!h)
         return;
+    pacing_stop(h); /* no connection may stay suspended in a held 429 when libmicrohttpd stops */
     if (h->d)
         MHD_stop_daemon(h->d);
     if (h->health_d)

@@ -12,6 +12,9 @@
  * and close. Slow clients: a reaper thread closes connections whose request has not arrived
  * within request_timeout_s; the optional health_port listener (its own libmicrohttpd daemon and
  * thread) serves /health, /ready and /metrics when the main port's connections are used up.
+ * Retry storms: a 429 for a full queue is held queue_full_delay_ms (the connection suspended, the
+ * reaper resuming it), so clients that ignore Retry-After cannot spend the engine's cores on
+ * thousands of refusals a second.
  *
  * Threads: start/stop/port from the main thread; drain/live_jobs from any thread. */
 #ifndef VS_SRV_HTTP_H
@@ -35,7 +38,7 @@ vs_status vs_srv_http_start(const vs_cfg *cfg, vs_srv_queue *q, vs_srv_metrics *
 int vs_srv_http_port(const vs_srv_http *h);
 int vs_srv_http_health_port(const vs_srv_http *h);
 
-/* From now on /ready and new POST /generate answer 503. */
+/* From now on /ready and new POST /generate answer 503; 429s held by queue_full_delay_ms go out now. */
 void vs_srv_http_drain(vs_srv_http *h);
 
 /* Accepted /generate requests whose connection has not completed yet (queued, running, or their

@@ -3,12 +3,13 @@
 (the bytes on the wire are the point): error bodies that must decode as UTF-8 JSON whatever the
 client sent, NUL bytes, request smuggling (two Content-Lengths, Transfer-Encodings), bodies over
 the limit that common clients send before reading, keep-alive and pipelining, slow clients that
-hold connections (the request deadline, the per-address limit, the health listener), a second
-server on a port in use.
+hold connections (the request deadline, the per-address limit, the health listener), 429s held
+before they go out, a second server on a port in use.
 Needs only python3; run by `make test` with VARSERVE_BIN=build/varserve."""
 import http.client
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -309,6 +310,76 @@ def test_slow_clients(d):
     check("SIGTERM exits 0 (slow-client server)", srv.stop() == 0, srv.text())
 
 
+def test_paced_refusals(d):
+    """A 429 for a full queue is held queue_full_delay_ms before it goes out, on a connection that
+    then stays usable; a server draining with 429s held sends them at once and exits 0."""
+    tiny = "tests/fixtures/tiny/model.safetensors"  # slow enough that n = 16 keeps the engine busy
+
+    def busy(srv):
+        """One request running, one queued (queue_size 1): the queue is full. Their connections."""
+        run = []
+        for _ in range(2):
+            c = Conn(srv.base, timeout=120)
+            c.send(post(b'{"class_label":1,"n":16,"timeout_ms":600000}'))
+            run.append(c)
+            time.sleep(0.3)
+        return run
+
+    srv = Server(BIN, d, "paced", "--model", tiny, "--backend", "cpu", "--queue-size", "1",
+                 "--max-batch-images", "1", "--queue-full-delay-ms", "700")
+    if not check("server with queue_full_delay_ms 700 starts", srv.base is not None, srv.text()):
+        srv.stop()
+        return
+    run = busy(srv)
+    c = Conn(srv.base, timeout=60)
+    t0 = time.monotonic()
+    c.send(post(b'{"class_label":2}') + get(b"/health"))
+    try:
+        st, h, body = c.response()
+        dt = time.monotonic() - t0
+        st2, _, body2 = c.response()
+    except (EOFError, OSError) as e:
+        st, h, body, dt, st2, body2 = 0, {}, str(e).encode(), 0, 0, b""
+    e = error_shape(body)
+    check("a full queue's 429 goes out queue_full_delay_ms (700) after the request, with Retry-After",
+          st == 429 and dt >= 0.7 and e is not None and e["code"] == "queue_full" and
+          int(h.get("retry-after", "0")) >= 1, f"{st} after {dt:.3f} s {h} {body!r}")
+    check("the connection stays open: a GET /health pipelined behind the held 429 is answered next",
+          st2 == 200 and b'"ok"' in body2 and h.get("connection", "").lower() != "close", f"{st2} {body2!r}")
+    c.close()
+    for r in run:
+        st, _, _ = r.response()
+        check("the running and the queued request are served meanwhile", st == 200, st)
+        r.close()
+    check("SIGTERM exits 0 (paced server)", srv.stop() == 0, srv.text())
+
+    srv = Server(BIN, d, "paced-stop", "--model", tiny, "--backend", "cpu", "--queue-size", "1",
+                 "--max-batch-images", "1", "--queue-full-delay-ms", "10000")
+    if not check("server with queue_full_delay_ms 10000 starts", srv.base is not None, srv.text()):
+        srv.stop()
+        return
+    run = busy(srv)
+    c = Conn(srv.base, timeout=60)
+    c.send(post(b'{"class_label":2}'))
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    srv.p.send_signal(signal.SIGTERM)
+    try:
+        st = c.response()[0]
+    except (EOFError, OSError) as e:
+        st = str(e)
+    dt = time.monotonic() - t0
+    try:
+        srv.p.wait(60)
+    except subprocess.TimeoutExpired:
+        pass
+    rc = srv.stop()
+    check("a server draining with a 429 held sends it at once, and exits 0",
+          st == 429 and dt < 1 and rc == 0, f"{st} after {dt:.3f} s, exit {rc}: {srv.text()}")
+    for r in run + [c]:
+        r.close()
+
+
 def test_port_in_use(d, base):
     port = base.rsplit(":", 1)[1]
     env = {k: v for k, v in os.environ.items() if not k.startswith("VARSERVE_")}
@@ -351,6 +422,7 @@ def main():
         check("SIGTERM exits 0", srv.stop() == 0, srv.text())
         test_reuse_port(d)
         test_slow_clients(d)
+        test_paced_refusals(d)
     finish()
 
 
