@@ -37,6 +37,8 @@ typedef struct {
 
 static const key_def keys[] = {
     STR(model, NULL, "models/mnist-var.safetensors", "model file (varserve format)"),
+    STR(t5, NULL, "", "an Infinity model's T5 text encoder (from tools/convert_t5.py); VAR models take none"),
+    STR(spiece, NULL, "", "an Infinity model's SentencePiece tokenizer model (spiece.model); VAR models take none"),
     STR(backend, "auto|cpu|cuda", "auto", "compute backend: auto picks CUDA when a GPU is present"),
     INT(threads, 0, 256, "0", "CPU backend worker threads, 0 = all cores"),
     STR(host, NULL, "0.0.0.0", "address to listen on"),

@@ -17,6 +17,8 @@
 typedef struct {
     /* model and device */
     char model[512];            /* model file (varserve safetensors format) */
+    char t5[512];               /* an Infinity model's text encoder; "" for VAR models */
+    char spiece[512];           /* an Infinity model's SentencePiece model; "" for VAR models */
     char backend[8];            /* auto | cpu | cuda */
     long threads;               /* CPU backend worker threads, 0 = all cores */
     /* HTTP */

@@ -49,18 +49,25 @@ int vs_srv_http_code(vs_status s)
 /* ---- validation ---------------------------------------------------------------------------------- */
 
 /* The fields of both request bodies. OpenAI's Images API names the class `prompt` and adds model,
- * size, output_format and user; varserve's own fields are accepted on both. */
+ * size, output_format and user; varserve's own fields are accepted on both. A text-to-image model
+ * takes `prompt` (its text) on both, and `tau`. */
 enum { F_LABEL, F_PROMPT, F_MODEL, F_SIZE, F_OUTFMT, F_USER, F_N, F_SEED, F_CFG, F_TOPK, F_TOPP, F_FMT,
-       F_TIMEOUT, F_PRIO, F_POLICY, F_BUDGET, F_STREAM, F_PARTIAL, N_FIELDS };
+       F_TIMEOUT, F_PRIO, F_POLICY, F_BUDGET, F_STREAM, F_PARTIAL, F_TAU, N_FIELDS };
 static const char *const known_fields[N_FIELDS] = {
     "class_label", "prompt",   "model",      "size",     "output_format", "user",
     "n",           "seed",     "cfg_scale",  "top_k",    "top_p",         "response_format",
-    "timeout_ms",  "priority", "kv_policy",  "kv_budget", "stream",       "partial_images"};
-#define OPENAI_ONLY(k) ((k) >= F_PROMPT && (k) <= F_USER)
+    "timeout_ms",  "priority", "kv_policy",  "kv_budget", "stream",       "partial_images", "tau"};
+#define OPENAI_ONLY(k) ((k) >= F_MODEL && (k) <= F_USER)
+#define TAU_MAX 10.0
 #define PARTIAL_MAX 3 /* OpenAI's limit on partial_images */
 
-static const char *field_list(vs_srv_api_style style)
+static const char *field_list(vs_srv_api_style style, int prompts)
 {
+    if (prompts)
+        return style == VS_SRV_API_OPENAI
+                   ? "prompt, model, n, size, response_format, output_format, user, seed, cfg_scale, tau, top_k, "
+                     "top_p, timeout_ms, priority"
+                   : "prompt, n, seed, cfg_scale, tau, top_k, top_p, response_format, timeout_ms, priority";
     return style == VS_SRV_API_OPENAI
                ? "prompt, model, n, size, response_format, output_format, user, stream, partial_images, "
                  "seed, cfg_scale, top_k, top_p, timeout_ms, priority, kv_policy, kv_budget"
@@ -199,6 +206,71 @@ static int openai_fields(const cJSON *const *field, const vs_srv_api_limits *lim
     return 0;
 }
 
+/* The fields one model family has and the other does not, refused naming what to send instead. */
+static int family_fields(const cJSON *const *field, vs_srv_api_style style, const vs_srv_api_limits *lim,
+                         vs_srv_api_error *e)
+{
+    static const int var_only[] = {F_LABEL, F_POLICY, F_BUDGET, F_STREAM, F_PARTIAL};
+    if (lim->prompts) {
+        for (size_t i = 0; i < sizeof var_only / sizeof *var_only; i++) {
+            const char *name = known_fields[var_only[i]];
+            if (!field[var_only[i]])
+                continue;
+            if (var_only[i] == F_LABEL)
+                vs_srv_api_error_set(e, 400, "invalid_request_error", "unknown_field", name,
+                                     "this server's model generates images from text: send \"prompt\" (a "
+                                     "string), not class_label");
+            else
+                vs_srv_api_error_set(e, 400, "invalid_request_error", "unknown_field", name,
+                                     "%s is not supported for this server's text-to-image (Infinity) model yet "
+                                     "(it runs with its full KV cache and answers when the images are done)",
+                                     name);
+            return -1;
+        }
+        return 0;
+    }
+    if (field[F_TAU]) {
+        vs_srv_api_error_set(e, 400, "invalid_request_error", "unknown_field", "tau",
+                             "tau is for text-to-image (Infinity) models; this server's model is "
+                             "class-conditional (fields: %s)",
+                             field_list(style, 0));
+        return -1;
+    }
+    if (style == VS_SRV_API_NATIVE && field[F_PROMPT]) {
+        vs_srv_api_error_set(e, 400, "invalid_request_error", "unknown_field", "prompt",
+                             "this server's model is class-conditional: send class_label (a class index or "
+                             "name), not prompt");
+        return -1;
+    }
+    return 0;
+}
+
+/* A text prompt: a non-empty UTF-8 string shorter than VS_SRV_PROMPT_MAX bytes. */
+static int prompt_field(const cJSON *f, vs_srv_gen_params *out, vs_srv_api_error *e)
+{
+    if (!f) {
+        vs_srv_api_error_set(e, 400, "invalid_request_error", "missing_field", "prompt",
+                             "prompt is required (the text to draw, e.g. \"a red fox in the snow\")");
+        return -1;
+    }
+    if (!cJSON_IsString(f) || !f->valuestring[0])
+        return bad_field(e, f, "prompt", "a non-empty string (the text to draw)");
+    size_t n = strlen(f->valuestring);
+    if (n >= VS_SRV_PROMPT_MAX) {
+        vs_srv_api_error_set(e, 400, "invalid_request_error", "out_of_range", "prompt",
+                             "prompt is %zu bytes; the limit is %d", n, VS_SRV_PROMPT_MAX - 1);
+        return -1;
+    }
+    size_t bad = vs_utf8_invalid_at(f->valuestring, n);
+    if (bad < n) {
+        vs_srv_api_error_set(e, 400, "invalid_request_error", "invalid_value", "prompt",
+                             "prompt is not valid UTF-8 (byte %zu)", bad);
+        return -1;
+    }
+    memcpy(out->prompt, f->valuestring, n + 1);
+    return 0;
+}
+
 static int parse_body(const char *body, size_t len, vs_srv_api_style style, const vs_srv_api_limits *lim,
                       uint64_t random_seed, vs_srv_gen_params *out, vs_srv_api_error *e)
 {
@@ -239,7 +311,7 @@ static int parse_body(const char *body, size_t len, vs_srv_api_style style, cons
             char name[48];
             vs_utf8_clip(name, sizeof name, it->string, 40);
             vs_srv_api_error_set(e, 400, "invalid_request_error", "unknown_field", name,
-                                 "unknown field '%s' (fields: %s)", name, field_list(style));
+                                 "unknown field '%s' (fields: %s)", name, field_list(style, lim->prompts));
             goto done;
         }
         if (field[k]) {
@@ -259,6 +331,22 @@ static int parse_body(const char *body, size_t len, vs_srv_api_style style, cons
     if (style == VS_SRV_API_OPENAI) {
         if (openai_fields(field, lim, e) != 0)
             goto done;
+    }
+    if (family_fields(field, style, lim, e) != 0)
+        goto done;
+    if (lim->prompts) {
+        if (prompt_field(field[F_PROMPT], out, e) != 0)
+            goto done;
+        out->tau = lim->tau;
+        if (field[F_TAU]) {
+            if (get_num(field[F_TAU], 0, TAU_MAX, &d) != 0 || d <= 0) {
+                snprintf(want, sizeof want, "a number in (0, %g]: the sampling temperature", TAU_MAX);
+                bad_field(e, field[F_TAU], "tau", want);
+                goto done;
+            }
+            out->tau = (float)d;
+        }
+        goto common;
     }
     const cJSON *f_label = style == VS_SRV_API_OPENAI ? field[F_PROMPT] : field[F_LABEL];
     const char *label_name = known_fields[style == VS_SRV_API_OPENAI ? F_PROMPT : F_LABEL];
@@ -289,6 +377,7 @@ static int parse_body(const char *body, size_t len, vs_srv_api_style style, cons
         goto done;
     }
 
+common:
     out->n = 1;
     if (f_n) {
         if (get_int(f_n, 1, VS_SRV_MAX_N, &d) != 0) {
@@ -545,7 +634,18 @@ char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name,
     vs_json_escape(name, sizeof name, model_name);
     put(&b, "{\"id\":\"%s\",\"object\":\"image.generation\",\"created\":%lld,\"model\":\"%s\",", j->id,
         (long long)time(NULL), name);
-    put(&b, "\"class_label\":%d,\"n\":%d,\"seeds\":[", j->p.label, j->p.n);
+    if (j->p.prompt[0]) {
+        char *text = malloc(6 * VS_SRV_PROMPT_MAX); /* \u00XX at most a byte */
+        if (!text) {
+            free(b.p);
+            return NULL;
+        }
+        put(&b, "\"prompt\":\"%s\",", vs_json_escape(text, 6 * VS_SRV_PROMPT_MAX, j->p.prompt));
+        free(text);
+    } else {
+        put(&b, "\"class_label\":%d,", j->p.label);
+    }
+    put(&b, "\"n\":%d,\"seeds\":[", j->p.n);
     for (int i = 0; i < j->p.n; i++)
         put(&b, "%s%" PRIu64, i ? "," : "", j->p.seed + (uint64_t)i);
     put(&b, "],\"data\":[");
@@ -554,8 +654,11 @@ char *vs_srv_api_generate_json(const vs_srv_job *j, const char *model_name,
         vs_srv_buf_b64(&b, png[i], png_len[i]);
         put(&b, "\"}");
     }
-    put(&b, "],\"params\":{\"cfg_scale\":%.9g,\"top_k\":%d,\"top_p\":%.9g,\"priority\":%d,\"timeout_ms\":%ld},",
-        (double)j->p.cfg, j->p.top_k, (double)j->p.top_p, j->p.priority, j->p.timeout_ms);
+    put(&b, "],\"params\":{\"cfg_scale\":%.9g,\"top_k\":%d,\"top_p\":%.9g,", (double)j->p.cfg, j->p.top_k,
+        (double)j->p.top_p);
+    if (j->p.prompt[0])
+        put(&b, "\"tau\":%.9g,", (double)j->p.tau);
+    put(&b, "\"priority\":%d,\"timeout_ms\":%ld},", j->p.priority, j->p.timeout_ms);
     put(&b, "\"timings\":{\"queue_ms\":%.3f,\"inference_ms\":%.3f,\"decode_ms\":%.3f,\"encode_ms\":%.3f,"
             "\"total_ms\":%.3f},",
         t->queue_ms, t->inference_ms, t->decode_ms, t->encode_ms, t->total_ms);

@@ -34,6 +34,8 @@ typedef enum { VS_SRV_API_NATIVE = 0, VS_SRV_API_OPENAI } vs_srv_api_style;
 typedef struct {
     const vs_rt_config *mc;
     const char *model_name; /* the one `model` an OpenAI body may name */
+    int prompts;        /* 1: the model generates from text (Infinity): `prompt`, `tau`; 0: `class_label` */
+    float tau;          /* the default tau (prompts only) */
     float cfg;          /* defaults for absent fields */
     int top_k;
     float top_p;
@@ -58,8 +60,8 @@ int vs_srv_http_code(vs_status s);
 int vs_srv_api_parse_generate(const char *body, size_t len, const vs_srv_api_limits *lim,
                               uint64_t random_seed, vs_srv_gen_params *out, vs_srv_api_error *e);
 
-/* The same for a POST /v1/images/generations body: `prompt` is the class name or index as a
- * string (no class_label); model, size, output_format and user are checked; response_format is
+/* The same for a POST /v1/images/generations body: `prompt` is the text (a text-to-image model) or
+ * the class name or index as a string (no class_label); model, size, output_format and user are checked; response_format is
  * b64_json only; varserve's own fields as on /generate. Errors: 400, or 404 for a `model` this
  * server does not serve (lim->model_name). */
 int vs_srv_api_parse_openai(const char *body, size_t len, const vs_srv_api_limits *lim, uint64_t random_seed,

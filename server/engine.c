@@ -19,6 +19,11 @@
  * stops generating for good: it publishes the reason (vs_srv_engine_lost, which turns /health and
  * /ready to 503), answers every request it holds or receives later 503, and waits to be stopped.
  *
+ * An Infinity model (text to image) runs in its own mode (the section "Infinity" below): one batch
+ * of up to max_batch_images images at a time, all at the same scale, on server/gen_infinity.h's
+ * host engine; jobs wait in the queue meanwhile, and the next batch takes the images of the jobs
+ * that share its sampling settings. Sweeping, deadlines and answers are the same.
+ *
  * Testing only: VARSERVE_FAILPOINT=label:N makes every step that holds an image of class N fail
  * as a backend error would, so the 500 path can be tested against a real server. */
 #include "server/engine.h"
@@ -41,6 +46,8 @@
 #include "runtime/backend.h"
 #include "runtime/var.h"
 #include "server/api.h"
+#include "server/cmd.h"
+#include "server/gen_infinity.h"
 #include "server/stream.h"
 #include "server/version.h"
 
@@ -112,6 +119,19 @@ struct vs_srv_engine {
     int n_policies;
     vs_srv_job **snap;     /* [queue capacity] */
     struct pollfd *pfd;    /* [queue capacity + max_images + 1] */
+
+    /* the Infinity mode (inf != NULL; the VAR fields above are then unused but for the tables) */
+    vs_srv_inf *inf;
+    vs_rt_config inf_mc;   /* info.mc */
+    struct inf_image {
+        vs_srv_job *job;   /* NULL once its job was answered: the image runs on, unseen */
+        int index;
+    } *group;              /* [max_images]: the running batch */
+    int n_group;
+    vs_srv_inf_sampling group_smp;
+    const char **prompts;  /* [max_images] */
+    uint64_t *seeds;       /* [max_images] */
+    uint8_t *spare;        /* [max_images][image bytes]: where an answered job's images decode */
 };
 
 /* ---- answering jobs ------------------------------------------------------------------------------ */
@@ -195,6 +215,9 @@ static void answer(vs_srv_engine *e, vs_srv_job *j, int http, vs_status st, cons
                    const char *code, const char *fmt, ...)
 {
     drop_slots(e, j);
+    for (int i = 0; i < e->n_group; i++)
+        if (e->group[i].job == j)
+            e->group[i].job = NULL;
     remove_active(e, j);
     vs_kv_policy_free(j->own_policy);
     j->own_policy = NULL;
@@ -570,6 +593,192 @@ static void step(vs_srv_engine *e)
     publish_device(e); /* the step's and the decoder's device work */
 }
 
+/* ---- Infinity: one lockstep batch at a time ----------------------------------------------------- */
+
+static int same_sampling(const vs_srv_inf_sampling *a, const vs_srv_inf_sampling *b)
+{
+    return a->cfg == b->cfg && a->tau == b->tau && a->top_k == b->top_k && a->top_p == b->top_p;
+}
+
+/* Answers every job with an image in the batch, and ends it. */
+static void inf_fail(vs_srv_engine *e, int http, const vs_err *err, const char *what)
+{
+    vs_log(VS_LOG_ERROR, "engine", "%s failed, answering the batch's requests %d: %s", what, http, err->msg);
+    for (int i = 0; i < e->n_group; i++)
+        if (e->group[i].job)
+            answer(e, e->group[i].job, http, err->code, http == 400 ? "invalid_request_error" : "internal_error",
+                   http == 400 ? "invalid_value" : "engine_error", "%s failed: %s", what, err->msg);
+    e->n_group = 0;
+}
+
+/* When no batch runs: images of the jobs in priority order, while they share the first one's
+ * sampling settings and the batch has room (a job with more images than room goes on in the next
+ * batch; a job whose settings differ starts the next one). */
+static void inf_admit(vs_srv_engine *e)
+{
+    if (e->n_group)
+        return;
+    size_t img_bytes = (size_t)e->inf_mc.image_size * (size_t)e->inf_mc.image_size * 3;
+    while (e->n_group < e->max_images) {
+        if (!e->admitting) {
+            vs_srv_job *j = pop_job(e);
+            if (!j)
+                break;
+            e->active[e->n_active++] = j;
+            e->admitting = j;
+        }
+        vs_srv_job *j = e->admitting;
+        vs_srv_inf_sampling s = {j->p.cfg, j->p.tau, j->p.top_k, j->p.top_p};
+        if (e->n_group && !same_sampling(&s, &e->group_smp))
+            break;
+        if (!j->rgb[j->admitted] && !(j->rgb[j->admitted] = malloc(img_bytes))) {
+            answer(e, j, 500, VS_ERR_NOMEM, "internal_error", "out_of_memory", "out of memory for the image buffers");
+            continue;
+        }
+        e->group_smp = s;
+        e->prompts[e->n_group] = j->p.prompt;
+        e->seeds[e->n_group] = j->p.seed + (uint64_t)j->admitted;
+        e->group[e->n_group++] = (struct inf_image){j, j->admitted};
+        if (j->admitted++ == 0) {
+            j->t_admit = vs_now_s();
+            vs_srv_metrics_observe(e->met, VS_SRV_H_QUEUE, j->t_admit - j->t_arrival);
+        }
+        if (j->admitted == j->p.n)
+            e->admitting = NULL;
+    }
+    if (!e->n_group)
+        return;
+    vs_err err = {0};
+    vs_status st = vs_srv_inf_begin(e->inf, e->prompts, e->seeds, e->n_group, &e->group_smp, &err);
+    if (st != VS_OK) {
+        inf_fail(e, st == VS_ERR_INVALID ? 400 : 500, &err, "encoding the prompts");
+        return;
+    }
+    publish_gauges(e);
+}
+
+/* The batch's next scale; after the last, the decode and the answers. */
+static void inf_step(vs_srv_engine *e)
+{
+    vs_err err = {0};
+    double t0 = vs_now_s();
+    int more = vs_srv_inf_step(e->inf, &err);
+    if (more < 0) {
+        inf_fail(e, 500, &err, "generation");
+        return;
+    }
+    double t1 = vs_now_s();
+    int scale = vs_srv_inf_scales_done(e->inf) - 1;
+    vs_srv_metrics_step(e->met, scale, t1 - t0, 0, VS_KV_ROWS_PER_IMAGE * e->n_group);
+    vs_log(VS_LOG_DEBUG, "engine", "step: %d images at scale %d, %.1f ms", e->n_group, scale, (t1 - t0) * 1e3);
+    if (more)
+        return;
+    size_t img_bytes = (size_t)e->inf_mc.image_size * (size_t)e->inf_mc.image_size * 3;
+    for (int i = 0; i < e->n_group; i++) {
+        const struct inf_image *g = &e->group[i];
+        e->dec_rgb[i] = g->job ? g->job->rgb[g->index] : e->spare + (size_t)i * img_bytes;
+    }
+    vs_status st = vs_srv_inf_decode(e->inf, e->dec_rgb, &err);
+    double share = (vs_now_s() - t1) / e->n_group;
+    if (st != VS_OK) {
+        if (st == VS_ERR_DEVICE_LOST)
+            device_lost(e, &err);
+        inf_fail(e, 500, &err, "decoding");
+        return;
+    }
+    for (int i = 0; i < e->n_group; i++) {
+        vs_srv_job *j = e->group[i].job;
+        if (!j)
+            continue;
+        j->decode_s += share;
+        vs_srv_metrics_images_policy(e->met, j->p.kv_policy, 1);
+        if (++j->finished == j->p.n)
+            answer(e, j, 200, VS_OK, NULL, NULL, NULL);
+    }
+    e->n_group = 0;
+    publish_gauges(e);
+    publish_device(e);
+}
+
+/* An Infinity model (load's other half): the model, its encoder and tokenizer (config keys t5,
+ * spiece) and the decoder; what the HTTP side reads of it. */
+static vs_status load_infinity(vs_srv_engine *e, vs_rt_backend_kind kind, double t0, vs_err *err)
+{
+    const vs_cfg *cfg = e->cfg;
+    e->max_images = (int)cfg->max_batch_images;
+    vs_srv_inf_files files = {cfg->model, cfg->t5, cfg->spiece},
+                     names = {"config key 'model'", "config key 't5'", "config key 'spiece'"};
+    vs_status st = vs_srv_inf_open(&files, &names, kind, (int)cfg->threads, e->max_images, &e->inf, err);
+    if (st != VS_OK)
+        return st;
+    const vs_rt_infinity *m = vs_srv_inf_model(e->inf);
+    const vs_rt_infinity_config *ic = &m->cfg;
+    vs_rt_config *mc = &e->inf_mc;
+    mc->depth = ic->depth;
+    mc->embed_dim = ic->C;
+    mc->num_heads = ic->heads;
+    mc->head_dim = ic->head_dim;
+    mc->ffn_dim = ic->ffn;
+    mc->n_scales = ic->n_scales;
+    for (int s = 0; s < ic->n_scales; s++) {
+        mc->patch_nums[s] = ic->hw[s][1];
+        mc->scale_offset[s + 1] = mc->scale_offset[s] + ic->hw[s][0] * ic->hw[s][1];
+    }
+    mc->vocab_size = 2; /* a token is d bits, each drawn from two logits */
+    mc->z_channels = ic->d;
+    mc->image_size = vs_srv_inf_image_size(e->inf);
+    mc->image_channels = 3;
+
+    size_t qcap = vs_srv_queue_capacity(e->q), img_bytes = (size_t)mc->image_size * (size_t)mc->image_size * 3;
+    e->dec_rgb = calloc((size_t)e->max_images, sizeof *e->dec_rgb);
+    e->active = calloc((size_t)e->max_images + 1, sizeof *e->active);
+    e->held = calloc((size_t)e->max_images + 1, sizeof *e->held);
+    e->snap = calloc(qcap, sizeof *e->snap);
+    e->pfd = calloc(qcap + (size_t)e->max_images + 1, sizeof *e->pfd);
+    e->group = calloc((size_t)e->max_images, sizeof *e->group);
+    e->prompts = calloc((size_t)e->max_images, sizeof *e->prompts);
+    e->seeds = calloc((size_t)e->max_images, sizeof *e->seeds);
+    e->spare = malloc((size_t)e->max_images * img_bytes);
+    if (!e->dec_rgb || !e->active || !e->held || !e->snap || !e->pfd || !e->group || !e->prompts || !e->seeds ||
+        !e->spare)
+        return vs_err_set(err, VS_ERR_NOMEM, "out of memory for the engine's tables");
+    e->fail_label = -1;
+
+    const vs_rt_backend *be = vs_srv_inf_backend(e->inf);
+    vs_srv_engine_info *in = &e->info;
+    in->family = "infinity";
+    in->mc = mc;
+    snprintf(in->model_path, sizeof in->model_path, "%s", cfg->model);
+    const char *base = strrchr(cfg->model, '/');
+    snprintf(in->model_name, sizeof in->model_name, "%.127s", base ? base + 1 : cfg->model);
+    char *dot = strrchr(in->model_name, '.');
+    if (dot && dot != in->model_name)
+        *dot = 0;
+    in->n_params = m->n_params;
+    snprintf(in->backend, sizeof in->backend, "%s", be->ops->name);
+    in->threads = be->threads;
+    snprintf(in->simd, sizeof in->simd, "%s", be->simd ? be->simd : "");
+    snprintf(in->blas, sizeof in->blas, "%s", be->blas ? be->blas : "");
+    in->cfg = VS_SRV_INF_DEFAULT_CFG;
+    in->tau = VS_SRV_INF_DEFAULT_TAU;
+    in->top_k = VS_SRV_INF_DEFAULT_TOP_K > mc->vocab_size ? mc->vocab_size : VS_SRV_INF_DEFAULT_TOP_K;
+    in->top_p = VS_SRV_INF_DEFAULT_TOP_P;
+    in->policy = vs_kv_policy_name(VS_KV_POLICY_FULL);
+    in->kv_policy = VS_KV_POLICY_FULL;
+    in->kv_budget = 1;
+    in->kv_dtype = vs_rt_kv_dtype_name(4);
+    in->images_fit = (size_t)e->max_images;
+    in->max_batch_images = e->max_images;
+    in->load_s = vs_now_s() - t0;
+    vs_srv_metrics_set_model(e->met, VS_VERSION, in->backend, in->model_name, in->load_s, mc->n_scales);
+    publish_gauges(e);
+    vs_log(VS_LOG_INFO, "engine",
+           "loaded %s (Infinity, %zu params; text encoder %s) in %.2f s: the transformer in FP32 on the host, "
+           "the decoder on %s (%d threads); batches of up to %d images, in lockstep",
+           in->model_path, in->n_params, cfg->t5, in->load_s, in->backend, in->threads, e->max_images);
+    return VS_OK;
+}
+
 /* ---- loading and the thread ----------------------------------------------------------------------- */
 
 static vs_status load(vs_srv_engine *e, vs_err *err)
@@ -580,6 +789,14 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     if (vs_rt_backend_parse(cfg->backend, &kind) != 0)
         return vs_err_set(err, VS_ERR_INVALID, "config key 'backend' must be auto, cpu or cuda (got '%s')",
                           cfg->backend);
+    const char *family = vs_srv_cli_family(cfg->model);
+    if (family && strcmp(family, "an Infinity") == 0)
+        return load_infinity(e, kind, t0, err);
+    if (cfg->t5[0] || cfg->spiece[0])
+        return vs_err_set(err, VS_ERR_INVALID,
+                          "config keys 't5' and 'spiece' are for Infinity models; '%s' is a class-conditional "
+                          "VAR model: leave them empty",
+                          cfg->model);
     vs_status st = vs_rt_model_load(cfg->model, &e->model, err);
     if (st != VS_OK)
         return vs_err_wrap(err, "config key 'model' ('%s')", cfg->model);
@@ -691,6 +908,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     vs_kv_stats ks;
     vs_kv_pool_stats(e->pool, &ks);
     vs_srv_engine_info *in = &e->info;
+    in->family = "var";
     in->mc = c;
     snprintf(in->model_path, sizeof in->model_path, "%s", cfg->model);
     const char *base = strrchr(cfg->model, '/');
@@ -735,6 +953,12 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
 
 static void teardown(vs_srv_engine *e)
 {
+    vs_srv_inf_close(e->inf);
+    e->inf = NULL;
+    free(e->group);
+    free(e->prompts);
+    free(e->seeds);
+    free(e->spare);
     for (int i = 0; i < e->n_slots; i++)
         slot_release(e, &e->slots[i]);
     e->n_slots = 0;
@@ -788,6 +1012,14 @@ static void *engine_main(void *arg)
             continue;
         }
         sweep(e);
+        if (e->inf) {
+            inf_admit(e);
+            if (e->n_group == 0)
+                vs_srv_queue_wait(e->q, 0.05);
+            else
+                inf_step(e);
+            continue;
+        }
         admit(e);
         if (e->n_slots == 0) {
             vs_srv_queue_wait(e->q, 0.05);

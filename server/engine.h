@@ -29,7 +29,10 @@ typedef struct vs_srv_engine vs_srv_engine;
 
 /* What other threads may know about the loaded engine. Immutable once published. */
 typedef struct {
-    const vs_rt_config *mc;  /* the model's config, valid until vs_srv_engine_stop */
+    const char *family;      /* "var" (class-conditional) or "infinity" (text-to-image): static */
+    const vs_rt_config *mc;  /* the model's config, valid until vs_srv_engine_stop; for Infinity
+                              * its shape as VAR's fields say it (scales, tokens, image size; no
+                              * classes; vocab_size 2: each bit is one of two) */
     char model_path[512];
     char model_name[128];    /* file name without directory and extension */
     size_t n_params;
@@ -42,6 +45,7 @@ typedef struct {
     double cfg;
     int top_k;
     double top_p;
+    double tau;                  /* Infinity's default temperature (0 for VAR) */
     /* KV: the default policy of requests, and the pool */
     const char *policy;          /* its name */
     int kv_policy;               /* its vs_kv_policy_kind */

@@ -430,6 +430,8 @@ static enum MHD_Result do_info(req *r, struct MHD_Connection *c)
     cJSON_AddStringToObject(m, "name", in->model_name);
     cJSON_AddStringToObject(m, "path", in->model_path);
     cJSON_AddNumberToObject(m, "parameters", (double)in->n_params);
+    cJSON_AddStringToObject(m, "family", in->family);
+    cJSON_AddStringToObject(m, "input", strcmp(in->family, "infinity") == 0 ? "prompt" : "class_label");
     cJSON_AddNumberToObject(m, "depth", mc->depth);
     cJSON_AddNumberToObject(m, "embed_dim", mc->embed_dim);
     cJSON_AddNumberToObject(m, "image_size", mc->image_size);
@@ -445,6 +447,8 @@ static enum MHD_Result do_info(req *r, struct MHD_Connection *c)
     cJSON_AddNumberToObject(def, "cfg_scale", in->cfg);
     cJSON_AddNumberToObject(def, "top_k", in->top_k);
     cJSON_AddNumberToObject(def, "top_p", in->top_p);
+    if (strcmp(in->family, "infinity") == 0)
+        cJSON_AddNumberToObject(def, "tau", in->tau);
     cJSON_AddNumberToObject(def, "timeout_ms", (double)cfg->default_timeout_ms);
     cJSON_AddNumberToObject(def, "max_timeout_ms", (double)cfg->max_timeout_ms);
     cJSON_AddNumberToObject(def, "max_n", VS_SRV_MAX_N);
@@ -655,10 +659,18 @@ static enum MHD_Result generate_submit(req *r, struct MHD_Connection *c)
     if (r->too_big)
         return body_too_large(r, c);
     const vs_srv_engine_info *in = vs_srv_engine_info_get(h->eng);
-    vs_srv_api_limits lim = {in->mc,           in->model_name,          (float)in->cfg,
-                             in->top_k,        (float)in->top_p,        h->cfg->default_timeout_ms,
-                             h->cfg->max_timeout_ms, in->kv_policy,     in->kv_budget,
-                             in->backend};
+    vs_srv_api_limits lim = {.mc = in->mc,
+                             .model_name = in->model_name,
+                             .prompts = strcmp(in->family, "infinity") == 0,
+                             .tau = (float)in->tau,
+                             .cfg = (float)in->cfg,
+                             .top_k = in->top_k,
+                             .top_p = (float)in->top_p,
+                             .default_timeout_ms = h->cfg->default_timeout_ms,
+                             .max_timeout_ms = h->cfg->max_timeout_ms,
+                             .kv_policy = in->kv_policy,
+                             .kv_budget = in->kv_budget,
+                             .backend = in->backend};
     vs_srv_api_error e;
     vs_srv_gen_params p;
     vs_srv_api_style style = r->rt == R_OPENAI_IMAGES ? VS_SRV_API_OPENAI : VS_SRV_API_NATIVE;

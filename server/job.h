@@ -16,12 +16,15 @@
 #include "common/status.h"
 
 #define VS_SRV_MAX_N 16
+#define VS_SRV_PROMPT_MAX 2048 /* bytes of a text prompt, NUL included */
 
 typedef enum { VS_SRV_FMT_B64_JSON = 0, VS_SRV_FMT_PNG } vs_srv_format;
 
 /* A validated request (api.c fills it; every field set). */
 typedef struct {
-    int label;
+    int label;             /* a class-conditional (VAR) model's class */
+    char prompt[VS_SRV_PROMPT_MAX]; /* a text-to-image (Infinity) model's prompt, UTF-8 */
+    float tau;             /* Infinity: the sampling temperature */
     int n;                 /* 1..VS_SRV_MAX_N images; image i uses seed + i */
     uint64_t seed;
     int seed_given;        /* 0: the server chose the seed */
