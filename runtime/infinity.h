@@ -1,8 +1,9 @@
 /* runtime/infinity.h — the Infinity model family (FoundationVision/Infinity: bitwise next-scale
  * prediction conditioned on T5 text features), in FP32 on the host as a reference engine: its
  * transformer, the bits (greedy or sampled), the feedback between scales (runtime/bsq.h) and its BSQ VAE
- * decoder, which runtime/vae.c runs on any backend. The prompt encoder is runtime/t5.h. Not yet
- * served: the engine, the KV pool and the backends' fast paths are VAR's only so far.
+ * decoder, which runtime/vae.c runs on any backend. The prompt encoder is runtime/t5.h. The
+ * server runs this engine as it is (server/gen_infinity.h); the KV pool and the backends' fast
+ * paths are VAR's only so far.
  *
  * The file: safetensors with the reference's state_dict names, `infinity.<name>` for the
  * transformer and `vae.decoder.<name>` for the decoder (with the Conv and Normalize wrappers:

@@ -1,6 +1,6 @@
 /* server/cmd_inspect.c — `varserve inspect [--verify] MODEL`: the model file's shapes, sizes and KV
  * footprint; loading it checks everything, the data checksum too when the file has one. An
- * Infinity model or a T5 encoder (the library's other families, not served yet) is loaded and
+ * Infinity model or a T5 encoder (the library's other families) is loaded and
  * summarised too. */
 #include <stdio.h>
 #include <string.h>
@@ -15,7 +15,7 @@ static int no_checksum(const char *path)
     return 1;
 }
 
-/* An Infinity model or a T5 encoder: what the library holds of them (they are not served yet). */
+/* An Infinity model or a T5 encoder: what the library holds of them. */
 static int inspect_other(const char *path, const char *fam, int verify)
 {
     vs_err err = {0};
@@ -52,7 +52,7 @@ static int inspect_other(const char *path, const char *fam, int verify)
     const vs_rt_infinity_config *c = &m->cfg;
     int H = c->hw[c->n_scales - 1][0], W = c->hw[c->n_scales - 1][1], tokens = 0;
     printf("model:            %s\n", path);
-    printf("family:           Infinity (text to image, bitwise tokens; not served yet)\n");
+    printf("family:           Infinity (text to image, bitwise tokens; served with --t5 and --spiece)\n");
     printf("checksum:         %s\n", m->has_checksum ? "data CRC-32 matches the metadata's data_crc32" : "none");
     printf("parameters:       %zu (%.2f M)\n", m->n_params, (double)m->n_params / 1e6);
     printf("transformer:      depth %d, width %d, %d heads of %d, ffn %d, text width %d (up to %d tokens)\n",
