@@ -4,7 +4,8 @@ tiny reference-computed Infinity fixture with a random T5 encoder of its text wi
 fixtures' SentencePiece model. Requests that arrive together run as one batch, and each image is
 the PNG `varserve generate` writes for the same prompt and seed, byte for byte; the OpenAI endpoint
 takes the prompt as text; fields of the other family are refused naming what to send; a missing or
-mismatched encoder stops start-up with exit 2 naming the key.
+mismatched encoder stops start-up with exit 2 naming the key; the playground (a real browser, as in
+test_openai.py) takes a prompt.
 Needs python3; run by `make test` with VARSERVE_BIN=build/varserve."""
 import base64
 import json
@@ -13,10 +14,12 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from browser import chromium, close_page, open_page  # noqa: E402
 from st_py import write_random_t5  # noqa: E402
 from tally import Server, check, finish, http  # noqa: E402
 
@@ -25,6 +28,7 @@ INF = "tests/fixtures/infinity-tiny/model.safetensors"
 SPM = "tests/fixtures/t5-tiny/spiece.model"
 TINY = "tests/fixtures/tiny/model.safetensors"
 T5_64 = "tests/fixtures/t5-tiny/model.safetensors"
+ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build/test-artifacts")
 
 PROMPTS = ["a red fox in the snow", "an oil painting of the moon", "a bowl of ramen",
            "the number seven", "a lighthouse at dusk", "two cats"]
@@ -72,6 +76,38 @@ def start_fails(d, name, *args):
     p = subprocess.run([BIN, "serve", "--config", cfg, "--host", "127.0.0.1", "--port", "0", *args],
                        capture_output=True, text=True, timeout=120, env=env)
     return p.returncode, p.stdout + p.stderr
+
+
+def run_browser(base, d):
+    """The playground on a text-to-image model: a prompt box instead of the classes; a request from
+    the URL hash draws the images /generate gives."""
+    exe, why = chromium()
+    if not exe:
+        print(f"skip the browser checks: {why}")
+        return
+    p, cdp = open_page(exe, base + "/#prompt=a%20lighthouse%20at%20dusk&seed=3&n=2", d)
+    try:
+        if not check("chromium starts with DevTools", cdp is not None):
+            return
+        t0 = time.monotonic()
+        while cdp.eval("document.body.dataset.finished") != "1" and time.monotonic() - t0 < 120:
+            time.sleep(0.2)
+        ds = json.loads(cdp.eval("JSON.stringify(document.body.dataset)") or "{}")
+        shown = cdp.eval("['class-box', 'prompt-box', 'tau-box', 'kv-box', 'previews-box']"
+                         ".map(id => document.getElementById(id).offsetParent !== null)")
+        check("playground: the prompt and tau shown, the class, KV policy and previews hidden",
+              shown == [False, True, True, False, False], shown)
+        srcs = cdp.eval("[...document.querySelectorAll('figure img')].map(i => i.src)") or []
+        pngs = [base64.b64decode(x.split(",", 1)[1]) for x in srcs if x.startswith("data:image/png;base64,")]
+        want = cli_png(d, "a lighthouse at dusk", 3, 2)
+        check("playground: a prompt from the URL draws the two images generate writes for it",
+              ds.get("images") == "2" and ds.get("input") == "prompt" and pngs == want, (ds, len(pngs)))
+        os.makedirs(ARTIFACTS, exist_ok=True)
+        shot = os.path.join(ARTIFACTS, "playground-infinity.png")
+        with open(shot, "wb") as f:
+            f.write(base64.b64decode(cdp.call("Page.captureScreenshot", format="png")["data"]))
+    finally:
+        close_page(p)
 
 
 def main():
@@ -152,6 +188,7 @@ def main():
         st, raw = raw_post(srv.base + "/generate", raw_body)
         e = error(raw)
         check("a prompt that is not UTF-8: 400 naming prompt", st == 400 and e.get("param") == "prompt", raw[:300])
+        run_browser(srv.base, d)
         check("SIGTERM exits 0", srv.stop() == 0, srv.text())
 
         # a VAR server refuses Infinity's fields; start-up refuses a missing or mismatched encoder

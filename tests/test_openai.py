@@ -31,7 +31,8 @@ import sys
 import tempfile
 import time
 
-from tally import Server, check, finish, http  # noqa: E402 (tests/ is on sys.path: run as a script)
+from browser import chromium, close_page, open_page  # noqa: E402 (tests/ is on sys.path: run as a script)
+from tally import Server, check, finish  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BIN = os.path.abspath(os.environ.get("VARSERVE_BIN", os.path.join(ROOT, "build/varserve")))
@@ -323,76 +324,6 @@ def run_sdk(base):
           out["wrong_key"])
 
 
-def chromium():
-    for name in ("chromium", "chromium-browser"):
-        if shutil.which(name):
-            return shutil.which(name), ""
-    if os.geteuid() != 0:
-        return None, "chromium is not installed (Debian package chromium; run as root to let the test install it)"
-    p = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"],
-                       capture_output=True, text=True, timeout=900, env=dict(os.environ, DEBIAN_FRONTEND="noninteractive"))
-    if p.returncode != 0 or not shutil.which("chromium"):
-        return None, "apt-get install chromium failed: " + (p.stderr or p.stdout)[-300:]
-    return shutil.which("chromium"), ""
-
-
-class Cdp:
-    """Chrome's DevTools protocol over a WebSocket (RFC 6455, the client side: masked text frames
-    out; unfragmented frames in, which is what Chrome sends), enough for Runtime.evaluate and
-    Page.captureScreenshot."""
-
-    def __init__(self, ws_url):
-        hostport, path = ws_url[len("ws://"):].split("/", 1)
-        host, port = hostport.split(":")
-        self.s = socket.create_connection((host, int(port)), timeout=60)
-        key = base64.b64encode(os.urandom(16)).decode()
-        self.s.sendall((f"GET /{path} HTTP/1.1\r\nHost: {hostport}\r\nUpgrade: websocket\r\n"
-                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n").encode())
-        self.buf = b""
-        while b"\r\n\r\n" not in self.buf:
-            self.buf += self.s.recv(4096)
-        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
-        if b" 101 " not in head.split(b"\r\n")[0]:
-            raise OSError("the DevTools WebSocket handshake failed: " + head.decode(errors="replace"))
-        self.next_id = 0
-
-    def _read(self, n):
-        while len(self.buf) < n:
-            d = self.s.recv(1 << 16)
-            if not d:
-                raise EOFError
-            self.buf += d
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def call(self, method, **params):
-        self.next_id += 1
-        payload = json.dumps({"id": self.next_id, "method": method, "params": params}).encode()
-        n = len(payload)
-        head = bytes([0x81]) + (bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + n.to_bytes(2, "big")
-                                if n < 65536 else bytes([0x80 | 127]) + n.to_bytes(8, "big"))
-        mask = os.urandom(4)
-        self.s.sendall(head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-        while True:
-            b0, b1 = self._read(2)
-            n = b1 & 0x7F
-            if n == 126:
-                n = int.from_bytes(self._read(2), "big")
-            elif n == 127:
-                n = int.from_bytes(self._read(8), "big")
-            msg = self._read(n)
-            if b0 & 0x0F != 1:
-                continue
-            m = json.loads(msg)
-            if m.get("id") == self.next_id:
-                if "error" in m:
-                    raise OSError(f"{method}: {m['error']}")
-                return m["result"]
-
-    def eval(self, expr):
-        return self.call("Runtime.evaluate", expression=expr, returnByValue=True)["result"].get("value")
-
-
 def run_browser(base, d):
     exe, why = chromium()
     if not exe:
@@ -406,33 +337,18 @@ def run_browser(base, d):
     url = f"{base}/#class_label=3&seed=21&n=2&partial_images=3&key={KEY}"
     os.makedirs(ARTIFACTS, exist_ok=True)
     shot = os.path.join(ARTIFACTS, "playground.png")
-    p = subprocess.Popen([exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                          "--no-first-run", f"--user-data-dir={d}/chromium", "--window-size=1100,900",
-                          "--remote-debugging-port=0", url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                         text=True)
+    p, cdp = open_page(exe, url, d)
     try:
-        ws = None
-        for line in p.stderr:
-            if "DevTools listening on " in line:
-                ws = line.split("DevTools listening on ", 1)[1].strip()
-                break
-        if not check("chromium starts with DevTools", ws is not None):
+        if not check("chromium starts with DevTools", cdp is not None):
             return
-        devtools = ws.split("/devtools/")[0].replace("ws://", "http://")
-        pages = []
-        t0 = time.monotonic()
-        while not pages and time.monotonic() - t0 < 30:
-            st, raw = http("GET", devtools + "/json/list")
-            pages = [x for x in json.loads(raw or b"[]") if x.get("type") == "page"]
-            time.sleep(0.2)
-        cdp = Cdp(pages[0]["webSocketDebuggerUrl"])
         t0 = time.monotonic()
         while cdp.eval("document.body.dataset.finished") != "1" and time.monotonic() - t0 < 120:
             time.sleep(0.2)
         time.sleep(1.5)  # one /metrics poll after the run
         ds = cdp.eval("JSON.stringify(document.body.dataset)")
         check("the page got the 6 previews and the 2 images through the stream",
-              json.loads(ds or "{}") == {"ready": "1", "previews": "6", "images": "2", "finished": "1"}, ds)
+              json.loads(ds or "{}") == {"input": "class_label", "ready": "1", "previews": "6", "images": "2",
+                                     "finished": "1"}, ds)
         srcs = cdp.eval("[...document.querySelectorAll('figure')].map(f => f.dataset.state + ' ' + "
                         "f.querySelector('img').src.slice(0, 33))")
         check("both images show their final PNG", srcs == ["image data:image/png;base64,iVBORw0KGgo"] * 2, srcs)
@@ -447,12 +363,7 @@ def run_browser(base, d):
         check(f"a screenshot of the page after the run is kept ({os.path.relpath(shot, ROOT)})",
               png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10000, len(png))
     finally:
-        p.terminate()
-        try:
-            p.wait(30)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
+        close_page(p)
 
 
 if __name__ == "__main__":
