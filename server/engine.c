@@ -320,7 +320,9 @@ static void sweep(vs_srv_engine *e)
         if (gone)
             answer_gone(e, j);
         else if (now > j->deadline)
-            answer_deadline(e, j, j->admitted ? "while it was generating" : "while it waited for KV pages");
+            answer_deadline(e, j, j->admitted ? "while it was generating"
+                                  : e->inf    ? "while it waited for the running batch to end"
+                                              : "while it waited for KV pages");
     }
 }
 
