@@ -595,6 +595,25 @@ static void step(vs_srv_engine *e)
     publish_device(e); /* the step's and the decoder's device work */
 }
 
+/* What /info says of the model and the backend, for either family. */
+static void info_model(vs_srv_engine_info *in, const char *family, const vs_rt_config *mc, const char *path,
+                       size_t n_params, const vs_rt_backend *be)
+{
+    in->family = family;
+    in->mc = mc;
+    snprintf(in->model_path, sizeof in->model_path, "%s", path);
+    const char *base = strrchr(path, '/');
+    snprintf(in->model_name, sizeof in->model_name, "%.127s", base ? base + 1 : path);
+    char *dot = strrchr(in->model_name, '.');
+    if (dot && dot != in->model_name)
+        *dot = 0;
+    in->n_params = n_params;
+    snprintf(in->backend, sizeof in->backend, "%s", be->ops->name);
+    in->threads = be->threads;
+    snprintf(in->simd, sizeof in->simd, "%s", be->simd ? be->simd : "");
+    snprintf(in->blas, sizeof in->blas, "%s", be->blas ? be->blas : "");
+}
+
 /* ---- Infinity: one lockstep batch at a time ----------------------------------------------------- */
 
 static int same_sampling(const vs_srv_inf_sampling *a, const vs_srv_inf_sampling *b)
@@ -746,21 +765,8 @@ static vs_status load_infinity(vs_srv_engine *e, vs_rt_backend_kind kind, double
         return vs_err_set(err, VS_ERR_NOMEM, "out of memory for the engine's tables");
     e->fail_label = -1;
 
-    const vs_rt_backend *be = vs_srv_inf_backend(e->inf);
     vs_srv_engine_info *in = &e->info;
-    in->family = "infinity";
-    in->mc = mc;
-    snprintf(in->model_path, sizeof in->model_path, "%s", cfg->model);
-    const char *base = strrchr(cfg->model, '/');
-    snprintf(in->model_name, sizeof in->model_name, "%.127s", base ? base + 1 : cfg->model);
-    char *dot = strrchr(in->model_name, '.');
-    if (dot && dot != in->model_name)
-        *dot = 0;
-    in->n_params = m->n_params;
-    snprintf(in->backend, sizeof in->backend, "%s", be->ops->name);
-    in->threads = be->threads;
-    snprintf(in->simd, sizeof in->simd, "%s", be->simd ? be->simd : "");
-    snprintf(in->blas, sizeof in->blas, "%s", be->blas ? be->blas : "");
+    info_model(in, "infinity", mc, cfg->model, m->n_params, vs_srv_inf_backend(e->inf));
     in->cfg = VS_SRV_INF_DEFAULT_CFG;
     in->tau = VS_SRV_INF_DEFAULT_TAU;
     in->top_k = VS_SRV_INF_DEFAULT_TOP_K > mc->vocab_size ? mc->vocab_size : VS_SRV_INF_DEFAULT_TOP_K;
@@ -910,19 +916,7 @@ static vs_status load(vs_srv_engine *e, vs_err *err)
     vs_kv_stats ks;
     vs_kv_pool_stats(e->pool, &ks);
     vs_srv_engine_info *in = &e->info;
-    in->family = "var";
-    in->mc = c;
-    snprintf(in->model_path, sizeof in->model_path, "%s", cfg->model);
-    const char *base = strrchr(cfg->model, '/');
-    snprintf(in->model_name, sizeof in->model_name, "%.127s", base ? base + 1 : cfg->model);
-    char *dot = strrchr(in->model_name, '.');
-    if (dot && dot != in->model_name)
-        *dot = 0;
-    in->n_params = e->model->n_params;
-    snprintf(in->backend, sizeof in->backend, "%s", e->be->ops->name);
-    in->threads = e->be->threads;
-    snprintf(in->simd, sizeof in->simd, "%s", e->be->simd ? e->be->simd : "");
-    snprintf(in->blas, sizeof in->blas, "%s", e->be->blas ? e->be->blas : "");
+    info_model(in, "var", c, cfg->model, e->model->n_params, e->be);
     in->cfg = c->default_cfg >= 0 ? c->default_cfg : cfg->default_cfg;
     in->top_k = c->default_top_k >= 0 ? c->default_top_k : (int)cfg->default_top_k;
     if (in->top_k > c->vocab_size)

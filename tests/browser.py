@@ -108,6 +108,13 @@ def open_page(exe, url, d):
     return p, Cdp(pages[0]["webSocketDebuggerUrl"]) if pages else None
 
 
+def wait_finished(cdp, timeout=120):
+    """Until the playground sets data-finished (its request answered, or failed)."""
+    t0 = time.monotonic()
+    while cdp.eval("document.body.dataset.finished") != "1" and time.monotonic() - t0 < timeout:
+        time.sleep(0.2)
+
+
 def close_page(p):
     p.terminate()
     try:

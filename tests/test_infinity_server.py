@@ -14,12 +14,11 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.error
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from browser import chromium, close_page, open_page  # noqa: E402
+from browser import chromium, close_page, open_page, wait_finished  # noqa: E402
 from st_py import write_random_t5  # noqa: E402
 from tally import Server, check, finish, http  # noqa: E402
 
@@ -89,9 +88,7 @@ def run_browser(base, d):
     try:
         if not check("chromium starts with DevTools", cdp is not None):
             return
-        t0 = time.monotonic()
-        while cdp.eval("document.body.dataset.finished") != "1" and time.monotonic() - t0 < 120:
-            time.sleep(0.2)
+        wait_finished(cdp)
         ds = json.loads(cdp.eval("JSON.stringify(document.body.dataset)") or "{}")
         shown = cdp.eval("['class-box', 'prompt-box', 'tau-box', 'kv-box', 'previews-box']"
                          ".map(id => document.getElementById(id).offsetParent !== null)")

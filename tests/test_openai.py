@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 
-from browser import chromium, close_page, open_page  # noqa: E402 (tests/ is on sys.path: run as a script)
+from browser import chromium, close_page, open_page, wait_finished  # noqa: E402 (tests/ is on sys.path: run as a script)
 from tally import Server, check, finish  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -341,9 +341,7 @@ def run_browser(base, d):
     try:
         if not check("chromium starts with DevTools", cdp is not None):
             return
-        t0 = time.monotonic()
-        while cdp.eval("document.body.dataset.finished") != "1" and time.monotonic() - t0 < 120:
-            time.sleep(0.2)
+        wait_finished(cdp)
         time.sleep(1.5)  # one /metrics poll after the run
         ds = cdp.eval("JSON.stringify(document.body.dataset)")
         check("the page got the 6 previews and the 2 images through the stream",
